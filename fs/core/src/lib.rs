@@ -1,1 +1,34 @@
+//! hybridfs core: the protocol-neutral file system.
+//!
+//! A tour of the modules:
+//!
+//! * [`types`] — inodes, directory entries, extents, block ids, journal rows.
+//! * [`meta`] — the metadata seam ([`meta::MetaStore`]) with an in-memory implementation; the
+//!   RocksDB one lives in the `hybridfs-meta` crate.
+//! * [`blockstore`] — the sealed-block seam ([`blockstore::BlockStore`]); the on-disk one lives
+//!   in `hybridfs-blocks`.
+//! * [`staging`] — per-inode staging files that hold data not yet sealed.
+//! * [`volume`] — the [`volume::Volume`]: POSIX operations, copy-on-write, the dirty-extent
+//!   journal and the background sealer.
+//! * [`fsck`] — consistency checks over a metadata store and a block store.
+//! * [`extent`] — pure block arithmetic. [`error`] — the one error enum and errno table.
+//!
+//! Core holds no FUSE, RocksDB or cloud types: every I/O seam is a trait.
 
+pub mod blockcache;
+pub mod blockstore;
+pub mod error;
+pub mod extent;
+pub mod fsck;
+pub mod meta;
+pub mod metrics;
+pub mod space;
+pub mod staging;
+pub mod types;
+pub mod volume;
+
+pub use error::{FsError, Result};
+pub use volume::data::{Fallocate, SetAttr, TimeSet};
+pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
+pub use volume::xattr::XattrMode;
+pub use volume::{Caller, Volume, VolumeOptions};

@@ -1,1 +1,444 @@
+//! The FUSE adapter: decode a request, call the core [`Volume`], encode the reply. Nothing else.
+//!
+//! # Threads: how synchronous callbacks reach the core
+//!
+//! fuser runs `n_threads` session threads, each reading its own cloned `/dev/fuse` descriptor
+//! and calling [`Filesystem`] methods directly. The core is synchronous and thread-safe (see
+//! the locking notes in `hybridfs_core::volume`), so each callback blocks its session thread
+//! on the core and replies; there is no async runtime on this path and nothing to bound
+//! beyond the thread count: the kernel queues what the threads have not read yet.
+//!
+//! # Kernel caching
+//!
+//! Only this process changes the volume while it is mounted, so the kernel may cache freely:
+//! attributes and entries (also negative ones) for [`TTL`], page cache kept across opens
+//! (`FOPEN_KEEP_CACHE`), writeback caching of writes (the kernel sends large writes and keeps
+//! size and mtime; `fsync` and `close` flush it to us). Permission checks are the kernel's
+//! (`default_permissions`); file locks are kept by the kernel, local to this node.
 
+mod errno;
+mod session;
+
+pub use session::{mount, MountConfig};
+
+use errno::{ReplyError, ReplyResult};
+use fuser::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+use hybridfs_core::types::{Inode, Kind, Timespec};
+use hybridfs_core::{Caller, Fallocate, FsError, NewNode, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may trust attributes and entries it got from us.
+pub const TTL: Duration = Duration::from_secs(5);
+/// Entries per readdir answer fetched from the store (the kernel buffer usually fills first).
+const READDIR_BATCH: usize = 256;
+const GEN: Generation = Generation(0);
+
+pub struct HybridFs {
+    vol: Arc<Volume>,
+}
+
+impl HybridFs {
+    pub fn new(vol: Arc<Volume>) -> Self {
+        HybridFs { vol }
+    }
+
+    fn attr(&self, i: &Inode) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(i.ino),
+            size: i.size,
+            blocks: i.size.div_ceil(512),
+            atime: to_system(i.atime),
+            mtime: to_system(i.mtime),
+            ctime: to_system(i.ctime),
+            crtime: to_system(i.ctime),
+            kind: file_type(i.kind),
+            perm: i.perm as u16,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
+            blksize: 128 * 1024,
+            flags: 0,
+        }
+    }
+
+    fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry, op: &str) {
+        match r {
+            Ok(i) => {
+                self.vol.remember(i.ino);
+                reply.entry(&TTL, &self.attr(&i), GEN);
+            }
+            Err(e) => reply.fail(op, e),
+        }
+    }
+
+    fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewNode, reply: ReplyEntry, op: &str) {
+        let r = self.vol.create_node(parent.0, name.as_bytes(), new, caller(req));
+        self.entry(r, reply, op);
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn to_system(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn from_system(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(from_system(t)),
+    }
+}
+
+impl Filesystem for HybridFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        session::tune(config);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.vol.shutdown() {
+            tracing::error!("flush volume at unmount: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.vol.lookup(parent.0, name.as_bytes()) {
+            Err(FsError::NotFound) => {
+                // A negative entry: the kernel caches the absence for TTL.
+                let mut none = self.attr(&Inode::new(0, Kind::File, 0, 0, 0));
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, GEN);
+            }
+            r => self.entry(r, reply, "lookup"),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vol.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vol.getattr(ino.0) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.fail("getattr", e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(from_system),
+        };
+        match self.vol.setattr(ino.0, set) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.fail("setattr", e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vol.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.fail("readlink", e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(kind) = Kind::from_mode(mode) else {
+            return reply.fail("mknod", FsError::Invalid("unknown file type"));
+        };
+        let new = NewNode { kind, perm: mode & !umask & 0o7777, rdev, target: Vec::new() };
+        self.new_node(req, parent, name, new, reply, "mknod");
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let new = NewNode { kind: Kind::Dir, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
+        self.new_node(req, parent, name, new, reply, "mkdir");
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.result("unlink", self.vol.unlink(parent.0, name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.result("rmdir", self.vol.rmdir(parent.0, name.as_bytes()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes().to_vec() };
+        self.new_node(req, parent, link_name, new, reply, "symlink");
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
+            return reply.fail("rename", FsError::Invalid("RENAME_WHITEOUT is not supported"));
+        }
+        let f = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+        };
+        reply.result("rename", self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.vol.link(ino.0, newparent.0, newname.as_bytes());
+        self.entry(r, reply, "link");
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        match self.vol.open_file(ino.0) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.fail("open", e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vol.read(ino.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.fail("read", e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vol.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.fail("write", e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        reply.result("flush", self.vol.flush(ino.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.result("release", self.vol.release_file(ino.0));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.result("fsync", self.vol.fsync(ino.0));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        match self.vol.getattr(ino.0) {
+            Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.fail("opendir", FsError::NotDir),
+            Err(e) => reply.fail("opendir", e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.vol.readdir(ino.0, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.fail("readdir", e),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.vol.readdir(ino.0, offset, READDIR_BATCH) {
+            Ok(e) => e,
+            Err(e) => return reply.fail("readdirplus", e),
+        };
+        for e in entries {
+            let dots = e.name == b"." || e.name == b"..";
+            let inode = match self.vol.getattr(e.ino) {
+                Ok(i) => i,
+                Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
+                Err(err) => return reply.fail("readdirplus", err),
+            };
+            if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &self.attr(&inode), GEN) {
+                break;
+            }
+            // The kernel takes a reference on every entry it links, except `.` and `..`.
+            if !dots {
+                self.vol.remember(e.ino);
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.result("fsyncdir", self.vol.fsync(ino.0));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vol.disk_space() {
+            Ok(d) => {
+                let files = 1u64 << 32;
+                reply.statfs(d.blocks, d.free, d.avail, files, files, d.block_size as u32, 255, d.block_size as u32)
+            }
+            Err(e) => reply.fail("statfs", e),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.fail("setxattr", FsError::Invalid("bad setxattr flags")),
+        };
+        reply.result("setxattr", self.vol.setxattr(ino.0, name.as_bytes(), value, mode));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        xattr_reply(self.vol.getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(self.vol.listxattr(ino.0), size, reply, "listxattr");
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.result("removexattr", self.vol.removexattr(ino.0, name.as_bytes()));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
+        let r = self
+            .vol
+            .create_node(parent.0, name.as_bytes(), new, caller(req))
+            .and_then(|i| self.vol.open_file(i.ino));
+        match r {
+            Ok(i) => {
+                self.vol.remember(i.ino);
+                reply.created(&TTL, &self.attr(&i), GEN, FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.fail("create", e),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let rest = mode & !libc::FALLOC_FL_KEEP_SIZE;
+        let m = match rest {
+            0 => Fallocate::Allocate { keep_size },
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => Fallocate::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => Fallocate::ZeroRange { keep_size },
+            _ => return reply.fail("fallocate", FsError::Unsupported("fallocate mode")),
+        };
+        reply.result("fallocate", self.vol.fallocate(ino.0, offset, length, m));
+    }
+}
+
+fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr, op: &str) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.fail(op, FsError::Range),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.fail(op, e),
+    }
+}

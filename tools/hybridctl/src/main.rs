@@ -1,1 +1,116 @@
-fn main(){}
+//! `hybridctl`: the admin CLI of hybridfs. It parses, calls the libraries, prints.
+//!
+//! Exit codes: 0 success, 1 the operation failed (or fsck found problems), 2 usage or bad
+//! input. Errors are one line on stderr.
+
+mod home;
+mod mountcmd;
+mod report;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// hybridfs: a copy-on-write file system whose volumes tier to an object store.
+#[derive(Parser)]
+#[command(name = "hybridctl", version, about, long_about = None)]
+struct Cli {
+    /// State directory of all volumes [default: $HYBRIDFS_HOME or /var/lib/hybridfs]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new, empty volume.
+    Format {
+        /// Volume name: letters, digits, '.', '_' and '-'.
+        name: String,
+        /// Block size: a power of two from 64K to 64M (suffix K or M).
+        #[arg(long, default_value = "1M")]
+        block_size: String,
+        /// Object store of the volume: file:///PATH or s3://BUCKET/PREFIX [default: file://HOME/store]
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Mount a volume (foreground unless -d).
+    Mount {
+        name: String,
+        mountpoint: PathBuf,
+        /// Run in the background; return once the mount answers.
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// FUSE session threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount, waiting until everything is flushed and the mount process has exited.
+    Umount {
+        mountpoint: PathBuf,
+        /// Seconds to wait for the mount process to flush and exit.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Show volumes: size, files, dirty bytes, mount state.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check metadata and block consistency (exit 1 when problems are found).
+    Fsck {
+        name: String,
+        /// Also read and re-hash every sealed block.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the dirty-extent journal: the blocks written, per epoch.
+    Journal {
+        name: String,
+        /// Only rows of this epoch and later.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error that is the caller's fault: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Usage(msg.into()).into())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let home = home::Home::resolve(cli.home)?;
+    match cli.cmd {
+        Cmd::Format { name, block_size, store } => home.format(&name, &block_size, store.as_deref()).map(|_| ExitCode::SUCCESS),
+        Cmd::Mount { name, mountpoint, daemon, threads } => mountcmd::mount(&home, &name, &mountpoint, daemon, threads),
+        Cmd::Umount { mountpoint, timeout } => mountcmd::umount(&home, &mountpoint, timeout),
+        Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
+        Cmd::Fsck { name, verify, json } => report::fsck(&home, &name, verify, json),
+        Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hybridctl: error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+        }
+    }
+}

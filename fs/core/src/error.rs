@@ -1,0 +1,83 @@
+//! The core's one error type and its errno table.
+//!
+//! Every layer below core (metadata store, block store, staging files) converts its failures
+//! into [`FsError`]; the FUSE adapter turns an `FsError` into an errno with [`FsError::errno`]
+//! and nothing else. That function is the project's one errno table.
+
+use crate::types::BlockId;
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("no space left on the device holding the volume")]
+    NoSpace,
+    #[error("no such attribute")]
+    NoXattr,
+    #[error("result does not fit in the caller's buffer")]
+    Range,
+    #[error("operation not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("file too large")]
+    TooBig,
+    #[error("block {id} is corrupt: {why}")]
+    CorruptBlock { id: BlockId, why: String },
+    #[error("metadata store: {0}")]
+    Meta(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl FsError {
+    /// The errno a caller of the file system sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::NoXattr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::Unsupported(_) => libc::EOPNOTSUPP,
+            FsError::TooBig => libc::EFBIG,
+            FsError::CorruptBlock { .. } => libc::EIO,
+            FsError::Meta(_) => libc::EIO,
+            FsError::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
+                Some(code) => code,
+                None => libc::EIO,
+            },
+        }
+    }
+
+    /// Wrap an I/O error with what was being done ("read staging file of inode 7").
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        FsError::Io { context: context.into(), source }
+    }
+
+    /// True for errors that are the caller's doing and need no log line.
+    pub fn is_expected(&self) -> bool {
+        !matches!(self, FsError::CorruptBlock { .. } | FsError::Meta(_) | FsError::Io { .. })
+    }
+}

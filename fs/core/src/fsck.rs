@@ -1,0 +1,205 @@
+//! Consistency check of a volume: namespace, link counts, extents, block references.
+//!
+//! Problems are inconsistencies that lose or misreport data; notes are leftovers that a crash
+//! may legitimately leave (unreferenced block files, stale staging files) and that are
+//! reclaimable.
+
+use crate::blockstore::BlockStore;
+use crate::error::Result;
+use crate::extent::blocks_for;
+use crate::meta::MetaStore;
+use crate::staging::Staging;
+use crate::types::{BlockId, Extent, Ino, Kind, ROOT_INO};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub inodes: u64,
+    pub directories: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub sealed_blocks: u64,
+    pub staged_blocks: u64,
+    pub verified_blocks: u64,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Seen {
+    kind: Kind,
+    nlink: u32,
+    size: u64,
+}
+
+pub fn check(
+    meta: &dyn MetaStore,
+    blocks: &dyn BlockStore,
+    staging: &Staging,
+    block_size: u64,
+    verify: bool,
+) -> Result<FsckReport> {
+    let mut r = FsckReport::default();
+    let mut inodes: HashMap<Ino, Seen> = HashMap::new();
+    meta.for_each_inode(&mut |i| {
+        inodes.insert(i.ino, Seen { kind: i.kind, nlink: i.nlink, size: i.size });
+    })?;
+    r.inodes = inodes.len() as u64;
+    if !inodes.get(&ROOT_INO).is_some_and(|s| s.kind == Kind::Dir) {
+        r.problems.push("root directory (inode 1) is missing".into());
+    }
+    check_names(meta, &inodes, &mut r)?;
+    check_extents(meta, blocks, staging, &inodes, block_size, verify, &mut r)?;
+    for s in inodes.values() {
+        match s.kind {
+            Kind::Dir => r.directories += 1,
+            Kind::File => {
+                r.files += 1;
+                r.bytes += s.size;
+            }
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+fn check_names(meta: &dyn MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport) -> Result<()> {
+    let mut links: HashMap<Ino, u32> = HashMap::new();
+    let mut subdirs: HashMap<Ino, u32> = HashMap::new();
+    let mut per_dir: HashMap<Ino, u64> = HashMap::new();
+    meta.for_each_dentry(&mut |parent, name, d| {
+        let name = String::from_utf8_lossy(name);
+        *per_dir.entry(parent).or_default() += 1;
+        match inodes.get(&d.ino) {
+            None => r.problems.push(format!("entry {name:?} in directory {parent} names missing inode {}", d.ino)),
+            Some(s) if s.kind != d.kind => r.problems.push(format!(
+                "entry {name:?} in directory {parent}: type {:?} but inode {} is {:?}",
+                d.kind, d.ino, s.kind
+            )),
+            Some(_) => {}
+        }
+        if !inodes.get(&parent).is_some_and(|s| s.kind == Kind::Dir) {
+            r.problems.push(format!("entry {name:?} lives in {parent}, which is not a directory"));
+        }
+        *links.entry(d.ino).or_default() += 1;
+        if d.kind == Kind::Dir {
+            *subdirs.entry(parent).or_default() += 1;
+        }
+    })?;
+    for (&dir, &count) in &per_dir {
+        let indexed = meta.readdir(dir, 0, usize::MAX)?.len() as u64;
+        if indexed != count {
+            r.problems.push(format!("directory {dir}: {count} entries but {indexed} in readdir order"));
+        }
+    }
+    let orphans: HashSet<Ino> = meta.orphans()?.into_iter().collect();
+    for (&ino, s) in inodes {
+        let expected = match s.kind {
+            Kind::Dir if ino == ROOT_INO || links.get(&ino).copied().unwrap_or(0) > 0 => {
+                2 + subdirs.get(&ino).copied().unwrap_or(0)
+            }
+            _ => links.get(&ino).copied().unwrap_or(0),
+        };
+        if s.nlink == 0 && expected == 0 {
+            if !orphans.contains(&ino) {
+                r.problems.push(format!("inode {ino} has no links and is not an orphan"));
+            }
+        } else if s.nlink != expected {
+            r.problems.push(format!("inode {ino}: link count {} but {expected} links found", s.nlink));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_extents(
+    meta: &dyn MetaStore,
+    blocks: &dyn BlockStore,
+    staging: &Staging,
+    inodes: &HashMap<Ino, Seen>,
+    block_size: u64,
+    verify: bool,
+    r: &mut FsckReport,
+) -> Result<()> {
+    let mut refs: HashMap<BlockId, u64> = HashMap::new();
+    let mut staged_inodes: HashSet<Ino> = HashSet::new();
+    meta.for_each_extent(&mut |ino, block, ext| {
+        match inodes.get(&ino) {
+            None => r.problems.push(format!("extent {block} of missing inode {ino}")),
+            Some(s) if s.kind != Kind::File => r.problems.push(format!("extent {block} of non-file inode {ino}")),
+            Some(s) if block >= blocks_for(s.size, block_size) => {
+                r.problems.push(format!("inode {ino}: extent {block} lies beyond the end of the file ({} bytes)", s.size))
+            }
+            Some(_) => {}
+        }
+        match ext {
+            Extent::Staged => {
+                r.staged_blocks += 1;
+                staged_inodes.insert(ino);
+            }
+            Extent::Sealed { id, .. } => {
+                r.sealed_blocks += 1;
+                *refs.entry(id).or_default() += 1;
+            }
+        }
+    })?;
+    let on_disk: HashSet<Ino> = staging.list()?.into_iter().collect();
+    for ino in &staged_inodes {
+        if !on_disk.contains(ino) {
+            r.problems.push(format!("inode {ino} has staged blocks but no staging file"));
+        }
+    }
+    let stale = on_disk.iter().filter(|i| !staged_inodes.contains(i)).count();
+    if stale > 0 {
+        r.notes.push(format!("{stale} staging files hold no staged block (reclaimable)"));
+    }
+    check_refs(meta, blocks, &refs, verify, r)
+}
+
+fn check_refs(
+    meta: &dyn MetaStore,
+    blocks: &dyn BlockStore,
+    refs: &HashMap<BlockId, u64>,
+    verify: bool,
+    r: &mut FsckReport,
+) -> Result<()> {
+    let mut stored: HashMap<BlockId, u64> = HashMap::new();
+    meta.for_each_ref(&mut |id, n| {
+        stored.insert(id, n);
+    })?;
+    for (id, &n) in refs {
+        let s = stored.get(id).copied().unwrap_or(0);
+        if s != n {
+            r.problems.push(format!("block {id}: reference count {s} but {n} extents use it"));
+        }
+        if !blocks.contains(id)? {
+            r.problems.push(format!("block {id} is referenced but missing from the block store"));
+        } else if verify {
+            match blocks.get(id) {
+                Ok(_) => r.verified_blocks += 1,
+                Err(e) => r.problems.push(format!("block {id} fails verification: {e}")),
+            }
+        }
+    }
+    for (id, n) in &stored {
+        if !refs.contains_key(id) {
+            r.problems.push(format!("block {id}: reference count {n} but no extent uses it"));
+        }
+    }
+    let mut unreferenced = 0u64;
+    blocks.for_each(&mut |id| {
+        if !refs.contains_key(&id) {
+            unreferenced += 1;
+        }
+    })?;
+    if unreferenced > 0 {
+        r.notes.push(format!("{unreferenced} block files are referenced by nothing (reclaimable)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Staging files: the private, mutable home of data not yet sealed.
+//!
+//! Each inode with staged blocks has one sparse file `staging/<ino>` whose bytes sit at the same
+//! offsets as in the file itself, so a sequential writer turns into sequential `pwrite`s on the
+//! local disk. Which blocks of that file count is recorded by `Extent::Staged` in the metadata
+//! store; bytes of the staging file under any other extent are ignored. The set of files in the
+//! directory is the sealer's work list after a restart.
+
+use crate::error::{FsError, Result};
+use crate::types::Ino;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| FsError::io(format!("create {}", dir.display()), e))?;
+        Ok(Staging { dir })
+    }
+
+    pub fn path(&self, ino: Ino) -> PathBuf {
+        self.dir.join(ino.to_string())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Open the staging file of `ino`, creating it when `create`.
+    pub fn open(&self, ino: Ino, create: bool) -> Result<Option<File>> {
+        let path = self.path(ino);
+        match OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(&path) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(FsError::io(format!("open staging file {}", path.display()), e)),
+        }
+    }
+
+    pub fn remove(&self, ino: Ino) -> Result<()> {
+        match std::fs::remove_file(self.path(ino)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(FsError::io(format!("remove staging file of inode {ino}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Inodes that have a staging file.
+    pub fn list(&self) -> Result<Vec<Ino>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| FsError::io("list staging dir", e))?;
+        Ok(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+    }
+}
+
+/// Read as much of `buf` as the file holds at `off`; the rest stays as it was (zeros).
+pub fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Deallocate `[off, off+len)` of a staging file so it reads as zeros and frees disk space.
+pub fn punch_hole(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off as i64, len as i64) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Reserve `[off, off+len)` of a staging file on disk (ENOSPC now rather than on write).
+pub fn allocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mode = libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off as i64, len as i64) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}

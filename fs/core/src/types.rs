@@ -1,0 +1,175 @@
+//! The values the namespace is made of: inodes, directory entries, extents, block ids.
+//!
+//! These are serialised with bincode by the metadata store; changing a field changes the
+//! on-disk format (bump `FORMAT_VERSION` in `volume.rs`).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+/// Longest name of one directory entry, as on ext4.
+pub const NAME_MAX: usize = 255;
+
+/// A point in time, seconds and nanoseconds since the Unix epoch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+    }
+}
+
+/// The file type, in the `S_IFMT` bits of `mode`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => return None,
+        })
+    }
+
+    pub fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::CharDev => libc::S_IFCHR,
+            Kind::BlockDev => libc::S_IFBLK,
+        }
+    }
+}
+
+/// One file, directory, symlink or special file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (no type bits).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub rdev: u32,
+    /// The directory this inode was last linked into (for directories: their `..`).
+    pub parent: Ino,
+    /// Directories: the cookie the next entry gets (readdir offsets stay stable under change).
+    pub next_cookie: u64,
+    /// Symlinks: the target.
+    pub target: Vec<u8>,
+}
+
+impl Inode {
+    pub fn new(ino: Ino, kind: Kind, perm: u32, uid: u32, gid: u32) -> Self {
+        let now = Timespec::now();
+        Inode {
+            ino,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            parent: 0,
+            next_cookie: 1,
+            target: Vec::new(),
+        }
+    }
+
+    pub fn mode(&self) -> u32 {
+        self.kind.type_bits() | self.perm
+    }
+}
+
+/// A directory entry: the name lives in the key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dentry {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Position of the entry in its directory's readdir order.
+    pub cookie: u64,
+}
+
+/// The content hash of a sealed block (blake3 of its plain bytes).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub [u8; 32]);
+
+impl BlockId {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<BlockId> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(BlockId(out))
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockId({})", &self.to_hex()[..16])
+    }
+}
+
+/// Where the bytes of one block of a file live. No extent at all means a hole (zeros).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extent {
+    /// In the inode's private staging file, at the same offset as in the file. Mutable.
+    Staged,
+    /// In an immutable sealed block of `len` bytes (the rest of the block reads as zeros).
+    Sealed { id: BlockId, len: u32 },
+}
+
+/// One row of the dirty-extent journal: block `block` of inode `ino` was written in `epoch`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JournalEntry {
+    pub epoch: u64,
+    pub ino: Ino,
+    pub block: u64,
+}

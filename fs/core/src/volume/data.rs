@@ -1,0 +1,408 @@
+//! File data and attributes: open, read, write, truncate, fallocate, fsync, setattr.
+//!
+//! # Copy-on-write (invariant 2)
+//!
+//! A block of a file is a hole, `Staged` (bytes in the inode's staging file) or `Sealed`
+//! (an immutable block). Writing into a sealed block first copies it into the staging file
+//! (unless the write covers the whole block), then points the extent at the staging file and
+//! drops the reference: the sealed block itself is never touched.
+//!
+//! # Dirty-extent journal
+//!
+//! The first change to a block in an epoch adds a journal row `(epoch, ino, block)` in the same
+//! batch as the change: writes, truncation of a partial block, fallocate and hole punching.
+
+use super::{NodeData, Txn, Volume, MAX_FILE_SIZE};
+use crate::error::{FsError, Result};
+use crate::extent::{blocks_for, spans};
+use crate::meta::Mutation;
+use crate::metrics::Metrics;
+use crate::staging::{allocate, punch_hole, read_full_at};
+use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Attributes to change; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<Timespec>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// `fallocate` modes the volume supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallocate {
+    /// Allocate; grow the file unless `keep_size`.
+    Allocate { keep_size: bool },
+    /// Deallocate; the range reads as zeros (`FALLOC_FL_PUNCH_HOLE`).
+    PunchHole,
+    /// Zero the range; grow the file unless `keep_size` (`FALLOC_FL_ZERO_RANGE`).
+    ZeroRange { keep_size: bool },
+}
+
+impl NodeData {
+    fn extent(&mut self, vol: &Volume, block: u64) -> Result<Option<Extent>> {
+        if let Some(e) = self.extents.get(&block) {
+            return Ok(*e);
+        }
+        let e = vol.meta.get_extent(self.inode.ino, block)?;
+        self.extents.insert(block, e);
+        Ok(e)
+    }
+
+    fn staging_file(&mut self, vol: &Volume) -> Result<&std::fs::File> {
+        if self.staging.is_none() {
+            self.staging = vol.staging.open(self.inode.ino, true)?;
+        }
+        self.staging.as_ref().ok_or(FsError::Invalid("staging file missing"))
+    }
+
+    /// Record that `block` changed in the current epoch, once per epoch.
+    fn journal(&mut self, epoch: u64, block: u64, batch: &mut Vec<Mutation>) {
+        if self.journal_epoch != epoch {
+            self.journaled.clear();
+            self.journal_epoch = epoch;
+        }
+        if self.journaled.insert(block) {
+            batch.push(Mutation::Journal(JournalEntry { epoch, ino: self.inode.ino, block }));
+        }
+    }
+
+    pub(super) fn set_extent(&mut self, block: u64, extent: Option<Extent>, batch: &mut Vec<Mutation>) {
+        let ino = self.inode.ino;
+        batch.push(match extent {
+            Some(extent) => Mutation::PutExtent { ino, block, extent },
+            None => Mutation::DelExtent { ino, block },
+        });
+        self.extents.insert(block, extent);
+    }
+}
+
+impl Volume {
+    /// Open `ino` for I/O; every successful open is matched by one [`Volume::release_file`].
+    pub fn open_file(&self, ino: Ino) -> Result<Inode> {
+        let _ns = self.ns.lock();
+        let node = self.pin_locked(ino, true)?;
+        let inode = node.read().inode.clone();
+        Ok(inode)
+    }
+
+    /// The last close of one open: persist attributes, queue sealing, purge if unlinked.
+    pub fn release_file(&self, ino: Ino) -> Result<()> {
+        let node = self.node_if_open(ino).ok_or(FsError::Invalid("release of a file not open"))?;
+        let (nlink, staged) = {
+            let mut st = node.write();
+            self.persist_attrs(&mut st, false)?;
+            (st.inode.nlink, st.staging.is_some())
+        };
+        let left = {
+            let _ns = self.ns.lock();
+            self.unpin_locked(ino, true)
+        };
+        if left && nlink == 0 {
+            self.purge_if_unused(ino)?;
+        } else if left && staged {
+            if let Some(s) = self.sealer.lock().as_ref() {
+                s.enqueue(ino);
+            }
+        }
+        Ok(())
+    }
+
+    fn open_node(&self, ino: Ino) -> Result<super::Node> {
+        self.node_if_open(ino).ok_or(FsError::Invalid("I/O on a file that is not open"))
+    }
+
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let node = self.open_node(ino)?;
+        let mut st = node.write();
+        let fsize = st.inode.size;
+        if offset >= fsize {
+            return Ok(Vec::new());
+        }
+        let n = (size as u64).min(fsize - offset);
+        let mut buf = vec![0u8; n as usize];
+        for s in spans(offset, n, self.block_size) {
+            let out = &mut buf[s.pos as usize..(s.pos + s.len) as usize];
+            match st.extent(self, s.block)? {
+                None => {}
+                Some(Extent::Staged) => {
+                    if let Some(f) = &st.staging {
+                        read_full_at(f, out, s.block * self.block_size + s.start)
+                            .map_err(|e| FsError::io(format!("read staging file of inode {ino}"), e))?;
+                    }
+                }
+                Some(Extent::Sealed { id, len }) => {
+                    let block = self.sealed(&id, len)?;
+                    let avail = block.len().saturating_sub(s.start as usize).min(out.len());
+                    out[..avail].copy_from_slice(&block[s.start as usize..s.start as usize + avail]);
+                }
+            }
+        }
+        Metrics::add(&self.metrics.bytes_read, n);
+        Ok(buf)
+    }
+
+    /// The verified bytes of a sealed block, from the cache or the block store.
+    pub(crate) fn sealed(&self, id: &BlockId, len: u32) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = self.cache.get(id) {
+            return Ok(b);
+        }
+        let data = self.blocks.get(id).and_then(|d| {
+            if d.len() == len as usize {
+                Ok(d)
+            } else {
+                Err(FsError::CorruptBlock { id: *id, why: format!("{} bytes, expected {len}", d.len()) })
+            }
+        });
+        match data {
+            Ok(d) => {
+                let d = Arc::new(d);
+                self.cache.insert(*id, d.clone());
+                Ok(d)
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.corrupt_blocks, 1);
+                tracing::error!("read block {id}: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Make `block` of an open node staged, copying a sealed block's bytes in unless
+    /// `overwritten` (the caller is about to replace the whole block).
+    fn stage_block(&self, st: &mut NodeData, block: u64, overwritten: bool, batch: &mut Vec<Mutation>) -> Result<()> {
+        match st.extent(self, block)? {
+            Some(Extent::Staged) => return Ok(()),
+            Some(Extent::Sealed { id, len }) => {
+                if !overwritten {
+                    let bytes = self.sealed(&id, len)?;
+                    let off = block * self.block_size;
+                    st.staging_file(self)?
+                        .write_all_at(&bytes, off)
+                        .map_err(|e| FsError::io(format!("copy block {id} to staging"), e))?;
+                }
+                batch.push(Mutation::RefDelta { id, delta: -1 });
+            }
+            None => {
+                st.staging_file(self)?;
+            }
+        }
+        st.set_extent(block, Some(Extent::Staged), batch);
+        Ok(())
+    }
+
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+        let len = data.len() as u64;
+        let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE).ok_or(FsError::TooBig)?;
+        if len == 0 {
+            return Ok(0);
+        }
+        self.space.check(len)?;
+        let node = self.open_node(ino)?;
+        let mut st = node.write();
+        let mut batch = Vec::new();
+        let epoch = self.epoch();
+        for s in spans(offset, len, self.block_size) {
+            self.stage_block(&mut st, s.block, s.covers_whole_block(self.block_size), &mut batch)?;
+            st.journal(epoch, s.block, &mut batch);
+        }
+        st.staging_file(self)?
+            .write_all_at(data, offset)
+            .map_err(|e| FsError::io(format!("write staging file of inode {ino}"), e))?;
+        let now = Timespec::now();
+        st.inode.mtime = now;
+        st.inode.ctime = now;
+        st.attr_dirty = true;
+        if end > st.inode.size {
+            st.inode.size = end;
+        }
+        if !batch.is_empty() {
+            batch.push(Mutation::PutInode(st.inode.clone()));
+            st.attr_dirty = false;
+            self.apply_with_refs(batch, false)?;
+        }
+        Metrics::add(&self.metrics.bytes_written, len);
+        Ok(len as u32)
+    }
+
+    /// `close()` of one descriptor: the attributes reach the store (not yet durably).
+    pub fn flush(&self, ino: Ino) -> Result<()> {
+        let node = self.open_node(ino)?;
+        let mut st = node.write();
+        self.persist_attrs(&mut st, false)
+    }
+
+    /// Make the data and metadata of `ino`, and every metadata change before, durable.
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        match self.node_if_open(ino) {
+            Some(node) => {
+                let mut st = node.write();
+                if let Some(f) = &st.staging {
+                    f.sync_data().map_err(|e| FsError::io(format!("fsync staging file of inode {ino}"), e))?;
+                }
+                self.persist_attrs(&mut st, true)
+            }
+            None => self.meta.sync(),
+        }
+    }
+
+    pub fn setattr(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
+        let mut txn = self.txn();
+        if let Some(size) = attr.size {
+            self.truncate_in(&mut txn, ino, size)?;
+        }
+        let now = Timespec::now();
+        let inode = txn.inode_mut(ino)?;
+        if let Some(p) = attr.perm {
+            inode.perm = p & 0o7777;
+        }
+        if let Some(u) = attr.uid {
+            inode.uid = u;
+        }
+        if let Some(g) = attr.gid {
+            inode.gid = g;
+        }
+        let at = |t: TimeSet| match t {
+            TimeSet::Now => now,
+            TimeSet::At(t) => t,
+        };
+        if let Some(t) = attr.atime {
+            inode.atime = at(t);
+        }
+        if let Some(t) = attr.mtime {
+            inode.mtime = at(t);
+        }
+        inode.ctime = attr.ctime.unwrap_or(now);
+        let out = inode.clone();
+        txn.commit(false)?;
+        Ok(out)
+    }
+
+    /// Truncate inside a namespace transaction, loading the node if the file is not open.
+    fn truncate_in(&self, txn: &mut Txn<'_>, ino: Ino, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        match txn.inode(ino)?.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("truncate of a special file")),
+        }
+        let pinned = txn.node_mut(ino)?.is_none();
+        if pinned {
+            // Not open: load it as a node for the duration of the change.
+            txn.slots.remove(&ino);
+            self.pin_locked(ino, false)?;
+        }
+        let result = (|| {
+            let mut batch = Vec::new();
+            let st = txn.node_mut(ino)?.ok_or(FsError::NotFound)?;
+            self.truncate_node(st, size, &mut batch)?;
+            txn.batch.extend(batch);
+            txn.slots.get_mut(&ino).expect("loaded").1 = true;
+            Ok(())
+        })();
+        if pinned {
+            // The node leaves memory when the transaction's guard drops after commit.
+            self.unpin_locked(ino, false);
+        }
+        result
+    }
+
+    fn truncate_node(&self, st: &mut NodeData, size: u64, batch: &mut Vec<Mutation>) -> Result<()> {
+        let ino = st.inode.ino;
+        let old = st.inode.size;
+        let bs = self.block_size;
+        let epoch = self.epoch();
+        if size < old {
+            let first_dead = blocks_for(size, bs);
+            for (block, ext) in self.meta.extents(ino, first_dead)? {
+                if let Extent::Sealed { id, .. } = ext {
+                    batch.push(Mutation::RefDelta { id, delta: -1 });
+                }
+                st.set_extent(block, None, batch);
+            }
+            for block in first_dead..blocks_for(old, bs) {
+                st.journal(epoch, block, batch);
+            }
+            if size % bs != 0 {
+                let block = size / bs;
+                if st.extent(self, block)?.is_some() {
+                    self.stage_block(st, block, false, batch)?;
+                }
+                st.journal(epoch, block, batch);
+            }
+            if let Some(f) = &st.staging {
+                f.set_len(size).map_err(|e| FsError::io(format!("truncate staging file of inode {ino}"), e))?;
+            }
+        }
+        let now = Timespec::now();
+        st.inode.size = size;
+        st.inode.mtime = now;
+        st.inode.ctime = now;
+        Ok(())
+    }
+
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE).ok_or(FsError::TooBig)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        let node = self.open_node(ino)?;
+        let mut st = node.write();
+        let mut batch = Vec::new();
+        let epoch = self.epoch();
+        let bs = self.block_size;
+        for s in spans(offset, len, bs) {
+            let whole = s.covers_whole_block(bs);
+            let at = s.block * bs + s.start;
+            match mode {
+                Fallocate::Allocate { .. } => {
+                    if st.extent(self, s.block)?.is_none() {
+                        self.space.check(s.len)?;
+                        self.stage_block(&mut st, s.block, true, &mut batch)?;
+                        allocate(st.staging_file(self)?, at, s.len)
+                            .map_err(|e| FsError::io(format!("allocate staging of inode {ino}"), e))?;
+                    }
+                }
+                Fallocate::PunchHole | Fallocate::ZeroRange { .. } => match st.extent(self, s.block)? {
+                    None => continue,
+                    Some(Extent::Sealed { id, .. }) if whole => {
+                        batch.push(Mutation::RefDelta { id, delta: -1 });
+                        st.set_extent(s.block, None, &mut batch);
+                    }
+                    Some(_) => {
+                        self.stage_block(&mut st, s.block, false, &mut batch)?;
+                        punch_hole(st.staging_file(self)?, at, s.len)
+                            .map_err(|e| FsError::io(format!("punch staging of inode {ino}"), e))?;
+                    }
+                },
+            }
+            st.journal(epoch, s.block, &mut batch);
+        }
+        let grow = matches!(mode, Fallocate::Allocate { keep_size: false } | Fallocate::ZeroRange { keep_size: false });
+        let now = Timespec::now();
+        if grow && end > st.inode.size {
+            st.inode.size = end;
+        }
+        if mode != (Fallocate::Allocate { keep_size: true }) {
+            st.inode.mtime = now;
+        }
+        st.inode.ctime = now;
+        batch.push(Mutation::PutInode(st.inode.clone()));
+        st.attr_dirty = false;
+        self.apply_with_refs(batch, false)
+    }
+}

@@ -1,0 +1,474 @@
+//! The volume: a POSIX namespace over a [`MetaStore`], a [`BlockStore`] and staging files.
+//!
+//! # Concurrency
+//!
+//! * `ns` serialises every change to the namespace (create, link, unlink, rename, setattr, ...)
+//!   through [`Txn`]. Namespace changes are a few metadata writes each; one lock keeps rename and
+//!   link counting simple and obviously right.
+//! * Each inode that is open (or being sealed) has a [`Node`] in `nodes`, holding the
+//!   authoritative copy of its inode record, its staging file and a cache of its extents, under
+//!   one `RwLock`. Reads share it; writes, truncates and the sealer take it exclusively.
+//! * Lock order: `ns` → node lock → `refs`. The data path takes only a node lock (and `refs`
+//!   when a copy-on-write drops a block reference); it never waits on `ns`.
+//! * `refs` spans "write block file + add reference" in the sealer and "drop reference +
+//!   delete block file" elsewhere, so a block is never deleted while a new reference to it
+//!   is being recorded.
+//!
+//! # Durability (invariant 1)
+//!
+//! Every metadata batch goes to the store's write-ahead log before the request is answered, so
+//! it survives a crash of the process; `fsync` syncs the staging file and then the log, which
+//! makes everything before it durable against power loss too.
+
+pub mod data;
+pub mod namespace;
+mod sealer;
+pub mod xattr;
+
+pub use sealer::SealerHandle;
+
+use crate::blockcache::BlockCache;
+use crate::blockstore::BlockStore;
+use crate::error::{FsError, Result};
+use crate::meta::{MetaStore, Mutation};
+use crate::metrics::Metrics;
+use crate::space::{DiskSpace, SpaceGuard};
+use crate::staging::Staging;
+use crate::types::{BlockId, Extent, Inode, Ino, Kind, ROOT_INO};
+use parking_lot::lock_api::ArcRwLockWriteGuard;
+use parking_lot::{Mutex, RawRwLock, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest file size accepted (as ext4 with 4 KiB blocks).
+pub const MAX_FILE_SIZE: u64 = 16 << 40;
+
+/// What a volume needs to run; binaries fill it from `volume.json` and flags.
+#[derive(Clone, Debug)]
+pub struct VolumeOptions {
+    pub block_size: u32,
+    /// Directory of the staging files.
+    pub staging_dir: PathBuf,
+    /// How long a closed file stays untouched before its staged blocks are sealed.
+    pub seal_delay: Duration,
+    /// Bytes of verified plain blocks kept in memory for reads.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            block_size: 1 << 20,
+            staging_dir: PathBuf::from("staging"),
+            seal_delay: Duration::from_secs(2),
+            block_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who is asking: the credentials of the process behind a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The in-memory state of an open inode.
+pub(crate) struct NodeData {
+    pub inode: Inode,
+    pub staging: Option<File>,
+    /// Extents looked up so far (`None` = hole). Kept in step with every batch applied.
+    pub extents: HashMap<u64, Option<Extent>>,
+    /// Blocks already journaled in `journal_epoch`.
+    pub journaled: HashSet<u64>,
+    pub journal_epoch: u64,
+    /// The inode record changed (mtime, size) since it was last written to the store.
+    pub attr_dirty: bool,
+}
+
+pub(crate) type Node = Arc<RwLock<NodeData>>;
+type NodeGuard = ArcRwLockWriteGuard<RawRwLock, NodeData>;
+
+struct NodeEntry {
+    node: Node,
+    handles: u32,
+    pins: u32,
+}
+
+pub struct Volume {
+    meta: Arc<dyn MetaStore>,
+    blocks: Arc<dyn BlockStore>,
+    staging: Staging,
+    space: SpaceGuard,
+    cache: BlockCache,
+    block_size: u64,
+    seal_delay: Duration,
+    epoch: AtomicU64,
+    next_ino: AtomicU64,
+    ns: Mutex<()>,
+    nodes: Mutex<HashMap<Ino, NodeEntry>>,
+    lookups: Mutex<HashMap<Ino, u64>>,
+    refs: Mutex<()>,
+    sealer: Mutex<Option<SealerHandle>>,
+    pub metrics: Metrics,
+}
+
+impl Volume {
+    /// Write the root directory of a new volume.
+    pub fn format(meta: &dyn MetaStore, uid: u32, gid: u32) -> Result<()> {
+        if meta.get_inode(ROOT_INO)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut root = Inode::new(ROOT_INO, Kind::Dir, 0o755, uid, gid);
+        root.parent = ROOT_INO;
+        meta.apply(vec![Mutation::PutInode(root), Mutation::SetEpoch(1)], true)
+    }
+
+    /// Open a formatted volume. Orphans left by a crash are purged here.
+    pub fn open(
+        meta: Arc<dyn MetaStore>,
+        blocks: Arc<dyn BlockStore>,
+        opts: VolumeOptions,
+    ) -> Result<Arc<Volume>> {
+        if meta.get_inode(ROOT_INO)?.is_none() {
+            return Err(FsError::Meta("the volume has no root directory (not formatted?)".into()));
+        }
+        if !opts.block_size.is_power_of_two() || opts.block_size < 4096 {
+            return Err(FsError::Invalid("block size must be a power of two >= 4096"));
+        }
+        let staging = Staging::new(&opts.staging_dir)?;
+        let vol = Arc::new(Volume {
+            space: SpaceGuard::new(staging.dir())?,
+            staging,
+            cache: BlockCache::new(opts.block_cache_bytes),
+            block_size: opts.block_size as u64,
+            seal_delay: opts.seal_delay,
+            epoch: AtomicU64::new(meta.epoch()?),
+            next_ino: AtomicU64::new(meta.max_ino()?.max(ROOT_INO) + 1),
+            ns: Mutex::new(()),
+            nodes: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
+            refs: Mutex::new(()),
+            sealer: Mutex::new(None),
+            metrics: Metrics::default(),
+            meta,
+            blocks,
+        });
+        for ino in vol.meta.orphans()? {
+            vol.purge_if_unused(ino)?;
+        }
+        Ok(vol)
+    }
+
+    /// Start the background sealer and queue every inode that still has staged data.
+    pub fn start_sealer(self: &Arc<Self>) -> Result<()> {
+        let handle = sealer::spawn(self.clone(), self.seal_delay);
+        for ino in self.staging.list()? {
+            handle.enqueue(ino);
+        }
+        *self.sealer.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Flush everything: persist open inodes, seal all staged data, sync the store.
+    pub fn shutdown(&self) -> Result<()> {
+        let open: Vec<Node> = self.nodes.lock().values().map(|e| e.node.clone()).collect();
+        for node in open {
+            let mut st = node.write();
+            self.persist_attrs(&mut st, false)?;
+        }
+        if let Some(handle) = self.sealer.lock().take() {
+            handle.stop_and_drain();
+        }
+        self.meta.sync()?;
+        self.blocks.sync()
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn meta(&self) -> &dyn MetaStore {
+        &*self.meta
+    }
+
+    pub fn disk_space(&self) -> Result<DiskSpace> {
+        self.space.disk()
+    }
+
+    /// The current attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> Result<Inode> {
+        if let Some(node) = self.node_if_open(ino) {
+            return Ok(node.read().inode.clone());
+        }
+        self.meta.get_inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    /// Count one more kernel reference to `ino` (every entry the adapter hands out).
+    pub fn remember(&self, ino: Ino) {
+        *self.lookups.lock().entry(ino).or_insert(0) += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let gone = {
+            let mut l = self.lookups.lock();
+            match l.get_mut(&ino) {
+                Some(c) if *c > n => {
+                    *c -= n;
+                    false
+                }
+                Some(_) => {
+                    l.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if gone {
+            if let Err(e) = self.purge_if_unused(ino) {
+                tracing::error!("purge inode {ino}: {e}");
+            }
+        }
+    }
+
+    fn node_if_open(&self, ino: Ino) -> Option<Node> {
+        self.nodes.lock().get(&ino).map(|e| e.node.clone())
+    }
+
+    fn is_referenced(&self, ino: Ino) -> bool {
+        self.lookups.lock().contains_key(&ino) || self.nodes.lock().contains_key(&ino)
+    }
+
+    /// Load (or find) the node of `ino` and count a handle or a pin on it. Caller holds `ns`.
+    fn pin_locked(&self, ino: Ino, handle: bool) -> Result<Node> {
+        let mut nodes = self.nodes.lock();
+        if let Some(e) = nodes.get_mut(&ino) {
+            if handle { e.handles += 1 } else { e.pins += 1 }
+            return Ok(e.node.clone());
+        }
+        let inode = self.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        let staging = if inode.kind == Kind::File { self.staging.open(ino, false)? } else { None };
+        let node = Arc::new(RwLock::new(NodeData {
+            inode,
+            staging,
+            extents: HashMap::new(),
+            journaled: HashSet::new(),
+            journal_epoch: 0,
+            attr_dirty: false,
+        }));
+        let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
+        nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });
+        Ok(node)
+    }
+
+    /// Drop a handle or pin; returns true when the node left memory. Caller holds `ns`.
+    fn unpin_locked(&self, ino: Ino, handle: bool) -> bool {
+        let mut nodes = self.nodes.lock();
+        let Some(e) = nodes.get_mut(&ino) else { return false };
+        if handle { e.handles = e.handles.saturating_sub(1) } else { e.pins = e.pins.saturating_sub(1) }
+        if e.handles == 0 && e.pins == 0 {
+            nodes.remove(&ino);
+            return true;
+        }
+        false
+    }
+
+    fn has_handles(&self, ino: Ino) -> bool {
+        self.nodes.lock().get(&ino).is_some_and(|e| e.handles > 0)
+    }
+
+    /// Write the inode record of an open node if it changed.
+    fn persist_attrs(&self, st: &mut NodeData, sync: bool) -> Result<()> {
+        if st.attr_dirty {
+            self.meta.apply(vec![Mutation::PutInode(st.inode.clone())], sync)?;
+            st.attr_dirty = false;
+        } else if sync {
+            self.meta.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Apply a batch that may drop block references, deleting blocks nobody references now.
+    fn apply_with_refs(&self, batch: Vec<Mutation>, sync: bool) -> Result<()> {
+        let freed: Vec<BlockId> = batch
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::RefDelta { id, delta } if *delta < 0 => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if freed.is_empty() {
+            return self.meta.apply(batch, sync);
+        }
+        let _refs = self.refs.lock();
+        self.meta.apply(batch, sync)?;
+        for id in freed {
+            if self.meta.block_refs(&id)? == 0 {
+                self.cache.remove(&id);
+                if let Err(e) = self.blocks.remove(&id) {
+                    tracing::warn!("delete unreferenced block {id}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete an inode nobody links or references any more.
+    fn purge_if_unused(&self, ino: Ino) -> Result<()> {
+        let _ns = self.ns.lock();
+        if self.is_referenced(ino) {
+            return Ok(());
+        }
+        match self.meta.get_inode(ino)? {
+            Some(inode) if inode.nlink == 0 => {}
+            Some(_) => return Ok(()),
+            None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false),
+        }
+        let batch = self.purge_batch(ino)?;
+        self.apply_with_refs(batch, false)?;
+        self.staging.remove(ino)
+    }
+
+    /// The mutations that delete inode `ino` with its extents, references and xattrs.
+    fn purge_batch(&self, ino: Ino) -> Result<Vec<Mutation>> {
+        let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
+        for (block, ext) in self.meta.extents(ino, 0)? {
+            batch.push(Mutation::DelExtent { ino, block });
+            if let Extent::Sealed { id, .. } = ext {
+                batch.push(Mutation::RefDelta { id, delta: -1 });
+            }
+        }
+        for name in self.meta.xattr_names(ino)? {
+            batch.push(Mutation::DelXattr { ino, name });
+        }
+        Ok(batch)
+    }
+
+    /// Start a namespace transaction (takes `ns`).
+    fn txn(&self) -> Txn<'_> {
+        Txn {
+            vol: self,
+            _ns: self.ns.lock(),
+            slots: BTreeMap::new(),
+            batch: Vec::new(),
+            purged: Vec::new(),
+        }
+    }
+}
+
+/// The inode records a namespace change reads and writes, and the batch it builds.
+///
+/// Open inodes are edited in place under their node lock, held until commit, so a concurrent
+/// write cannot slip a stale size past the change.
+struct Txn<'v> {
+    vol: &'v Volume,
+    _ns: parking_lot::MutexGuard<'v, ()>,
+    slots: BTreeMap<Ino, (Slot, bool)>,
+    batch: Vec<Mutation>,
+    /// Inodes deleted by this transaction: their staging files go after the commit.
+    purged: Vec<Ino>,
+}
+
+enum Slot {
+    Open(NodeGuard),
+    Plain(Inode),
+}
+
+impl Slot {
+    fn inode(&self) -> &Inode {
+        match self {
+            Slot::Open(g) => &g.inode,
+            Slot::Plain(i) => i,
+        }
+    }
+    fn inode_mut(&mut self) -> &mut Inode {
+        match self {
+            Slot::Open(g) => &mut g.inode,
+            Slot::Plain(i) => i,
+        }
+    }
+}
+
+impl<'v> Txn<'v> {
+    fn load(&mut self, ino: Ino) -> Result<&mut (Slot, bool)> {
+        if !self.slots.contains_key(&ino) {
+            let slot = match self.vol.node_if_open(ino) {
+                Some(node) => Slot::Open(node.write_arc()),
+                None => Slot::Plain(self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?),
+            };
+            self.slots.insert(ino, (slot, false));
+        }
+        Ok(self.slots.get_mut(&ino).expect("just inserted"))
+    }
+
+    fn inode(&mut self, ino: Ino) -> Result<&Inode> {
+        Ok(self.load(ino)?.0.inode())
+    }
+
+    fn inode_mut(&mut self, ino: Ino) -> Result<&mut Inode> {
+        let slot = self.load(ino)?;
+        slot.1 = true;
+        Ok(slot.0.inode_mut())
+    }
+
+    /// The node state of an open inode taking part in this transaction.
+    fn node_mut(&mut self, ino: Ino) -> Result<Option<&mut NodeData>> {
+        Ok(match &mut self.load(ino)?.0 {
+            Slot::Open(g) => Some(&mut **g),
+            Slot::Plain(_) => None,
+        })
+    }
+
+    fn insert_new(&mut self, inode: Inode) {
+        self.slots.insert(inode.ino, (Slot::Plain(inode), true));
+    }
+
+    fn push(&mut self, m: Mutation) {
+        self.batch.push(m);
+    }
+
+    /// One link to `ino` went away: keep it as an orphan while referenced, else delete it.
+    fn drop_link(&mut self, ino: Ino) -> Result<()> {
+        let inode = self.inode_mut(ino)?;
+        inode.nlink = if inode.kind == Kind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
+        inode.ctime = crate::types::Timespec::now();
+        if inode.nlink > 0 {
+            return Ok(());
+        }
+        if self.vol.is_referenced(ino) {
+            self.push(Mutation::PutOrphan(ino));
+            return Ok(());
+        }
+        let purge = self.vol.purge_batch(ino)?;
+        self.batch.extend(purge);
+        self.slots.remove(&ino);
+        self.purged.push(ino);
+        Ok(())
+    }
+
+    fn commit(mut self, sync: bool) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        for (slot, dirty) in self.slots.values_mut() {
+            if *dirty {
+                batch.push(Mutation::PutInode(slot.inode().clone()));
+                if let Slot::Open(g) = slot {
+                    g.attr_dirty = false;
+                }
+            }
+        }
+        self.vol.apply_with_refs(batch, sync)?;
+        for ino in &self.purged {
+            self.vol.staging.remove(*ino)?;
+        }
+        Ok(())
+    }
+}

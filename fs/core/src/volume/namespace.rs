@@ -1,0 +1,281 @@
+//! Names: lookup, create, link, unlink, rename, readdir.
+
+use super::{Caller, Txn, Volume};
+use crate::error::{FsError, Result};
+use crate::meta::Mutation;
+use crate::types::{Dentry, Inode, Ino, Kind, Timespec, NAME_MAX};
+
+/// One entry of a readdir answer; `offset` is what the kernel passes back to continue after it.
+#[derive(Clone, Debug)]
+pub struct ReaddirEntry {
+    pub offset: u64,
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: Vec<u8>,
+}
+
+/// What a new inode should be.
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    pub kind: Kind,
+    pub perm: u32,
+    pub rdev: u32,
+    pub target: Vec<u8>,
+}
+
+/// Rename flags (`renameat2`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+impl Txn<'_> {
+    /// The parent directory, checked to be a live directory.
+    fn dir(&mut self, ino: Ino) -> Result<&Inode> {
+        let dir = self.inode(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if dir.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        Ok(dir)
+    }
+
+    /// Add `name` → `ino` to `parent`, giving it the directory's next cookie.
+    fn add_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: Kind) -> Result<Dentry> {
+        let now = Timespec::now();
+        let dir = self.inode_mut(parent)?;
+        let dentry = Dentry { ino, kind, cookie: dir.next_cookie };
+        dir.next_cookie += 1;
+        dir.mtime = now;
+        dir.ctime = now;
+        if kind == Kind::Dir {
+            dir.nlink += 1;
+        }
+        self.push(Mutation::PutDentry { parent, name: name.to_vec(), dentry });
+        Ok(dentry)
+    }
+
+    fn remove_entry(&mut self, parent: Ino, name: &[u8], d: Dentry) -> Result<()> {
+        let now = Timespec::now();
+        let dir = self.inode_mut(parent)?;
+        dir.mtime = now;
+        dir.ctime = now;
+        if d.kind == Kind::Dir {
+            dir.nlink = dir.nlink.saturating_sub(1);
+        }
+        self.push(Mutation::DelDentry { parent, name: name.to_vec(), cookie: d.cookie });
+        Ok(())
+    }
+
+    fn entry(&self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
+        self.vol.meta.lookup(parent, name)
+    }
+}
+
+impl Volume {
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let d = self.meta.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        self.getattr(d.ino)
+    }
+
+    /// Create a file, directory, symlink or special file named `name` in `parent`.
+    pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
+        check_name(name)?;
+        let mut txn = self.txn();
+        let dir = txn.dir(parent)?;
+        let setgid_dir = dir.perm & libc::S_ISGID != 0;
+        let dir_gid = dir.gid;
+        if txn.entry(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = self.next_ino.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gid = if setgid_dir { dir_gid } else { who.gid };
+        let mut inode = Inode::new(ino, new.kind, new.perm, who.uid, gid);
+        if setgid_dir && new.kind == Kind::Dir {
+            inode.perm |= libc::S_ISGID;
+        }
+        inode.parent = parent;
+        inode.rdev = new.rdev;
+        inode.size = new.target.len() as u64;
+        inode.target = new.target;
+        txn.add_entry(parent, name, ino, new.kind)?;
+        txn.insert_new(inode.clone());
+        txn.commit(false)?;
+        Ok(inode)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.getattr(ino)?;
+        if inode.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(inode.target)
+    }
+
+    /// A new name `newname` in `newparent` for the existing inode `ino`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        check_name(newname)?;
+        let mut txn = self.txn();
+        txn.dir(newparent)?;
+        let (kind, nlink) = {
+            let inode = txn.inode(ino)?;
+            (inode.kind, inode.nlink)
+        };
+        if kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if txn.entry(newparent, newname)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        txn.add_entry(newparent, newname, ino, kind)?;
+        let inode = txn.inode_mut(ino)?;
+        inode.nlink += 1;
+        inode.ctime = Timespec::now();
+        let out = inode.clone();
+        txn.commit(false)?;
+        Ok(out)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        let mut txn = self.txn();
+        txn.dir(parent)?;
+        let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        txn.remove_entry(parent, name, d)?;
+        txn.drop_link(d.ino)?;
+        txn.commit(false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(FsError::Invalid("cannot remove ."));
+        }
+        let mut txn = self.txn();
+        txn.dir(parent)?;
+        let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.meta.readdir(d.ino, 0, 1)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        txn.remove_entry(parent, name, d)?;
+        txn.drop_link(d.ino)?;
+        txn.commit(false)
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        check_name(newname)?;
+        let mut txn = self.txn();
+        txn.dir(parent)?;
+        txn.dir(newparent)?;
+        let src = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
+        let dst = txn.entry(newparent, newname)?;
+        if flags.exchange {
+            let dst = dst.ok_or(FsError::NotFound)?;
+            return self.exchange(txn, (parent, name, src), (newparent, newname, dst));
+        }
+        if let Some(dst) = dst {
+            if flags.noreplace {
+                return Err(FsError::Exists);
+            }
+            if dst.ino == src.ino {
+                return Ok(());
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.meta.readdir(dst.ino, 0, 1)?.is_empty() => {
+                    return Err(FsError::NotEmpty)
+                }
+                _ => {}
+            }
+            txn.remove_entry(newparent, newname, dst)?;
+            txn.drop_link(dst.ino)?;
+        }
+        txn.remove_entry(parent, name, src)?;
+        txn.add_entry(newparent, newname, src.ino, src.kind)?;
+        let moved = txn.inode_mut(src.ino)?;
+        moved.parent = newparent;
+        moved.ctime = Timespec::now();
+        txn.commit(false)
+    }
+
+    /// `RENAME_EXCHANGE`: swap two entries atomically.
+    fn exchange(&self, mut txn: Txn<'_>, a: (Ino, &[u8], Dentry), b: (Ino, &[u8], Dentry)) -> Result<()> {
+        let (pa, na, da) = a;
+        let (pb, nb, db) = b;
+        let put = |parent, name: &[u8], d: Dentry, cookie| Mutation::PutDentry {
+            parent,
+            name: name.to_vec(),
+            dentry: Dentry { ino: d.ino, kind: d.kind, cookie },
+        };
+        txn.push(put(pa, na, db, da.cookie));
+        txn.push(put(pb, nb, da, db.cookie));
+        let now = Timespec::now();
+        if pa != pb && da.kind != db.kind {
+            let (gain, lose) = if da.kind == Kind::Dir { (pb, pa) } else { (pa, pb) };
+            txn.inode_mut(gain)?.nlink += 1;
+            let l = txn.inode_mut(lose)?;
+            l.nlink = l.nlink.saturating_sub(1);
+        }
+        for (dir, moved, to) in [(pa, da.ino, pb), (pb, db.ino, pa)] {
+            let d = txn.inode_mut(dir)?;
+            d.mtime = now;
+            d.ctime = now;
+            let m = txn.inode_mut(moved)?;
+            m.parent = to;
+            m.ctime = now;
+        }
+        txn.commit(false)
+    }
+
+    /// Entries of directory `ino` after readdir offset `offset`, at most `limit` of them.
+    /// Offsets 1 and 2 are `.` and `..`; entry offsets are their cookie + 2.
+    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<ReaddirEntry>> {
+        let dir = self.getattr(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(ReaddirEntry { offset: 1, ino, kind: Kind::Dir, name: b".".to_vec() });
+        }
+        if offset < 2 {
+            let parent = if dir.parent == 0 { ino } else { dir.parent };
+            out.push(ReaddirEntry { offset: 2, ino: parent, kind: Kind::Dir, name: b"..".to_vec() });
+        }
+        for e in self.meta.readdir(ino, offset.saturating_sub(2), limit)? {
+            out.push(ReaddirEntry { offset: e.cookie + 2, ino: e.dentry.ino, kind: e.dentry.kind, name: e.name });
+        }
+        Ok(out)
+    }
+}

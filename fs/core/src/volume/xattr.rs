@@ -1,0 +1,79 @@
+//! Extended attributes, stored per inode in the metadata store.
+
+use super::Volume;
+use crate::error::{FsError, Result};
+use crate::meta::Mutation;
+use crate::types::{Ino, Timespec};
+
+/// Longest value accepted, as on ext4.
+pub const XATTR_SIZE_MAX: usize = 64 * 1024;
+
+/// How `setxattr` treats an existing attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrMode {
+    Any,
+    /// `XATTR_CREATE`: fail if it exists.
+    Create,
+    /// `XATTR_REPLACE`: fail if it does not.
+    Replace,
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(FsError::Range);
+    }
+    const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    if !NAMESPACES.iter().any(|ns| name.starts_with(ns) && name.len() > ns.len()) {
+        return Err(FsError::Unsupported("xattr namespace"));
+    }
+    Ok(())
+}
+
+impl Volume {
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(FsError::Range);
+        }
+        let mut txn = self.txn();
+        let exists = self.meta.get_xattr(ino, name)?.is_some();
+        match (mode, exists) {
+            (XattrMode::Create, true) => return Err(FsError::Exists),
+            (XattrMode::Replace, false) => return Err(FsError::NoXattr),
+            _ => {}
+        }
+        txn.inode_mut(ino)?.ctime = Timespec::now();
+        txn.push(Mutation::PutXattr { ino, name: name.to_vec(), value: value.to_vec() });
+        txn.commit(false)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.getattr(ino)?;
+        if check_xattr_name(name).is_err() {
+            return Err(FsError::NoXattr);
+        }
+        self.meta.get_xattr(ino, name)?.ok_or(FsError::NoXattr)
+    }
+
+    /// The names, each followed by a NUL byte, as `listxattr` returns them.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.getattr(ino)?;
+        let mut out = Vec::new();
+        for name in self.meta.xattr_names(ino)? {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        check_xattr_name(name).map_err(|_| FsError::NoXattr)?;
+        let mut txn = self.txn();
+        if self.meta.get_xattr(ino, name)?.is_none() {
+            return Err(FsError::NoXattr);
+        }
+        txn.inode_mut(ino)?.ctime = Timespec::now();
+        txn.push(Mutation::DelXattr { ino, name: name.to_vec() });
+        txn.commit(false)
+    }
+}

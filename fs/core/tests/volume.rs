@@ -1,0 +1,215 @@
+//! Core logic through the in-memory metadata and block stores (no FUSE, no RocksDB).
+
+use hybridfs_core::blockstore::{BlockStore, MemBlockStore};
+use hybridfs_core::fsck;
+use hybridfs_core::meta::{MemMeta, MetaStore};
+use hybridfs_core::staging::Staging;
+use hybridfs_core::types::{Extent, Ino, Kind, ROOT_INO};
+use hybridfs_core::{Caller, Fallocate, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const BS: u64 = 4096;
+const ME: Caller = Caller { uid: 0, gid: 0 };
+
+struct Fixture {
+    vol: Arc<Volume>,
+    meta: Arc<MemMeta>,
+    blocks: Arc<MemBlockStore>,
+    dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(MemMeta::default());
+    let blocks = Arc::new(MemBlockStore::default());
+    Volume::format(&*meta, 0, 0).unwrap();
+    let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join("staging"), ..Default::default() };
+    let vol = Volume::open(meta.clone(), blocks.clone(), opts).unwrap();
+    Fixture { vol, meta, blocks, dir }
+}
+
+impl Fixture {
+    fn file(&self, name: &str) -> Ino {
+        let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+        let ino = self.vol.create_node(ROOT_INO, name.as_bytes(), new, ME).unwrap().ino;
+        self.vol.open_file(ino).unwrap();
+        ino
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let size = self.vol.getattr(ino).unwrap().size;
+        self.vol.read(ino, 0, size as u32).unwrap()
+    }
+
+    fn fsck_clean(&self) {
+        let staging = Staging::new(self.dir.path().join("staging")).unwrap();
+        let r = fsck::check(&*self.meta, &*self.blocks, &staging, BS, true).unwrap();
+        assert!(r.clean(), "fsck problems: {:?}", r.problems);
+    }
+}
+
+#[test]
+fn write_read_seal_and_copy_on_write() {
+    let f = fixture();
+    let ino = f.file("a");
+    let data: Vec<u8> = (0..3 * BS + 100).map(|i| (i % 251) as u8).collect();
+    f.vol.write(ino, 0, &data).unwrap();
+    assert_eq!(f.read_all(ino), data);
+    f.vol.release_file(ino).unwrap();
+    assert!(f.vol.seal_inode(ino).unwrap());
+    let sealed: Vec<_> = f.meta.extents(ino, 0).unwrap();
+    assert_eq!(sealed.len(), 4);
+    assert!(sealed.iter().all(|(_, e)| matches!(e, Extent::Sealed { .. })));
+    let before: BTreeSet<_> = sealed.iter().map(|(_, e)| *e).collect();
+
+    // Invariant 2: overwriting part of a sealed block stages a copy; the sealed block stays.
+    f.vol.open_file(ino).unwrap();
+    f.vol.write(ino, BS + 10, b"XYZ").unwrap();
+    let mut expect = data.clone();
+    expect[(BS + 10) as usize..(BS + 13) as usize].copy_from_slice(b"XYZ");
+    assert_eq!(f.read_all(ino), expect);
+    for e in &before {
+        if let Extent::Sealed { id, len } = e {
+            if f.meta.extents(ino, 0).unwrap().iter().any(|(_, x)| x == e) {
+                assert_eq!(f.blocks.get(id).unwrap().len(), *len as usize);
+            }
+        }
+    }
+    f.vol.release_file(ino).unwrap();
+    f.vol.seal_inode(ino).unwrap();
+    f.vol.open_file(ino).unwrap();
+    assert_eq!(f.read_all(ino), expect);
+    f.vol.release_file(ino).unwrap();
+    f.fsck_clean();
+}
+
+/// Invariant 5: a corrupted sealed block is an error naming it, never wrong bytes.
+#[test]
+fn corrupt_block_is_an_error() {
+    let f = fixture();
+    let ino = f.file("a");
+    f.vol.write(ino, 0, &vec![7u8; BS as usize]).unwrap();
+    f.vol.release_file(ino).unwrap();
+    f.vol.seal_inode(ino).unwrap();
+    let (_, ext) = f.meta.extents(ino, 0).unwrap()[0];
+    let Extent::Sealed { id, .. } = ext else { panic!("not sealed") };
+    f.blocks.corrupt(&id);
+    f.vol.open_file(ino).unwrap();
+    match f.vol.read(ino, 0, 10) {
+        Err(FsError::CorruptBlock { id: got, .. }) => assert_eq!(got, id),
+        other => panic!("expected a corrupt block error, got {other:?}"),
+    }
+}
+
+/// The journal records exactly the blocks written, truncated or punched (invariant 3).
+#[test]
+fn journal_records_exactly_the_changed_blocks() {
+    let f = fixture();
+    let a = f.file("a");
+    let b = f.file("b");
+    f.vol.write(a, 10, b"x").unwrap();
+    f.vol.write(a, 10, b"y").unwrap();
+    f.vol.write(a, 5 * BS - 1, b"zz").unwrap();
+    f.vol.write(b, 100 * BS, b"far").unwrap();
+    let rows: BTreeSet<(Ino, u64)> = f.meta.journal(0).unwrap().into_iter().map(|e| (e.ino, e.block)).collect();
+    assert_eq!(rows, BTreeSet::from([(a, 0), (a, 4), (a, 5), (b, 100)]));
+    assert_eq!(f.vol.read(b, 50 * BS, 10).unwrap(), vec![0u8; 10], "holes read as zeros");
+}
+
+#[test]
+fn truncate_and_punch_hole_read_zeros() {
+    let f = fixture();
+    let ino = f.file("a");
+    f.vol.write(ino, 0, &vec![1u8; 3 * BS as usize]).unwrap();
+    f.vol.release_file(ino).unwrap();
+    f.vol.seal_inode(ino).unwrap();
+    f.vol.setattr(ino, SetAttr { size: Some(BS + 7), ..Default::default() }).unwrap();
+    f.vol.setattr(ino, SetAttr { size: Some(2 * BS), ..Default::default() }).unwrap();
+    f.vol.open_file(ino).unwrap();
+    let got = f.read_all(ino);
+    assert_eq!(got.len(), 2 * BS as usize);
+    assert!(got[..(BS + 7) as usize].iter().all(|b| *b == 1));
+    assert!(got[(BS + 7) as usize..].iter().all(|b| *b == 0), "truncated bytes come back as zeros");
+    f.vol.fallocate(ino, 10, BS, Fallocate::PunchHole).unwrap();
+    let got = f.read_all(ino);
+    assert!(got[10..(BS + 10) as usize].iter().all(|b| *b == 0));
+    assert_eq!(got[9], 1);
+    f.vol.release_file(ino).unwrap();
+    f.fsck_clean();
+}
+
+#[test]
+fn unlinked_open_file_lives_until_released_and_forgotten() {
+    let f = fixture();
+    let ino = f.file("a");
+    f.vol.remember(ino);
+    f.vol.write(ino, 0, b"still here").unwrap();
+    f.vol.unlink(ROOT_INO, b"a").unwrap();
+    assert_eq!(f.read_all(ino), b"still here");
+    assert_eq!(f.meta.orphans().unwrap(), vec![ino]);
+    f.vol.release_file(ino).unwrap();
+    assert!(f.meta.get_inode(ino).unwrap().is_some(), "the kernel still references it");
+    f.vol.forget(ino, 1);
+    assert!(f.meta.get_inode(ino).unwrap().is_none());
+    assert!(f.meta.orphans().unwrap().is_empty());
+    f.fsck_clean();
+}
+
+#[test]
+fn rename_replace_noreplace_exchange_and_link_counts() {
+    let f = fixture();
+    let dir = |name: &str| {
+        let new = NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] };
+        f.vol.create_node(ROOT_INO, name.as_bytes(), new, ME).unwrap().ino
+    };
+    let d1 = dir("d1");
+    let d2 = dir("d2");
+    let a = f.file("a");
+    let b = f.file("b");
+    f.vol.release_file(a).unwrap();
+    f.vol.release_file(b).unwrap();
+    assert_eq!(f.vol.getattr(ROOT_INO).unwrap().nlink, 4);
+    let noreplace = RenameFlags { noreplace: true, exchange: false };
+    assert!(matches!(f.vol.rename(ROOT_INO, b"a", ROOT_INO, b"b", noreplace), Err(FsError::Exists)));
+    f.vol.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameFlags::default()).unwrap();
+    assert_eq!(f.vol.lookup(ROOT_INO, b"b").unwrap().ino, a);
+    assert!(f.meta.get_inode(b).unwrap().is_none(), "replaced, unreferenced inode is gone");
+    f.vol.rename(ROOT_INO, b"d1", d2, b"inner", RenameFlags::default()).unwrap();
+    assert_eq!(f.vol.getattr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(f.vol.getattr(d2).unwrap().nlink, 3);
+    let exchange = RenameFlags { noreplace: false, exchange: true };
+    f.vol.rename(ROOT_INO, b"b", d2, b"inner", exchange).unwrap();
+    assert_eq!(f.vol.lookup(ROOT_INO, b"b").unwrap().ino, d1);
+    assert_eq!(f.vol.lookup(d2, b"inner").unwrap().ino, a);
+    assert_eq!(f.vol.getattr(ROOT_INO).unwrap().nlink, 4);
+    assert_eq!(f.vol.getattr(d2).unwrap().nlink, 2);
+    f.vol.link(a, ROOT_INO, b"hard").unwrap();
+    assert_eq!(f.vol.getattr(a).unwrap().nlink, 2);
+    assert!(matches!(f.vol.rmdir(ROOT_INO, b"d2"), Err(FsError::NotEmpty)));
+    f.fsck_clean();
+}
+
+#[test]
+fn readdir_offsets_are_stable_while_entries_change() {
+    let f = fixture();
+    for i in 0..50 {
+        let ino = f.file(&format!("f{i}"));
+        f.vol.release_file(ino).unwrap();
+    }
+    let first = f.vol.readdir(ROOT_INO, 0, 20).unwrap();
+    let resume = first.last().unwrap().offset;
+    f.vol.unlink(ROOT_INO, b"f0").unwrap();
+    let ino = f.file("new");
+    f.vol.release_file(ino).unwrap();
+    let mut seen: Vec<Vec<u8>> = first.iter().map(|e| e.name.clone()).collect();
+    let mut off = resume;
+    loop {
+        let more = f.vol.readdir(ROOT_INO, off, 20).unwrap();
+        let Some(last) = more.last() else { break };
+        off = last.offset;
+        seen.extend(more.into_iter().map(|e| e.name));
+    }
+    assert_eq!(seen.len(), 2 + 50 + 1, ". .. 50 files and the new one, none twice");
+    assert!(f.vol.readdir(ROOT_INO, off, 20).unwrap().is_empty());
+}

@@ -1,0 +1,65 @@
+//! Mounting: the FUSE session options and the kernel connection tuning.
+
+use crate::HybridFs;
+use fuser::{Config, InitFlags, KernelConfig, MountOption, SessionACL};
+use hybridfs_core::Volume;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Largest read and write request (the kernel's FUSE_MAX_PAGES limit is 1 MiB on 4 KiB pages).
+const MAX_IO: u32 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Shown as the source of the mount (`hybridfs:NAME`).
+    pub fs_name: String,
+    /// Session threads reading `/dev/fuse`.
+    pub threads: usize,
+    pub read_only: bool,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, read_only: false }
+    }
+}
+
+/// Mount `vol` at `mountpoint` and serve it until it is unmounted; the volume is flushed
+/// (`Volume::shutdown`) before this returns.
+pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io::Result<()> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(cfg.fs_name.clone()),
+        MountOption::Subtype("hybridfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Dev,
+        MountOption::Suid,
+        if cfg.read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    fuser::Session::new(HybridFs::new(vol), mountpoint, &config)?.run()
+}
+
+/// Ask the kernel for large requests, writeback caching, readdirplus and parallel lookups.
+pub(crate) fn tune(config: &mut KernelConfig) {
+    let wanted = [
+        InitFlags::FUSE_WRITEBACK_CACHE,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        InitFlags::FUSE_DO_READDIRPLUS,
+        InitFlags::FUSE_READDIRPLUS_AUTO,
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        InitFlags::FUSE_ASYNC_DIO,
+    ];
+    for flag in wanted {
+        if config.add_capabilities(flag).is_err() {
+            tracing::info!("kernel lacks FUSE capability {flag:?}");
+        }
+    }
+    let _ = config.set_max_write(MAX_IO);
+    let _ = config.set_max_readahead(MAX_IO);
+    let _ = config.set_max_background(64);
+    let _ = config.set_congestion_threshold(48);
+}

@@ -1,0 +1,210 @@
+//! Bad input and hostile conditions: the CLI's refusals and exit codes (doc/CLI.md),
+//! corrupted local blocks (invariant 5, verified reads: EIO plus a log line naming the block,
+//! never wrong bytes), and a full disk (ENOSPC, not EIO, and the volume recovers).
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hybridfs_tests::cmd;
+use hybridfs_tests::content::{assert_same_bytes, pattern};
+use hybridfs_tests::sys::errno_of;
+use hybridfs_tests::{procs, require_root, TestVolume};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn format_refuses_an_existing_volume() {
+    let mut vol = TestVolume::new();
+    fs::write(vol.path("keep"), b"precious").unwrap();
+    vol.umount();
+    let json = vol.volume_dir().join("volume.json");
+    let before = fs::read(&json).unwrap();
+    let out = vol.ctl(&["format", "vol"]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("hybridctl: error:"), "one-line error on stderr: {out}");
+    vol.ctl(&["format", "vol", "--block-size", "64K"]).assert_code(2);
+    assert_eq!(fs::read(&json).unwrap(), before, "volume.json untouched");
+    vol.mount();
+    assert_eq!(fs::read(vol.path("keep")).unwrap(), b"precious", "data untouched");
+}
+
+#[test]
+fn format_refuses_bad_block_sizes() {
+    let vol = TestVolume::new();
+    for bad in ["3K", "100", "32K", "128M", "1G", "0", "abc", "-64K", "64Q", ""] {
+        let name = format!("bad{}", bad.replace(['-', ' '], "_"));
+        let out = vol.ctl(&["format", &name, "--block-size", bad]);
+        assert_eq!(out.code, Some(2), "--block-size {bad:?} must be refused with exit 2: {out}");
+        assert!(!vol.home().join("volumes").join(&name).exists(), "refused format left {name} behind");
+    }
+    for good in ["64K", "1M", "64M"] {
+        let name = format!("good{good}");
+        vol.ctl(&["format", &name, "--block-size", good]).assert_success();
+    }
+}
+
+#[test]
+fn mount_on_a_missing_mount_point() {
+    let vol = TestVolume::builder().unmounted().build();
+    let missing = vol.root().join("no-such-dir");
+    let out = vol.ctl_os(&[OsStr::new("mount"), OsStr::new("vol"), missing.as_os_str(), OsStr::new("-d")]);
+    assert_eq!(out.code, Some(2), "missing mount point: {out}");
+    let out = vol.ctl(&["mount", "no-such-volume", vol.mountpoint().to_str().unwrap(), "-d"]);
+    assert!(!out.success() && !procs::is_mounted(vol.mountpoint()), "mount of a missing volume: {out}");
+}
+
+#[test]
+fn mount_on_a_busy_mount_point() {
+    let vol = TestVolume::new();
+    fs::write(vol.path("a"), b"first").unwrap();
+    vol.ctl(&["format", "other"]).assert_success();
+    let out = vol.ctl(&["mount", "other", vol.mountpoint().to_str().unwrap(), "-d"]);
+    assert!(!out.success(), "mounting over an existing mount must fail: {out}");
+    assert_eq!(out.code, Some(1), "CLI.md: mount point already a mount -> exit 1: {out}");
+    assert_eq!(fs::read(vol.path("a")).unwrap(), b"first", "the first mount still answers");
+}
+
+#[test]
+fn second_mount_of_the_same_volume_is_refused() {
+    let vol = TestVolume::new();
+    let pid = vol.mount_pid().expect("mount.json pid");
+    let second = vol.root().join("mnt2");
+    fs::create_dir(&second).unwrap();
+    let out = vol.try_mount_at(&second);
+    assert_eq!(out.code, Some(1), "second mount of a mounted volume: {out}");
+    assert!(out.stderr.contains(&pid.to_string()), "stderr must name the holder's pid {pid}: {out}");
+    assert!(!procs::is_mounted(&second), "refused mount left something mounted");
+}
+
+/// Flips bytes near the start, middle and end of `path`.
+fn corrupt(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let n = bytes.len();
+    assert!(n > 0, "empty block file {}", path.display());
+    for i in [n / 2, n - 1, n.min(40) - 1, n / 3] {
+        bytes[i] ^= 0x5a;
+    }
+    fs::write(path, bytes).unwrap();
+}
+
+fn block_hex(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn corrupted_local_block_reads_as_eio() {
+    let mut vol = TestVolume::new();
+    let data = pattern(11, 300_000);
+    fs::write(vol.path("victim"), &data).unwrap();
+    vol.umount();
+    let blocks: Vec<PathBuf> = vol.block_files();
+    assert!(!blocks.is_empty(), "after umount the data must be in sealed blocks under blocks/XX/");
+    for b in &blocks {
+        let hex = block_hex(b);
+        assert!(hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()), "block file name {hex}");
+        corrupt(b);
+    }
+    vol.mount();
+    let mut buf = Vec::new();
+    let r = File::open(vol.path("victim")).and_then(|mut f| f.read_to_end(&mut buf));
+    match r {
+        Ok(n) => panic!("read of a corrupted block succeeded with {n} bytes (intact: {})", buf == data),
+        Err(e) => assert_eq!(errno_of(&e), libc::EIO, "corruption must read as EIO: {e}"),
+    }
+    let log = vol.mount_log();
+    let hexes: Vec<String> = blocks.iter().map(|b| block_hex(b)).collect();
+    assert!(
+        hexes.iter().any(|h| log.contains(h.as_str())),
+        "mount.log must name the corrupted block (one of {hexes:?}); log:\n{log}"
+    );
+    vol.umount();
+    let out = vol.fsck(&["--verify"]);
+    assert_eq!(out.code, Some(1), "fsck --verify on corrupted blocks: {out}");
+    let all = out.all_output();
+    for h in &hexes {
+        assert!(all.contains(h.as_str()), "fsck --verify must name block {h}: {out}");
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted on drop (lazily if busy).
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let out = cmd::run(
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path),
+            Duration::from_secs(30),
+        );
+        out.assert_success();
+        Tmpfs { path: path.to_path_buf() }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let out = cmd::run(Command::new("umount").arg(&self.path), Duration::from_secs(30));
+        if !out.success() {
+            procs::lazy_unmount_all(&self.path);
+        }
+    }
+}
+
+/// Writes 1 MiB chunks (fsync every 16) until an error; returns its errno and bytes written.
+fn fill_until_error(path: &Path, limit: usize) -> (i32, usize) {
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).unwrap();
+    let chunk = pattern(12, MIB);
+    let mut written = 0;
+    while written < limit {
+        if let Err(e) = f.write_all(&chunk) {
+            return (errno_of(&e), written);
+        }
+        written += MIB;
+        if written % (16 * MIB) == 0 {
+            if let Err(e) = f.sync_all() {
+                return (errno_of(&e), written);
+            }
+        }
+    }
+    match f.sync_all() {
+        Err(e) => (errno_of(&e), written),
+        Ok(()) => panic!("wrote {written} bytes to a 300 MiB tmpfs home without ENOSPC"),
+    }
+}
+
+#[test]
+fn full_disk_gives_enospc_and_recovers() {
+    require_root();
+    let outer = tempfile::Builder::new().prefix("hybridfs-full-").tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&outer.path().join("small"), "300m");
+    let home = tmpfs.path.join("home");
+    assert_eq!(procs::mount_fstype(&tmpfs.path).as_deref(), Some("tmpfs"), "home must be on the small tmpfs");
+    let mut vol = TestVolume::builder().home(&home).build();
+
+    let (errno, written) = fill_until_error(&vol.path("filler"), 1024 * MIB);
+    eprintln!("first error after {} MiB: errno {errno}", written / MIB);
+    assert_eq!(errno, libc::ENOSPC, "a full disk must report ENOSPC (not EIO or other)");
+
+    fs::remove_file(vol.path("filler")).unwrap();
+    let data = pattern(13, 8 * MIB);
+    let mut f = File::create(vol.path("after")).unwrap();
+    f.write_all(&data).expect("write after freeing space");
+    f.sync_all().expect("fsync after freeing space");
+    drop(f);
+    assert_same_bytes("file written after ENOSPC", &fs::read(vol.path("after")).unwrap(), &data);
+
+    vol.umount();
+    let fsck = vol.fsck(&[]);
+    assert!(fsck.success(), "fsck after a full disk: {fsck}");
+    vol.mount();
+    assert_same_bytes("after remount", &fs::read(vol.path("after")).unwrap(), &data);
+    vol.umount();
+    drop(vol);
+    drop(tmpfs);
+}

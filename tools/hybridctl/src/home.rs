@@ -1,0 +1,240 @@
+//! The local state directory: where volumes live, their format file and their lock.
+
+use crate::usage;
+use anyhow::{Context, Result};
+use hybridfs_blocks::FileBlockStore;
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::{Volume, VolumeOptions};
+use hybridfs_meta::{RocksMeta, RocksOptions};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+pub struct Home {
+    pub root: PathBuf,
+}
+
+/// `volume.json`: the format of a volume, fixed at `format` time.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct VolumeConfig {
+    pub format_version: u32,
+    pub name: String,
+    pub block_size: u32,
+    pub store: String,
+    pub created: i64,
+}
+
+/// `mount.json`: present while a mount process serves the volume.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MountState {
+    pub mountpoint: PathBuf,
+    pub pid: u32,
+}
+
+/// The files of one volume.
+pub struct VolumeDir {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl VolumeDir {
+    pub fn config_path(&self) -> PathBuf { self.dir.join("volume.json") }
+    pub fn meta_dir(&self) -> PathBuf { self.dir.join("meta") }
+    pub fn blocks_dir(&self) -> PathBuf { self.dir.join("blocks") }
+    pub fn staging_dir(&self) -> PathBuf { self.dir.join("staging") }
+    pub fn lock_path(&self) -> PathBuf { self.dir.join("lock") }
+    pub fn mount_state_path(&self) -> PathBuf { self.dir.join("mount.json") }
+    pub fn log_path(&self) -> PathBuf { self.dir.join("mount.log") }
+
+    pub fn config(&self) -> Result<VolumeConfig> {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let cfg: VolumeConfig = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        if cfg.format_version != FORMAT_VERSION {
+            anyhow::bail!("volume {} has format version {}, this hybridctl knows {FORMAT_VERSION}", self.name, cfg.format_version);
+        }
+        Ok(cfg)
+    }
+
+    /// The mount state, if a live process holds the volume.
+    pub fn mount_state(&self) -> Option<MountState> {
+        let text = std::fs::read_to_string(self.mount_state_path()).ok()?;
+        let state: MountState = serde_json::from_str(&text).ok()?;
+        pid_alive(state.pid).then_some(state)
+    }
+
+    /// Take the volume's exclusive lock, or say who holds it.
+    pub fn lock(&self) -> Result<VolumeLock> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_path())
+            .with_context(|| format!("open {}", self.lock_path().display()))?;
+        // SAFETY: flock on an open descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let at = self.mount_state().map(|m| format!(" at {}", m.mountpoint.display())).unwrap_or_default();
+            anyhow::bail!("volume {} is in use by pid {}{at}", self.name, if holder.is_empty() { "?" } else { holder });
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(VolumeLock { _file: file })
+    }
+
+    pub fn open_meta(&self, read_only: bool) -> Result<Arc<RocksMeta>> {
+        let opts = RocksOptions { read_only, ..RocksOptions::default() };
+        Ok(Arc::new(RocksMeta::open(&self.meta_dir(), &opts)?))
+    }
+
+    pub fn open_blocks(&self) -> Result<Arc<FileBlockStore>> {
+        Ok(Arc::new(FileBlockStore::open(self.blocks_dir())?))
+    }
+
+    /// Open the volume for serving (caller holds the lock).
+    pub fn open_volume(&self) -> Result<Arc<Volume>> {
+        let cfg = self.config()?;
+        let opts = VolumeOptions { block_size: cfg.block_size, staging_dir: self.staging_dir(), ..VolumeOptions::default() };
+        let meta: Arc<dyn MetaStore> = self.open_meta(false)?;
+        Ok(Volume::open(meta, self.open_blocks()?, opts)?)
+    }
+}
+
+/// Held while a process owns a volume; released when dropped (or when the process dies).
+pub struct VolumeLock {
+    _file: File,
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'k' | 'K' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&s[..s.len() - 1], 1 << 20),
+        'g' | 'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn check_store(store: &str) -> Result<()> {
+    if let Some(path) = store.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return usage(format!("store URL {store}: file:// needs an absolute path (file:///PATH)"));
+        }
+        return Ok(());
+    }
+    if let Some(rest) = store.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or("");
+        if bucket.len() < 3 || !bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c)) {
+            return usage(format!("store URL {store}: bad bucket name {bucket:?}"));
+        }
+        return Ok(());
+    }
+    usage(format!("store URL {store}: expected file:///PATH or s3://BUCKET/PREFIX"))
+}
+
+impl Home {
+    pub fn resolve(flag: Option<PathBuf>) -> Result<Home> {
+        let root = flag
+            .or_else(|| std::env::var_os("HYBRIDFS_HOME").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/hybridfs"));
+        Ok(Home { root })
+    }
+
+    pub fn volume(&self, name: &str) -> Result<VolumeDir> {
+        if !valid_name(name) {
+            return usage(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+        }
+        let dir = self.root.join("volumes").join(name);
+        if !dir.join("volume.json").exists() {
+            return usage(format!("no volume named {name} in {}", self.root.display()));
+        }
+        Ok(VolumeDir { name: name.to_string(), dir })
+    }
+
+    pub fn volumes(&self) -> Result<Vec<VolumeDir>> {
+        let dir = self.root.join("volumes");
+        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        names.sort();
+        Ok(names.iter().filter_map(|n| self.volume(n).ok()).collect())
+    }
+
+    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>) -> Result<()> {
+        if !valid_name(name) {
+            return usage(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+        }
+        let bs = match parse_size(block_size) {
+            Some(b) if b.is_power_of_two() && (64 << 10..=64 << 20).contains(&b) => b as u32,
+            _ => return usage(format!("bad block size {block_size:?}: a power of two from 64K to 64M")),
+        };
+        let default_store = format!("file://{}", self.root.join("store").display());
+        let store = store.unwrap_or(&default_store);
+        check_store(store)?;
+        let dir = self.root.join("volumes").join(name);
+        if dir.exists() {
+            return usage(format!("volume {name} already exists in {} (nothing was changed)", self.root.display()));
+        }
+        std::fs::create_dir_all(dir.parent().expect("has parent")).with_context(|| format!("create {}", self.root.display()))?;
+        let tmp = self.root.join("volumes").join(format!(".{name}.formatting"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
+        let meta = vd.open_meta(false)?;
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Volume::format(&*meta, uid, gid)?;
+        drop(meta);
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let cfg = VolumeConfig { format_version: FORMAT_VERSION, name: name.to_string(), block_size: bs, store: store.to_string(), created };
+        std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
+        std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
+        println!("formatted volume {name}: block size {}, store {store}", human_bytes(bs as u64));
+        Ok(())
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Whether `path` is in this process's mount table, and with which file system type.
+pub fn mount_type(path: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mp = fields.get(4)?.replace("\\040", " ");
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (mp == want).then(|| fields.get(sep + 1).map(|s| s.to_string())).flatten()
+    })
+}

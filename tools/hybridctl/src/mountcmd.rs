@@ -1,0 +1,167 @@
+//! `hybridctl mount` and `hybridctl umount`.
+
+use crate::home::{mount_type, pid_alive, Home, MountState, VolumeDir};
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use hybridfs_fuse::MountConfig;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `mount -d` waits for the mount to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const FSTYPE: &str = "fuse.hybridfs";
+
+/// Check the mount point; clean up a dead hybridfs mount left by a killed process.
+fn prepare_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let meta = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            detach_stale(mp)?;
+            std::fs::metadata(mp)?
+        }
+        Err(_) => return usage(format!("mount point {} does not exist", mp.display())),
+    };
+    if !meta.is_dir() {
+        return usage(format!("mount point {} is not a directory", mp.display()));
+    }
+    let mp = mp.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
+    if let Some(fstype) = mount_type(&mp) {
+        bail!("mount point {} is busy: a {fstype} file system is mounted there", mp.display());
+    }
+    Ok(mp)
+}
+
+fn detach_stale(mp: &Path) -> Result<()> {
+    let fstype = mount_type(mp).unwrap_or_default();
+    if fstype != FSTYPE {
+        bail!("mount point {} is not answering ({fstype})", mp.display());
+    }
+    tracing::warn!("{}: the previous mount process is gone; detaching the dead mount", mp.display());
+    lazy_umount(mp)
+}
+
+fn lazy_umount(mp: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        bail!("detach {}: {}", mp.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, threads: usize) -> Result<ExitCode> {
+    let vd = home.volume(name)?;
+    vd.config()?;
+    let mp = prepare_mountpoint(mp)?;
+    if daemon {
+        drop(vd.lock()?);
+        return spawn_daemon(home, &vd, &mp, threads);
+    }
+    let _lock = vd.lock()?;
+    let vol = vd.open_volume()?;
+    vol.start_sealer()?;
+    let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
+    std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
+    spawn_readahead_tuner(mp.clone());
+    let cfg = MountConfig { fs_name: format!("hybridfs:{name}"), threads, read_only: false };
+    tracing::info!("serving volume {name} at {}", mp.display());
+    let served = hybridfs_fuse::mount(vol, &mp, &cfg);
+    let _ = std::fs::remove_file(vd.mount_state_path());
+    served.with_context(|| format!("mount {name} at {}", mp.display()))?;
+    tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Start `hybridctl mount` in the background and wait until the mount answers.
+fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, threads: usize) -> Result<ExitCode> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(vd.log_path())?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--home").arg(&home.root).arg("mount").arg(&vd.name).arg(mp).arg("--threads").arg(threads.to_string());
+    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the mount process")?;
+    let start = Instant::now();
+    while start.elapsed() < READY_TIMEOUT {
+        if let Some(status) = child.try_wait()? {
+            bail!("the mount process exited ({status}): {}", log_tail(&vd.log_path()));
+        }
+        if mount_type(mp).as_deref() == Some(FSTYPE) && std::fs::metadata(mp).is_ok() {
+            println!("mounted {} at {} (pid {})", vd.name, mp.display(), child.id());
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    bail!("the mount did not answer within {}s: {}", READY_TIMEOUT.as_secs(), log_tail(&vd.log_path()))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Raise the kernel readahead of the new mount to match our 1 MiB requests.
+fn spawn_readahead_tuner(mp: PathBuf) {
+    std::thread::spawn(move || {
+        for _ in 0..200 {
+            if mount_type(&mp).as_deref() == Some(FSTYPE) {
+                if let Ok(meta) = std::fs::metadata(&mp) {
+                    use std::os::unix::fs::MetadataExt;
+                    let dev = meta.dev();
+                    // SAFETY: pure arithmetic on a dev_t.
+                    let (maj, min) = unsafe { (libc::major(dev), libc::minor(dev)) };
+                    let path = format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb");
+                    if let Err(e) = std::fs::write(&path, "4096") {
+                        tracing::info!("set readahead via {path}: {e}");
+                    }
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
+}
+
+pub fn umount(home: &Home, mp: &Path, timeout: u64) -> Result<ExitCode> {
+    let mp = match mp.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => mp.to_path_buf(),
+        Err(_) => return usage(format!("{} does not exist", mp.display())),
+    };
+    if mount_type(&mp).is_none() {
+        bail!("{} is not mounted", mp.display());
+    }
+    let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp));
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            lazy_umount(&mp)?;
+        } else {
+            bail!("unmount {}: {e}", mp.display());
+        }
+    }
+    if let Some(state) = owner {
+        let start = Instant::now();
+        while pid_alive(state.pid) {
+            if start.elapsed() > Duration::from_secs(timeout) {
+                bail!("unmounted {}, but mount process {} is still flushing after {timeout}s", mp.display(), state.pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("unmounted {}", mp.display());
+    Ok(ExitCode::SUCCESS)
+}

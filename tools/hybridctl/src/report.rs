@@ -1,0 +1,143 @@
+//! `hybridctl status`, `fsck` and `journal`: read-only views of volumes.
+
+use crate::home::{human_bytes, Home, VolumeDir};
+use anyhow::Result;
+use hybridfs_core::fsck;
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::staging::Staging;
+use hybridfs_core::types::{Extent, Kind};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+#[derive(Serialize)]
+struct VolumeStatus {
+    name: String,
+    block_size: u32,
+    store: String,
+    files: u64,
+    directories: u64,
+    bytes: u64,
+    /// Bytes of blocks written since the last push (journal rows x block size).
+    dirty_bytes: u64,
+    /// Bytes of blocks still in staging files (not yet sealed).
+    staged_bytes: u64,
+    epoch: u64,
+    mounted: bool,
+    mountpoint: Option<String>,
+    pid: Option<u32>,
+}
+
+fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
+    let cfg = vd.config()?;
+    let meta = vd.open_meta(true)?;
+    let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+    meta.for_each_inode(&mut |i| match i.kind {
+        Kind::File => {
+            files += 1;
+            bytes += i.size;
+        }
+        Kind::Dir => dirs += 1,
+        _ => {}
+    })?;
+    let dirty: HashSet<(u64, u64)> = meta.journal(0)?.into_iter().map(|e| (e.ino, e.block)).collect();
+    let mut staged = 0u64;
+    meta.for_each_extent(&mut |_, _, e| staged += (e == Extent::Staged) as u64)?;
+    let mount = vd.mount_state();
+    Ok(VolumeStatus {
+        name: cfg.name,
+        block_size: cfg.block_size,
+        store: cfg.store,
+        files,
+        directories: dirs,
+        bytes,
+        dirty_bytes: dirty.len() as u64 * cfg.block_size as u64,
+        staged_bytes: staged * cfg.block_size as u64,
+        epoch: meta.epoch()?,
+        mounted: mount.is_some(),
+        mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
+        pid: mount.map(|m| m.pid),
+    })
+}
+
+pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
+    let vols = match name {
+        Some(n) => vec![home.volume(n)?],
+        None => home.volumes()?,
+    };
+    let statuses = vols.iter().map(volume_status).collect::<Result<Vec<_>>>()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if statuses.is_empty() {
+        println!("no volumes in {} (create one with `hybridctl format NAME`)", home.root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>6}  {}", "VOLUME", "BLOCK", "FILES", "DIRS", "SIZE", "DIRTY", "STAGED", "EPOCH", "MOUNT");
+    for s in &statuses {
+        let mount = match (&s.mountpoint, s.pid) {
+            (Some(mp), Some(pid)) => format!("{mp} (pid {pid})"),
+            _ => "not mounted".into(),
+        };
+        println!(
+            "{:<16} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>6}  {mount}",
+            s.name,
+            human_bytes(s.block_size as u64),
+            s.files,
+            s.directories,
+            human_bytes(s.bytes),
+            human_bytes(s.dirty_bytes),
+            human_bytes(s.staged_bytes),
+            s.epoch,
+        );
+        println!("{:<16} store {}", "", s.store);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCode> {
+    let vd = home.volume(name)?;
+    let cfg = vd.config()?;
+    let meta = vd.open_meta(true)?;
+    let blocks = vd.open_blocks()?;
+    let staging = Staging::new(vd.staging_dir())?;
+    let report = fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "volume {name}: {} inodes ({} files, {} directories), {}, {} sealed and {} staged blocks{}",
+            report.inodes,
+            report.files,
+            report.directories,
+            human_bytes(report.bytes),
+            report.sealed_blocks,
+            report.staged_blocks,
+            if verify { format!(", {} blocks verified", report.verified_blocks) } else { String::new() }
+        );
+        for n in &report.notes {
+            println!("note: {n}");
+        }
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        println!("{}", if report.clean() { "clean".to_string() } else { format!("{} problems", report.problems.len()) });
+    }
+    Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn journal(home: &Home, name: &str, since: u64, json: bool) -> Result<ExitCode> {
+    let vd = home.volume(name)?;
+    let meta = vd.open_meta(true)?;
+    let rows = meta.journal(since)?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        println!("{:>6} {:>12} {:>12}", "EPOCH", "INODE", "BLOCK");
+        for r in &rows {
+            println!("{:>6} {:>12} {:>12}", r.epoch, r.ino, r.block);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
