@@ -61,7 +61,7 @@ fn write_read_seal_and_copy_on_write() {
     let sealed: Vec<_> = f.meta.extents(ino, 0).unwrap();
     assert_eq!(sealed.len(), 4);
     assert!(sealed.iter().all(|(_, e)| matches!(e, Extent::Sealed { .. })));
-    let before: BTreeSet<_> = sealed.iter().map(|(_, e)| *e).collect();
+    let before: Vec<Extent> = sealed.iter().map(|(_, e)| *e).collect();
 
     // Invariant 2: overwriting part of a sealed block stages a copy; the sealed block stays.
     f.vol.open_file(ino).unwrap();

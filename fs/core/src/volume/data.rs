@@ -52,12 +52,13 @@ pub enum Fallocate {
 }
 
 impl NodeData {
-    fn extent(&mut self, vol: &Volume, block: u64) -> Result<Option<Extent>> {
-        if let Some(e) = self.extents.get(&block) {
+    fn extent(&self, vol: &Volume, block: u64) -> Result<Option<Extent>> {
+        let mut cache = self.extents.lock();
+        if let Some(e) = cache.get(&block) {
             return Ok(*e);
         }
         let e = vol.meta.get_extent(self.inode.ino, block)?;
-        self.extents.insert(block, e);
+        cache.insert(block, e);
         Ok(e)
     }
 
@@ -85,7 +86,7 @@ impl NodeData {
             Some(extent) => Mutation::PutExtent { ino, block, extent },
             None => Mutation::DelExtent { ino, block },
         });
-        self.extents.insert(block, extent);
+        self.extents.get_mut().insert(block, extent);
     }
 }
 
@@ -126,7 +127,7 @@ impl Volume {
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let node = self.open_node(ino)?;
-        let mut st = node.write();
+        let st = node.read();
         let fsize = st.inode.size;
         if offset >= fsize {
             return Ok(Vec::new());

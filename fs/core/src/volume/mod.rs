@@ -82,7 +82,8 @@ pub(crate) struct NodeData {
     pub inode: Inode,
     pub staging: Option<File>,
     /// Extents looked up so far (`None` = hole). Kept in step with every batch applied.
-    pub extents: HashMap<u64, Option<Extent>>,
+    /// Its own small lock lets readers, who share the node lock, fill it.
+    pub extents: Mutex<HashMap<u64, Option<Extent>>>,
     /// Blocks already journaled in `journal_epoch`.
     pub journaled: HashSet<u64>,
     pub journal_epoch: u64,
@@ -260,7 +261,7 @@ impl Volume {
         let node = Arc::new(RwLock::new(NodeData {
             inode,
             staging,
-            extents: HashMap::new(),
+            extents: Mutex::new(HashMap::new()),
             journaled: HashSet::new(),
             journal_epoch: 0,
             attr_dirty: false,
