@@ -55,7 +55,9 @@ fn run_fsx(block_size: &str, flen: u64, ops: u64, seed: u64) {
     let started = std::time::Instant::now();
     let out = cmd::run(&mut c, Duration::from_secs(35 * 60));
     eprintln!("fsx block size {block_size}, flen {flen}, {ops} ops, seed {seed}: {:?}", started.elapsed());
-    let tail: Vec<&str> = out.all_output().lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+    let all = out.all_output();
+    let lines: Vec<&str> = all.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(80)..];
     assert!(
         out.success(),
         "fsx failed (reproduce with FSX_SEED={seed}): exit {:?}, timed out {}\n{}",
