@@ -227,14 +227,21 @@ pub fn human_bytes(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
-/// Whether `path` is in this process's mount table, and with which file system type.
-pub fn mount_type(path: &Path) -> Option<String> {
+/// Whether `path` is a hybridfs mount (its source is `hybridfs:NAME`).
+pub fn is_hybridfs_mount(path: &Path) -> bool {
+    mount_type(path).is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source.starts_with("hybridfs"))
+}
+
+/// Whether `path` is in this process's mount table: (file system type, source).
+pub fn mount_type(path: &Path) -> Option<(String, String)> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
     table.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         let mp = fields.get(4)?.replace("\\040", " ");
         let sep = fields.iter().position(|f| *f == "-")?;
-        (mp == want).then(|| fields.get(sep + 1).map(|s| s.to_string())).flatten()
+        let fstype = fields.get(sep + 1)?.to_string();
+        let source = fields.get(sep + 2)?.to_string();
+        (mp == want).then_some((fstype, source))
     })
 }

@@ -1,6 +1,6 @@
 //! `hybridctl mount` and `hybridctl umount`.
 
-use crate::home::{mount_type, pid_alive, Home, MountState, VolumeDir};
+use crate::home::{is_hybridfs_mount, mount_type, pid_alive, Home, MountState, VolumeDir};
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use hybridfs_fuse::MountConfig;
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 /// How long `mount -d` waits for the mount to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-const FSTYPE: &str = "fuse.hybridfs";
 
 /// Check the mount point; clean up a dead hybridfs mount left by a killed process.
 fn prepare_mountpoint(mp: &Path) -> Result<PathBuf> {
@@ -28,16 +27,15 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf> {
         return usage(format!("mount point {} is not a directory", mp.display()));
     }
     let mp = mp.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
-    if let Some(fstype) = mount_type(&mp) {
-        bail!("mount point {} is busy: a {fstype} file system is mounted there", mp.display());
+    if let Some((fstype, source)) = mount_type(&mp) {
+        bail!("mount point {} is busy: {source} ({fstype}) is mounted there", mp.display());
     }
     Ok(mp)
 }
 
 fn detach_stale(mp: &Path) -> Result<()> {
-    let fstype = mount_type(mp).unwrap_or_default();
-    if fstype != FSTYPE {
-        bail!("mount point {} is not answering ({fstype})", mp.display());
+    if !is_hybridfs_mount(mp) {
+        bail!("mount point {} is not answering, and it is not a hybridfs mount", mp.display());
     }
     tracing::warn!("{}: the previous mount process is gone; detaching the dead mount", mp.display());
     lazy_umount(mp)
@@ -95,7 +93,7 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, threads: usize) -> Resul
         if let Some(status) = child.try_wait()? {
             bail!("the mount process exited ({status}): {}", log_tail(&vd.log_path()));
         }
-        if mount_type(mp).as_deref() == Some(FSTYPE) && std::fs::metadata(mp).is_ok() {
+        if is_hybridfs_mount(mp) && std::fs::metadata(mp).is_ok() {
             println!("mounted {} at {} (pid {})", vd.name, mp.display(), child.id());
             return Ok(ExitCode::SUCCESS);
         }
@@ -115,12 +113,11 @@ fn log_tail(path: &Path) -> String {
 fn spawn_readahead_tuner(mp: PathBuf) {
     std::thread::spawn(move || {
         for _ in 0..200 {
-            if mount_type(&mp).as_deref() == Some(FSTYPE) {
+            if is_hybridfs_mount(&mp) {
                 if let Ok(meta) = std::fs::metadata(&mp) {
                     use std::os::unix::fs::MetadataExt;
                     let dev = meta.dev();
-                    // SAFETY: pure arithmetic on a dev_t.
-                    let (maj, min) = unsafe { (libc::major(dev), libc::minor(dev)) };
+                    let (maj, min) = (libc::major(dev), libc::minor(dev));
                     let path = format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb");
                     if let Err(e) = std::fs::write(&path, "4096") {
                         tracing::info!("set readahead via {path}: {e}");
