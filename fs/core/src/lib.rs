@@ -28,7 +28,7 @@ pub mod types;
 pub mod volume;
 
 pub use error::{FsError, Result};
-pub use volume::data::{Fallocate, SetAttr, TimeSet};
+pub use volume::data::{choose_io, Fallocate, IoKind, Opened, SetAttr, TimeSet};
 pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
 pub use volume::xattr::XattrMode;
 pub use volume::{Caller, Volume, VolumeOptions};

@@ -5,7 +5,7 @@ use hybridfs_core::fsck;
 use hybridfs_core::meta::{MemMeta, MetaStore};
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, Ino, Kind, ROOT_INO};
-use hybridfs_core::{Caller, Fallocate, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
+use hybridfs_core::{Caller, Fallocate, IoKind, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ impl Fixture {
     fn file(&self, name: &str) -> Ino {
         let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
         let ino = self.vol.create_node(ROOT_INO, name.as_bytes(), new, ME).unwrap().ino;
-        self.vol.open_file(ino).unwrap();
+        self.vol.open_file(ino, true).unwrap();
         ino
     }
 
@@ -56,7 +56,7 @@ fn write_read_seal_and_copy_on_write() {
     let data: Vec<u8> = (0..3 * BS + 100).map(|i| (i % 251) as u8).collect();
     f.vol.write(ino, 0, &data).unwrap();
     assert_eq!(f.read_all(ino), data);
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     assert!(f.vol.seal_inode(ino).unwrap());
     let sealed: Vec<_> = f.meta.extents(ino, 0).unwrap();
     assert_eq!(sealed.len(), 4);
@@ -64,7 +64,7 @@ fn write_read_seal_and_copy_on_write() {
     let before: Vec<Extent> = sealed.iter().map(|(_, e)| *e).collect();
 
     // Invariant 2: overwriting part of a sealed block stages a copy; the sealed block stays.
-    f.vol.open_file(ino).unwrap();
+    f.vol.open_file(ino, true).unwrap();
     f.vol.write(ino, BS + 10, b"XYZ").unwrap();
     let mut expect = data.clone();
     expect[(BS + 10) as usize..(BS + 13) as usize].copy_from_slice(b"XYZ");
@@ -76,11 +76,11 @@ fn write_read_seal_and_copy_on_write() {
             }
         }
     }
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.vol.seal_inode(ino).unwrap();
-    f.vol.open_file(ino).unwrap();
+    f.vol.open_file(ino, true).unwrap();
     assert_eq!(f.read_all(ino), expect);
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.fsck_clean();
 }
 
@@ -90,12 +90,12 @@ fn corrupt_block_is_an_error() {
     let f = fixture();
     let ino = f.file("a");
     f.vol.write(ino, 0, &vec![7u8; BS as usize]).unwrap();
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.vol.seal_inode(ino).unwrap();
     let (_, ext) = f.meta.extents(ino, 0).unwrap()[0];
     let Extent::Sealed { id, .. } = ext else { panic!("not sealed") };
     f.blocks.corrupt(&id);
-    f.vol.open_file(ino).unwrap();
+    f.vol.open_file(ino, true).unwrap();
     match f.vol.read(ino, 0, 10) {
         Err(FsError::CorruptBlock { id: got, .. }) => assert_eq!(got, id),
         other => panic!("expected a corrupt block error, got {other:?}"),
@@ -122,11 +122,11 @@ fn truncate_and_punch_hole_read_zeros() {
     let f = fixture();
     let ino = f.file("a");
     f.vol.write(ino, 0, &vec![1u8; 3 * BS as usize]).unwrap();
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.vol.seal_inode(ino).unwrap();
     f.vol.setattr(ino, SetAttr { size: Some(BS + 7), ..Default::default() }).unwrap();
     f.vol.setattr(ino, SetAttr { size: Some(2 * BS), ..Default::default() }).unwrap();
-    f.vol.open_file(ino).unwrap();
+    f.vol.open_file(ino, true).unwrap();
     let got = f.read_all(ino);
     assert_eq!(got.len(), 2 * BS as usize);
     assert!(got[..(BS + 7) as usize].iter().all(|b| *b == 1));
@@ -135,7 +135,7 @@ fn truncate_and_punch_hole_read_zeros() {
     let got = f.read_all(ino);
     assert!(got[10..(BS + 10) as usize].iter().all(|b| *b == 0));
     assert_eq!(got[9], 1);
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.fsck_clean();
 }
 
@@ -148,7 +148,7 @@ fn unlinked_open_file_lives_until_released_and_forgotten() {
     f.vol.unlink(ROOT_INO, b"a").unwrap();
     assert_eq!(f.read_all(ino), b"still here");
     assert_eq!(f.meta.orphans().unwrap(), vec![ino]);
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     assert!(f.meta.get_inode(ino).unwrap().is_some(), "the kernel still references it");
     f.vol.forget(ino, 1);
     assert!(f.meta.get_inode(ino).unwrap().is_none());
@@ -167,8 +167,8 @@ fn rename_replace_noreplace_exchange_and_link_counts() {
     let d2 = dir("d2");
     let a = f.file("a");
     let b = f.file("b");
-    f.vol.release_file(a).unwrap();
-    f.vol.release_file(b).unwrap();
+    f.vol.release_file(a, IoKind::Cached).unwrap();
+    f.vol.release_file(b, IoKind::Cached).unwrap();
     assert_eq!(f.vol.getattr(ROOT_INO).unwrap().nlink, 4);
     let noreplace = RenameFlags { noreplace: true, exchange: false };
     assert!(matches!(f.vol.rename(ROOT_INO, b"a", ROOT_INO, b"b", noreplace), Err(FsError::Exists)));
@@ -195,13 +195,13 @@ fn readdir_offsets_are_stable_while_entries_change() {
     let f = fixture();
     for i in 0..50 {
         let ino = f.file(&format!("f{i}"));
-        f.vol.release_file(ino).unwrap();
+        f.vol.release_file(ino, IoKind::Cached).unwrap();
     }
     let first = f.vol.readdir(ROOT_INO, 0, 20).unwrap();
     let resume = first.last().unwrap().offset;
     f.vol.unlink(ROOT_INO, b"f0").unwrap();
     let ino = f.file("new");
-    f.vol.release_file(ino).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     let mut seen: Vec<Vec<u8>> = first.iter().map(|e| e.name.clone()).collect();
     let mut off = resume;
     loop {

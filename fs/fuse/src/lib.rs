@@ -12,11 +12,18 @@
 //!
 //! Only this process changes the volume while it is mounted, so the kernel may cache freely:
 //! attributes and entries (also negative ones) for [`TTL`], page cache kept across opens
-//! (`FOPEN_KEEP_CACHE`), writeback caching of writes (the kernel sends large writes and keeps
-//! size and mtime; `fsync` and `close` flush it to us). Permission checks are the kernel's
-//! (`default_permissions`); file locks are kept by the kernel, local to this node.
+//! (`FOPEN_KEEP_CACHE`). The kernel then offers one of two modes, and the mount picks one:
+//! * **passthrough** (default): read-only opens of files whose data is all in their staging
+//!   file are served by the kernel from that file (see `passthrough.rs`); writes are
+//!   write-through, up to 1 MiB per request;
+//! * **writeback cache** (`--writeback-cache`): the kernel gathers small writes into large ones
+//!   and keeps size and mtime; `fsync` and `close` flush it to us.
+//!
+//! Permission checks are the kernel's (`default_permissions`); file locks are kept by the
+//! kernel, local to this node.
 
 mod errno;
+mod passthrough;
 mod session;
 
 pub use session::{mount, MountConfig};
@@ -28,7 +35,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use hybridfs_core::types::{Inode, Kind, Timespec};
-use hybridfs_core::{Caller, Fallocate, FsError, NewNode, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
+use hybridfs_core::{Caller, Fallocate, FsError, IoKind, NewNode, Opened, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -43,11 +50,13 @@ const GEN: Generation = Generation(0);
 
 pub struct HybridFs {
     vol: Arc<Volume>,
+    passthrough: passthrough::Backings,
+    want_passthrough: bool,
 }
 
 impl HybridFs {
-    pub fn new(vol: Arc<Volume>) -> Self {
-        HybridFs { vol }
+    pub fn new(vol: Arc<Volume>, want_passthrough: bool) -> Self {
+        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -134,7 +143,8 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 impl Filesystem for HybridFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        session::tune(config);
+        let passthrough = session::tune(config, self.want_passthrough);
+        self.vol.enable_passthrough(passthrough);
         Ok(())
     }
 
@@ -258,9 +268,10 @@ impl Filesystem for HybridFs {
         self.entry(r, reply, "link");
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        match self.vol.open_file(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+    fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.vol.open_file(ino.0, write) {
+            Ok(opened) => self.passthrough.reply_open(&self.vol, opened, reply),
             Err(e) => reply.fail("open", e),
         }
     }
@@ -308,13 +319,17 @@ impl Filesystem for HybridFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: fuser::OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply.result("release", self.vol.release_file(ino.0));
+        let kind = passthrough::kind_of(fh);
+        if kind == IoKind::Passthrough {
+            self.passthrough.released(ino.0);
+        }
+        reply.result("release", self.vol.release_file(ino.0, kind));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -411,9 +426,9 @@ impl Filesystem for HybridFs {
         let r = self
             .vol
             .create_node(parent.0, name.as_bytes(), new, caller(req))
-            .and_then(|i| self.vol.open_file(i.ino));
+            .and_then(|i| self.vol.open_file(i.ino, true));
         match r {
-            Ok(i) => {
+            Ok(Opened { inode: i, .. }) => {
                 self.vol.remember(i.ino);
                 reply.created(&TTL, &self.attr(&i), GEN, FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
             }

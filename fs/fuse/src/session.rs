@@ -16,11 +16,13 @@ pub struct MountConfig {
     /// Session threads reading `/dev/fuse`.
     pub threads: usize,
     pub read_only: bool,
+    /// Serve reads of unsealed files by kernel passthrough instead of writeback-caching writes.
+    pub passthrough: bool,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, read_only: false }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, read_only: false, passthrough: true }
     }
 }
 
@@ -40,13 +42,16 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    fuser::Session::new(HybridFs::new(vol), mountpoint, &config)?.run()
+    fuser::Session::new(HybridFs::new(vol, cfg.passthrough), mountpoint, &config)?.run()
 }
 
-/// Ask the kernel for large requests, writeback caching, readdirplus and parallel lookups.
-pub(crate) fn tune(config: &mut KernelConfig) {
+/// Ask the kernel for large requests, readdirplus and parallel lookups, and for either
+/// passthrough or writeback caching (the kernel allows only one of the two); returns whether
+/// passthrough is on.
+pub(crate) fn tune(config: &mut KernelConfig, passthrough: bool) -> bool {
+    let cache_mode = if passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
     let wanted = [
-        InitFlags::FUSE_WRITEBACK_CACHE,
+        cache_mode,
         InitFlags::FUSE_PARALLEL_DIROPS,
         InitFlags::FUSE_DO_READDIRPLUS,
         InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -62,4 +67,5 @@ pub(crate) fn tune(config: &mut KernelConfig) {
     let _ = config.set_max_readahead(MAX_IO);
     let _ = config.set_max_background(64);
     let _ = config.set_congestion_threshold(48);
+    passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) && config.set_max_stack_depth(1).is_ok()
 }

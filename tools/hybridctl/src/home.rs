@@ -102,9 +102,14 @@ impl VolumeDir {
     }
 
     /// Open the volume for serving (caller holds the lock).
-    pub fn open_volume(&self) -> Result<Arc<Volume>> {
+    pub fn open_volume(&self, seal_delay: std::time::Duration) -> Result<Arc<Volume>> {
         let cfg = self.config()?;
-        let opts = VolumeOptions { block_size: cfg.block_size, staging_dir: self.staging_dir(), ..VolumeOptions::default() };
+        let opts = VolumeOptions {
+            block_size: cfg.block_size,
+            staging_dir: self.staging_dir(),
+            seal_delay,
+            ..VolumeOptions::default()
+        };
         let meta: Arc<dyn MetaStore> = self.open_meta(false)?;
         Ok(Volume::open(meta, self.open_blocks()?, opts)?)
     }

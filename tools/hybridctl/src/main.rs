@@ -46,6 +46,14 @@ enum Cmd {
         /// FUSE session threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Cache writes in the kernel (writeback cache) instead of serving reads of not-yet-sealed
+        /// files by kernel passthrough at local-disk speed; the kernel allows one of the two.
+        /// Helps workloads of many small writes.
+        #[arg(long)]
+        writeback_cache: bool,
+        /// Seconds a closed file stays untouched before its data is sealed into blocks.
+        #[arg(long, default_value_t = 30)]
+        seal_delay: u64,
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
@@ -93,7 +101,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let home = home::Home::resolve(cli.home)?;
     match cli.cmd {
         Cmd::Format { name, block_size, store } => home.format(&name, &block_size, store.as_deref()).map(|_| ExitCode::SUCCESS),
-        Cmd::Mount { name, mountpoint, daemon, threads } => mountcmd::mount(&home, &name, &mountpoint, daemon, threads),
+        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay } => {
+            let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay };
+            mountcmd::mount(&home, &name, &mountpoint, daemon, &opts)
+        }
         Cmd::Umount { mountpoint, timeout } => mountcmd::umount(&home, &mountpoint, timeout),
         Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
         Cmd::Fsck { name, verify, json } => report::fsck(&home, &name, verify, json),

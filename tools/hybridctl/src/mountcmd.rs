@@ -50,21 +50,33 @@ fn lazy_umount(mp: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, threads: usize) -> Result<ExitCode> {
+/// Mount options given on the command line.
+pub struct MountFlags {
+    pub threads: usize,
+    pub passthrough: bool,
+    pub seal_delay: u64,
+}
+
+pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlags) -> Result<ExitCode> {
     let vd = home.volume(name)?;
     vd.config()?;
     let mp = prepare_mountpoint(mp)?;
     if daemon {
         drop(vd.lock()?);
-        return spawn_daemon(home, &vd, &mp, threads);
+        return spawn_daemon(home, &vd, &mp, flags);
     }
     let _lock = vd.lock()?;
-    let vol = vd.open_volume()?;
+    let vol = vd.open_volume(Duration::from_secs(flags.seal_delay))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
-    let cfg = MountConfig { fs_name: format!("hybridfs:{name}"), threads, read_only: false };
+    let cfg = MountConfig {
+        fs_name: format!("hybridfs:{name}"),
+        threads: flags.threads,
+        read_only: false,
+        passthrough: flags.passthrough,
+    };
     tracing::info!("serving volume {name} at {}", mp.display());
     let served = hybridfs_fuse::mount(vol, &mp, &cfg);
     let _ = std::fs::remove_file(vd.mount_state_path());
@@ -74,11 +86,15 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, threads: usize) -
 }
 
 /// Start `hybridctl mount` in the background and wait until the mount answers.
-fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, threads: usize) -> Result<ExitCode> {
+fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> Result<ExitCode> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(vd.log_path())?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--home").arg(&home.root).arg("mount").arg(&vd.name).arg(mp).arg("--threads").arg(threads.to_string());
+    cmd.arg("--home").arg(&home.root).arg("mount").arg(&vd.name).arg(mp);
+    cmd.arg("--threads").arg(flags.threads.to_string()).arg("--seal-delay").arg(flags.seal_delay.to_string());
+    if !flags.passthrough {
+        cmd.arg("--writeback-cache");
+    }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
     unsafe {

@@ -22,6 +22,41 @@ use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// How the kernel does the I/O of one open file.
+///
+/// The kernel keeps one I/O mode per inode: while any open uses passthrough, no open may use
+/// the page cache, so writers then get direct I/O (through us, so the journal sees them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// Through the kernel page cache and this process.
+    Cached,
+    /// Reads go straight from the kernel to the staging file.
+    Passthrough,
+    /// Through this process, bypassing the page cache.
+    DirectIo,
+}
+
+/// The answer to an open.
+#[derive(Debug)]
+pub struct Opened {
+    pub inode: Inode,
+    pub kind: IoKind,
+    /// For passthrough: the file the kernel reads.
+    pub backing: Option<std::fs::File>,
+}
+
+/// Pick the I/O mode of a new open (a pure decision; see [`IoKind`]).
+/// `fully_staged` is true only for a read-only open of a file with no other open and no
+/// sealed block.
+pub fn choose_io(write: bool, passthrough_opens: u32, fully_staged: bool) -> IoKind {
+    match (passthrough_opens > 0, write) {
+        (true, true) => IoKind::DirectIo,
+        (true, false) => IoKind::Passthrough,
+        (false, false) if fully_staged => IoKind::Passthrough,
+        _ => IoKind::Cached,
+    }
+}
+
 /// Attributes to change; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct SetAttr {
@@ -91,19 +126,51 @@ impl NodeData {
 }
 
 impl Volume {
-    /// Open `ino` for I/O; every successful open is matched by one [`Volume::release_file`].
-    pub fn open_file(&self, ino: Ino) -> Result<Inode> {
+    /// Open `ino` for I/O; every successful open is matched by one [`Volume::release_file`]
+    /// with the returned [`IoKind`].
+    pub fn open_file(&self, ino: Ino, write: bool) -> Result<Opened> {
         let _ns = self.ns.lock();
+        let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
         let node = self.pin_locked(ino, true)?;
-        let inode = node.read().inode.clone();
-        Ok(inode)
+        let mut st = node.write();
+        let fully_staged = !write
+            && others == 0
+            && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
+            && st.inode.kind == Kind::File
+            && !self.meta.extents(ino, 0)?.iter().any(|(_, e)| matches!(e, Extent::Sealed { .. }));
+        let kind = choose_io(write, st.passthrough_opens, fully_staged);
+        let backing = match kind {
+            IoKind::Passthrough => Some(self.passthrough_file(&mut st).inspect_err(|_| {
+                self.unpin_locked(ino, true);
+            })?),
+            _ => None,
+        };
+        if kind == IoKind::Passthrough {
+            st.passthrough_opens += 1;
+        }
+        Ok(Opened { inode: st.inode.clone(), kind, backing })
+    }
+
+    /// The staging file of a fully staged file, sized like the file, for the kernel to read.
+    fn passthrough_file(&self, st: &mut NodeData) -> Result<std::fs::File> {
+        let size = st.inode.size;
+        let ino = st.inode.ino;
+        let f = st.staging_file(self)?;
+        let io = |e| FsError::io(format!("prepare staging file of inode {ino} for passthrough"), e);
+        if f.metadata().map_err(io)?.len() != size {
+            f.set_len(size).map_err(io)?;
+        }
+        f.try_clone().map_err(io)
     }
 
     /// The last close of one open: persist attributes, queue sealing, purge if unlinked.
-    pub fn release_file(&self, ino: Ino) -> Result<()> {
+    pub fn release_file(&self, ino: Ino, kind: IoKind) -> Result<()> {
         let node = self.node_if_open(ino).ok_or(FsError::Invalid("release of a file not open"))?;
         let (nlink, staged) = {
             let mut st = node.write();
+            if kind == IoKind::Passthrough {
+                st.passthrough_opens = st.passthrough_opens.saturating_sub(1);
+            }
             self.persist_attrs(&mut st, false)?;
             (st.inode.nlink, st.staging.is_some())
         };
@@ -119,6 +186,11 @@ impl Volume {
             }
         }
         Ok(())
+    }
+
+    /// Let read-only opens of files held entirely in their staging file use kernel passthrough.
+    pub fn enable_passthrough(&self, on: bool) {
+        self.passthrough.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn open_node(&self, ino: Ino) -> Result<super::Node> {
@@ -345,9 +417,10 @@ impl Volume {
                 }
                 st.journal(epoch, block, batch);
             }
-            if let Some(f) = &st.staging {
-                f.set_len(size).map_err(|e| FsError::io(format!("truncate staging file of inode {ino}"), e))?;
-            }
+        }
+        // The staging file keeps the file's length, so passthrough readers see the right EOF.
+        if let Some(f) = &st.staging {
+            f.set_len(size).map_err(|e| FsError::io(format!("truncate staging file of inode {ino}"), e))?;
         }
         let now = Timespec::now();
         st.inode.size = size;

@@ -89,6 +89,8 @@ pub(crate) struct NodeData {
     pub journal_epoch: u64,
     /// The inode record changed (mtime, size) since it was last written to the store.
     pub attr_dirty: bool,
+    /// Opens served by kernel passthrough from the staging file.
+    pub passthrough_opens: u32,
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
@@ -115,6 +117,7 @@ pub struct Volume {
     lookups: Mutex<HashMap<Ino, u64>>,
     refs: Mutex<()>,
     sealer: Mutex<Option<SealerHandle>>,
+    passthrough: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -155,6 +158,7 @@ impl Volume {
             lookups: Mutex::new(HashMap::new()),
             refs: Mutex::new(()),
             sealer: Mutex::new(None),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
             blocks,
@@ -265,6 +269,7 @@ impl Volume {
             journaled: HashSet::new(),
             journal_epoch: 0,
             attr_dirty: false,
+            passthrough_opens: 0,
         }));
         let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
         nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });

@@ -1,0 +1,78 @@
+//! Kernel passthrough: read-only opens of files whose data is all in their staging file are
+//! served by the kernel straight from that file, at local-disk speed.
+//!
+//! The kernel wants one backing id per inode shared by all its passthrough opens; `Backings`
+//! keeps it, counted, until the last of them is released. The file handle tells release which
+//! kind of open it was.
+
+use crate::errno::ReplyError;
+use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use hybridfs_core::{IoKind, Opened, Volume};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const FH_CACHED: u64 = 0;
+const FH_PASSTHROUGH: u64 = 1;
+const FH_DIRECT: u64 = 2;
+
+pub(crate) fn kind_of(fh: FileHandle) -> IoKind {
+    match fh.0 {
+        FH_PASSTHROUGH => IoKind::Passthrough,
+        FH_DIRECT => IoKind::DirectIo,
+        _ => IoKind::Cached,
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Backings {
+    by_ino: Mutex<HashMap<u64, (Arc<BackingId>, u32)>>,
+}
+
+impl Backings {
+    pub(crate) fn reply_open(&self, vol: &Volume, opened: Opened, reply: ReplyOpen) {
+        let ino = opened.inode.ino;
+        match (opened.kind, opened.backing) {
+            (IoKind::Passthrough, Some(file)) => {
+                let mut map = self.by_ino.lock();
+                let id = match map.get_mut(&ino) {
+                    Some((id, n)) => {
+                        *n += 1;
+                        id.clone()
+                    }
+                    None => match reply.open_backing(&file) {
+                        Ok(id) => {
+                            let id = Arc::new(id);
+                            map.insert(ino, (id.clone(), 1));
+                            id
+                        }
+                        Err(e) => {
+                            drop(map);
+                            tracing::warn!("open backing file of inode {ino}: {e}; passthrough off");
+                            vol.enable_passthrough(false);
+                            // Retry as a cached open; the volume no longer offers passthrough.
+                            let again = vol.release_file(ino, IoKind::Passthrough).and_then(|_| vol.open_file(ino, false));
+                            return match again {
+                                Ok(_) => reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
+                                Err(e) => reply.fail("open", e),
+                            };
+                        }
+                    },
+                };
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::empty(), &id);
+            }
+            (IoKind::DirectIo, _) => reply.opened(FileHandle(FH_DIRECT), FopenFlags::FOPEN_DIRECT_IO),
+            _ => reply.opened(FileHandle(FH_CACHED), FopenFlags::FOPEN_KEEP_CACHE),
+        }
+    }
+
+    pub(crate) fn released(&self, ino: u64) {
+        let mut map = self.by_ino.lock();
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+}
