@@ -240,6 +240,8 @@ impl TestVolume {
             "`hybridctl mount -d` exited 0 but nothing is mounted at {}",
             mp.display()
         );
+        let fstype = procs::mount_fstype(&mp).unwrap_or_default();
+        assert!(fstype.starts_with("fuse"), "{} is mounted as {fstype:?}, not through FUSE", mp.display());
         self.state = MountState::Mounted;
     }
 
@@ -373,16 +375,16 @@ impl TestVolume {
     }
 
     /// SIGKILL for mount processes still alive after unmounting: the pid in mount.json or
-    /// lock (if it is a hybridctl process), and any process with one of our mount points as
-    /// an argument.
+    /// lock, and any hybridctl process with one of our mount points as an argument.
     fn kill_leftovers(&self, mountpoints: &[PathBuf]) {
         let mut pids: Vec<i32> = [self.mount_pid(), self.lock_pid()]
             .into_iter()
             .flatten()
-            .filter(|p| procs::cmdline(*p).iter().any(|a| a.contains("hybridctl")))
+            .filter(|p| is_mount_process(*p))
             .collect();
         for mp in mountpoints {
-            pids.extend(procs::processes_with_arg(&mp.to_string_lossy()));
+            let holders = procs::processes_with_arg(&mp.to_string_lossy());
+            pids.extend(holders.into_iter().filter(|p| is_mount_process(*p)));
         }
         for pid in pids {
             if procs::pid_alive(pid) {
@@ -397,6 +399,11 @@ impl Default for TestVolume {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A hybridctl process (not, say, a `umount -l` naming the same mount point).
+fn is_mount_process(pid: i32) -> bool {
+    procs::cmdline(pid).first().is_some_and(|exe| exe.contains("hybridctl"))
 }
 
 fn parse_journal_row(row: &serde_json::Value) -> JournalRow {
@@ -418,9 +425,10 @@ impl Drop for TestVolume {
                 self.log_tail(60)
             );
         }
+        // Stop the watchdog first: if it fired, this waits until it has finished aborting,
+        // so the two never take the mounts down at the same time. Teardown is bounded itself.
+        let fired = self.watchdog.take().is_some_and(Watchdog::disarm);
         self.teardown();
-        let fired = self.watchdog.as_ref().is_some_and(Watchdog::fired);
-        drop(self.watchdog.take());
         if std::env::var_os("HYBRIDFS_TEST_KEEP").is_some() {
             if let Some(dir) = self.scratch.take() {
                 eprintln!("harness: keeping scratch dir {}", dir.keep().display());

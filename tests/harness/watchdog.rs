@@ -40,6 +40,20 @@ impl Watchdog {
     pub fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
+
+    /// Stops the watchdog, waiting for an abort in progress to finish; returns whether it
+    /// fired.
+    pub fn disarm(mut self) -> bool {
+        self.stop_and_join();
+        self.fired()
+    }
+
+    fn stop_and_join(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn fire(limit: Duration, mountpoints: &MountPoints, pid: Option<i32>) {
@@ -65,9 +79,6 @@ fn fire(limit: Duration, mountpoints: &MountPoints, pid: Option<i32>) {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop_and_join();
     }
 }

@@ -100,7 +100,7 @@ fn pjdfstest_suite() {
 
     let mut c = Command::new(&bin);
     c.arg("-c").arg(&config).arg("-p").arg(vol.mountpoint()).arg("-s").arg(&secondary);
-    c.env("NO_COLOR", "1").env("CLICOLOR", "0").env_remove("CLICOLOR_FORCE");
+    c.env("NO_COLOR", "1").env("RUST_BACKTRACE", "0").env("CLICOLOR", "0").env_remove("CLICOLOR_FORCE");
     let out = cmd::run(&mut c, Duration::from_secs(45 * 60));
     let text = strip_ansi(&out.stdout);
     eprintln!("{text}\n{}", out.stderr);
