@@ -213,3 +213,33 @@ fn readdir_offsets_are_stable_while_entries_change() {
     assert_eq!(seen.len(), 2 + 50 + 1, ". .. 50 files and the new one, none twice");
     assert!(f.vol.readdir(ROOT_INO, off, 20).unwrap().is_empty());
 }
+
+#[test]
+fn io_mode_follows_the_kernel_rule_of_one_mode_per_inode() {
+    use hybridfs_core::choose_io;
+    assert_eq!(choose_io(false, 0, true), IoKind::Passthrough, "fully staged, alone: passthrough");
+    assert_eq!(choose_io(false, 0, false), IoKind::Cached, "sealed data must be verified by us");
+    assert_eq!(choose_io(true, 0, true), IoKind::Cached, "writers always pass through us");
+    assert_eq!(choose_io(false, 2, false), IoKind::Passthrough, "join the passthrough opens");
+    assert_eq!(choose_io(true, 1, false), IoKind::DirectIo, "no page cache while passthrough is on");
+}
+
+#[test]
+fn passthrough_open_exposes_the_staging_file_sized_like_the_file() {
+    let f = fixture();
+    f.vol.enable_passthrough(true);
+    let ino = f.file("a");
+    f.vol.write(ino, 0, b"hello").unwrap();
+    f.vol.setattr(ino, SetAttr { size: Some(10), ..Default::default() }).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
+    let opened = f.vol.open_file(ino, false).unwrap();
+    assert_eq!(opened.kind, IoKind::Passthrough);
+    let backing = opened.backing.expect("a backing file");
+    assert_eq!(backing.metadata().unwrap().len(), 10);
+    let writer = f.vol.open_file(ino, true).unwrap();
+    assert_eq!(writer.kind, IoKind::DirectIo);
+    f.vol.release_file(ino, IoKind::DirectIo).unwrap();
+    f.vol.release_file(ino, IoKind::Passthrough).unwrap();
+    assert!(f.vol.seal_inode(ino).unwrap());
+    assert_eq!(f.vol.open_file(ino, false).unwrap().kind, IoKind::Cached, "sealed: no passthrough");
+}

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::BTreeMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,24 +59,54 @@ pub(super) fn spawn(vol: Arc<Volume>, delay: Duration) -> SealerHandle {
     SealerHandle { tx, thread: Some(thread) }
 }
 
+/// Inodes waiting to be sealed, in the order they become due. The delay is the same for all,
+/// so due times are monotonic and the front is always the next one.
+#[derive(Default)]
+struct DueQueue {
+    order: VecDeque<(Instant, Ino)>,
+    /// The latest due time of each waiting inode; older queue entries for it are stale.
+    latest: HashMap<Ino, Instant>,
+}
+
+impl DueQueue {
+    fn push(&mut self, ino: Ino, due: Instant) {
+        self.order.push_back((due, ino));
+        self.latest.insert(ino, due);
+    }
+
+    /// The next inode due at or before `now`, skipping entries superseded by a later push.
+    fn pop_due(&mut self, now: Instant) -> Option<Ino> {
+        while let Some(&(due, ino)) = self.order.front() {
+            if due > now {
+                return None;
+            }
+            self.order.pop_front();
+            if self.latest.get(&ino) == Some(&due) {
+                self.latest.remove(&ino);
+                return Some(ino);
+            }
+        }
+        None
+    }
+
+    fn drain(self) -> impl Iterator<Item = Ino> {
+        self.latest.into_keys()
+    }
+}
+
 fn run(vol: Arc<Volume>, rx: Receiver<Msg>, delay: Duration) {
-    let mut due: BTreeMap<Ino, Instant> = BTreeMap::new();
+    let mut queue = DueQueue::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(Msg::Seal(ino)) => {
-                due.insert(ino, Instant::now() + delay);
-            }
+            Ok(Msg::Seal(ino)) => queue.push(ino, Instant::now() + delay),
             Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
-        let now = Instant::now();
-        let ready: Vec<Ino> = due.iter().filter(|(_, t)| **t <= now).map(|(i, _)| *i).collect();
-        for ino in ready {
-            due.remove(&ino);
+        while let Some(ino) = queue.pop_due(Instant::now()) {
             seal_logged(&vol, ino);
         }
     }
-    let mut all: Vec<Ino> = due.into_keys().collect();
+    let mut all: Vec<Ino> = queue.drain().collect();
     all.extend(vol.staging.list().unwrap_or_default());
     all.sort_unstable();
     all.dedup();
@@ -158,5 +188,26 @@ impl Volume {
         }
         st.staging = None;
         self.staging.remove(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DueQueue;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn due_queue_pops_in_time_order_and_honours_re_pushes() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut q = DueQueue::default();
+        q.push(1, t0 + s);
+        q.push(2, t0 + 2 * s);
+        q.push(1, t0 + 3 * s);
+        assert_eq!(q.pop_due(t0), None);
+        assert_eq!(q.pop_due(t0 + 2 * s), Some(2), "1 was pushed again, so it is not due yet");
+        assert_eq!(q.pop_due(t0 + 2 * s), None);
+        assert_eq!(q.pop_due(t0 + 3 * s), Some(1));
+        assert_eq!(q.drain().count(), 0);
     }
 }
