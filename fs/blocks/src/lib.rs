@@ -13,8 +13,11 @@
 //! ```
 //!
 //! The id of a block is blake3 of its plain bytes. A block file lives at
-//! `blocks/<first two hex digits>/<64 hex digits>`; it is written to a temporary name, synced
-//! and renamed, so a reader sees either nothing or the whole frame. `get` decodes and then
+//! `blocks/<first two hex digits>/<64 hex digits>`; it is written to a temporary name and
+//! renamed, so a reader sees either nothing or the whole frame. `sync` makes the blocks put
+//! since the last sync durable: each file, or the whole file system in one `syncfs` when there
+//! are many (sealing thousands of small files then costs one sync, not thousands), then their
+//! directories. `get` decodes and then
 //! checks length and hash (invariant 5) before returning a byte.
 //!
 //! Compression runs only when a 64 KiB sample compresses below 90%: float weights and already
@@ -26,6 +29,7 @@ use hybridfs_core::types::BlockId;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -92,16 +96,25 @@ pub fn decode(id: &BlockId, frame: &[u8]) -> Result<Vec<u8>> {
 /// The local block store: one file per block under a directory.
 pub struct FileBlockStore {
     dir: PathBuf,
-    /// Fan-out directories that got new entries since the last sync.
-    touched: Mutex<HashSet<PathBuf>>,
+    /// Block files and fan-out directories written since the last sync.
+    unsynced: Mutex<Unsynced>,
     tmp_seq: AtomicU64,
 }
+
+#[derive(Default)]
+struct Unsynced {
+    files: Vec<PathBuf>,
+    dirs: HashSet<PathBuf>,
+}
+
+/// Above this many unsynced block files, one `syncfs` is cheaper than an fsync each.
+const SYNCFS_OVER: usize = 16;
 
 impl FileBlockStore {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| FsError::io(format!("create {}", dir.display()), e))?;
-        Ok(FileBlockStore { dir, touched: Mutex::new(HashSet::new()), tmp_seq: AtomicU64::new(0) })
+        Ok(FileBlockStore { dir, unsynced: Mutex::new(Unsynced::default()), tmp_seq: AtomicU64::new(0) })
     }
 
     pub fn path(&self, id: &BlockId) -> PathBuf {
@@ -117,14 +130,15 @@ impl FileBlockStore {
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(frame)?;
-            f.sync_data()?;
             std::fs::rename(&tmp, path)
         };
         if let Err(e) = write() {
             let _ = std::fs::remove_file(&tmp);
             return Err(FsError::io(format!("write block file {}", path.display()), e));
         }
-        self.touched.lock().expect("touched lock").insert(fan.to_path_buf());
+        let mut u = self.unsynced.lock().expect("unsynced lock");
+        u.files.push(path.to_path_buf());
+        u.dirs.insert(fan.to_path_buf());
         Ok(())
     }
 }
@@ -140,11 +154,24 @@ impl BlockStore for FileBlockStore {
     }
 
     fn sync(&self) -> Result<()> {
-        let dirs: Vec<PathBuf> = self.touched.lock().expect("touched lock").drain().collect();
-        for d in dirs {
-            File::open(&d)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| FsError::io(format!("sync directory {}", d.display()), e))?;
+        let u = std::mem::take(&mut *self.unsynced.lock().expect("unsynced lock"));
+        // A block deleted since it was put needs no sync.
+        let sync = |p: &Path| match File::open(p) {
+            Ok(f) => f.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        let failed = |p: &Path, e| FsError::io(format!("sync {}", p.display()), e);
+        if u.files.len() > SYNCFS_OVER {
+            let dir = File::open(&self.dir).map_err(|e| failed(&self.dir, e))?;
+            // SAFETY: syncfs on an open descriptor we own.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(failed(&self.dir, std::io::Error::last_os_error()));
+            }
+            return Ok(());
+        }
+        for p in u.files.iter().chain(u.dirs.iter()) {
+            sync(p).map_err(|e| failed(p, e))?;
         }
         Ok(())
     }

@@ -94,7 +94,7 @@ pub(crate) struct NodeData {
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
-type NodeGuard = ArcRwLockWriteGuard<RawRwLock, NodeData>;
+pub(crate) type NodeGuard = ArcRwLockWriteGuard<RawRwLock, NodeData>;
 
 struct NodeEntry {
     node: Node,
