@@ -7,7 +7,7 @@ use hybridfs_core::meta::MetaStore;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, Kind};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 
 #[derive(Serialize)]
@@ -18,9 +18,9 @@ struct VolumeStatus {
     files: u64,
     directories: u64,
     bytes: u64,
-    /// Bytes of blocks written since the last push (journal rows x block size).
+    /// Bytes of live files in blocks written since the last push (the journal).
     dirty_bytes: u64,
-    /// Bytes of blocks still in staging files (not yet sealed).
+    /// Bytes of live files in blocks still in staging files (not yet sealed).
     staged_bytes: u64,
     epoch: u64,
     mounted: bool,
@@ -32,17 +32,27 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
     let cfg = vd.config()?;
     let meta = vd.open_meta(true)?;
     let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+    let mut sizes: HashMap<u64, u64> = HashMap::new();
     meta.for_each_inode(&mut |i| match i.kind {
         Kind::File => {
             files += 1;
             bytes += i.size;
+            sizes.insert(i.ino, i.size);
         }
         Kind::Dir => dirs += 1,
         _ => {}
     })?;
+    let bs = cfg.block_size as u64;
+    // The bytes of one block of a live file (the last block may be short; deleted files: 0).
+    let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
     let dirty: HashSet<(u64, u64)> = meta.journal(0)?.into_iter().map(|e| (e.ino, e.block)).collect();
-    let mut staged = 0u64;
-    meta.for_each_extent(&mut |_, _, e| staged += (e == Extent::Staged) as u64)?;
+    let dirty_bytes = dirty.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
+    let mut staged_bytes = 0u64;
+    meta.for_each_extent(&mut |ino, block, e| {
+        if e == Extent::Staged {
+            staged_bytes += block_bytes(ino, block);
+        }
+    })?;
     let mount = vd.mount_state();
     Ok(VolumeStatus {
         name: cfg.name,
@@ -51,8 +61,8 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
         files,
         directories: dirs,
         bytes,
-        dirty_bytes: dirty.len() as u64 * cfg.block_size as u64,
-        staged_bytes: staged * cfg.block_size as u64,
+        dirty_bytes,
+        staged_bytes,
         epoch: meta.epoch()?,
         mounted: mount.is_some(),
         mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
