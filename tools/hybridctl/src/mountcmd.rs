@@ -15,22 +15,32 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Check the mount point; clean up a dead hybridfs mount left by a killed process.
 fn prepare_mountpoint(mp: &Path) -> Result<PathBuf> {
-    let meta = match std::fs::metadata(mp) {
+    let abs = std::path::absolute(mp).with_context(|| format!("resolve {}", mp.display()))?;
+    if is_dead_mount(&abs) {
+        detach_stale(&abs)?;
+    }
+    let meta = match std::fs::metadata(&abs) {
         Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            detach_stale(mp)?;
-            std::fs::metadata(mp)?
-        }
         Err(_) => return usage(format!("mount point {} does not exist", mp.display())),
     };
     if !meta.is_dir() {
         return usage(format!("mount point {} is not a directory", mp.display()));
     }
-    let mp = mp.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
+    let mp = abs.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
     if let Some((fstype, source)) = mount_type(&mp) {
         bail!("mount point {} is busy: {source} ({fstype}) is mounted there", mp.display());
     }
     Ok(mp)
+}
+
+/// A FUSE mount whose process is gone answers every request with ENOTCONN. `statfs` always
+/// asks (a `stat` of the root may be answered from the kernel's attribute cache).
+fn is_dead_mount(mp: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statvfs fills a zeroed struct; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 fn detach_stale(mp: &Path) -> Result<()> {
