@@ -14,7 +14,12 @@ use std::process::ExitCode;
 
 /// hybridfs: a copy-on-write file system whose volumes tier to an object store.
 #[derive(Parser)]
-#[command(name = "hybridctl", version, about, long_about = None)]
+#[command(
+    name = "hybridctl",
+    version,
+    about = "hybridfs: copy-on-write volumes, mounted through FUSE, that tier to an object store",
+    after_help = "Typical use:\n  hybridctl format data\n  hybridctl mount data /mnt/hybrid -d\n  hybridctl status\n  hybridctl umount /mnt/hybrid\n\nExit codes: 0 success, 1 operation failed, 2 usage or bad input."
+)]
 struct Cli {
     /// State directory of all volumes [default: $HYBRIDFS_HOME or /var/lib/hybridfs]
     #[arg(long, global = true, value_name = "DIR")]
@@ -38,7 +43,9 @@ enum Cmd {
     },
     /// Mount a volume (foreground unless -d).
     Mount {
+        /// Volume to mount.
         name: String,
+        /// Existing directory to mount it on.
         mountpoint: PathBuf,
         /// Run in the background; return once the mount answers.
         #[arg(short = 'd', long)]
@@ -57,6 +64,7 @@ enum Cmd {
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
+        /// Where the volume is mounted.
         mountpoint: PathBuf,
         /// Seconds to wait for the mount process to flush and exit.
         #[arg(long, default_value_t = 600)]
@@ -64,12 +72,15 @@ enum Cmd {
     },
     /// Show volumes: size, files, dirty bytes, mount state.
     Status {
+        /// One volume [default: all].
         name: Option<String>,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Check metadata and block consistency (exit 1 when problems are found).
     Fsck {
+        /// Volume to check (mounted or not).
         name: String,
         /// Also read and re-hash every sealed block.
         #[arg(long)]
@@ -79,6 +90,7 @@ enum Cmd {
     },
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
+        /// Volume whose journal to list.
         name: String,
         /// Only rows of this epoch and later.
         #[arg(long, default_value_t = 0)]
