@@ -36,6 +36,7 @@ struct Seen {
     kind: Kind,
     nlink: u32,
     size: u64,
+    inline: Option<usize>,
 }
 
 pub fn check(
@@ -48,11 +49,21 @@ pub fn check(
     let mut r = FsckReport::default();
     let mut inodes: HashMap<Ino, Seen> = HashMap::new();
     meta.for_each_inode(&mut |i| {
-        inodes.insert(i.ino, Seen { kind: i.kind, nlink: i.nlink, size: i.size });
+        let inline = i.inline.as_ref().map(Vec::len);
+        inodes.insert(i.ino, Seen { kind: i.kind, nlink: i.nlink, size: i.size, inline });
     })?;
     r.inodes = inodes.len() as u64;
     if !inodes.get(&ROOT_INO).is_some_and(|s| s.kind == Kind::Dir) {
         r.problems.push("root directory (inode 1) is missing".into());
+    }
+    for (ino, s) in &inodes {
+        match s.inline {
+            Some(len) if len as u64 != s.size => {
+                r.problems.push(format!("inode {ino}: {len} inline bytes but size {}", s.size))
+            }
+            Some(_) if s.kind != Kind::File => r.problems.push(format!("inode {ino}: inline data on a {:?}", s.kind)),
+            _ => {}
+        }
     }
     check_names(meta, &inodes, &mut r)?;
     check_extents(meta, blocks, staging, &inodes, block_size, verify, &mut r)?;
@@ -133,6 +144,7 @@ fn check_extents(
         match inodes.get(&ino) {
             None => r.problems.push(format!("extent {block} of missing inode {ino}")),
             Some(s) if s.kind != Kind::File => r.problems.push(format!("extent {block} of non-file inode {ino}")),
+            Some(s) if s.inline.is_some() => r.problems.push(format!("inode {ino} has inline data and extent {block}")),
             Some(s) if block >= blocks_for(s.size, block_size) => {
                 r.problems.push(format!("inode {ino}: extent {block} lies beyond the end of the file ({} bytes)", s.size))
             }

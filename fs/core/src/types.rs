@@ -10,6 +10,9 @@ pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
 /// Longest name of one directory entry, as on ext4.
 pub const NAME_MAX: usize = 255;
+/// Files up to this size keep their bytes in the inode record: a small file costs one
+/// metadata write, no staging file and no block. Must not exceed the smallest block size.
+pub const INLINE_MAX: u64 = 4096;
 
 /// A point in time, seconds and nanoseconds since the Unix epoch.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,6 +90,10 @@ pub struct Inode {
     pub next_cookie: u64,
     /// Symlinks: the target.
     pub target: Vec<u8>,
+    /// Small regular files: the whole content, kept in the inode record instead of blocks
+    /// (`len() == size`, and the file has no extents). `None` once the file outgrew
+    /// [`INLINE_MAX`] (or for other kinds).
+    pub inline: Option<Vec<u8>>,
 }
 
 impl Inode {
@@ -107,6 +114,7 @@ impl Inode {
             parent: 0,
             next_cookie: 1,
             target: Vec::new(),
+            inline: if kind == Kind::File { Some(Vec::new()) } else { None },
         }
     }
 

@@ -89,7 +89,7 @@ fn write_read_seal_and_copy_on_write() {
 fn corrupt_block_is_an_error() {
     let f = fixture();
     let ino = f.file("a");
-    f.vol.write(ino, 0, &vec![7u8; BS as usize]).unwrap();
+    f.vol.write(ino, 0, &vec![7u8; 2 * BS as usize]).unwrap();
     f.vol.release_file(ino, IoKind::Cached).unwrap();
     f.vol.seal_inode(ino).unwrap();
     let (_, ext) = f.meta.extents(ino, 0).unwrap()[0];
@@ -229,17 +229,42 @@ fn passthrough_open_exposes_the_staging_file_sized_like_the_file() {
     let f = fixture();
     f.vol.enable_passthrough(true);
     let ino = f.file("a");
-    f.vol.write(ino, 0, b"hello").unwrap();
-    f.vol.setattr(ino, SetAttr { size: Some(10), ..Default::default() }).unwrap();
+    f.vol.write(ino, 0, &[5u8; 5000]).unwrap();
+    f.vol.setattr(ino, SetAttr { size: Some(9000), ..Default::default() }).unwrap();
     f.vol.release_file(ino, IoKind::Cached).unwrap();
     let opened = f.vol.open_file(ino, false).unwrap();
     assert_eq!(opened.kind, IoKind::Passthrough);
     let backing = opened.backing.expect("a backing file");
-    assert_eq!(backing.metadata().unwrap().len(), 10);
+    assert_eq!(backing.metadata().unwrap().len(), 9000);
     let writer = f.vol.open_file(ino, true).unwrap();
     assert_eq!(writer.kind, IoKind::DirectIo);
     f.vol.release_file(ino, IoKind::DirectIo).unwrap();
     f.vol.release_file(ino, IoKind::Passthrough).unwrap();
     assert!(f.vol.seal_inode(ino).unwrap());
     assert_eq!(f.vol.open_file(ino, false).unwrap().kind, IoKind::Cached, "sealed: no passthrough");
+}
+
+#[test]
+fn small_files_stay_inline_until_they_outgrow_it() {
+    use hybridfs_core::types::INLINE_MAX;
+    let f = fixture();
+    let ino = f.file("small");
+    f.vol.write(ino, 0, b"hello").unwrap();
+    f.vol.write(ino, 10, b"world").unwrap();
+    assert_eq!(f.read_all(ino), b"hello\0\0\0\0\0world");
+    assert!(f.meta.extents(ino, 0).unwrap().is_empty(), "inline files have no extents");
+    assert!(!f.dir.path().join("staging").join(ino.to_string()).exists(), "and no staging file");
+    let rows: Vec<_> = f.meta.journal(0).unwrap().into_iter().map(|e| (e.ino, e.block)).collect();
+    assert_eq!(rows, vec![(ino, 0)], "inline writes are journaled as block 0");
+    f.vol.setattr(ino, SetAttr { size: Some(3), ..Default::default() }).unwrap();
+    assert_eq!(f.read_all(ino), b"hel");
+    f.vol.write(ino, INLINE_MAX - 1, b"xy").unwrap();
+    let mut expect = b"hel".to_vec();
+    expect.resize(INLINE_MAX as usize - 1, 0);
+    expect.extend_from_slice(b"xy");
+    assert_eq!(f.read_all(ino), expect, "outgrown: moved to the staging file intact");
+    assert_eq!(f.meta.extents(ino, 0).unwrap(), vec![(0, Extent::Staged), (1, Extent::Staged)]);
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
+    f.vol.seal_inode(ino).unwrap();
+    f.fsck_clean();
 }

@@ -18,7 +18,7 @@ use crate::extent::{blocks_for, spans};
 use crate::meta::Mutation;
 use crate::metrics::Metrics;
 use crate::staging::{allocate, punch_hole, read_full_at};
-use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec};
+use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec, INLINE_MAX};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -137,6 +137,7 @@ impl Volume {
             && others == 0
             && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
             && st.inode.kind == Kind::File
+            && st.inode.inline.is_none()
             && !self.meta.extents(ino, 0)?.iter().any(|(_, e)| matches!(e, Extent::Sealed { .. }));
         let kind = choose_io(write, st.passthrough_opens, fully_staged);
         let backing = match kind {
@@ -205,6 +206,13 @@ impl Volume {
             return Ok(Vec::new());
         }
         let n = (size as u64).min(fsize - offset);
+        if let Some(inline) = &st.inode.inline {
+            let from = (offset as usize).min(inline.len());
+            let to = (offset + n).min(inline.len() as u64) as usize;
+            let mut out = inline[from..to].to_vec();
+            out.resize(n as usize, 0);
+            return Ok(out);
+        }
         let mut buf = vec![0u8; n as usize];
         for s in spans(offset, n, self.block_size) {
             let out = &mut buf[s.pos as usize..(s.pos + s.len) as usize];
@@ -287,6 +295,12 @@ impl Volume {
         let mut st = node.write();
         let mut batch = Vec::new();
         let epoch = self.epoch();
+        if st.inode.inline.is_some() {
+            if end <= INLINE_MAX {
+                return self.write_inline(&mut st, offset, data);
+            }
+            self.uninline(&mut st, &mut batch)?;
+        }
         for s in spans(offset, len, self.block_size) {
             self.stage_block(&mut st, s.block, s.covers_whole_block(self.block_size), &mut batch)?;
             st.journal(epoch, s.block, &mut batch);
@@ -308,6 +322,43 @@ impl Volume {
         }
         Metrics::add(&self.metrics.bytes_written, len);
         Ok(len as u32)
+    }
+
+    /// A write that keeps a small file inline: the bytes go into the inode record.
+    fn write_inline(&self, st: &mut NodeData, offset: u64, data: &[u8]) -> Result<u32> {
+        let mut batch = Vec::new();
+        st.journal(self.epoch(), 0, &mut batch);
+        let buf = st.inode.inline.get_or_insert_with(Vec::new);
+        let end = (offset as usize) + data.len();
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset as usize..end].copy_from_slice(data);
+        st.inode.size = buf.len() as u64;
+        let now = Timespec::now();
+        st.inode.mtime = now;
+        st.inode.ctime = now;
+        batch.push(Mutation::PutInode(st.inode.clone()));
+        st.attr_dirty = false;
+        self.meta.apply(batch, false)?;
+        Metrics::add(&self.metrics.bytes_written, data.len() as u64);
+        Ok(data.len() as u32)
+    }
+
+    /// Move an inline file's bytes to its staging file (block 0), before it grows past
+    /// [`INLINE_MAX`] or gets block-level treatment (fallocate). The caller persists the inode.
+    fn uninline(&self, st: &mut NodeData, batch: &mut Vec<Mutation>) -> Result<()> {
+        let Some(bytes) = st.inode.inline.take() else { return Ok(()) };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let ino = st.inode.ino;
+        st.staging_file(self)?
+            .write_all_at(&bytes, 0)
+            .map_err(|e| FsError::io(format!("write staging file of inode {ino}"), e))?;
+        st.set_extent(0, Some(Extent::Staged), batch);
+        st.journal(self.epoch(), 0, batch);
+        Ok(())
     }
 
     /// `close()` of one descriptor: the attributes reach the store (not yet durably).
@@ -399,6 +450,18 @@ impl Volume {
         let old = st.inode.size;
         let bs = self.block_size;
         let epoch = self.epoch();
+        if st.inode.inline.is_some() {
+            if size <= INLINE_MAX {
+                st.inode.inline.as_mut().expect("inline").resize(size as usize, 0);
+                st.journal(epoch, 0, batch);
+                let now = Timespec::now();
+                st.inode.size = size;
+                st.inode.mtime = now;
+                st.inode.ctime = now;
+                return Ok(());
+            }
+            self.uninline(st, batch)?;
+        }
         if size < old {
             let first_dead = blocks_for(size, bs);
             for (block, ext) in self.meta.extents(ino, first_dead)? {
@@ -439,6 +502,7 @@ impl Volume {
         let mut batch = Vec::new();
         let epoch = self.epoch();
         let bs = self.block_size;
+        self.uninline(&mut st, &mut batch)?;
         for s in spans(offset, len, bs) {
             let whole = s.covers_whole_block(bs);
             let at = s.block * bs + s.start;
