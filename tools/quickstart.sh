@@ -18,6 +18,8 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/hybridfs-target}
 cargo build --release -p hybridctl
 install -m 0755 "$CARGO_TARGET_DIR/release/hybridctl" /usr/local/bin/hybridctl
+# The helper behind `mount -t fuse.hybridfs NAME DIR` and fstab lines.
+ln -sf /usr/local/bin/hybridctl /sbin/mount.fuse.hybridfs
 
 if mountpoint -q "$MOUNTPOINT" 2>/dev/null; then hybridctl umount "$MOUNTPOINT" || umount -l "$MOUNTPOINT"; fi
 hybridctl status "$VOLUME" >/dev/null 2>&1 || hybridctl format "$VOLUME"

@@ -124,11 +124,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `mount -t fuse.hybridfs NAME DIR -o OPTS` runs `mount.fuse.hybridfs NAME DIR -o OPTS`
+/// (a link to this binary): turn that into `hybridctl mount NAME DIR -d ...`. Options of our
+/// own: `home=DIR`, `writeback_cache`, `seal_delay=SECS`, `threads=N`; the generic ones
+/// (`rw`, `defaults`, `nofail`, `_netdev`, ...) are accepted and ignored.
+fn mount_helper_args(args: Vec<String>) -> Vec<String> {
+    let mut out = vec!["hybridctl".to_string()];
+    let mut rest = Vec::new();
+    let mut opts = Vec::new();
+    let mut it = args.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => opts.extend(it.next().unwrap_or_default().split(',').map(str::to_string)),
+            _ if a.starts_with("-o") => opts.extend(a[2..].split(',').map(str::to_string)),
+            _ if a.starts_with('-') => {}
+            _ => rest.push(a),
+        }
+    }
+    let mut flags = Vec::new();
+    for o in opts {
+        match o.split_once('=') {
+            Some(("home", v)) => out.extend(["--home".to_string(), v.to_string()]),
+            Some(("seal_delay", v)) => flags.extend(["--seal-delay".to_string(), v.to_string()]),
+            Some(("threads", v)) => flags.extend(["--threads".to_string(), v.to_string()]),
+            None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
+            _ => {}
+        }
+    }
+    out.push("mount".into());
+    out.extend(rest);
+    out.push("-d".into());
+    out.extend(flags);
+    out
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`hybridctl journal | head`), as command-line tools do.
     // SAFETY: resetting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let as_helper = args.first().is_some_and(|a| a.ends_with("mount.fuse.hybridfs"));
+    let cli = if as_helper { Cli::parse_from(mount_helper_args(args)) } else { Cli::parse_from(args) };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -140,5 +176,18 @@ fn main() -> ExitCode {
             eprintln!("hybridctl: error: {e:#}");
             if e.downcast_ref::<Usage>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_helper_args;
+
+    #[test]
+    fn mount_helper_turns_fstab_options_into_flags() {
+        let args = ["/sbin/mount.fuse.hybridfs", "data", "/mnt/hybrid", "-o", "rw,home=/srv/h,seal_delay=5,writeback_cache,nofail"];
+        let got = mount_helper_args(args.iter().map(|s| s.to_string()).collect());
+        let want = ["hybridctl", "--home", "/srv/h", "mount", "data", "/mnt/hybrid", "-d", "--seal-delay", "5", "--writeback-cache"];
+        assert_eq!(got, want);
     }
 }
