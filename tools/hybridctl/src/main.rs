@@ -166,7 +166,7 @@ fn main() -> ExitCode {
     let as_helper = args.first().is_some_and(|a| a.ends_with("mount.fuse.hybridfs"));
     let cli = if as_helper { Cli::parse_from(mount_helper_args(args)) } else { Cli::parse_from(args) };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();

@@ -75,12 +75,15 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
         drop(vd.lock()?);
         return spawn_daemon(home, &vd, &mp, flags);
     }
+    // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
+    let signals = block_termination_signals()?;
     let _lock = vd.lock()?;
     let vol = vd.open_volume(Duration::from_secs(flags.seal_delay))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
+    spawn_signal_handler(mp.clone(), signals)?;
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
         threads: flags.threads,
@@ -133,6 +136,39 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// SIGINT, SIGTERM and SIGHUP unmount the volume (lazily, so open files finish first); the
+/// session then ends and the volume is flushed as on `hybridctl umount`. The signals are
+/// blocked in every thread (threads inherit the mask of the thread that starts them) and
+/// taken by one `sigwait`.
+fn block_termination_signals() -> Result<libc::sigset_t> {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("block termination signals: {}", std::io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}
+
+fn spawn_signal_handler(mp: PathBuf, set: libc::sigset_t) -> Result<()> {
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigwait on a set blocked in this thread.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            tracing::info!("signal {sig}: unmounting {}", mp.display());
+            if let Err(e) = lazy_umount(&mp) {
+                tracing::error!("unmount on signal {sig}: {e}");
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Raise the kernel readahead of the new mount to match our 1 MiB requests.

@@ -1,0 +1,30 @@
+//! The mount process's life cycle: SIGTERM unmounts cleanly, flushing and sealing everything
+//! as `hybridctl umount` does (invariant 1: nothing written is lost on a clean stop).
+
+use std::fs;
+use std::time::Duration;
+
+use hybridfs_tests::volume::MountState;
+use hybridfs_tests::{poll_until, procs, TestVolume};
+
+#[test]
+fn sigterm_unmounts_cleanly_and_loses_nothing() {
+    let mut vol = TestVolume::new();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
+    fs::write(vol.path("big"), &data).unwrap();
+    fs::write(vol.path("small"), b"small file").unwrap();
+    let pid = vol.mount_pid().expect("mount pid");
+    // SAFETY: sending a signal to a process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let gone = poll_until(Duration::from_secs(60), Duration::from_millis(20), || !procs::pid_alive(pid));
+    assert!(gone, "mount process {pid} still running 60 s after SIGTERM");
+    assert!(!procs::is_mounted(vol.mountpoint()), "SIGTERM left the mount attached");
+    vol.set_state(MountState::Unmounted);
+    assert!(vol.mount_log().contains("everything flushed"), "no clean shutdown in the log:\n{}", vol.mount_log());
+    let fsck = vol.fsck(&["--verify"]);
+    assert!(fsck.success(), "fsck after SIGTERM: {fsck}");
+    assert!(fsck.stdout.contains(" 0 staged blocks"), "unmount seals everything: {fsck}");
+    vol.mount();
+    assert_eq!(fs::read(vol.path("big")).unwrap(), data);
+    assert_eq!(fs::read(vol.path("small")).unwrap(), b"small file");
+}
