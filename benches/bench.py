@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 MiB = 1 << 20
@@ -247,17 +248,24 @@ def is_mounted(mp):
 
 
 def abort_fuse(mp):
+    """Abort mp's FUSE connection (fusectl); pending requests then fail. True if done."""
     info = mountinfo().get(mp)
     if not info:
-        return
+        return True
+    conns = "/sys/fs/fuse/connections"
     minor = info[0].split(":")[1]
-    path = f"/sys/fs/fuse/connections/{minor}/abort"
+    path = f"{conns}/{minor}/abort"
+    if not os.path.exists(path) and os.path.isdir(conns) and conns not in mountinfo():
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", conns],
+                       capture_output=True, timeout=30)
     try:
         with open(path, "w") as f:
             f.write("1")
         log(f"aborted FUSE connection {minor} of {mp}")
+        return True
     except OSError as e:
         log(f"could not abort FUSE connection of {mp}: {e}")
+        return False
 
 
 def force_unmount(mp):
@@ -343,9 +351,8 @@ DROP_OK = None
 
 
 def drop_caches():
-    """sync + drop page/dentry/inode caches (needs root). Returns True if dropped."""
+    """Drop page/dentry/inode caches (needs root). Returns True if dropped."""
     global DROP_OK
-    run_cmd(["sync"], timeout=600)
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
@@ -357,10 +364,43 @@ def drop_caches():
     return DROP_OK
 
 
+def disk_sectors_read(dev):
+    """Sectors (512 B) read so far from the block device dev (st_dev), or None."""
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def warm_file(path):
     with open(path, "rb", buffering=0) as f:
         while f.read(8 * MiB):
             pass
+
+
+class RssSampler(threading.Thread):
+    """Polls VmHWM/VmRSS of a pid until it exits or stop() (catches the umount phase)."""
+
+    def __init__(self, pid, interval=0.5):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.hwm = self.rss = None
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            st = proc_status(self.pid)
+            if not st:
+                break
+            self.hwm = max(self.hwm or 0, st.get("VmHWM", 0))
+            self.rss = st.get("VmRSS")
+            self.halt.wait(self.interval)
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+        return self.hwm
 
 
 # ---------------------------------- targets -------------------------------------------
@@ -374,18 +414,36 @@ class Target:
         self.pid = None          # daemon pid (FUSE targets)
         self.info = {}
         self.broken = None       # reason, if the target is unusable
+        self.sampler = None
 
     def setup(self):
         pass
 
-    def teardown(self):
+    def teardown(self, timeout):
         pass
 
     def cleanup(self):           # last resort, must not raise
         pass
 
+    def kill_daemon(self):       # a dead daemon fails all pending FUSE requests
+        for p in list(getattr(self, "pids", [])) + [self.pid]:
+            if p and pid_alive(p):
+                log(f"SIGKILL {self.name} daemon pid {p}")
+                os.kill(p, signal.SIGKILL)
+
     def rss(self):
         return proc_status(self.pid) if self.pid else {}
+
+    def start_sampler(self):
+        if self.pid:
+            self.sampler = RssSampler(self.pid)
+            self.sampler.start()
+
+    def stop_sampler(self):
+        if self.sampler:
+            hwm = self.sampler.stop()
+            if hwm:
+                self.info["peak_rss_kib"] = max(hwm, self.info.get("peak_rss_kib") or 0)
 
 
 class Local(Target):
@@ -438,7 +496,7 @@ class Hybridfs(Target):
         except OSError as e:
             return f"(no mount.log: {e})"
 
-    def teardown(self):
+    def teardown(self, timeout):
         if not self.mounted:
             return
         st = self.rss()
@@ -446,10 +504,13 @@ class Hybridfs(Target):
             self.info["peak_rss_kib"] = st.get("VmHWM")
             self.info["rss_at_end_kib"] = st.get("VmRSS")
         t0 = time.perf_counter()
-        self.hc("umount", self.mp, timeout=900)
+        self.hc("umount", self.mp, timeout=timeout)
         self.info["umount_s"] = time.perf_counter() - t0
         self.mounted = False
-        if pid_alive(self.pid):
+        if is_mounted(self.mp):
+            self.info["odd"] = "still mounted after hybridctl umount returned"
+            self.mounted = True
+        elif pid_alive(self.pid):
             for _ in range(100):
                 if not pid_alive(self.pid):
                     break
@@ -458,7 +519,7 @@ class Hybridfs(Target):
                 self.info["odd"] = "mount process still alive after umount returned"
         try:
             t0 = time.perf_counter()
-            p = self.hc("fsck", self.volume, timeout=900, check=False)
+            p = self.hc("fsck", self.volume, timeout=timeout, check=False)
             self.info["fsck_s"] = time.perf_counter() - t0
             self.info["fsck_exit"] = p.returncode
             if p.returncode != 0:
@@ -467,7 +528,7 @@ class Hybridfs(Target):
             self.info["fsck_error"] = str(e)
 
     def cleanup(self):
-        if self.mounted and is_mounted(self.mp):
+        if is_mounted(self.mp):
             try:
                 self.hc("umount", self.mp, timeout=120)
             except Exception as e:
@@ -516,7 +577,7 @@ class JuiceFS(Target):
             self.info["pid"] = self.pid
         self.dir = self.mp
 
-    def teardown(self):
+    def teardown(self, timeout):
         if not self.mounted:
             return
         st = self.rss()
@@ -524,12 +585,12 @@ class JuiceFS(Target):
             self.info["peak_rss_kib"] = st.get("VmHWM")
             self.info["rss_at_end_kib"] = st.get("VmRSS")
         t0 = time.perf_counter()
-        self.jfs("umount", self.mp, timeout=300)
+        self.jfs("umount", self.mp, timeout=timeout)
         self.info["umount_s"] = time.perf_counter() - t0
         self.mounted = False
 
     def cleanup(self):
-        if self.mounted and is_mounted(self.mp):
+        if is_mounted(self.mp):
             try:
                 self.jfs("umount", "--force", self.mp, timeout=60)
             except Exception as e:
@@ -564,6 +625,11 @@ TARGETS = {
 }
 
 
+def disk_delta(s0, dev):
+    s1 = disk_sectors_read(dev)
+    return None if s0 is None or s1 is None else (s1 - s0) * 512
+
+
 def speed_ratio(key, a, b):
     """How many times faster a is than b (>1: a faster)."""
     if a is None or b is None or a == 0 or b == 0:
@@ -582,16 +648,42 @@ class Bench:
         self.targets = []
         self.root = None
 
-    def work(self, target, kind, **a):
-        """Run one workload in a child process under a timeout."""
-        cmd = [sys.executable, self.script, "_work", kind, json.dumps(a)]
+    def guarded(self, t, cmd, what, timeout=None):
+        """Run cmd (touching target t) in a child under a timeout.  A process blocked in a
+        FUSE request may ignore SIGKILL; then the target's FUSE connection is aborted."""
+        timeout = timeout or self.args.timeout
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.args.timeout)
+            out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise Timeout(f"{kind} on {target.name} timed out after {self.args.timeout}s")
+            p.kill()
+            try:
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                if getattr(t, "mp", None):
+                    log(f"{what}: child stuck after SIGKILL, aborting {t.name}'s FUSE connection")
+                    if not abort_fuse(t.mp):
+                        t.kill_daemon()
+                try:
+                    p.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    log(f"{what}: child {p.pid} is still stuck; leaving it")
+            t.broken = f"{what} timed out after {timeout}s"
+            raise Timeout(f"{what} on {t.name} timed out after {timeout}s")
         if p.returncode != 0:
-            raise RuntimeError(f"{kind} on {target.name} failed: {p.stderr.strip()[-1500:]}")
-        return json.loads(p.stdout.strip().splitlines()[-1])
+            msg = (err or out).strip().splitlines() or ["(no output)"]
+            raise RuntimeError(f"{what} failed (exit {p.returncode}): {msg[-1][-500:]}")
+        return out
+
+    def work(self, t, kind, **a):
+        """Run one workload in a child process (see `_work`) under a timeout."""
+        out = self.guarded(t, [sys.executable, self.script, "_work", kind, json.dumps(a)], kind)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def drop(self, t):
+        """sync + drop caches; the sync is guarded since it may wait on t's mount."""
+        self.guarded(t, ["sync"], "sync")
+        drop_caches()
 
     def record(self, t, key, value, detail=None):
         self.results.setdefault(t.name, {}).setdefault(key, []).append(value)
@@ -599,9 +691,12 @@ class Bench:
             self.extra.setdefault(t.name, {}).setdefault(key, []).append(detail)
 
     def one_run(self, t, r):
+        """One run of all workloads on target t.  The three groups (big file, small files,
+        source tree) are independent: an error in one is recorded and the next one runs.
+        Timeouts (t.broken) end the run."""
         a = self.args
         d = os.path.join(t.dir, f"run{r}")
-        os.mkdir(d)
+        self.guarded(t, ["mkdir", d], "mkdir")
         big = os.path.join(d, "big.bin")
         nonce = random.getrandbits(63)
         rss = {}
@@ -610,61 +705,103 @@ class Bench:
             if t.pid:
                 rss[name] = proc_status(t.pid).get("VmRSS")
 
-        # 1. sequential write (source data read into memory by the worker, untimed)
-        warm_file(self.src)
-        res = self.work(t, "seqwrite", path=big, src=self.src, size=a.size_bytes, nonce=nonce)
-        self.record(t, "seq_write", a.size_bytes / res["seconds"] / 1e6)
-        phase("seq_write")
-        # 2. sequential read, cold
-        drop_caches()
-        res = self.work(t, "seqread", path=big, size=a.size_bytes)
-        self.record(t, "seq_read_cold", res["bytes"] / res["seconds"] / 1e6)
-        phase("seq_read_cold")
-        # 3. random 4K reads, cold
-        drop_caches()
-        res = self.work(t, "randread", path=big, src=self.src, size=a.size_bytes,
-                        count=a.randreads, nonce=nonce ^ 0x5A5A, nonce_w=nonce)
-        if res["mismatches"]:
-            self.errors.append(f"{t.name} run {r}: {res['mismatches']}/{res['count']} random "
-                               f"4K reads returned wrong data")
-        self.record(t, "rand_read_4k_cold", res["count"] / res["seconds"])
-        phase("rand_read_4k_cold")
-        os.unlink(big)
-        # 4. small files: create / cold stat / unlink
-        small = os.path.join(d, "small")
-        res = self.work(t, "create", dir=small, count=a.files, nonce=nonce)
-        self.record(t, "create", res["count"] / res["seconds"])
-        phase("create")
-        drop_caches()
-        res = self.work(t, "stat", dir=small, count=a.files)
-        if res["mismatches"]:
-            self.errors.append(f"{t.name} run {r}: {res['mismatches']} files with wrong size")
-        self.record(t, "stat_cold", res["count"] / res["seconds"])
-        phase("stat_cold")
-        res = self.work(t, "unlink", dir=small, count=a.files)
-        self.record(t, "unlink", res["count"] / res["seconds"])
-        phase("unlink")
-        # 5. untar, find, du
-        tree = os.path.join(d, "tree")
-        drop_caches()
-        res = self.work(t, "untar", dir=tree, tarball=self.tarball)
-        self.record(t, "untar", res["seconds"])
-        phase("untar")
-        drop_caches()
-        res = self.work(t, "find", dir=tree)
-        self.record(t, "find_cold", res["seconds"], {"entries": res["entries"]})
-        drop_caches()
-        res = self.work(t, "du", dir=tree)
-        self.record(t, "du_cold", res["seconds"], {"kib": res["kib"]})
-        phase("du_cold")
-        run_cmd(["rm", "-rf", d], timeout=self.args.timeout)
+        def big_file():
+            # 1. sequential write (source data read into memory by the worker, untimed)
+            warm_file(self.src)
+            res = self.work(t, "seqwrite", path=big, src=self.src, size=a.size_bytes,
+                            nonce=nonce)
+            self.record(t, "seq_write", a.size_bytes / res["seconds"] / 1e6)
+            phase("seq_write")
+            # 2. sequential read, cold
+            self.drop(t)
+            s0 = disk_sectors_read(self.dev)
+            res = self.work(t, "seqread", path=big, size=a.size_bytes)
+            self.record(t, "seq_read_cold", res["bytes"] / res["seconds"] / 1e6,
+                        {"disk_read_bytes": disk_delta(s0, self.dev)})
+            phase("seq_read_cold")
+            # 3. random 4K reads, cold
+            self.drop(t)
+            s0 = disk_sectors_read(self.dev)
+            res = self.work(t, "randread", path=big, src=self.src, size=a.size_bytes,
+                            count=a.randreads, nonce=nonce ^ 0x5A5A, nonce_w=nonce)
+            # (includes the untimed verification reads of the local source file)
+            disk = disk_delta(s0, self.dev)
+            if res["mismatches"]:
+                self.errors.append(f"{t.name} run {r}: {res['mismatches']}/{res['count']} "
+                                   f"random 4K reads returned wrong data")
+            self.record(t, "rand_read_4k_cold", res["count"] / res["seconds"],
+                        {"disk_read_bytes_incl_verify": disk})
+            phase("rand_read_4k_cold")
+
+        def small_files():
+            # 4. small files: create / cold stat / unlink
+            small = os.path.join(d, "small")
+            res = self.work(t, "create", dir=small, count=a.files, nonce=nonce)
+            self.record(t, "create", res["count"] / res["seconds"])
+            phase("create")
+            self.drop(t)
+            s0 = disk_sectors_read(self.dev)
+            res = self.work(t, "stat", dir=small, count=a.files)
+            if res["mismatches"]:
+                self.errors.append(f"{t.name} run {r}: {res['mismatches']} files with "
+                                   f"wrong size")
+            self.record(t, "stat_cold", res["count"] / res["seconds"],
+                        {"disk_read_bytes": disk_delta(s0, self.dev)})
+            phase("stat_cold")
+            res = self.work(t, "unlink", dir=small, count=a.files)
+            self.record(t, "unlink", res["count"] / res["seconds"])
+            phase("unlink")
+
+        def source_tree():
+            # 5. untar, find, du
+            tree = os.path.join(d, "tree")
+            self.drop(t)
+            res = self.work(t, "untar", dir=tree, tarball=self.tarball)
+            self.record(t, "untar", res["seconds"])
+            phase("untar")
+            self.drop(t)
+            res = self.work(t, "find", dir=tree)
+            self.record(t, "find_cold", res["seconds"], {"entries": res["entries"]})
+            self.drop(t)
+            res = self.work(t, "du", dir=tree)
+            self.record(t, "du_cold", res["seconds"], {"kib": res["kib"]})
+            phase("du_cold")
+
+        for name, group in (("big file", big_file), ("small files", small_files),
+                            ("source tree", source_tree)):
+            if t.broken:
+                break
+            try:
+                group()
+            except Exception as e:
+                self.fail(t, r, e)
+        if not t.broken:
+            try:
+                self.guarded(t, ["rm", "-rf", d], "rm -rf run dir")
+            except Exception as e:
+                self.fail(t, r, e)
         if rss:
             t.info.setdefault("rss_after_phase_kib", []).append(rss)
 
+    def fail(self, t, r, e):
+        self.errors.append(f"{t.name} run {r}: {e}")
+        log(f"ERROR {t.name} run {r}: {e}")
+        if not t.broken and getattr(t, "mp", None) and not is_mounted(t.mp):
+            t.broken = f"{t.mp} is no longer mounted"
+        if isinstance(t, Hybridfs):
+            log("mount.log tail:\n" + t.log_tail(10))
+
     def prepare(self):
         a = self.args
+        self.load_start = os.getloadavg()
+        try:  # the binary the mount process runs (it may be rebuilt during the run)
+            self.bin_mtime = datetime.datetime.fromtimestamp(
+                os.stat(a.hybridctl).st_mtime).astimezone().isoformat(timespec="seconds")
+        except OSError:
+            self.bin_mtime = None
         base = a.scratch or os.environ.get("TMPDIR") or "/tmp"
         self.root = tempfile.mkdtemp(prefix="hybridfs-bench.", dir=base)
+        self.dev = os.stat(self.root).st_dev
         log(f"scratch dir: {self.root}")
         # source data for the sequential write: random, kept in page cache
         self.src = os.path.join(self.root, "source.bin")
@@ -691,6 +828,7 @@ class Bench:
             log(f"setting up {t.name}")
             try:
                 t.setup()
+                t.start_sampler()
             except Exception as e:
                 t.broken = f"setup failed: {e}"
                 self.errors.append(f"{t.name}: {t.broken}")
@@ -707,19 +845,17 @@ class Bench:
                 try:
                     self.one_run(t, r)
                 except Exception as e:
-                    self.errors.append(f"{t.name} run {r}: {e}")
-                    log(f"ERROR {t.name} run {r}: {e}")
-                    if isinstance(e, Timeout) or (t.dir and not os.path.isdir(t.dir)):
-                        t.broken = str(e)
-                    if isinstance(t, Hybridfs):
-                        log("mount.log tail:\n" + t.log_tail())
+                    self.fail(t, r, e)
                 log(f"run {r}/{a.runs}: {t.name} done in {time.perf_counter() - t0:.1f}s")
         for t in self.targets:
             try:
-                t.teardown()
+                # a target that hung gets a short grace; cleanup() then forces it
+                t.teardown(120 if t.broken else 900)
             except Exception as e:
                 self.errors.append(f"{t.name} teardown: {e}")
                 log(f"ERROR {t.name} teardown: {e}")
+            finally:
+                t.stop_sampler()
         return self.report()
 
     def check_same_disk(self):
@@ -762,7 +898,9 @@ class Bench:
                 "runs": a.runs, "size_bytes": a.size_bytes, "files": a.files,
                 "random_reads": a.randreads, "tarball": self.tarball,
                 "caches_dropped": bool(DROP_OK),
-                "hybridctl": a.hybridctl, "juicefs": a.juicefs,
+                "loadavg_start": self.load_start, "loadavg_end": os.getloadavg(),
+                "hybridctl": a.hybridctl, "hybridctl_mtime": self.bin_mtime,
+                "git_head": git_head(), "juicefs": a.juicefs,
                 "juicefs_version": juicefs_version(a.juicefs),
             },
             "metrics": {}, "targets": {}, "errors": self.errors,
@@ -833,7 +971,10 @@ class Bench:
               f"size={a.size_bytes // MiB} MiB  files={a.files}  "
               f"random reads={a.randreads}  caches dropped={bool(DROP_OK)}")
         print(f"tarball: {self.tarball}")
-        print("ratios are speed ratios: >1 means hybridfs is faster")
+        print(f"hybridctl: {a.hybridctl} (built {self.bin_mtime}), repo at "
+              f"{out['meta']['git_head']}; {out['meta']['juicefs_version'] or 'no juicefs'}")
+        print("ratios are speed ratios: >1 means hybridfs is faster; load average at start/end: "
+              + " / ".join(f"{x[0]:.2f}" for x in (self.load_start, os.getloadavg())))
         print(line(hdr))
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for r in body:
@@ -851,6 +992,17 @@ class Bench:
                 json.dump(out, f, indent=2)
             log(f"wrote {a.json}")
         return 1 if self.errors else 0
+
+
+def git_head():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = run_cmd(["git", "-C", here, "rev-parse", "--short", "HEAD"], timeout=30)
+        dirty = run_cmd(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                        timeout=30)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except Exception:
+        return None
 
 
 def juicefs_version(binary):
