@@ -23,6 +23,7 @@
 //! kernel, local to this node.
 
 mod errno;
+mod listing;
 mod passthrough;
 mod session;
 
@@ -44,19 +45,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may trust attributes and entries it got from us.
 pub const TTL: Duration = Duration::from_secs(5);
-/// Entries per readdir answer fetched from the store (the kernel buffer usually fills first).
-const READDIR_BATCH: usize = 256;
 const GEN: Generation = Generation(0);
 
 pub struct HybridFs {
     vol: Arc<Volume>,
     passthrough: passthrough::Backings,
     want_passthrough: bool,
+    listings: listing::Listings,
 }
 
 impl HybridFs {
     pub fn new(vol: Arc<Volume>, want_passthrough: bool) -> Self {
-        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough }
+        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default() }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -338,46 +338,61 @@ impl Filesystem for HybridFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
         match self.vol.getattr(ino.0) {
-            Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Ok(_) => reply.fail("opendir", FsError::NotDir),
             Err(e) => reply.fail("opendir", e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.vol.readdir(ino.0, offset, READDIR_BATCH) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.fail("readdir", e),
-        }
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
+        self.listings.close(fh.0);
+        reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.vol.readdir(ino.0, offset, READDIR_BATCH) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.fail("readdir", e),
+        };
+        let mut sent = 0;
+        for e in &entries {
+            if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+            sent += 1;
+        }
+        self.listings.consumed(fh.0, &entries[..sent]);
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.fail("readdirplus", e),
         };
-        for e in entries {
+        let mut sent = 0;
+        for e in &entries {
             let dots = e.name == b"." || e.name == b"..";
             let inode = match self.vol.getattr(e.ino) {
                 Ok(i) => i,
                 Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
+                // Removed since the listing was read: leave it out.
+                Err(FsError::NotFound) => {
+                    sent += 1;
+                    continue;
+                }
                 Err(err) => return reply.fail("readdirplus", err),
             };
             if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &self.attr(&inode), GEN) {
                 break;
             }
+            sent += 1;
             // The kernel takes a reference on every entry it links, except `.` and `..`.
             if !dots {
                 self.vol.remember(e.ino);
             }
         }
+        self.listings.consumed(fh.0, &entries[..sent]);
         reply.ok();
     }
 

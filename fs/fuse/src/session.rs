@@ -53,8 +53,10 @@ pub(crate) fn tune(config: &mut KernelConfig, passthrough: bool) -> bool {
     let wanted = [
         cache_mode,
         InitFlags::FUSE_PARALLEL_DIROPS,
+        // Always readdirplus (no READDIRPLUS_AUTO): attributes come with every listing, so
+        // `ls -l`, `du` and `os.walk` + `stat` need no lookup per entry (measured: `du` of
+        // 300k files 3.2 s instead of 9.8 s; a bare `find` pays 2.6 s instead of 0.7 s).
         InitFlags::FUSE_DO_READDIRPLUS,
-        InitFlags::FUSE_READDIRPLUS_AUTO,
         InitFlags::FUSE_CACHE_SYMLINKS,
         InitFlags::FUSE_ASYNC_DIO,
     ];

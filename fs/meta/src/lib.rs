@@ -8,7 +8,7 @@
 //! cf        key                                   value
 //! inodes    ino:u64                               bincode Inode
 //! dentries  parent:u64 ++ name bytes              bincode Dentry {ino, kind, cookie}
-//! cookies   parent:u64 ++ cookie:u64              name bytes      (readdir order)
+//! cookies   parent:u64 ++ cookie:u64              bincode Dentry ++ name bytes (readdir order)
 //! extents   ino:u64 ++ block:u64                  bincode Extent  (absent = hole)
 //! xattrs    ino:u64 ++ name bytes                 value bytes
 //! journal   epoch:u64 ++ ino:u64 ++ block:u64     empty           (dirty-extent journal)
@@ -20,7 +20,8 @@
 //! What sorts next to what, and why:
 //! * all entries of a directory are adjacent in `dentries` (lookup is a point get) and in
 //!   `cookies`, where they sort by cookie: readdir resumes after a cookie with one seek, and
-//!   entries added during a readdir land after it, so a listing is stable under change;
+//!   entries added during a readdir land after it, so a listing is stable under change. The
+//!   cookie row repeats the entry, so a listing is one range scan with no point reads;
 //! * the extents of a file are adjacent and sorted by block: truncate and fsck scan a range;
 //! * the journal sorts by epoch first: "everything dirty since epoch E" is one range scan that
 //!   never touches the rest of the volume (invariant 3);
@@ -75,6 +76,17 @@ fn k_journal(e: &JournalEntry) -> [u8; 24] {
     k[8..16].copy_from_slice(&e.ino.to_be_bytes());
     k[16..].copy_from_slice(&e.block.to_be_bytes());
     k
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no bound).
+fn prefix_successor(prefix: &mut Vec<u8>) -> Option<Vec<u8>> {
+    while let Some(last) = prefix.pop() {
+        if last < 0xff {
+            prefix.push(last + 1);
+            return Some(prefix.clone());
+        }
+    }
+    None
 }
 
 fn be(bytes: &[u8], at: usize) -> u64 {
@@ -148,10 +160,16 @@ impl RocksMeta {
         self.db.get_pinned_cf(self.cf(cf), key).map_err(db_err("read metadata"))
     }
 
-    /// Visit keys and values of `cf` from `start` while they begin with `prefix`.
+    /// Visit keys and values of `cf` from `start` while they begin with `prefix`. Short scans
+    /// (readdir, one file's extents) go through the block cache; whole-volume scans (fsck,
+    /// status) do not, so they cannot evict what the mount needs.
     fn scan(&self, cf: &str, start: &[u8], prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         let mut ro = ReadOptions::default();
-        ro.fill_cache(false);
+        ro.fill_cache(!prefix.is_empty());
+        let mut upper = prefix.to_vec();
+        if let Some(next) = prefix_successor(&mut upper) {
+            ro.set_iterate_upper_bound(next);
+        }
         let iter = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(db_err("scan metadata"))?;
@@ -179,7 +197,9 @@ impl RocksMeta {
             Mutation::PutInode(i) => wb.put_cf(self.cf(CF_INODES), k1(i.ino), enc(&i)),
             Mutation::DelInode(ino) => wb.delete_cf(self.cf(CF_INODES), k1(ino)),
             Mutation::PutDentry { parent, name, dentry } => {
-                wb.put_cf(self.cf(CF_COOKIES), k2(parent, dentry.cookie), &name);
+                let mut row = enc(&dentry);
+                row.extend_from_slice(&name);
+                wb.put_cf(self.cf(CF_COOKIES), k2(parent, dentry.cookie), row);
                 wb.put_cf(self.cf(CF_DENTRIES), k_named(parent, &name), enc(&dentry));
             }
             Mutation::DelDentry { parent, name, cookie } => {
@@ -217,20 +237,17 @@ impl MetaStore for RocksMeta {
     }
 
     fn readdir(&self, parent: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
-        let mut names = Vec::new();
-        if limit > 0 {
-            self.scan(CF_COOKIES, &k2(parent, after.saturating_add(1)), &k1(parent), &mut |k, v| {
-                names.push((be(k, 8), v.to_vec()));
-                Ok(names.len() < limit)
-            })?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
         }
-        let mut out = Vec::with_capacity(names.len());
-        for (cookie, name) in names {
-            let dentry = self
-                .lookup(parent, &name)?
-                .ok_or_else(|| FsError::Meta(format!("readdir index of {parent} names a missing entry")))?;
-            out.push(DirEntry { cookie, name, dentry });
-        }
+        self.scan(CF_COOKIES, &k2(parent, after.saturating_add(1)), &k1(parent), &mut |k, v| {
+            let dentry: Dentry = dec("readdir entry", v)?;
+            let used = bincode::serialized_size(&dentry).map_err(|e| FsError::Meta(format!("readdir entry: {e}")))?;
+            let name = v.get(used as usize..).ok_or_else(|| FsError::Meta("readdir entry is truncated".into()))?;
+            out.push(DirEntry { cookie: be(k, 8), name: name.to_vec(), dentry });
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
