@@ -445,7 +445,7 @@ impl Filesystem for HybridFs {
         match r {
             Ok(Opened { inode: i, .. }) => {
                 self.vol.remember(i.ino);
-                reply.created(&TTL, &self.attr(&i), GEN, FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.created(&TTL, &self.attr(&i), GEN, FileHandle(0), passthrough::CACHED);
             }
             Err(e) => reply.fail("create", e),
         }
