@@ -78,6 +78,7 @@ pub struct VolumeBuilder {
     home: Option<PathBuf>,
     watchdog: Duration,
     mount: bool,
+    mount_args: Vec<String>,
 }
 
 impl VolumeBuilder {
@@ -100,6 +101,12 @@ impl VolumeBuilder {
 
     pub fn watchdog(mut self, limit: Duration) -> Self {
         self.watchdog = limit;
+        self
+    }
+
+    /// Extra `hybridctl mount` flags for every mount of this volume (e.g. `--writeback-cache`).
+    pub fn mount_args(mut self, args: &[&str]) -> Self {
+        self.mount_args = args.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -133,6 +140,7 @@ impl VolumeBuilder {
             state: MountState::Unmounted,
             mountpoints,
             watchdog: None,
+            mount_args: self.mount_args.clone(),
         };
         vol.watchdog = Some(vol.arm_watchdog(self.watchdog));
         let mut format = vec!["format", vol.name.as_str()];
@@ -155,6 +163,7 @@ pub struct TestVolume {
     state: MountState,
     mountpoints: MountPoints,
     watchdog: Option<Watchdog>,
+    mount_args: Vec<String>,
 }
 
 impl TestVolume {
@@ -171,6 +180,7 @@ impl TestVolume {
             home: None,
             watchdog: secs.map(Duration::from_secs).unwrap_or(DEFAULT_WATCHDOG),
             mount: true,
+            mount_args: Vec::new(),
         }
     }
 
@@ -219,7 +229,9 @@ impl TestVolume {
     pub fn try_mount_at(&self, mountpoint: &Path) -> CmdOutput {
         self.track_mountpoint(mountpoint);
         let name = self.name.clone();
-        self.ctl_os(&[OsStr::new("mount"), OsStr::new(&name), mountpoint.as_os_str(), OsStr::new("-d")])
+        let mut args = vec![OsStr::new("mount"), OsStr::new(&name), mountpoint.as_os_str(), OsStr::new("-d")];
+        args.extend(self.mount_args.iter().map(OsStr::new));
+        self.ctl_os(&args)
     }
 
     /// Makes teardown (and the watchdog) take `mountpoint` down too.

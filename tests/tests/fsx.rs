@@ -40,9 +40,13 @@ copy_file_range = 3
 }
 
 /// Runs fsx for `ops` operations on a fresh volume with `block_size` and a file up to `flen`.
-fn run_fsx(block_size: &str, flen: u64, ops: u64, seed: u64) {
+fn run_fsx(block_size: &str, flen: u64, ops: u64, seed: u64, mount_args: &[&str]) {
     let bin = installed_tool("fsx", "FSX", "cargo install fsx --version 0.3.2 --locked");
-    let vol = TestVolume::builder().block_size(block_size).watchdog(Duration::from_secs(40 * 60)).build();
+    let vol = TestVolume::builder()
+        .block_size(block_size)
+        .mount_args(mount_args)
+        .watchdog(Duration::from_secs(40 * 60))
+        .build();
     let conf = vol.root().join("fsx.toml");
     fs::write(&conf, config(flen)).unwrap();
     let artifacts = vol.root().join("fsx-artifacts");
@@ -67,12 +71,19 @@ fn run_fsx(block_size: &str, flen: u64, ops: u64, seed: u64) {
     );
 }
 
+/// The default mount: reads of unsealed files by kernel passthrough, write-through writes.
 #[test]
 fn fsx_100k_ops_64k_blocks() {
-    run_fsx("64K", 1 << 20, 100_000, 1);
+    run_fsx("64K", 1 << 20, 100_000, 1, &[]);
 }
 
 #[test]
 fn fsx_100k_ops_1m_blocks() {
-    run_fsx("1M", 4 << 20, 100_000, 2);
+    run_fsx("1M", 4 << 20, 100_000, 2, &[]);
+}
+
+/// The other mount mode: the kernel's writeback cache gathers writes.
+#[test]
+fn fsx_100k_ops_writeback_cache() {
+    run_fsx("64K", 1 << 20, 100_000, 3, &["--writeback-cache"]);
 }

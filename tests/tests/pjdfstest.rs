@@ -90,9 +90,19 @@ fn parse_results(output: &str) -> BTreeMap<String, (String, Vec<String>)> {
 
 #[test]
 fn pjdfstest_suite() {
+    run_pjdfstest(&[]);
+}
+
+/// The same suite on a mount with the kernel's writeback cache instead of passthrough.
+#[test]
+fn pjdfstest_suite_writeback_cache() {
+    run_pjdfstest(&["--writeback-cache"]);
+}
+
+fn run_pjdfstest(mount_args: &[&str]) {
     require_root();
     let bin = installed_tool("pjdfstest", "PJDFSTEST", "cargo install pjdfstest --version 0.2.2 --locked");
-    let vol = TestVolume::builder().watchdog(Duration::from_secs(50 * 60)).build();
+    let vol = TestVolume::builder().mount_args(mount_args).watchdog(Duration::from_secs(50 * 60)).build();
     let config = vol.root().join("pjdfstest.toml");
     fs::write(&config, CONFIG).unwrap();
     let secondary = vol.root().join("secondary");
