@@ -15,14 +15,13 @@ pub struct MountConfig {
     pub fs_name: String,
     /// Session threads reading `/dev/fuse`.
     pub threads: usize,
-    pub read_only: bool,
     /// Serve reads of unsealed files by kernel passthrough instead of writeback-caching writes.
     pub passthrough: bool,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, read_only: false, passthrough: true }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true }
     }
 }
 
@@ -37,7 +36,7 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
         MountOption::NoAtime,
         MountOption::Dev,
         MountOption::Suid,
-        if cfg.read_only { MountOption::RO } else { MountOption::RW },
+        MountOption::RW,
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));

@@ -87,7 +87,6 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
         threads: flags.threads,
-        read_only: false,
         passthrough: flags.passthrough,
     };
     tracing::info!("serving volume {name} at {}", mp.display());

@@ -473,7 +473,7 @@ impl Volume {
             for block in first_dead..blocks_for(old, bs) {
                 st.journal(epoch, block, batch);
             }
-            if size % bs != 0 {
+            if !size.is_multiple_of(bs) {
                 let block = size / bs;
                 if st.extent(self, block)?.is_some() {
                     self.stage_block(st, block, false, batch)?;
