@@ -121,6 +121,12 @@ fn corrupted_local_block_reads_as_eio() {
         hexes.iter().any(|h| log.contains(h.as_str())),
         "mount.log must name the corrupted block (one of {hexes:?}); log:\n{log}"
     );
+    // Invariant 5 also asks for a metric naming the block: `status --json` shows it.
+    let named = hybridfs_tests::poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let status = vol.ctl(&["status", vol.name(), "--json"]);
+        hexes.iter().any(|h| status.stdout.contains(&format!("\"{h}\"")))
+    });
+    assert!(named, "status --json must list the corrupt block in its metrics");
     vol.umount();
     let out = vol.fsck(&["--verify"]);
     assert_eq!(out.code, Some(1), "fsck --verify on corrupted blocks: {out}");

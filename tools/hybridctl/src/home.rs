@@ -50,6 +50,7 @@ impl VolumeDir {
     pub fn lock_path(&self) -> PathBuf { self.dir.join("lock") }
     pub fn mount_state_path(&self) -> PathBuf { self.dir.join("mount.json") }
     pub fn log_path(&self) -> PathBuf { self.dir.join("mount.log") }
+    pub fn metrics_path(&self) -> PathBuf { self.dir.join("metrics.json") }
 
     pub fn config(&self) -> Result<VolumeConfig> {
         let path = self.config_path();

@@ -84,13 +84,15 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
     spawn_signal_handler(mp.clone(), signals)?;
+    spawn_metrics_writer(vol.clone(), vd.metrics_path());
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
         threads: flags.threads,
         passthrough: flags.passthrough,
     };
     tracing::info!("serving volume {name} at {}", mp.display());
-    let served = hybridfs_fuse::mount(vol, &mp, &cfg);
+    let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
+    write_metrics(&vol, &vd.metrics_path());
     let _ = std::fs::remove_file(vd.mount_state_path());
     served.with_context(|| format!("mount {name} at {}", mp.display()))?;
     tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
@@ -168,6 +170,30 @@ fn spawn_signal_handler(mp: PathBuf, set: libc::sigset_t) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// Every 2 s, the volume's counters go to `metrics.json` (for `hybridctl status`).
+fn spawn_metrics_writer(vol: std::sync::Arc<hybridfs_core::Volume>, path: PathBuf) {
+    let weak = std::sync::Arc::downgrade(&vol);
+    drop(vol);
+    std::thread::spawn(move || {
+        while let Some(vol) = weak.upgrade() {
+            write_metrics(&vol, &path);
+            drop(vol);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+}
+
+fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
+    let tmp = path.with_extension("json.tmp");
+    let write = serde_json::to_vec_pretty(&vol.metrics.snapshot())
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = write {
+        tracing::warn!("write {}: {e}", path.display());
+    }
 }
 
 /// Raise the kernel readahead of the new mount to match our 1 MiB requests.

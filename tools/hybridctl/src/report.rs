@@ -3,6 +3,7 @@
 use crate::home::{human_bytes, Home, VolumeDir};
 use anyhow::Result;
 use hybridfs_core::fsck;
+use hybridfs_core::metrics::MetricsSnapshot;
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, Kind};
@@ -26,6 +27,8 @@ struct VolumeStatus {
     mounted: bool,
     mountpoint: Option<String>,
     pid: Option<u32>,
+    /// Counters of the current (or last) mount, from `metrics.json`.
+    metrics: Option<MetricsSnapshot>,
 }
 
 fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
@@ -67,6 +70,7 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
         mounted: mount.is_some(),
         mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
         pid: mount.map(|m| m.pid),
+        metrics: std::fs::read(vd.metrics_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
     })
 }
 
@@ -102,6 +106,9 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
             s.epoch,
         );
         println!("{:<16} store {}", "", s.store);
+        if let Some(m) = s.metrics.as_ref().filter(|m| !m.corrupt_block_ids.is_empty()) {
+            println!("{:<16} CORRUPT blocks read: {}", "", m.corrupt_block_ids.join(", "));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -254,7 +254,7 @@ impl Volume {
                 Ok(d)
             }
             Err(e) => {
-                Metrics::add(&self.metrics.corrupt_blocks, 1);
+                self.metrics.record_corrupt(id);
                 tracing::error!("read block {id}: {e}");
                 Err(e)
             }
