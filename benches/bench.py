@@ -420,6 +420,23 @@ class Target:
         pass
 
     def teardown(self, timeout):
+        """Record the daemon's memory, then unmount (timed) with the target's own command."""
+        if not getattr(self, "mounted", False):
+            return
+        st = self.rss()
+        if st:
+            self.info["peak_rss_kib"] = st.get("VmHWM")
+            self.info["rss_at_end_kib"] = st.get("VmRSS")
+        t0 = time.perf_counter()
+        self.mounted = False
+        self.unmount(timeout)     # may set self.mounted again if the mount stays
+        self.info["umount_s"] = time.perf_counter() - t0
+        self.after_unmount(timeout)
+
+    def unmount(self, timeout):
+        pass
+
+    def after_unmount(self, timeout):
         pass
 
     def cleanup(self):           # last resort, must not raise
@@ -496,21 +513,14 @@ class Hybridfs(Target):
         except OSError as e:
             return f"(no mount.log: {e})"
 
-    def teardown(self, timeout):
-        if not self.mounted:
-            return
-        st = self.rss()
-        if st:
-            self.info["peak_rss_kib"] = st.get("VmHWM")
-            self.info["rss_at_end_kib"] = st.get("VmRSS")
-        t0 = time.perf_counter()
+    def unmount(self, timeout):
         self.hc("umount", self.mp, timeout=timeout)
-        self.info["umount_s"] = time.perf_counter() - t0
-        self.mounted = False
         if is_mounted(self.mp):
             self.info["odd"] = "still mounted after hybridctl umount returned"
             self.mounted = True
-        elif pid_alive(self.pid):
+
+    def after_unmount(self, timeout):
+        if not self.mounted and pid_alive(self.pid):
             for _ in range(100):
                 if not pid_alive(self.pid):
                     break
@@ -577,17 +587,8 @@ class JuiceFS(Target):
             self.info["pid"] = self.pid
         self.dir = self.mp
 
-    def teardown(self, timeout):
-        if not self.mounted:
-            return
-        st = self.rss()
-        if st:
-            self.info["peak_rss_kib"] = st.get("VmHWM")
-            self.info["rss_at_end_kib"] = st.get("VmRSS")
-        t0 = time.perf_counter()
+    def unmount(self, timeout):
         self.jfs("umount", self.mp, timeout=timeout)
-        self.info["umount_s"] = time.perf_counter() - t0
-        self.mounted = False
 
     def cleanup(self):
         if is_mounted(self.mp):
