@@ -4,14 +4,9 @@
 //! hole — so copy-on-write of sealed blocks (invariant 2) and sealing are checked against the
 //! model, and fsck must be clean at the end.
 
-use hybridfs_core::blockstore::MemBlockStore;
-use hybridfs_core::fsck;
-use hybridfs_core::meta::MemMeta;
-use hybridfs_core::staging::Staging;
-use hybridfs_core::types::{Ino, Kind, ROOT_INO};
-use hybridfs_core::{Caller, Fallocate, IoKind, NewNode, SetAttr, Volume, VolumeOptions};
+use hybridfs_core::types::Ino;
+use hybridfs_core::{Fallocate, IoKind, SetAttr};
 use proptest::prelude::*;
-use std::sync::Arc;
 
 const BS: u64 = 4096;
 const FILES: usize = 3;
@@ -40,35 +35,23 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+mod common;
+use common::MemVolume;
+
 struct Subject {
-    vol: Arc<Volume>,
-    meta: Arc<MemMeta>,
-    blocks: Arc<MemBlockStore>,
-    dir: tempfile::TempDir,
+    mem: MemVolume,
     inos: Vec<Ino>,
 }
 
 impl Subject {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(MemMeta::default());
-        let blocks = Arc::new(MemBlockStore::default());
-        Volume::format(&*meta, 0, 0).unwrap();
-        let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join("staging"), ..Default::default() };
-        let vol = Volume::open(meta.clone(), blocks.clone(), opts).unwrap();
-        let inos = (0..FILES)
-            .map(|i| {
-                let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
-                let ino = vol.create_node(ROOT_INO, format!("f{i}").as_bytes(), new, Caller { uid: 0, gid: 0 }).unwrap().ino;
-                vol.open_file(ino, true).unwrap();
-                ino
-            })
-            .collect();
-        Subject { vol, meta, blocks, dir, inos }
+        let mem = MemVolume::new(BS);
+        let inos = (0..FILES).map(|i| mem.file(&format!("f{i}"))).collect();
+        Subject { mem, inos }
     }
 
     fn apply(&self, op: &Op) {
-        let v = &self.vol;
+        let v = &self.mem.vol;
         match *op {
             Op::Write { file, off, len, byte } => {
                 v.write(self.inos[file], off, &vec![byte; len as usize]).unwrap();
@@ -88,14 +71,6 @@ impl Subject {
             }
             Op::Fsync { file } => v.fsync(self.inos[file]).unwrap(),
         }
-    }
-
-    fn content(&self, file: usize) -> Vec<u8> {
-        let ino = self.inos[file];
-        let size = self.vol.getattr(ino).unwrap().size;
-        let got = self.vol.read(ino, 0, size as u32 + 100).unwrap();
-        assert_eq!(got.len() as u64, size, "read returns exactly the file size");
-        got
     }
 }
 
@@ -139,16 +114,15 @@ proptest! {
             s.apply(op);
             model_apply(&mut model, op);
             for (f, m) in model.iter().enumerate() {
-                let got = s.content(f);
+                let got = s.mem.read_all(s.inos[f]);
                 prop_assert!(got == *m, "step {step} ({op:?}): file {f} differs (got {} bytes, model {})", got.len(), m.len());
             }
         }
         for ino in &s.inos {
-            s.vol.release_file(*ino, IoKind::Cached).unwrap();
+            s.mem.vol.release_file(*ino, IoKind::Cached).unwrap();
         }
-        s.vol.seal_inodes(&s.inos).unwrap();
-        let staging = Staging::new(s.dir.path().join("staging")).unwrap();
-        let report = fsck::check(&*s.meta, &*s.blocks, &staging, BS, true).unwrap();
+        s.mem.vol.seal_inodes(&s.inos).unwrap();
+        let report = s.mem.fsck();
         prop_assert!(report.clean(), "fsck: {:?}", report.problems);
     }
 }

@@ -1,50 +1,28 @@
 //! Core logic through the in-memory metadata and block stores (no FUSE, no RocksDB).
 
-use hybridfs_core::blockstore::{BlockStore, MemBlockStore};
-use hybridfs_core::fsck;
-use hybridfs_core::meta::{MemMeta, MetaStore};
-use hybridfs_core::staging::Staging;
+use hybridfs_core::blockstore::BlockStore;
+use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::{Extent, Ino, Kind, ROOT_INO};
-use hybridfs_core::{Caller, Fallocate, IoKind, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
+use hybridfs_core::{Caller, Fallocate, FsError, IoKind, NewNode, RenameFlags, SetAttr};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 const BS: u64 = 4096;
 const ME: Caller = Caller { uid: 0, gid: 0 };
 
-struct Fixture {
-    vol: Arc<Volume>,
-    meta: Arc<MemMeta>,
-    blocks: Arc<MemBlockStore>,
-    dir: tempfile::TempDir,
+mod common;
+use common::MemVolume;
+
+fn fixture() -> MemVolume {
+    MemVolume::new(BS)
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = Arc::new(MemMeta::default());
-    let blocks = Arc::new(MemBlockStore::default());
-    Volume::format(&*meta, 0, 0).unwrap();
-    let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join("staging"), ..Default::default() };
-    let vol = Volume::open(meta.clone(), blocks.clone(), opts).unwrap();
-    Fixture { vol, meta, blocks, dir }
+trait Clean {
+    fn fsck_clean(&self);
 }
 
-impl Fixture {
-    fn file(&self, name: &str) -> Ino {
-        let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
-        let ino = self.vol.create_node(ROOT_INO, name.as_bytes(), new, ME).unwrap().ino;
-        self.vol.open_file(ino, true).unwrap();
-        ino
-    }
-
-    fn read_all(&self, ino: Ino) -> Vec<u8> {
-        let size = self.vol.getattr(ino).unwrap().size;
-        self.vol.read(ino, 0, size as u32).unwrap()
-    }
-
+impl Clean for MemVolume {
     fn fsck_clean(&self) {
-        let staging = Staging::new(self.dir.path().join("staging")).unwrap();
-        let r = fsck::check(&*self.meta, &*self.blocks, &staging, BS, true).unwrap();
+        let r = self.fsck();
         assert!(r.clean(), "fsck problems: {:?}", r.problems);
     }
 }
