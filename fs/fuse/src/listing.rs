@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BATCH: usize = 1024;
+/// Entries handed to one reply at most: more than a kernel readdir buffer (one page) holds,
+/// so the buffer is not copied whole on every request.
+const PER_REPLY: usize = 256;
 
 /// What is left of the last batch of one open directory.
 #[derive(Default)]
@@ -46,16 +49,17 @@ impl Listings {
     pub(crate) fn entries(&self, vol: &Volume, ino: u64, fh: u64, offset: u64) -> Result<Vec<ReaddirEntry>, FsError> {
         if let Some(buf) = self.open.lock().get(&fh) {
             if buf.filled && buf.after == offset && (!buf.entries.is_empty() || buf.at_end) {
-                return Ok(buf.entries.clone());
+                return Ok(buf.entries[..buf.entries.len().min(PER_REPLY)].to_vec());
             }
         }
         let fresh = vol.readdir(ino, offset, BATCH)?;
+        let reply = fresh[..fresh.len().min(PER_REPLY)].to_vec();
+        // `.` and `..` come on top of BATCH store entries when the listing starts.
+        let at_end = fresh.iter().filter(|e| e.offset > 2).count() < BATCH;
         if let Some(buf) = self.open.lock().get_mut(&fh) {
-            // `.` and `..` come on top of BATCH store entries when the listing starts.
-            let store_entries = fresh.iter().filter(|e| e.offset > 2).count();
-            *buf = Buffer { after: offset, entries: fresh.clone(), at_end: store_entries < BATCH, filled: true };
+            *buf = Buffer { after: offset, entries: fresh, at_end, filled: true };
         }
-        Ok(fresh)
+        Ok(reply)
     }
 
     /// The kernel took `sent`, a prefix of what [`Listings::entries`] returned.

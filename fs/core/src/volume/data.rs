@@ -206,14 +206,14 @@ impl Volume {
             return Ok(Vec::new());
         }
         let n = (size as u64).min(fsize - offset);
+        let mut buf = vec![0u8; n as usize];
         if let Some(inline) = &st.inode.inline {
             let from = (offset as usize).min(inline.len());
             let to = (offset + n).min(inline.len() as u64) as usize;
-            let mut out = inline[from..to].to_vec();
-            out.resize(n as usize, 0);
-            return Ok(out);
+            buf[..to - from].copy_from_slice(&inline[from..to]);
+            Metrics::add(&self.metrics.bytes_read, n);
+            return Ok(buf);
         }
-        let mut buf = vec![0u8; n as usize];
         for s in spans(offset, n, self.block_size) {
             let out = &mut buf[s.pos as usize..(s.pos + s.len) as usize];
             match st.extent(self, s.block)? {
