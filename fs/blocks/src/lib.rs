@@ -196,6 +196,14 @@ impl BlockStore for FileBlockStore {
         }
     }
 
+    fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
+        match std::fs::metadata(self.path(id)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FsError::io(format!("stat block {id}"), e)),
+        }
+    }
+
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
         let list = |p: &Path| std::fs::read_dir(p).map_err(|e| FsError::io(format!("list {}", p.display()), e));
         for fan in list(&self.dir)? {

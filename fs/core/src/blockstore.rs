@@ -20,6 +20,8 @@ pub trait BlockStore: Send + Sync + 'static {
     fn get(&self, id: &BlockId) -> Result<Vec<u8>>;
     fn contains(&self, id: &BlockId) -> Result<bool>;
     fn remove(&self, id: &BlockId) -> Result<()>;
+    /// Bytes block `id` takes in the store (None: not there).
+    fn stored_len(&self, id: &BlockId) -> Result<Option<u64>>;
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()>;
 }
 
@@ -77,6 +79,9 @@ impl BlockStore for MemBlockStore {
     fn remove(&self, id: &BlockId) -> Result<()> {
         self.blocks.lock().remove(id);
         Ok(())
+    }
+    fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
+        Ok(self.blocks.lock().get(id).map(|b| b.len() as u64))
     }
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
         self.blocks.lock().keys().for_each(|id| f(*id));

@@ -40,6 +40,12 @@ pub enum FsError {
     CorruptBlock { id: BlockId, why: String },
     #[error("metadata store: {0}")]
     Meta(String),
+    /// A request that names something wrong (an unknown or taken snapshot name, bad characters).
+    #[error("{0}")]
+    BadInput(String),
+    /// A request refused because of the volume's state (a held snapshot, open files).
+    #[error("{0}")]
+    Refused(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -63,6 +69,8 @@ impl FsError {
             FsError::TooBig => libc::EFBIG,
             FsError::CorruptBlock { .. } => libc::EIO,
             FsError::Meta(_) => libc::EIO,
+            FsError::BadInput(_) => libc::EINVAL,
+            FsError::Refused(_) => libc::EBUSY,
             FsError::Io { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
                 Some(code) => code,

@@ -21,6 +21,8 @@ pub struct FsckReport {
     pub bytes: u64,
     pub sealed_blocks: u64,
     pub staged_blocks: u64,
+    /// Extent versions kept only for snapshots.
+    pub snapshot_blocks: u64,
     pub verified_blocks: u64,
     pub problems: Vec<String>,
     pub notes: Vec<String>,
@@ -40,7 +42,7 @@ struct Seen {
 }
 
 pub fn check(
-    meta: &dyn MetaStore,
+    meta: &MetaStore,
     blocks: &dyn BlockStore,
     staging: &Staging,
     block_size: u64,
@@ -80,7 +82,7 @@ pub fn check(
     Ok(r)
 }
 
-fn check_names(meta: &dyn MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport) -> Result<()> {
+fn check_names(meta: &MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport) -> Result<()> {
     let mut links: HashMap<Ino, u32> = HashMap::new();
     let mut subdirs: HashMap<Ino, u32> = HashMap::new();
     let mut per_dir: HashMap<Ino, u64> = HashMap::new();
@@ -130,7 +132,7 @@ fn check_names(meta: &dyn MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckRe
 
 #[allow(clippy::too_many_arguments)]
 fn check_extents(
-    meta: &dyn MetaStore,
+    meta: &MetaStore,
     blocks: &dyn BlockStore,
     staging: &Staging,
     inodes: &HashMap<Ino, Seen>,
@@ -171,11 +173,17 @@ fn check_extents(
     if stale > 0 {
         r.notes.push(format!("{stale} staging files hold no staged block (reclaimable)"));
     }
+    meta.for_each_history_extent(&mut |_, _, _, ext| {
+        if let Extent::Sealed { id, .. } = ext {
+            r.snapshot_blocks += 1;
+            *refs.entry(id).or_default() += 1;
+        }
+    })?;
     check_refs(meta, blocks, &refs, verify, r)
 }
 
 fn check_refs(
-    meta: &dyn MetaStore,
+    meta: &MetaStore,
     blocks: &dyn BlockStore,
     refs: &HashMap<BlockId, u64>,
     verify: bool,
@@ -204,12 +212,24 @@ fn check_refs(
             r.problems.push(format!("block {id}: reference count {n} but no extent uses it"));
         }
     }
+    let free: HashSet<BlockId> = meta.free_blocks()?.into_iter().map(|(id, _)| id).collect();
+    for id in &free {
+        if refs.contains_key(id) {
+            r.problems.push(format!("block {id} is on the free list but still referenced"));
+        }
+    }
     let mut unreferenced = 0u64;
+    let mut waiting = 0u64;
     blocks.for_each(&mut |id| {
-        if !refs.contains_key(&id) {
+        if free.contains(&id) {
+            waiting += 1;
+        } else if !refs.contains_key(&id) {
             unreferenced += 1;
         }
     })?;
+    if waiting > 0 {
+        r.notes.push(format!("{waiting} unreferenced block files wait for the collector (grace period)"));
+    }
     if unreferenced > 0 {
         r.notes.push(format!("{unreferenced} block files are referenced by nothing (reclaimable)"));
     }

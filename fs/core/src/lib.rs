@@ -3,8 +3,10 @@
 //! A tour of the modules:
 //!
 //! * [`types`] — inodes, directory entries, extents, block ids, journal rows.
-//! * [`meta`] — the metadata seam ([`meta::MetaStore`]) with an in-memory implementation; the
-//!   RocksDB one lives in the `hybridfs-meta` crate.
+//! * [`kv`] — the storage-engine seam ([`kv::Kv`]): ordered keys in column families, atomic
+//!   batches; an in-memory engine here, RocksDB in the `hybridfs-meta` crate.
+//! * [`meta`] — the typed, versioned metadata over any engine ([`meta::MetaStore`]): reads at
+//!   an epoch, the change journal, block reference counts, the snapshot catalogue.
 //! * [`blockstore`] — the sealed-block seam ([`blockstore::BlockStore`]); the on-disk one lives
 //!   in `hybridfs-blocks`.
 //! * [`staging`] — per-inode staging files that hold data not yet sealed.
@@ -17,9 +19,11 @@
 
 pub mod blockcache;
 pub mod blockstore;
+pub mod diff;
 pub mod error;
 pub mod extent;
 pub mod fsck;
+pub mod kv;
 pub mod meta;
 pub mod metrics;
 pub mod space;
@@ -31,4 +35,5 @@ pub use error::{FsError, Result};
 pub use volume::data::{choose_io, Fallocate, IoKind, Opened, SetAttr, TimeSet};
 pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
 pub use volume::xattr::XattrMode;
+pub use volume::snapshot::{check_snapshot_name, GcReport, RollbackReport};
 pub use volume::{Caller, Volume, VolumeOptions};

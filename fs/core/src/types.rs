@@ -86,6 +86,8 @@ pub struct Inode {
     pub rdev: u32,
     /// The directory this inode was last linked into (for directories: their `..`).
     pub parent: Ino,
+    /// The name it was last linked under in `parent` (diff turns inodes into paths with it).
+    pub name: Vec<u8>,
     /// Directories: the cookie the next entry gets (readdir offsets stay stable under change).
     pub next_cookie: u64,
     /// Symlinks: the target.
@@ -112,6 +114,7 @@ impl Inode {
             ctime: now,
             rdev: 0,
             parent: 0,
+            name: Vec::new(),
             next_cookie: 1,
             target: Vec::new(),
             inline: if kind == Kind::File { Some(Vec::new()) } else { None },
@@ -180,4 +183,27 @@ pub struct JournalEntry {
     pub epoch: u64,
     pub ino: Ino,
     pub block: u64,
+}
+
+/// A named, immutable view of the volume at the end of epoch `epoch` (invariant 2).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Never reused: it names the snapshot's inode range in the mount.
+    pub id: u64,
+    pub name: String,
+    pub epoch: u64,
+    /// Seconds since the Unix epoch.
+    pub created: i64,
+    /// Files and bytes of the live tree when it was taken.
+    pub files: u64,
+    pub bytes: u64,
+    /// Who depends on it (clones, branches, admin holds); it cannot be deleted while held.
+    pub holds: Vec<String>,
+}
+
+/// Files and logical bytes of the live tree, kept up to date by the metadata store.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub files: u64,
+    pub bytes: u64,
 }

@@ -1,7 +1,6 @@
 //! Core logic through the in-memory metadata and block stores (no FUSE, no RocksDB).
 
 use hybridfs_core::blockstore::BlockStore;
-use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::{Extent, Ino, Kind, ROOT_INO};
 use hybridfs_core::{Caller, Fallocate, FsError, IoKind, NewNode, RenameFlags, SetAttr};
 use std::collections::BTreeSet;

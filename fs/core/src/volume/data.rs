@@ -267,6 +267,7 @@ impl Volume {
         match st.extent(self, block)? {
             Some(Extent::Staged) => return Ok(()),
             Some(Extent::Sealed { id, len }) => {
+                // The store drops the reference (or keeps the version for a snapshot).
                 if !overwritten {
                     let bytes = self.sealed(&id, len)?;
                     let off = block * self.block_size;
@@ -274,7 +275,6 @@ impl Volume {
                         .write_all_at(&bytes, off)
                         .map_err(|e| FsError::io(format!("copy block {id} to staging"), e))?;
                 }
-                batch.push(Mutation::RefDelta { id, delta: -1 });
             }
             None => {
                 st.staging_file(self)?;
@@ -291,6 +291,7 @@ impl Volume {
             return Ok(0);
         }
         self.space.check(len)?;
+        let _gate = self.gate.read_recursive();
         let node = self.open_node(ino)?;
         let mut st = node.write();
         let mut batch = Vec::new();
@@ -318,7 +319,7 @@ impl Volume {
         if !batch.is_empty() {
             batch.push(Mutation::PutInode(st.inode.clone()));
             st.attr_dirty = false;
-            self.apply_with_refs(batch, false)?;
+            self.meta.apply(batch, false)?;
         }
         Metrics::add(&self.metrics.bytes_written, len);
         Ok(len as u32)
@@ -383,6 +384,7 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
+        let _gate = attr.size.map(|_| self.gate.read_recursive());
         let mut txn = self.txn();
         if let Some(size) = attr.size {
             self.truncate_in(&mut txn, ino, size)?;
@@ -464,10 +466,7 @@ impl Volume {
         }
         if size < old {
             let first_dead = blocks_for(size, bs);
-            for (block, ext) in self.meta.extents(ino, first_dead)? {
-                if let Extent::Sealed { id, .. } = ext {
-                    batch.push(Mutation::RefDelta { id, delta: -1 });
-                }
+            for (block, _) in self.meta.extents(ino, first_dead)? {
                 st.set_extent(block, None, batch);
             }
             for block in first_dead..blocks_for(old, bs) {
@@ -497,6 +496,7 @@ impl Volume {
         if len == 0 {
             return Err(FsError::Invalid("fallocate of zero bytes"));
         }
+        let _gate = self.gate.read_recursive();
         let node = self.open_node(ino)?;
         let mut st = node.write();
         let mut batch = Vec::new();
@@ -517,8 +517,7 @@ impl Volume {
                 }
                 Fallocate::PunchHole | Fallocate::ZeroRange { .. } => match st.extent(self, s.block)? {
                     None => continue,
-                    Some(Extent::Sealed { id, .. }) if whole => {
-                        batch.push(Mutation::RefDelta { id, delta: -1 });
+                    Some(Extent::Sealed { .. }) if whole => {
                         st.set_extent(s.block, None, &mut batch);
                     }
                     Some(_) => {
@@ -541,6 +540,6 @@ impl Volume {
         st.inode.ctime = now;
         batch.push(Mutation::PutInode(st.inode.clone()));
         st.attr_dirty = false;
-        self.apply_with_refs(batch, false)
+        self.meta.apply(batch, false)
     }
 }

@@ -23,6 +23,7 @@
 pub mod data;
 pub mod namespace;
 mod sealer;
+pub mod snapshot;
 pub mod xattr;
 
 pub use sealer::SealerHandle;
@@ -34,13 +35,13 @@ use crate::meta::{MetaStore, Mutation};
 use crate::metrics::Metrics;
 use crate::space::{DiskSpace, SpaceGuard};
 use crate::staging::Staging;
-use crate::types::{BlockId, Extent, Inode, Ino, Kind, ROOT_INO};
+use crate::types::{Extent, Inode, Ino, Kind, ROOT_INO};
 use parking_lot::lock_api::ArcRwLockWriteGuard;
 use parking_lot::{Mutex, RawRwLock, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,19 +104,25 @@ struct NodeEntry {
 }
 
 pub struct Volume {
-    meta: Arc<dyn MetaStore>,
+    meta: Arc<MetaStore>,
     blocks: Arc<dyn BlockStore>,
     staging: Staging,
     space: SpaceGuard,
     cache: BlockCache,
     block_size: u64,
     seal_delay: Duration,
-    epoch: AtomicU64,
     next_ino: AtomicU64,
+    /// Writers of file data hold it shared; a snapshot holds it exclusively while it seals
+    /// staged data and ends the epoch, so no staged block is ever part of a snapshot.
+    gate: RwLock<()>,
     ns: Mutex<()>,
     nodes: Mutex<HashMap<Ino, NodeEntry>>,
     lookups: Mutex<HashMap<Ino, u64>>,
     refs: Mutex<()>,
+    /// Serialises changes to the snapshot catalogue.
+    catalog: Mutex<()>,
+    /// One collector pass at a time.
+    collector: Mutex<()>,
     sealer: Mutex<Option<SealerHandle>>,
     passthrough: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
@@ -123,7 +130,7 @@ pub struct Volume {
 
 impl Volume {
     /// Write the root directory of a new volume.
-    pub fn format(meta: &dyn MetaStore, uid: u32, gid: u32) -> Result<()> {
+    pub fn format(meta: &MetaStore, uid: u32, gid: u32) -> Result<()> {
         if meta.get_inode(ROOT_INO)?.is_some() {
             return Err(FsError::Exists);
         }
@@ -134,7 +141,7 @@ impl Volume {
 
     /// Open a formatted volume. Orphans left by a crash are purged here.
     pub fn open(
-        meta: Arc<dyn MetaStore>,
+        meta: Arc<MetaStore>,
         blocks: Arc<dyn BlockStore>,
         opts: VolumeOptions,
     ) -> Result<Arc<Volume>> {
@@ -151,12 +158,14 @@ impl Volume {
             cache: BlockCache::new(opts.block_cache_bytes),
             block_size: opts.block_size as u64,
             seal_delay: opts.seal_delay,
-            epoch: AtomicU64::new(meta.epoch()?),
+            gate: RwLock::new(()),
             next_ino: AtomicU64::new(meta.max_ino()?.max(ROOT_INO) + 1),
             ns: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             refs: Mutex::new(()),
+            catalog: Mutex::new(()),
+            collector: Mutex::new(()),
             sealer: Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
@@ -197,11 +206,12 @@ impl Volume {
         self.block_size
     }
 
+    /// The epoch writes happen in; snapshots end epochs.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.meta.epoch()
     }
 
-    pub fn meta(&self) -> &dyn MetaStore {
+    pub fn meta(&self) -> &MetaStore {
         &*self.meta
     }
 
@@ -303,31 +313,6 @@ impl Volume {
         Ok(())
     }
 
-    /// Apply a batch that may drop block references, deleting blocks nobody references now.
-    fn apply_with_refs(&self, batch: Vec<Mutation>, sync: bool) -> Result<()> {
-        let freed: Vec<BlockId> = batch
-            .iter()
-            .filter_map(|m| match m {
-                Mutation::RefDelta { id, delta } if *delta < 0 => Some(*id),
-                _ => None,
-            })
-            .collect();
-        if freed.is_empty() {
-            return self.meta.apply(batch, sync);
-        }
-        let _refs = self.refs.lock();
-        self.meta.apply(batch, sync)?;
-        for id in freed {
-            if self.meta.block_refs(&id)? == 0 {
-                self.cache.remove(&id);
-                if let Err(e) = self.blocks.remove(&id) {
-                    tracing::warn!("delete unreferenced block {id}: {e}");
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Delete an inode nobody links or references any more.
     fn purge_if_unused(&self, ino: Ino) -> Result<()> {
         let _ns = self.ns.lock();
@@ -340,18 +325,15 @@ impl Volume {
             None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false),
         }
         let batch = self.purge_batch(ino)?;
-        self.apply_with_refs(batch, false)?;
+        self.meta.apply(batch, false)?;
         self.staging.remove(ino)
     }
 
     /// The mutations that delete inode `ino` with its extents, references and xattrs.
     fn purge_batch(&self, ino: Ino) -> Result<Vec<Mutation>> {
         let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
-        for (block, ext) in self.meta.extents(ino, 0)? {
+        for (block, _) in self.meta.extents(ino, 0)? {
             batch.push(Mutation::DelExtent { ino, block });
-            if let Extent::Sealed { id, .. } = ext {
-                batch.push(Mutation::RefDelta { id, delta: -1 });
-            }
         }
         for name in self.meta.xattr_names(ino)? {
             batch.push(Mutation::DelXattr { ino, name });
@@ -471,7 +453,7 @@ impl<'v> Txn<'v> {
                 }
             }
         }
-        self.vol.apply_with_refs(batch, sync)?;
+        self.vol.meta.apply(batch, sync)?;
         for ino in &self.purged {
             self.vol.staging.remove(*ino)?;
         }

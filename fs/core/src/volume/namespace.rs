@@ -111,6 +111,7 @@ impl Volume {
             inode.perm |= libc::S_ISGID;
         }
         inode.parent = parent;
+        inode.name = name.to_vec();
         inode.rdev = new.rdev;
         inode.size = new.target.len() as u64;
         inode.target = new.target;
@@ -149,6 +150,8 @@ impl Volume {
         txn.add_entry(newparent, newname, ino, kind)?;
         let inode = txn.inode_mut(ino)?;
         inode.nlink += 1;
+        inode.parent = newparent;
+        inode.name = newname.to_vec();
         inode.ctime = Timespec::now();
         let out = inode.clone();
         txn.commit(false)?;
@@ -225,6 +228,7 @@ impl Volume {
         txn.add_entry(newparent, newname, src.ino, src.kind)?;
         let moved = txn.inode_mut(src.ino)?;
         moved.parent = newparent;
+        moved.name = newname.to_vec();
         moved.ctime = Timespec::now();
         txn.commit(false)
     }
@@ -247,12 +251,13 @@ impl Volume {
             let l = txn.inode_mut(lose)?;
             l.nlink = l.nlink.saturating_sub(1);
         }
-        for (dir, moved, to) in [(pa, da.ino, pb), (pb, db.ino, pa)] {
+        for (dir, moved, to, name) in [(pa, da.ino, pb, nb), (pb, db.ino, pa, na)] {
             let d = txn.inode_mut(dir)?;
             d.mtime = now;
             d.ctime = now;
             let m = txn.inode_mut(moved)?;
             m.parent = to;
+            m.name = name.to_vec();
             m.ctime = now;
         }
         txn.commit(false)

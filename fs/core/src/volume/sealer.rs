@@ -13,7 +13,6 @@
 
 use super::{NodeData, NodeGuard, Volume};
 use crate::error::{FsError, Result};
-use crate::meta::Mutation;
 use crate::metrics::Metrics;
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
@@ -166,7 +165,38 @@ impl Volume {
         Ok(guards)
     }
 
+    /// Seal every staged block of every inode, open ones included (a snapshot's first step).
+    /// Open files keep their staging file and its bytes: a kernel passthrough reader may be
+    /// reading it, and the bytes equal the sealed blocks until the next write.
+    pub(crate) fn seal_everything(&self) -> Result<usize> {
+        let mut sealed = 0;
+        for group in self.staging.list()?.chunks(SEAL_GROUP) {
+            let mut guards = Vec::new();
+            {
+                let _ns = self.ns.lock();
+                for &ino in group {
+                    match self.pin_locked(ino, false) {
+                        Ok(node) => guards.push(node.write_arc()),
+                        Err(FsError::NotFound) => self.staging.remove(ino)?,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let result = self.seal_locked(&mut guards);
+            let inos: Vec<Ino> = guards.iter().map(|g| g.inode.ino).collect();
+            drop(guards);
+            let _ns = self.ns.lock();
+            for ino in &inos {
+                self.unpin_locked(*ino, false);
+            }
+            result?;
+            sealed += inos.len();
+        }
+        Ok(sealed)
+    }
+
     fn seal_locked(&self, guards: &mut [NodeGuard]) -> Result<()> {
+        let open: Vec<bool> = guards.iter().map(|g| self.has_handles(g.inode.ino)).collect();
         let mut work: Vec<(usize, u64)> = Vec::new();
         for (i, st) in guards.iter().enumerate() {
             for (block, e) in self.meta.extents(st.inode.ino, 0)? {
@@ -181,23 +211,20 @@ impl Volume {
                 let _refs = self.refs.lock();
                 for &(i, block) in chunk {
                     let extent = self.seal_block(&guards[i], block)?;
-                    if let Some(Extent::Sealed { id, .. }) = extent {
-                        batch.push(Mutation::RefDelta { id, delta: 1 });
-                    }
                     guards[i].set_extent(block, extent, &mut batch);
                 }
                 self.blocks.sync()?;
                 self.meta.apply(batch, true)?;
             }
             Metrics::add(&self.metrics.blocks_sealed, chunk.len() as u64);
-            for &(i, block) in chunk {
+            for &(i, block) in chunk.iter().filter(|(i, _)| !open[*i]) {
                 if let Some(f) = &guards[i].staging {
                     punch_hole(f, block * self.block_size, self.block_size)
                         .map_err(|e| FsError::io(format!("punch staging file of inode {}", guards[i].inode.ino), e))?;
                 }
             }
         }
-        for st in guards.iter_mut() {
+        for (st, _) in guards.iter_mut().zip(&open).filter(|(_, open)| !**open) {
             st.staging = None;
             self.staging.remove(st.inode.ino)?;
         }

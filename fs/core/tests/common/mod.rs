@@ -3,7 +3,7 @@
 
 use hybridfs_core::blockstore::MemBlockStore;
 use hybridfs_core::fsck;
-use hybridfs_core::meta::MemMeta;
+use hybridfs_core::meta::MetaStore;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Ino, Kind, ROOT_INO};
 use hybridfs_core::{Caller, IoKind, NewNode, Volume, VolumeOptions};
@@ -13,7 +13,7 @@ pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
 
 pub struct MemVolume {
     pub vol: Arc<Volume>,
-    pub meta: Arc<MemMeta>,
+    pub meta: Arc<MetaStore>,
     pub blocks: Arc<MemBlockStore>,
     pub dir: tempfile::TempDir,
     block_size: u64,
@@ -22,7 +22,7 @@ pub struct MemVolume {
 impl MemVolume {
     pub fn new(block_size: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Arc::new(MemMeta::default());
+        let meta = Arc::new(MetaStore::memory());
         let blocks = Arc::new(MemBlockStore::default());
         Volume::format(&*meta, 0, 0).unwrap();
         let opts = VolumeOptions { block_size: block_size as u32, staging_dir: dir.path().join("staging"), ..Default::default() };
