@@ -54,7 +54,8 @@ pub struct DiffEntry {
 #[derive(Serialize, Clone, Debug)]
 pub struct DiffReport {
     pub from_epoch: u64,
-    pub to_epoch: u64,
+    /// None: the live tree.
+    pub to_epoch: Option<u64>,
     /// Journal rows read: the cost of the diff.
     pub journal_rows: u64,
     pub entries: Vec<DiffEntry>,
@@ -336,7 +337,7 @@ pub fn diff(meta: &MetaStore, from: u64, to: u64, block_size: u64) -> Result<Dif
         });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path).then(a.change.cmp(&b.change)));
-    Ok(DiffReport { from_epoch: from, to_epoch: to, journal_rows: rows, entries })
+    Ok(DiffReport { from_epoch: from, to_epoch: (to != crate::meta::LIVE).then_some(to), journal_rows: rows, entries })
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub enum FsError {
     Unsupported(&'static str),
     #[error("file too large")]
     TooBig,
+    #[error("read-only file system (a snapshot)")]
+    ReadOnly,
     #[error("block {id} is corrupt: {why}")]
     CorruptBlock { id: BlockId, why: String },
     #[error("metadata store: {0}")]
@@ -67,6 +69,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::TooBig => libc::EFBIG,
+            FsError::ReadOnly => libc::EROFS,
             FsError::CorruptBlock { .. } => libc::EIO,
             FsError::Meta(_) => libc::EIO,
             FsError::BadInput(_) => libc::EINVAL,

@@ -32,6 +32,16 @@ pub mod types;
 pub mod volume;
 
 pub use error::{FsError, Result};
+
+/// Test hook for crash tests: when `HYBRIDFS_CRASHPOINT` names this point, the process dies
+/// on the spot (`abort`: no destructor, no flush), as under `kill -9`.
+pub fn crashpoint(name: &str) {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if WANTED.get_or_init(|| std::env::var("HYBRIDFS_CRASHPOINT").ok()).as_deref() == Some(name) {
+        eprintln!("hybridfs: crash point {name} reached; aborting");
+        std::process::abort();
+    }
+}
 pub use volume::data::{choose_io, Fallocate, IoKind, Opened, SetAttr, TimeSet};
 pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
 pub use volume::xattr::XattrMode;

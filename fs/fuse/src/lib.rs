@@ -90,6 +90,9 @@ impl HybridFs {
     }
 
     fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewNode, reply: ReplyEntry, op: &str) {
+        if Volume::is_view(parent.0) {
+            return reply.fail(op, FsError::ReadOnly);
+        }
         let r = self.vol.create_node(parent.0, name.as_bytes(), new, caller(req));
         self.entry(r, reply, op);
     }
@@ -155,6 +158,14 @@ impl Filesystem for HybridFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if Volume::is_view(parent.0) || Volume::is_snapshots_entry(parent.0, name.as_bytes()) {
+            // Snapshot views: nothing to count; a missing name is not cached (a snapshot may
+            // be taken any moment).
+            return match self.vol.view_lookup(parent.0, name.as_bytes()) {
+                Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
+                Err(e) => reply.fail("lookup", e),
+            };
+        }
         match self.vol.lookup(parent.0, name.as_bytes()) {
             Err(FsError::NotFound) => {
                 // A negative entry: the kernel caches the absence for TTL.
@@ -167,11 +178,13 @@ impl Filesystem for HybridFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.vol.forget(ino.0, nlookup);
+        if !Volume::is_view(ino.0) {
+            self.vol.forget(ino.0, nlookup);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vol.getattr(ino.0) {
+        match self.vol.view_getattr(ino.0) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.fail("getattr", e),
         }
@@ -195,6 +208,9 @@ impl Filesystem for HybridFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if Volume::is_view(ino.0) {
+            return reply.fail("setattr", FsError::ReadOnly);
+        }
         let set = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -211,7 +227,7 @@ impl Filesystem for HybridFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.vol.readlink(ino.0) {
+        match self.vol.view_readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.fail("readlink", e),
         }
@@ -231,11 +247,11 @@ impl Filesystem for HybridFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.result("unlink", self.vol.unlink(parent.0, name.as_bytes()));
+        reply.result("unlink", read_only(&[parent.0]).and_then(|_| self.vol.unlink(parent.0, name.as_bytes())));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.result("rmdir", self.vol.rmdir(parent.0, name.as_bytes()));
+        reply.result("rmdir", read_only(&[parent.0]).and_then(|_| self.vol.rmdir(parent.0, name.as_bytes())));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -260,16 +276,25 @@ impl Filesystem for HybridFs {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
-        reply.result("rename", self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f));
+        let r = read_only(&[parent.0, newparent.0])
+            .and_then(|_| self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f));
+        reply.result("rename", r);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = self.vol.link(ino.0, newparent.0, newname.as_bytes());
+        let r = read_only(&[ino.0, newparent.0]).and_then(|_| self.vol.link(ino.0, newparent.0, newname.as_bytes()));
         self.entry(r, reply, "link");
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if Volume::is_view(ino.0) {
+            return match (write, self.vol.view_getattr(ino.0)) {
+                (true, _) => reply.fail("open", FsError::ReadOnly),
+                (false, Ok(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                (false, Err(e)) => reply.fail("open", e),
+            };
+        }
         match self.vol.open_file(ino.0, write) {
             Ok(opened) => self.passthrough.reply_open(&self.vol, opened, reply),
             Err(e) => reply.fail("open", e),
@@ -287,7 +312,7 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vol.read(ino.0, offset, size) {
+        match self.vol.view_read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.fail("read", e),
         }
@@ -305,13 +330,16 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vol.write(ino.0, offset, data) {
+        match read_only(&[ino.0]).and_then(|_| self.vol.write(ino.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.fail("write", e),
         }
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        if Volume::is_view(ino.0) {
+            return reply.ok();
+        }
         reply.result("flush", self.vol.flush(ino.0));
     }
 
@@ -325,6 +353,9 @@ impl Filesystem for HybridFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if Volume::is_view(ino.0) {
+            return reply.ok();
+        }
         let kind = passthrough::kind_of(fh);
         if kind == IoKind::Passthrough {
             self.passthrough.released(ino.0);
@@ -333,11 +364,14 @@ impl Filesystem for HybridFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if Volume::is_view(ino.0) {
+            return reply.ok();
+        }
         reply.result("fsync", self.vol.fsync(ino.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        match self.vol.getattr(ino.0) {
+        match self.vol.view_getattr(ino.0) {
             Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Ok(_) => reply.fail("opendir", FsError::NotDir),
             Err(e) => reply.fail("opendir", e),
@@ -373,7 +407,7 @@ impl Filesystem for HybridFs {
         let mut sent = 0;
         for e in &entries {
             let dots = e.name == b"." || e.name == b"..";
-            let inode = match self.vol.getattr(e.ino) {
+            let inode = match self.vol.view_getattr(e.ino) {
                 Ok(i) => i,
                 Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
                 // Removed since the listing was read: leave it out.
@@ -388,7 +422,7 @@ impl Filesystem for HybridFs {
             }
             sent += 1;
             // The kernel takes a reference on every entry it links, except `.` and `..`.
-            if !dots {
+            if !dots && !Volume::is_view(e.ino) {
                 self.vol.remember(e.ino);
             }
         }
@@ -397,6 +431,9 @@ impl Filesystem for HybridFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if Volume::is_view(ino.0) {
+            return reply.ok();
+        }
         reply.result("fsyncdir", self.vol.fsync(ino.0));
     }
 
@@ -417,19 +454,19 @@ impl Filesystem for HybridFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.fail("setxattr", FsError::Invalid("bad setxattr flags")),
         };
-        reply.result("setxattr", self.vol.setxattr(ino.0, name.as_bytes(), value, mode));
+        reply.result("setxattr", read_only(&[ino.0]).and_then(|_| self.vol.setxattr(ino.0, name.as_bytes(), value, mode)));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.vol.getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
+        xattr_reply(self.vol.view_getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.vol.listxattr(ino.0), size, reply, "listxattr");
+        xattr_reply(self.vol.view_listxattr(ino.0), size, reply, "listxattr");
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.result("removexattr", self.vol.removexattr(ino.0, name.as_bytes()));
+        reply.result("removexattr", read_only(&[ino.0]).and_then(|_| self.vol.removexattr(ino.0, name.as_bytes())));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -437,6 +474,9 @@ impl Filesystem for HybridFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        if Volume::is_view(parent.0) {
+            return reply.fail("create", FsError::ReadOnly);
+        }
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         let r = self
             .vol
@@ -460,8 +500,16 @@ impl Filesystem for HybridFs {
             libc::FALLOC_FL_ZERO_RANGE => Fallocate::ZeroRange { keep_size },
             _ => return reply.fail("fallocate", FsError::Unsupported("fallocate mode")),
         };
-        reply.result("fallocate", self.vol.fallocate(ino.0, offset, length, m));
+        reply.result("fallocate", read_only(&[ino.0]).and_then(|_| self.vol.fallocate(ino.0, offset, length, m)));
     }
+}
+
+/// Changes to snapshot views are refused with `EROFS`.
+fn read_only(inos: &[u64]) -> Result<(), FsError> {
+    if inos.iter().any(|i| Volume::is_view(*i)) {
+        return Err(FsError::ReadOnly);
+    }
+    Ok(())
 }
 
 fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr, op: &str) {

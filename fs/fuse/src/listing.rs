@@ -52,7 +52,7 @@ impl Listings {
                 return Ok(buf.entries[..buf.entries.len().min(PER_REPLY)].to_vec());
             }
         }
-        let fresh = vol.readdir(ino, offset, BATCH)?;
+        let fresh = vol.view_readdir(ino, offset, BATCH)?;
         let reply = fresh[..fresh.len().min(PER_REPLY)].to_vec();
         // `.` and `..` come on top of BATCH store entries when the listing starts.
         let at_end = fresh.iter().filter(|e| e.offset > 2).count() < BATCH;

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use hybridfs_blocks::FileBlockStore;
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::{Volume, VolumeOptions};
-use hybridfs_meta::{RocksMeta, RocksOptions};
+use hybridfs_meta::RocksOptions;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -13,7 +13,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: versioned metadata (snapshots), inode names.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub struct Home {
     pub root: PathBuf,
@@ -51,6 +52,7 @@ impl VolumeDir {
     pub fn mount_state_path(&self) -> PathBuf { self.dir.join("mount.json") }
     pub fn log_path(&self) -> PathBuf { self.dir.join("mount.log") }
     pub fn metrics_path(&self) -> PathBuf { self.dir.join("metrics.json") }
+    pub fn control_path(&self) -> PathBuf { self.dir.join("control.sock") }
 
     pub fn config(&self) -> Result<VolumeConfig> {
         let path = self.config_path();
@@ -93,9 +95,9 @@ impl VolumeDir {
         Ok(VolumeLock { _file: file })
     }
 
-    pub fn open_meta(&self, read_only: bool) -> Result<Arc<RocksMeta>> {
+    pub fn open_meta(&self, read_only: bool) -> Result<Arc<MetaStore>> {
         let opts = RocksOptions { read_only, ..RocksOptions::default() };
-        Ok(Arc::new(RocksMeta::open(&self.meta_dir(), &opts)?))
+        Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
     }
 
     pub fn open_blocks(&self) -> Result<Arc<FileBlockStore>> {
@@ -111,7 +113,7 @@ impl VolumeDir {
             seal_delay,
             ..VolumeOptions::default()
         };
-        let meta: Arc<dyn MetaStore> = self.open_meta(false)?;
+        let meta = self.open_meta(false)?;
         Ok(Volume::open(meta, self.open_blocks()?, opts)?)
     }
 }

@@ -6,6 +6,7 @@
 mod home;
 mod mountcmd;
 mod report;
+mod snapcmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,7 +19,7 @@ use std::process::ExitCode;
     name = "hybridctl",
     version,
     about = "hybridfs: copy-on-write volumes, mounted through FUSE, that tier to an object store",
-    after_help = "Typical use:\n  hybridctl format data\n  hybridctl mount data /mnt/hybrid -d\n  hybridctl status\n  hybridctl umount /mnt/hybrid\n\nExit codes: 0 success, 1 operation failed, 2 usage or bad input."
+    after_help = "Typical use:\n  hybridctl format data\n  hybridctl mount data /mnt/hybrid -d\n  hybridctl snapshot create before-training\n  hybridctl diff before-training\n  hybridctl status\n  hybridctl umount /mnt/hybrid\n\nExit codes: 0 success, 1 operation failed, 2 usage or bad input."
 )]
 struct Cli {
     /// State directory of all volumes [default: $HYBRIDFS_HOME or /var/lib/hybridfs]
@@ -88,6 +89,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshots: read-only, O(1) views of the volume, browsable at MOUNTPOINT/.snapshots/NAME.
+    #[command(subcommand)]
+    Snapshot(SnapCmd),
+    /// What changed from snapshot FROM to snapshot TO (or to the live tree): added, deleted,
+    /// modified (with byte ranges) and renamed paths. Reads only the change journal.
+    Diff {
+        from: String,
+        /// A later snapshot [default: the live tree].
+        to: Option<String>,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return the live tree of an unmounted volume to snapshot NAME. The current state is
+    /// kept first as snapshot pre-rollback-<UTC time>, so nothing is lost.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim space now: drop versions only deleted snapshots kept, then delete blocks nothing
+    /// references (a mounted volume also does this in the background every 30 s).
+    Gc {
+        #[arg(long)]
+        volume: Option<String>,
+        /// Keep unreferenced blocks this many seconds before deleting them (readers of a
+        /// just-deleted snapshot may still be reading them).
+        #[arg(long, default_value_t = 60)]
+        grace: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
         /// Volume whose journal to list.
@@ -95,6 +131,63 @@ enum Cmd {
         /// Only rows of this epoch and later.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapCmd {
+    /// Take a snapshot of the live tree (O(1): it seals recent writes and ends the epoch).
+    Create {
+        /// Letters, digits, '.', '_', '-' and ':'; not starting with '.' or '-'.
+        name: String,
+        /// Volume [default: the only volume, or main].
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots: name, age, epoch, files and size of the tree, bytes only it keeps.
+    List {
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot.
+    Show {
+        name: String,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (refused while held); `hybridctl gc` reclaims its space.
+    Delete {
+        name: String,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a snapshot as needed by WHO (a clone, a branch, a person): it cannot be deleted.
+    Hold {
+        name: String,
+        #[arg(long, value_name = "WHO")]
+        by: String,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the hold of WHO.
+    Release {
+        name: String,
+        #[arg(long, value_name = "WHO")]
+        by: String,
+        #[arg(long)]
+        volume: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +214,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
         Cmd::Fsck { name, verify, json } => report::fsck(&home, &name, verify, json),
         Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),
+        Cmd::Snapshot(c) => {
+            use snapcmd::Request as R;
+            let (volume, req, json) = match c {
+                SnapCmd::Create { name, volume, json } => (volume, R::Create { name }, json),
+                SnapCmd::List { volume, json } => (volume, R::List, json),
+                SnapCmd::Show { name, volume, json } => (volume, R::Show { name }, json),
+                SnapCmd::Delete { name, volume, json } => (volume, R::Delete { name }, json),
+                SnapCmd::Hold { name, by, volume, json } => (volume, R::Hold { name, by, on: true }, json),
+                SnapCmd::Release { name, by, volume, json } => (volume, R::Hold { name, by, on: false }, json),
+            };
+            snapcmd::run(&home, volume.as_deref(), req, json)
+        }
+        Cmd::Diff { from, to, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Diff { from, to }, json),
+        Cmd::Rollback { name, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Rollback { name }, json),
+        Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
     }
 }
 
@@ -165,8 +273,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let as_helper = args.first().is_some_and(|a| a.ends_with("mount.fuse.hybridfs"));
     let cli = if as_helper { Cli::parse_from(mount_helper_args(args)) } else { Cli::parse_from(args) };
+    // The mount process logs what it does; other commands print their result and only warn.
+    let default = if matches!(cli.cmd, Cmd::Mount { .. }) { "info,fuser::session=error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::session=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();

@@ -85,6 +85,8 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     spawn_readahead_tuner(mp.clone());
     spawn_signal_handler(mp.clone(), signals)?;
     spawn_metrics_writer(vol.clone(), vd.metrics_path());
+    crate::snapcmd::serve_control(vol.clone(), &vd.control_path())?;
+    spawn_collector(vol.clone());
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
         threads: flags.threads,
@@ -94,6 +96,7 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
     write_metrics(&vol, &vd.metrics_path());
     let _ = std::fs::remove_file(vd.mount_state_path());
+    let _ = std::fs::remove_file(vd.control_path());
     served.with_context(|| format!("mount {name} at {}", mp.display()))?;
     tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
     Ok(ExitCode::SUCCESS)
@@ -194,6 +197,24 @@ fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
     if let Err(e) = write {
         tracing::warn!("write {}: {e}", path.display());
     }
+}
+
+/// Every 30 s, reclaim what deleted snapshots and deleted files left (blocks unreferenced for
+/// more than 60 s); `hybridctl gc` runs the same pass on demand.
+fn spawn_collector(vol: std::sync::Arc<hybridfs_core::Volume>) {
+    let weak = std::sync::Arc::downgrade(&vol);
+    drop(vol);
+    let _ = std::thread::Builder::new().name("collector".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(30));
+        let Some(vol) = weak.upgrade() else { return };
+        match vol.collect(Duration::from_secs(60)) {
+            Ok(r) if r.blocks_freed > 0 || r.versions_removed > 0 => {
+                tracing::info!("collector: {} versions removed, {} blocks freed", r.versions_removed, r.blocks_freed)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("collector: {e}"),
+        }
+    });
 }
 
 /// Raise the kernel readahead of the new mount to match our 1 MiB requests.

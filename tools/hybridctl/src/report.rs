@@ -4,7 +4,6 @@ use crate::home::{human_bytes, Home, VolumeDir};
 use anyhow::Result;
 use hybridfs_core::fsck;
 use hybridfs_core::metrics::MetricsSnapshot;
-use hybridfs_core::meta::MetaStore;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, Kind};
 use serde::Serialize;
@@ -27,6 +26,8 @@ struct VolumeStatus {
     mounted: bool,
     mountpoint: Option<String>,
     pid: Option<u32>,
+    /// Snapshots kept.
+    snapshots: usize,
     /// Counters of the current (or last) mount, from `metrics.json`.
     metrics: Option<MetricsSnapshot>,
 }
@@ -66,7 +67,8 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
         bytes,
         dirty_bytes,
         staged_bytes,
-        epoch: meta.epoch()?,
+        epoch: meta.epoch(),
+        snapshots: meta.snapshots()?.len(),
         mounted: mount.is_some(),
         mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
         pid: mount.map(|m| m.pid),

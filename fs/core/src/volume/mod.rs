@@ -24,6 +24,7 @@ pub mod data;
 pub mod namespace;
 mod sealer;
 pub mod snapshot;
+pub mod views;
 pub mod xattr;
 
 pub use sealer::SealerHandle;
@@ -123,6 +124,8 @@ pub struct Volume {
     catalog: Mutex<()>,
     /// One collector pass at a time.
     collector: Mutex<()>,
+    /// The snapshot catalogue as the views under `/.snapshots` see it (None: reload).
+    views: RwLock<Option<Vec<crate::types::SnapshotInfo>>>,
     sealer: Mutex<Option<SealerHandle>>,
     passthrough: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
@@ -166,6 +169,7 @@ impl Volume {
             refs: Mutex::new(()),
             catalog: Mutex::new(()),
             collector: Mutex::new(()),
+            views: RwLock::new(None),
             sealer: Mutex::new(None),
             passthrough: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),

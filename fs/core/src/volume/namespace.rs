@@ -97,6 +97,9 @@ impl Volume {
     /// Create a file, directory, symlink or special file named `name` in `parent`.
     pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
         check_name(name)?;
+        if Self::is_snapshots_entry(parent, name) {
+            return Err(FsError::Exists);
+        }
         let mut txn = self.txn();
         let dir = txn.dir(parent)?;
         let setgid_dir = dir.perm & libc::S_ISGID != 0;
@@ -132,6 +135,9 @@ impl Volume {
     /// A new name `newname` in `newparent` for the existing inode `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
         check_name(newname)?;
+        if Self::is_snapshots_entry(newparent, newname) {
+            return Err(FsError::Exists);
+        }
         let mut txn = self.txn();
         txn.dir(newparent)?;
         let (kind, nlink) = {
@@ -197,6 +203,9 @@ impl Volume {
         flags: RenameFlags,
     ) -> Result<()> {
         check_name(newname)?;
+        if Self::is_snapshots_entry(newparent, newname) {
+            return Err(FsError::Exists);
+        }
         let mut txn = self.txn();
         txn.dir(parent)?;
         txn.dir(newparent)?;

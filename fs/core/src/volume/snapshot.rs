@@ -115,7 +115,10 @@ impl Volume {
             bytes: usage.bytes,
             holds: Vec::new(),
         };
+        crate::crashpoint("snapshot-after-seal");
         self.meta.apply(vec![Mutation::PutSnapshot(info.clone()), Mutation::SetEpoch(epoch + 1)], true)?;
+        self.catalogue_changed();
+        crate::crashpoint("snapshot-after-commit");
         tracing::info!("snapshot {name} taken at epoch {epoch}");
         Ok(info)
     }
@@ -135,6 +138,8 @@ impl Volume {
             vec![Mutation::DelSnapshot(name.to_string()), Mutation::PutGcRange { from: prev, to: snap.epoch }],
             true,
         )?;
+        self.catalogue_changed();
+        crate::crashpoint("delete-after-commit");
         tracing::info!("snapshot {name} (epoch {}) deleted", snap.epoch);
         Ok(snap)
     }
@@ -156,6 +161,7 @@ impl Volume {
             }
         }
         self.meta.apply(vec![Mutation::PutSnapshot(snap.clone())], true)?;
+        self.catalogue_changed();
         Ok(snap)
     }
 
@@ -179,6 +185,7 @@ impl Volume {
             saved_name = format!("pre-rollback-{stamp}-{n}");
         }
         let saved_as = self.snapshot_locked(&saved_name)?;
+        crate::crashpoint("rollback-after-saved");
         let _ns = self.ns.lock();
         let mut keys = BTreeSet::new();
         self.meta.changes(target.epoch, LIVE, &mut |c| {
@@ -200,6 +207,7 @@ impl Volume {
             let _refs = self.refs.lock();
             self.meta.apply(batch, true)?;
         }
+        crate::crashpoint("rollback-after-restore");
         self.nodes.lock().retain(|_, e| e.handles > 0);
         drop(_ns);
         for ino in orphans {
@@ -218,7 +226,8 @@ impl Volume {
         let pinned: Vec<u64> = self.meta.snapshots()?.iter().map(|s| s.epoch).collect();
         for (from, to) in self.meta.gc_ranges()? {
             let stats = self.meta.collect_range(from, to, &pinned, false)?;
-            self.meta.apply(vec![Mutation::DelGcRange { from, to }], false)?;
+            crate::crashpoint("gc-after-versions");
+            self.meta.apply(vec![Mutation::DelGcRange { from, to }], true)?;
             report.ranges += 1;
             report.records_examined += stats.keys;
             report.versions_removed += stats.versions_removed;
@@ -236,6 +245,7 @@ impl Volume {
                     let bytes = self.blocks.stored_len(&id)?.unwrap_or(0);
                     self.cache.remove(&id);
                     self.blocks.remove(&id)?;
+                    crate::crashpoint("gc-after-block-delete");
                     report.blocks_freed += 1;
                     report.bytes_freed += bytes;
                 }

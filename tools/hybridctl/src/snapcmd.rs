@@ -1,0 +1,298 @@
+//! `hybridctl snapshot …`, `diff`, `rollback` and `gc`, and the control socket that carries
+//! them to a mount process.
+//!
+//! A mounted volume's metadata belongs to its mount process, so the CLI sends the request over
+//! `volumes/NAME/control.sock` (one JSON line each way) and the mount process runs it; an
+//! unmounted volume is opened by the CLI itself. Both paths run the same [`execute`].
+
+use crate::home::{human_bytes, Home, VolumeDir};
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use hybridfs_core::meta::LIVE;
+use hybridfs_core::types::SnapshotInfo;
+use hybridfs_core::{FsError, Volume};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a request may take in the mount process (sealing a large dirty set, a big gc).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Create { name: String },
+    Delete { name: String },
+    Hold { name: String, by: String, on: bool },
+    List,
+    Show { name: String },
+    Diff { from: String, to: Option<String> },
+    Gc { grace_secs: u64 },
+    Rollback { name: String },
+}
+
+/// A failed request: the message and whether it was bad input (exit 2) or a failure (exit 1).
+#[derive(Serialize, Deserialize, Debug)]
+struct Failure {
+    error: String,
+    bad_input: bool,
+}
+
+fn failure(e: FsError) -> Failure {
+    let bad_input = matches!(e, FsError::BadInput(_) | FsError::Invalid(_));
+    Failure { error: e.to_string(), bad_input }
+}
+
+fn snapshot_json(vol: &Volume, s: &SnapshotInfo) -> Result<Value, FsError> {
+    let unique = vol.snapshot_unique_bytes(&s.name)?;
+    Ok(json!({
+        "id": s.id, "name": s.name, "epoch": s.epoch, "created": s.created,
+        "files": s.files, "bytes": s.bytes, "unique_bytes": unique, "holds": s.holds,
+    }))
+}
+
+fn epoch_of(vol: &Volume, name: &str) -> Result<u64, FsError> {
+    Ok(vol.snapshot(name)?.epoch)
+}
+
+/// Run one request against an open volume.
+pub fn execute(vol: &Volume, req: &Request) -> Result<Value, FsError> {
+    match req {
+        Request::Create { name } => Ok(serde_json::to_value(vol.snapshot_create(name)?).expect("plain data")),
+        Request::Delete { name } => Ok(serde_json::to_value(vol.snapshot_delete(name)?).expect("plain data")),
+        Request::Hold { name, by, on } => Ok(serde_json::to_value(vol.snapshot_hold(name, by, *on)?).expect("plain data")),
+        Request::List => {
+            let list: Result<Vec<Value>, FsError> = vol.snapshots()?.iter().map(|s| snapshot_json(vol, s)).collect();
+            Ok(Value::Array(list?))
+        }
+        Request::Show { name } => snapshot_json(vol, &vol.snapshot(name)?),
+        Request::Diff { from, to } => {
+            let from_epoch = epoch_of(vol, from)?;
+            let to_epoch = match to {
+                Some(t) => epoch_of(vol, t)?,
+                None => LIVE,
+            };
+            if to_epoch != LIVE && to_epoch < from_epoch {
+                return Err(FsError::BadInput(format!(
+                    "snapshot {} is older than {from}: give the older snapshot first",
+                    to.as_deref().unwrap_or_default()
+                )));
+            }
+            let report = hybridfs_core::diff::diff(vol.meta(), from_epoch, to_epoch, vol.block_size())?;
+            Ok(serde_json::to_value(report).expect("plain data"))
+        }
+        Request::Gc { grace_secs } => Ok(serde_json::to_value(vol.collect(Duration::from_secs(*grace_secs))?).expect("plain data")),
+        Request::Rollback { name } => Ok(serde_json::to_value(vol.rollback(name)?).expect("plain data")),
+    }
+}
+
+/// Serve requests on the volume's control socket until the process exits.
+pub fn serve_control(vol: Arc<Volume>, path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let vol = vol.clone();
+            let _ = std::thread::Builder::new().name("control-req".into()).spawn(move || {
+                if let Err(e) = answer(&vol, conn) {
+                    tracing::warn!("control request: {e}");
+                }
+            });
+        }
+    })?;
+    Ok(())
+}
+
+fn answer(vol: &Volume, conn: UnixStream) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => serde_json::to_string(&Failure { error: format!("bad request: {e}"), bad_input: true })?,
+        Ok(Request::Rollback { .. }) => serde_json::to_string(&Failure {
+            error: "the volume is mounted: unmount it first (hybridctl umount MOUNTPOINT); a rollback replaces the whole tree under running programs".into(),
+            bad_input: false,
+        })?,
+        Ok(req) => match execute(vol, &req) {
+            Ok(v) => serde_json::to_string(&json!({ "ok": v }))?,
+            Err(e) => serde_json::to_string(&failure(e))?,
+        },
+    };
+    let mut w = &conn;
+    w.write_all(reply.as_bytes())?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+/// A request failed in the volume: exit 1, or 2 for bad input.
+fn fail(f: Failure) -> anyhow::Error {
+    if f.bad_input { crate::Usage(f.error).into() } else { anyhow::anyhow!(f.error) }
+}
+
+/// Send `req` to the mount process of `vd`, or run it here when the volume is not mounted.
+fn call(vd: &VolumeDir, req: &Request) -> Result<Value> {
+    if let Some(state) = vd.mount_state() {
+        let path = vd.control_path();
+        let mut conn = UnixStream::connect(&path).with_context(|| {
+            format!("reach the mount process (pid {}) of volume {} at {}", state.pid, vd.name, path.display())
+        })?;
+        conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        conn.write_all(serde_json::to_string(req)?.as_bytes())?;
+        conn.write_all(b"\n")?;
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).context("read the mount process's answer")?;
+        if line.is_empty() {
+            bail!("the mount process (pid {}) closed the connection without answering (did it crash? see {})", state.pid, vd.log_path().display());
+        }
+        let v: Value = serde_json::from_str(&line).context("parse the mount process's answer")?;
+        if let Some(ok) = v.get("ok") {
+            return Ok(ok.clone());
+        }
+        let f: Failure = serde_json::from_value(v).context("parse the mount process's answer")?;
+        return Err(fail(f));
+    }
+    let _lock = vd.lock()?;
+    let vol = vd.open_volume(Duration::from_secs(30))?;
+    let result = execute(&vol, req);
+    vol.shutdown().context("flush the volume")?;
+    result.map_err(|e| fail(failure(e)))
+}
+
+/// `--volume` or the only volume (or `main`).
+pub fn pick_volume(home: &Home, name: Option<&str>) -> Result<VolumeDir> {
+    if let Some(n) = name {
+        return home.volume(n);
+    }
+    let all = home.volumes()?;
+    match all.len() {
+        0 => usage(format!("no volumes in {}: create one with hybridctl format NAME", home.root.display())),
+        1 => Ok(all.into_iter().next().expect("one")),
+        _ => match all.into_iter().find(|v| v.name == "main") {
+            Some(v) => Ok(v),
+            None => usage("several volumes exist: choose one with --volume NAME"),
+        },
+    }
+}
+
+fn created(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let age = std::time::SystemTime::now().duration_since(t).unwrap_or_default().as_secs();
+    match age {
+        0..=119 => format!("{age}s ago"),
+        120..=7199 => format!("{}m ago", age / 60),
+        7200..=172_799 => format!("{}h ago", age / 3600),
+        _ => format!("{}d ago", age / 86_400),
+    }
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_snapshot_row(s: &Value) {
+    let holds: Vec<&str> = s["holds"].as_array().map(|a| a.iter().filter_map(|h| h.as_str()).collect()).unwrap_or_default();
+    println!(
+        "{:<28} {:>10} {:>6} {:>9} {:>10} {:>10}  {}",
+        s["name"].as_str().unwrap_or_default(),
+        created(s["created"].as_i64().unwrap_or_default()),
+        s["epoch"].as_u64().unwrap_or_default(),
+        s["files"].as_u64().unwrap_or_default(),
+        human_bytes(s["bytes"].as_u64().unwrap_or_default()),
+        human_bytes(s["unique_bytes"].as_u64().unwrap_or_default()),
+        holds.join(","),
+    );
+}
+
+const HEADER: &str = "NAME                            CREATED  EPOCH     FILES       SIZE     UNIQUE  HOLDS";
+
+pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Result<ExitCode> {
+    let vd = pick_volume(home, volume)?;
+    let out = call(&vd, &req)?;
+    if json {
+        print_json(&out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &req {
+        Request::Create { name } => println!("snapshot {name} of volume {} taken (epoch {})", vd.name, out["epoch"]),
+        Request::Delete { name } => println!("snapshot {name} deleted; its space is reclaimed by the collector (hybridctl gc)"),
+        Request::Hold { name, by, on: true } => println!("snapshot {name} held by {by}"),
+        Request::Hold { name, by, on: false } => println!("snapshot {name} released by {by}"),
+        Request::List => {
+            println!("{HEADER}");
+            for s in out.as_array().into_iter().flatten() {
+                print_snapshot_row(s);
+            }
+        }
+        Request::Show { .. } => {
+            println!("{HEADER}");
+            print_snapshot_row(&out);
+        }
+        Request::Diff { .. } => print_diff(&serde_json::from_value(out.clone()).unwrap_or_else(|_| DiffJson::default())),
+        Request::Gc { .. } => println!(
+            "gc: {} deleted-snapshot ranges, {} records examined, {} old versions removed, {} blocks freed ({}), {} blocks in their grace period",
+            out["ranges"],
+            out["records_examined"],
+            out["versions_removed"],
+            out["blocks_freed"],
+            human_bytes(out["bytes_freed"].as_u64().unwrap_or_default()),
+            out["blocks_waiting"],
+        ),
+        Request::Rollback { name } => println!(
+            "volume {} rolled back to snapshot {name} ({} records restored); the previous state is snapshot {}",
+            vd.name, out["records_restored"], out["saved_as"]["name"].as_str().unwrap_or_default()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON of a [`DiffReport`], read back for printing.
+#[derive(Deserialize, Default)]
+struct DiffJson {
+    journal_rows: u64,
+    entries: Vec<EntryJson>,
+}
+
+#[derive(Deserialize)]
+struct EntryJson {
+    change: String,
+    path: String,
+    from_path: Option<String>,
+    #[serde(default)]
+    ranges: Vec<(u64, u64)>,
+    #[serde(default)]
+    attrs: Vec<String>,
+}
+
+fn print_diff(d: &DiffJson) {
+    for e in &d.entries {
+        let code = match e.change.as_str() {
+            "added" => "+",
+            "deleted" => "-",
+            "renamed" => "R",
+            _ => "M",
+        };
+        match &e.from_path {
+            Some(from) => println!("{code} {from} -> {}", e.path),
+            None => println!("{code} {}", e.path),
+        }
+        if !e.ranges.is_empty() || !e.attrs.is_empty() {
+            let shown: Vec<String> = e.ranges.iter().take(8).map(|(a, b)| format!("{a}-{b}")).collect();
+            let more = if e.ranges.len() > 8 { format!(" (+{} more)", e.ranges.len() - 8) } else { String::new() };
+            let bytes: u64 = e.ranges.iter().map(|(a, b)| b - a).sum();
+            if !e.ranges.is_empty() {
+                println!("    bytes {}{more} ({})", shown.join(","), human_bytes(bytes));
+            }
+            if !e.attrs.is_empty() {
+                println!("    changed: {}", e.attrs.join(", "));
+            }
+        }
+    }
+    eprintln!("{} changes ({} journal rows read)", d.entries.len(), d.journal_rows);
+}
