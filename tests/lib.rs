@@ -10,6 +10,8 @@
 //!   what a writer wrote from a file name alone.
 //! - [`fsop`]: the client side of the `hybridfs-test-fsop` helper binary, which performs one
 //!   file operation in a separate process (as another user, as a second lock owner).
+//! - [`snap`]: snapshot, diff, rollback and gc commands with their `--json` output parsed, and
+//!   a whole-tree model ([`snap::Tree`]) to compare a live tree with a snapshot view.
 //! - [`sys`]: thin wrappers over the libc calls std lacks (errno, xattrs, renameat2, ...).
 //!
 //! Preconditions are checked loudly: [`require_fuse`] and [`require_root`] fail the test
@@ -23,6 +25,8 @@ pub mod content;
 pub mod fsop;
 #[path = "harness/procs.rs"]
 pub mod procs;
+#[path = "harness/snap.rs"]
+pub mod snap;
 #[path = "harness/sys.rs"]
 pub mod sys;
 #[path = "harness/volume.rs"]
@@ -31,7 +35,7 @@ pub mod volume;
 pub mod watchdog;
 
 pub use cmd::CmdOutput;
-pub use volume::{hybridctl_bin, JournalRow, TestVolume, VolumeBuilder};
+pub use volume::{hybridctl_bin, JournalRow, MountState, TestVolume, VolumeBuilder};
 pub use watchdog::Watchdog;
 
 use std::path::{Path, PathBuf};

@@ -50,8 +50,17 @@ pub fn hybridctl_bin() -> PathBuf {
 
 /// Runs `hybridctl ARGS` with `HYBRIDFS_HOME=home`, bounded by `limit`.
 pub fn hybridctl_in(home: &Path, args: &[&OsStr], limit: Duration) -> CmdOutput {
+    hybridctl_in_env(home, &[], args, limit)
+}
+
+/// [`hybridctl_in`] with extra environment variables (e.g. `HYBRIDFS_CRASHPOINT`), set on that
+/// one command only (and so inherited by a mount process it starts).
+pub fn hybridctl_in_env(home: &Path, env: &[(&str, &str)], args: &[&OsStr], limit: Duration) -> CmdOutput {
     let mut c = Command::new(hybridctl_bin());
     c.args(args).env("HYBRIDFS_HOME", home).env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
     cmd::run(&mut c, limit)
 }
 
@@ -224,6 +233,12 @@ impl TestVolume {
         hybridctl_in(&self.home, args, CMD_LIMIT)
     }
 
+    /// `hybridctl ARGS` with extra environment variables for that command only.
+    pub fn ctl_env(&self, env: &[(&str, &str)], args: &[&str]) -> CmdOutput {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        hybridctl_in_env(&self.home, env, &args, CMD_LIMIT)
+    }
+
     /// `hybridctl mount NAME MP -d` for another mount point, tracked for cleanup. The caller
     /// checks the outcome; this volume's own state is not changed.
     pub fn try_mount_at(&self, mountpoint: &Path) -> CmdOutput {
@@ -244,8 +259,17 @@ impl TestVolume {
 
     /// Mounts at the volume's mount point; panics with the reason and the log tail on failure.
     pub fn mount(&mut self) {
+        self.mount_env(&[]);
+    }
+
+    /// [`mount`](Self::mount) with extra environment variables for the mount process (which
+    /// inherits them from `hybridctl mount -d`), e.g. `HYBRIDFS_CRASHPOINT`.
+    pub fn mount_env(&mut self, env: &[(&str, &str)]) {
         let mp = self.mountpoint.clone();
-        let out = self.try_mount_at(&mp);
+        self.track_mountpoint(&mp);
+        let mut args = vec![OsStr::new("mount"), OsStr::new(&self.name), mp.as_os_str(), OsStr::new("-d")];
+        args.extend(self.mount_args.iter().map(OsStr::new));
+        let out = hybridctl_in_env(&self.home, env, &args, CMD_LIMIT);
         assert!(out.success(), "mount failed: {out}\n--- mount.log tail ---\n{}", self.log_tail(40));
         assert!(
             procs::is_mounted(&mp),
@@ -296,6 +320,16 @@ impl TestVolume {
         assert!(procs::kill9_and_wait(pid, Duration::from_secs(10)), "mount process {pid} survived SIGKILL for 10 s");
         self.state = MountState::Dead;
         pid
+    }
+
+    /// After the mount process was expected to die by itself (a crash point): waits (bounded)
+    /// until `pid` is gone and marks the mount dead. Returns whether it died.
+    pub fn wait_mount_died(&mut self, pid: i32, limit: Duration) -> bool {
+        let died = crate::poll_until(limit, Duration::from_millis(20), || !procs::pid_alive(pid));
+        if died {
+            self.state = MountState::Dead;
+        }
+        died
     }
 
     /// Detaches the dead kernel mount left by [`kill_mount`](Self::kill_mount) (`umount -l`).
