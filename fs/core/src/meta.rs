@@ -849,8 +849,13 @@ impl MetaStore {
         };
         self.changes(from, to, &mut |c| {
             let (cf, base) = c.key.cf_base();
+            // A dry run must count each record once; a real pass may see a record again in a
+            // later chunk (collecting is idempotent), which keeps its memory to one chunk.
             if seen.insert((cf, base.clone())) {
                 pending.push((cf, base));
+            }
+            if !dry_run && seen.len() >= 512 {
+                seen.clear();
             }
             if pending.len() >= 512 {
                 flush(&mut pending, &mut deltas, &mut stats)?;

@@ -107,7 +107,7 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
             human_bytes(s.staged_bytes),
             s.epoch,
         );
-        println!("{:<16} store {}", "", s.store);
+        println!("{:<16} store {}, {} snapshots", "", s.store, s.snapshots);
         if let Some(m) = s.metrics.as_ref().filter(|m| !m.corrupt_block_ids.is_empty()) {
             println!("{:<16} CORRUPT blocks read: {}", "", m.corrupt_block_ids.join(", "));
         }

@@ -108,6 +108,9 @@ impl Volume {
             return Err(FsError::Exists);
         }
         let ino = self.next_ino.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if Self::is_view(ino) {
+            return Err(FsError::NoSpace);
+        }
         let gid = if setgid_dir { dir_gid } else { who.gid };
         let mut inode = Inode::new(ino, new.kind, new.perm, who.uid, gid);
         if setgid_dir && new.kind == Kind::Dir {
