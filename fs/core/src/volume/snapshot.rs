@@ -242,12 +242,14 @@ impl Volume {
                     continue;
                 }
                 if self.meta.block_refs(&id)? == 0 {
-                    let bytes = self.blocks.stored_len(&id)?.unwrap_or(0);
                     self.cache.remove(&id);
-                    self.blocks.remove(&id)?;
-                    crate::crashpoint("gc-after-block-delete");
-                    report.blocks_freed += 1;
-                    report.bytes_freed += bytes;
+                    // None: a pass that crashed after deleting the file; only the entry is left.
+                    if let Some(bytes) = self.blocks.stored_len(&id)? {
+                        self.blocks.remove(&id)?;
+                        crate::crashpoint("gc-after-block-delete");
+                        report.blocks_freed += 1;
+                        report.bytes_freed += bytes;
+                    }
                 }
                 done.push(Mutation::DelFree(id));
             }
