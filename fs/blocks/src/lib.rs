@@ -196,6 +196,13 @@ impl BlockStore for FileBlockStore {
         }
     }
 
+    fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
+        std::fs::read(self.path(id)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FsError::CorruptBlock { id: *id, why: "missing from the block store".into() },
+            _ => FsError::io(format!("read block {id}"), e),
+        })
+    }
+
     fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
         match std::fs::metadata(self.path(id)) {
             Ok(m) => Ok(Some(m.len())),

@@ -20,6 +20,8 @@ pub trait BlockStore: Send + Sync + 'static {
     fn get(&self, id: &BlockId) -> Result<Vec<u8>>;
     fn contains(&self, id: &BlockId) -> Result<bool>;
     fn remove(&self, id: &BlockId) -> Result<()>;
+    /// The stored frame of block `id` as it is (for uploading it unchanged); not verified.
+    fn frame(&self, id: &BlockId) -> Result<Vec<u8>>;
     /// Bytes block `id` takes in the store (None: not there).
     fn stored_len(&self, id: &BlockId) -> Result<Option<u64>>;
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()>;
@@ -82,6 +84,9 @@ impl BlockStore for MemBlockStore {
     }
     fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
         Ok(self.blocks.lock().get(id).map(|b| b.len() as u64))
+    }
+    fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
+        self.blocks.lock().get(id).cloned().ok_or(FsError::CorruptBlock { id: *id, why: "missing".into() })
     }
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
         self.blocks.lock().keys().for_each(|id| f(*id));

@@ -25,11 +25,12 @@ pub enum Cf {
     Orphans,
     Snapshots,
     Gc,
+    Pushed,
     Default,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 13] = [
+    pub const ALL: [Cf; 14] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -42,6 +43,7 @@ impl Cf {
         Cf::Orphans,
         Cf::Snapshots,
         Cf::Gc,
+        Cf::Pushed,
         Cf::Default,
     ];
 
@@ -60,6 +62,7 @@ impl Cf {
             Cf::Orphans => "orphans",
             Cf::Snapshots => "snapshots",
             Cf::Gc => "gc",
+            Cf::Pushed => "pushed",
             Cf::Default => "default",
         }
     }

@@ -50,7 +50,9 @@
 //! orphans    ino                                       empty (nlink 0, still open)
 //! snapshots  name                                      bincode SnapshotInfo
 //! gc         from ++ to                                empty (epochs whose versions to collect)
+//! pushed     block id                                  bincode Option<(pack, offset, len)> (in the store)
 //! default    "epoch" | "snap_next" | "usage"           u64 LE | u64 LE | bincode Usage
+//!            "m:" ++ name                              opaque (state of other layers: push, …)
 //! ```
 //!
 //! `tag` is the live family (0 inodes … 4 xattrs). Names never contain NUL, so the 0x00 after
@@ -94,6 +96,13 @@ pub enum Mutation {
     DelFree(BlockId),
     /// Set the live version of `key` back to its version at epoch `at` (rollback).
     Restore { key: Key, at: u64 },
+    /// Write the live version of `key` as given (None: delete it), e.g. from a layer.
+    Raw { key: Key, value: Option<Vec<u8>> },
+    /// Small named state of the layers above (push cursors); None deletes it.
+    SetMeta { name: String, value: Option<Vec<u8>> },
+    /// The block is stored in the object store (a push need not upload it again): alone, or
+    /// inside pack `(pack, offset, len)`.
+    MarkPushed { id: BlockId, packed: Option<(BlockId, u64, u64)> },
 }
 
 /// A directory entry as readdir returns it.
@@ -105,7 +114,7 @@ pub struct DirEntry {
 }
 
 /// The record a change-journal row names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Key {
     Inode(Ino),
     Dentry(Ino, Vec<u8>),
@@ -283,6 +292,8 @@ pub struct MetaStore {
     epoch: AtomicU64,
     /// Serialises read-modify-write batches (versions, counts) and collector passes.
     write: Mutex<()>,
+    /// Epochs of the snapshots, in order (a copy of the catalogue's, kept by `apply`).
+    snap_epochs: Mutex<Vec<u64>>,
 }
 
 impl MetaStore {
@@ -291,7 +302,20 @@ impl MetaStore {
             Some(v) => le(&v)?,
             None => 1,
         };
-        Ok(MetaStore { kv, epoch: AtomicU64::new(epoch), write: Mutex::new(()) })
+        let m = MetaStore { kv, epoch: AtomicU64::new(epoch), write: Mutex::new(()), snap_epochs: Mutex::new(Vec::new()) };
+        m.reload_snap_epochs()?;
+        Ok(m)
+    }
+
+    fn reload_snap_epochs(&self) -> Result<()> {
+        let epochs = self.snapshots()?.iter().map(|s| s.epoch).collect();
+        *self.snap_epochs.lock() = epochs;
+        Ok(())
+    }
+
+    /// Whether some snapshot reads a version written in `from` and replaced in `until`.
+    fn pinned(&self, from: u64, until: u64) -> bool {
+        self.snap_epochs.lock().iter().any(|&s| from <= s && s < until)
     }
 
     /// An empty in-memory store, for unit tests.
@@ -579,6 +603,24 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// The payload of record `key` at epoch `at` as stored (bincode of its type; xattrs: the
+    /// value), for layers that carry records without interpreting them.
+    pub fn raw_at(&self, key: &Key, at: u64) -> Result<Option<Vec<u8>>> {
+        let (cf, base) = key.cf_base();
+        self.get_at(cf, &base, at)
+    }
+
+    /// Named state set with [`Mutation::SetMeta`].
+    pub fn meta_value(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.kv.get(Cf::Default, &[&b"m:"[..], name.as_bytes()].concat())
+    }
+
+    /// Whether block `id` is in the object store: `Some(None)` alone, `Some(Some(pack,
+    /// offset, len))` inside a pack.
+    pub fn pushed(&self, id: &BlockId) -> Result<Option<Option<(BlockId, u64, u64)>>> {
+        self.kv.get(Cf::Pushed, &id.0)?.map(|v| dec("pushed block", &v)).transpose()
+    }
+
     pub fn usage(&self) -> Result<Usage> {
         self.kv.get(Cf::Default, b"usage")?.map_or(Ok(Usage::default()), |v| dec("usage", &v))
     }
@@ -640,6 +682,7 @@ impl MetaStore {
                 usage: (0, 0),
             };
             let mut new_epoch = None;
+            let mut catalogue = false;
             for m in batch {
                 match m {
                     Mutation::PutInode(i) => self.vput(&mut b, Cf::Inodes, k1(i.ino), enc(&i))?,
@@ -668,14 +711,33 @@ impl MetaStore {
                         new_epoch = Some(e);
                     }
                     Mutation::PutSnapshot(s) => {
+                        catalogue = true;
                         let next = self.next_snapshot_id()?.max(s.id + 1);
                         b.ops.push(KvOp::Put(Cf::Default, b"snap_next".to_vec(), next.to_le_bytes().to_vec()));
                         b.ops.push(KvOp::Put(Cf::Snapshots, s.name.as_bytes().to_vec(), enc(&s)));
                     }
-                    Mutation::DelSnapshot(name) => b.ops.push(KvOp::Del(Cf::Snapshots, name.into_bytes())),
+                    Mutation::DelSnapshot(name) => {
+                        catalogue = true;
+                        b.ops.push(KvOp::Del(Cf::Snapshots, name.into_bytes()))
+                    }
                     Mutation::PutGcRange { from, to } => b.ops.push(KvOp::Put(Cf::Gc, k2(from, to), Vec::new())),
                     Mutation::DelGcRange { from, to } => b.ops.push(KvOp::Del(Cf::Gc, k2(from, to))),
                     Mutation::DelFree(id) => b.ops.push(KvOp::Del(Cf::Free, id.0.to_vec())),
+                    Mutation::Raw { key, value } => {
+                        let (cf, base) = key.cf_base();
+                        match value {
+                            Some(payload) => self.vput(&mut b, cf, base, payload)?,
+                            None => self.vdel(&mut b, cf, base)?,
+                        }
+                    }
+                    Mutation::SetMeta { name, value } => {
+                        let k = [&b"m:"[..], name.as_bytes()].concat();
+                        b.ops.push(match value {
+                            Some(v) => KvOp::Put(Cf::Default, k, v),
+                            None => KvOp::Del(Cf::Default, k),
+                        });
+                    }
+                    Mutation::MarkPushed { id, packed } => b.ops.push(KvOp::Put(Cf::Pushed, id.0.to_vec(), enc(&packed))),
                     Mutation::Restore { key, at } => {
                         let (cf, base) = key.cf_base();
                         match self.get_at(cf, &base, at)? {
@@ -695,6 +757,9 @@ impl MetaStore {
             self.kv.write(b.ops, false)?;
             if let Some(e) = new_epoch {
                 self.epoch.store(e, Ordering::Release);
+            }
+            if catalogue {
+                self.reload_snap_epochs()?;
             }
         }
         if sync {
@@ -718,11 +783,11 @@ impl MetaStore {
         }
     }
 
-    /// The live version of `base` stops being live: keep it in history if a snapshot may see
-    /// it (it is from an older epoch), else drop its block reference.
+    /// The live version of `base` stops being live: keep it in history if a snapshot sees it
+    /// (a snapshot taken since it was written), else drop it with its block reference.
     fn retire(&self, b: &mut Batch, cf: Cf, base: &[u8], old: &(u64, Vec<u8>)) -> Result<()> {
         let (epoch, payload) = old;
-        if *epoch < b.epoch {
+        if *epoch < b.epoch && self.pinned(*epoch, b.epoch) {
             b.ops.push(KvOp::Put(Cf::History, hist_key(cf, base, *epoch), [&[1u8][..], payload].concat()));
             b.hist.insert((cf, base.to_vec()));
         } else if cf == Cf::Extents {
@@ -948,6 +1013,12 @@ mod tests {
         i
     }
 
+    /// A snapshot of epoch `e`, which ends it.
+    fn end_epoch(m: &MetaStore, e: u64) {
+        let info = SnapshotInfo { id: e, name: format!("s{e}"), epoch: e, created: 0, files: 0, bytes: 0, holds: vec![] };
+        m.apply(vec![Mutation::PutSnapshot(info), Mutation::SetEpoch(e + 1)], false).unwrap();
+    }
+
     fn sealed(n: u8) -> Extent {
         Extent::Sealed { id: BlockId([n; 32]), len: 100 }
     }
@@ -956,12 +1027,12 @@ mod tests {
     fn reads_at_an_epoch_see_the_newest_version_written_up_to_it() {
         let m = MetaStore::memory();
         m.apply(vec![Mutation::PutInode(file(7, 1))], false).unwrap();
-        m.apply(vec![Mutation::SetEpoch(2)], false).unwrap();
+        end_epoch(&m, 1);
         m.apply(vec![Mutation::PutInode(file(7, 2))], false).unwrap();
         m.apply(vec![Mutation::PutInode(file(7, 3))], false).unwrap();
-        m.apply(vec![Mutation::SetEpoch(3)], false).unwrap();
+        end_epoch(&m, 2);
         m.apply(vec![Mutation::DelInode(7)], false).unwrap();
-        m.apply(vec![Mutation::SetEpoch(4)], false).unwrap();
+        end_epoch(&m, 3);
         m.apply(vec![Mutation::PutInode(file(7, 4))], false).unwrap();
         let size = |at| m.get_inode_at(7, at).unwrap().map(|i| i.size);
         assert_eq!(size(0), None);
@@ -980,7 +1051,7 @@ mod tests {
         let d = |ino, cookie| Dentry { ino, kind: Kind::File, cookie };
         let put = |name: &[u8], ino, cookie| Mutation::PutDentry { parent: 1, name: name.to_vec(), dentry: d(ino, cookie) };
         m.apply(vec![put(b"a", 2, 1), put(b"b", 3, 2), put(b"c", 4, 3)], false).unwrap();
-        m.apply(vec![Mutation::SetEpoch(2)], false).unwrap();
+        end_epoch(&m, 1);
         m.apply(vec![Mutation::DelDentry { parent: 1, name: b"b".to_vec(), cookie: 2 }, put(b"d", 5, 4)], false).unwrap();
         let names = |at, after, limit| -> Vec<Vec<u8>> {
             m.readdir_at(1, after, limit, at).unwrap().into_iter().map(|e| e.name).collect()
@@ -1013,7 +1084,7 @@ mod tests {
         assert_eq!(m.block_refs(&BlockId([1; 32])).unwrap(), 0, "overwritten in the same epoch");
         assert_eq!(m.free_blocks().unwrap().len(), 1);
         // Snapshot at epoch 1, then overwrite: the old version stays for the snapshot.
-        m.apply(vec![Mutation::SetEpoch(2)], false).unwrap();
+        end_epoch(&m, 1);
         m.apply(vec![put(3)], false).unwrap();
         assert_eq!(m.block_refs(&BlockId([2; 32])).unwrap(), 1);
         assert_eq!(m.get_extent_at(9, 0, 1).unwrap(), Some(sealed(2)));
@@ -1035,7 +1106,7 @@ mod tests {
     fn journal_rows_name_every_versioned_write() {
         let m = MetaStore::memory();
         m.apply(vec![Mutation::PutExtent { ino: 7, block: 3, extent: Extent::Staged }], false).unwrap();
-        m.apply(vec![Mutation::SetEpoch(2)], false).unwrap();
+        end_epoch(&m, 1);
         m.apply(vec![Mutation::PutExtent { ino: 8, block: 0, extent: Extent::Staged }], false).unwrap();
         assert_eq!(m.journal(2).unwrap(), vec![JournalEntry { epoch: 2, ino: 8, block: 0 }]);
         assert_eq!(m.journal(1).unwrap().len(), 2);

@@ -95,6 +95,9 @@ pub fn execute(vol: &Volume, req: &Request) -> Result<Value, FsError> {
 pub fn serve_control(vol: Arc<Volume>, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    // Only the mount's owner (root, usually) may take or delete snapshots.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };

@@ -291,7 +291,7 @@ impl Volume {
             return Ok(0);
         }
         self.space.check(len)?;
-        let _gate = self.gate.read_recursive();
+        let _gate = self.gate.read();
         let node = self.open_node(ino)?;
         let mut st = node.write();
         let mut batch = Vec::new();
@@ -384,7 +384,7 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
-        let _gate = attr.size.map(|_| self.gate.read_recursive());
+        let _gate = attr.size.map(|_| self.gate.read());
         let mut txn = self.txn();
         if let Some(size) = attr.size {
             self.truncate_in(&mut txn, ino, size)?;
@@ -496,7 +496,7 @@ impl Volume {
         if len == 0 {
             return Err(FsError::Invalid("fallocate of zero bytes"));
         }
-        let _gate = self.gate.read_recursive();
+        let _gate = self.gate.read();
         let node = self.open_node(ino)?;
         let mut st = node.write();
         let mut batch = Vec::new();

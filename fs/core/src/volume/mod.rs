@@ -114,7 +114,9 @@ pub struct Volume {
     seal_delay: Duration,
     next_ino: AtomicU64,
     /// Writers of file data hold it shared; a snapshot holds it exclusively while it seals
-    /// staged data and ends the epoch, so no staged block is ever part of a snapshot.
+    /// staged data and ends the epoch, so no staged block is ever part of a snapshot. Fair:
+    /// a waiting snapshot stops new writers, so a stream of writes cannot starve it. Never
+    /// taken twice by one thread.
     gate: RwLock<()>,
     ns: Mutex<()>,
     nodes: Mutex<HashMap<Ino, NodeEntry>>,
@@ -217,6 +219,10 @@ impl Volume {
 
     pub fn meta(&self) -> &MetaStore {
         &*self.meta
+    }
+
+    pub fn blocks(&self) -> &dyn BlockStore {
+        &*self.blocks
     }
 
     pub fn disk_space(&self) -> Result<DiskSpace> {

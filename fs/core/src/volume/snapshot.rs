@@ -260,14 +260,17 @@ impl Volume {
         Ok(report)
     }
 
-    /// Bytes that deleting each snapshot would free: versions only it keeps, whose blocks
-    /// nothing else references. Costs the journal rows of the epochs it covers.
+    /// Bytes that deleting a snapshot would free: versions only it keeps, whose blocks
+    /// nothing else references. Such a version was replaced after the snapshot and before the
+    /// next one (else the next one would keep it), so only the journal rows of the epochs
+    /// between this snapshot and the next (or the live tree) are read: the changes made
+    /// after it, not the volume.
     pub fn snapshot_unique_bytes(&self, name: &str) -> Result<u64> {
         let snaps = self.meta.snapshots()?;
         let snap = snaps.iter().find(|s| s.name == name).ok_or_else(|| unknown(name))?;
-        let prev = snaps.iter().map(|s| s.epoch).filter(|e| *e < snap.epoch).max().unwrap_or(0);
+        let next = snaps.iter().map(|s| s.epoch).filter(|e| *e > snap.epoch).min().unwrap_or(LIVE);
         let others: Vec<u64> = snaps.iter().filter(|s| s.name != name).map(|s| s.epoch).collect();
-        let stats = self.meta.collect_range(prev, snap.epoch, &others, true)?;
+        let stats = self.meta.collect_range(snap.epoch, next, &others, true)?;
         Ok(stats.unreferenced.iter().map(|(_, len)| len).sum())
     }
 

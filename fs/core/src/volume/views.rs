@@ -69,8 +69,11 @@ impl Volume {
         if id == 0 {
             return Ok(View::Live(ino));
         }
-        let snap = self.catalogue()?.into_iter().find(|s| s.id == id).ok_or(FsError::NotFound)?;
-        Ok(View::Snap { id, at: snap.epoch, inner: ino & INNER })
+        if self.views.read().is_none() {
+            self.catalogue()?;
+        }
+        let at = self.views.read().as_ref().and_then(|c| c.iter().find(|s| s.id == id).map(|s| s.epoch));
+        Ok(View::Snap { id, at: at.ok_or(FsError::NotFound)?, inner: ino & INNER })
     }
 
     fn snapshots_dir(&self) -> Result<Inode> {
