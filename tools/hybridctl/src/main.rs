@@ -124,6 +124,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Publish the live tree to the volume's object store as the next layer of a branch:
+    /// only the blocks changed since the last push are uploaded (blocks, then the layer, then
+    /// the branch head). An interrupted push resumes where it stopped.
+    Push {
+        #[arg(long)]
+        volume: Option<String>,
+        /// Branch to push to.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
         /// Volume whose journal to list.
@@ -228,6 +240,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Diff { from, to, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Diff { from, to }, json),
         Cmd::Rollback { name, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Rollback { name }, json),
+        Cmd::Push { volume, branch, json } => {
+            let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
+            let cfg = vd.config()?;
+            let req = snapcmd::Request::Push { store: cfg.store, volume: cfg.name, branch };
+            snapcmd::run(&home, Some(&vd.name), req, json)
+        }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
     }
 }

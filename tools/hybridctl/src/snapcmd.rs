@@ -34,6 +34,8 @@ pub enum Request {
     Diff { from: String, to: Option<String> },
     Gc { grace_secs: u64 },
     Rollback { name: String },
+    /// Publish the live tree to `store` (the volume's store URL) as the next layer of `branch`.
+    Push { store: String, volume: String, branch: String },
 }
 
 /// A failed request: the message and whether it was bad input (exit 2) or a failure (exit 1).
@@ -48,6 +50,21 @@ fn failure(e: FsError) -> Failure {
     Failure { error: e.to_string(), bad_input }
 }
 
+impl From<FsError> for Failure {
+    fn from(e: FsError) -> Self {
+        failure(e)
+    }
+}
+
+impl From<hybridfs_sync::SyncError> for Failure {
+    fn from(e: hybridfs_sync::SyncError) -> Self {
+        match e {
+            hybridfs_sync::SyncError::Volume(e) => failure(e),
+            e => Failure { error: e.to_string(), bad_input: false },
+        }
+    }
+}
+
 fn snapshot_json(vol: &Volume, s: &SnapshotInfo) -> Result<Value, FsError> {
     let unique = vol.snapshot_unique_bytes(&s.name)?;
     Ok(json!({
@@ -60,8 +77,8 @@ fn epoch_of(vol: &Volume, name: &str) -> Result<u64, FsError> {
     Ok(vol.snapshot(name)?.epoch)
 }
 
-/// Run one request against an open volume.
-pub fn execute(vol: &Volume, req: &Request) -> Result<Value, FsError> {
+/// Run one request against an open volume; long ones report progress as they go.
+fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> Result<Value, Failure> {
     match req {
         Request::Create { name } => Ok(serde_json::to_value(vol.snapshot_create(name)?).expect("plain data")),
         Request::Delete { name } => Ok(serde_json::to_value(vol.snapshot_delete(name)?).expect("plain data")),
@@ -70,7 +87,7 @@ pub fn execute(vol: &Volume, req: &Request) -> Result<Value, FsError> {
             let list: Result<Vec<Value>, FsError> = vol.snapshots()?.iter().map(|s| snapshot_json(vol, s)).collect();
             Ok(Value::Array(list?))
         }
-        Request::Show { name } => snapshot_json(vol, &vol.snapshot(name)?),
+        Request::Show { name } => Ok(snapshot_json(vol, &vol.snapshot(name)?)?),
         Request::Diff { from, to } => {
             let from_epoch = epoch_of(vol, from)?;
             let to_epoch = match to {
@@ -78,16 +95,22 @@ pub fn execute(vol: &Volume, req: &Request) -> Result<Value, FsError> {
                 None => LIVE,
             };
             if to_epoch != LIVE && to_epoch < from_epoch {
-                return Err(FsError::BadInput(format!(
+                return Err(failure(FsError::BadInput(format!(
                     "snapshot {} is older than {from}: give the older snapshot first",
                     to.as_deref().unwrap_or_default()
-                )));
+                ))));
             }
             let report = hybridfs_core::diff::diff(vol.meta(), from_epoch, to_epoch, vol.block_size())?;
             Ok(serde_json::to_value(report).expect("plain data"))
         }
         Request::Gc { grace_secs } => Ok(serde_json::to_value(vol.collect(Duration::from_secs(*grace_secs))?).expect("plain data")),
         Request::Rollback { name } => Ok(serde_json::to_value(vol.rollback(name)?).expect("plain data")),
+        Request::Push { store, volume, branch } => {
+            let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
+            let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
+            let report = hybridfs_sync::push(vol, &remote, branch, &|p| progress(&json!(p)))?;
+            Ok(serde_json::to_value(report).expect("plain data"))
+        }
     }
 }
 
@@ -122,10 +145,22 @@ fn answer(vol: &Volume, conn: UnixStream) -> Result<()> {
             error: "the volume is mounted: unmount it first (hybridctl umount MOUNTPOINT); a rollback replaces the whole tree under running programs".into(),
             bad_input: false,
         })?,
-        Ok(req) => match execute(vol, &req) {
-            Ok(v) => serde_json::to_string(&json!({ "ok": v }))?,
-            Err(e) => serde_json::to_string(&failure(e))?,
-        },
+        Ok(req) => {
+            // Progress lines, at most a few per second, before the answer.
+            let last = std::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1));
+            let send = |p: &Value| {
+                let mut t = last.lock().expect("lock");
+                if t.elapsed() >= Duration::from_millis(250) {
+                    *t = std::time::Instant::now();
+                    let mut w = &conn;
+                    let _ = w.write_all(format!("{}\n", json!({ "progress": p })).as_bytes());
+                }
+            };
+            match execute(vol, &req, &send) {
+                Ok(v) => serde_json::to_string(&json!({ "ok": v }))?,
+                Err(f) => serde_json::to_string(&f)?,
+            }
+        }
     };
     let mut w = &conn;
     w.write_all(reply.as_bytes())?;
@@ -148,23 +183,61 @@ fn call(vd: &VolumeDir, req: &Request) -> Result<Value> {
         conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
         conn.write_all(serde_json::to_string(req)?.as_bytes())?;
         conn.write_all(b"\n")?;
-        let mut line = String::new();
-        BufReader::new(&conn).read_line(&mut line).context("read the mount process's answer")?;
-        if line.is_empty() {
-            bail!("the mount process (pid {}) closed the connection without answering (did it crash? see {})", state.pid, vd.log_path().display());
+        let mut reader = BufReader::new(&conn);
+        for _ in 0..10_000_000 {
+            let mut line = String::new();
+            reader.read_line(&mut line).context("read the mount process's answer")?;
+            if line.is_empty() {
+                bail!("the mount process (pid {}) closed the connection without answering (did it crash? see {})", state.pid, vd.log_path().display());
+            }
+            let v: Value = serde_json::from_str(&line).context("parse the mount process's answer")?;
+            if let Some(p) = v.get("progress") {
+                progress(p);
+                continue;
+            }
+            if let Some(ok) = v.get("ok") {
+                end_progress();
+                return Ok(ok.clone());
+            }
+            end_progress();
+            let f: Failure = serde_json::from_value(v).context("parse the mount process's answer")?;
+            return Err(fail(f));
         }
-        let v: Value = serde_json::from_str(&line).context("parse the mount process's answer")?;
-        if let Some(ok) = v.get("ok") {
-            return Ok(ok.clone());
-        }
-        let f: Failure = serde_json::from_value(v).context("parse the mount process's answer")?;
-        return Err(fail(f));
+        bail!("the mount process sent no answer");
     }
     let _lock = vd.lock()?;
     let vol = vd.open_volume(Duration::from_secs(30))?;
-    let result = execute(&vol, req);
+    let result = execute(&vol, req, &progress);
+    end_progress();
     vol.shutdown().context("flush the volume")?;
-    result.map_err(|e| fail(failure(e)))
+    result.map_err(fail)
+}
+
+/// One progress line on stderr, redrawn in place when stderr is a terminal.
+fn progress(p: &Value) {
+    use std::io::IsTerminal;
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    let (done, total) = (p["bytes_done"].as_u64().unwrap_or(0), p["bytes_total"].as_u64().unwrap_or(0));
+    let secs = start.elapsed().as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+    let line = format!(
+        "pushed {}/{} blocks, {} of {} ({}/s, ETA {:.0}s)",
+        p["blocks_done"], p["blocks_total"], human_bytes(done), human_bytes(total), human_bytes(rate as u64), eta
+    );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}\x1b[K");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+fn end_progress() {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K");
+    }
 }
 
 /// `--volume` or the only volume (or `main`).
@@ -250,6 +323,21 @@ pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Resul
         Request::Rollback { name } => println!(
             "volume {} rolled back to snapshot {name} ({} records restored); the previous state is snapshot {}",
             vd.name, out["records_restored"], out["saved_as"]["name"].as_str().unwrap_or_default()
+        ),
+        Request::Push { branch, store, .. } if out["up_to_date"].as_bool() == Some(true) => {
+            println!("branch {branch} in {store} is up to date (layer {})", out["seq"])
+        }
+        Request::Push { branch, store, .. } => println!(
+            "pushed layer {} of branch {branch} to {store}: {} records, {} blocks uploaded in {} packs and single objects ({}), {} already there, {} requests, {:.1}s{}",
+            out["seq"],
+            out["records"],
+            out["blocks_uploaded"],
+            out["packs"],
+            human_bytes(out["bytes_uploaded"].as_u64().unwrap_or_default()),
+            out["blocks_skipped"],
+            out["requests"],
+            out["seconds"].as_f64().unwrap_or_default(),
+            if out["resumed"].as_bool() == Some(true) { " (resumed an interrupted push)" } else { "" },
         ),
     }
     Ok(ExitCode::SUCCESS)
