@@ -143,6 +143,18 @@ impl FileBlockStore {
     }
 }
 
+impl FileBlockStore {
+    /// Keep a verified frame fetched from elsewhere (a cache fill): written atomically, not
+    /// synced (it can be fetched again).
+    pub fn insert_frame(&self, id: &BlockId, frame: &[u8]) -> Result<()> {
+        let path = self.path(id);
+        if path.exists() {
+            return Ok(());
+        }
+        self.write_new(&path, frame)
+    }
+}
+
 impl BlockStore for FileBlockStore {
     fn put(&self, data: &[u8]) -> Result<BlockId> {
         let id = block_id(data);

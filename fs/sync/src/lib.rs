@@ -29,6 +29,9 @@
 //! A failure before 4 leaves the old head valid: the store may hold blocks and a layer that no
 //! head names yet (invisible, reused by the resumed push).
 
+pub mod clone;
+pub mod lazy;
+
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
 use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
@@ -88,6 +91,8 @@ pub struct Layer {
     pub base_epoch: u64,
     pub epoch: u64,
     pub block_size: u64,
+    /// The first layer of a branch forked from another: the branch and layer it starts from.
+    pub parent: Option<(String, u64)>,
     pub records: Vec<Record>,
     pub packed: Vec<Packed>,
 }
@@ -103,13 +108,16 @@ pub struct Head {
 
 /// What this node last pushed to a branch (kept in the metadata store).
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
-struct PushState {
-    seq: u64,
-    epoch: u64,
+pub(crate) struct PushState {
+    pub seq: u64,
+    pub epoch: u64,
     /// ETag of the head this node wrote.
-    etag: Option<String>,
+    pub etag: Option<String>,
     /// A push that started and did not finish: its snapshot.
-    pending: Option<String>,
+    pub pending: Option<String>,
+    /// A clone's branch: where it forked (named by its first layer).
+    #[serde(default)]
+    pub parent: Option<(String, u64)>,
 }
 
 /// Progress of a push, for a progress line.
@@ -180,7 +188,7 @@ impl Remote {
     }
 }
 
-fn state_name(branch: &str) -> String {
+pub(crate) fn state_name(branch: &str) -> String {
     format!("push/{branch}")
 }
 
@@ -299,6 +307,7 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
         base_epoch: st.epoch,
         epoch: snap.epoch,
         block_size: vol.block_size(),
+        parent: if seq == 1 { st.parent.clone() } else { None },
         records,
         packed,
     };

@@ -3,6 +3,7 @@
 use crate::usage;
 use anyhow::{Context, Result};
 use hybridfs_blocks::FileBlockStore;
+use hybridfs_core::blockstore::BlockStore;
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::{Volume, VolumeOptions};
 use hybridfs_meta::RocksOptions;
@@ -28,6 +29,27 @@ pub struct VolumeConfig {
     pub block_size: u32,
     pub store: String,
     pub created: i64,
+    /// The volume's name in the store (a clone keeps its source's name there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_volume: Option<String>,
+    /// The branch `push` writes [default: main].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// A clone: the branch and layer it was made from; its data is fetched from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<(String, u64)>,
+    /// A clone's local block cache limit in bytes (none: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
+}
+
+impl VolumeConfig {
+    pub fn remote_name(&self) -> &str {
+        self.remote_volume.as_deref().unwrap_or(&self.name)
+    }
+    pub fn push_branch(&self) -> &str {
+        self.branch.as_deref().unwrap_or("main")
+    }
 }
 
 /// `mount.json`: present while a mount process serves the volume.
@@ -100,8 +122,16 @@ impl VolumeDir {
         Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
     }
 
-    pub fn open_blocks(&self) -> Result<Arc<FileBlockStore>> {
-        Ok(Arc::new(FileBlockStore::open(self.blocks_dir())?))
+    /// The block store: local files, and for a clone the object store behind them.
+    pub fn open_blocks(&self, meta: &Arc<MetaStore>) -> Result<Arc<dyn BlockStore>> {
+        let local = FileBlockStore::open(self.blocks_dir())?;
+        let cfg = self.config()?;
+        if cfg.clone_of.is_none() {
+            return Ok(Arc::new(local));
+        }
+        let store = hybridfs_cloud::open(&cfg.store).with_context(|| format!("open the store {}", cfg.store))?;
+        let remote = hybridfs_sync::Remote { store, volume: cfg.remote_name().to_string() };
+        Ok(Arc::new(hybridfs_sync::lazy::LazyStore::new(local, remote, meta.clone(), cfg.cache_bytes)?))
     }
 
     /// Open the volume for serving (caller holds the lock).
@@ -114,7 +144,8 @@ impl VolumeDir {
             ..VolumeOptions::default()
         };
         let meta = self.open_meta(false)?;
-        Ok(Volume::open(meta, self.open_blocks()?, opts)?)
+        let blocks = self.open_blocks(&meta)?;
+        Ok(Volume::open(meta, blocks, opts)?)
     }
 }
 
@@ -216,10 +247,89 @@ impl Home {
         Volume::format(&*meta, uid, gid)?;
         drop(meta);
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        let cfg = VolumeConfig { format_version: FORMAT_VERSION, name: name.to_string(), block_size: bs, store: store.to_string(), created };
+        let cfg = VolumeConfig {
+            format_version: FORMAT_VERSION,
+            name: name.to_string(),
+            block_size: bs,
+            store: store.to_string(),
+            created,
+            remote_volume: None,
+            branch: None,
+            clone_of: None,
+            cache_bytes: None,
+        };
         std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
         std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
         println!("formatted volume {name}: block size {}, store {store}", human_bytes(bs as u64));
+        Ok(())
+    }
+}
+
+impl Home {
+    /// `hybridctl clone STORE/VOLUME --branch B`: a local volume built from the layers of
+    /// branch `source` of VOLUME; file data is fetched when first read.
+    pub fn clone_volume(&self, url: &str, branch: &str, source: &str, name: Option<&str>, cache: Option<u64>, json: bool) -> Result<()> {
+        let trimmed = url.trim_end_matches('/');
+        let Some((store, volume)) = trimmed.rsplit_once('/') else {
+            return usage(format!("clone URL {url}: expected s3://BUCKET/PREFIX/VOLUME or file:///PATH/VOLUME"));
+        };
+        if store.ends_with(':') || store.ends_with("//") {
+            return usage(format!("clone URL {url}: name the volume after the store (…/VOLUME)"));
+        }
+        check_store(store)?;
+        if !valid_name(volume) || !valid_name(branch) || !valid_name(source) {
+            return usage(format!("bad volume or branch name in {url} / {branch} / {source}"));
+        }
+        let name = name.unwrap_or(volume);
+        if !valid_name(name) {
+            return usage(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+        }
+        let dir = self.root.join("volumes").join(name);
+        if dir.exists() {
+            return usage(format!("volume {name} already exists in {} (choose another with --name)", self.root.display()));
+        }
+        let objects = hybridfs_cloud::open(store).with_context(|| format!("open the store {store}"))?;
+        let remote = hybridfs_sync::Remote { store: objects, volume: volume.to_string() };
+        std::fs::create_dir_all(self.root.join("volumes")).with_context(|| format!("create {}", self.root.display()))?;
+        let tmp = self.root.join("volumes").join(format!(".{name}.cloning"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
+        let result = (|| -> Result<hybridfs_sync::clone::CloneReport> {
+            let meta = vd.open_meta(false)?;
+            let report = hybridfs_sync::clone::import(&meta, &remote, source, branch)?;
+            drop(meta);
+            let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+            let cfg = VolumeConfig {
+                format_version: FORMAT_VERSION,
+                name: name.to_string(),
+                block_size: report.block_size as u32,
+                store: store.to_string(),
+                created,
+                remote_volume: Some(volume.to_string()),
+                branch: Some(branch.to_string()),
+                clone_of: Some((source.to_string(), report.seq)),
+                cache_bytes: cache,
+            };
+            std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
+            Ok(report)
+        })();
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "cloned {volume} (branch {source}, layer {}) as volume {name}: {} records from {} layers in {:.2}s; {} blocks stay in the store until read; pushes go to branch {branch}",
+                report.seq, report.records, report.layers, report.seconds, report.blocks
+            );
+        }
         Ok(())
     }
 }

@@ -130,9 +130,29 @@ enum Cmd {
     Push {
         #[arg(long)]
         volume: Option<String>,
-        /// Branch to push to.
-        #[arg(long, default_value = "main")]
+        /// Branch to push to [default: the volume's branch: main, or a clone's own].
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a local writable clone of a volume in an object store: only metadata is
+    /// downloaded; file data is fetched when first read and cached locally.
+    Clone {
+        /// STORE/VOLUME, e.g. s3://bucket/prefix/data or file:///srv/store/data.
+        url: String,
+        /// The branch this clone pushes to (its own; e.g. the node's name).
+        #[arg(long)]
         branch: String,
+        /// The branch to clone.
+        #[arg(long, default_value = "main")]
+        source: String,
+        /// Local volume name [default: the source volume's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Limit of the local block cache (suffix K, M, G) [default: unlimited].
+        #[arg(long)]
+        cache: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -243,8 +263,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Push { volume, branch, json } => {
             let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
             let cfg = vd.config()?;
-            let req = snapcmd::Request::Push { store: cfg.store, volume: cfg.name, branch };
+            let branch = branch.unwrap_or_else(|| cfg.push_branch().to_string());
+            let req = snapcmd::Request::Push { store: cfg.store.clone(), volume: cfg.remote_name().to_string(), branch };
             snapcmd::run(&home, Some(&vd.name), req, json)
+        }
+        Cmd::Clone { url, branch, source, name, cache, json } => {
+            let cache = match cache.as_deref().map(home::parse_size) {
+                None => None,
+                Some(Some(b)) if b >= 16 << 20 => Some(b),
+                Some(_) => return usage("bad --cache size: a number with K, M or G, at least 16M"),
+            };
+            home.clone_volume(&url, &branch, &source, name.as_deref(), cache, json).map(|_| ExitCode::SUCCESS)
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
     }

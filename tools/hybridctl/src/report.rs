@@ -119,7 +119,7 @@ pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCod
     let vd = home.volume(name)?;
     let cfg = vd.config()?;
     let meta = vd.open_meta(true)?;
-    let blocks = vd.open_blocks()?;
+    let blocks = vd.open_blocks(&meta)?;
     let staging = Staging::new(vd.staging_dir())?;
     let report = fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?;
     if json {

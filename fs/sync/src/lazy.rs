@@ -1,0 +1,187 @@
+//! The block store of a clone: local block files in front of the object store.
+//!
+//! A clone starts with metadata only. A block read for the first time is fetched from the
+//! store (alone, or as a byte range of its pack: the `pushed` family of the metadata store
+//! says where), verified against its id before anything uses it (invariant 5), and kept in the
+//! local block directory. Blocks written on this node are put locally and stay until pushed.
+//!
+//! With a cache size, fetched blocks are evicted oldest-used first when the local blocks exceed
+//! it (invariant 7: by at most the block being fetched). Only blocks the store holds are ever
+//! evicted; blocks written here and not pushed yet never are.
+
+use crate::Remote;
+use hybridfs_blocks::FileBlockStore;
+use hybridfs_core::blockstore::BlockStore;
+use hybridfs_core::error::{FsError, Result};
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::types::BlockId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct LazyStore {
+    local: FileBlockStore,
+    remote: Remote,
+    meta: Arc<MetaStore>,
+    cap: Option<u64>,
+    /// Bytes of local block files (counted at open, kept up to date).
+    used: AtomicU64,
+    /// Blocks fetched or read, oldest use first (entries may be stale; `tick` says).
+    lru: Mutex<(VecDeque<(BlockId, u64)>, HashMap<BlockId, u64>, u64)>,
+    pub fetched: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+}
+
+impl LazyStore {
+    pub fn new(local: FileBlockStore, remote: Remote, meta: Arc<MetaStore>, cap: Option<u64>) -> Result<Self> {
+        let mut used = 0;
+        let mut ids = Vec::new();
+        local.for_each(&mut |id| ids.push(id))?;
+        for id in &ids {
+            used += local.stored_len(id)?.unwrap_or(0);
+        }
+        let store = LazyStore {
+            local,
+            remote,
+            meta,
+            cap,
+            used: AtomicU64::new(used),
+            lru: Mutex::new((VecDeque::new(), HashMap::new(), 0)),
+            fetched: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+        };
+        for id in ids {
+            store.touch(&id);
+        }
+        Ok(store)
+    }
+
+    fn touch(&self, id: &BlockId) {
+        let mut g = self.lru.lock().expect("lru lock");
+        let (order, latest, tick) = &mut *g;
+        *tick += 1;
+        latest.insert(*id, *tick);
+        order.push_back((*id, *tick));
+        // Bound the queue: drop stale entries once it is far longer than the live set.
+        if order.len() > 4 * latest.len() + 1024 {
+            order.retain(|(i, t)| latest.get(i) == Some(t));
+        }
+    }
+
+    /// The verified frame of `id` from the store.
+    fn fetch(&self, id: &BlockId) -> Result<Vec<u8>> {
+        let fail = |why: String| FsError::CorruptBlock { id: *id, why };
+        let frame = match self.meta.pushed(id)? {
+            None => return Err(fail("not in the local block store, and the object store does not have it".into())),
+            Some(None) => self.remote.store.get(&self.remote.block_key(id)).map(|(b, _)| b),
+            Some(Some((pack, offset, len))) => self.remote.store.get_range(&self.remote.pack_key(&pack), offset, len),
+        }
+        .map_err(|e| fail(format!("fetch from {}: {e}", self.remote.store.describe())))?;
+        hybridfs_blocks::decode(id, &frame).map_err(|e| fail(format!("the copy in the object store is bad: {e}")))?;
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        self.fetched_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        Ok(frame)
+    }
+
+    /// Fetch `id` into the local cache unless it is there.
+    pub fn ensure(&self, id: &BlockId) -> Result<()> {
+        if self.local.contains(id)? {
+            return Ok(());
+        }
+        let frame = self.fetch(id)?;
+        self.local.insert_frame(id, &frame)?;
+        self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.touch(id);
+        self.evict()
+    }
+
+    /// Drop the least recently used blocks the store holds until under the cap.
+    fn evict(&self) -> Result<()> {
+        let Some(cap) = self.cap else { return Ok(()) };
+        for _ in 0..100_000 {
+            if self.used.load(Ordering::Relaxed) <= cap {
+                return Ok(());
+            }
+            let victim = {
+                let mut g = self.lru.lock().expect("lru lock");
+                let (order, latest, _) = &mut *g;
+                let mut found = None;
+                while let Some((id, t)) = order.pop_front() {
+                    if latest.get(&id) == Some(&t) {
+                        latest.remove(&id);
+                        found = Some(id);
+                        break;
+                    }
+                }
+                found
+            };
+            let Some(id) = victim else { return Ok(()) };
+            if self.meta.pushed(&id)?.is_none() {
+                continue; // written here, not pushed yet: never evicted
+            }
+            let len = self.local.stored_len(&id)?.unwrap_or(0);
+            self.local.remove(&id)?;
+            self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn cached_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+impl BlockStore for LazyStore {
+    fn put(&self, data: &[u8]) -> Result<BlockId> {
+        let had = self.local.contains(&hybridfs_blocks::block_id(data))?;
+        let id = self.local.put(data)?;
+        if !had {
+            self.used.fetch_add(self.local.stored_len(&id)?.unwrap_or(0), Ordering::Relaxed);
+            self.touch(&id);
+        }
+        Ok(id)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.local.sync()
+    }
+
+    fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
+        self.ensure(id)?;
+        self.touch(id);
+        match self.local.get(id) {
+            // A damaged cached copy of a block the store holds: fetch it again.
+            Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() => {
+                tracing::warn!("cached block {id} is bad ({why}); fetching it again");
+                BlockStore::remove(self, id)?;
+                self.ensure(id)?;
+                self.local.get(id)
+            }
+            r => r,
+        }
+    }
+
+    fn contains(&self, id: &BlockId) -> Result<bool> {
+        Ok(self.local.contains(id)? || self.meta.pushed(id)?.is_some())
+    }
+
+    fn remove(&self, id: &BlockId) -> Result<()> {
+        let len = self.local.stored_len(id)?.unwrap_or(0);
+        self.local.remove(id)?;
+        self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
+        self.local.stored_len(id)
+    }
+
+    fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
+        self.ensure(id)?;
+        self.local.frame(id)
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
+        self.local.for_each(f)
+    }
+}
