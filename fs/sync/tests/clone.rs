@@ -1,0 +1,118 @@
+//! Clone: metadata from the layers, data fetched block by block on first read, verified
+//! (invariant 5), cached within a size limit (invariant 7), and the clone's own branch.
+
+mod common;
+
+use hybridfs_blocks::FileBlockStore;
+use hybridfs_cloud::{Corruption, FaultPlan, Faulty, MemStore, ObjectStore};
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::types::ROOT_INO;
+use hybridfs_core::{FsError, Volume, VolumeOptions};
+use hybridfs_sync::clone::import;
+use hybridfs_sync::lazy::LazyStore;
+use hybridfs_sync::{push, Remote};
+use common::{noise, volume, write_file};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const MIB: usize = 1 << 20;
+
+struct Clone {
+    vol: Arc<Volume>,
+    lazy: Arc<LazyStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn clone_of(store: Arc<dyn ObjectStore>, source: &str, branch: &str, cap: Option<u64>) -> Clone {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(MetaStore::memory());
+    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    import(&meta, &remote, source, branch).unwrap();
+    let local = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let lazy = Arc::new(LazyStore::new(local, Remote { store, volume: "vol".into() }, meta.clone(), cap).unwrap());
+    let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
+    let vol = Volume::open(meta, lazy.clone(), opts).unwrap();
+    Clone { vol, lazy, _dir: dir }
+}
+
+fn read(vol: &Volume, name: &str) -> Result<Vec<u8>, FsError> {
+    let i = vol.lookup(ROOT_INO, name.as_bytes())?;
+    let opened = vol.open_file(i.ino, false)?;
+    let r = vol.read(i.ino, 0, i.size as u32 + 1);
+    vol.release_file(i.ino, opened.kind)?;
+    r
+}
+
+#[test]
+fn a_clone_downloads_metadata_first_and_each_block_when_read() {
+    let home = volume();
+    let big = noise(1, 4 * MIB);
+    write_file(&home.vol, "big", 0, &big);
+    let smalls: Vec<Vec<u8>> = (0..10).map(|i| noise(10 + i, 20_000)).collect();
+    for (i, s) in smalls.iter().enumerate() {
+        write_file(&home.vol, &format!("s{i}"), 0, s);
+    }
+    write_file(&home.vol, "inline", 0, b"tiny");
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+
+    let c = clone_of(store, "main", "node", None);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 0, "nothing but metadata up front");
+    assert_eq!(read(&c.vol, "inline").unwrap(), b"tiny");
+    assert_eq!(read(&c.vol, "s3").unwrap(), smalls[3]);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 1, "one small block, fetched as a range of its pack");
+    assert_eq!(read(&c.vol, "big").unwrap(), big);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 5);
+    assert_eq!(read(&c.vol, "big").unwrap(), big);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 5, "cached: read twice, fetched once");
+}
+
+#[test]
+fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
+    let home = volume();
+    write_file(&home.vol, "big", 0, &noise(2, 2 * MIB));
+    let plan = FaultPlan::new();
+    let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
+    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+    let c = clone_of(store, "main", "node", None);
+    plan.corrupt_reads("/blocks/", Corruption::FlipByte);
+    match read(&c.vol, "big") {
+        Err(FsError::CorruptBlock { id, .. }) => assert_eq!(id.to_hex().len(), 64),
+        other => panic!("invariant 5: a corrupt object must fail the read, got {:?}", other.map(|b| b.len())),
+    }
+    assert!(c.vol.metrics.snapshot().corrupt_block_ids.len() == 1, "and a metric names it");
+    plan.heal();
+    assert_eq!(read(&c.vol, "big").unwrap(), noise(2, 2 * MIB), "a good copy reads once the store is fixed");
+}
+
+#[test]
+fn the_cache_stays_under_its_limit_and_never_drops_unpushed_blocks() {
+    let home = volume();
+    let data = noise(3, 10 * MIB);
+    write_file(&home.vol, "big", 0, &data);
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+    let cap = 3 * MIB as u64 + 100;
+    let c = clone_of(store.clone(), "main", "node", Some(cap));
+    // A block written on the clone and not pushed yet.
+    let mine = noise(4, MIB);
+    let ino = write_file(&c.vol, "mine", 0, &mine);
+    c.vol.seal_inode(ino).unwrap();
+    assert_eq!(read(&c.vol, "big").unwrap(), data);
+    assert!(
+        c.lazy.cached_bytes() <= cap + MIB as u64 + 64,
+        "invariant 7: cache {} over the limit {cap} by more than one block",
+        c.lazy.cached_bytes()
+    );
+    assert_eq!(read(&c.vol, "mine").unwrap(), mine, "the unpushed block is still here");
+    assert_eq!(read(&c.vol, "big").unwrap(), data, "evicted blocks come back from the store");
+
+    // The clone pushes its own branch: only its change, naming where it forked.
+    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    let r = push(&c.vol, &remote, "node", &|_| {}).unwrap();
+    assert_eq!(r.blocks_uploaded, 1, "{r:?}");
+    assert_eq!(remote.layer("node", 1).unwrap().parent, Some(("main".to_string(), 1)));
+    let second = clone_of(store, "node", "node2", None);
+    assert_eq!(read(&second.vol, "mine").unwrap(), mine, "a clone of the node's branch has its change");
+    assert_eq!(read(&second.vol, "big").unwrap(), data, "and what it forked from");
+}
