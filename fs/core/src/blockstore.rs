@@ -25,6 +25,9 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Bytes block `id` takes in the store (None: not there).
     fn stored_len(&self, id: &BlockId) -> Result<Option<u64>>;
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()>;
+    /// A hint: these blocks will probably be read soon (a store in front of a slower one may
+    /// start fetching them). The default does nothing.
+    fn prefetch(&self, _ids: &[BlockId]) {}
 }
 
 /// In-memory [`BlockStore`] for unit tests. Its ids are a cheap non-cryptographic hash.

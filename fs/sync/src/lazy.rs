@@ -19,7 +19,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Background fetchers for read-ahead and prefetch.
+const FETCHERS: usize = 8;
+
 pub struct LazyStore {
+    inner: Arc<Inner>,
+    /// Blocks to fetch in the background; full queue: the hint is dropped.
+    ahead: crossbeam_channel::Sender<BlockId>,
+}
+
+impl std::ops::Deref for LazyStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+pub struct Inner {
     local: FileBlockStore,
     remote: Remote,
     meta: Arc<MetaStore>,
@@ -30,6 +46,8 @@ pub struct LazyStore {
     lru: Mutex<(VecDeque<(BlockId, u64)>, HashMap<BlockId, u64>, u64)>,
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
+    /// Blocks queued or being fetched in the background.
+    queued: Mutex<std::collections::HashSet<BlockId>>,
 }
 
 impl LazyStore {
@@ -40,7 +58,7 @@ impl LazyStore {
         for id in &ids {
             used += local.stored_len(id)?.unwrap_or(0);
         }
-        let store = LazyStore {
+        let inner = Arc::new(Inner {
             local,
             remote,
             meta,
@@ -49,13 +67,32 @@ impl LazyStore {
             lru: Mutex::new((VecDeque::new(), HashMap::new(), 0)),
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
-        };
+            queued: Mutex::new(Default::default()),
+        });
         for id in ids {
-            store.touch(&id);
+            inner.touch(&id);
         }
-        Ok(store)
+        let (ahead, rx) = crossbeam_channel::bounded::<BlockId>(256);
+        for n in 0..FETCHERS {
+            let (inner, rx) = (Arc::downgrade(&inner), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("fetch-{n}"))
+                .spawn(move || {
+                    for id in rx {
+                        let Some(inner) = inner.upgrade() else { return };
+                        if let Err(e) = inner.ensure(&id) {
+                            tracing::warn!("read-ahead of block {id}: {e}");
+                        }
+                        inner.queued.lock().expect("queued lock").remove(&id);
+                    }
+                })
+                .map_err(|e| FsError::io("start block fetchers", e))?;
+        }
+        Ok(LazyStore { inner, ahead })
     }
+}
 
+impl Inner {
     fn touch(&self, id: &BlockId) {
         let mut g = self.lru.lock().expect("lru lock");
         let (order, latest, tick) = &mut *g;
@@ -153,7 +190,7 @@ impl BlockStore for LazyStore {
             // A damaged cached copy of a block the store holds: fetch it again.
             Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() => {
                 tracing::warn!("cached block {id} is bad ({why}); fetching it again");
-                BlockStore::remove(self, id)?;
+                self.local.remove(id)?;
                 self.ensure(id)?;
                 self.local.get(id)
             }
@@ -183,5 +220,16 @@ impl BlockStore for LazyStore {
 
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
         self.local.for_each(f)
+    }
+
+    fn prefetch(&self, ids: &[BlockId]) {
+        for id in ids {
+            if self.local.contains(id).unwrap_or(true) || !self.queued.lock().expect("queued lock").insert(*id) {
+                continue;
+            }
+            if self.ahead.try_send(*id).is_err() {
+                self.queued.lock().expect("queued lock").remove(id);
+            }
+        }
     }
 }

@@ -156,6 +156,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch the data of files (directories: everything under them) of a mounted clone from
+    /// the object store now, ahead of a job that will read them.
+    Prefetch {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
         /// Volume whose journal to list.
@@ -267,6 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let req = snapcmd::Request::Push { store: cfg.store.clone(), volume: cfg.remote_name().to_string(), branch };
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
+        Cmd::Prefetch { paths, json } => snapcmd::prefetch(&home, &paths, json),
         Cmd::Clone { url, branch, source, name, cache, json } => {
             let cache = match cache.as_deref().map(home::parse_size) {
                 None => None,

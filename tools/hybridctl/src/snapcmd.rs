@@ -36,6 +36,8 @@ pub enum Request {
     Rollback { name: String },
     /// Publish the live tree to `store` (the volume's store URL) as the next layer of `branch`.
     Push { store: String, volume: String, branch: String },
+    /// Fetch the data of the files under these volume paths (components from the root).
+    Prefetch { paths: Vec<Vec<String>> },
 }
 
 /// A failed request: the message and whether it was bad input (exit 2) or a failure (exit 1).
@@ -105,6 +107,18 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
         }
         Request::Gc { grace_secs } => Ok(serde_json::to_value(vol.collect(Duration::from_secs(*grace_secs))?).expect("plain data")),
         Request::Rollback { name } => Ok(serde_json::to_value(vol.rollback(name)?).expect("plain data")),
+        Request::Prefetch { paths } => {
+            let started = std::time::Instant::now();
+            let mut blocks = 0;
+            for path in paths {
+                let mut ino = hybridfs_core::types::ROOT_INO;
+                for part in path {
+                    ino = vol.lookup(ino, part.as_bytes())?.ino;
+                }
+                blocks += vol.prefetch_tree(ino)?;
+            }
+            Ok(json!({ "paths": paths.len(), "blocks": blocks, "seconds": started.elapsed().as_secs_f64() }))
+        }
         Request::Push { store, volume, branch } => {
             let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
             let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
@@ -324,6 +338,12 @@ pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Resul
             "volume {} rolled back to snapshot {name} ({} records restored); the previous state is snapshot {}",
             vd.name, out["records_restored"], out["saved_as"]["name"].as_str().unwrap_or_default()
         ),
+        Request::Prefetch { .. } => println!(
+            "prefetched {} paths: {} blocks are local now ({:.1}s)",
+            out["paths"],
+            out["blocks"],
+            out["seconds"].as_f64().unwrap_or_default()
+        ),
         Request::Push { branch, store, .. } if out["up_to_date"].as_bool() == Some(true) => {
             println!("branch {branch} in {store} is up to date (layer {})", out["seq"])
         }
@@ -386,4 +406,32 @@ fn print_diff(d: &DiffJson) {
         }
     }
     eprintln!("{} changes ({} journal rows read)", d.entries.len(), d.journal_rows);
+}
+
+/// `hybridctl prefetch PATH...`: the mounted volume holding the paths, and each path's
+/// components below its mount point.
+pub fn prefetch(home: &Home, paths: &[std::path::PathBuf], json: bool) -> Result<ExitCode> {
+    let mut target: Option<(VolumeDir, Vec<Vec<String>>)> = None;
+    for p in paths {
+        let abs = std::path::absolute(p).with_context(|| format!("resolve {}", p.display()))?;
+        let found = home.volumes()?.into_iter().find_map(|vd| {
+            let mp = vd.mount_state()?.mountpoint;
+            let rest = abs.strip_prefix(&mp).ok()?.to_path_buf();
+            Some((vd, rest))
+        });
+        let Some((vd, rest)) = found else {
+            return usage(format!("{} is not inside a mounted hybridfs volume", p.display()));
+        };
+        let parts: Vec<String> = rest.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        if parts.first().is_some_and(|c| c == ".snapshots") {
+            return usage(format!("{}: prefetch live paths, not snapshots", p.display()));
+        }
+        match &mut target {
+            Some((v, list)) if v.name == vd.name => list.push(parts),
+            Some((v, _)) => return usage(format!("{} is on volume {}, the others on {}: one volume at a time", p.display(), vd.name, v.name)),
+            None => target = Some((vd, vec![parts])),
+        }
+    }
+    let Some((vd, list)) = target else { return usage("name at least one path") };
+    run(home, Some(&vd.name), Request::Prefetch { paths: list }, json)
 }
