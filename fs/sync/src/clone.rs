@@ -17,6 +17,30 @@ use std::time::Instant;
 /// Records applied per metadata batch.
 const BATCH: usize = 4096;
 
+/// Where a clone stands against its source branch (kept in the metadata store).
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
+pub struct CloneBase {
+    pub source: String,
+    /// The source layer the clone includes.
+    pub seq: u64,
+    /// Records written after this epoch are this node's, except those of pull epochs.
+    pub import_epoch: u64,
+    pub pull_epochs: Vec<u64>,
+}
+
+impl CloneBase {
+    fn mutation(&self) -> Mutation {
+        Mutation::SetMeta { name: "clone".into(), value: Some(serde_json::to_vec(self).expect("plain data")) }
+    }
+
+    pub fn load(meta: &MetaStore) -> Result<Option<CloneBase>> {
+        match meta.meta_value("clone")? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| SyncError::Corrupt(format!("clone state: {e}")))?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CloneReport {
     pub volume: String,
@@ -101,16 +125,98 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), head.seq)), ..Default::default() };
+    let base = CloneBase { source: source.to_string(), seq: head.seq, import_epoch: epoch, pull_epochs: Vec::new() };
     meta.apply(
         vec![
             Mutation::SetMeta {
                 name: crate::state_name(branch),
                 value: Some(serde_json::to_vec(&state).expect("plain data")),
             },
+            base.mutation(),
             Mutation::SetEpoch(epoch + 1),
         ],
         true,
     )?;
     report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+
+/// What a pull did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PullReport {
+    pub source: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub records: u64,
+    pub up_to_date: bool,
+}
+
+/// Bring a clone forward to the head of its source branch. Refused, naming them, when records
+/// this node changed since the clone were also changed by the new layers: merging both sides is
+/// the merge stage's job, and a pull never loses a local change (invariant 6). All new layers
+/// apply in one batch, in an epoch of their own (so later pulls can tell them from this node's
+/// writes), with the new base: a crash leaves the clone before or after the whole pull. The
+/// pulled records are journaled, so the clone's next push carries them too.
+pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
+    let mut base = CloneBase::load(meta)?.ok_or_else(|| SyncError::Conflict("this volume is not a clone: nothing to pull".into()))?;
+    let source = base.source.clone();
+    let (head, _) = remote.head(&source)?.ok_or_else(|| {
+        SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
+    })?;
+    let mut report = PullReport { source: source.clone(), from_seq: base.seq, to_seq: head.seq, records: 0, up_to_date: false };
+    if head.seq <= base.seq {
+        report.up_to_date = true;
+        return Ok(report);
+    }
+    let mut local = std::collections::HashSet::new();
+    meta.changes(base.import_epoch, hybridfs_core::meta::LIVE, &mut |c| {
+        if !base.pull_epochs.contains(&c.epoch) {
+            local.insert(c.key);
+        }
+        Ok(true)
+    })?;
+    let mut batch = Vec::new();
+    let mut conflicts = Vec::new();
+    for seq in base.seq + 1..=head.seq {
+        let layer = remote.layer(&source, seq)?;
+        let packed: std::collections::HashSet<_> = layer.packed.iter().map(|p| p.id).collect();
+        for p in &layer.packed {
+            batch.push(Mutation::MarkPushed { id: p.id, packed: Some((p.pack, p.offset, p.len)) });
+        }
+        for r in layer.records {
+            if local.contains(&r.key) {
+                conflicts.push(format!("{:?}", r.key));
+                continue;
+            }
+            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
+                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                    if !packed.contains(&id) {
+                        batch.push(Mutation::MarkPushed { id, packed: None });
+                    }
+                }
+            }
+            report.records += 1;
+            batch.push(Mutation::Raw { key: r.key, value: r.value });
+        }
+    }
+    if !conflicts.is_empty() {
+        conflicts.sort();
+        conflicts.dedup();
+        let shown: Vec<&str> = conflicts.iter().take(5).map(String::as_str).collect();
+        return Err(SyncError::Conflict(format!(
+            "{} records changed both here and on branch {source} since the clone (first: {}); nothing was pulled: push this clone's branch and merge instead",
+            conflicts.len(),
+            shown.join(", ")
+        )));
+    }
+    // The pull's own epoch: end the current one first.
+    let epoch = meta.epoch() + 1;
+    meta.apply(vec![Mutation::SetEpoch(epoch)], true)?;
+    base.seq = head.seq;
+    base.pull_epochs.push(epoch);
+    batch.push(base.mutation());
+    batch.push(Mutation::SetEpoch(epoch + 1));
+    meta.apply(batch, true)?;
     Ok(report)
 }

@@ -48,6 +48,9 @@ pub struct Inner {
     pub fetched_bytes: AtomicU64,
     /// Blocks queued or being fetched in the background.
     queued: Mutex<std::collections::HashSet<BlockId>>,
+    /// Blocks being fetched now, by anyone: a second reader waits instead of fetching again.
+    inflight: Mutex<std::collections::HashSet<BlockId>>,
+    landed: std::sync::Condvar,
 }
 
 impl LazyStore {
@@ -68,6 +71,8 @@ impl LazyStore {
             fetched: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             queued: Mutex::new(Default::default()),
+            inflight: Mutex::new(Default::default()),
+            landed: std::sync::Condvar::new(),
         });
         for id in ids {
             inner.touch(&id);
@@ -122,14 +127,44 @@ impl Inner {
 
     /// Fetch `id` into the local cache unless it is there.
     pub fn ensure(&self, id: &BlockId) -> Result<()> {
-        if self.local.contains(id)? {
-            return Ok(());
+        self.load(id).map(|_| ())
+    }
+
+    /// The frame of `id`: the local copy, or fetched (once, however many ask at the same time)
+    /// and kept. Returns the bytes it got, so a block evicted right after it landed is still
+    /// served.
+    fn load(&self, id: &BlockId) -> Result<Vec<u8>> {
+        for _ in 0..8 {
+            match self.local.frame(id) {
+                Ok(frame) => return Ok(frame),
+                Err(FsError::CorruptBlock { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            {
+                let mut inflight = self.inflight.lock().expect("inflight lock");
+                if inflight.contains(id) {
+                    // Someone is fetching it: wait (bounded), then look again.
+                    let (_g, _) = self
+                        .landed
+                        .wait_timeout_while(inflight, std::time::Duration::from_secs(120), |f| f.contains(id))
+                        .expect("inflight lock");
+                    continue;
+                }
+                inflight.insert(*id);
+            }
+            let result = self.fetch(id).and_then(|frame| {
+                self.local.insert_frame(id, &frame)?;
+                self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                self.touch(id);
+                Ok(frame)
+            });
+            self.inflight.lock().expect("inflight lock").remove(id);
+            self.landed.notify_all();
+            let frame = result?;
+            self.evict()?;
+            return Ok(frame);
         }
-        let frame = self.fetch(id)?;
-        self.local.insert_frame(id, &frame)?;
-        self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.touch(id);
-        self.evict()
+        Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
     }
 
     /// Drop the least recently used blocks the store holds until under the cap.
@@ -184,15 +219,14 @@ impl BlockStore for LazyStore {
     }
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
-        self.ensure(id)?;
+        let frame = self.load(id)?;
         self.touch(id);
-        match self.local.get(id) {
+        match hybridfs_blocks::decode(id, &frame) {
             // A damaged cached copy of a block the store holds: fetch it again.
             Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() => {
                 tracing::warn!("cached block {id} is bad ({why}); fetching it again");
-                self.local.remove(id)?;
-                self.ensure(id)?;
-                self.local.get(id)
+                BlockStore::remove(self, id)?;
+                hybridfs_blocks::decode(id, &self.load(id)?)
             }
             r => r,
         }
@@ -214,8 +248,7 @@ impl BlockStore for LazyStore {
     }
 
     fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
-        self.ensure(id)?;
-        self.local.frame(id)
+        self.load(id)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {

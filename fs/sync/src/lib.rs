@@ -60,6 +60,8 @@ pub enum SyncError {
     BranchMoved { branch: String, remote: u64, local: u64 },
     #[error("{0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;

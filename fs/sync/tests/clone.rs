@@ -116,3 +116,34 @@ fn the_cache_stays_under_its_limit_and_never_drops_unpushed_blocks() {
     assert_eq!(read(&second.vol, "mine").unwrap(), mine, "a clone of the node's branch has its change");
     assert_eq!(read(&second.vol, "big").unwrap(), data, "and what it forked from");
 }
+
+#[test]
+fn pull_brings_a_clone_forward_unless_both_sides_changed_the_same_record() {
+    let home = volume();
+    write_file(&home.vol, "a", 0, &noise(7, 100_000));
+    write_file(&home.vol, "b", 0, &noise(8, 100_000));
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let c = clone_of(store.clone(), "main", "node", None);
+
+    // Home changes a, the clone writes a new file: no record changed on both sides.
+    write_file(&home.vol, "a", 10, &[1u8; 10]);
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    write_file(&c.vol, "mine", 0, b"node data");
+    let r = hybridfs_sync::clone::pull(c.vol.meta(), &remote).unwrap();
+    assert_eq!((r.from_seq, r.to_seq), (1, 2));
+    let mut want = noise(7, 100_000);
+    want[10..20].fill(1);
+    assert_eq!(read(&c.vol, "a").unwrap(), want, "the clone sees home's change");
+    assert_eq!(read(&c.vol, "mine").unwrap(), b"node data", "and keeps its own");
+    assert!(hybridfs_sync::clone::pull(c.vol.meta(), &remote).unwrap().up_to_date);
+
+    // Both change b: refused, nothing applied (invariant 6: no local change is lost).
+    write_file(&home.vol, "b", 0, &[2u8; 10]);
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    write_file(&c.vol, "b", 0, &[3u8; 10]);
+    let err = hybridfs_sync::clone::pull(c.vol.meta(), &remote).unwrap_err();
+    assert!(err.to_string().contains("changed both here and on branch main"), "{err}");
+    assert_eq!(&read(&c.vol, "b").unwrap()[..10], &[3u8; 10], "the local change stays");
+}

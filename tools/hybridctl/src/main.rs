@@ -156,6 +156,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bring an unmounted clone forward to the newest head of the branch it was cloned from,
+    /// when nothing changed on both sides (otherwise: refused, naming the records).
+    Pull {
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch the data of files (directories: everything under them) of a mounted clone from
     /// the object store now, ahead of a job that will read them.
     Prefetch {
@@ -276,6 +284,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
         Cmd::Prefetch { paths, json } => snapcmd::prefetch(&home, &paths, json),
+        Cmd::Pull { volume, json } => {
+            let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
+            let cfg = vd.config()?;
+            let req = snapcmd::Request::Pull { store: cfg.store.clone(), volume: cfg.remote_name().to_string() };
+            snapcmd::run(&home, Some(&vd.name), req, json)
+        }
         Cmd::Clone { url, branch, source, name, cache, json } => {
             let cache = match cache.as_deref().map(home::parse_size) {
                 None => None,

@@ -36,6 +36,8 @@ pub enum Request {
     Rollback { name: String },
     /// Publish the live tree to `store` (the volume's store URL) as the next layer of `branch`.
     Push { store: String, volume: String, branch: String },
+    /// Bring a clone forward to the newest head of its source branch (unmounted only).
+    Pull { store: String, volume: String },
     /// Fetch the data of the files under these volume paths (components from the root).
     Prefetch { paths: Vec<Vec<String>> },
 }
@@ -119,6 +121,12 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
             }
             Ok(json!({ "paths": paths.len(), "blocks": blocks, "seconds": started.elapsed().as_secs_f64() }))
         }
+        Request::Pull { store, volume } => {
+            let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
+            let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
+            let report = hybridfs_sync::clone::pull(vol.meta(), &remote)?;
+            Ok(serde_json::to_value(report).expect("plain data"))
+        }
         Request::Push { store, volume, branch } => {
             let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
             let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
@@ -155,8 +163,8 @@ fn answer(vol: &Volume, conn: UnixStream) -> Result<()> {
     BufReader::new(&conn).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => serde_json::to_string(&Failure { error: format!("bad request: {e}"), bad_input: true })?,
-        Ok(Request::Rollback { .. }) => serde_json::to_string(&Failure {
-            error: "the volume is mounted: unmount it first (hybridctl umount MOUNTPOINT); a rollback replaces the whole tree under running programs".into(),
+        Ok(Request::Rollback { .. } | Request::Pull { .. }) => serde_json::to_string(&Failure {
+            error: "the volume is mounted: unmount it first (hybridctl umount MOUNTPOINT); a rollback or a pull changes the tree under running programs".into(),
             bad_input: false,
         })?,
         Ok(req) => {
@@ -337,6 +345,17 @@ pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Resul
         Request::Rollback { name } => println!(
             "volume {} rolled back to snapshot {name} ({} records restored); the previous state is snapshot {}",
             vd.name, out["records_restored"], out["saved_as"]["name"].as_str().unwrap_or_default()
+        ),
+        Request::Pull { .. } if out["up_to_date"].as_bool() == Some(true) => {
+            println!("volume {} is up to date with branch {} (layer {})", vd.name, out["source"].as_str().unwrap_or_default(), out["to_seq"])
+        }
+        Request::Pull { .. } => println!(
+            "volume {} pulled branch {} from layer {} to {}: {} records",
+            vd.name,
+            out["source"].as_str().unwrap_or_default(),
+            out["from_seq"],
+            out["to_seq"],
+            out["records"]
         ),
         Request::Prefetch { .. } => println!(
             "prefetched {} paths: {} blocks are local now ({:.1}s)",
