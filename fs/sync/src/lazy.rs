@@ -1,13 +1,18 @@
 //! The block store of a clone: local block files in front of the object store.
 //!
-//! A clone starts with metadata only. A block read for the first time is fetched from the
-//! store (alone, or as a byte range of its pack: the `pushed` family of the metadata store
-//! says where), verified against its id before anything uses it (invariant 5), and kept in the
-//! local block directory. Blocks written on this node are put locally and stay until pushed.
+//! Two local tiers:
+//! * **own** — the volume's `blocks/` directory: blocks sealed on this node. They are the
+//!   volume's (the collector deletes them by reference count) and never evicted.
+//! * **cache** — fetched blocks, in a directory shared by every clone of the same remote volume
+//!   on this node (`HOME/cache/…`), so a node that clones again tomorrow fetches only what
+//!   changed; it survives remounts and re-clones. Content addressing makes sharing safe: a
+//!   cached block is the same bytes for every clone, verified when read.
 //!
-//! With a cache size, fetched blocks are evicted oldest-used first when the local blocks exceed
-//! it (invariant 7: by at most the block being fetched). Only blocks the store holds are ever
-//! evicted; blocks written here and not pushed yet never are.
+//! A block read for the first time is fetched from the store (alone, or as a byte range of its
+//! pack: the `pushed` family of the metadata store says where), verified against its id before
+//! anything uses it (invariant 5), and kept in the cache. With a cache size, cached blocks are
+//! evicted oldest-used first when the cache exceeds it (invariant 7: by at most the blocks being
+//! fetched).
 
 use crate::Remote;
 use hybridfs_blocks::FileBlockStore;
@@ -36,11 +41,12 @@ impl std::ops::Deref for LazyStore {
 }
 
 pub struct Inner {
+    own: FileBlockStore,
     local: FileBlockStore,
     remote: Remote,
     meta: Arc<MetaStore>,
     cap: Option<u64>,
-    /// Bytes of local block files (counted at open, kept up to date).
+    /// Bytes of cached block files (counted at open, kept up to date).
     used: AtomicU64,
     /// Blocks fetched or read, oldest use first (entries may be stale; `tick` says).
     lru: Mutex<(VecDeque<(BlockId, u64)>, HashMap<BlockId, u64>, u64)>,
@@ -54,7 +60,9 @@ pub struct Inner {
 }
 
 impl LazyStore {
-    pub fn new(local: FileBlockStore, remote: Remote, meta: Arc<MetaStore>, cap: Option<u64>) -> Result<Self> {
+    /// `own`: the volume's block directory; `cache`: the shared cache of fetched blocks.
+    pub fn new(own: FileBlockStore, cache: FileBlockStore, remote: Remote, meta: Arc<MetaStore>, cap: Option<u64>) -> Result<Self> {
+        let local = cache;
         let mut used = 0;
         let mut ids = Vec::new();
         local.for_each(&mut |id| ids.push(id))?;
@@ -62,6 +70,7 @@ impl LazyStore {
             used += local.stored_len(id)?.unwrap_or(0);
         }
         let inner = Arc::new(Inner {
+            own,
             local,
             remote,
             meta,
@@ -134,6 +143,9 @@ impl Inner {
     /// and kept. Returns the bytes it got, so a block evicted right after it landed is still
     /// served.
     fn load(&self, id: &BlockId) -> Result<Vec<u8>> {
+        if let Ok(frame) = self.own.frame(id) {
+            return Ok(frame);
+        }
         for _ in 0..8 {
             match self.local.frame(id) {
                 Ok(frame) => return Ok(frame),
@@ -188,13 +200,17 @@ impl Inner {
                 found
             };
             let Some(id) = victim else { return Ok(()) };
-            if self.meta.pushed(&id)?.is_none() {
-                continue; // written here, not pushed yet: never evicted
-            }
             let len = self.local.stored_len(&id)?.unwrap_or(0);
             self.local.remove(&id)?;
             self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    fn drop_cached(&self, id: &BlockId) -> Result<()> {
+        let len = self.local.stored_len(id)?.unwrap_or(0);
+        self.local.remove(id)?;
+        self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
         Ok(())
     }
 
@@ -205,17 +221,11 @@ impl Inner {
 
 impl BlockStore for LazyStore {
     fn put(&self, data: &[u8]) -> Result<BlockId> {
-        let had = self.local.contains(&hybridfs_blocks::block_id(data))?;
-        let id = self.local.put(data)?;
-        if !had {
-            self.used.fetch_add(self.local.stored_len(&id)?.unwrap_or(0), Ordering::Relaxed);
-            self.touch(&id);
-        }
-        Ok(id)
+        self.own.put(data)
     }
 
     fn sync(&self) -> Result<()> {
-        self.local.sync()
+        self.own.sync()
     }
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
@@ -223,9 +233,9 @@ impl BlockStore for LazyStore {
         self.touch(id);
         match hybridfs_blocks::decode(id, &frame) {
             // A damaged cached copy of a block the store holds: fetch it again.
-            Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() => {
+            Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() && !self.own.contains(id)? => {
                 tracing::warn!("cached block {id} is bad ({why}); fetching it again");
-                BlockStore::remove(self, id)?;
+                self.drop_cached(id)?;
                 hybridfs_blocks::decode(id, &self.load(id)?)
             }
             r => r,
@@ -233,18 +243,17 @@ impl BlockStore for LazyStore {
     }
 
     fn contains(&self, id: &BlockId) -> Result<bool> {
-        Ok(self.local.contains(id)? || self.meta.pushed(id)?.is_some())
+        Ok(self.own.contains(id)? || self.local.contains(id)? || self.meta.pushed(id)?.is_some())
     }
 
+    /// Only the volume's own blocks are removed: cached ones may serve other clones and go
+    /// by eviction.
     fn remove(&self, id: &BlockId) -> Result<()> {
-        let len = self.local.stored_len(id)?.unwrap_or(0);
-        self.local.remove(id)?;
-        self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
-        Ok(())
+        self.own.remove(id)
     }
 
     fn stored_len(&self, id: &BlockId) -> Result<Option<u64>> {
-        self.local.stored_len(id)
+        self.own.stored_len(id)
     }
 
     fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
@@ -252,12 +261,14 @@ impl BlockStore for LazyStore {
     }
 
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
-        self.local.for_each(f)
+        self.own.for_each(f)
     }
 
     fn prefetch(&self, ids: &[BlockId]) {
         for id in ids {
-            if self.local.contains(id).unwrap_or(true) || !self.queued.lock().expect("queued lock").insert(*id) {
+            if self.own.contains(id).unwrap_or(true)
+                || self.local.contains(id).unwrap_or(true)
+                || !self.queued.lock().expect("queued lock").insert(*id) {
                 continue;
             }
             if self.ahead.try_send(*id).is_err() {

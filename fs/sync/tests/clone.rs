@@ -25,11 +25,24 @@ struct Clone {
 
 fn clone_of(store: Arc<dyn ObjectStore>, source: &str, branch: &str, cap: Option<u64>) -> Clone {
     let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    clone_with_cache(store, source, branch, cap, dir, &cache)
+}
+
+fn clone_with_cache(
+    store: Arc<dyn ObjectStore>,
+    source: &str,
+    branch: &str,
+    cap: Option<u64>,
+    dir: tempfile::TempDir,
+    cache: &std::path::Path,
+) -> Clone {
     let meta = Arc::new(MetaStore::memory());
     let remote = Remote { store: store.clone(), volume: "vol".into() };
     import(&meta, &remote, source, branch).unwrap();
-    let local = FileBlockStore::open(dir.path().join("blocks")).unwrap();
-    let lazy = Arc::new(LazyStore::new(local, Remote { store, volume: "vol".into() }, meta.clone(), cap).unwrap());
+    let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let cache = FileBlockStore::open(cache).unwrap();
+    let lazy = Arc::new(LazyStore::new(own, cache, Remote { store, volume: "vol".into() }, meta.clone(), cap).unwrap());
     let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
     let vol = Volume::open(meta, lazy.clone(), opts).unwrap();
     Clone { vol, lazy, _dir: dir }
@@ -146,4 +159,26 @@ fn pull_brings_a_clone_forward_unless_both_sides_changed_the_same_record() {
     let err = hybridfs_sync::clone::pull(c.vol.meta(), &remote).unwrap_err();
     assert!(err.to_string().contains("changed both here and on branch main"), "{err}");
     assert_eq!(&read(&c.vol, "b").unwrap()[..10], &[3u8; 10], "the local change stays");
+}
+
+#[test]
+fn cloning_again_fetches_only_what_changed_since() {
+    let home = volume();
+    write_file(&home.vol, "big", 0, &noise(9, 6 * MIB));
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let first = clone_with_cache(store.clone(), "main", "node", None, tempfile::tempdir().unwrap(), shared.path());
+    assert_eq!(read(&first.vol, "big").unwrap().len(), 6 * MIB);
+    assert_eq!(first.lazy.fetched.load(Ordering::Relaxed), 6);
+
+    // A day later: one block changed at home; the node clones again into a new volume.
+    write_file(&home.vol, "big", (2 * MIB + 5) as u64, b"changed");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let again = clone_with_cache(store, "main", "node-2", None, tempfile::tempdir().unwrap(), shared.path());
+    let mut want = noise(9, 6 * MIB);
+    want[2 * MIB + 5..2 * MIB + 12].copy_from_slice(b"changed");
+    assert_eq!(read(&again.vol, "big").unwrap(), want);
+    assert_eq!(again.lazy.fetched.load(Ordering::Relaxed), 1, "only the changed block is downloaded");
 }

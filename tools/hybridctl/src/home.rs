@@ -130,8 +130,12 @@ impl VolumeDir {
             return Ok(Arc::new(local));
         }
         let store = hybridfs_cloud::open(&cfg.store).with_context(|| format!("open the store {}", cfg.store))?;
+        // One cache of fetched blocks per remote volume, shared by its clones on this node.
+        let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
+        let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
+        let cache = FileBlockStore::open(cache_dir)?;
         let remote = hybridfs_sync::Remote { store, volume: cfg.remote_name().to_string() };
-        Ok(Arc::new(hybridfs_sync::lazy::LazyStore::new(local, remote, meta.clone(), cfg.cache_bytes)?))
+        Ok(Arc::new(hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?))
     }
 
     /// Open the volume for serving (caller holds the lock).
