@@ -55,6 +55,10 @@ pub struct CloneReport {
 }
 
 /// The layers to apply for `branch` up to `seq`, oldest first, following fork points.
+pub fn layer_chain(remote: &Remote, branch: &str, seq: u64) -> Result<Vec<(String, u64)>> {
+    chain(remote, branch, seq, 0)
+}
+
 fn chain(remote: &Remote, branch: &str, seq: u64, depth: usize) -> Result<Vec<(String, u64)>> {
     if depth > 64 {
         return Err(SyncError::Corrupt(format!("branch {branch}: more than 64 nested forks")));

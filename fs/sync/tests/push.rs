@@ -162,3 +162,26 @@ fn a_corrupt_local_block_is_never_uploaded() {
     assert!(store.list("").unwrap().iter().all(|k| !k.contains("/blocks/")), "nothing wrong was uploaded");
     assert!(remote(store).head("main").unwrap().is_none());
 }
+
+#[test]
+fn fsck_remote_names_missing_and_corrupt_blocks() {
+    let f = volume();
+    write_file(&f.vol, "a", 0, &noise(11, 3 << 20));
+    let store = Arc::new(MemStore::new());
+    let r = remote(store.clone());
+    push(&f.vol, &r, "main", &|_| {}).unwrap();
+    let clean = hybridfs_sync::check_remote(&r, "main", true).unwrap();
+    assert!(clean.problems.is_empty() && clean.verified == 3, "{clean:?}");
+    let keys: Vec<String> = store.list("vol/blocks/").unwrap();
+    let (frame, _) = store.get(&keys[0]).unwrap();
+    let mut bad = frame.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    store.put(&keys[0], &bad, Cond::None).unwrap();
+    store.delete(&keys[1]).unwrap();
+    let quick = hybridfs_sync::check_remote(&r, "main", false).unwrap();
+    assert_eq!(quick.problems.len(), 1, "without --verify only the missing one shows: {quick:?}");
+    let full = hybridfs_sync::check_remote(&r, "main", true).unwrap();
+    assert_eq!(full.problems.len(), 2, "invariant 5: the corrupt one too: {full:?}");
+    assert!(full.problems.iter().any(|p| p.contains(&keys[0][11..])), "names the block: {full:?}");
+}

@@ -83,9 +83,17 @@ enum Cmd {
     Fsck {
         /// Volume to check (mounted or not).
         name: String,
-        /// Also read and re-hash every sealed block.
+        /// Also read and re-hash every sealed block (with --remote: every block in the store).
         #[arg(long)]
         verify: bool,
+        /// Check the volume's branch in its object store instead: every block its layers name
+        /// is there (and, with --verify, hashes right).
+        #[arg(long)]
+        remote: bool,
+        /// With --remote: the branch [default: the volume's branch; for a clone not pushed yet,
+        /// its source].
+        #[arg(long)]
+        branch: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -260,7 +268,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Umount { mountpoint, timeout } => mountcmd::umount(&home, &mountpoint, timeout),
         Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
-        Cmd::Fsck { name, verify, json } => report::fsck(&home, &name, verify, json),
+        Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
+        Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),
         Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),
         Cmd::Snapshot(c) => {
             use snapcmd::Request as R;

@@ -1,7 +1,7 @@
 //! `hybridctl status`, `fsck` and `journal`: read-only views of volumes.
 
 use crate::home::{human_bytes, Home, VolumeDir};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use hybridfs_core::fsck;
 use hybridfs_core::metrics::MetricsSnapshot;
 use hybridfs_core::staging::Staging;
@@ -144,6 +144,38 @@ pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCod
         println!("{}", if report.clean() { "clean".to_string() } else { format!("{} problems", report.problems.len()) });
     }
     Ok(if report.clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `fsck --remote`: the branch's layers and blocks in the object store.
+pub fn fsck_remote(home: &Home, name: &str, branch: Option<String>, verify: bool, json: bool) -> Result<ExitCode> {
+    let vd = home.volume(name)?;
+    let cfg = vd.config()?;
+    let store = hybridfs_cloud::open(&cfg.store).with_context(|| format!("open the store {}", cfg.store))?;
+    let remote = hybridfs_sync::Remote { store, volume: cfg.remote_name().to_string() };
+    let branch = match branch {
+        Some(b) => b,
+        None => match (&cfg.clone_of, remote.head(cfg.push_branch())?) {
+            (Some((source, _)), None) => source.clone(),
+            _ => cfg.push_branch().to_string(),
+        },
+    };
+    let report = hybridfs_sync::check_remote(&remote, &branch, verify)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "volume {name}, branch {branch} in {}: {} layers, {} blocks{}",
+            cfg.store,
+            report.layers,
+            report.blocks,
+            if verify { format!(", {} verified", report.verified) } else { String::new() }
+        );
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        println!("{}", if report.problems.is_empty() { "clean".to_string() } else { format!("{} problems", report.problems.len()) });
+    }
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn journal(home: &Home, name: &str, since: u64, json: bool) -> Result<ExitCode> {
