@@ -102,6 +102,15 @@ impl VolumeBuilder {
         self
     }
 
+    /// `--store URL` for `hybridctl format`: the volume's object store (`file:///PATH`,
+    /// `s3://BUCKET/PREFIX`). Format makes no request to it; an `s3://` store needs the AWS
+    /// variables on whatever runs the push: [`TestVolume::mount_env`] for a mounted volume (the
+    /// mount process pushes), [`TestVolume::ctl_env`] for an unmounted one.
+    pub fn store(mut self, url: &str) -> Self {
+        self.format_args.extend(["--store".to_string(), url.to_string()]);
+        self
+    }
+
     /// Puts `HYBRIDFS_HOME` at `home` instead of inside the scratch directory.
     pub fn home(mut self, home: &Path) -> Self {
         self.home = Some(home.to_path_buf());

@@ -6,9 +6,10 @@
 //! waits (at most 60 s) until a bucket can be created and written. Dropping the server kills it
 //! (the whole process group, SIGKILL) and waits for it; the directory goes with it.
 //!
-//! Faults for tests: [`SeaweedServer::stop`] is "the store went down";
-//! [`SeaweedLimits`] with a tiny `volume_max` makes PUTs fail with HTTP 500 "No writable
-//! volumes", "the store is full".
+//! Faults for tests: [`SeaweedServer::stop`] is "the store went down" and
+//! [`SeaweedServer::restart`] "it came back" (same data directory, same ports, so clients that
+//! knew it reach it again and find what it held); [`SeaweedLimits`] with a tiny `volume_max`
+//! makes PUTs fail with HTTP 500 "No writable volumes", "the store is full".
 //!
 //! The server also dies with the thread that started it (`PR_SET_PDEATHSIG`), so a test
 //! binary killed mid-run leaves no server behind: start it on the test's own thread.
@@ -53,7 +54,10 @@ impl Default for SeaweedLimits {
 pub struct SeaweedServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    s3_port: u16,
+    weed: PathBuf,
+    /// master, master gRPC, volume, volume gRPC, filer, filer gRPC, S3, S3 gRPC.
+    ports: Vec<u16>,
+    limits: SeaweedLimits,
 }
 
 impl SeaweedServer {
@@ -78,9 +82,22 @@ impl SeaweedServer {
         let dir = tempfile::Builder::new().prefix("hybridfs-weed-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
         std::fs::write(dir.path().join("s3.json"), identities_json()).map_err(|e| format!("write s3.json: {e}"))?;
         let ports = free_ports(8)?;
-        let log = File::create(dir.path().join("weed.log")).map_err(|e| format!("create weed.log: {e}"))?;
-        let mut cmd = Command::new(weed);
-        cmd.args(server_args(dir.path(), &ports, limits));
+        let mut server = SeaweedServer { child: None, dir, weed: weed.to_path_buf(), ports, limits };
+        server.spawn()?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Run `weed server` on this server's directory and ports (its log appended to `weed.log`).
+    fn spawn(&mut self) -> Result<(), String> {
+        let log_path = self.dir.path().join("weed.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(&self.weed);
+        cmd.args(server_args(self.dir.path(), &self.ports, self.limits));
         cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -90,10 +107,27 @@ impl SeaweedServer {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("run {}: {e}", weed.display()))?;
-        let mut server = SeaweedServer { child: Some(child), dir, s3_port: ports[6] };
-        server.wait_ready()?;
-        Ok(server)
+        self.child = Some(cmd.spawn().map_err(|e| format!("run {}: {e}", self.weed.display()))?);
+        Ok(())
+    }
+
+    /// Start the server again after [`stop`](Self::stop) (or kill it first if it still runs):
+    /// the same data directory and the same ports, so what it stored is there again and
+    /// clients configured for it reach it. Waits until it is ready, like [`start`](Self::start).
+    /// No new ports are picked (the clients know the old ones): if another process took one
+    /// meanwhile, `weed` exits and this fails after 3 tries. Call it on the thread that
+    /// started the server (see the module doc).
+    pub fn restart(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..START_TRIES {
+            self.stop();
+            match self.spawn().and_then(|()| self.wait_ready()) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(format!("restart SeaweedFS ({}): {last}", self.weed.display()))
     }
 
     /// Poll until a bucket can be created and written, the server exits, or 60 s pass.
@@ -122,7 +156,7 @@ impl SeaweedServer {
 
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://127.0.0.1:{}", self.ports[6])
     }
 
     /// Settings that reach this server with its credentials.

@@ -1,0 +1,536 @@
+//! Push (issue 4) through a real mount, the `hybridctl push` CLI and a real S3 server
+//! (SeaweedFS on 127.0.0.1, started by each test):
+//!
+//! - invariant 3 (O(changes)): the first push moves every block once, small files packed into
+//!   few requests; a 64 KiB in-place change in 3 big files moves 3 blocks and a small layer;
+//!   a push with nothing changed writes nothing;
+//! - invariant 4 (commit order): what is in the store is always whole and verifiable (every
+//!   block object decodes under the id its key names, every pack hashes to its name, every
+//!   block a layer names is there); the store killed mid-push leaves the old head, and the
+//!   next push resumes without sending again what arrived; a head another volume moved is
+//!   never overwritten;
+//! - the failures a user meets (wrong key, no bucket, no server) end the command with exit 1
+//!   and one clear line, within a bounded time, and never show a secret (invariant 8).
+//!
+//! A mounted volume pushes from its mount process, so the AWS variables go on the mount
+//! (`mount_env`); an unmounted volume pushes from the CLI itself (`ctl_env`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybridfs_cloud::testserver::{SeaweedServer, SECRET_KEY};
+use hybridfs_cloud::{ObjectStore, S3Store};
+use hybridfs_core::meta::Key;
+use hybridfs_core::types::{BlockId, Extent};
+use hybridfs_sync::{Head, Remote};
+use hybridfs_tests::cmd::{wait_bounded, CmdOutput};
+use hybridfs_tests::content::pattern;
+use hybridfs_tests::{fail_loudly, hybridctl_bin, poll_until, procs, TestVolume};
+use serde_json::Value;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+const INV3: &str = "invariant 3: a push moves what changed since the last one, not the volume";
+const INV4: &str = "invariant 4: the store never holds a head naming anything not fully written; \
+                    an interrupted push leaves the old head valid and is resumed, not restarted";
+const INV8: &str = "invariant 8: credentials never appear in errors or logs";
+
+// ---------------------------------------------------------------------------------------------
+// The server and the volume
+
+fn start_server() -> SeaweedServer {
+    SeaweedServer::start().unwrap_or_else(|e| fail_loudly(&format!("the push tests need a real S3 server: {e}")))
+}
+
+/// The S3 store the tests read with: `bucket` (created) under `prefix`.
+fn test_store(server: &SeaweedServer, bucket: &str, prefix: &str) -> Arc<S3Store> {
+    Arc::new(server.store(bucket, prefix).unwrap_or_else(|e| panic!("create bucket {bucket}: {e}")))
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `env` with `key` replaced by `value`.
+fn env_with(env: &[(&'static str, String)], key: &str, value: &str) -> Vec<(&'static str, String)> {
+    env.iter().map(|(k, v)| (*k, if *k == key { value.to_string() } else { v.clone() })).collect()
+}
+
+/// A volume on the store `url`, mounted with `env` on its mount process.
+fn mounted_volume(name: &str, url: &str, env: &[(&'static str, String)]) -> TestVolume {
+    let mut vol = TestVolume::builder().name(name).block_size("1M").store(url).unmounted().build();
+    vol.mount_env(&env_refs(env));
+    vol
+}
+
+fn unmounted_volume(name: &str, url: &str) -> TestVolume {
+    TestVolume::builder().name(name).block_size("1M").store(url).unmounted().build()
+}
+
+/// Writes `data` at `rel` (parents created) and fsyncs it.
+fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
+    let p = vol.path(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
+    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI
+
+/// `hybridctl push --volume NAME --json EXTRA...`, with `env` on the command.
+fn push_cmd(vol: &TestVolume, env: &[(&'static str, String)], extra: &[&str]) -> CmdOutput {
+    let mut args = vec!["push", "--volume", vol.name(), "--json"];
+    args.extend_from_slice(extra);
+    vol.ctl_env(&env_refs(env), &args)
+}
+
+/// `hybridctl push --json`'s report.
+#[derive(Debug, Clone)]
+struct Report {
+    branch: String,
+    seq: u64,
+    records: u64,
+    blocks_uploaded: u64,
+    blocks_skipped: u64,
+    packs: u64,
+    bytes_uploaded: u64,
+    requests: u64,
+    resumed: bool,
+    up_to_date: bool,
+}
+
+impl Report {
+    fn parse(out: &CmdOutput) -> Report {
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("push --json: stdout is not one JSON document ({e}): {out}"));
+        let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("push --json: no integer {k:?}: {v}"));
+        let b = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or_else(|| panic!("push --json: no boolean {k:?}: {v}"));
+        for k in ["epoch", "seconds"] {
+            assert!(v.get(k).is_some_and(Value::is_number), "push --json: no number {k:?}: {v}");
+        }
+        Report {
+            branch: v.get("branch").and_then(Value::as_str).unwrap_or_else(|| panic!("push --json: no branch: {v}")).into(),
+            seq: u("seq"),
+            records: u("records"),
+            blocks_uploaded: u("blocks_uploaded"),
+            blocks_skipped: u("blocks_skipped"),
+            packs: u("packs"),
+            bytes_uploaded: u("bytes_uploaded"),
+            requests: u("requests"),
+            resumed: b("resumed"),
+            up_to_date: b("up_to_date"),
+        }
+    }
+}
+
+/// A push that must succeed; its report.
+fn push_ok(vol: &TestVolume, env: &[(&'static str, String)], extra: &[&str]) -> (Report, CmdOutput) {
+    let out = push_cmd(vol, env, extra);
+    out.assert_success();
+    (Report::parse(&out), out)
+}
+
+/// The one `hybridctl: error:` line of a failed command (exit 1); panics unless there is
+/// exactly one.
+fn the_error_line(out: &CmdOutput) -> String {
+    assert_eq!(out.code, Some(1), "a store failure exits 1: {out}");
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("hybridctl: error:")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line on stderr: {out}");
+    lines[0].to_string()
+}
+
+/// Kills a background command that a failing test left running.
+struct Background(Option<Child>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is in the store
+
+fn remote(store: &Arc<S3Store>, volume: &str) -> Remote {
+    Remote { store: store.clone() as Arc<dyn ObjectStore>, volume: volume.to_string() }
+}
+
+fn head_of(r: &Remote, branch: &str) -> Option<Head> {
+    r.head(branch).unwrap_or_else(|e| panic!("read the head of {branch}: {e}")).map(|(h, _)| h)
+}
+
+/// Every object under `VOLUME/blocks/` decodes under the id its key names, and every pack
+/// under `VOLUME/packs/` hashes to its name: nothing partial or wrong is in the store, also
+/// not what an interrupted push left that no layer names yet. Returns (blocks, packs).
+fn check_objects(r: &Remote) -> (BTreeSet<BlockId>, BTreeSet<BlockId>) {
+    let mut blocks = BTreeSet::new();
+    let blocks_prefix = format!("{}/blocks/", r.volume);
+    for key in r.store.list(&blocks_prefix).unwrap_or_else(|e| panic!("list {blocks_prefix}: {e}")) {
+        let hex = key.strip_prefix(&blocks_prefix).unwrap();
+        let id = BlockId::from_hex(hex).unwrap_or_else(|| panic!("{INV4}: {key} is not named by a block id"));
+        let (frame, _) = r.store.get(&key).unwrap_or_else(|e| panic!("get {key}: {e}"));
+        hybridfs_blocks::decode(&id, &frame).unwrap_or_else(|e| panic!("{INV4}: block object {key} does not decode: {e}"));
+        blocks.insert(id);
+    }
+    let mut packs = BTreeSet::new();
+    let packs_prefix = format!("{}/packs/", r.volume);
+    for key in r.store.list(&packs_prefix).unwrap_or_else(|e| panic!("list {packs_prefix}: {e}")) {
+        let hex = key.strip_prefix(&packs_prefix).unwrap();
+        let id = BlockId::from_hex(hex).unwrap_or_else(|| panic!("{INV4}: {key} is not named by a pack id"));
+        let (body, _) = r.store.get(&key).unwrap_or_else(|e| panic!("get {key}: {e}"));
+        assert_eq!(blake3::hash(&body).as_bytes(), &id.0, "{INV4}: pack {key} ({} bytes) is not the pack its name says", body.len());
+        packs.insert(id);
+    }
+    (blocks, packs)
+}
+
+/// What the layers of a branch say.
+struct BranchCheck {
+    head: Head,
+    /// Blocks the layers name.
+    named: BTreeSet<BlockId>,
+    /// Of those, the ones in packs.
+    packed: BTreeSet<BlockId>,
+}
+
+/// The head of `branch` names its newest layer; every layer up to it is there and readable;
+/// every block a layer names is in the store (alone or in a pack) and decodes under its id.
+fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
+    let head = head_of(r, branch).unwrap_or_else(|| panic!("{INV4}: branch {branch} has no head in the store"));
+    assert_eq!(head.layer, r.layer_key(branch, head.seq), "the head names the layer of its seq: {head:?}");
+    let mut where_packed = BTreeMap::new();
+    let mut named = BTreeSet::new();
+    for seq in 1..=head.seq {
+        let layer = r.layer(branch, seq).unwrap_or_else(|e| panic!("{INV4}: layer {seq} of {branch} (head {head:?}): {e}"));
+        assert_eq!((layer.seq, layer.branch.as_str(), layer.volume.as_str()), (seq, branch, r.volume.as_str()));
+        for p in layer.packed {
+            where_packed.insert(p.id, (p.pack, p.offset, p.len));
+        }
+        for rec in layer.records {
+            if let (Key::Extent(..), Some(v)) = (&rec.key, &rec.value) {
+                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                    named.insert(id);
+                }
+            }
+        }
+    }
+    let mut packed = BTreeSet::new();
+    for id in &named {
+        let frame = match where_packed.get(id) {
+            Some((pack, offset, len)) => {
+                packed.insert(*id);
+                r.store.get_range(&r.pack_key(pack), *offset, *len)
+            }
+            None => r.store.get(&r.block_key(id)).map(|(f, _)| f),
+        }
+        .unwrap_or_else(|e| panic!("{INV4}: block {id}, named by a layer of {branch} under head {head:?}, is not in the store: {e}"));
+        hybridfs_blocks::decode(id, &frame).unwrap_or_else(|e| panic!("{INV4}: block {id} in the store: {e}"));
+    }
+    BranchCheck { head, named, packed }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. O(changes)
+
+#[test]
+fn push_moves_only_what_changed() {
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-push", "site-a");
+    let mut vol = mounted_volume("vol", "s3://hybridfs-push/site-a", &env);
+    const BIG: usize = 20;
+    const SMALL: usize = 200;
+    for i in 0..BIG {
+        put(&vol, &format!("big/{i:02}"), &pattern(i as u64, 3 * MIB));
+    }
+    for i in 0..SMALL {
+        put(&vol, &format!("small/{i:03}"), &pattern(1000 + i as u64, 10 * KIB));
+    }
+
+    let (first, out) = push_ok(&vol, &[], &[]);
+    let big_blocks = (BIG * 3) as u64;
+    assert_eq!((first.seq, first.branch.as_str(), first.up_to_date, first.resumed), (1, "main", false, false), "{first:?}");
+    assert_eq!(first.blocks_uploaded, big_blocks + SMALL as u64, "{INV3}: every block once, 3 per big file, 1 per small one: {first:?}");
+    assert_eq!(first.blocks_skipped, 0, "{first:?}");
+    assert!(first.packs >= 1, "the 10 KiB blocks travel in packs: {first:?}");
+    // Head read, layer, head; one request per big block; the small ones in packs.
+    let small_requests = first.requests.saturating_sub(big_blocks + 3);
+    assert!(
+        small_requests * 10 <= SMALL as u64,
+        "{SMALL} small files must cost at most a tenth as many requests, they cost {small_requests}: {first:?}"
+    );
+    assert!(first.bytes_uploaded >= (BIG * 3 * MIB + SMALL * 10 * KIB) as u64, "{first:?}");
+    assert!(out.stderr.contains("pushed "), "progress lines go to stderr: {out}");
+
+    // 64 KiB changed in place in block 1 of three big files: 3 blocks and a layer move.
+    let changed = [0usize, 7, 13];
+    for i in changed {
+        let f = OpenOptions::new().write(true).open(vol.path(format!("big/{i:02}"))).unwrap();
+        f.write_all_at(&pattern(5000 + i as u64, 64 * KIB), (MIB + 100 * KIB) as u64).unwrap();
+        f.sync_all().unwrap();
+    }
+    let (second, _) = push_ok(&vol, &[], &[]);
+    assert_eq!(second.seq, 2, "{second:?}");
+    assert_eq!(second.blocks_uploaded, 3, "{INV3}: one block per changed file: {second:?}");
+    let limit = (1.25 * (3 * MIB) as f64) as u64 + 64 * KIB as u64;
+    assert!(
+        second.bytes_uploaded <= limit,
+        "{INV3}: {} bytes sent for 3 changed blocks; at most 1.25 x 3 MiB + 64 KiB of layer ({limit}): {second:?}",
+        second.bytes_uploaded
+    );
+    assert!(second.records < 50, "{INV3}: the layer holds the changed records, not the volume's: {second:?}");
+
+    let (third, _) = push_ok(&vol, &[], &[]);
+    assert!(third.up_to_date, "{INV3}: nothing changed, nothing is written: {third:?}");
+    assert_eq!((third.seq, third.blocks_uploaded, third.bytes_uploaded), (2, 0, 0), "{third:?}");
+
+    // What the store holds: head → layer 2, and everything whole.
+    let r = remote(&store, "vol");
+    let branch = check_branch(&r, "main");
+    assert_eq!(branch.head.seq, 2, "the head names layer 2: {:?}", branch.head);
+    assert!(branch.head.layer.ends_with("/branches/main/layers/000000000002"), "{:?}", branch.head);
+    assert_eq!(branch.named.len() as u64, big_blocks + SMALL as u64 + 3, "blocks named by the two layers");
+    assert_eq!(branch.packed.len(), SMALL, "the small blocks are in packs");
+    let (blocks, packs) = check_objects(&r);
+    assert_eq!(blocks.len() as u64, big_blocks + 3, "one object per big block, the 3 new ones included");
+    assert_eq!(packs.len() as u64, first.packs, "the packs of the first push");
+    let mut keys = r.store.list("").unwrap();
+    keys.retain(|k| !k.starts_with("vol/blocks/") && !k.starts_with("vol/packs/"));
+    assert_eq!(
+        keys,
+        ["vol/branches/main/head", "vol/branches/main/layers/000000000001", "vol/branches/main/layers/000000000002"],
+        "nothing else under the prefix"
+    );
+    assert!(store.list("").unwrap().iter().all(|k| k.starts_with("vol/")));
+    vol.umount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The store dies mid-push
+
+#[test]
+fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
+    let mut server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-resume", "site-b");
+    let mut vol = mounted_volume("vol", "s3://hybridfs-resume/site-b", &env);
+    let r = remote(&store, "vol");
+    put(&vol, "first", &pattern(1, 300 * KIB));
+    let (first, _) = push_ok(&vol, &[], &[]);
+    assert_eq!(first.seq, 1, "{first:?}");
+    let old_head = r.store.get(&r.head_key("main")).unwrap().0;
+
+    // ~200 MiB of new blocks.
+    const FILES: usize = 50;
+    for i in 0..FILES {
+        put(&vol, &format!("data/{i:02}"), &pattern(100 + i as u64, 4 * MIB));
+    }
+    let total_blocks = (FILES * 4) as u64;
+    let before = r.store.list("vol/blocks/").unwrap().len();
+
+    // The push, in the background (the CLI waits for the mount process, which pushes).
+    let (out_path, err_path) = (vol.root().join("push2.out"), vol.root().join("push2.err"));
+    let child = Command::new(hybridctl_bin())
+        .args(["push", "--volume", "vol", "--json"])
+        .env("HYBRIDFS_HOME", vol.home())
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn hybridctl push");
+    let mut push = Background(Some(child));
+    let started = Instant::now();
+    let mut arrived_before_stop = 0;
+    let mut exited_early = false;
+    let seen = poll_until(Duration::from_secs(30), Duration::from_millis(5), || {
+        if matches!(push.0.as_mut().unwrap().try_wait(), Ok(Some(_))) {
+            exited_early = true;
+            return true;
+        }
+        arrived_before_stop = r.store.list("vol/blocks/").map(|l| l.len()).unwrap_or(0).saturating_sub(before);
+        arrived_before_stop >= 3
+    });
+    assert!(!exited_early, "the push finished before the store could be stopped (test setup too small): {}", fs::read_to_string(&err_path).unwrap_or_default());
+    assert!(seen, "no block of the second push reached the store within 30 s: {}", fs::read_to_string(&err_path).unwrap_or_default());
+    server.stop();
+    eprintln!("store stopped {:?} after the push started, {arrived_before_stop} blocks had arrived", started.elapsed());
+
+    // Local writes and fsync keep working while the store is down (bounded: a hang fails).
+    let outage = vol.path("written-during-outage");
+    let outage_data = pattern(7, 500 * KIB);
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (outage, outage_data) = (outage.clone(), outage_data.clone());
+        std::thread::spawn(move || {
+            let r = (|| -> std::io::Result<()> {
+                let mut f = File::create(&outage)?;
+                f.write_all(&outage_data)?;
+                f.sync_all()
+            })();
+            let _ = tx.send(r);
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(r) => r.expect("write + fsync while the store is down"),
+        Err(_) => panic!("write + fsync of a local file hung for 60 s while the store was down"),
+    }
+    assert_eq!(fs::read(&outage).unwrap(), outage_data, "the file written during the outage reads back");
+
+    // The push gives up: exit 1, one line naming the store.
+    let status = wait_bounded(push.0.as_mut().unwrap(), Duration::from_secs(120));
+    push.0 = None;
+    let failed = CmdOutput {
+        cmdline: "hybridctl push --volume vol --json (background)".into(),
+        code: status.and_then(|s| s.code()),
+        timed_out: status.is_none(),
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    assert!(!failed.timed_out, "the push must give up within 120 s of the store going down: {failed}");
+    let line = the_error_line(&failed);
+    assert!(line.contains("store"), "the error names the store: {line}");
+    eprintln!("push ended {:?} after it started: {line}", started.elapsed());
+    let pid = vol.mount_pid().expect("mount pid");
+    assert!(procs::pid_alive(pid), "the mount process survives the store going down");
+
+    // The store comes back on the same data and ports: the old head is intact and valid.
+    server.restart().unwrap_or_else(|e| panic!("restart the S3 server: {e}"));
+    assert_eq!(r.store.get(&r.head_key("main")).unwrap().0, old_head, "{INV4}: the failed push did not move the head");
+    assert_eq!(check_branch(&r, "main").head.seq, 1, "{INV4}");
+    let (in_store, _) = check_objects(&r);
+    let arrived = in_store.len() - before;
+    assert!(arrived >= 3, "blocks of the interrupted push are in the store: {arrived}");
+    assert!(
+        !r.store.list("vol/branches/main/layers/").unwrap().contains(&r.layer_key("main", 2)),
+        "{INV4}: no layer before all its blocks are in the store"
+    );
+
+    // The next push resumes: same snapshot, what arrived is not sent again.
+    let (resumed, out) = push_ok(&vol, &[], &[]);
+    eprintln!("resumed push: {resumed:?}");
+    assert!(resumed.resumed, "{INV4}: the push resumes the interrupted one: {resumed:?}\n{out}");
+    assert_eq!(resumed.seq, 2, "{resumed:?}");
+    assert!(resumed.blocks_skipped > 0, "{INV4}: what arrived is not sent again: {resumed:?}");
+    assert!(resumed.blocks_skipped <= arrived as u64, "only what is in the store is skipped: {resumed:?}, {arrived} arrived");
+    assert_eq!(
+        resumed.blocks_uploaded + resumed.blocks_skipped,
+        total_blocks,
+        "{INV4}: the resumed push covers the snapshot of the interrupted one (not the file written since): {resumed:?}"
+    );
+    let branch = check_branch(&r, "main");
+    assert_eq!(branch.head.seq, 2, "{INV4}: {:?}", branch.head);
+    check_objects(&r);
+
+    // The file written during the outage goes with the next push.
+    let (next, _) = push_ok(&vol, &[], &[]);
+    assert_eq!((next.seq, next.resumed, next.up_to_date), (3, false, false), "{next:?}");
+    assert_eq!(next.blocks_uploaded, 1, "{INV3}: {next:?}");
+    check_branch(&r, "main");
+    vol.umount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Bad settings
+
+#[test]
+fn bad_store_settings_fail_with_one_clear_line() {
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-bad", "");
+
+    // Wrong secret key (on the mount, which pushes): access denied, and no secret shown.
+    let wrong_secret = "wrong-Secret-7Hq2ZxVb";
+    let bad_env = env_with(&env, "AWS_SECRET_ACCESS_KEY", wrong_secret);
+    let mut vol = mounted_volume("vol", "s3://hybridfs-bad/denied", &bad_env);
+    put(&vol, "f", &pattern(1, 100 * KIB));
+    let out = push_cmd(&vol, &[], &[]);
+    let line = the_error_line(&out);
+    let lower = line.to_lowercase();
+    assert!(lower.contains("access denied"), "the error says the credentials were refused: {line}");
+    for secret in [wrong_secret, SECRET_KEY] {
+        assert!(!out.all_output().contains(secret), "{INV8}: the output shows a secret key: {out}");
+        assert!(!vol.mount_log().contains(secret), "{INV8}: the mount log shows a secret key");
+    }
+    assert!(store.list("denied/").unwrap().is_empty(), "nothing was written with wrong credentials");
+    vol.umount();
+
+    // A bucket that does not exist (unmounted: the CLI pushes).
+    let vol = unmounted_volume("vol", "s3://hybridfs-no-such-bucket/p");
+    let out = push_cmd(&vol, &env, &[]);
+    let line = the_error_line(&out);
+    assert!(line.contains("hybridfs-no-such-bucket") && line.contains("bucket"), "the error names the bucket: {line}");
+    assert!(!out.all_output().contains(SECRET_KEY), "{INV8}: {out}");
+
+    // An endpoint where nothing listens: the command returns, in bounded time, and says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let closed_env = env_with(&env, "AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"));
+    let vol = unmounted_volume("vol", "s3://hybridfs-bad/closed");
+    let started = Instant::now();
+    let out = push_cmd(&vol, &closed_env, &[]);
+    let took = started.elapsed();
+    assert!(!out.timed_out, "push against a closed port must return (harness limit 120 s): {out}");
+    let line = the_error_line(&out);
+    assert!(line.contains("cannot reach the store"), "the error says the store cannot be reached: {line}");
+    assert!(line.contains(&port.to_string()), "the error names the endpoint: {line}");
+    assert!(!out.all_output().contains(SECRET_KEY), "{INV8}: {out}");
+    eprintln!("push against a closed port returned in {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Two writers, one branch
+
+#[test]
+fn two_volumes_cannot_both_move_one_branch() {
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-two", "shared-prefix");
+    let url = "s3://hybridfs-two/shared-prefix";
+    let r = remote(&store, "shared");
+    // Two volumes of the same name, each in its own HYBRIDFS_HOME, on one store.
+    let mut a = mounted_volume("shared", url, &env);
+    let mut b = mounted_volume("shared", url, &env);
+    assert_ne!(a.home(), b.home());
+    put(&a, "from-a", &pattern(1, 200 * KIB));
+    put(&b, "from-b", &pattern(2, 200 * KIB));
+
+    let (pa, _) = push_ok(&a, &[], &[]);
+    assert_eq!(pa.seq, 1, "{pa:?}");
+    let head_a = r.store.get(&r.head_key("main")).unwrap().0;
+
+    let out = push_cmd(&b, &[], &[]);
+    let line = the_error_line(&out);
+    assert!(line.contains("moved") && line.contains("main"), "{INV4}: the second writer is told the branch moved: {line}");
+    assert_eq!(r.store.get(&r.head_key("main")).unwrap().0, head_a, "{INV4}: the head of main is never overwritten");
+    let main = check_branch(&r, "main");
+    assert_eq!(main.head.seq, 1);
+
+    // Its own branch is fine.
+    let (pb, _) = push_ok(&b, &[], &["--branch", "other"]);
+    assert_eq!((pb.branch.as_str(), pb.seq, pb.up_to_date), ("other", 1, false), "{pb:?}");
+    check_branch(&r, "other");
+    // A retry to main is refused the same way.
+    let again = push_cmd(&b, &[], &[]);
+    assert!(the_error_line(&again).contains("moved"), "{again}");
+
+    // a keeps moving main.
+    put(&a, "from-a-2", &pattern(3, 200 * KIB));
+    let (pa2, _) = push_ok(&a, &[], &[]);
+    assert_eq!(pa2.seq, 2, "{pa2:?}");
+    assert_eq!(check_branch(&r, "main").head.seq, 2);
+    assert_eq!(check_branch(&r, "other").head.seq, 1);
+    check_objects(&r);
+    a.umount();
+    b.umount();
+}
