@@ -122,13 +122,14 @@ impl Inner {
     /// The verified frame of `id` from the store.
     fn fetch(&self, id: &BlockId) -> Result<Vec<u8>> {
         let fail = |why: String| FsError::CorruptBlock { id: *id, why };
-        let frame = match self.meta.pushed(id)? {
+        let packed = match self.meta.pushed(id)? {
             None => return Err(fail("not in the local block store, and the object store does not have it".into())),
-            Some(None) => self.remote.store.get(&self.remote.block_key(id)).map(|(b, _)| b),
-            Some(Some((pack, offset, len))) => self.remote.store.get_range(&self.remote.pack_key(&pack), offset, len),
-        }
-        .map_err(|e| fail(format!("fetch from {}: {e}", self.remote.store.describe())))?;
-        hybridfs_blocks::decode(id, &frame).map_err(|e| fail(format!("the copy in the object store is bad: {e}")))?;
+            Some(p) => p,
+        };
+        let frame = self
+            .remote
+            .fetch_frame(id, packed)
+            .map_err(|e| fail(format!("fetch from {}: {e}", self.remote.store.describe())))?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
         self.fetched_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
         Ok(frame)

@@ -30,6 +30,7 @@
 //! head names yet (invisible, reused by the resumed push).
 
 pub mod clone;
+pub mod crypt;
 pub mod lazy;
 
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
@@ -154,11 +155,67 @@ pub struct PushReport {
 pub struct Remote {
     pub store: Arc<dyn ObjectStore>,
     pub volume: String,
+    /// With client-side encryption: every object body is sealed, block names are keyed.
+    pub cipher: Option<Arc<crypt::Cipher>>,
 }
 
 impl Remote {
+    pub fn new(store: Arc<dyn ObjectStore>, volume: impl Into<String>) -> Remote {
+        Remote { store, volume: volume.into(), cipher: None }
+    }
+
+    pub fn with_cipher(mut self, cipher: Option<Arc<crypt::Cipher>>) -> Remote {
+        self.cipher = cipher;
+        self
+    }
+
     pub fn block_key(&self, id: &BlockId) -> String {
-        format!("{}/blocks/{}", self.volume, id.to_hex())
+        match &self.cipher {
+            Some(c) => format!("{}/blocks/{}", self.volume, c.block_name(id)),
+            None => format!("{}/blocks/{}", self.volume, id.to_hex()),
+        }
+    }
+
+    /// A block frame as it goes to the store.
+    pub fn seal_frame(&self, id: &BlockId, frame: Vec<u8>) -> Vec<u8> {
+        match &self.cipher {
+            Some(c) => c.seal(&frame, &id.0),
+            None => frame,
+        }
+    }
+
+    /// A block frame as it came from the store (not yet verified against its id).
+    pub fn open_frame(&self, id: &BlockId, body: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.cipher {
+            Some(c) => c.open(&body, &id.0).map_err(|e| SyncError::Corrupt(format!("block {id}: {e}"))),
+            None => Ok(body),
+        }
+    }
+
+    fn seal_meta(&self, key: &str, body: Vec<u8>) -> Vec<u8> {
+        match &self.cipher {
+            Some(c) => c.seal(&body, key.as_bytes()),
+            None => body,
+        }
+    }
+
+    fn open_meta(&self, key: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.cipher {
+            Some(c) => c.open(&body, key.as_bytes()).map_err(|e| SyncError::Corrupt(format!("{key}: {e}"))),
+            None => Ok(body),
+        }
+    }
+
+    /// Read a block's frame from the store, alone or from its pack, decrypted and verified
+    /// against its id (invariant 5).
+    pub fn fetch_frame(&self, id: &BlockId, packed: Option<(BlockId, u64, u64)>) -> Result<Vec<u8>> {
+        let body = match packed {
+            None => self.store.get(&self.block_key(id)).map(|(b, _)| b)?,
+            Some((pack, offset, len)) => self.store.get_range(&self.pack_key(&pack), offset, len)?,
+        };
+        let frame = self.open_frame(id, body)?;
+        hybridfs_blocks::decode(id, &frame).map_err(|e| SyncError::Corrupt(format!("the copy in the store: {e}")))?;
+        Ok(frame)
     }
     pub fn pack_key(&self, id: &BlockId) -> String {
         format!("{}/packs/{}", self.volume, id.to_hex())
@@ -172,10 +229,18 @@ impl Remote {
 
     /// The head of `branch` and its ETag, if the branch exists.
     pub fn head(&self, branch: &str) -> Result<Option<(Head, String)>> {
-        match self.store.get(&self.head_key(branch)) {
+        let key = self.head_key(branch);
+        match self.store.get(&key) {
             Ok((bytes, etag)) => {
-                let head = serde_json::from_slice(&bytes)
-                    .map_err(|e| SyncError::Corrupt(format!("head of branch {branch} is not valid: {e}")))?;
+                let bytes = self.open_meta(&key, bytes)?;
+                let head = serde_json::from_slice(&bytes).map_err(|e| {
+                    let hint = if self.cipher.is_none() {
+                        " (if the volume is encrypted, give its key: --encryption-key-file or HYBRIDFS_ENCRYPTION_KEY)"
+                    } else {
+                        ""
+                    };
+                    SyncError::Corrupt(format!("head of branch {branch} is not valid: {e}{hint}"))
+                })?;
                 Ok(Some((head, etag)))
             }
             Err(StoreError::NotFound { .. }) => Ok(None),
@@ -184,7 +249,9 @@ impl Remote {
     }
 
     pub fn layer(&self, branch: &str, seq: u64) -> Result<Layer> {
-        let (bytes, _) = self.store.get(&self.layer_key(branch, seq))?;
+        let key = self.layer_key(branch, seq);
+        let (bytes, _) = self.store.get(&key)?;
+        let bytes = self.open_meta(&key, bytes)?;
         let plain = zstd::decode_all(&bytes[..]).map_err(|e| SyncError::Corrupt(format!("layer {seq} of {branch}: {e}")))?;
         bincode::deserialize(&plain).map_err(|e| SyncError::Corrupt(format!("layer {seq} of {branch}: {e}")))
     }
@@ -316,6 +383,7 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
     let plain = bincode::serialize(&layer).expect("plain data");
     let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
     let layer_key = remote.layer_key(branch, seq);
+    let bytes = remote.seal_meta(&layer_key, bytes);
     remote.store.put(&layer_key, &bytes, Cond::None)?;
     report.bytes_uploaded += bytes.len() as u64;
     requests += 1;
@@ -325,7 +393,9 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
         Some((_, etag)) => Cond::IfMatch(etag.clone()),
         None => Cond::IfAbsent,
     };
-    let etag = match remote.store.put(&remote.head_key(branch), &serde_json::to_vec(&new_head).expect("plain data"), cond) {
+    let head_key = remote.head_key(branch);
+    let head_body = remote.seal_meta(&head_key, serde_json::to_vec(&new_head).expect("plain data"));
+    let etag = match remote.store.put(&head_key, &head_body, cond) {
         Ok(etag) => etag,
         Err(StoreError::Precondition { .. }) => {
             let remote_seq = remote.head(branch)?.map_or(0, |(h, _)| h.seq);
@@ -440,18 +510,22 @@ fn run_job(
     prog: &Mutex<Progress>,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<()> {
-    let (marks, bytes): (Vec<Mutation>, u64) = match job {
+    let (marks, bytes, plain): (Vec<Mutation>, u64, u64) = match job {
         Job::Block(id, frame) => {
+            let plain = frame.len() as u64;
+            let frame = remote.seal_frame(&id, frame);
             remote.store.put(&remote.block_key(&id), &frame, Cond::None)?;
             counts[3].fetch_add(1, Ordering::Relaxed);
-            (vec![Mutation::MarkPushed { id, packed: None }], frame.len() as u64)
+            (vec![Mutation::MarkPushed { id, packed: None }], frame.len() as u64, plain)
         }
         Job::Pack(frames) => {
-            let mut body = Vec::with_capacity(frames.iter().map(|f| f.1.len()).sum());
+            let plain = frames.iter().map(|f| f.1.len() as u64).sum();
+            let mut body = Vec::with_capacity(plain as usize);
             let mut entries = Vec::new();
-            for (id, f) in &frames {
-                entries.push((*id, body.len() as u64, f.len() as u64));
-                body.extend_from_slice(f);
+            for (id, f) in frames {
+                let f = remote.seal_frame(&id, f);
+                entries.push((id, body.len() as u64, f.len() as u64));
+                body.extend_from_slice(&f);
             }
             let pack = BlockId(*blake3::hash(&body).as_bytes());
             remote.store.put(&remote.pack_key(&pack), &body, Cond::None)?;
@@ -460,7 +534,7 @@ fn run_job(
                 .iter()
                 .map(|(id, offset, len)| Mutation::MarkPushed { id: *id, packed: Some((pack, *offset, *len)) })
                 .collect();
-            (marks, body.len() as u64)
+            (marks, body.len() as u64, plain)
         }
     };
     // Recorded as uploads finish, so an interrupted push resumes without them.
@@ -471,7 +545,7 @@ fn run_job(
     counts[2].fetch_add(bytes, Ordering::Relaxed);
     let mut p = prog.lock().expect("lock");
     p.blocks_done += n;
-    p.bytes_done += bytes;
+    p.bytes_done += plain;
     progress(&p);
     Ok(())
 }
@@ -533,16 +607,9 @@ pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<Remot
             }
             continue;
         }
-        let frame = match range {
-            Some((o, l)) => remote.store.get_range(&key, o, l),
-            None => remote.store.get(&key).map(|(b, _)| b),
-        };
-        match frame {
-            Ok(f) => match hybridfs_blocks::decode(id, &f) {
-                Ok(_) => report.verified += 1,
-                Err(e) => report.problems.push(format!("block {id} in {key}: {e}")),
-            },
-            Err(StoreError::NotFound { .. }) => report.problems.push(format!("block {id}: object {key} is missing")),
+        match remote.fetch_frame(id, packed.get(id).copied()) {
+            Ok(_) => report.verified += 1,
+            Err(SyncError::Store(StoreError::NotFound { .. })) => report.problems.push(format!("block {id}: object {key} is missing")),
             Err(e) => report.problems.push(format!("block {id} in {key}: {e}")),
         }
     }

@@ -38,11 +38,11 @@ fn clone_with_cache(
     cache: &std::path::Path,
 ) -> Clone {
     let meta = Arc::new(MetaStore::memory());
-    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    let remote = Remote::new(store.clone(), "vol");
     import(&meta, &remote, source, branch).unwrap();
     let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
     let cache = FileBlockStore::open(cache).unwrap();
-    let lazy = Arc::new(LazyStore::new(own, cache, Remote { store, volume: "vol".into() }, meta.clone(), cap).unwrap());
+    let lazy = Arc::new(LazyStore::new(own, cache, Remote::new(store, "vol"), meta.clone(), cap).unwrap());
     let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
     let vol = Volume::open(meta, lazy.clone(), opts).unwrap();
     Clone { vol, lazy, _dir: dir }
@@ -67,7 +67,7 @@ fn a_clone_downloads_metadata_first_and_each_block_when_read() {
     }
     write_file(&home.vol, "inline", 0, b"tiny");
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
 
     let c = clone_of(store, "main", "node", None);
     assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 0, "nothing but metadata up front");
@@ -86,7 +86,7 @@ fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
     write_file(&home.vol, "big", 0, &noise(2, 2 * MIB));
     let plan = FaultPlan::new();
     let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
-    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
     let c = clone_of(store, "main", "node", None);
     plan.corrupt_reads("/blocks/", Corruption::FlipByte);
     match read(&c.vol, "big") {
@@ -104,7 +104,7 @@ fn the_cache_stays_under_its_limit_and_never_drops_unpushed_blocks() {
     let data = noise(3, 10 * MIB);
     write_file(&home.vol, "big", 0, &data);
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    push(&home.vol, &Remote { store: store.clone(), volume: "vol".into() }, "main", &|_| {}).unwrap();
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
     let cap = 3 * MIB as u64 + 100;
     let c = clone_of(store.clone(), "main", "node", Some(cap));
     // A block written on the clone and not pushed yet.
@@ -121,7 +121,7 @@ fn the_cache_stays_under_its_limit_and_never_drops_unpushed_blocks() {
     assert_eq!(read(&c.vol, "big").unwrap(), data, "evicted blocks come back from the store");
 
     // The clone pushes its own branch: only its change, naming where it forked.
-    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    let remote = Remote::new(store.clone(), "vol");
     let r = push(&c.vol, &remote, "node", &|_| {}).unwrap();
     assert_eq!(r.blocks_uploaded, 1, "{r:?}");
     assert_eq!(remote.layer("node", 1).unwrap().parent, Some(("main".to_string(), 1)));
@@ -136,7 +136,7 @@ fn pull_brings_a_clone_forward_unless_both_sides_changed_the_same_record() {
     write_file(&home.vol, "a", 0, &noise(7, 100_000));
     write_file(&home.vol, "b", 0, &noise(8, 100_000));
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    let remote = Remote::new(store.clone(), "vol");
     push(&home.vol, &remote, "main", &|_| {}).unwrap();
     let c = clone_of(store.clone(), "main", "node", None);
 
@@ -166,7 +166,7 @@ fn cloning_again_fetches_only_what_changed_since() {
     let home = volume();
     write_file(&home.vol, "big", 0, &noise(9, 6 * MIB));
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    let remote = Remote { store: store.clone(), volume: "vol".into() };
+    let remote = Remote::new(store.clone(), "vol");
     push(&home.vol, &remote, "main", &|_| {}).unwrap();
     let shared = tempfile::tempdir().unwrap();
     let first = clone_with_cache(store.clone(), "main", "node", None, tempfile::tempdir().unwrap(), shared.path());
@@ -181,4 +181,50 @@ fn cloning_again_fetches_only_what_changed_since() {
     want[2 * MIB + 5..2 * MIB + 12].copy_from_slice(b"changed");
     assert_eq!(read(&again.vol, "big").unwrap(), want);
     assert_eq!(again.lazy.fetched.load(Ordering::Relaxed), 1, "only the changed block is downloaded");
+}
+
+#[test]
+fn an_encrypted_volume_shows_the_store_neither_content_nor_block_ids() {
+    use hybridfs_sync::crypt::Cipher;
+    let home = volume();
+    let secret = b"model weights: the secret sauce ".repeat(40_000);
+    write_file(&home.vol, "weights", 0, &secret);
+    let store = Arc::new(MemStore::new());
+    let key = Arc::new(Cipher::new(&[42; 32]));
+    let remote = Remote::new(store.clone(), "vol").with_cipher(Some(key.clone()));
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+
+    // Invariant 8: nothing readable, no content hash, in any object or name.
+    let ino = home.vol.lookup(ROOT_INO, b"weights").unwrap().ino;
+    let ids: Vec<String> = home
+        .vol
+        .meta()
+        .extents(ino, 0)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            hybridfs_core::types::Extent::Sealed { id, .. } => Some(id.to_hex()),
+            _ => None,
+        })
+        .collect();
+    assert!(!ids.is_empty());
+    for k in store.list("").unwrap() {
+        assert!(ids.iter().all(|id| !k.contains(id.as_str())), "a block id is visible in the name {k}");
+        let (body, _) = store.get(&k).unwrap();
+        assert!(!body.windows(12).any(|w| w == b"secret sauce"), "plaintext in {k}");
+        assert!(!body.windows(6).any(|w| w == b"\"seq\":"), "a readable head in {k}");
+    }
+
+    // The key opens it; another key does not.
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(MetaStore::memory());
+    import(&meta, &remote, "main", "node").unwrap();
+    let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let cache = FileBlockStore::open(dir.path().join("cache")).unwrap();
+    let lazy = Arc::new(LazyStore::new(own, cache, Remote::new(store.clone(), "vol").with_cipher(Some(key)), meta.clone(), None).unwrap());
+    let vol = Volume::open(meta, lazy, VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() }).unwrap();
+    assert_eq!(read(&vol, "weights").unwrap(), secret);
+    let wrong = Remote::new(store, "vol").with_cipher(Some(Arc::new(Cipher::new(&[7; 32]))));
+    let err = import(&MetaStore::memory(), &wrong, "main", "node").unwrap_err();
+    assert!(err.to_string().contains("decryption failed"), "{err}");
 }

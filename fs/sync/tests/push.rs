@@ -49,7 +49,7 @@ pub fn check_remote(remote: &Remote, branch: &str) -> BTreeSet<BlockId> {
 }
 
 fn remote(store: Arc<dyn ObjectStore>) -> Remote {
-    Remote { store, volume: "vol".into() }
+    Remote::new(store, "vol")
 }
 
 #[test]

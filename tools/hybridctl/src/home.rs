@@ -41,6 +41,12 @@ pub struct VolumeConfig {
     /// A clone's local block cache limit in bytes (none: unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
+    /// Client-side encryption: the key's fingerprint (never the key) and where the key file is
+    /// (the `HYBRIDFS_ENCRYPTION_KEY` environment variable overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 impl VolumeConfig {
@@ -49,6 +55,13 @@ impl VolumeConfig {
     }
     pub fn push_branch(&self) -> &str {
         self.branch.as_deref().unwrap_or("main")
+    }
+
+    /// The volume's place in its object store (with its cipher when encrypted).
+    pub fn remote(&self) -> Result<hybridfs_sync::Remote> {
+        let store = hybridfs_cloud::open(&self.store).with_context(|| format!("open the store {}", self.store))?;
+        let cipher = hybridfs_sync::crypt::load(self.key_file.as_deref(), self.key_fingerprint.as_deref()).map_err(anyhow::Error::msg)?;
+        Ok(hybridfs_sync::Remote::new(store, self.remote_name()).with_cipher(cipher))
     }
 }
 
@@ -129,12 +142,11 @@ impl VolumeDir {
         if cfg.clone_of.is_none() {
             return Ok(Arc::new(local));
         }
-        let store = hybridfs_cloud::open(&cfg.store).with_context(|| format!("open the store {}", cfg.store))?;
+        let remote = cfg.remote()?;
         // One cache of fetched blocks per remote volume, shared by its clones on this node.
         let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
         let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
         let cache = FileBlockStore::open(cache_dir)?;
-        let remote = hybridfs_sync::Remote { store, volume: cfg.remote_name().to_string() };
         Ok(Arc::new(hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?))
     }
 
@@ -225,7 +237,11 @@ impl Home {
         Ok(names.iter().filter_map(|n| self.volume(n).ok()).collect())
     }
 
-    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>) -> Result<()> {
+    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>, key_file: Option<&Path>) -> Result<()> {
+        let key = match key_file {
+            Some(p) => Some(prepare_key_file(p)?),
+            None => None,
+        };
         if !valid_name(name) {
             return usage(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
         }
@@ -261,6 +277,8 @@ impl Home {
             branch: None,
             clone_of: None,
             cache_bytes: None,
+            key_fingerprint: key.as_ref().map(|(_, f)| f.clone()),
+            key_file: key.map(|(p, _)| p),
         };
         std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
         std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
@@ -269,10 +287,47 @@ impl Home {
     }
 }
 
+/// Use the key in `path`, or make a new random one there (mode 0600); returns the absolute
+/// path and the key's fingerprint.
+fn prepare_key_file(path: &Path) -> Result<(String, String)> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolve {}", path.display()))?;
+    let hex = match std::fs::read_to_string(&abs) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let hex = hybridfs_sync::crypt::Cipher::generate_hex().map_err(anyhow::Error::msg)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&abs)
+                .with_context(|| format!("create the key file {}", abs.display()))?;
+            f.write_all(format!("{hex}\n").as_bytes())?;
+            f.sync_all()?;
+            eprintln!("hybridctl: a new encryption key is in {}: keep a copy elsewhere; without it the store's copy cannot be read", abs.display());
+            hex
+        }
+        Err(e) => return Err(e).with_context(|| format!("read the key file {}", abs.display())),
+    };
+    let cipher = hybridfs_sync::crypt::Cipher::from_hex(&hex)
+        .map_err(|e| crate::Usage(format!("key file {}: {e}", abs.display())))?;
+    Ok((abs.display().to_string(), cipher.fingerprint))
+}
+
 impl Home {
     /// `hybridctl clone STORE/VOLUME --branch B`: a local volume built from the layers of
     /// branch `source` of VOLUME; file data is fetched when first read.
-    pub fn clone_volume(&self, url: &str, branch: &str, source: &str, name: Option<&str>, cache: Option<u64>, json: bool) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn clone_volume(
+        &self,
+        url: &str,
+        branch: &str,
+        source: &str,
+        name: Option<&str>,
+        cache: Option<u64>,
+        key_file: Option<&Path>,
+        json: bool,
+    ) -> Result<()> {
         let trimmed = url.trim_end_matches('/');
         let Some((store, volume)) = trimmed.rsplit_once('/') else {
             return usage(format!("clone URL {url}: expected s3://BUCKET/PREFIX/VOLUME or file:///PATH/VOLUME"));
@@ -293,7 +348,18 @@ impl Home {
             return usage(format!("volume {name} already exists in {} (choose another with --name)", self.root.display()));
         }
         let objects = hybridfs_cloud::open(store).with_context(|| format!("open the store {store}"))?;
-        let remote = hybridfs_sync::Remote { store: objects, volume: volume.to_string() };
+        // The key of an encrypted volume: from the environment or the key file given here.
+        let key_file = key_file.map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()).display().to_string());
+        let cipher = match (std::env::var(hybridfs_sync::crypt::KEY_ENV), &key_file) {
+            (Ok(hex), _) => Some(hybridfs_sync::crypt::Cipher::from_hex(&hex).map_err(anyhow::Error::msg)?),
+            (Err(_), Some(p)) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("read the encryption key file {p}"))?;
+                Some(hybridfs_sync::crypt::Cipher::from_hex(&text).map_err(anyhow::Error::msg)?)
+            }
+            (Err(_), None) => None,
+        };
+        let fingerprint = cipher.as_ref().map(|c| c.fingerprint.clone());
+        let remote = hybridfs_sync::Remote::new(objects, volume.to_string()).with_cipher(cipher.map(Arc::new));
         std::fs::create_dir_all(self.root.join("volumes")).with_context(|| format!("create {}", self.root.display()))?;
         let tmp = self.root.join("volumes").join(format!(".{name}.cloning"));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -314,6 +380,8 @@ impl Home {
                 branch: Some(branch.to_string()),
                 clone_of: Some((source.to_string(), report.seq)),
                 cache_bytes: cache,
+                key_fingerprint: fingerprint.clone(),
+                key_file: key_file.clone(),
             };
             std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
             Ok(report)

@@ -41,6 +41,11 @@ enum Cmd {
         /// Object store of the volume: file:///PATH or s3://BUCKET/PREFIX [default: file://HOME/store]
         #[arg(long)]
         store: Option<String>,
+        /// Encrypt everything the volume puts in its store with the key in this file (64 hex
+        /// digits; created with a new random key if missing). The key never leaves the node;
+        /// HYBRIDFS_ENCRYPTION_KEY overrides the file.
+        #[arg(long, value_name = "PATH")]
+        encryption_key_file: Option<PathBuf>,
     },
     /// Mount a volume (foreground unless -d).
     Mount {
@@ -161,6 +166,9 @@ enum Cmd {
         /// Limit of the local block cache (suffix K, M, G) [default: unlimited].
         #[arg(long)]
         cache: Option<String>,
+        /// The key file of an encrypted volume (or set HYBRIDFS_ENCRYPTION_KEY).
+        #[arg(long, value_name = "PATH")]
+        encryption_key_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -261,7 +269,9 @@ pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let home = home::Home::resolve(cli.home)?;
     match cli.cmd {
-        Cmd::Format { name, block_size, store } => home.format(&name, &block_size, store.as_deref()).map(|_| ExitCode::SUCCESS),
+        Cmd::Format { name, block_size, store, encryption_key_file } => home
+            .format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref())
+            .map(|_| ExitCode::SUCCESS),
         Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay } => {
             let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay };
             mountcmd::mount(&home, &name, &mountpoint, daemon, &opts)
@@ -289,23 +299,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
             let cfg = vd.config()?;
             let branch = branch.unwrap_or_else(|| cfg.push_branch().to_string());
-            let req = snapcmd::Request::Push { store: cfg.store.clone(), volume: cfg.remote_name().to_string(), branch };
+            let req = snapcmd::Request::Push {
+                store: cfg.store.clone(),
+                volume: cfg.remote_name().to_string(),
+                branch,
+                key_file: cfg.key_file.clone(),
+                fingerprint: cfg.key_fingerprint.clone(),
+            };
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
         Cmd::Prefetch { paths, json } => snapcmd::prefetch(&home, &paths, json),
         Cmd::Pull { volume, json } => {
             let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
             let cfg = vd.config()?;
-            let req = snapcmd::Request::Pull { store: cfg.store.clone(), volume: cfg.remote_name().to_string() };
+            let req = snapcmd::Request::Pull {
+                store: cfg.store.clone(),
+                volume: cfg.remote_name().to_string(),
+                key_file: cfg.key_file.clone(),
+                fingerprint: cfg.key_fingerprint.clone(),
+            };
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
-        Cmd::Clone { url, branch, source, name, cache, json } => {
+        Cmd::Clone { url, branch, source, name, cache, encryption_key_file, json } => {
             let cache = match cache.as_deref().map(home::parse_size) {
                 None => None,
                 Some(Some(b)) if b >= 16 << 20 => Some(b),
                 Some(_) => return usage("bad --cache size: a number with K, M or G, at least 16M"),
             };
-            home.clone_volume(&url, &branch, &source, name.as_deref(), cache, json).map(|_| ExitCode::SUCCESS)
+            home.clone_volume(&url, &branch, &source, name.as_deref(), cache, encryption_key_file.as_deref(), json)
+                .map(|_| ExitCode::SUCCESS)
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
     }

@@ -1,7 +1,7 @@
 //! `hybridctl status`, `fsck` and `journal`: read-only views of volumes.
 
 use crate::home::{human_bytes, Home, VolumeDir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hybridfs_core::fsck;
 use hybridfs_core::metrics::MetricsSnapshot;
 use hybridfs_core::staging::Staging;
@@ -150,8 +150,7 @@ pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCod
 pub fn fsck_remote(home: &Home, name: &str, branch: Option<String>, verify: bool, json: bool) -> Result<ExitCode> {
     let vd = home.volume(name)?;
     let cfg = vd.config()?;
-    let store = hybridfs_cloud::open(&cfg.store).with_context(|| format!("open the store {}", cfg.store))?;
-    let remote = hybridfs_sync::Remote { store, volume: cfg.remote_name().to_string() };
+    let remote = cfg.remote()?;
     let branch = match branch {
         Some(b) => b,
         None => match (&cfg.clone_of, remote.head(cfg.push_branch())?) {

@@ -35,9 +35,9 @@ pub enum Request {
     Gc { grace_secs: u64 },
     Rollback { name: String },
     /// Publish the live tree to `store` (the volume's store URL) as the next layer of `branch`.
-    Push { store: String, volume: String, branch: String },
+    Push { store: String, volume: String, branch: String, key_file: Option<String>, fingerprint: Option<String> },
     /// Bring a clone forward to the newest head of its source branch (unmounted only).
-    Pull { store: String, volume: String },
+    Pull { store: String, volume: String, key_file: Option<String>, fingerprint: Option<String> },
     /// Fetch the data of the files under these volume paths (components from the root).
     Prefetch { paths: Vec<Vec<String>> },
 }
@@ -121,19 +121,24 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
             }
             Ok(json!({ "paths": paths.len(), "blocks": blocks, "seconds": started.elapsed().as_secs_f64() }))
         }
-        Request::Pull { store, volume } => {
-            let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
-            let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
+        Request::Pull { store, volume, key_file, fingerprint } => {
+            let remote = remote_for(store, volume, key_file, fingerprint)?;
             let report = hybridfs_sync::clone::pull(vol.meta(), &remote)?;
             Ok(serde_json::to_value(report).expect("plain data"))
         }
-        Request::Push { store, volume, branch } => {
-            let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
-            let remote = hybridfs_sync::Remote { store, volume: volume.clone() };
+        Request::Push { store, volume, branch, key_file, fingerprint } => {
+            let remote = remote_for(store, volume, key_file, fingerprint)?;
             let report = hybridfs_sync::push(vol, &remote, branch, &|p| progress(&json!(p)))?;
             Ok(serde_json::to_value(report).expect("plain data"))
         }
     }
+}
+
+fn remote_for(store: &str, volume: &str, key_file: &Option<String>, fingerprint: &Option<String>) -> Result<hybridfs_sync::Remote, Failure> {
+    let store = hybridfs_cloud::open(store).map_err(hybridfs_sync::SyncError::from)?;
+    let cipher = hybridfs_sync::crypt::load(key_file.as_deref(), fingerprint.as_deref())
+        .map_err(|e| Failure { error: e, bad_input: false })?;
+    Ok(hybridfs_sync::Remote::new(store, volume).with_cipher(cipher))
 }
 
 /// Serve requests on the volume's control socket until the process exits.
