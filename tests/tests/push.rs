@@ -27,7 +27,7 @@ use hybridfs_cloud::testserver::{SeaweedServer, SECRET_KEY};
 use hybridfs_cloud::{ObjectStore, S3Store};
 use hybridfs_core::meta::Key;
 use hybridfs_core::types::{BlockId, Extent};
-use hybridfs_sync::{Head, Remote};
+use hybridfs_sync::{Head, Layer};
 use hybridfs_tests::cmd::{wait_bounded, CmdOutput};
 use hybridfs_tests::content::pattern;
 use hybridfs_tests::{fail_loudly, hybridctl_bin, poll_until, procs, TestVolume};
@@ -161,12 +161,51 @@ impl Drop for Background {
 // ---------------------------------------------------------------------------------------------
 // What is in the store
 
-fn remote(store: &Arc<S3Store>, volume: &str) -> Remote {
-    Remote { store: store.clone() as Arc<dyn ObjectStore>, volume: volume.to_string() }
+/// One volume's objects in the store, by the remote layout the push documents (read here
+/// independently of the sync crate's own reader, so a layout change shows up as a failure):
+///
+/// ```text
+/// VOLUME/blocks/<hex>  VOLUME/packs/<hex>  VOLUME/branches/B/layers/<012 seq>  VOLUME/branches/B/head
+/// ```
+struct Remote {
+    store: Arc<S3Store>,
+    volume: String,
 }
 
+fn remote(store: &Arc<S3Store>, volume: &str) -> Remote {
+    Remote { store: store.clone(), volume: volume.to_string() }
+}
+
+impl Remote {
+    fn block_key(&self, id: &BlockId) -> String {
+        format!("{}/blocks/{}", self.volume, id.to_hex())
+    }
+    fn pack_key(&self, id: &BlockId) -> String {
+        format!("{}/packs/{}", self.volume, id.to_hex())
+    }
+    fn layer_key(&self, branch: &str, seq: u64) -> String {
+        format!("{}/branches/{branch}/layers/{seq:012}", self.volume)
+    }
+    fn head_key(&self, branch: &str) -> String {
+        format!("{}/branches/{branch}/head", self.volume)
+    }
+    /// The layer: zstd of its bincode.
+    fn layer(&self, branch: &str, seq: u64) -> Result<Layer, String> {
+        let (bytes, _) = self.store.get(&self.layer_key(branch, seq)).map_err(|e| e.to_string())?;
+        let plain = zstd::decode_all(&bytes[..]).map_err(|e| format!("not zstd: {e}"))?;
+        bincode::deserialize(&plain).map_err(|e| format!("not a layer: {e}"))
+    }
+}
+
+/// The head of `branch` (JSON), if it has one.
 fn head_of(r: &Remote, branch: &str) -> Option<Head> {
-    r.head(branch).unwrap_or_else(|e| panic!("read the head of {branch}: {e}")).map(|(h, _)| h)
+    match r.store.get(&r.head_key(branch)) {
+        Ok((bytes, _)) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("the head of {branch} is not JSON {{seq, layer, epoch, pushed_at}} ({e}): {}", String::from_utf8_lossy(&bytes))
+        })),
+        Err(hybridfs_cloud::StoreError::NotFound { .. }) => None,
+        Err(e) => panic!("read the head of {branch}: {e}"),
+    }
 }
 
 /// Every object under `VOLUME/blocks/` decodes under the id its key names, and every pack
