@@ -87,6 +87,7 @@ pub struct VolumeBuilder {
     home: Option<PathBuf>,
     watchdog: Duration,
     mount: bool,
+    format: bool,
     mount_args: Vec<String>,
 }
 
@@ -111,6 +112,12 @@ impl VolumeBuilder {
         self
     }
 
+    /// Extra `hybridctl format` arguments (e.g. `--encryption-key-file PATH`).
+    pub fn format_args(mut self, args: &[&str]) -> Self {
+        self.format_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Puts `HYBRIDFS_HOME` at `home` instead of inside the scratch directory.
     pub fn home(mut self, home: &Path) -> Self {
         self.home = Some(home.to_path_buf());
@@ -130,6 +137,15 @@ impl VolumeBuilder {
 
     /// Formats only; the test mounts when it wants to.
     pub fn unmounted(mut self) -> Self {
+        self.mount = false;
+        self
+    }
+
+    /// Neither formats nor mounts: the scratch directory, an empty `HYBRIDFS_HOME` and the
+    /// mount point only, for a volume the test makes itself (e.g. `hybridctl clone URL` with
+    /// [`TestVolume::ctl_env`]; the name given here must be the volume's local name).
+    pub fn unformatted(mut self) -> Self {
+        self.format = false;
         self.mount = false;
         self
     }
@@ -161,9 +177,11 @@ impl VolumeBuilder {
             mount_args: self.mount_args.clone(),
         };
         vol.watchdog = Some(vol.arm_watchdog(self.watchdog));
-        let mut format = vec!["format", vol.name.as_str()];
-        format.extend(self.format_args.iter().map(String::as_str));
-        vol.ctl(&format).assert_success();
+        if self.format {
+            let mut format = vec!["format", vol.name.as_str()];
+            format.extend(self.format_args.iter().map(String::as_str));
+            vol.ctl(&format).assert_success();
+        }
         if self.mount {
             vol.mount();
         }
@@ -198,6 +216,7 @@ impl TestVolume {
             home: None,
             watchdog: secs.map(Duration::from_secs).unwrap_or(DEFAULT_WATCHDOG),
             mount: true,
+            format: true,
             mount_args: Vec::new(),
         }
     }
