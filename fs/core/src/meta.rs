@@ -447,12 +447,18 @@ impl MetaStore {
     /// The highest inode number ever used (0 when there is none), history included, so that
     /// an inode number is never reused while a snapshot may still show it.
     pub fn max_ino(&self) -> Result<Ino> {
-        let live = match self.kv.last_before(Cf::Inodes, None)? {
+        self.max_ino_below(Ino::MAX)
+    }
+
+    /// The highest inode number below `limit` ever used (0 when there is none).
+    pub fn max_ino_below(&self, limit: Ino) -> Result<Ino> {
+        let live = match self.kv.last_before(Cf::Inodes, Some(&k1(limit)))? {
             Some(k) => be(&k, 0)?,
             None => 0,
         };
-        let hist = match self.kv.last_before(Cf::History, Some(&[tag(Cf::Inodes) + 1]))? {
-            Some(k) if k.first() == Some(&tag(Cf::Inodes)) => be(&k, 1)?,
+        let t = tag(Cf::Inodes);
+        let hist = match self.kv.last_before(Cf::History, Some(&[&[t][..], &limit.to_be_bytes()].concat()))? {
+            Some(k) if k.first() == Some(&t) => be(&k, 1)?,
             _ => 0,
         };
         Ok(live.max(hist))

@@ -137,6 +137,11 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
                 value: Some(serde_json::to_vec(&state).expect("plain data")),
             },
             base.mutation(),
+            // This clone's new files get numbers no other node uses.
+            Mutation::SetMeta {
+                name: hybridfs_core::volume::INO_RANGE.into(),
+                value: Some(hybridfs_core::volume::clone_ino_range(branch)),
+            },
             Mutation::SetEpoch(epoch + 1),
         ],
         true,

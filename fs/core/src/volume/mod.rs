@@ -72,6 +72,37 @@ impl Default for VolumeOptions {
     }
 }
 
+/// The inode numbers this volume gives new files. A volume and each of its clones create files
+/// independently and later exchange them (pull, merge), so each takes numbers from its own
+/// range: a home volume the lower half of the live space, a clone one of 4096 slots of the
+/// upper half, chosen by its branch name (set at clone time with [`INO_RANGE`]).
+pub fn ino_range(meta: &MetaStore) -> Result<(u64, u64)> {
+    Ok(match meta.meta_value(INO_RANGE)? {
+        Some(v) if v.len() == 16 => {
+            (u64::from_le_bytes(v[..8].try_into().expect("8")), u64::from_le_bytes(v[8..].try_into().expect("8")))
+        }
+        _ => (ROOT_INO + 1, CLONE_INOS),
+    })
+}
+
+/// Name of the inode range in the metadata store's named state.
+pub const INO_RANGE: &str = "ino_range";
+/// Where the clones' inode slots start, and the size of one slot.
+pub const CLONE_INOS: u64 = 1 << 39;
+pub const CLONE_SLOT: u64 = 1 << 27;
+
+/// The inode range of a clone writing `branch`, as the value of [`INO_RANGE`].
+pub fn clone_ino_range(branch: &str) -> Vec<u8> {
+    let slot = u64::from_le_bytes(blake3::hash(branch.as_bytes()).as_bytes()[..8].try_into().expect("8")) % 4096;
+    let lo = CLONE_INOS + slot * CLONE_SLOT;
+    [lo.to_le_bytes(), (lo + CLONE_SLOT).to_le_bytes()].concat()
+}
+
+fn next_ino(meta: &MetaStore) -> Result<u64> {
+    let (lo, hi) = ino_range(meta)?;
+    Ok((meta.max_ino_below(hi)? + 1).max(lo))
+}
+
 /// Who is asking: the credentials of the process behind a request.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -113,6 +144,8 @@ pub struct Volume {
     block_size: u64,
     seal_delay: Duration,
     next_ino: AtomicU64,
+    /// New inodes get numbers in `[lo, hi)` (see [`ino_range`]).
+    ino_limit: u64,
     /// Writers of file data hold it shared; a snapshot holds it exclusively while it seals
     /// staged data and ends the epoch, so no staged block is ever part of a snapshot. Fair:
     /// a waiting snapshot stops new writers, so a stream of writes cannot starve it. Never
@@ -164,7 +197,8 @@ impl Volume {
             block_size: opts.block_size as u64,
             seal_delay: opts.seal_delay,
             gate: RwLock::new(()),
-            next_ino: AtomicU64::new(meta.max_ino()?.max(ROOT_INO) + 1),
+            next_ino: AtomicU64::new(next_ino(&meta)?),
+            ino_limit: ino_range(&meta)?.1,
             ns: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),

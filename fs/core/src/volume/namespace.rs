@@ -108,7 +108,8 @@ impl Volume {
             return Err(FsError::Exists);
         }
         let ino = self.next_ino.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if Self::is_view(ino) {
+        if ino >= self.ino_limit || Self::is_view(ino) {
+            tracing::error!("inode numbers of this volume are used up (limit {})", self.ino_limit);
             return Err(FsError::NoSpace);
         }
         let gid = if setgid_dir { dir_gid } else { who.gid };

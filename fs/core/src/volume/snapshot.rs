@@ -213,7 +213,7 @@ impl Volume {
         for ino in orphans {
             self.purge_if_unused(ino)?;
         }
-        self.next_ino.fetch_max(self.meta.max_ino()? + 1, std::sync::atomic::Ordering::Relaxed);
+        self.next_ino.fetch_max(super::next_ino(&self.meta)?, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("rolled back to snapshot {name}; previous state saved as {saved_name}");
         Ok(RollbackReport { target, saved_as, records_restored: records })
     }
