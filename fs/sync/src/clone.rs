@@ -76,10 +76,21 @@ fn chain(remote: &Remote, branch: &str, seq: u64, depth: usize) -> Result<Vec<(S
 /// Fill the empty `meta` with branch `source` of `remote` as of its head; the clone will push
 /// to `branch`.
 pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> Result<CloneReport> {
+    import_at(meta, remote, source, None, branch)
+}
+
+/// As [`import`], as of layer `at` of `source` (None: its head): an earlier pushed state.
+pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str) -> Result<CloneReport> {
     let started = Instant::now();
-    let (head, _) = remote.head(source)?.ok_or_else(|| {
+    let (mut head, _) = remote.head(source)?.ok_or_else(|| {
         SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
     })?;
+    if let Some(seq) = at {
+        if seq == 0 || seq > head.seq {
+            return Err(SyncError::Conflict(format!("branch {source} has layers 1 to {}, not {seq}", head.seq)));
+        }
+        head.seq = seq;
+    }
     let mut report = CloneReport {
         volume: remote.volume.clone(),
         source: source.to_string(),

@@ -228,3 +228,21 @@ fn an_encrypted_volume_shows_the_store_neither_content_nor_block_ids() {
     let err = import(&MetaStore::memory(), &wrong, "main", "node").unwrap_err();
     assert!(err.to_string().contains("decryption failed"), "{err}");
 }
+
+#[test]
+fn a_clone_can_start_from_an_earlier_push() {
+    let home = volume();
+    write_file(&home.vol, "f", 0, b"first version of the file, pushed as layer 1");
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote::new(store.clone(), "vol");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    write_file(&home.vol, "f", 0, b"SECOND");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let meta = MetaStore::memory();
+    let r = hybridfs_sync::clone::import_at(&meta, &remote, "main", Some(1), "old").unwrap();
+    assert_eq!(r.seq, 1);
+    let ino = meta.lookup(ROOT_INO, b"f").unwrap().unwrap().ino;
+    let inode = meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!(inode.inline.as_deref(), Some(&b"first version of the file, pushed as layer 1"[..]));
+    assert!(hybridfs_sync::clone::import_at(&MetaStore::memory(), &remote, "main", Some(3), "x").is_err());
+}

@@ -323,6 +323,7 @@ impl Home {
         url: &str,
         branch: &str,
         source: &str,
+        from: Option<u64>,
         name: Option<&str>,
         cache: Option<u64>,
         key_file: Option<&Path>,
@@ -367,7 +368,7 @@ impl Home {
         let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
         let result = (|| -> Result<hybridfs_sync::clone::CloneReport> {
             let meta = vd.open_meta(false)?;
-            let report = hybridfs_sync::clone::import(&meta, &remote, source, branch)?;
+            let report = hybridfs_sync::clone::import_at(&meta, &remote, source, from, branch)?;
             drop(meta);
             let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
             let cfg = VolumeConfig {

@@ -160,6 +160,10 @@ enum Cmd {
         /// The branch to clone.
         #[arg(long, default_value = "main")]
         source: String,
+        /// Clone the state of an earlier push: layer N of the source branch (each push is a
+        /// snapshot; `hybridctl push --json` reports its layer as `seq`) [default: the newest].
+        #[arg(long, value_name = "LAYER")]
+        from: Option<u64>,
         /// Local volume name [default: the source volume's name].
         #[arg(long)]
         name: Option<String>,
@@ -320,13 +324,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
-        Cmd::Clone { url, branch, source, name, cache, encryption_key_file, json } => {
+        Cmd::Clone { url, branch, source, from, name, cache, encryption_key_file, json } => {
             let cache = match cache.as_deref().map(home::parse_size) {
                 None => None,
                 Some(Some(b)) if b >= 16 << 20 => Some(b),
                 Some(_) => return usage("bad --cache size: a number with K, M or G, at least 16M"),
             };
-            home.clone_volume(&url, &branch, &source, name.as_deref(), cache, encryption_key_file.as_deref(), json)
+            home.clone_volume(&url, &branch, &source, from, name.as_deref(), cache, encryption_key_file.as_deref(), json)
                 .map(|_| ExitCode::SUCCESS)
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
