@@ -677,6 +677,13 @@ impl MetaStore {
     // ---- writes ----------------------------------------------------------------------------
 
     pub fn apply(&self, batch: Vec<Mutation>, sync: bool) -> Result<()> {
+        self.apply_freeing(batch, sync).map(|_| ())
+    }
+
+    /// [`MetaStore::apply`], returning the blocks whose last reference the batch dropped (they
+    /// are on the free list now).
+    pub fn apply_freeing(&self, batch: Vec<Mutation>, sync: bool) -> Result<Vec<BlockId>> {
+        let freed;
         {
             let _w = self.write.lock();
             let mut b = Batch {
@@ -753,7 +760,7 @@ impl MetaStore {
                     }
                 }
             }
-            self.finish_refs(&mut b.ops, &b.refs)?;
+            freed = self.finish_refs(&mut b.ops, &b.refs)?;
             if b.usage != (0, 0) {
                 let u = self.usage()?;
                 let files = (u.files as i64 + b.usage.0).max(0) as u64;
@@ -771,7 +778,7 @@ impl MetaStore {
         if sync {
             self.kv.sync()?;
         }
-        Ok(())
+        Ok(freed)
     }
 
     /// Make every batch applied so far durable against power loss.
@@ -856,7 +863,8 @@ impl MetaStore {
 
     /// Add reference deltas to the stored counts; a count reaching zero puts the block on the
     /// free list, one leaving zero takes it off.
-    fn finish_refs(&self, ops: &mut Vec<KvOp>, deltas: &BTreeMap<BlockId, i64>) -> Result<()> {
+    fn finish_refs(&self, ops: &mut Vec<KvOp>, deltas: &BTreeMap<BlockId, i64>) -> Result<Vec<BlockId>> {
+        let mut freed = Vec::new();
         for (id, delta) in deltas {
             if *delta == 0 {
                 continue;
@@ -875,10 +883,11 @@ impl MetaStore {
                 ops.push(KvOp::Del(Cf::Refs, id.0.to_vec()));
                 if old > 0 {
                     ops.push(KvOp::Put(Cf::Free, id.0.to_vec(), now_secs().to_le_bytes().to_vec()));
+                    freed.push(*id);
                 }
             }
         }
-        Ok(())
+        Ok(freed)
     }
 
     // ---- the version collector -------------------------------------------------------------

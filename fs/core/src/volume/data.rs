@@ -381,7 +381,7 @@ impl Volume {
         if !batch.is_empty() {
             batch.push(Mutation::PutInode(st.inode.clone()));
             st.attr_dirty = false;
-            self.meta.apply(batch, false)?;
+            self.apply_live(batch, false)?;
         }
         Metrics::add(&self.metrics.bytes_written, len);
         Ok(len as u32)
@@ -403,7 +403,7 @@ impl Volume {
         st.inode.ctime = now;
         batch.push(Mutation::PutInode(st.inode.clone()));
         st.attr_dirty = false;
-        self.meta.apply(batch, false)?;
+        self.apply_live(batch, false)?;
         Metrics::add(&self.metrics.bytes_written, data.len() as u64);
         Ok(data.len() as u32)
     }
@@ -602,6 +602,6 @@ impl Volume {
         st.inode.ctime = now;
         batch.push(Mutation::PutInode(st.inode.clone()));
         st.attr_dirty = false;
-        self.meta.apply(batch, false)
+        self.apply_live(batch, false)
     }
 }

@@ -357,6 +357,30 @@ impl Volume {
         Ok(())
     }
 
+    /// Apply a batch of the live tree. A block whose last reference it drops is deleted at
+    /// once: a reader of the live tree holds its node's lock while it reads a block, so nobody
+    /// can be reading it. (Blocks freed by the collector, whose versions snapshot readers may
+    /// still be reading, wait out the grace period instead.)
+    pub(crate) fn apply_live(&self, batch: Vec<Mutation>, sync: bool) -> Result<()> {
+        let freed = self.meta.apply_freeing(batch, sync)?;
+        if freed.is_empty() {
+            return Ok(());
+        }
+        let _refs = self.refs.lock();
+        let mut done = Vec::new();
+        for id in freed {
+            if self.meta.block_refs(&id)? == 0 {
+                self.cache.remove(&id);
+                if let Err(e) = self.blocks.remove(&id) {
+                    tracing::warn!("delete unreferenced block {id}: {e}");
+                    continue;
+                }
+                done.push(Mutation::DelFree(id));
+            }
+        }
+        self.meta.apply(done, false)
+    }
+
     /// Delete an inode nobody links or references any more.
     fn purge_if_unused(&self, ino: Ino) -> Result<()> {
         let _ns = self.ns.lock();
@@ -369,7 +393,7 @@ impl Volume {
             None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false),
         }
         let batch = self.purge_batch(ino)?;
-        self.meta.apply(batch, false)?;
+        self.apply_live(batch, false)?;
         self.staging.remove(ino)
     }
 
@@ -497,7 +521,7 @@ impl<'v> Txn<'v> {
                 }
             }
         }
-        self.vol.meta.apply(batch, sync)?;
+        self.vol.apply_live(batch, sync)?;
         for ino in &self.purged {
             self.vol.staging.remove(*ino)?;
         }
