@@ -89,6 +89,11 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         if seq == 0 || seq > head.seq {
             return Err(SyncError::Conflict(format!("branch {source} has layers 1 to {}, not {seq}", head.seq)));
         }
+        if !remote.layer(source, seq)?.complete {
+            return Err(SyncError::Conflict(format!(
+                "layer {seq} of branch {source} is a part of a larger push: choose the last layer of a push"
+            )));
+        }
         head.seq = seq;
     }
     let mut report = CloneReport {

@@ -96,6 +96,8 @@ pub struct Layer {
     pub block_size: u64,
     /// The first layer of a branch forked from another: the branch and layer it starts from.
     pub parent: Option<(String, u64)>,
+    /// The last layer of a push: the tree is whole after it (a large push writes several).
+    pub complete: bool,
     pub records: Vec<Record>,
     pub packed: Vec<Packed>,
 }
@@ -298,10 +300,24 @@ fn push_snapshot(vol: &Volume, branch: &str, st: &mut PushState) -> Result<(Snap
 
 /// Publish the live tree of `vol` as the next layer of `branch`.
 pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Progress) + Sync)) -> Result<PushReport> {
+    push_chunked(vol, remote, branch, progress, LAYER_RECORDS)
+}
+
+/// Records per layer: a push of more changes writes several layers (memory stays bounded
+/// whatever the size of the change, invariant 7); the head moves once, after the last.
+pub const LAYER_RECORDS: usize = 100_000;
+
+/// [`push`] with at most `chunk` records per layer.
+pub fn push_chunked(
+    vol: &Volume,
+    remote: &Remote,
+    branch: &str,
+    progress: &(dyn Fn(&Progress) + Sync),
+    chunk: usize,
+) -> Result<PushReport> {
     let started = Instant::now();
     let mut st = load_state(vol, branch)?;
     let head = remote.head(branch)?;
-    let mut requests = 1u64;
     if let Some((h, etag)) = &head {
         if h.seq != st.seq || st.etag.as_deref() != Some(etag.as_str()) {
             return Err(SyncError::BranchMoved { branch: branch.to_string(), remote: h.seq, local: st.seq });
@@ -315,80 +331,45 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
     }
     let (snap, resumed) = push_snapshot(vol, branch, &mut st)?;
     let meta = vol.meta();
+    let mut report = PushReport { branch: branch.to_string(), resumed, requests: 1, ..Default::default() };
 
-    // The records changed since the last push, at the snapshot.
-    let mut keys = BTreeSet::new();
+    // The records changed since the last push, read at the snapshot, a chunk at a time; each
+    // chunk's blocks go before its layer (invariant 4). A record changed in several epochs may
+    // appear in two chunks: the later layer simply repeats its value.
+    let mut seq = st.seq;
+    let mut keys: BTreeSet<Key> = BTreeSet::new();
+    let mut failure: Option<SyncError> = None;
+    let layer_of = |keys: &mut BTreeSet<Key>, seq: &mut u64, report: &mut PushReport| -> Result<()> {
+        *seq += 1;
+        let last = false;
+        write_layer(vol, remote, branch, &st, &snap, std::mem::take(keys), *seq, last, report, progress)
+    };
     meta.changes(st.epoch, snap.epoch, &mut |c| {
         keys.insert(c.key);
-        Ok(true)
-    })?;
-    let mut records = Vec::with_capacity(keys.len());
-    let mut blocks: BTreeMap<BlockId, ()> = BTreeMap::new();
-    for key in keys {
-        let value = meta.raw_at(&key, snap.epoch)?;
-        if let (Key::Extent(..), Some(v)) = (&key, &value) {
-            if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                blocks.insert(id, ());
+        if keys.len() >= chunk.max(1) {
+            if let Err(e) = layer_of(&mut keys, &mut seq, &mut report) {
+                failure = Some(e);
+                return Ok(false);
             }
         }
-        records.push(Record { key, value });
+        Ok(true)
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
     }
-    let mut report = PushReport { branch: branch.to_string(), records: records.len() as u64, resumed, ..Default::default() };
-    if records.is_empty() && head.is_some() {
+    if keys.is_empty() && seq == st.seq && head.is_some() {
         finish(vol, branch, &mut st, &snap, None)?;
         report.up_to_date = true;
         report.seq = st.seq;
         report.epoch = st.epoch;
+        report.requests = 1;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-
-    // Blocks: skip what the store has; verify, then upload (small ones packed).
-    let mut todo = Vec::new();
-    for id in blocks.keys() {
-        if meta.pushed(id)?.is_some() {
-            report.blocks_skipped += 1;
-        } else {
-            todo.push(*id);
-        }
-    }
-    let uploaded = upload_blocks(vol, remote, &todo, progress)?;
-    report.blocks_uploaded = uploaded.blocks;
-    report.packs = uploaded.packs;
-    report.bytes_uploaded = uploaded.bytes;
-    requests += uploaded.requests;
-    // Where the packed blocks of this layer are, also those an interrupted push uploaded
-    // (no layer names them yet) or an earlier push did (a reader may start from any layer).
-    let mut packed = Vec::new();
-    for id in blocks.keys() {
-        if let Some(Some((pack, offset, len))) = meta.pushed(id)? {
-            packed.push(Packed { id: *id, pack, offset, len });
-        }
-    }
-
-    // Layer, then head (invariant 4).
-    let seq = st.seq + 1;
-    let layer = Layer {
-        format: LAYER_FORMAT,
-        volume: remote.volume.clone(),
-        branch: branch.to_string(),
-        seq,
-        base_epoch: st.epoch,
-        epoch: snap.epoch,
-        block_size: vol.block_size(),
-        parent: if seq == 1 { st.parent.clone() } else { None },
-        records,
-        packed,
-    };
-    let plain = bincode::serialize(&layer).expect("plain data");
-    let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
-    let layer_key = remote.layer_key(branch, seq);
-    let bytes = remote.seal_meta(&layer_key, bytes);
-    remote.store.put(&layer_key, &bytes, Cond::None)?;
-    report.bytes_uploaded += bytes.len() as u64;
-    requests += 1;
+    seq += 1;
+    write_layer(vol, remote, branch, &st, &snap, keys, seq, true, &mut report, progress)?;
     hybridfs_core::crashpoint("push-after-layer");
-    let new_head = Head { seq, layer: layer_key, epoch: snap.epoch, pushed_at: now() };
+    let new_head = Head { seq, layer: remote.layer_key(branch, seq), epoch: snap.epoch, pushed_at: now() };
     let cond = match &head {
         Some((_, etag)) => Cond::IfMatch(etag.clone()),
         None => Cond::IfAbsent,
@@ -403,14 +384,86 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
         }
         Err(e) => return Err(e.into()),
     };
-    requests += 1;
+    report.requests += 1;
     st.seq = seq;
     finish(vol, branch, &mut st, &snap, Some(etag))?;
     report.seq = seq;
     report.epoch = snap.epoch;
-    report.requests = requests;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Upload the blocks `keys` name that the store lacks, then their layer `seq`.
+#[allow(clippy::too_many_arguments)]
+fn write_layer(
+    vol: &Volume,
+    remote: &Remote,
+    branch: &str,
+    st: &PushState,
+    snap: &SnapshotInfo,
+    keys: BTreeSet<Key>,
+    seq: u64,
+    last: bool,
+    report: &mut PushReport,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<()> {
+    let meta = vol.meta();
+    let mut records = Vec::with_capacity(keys.len());
+    let mut blocks: BTreeSet<BlockId> = BTreeSet::new();
+    for key in keys {
+        let value = meta.raw_at(&key, snap.epoch)?;
+        if let (Key::Extent(..), Some(v)) = (&key, &value) {
+            if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                blocks.insert(id);
+            }
+        }
+        records.push(Record { key, value });
+    }
+    report.records += records.len() as u64;
+    // Blocks: skip what the store has; verify, then upload (small ones packed).
+    let mut todo = Vec::new();
+    for id in &blocks {
+        if meta.pushed(id)?.is_some() {
+            report.blocks_skipped += 1;
+        } else {
+            todo.push(*id);
+        }
+    }
+    let uploaded = upload_blocks(vol, remote, &todo, progress)?;
+    report.blocks_uploaded += uploaded.blocks;
+    report.packs += uploaded.packs;
+    report.bytes_uploaded += uploaded.bytes;
+    report.requests += uploaded.requests;
+    // Where the packed blocks of this layer are, also those an interrupted push uploaded
+    // (no layer names them yet) or an earlier push did (a reader may start from any layer).
+    let mut packed = Vec::new();
+    for id in &blocks {
+        if let Some(Some((pack, offset, len))) = meta.pushed(id)? {
+            packed.push(Packed { id: *id, pack, offset, len });
+        }
+    }
+    let layer = Layer {
+        format: LAYER_FORMAT,
+        volume: remote.volume.clone(),
+        branch: branch.to_string(),
+        seq,
+        base_epoch: st.epoch,
+        epoch: snap.epoch,
+        block_size: vol.block_size(),
+        parent: if seq == 1 { st.parent.clone() } else { None },
+        complete: last,
+        records,
+        packed,
+    };
+    let plain = bincode::serialize(&layer).expect("plain data");
+    drop(layer);
+    let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
+    let layer_key = remote.layer_key(branch, seq);
+    let bytes = remote.seal_meta(&layer_key, bytes);
+    remote.store.put(&layer_key, &bytes, Cond::None)?;
+    report.bytes_uploaded += bytes.len() as u64;
+    report.requests += 1;
+    Ok(())
 }
 
 /// The push is recorded: remember where it got to, release and drop its snapshot.

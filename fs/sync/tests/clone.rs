@@ -246,3 +246,27 @@ fn a_clone_can_start_from_an_earlier_push() {
     assert_eq!(inode.inline.as_deref(), Some(&b"first version of the file, pushed as layer 1"[..]));
     assert!(hybridfs_sync::clone::import_at(&MetaStore::memory(), &remote, "main", Some(3), "x").is_err());
 }
+
+#[test]
+fn a_large_push_writes_several_layers_and_moves_the_head_once() {
+    let home = volume();
+    let files: Vec<Vec<u8>> = (0..30).map(|i| noise(100 + i, 5_000 + i as usize * 100)).collect();
+    for (i, f) in files.iter().enumerate() {
+        write_file(&home.vol, &format!("f{i}"), 0, f);
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote::new(store.clone(), "vol");
+    // At most 10 records per layer: 30 files of 4 records each need a dozen layers.
+    let r = hybridfs_sync::push_chunked(&home.vol, &remote, "main", &|_| {}, 10).unwrap();
+    assert!(r.seq >= 12, "{r:?}");
+    let (head, _) = remote.head("main").unwrap().unwrap();
+    assert_eq!(head.seq, r.seq);
+    assert!(remote.layer("main", r.seq).unwrap().complete);
+    assert!(!remote.layer("main", 1).unwrap().complete, "a part of a push");
+    let c = clone_of(store.clone(), "main", "node", None);
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(&read(&c.vol, &format!("f{i}")).unwrap(), f);
+    }
+    let err = hybridfs_sync::clone::import_at(&MetaStore::memory(), &remote, "main", Some(2), "x").unwrap_err();
+    assert!(err.to_string().contains("part of a larger push"), "{err}");
+}
