@@ -14,7 +14,12 @@
 //!
 //! The id of a block is blake3 of its plain bytes. A block file lives at
 //! `blocks/<first two hex digits>/<64 hex digits>`; it is written to a temporary name and
-//! renamed, so a reader sees either nothing or the whole frame. `sync` makes the blocks put
+//! renamed, so a process crash leaves either nothing or the whole frame. A power cut can still
+//! leave a renamed file short or empty (the rename may reach the disk before the data, e.g.
+//! ext4 and XFS with delayed allocation), until `sync` has run: so `put` of bytes whose path
+//! exists verifies the file and rewrites it unless it decodes to those bytes, and counts it as
+//! unsynced either way. Nobody references a block before the `sync` after its `put` (the
+//! sealer's commit order), so a torn file is never the only copy. `sync` makes the blocks put
 //! since the last sync durable: each file, or the whole file system in one `syncfs` when there
 //! are many (sealing thousands of small files then costs one sync, not thousands), then their
 //! directories. `get` decodes and then
@@ -159,8 +164,21 @@ impl BlockStore for FileBlockStore {
     fn put(&self, data: &[u8]) -> Result<BlockId> {
         let id = block_id(data);
         let path = self.path(&id);
-        if !path.exists() {
-            self.write_new(&path, &encode(data))?;
+        match std::fs::read(&path) {
+            // Deduplicated: the existing file must hold these bytes and be made durable
+            // by the next sync like a new one (it may be a torn file from a power cut, or
+            // one whose sync failed).
+            Ok(frame) if decode(&id, &frame).is_ok() => {
+                let mut u = self.unsynced.lock().expect("unsynced lock");
+                u.files.push(path.clone());
+                u.dirs.insert(path.parent().expect("block path has a parent").to_path_buf());
+            }
+            Ok(_) => {
+                tracing::warn!("block file {} is damaged; writing it again", path.display());
+                self.write_new(&path, &encode(data))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_new(&path, &encode(data))?,
+            Err(e) => return Err(FsError::io(format!("read block file {}", path.display()), e)),
         }
         Ok(id)
     }
@@ -174,18 +192,24 @@ impl BlockStore for FileBlockStore {
             Err(e) => Err(e),
         };
         let failed = |p: &Path, e| FsError::io(format!("sync {}", p.display()), e);
-        if u.files.len() > SYNCFS_OVER {
-            let dir = File::open(&self.dir).map_err(|e| failed(&self.dir, e))?;
-            // SAFETY: syncfs on an open descriptor we own.
-            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-                return Err(failed(&self.dir, std::io::Error::last_os_error()));
-            }
-            return Ok(());
+        let synced = if u.files.len() > SYNCFS_OVER {
+            File::open(&self.dir).map_err(|e| failed(&self.dir, e)).and_then(|dir| {
+                // SAFETY: syncfs on an open descriptor we own.
+                match unsafe { libc::syncfs(dir.as_raw_fd()) } {
+                    0 => Ok(()),
+                    _ => Err(failed(&self.dir, std::io::Error::last_os_error())),
+                }
+            })
+        } else {
+            u.files.iter().chain(u.dirs.iter()).try_for_each(|p| sync(p).map_err(|e| failed(p, e)))
+        };
+        if synced.is_err() {
+            // Nothing is known durable: the next sync tries every one of them again.
+            let mut now = self.unsynced.lock().expect("unsynced lock");
+            now.files.extend(u.files);
+            now.dirs.extend(u.dirs);
         }
-        for p in u.files.iter().chain(u.dirs.iter()) {
-            sync(p).map_err(|e| failed(p, e))?;
-        }
-        Ok(())
+        synced
     }
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
@@ -273,6 +297,50 @@ mod tests {
         assert!(decode(&id, &frame[..5]).is_err());
     }
 
+    /// Invariant 1: after a power cut a renamed block file can be empty (its data never
+    /// reached the disk). Sealing the same bytes again must not deduplicate onto it.
+    #[test]
+    fn put_rewrites_a_torn_block_file_instead_of_deduplicating_onto_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileBlockStore::open(dir.path()).unwrap();
+        let data = vec![0x5au8; 70_000];
+        let id = block_id(&data);
+        let path = store.path(&id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(store.put(&data).unwrap(), id);
+        store.sync().unwrap();
+        assert_eq!(store.get(&id).unwrap(), data);
+    }
+
+    /// A deduplicated put still goes through the next sync (its file may not be durable yet).
+    #[test]
+    fn deduplicated_put_is_synced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileBlockStore::open(dir.path()).unwrap();
+        let id = store.put(b"bbbb").unwrap();
+        store.sync().unwrap();
+        assert!(store.unsynced.lock().unwrap().files.is_empty());
+        assert_eq!(store.put(b"bbbb").unwrap(), id);
+        assert_eq!(store.unsynced.lock().unwrap().files, vec![store.path(&id)]);
+    }
+
+    /// A sync that fails keeps its list: nothing it was to sync is forgotten.
+    #[test]
+    fn failed_sync_keeps_the_unsynced_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileBlockStore::open(dir.path().join("b")).unwrap();
+        let id = store.put(b"cccc").unwrap();
+        let fan = store.path(&id).parent().unwrap().to_path_buf();
+        // A path under a regular file (ENOTDIR) makes the sync fail.
+        let bad = store.path(&id).join("x");
+        store.unsynced.lock().unwrap().dirs.insert(bad);
+        assert!(store.sync().is_err());
+        let u = store.unsynced.lock().unwrap();
+        assert_eq!(u.files, vec![store.path(&id)]);
+        assert!(u.dirs.contains(&fan));
+    }
+
     #[test]
     fn store_puts_gets_dedups_and_lists() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,6 +354,8 @@ mod tests {
         assert_eq!(all, vec![a]);
         std::fs::write(store.path(&a), b"junk").unwrap();
         assert!(matches!(store.get(&a), Err(FsError::CorruptBlock { .. })));
+        assert_eq!(store.put(b"aaaa").unwrap(), a, "a damaged file is rewritten on dedup");
+        assert_eq!(store.get(&a).unwrap(), b"aaaa");
         store.remove(&a).unwrap();
         assert!(!store.contains(&a).unwrap());
     }

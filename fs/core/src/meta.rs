@@ -503,6 +503,26 @@ impl MetaStore {
         self.extents_at(ino, from, LIVE)
     }
 
+    /// Whether `ino` has a sealed extent, reading its extents only up to the first sealed one
+    /// (a file with sealed data almost always has one at block 0).
+    pub fn has_sealed_extent(&self, ino: Ino) -> Result<bool> {
+        let end = prefix_end(&k1(ino));
+        let mut found = false;
+        let mut bad = None;
+        self.kv.scan(Cf::Extents, &k2(ino, 0), end.as_deref(), &mut |_, v| {
+            match dec::<Extent>("extent", v.get(8..).unwrap_or_default()) {
+                Ok(Extent::Sealed { .. }) => found = true,
+                Ok(Extent::Staged) => {}
+                Err(e) => bad = Some(e),
+            }
+            Ok(!found && bad.is_none())
+        })?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
+    }
+
     pub fn extents_at(&self, ino: Ino, from: u64, at: u64) -> Result<Vec<(u64, Extent)>> {
         let rows = self.range_at(Cf::Extents, &k1(ino), &k2(ino, from), usize::MAX, at)?;
         rows.into_iter().map(|(k, v)| Ok((be(&k, 8)?, dec("extent", &v)?))).collect()

@@ -50,6 +50,13 @@ impl Staging {
         }
     }
 
+    /// Make the directory entries of the staging files created so far durable.
+    pub fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| FsError::io(format!("sync staging directory {}", self.dir.display()), e))
+    }
+
     /// Inodes that have a staging file.
     pub fn list(&self) -> Result<Vec<Ino>> {
         let rd = std::fs::read_dir(&self.dir).map_err(|e| FsError::io("list staging dir", e))?;

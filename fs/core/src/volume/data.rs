@@ -100,8 +100,36 @@ impl NodeData {
     fn staging_file(&mut self, vol: &Volume) -> Result<&std::fs::File> {
         if self.staging.is_none() {
             self.staging = vol.staging.open(self.inode.ino, true)?;
+            // Its directory entry becomes durable at the file's next fsync (invariant 1).
+            self.staging_entry_unsynced = true;
         }
         self.staging.as_ref().ok_or(FsError::Invalid("staging file missing"))
+    }
+
+    /// The staging file that holds the bytes of a `Staged` extent. Its absence is damage
+    /// (lost by a power cut before the file was ever fsynced): an error, never zeros.
+    fn staged_bytes(&self, block: u64) -> Result<&std::fs::File> {
+        self.staging.as_ref().ok_or_else(|| FsError::Meta(format!(
+            "block {block} of inode {} is staged but its staging file is missing",
+            self.inode.ino
+        )))
+    }
+
+    /// What a change to the node must restore if it fails: the store never saw its batch.
+    pub(super) fn checkpoint(&self) -> (Inode, bool) {
+        (self.inode.clone(), self.attr_dirty)
+    }
+
+    /// A change failed before its batch reached the store: forget what it taught the
+    /// in-memory state. The extent cache and the journal set are refilled from the store,
+    /// which is the truth; the inode record goes back to what it was (invariant 1: a later
+    /// write to a block the cache wrongly thought staged would record nothing, and the
+    /// sealer would then delete its bytes).
+    pub(super) fn roll_back(&mut self, (inode, attr_dirty): (Inode, bool)) {
+        self.inode = inode;
+        self.attr_dirty = attr_dirty;
+        self.extents.get_mut().clear();
+        self.journaled.clear();
     }
 
     /// Record that `block` changed in the current epoch, once per epoch.
@@ -129,21 +157,32 @@ impl Volume {
     /// Open `ino` for I/O; every successful open is matched by one [`Volume::release_file`]
     /// with the returned [`IoKind`].
     pub fn open_file(&self, ino: Ino, write: bool) -> Result<Opened> {
-        let _ns = self.ns.lock();
-        let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
-        let node = self.pin_locked(ino, true)?;
+        let (node, others) = {
+            let _ns = self.ns.lock();
+            let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
+            (self.pin_locked(ino, true)?, others)
+        };
+        // The node lock (not `ns`) keeps the sealer out while the extents are looked at.
         let mut st = node.write();
+        let opened = self.open_locked(&mut st, write, others);
+        if opened.is_err() {
+            drop(st);
+            let _ns = self.ns.lock();
+            self.unpin_locked(ino, true);
+        }
+        opened
+    }
+
+    fn open_locked(&self, st: &mut NodeData, write: bool, others: u32) -> Result<Opened> {
         let fully_staged = !write
             && others == 0
             && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
             && st.inode.kind == Kind::File
             && st.inode.inline.is_none()
-            && !self.meta.extents(ino, 0)?.iter().any(|(_, e)| matches!(e, Extent::Sealed { .. }));
+            && !self.meta.has_sealed_extent(st.inode.ino)?;
         let kind = choose_io(write, st.passthrough_opens, fully_staged);
         let backing = match kind {
-            IoKind::Passthrough => Some(self.passthrough_file(&mut st).inspect_err(|_| {
-                self.unpin_locked(ino, true);
-            })?),
+            IoKind::Passthrough => Some(self.passthrough_file(st)?),
             _ => None,
         };
         if kind == IoKind::Passthrough {
@@ -219,10 +258,8 @@ impl Volume {
             match st.extent(self, s.block)? {
                 None => {}
                 Some(Extent::Staged) => {
-                    if let Some(f) = &st.staging {
-                        read_full_at(f, out, s.block * self.block_size + s.start)
-                            .map_err(|e| FsError::io(format!("read staging file of inode {ino}"), e))?;
-                    }
+                    read_full_at(st.staged_bytes(s.block)?, out, s.block * self.block_size + s.start)
+                        .map_err(|e| FsError::io(format!("read staging file of inode {ino}"), e))?;
                 }
                 Some(Extent::Sealed { id, len }) => {
                     if self.cache.get(&id).is_none() {
@@ -339,7 +376,13 @@ impl Volume {
                 }
             }
             None => {
-                st.staging_file(self)?;
+                let f = st.staging_file(self)?;
+                // The staging file may still hold bytes of an earlier life of this block
+                // (sealed while open, then punched or zeroed whole): they must not come back.
+                if !overwritten {
+                    punch_hole(f, block * self.block_size, self.block_size)
+                        .map_err(|e| FsError::io(format!("clear staging block {block} of inode {}", st.inode.ino), e))?;
+                }
             }
         }
         st.set_extent(block, Some(Extent::Staged), batch);
@@ -356,16 +399,27 @@ impl Volume {
         let _gate = self.gate.read();
         let node = self.open_node(ino)?;
         let mut st = node.write();
+        let before = st.checkpoint();
+        let written = self.write_locked(&mut st, offset, data, end);
+        if written.is_err() {
+            st.roll_back(before);
+        }
+        written
+    }
+
+    fn write_locked(&self, st: &mut NodeData, offset: u64, data: &[u8], end: u64) -> Result<u32> {
+        let ino = st.inode.ino;
+        let len = data.len() as u64;
         let mut batch = Vec::new();
         let epoch = self.epoch();
         if st.inode.inline.is_some() {
             if end <= INLINE_MAX {
-                return self.write_inline(&mut st, offset, data);
+                return self.write_inline(st, offset, data);
             }
-            self.uninline(&mut st, &mut batch)?;
+            self.uninline(st, &mut batch)?;
         }
         for s in spans(offset, len, self.block_size) {
-            self.stage_block(&mut st, s.block, s.covers_whole_block(self.block_size), &mut batch)?;
+            self.stage_block(st, s.block, s.covers_whole_block(self.block_size), &mut batch)?;
             st.journal(epoch, s.block, &mut batch);
         }
         st.staging_file(self)?
@@ -438,6 +492,10 @@ impl Volume {
                 let mut st = node.write();
                 if let Some(f) = &st.staging {
                     f.sync_data().map_err(|e| FsError::io(format!("fsync staging file of inode {ino}"), e))?;
+                }
+                if st.staging_entry_unsynced {
+                    self.staging.sync_dir()?;
+                    st.staging_entry_unsynced = false;
                 }
                 self.persist_attrs(&mut st, true)
             }
@@ -561,10 +619,20 @@ impl Volume {
         let _gate = self.gate.read();
         let node = self.open_node(ino)?;
         let mut st = node.write();
+        let before = st.checkpoint();
+        let done = self.fallocate_locked(&mut st, offset, len, end, mode);
+        if done.is_err() {
+            st.roll_back(before);
+        }
+        done
+    }
+
+    fn fallocate_locked(&self, st: &mut NodeData, offset: u64, len: u64, end: u64, mode: Fallocate) -> Result<()> {
+        let ino = st.inode.ino;
         let mut batch = Vec::new();
         let epoch = self.epoch();
         let bs = self.block_size;
-        self.uninline(&mut st, &mut batch)?;
+        self.uninline(st, &mut batch)?;
         for s in spans(offset, len, bs) {
             let whole = s.covers_whole_block(bs);
             let at = s.block * bs + s.start;
@@ -572,7 +640,7 @@ impl Volume {
                 Fallocate::Allocate { .. } => {
                     if st.extent(self, s.block)?.is_none() {
                         self.space.check(s.len)?;
-                        self.stage_block(&mut st, s.block, true, &mut batch)?;
+                        self.stage_block(st, s.block, false, &mut batch)?;
                         allocate(st.staging_file(self)?, at, s.len)
                             .map_err(|e| FsError::io(format!("allocate staging of inode {ino}"), e))?;
                     }
@@ -581,9 +649,15 @@ impl Volume {
                     None => continue,
                     Some(Extent::Sealed { .. }) if whole => {
                         st.set_extent(s.block, None, &mut batch);
+                        // An open file sealed by a snapshot keeps its bytes in staging; a
+                        // passthrough reader of the staging file must see the zeros too.
+                        if let Some(f) = &st.staging {
+                            punch_hole(f, at, s.len)
+                                .map_err(|e| FsError::io(format!("punch staging of inode {ino}"), e))?;
+                        }
                     }
                     Some(_) => {
-                        self.stage_block(&mut st, s.block, false, &mut batch)?;
+                        self.stage_block(st, s.block, false, &mut batch)?;
                         punch_hole(st.staging_file(self)?, at, s.len)
                             .map_err(|e| FsError::io(format!("punch staging of inode {ino}"), e))?;
                     }

@@ -124,6 +124,9 @@ pub(crate) struct NodeData {
     pub attr_dirty: bool,
     /// Opens served by kernel passthrough from the staging file.
     pub passthrough_opens: u32,
+    /// The staging file was opened for writing since the staging directory was last synced:
+    /// `fsync` syncs the directory too, so its entry survives a power cut.
+    pub staging_entry_unsynced: bool,
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
@@ -324,6 +327,7 @@ impl Volume {
             journal_epoch: 0,
             attr_dirty: false,
             passthrough_opens: 0,
+            staging_entry_unsynced: false,
         }));
         let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
         nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });
@@ -378,7 +382,12 @@ impl Volume {
                 done.push(Mutation::DelFree(id));
             }
         }
-        self.meta.apply(done, false)
+        // The batch itself is applied: a caller must not take this for its failure. Rows of
+        // deleted blocks left behind are cleared by the next collector pass.
+        if let Err(e) = self.meta.apply(done, false) {
+            tracing::warn!("record deleted blocks as gone: {e}");
+        }
+        Ok(())
     }
 
     /// Delete an inode nobody links or references any more.
@@ -417,6 +426,8 @@ impl Volume {
             slots: BTreeMap::new(),
             batch: Vec::new(),
             purged: Vec::new(),
+            before: Vec::new(),
+            committed: false,
         }
     }
 }
@@ -432,6 +443,24 @@ struct Txn<'v> {
     batch: Vec<Mutation>,
     /// Inodes deleted by this transaction: their staging files go after the commit.
     purged: Vec<Ino>,
+    /// What each open node looked like before this transaction edited it in place.
+    before: Vec<(Ino, (Inode, bool))>,
+    committed: bool,
+}
+
+/// A transaction that fails (or is dropped) before its batch reaches the store leaves no
+/// trace in the open nodes it edited: their state goes back to the store's (invariant 1).
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (ino, before) in self.before.drain(..) {
+            if let Some((Slot::Open(g), _)) = self.slots.get_mut(&ino) {
+                g.roll_back(before);
+            }
+        }
+    }
 }
 
 enum Slot {
@@ -458,7 +487,11 @@ impl<'v> Txn<'v> {
     fn load(&mut self, ino: Ino) -> Result<&mut (Slot, bool)> {
         if !self.slots.contains_key(&ino) {
             let slot = match self.vol.node_if_open(ino) {
-                Some(node) => Slot::Open(node.write_arc()),
+                Some(node) => {
+                    let g = node.write_arc();
+                    self.before.push((ino, g.checkpoint()));
+                    Slot::Open(g)
+                }
                 None => Slot::Plain(self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?),
             };
             self.slots.insert(ino, (slot, false));
@@ -522,6 +555,7 @@ impl<'v> Txn<'v> {
             }
         }
         self.vol.apply_live(batch, sync)?;
+        self.committed = true;
         for ino in &self.purged {
             self.vol.staging.remove(*ino)?;
         }

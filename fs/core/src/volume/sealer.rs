@@ -4,8 +4,13 @@
 //! # Commit order for one batch of blocks
 //!
 //! 1. write each block to the block store and sync it (the block is durable, unreferenced);
-//! 2. apply one synced metadata batch: extents → `Sealed`, reference counts +1;
+//! 2. under `refs`: check that every block is still there (a block this batch deduplicated
+//!    onto may have lost its last reference, and its file, meanwhile: it is written again),
+//!    then apply one synced metadata batch: extents → `Sealed`, reference counts +1;
 //! 3. punch the sealed ranges out of the staging file.
+//!
+//! Only step 2 holds `refs`, so writers that drop a block reference wait for one synced commit
+//! at most, never for up to [`SEAL_BATCH`] block writes.
 //!
 //! A crash after 1 leaves unreferenced block files (reclaimable, reported by fsck, harmless);
 //! after 2, stale bytes in the staging file that no extent points at. No order loses data.
@@ -138,13 +143,30 @@ impl Volume {
     pub fn seal_inodes(&self, inos: &[Ino]) -> Result<usize> {
         let mut guards = self.lock_for_sealing(inos)?;
         let result = self.seal_locked(&mut guards);
-        let sealed: Vec<Ino> = guards.iter().map(|g| g.inode.ino).collect();
+        let sealed = self.unpin_sealed(guards);
+        result.map(|_| sealed)
+    }
+
+    /// Release the nodes the sealer pinned. A file unlinked while it was pinned was not purged
+    /// at the kernel's FORGET (the pin kept it): purge it now that nothing holds it.
+    fn unpin_sealed(&self, guards: Vec<NodeGuard>) -> usize {
+        let nodes: Vec<(Ino, u32)> = guards.iter().map(|g| (g.inode.ino, g.inode.nlink)).collect();
         drop(guards);
-        let _ns = self.ns.lock();
-        for ino in &sealed {
-            self.unpin_locked(*ino, false);
+        let mut unlinked = Vec::new();
+        {
+            let _ns = self.ns.lock();
+            for &(ino, nlink) in &nodes {
+                if self.unpin_locked(ino, false) && nlink == 0 {
+                    unlinked.push(ino);
+                }
+            }
         }
-        result.map(|_| sealed.len())
+        for ino in unlinked {
+            if let Err(e) = self.purge_if_unused(ino) {
+                tracing::error!("purge unlinked inode {ino} after sealing: {e}");
+            }
+        }
+        nodes.len()
     }
 
     /// Pin and lock the nodes to seal. Done under `ns`, so no namespace transaction (the only
@@ -183,14 +205,9 @@ impl Volume {
                 }
             }
             let result = self.seal_locked(&mut guards);
-            let inos: Vec<Ino> = guards.iter().map(|g| g.inode.ino).collect();
-            drop(guards);
-            let _ns = self.ns.lock();
-            for ino in &inos {
-                self.unpin_locked(*ino, false);
-            }
+            let n = self.unpin_sealed(guards);
             result?;
-            sealed += inos.len();
+            sealed += n;
         }
         Ok(sealed)
     }
@@ -206,15 +223,14 @@ impl Volume {
             }
         }
         for chunk in work.chunks(SEAL_BATCH) {
-            let mut batch = Vec::new();
-            {
-                let _refs = self.refs.lock();
-                for &(i, block) in chunk {
-                    let extent = self.seal_block(&guards[i], block)?;
-                    guards[i].set_extent(block, extent, &mut batch);
+            let sealed = chunk.iter().map(|&(i, block)| self.seal_block(&guards[i], block)).collect::<Result<Vec<_>>>()?;
+            self.blocks.sync()?;
+            if let Err(e) = self.commit_sealed(guards, chunk, sealed) {
+                // The extent caches may say `Sealed` where the store does not: refill them.
+                for g in guards.iter_mut() {
+                    g.extents.get_mut().clear();
                 }
-                self.blocks.sync()?;
-                self.meta.apply(batch, true)?;
+                return Err(e);
             }
             Metrics::add(&self.metrics.blocks_sealed, chunk.len() as u64);
             for &(i, block) in chunk.iter().filter(|(i, _)| !open[*i]) {
@@ -231,15 +247,40 @@ impl Volume {
         Ok(())
     }
 
+    /// Step 2 of the commit order for one chunk of sealed blocks (see the module doc).
+    fn commit_sealed(&self, guards: &mut [NodeGuard], chunk: &[(usize, u64)], mut sealed: Vec<Option<Extent>>) -> Result<()> {
+        let _refs = self.refs.lock();
+        let mut rewritten = false;
+        for (k, &(i, block)) in chunk.iter().enumerate() {
+            if let Some(Extent::Sealed { id, .. }) = sealed[k] {
+                if !self.blocks.contains(&id)? {
+                    sealed[k] = self.seal_block(&guards[i], block)?;
+                    rewritten = true;
+                }
+            }
+        }
+        if rewritten {
+            self.blocks.sync()?;
+        }
+        let mut batch = Vec::new();
+        for (k, &(i, block)) in chunk.iter().enumerate() {
+            guards[i].set_extent(block, sealed[k], &mut batch);
+        }
+        self.meta.apply(batch, true)
+    }
+
     /// Store one staged block; all-zero blocks become holes (`None`).
     fn seal_block(&self, st: &NodeData, block: u64) -> Result<Option<Extent>> {
         let bs = self.block_size;
         let len = st.inode.size.saturating_sub(block * bs).min(bs) as usize;
         let mut buf = vec![0u8; len];
-        if let Some(f) = &st.staging {
-            read_full_at(f, &mut buf, block * bs)
-                .map_err(|e| FsError::io(format!("read staging file of inode {}", st.inode.ino), e))?;
-        }
+        // A staged block without its staging file is damage: sealing it would turn the
+        // file's bytes into zeros for good.
+        let f = st.staging.as_ref().ok_or_else(|| {
+            FsError::Meta(format!("block {block} of inode {} is staged but its staging file is missing", st.inode.ino))
+        })?;
+        read_full_at(f, &mut buf, block * bs)
+            .map_err(|e| FsError::io(format!("read staging file of inode {}", st.inode.ino), e))?;
         if buf.iter().all(|b| *b == 0) {
             return Ok(None);
         }
