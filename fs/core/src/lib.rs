@@ -12,6 +12,8 @@
 //! * [`staging`] — per-inode staging files that hold data not yet sealed.
 //! * [`volume`] — the [`volume::Volume`]: POSIX operations, copy-on-write, the dirty-extent
 //!   journal and the background sealer.
+//! * [`merge`] — the three-way merge of a branch into the home tree: the pure planner, and
+//!   the input and apply steps around it.
 //! * [`fsck`] — consistency checks over a metadata store and a block store.
 //! * [`extent`] — pure block arithmetic. [`error`] — the one error enum and errno table.
 //!
@@ -24,6 +26,7 @@ pub mod error;
 pub mod extent;
 pub mod fsck;
 pub mod kv;
+pub mod merge;
 pub mod meta;
 pub mod metrics;
 pub mod space;

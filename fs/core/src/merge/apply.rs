@@ -1,0 +1,1 @@
+//! Applies a plan to the home tree.

@@ -1,0 +1,1 @@
+//! Builds the planner input from metadata stores.
