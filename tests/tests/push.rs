@@ -103,6 +103,7 @@ struct Report {
     bytes_uploaded: u64,
     requests: u64,
     resumed: bool,
+    resumed_seq: Option<u64>,
     up_to_date: bool,
 }
 
@@ -125,6 +126,7 @@ impl Report {
             bytes_uploaded: u("bytes_uploaded"),
             requests: u("requests"),
             resumed: b("resumed"),
+            resumed_seq: v.get("resumed_seq").and_then(Value::as_u64),
             up_to_date: b("up_to_date"),
         }
     }
@@ -146,6 +148,49 @@ fn the_error_line(out: &CmdOutput) -> String {
     lines[0].to_string()
 }
 
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// `hybridctl status --json`'s `unpushed_bytes` of the volume.
+fn unpushed_bytes(vol: &TestVolume) -> u64 {
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    out.assert_success();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
+    v[0]["unpushed_bytes"].as_u64().unwrap_or_else(|| panic!("status --json: no unpushed_bytes: {v}"))
+}
+
+/// Spawns `hybridctl push --volume NAME --branch BRANCH --json` for `vol` (its mount pushes).
+fn spawn_push(vol: &TestVolume, branch: &str, tag: &str) -> (Child, std::path::PathBuf, std::path::PathBuf) {
+    let (out_path, err_path) = (vol.root().join(format!("{tag}.out")), vol.root().join(format!("{tag}.err")));
+    let child = Command::new(hybridctl_bin())
+        .args(["push", "--volume", vol.name(), "--branch", branch, "--json"])
+        .env("HYBRIDFS_HOME", vol.home())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn hybridctl push");
+    (child, out_path, err_path)
+}
+
+fn finished(mut child: Child, out: &std::path::Path, err: &std::path::Path, what: &str) -> CmdOutput {
+    let status = wait_bounded(&mut child, Duration::from_secs(120));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    CmdOutput {
+        cmdline: what.to_string(),
+        code: status.and_then(|s| s.code()),
+        timed_out: status.is_none(),
+        stdout: fs::read_to_string(out).unwrap_or_default(),
+        stderr: fs::read_to_string(err).unwrap_or_default(),
+    }
+}
+
 /// Kills a background command that a failing test left running.
 struct Background(Option<Child>);
 
@@ -165,8 +210,11 @@ impl Drop for Background {
 /// independently of the sync crate's own reader, so a layout change shows up as a failure):
 ///
 /// ```text
-/// VOLUME/blocks/<hex>  VOLUME/packs/<hex>  VOLUME/branches/B/layers/<012 seq>  VOLUME/branches/B/head
+/// VOLUME/blocks/<hex>  VOLUME/packs/<hex>  VOLUME/branches/B/head
+/// VOLUME/branches/B/layers/<012 seq>-<32 hex: blake3 of the stored bytes>
 /// ```
+///
+/// The head names its layer's key and full hash; each layer names the one before it (`prev`).
 struct Remote {
     store: Arc<S3Store>,
     volume: String,
@@ -183,17 +231,60 @@ impl Remote {
     fn pack_key(&self, id: &BlockId) -> String {
         format!("{}/packs/{}", self.volume, id.to_hex())
     }
-    fn layer_key(&self, branch: &str, seq: u64) -> String {
-        format!("{}/branches/{branch}/layers/{seq:012}", self.volume)
-    }
     fn head_key(&self, branch: &str) -> String {
         format!("{}/branches/{branch}/head", self.volume)
     }
-    /// The layer: zstd of its bincode.
-    fn layer(&self, branch: &str, seq: u64) -> Result<Layer, String> {
-        let (bytes, _) = self.store.get(&self.layer_key(branch, seq)).map_err(|e| e.to_string())?;
+    /// The layer at `key`: zstd of its bincode, whose stored bytes hash to `hash`, and whose key
+    /// is `layers/<seq>-<first 32 hex digits of the hash>`.
+    fn layer(&self, branch: &str, seq: u64, key: &str, hash: &str) -> Result<Layer, String> {
+        let want_key = format!("{}/branches/{branch}/layers/{seq:012}-{}", self.volume, hash.get(..32).unwrap_or("?"));
+        if key != want_key {
+            return Err(format!("layer {seq} is named {key}, not {want_key}"));
+        }
+        let (bytes, _) = self.store.get(key).map_err(|e| e.to_string())?;
+        let got = blake3::hash(&bytes).to_hex().to_string();
+        if got != hash {
+            return Err(format!("{key} hashes to {got}, its name says {hash}"));
+        }
         let plain = zstd::decode_all(&bytes[..]).map_err(|e| format!("not zstd: {e}"))?;
         bincode::deserialize(&plain).map_err(|e| format!("not a layer: {e}"))
+    }
+    /// The layers of `branch` (not following forks), oldest first, from its head back along
+    /// `prev`, each checked against the hash that names it.
+    fn chain(&self, branch: &str, head: &Head) -> Vec<Layer> {
+        let mut out = Vec::new();
+        let (mut seq, mut key, mut hash) = (head.seq, head.layer.clone(), head.hash.clone());
+        for _ in 0..=head.seq {
+            let layer = self.layer(branch, seq, &key, &hash).unwrap_or_else(|e| panic!("{INV4}: layer {seq} of {branch} (head {head:?}): {e}"));
+            assert_eq!((layer.seq, layer.branch.as_str(), layer.volume.as_str()), (seq, branch, self.volume.as_str()));
+            let prev = layer.prev.clone();
+            out.push(layer);
+            match prev {
+                Some(p) => {
+                    assert_eq!(p.seq + 1, seq, "{INV4}: layer {seq} names layer {} before it", p.seq);
+                    (seq, key, hash) = (p.seq, p.key, p.hash);
+                }
+                None => {
+                    assert_eq!(seq, 1, "{INV4}: layer {seq} of {branch} names no layer before it");
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        out
+    }
+    /// The names in the root directory of `branch`, as its layers say.
+    fn root_names(&self, branch: &str) -> BTreeSet<String> {
+        let head = head_of(self, branch).unwrap_or_else(|| panic!("{INV4}: branch {branch} has no head"));
+        let mut names = BTreeMap::new();
+        for layer in self.chain(branch, &head) {
+            for rec in layer.records {
+                if let Key::Dentry(1, name) = rec.key {
+                    names.insert(String::from_utf8_lossy(&name).into_owned(), rec.value.is_some());
+                }
+            }
+        }
+        names.into_iter().filter(|(_, live)| *live).map(|(n, _)| n).collect()
     }
 }
 
@@ -246,12 +337,9 @@ struct BranchCheck {
 /// every block a layer names is in the store (alone or in a pack) and decodes under its id.
 fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
     let head = head_of(r, branch).unwrap_or_else(|| panic!("{INV4}: branch {branch} has no head in the store"));
-    assert_eq!(head.layer, r.layer_key(branch, head.seq), "the head names the layer of its seq: {head:?}");
     let mut where_packed = BTreeMap::new();
     let mut named = BTreeSet::new();
-    for seq in 1..=head.seq {
-        let layer = r.layer(branch, seq).unwrap_or_else(|e| panic!("{INV4}: layer {seq} of {branch} (head {head:?}): {e}"));
-        assert_eq!((layer.seq, layer.branch.as_str(), layer.volume.as_str()), (seq, branch, r.volume.as_str()));
+    for layer in r.chain(branch, &head) {
         for p in layer.packed {
             where_packed.insert(p.id, (p.pack, p.offset, p.len));
         }
@@ -296,7 +384,10 @@ fn push_moves_only_what_changed() {
         put(&vol, &format!("small/{i:03}"), &pattern(1000 + i as u64, 10 * KIB));
     }
 
+    let before = unpushed_bytes(&vol);
+    assert_eq!(before, (BIG * 3 * MIB + SMALL * 10 * KIB) as u64, "status: everything is unpushed before the first push");
     let (first, out) = push_ok(&vol, &[], &[]);
+    assert_eq!(unpushed_bytes(&vol), 0, "status: nothing is unpushed right after a push");
     let big_blocks = (BIG * 3) as u64;
     assert_eq!((first.seq, first.branch.as_str(), first.up_to_date, first.resumed), (1, "main", false, false), "{first:?}");
     assert_eq!(first.blocks_uploaded, big_blocks + SMALL as u64, "{INV3}: every block once, 3 per big file, 1 per small one: {first:?}");
@@ -318,7 +409,9 @@ fn push_moves_only_what_changed() {
         f.write_all_at(&pattern(5000 + i as u64, 64 * KIB), (MIB + 100 * KIB) as u64).unwrap();
         f.sync_all().unwrap();
     }
+    assert_eq!(unpushed_bytes(&vol), 3 * MIB as u64, "status: the 3 changed blocks are unpushed");
     let (second, _) = push_ok(&vol, &[], &[]);
+    assert_eq!(unpushed_bytes(&vol), 0, "status: nothing is unpushed right after a push");
     assert_eq!(second.seq, 2, "{second:?}");
     assert_eq!(second.blocks_uploaded, 3, "{INV3}: one block per changed file: {second:?}");
     let limit = (1.25 * (3 * MIB) as f64) as u64 + 64 * KIB as u64;
@@ -337,7 +430,7 @@ fn push_moves_only_what_changed() {
     let r = remote(&store, "vol");
     let branch = check_branch(&r, "main");
     assert_eq!(branch.head.seq, 2, "the head names layer 2: {:?}", branch.head);
-    assert!(branch.head.layer.ends_with("/branches/main/layers/000000000002"), "{:?}", branch.head);
+    assert!(branch.head.layer.contains("/branches/main/layers/000000000002-"), "{:?}", branch.head);
     assert_eq!(branch.named.len() as u64, big_blocks + SMALL as u64 + 3, "blocks named by the two layers");
     assert_eq!(branch.packed.len(), SMALL, "the small blocks are in packs");
     let (blocks, packs) = check_objects(&r);
@@ -345,11 +438,9 @@ fn push_moves_only_what_changed() {
     assert_eq!(packs.len() as u64, first.packs, "the packs of the first push");
     let mut keys = r.store.list("").unwrap();
     keys.retain(|k| !k.starts_with("vol/blocks/") && !k.starts_with("vol/packs/"));
-    assert_eq!(
-        keys,
-        ["vol/branches/main/head", "vol/branches/main/layers/000000000001", "vol/branches/main/layers/000000000002"],
-        "nothing else under the prefix"
-    );
+    let layer_1 = keys.iter().filter(|k| k.starts_with("vol/branches/main/layers/000000000001-")).count();
+    assert_eq!((keys.len(), layer_1), (3, 1), "the head and one object per layer, nothing else under the prefix: {keys:?}");
+    assert!(keys.contains(&"vol/branches/main/head".to_string()) && keys.contains(&branch.head.layer), "{keys:?}");
     assert!(store.list("").unwrap().iter().all(|k| k.starts_with("vol/")));
     vol.umount();
 }
@@ -378,15 +469,7 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     let before = r.store.list("vol/blocks/").unwrap().len();
 
     // The push, in the background (the CLI waits for the mount process, which pushes).
-    let (out_path, err_path) = (vol.root().join("push2.out"), vol.root().join("push2.err"));
-    let child = Command::new(hybridctl_bin())
-        .args(["push", "--volume", "vol", "--json"])
-        .env("HYBRIDFS_HOME", vol.home())
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn hybridctl push");
+    let (child, out_path, err_path) = spawn_push(&vol, "main", "push2");
     let mut push = Background(Some(child));
     let started = Instant::now();
     let mut arrived_before_stop = 0;
@@ -426,15 +509,7 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     assert_eq!(fs::read(&outage).unwrap(), outage_data, "the file written during the outage reads back");
 
     // The push gives up: exit 1, one line naming the store.
-    let status = wait_bounded(push.0.as_mut().unwrap(), Duration::from_secs(120));
-    push.0 = None;
-    let failed = CmdOutput {
-        cmdline: "hybridctl push --volume vol --json (background)".into(),
-        code: status.and_then(|s| s.code()),
-        timed_out: status.is_none(),
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-    };
+    let failed = finished(push.0.take().expect("running"), &out_path, &err_path, "hybridctl push --volume vol --json (background)");
     assert!(!failed.timed_out, "the push must give up within 120 s of the store going down: {failed}");
     let line = the_error_line(&failed);
     assert!(line.contains("store"), "the error names the store: {line}");
@@ -450,7 +525,7 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     let arrived = in_store.len() - before;
     assert!(arrived >= 3, "blocks of the interrupted push are in the store: {arrived}");
     assert!(
-        !r.store.list("vol/branches/main/layers/").unwrap().contains(&r.layer_key("main", 2)),
+        !r.store.list("vol/branches/main/layers/").unwrap().iter().any(|k| k.contains("/layers/000000000002-")),
         "{INV4}: no layer before all its blocks are in the store"
     );
 
@@ -458,22 +533,25 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     let (resumed, out) = push_ok(&vol, &[], &[]);
     eprintln!("resumed push: {resumed:?}");
     assert!(resumed.resumed, "{INV4}: the push resumes the interrupted one: {resumed:?}\n{out}");
-    assert_eq!(resumed.seq, 2, "{resumed:?}");
+    // Issue 9: the resumed part is layer 2 (the interrupted push's snapshot); the file written
+    // during the outage goes on as layer 3 in the same command, not silently left out.
+    assert_eq!((resumed.resumed_seq, resumed.seq), (Some(2), 3), "{resumed:?}");
     assert!(resumed.blocks_skipped > 0, "{INV4}: what arrived is not sent again: {resumed:?}");
     assert!(resumed.blocks_skipped <= arrived as u64, "only what is in the store is skipped: {resumed:?}, {arrived} arrived");
     assert_eq!(
         resumed.blocks_uploaded + resumed.blocks_skipped,
-        total_blocks,
-        "{INV4}: the resumed push covers the snapshot of the interrupted one (not the file written since): {resumed:?}"
+        total_blocks + 1,
+        "{INV4}: the resumed push covers the snapshot of the interrupted one, then the file written since: {resumed:?}"
     );
     let branch = check_branch(&r, "main");
-    assert_eq!(branch.head.seq, 2, "{INV4}: {:?}", branch.head);
+    assert_eq!(branch.head.seq, 3, "{INV4}: {:?}", branch.head);
+    assert!(r.root_names("main").contains("written-during-outage"), "the branch has the tree as of the push command");
     check_objects(&r);
+    assert_eq!(unpushed_bytes(&vol), 0, "status: nothing unpushed right after a push");
 
-    // The file written during the outage goes with the next push.
+    // Nothing is left for the next push.
     let (next, _) = push_ok(&vol, &[], &[]);
-    assert_eq!((next.seq, next.resumed, next.up_to_date), (3, false, false), "{next:?}");
-    assert_eq!(next.blocks_uploaded, 1, "{INV3}: {next:?}");
+    assert_eq!((next.seq, next.resumed, next.up_to_date), (3, false, true), "{next:?}");
     check_branch(&r, "main");
     vol.umount();
 }
@@ -572,4 +650,92 @@ fn two_volumes_cannot_both_move_one_branch() {
     check_objects(&r);
     a.umount();
     b.umount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Racing nodes (issue 9)
+
+/// Three nodes (volumes of one name in their own homes, one store) push a new branch at the
+/// same moment, several rounds: exactly one push is acknowledged each round, the branch holds
+/// its tree and nothing of the refused nodes, whose next try is refused again (their change is
+/// still unpushed, never "up to date"); `fsck --remote --verify` is clean.
+#[test]
+fn racing_nodes_never_lose_an_acknowledged_push() {
+    const NODES: usize = 3;
+    const ROUNDS: usize = 4;
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-race", "p");
+    let url = "s3://hybridfs-race/p";
+    let r = remote(&store, "shared");
+    let mut nodes: Vec<TestVolume> = (0..NODES).map(|_| mounted_volume("shared", url, &env)).collect();
+    for round in 0..ROUNDS {
+        let branch = format!("race-{round}");
+        for (i, n) in nodes.iter().enumerate() {
+            put(n, &format!("n{i}-r{round}"), &pattern((round * NODES + i) as u64, 300 * KIB));
+        }
+        let started: Vec<_> = nodes.iter().enumerate().map(|(i, n)| spawn_push(n, &branch, &format!("race-{round}-{i}"))).collect();
+        let outs: Vec<CmdOutput> =
+            started.into_iter().enumerate().map(|(i, (c, o, e))| finished(c, &o, &e, &format!("push of node {i}, round {round}"))).collect();
+        let winners: Vec<usize> = (0..NODES).filter(|i| outs[*i].success()).collect();
+        assert_eq!(winners.len(), 1, "{INV4}: round {round}: exactly one push is acknowledged: {outs:?}");
+        let w = winners[0];
+        for (i, out) in outs.iter().enumerate().filter(|(i, _)| *i != w) {
+            assert!(the_error_line(out).contains("moved"), "{INV4}: round {round}: node {i} is told the branch moved: {out}");
+        }
+        let names = r.root_names(&branch);
+        let want: BTreeSet<String> = (0..=round).map(|k| format!("n{w}-r{k}")).collect();
+        assert_eq!(names, want, "{INV4}: round {round}: branch {branch} holds node {w}'s acknowledged push and nothing else");
+        check_branch(&r, &branch);
+        let fsck = nodes[w].ctl_env(&env_refs(&env), &["fsck", "shared", "--remote", "--verify", "--branch", &branch]);
+        fsck.assert_success();
+        let (again, _) = push_ok(&nodes[w], &[], &["--branch", &branch]);
+        assert!(again.up_to_date, "round {round}: the winner is up to date: {again:?}");
+        for i in (0..NODES).filter(|i| *i != w) {
+            let retry = push_cmd(&nodes[i], &[], &["--branch", &branch]);
+            assert!(the_error_line(&retry).contains("moved"), "{INV4}: round {round}: node {i}'s change is still refused, never up to date: {retry}");
+        }
+        eprintln!("round {round}: node {w} won");
+    }
+    for n in &mut nodes {
+        n.umount();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. SIGPIPE (issue 9)
+
+/// A push client killed while its push streams progress must not take the mount down: the
+/// mount process ignores SIGPIPE, and writing to the gone client is an error it logs.
+#[test]
+fn a_push_client_killed_mid_stream_never_takes_the_mount_down() {
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-pipe", "p");
+    let mut vol = mounted_volume("vol", "s3://hybridfs-pipe/p", &env);
+    let pid = vol.mount_pid().expect("mount pid");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ign = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
+    assert_ne!(ign & (1 << (libc::SIGPIPE - 1)), 0, "the mount process ignores SIGPIPE (SigIgn {ign:x})");
+
+    for i in 0..40 {
+        put(&vol, &format!("data/{i:02}"), &pattern(300 + i as u64, 4 * MIB));
+    }
+    let (mut child, _out, err) = spawn_push(&vol, "main", "killed");
+    let streaming = poll_until(Duration::from_secs(60), Duration::from_millis(5), || fs::read_to_string(&err).unwrap_or_default().contains("pushed "));
+    assert!(streaming, "the push streamed no progress within 60 s: {}", fs::read_to_string(&err).unwrap_or_default());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The push goes on in the mount process and writes to the closed socket at its next
+    // progress line and at its answer.
+    let r = remote(&store, "vol");
+    let landed = poll_until(Duration::from_secs(120), Duration::from_millis(100), || head_of(&r, "main").is_some());
+    assert!(procs::pid_alive(pid), "the mount process survives a client that went away mid-push\n{}", log_tail(&vol.mount_log()));
+    assert!(landed, "the push finished in the mount process");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(procs::pid_alive(pid), "the mount process survives writing its answer to the gone client\n{}", log_tail(&vol.mount_log()));
+    let (next, _) = push_ok(&vol, &[], &[]);
+    assert!(next.up_to_date, "{next:?}");
+    check_branch(&r, "main");
+    vol.umount();
 }

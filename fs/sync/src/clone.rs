@@ -8,7 +8,7 @@
 //! The clone then writes its own branch: its push state starts at the imported epoch with the
 //! source as parent, so its first push carries only its own changes and names its fork point.
 
-use crate::{PushState, Remote, Result, SyncError};
+use crate::{LayerRef, PushState, Remote, Result, SyncError};
 use hybridfs_core::meta::{Key, MetaStore, Mutation};
 use hybridfs_core::types::{Extent, Inode};
 use serde::Serialize;
@@ -26,6 +26,9 @@ pub struct CloneBase {
     /// Records written after this epoch are this node's, except those of pull epochs.
     pub import_epoch: u64,
     pub pull_epochs: Vec<u64>,
+    /// The exact source layer `seq` (the next pull checks that the new layers follow it).
+    #[serde(default)]
+    pub layer: Option<LayerRef>,
 }
 
 impl CloneBase {
@@ -54,25 +57,6 @@ pub struct CloneReport {
     pub seconds: f64,
 }
 
-/// The layers to apply for `branch` up to `seq`, oldest first, following fork points.
-pub fn layer_chain(remote: &Remote, branch: &str, seq: u64) -> Result<Vec<(String, u64)>> {
-    chain(remote, branch, seq, 0)
-}
-
-fn chain(remote: &Remote, branch: &str, seq: u64, depth: usize) -> Result<Vec<(String, u64)>> {
-    if depth > 64 {
-        return Err(SyncError::Corrupt(format!("branch {branch}: more than 64 nested forks")));
-    }
-    let mut out = Vec::new();
-    if seq >= 1 {
-        if let Some((pb, ps)) = remote.layer(branch, 1)?.parent {
-            out = chain(remote, &pb, ps, depth + 1)?;
-        }
-    }
-    out.extend((1..=seq).map(|s| (branch.to_string(), s)));
-    Ok(out)
-}
-
 /// Fill the empty `meta` with branch `source` of `remote` as of its head; the clone will push
 /// to `branch`.
 pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> Result<CloneReport> {
@@ -82,24 +66,28 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
 /// As [`import`], as of layer `at` of `source` (None: its head): an earlier pushed state.
 pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str) -> Result<CloneReport> {
     let started = Instant::now();
-    let (mut head, _) = remote.head(source)?.ok_or_else(|| {
+    let (head, _) = remote.head(source)?.ok_or_else(|| {
         SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
     })?;
+    let mut links = remote.chain(source, head.layer_ref(), 1, true)?;
     if let Some(seq) = at {
         if seq == 0 || seq > head.seq {
             return Err(SyncError::Conflict(format!("branch {source} has layers 1 to {}, not {seq}", head.seq)));
         }
-        if !remote.layer(source, seq)?.complete {
-            return Err(SyncError::Conflict(format!(
-                "layer {seq} of branch {source} is a part of a larger push: choose the last layer of a push"
-            )));
-        }
-        head.seq = seq;
+        let keep = links.iter().position(|l| l.branch == source && l.r.seq == seq).map_or(links.len(), |i| i + 1);
+        links.truncate(keep);
+    }
+    let top = links.last().map(|l| l.r.clone()).ok_or_else(|| SyncError::Corrupt(format!("branch {source} has no layers")))?;
+    if at.is_some() && !remote.open_link(links.last().expect("not empty"))?.complete {
+        return Err(SyncError::Conflict(format!(
+            "layer {} of branch {source} is a part of a larger push: choose the last layer of a push",
+            top.seq
+        )));
     }
     let mut report = CloneReport {
         volume: remote.volume.clone(),
         source: source.to_string(),
-        seq: head.seq,
+        seq: top.seq,
         layers: 0,
         records: 0,
         blocks: 0,
@@ -107,8 +95,8 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         branch: branch.to_string(),
         seconds: 0.0,
     };
-    for (b, s) in chain(remote, source, head.seq, 0)? {
-        let layer = remote.layer(&b, s)?;
+    for link in &links {
+        let layer = remote.open_link(link)?;
         report.layers += 1;
         report.block_size = layer.block_size;
         let mut batch = Vec::with_capacity(BATCH);
@@ -144,8 +132,8 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
     }
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
-    let state = PushState { epoch, parent: Some((source.to_string(), head.seq)), ..Default::default() };
-    let base = CloneBase { source: source.to_string(), seq: head.seq, import_epoch: epoch, pull_epochs: Vec::new() };
+    let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
+    let base = CloneBase { source: source.to_string(), seq: top.seq, import_epoch: epoch, pull_epochs: Vec::new(), layer: Some(top) };
     meta.apply(
         vec![
             Mutation::SetMeta {
@@ -203,8 +191,14 @@ pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
     })?;
     let mut batch = Vec::new();
     let mut conflicts = Vec::new();
-    for seq in base.seq + 1..=head.seq {
-        let layer = remote.layer(&source, seq)?;
+    for link in remote.chain(&source, head.layer_ref(), base.seq + 1, false)? {
+        let layer = remote.open_link(&link)?;
+        if link.r.seq == base.seq + 1 && base.layer.is_some() && layer.prev != base.layer {
+            return Err(SyncError::Corrupt(format!(
+                "layer {} of branch {source} does not follow the layer this clone holds ({:?}): the branch's history was replaced",
+                link.r.seq, base.layer
+            )));
+        }
         let packed: std::collections::HashSet<_> = layer.packed.iter().map(|p| p.id).collect();
         for p in &layer.packed {
             batch.push(Mutation::MarkPushed { id: p.id, packed: Some((p.pack, p.offset, p.len)) });
@@ -239,6 +233,7 @@ pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
     let epoch = meta.epoch() + 1;
     meta.apply(vec![Mutation::SetEpoch(epoch)], true)?;
     base.seq = head.seq;
+    base.layer = Some(head.layer_ref());
     base.pull_epochs.push(epoch);
     batch.push(base.mutation());
     batch.push(Mutation::SetEpoch(epoch + 1));

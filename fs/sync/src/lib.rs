@@ -3,16 +3,20 @@
 //! # Remote layout (under the volume's store URL)
 //!
 //! ```text
-//! VOLUME/blocks/<64 hex>                 one block frame (the local frame, unchanged: verifiable)
-//! VOLUME/packs/<64 hex>                  small block frames concatenated (blake3 of the pack)
-//! VOLUME/branches/BRANCH/layers/<seq>    zstd(bincode Layer): the records changed by one push
-//! VOLUME/branches/BRANCH/head            JSON Head: the branch's newest layer
+//! VOLUME/blocks/<64 hex>                       one block frame (the local frame: verifiable)
+//! VOLUME/packs/<64 hex>                        small block frames concatenated (blake3 of the pack)
+//! VOLUME/branches/BRANCH/layers/<seq>-<hash>   zstd(bincode Layer): the records changed by one push
+//! VOLUME/branches/BRANCH/head                  JSON Head: the branch's newest layer, key and hash
 //! ```
+//!
+//! Layer objects are named by the hash of their bytes and chained (each names the one before
+//! it, the head names the newest): see [`chain`].
 //!
 //! # One push (invariant 4: blocks → layer → head)
 //!
 //! 1. Take a snapshot `push-BRANCH-SEQ` (seals staged data, fixes a consistent view) and hold
-//!    it; remember it as the pending push, so an interrupted push resumes with the same view.
+//!    it; remember it as the pending push, with a random push id, so an interrupted push
+//!    resumes with the same view.
 //! 2. Read the change journal of the epochs since the last push: every record changed, at the
 //!    snapshot's epoch (a deleted record becomes a tombstone in the layer). Never a scan of the
 //!    volume (invariant 3).
@@ -20,26 +24,35 @@
 //!    `pushed` set, filled as uploads finish, makes a resumed push skip them). Blocks are
 //!    verified before they leave (invariant 5); frames under [`PACK_SMALLER_THAN`] go into
 //!    packs of up to [`PACK_BYTES`], so many small files cost few requests.
-//! 4. Upload the layer (records + where packed blocks are), then move the head with a
-//!    conditional PUT: `If-Match` the head's ETag as this node last saw it, `If-None-Match: *`
-//!    for the first push. Another writer that moved the head in between makes this fail with
-//!    a clear error; nothing is overwritten.
+//! 4. Upload the layer under a key no other attempt uses (its hash), naming the layer before
+//!    it, then move the head with a conditional PUT: `If-Match` the head's ETag as this node
+//!    last saw it, `If-None-Match: *` for the first push. Another writer that moved the head in
+//!    between makes this fail with a clear error; nothing is overwritten, and the refused
+//!    attempt's layers (which no head names) are deleted again.
 //! 5. Record the push locally and drop the snapshot.
 //!
-//! A failure before 4 leaves the old head valid: the store may hold blocks and a layer that no
-//! head names yet (invisible, reused by the resumed push).
+//! A failure before 4 leaves the old head valid: the store may hold blocks and layers that no
+//! head names (invisible). A crash between 4 and 5 leaves a head naming this node's pending
+//! push id: the next push recognises it and finishes step 5. A push that resumed an
+//! interrupted one then pushes what was written since, in the same call. Pushes of one volume
+//! run one at a time in a process ([`push`] waits for the one running).
 
+pub mod chain;
+mod check;
 pub mod clone;
 pub mod crypt;
 pub mod lazy;
+mod upload;
 
+pub use chain::{ChainLink, LayerRef};
+pub use check::{check_remote, RemoteCheck};
+use upload::upload_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
 use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
 use hybridfs_core::{FsError, Volume};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,7 +62,8 @@ pub const PACK_SMALLER_THAN: usize = 256 << 10;
 pub const PACK_BYTES: usize = 8 << 20;
 /// Uploads in flight.
 pub const PARALLEL: usize = 8;
-const LAYER_FORMAT: u32 = 1;
+/// Format 2: layers named by their hash and chained (`prev`, `parent_ref`, `push`).
+pub(crate) const LAYER_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -100,15 +114,29 @@ pub struct Layer {
     pub complete: bool,
     pub records: Vec<Record>,
     pub packed: Vec<Packed>,
+    /// The id of the push that wrote it (a race's two attempts never write the same bytes).
+    pub push: String,
+    /// The layer before it on this branch (None for layer 1).
+    pub prev: Option<LayerRef>,
+    /// Layer 1 of a fork: the exact layer of the parent branch it starts from.
+    pub parent_ref: Option<LayerRef>,
 }
 
 /// The head of a branch: its newest layer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Head {
     pub seq: u64,
+    /// The key of the newest layer.
     pub layer: String,
+    /// blake3 of its stored bytes (empty in heads of format-1 branches, which are refused).
+    #[serde(default)]
+    pub hash: String,
+    /// The pushing node's epoch the layer was read at.
     pub epoch: u64,
     pub pushed_at: i64,
+    /// The id of the push that wrote it: lets that node recognise its own push after a crash.
+    #[serde(default)]
+    pub push: String,
 }
 
 /// What this node last pushed to a branch (kept in the metadata store).
@@ -123,6 +151,12 @@ pub(crate) struct PushState {
     /// A clone's branch: where it forked (named by its first layer).
     #[serde(default)]
     pub parent: Option<(String, u64)>,
+    /// ... and the exact layer (its first layer names it).
+    #[serde(default)]
+    pub parent_ref: Option<LayerRef>,
+    /// The id of the pending push (written into its layers and head).
+    #[serde(default)]
+    pub push_id: Option<String>,
 }
 
 /// Progress of a push, for a progress line.
@@ -149,6 +183,9 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     pub requests: u64,
     pub resumed: bool,
+    /// A resumed push: the layer that finished the interrupted push (what was written since
+    /// went on as `seq`, in the same call).
+    pub resumed_seq: Option<u64>,
     pub seconds: f64,
     /// Nothing changed since the last push: no layer was written.
     pub up_to_date: bool,
@@ -222,9 +259,6 @@ impl Remote {
     pub fn pack_key(&self, id: &BlockId) -> String {
         format!("{}/packs/{}", self.volume, id.to_hex())
     }
-    pub fn layer_key(&self, branch: &str, seq: u64) -> String {
-        format!("{}/branches/{branch}/layers/{seq:012}", self.volume)
-    }
     pub fn head_key(&self, branch: &str) -> String {
         format!("{}/branches/{branch}/head", self.volume)
     }
@@ -249,14 +283,6 @@ impl Remote {
             Err(e) => Err(e.into()),
         }
     }
-
-    pub fn layer(&self, branch: &str, seq: u64) -> Result<Layer> {
-        let key = self.layer_key(branch, seq);
-        let (bytes, _) = self.store.get(&key)?;
-        let bytes = self.open_meta(&key, bytes)?;
-        let plain = zstd::decode_all(&bytes[..]).map_err(|e| SyncError::Corrupt(format!("layer {seq} of {branch}: {e}")))?;
-        bincode::deserialize(&plain).map_err(|e| SyncError::Corrupt(format!("layer {seq} of {branch}: {e}")))
-    }
 }
 
 pub(crate) fn state_name(branch: &str) -> String {
@@ -270,6 +296,18 @@ fn load_state(vol: &Volume, branch: &str) -> Result<PushState> {
     })
 }
 
+/// The first epoch whose journal rows `branch` does not have yet: 0 before the first push,
+/// else the epoch after the last push's snapshot (a pending push is not there yet).
+pub fn unpushed_since(meta: &hybridfs_core::meta::MetaStore, branch: &str) -> Result<u64> {
+    Ok(match meta.meta_value(&state_name(branch))? {
+        Some(b) => {
+            let st: PushState = serde_json::from_slice(&b).map_err(|e| SyncError::Corrupt(format!("local push state: {e}")))?;
+            if st.seq == 0 && st.parent.is_none() { 0 } else { st.epoch + 1 }
+        }
+        None => 0,
+    })
+}
+
 fn save_state(vol: &Volume, branch: &str, st: &PushState) -> Result<()> {
     let value = serde_json::to_vec(st).expect("plain data");
     vol.meta().apply(vec![Mutation::SetMeta { name: state_name(branch), value: Some(value) }], true)?;
@@ -280,22 +318,64 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// A new push id: 16 random hex digits.
+fn new_push_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the system's random source");
+    hex::encode(b)
+}
+
 /// The snapshot a push reads: the pending one of an interrupted push, or a new one.
 fn push_snapshot(vol: &Volume, branch: &str, st: &mut PushState) -> Result<(SnapshotInfo, bool)> {
     if let Some(name) = &st.pending {
         if let Ok(s) = vol.snapshot(name) {
+            if st.push_id.is_none() {
+                st.push_id = Some(new_push_id());
+                save_state(vol, branch, st)?;
+            }
             return Ok((s, true));
         }
     }
     let name = format!("push-{branch}-{}", st.seq + 1);
-    let snap = match vol.snapshot(&name) {
-        Ok(s) => s,
-        Err(_) => vol.snapshot_create(&name)?,
-    };
+    // A leftover of this name (a crash after its push was recorded) is an older view.
+    if vol.snapshot(&name).is_ok() {
+        drop_snapshot(vol, &name)?;
+    }
+    vol.snapshot_create(&name)?;
     vol.snapshot_hold(&name, "push", true)?;
+    let snap = vol.snapshot(&name)?;
     st.pending = Some(name);
+    st.push_id = Some(new_push_id());
     save_state(vol, branch, st)?;
     Ok((snap, false))
+}
+
+fn drop_snapshot(vol: &Volume, name: &str) -> Result<()> {
+    vol.snapshot_hold(name, "push", false)?;
+    vol.snapshot_delete(name)?;
+    Ok(())
+}
+
+/// Drop the `push-BRANCH-N` snapshots a crash left behind (between recording a push and
+/// deleting its snapshot): every one but the pending push's.
+fn drop_stale_push_snapshots(vol: &Volume, branch: &str, st: &PushState) -> Result<()> {
+    let prefix = format!("push-{branch}-");
+    for s in vol.snapshots()? {
+        let ours = s.name.strip_prefix(&prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && st.pending.as_deref() != Some(s.name.as_str()) {
+            tracing::info!(snapshot = %s.name, "drop the snapshot of a push recorded before a crash");
+            drop_snapshot(vol, &s.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pushes of one volume run one at a time in a process (two `hybridctl push` reach one mount
+/// process as two requests): the lock of `vol`.
+fn push_lock(vol: &Volume) -> Arc<Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<std::collections::HashMap<usize, Arc<Mutex<()>>>>> = std::sync::OnceLock::new();
+    let mut all = LOCKS.get_or_init(Default::default).lock().expect("lock");
+    all.entry(vol as *const Volume as usize).or_default().clone()
 }
 
 /// Publish the live tree of `vol` as the next layer of `branch`.
@@ -307,7 +387,9 @@ pub fn push(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pro
 /// whatever the size of the change, invariant 7); the head moves once, after the last.
 pub const LAYER_RECORDS: usize = 100_000;
 
-/// [`push`] with at most `chunk` records per layer.
+/// [`push`] with at most `chunk` records per layer. A push that finished an interrupted one
+/// (its older snapshot) then pushes what was written since: the branch gets the tree as of
+/// this call.
 pub fn push_chunked(
     vol: &Volume,
     remote: &Remote,
@@ -315,10 +397,57 @@ pub fn push_chunked(
     progress: &(dyn Fn(&Progress) + Sync),
     chunk: usize,
 ) -> Result<PushReport> {
+    let lock = push_lock(vol);
+    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
+    let mut report = push_once(vol, remote, branch, progress, chunk)?;
+    if report.resumed {
+        report.resumed_seq = Some(report.seq);
+        let rest = push_once(vol, remote, branch, progress, chunk)?;
+        report.absorb(&rest);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+impl PushReport {
+    /// Add a later push of the same call.
+    fn absorb(&mut self, later: &PushReport) {
+        if later.up_to_date {
+            return;
+        }
+        self.up_to_date = false;
+        self.seq = later.seq;
+        self.epoch = later.epoch;
+        self.records += later.records;
+        self.blocks_uploaded += later.blocks_uploaded;
+        self.blocks_skipped += later.blocks_skipped;
+        self.packs += later.packs;
+        self.bytes_uploaded += later.bytes_uploaded;
+        self.requests += later.requests;
+    }
+}
+
+/// Our pending push moved the head, and this node crashed before recording it.
+fn landed(st: &PushState, head: &Head) -> bool {
+    st.pending.is_some() && head.seq > st.seq && !head.push.is_empty() && st.push_id.as_deref() == Some(head.push.as_str())
+}
+
+/// One push: the pending one, or a new one of the live tree.
+fn push_once(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Progress) + Sync), chunk: usize) -> Result<PushReport> {
     let mut st = load_state(vol, branch)?;
     let head = remote.head(branch)?;
+    drop_stale_push_snapshots(vol, branch, &st)?;
+    let mut report = PushReport { branch: branch.to_string(), requests: 1, ..Default::default() };
     if let Some((h, etag)) = &head {
+        if landed(&st, h) {
+            tracing::info!(branch, seq = h.seq, "the head names this node's pending push: record it");
+            let snap = vol.snapshot(st.pending.as_deref().unwrap_or_default())?;
+            st.seq = h.seq;
+            finish(vol, branch, &mut st, &snap, Some(etag.clone()))?;
+            (report.resumed, report.seq, report.epoch) = (true, st.seq, st.epoch);
+            return Ok(report);
+        }
         if h.seq != st.seq || st.etag.as_deref() != Some(etag.as_str()) {
             return Err(SyncError::BranchMoved { branch: branch.to_string(), remote: h.seq, local: st.seq });
         }
@@ -329,27 +458,41 @@ pub fn push_chunked(
             st.seq
         )));
     }
+    if st.seq == 0 && st.parent.is_some() && st.parent_ref.is_none() {
+        let (pb, ps) = st.parent.clone().expect("checked");
+        st.parent_ref = Some(remote.layer_ref(&pb, ps)?);
+    }
     let (snap, resumed) = push_snapshot(vol, branch, &mut st)?;
-    let meta = vol.meta();
-    let mut report = PushReport { branch: branch.to_string(), resumed, requests: 1, ..Default::default() };
+    report.resumed = resumed;
+    let w = LayerWriter {
+        vol,
+        remote,
+        branch,
+        st: &st,
+        snap: &snap,
+        push_id: st.push_id.clone().unwrap_or_default(),
+        progress,
+    };
 
     // The records changed since the last push, read at the snapshot, a chunk at a time; each
     // chunk's blocks go before its layer (invariant 4). A record changed in several epochs may
     // appear in two chunks: the later layer simply repeats its value.
-    let mut seq = st.seq;
+    let mut prev = head.as_ref().map(|(h, _)| h.layer_ref());
+    let mut written: Vec<LayerRef> = Vec::new();
     let mut keys: BTreeSet<Key> = BTreeSet::new();
     let mut failure: Option<SyncError> = None;
-    let layer_of = |keys: &mut BTreeSet<Key>, seq: &mut u64, report: &mut PushReport| -> Result<()> {
-        *seq += 1;
-        let last = false;
-        write_layer(vol, remote, branch, &st, &snap, std::mem::take(keys), *seq, last, report, progress)
-    };
-    meta.changes(st.epoch, snap.epoch, &mut |c| {
+    vol.meta().changes(st.epoch, snap.epoch, &mut |c| {
         keys.insert(c.key);
         if keys.len() >= chunk.max(1) {
-            if let Err(e) = layer_of(&mut keys, &mut seq, &mut report) {
-                failure = Some(e);
-                return Ok(false);
+            match w.write(std::mem::take(&mut keys), prev.take(), false, &mut report) {
+                Ok(r) => {
+                    prev = Some(r.clone());
+                    written.push(r);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -357,113 +500,142 @@ pub fn push_chunked(
     if let Some(e) = failure {
         return Err(e);
     }
-    if keys.is_empty() && seq == st.seq && head.is_some() {
+    if keys.is_empty() && written.is_empty() && head.is_some() {
         finish(vol, branch, &mut st, &snap, None)?;
         report.up_to_date = true;
-        report.seq = st.seq;
-        report.epoch = st.epoch;
-        report.requests = 1;
-        report.seconds = started.elapsed().as_secs_f64();
+        (report.seq, report.epoch) = (st.seq, st.epoch);
         return Ok(report);
     }
-    seq += 1;
-    write_layer(vol, remote, branch, &st, &snap, keys, seq, true, &mut report, progress)?;
+    let last = w.write(keys, prev, true, &mut report)?;
+    written.push(last.clone());
     hybridfs_core::crashpoint("push-after-layer");
-    let new_head = Head { seq, layer: remote.layer_key(branch, seq), epoch: snap.epoch, pushed_at: now() };
-    let cond = match &head {
+    let etag = move_head(remote, branch, &st, &head, &last, &snap, &written)?;
+    hybridfs_core::crashpoint("push-after-head");
+    report.requests += 1;
+    st.seq = last.seq;
+    finish(vol, branch, &mut st, &snap, Some(etag))?;
+    (report.seq, report.epoch) = (last.seq, snap.epoch);
+    Ok(report)
+}
+
+/// The commit point: the head names `last`, by a conditional PUT against the head this node
+/// saw. Refused (another writer moved it): the layers `written` are deleted again, since no
+/// head names them.
+fn move_head(
+    remote: &Remote,
+    branch: &str,
+    st: &PushState,
+    head: &Option<(Head, String)>,
+    last: &LayerRef,
+    snap: &SnapshotInfo,
+    written: &[LayerRef],
+) -> Result<String> {
+    let push_id = st.push_id.clone().unwrap_or_default();
+    let new_head = Head { seq: last.seq, layer: last.key.clone(), hash: last.hash.clone(), epoch: snap.epoch, pushed_at: now(), push: push_id.clone() };
+    let cond = match head {
         Some((_, etag)) => Cond::IfMatch(etag.clone()),
         None => Cond::IfAbsent,
     };
     let head_key = remote.head_key(branch);
     let head_body = remote.seal_meta(&head_key, serde_json::to_vec(&new_head).expect("plain data"));
-    let etag = match remote.store.put(&head_key, &head_body, cond) {
-        Ok(etag) => etag,
+    match remote.store.put(&head_key, &head_body, cond) {
+        Ok(etag) => Ok(etag),
         Err(StoreError::Precondition { .. }) => {
-            let remote_seq = remote.head(branch)?.map_or(0, |(h, _)| h.seq);
-            return Err(SyncError::BranchMoved { branch: branch.to_string(), remote: remote_seq, local: st.seq });
+            let now = remote.head(branch)?;
+            if let Some((h, etag)) = now.as_ref().filter(|(h, _)| h.push == push_id && h.layer == last.key) {
+                tracing::info!(branch, seq = h.seq, "the head already names this push");
+                return Ok(etag.clone());
+            }
+            for r in written {
+                if let Err(e) = remote.store.delete(&r.key) {
+                    tracing::debug!(key = %r.key, "delete a refused push's layer: {e}");
+                }
+            }
+            let remote_seq = now.map_or(0, |(h, _)| h.seq);
+            Err(SyncError::BranchMoved { branch: branch.to_string(), remote: remote_seq, local: st.seq })
         }
-        Err(e) => return Err(e.into()),
-    };
-    report.requests += 1;
-    st.seq = seq;
-    finish(vol, branch, &mut st, &snap, Some(etag))?;
-    report.seq = seq;
-    report.epoch = snap.epoch;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Upload the blocks `keys` name that the store lacks, then their layer `seq`.
-#[allow(clippy::too_many_arguments)]
-fn write_layer(
-    vol: &Volume,
-    remote: &Remote,
-    branch: &str,
-    st: &PushState,
-    snap: &SnapshotInfo,
-    keys: BTreeSet<Key>,
-    seq: u64,
-    last: bool,
-    report: &mut PushReport,
-    progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<()> {
-    let meta = vol.meta();
-    let mut records = Vec::with_capacity(keys.len());
-    let mut blocks: BTreeSet<BlockId> = BTreeSet::new();
-    for key in keys {
-        let value = meta.raw_at(&key, snap.epoch)?;
-        if let (Key::Extent(..), Some(v)) = (&key, &value) {
-            if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                blocks.insert(id);
+/// Writes the layers of one push.
+struct LayerWriter<'a> {
+    vol: &'a Volume,
+    remote: &'a Remote,
+    branch: &'a str,
+    st: &'a PushState,
+    snap: &'a SnapshotInfo,
+    push_id: String,
+    progress: &'a (dyn Fn(&Progress) + Sync),
+}
+
+impl LayerWriter<'_> {
+    /// Upload the blocks `keys` name that the store lacks, then their layer (after `prev`).
+    fn write(&self, keys: BTreeSet<Key>, prev: Option<LayerRef>, last: bool, report: &mut PushReport) -> Result<LayerRef> {
+        let (vol, remote) = (self.vol, self.remote);
+        let meta = vol.meta();
+        let mut records = Vec::with_capacity(keys.len());
+        let mut blocks: BTreeSet<BlockId> = BTreeSet::new();
+        for key in keys {
+            let value = meta.raw_at(&key, self.snap.epoch)?;
+            if let (Key::Extent(..), Some(v)) = (&key, &value) {
+                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                    blocks.insert(id);
+                }
+            }
+            records.push(Record { key, value });
+        }
+        report.records += records.len() as u64;
+        // Blocks: skip what the store has; verify, then upload (small ones packed).
+        let mut todo = Vec::new();
+        for id in &blocks {
+            if meta.pushed(id)?.is_some() {
+                report.blocks_skipped += 1;
+            } else {
+                todo.push(*id);
             }
         }
-        records.push(Record { key, value });
-    }
-    report.records += records.len() as u64;
-    // Blocks: skip what the store has; verify, then upload (small ones packed).
-    let mut todo = Vec::new();
-    for id in &blocks {
-        if meta.pushed(id)?.is_some() {
-            report.blocks_skipped += 1;
-        } else {
-            todo.push(*id);
+        let uploaded = upload_blocks(vol, remote, &todo, self.progress)?;
+        report.blocks_uploaded += uploaded.blocks;
+        report.packs += uploaded.packs;
+        report.bytes_uploaded += uploaded.bytes;
+        report.requests += uploaded.requests;
+        // Where the packed blocks of this layer are, also those an interrupted push uploaded
+        // (no layer names them yet) or an earlier push did (a reader may start from any layer).
+        let mut packed = Vec::new();
+        for id in &blocks {
+            if let Some(Some((pack, offset, len))) = meta.pushed(id)? {
+                packed.push(Packed { id: *id, pack, offset, len });
+            }
         }
+        let seq = prev.as_ref().map_or(1, |p| p.seq + 1);
+        let first_of_fork = seq == 1;
+        let layer = Layer {
+            format: LAYER_FORMAT,
+            volume: remote.volume.clone(),
+            branch: self.branch.to_string(),
+            seq,
+            base_epoch: self.st.epoch,
+            epoch: self.snap.epoch,
+            block_size: vol.block_size(),
+            parent: if first_of_fork { self.st.parent.clone() } else { None },
+            complete: last,
+            records,
+            packed,
+            push: self.push_id.clone(),
+            prev,
+            parent_ref: if first_of_fork { self.st.parent_ref.clone() } else { None },
+        };
+        let plain = bincode::serialize(&layer).expect("plain data");
+        drop(layer);
+        let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
+        let bytes = remote.seal_meta(&remote.layer_aad(self.branch, seq), bytes);
+        let r = remote.layer_ref_for(self.branch, seq, &bytes);
+        remote.store.put(&r.key, &bytes, Cond::None)?;
+        report.bytes_uploaded += bytes.len() as u64;
+        report.requests += 1;
+        Ok(r)
     }
-    let uploaded = upload_blocks(vol, remote, &todo, progress)?;
-    report.blocks_uploaded += uploaded.blocks;
-    report.packs += uploaded.packs;
-    report.bytes_uploaded += uploaded.bytes;
-    report.requests += uploaded.requests;
-    // Where the packed blocks of this layer are, also those an interrupted push uploaded
-    // (no layer names them yet) or an earlier push did (a reader may start from any layer).
-    let mut packed = Vec::new();
-    for id in &blocks {
-        if let Some(Some((pack, offset, len))) = meta.pushed(id)? {
-            packed.push(Packed { id: *id, pack, offset, len });
-        }
-    }
-    let layer = Layer {
-        format: LAYER_FORMAT,
-        volume: remote.volume.clone(),
-        branch: branch.to_string(),
-        seq,
-        base_epoch: st.epoch,
-        epoch: snap.epoch,
-        block_size: vol.block_size(),
-        parent: if seq == 1 { st.parent.clone() } else { None },
-        complete: last,
-        records,
-        packed,
-    };
-    let plain = bincode::serialize(&layer).expect("plain data");
-    drop(layer);
-    let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
-    let layer_key = remote.layer_key(branch, seq);
-    let bytes = remote.seal_meta(&layer_key, bytes);
-    remote.store.put(&layer_key, &bytes, Cond::None)?;
-    report.bytes_uploaded += bytes.len() as u64;
-    report.requests += 1;
-    Ok(())
 }
 
 /// The push is recorded: remember where it got to, release and drop its snapshot.
@@ -473,198 +645,9 @@ fn finish(vol: &Volume, branch: &str, st: &mut PushState, snap: &SnapshotInfo, e
         st.etag = etag;
     }
     st.pending = None;
+    st.push_id = None;
     save_state(vol, branch, st)?;
-    vol.snapshot_hold(&snap.name, "push", false)?;
-    vol.snapshot_delete(&snap.name)?;
-    Ok(())
+    hybridfs_core::crashpoint("push-after-state");
+    drop_snapshot(vol, &snap.name)
 }
 
-struct Uploaded {
-    blocks: u64,
-    packs: u64,
-    bytes: u64,
-    requests: u64,
-}
-
-/// One request's worth of work.
-enum Job {
-    Block(BlockId, Vec<u8>),
-    Pack(Vec<(BlockId, Vec<u8>)>),
-}
-
-fn upload_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId], progress: &(dyn Fn(&Progress) + Sync)) -> Result<Uploaded> {
-    let mut out = Uploaded { blocks: 0, packs: 0, bytes: 0, requests: 0 };
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let bytes_total: u64 = ids.iter().map(|id| vol.blocks().stored_len(id).ok().flatten().unwrap_or(0)).sum();
-    let prog = Mutex::new(Progress { blocks_total: ids.len() as u64, bytes_total, ..Default::default() });
-    let (tx, rx) = crossbeam_channel::bounded::<Job>(PARALLEL * 2);
-    let first_error: Mutex<Option<SyncError>> = Mutex::new(None);
-    // blocks, packs, bytes, blocks uploaded alone
-    let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-    std::thread::scope(|s| -> Result<()> {
-        for _ in 0..PARALLEL {
-            let rx = rx.clone();
-            let (first_error, counts, prog) = (&first_error, &counts, &prog);
-            s.spawn(move || {
-                for job in rx {
-                    if first_error.lock().expect("lock").is_some() {
-                        continue;
-                    }
-                    if let Err(e) = run_job(vol, remote, job, counts, prog, progress) {
-                        first_error.lock().expect("lock").get_or_insert(e);
-                    }
-                }
-            });
-        }
-        drop(rx);
-        let mut pack: Vec<(BlockId, Vec<u8>)> = Vec::new();
-        let mut pack_len = 0;
-        for id in ids {
-            if first_error.lock().expect("lock").is_some() {
-                break;
-            }
-            let frame = vol.blocks().frame(id)?;
-            // Verify before it leaves: a corrupt local block must not become the store's copy.
-            hybridfs_blocks::decode(id, &frame)?;
-            if frame.len() >= PACK_SMALLER_THAN {
-                let _ = tx.send(Job::Block(*id, frame));
-                continue;
-            }
-            pack_len += frame.len();
-            pack.push((*id, frame));
-            if pack_len >= PACK_BYTES {
-                let _ = tx.send(Job::Pack(std::mem::take(&mut pack)));
-                pack_len = 0;
-            }
-        }
-        if !pack.is_empty() {
-            let _ = tx.send(Job::Pack(pack));
-        }
-        drop(tx);
-        Ok(())
-    })?;
-    if let Some(e) = first_error.into_inner().expect("lock") {
-        return Err(e);
-    }
-    out.blocks = counts[0].load(Ordering::Relaxed);
-    out.packs = counts[1].load(Ordering::Relaxed);
-    out.bytes = counts[2].load(Ordering::Relaxed);
-    out.requests = out.packs + counts[3].load(Ordering::Relaxed);
-    Ok(out)
-}
-
-fn run_job(
-    vol: &Volume,
-    remote: &Remote,
-    job: Job,
-    counts: &[AtomicU64; 4],
-    prog: &Mutex<Progress>,
-    progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<()> {
-    let (marks, bytes, plain): (Vec<Mutation>, u64, u64) = match job {
-        Job::Block(id, frame) => {
-            let plain = frame.len() as u64;
-            let frame = remote.seal_frame(&id, frame);
-            remote.store.put(&remote.block_key(&id), &frame, Cond::None)?;
-            counts[3].fetch_add(1, Ordering::Relaxed);
-            (vec![Mutation::MarkPushed { id, packed: None }], frame.len() as u64, plain)
-        }
-        Job::Pack(frames) => {
-            let plain = frames.iter().map(|f| f.1.len() as u64).sum();
-            let mut body = Vec::with_capacity(plain as usize);
-            let mut entries = Vec::new();
-            for (id, f) in frames {
-                let f = remote.seal_frame(&id, f);
-                entries.push((id, body.len() as u64, f.len() as u64));
-                body.extend_from_slice(&f);
-            }
-            let pack = BlockId(*blake3::hash(&body).as_bytes());
-            remote.store.put(&remote.pack_key(&pack), &body, Cond::None)?;
-            counts[1].fetch_add(1, Ordering::Relaxed);
-            let marks = entries
-                .iter()
-                .map(|(id, offset, len)| Mutation::MarkPushed { id: *id, packed: Some((pack, *offset, *len)) })
-                .collect();
-            (marks, body.len() as u64, plain)
-        }
-    };
-    // Recorded as uploads finish, so an interrupted push resumes without them.
-    hybridfs_core::crashpoint("push-after-block");
-    let n = marks.len() as u64;
-    vol.meta().apply(marks, false)?;
-    counts[0].fetch_add(n, Ordering::Relaxed);
-    counts[2].fetch_add(bytes, Ordering::Relaxed);
-    let mut p = prog.lock().expect("lock");
-    p.blocks_done += n;
-    p.bytes_done += plain;
-    progress(&p);
-    Ok(())
-}
-
-/// What `fsck --remote` found in the store.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RemoteCheck {
-    pub branch: String,
-    pub layers: u64,
-    pub blocks: u64,
-    pub verified: u64,
-    /// One line per problem: a missing or bad object, naming the block.
-    pub problems: Vec<String>,
-}
-
-/// Check that every block the layers of `branch` name is in the store; with `verify`, also
-/// download and hash each one (invariant 5).
-pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<RemoteCheck> {
-    let mut report = RemoteCheck { branch: branch.to_string(), ..Default::default() };
-    let Some((head, _)) = remote.head(branch)? else {
-        report.problems.push(format!("branch {branch} has no head in {}", remote.store.describe()));
-        return Ok(report);
-    };
-    let mut packed: BTreeMap<BlockId, (BlockId, u64, u64)> = BTreeMap::new();
-    let mut named: BTreeSet<BlockId> = BTreeSet::new();
-    for (b, s) in clone::layer_chain(remote, branch, head.seq)? {
-        let layer = match remote.layer(&b, s) {
-            Ok(l) => l,
-            Err(e) => {
-                report.problems.push(format!("layer {s} of branch {b}: {e}"));
-                continue;
-            }
-        };
-        report.layers += 1;
-        for p in layer.packed {
-            packed.insert(p.id, (p.pack, p.offset, p.len));
-        }
-        for r in layer.records {
-            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                    named.insert(id);
-                }
-            }
-        }
-    }
-    report.blocks = named.len() as u64;
-    for id in &named {
-        let (key, range) = match packed.get(id) {
-            Some((pack, offset, len)) => (remote.pack_key(pack), Some((*offset, *len))),
-            None => (remote.block_key(id), None),
-        };
-        if !verify {
-            match remote.store.head(&key)? {
-                None => report.problems.push(format!("block {id}: object {key} is missing")),
-                Some(m) if range.is_some_and(|(o, l)| o + l > m.len) => {
-                    report.problems.push(format!("block {id}: pack {key} is shorter ({} bytes) than its index says", m.len))
-                }
-                Some(_) => {}
-            }
-            continue;
-        }
-        match remote.fetch_frame(id, packed.get(id).copied()) {
-            Ok(_) => report.verified += 1,
-            Err(SyncError::Store(StoreError::NotFound { .. })) => report.problems.push(format!("block {id}: object {key} is missing")),
-            Err(e) => report.problems.push(format!("block {id} in {key}: {e}")),
-        }
-    }
-    Ok(report)
-}

@@ -371,15 +371,30 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
+/// Commands that only print what they read locally may die quietly on a closed pipe
+/// (`hybridctl journal | head`), as command-line tools do. Every other command ignores SIGPIPE
+/// (Rust's default) and sees EPIPE as an error: the mount process must never be killed by a
+/// client that went away or a connection the store reset, nor a push or a clone halfway.
+fn dies_on_closed_pipe(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Status { .. } | Cmd::Journal { .. } | Cmd::Diff { .. } => true,
+        Cmd::Fsck { remote, .. } => !remote,
+        Cmd::Snapshot(SnapCmd::List { .. } | SnapCmd::Show { .. }) => true,
+        _ => false,
+    }
+}
+
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`hybridctl journal | head`), as command-line tools do.
-    // SAFETY: resetting a signal disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args: Vec<String> = std::env::args().collect();
     let as_helper = args.first().is_some_and(|a| a.ends_with("mount.fuse.hybridfs"));
     let cli = if as_helper { Cli::parse_from(mount_helper_args(args)) } else { Cli::parse_from(args) };
+    let pipe = if dies_on_closed_pipe(&cli.cmd) { libc::SIG_DFL } else { libc::SIG_IGN };
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, pipe) };
     // The mount process logs what it does; other commands print their result and only warn.
-    let default = if matches!(cli.cmd, Cmd::Mount { .. }) { "info,fuser::session=error" } else { "warn" };
+    // fuser's "Failed to send FUSE reply" is a request the kernel gave up on (interrupted):
+    // routine, not an error.
+    let default = if matches!(cli.cmd, Cmd::Mount { .. }) { "info,fuser::session=error,fuser::reply=off" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
@@ -396,7 +411,17 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::mount_helper_args;
+    use super::{dies_on_closed_pipe, mount_helper_args, Cli};
+    use clap::Parser;
+
+    #[test]
+    fn only_local_printing_commands_die_on_a_closed_pipe() {
+        let cmd = |args: &[&str]| Cli::parse_from(args).cmd;
+        for long_lived in [&["hybridctl", "mount", "v", "/mnt"][..], &["hybridctl", "push"], &["hybridctl", "clone", "s3://b/v", "--branch", "n"], &["hybridctl", "fsck", "v", "--remote"]] {
+            assert!(!dies_on_closed_pipe(&cmd(long_lived)), "{long_lived:?} must ignore SIGPIPE");
+        }
+        assert!(dies_on_closed_pipe(&cmd(&["hybridctl", "journal", "v"])));
+    }
 
     #[test]
     fn mount_helper_turns_fstab_options_into_flags() {

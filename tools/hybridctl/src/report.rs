@@ -18,9 +18,15 @@ struct VolumeStatus {
     files: u64,
     directories: u64,
     bytes: u64,
-    /// Bytes of live files in blocks written since the last push (the journal).
+    /// Bytes of live files in blocks written since the last push to the volume's branch (all
+    /// of them before the first push): what a node must push before it may go. Zero right
+    /// after a push, until the next write.
+    unpushed_bytes: u64,
+    /// Bytes of live files in blocks still in staging files (not yet sealed into blocks).
+    unsealed_bytes: u64,
+    /// Same as `unpushed_bytes` (the name of earlier versions).
     dirty_bytes: u64,
-    /// Bytes of live files in blocks still in staging files (not yet sealed).
+    /// Same as `unsealed_bytes` (the name of earlier versions).
     staged_bytes: u64,
     epoch: u64,
     mounted: bool,
@@ -49,8 +55,9 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
     let bs = cfg.block_size as u64;
     // The bytes of one block of a live file (the last block may be short; deleted files: 0).
     let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
-    let dirty: HashSet<(u64, u64)> = meta.journal(0)?.into_iter().map(|e| (e.ino, e.block)).collect();
-    let dirty_bytes = dirty.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
+    let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
+    let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
+    let unpushed_bytes = unpushed.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
     let mut staged_bytes = 0u64;
     meta.for_each_extent(&mut |ino, block, e| {
         if e == Extent::Staged {
@@ -65,7 +72,9 @@ fn volume_status(vd: &VolumeDir) -> Result<VolumeStatus> {
         files,
         directories: dirs,
         bytes,
-        dirty_bytes,
+        unpushed_bytes,
+        unsealed_bytes: staged_bytes,
+        dirty_bytes: unpushed_bytes,
         staged_bytes,
         epoch: meta.epoch(),
         snapshots: meta.snapshots()?.len(),
@@ -90,7 +99,7 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
         println!("no volumes in {} (create one with `hybridctl format NAME`)", home.root.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>6}  {}", "VOLUME", "BLOCK", "FILES", "DIRS", "SIZE", "DIRTY", "STAGED", "EPOCH", "MOUNT");
+    println!("{:<16} {:>8} {:>10} {:>8} {:>11} {:>11} {:>11} {:>6}  {}", "VOLUME", "BLOCK", "FILES", "DIRS", "SIZE", "UNPUSHED", "UNSEALED", "EPOCH", "MOUNT");
     for s in &statuses {
         let mount = match (&s.mountpoint, s.pid) {
             (Some(mp), Some(pid)) => format!("{mp} (pid {pid})"),
@@ -103,8 +112,8 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
             s.files,
             s.directories,
             human_bytes(s.bytes),
-            human_bytes(s.dirty_bytes),
-            human_bytes(s.staged_bytes),
+            human_bytes(s.unpushed_bytes),
+            human_bytes(s.unsealed_bytes),
             s.epoch,
         );
         println!("{:<16} store {}, {} snapshots", "", s.store, s.snapshots);

@@ -1,0 +1,187 @@
+//! The history of a branch in the store: a chain of layers, each named by the hash of its body.
+//!
+//! # Layer names and the chain (invariant 4)
+//!
+//! ```text
+//! VOLUME/branches/B/layers/<seq:012>-<32 hex>   the 32 hex: blake3 of the object's stored bytes
+//! VOLUME/branches/B/head                        {seq, layer: KEY, hash: 64 hex, push, epoch, ...}
+//! ```
+//!
+//! Every push writes its layers under keys no other attempt uses: two nodes racing for the same
+//! sequence number write different bodies (each layer names the id of the push that wrote it),
+//! hence different keys, and only the one whose conditional head PUT succeeds is named by the
+//! head. A refused writer has written nothing a reader can reach.
+//!
+//! The head names the exact key and the full hash of its newest layer; each layer names the
+//! key and hash of the layer before it on its branch (`prev`) and, for the first layer of a
+//! fork, the exact layer of the parent branch it starts from (`parent_ref`). Readers walk the
+//! chain back from the head and check every body against the hash that named it before they
+//! use it; a layer replaced, truncated or swapped is an error naming it, never silently read.
+//!
+//! A walk reads each layer once to learn its predecessor; the compressed bodies it read are
+//! kept (up to [`WALK_CACHE_BYTES`]) so that applying the chain oldest-first does not read
+//! them again.
+
+use crate::{Layer, Remote, Result, SyncError};
+use serde::{Deserialize, Serialize};
+
+/// Bodies a walk keeps for the caller, in bytes (compressed, as stored).
+pub const WALK_CACHE_BYTES: usize = 64 << 20;
+
+/// Forks followed before a chain is called corrupt.
+const MAX_FORKS: usize = 64;
+
+/// The exact layer object a head or a later layer names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    pub seq: u64,
+    pub key: String,
+    /// blake3 of the stored bytes (after encryption, if any), 64 hex digits.
+    pub hash: String,
+}
+
+/// One layer of a chain, oldest first, with its body when the walk kept it.
+#[derive(Clone, Debug)]
+pub struct ChainLink {
+    pub branch: String,
+    pub r: LayerRef,
+    body: Option<Vec<u8>>,
+}
+
+impl crate::Head {
+    /// The layer this head names.
+    pub fn layer_ref(&self) -> LayerRef {
+        LayerRef { seq: self.seq, key: self.layer.clone(), hash: self.hash.clone() }
+    }
+}
+
+impl Remote {
+    /// What a layer's encryption is bound to: its branch and sequence number (the key itself
+    /// depends on the sealed bytes).
+    pub(crate) fn layer_aad(&self, branch: &str, seq: u64) -> String {
+        format!("{}/branches/{branch}/layers/{seq:012}", self.volume)
+    }
+
+    /// The key and reference of layer `seq` of `branch` whose stored bytes are `body`.
+    pub fn layer_ref_for(&self, branch: &str, seq: u64, body: &[u8]) -> LayerRef {
+        let hash = blake3::hash(body).to_hex().to_string();
+        let key = format!("{}/branches/{branch}/layers/{seq:012}-{}", self.volume, &hash[..32]);
+        LayerRef { seq, key, hash }
+    }
+
+    /// The stored bytes of the layer `r` names, checked against its hash.
+    fn layer_body(&self, branch: &str, r: &LayerRef) -> Result<Vec<u8>> {
+        if r.hash.len() != 64 {
+            return Err(SyncError::Corrupt(format!(
+                "layer {} of branch {branch} is named without a hash ({}): written by an older hybridfs; push the branch again from a current one",
+                r.seq, r.key
+            )));
+        }
+        let (body, _) = self.store.get(&r.key)?;
+        let got = blake3::hash(&body).to_hex();
+        if got.as_str() != r.hash {
+            return Err(SyncError::Corrupt(format!(
+                "layer {} of branch {branch} ({}) does not match the hash that names it (blake3 {}, expected {})",
+                r.seq, r.key, got, r.hash
+            )));
+        }
+        Ok(body)
+    }
+
+    /// Decode stored bytes of layer `r` of `branch`.
+    fn decode_layer(&self, branch: &str, r: &LayerRef, body: Vec<u8>) -> Result<Layer> {
+        let bad = |e: String| SyncError::Corrupt(format!("layer {} of branch {branch} ({}): {e}", r.seq, r.key));
+        let bytes = self.open_meta(&self.layer_aad(branch, r.seq), body)?;
+        let plain = zstd::decode_all(&bytes[..]).map_err(|e| bad(e.to_string()))?;
+        let format = plain.get(..4).map(|f| u32::from_le_bytes(f.try_into().expect("4 bytes")));
+        if format != Some(crate::LAYER_FORMAT) {
+            return Err(bad(format!("layer format {format:?}, this hybridfs reads {}", crate::LAYER_FORMAT)));
+        }
+        let layer: Layer = bincode::deserialize(&plain).map_err(|e| bad(e.to_string()))?;
+        if layer.seq != r.seq || layer.branch != branch || layer.volume != self.volume {
+            return Err(bad(format!("it says it is layer {} of {}/{}", layer.seq, layer.volume, layer.branch)));
+        }
+        Ok(layer)
+    }
+
+    /// The layer `r` names, verified.
+    pub fn read_layer(&self, branch: &str, r: &LayerRef) -> Result<Layer> {
+        let body = self.layer_body(branch, r)?;
+        self.decode_layer(branch, r, body)
+    }
+
+    /// The layer of a chain link (kept by the walk, or read again and verified).
+    pub fn open_link(&self, link: &ChainLink) -> Result<Layer> {
+        match &link.body {
+            Some(b) => self.decode_layer(&link.branch, &link.r, b.clone()),
+            None => self.read_layer(&link.branch, &link.r),
+        }
+    }
+
+    /// The layers of `branch` from `top` back to sequence number `down_to` (inclusive), oldest
+    /// first; reaching layer 1 of a fork, with `follow_parent`, the parent's chain up to the
+    /// fork point comes first.
+    pub fn chain(&self, branch: &str, top: LayerRef, down_to: u64, follow_parent: bool) -> Result<Vec<ChainLink>> {
+        let mut budget = WALK_CACHE_BYTES;
+        self.walk(branch, top, down_to, follow_parent, 0, &mut budget)
+    }
+
+    fn walk(&self, branch: &str, top: LayerRef, down_to: u64, follow_parent: bool, depth: usize, budget: &mut usize) -> Result<Vec<ChainLink>> {
+        if depth > MAX_FORKS {
+            return Err(SyncError::Corrupt(format!("branch {branch}: more than {MAX_FORKS} nested forks")));
+        }
+        let mut links = Vec::new();
+        let mut parent = None;
+        let mut next = Some(top);
+        // Each step goes one sequence number down: the walk ends.
+        while let Some(r) = next.take().filter(|r| r.seq >= down_to.max(1)) {
+            let body = self.layer_body(branch, &r)?;
+            let layer = self.decode_layer(branch, &r, body.clone())?;
+            match (&layer.prev, r.seq) {
+                (None, 1) => parent = layer.parent_ref.clone().zip(layer.parent.clone()),
+                (Some(p), s) if p.seq + 1 == s => next = Some(p.clone()),
+                (p, s) => {
+                    return Err(SyncError::Corrupt(format!("layer {s} of branch {branch} ({}) names {p:?} as the layer before it", r.key)))
+                }
+            }
+            let keep = body.len() <= *budget;
+            if keep {
+                *budget -= body.len();
+            }
+            links.push(ChainLink { branch: branch.to_string(), r, body: keep.then_some(body) });
+        }
+        links.reverse();
+        match parent {
+            Some((pr, (pb, ps))) if follow_parent => {
+                if pr.seq != ps {
+                    return Err(SyncError::Corrupt(format!("layer 1 of branch {branch} names layer {ps} of {pb} and a reference to layer {}", pr.seq)));
+                }
+                let mut all = self.walk(&pb, pr, 1, true, depth + 1, budget)?;
+                all.extend(links);
+                Ok(all)
+            }
+            _ => Ok(links),
+        }
+    }
+
+    /// The reference of layer `seq` of `branch`, found by walking back from its head.
+    pub fn layer_ref(&self, branch: &str, seq: u64) -> Result<LayerRef> {
+        let (head, _) = self
+            .head(branch)?
+            .ok_or_else(|| SyncError::Corrupt(format!("volume {} has no branch {branch} in {}", self.volume, self.store.describe())))?;
+        if seq == 0 || seq > head.seq {
+            return Err(SyncError::Conflict(format!("branch {branch} has layers 1 to {}, not {seq}", head.seq)));
+        }
+        let mut r = head.layer_ref();
+        while r.seq > seq {
+            r = self.read_layer(branch, &r)?.prev.ok_or_else(|| SyncError::Corrupt(format!("layer {} of branch {branch} names no layer before it", r.seq)))?;
+        }
+        Ok(r)
+    }
+
+    /// Layer `seq` of `branch` (walks back from the head: for tools and tests).
+    pub fn layer(&self, branch: &str, seq: u64) -> Result<Layer> {
+        let r = self.layer_ref(branch, seq)?;
+        self.read_layer(branch, &r)
+    }
+}

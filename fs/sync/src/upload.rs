@@ -1,0 +1,134 @@
+//! Uploading a push's blocks: [`PARALLEL`] requests in flight, small frames packed.
+
+use crate::{Progress, Remote, Result, SyncError, PACK_BYTES, PACK_SMALLER_THAN, PARALLEL};
+use hybridfs_cloud::Cond;
+use hybridfs_core::meta::Mutation;
+use hybridfs_core::types::BlockId;
+use hybridfs_core::Volume;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub(crate) struct Uploaded {
+    pub blocks: u64,
+    pub packs: u64,
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// One request's worth of work.
+enum Job {
+    Block(BlockId, Vec<u8>),
+    Pack(Vec<(BlockId, Vec<u8>)>),
+}
+
+pub(crate) fn upload_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId], progress: &(dyn Fn(&Progress) + Sync)) -> Result<Uploaded> {
+    let mut out = Uploaded { blocks: 0, packs: 0, bytes: 0, requests: 0 };
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let bytes_total: u64 = ids.iter().map(|id| vol.blocks().stored_len(id).ok().flatten().unwrap_or(0)).sum();
+    let prog = Mutex::new(Progress { blocks_total: ids.len() as u64, bytes_total, ..Default::default() });
+    let (tx, rx) = crossbeam_channel::bounded::<Job>(PARALLEL * 2);
+    let first_error: Mutex<Option<SyncError>> = Mutex::new(None);
+    // blocks, packs, bytes, blocks uploaded alone
+    let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    std::thread::scope(|s| -> Result<()> {
+        for _ in 0..PARALLEL {
+            let rx = rx.clone();
+            let (first_error, counts, prog) = (&first_error, &counts, &prog);
+            s.spawn(move || {
+                for job in rx {
+                    if first_error.lock().expect("lock").is_some() {
+                        continue;
+                    }
+                    if let Err(e) = run_job(vol, remote, job, counts, prog, progress) {
+                        first_error.lock().expect("lock").get_or_insert(e);
+                    }
+                }
+            });
+        }
+        drop(rx);
+        let mut pack: Vec<(BlockId, Vec<u8>)> = Vec::new();
+        let mut pack_len = 0;
+        for id in ids {
+            if first_error.lock().expect("lock").is_some() {
+                break;
+            }
+            let frame = vol.blocks().frame(id)?;
+            // Verify before it leaves: a corrupt local block must not become the store's copy.
+            hybridfs_blocks::decode(id, &frame)?;
+            if frame.len() >= PACK_SMALLER_THAN {
+                let _ = tx.send(Job::Block(*id, frame));
+                continue;
+            }
+            pack_len += frame.len();
+            pack.push((*id, frame));
+            if pack_len >= PACK_BYTES {
+                let _ = tx.send(Job::Pack(std::mem::take(&mut pack)));
+                pack_len = 0;
+            }
+        }
+        if !pack.is_empty() {
+            let _ = tx.send(Job::Pack(pack));
+        }
+        drop(tx);
+        Ok(())
+    })?;
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    out.blocks = counts[0].load(Ordering::Relaxed);
+    out.packs = counts[1].load(Ordering::Relaxed);
+    out.bytes = counts[2].load(Ordering::Relaxed);
+    out.requests = out.packs + counts[3].load(Ordering::Relaxed);
+    Ok(out)
+}
+
+fn run_job(
+    vol: &Volume,
+    remote: &Remote,
+    job: Job,
+    counts: &[AtomicU64; 4],
+    prog: &Mutex<Progress>,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<()> {
+    let (marks, bytes, plain): (Vec<Mutation>, u64, u64) = match job {
+        Job::Block(id, frame) => {
+            let plain = frame.len() as u64;
+            let frame = remote.seal_frame(&id, frame);
+            remote.store.put(&remote.block_key(&id), &frame, Cond::None)?;
+            counts[3].fetch_add(1, Ordering::Relaxed);
+            (vec![Mutation::MarkPushed { id, packed: None }], frame.len() as u64, plain)
+        }
+        Job::Pack(frames) => {
+            let plain = frames.iter().map(|f| f.1.len() as u64).sum();
+            let mut body = Vec::with_capacity(plain as usize);
+            let mut entries = Vec::new();
+            for (id, f) in frames {
+                let f = remote.seal_frame(&id, f);
+                entries.push((id, body.len() as u64, f.len() as u64));
+                body.extend_from_slice(&f);
+            }
+            let pack = BlockId(*blake3::hash(&body).as_bytes());
+            remote.store.put(&remote.pack_key(&pack), &body, Cond::None)?;
+            counts[1].fetch_add(1, Ordering::Relaxed);
+            let marks = entries
+                .iter()
+                .map(|(id, offset, len)| Mutation::MarkPushed { id: *id, packed: Some((pack, *offset, *len)) })
+                .collect();
+            (marks, body.len() as u64, plain)
+        }
+    };
+    // Recorded as uploads finish, so an interrupted push resumes without them.
+    hybridfs_core::crashpoint("push-after-block");
+    let n = marks.len() as u64;
+    vol.meta().apply(marks, false)?;
+    counts[0].fetch_add(n, Ordering::Relaxed);
+    counts[2].fetch_add(bytes, Ordering::Relaxed);
+    let mut p = prog.lock().expect("lock");
+    p.blocks_done += n;
+    p.bytes_done += plain;
+    progress(&p);
+    Ok(())
+}
+
