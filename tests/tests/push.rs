@@ -598,7 +598,7 @@ fn bad_store_settings_fail_with_one_clear_line() {
     let out = push_cmd(&vol, &closed_env, &[]);
     let took = started.elapsed();
     assert!(!out.timed_out, "push against a closed port must return (harness limit 120 s): {out}");
-    let line = the_error_line(&out);
+    let line = only_the_error_line(&out);
     assert!(line.contains("cannot reach the store"), "the error says the store cannot be reached: {line}");
     assert!(line.contains(&port.to_string()), "the error names the endpoint: {line}");
     assert!(!out.all_output().contains(SECRET_KEY), "{INV8}: {out}");
@@ -737,5 +737,86 @@ fn a_push_client_killed_mid_stream_never_takes_the_mount_down() {
     let (next, _) = push_ok(&vol, &[], &[]);
     assert!(next.up_to_date, "{next:?}");
     check_branch(&r, "main");
+    vol.umount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Format checks the store; errors stay one line (issue 9)
+
+/// `hybridctl format NAME --store URL EXTRA...` in `vol`'s home with `env`.
+fn format_cmd(vol: &TestVolume, env: &[(&'static str, String)], name: &str, url: &str, extra: &[&str]) -> CmdOutput {
+    let mut args = vec!["format", name, "--store", url];
+    args.extend_from_slice(extra);
+    vol.ctl_env(&env_refs(env), &args)
+}
+
+/// A failed command prints exactly one line, the error (no retry or credential-chain warnings).
+fn only_the_error_line(out: &CmdOutput) -> String {
+    let line = the_error_line(out);
+    assert_eq!(out.stderr.lines().count(), 1, "one line on stderr, nothing else: {out}");
+    line
+}
+
+#[test]
+fn format_checks_the_store_and_errors_stay_one_line() {
+    let server = start_server();
+    let env = server.env();
+    let store = test_store(&server, "hybridfs-fmt", "");
+    let scratch = TestVolume::builder().name("scratch").unformatted().build();
+    let created = |name: &str| scratch.home().join("volumes").join(name).exists();
+
+    // Good settings: the volume is made and the check leaves nothing in the store.
+    format_cmd(&scratch, &env, "good", "s3://hybridfs-fmt/ok", &[]).assert_success();
+    assert!(created("good"));
+    assert_eq!(store.list("").unwrap(), Vec::<String>::new(), "the check object is deleted again");
+
+    // A wrong secret key: refused now, one line, no secret shown, nothing made.
+    let wrong_secret = "wrong-Secret-4Kd9PqLx";
+    let out = format_cmd(&scratch, &env_with(&env, "AWS_SECRET_ACCESS_KEY", wrong_secret), "denied", "s3://hybridfs-fmt/d", &[]);
+    let line = only_the_error_line(&out);
+    assert!(line.to_lowercase().contains("access denied") && line.contains("--no-check"), "{line}");
+    assert!(!out.all_output().contains(wrong_secret) && !out.all_output().contains(SECRET_KEY), "{INV8}: {out}");
+    assert!(!created("denied"), "a failed check makes no volume");
+
+    // A bucket that does not exist.
+    let line = only_the_error_line(&format_cmd(&scratch, &env, "nobucket", "s3://hybridfs-no-such-bucket/p", &[]));
+    assert!(line.contains("hybridfs-no-such-bucket") && line.contains("bucket"), "{line}");
+    assert!(!created("nobucket"));
+
+    // Nothing listens: one line after the retries (which stay out of the output), bounded.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let closed_env = env_with(&env, "AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{port}"));
+    let started = Instant::now();
+    let line = only_the_error_line(&format_cmd(&scratch, &closed_env, "closed", "s3://hybridfs-fmt/c", &[]));
+    assert!(line.contains("cannot reach the store") && line.contains(&port.to_string()), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(60), "format against a closed port took {:?}", started.elapsed());
+    assert!(!created("closed"));
+
+    // No credentials at all (the EC2 metadata endpoint enabled but pointed at a closed local
+    // port, so the AWS chain tries it and fails): one line that says so.
+    let empty = scratch.root().join("empty-aws-config");
+    fs::write(&empty, "").unwrap();
+    let no_keys: Vec<(&'static str, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"))
+        .cloned()
+        .chain([
+            ("AWS_EC2_METADATA_DISABLED", "false".to_string()),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{port}")),
+            ("AWS_SHARED_CREDENTIALS_FILE", empty.display().to_string()),
+            ("AWS_CONFIG_FILE", empty.display().to_string()),
+        ])
+        .collect();
+    let line = only_the_error_line(&format_cmd(&scratch, &no_keys, "nokeys", "s3://hybridfs-fmt/n", &[]));
+    assert!(line.contains("no credentials"), "{line}");
+
+    // --no-check makes it anyway, and it mounts (local first) and takes writes.
+    format_cmd(&scratch, &closed_env, "closed", "s3://hybridfs-fmt/c", &["--no-check"]).assert_success();
+    let mut vol = TestVolume::builder().name("offline").store("s3://hybridfs-fmt/c").unmounted().build();
+    vol.mount_env(&env_refs(&closed_env));
+    put(&vol, "local-first", &pattern(9, 200 * KIB));
+    assert_eq!(fs::read(vol.path("local-first")).unwrap(), pattern(9, 200 * KIB));
     vol.umount();
 }

@@ -112,6 +112,20 @@ pub fn open(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(store)
 }
 
+/// List at `key`, write a small object there, read it back and delete it: the store answers,
+/// the bucket exists and the credentials may list and write. The first failure, as the store reported it.
+pub fn probe(store: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
+    let body = format!("hybridfs store check {key}");
+    // A list first: some servers make a missing bucket on a PUT by an admin.
+    store.list(key)?;
+    store.put(key, body.as_bytes(), Cond::None)?;
+    let (back, _) = store.get(key)?;
+    if back != body.as_bytes() {
+        return Err(StoreError::Corrupt { key: key.to_string(), why: "it reads back different bytes than were written".into() });
+    }
+    store.delete(key)
+}
+
 /// The ETag the local and in-memory stores give `data`: the first 32 hex digits of its blake3.
 pub fn content_etag(data: &[u8]) -> String {
     let hash = blake3::hash(data);

@@ -83,8 +83,14 @@ impl<S: ObjectStore> Retry<S> {
             let Some(pause) = self.policy.delay(attempt, start.elapsed()) else {
                 return Err(err);
             };
+            // One line per call at info (the mount log shows it; a command's default filter does
+            // not: its error, if the retries fail, is its one line), the rest at debug.
             let store = self.inner.describe();
-            tracing::warn!(%store, op, key, attempt, ?pause, error = %err, "object store call failed, retrying");
+            if attempt == 1 {
+                tracing::info!(%store, op, key, error = %err, "object store call failed, retrying");
+            } else {
+                tracing::debug!(%store, op, key, attempt, ?pause, error = %err, "object store call failed, retrying");
+            }
             std::thread::sleep(pause);
             attempt += 1;
         }

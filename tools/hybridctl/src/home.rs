@@ -193,6 +193,15 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// The store at `url` takes a write under the volume's name (see [`hybridfs_cloud::probe`]).
+fn probe_store(url: &str, name: &str) -> Result<()> {
+    let fail = |e: String| anyhow::anyhow!("the store {url} cannot be used: {e} (nothing was changed; `format --no-check` skips this check)");
+    let store = hybridfs_cloud::open(url).map_err(|e| fail(e.to_string()))?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let key = format!("{name}/format-check-{}-{nanos}", std::process::id());
+    hybridfs_cloud::probe(&*store, &key).map_err(|e| fail(e.to_string()))
+}
+
 fn check_store(store: &str) -> Result<()> {
     if let Some(path) = store.strip_prefix("file://") {
         if !path.starts_with('/') {
@@ -237,7 +246,9 @@ impl Home {
         Ok(names.iter().filter_map(|n| self.volume(n).ok()).collect())
     }
 
-    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>, key_file: Option<&Path>) -> Result<()> {
+    /// `check`: first make sure the store is reachable and writable (a small object written,
+    /// read back and deleted), so bad settings show now rather than at the first push.
+    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>, key_file: Option<&Path>, check: bool) -> Result<()> {
         let key = match key_file {
             Some(p) => Some(prepare_key_file(p)?),
             None => None,
@@ -255,6 +266,9 @@ impl Home {
         let dir = self.root.join("volumes").join(name);
         if dir.exists() {
             return usage(format!("volume {name} already exists in {} (nothing was changed)", self.root.display()));
+        }
+        if check {
+            probe_store(store, name)?;
         }
         std::fs::create_dir_all(dir.parent().expect("has parent")).with_context(|| format!("create {}", self.root.display()))?;
         let tmp = self.root.join("volumes").join(format!(".{name}.formatting"));

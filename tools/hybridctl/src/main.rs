@@ -46,6 +46,10 @@ enum Cmd {
         /// HYBRIDFS_ENCRYPTION_KEY overrides the file.
         #[arg(long, value_name = "PATH")]
         encryption_key_file: Option<PathBuf>,
+        /// Do not check that the store is reachable and writable (a small object is written,
+        /// read back and deleted under NAME/ before the volume is made).
+        #[arg(long)]
+        no_check: bool,
     },
     /// Mount a volume (foreground unless -d).
     Mount {
@@ -273,8 +277,8 @@ pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let home = home::Home::resolve(cli.home)?;
     match cli.cmd {
-        Cmd::Format { name, block_size, store, encryption_key_file } => home
-            .format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref())
+        Cmd::Format { name, block_size, store, encryption_key_file, no_check } => home
+            .format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)
             .map(|_| ExitCode::SUCCESS),
         Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay } => {
             let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay };
@@ -394,7 +398,13 @@ fn main() -> ExitCode {
     // The mount process logs what it does; other commands print their result and only warn.
     // fuser's "Failed to send FUSE reply" is a request the kernel gave up on (interrupted):
     // routine, not an error.
-    let default = if matches!(cli.cmd, Cmd::Mount { .. }) { "info,fuser::session=error,fuser::reply=off" } else { "warn" };
+    // The AWS credentials chain warns about each provider it tried: the store's own error
+    // ("no credentials for the store …") says it in one line.
+    let default = if matches!(cli.cmd, Cmd::Mount { .. }) {
+        "info,fuser::session=error,fuser::reply=off,aws_config=error"
+    } else {
+        "warn,aws_config=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
