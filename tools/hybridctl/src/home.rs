@@ -267,7 +267,8 @@ impl Home {
         if dir.exists() {
             return usage(format!("volume {name} already exists in {} (nothing was changed)", self.root.display()));
         }
-        if check {
+        // An object store over the network (a local directory is checked when first used).
+        if check && store.starts_with("s3://") {
             probe_store(store, name)?;
         }
         std::fs::create_dir_all(dir.parent().expect("has parent")).with_context(|| format!("create {}", self.root.display()))?;
