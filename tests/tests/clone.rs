@@ -625,3 +625,51 @@ fn corrupt_object_reads_as_eio() {
     drop(f);
     b.umount();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. A refused push and the way out (issue 9)
+
+/// Two clones push one branch name; the second is refused. The refusal names a command that
+/// works (`push --branch NEW`), and that command moves only the clone's change: a clone of the
+/// new branch has main's tree plus that change, and nothing of the other node's.
+#[test]
+fn a_refused_push_names_a_command_that_moves_only_the_change() {
+    let server = start_server();
+    let env = server.env();
+    let _bucket = test_store(&server, "hybridfs-refused", "");
+    let url = "s3://hybridfs-refused/p/data";
+    let a = origin("s3://hybridfs-refused/p", &[], &env);
+    let mut want = BTreeMap::new();
+    for i in 0..30 {
+        want.insert(format!("d/f{i:02}"), pattern(500 + i, 20 * KIB));
+    }
+    for (path, bytes) in &want {
+        put(&a, path, bytes);
+    }
+    push_ok(&a);
+    let (mut x, mut y) = (empty_node(), empty_node());
+    clone_ok(&x, &env, url, "shared", &[]);
+    clone_ok(&y, &env, url, "shared", &[]);
+    x.mount_env(&env_refs(&env));
+    y.mount_env(&env_refs(&env));
+    put(&x, "from-x", &pattern(1, 100 * KIB));
+    let from_y = pattern(2, 100 * KIB);
+    put(&y, "from-y", &from_y);
+    push_ok(&x);
+    let refused = y.ctl(&["push", "--volume", "data", "--json"]);
+    let line = the_error_line(&refused);
+    assert!(line.contains("moved") && line.contains("hybridctl push --branch"), "the refusal names the command that works: {line}");
+    let own = y.ctl(&["push", "--volume", "data", "--branch", "y-own", "--json"]);
+    own.assert_success();
+    let own = json_of(&own);
+    assert!(int(&own, "records") < 10, "only y's change moves, not main's 30 files: {own}");
+    assert_eq!(int(&own, "blocks_uploaded"), 1, "{own}");
+    let mut z = empty_node();
+    clone_ok(&z, &env, url, "z", &["--source", "y-own"]);
+    z.mount_env(&env_refs(&env));
+    want.insert("from-y".into(), from_y);
+    assert_tree(&z, &want, "a clone of y-own: main's tree and y's file, not x's");
+    for n in [&mut x, &mut y, &mut z] {
+        n.umount();
+    }
+}

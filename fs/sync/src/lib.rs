@@ -71,7 +71,7 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Volume(#[from] FsError),
-    #[error("branch {branch} moved in the store since this node last pushed (its head is at layer {remote}, this node last pushed layer {local}); pull first")]
+    #[error("branch {branch} moved in the store since this node last pushed (its head is at layer {remote}, this node's is at layer {local}): nothing was overwritten and this node's change is kept; push it to a branch of its own with `hybridctl push --branch NEW-NAME` (only the change moves: the new branch starts where this node's {branch} stands) and merge it later")]
     BranchMoved { branch: String, remote: u64, local: u64 },
     #[error("{0}")]
     Corrupt(String),
@@ -157,6 +157,9 @@ pub(crate) struct PushState {
     /// The id of the pending push (written into its layers and head).
     #[serde(default)]
     pub push_id: Option<String>,
+    /// The newest layer this node pushed (`seq`), exactly.
+    #[serde(default)]
+    pub last: Option<LayerRef>,
 }
 
 /// Progress of a push, for a progress line.
@@ -397,8 +400,26 @@ pub fn push_chunked(
     progress: &(dyn Fn(&Progress) + Sync),
     chunk: usize,
 ) -> Result<PushReport> {
+    push_with(vol, remote, branch, None, progress, chunk)
+}
+
+/// [`push`] to `branch`; when this node never pushed it and `fork_from` names the branch the
+/// volume pushes to, `branch` starts as a fork of where this node's `fork_from` stands (its
+/// last pushed layer, or a clone's fork point), so its first layer carries only this node's
+/// changes since: the way out when `fork_from` was moved by another node.
+pub fn push_with(
+    vol: &Volume,
+    remote: &Remote,
+    branch: &str,
+    fork_from: Option<&str>,
+    progress: &(dyn Fn(&Progress) + Sync),
+    chunk: usize,
+) -> Result<PushReport> {
     let lock = push_lock(vol);
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(from) = fork_from.filter(|f| *f != branch) {
+        start_fork(vol, remote, branch, from)?;
+    }
     let started = Instant::now();
     let mut report = push_once(vol, remote, branch, progress, chunk)?;
     if report.resumed {
@@ -428,6 +449,29 @@ impl PushReport {
     }
 }
 
+/// A first push of `branch` forks from where this node's `from` stands (nothing to do when
+/// this node has pushed `branch` before, or has nothing of `from` in the store).
+fn start_fork(vol: &Volume, remote: &Remote, branch: &str, from: &str) -> Result<()> {
+    if vol.meta().meta_value(&state_name(branch))?.is_some() {
+        return Ok(());
+    }
+    let base = load_state(vol, from)?;
+    let (parent, parent_ref) = if base.seq > 0 {
+        let r = match base.last.clone() {
+            Some(r) => r,
+            None => remote.layer_ref(from, base.seq)?,
+        };
+        ((from.to_string(), base.seq), Some(r))
+    } else if let Some(p) = base.parent.clone() {
+        (p, base.parent_ref.clone())
+    } else {
+        return Ok(());
+    };
+    tracing::info!(branch, from = %parent.0, layer = parent.1, "a new branch forks from where this node stands");
+    let st = PushState { epoch: base.epoch, parent: Some(parent), parent_ref, ..Default::default() };
+    save_state(vol, branch, &st)
+}
+
 /// Our pending push moved the head, and this node crashed before recording it.
 fn landed(st: &PushState, head: &Head) -> bool {
     st.pending.is_some() && head.seq > st.seq && !head.push.is_empty() && st.push_id.as_deref() == Some(head.push.as_str())
@@ -444,6 +488,7 @@ fn push_once(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pr
             tracing::info!(branch, seq = h.seq, "the head names this node's pending push: record it");
             let snap = vol.snapshot(st.pending.as_deref().unwrap_or_default())?;
             st.seq = h.seq;
+            st.last = Some(h.layer_ref());
             finish(vol, branch, &mut st, &snap, Some(etag.clone()))?;
             (report.resumed, report.seq, report.epoch) = (true, st.seq, st.epoch);
             return Ok(report);
@@ -513,8 +558,9 @@ fn push_once(vol: &Volume, remote: &Remote, branch: &str, progress: &(dyn Fn(&Pr
     hybridfs_core::crashpoint("push-after-head");
     report.requests += 1;
     st.seq = last.seq;
+    st.last = Some(last);
     finish(vol, branch, &mut st, &snap, Some(etag))?;
-    (report.seq, report.epoch) = (last.seq, snap.epoch);
+    (report.seq, report.epoch) = (st.seq, snap.epoch);
     Ok(report)
 }
 

@@ -8,7 +8,8 @@
 //! - a crash between the head PUT and recording the push locally is recognised (the head names
 //!   this node's pending push) and finished, not refused forever; a `push-…` snapshot left by
 //!   a crash after recording is dropped;
-//! - two pushes of one volume at once run one after the other, both succeed.
+//! - two pushes of one volume at once run one after the other, both succeed;
+//! - a refused push names a command that works, and that command moves only the change.
 
 mod common;
 
@@ -254,4 +255,51 @@ fn two_pushes_of_one_volume_at_once_run_one_after_the_other() {
     let r = Remote::new(shared, "vol");
     assert_eq!(r.head("main").unwrap().unwrap().0.seq, 1);
     assert!(f.vol.snapshots().unwrap().is_empty(), "no push snapshot is left");
+}
+
+/// A clone of `source` in `store` that pushes to `branch` (metadata in memory, blocks lazy).
+struct CloneNode {
+    vol: Arc<hybridfs_core::Volume>,
+    _dir: tempfile::TempDir,
+}
+
+fn clone_node(store: Arc<dyn ObjectStore>, source: &str, branch: &str) -> CloneNode {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(MetaStore::memory());
+    hybridfs_sync::clone::import(&meta, &Remote::new(store.clone(), "vol"), source, branch).unwrap();
+    let own = hybridfs_blocks::FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let cache = hybridfs_blocks::FileBlockStore::open(dir.path().join("cache")).unwrap();
+    let lazy = Arc::new(hybridfs_sync::lazy::LazyStore::new(own, cache, Remote::new(store, "vol"), meta.clone(), None).unwrap());
+    let opts = hybridfs_core::VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
+    CloneNode { vol: hybridfs_core::Volume::open(meta, lazy, opts).unwrap(), _dir: dir }
+}
+
+#[test]
+fn a_refused_push_names_a_command_that_moves_only_the_change() {
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let r = Remote::new(store.clone(), "vol");
+    let origin = volume();
+    for i in 0..40 {
+        write_file(&origin.vol, &format!("o{i:02}"), 0, &noise(100 + i, 20_000));
+    }
+    push(&origin.vol, &r, "main", &|_| {}).unwrap();
+    // Two clones of main that push to the same branch name; x is first.
+    let (x, y) = (clone_node(store.clone(), "main", "shared"), clone_node(store.clone(), "main", "shared"));
+    write_file(&x.vol, "from-x", 0, &noise(1, 300_000));
+    write_file(&y.vol, "from-y", 0, &noise(2, 300_000));
+    push(&x.vol, &r, "shared", &|_| {}).unwrap();
+    let err = push(&y.vol, &r, "shared", &|_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SyncError::BranchMoved { .. }), "{msg}");
+    assert!(msg.contains("hybridctl push --branch") && !msg.contains("pull first"), "the refusal names the command that works: {msg}");
+    // That command: y's change goes to a branch of its own, forked where y stands (main, 1).
+    let own = hybridfs_sync::push_with(&y.vol, &r, "y-own", Some("shared"), &|_| {}, hybridfs_sync::LAYER_RECORDS).unwrap();
+    assert!(own.records < 10, "only the change moves, not the 40 files of the tree: {own:?}");
+    assert_eq!(own.blocks_uploaded, 1, "{own:?}");
+    let mut want: Vec<String> = (0..40).map(|i| format!("o{i:02}")).collect();
+    want.push("from-y".into());
+    want.sort();
+    assert_eq!(root_names(&r, "y-own"), want, "a clone of y-own has the tree y had: main's and y's file, not x's");
+    assert_eq!(r.layer("y-own", 1).unwrap().parent, Some(("main".to_string(), 1)));
+    assert!(hybridfs_sync::check_remote(&r, "y-own", true).unwrap().problems.is_empty());
 }

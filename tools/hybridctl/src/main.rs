@@ -147,7 +147,9 @@ enum Cmd {
     Push {
         #[arg(long)]
         volume: Option<String>,
-        /// Branch to push to [default: the volume's branch: main, or a clone's own].
+        /// Branch to push to [default: the volume's branch: main, or a clone's own]. A branch
+        /// this node never pushed starts where the volume's branch stands on this node (its
+        /// last pushed layer or a clone's fork point): only the changes since move.
         #[arg(long)]
         branch: Option<String>,
         #[arg(long)]
@@ -310,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let req = snapcmd::Request::Push {
                 store: cfg.store.clone(),
                 volume: cfg.remote_name().to_string(),
+                fork_from: (branch != cfg.push_branch()).then(|| cfg.push_branch().to_string()),
                 branch,
                 key_file: cfg.key_file.clone(),
                 fingerprint: cfg.key_fingerprint.clone(),

@@ -35,7 +35,17 @@ pub enum Request {
     Gc { grace_secs: u64 },
     Rollback { name: String },
     /// Publish the live tree to `store` (the volume's store URL) as the next layer of `branch`.
-    Push { store: String, volume: String, branch: String, key_file: Option<String>, fingerprint: Option<String> },
+    /// `fork_from`: the volume's own branch, when pushing to another one (see
+    /// [`hybridfs_sync::push_with`]).
+    Push {
+        store: String,
+        volume: String,
+        branch: String,
+        key_file: Option<String>,
+        fingerprint: Option<String>,
+        #[serde(default)]
+        fork_from: Option<String>,
+    },
     /// Bring a clone forward to the newest head of its source branch (unmounted only).
     Pull { store: String, volume: String, key_file: Option<String>, fingerprint: Option<String> },
     /// Fetch the data of the files under these volume paths (components from the root).
@@ -126,9 +136,10 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
             let report = hybridfs_sync::clone::pull(vol.meta(), &remote)?;
             Ok(serde_json::to_value(report).expect("plain data"))
         }
-        Request::Push { store, volume, branch, key_file, fingerprint } => {
+        Request::Push { store, volume, branch, key_file, fingerprint, fork_from } => {
             let remote = remote_for(store, volume, key_file, fingerprint)?;
-            let report = hybridfs_sync::push(vol, &remote, branch, &|p| progress(&json!(p)))?;
+            let progress = |p: &hybridfs_sync::Progress| progress(&json!(p));
+            let report = hybridfs_sync::push_with(vol, &remote, branch, fork_from.as_deref(), &progress, hybridfs_sync::LAYER_RECORDS)?;
             Ok(serde_json::to_value(report).expect("plain data"))
         }
     }
