@@ -816,6 +816,8 @@ fn format_checks_the_store_and_errors_stay_one_line() {
     format_cmd(&scratch, &closed_env, "closed", "s3://hybridfs-fmt/c", &["--no-check"]).assert_success();
     let mut vol = TestVolume::builder().name("offline").store("s3://hybridfs-fmt/c").unmounted().build();
     vol.mount_env(&env_refs(&closed_env));
+    let said = poll_until(Duration::from_secs(60), Duration::from_millis(100), || vol.mount_log().contains("the store is unreachable"));
+    assert!(said, "the mount says the store is unreachable:\n{}", log_tail(&vol.mount_log()));
     put(&vol, "local-first", &pattern(9, 200 * KIB));
     assert_eq!(fs::read(vol.path("local-first")).unwrap(), pattern(9, 200 * KIB));
     vol.umount();

@@ -87,6 +87,7 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     spawn_metrics_writer(vol.clone(), vd.metrics_path());
     crate::snapcmd::serve_control(vol.clone(), &vd.control_path())?;
     spawn_collector(vol.clone());
+    spawn_store_check(&vd);
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
         threads: flags.threads,
@@ -100,6 +101,22 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     served.with_context(|| format!("mount {name} at {}", mp.display()))?;
     tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Say in the mount log whether the volume's store answers: the mount never waits for it
+/// (local first), but an unreachable store shows now, not at the first push or cold read.
+fn spawn_store_check(vd: &VolumeDir) {
+    let Ok(cfg) = vd.config() else { return };
+    let _ = std::thread::Builder::new().name("store-check".into()).spawn(move || {
+        let result = cfg.remote().and_then(|r| r.head(cfg.push_branch()).map_err(anyhow::Error::from));
+        match result {
+            Ok(_) => tracing::info!(store = %cfg.store, "the store answers"),
+            Err(e) => tracing::warn!(
+                store = %cfg.store,
+                "the store is unreachable now ({e:#}): the volume works locally; push, clone and reads of data not on this node need it"
+            ),
+        }
+    });
 }
 
 /// Start `hybridctl mount` in the background and wait until the mount answers.
