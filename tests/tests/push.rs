@@ -17,9 +17,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::process::{Child, Command, Stdio};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -821,4 +823,123 @@ fn format_checks_the_store_and_errors_stay_one_line() {
     put(&vol, "local-first", &pattern(9, 200 * KIB));
     assert_eq!(fs::read(vol.path("local-first")).unwrap(), pattern(9, 200 * KIB));
     vol.umount();
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the S3 server that, while armed, resets (RST) every
+/// connection whose request has sent more than `reset_after` bytes: a store connection reset
+/// in the middle of an upload.
+struct ResetProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    resets: Arc<AtomicU64>,
+}
+
+fn start_reset_proxy(target: String, reset_after: u64) -> ResetProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (armed, resets) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (a, r) = (armed.clone(), resets.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(upstream) = TcpStream::connect(&target) else { continue };
+            let (a, r) = (a.clone(), r.clone());
+            let (mut c_read, mut u_write) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut u_read, mut c_write) = (upstream, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u_read, &mut c_write);
+            });
+            std::thread::spawn(move || {
+                let (mut sent, mut buf) = (0u64, vec![0u8; 64 * KIB]);
+                while let Ok(n) = c_read.read(&mut buf) {
+                    if n == 0 || u_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    if a.load(Ordering::SeqCst) && sent > reset_after {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        reset(&c_read);
+                        let _ = u_write.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ResetProxy { port, armed, resets }
+}
+
+/// Close `s` with a TCP reset (linger 0).
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a properly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Connections the store resets mid-upload fail the push (one line), never the mount; the
+/// next push, with the store healthy again, resumes and completes.
+#[test]
+fn store_connections_reset_mid_upload_never_take_the_mount_down() {
+    let server = start_server();
+    let store = test_store(&server, "hybridfs-reset", "p");
+    let target = server.endpoint().trim_start_matches("http://").to_string();
+    let proxy = start_reset_proxy(target, 512 * KIB as u64);
+    let env = env_with(&server.env(), "AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", proxy.port));
+    let mut vol = mounted_volume("vol", "s3://hybridfs-reset/p", &env);
+    let pid = vol.mount_pid().expect("mount pid");
+    for i in 0..16 {
+        put(&vol, &format!("data/{i:02}"), &pattern(700 + i as u64, 2 * MIB));
+    }
+    proxy.armed.store(true, Ordering::SeqCst);
+    let out = push_cmd(&vol, &[], &[]);
+    let line = the_error_line(&out);
+    assert!(proxy.resets.load(Ordering::SeqCst) > 0, "the proxy reset uploads: {out}");
+    assert!(procs::pid_alive(pid), "the mount process survives connections reset mid-upload ({line})\n{}", log_tail(&vol.mount_log()));
+    proxy.armed.store(false, Ordering::SeqCst);
+    let (rep, _) = push_ok(&vol, &[], &[]);
+    assert_eq!(rep.seq, 1, "{rep:?}");
+    let r = remote(&store, "vol");
+    assert_eq!(check_branch(&r, "main").named.len(), 32, "{INV4}");
+    assert!(procs::pid_alive(pid));
+    vol.umount();
+}
+
+/// A foreground mount whose stderr (its log) is a pipe nobody reads any more — a supervisor
+/// or a `| tee` that went away — keeps serving, and its log lines (here the last one, at
+/// unmount) never kill it with SIGPIPE: it exits 0 after flushing.
+#[test]
+fn a_mount_whose_log_pipe_closed_keeps_running_and_exits_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+    let vol = TestVolume::builder().name("vol").unmounted().build();
+    let mp = vol.mountpoint().to_path_buf();
+    vol.track_mountpoint(&mp);
+    let mut child = Command::new(hybridctl_bin())
+        .args(["mount", "vol"])
+        .arg(&mp)
+        .env("HYBRIDFS_HOME", vol.home())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hybridctl mount");
+    let mounted = poll_until(Duration::from_secs(30), Duration::from_millis(20), || procs::is_mounted(&mp));
+    assert!(mounted, "the foreground mount did not come up within 30 s");
+    drop(child.stderr.take());
+    put(&vol, "after-the-pipe-closed", &pattern(3, 100 * KIB));
+    assert_eq!(fs::read(vol.path("after-the-pipe-closed")).unwrap(), pattern(3, 100 * KIB));
+    let out = vol.ctl(&["umount", mp.to_str().unwrap()]);
+    let status = wait_bounded(&mut child, Duration::from_secs(60));
+    let status = status.unwrap_or_else(|| panic!("the mount process did not exit within 60 s of umount: {out}"));
+    assert_ne!(status.signal(), Some(libc::SIGPIPE), "the mount process was killed by SIGPIPE writing its log: {out}");
+    assert_eq!(status.code(), Some(0), "the mount process exits 0 after flushing ({status:?}): {out}");
 }

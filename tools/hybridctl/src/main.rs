@@ -412,11 +412,20 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // A log line that cannot be written (stderr a pipe nobody reads any more) is dropped: the
+    // default would report it with eprintln!, which panics on that same closed stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hybridctl: error: {e:#}");
+            // Not eprintln!: it panics when stderr is closed, turning exit 1 into 101.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "hybridctl: error: {e:#}");
             if e.downcast_ref::<Usage>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
         }
     }
