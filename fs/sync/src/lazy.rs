@@ -13,6 +13,13 @@
 //! anything uses it (invariant 5), and kept in the cache. With a cache size, cached blocks are
 //! evicted oldest-used first when the cache exceeds it (invariant 7: by at most the blocks being
 //! fetched).
+//!
+//! A read waits for a block from the store at most the read timeout ([`DEFAULT_READ_TIMEOUT`],
+//! [`LazyStore::set_read_timeout`]): a store that does not answer (blackholed, overloaded)
+//! makes the read fail with `EIO` then, instead of blocking for the store client's own
+//! timeouts and retries. The fetch itself goes on in its own thread (at most
+//! [`MAX_WAITED_FETCHES`] at a time) and keeps the block when it lands, so reading again later
+//! finds it.
 
 use crate::Remote;
 use hybridfs_blocks::FileBlockStore;
@@ -21,11 +28,17 @@ use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::BlockId;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Background fetchers for read-ahead and prefetch.
 const FETCHERS: usize = 8;
+/// How long a read waits for a block from the store by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fetches readers wait on at once; more readers of missing blocks fail at once with `EIO`
+/// (the store is not keeping up: more threads would only pile up).
+pub const MAX_WAITED_FETCHES: usize = 64;
 
 pub struct LazyStore {
     inner: Arc<Inner>,
@@ -57,6 +70,11 @@ pub struct Inner {
     /// Blocks being fetched now, by anyone: a second reader waits instead of fetching again.
     inflight: Mutex<std::collections::HashSet<BlockId>>,
     landed: std::sync::Condvar,
+    /// Why the last fetch a reader waited on failed (taken by a waiting reader).
+    failed: Mutex<HashMap<BlockId, String>>,
+    /// Fetch threads readers wait on now.
+    waited: AtomicUsize,
+    read_timeout_ms: AtomicU64,
 }
 
 impl LazyStore {
@@ -82,6 +100,9 @@ impl LazyStore {
             queued: Mutex::new(Default::default()),
             inflight: Mutex::new(Default::default()),
             landed: std::sync::Condvar::new(),
+            failed: Mutex::new(HashMap::new()),
+            waited: AtomicUsize::new(0),
+            read_timeout_ms: AtomicU64::new(DEFAULT_READ_TIMEOUT.as_millis() as u64),
         });
         for id in ids {
             inner.touch(&id);
@@ -103,6 +124,71 @@ impl LazyStore {
                 .map_err(|e| FsError::io("start block fetchers", e))?;
         }
         Ok(LazyStore { inner, ahead })
+    }
+
+    /// How long a read waits for a block from the store before it fails with `EIO`.
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.read_timeout_ms.store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// The frame of `id` for a reader: local, or fetched by a thread of its own while the
+    /// reader waits at most the read timeout.
+    fn load_for_reader(&self, id: &BlockId) -> Result<Vec<u8>> {
+        let timeout = Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now() + timeout;
+        for _ in 0..8 {
+            if let Some(frame) = self.local_frame(id)? {
+                return Ok(frame);
+            }
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            if !inflight.contains(id) {
+                self.start_fetch(id, &mut inflight)?;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (inflight, waited) = self.landed.wait_timeout_while(inflight, left, |f| f.contains(id)).expect("inflight lock");
+            if waited.timed_out() {
+                return Err(FsError::io(
+                    format!("read block {id}"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the store {} did not answer within {timeout:?} (the read timeout)", self.remote.store.describe()),
+                    ),
+                ));
+            }
+            drop(inflight);
+            if let Some(why) = self.failed.lock().expect("failed lock").remove(id) {
+                return Err(FsError::CorruptBlock { id: *id, why });
+            }
+        }
+        Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
+    }
+
+    /// Fetch `id` in a thread of its own (the caller holds the in-flight set and marks it).
+    fn start_fetch(&self, id: &BlockId, inflight: &mut std::collections::HashSet<BlockId>) -> Result<()> {
+        if self.waited.fetch_add(1, Ordering::SeqCst) >= MAX_WAITED_FETCHES {
+            self.waited.fetch_sub(1, Ordering::SeqCst);
+            return Err(FsError::io(
+                format!("read block {id}"),
+                std::io::Error::other(format!("{MAX_WAITED_FETCHES} reads already wait for the store {}", self.remote.store.describe())),
+            ));
+        }
+        self.failed.lock().expect("failed lock").remove(id);
+        inflight.insert(*id);
+        let (inner, id) = (self.inner.clone(), *id);
+        let started = std::thread::Builder::new().name("fetch-read".into()).spawn(move || {
+            if let Err(e) = inner.fetch_and_keep(&id) {
+                inner.failed.lock().expect("failed lock").insert(id, e.to_string());
+            }
+            inner.inflight.lock().expect("inflight lock").remove(&id);
+            inner.waited.fetch_sub(1, Ordering::SeqCst);
+            inner.landed.notify_all();
+        });
+        if let Err(e) = started {
+            inflight.remove(&id);
+            self.waited.fetch_sub(1, Ordering::SeqCst);
+            return Err(FsError::io("start a block fetch", e));
+        }
+        Ok(())
     }
 }
 
@@ -144,14 +230,9 @@ impl Inner {
     /// and kept. Returns the bytes it got, so a block evicted right after it landed is still
     /// served.
     fn load(&self, id: &BlockId) -> Result<Vec<u8>> {
-        if let Ok(frame) = self.own.frame(id) {
-            return Ok(frame);
-        }
         for _ in 0..8 {
-            match self.local.frame(id) {
-                Ok(frame) => return Ok(frame),
-                Err(FsError::CorruptBlock { .. }) => {}
-                Err(e) => return Err(e),
+            if let Some(frame) = self.local_frame(id)? {
+                return Ok(frame);
             }
             {
                 let mut inflight = self.inflight.lock().expect("inflight lock");
@@ -165,19 +246,34 @@ impl Inner {
                 }
                 inflight.insert(*id);
             }
-            let result = self.fetch(id).and_then(|frame| {
-                self.local.insert_frame(id, &frame)?;
-                self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                self.touch(id);
-                Ok(frame)
-            });
+            let result = self.fetch_and_keep(id);
             self.inflight.lock().expect("inflight lock").remove(id);
             self.landed.notify_all();
-            let frame = result?;
-            self.evict()?;
-            return Ok(frame);
+            return result;
         }
         Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
+    }
+
+    /// The block's frame if a local tier has a readable copy.
+    fn local_frame(&self, id: &BlockId) -> Result<Option<Vec<u8>>> {
+        if let Ok(frame) = self.own.frame(id) {
+            return Ok(Some(frame));
+        }
+        match self.local.frame(id) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(FsError::CorruptBlock { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetch `id` from the store into the cache; its frame.
+    fn fetch_and_keep(&self, id: &BlockId) -> Result<Vec<u8>> {
+        let frame = self.fetch(id)?;
+        self.local.insert_frame(id, &frame)?;
+        self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.touch(id);
+        self.evict()?;
+        Ok(frame)
     }
 
     /// Drop the least recently used blocks the store holds until under the cap.
@@ -230,14 +326,14 @@ impl BlockStore for LazyStore {
     }
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
-        let frame = self.load(id)?;
+        let frame = self.load_for_reader(id)?;
         self.touch(id);
         match hybridfs_blocks::decode(id, &frame) {
             // A damaged cached copy of a block the store holds: fetch it again.
             Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() && !self.own.contains(id)? => {
                 tracing::warn!("cached block {id} is bad ({why}); fetching it again");
                 self.drop_cached(id)?;
-                hybridfs_blocks::decode(id, &self.load(id)?)
+                hybridfs_blocks::decode(id, &self.load_for_reader(id)?)
             }
             r => r,
         }
@@ -258,7 +354,7 @@ impl BlockStore for LazyStore {
     }
 
     fn frame(&self, id: &BlockId) -> Result<Vec<u8>> {
-        self.load(id)
+        self.load_for_reader(id)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {

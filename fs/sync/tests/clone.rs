@@ -11,7 +11,7 @@ use hybridfs_core::{FsError, Volume, VolumeOptions};
 use hybridfs_sync::clone::import;
 use hybridfs_sync::lazy::LazyStore;
 use hybridfs_sync::{push, Remote};
-use common::{noise, volume, write_file};
+use common::{noise, read, volume, write_file};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -46,14 +46,6 @@ fn clone_with_cache(
     let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
     let vol = Volume::open(meta, lazy.clone(), opts).unwrap();
     Clone { vol, lazy, _dir: dir }
-}
-
-fn read(vol: &Volume, name: &str) -> Result<Vec<u8>, FsError> {
-    let i = vol.lookup(ROOT_INO, name.as_bytes())?;
-    let opened = vol.open_file(i.ino, false)?;
-    let r = vol.read(i.ino, 0, i.size as u32 + 1);
-    vol.release_file(i.ino, opened.kind)?;
-    r
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub struct VolumeConfig {
     pub key_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// A clone: seconds a read waits for a block from the store before it fails with EIO
+    /// [default: 30].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout_secs: Option<u64>,
 }
 
 impl VolumeConfig {
@@ -147,7 +151,11 @@ impl VolumeDir {
         let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
         let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
         let cache = FileBlockStore::open(cache_dir)?;
-        Ok(Arc::new(hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?))
+        let lazy = hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?;
+        if let Some(secs) = cfg.read_timeout_secs {
+            lazy.set_read_timeout(std::time::Duration::from_secs(secs));
+        }
+        Ok(Arc::new(lazy))
     }
 
     /// Open the volume for serving (caller holds the lock).
@@ -294,6 +302,7 @@ impl Home {
             cache_bytes: None,
             key_fingerprint: key.as_ref().map(|(_, f)| f.clone()),
             key_file: key.map(|(p, _)| p),
+            read_timeout_secs: None,
         };
         std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
         std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
@@ -398,6 +407,7 @@ impl Home {
                 cache_bytes: cache,
                 key_fingerprint: fingerprint.clone(),
                 key_file: key_file.clone(),
+                read_timeout_secs: None,
             };
             std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
             Ok(report)

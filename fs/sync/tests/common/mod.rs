@@ -49,3 +49,13 @@ pub fn write_file(vol: &Volume, name: &str, offset: u64, data: &[u8]) -> Ino {
     ino
 }
 
+
+/// The whole content of file `name` in the root of `vol`.
+#[allow(dead_code)] // not every suite reads
+pub fn read(vol: &Volume, name: &str) -> Result<Vec<u8>, hybridfs_core::FsError> {
+    let i = vol.lookup(ROOT_INO, name.as_bytes())?;
+    let opened = vol.open_file(i.ino, false)?;
+    let r = vol.read(i.ino, 0, i.size as u32 + 1);
+    vol.release_file(i.ino, opened.kind)?;
+    r
+}
