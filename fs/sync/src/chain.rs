@@ -138,7 +138,11 @@ impl Remote {
             let body = self.layer_body(branch, &r)?;
             let layer = self.decode_layer(branch, &r, body.clone())?;
             match (&layer.prev, r.seq) {
-                (None, 1) => parent = layer.parent_ref.clone().zip(layer.parent.clone()),
+                (None, 1) => match (&layer.parent, &layer.parent_ref) {
+                    (Some(p), Some(pr)) => parent = Some((pr.clone(), p.clone())),
+                    (None, None) => {}
+                    _ => return Err(SyncError::Corrupt(format!("layer 1 of branch {branch} ({}) names its fork point only in part", r.key))),
+                },
                 (Some(p), s) if p.seq + 1 == s => next = Some(p.clone()),
                 (p, s) => {
                     return Err(SyncError::Corrupt(format!("layer {s} of branch {branch} ({}) names {p:?} as the layer before it", r.key)))
