@@ -142,6 +142,28 @@ impl Inode {
     pub fn mode(&self) -> u32 {
         self.kind.type_bits() | self.perm
     }
+
+    /// A directory gains an entry of `kind`: it gets the next readdir cookie (returned), a
+    /// subdirectory counts in the link count, the times move to `now`.
+    pub fn gain_entry(&mut self, kind: Kind, now: Timespec) -> u64 {
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        self.mtime = now;
+        self.ctime = now;
+        if kind == Kind::Dir {
+            self.nlink += 1;
+        }
+        cookie
+    }
+
+    /// A directory loses an entry of `kind`.
+    pub fn lose_entry(&mut self, kind: Kind, now: Timespec) {
+        self.mtime = now;
+        self.ctime = now;
+        if kind == Kind::Dir {
+            self.nlink = self.nlink.saturating_sub(1);
+        }
+    }
 }
 
 /// A directory entry: the name lives in the key.

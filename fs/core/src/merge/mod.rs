@@ -142,7 +142,7 @@ pub struct MergeOptions {
     /// UTC time of the merge as `YYYYMMDDTHHMMZ` (goes into conflict names).
     pub stamp: String,
     pub policy: Policy,
-    /// Refuse when theirs deletes more than this percentage of the base tree's inodes.
+    /// Refuse when theirs deletes more than this percentage of the tree's files.
     pub max_delete_pct: f64,
     pub confirm: bool,
     /// The first inode number conflict copies may use (the home volume allocates).
@@ -167,7 +167,7 @@ impl Default for MergeOptions {
 pub struct MergeInput {
     /// Every inode touched on either side since the base.
     pub nodes: BTreeMap<Ino, Versions>,
-    /// Inodes in the base tree (the mass-delete threshold is a share of it).
+    /// Files in the tree (the mass-delete threshold is a share of it).
     pub base_files: u64,
     /// Entries of the root directory in the base tree.
     pub base_root_entries: u64,

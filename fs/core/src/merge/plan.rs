@@ -251,14 +251,22 @@ impl Planner<'_> {
         // Copies of theirs: at each of its new names (a rename conflict), else next to ours.
         if !rename_copies.is_empty() {
             for want in rename_copies {
-                let c = self.conflict(ConflictKind::Rename, ino, at.clone(), "renamed on both sides: the home name is kept; the branch's version is kept as a copy at the branch's name".into());
-                self.copy(t, Side::Theirs, want, c);
+                let c = self.conflict(ConflictKind::Rename, ino, at.clone(), "renamed on both sides: the home name is kept; a copy is kept at the branch's name".into());
+                // The copy holds the merged file (theirs' content when the content conflicts too).
+                let mut src = r.clone();
+                if copy_theirs {
+                    src.content = t.content.clone();
+                    src.mtime = t.mtime;
+                }
+                self.copy(&src, Side::Theirs, want, c);
             }
         } else if copy_theirs {
-            if let Some(want) = r.links.iter().next().cloned() {
-                let c = self.conflict(ConflictKind::Content, ino, Some(want.clone()), "content changed on both sides: the home version keeps the path, the branch's version is kept as a copy".into());
-                self.copy(t, Side::Theirs, want, c);
-            }
+            // Next to the merged file; a file whose every known name went goes next to a name
+            // it had; failing all, in the root under its inode number.
+            let known = r.links.iter().chain(&o.links).chain(&t.links).chain(&b.links).next().cloned();
+            let want = known.unwrap_or_else(|| (ROOT_INO, format!("inode-{ino}").into_bytes()));
+            let c = self.conflict(ConflictKind::Content, ino, Some(want.clone()), "content changed on both sides: the home version keeps the path, the branch's version is kept as a copy".into());
+            self.copy(t, Side::Theirs, want, c);
         }
         r
     }
@@ -478,14 +486,14 @@ impl Planner<'_> {
             let t = v.theirs.as_ref().map(in_root).unwrap_or_default();
             root_removed += b.difference(&t).count() as u64;
             root_added += t.difference(&b).count() as u64;
-            if v.base.is_some() && v.theirs.is_none() {
+            if v.base.as_ref().is_some_and(|b| b.kind != Kind::Dir) && v.theirs.is_none() {
                 deleted += 1;
             }
         }
         let base = self.input.base_files;
         if base > 0 && deleted as f64 * 100.0 > self.opts.max_delete_pct * base as f64 {
             return Some(format!(
-                "the branch deletes {deleted} of {base} files and directories ({:.0}%, more than --max-delete {}%): nothing was applied; check the branch, then merge again with --confirm",
+                "the branch deletes {deleted} of {base} files ({:.0}%, more than --max-delete {}%): nothing was applied; check the branch, then merge again with --confirm",
                 deleted as f64 * 100.0 / base as f64,
                 self.opts.max_delete_pct
             ));

@@ -55,27 +55,14 @@ impl Txn<'_> {
 
     /// Add `name` → `ino` to `parent`, giving it the directory's next cookie.
     fn add_entry(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: Kind) -> Result<Dentry> {
-        let now = Timespec::now();
         let dir = self.inode_mut(parent)?;
-        let dentry = Dentry { ino, kind, cookie: dir.next_cookie };
-        dir.next_cookie += 1;
-        dir.mtime = now;
-        dir.ctime = now;
-        if kind == Kind::Dir {
-            dir.nlink += 1;
-        }
+        let dentry = Dentry { ino, kind, cookie: dir.gain_entry(kind, Timespec::now()) };
         self.push(Mutation::PutDentry { parent, name: name.to_vec(), dentry });
         Ok(dentry)
     }
 
     fn remove_entry(&mut self, parent: Ino, name: &[u8], d: Dentry) -> Result<()> {
-        let now = Timespec::now();
-        let dir = self.inode_mut(parent)?;
-        dir.mtime = now;
-        dir.ctime = now;
-        if d.kind == Kind::Dir {
-            dir.nlink = dir.nlink.saturating_sub(1);
-        }
+        self.inode_mut(parent)?.lose_entry(d.kind, Timespec::now());
         self.push(Mutation::DelDentry { parent, name: name.to_vec(), cookie: d.cookie });
         Ok(())
     }
