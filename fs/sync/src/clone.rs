@@ -29,6 +29,22 @@ pub struct CloneBase {
     /// The exact source layer `seq` (the next pull checks that the new layers follow it).
     #[serde(default)]
     pub layer: Option<LayerRef>,
+    /// A pull that started applying and did not finish: the head it brings the clone to. The
+    /// volume is not opened until a pull finishes it (see [`refuse_if_pulling`]).
+    #[serde(default)]
+    pub pulling: Option<(u64, LayerRef)>,
+}
+
+/// Opening a clone whose pull was interrupted is refused: its tree is part old, part new, and
+/// writes made now would land in the pull's epoch.
+pub fn refuse_if_pulling(meta: &MetaStore) -> Result<()> {
+    match CloneBase::load(meta)? {
+        Some(CloneBase { pulling: Some((_, r)), source, .. }) => Err(SyncError::Conflict(format!(
+            "a pull of branch {source} (to layer {}) was interrupted: run `hybridctl pull` to finish it before using the volume",
+            r.seq
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl CloneBase {
@@ -133,7 +149,8 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
-    let base = CloneBase { source: source.to_string(), seq: top.seq, import_epoch: epoch, pull_epochs: Vec::new(), layer: Some(top) };
+    let base =
+        CloneBase { source: source.to_string(), seq: top.seq, import_epoch: epoch, pull_epochs: Vec::new(), layer: Some(top), pulling: None };
     meta.apply(
         vec![
             Mutation::SetMeta {
@@ -167,47 +184,62 @@ pub struct PullReport {
 
 /// Bring a clone forward to the head of its source branch. Refused, naming them, when records
 /// this node changed since the clone were also changed by the new layers: merging both sides is
-/// the merge stage's job, and a pull never loses a local change (invariant 6). All new layers
-/// apply in one batch, in an epoch of their own (so later pulls can tell them from this node's
-/// writes), with the new base: a crash leaves the clone before or after the whole pull. The
-/// pulled records are journaled, so the clone's next push carries them too.
+/// the merge stage's job, and a pull never loses a local change (invariant 6).
+///
+/// The new records apply in an epoch of their own (so later pulls can tell them from this
+/// node's writes), a layer at a time in batches of [`BATCH`] (memory stays bounded whatever
+/// the size of the change, invariant 7): first the base records the pull as started (its
+/// epoch is a pull epoch from then on), then the records, then the base its new layer. An
+/// interrupted pull leaves the volume refused ([`refuse_if_pulling`]) until `pull` runs again
+/// and finishes it, to the same head. The pulled records are journaled, so the clone's next
+/// push carries them too.
 pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
+    pull_stopping_after(meta, remote, None)
+}
+
+/// [`pull`] that stops (as a crash would) after applying `stop_after` batches: for tests.
+pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>) -> Result<PullReport> {
     let mut base = CloneBase::load(meta)?.ok_or_else(|| SyncError::Conflict("this volume is not a clone: nothing to pull".into()))?;
     let source = base.source.clone();
-    let (head, _) = remote.head(&source)?.ok_or_else(|| {
-        SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
-    })?;
-    let mut report = PullReport { source: source.clone(), from_seq: base.seq, to_seq: head.seq, records: 0, up_to_date: false };
-    if head.seq <= base.seq {
+    let (to_seq, to) = match &base.pulling {
+        Some(p) => p.clone(),
+        None => {
+            let (head, _) = remote.head(&source)?.ok_or_else(|| {
+                SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
+            })?;
+            (head.seq, head.layer_ref())
+        }
+    };
+    let mut report = PullReport { source: source.clone(), from_seq: base.seq, to_seq, records: 0, up_to_date: false };
+    if to_seq <= base.seq {
         report.up_to_date = true;
         return Ok(report);
     }
-    let mut local = std::collections::HashSet::new();
-    meta.changes(base.import_epoch, hybridfs_core::meta::LIVE, &mut |c| {
-        if !base.pull_epochs.contains(&c.epoch) {
-            local.insert(c.key);
+    let links = remote.chain(&source, to.clone(), base.seq + 1, false)?;
+    check_pull(meta, remote, &base, &links)?;
+    let epoch = match &base.pulling {
+        Some(_) => meta.epoch(),
+        None => {
+            // The pull's own epoch: end the current one, and mark the pull started.
+            let epoch = meta.epoch() + 1;
+            base.pull_epochs.push(epoch);
+            base.pulling = Some((to_seq, to.clone()));
+            meta.apply(vec![Mutation::SetEpoch(epoch), base.mutation()], true)?;
+            epoch
         }
-        Ok(true)
-    })?;
-    let mut batch = Vec::new();
-    let mut conflicts = Vec::new();
-    for link in remote.chain(&source, head.layer_ref(), base.seq + 1, false)? {
-        let layer = remote.open_link(&link)?;
-        if link.r.seq == base.seq + 1 && base.layer.is_some() && layer.prev != base.layer {
-            return Err(SyncError::Corrupt(format!(
-                "layer {} of branch {source} does not follow the layer this clone holds ({:?}): the branch's history was replaced",
-                link.r.seq, base.layer
-            )));
-        }
+    };
+    if base.pull_epochs.last() != Some(&epoch) {
+        return Err(SyncError::Corrupt(format!("an interrupted pull's epoch is not the volume's current epoch {epoch}")));
+    }
+    let mut batches = 0;
+    let mut batch = Vec::with_capacity(BATCH);
+    for link in &links {
+        let layer = remote.open_link(link)?;
         let packed: std::collections::HashSet<_> = layer.packed.iter().map(|p| p.id).collect();
         for p in &layer.packed {
             batch.push(Mutation::MarkPushed { id: p.id, packed: Some((p.pack, p.offset, p.len)) });
         }
         for r in layer.records {
-            if local.contains(&r.key) {
-                conflicts.push(format!("{:?}", r.key));
-                continue;
-            }
             if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
                 if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
                     if !packed.contains(&id) {
@@ -217,26 +249,53 @@ pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
             }
             report.records += 1;
             batch.push(Mutation::Raw { key: r.key, value: r.value });
+            if batch.len() >= BATCH {
+                meta.apply(std::mem::take(&mut batch), false)?;
+                batches += 1;
+                if stop_after.is_some_and(|n| batches >= n) {
+                    return Err(SyncError::Conflict(format!("pull stopped after {batches} batches (test)")));
+                }
+            }
         }
     }
-    if !conflicts.is_empty() {
-        conflicts.sort();
-        conflicts.dedup();
-        let shown: Vec<&str> = conflicts.iter().take(5).map(String::as_str).collect();
-        return Err(SyncError::Conflict(format!(
-            "{} records changed both here and on branch {source} since the clone (first: {}); nothing was pulled: push this clone's branch and merge instead",
-            conflicts.len(),
-            shown.join(", ")
-        )));
-    }
-    // The pull's own epoch: end the current one first.
-    let epoch = meta.epoch() + 1;
-    meta.apply(vec![Mutation::SetEpoch(epoch)], true)?;
-    base.seq = head.seq;
-    base.layer = Some(head.layer_ref());
-    base.pull_epochs.push(epoch);
+    base.seq = to_seq;
+    base.layer = Some(to);
+    base.pulling = None;
     batch.push(base.mutation());
     batch.push(Mutation::SetEpoch(epoch + 1));
     meta.apply(batch, true)?;
     Ok(report)
+}
+
+/// A pull may go ahead: the new layers follow the layer the clone holds, and change no record
+/// this node changed since the clone (read a layer at a time; refused, naming the first ones).
+fn check_pull(meta: &MetaStore, remote: &Remote, base: &CloneBase, links: &[crate::ChainLink]) -> Result<()> {
+    let source = &base.source;
+    let mut local = std::collections::HashSet::new();
+    meta.changes(base.import_epoch, hybridfs_core::meta::LIVE, &mut |c| {
+        if !base.pull_epochs.contains(&c.epoch) {
+            local.insert(c.key);
+        }
+        Ok(true)
+    })?;
+    let mut conflicts = std::collections::BTreeSet::new();
+    for link in links {
+        let layer = remote.open_link(link)?;
+        if link.r.seq == base.seq + 1 && base.layer.is_some() && layer.prev != base.layer {
+            return Err(SyncError::Corrupt(format!(
+                "layer {} of branch {source} does not follow the layer this clone holds ({:?}): the branch's history was replaced",
+                link.r.seq, base.layer
+            )));
+        }
+        conflicts.extend(layer.records.into_iter().filter(|r| local.contains(&r.key)).map(|r| format!("{:?}", r.key)));
+    }
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = conflicts.iter().take(5).map(String::as_str).collect();
+    Err(SyncError::Conflict(format!(
+        "{} records changed both here and on branch {source} since the clone (first: {}); nothing was pulled: push this clone's branch and merge instead",
+        conflicts.len(),
+        shown.join(", ")
+    )))
 }

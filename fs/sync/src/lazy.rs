@@ -79,7 +79,12 @@ pub struct Inner {
 
 impl LazyStore {
     /// `own`: the volume's block directory; `cache`: the shared cache of fetched blocks.
+    /// Refused while a pull of the clone is unfinished ([`crate::clone::refuse_if_pulling`]).
     pub fn new(own: FileBlockStore, cache: FileBlockStore, remote: Remote, meta: Arc<MetaStore>, cap: Option<u64>) -> Result<Self> {
+        crate::clone::refuse_if_pulling(&meta).map_err(|e| match e {
+            crate::SyncError::Volume(e) => e,
+            e => FsError::Refused(e.to_string()),
+        })?;
         let local = cache;
         let mut used = 0;
         let mut ids = Vec::new();

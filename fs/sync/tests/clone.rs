@@ -19,6 +19,7 @@ const MIB: usize = 1 << 20;
 
 struct Clone {
     vol: Arc<Volume>,
+    meta: Arc<MetaStore>,
     lazy: Arc<LazyStore>,
     _dir: tempfile::TempDir,
 }
@@ -44,8 +45,8 @@ fn clone_with_cache(
     let cache = FileBlockStore::open(cache).unwrap();
     let lazy = Arc::new(LazyStore::new(own, cache, Remote::new(store, "vol"), meta.clone(), cap).unwrap());
     let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
-    let vol = Volume::open(meta, lazy.clone(), opts).unwrap();
-    Clone { vol, lazy, _dir: dir }
+    let vol = Volume::open(meta.clone(), lazy.clone(), opts).unwrap();
+    Clone { vol, meta, lazy, _dir: dir }
 }
 
 #[test]
@@ -261,4 +262,49 @@ fn a_large_push_writes_several_layers_and_moves_the_head_once() {
     }
     let err = hybridfs_sync::clone::import_at(&MetaStore::memory(), &remote, "main", Some(2), "x").unwrap_err();
     assert!(err.to_string().contains("part of a larger push"), "{err}");
+}
+
+/// A pull applies a layer at a time in bounded batches (invariant 7). Interrupted after its
+/// first batch (as a crash would leave it), the clone is refused until `pull` runs again and
+/// finishes to the same head; then the tree is whole and the local change is still there
+/// (invariant 6).
+#[test]
+fn an_interrupted_pull_is_finished_by_the_next_one_and_the_volume_waits_for_it() {
+    let home = volume();
+    write_file(&home.vol, "first", 0, b"one");
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote::new(store.clone(), "vol");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let c = clone_of(store.clone(), "main", "node", None);
+    // A local change to a file home leaves alone (a new name in the root would conflict with
+    // home's new names: records, not merges, this stage).
+    write_file(&c.vol, "first", 0, b"ONE");
+    const FILES: usize = 3000;
+    for i in 0..FILES {
+        write_file(&home.vol, &format!("f{i:04}"), 0, format!("file {i}").as_bytes());
+    }
+    let pushed = hybridfs_sync::push_chunked(&home.vol, &remote, "main", &|_| {}, 2500).unwrap();
+    assert!(pushed.seq >= 4, "the change spans several layers: {pushed:?}");
+
+    let meta = c.meta.clone();
+    let err = hybridfs_sync::clone::pull_stopping_after(&meta, &remote, Some(1)).unwrap_err();
+    assert!(err.to_string().contains("stopped after 1 batches"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let reopen = || {
+        let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+        let cache = FileBlockStore::open(dir.path().join("cache")).unwrap();
+        LazyStore::new(own, cache, Remote::new(store.clone(), "vol"), meta.clone(), None)
+    };
+    let refused = reopen().err().expect("a clone with an unfinished pull is not opened");
+    assert!(refused.to_string().contains("run `hybridctl pull` to finish it"), "{refused}");
+
+    let done = hybridfs_sync::clone::pull(&meta, &remote).unwrap();
+    assert_eq!(done.to_seq, pushed.seq, "{done:?}");
+    assert!(done.records as usize >= 2 * FILES, "every new record applied: {done:?}");
+    assert!(reopen().is_ok(), "the finished pull lets the volume open");
+    for i in [0, 1234, FILES - 1] {
+        assert_eq!(read(&c.vol, &format!("f{i:04}")).unwrap(), format!("file {i}").as_bytes());
+    }
+    assert_eq!(read(&c.vol, "first").unwrap(), b"ONE", "invariant 6: the local change stays");
+    assert!(hybridfs_sync::clone::pull(&meta, &remote).unwrap().up_to_date);
 }

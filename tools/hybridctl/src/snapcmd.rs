@@ -244,6 +244,13 @@ fn call(vd: &VolumeDir, req: &Request) -> Result<Value> {
         bail!("the mount process sent no answer");
     }
     let _lock = vd.lock()?;
+    if let Request::Pull { store, volume, key_file, fingerprint } = req {
+        // Only the metadata: the volume is not opened while a pull is unfinished.
+        let meta = vd.open_meta(false)?;
+        let remote = remote_for(store, volume, key_file, fingerprint).map_err(fail)?;
+        let report = hybridfs_sync::clone::pull(&meta, &remote).map_err(|e| fail(e.into()))?;
+        return Ok(serde_json::to_value(report).expect("plain data"));
+    }
     let vol = vd.open_volume(Duration::from_secs(30))?;
     let result = execute(&vol, req, &progress);
     end_progress();
