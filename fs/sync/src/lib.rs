@@ -42,6 +42,7 @@ mod check;
 pub mod clone;
 pub mod crypt;
 pub mod lazy;
+pub mod merge;
 mod upload;
 
 pub use chain::{ChainLink, LayerRef};

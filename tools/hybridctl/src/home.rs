@@ -143,7 +143,9 @@ impl VolumeDir {
     pub fn open_blocks(&self, meta: &Arc<MetaStore>) -> Result<Arc<dyn BlockStore>> {
         let local = FileBlockStore::open(self.blocks_dir())?;
         let cfg = self.config()?;
-        if cfg.clone_of.is_none() {
+        // A home volume that merged a branch references the branch's blocks in the store.
+        let merged = meta.meta_value(hybridfs_sync::merge::LOG)?.is_some();
+        if cfg.clone_of.is_none() && !merged {
             return Ok(Arc::new(local));
         }
         let remote = cfg.remote()?;

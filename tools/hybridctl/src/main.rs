@@ -4,6 +4,7 @@
 //! input. Errors are one line on stderr.
 
 mod home;
+mod mergecmd;
 mod mountcmd;
 mod report;
 mod snapcmd;
@@ -198,6 +199,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Merge a burst node's branch into this (unmounted) volume, keeping both sides of every
+    /// conflict (exit 3 when conflicts were kept); `merge log`, `merge show ID`, `merge undo [ID]`.
+    Merge(MergeArgs),
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
         /// Volume whose journal to list.
@@ -205,6 +209,60 @@ enum Cmd {
         /// Only rows of this epoch and later.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct MergeArgs {
+    #[command(subcommand)]
+    sub: Option<MergeSub>,
+    /// The branch to merge (pushed by a clone of this volume).
+    #[arg(required = true)]
+    branch: Option<String>,
+    /// Volume [default: the only volume, or main].
+    #[arg(long)]
+    volume: Option<String>,
+    /// Show the plan (changes, conflicts, bytes to fetch); apply nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// keep-both (ours keeps the path, theirs becomes a conflict copy), theirs or ours.
+    #[arg(long, default_value = "keep-both")]
+    policy: String,
+    /// Apply even when the branch deletes more than --max-delete of the files or empties the root.
+    #[arg(long)]
+    confirm: bool,
+    /// Percentage of the files the branch may delete without --confirm.
+    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    max_delete: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum MergeSub {
+    /// Past merges.
+    Log {
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The report of one merge.
+    Show {
+        id: u64,
+        #[arg(long)]
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return the volume to the pre-merge snapshot of merge ID [default: the newest not undone].
+    Undo {
+        id: Option<u64>,
+        #[arg(long)]
+        volume: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -320,6 +378,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             snapcmd::run(&home, Some(&vd.name), req, json)
         }
         Cmd::Prefetch { paths, json } => snapcmd::prefetch(&home, &paths, json),
+        Cmd::Merge(m) => {
+            use mergecmd::MergeCmd as M;
+            let (volume, cmd, json) = match m.sub {
+                Some(MergeSub::Log { volume, json }) => (volume, M::Log, json),
+                Some(MergeSub::Show { id, volume, json }) => (volume, M::Show { id }, json),
+                Some(MergeSub::Undo { id, volume, json }) => (volume, M::Undo { id }, json),
+                None => {
+                    let branch = m.branch.unwrap_or_default();
+                    let cmd = M::Merge { branch, policy: m.policy, dry_run: m.dry_run, confirm: m.confirm, max_delete: m.max_delete };
+                    (m.volume, cmd, m.json)
+                }
+            };
+            mergecmd::run(&home, volume.as_deref(), cmd, json)
+        }
         Cmd::Pull { volume, json } => {
             let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
             let cfg = vd.config()?;

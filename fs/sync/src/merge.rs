@@ -1,0 +1,438 @@
+//! Merge a branch from the store into the home volume (issue 10; invariant 6).
+//!
+//! # One merge
+//!
+//! 1. Read the branch's head and its chain of layers ([`Remote::chain`], fork points
+//!    followed). The **base** is the parent layer the branch forked from (the first merge of
+//!    the branch) or the branch's layer the last merge of it took (later merges: incremental).
+//!    The parent branch must be the one this volume pushes: the fork layer's `epoch` is then
+//!    an epoch of this volume, and **ours** changed exactly the records its change journal lists
+//!    after it.
+//! 2. Apply the base layers to a scratch in-memory metadata store, end its epoch, then apply
+//!    the branch's newer layers: **theirs** is its live tree, the base is its tree at the
+//!    ended epoch, and its change journal lists what theirs changed.
+//! 3. Plan with the pure planner ([`hybridfs_core::merge::plan`]). `dry_run` stops here.
+//!    A plan the planner refused (mass delete) stops here too, with nothing applied.
+//! 4. Take the `pre-merge-<branch>-<UTC>` snapshot (it seals staged data), then apply the
+//!    plan in **one** synced metadata batch, together with the locations of the branch's blocks
+//!    (the `pushed` family: the home volume fetches them from the store on first read, and its
+//!    next push does not upload them again), the branch's new merge point and the merge
+//!    record. A crash leaves the tree before or after the whole merge.
+//!
+//! Merge records are kept in the metadata store's named state: `merge/log` (the list) and
+//! `merge/record/<id>` (each report); `merge/<branch>` is the branch's merge point. These are
+//! not versioned, so undoing a merge (a rollback to its pre-merge snapshot) keeps them.
+//!
+//! This stage merges an **unmounted** volume (the CLI opens it itself); online merging
+//! through the mount's control socket, with kernel cache invalidation, is not built yet.
+
+use crate::{LayerRef, Remote, Result, SyncError};
+use hybridfs_core::merge::collect::{self, View};
+use hybridfs_core::merge::{apply, names, plan, Conflict, ConflictKind, Link, MergeOptions, MergePlan, Policy};
+use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
+use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
+use hybridfs_core::{FsError, Volume};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Records applied to the scratch store per batch.
+const BATCH: usize = 4096;
+
+/// What to merge and how.
+#[derive(Clone, Debug)]
+pub struct MergeRequest {
+    pub branch: String,
+    pub policy: Policy,
+    pub dry_run: bool,
+    pub confirm: bool,
+    pub max_delete_pct: f64,
+}
+
+impl Default for MergeRequest {
+    fn default() -> Self {
+        MergeRequest { branch: String::new(), policy: Policy::KeepBoth, dry_run: false, confirm: false, max_delete_pct: 50.0 }
+    }
+}
+
+/// One change taken from the branch, by path.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeLine {
+    pub path: String,
+    pub what: String,
+}
+
+/// One conflict, by path.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConflictLine {
+    pub kind: ConflictKind,
+    /// The path that kept its place.
+    pub path: String,
+    /// The conflict copy or renamed entry, if one was made.
+    pub copy: Option<String>,
+    pub detail: String,
+}
+
+/// The report of one merge (kept: `merge log`, `merge show`).
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct MergeRecord {
+    /// 0 for a dry run or a merge that had nothing to do (not kept).
+    pub id: u64,
+    pub branch: String,
+    /// Unix seconds.
+    pub at: i64,
+    pub policy: String,
+    pub dry_run: bool,
+    /// Nothing to merge: the branch's head is the last merge point.
+    pub up_to_date: bool,
+    pub applied: bool,
+    /// The base: `BRANCH@SEQ`.
+    pub base: String,
+    /// The branch layer merged.
+    pub theirs_seq: u64,
+    pub pre_merge: Option<String>,
+    pub changes: Vec<ChangeLine>,
+    pub conflicts: Vec<ConflictLine>,
+    /// Blocks the merged tree takes from the branch and this node does not hold (fetched on
+    /// first read), and their bytes.
+    pub blocks_to_fetch: u64,
+    pub bytes_to_fetch: u64,
+    pub records_read: u64,
+    pub seconds: f64,
+    /// Set by `merge undo`: the snapshot holding the state the undo replaced.
+    pub undone: Option<String>,
+    /// The branch's merge point before this merge (restored by an undo).
+    #[serde(default)]
+    pub previous_point: Option<MergePoint>,
+}
+
+/// Where the last merge of a branch left off.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MergePoint {
+    pub seq: u64,
+    pub layer: LayerRef,
+    /// The home epoch the branch forked at (ours' changes are the journal after it).
+    pub fork_epoch: u64,
+    pub fork: String,
+}
+
+/// One line of `merge log`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergeSummary {
+    pub id: u64,
+    pub branch: String,
+    pub at: i64,
+    pub theirs_seq: u64,
+    pub changes: u64,
+    pub conflicts: u64,
+    pub pre_merge: Option<String>,
+    pub undone: Option<String>,
+}
+
+/// The named state holding the merge log (present once a volume merged a branch).
+pub const LOG: &str = "merge/log";
+
+fn point_name(branch: &str) -> String {
+    format!("merge/{branch}")
+}
+
+fn record_name(id: u64) -> String {
+    format!("merge/record/{id:010}")
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(meta: &MetaStore, name: &str) -> Result<Option<T>> {
+    match meta.meta_value(name)? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| SyncError::Corrupt(format!("{name}: {e}")))?)),
+        None => Ok(None),
+    }
+}
+
+fn put_json<T: Serialize>(name: &str, v: &T) -> Mutation {
+    Mutation::SetMeta { name: name.to_string(), value: Some(serde_json::to_vec(v).expect("plain data")) }
+}
+
+/// Past merges, oldest first.
+pub fn log(meta: &MetaStore) -> Result<Vec<MergeSummary>> {
+    Ok(load_json(meta, LOG)?.unwrap_or_default())
+}
+
+/// The report of merge `id`.
+pub fn show(meta: &MetaStore, id: u64) -> Result<MergeRecord> {
+    load_json(meta, &record_name(id))?.ok_or_else(|| SyncError::Volume(FsError::BadInput(format!("no merge {id} in the log"))))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn bad(msg: String) -> SyncError {
+    SyncError::Volume(FsError::BadInput(msg))
+}
+
+/// The branch's layers split at the base, read into a scratch store.
+struct Theirs {
+    meta: MetaStore,
+    base_epoch: u64,
+    base: String,
+    point: MergePoint,
+    /// Where each block the branch's new layers name is in the store (None: alone).
+    located: BTreeMap<BlockId, Option<(BlockId, u64, u64)>>,
+    records: u64,
+}
+
+/// Read the branch from its base to its head into a scratch store.
+fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last: Option<&MergePoint>) -> Result<Theirs> {
+    let links = remote.chain(branch, head.clone(), 1, true)?;
+    let first_own = links.iter().position(|l| l.branch == branch).unwrap_or(links.len());
+    let fork = match first_own {
+        0 => return Err(bad(format!("branch {branch} is not a fork of a branch of this volume (its first layer names no parent)"))),
+        i => &links[i - 1],
+    };
+    let fork_layer = remote.open_link(fork)?;
+    let own = crate::load_state(vol, &fork.branch)?;
+    if own.seq < fork.r.seq || fork_layer.epoch > vol.epoch() {
+        return Err(bad(format!(
+            "branch {branch} forks from layer {} of branch {}, which this volume did not push (it pushed {} to layer {}): merge it on the volume that pushes {}",
+            fork.r.seq, fork.branch, fork.branch, own.seq, fork.branch
+        )));
+    }
+    let base_end = match last {
+        Some(p) => links.iter().position(|l| l.branch == branch && l.r == p.layer).map(|i| i + 1).ok_or_else(|| {
+            SyncError::Corrupt(format!("branch {branch} no longer holds layer {} that the last merge took: its history was replaced", p.seq))
+        })?,
+        None => first_own,
+    };
+    let meta = MetaStore::memory();
+    let mut located = BTreeMap::new();
+    let mut records = 0;
+    let mut base_epoch = 0;
+    for (i, link) in links.iter().enumerate() {
+        if i == base_end {
+            base_epoch = end_base(&meta)?;
+        }
+        let layer = remote.open_link(link)?;
+        let packed: BTreeMap<BlockId, (BlockId, u64, u64)> = layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
+        let mut batch = Vec::with_capacity(BATCH);
+        for r in layer.records {
+            if let (true, Key::Extent(..), Some(v)) = (i >= base_end, &r.key, &r.value) {
+                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                    located.insert(id, packed.get(&id).copied());
+                }
+            }
+            records += 1;
+            batch.push(Mutation::Raw { key: r.key, value: r.value });
+            if batch.len() >= BATCH {
+                meta.apply(std::mem::take(&mut batch), false)?;
+            }
+        }
+        meta.apply(batch, false)?;
+    }
+    if base_end == links.len() {
+        base_epoch = end_base(&meta)?;
+    }
+    let base = match base_end {
+        0 => "empty".to_string(),
+        i => format!("{}@{}", links[i - 1].branch, links[i - 1].r.seq),
+    };
+    let point = MergePoint {
+        seq: head.seq,
+        layer: head,
+        fork_epoch: last.map_or(fork_layer.epoch, |p| p.fork_epoch),
+        fork: last.map_or_else(|| format!("{}@{}", fork.branch, fork.r.seq), |p| p.fork.clone()),
+    };
+    Ok(Theirs { meta, base_epoch, base, point, located, records })
+}
+
+/// End the base's epoch in the scratch store, with a snapshot there so that the versions it
+/// reads stay (a version is kept in history only while a snapshot needs it).
+fn end_base(meta: &MetaStore) -> Result<u64> {
+    let epoch = meta.epoch();
+    let snap = SnapshotInfo { id: 1, name: "base".into(), epoch, created: now(), files: 0, bytes: 0, holds: Vec::new() };
+    meta.apply(vec![Mutation::PutSnapshot(snap), Mutation::SetEpoch(epoch + 1)], false)?;
+    Ok(epoch)
+}
+
+/// Merge `req.branch` of `remote` into the (unmounted) home volume `vol`.
+pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest) -> Result<MergeRecord> {
+    let started = std::time::Instant::now();
+    let branch = req.branch.as_str();
+    let home = vol.meta();
+    let (head, _) = remote.head(branch)?.ok_or_else(|| bad(format!("volume {} has no branch {branch} in {}", remote.volume, remote.store.describe())))?;
+    let last: Option<MergePoint> = load_json(home, &point_name(branch))?;
+    let mut record = MergeRecord {
+        branch: branch.to_string(),
+        at: now(),
+        policy: serde_json::to_value(req.policy).expect("plain").as_str().unwrap_or_default().to_string(),
+        dry_run: req.dry_run,
+        theirs_seq: head.seq,
+        previous_point: last.clone(),
+        ..Default::default()
+    };
+    if last.as_ref().is_some_and(|p| p.layer == head.layer_ref()) {
+        record.up_to_date = true;
+        record.base = format!("{branch}@{}", head.seq);
+        return Ok(record);
+    }
+    let theirs = read_theirs(vol, remote, branch, head.layer_ref(), last.as_ref())?;
+    record.base = theirs.base.clone();
+    record.records_read = theirs.records;
+    if !req.dry_run {
+        let name = unique_snapshot(vol, &format!("pre-merge-{}-{}", branch.replace('/', "-"), hybridfs_core::volume::snapshot::chrono_stamp()))?;
+        vol.snapshot_create(&name)?;
+        record.pre_merge = Some(name);
+    }
+    let plan = plan_merge(home, &theirs, req, branch)?;
+    let new_blocks = apply::new_blocks(&plan);
+    for id in &new_blocks {
+        if !vol.blocks().contains(id).unwrap_or(false) {
+            record.blocks_to_fetch += 1;
+            record.bytes_to_fetch += block_len(&plan, id);
+        }
+    }
+    if let Some(why) = &plan.refused {
+        return Err(SyncError::Conflict(why.clone()));
+    }
+    if req.dry_run {
+        describe(&mut record, &plan, &[home, &theirs.meta]);
+        record.seconds = started.elapsed().as_secs_f64();
+        return Ok(record);
+    }
+    let mut batch = apply::mutations(home, &plan)?;
+    for id in &new_blocks {
+        if home.pushed(id)?.is_none() {
+            let packed = theirs.located.get(id).copied().flatten();
+            batch.push(Mutation::MarkPushed { id: *id, packed });
+        }
+    }
+    let mut entries = log(home)?;
+    record.id = entries.last().map_or(1, |e| e.id + 1);
+    record.applied = true;
+    batch.push(put_json(&point_name(branch), &theirs.point));
+    // The record with paths needs the merged tree: written right after, by id (a crash in
+    // between leaves the log line and the merge, and a record without paths).
+    entries.push(summary(&record, &plan));
+    batch.push(put_json(LOG, &entries));
+    batch.push(put_json(&record_name(record.id), &record));
+    home.apply(batch, true)?;
+    hybridfs_core::crashpoint("merge-after-apply");
+    describe(&mut record, &plan, &[home, &theirs.meta]);
+    record.seconds = started.elapsed().as_secs_f64();
+    home.apply(vec![put_json(&record_name(record.id), &record)], true)?;
+    tracing::info!(branch, id = record.id, changes = record.changes.len(), conflicts = record.conflicts.len(), "merged");
+    Ok(record)
+}
+
+fn plan_merge(home: &MetaStore, theirs: &Theirs, req: &MergeRequest, branch: &str) -> Result<MergePlan> {
+    let ours_keys = collect::touched(home, theirs.point.fork_epoch, LIVE)?;
+    let theirs_keys = collect::touched(&theirs.meta, theirs.base_epoch, LIVE)?;
+    let base = View { meta: &theirs.meta, epoch: theirs.base_epoch };
+    let input = collect::input(base, collect::live(home), collect::live(&theirs.meta), &ours_keys, &theirs_keys)?;
+    let opts = MergeOptions {
+        branch: branch.to_string(),
+        stamp: names::stamp(now()),
+        policy: req.policy,
+        max_delete_pct: req.max_delete_pct,
+        confirm: req.confirm,
+        first_ino: collect::first_free_ino(home)?,
+    };
+    Ok(plan::plan(&input, &collect::HomeTree(home), &opts))
+}
+
+fn unique_snapshot(vol: &Volume, name: &str) -> Result<String> {
+    let mut candidate = name.to_string();
+    for n in 2.. {
+        if vol.snapshot(&candidate).is_err() {
+            break;
+        }
+        candidate = format!("{name}-{n}");
+    }
+    Ok(candidate)
+}
+
+/// The length of block `id` as an extent of the plan names it.
+fn block_len(plan: &MergePlan, id: &BlockId) -> u64 {
+    let nodes = plan.nodes.values().flatten().chain(plan.copies.iter().map(|c| &c.node));
+    nodes
+        .flat_map(|n| n.content.extents.iter())
+        .find_map(|(_, e)| match e {
+            Extent::Sealed { id: i, len } if i == id => Some(u64::from(*len)),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// A path for `link`: in the first store whose tree holds its directory.
+fn path_in(stores: &[&MetaStore], link: &Link) -> String {
+    for m in stores {
+        if link.0 == hybridfs_core::types::ROOT_INO || m.get_inode(link.0).ok().flatten().is_some() {
+            return apply::path_of(m, link);
+        }
+    }
+    apply::path_of(stores[0], link)
+}
+
+fn conflict_line(c: &Conflict, stores: &[&MetaStore]) -> ConflictLine {
+    ConflictLine {
+        kind: c.kind,
+        path: c.at.as_ref().map_or_else(|| format!("<inode {}>", c.ino), |l| path_in(stores, l)),
+        copy: c.copy.as_ref().map(|(_, l)| path_in(stores, l)),
+        detail: c.detail.clone(),
+    }
+}
+
+/// Fill the record's lines by path.
+fn describe(record: &mut MergeRecord, plan: &MergePlan, stores: &[&MetaStore]) {
+    record.conflicts = plan.conflicts.iter().map(|c| conflict_line(c, stores)).collect();
+    record.changes = plan
+        .taken
+        .iter()
+        .map(|(ino, what)| {
+            let link = plan.nodes.get(ino).cloned().flatten().or_else(|| plan.ours.get(ino).cloned().flatten()).and_then(|n| n.links.into_iter().next());
+            let path = link.map_or_else(|| format!("<inode {ino}>"), |l| path_in(stores, &l));
+            ChangeLine { path, what: what.clone() }
+        })
+        .collect();
+    for c in &plan.copies {
+        if let Some(l) = c.node.links.iter().next() {
+            record.changes.push(ChangeLine { path: path_in(stores, l), what: format!("conflict copy of the branch's version of inode {}", c.from) });
+        }
+    }
+}
+
+fn summary(record: &MergeRecord, plan: &MergePlan) -> MergeSummary {
+    MergeSummary {
+        id: record.id,
+        branch: record.branch.clone(),
+        at: record.at,
+        theirs_seq: record.theirs_seq,
+        changes: (plan.taken.len() + plan.copies.len()) as u64,
+        conflicts: plan.conflicts.len() as u64,
+        pre_merge: record.pre_merge.clone(),
+        undone: None,
+    }
+}
+
+/// Undo merge `id` (None: the newest one not undone): roll the (unmounted) volume back to its
+/// pre-merge snapshot (the state replaced is kept as the rollback's `pre-rollback-*`
+/// snapshot), and move the branch's merge point back.
+pub fn undo(vol: &Volume, id: Option<u64>) -> Result<MergeRecord> {
+    let home = vol.meta();
+    let mut entries = log(home)?;
+    let pos = match id {
+        Some(id) => entries.iter().position(|e| e.id == id).ok_or_else(|| bad(format!("no merge {id} in the log")))?,
+        None => entries.iter().rposition(|e| e.undone.is_none()).ok_or_else(|| bad("no merge to undo".into()))?,
+    };
+    if let Some(u) = &entries[pos].undone {
+        return Err(bad(format!("merge {} was already undone (the state it replaced is snapshot {u})", entries[pos].id)));
+    }
+    let mut record = show(home, entries[pos].id)?;
+    let pre = record.pre_merge.clone().ok_or_else(|| SyncError::Corrupt(format!("merge {} has no pre-merge snapshot", record.id)))?;
+    let rolled = vol.rollback(&pre)?;
+    record.undone = Some(rolled.saved_as.name.clone());
+    entries[pos].undone = record.undone.clone();
+    let point = match &record.previous_point {
+        Some(p) => put_json(&point_name(&record.branch), p),
+        None => Mutation::SetMeta { name: point_name(&record.branch), value: None },
+    };
+    home.apply(vec![point, put_json(LOG, &entries), put_json(&record_name(record.id), &record)], true)?;
+    Ok(record)
+}

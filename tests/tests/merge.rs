@@ -1,0 +1,209 @@
+//! Merge (issue 10; invariant 6: no lost writes in merges) through real mounts, the real
+//! `hybridctl` CLI and a real S3 server (SeaweedFS on 127.0.0.1, started by the test).
+//!
+//! Home formats, writes and pushes `main`; a burst node clones it, writes during the "day"
+//! and pushes its branch; home writes too (some of the same files), unmounts and merges the
+//! branch: a dry run first (nothing applied), then the merge (exit 3: conflicts kept). The
+//! merged tree holds every change of both sides, the conflicting file's branch version as
+//! `NAME.conflict-<branch>-<UTC>`; the branch's bytes are fetched from the store on first read;
+//! the next push of main uploads none of them; merging again says it is up to date; `merge
+//! undo` returns to the pre-merge snapshot; merging again after the undo redoes it.
+//!
+//! This stage merges unmounted volumes only (the merge refuses a mounted one).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use hybridfs_cloud::testserver::SeaweedServer;
+use hybridfs_tests::cmd::CmdOutput;
+use hybridfs_tests::content::{assert_same_bytes, pattern};
+use hybridfs_tests::{fail_loudly, TestVolume};
+use serde_json::Value;
+
+const KIB: usize = 1 << 10;
+const INV6: &str = "invariant 6: every change made on either side is in the merge result or a reported conflict copy";
+
+type Env = Vec<(&'static str, String)>;
+
+fn env_refs(env: &Env) -> Vec<(&'static str, &str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn json_of(out: &CmdOutput) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {out}"))
+}
+
+fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
+    let p = vol.path(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
+    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
+}
+
+/// Every regular file under `root` (relative path → bytes).
+fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_tree(node: &TestVolume, want: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let got = read_tree(node.mountpoint());
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, unexpected {extra:?}");
+    for (path, bytes) in want {
+        assert_same_bytes(&format!("{what}: {path}"), &got[path], bytes);
+    }
+}
+
+fn push_ok(vol: &TestVolume) -> Value {
+    let out = vol.ctl(&["push", "--volume", vol.name(), "--json"]);
+    out.assert_success();
+    json_of(&out)
+}
+
+fn merge_cmd(home: &TestVolume, env: &Env, args: &[&str]) -> CmdOutput {
+    let mut all = vec!["merge"];
+    all.extend_from_slice(args);
+    home.ctl_env(&env_refs(env), &all)
+}
+
+/// 24 files of 10-40 KiB in 4 directories.
+fn dataset() -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for d in 0..4 {
+        for f in 0..6 {
+            files.insert(format!("d{d}/f{f}"), pattern(100 + d * 10 + f, 10 * KIB + (d * 6 + f) as usize * KIB));
+        }
+    }
+    files
+}
+
+#[test]
+fn home_merges_a_burst_branch_undo_and_redo() {
+    let server = SeaweedServer::start().unwrap_or_else(|e| fail_loudly(&format!("the merge test needs a real S3 server: {e}")));
+    let env: Env = server.env();
+    let _bucket = server.store("hybridfs-merge", "").unwrap_or_else(|e| panic!("create bucket: {e}"));
+
+    // Home: the base, pushed to main.
+    let mut home = TestVolume::builder().name("data").block_size("1M").store("s3://hybridfs-merge/pfx").unmounted().build();
+    home.mount_env(&env_refs(&env));
+    let base = dataset();
+    for (p, b) in &base {
+        put(&home, p, b);
+    }
+    push_ok(&home);
+
+    // The burst node: clone, a day of writes, push its branch.
+    let mut burst = TestVolume::builder().name("data").unformatted().build();
+    let cloned = burst.ctl_env(&env_refs(&env), &["clone", "s3://hybridfs-merge/pfx/data", "--branch", "burst-n1", "--json"]);
+    cloned.assert_success();
+    burst.mount_env(&env_refs(&env));
+    let b_new = pattern(2001, 50 * KIB);
+    let b_conflict = pattern(2002, 30 * KIB);
+    let b_only = pattern(2003, 20 * KIB);
+    let b_out = pattern(2004, 70 * KIB);
+    put(&burst, "d1/from-burst", &b_new);
+    put(&burst, "d2/f3", &b_conflict);
+    put(&burst, "d3/f0", &b_only);
+    put(&burst, "out/ckpt.pt", &b_out);
+    fs::remove_file(burst.path("d0/f1")).unwrap();
+    push_ok(&burst);
+    burst.umount();
+
+    // Home's day: a new name in the same directory, the same file, the file the branch deleted.
+    let h_new = pattern(3001, 40 * KIB);
+    let h_conflict = pattern(3002, 35 * KIB);
+    let h_keep = pattern(3003, 25 * KIB);
+    put(&home, "d1/from-home", &h_new);
+    put(&home, "d2/f3", &h_conflict);
+    put(&home, "d0/f1", &h_keep);
+    let mut before = base.clone();
+    before.insert("d1/from-home".into(), h_new.clone());
+    before.insert("d2/f3".into(), h_conflict.clone());
+    before.insert("d0/f1".into(), h_keep.clone());
+
+    // A mounted volume is refused (this stage merges offline).
+    let refused = merge_cmd(&home, &env, &["burst-n1", "--volume", "data"]);
+    assert_eq!(refused.code, Some(1), "merging a mounted volume is refused: {refused}");
+    home.umount();
+
+    // Dry run: the plan, nothing applied.
+    let dry = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--dry-run", "--json"]);
+    assert_eq!(dry.code, Some(3), "the dry run shows conflicts: {dry}");
+    let plan = json_of(&dry);
+    assert_eq!(plan["applied"].as_bool(), Some(false), "{plan}");
+    assert!(plan["bytes_to_fetch"].as_u64().unwrap() >= (50 + 20 + 70) as u64 * KIB as u64, "{plan}");
+
+    // The merge: conflicts kept, exit 3.
+    let out = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    assert_eq!(out.code, Some(3), "{INV6}: merged with conflicts kept: {out}");
+    let rec = json_of(&out);
+    let conflicts = rec["conflicts"].as_array().unwrap();
+    let content: Vec<&Value> = conflicts.iter().filter(|c| c["kind"] == "content").collect();
+    assert_eq!(content.len(), 1, "one content conflict (d2/f3): {rec}");
+    assert_eq!(content[0]["path"].as_str(), Some("/d2/f3"), "{rec}");
+    let copy = content[0]["copy"].as_str().unwrap().trim_start_matches('/').to_string();
+    assert!(copy.starts_with("d2/f3.conflict-burst-n1-"), "conflict copy name: {copy}");
+    assert!(conflicts.iter().any(|c| c["kind"] == "delete-modify" && c["path"] == "/d0/f1"), "delete vs modify reported: {rec}");
+    let id = rec["id"].as_u64().unwrap();
+    let pre = rec["pre_merge"].as_str().unwrap().to_string();
+    assert!(pre.starts_with("pre-merge-burst-n1-"), "{pre}");
+
+    // The merged tree: both sides' changes, the branch's bytes fetched from the store.
+    let mut want = before.clone();
+    want.insert("d1/from-burst".into(), b_new.clone());
+    want.insert("d3/f0".into(), b_only.clone());
+    want.insert("out/ckpt.pt".into(), b_out.clone());
+    want.insert(copy.clone(), b_conflict.clone());
+    home.mount_env(&env_refs(&env));
+    assert_tree(&home, &want, INV6);
+    let fsck = home.fsck(&[]);
+    assert!(fsck.success(), "fsck after the merge: {fsck}");
+
+    // The log, the record, and merging again.
+    let log = json_of(&merge_cmd(&home, &env, &["log", "--volume", "data", "--json"]));
+    assert_eq!(log.as_array().map(Vec::len), Some(1), "{log}");
+    let show = merge_cmd(&home, &env, &["show", &id.to_string(), "--volume", "data", "--json"]);
+    show.assert_success();
+    assert_eq!(json_of(&show)["conflicts"], rec["conflicts"], "merge show gives the kept report");
+
+    // Home pushes main: the branch's blocks are in the store already.
+    let pushed = push_ok(&home);
+    assert!(pushed["blocks_uploaded"].as_u64().unwrap() <= 3, "only home's own 3 new blocks go up: {pushed}");
+    home.umount();
+    let again = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    again.assert_success();
+    assert_eq!(json_of(&again)["up_to_date"].as_bool(), Some(true), "{again}");
+
+    // Undo: back to the pre-merge state; then redo.
+    let undo = merge_cmd(&home, &env, &["undo", "--volume", "data", "--json"]);
+    undo.assert_success();
+    home.mount_env(&env_refs(&env));
+    assert_tree(&home, &before, "after merge undo: the pre-merge state");
+    home.umount();
+    let redo = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    assert_eq!(redo.code, Some(3), "merging again after the undo: {redo}");
+    home.mount_env(&env_refs(&env));
+    let got = read_tree(home.mountpoint());
+    for (p, b) in want.iter().filter(|(p, _)| !p.contains(".conflict-")) {
+        assert_same_bytes(&format!("after the redo: {p}"), &got[p], b);
+    }
+    assert!(got.values().filter(|b| **b == b_conflict).count() == 1, "{INV6}: the redo keeps the branch's d2/f3 as a copy");
+    home.umount();
+}
