@@ -276,7 +276,7 @@ impl Side {
 
     fn fsck(&self) -> hybridfs_core::fsck::FsckReport {
         let staging = hybridfs_core::staging::Staging::new(self.dir.path().join("staging")).unwrap();
-        hybridfs_core::fsck::check(&*self.meta, &*self.blocks, &staging, BS, true).unwrap()
+        hybridfs_core::fsck::check(&self.meta, &*self.blocks, &staging, BS, true).unwrap()
     }
 }
 
