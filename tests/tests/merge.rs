@@ -94,14 +94,28 @@ fn dataset() -> BTreeMap<String, Vec<u8>> {
     files
 }
 
-#[test]
-fn home_merges_a_burst_branch_undo_and_redo() {
+/// Home and a burst node after a "day": home pushed the base, the burst node cloned it,
+/// wrote and pushed branch `burst-n1`, home wrote too (home is still mounted).
+struct Day {
+    _server: SeaweedServer,
+    env: Env,
+    home: TestVolume,
+    base: BTreeMap<String, Vec<u8>>,
+    /// Home's tree before the merge.
+    before: BTreeMap<String, Vec<u8>>,
+    /// The branch's versions: new file, the file both changed, a file only it changed, a new
+    /// file in a new directory.
+    b: [Vec<u8>; 4],
+}
+
+fn day(bucket: &str) -> Day {
     let server = SeaweedServer::start().unwrap_or_else(|e| fail_loudly(&format!("the merge test needs a real S3 server: {e}")));
     let env: Env = server.env();
-    let _bucket = server.store("hybridfs-merge", "").unwrap_or_else(|e| panic!("create bucket: {e}"));
+    let _bucket = server.store(bucket, "").unwrap_or_else(|e| panic!("create bucket: {e}"));
+    let url = format!("s3://{bucket}/pfx");
 
     // Home: the base, pushed to main.
-    let mut home = TestVolume::builder().name("data").block_size("1M").store("s3://hybridfs-merge/pfx").unmounted().build();
+    let mut home = TestVolume::builder().name("data").block_size("1M").store(&url).unmounted().build();
     home.mount_env(&env_refs(&env));
     let base = dataset();
     for (p, b) in &base {
@@ -111,47 +125,60 @@ fn home_merges_a_burst_branch_undo_and_redo() {
 
     // The burst node: clone, a day of writes, push its branch.
     let mut burst = TestVolume::builder().name("data").unformatted().build();
-    let cloned = burst.ctl_env(&env_refs(&env), &["clone", "s3://hybridfs-merge/pfx/data", "--branch", "burst-n1", "--json"]);
+    let cloned = burst.ctl_env(&env_refs(&env), &["clone", &format!("{url}/data"), "--branch", "burst-n1", "--json"]);
     cloned.assert_success();
     burst.mount_env(&env_refs(&env));
-    let b_new = pattern(2001, 50 * KIB);
-    let b_conflict = pattern(2002, 30 * KIB);
-    let b_only = pattern(2003, 20 * KIB);
-    let b_out = pattern(2004, 70 * KIB);
-    put(&burst, "d1/from-burst", &b_new);
-    put(&burst, "d2/f3", &b_conflict);
-    put(&burst, "d3/f0", &b_only);
-    put(&burst, "out/ckpt.pt", &b_out);
+    let b = [pattern(2001, 50 * KIB), pattern(2002, 30 * KIB), pattern(2003, 20 * KIB), pattern(2004, 70 * KIB)];
+    put(&burst, "d1/from-burst", &b[0]);
+    put(&burst, "d2/f3", &b[1]);
+    put(&burst, "d3/f0", &b[2]);
+    put(&burst, "out/ckpt.pt", &b[3]);
     fs::remove_file(burst.path("d0/f1")).unwrap();
     push_ok(&burst);
     burst.umount();
 
     // Home's day: a new name in the same directory, the same file, the file the branch deleted.
-    let h_new = pattern(3001, 40 * KIB);
-    let h_conflict = pattern(3002, 35 * KIB);
-    let h_keep = pattern(3003, 25 * KIB);
-    put(&home, "d1/from-home", &h_new);
-    put(&home, "d2/f3", &h_conflict);
-    put(&home, "d0/f1", &h_keep);
     let mut before = base.clone();
-    before.insert("d1/from-home".into(), h_new.clone());
-    before.insert("d2/f3".into(), h_conflict.clone());
-    before.insert("d0/f1".into(), h_keep.clone());
+    for (i, path) in ["d1/from-home", "d2/f3", "d0/f1"].into_iter().enumerate() {
+        let bytes = pattern(3001 + i as u64, (40 - 5 * i) * KIB);
+        put(&home, path, &bytes);
+        before.insert(path.into(), bytes);
+    }
+    Day { _server: server, env, home, base, before, b }
+}
+
+/// The merged tree, given the conflict copy's path.
+fn merged(d: &Day, copy: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut want = d.before.clone();
+    want.insert("d1/from-burst".into(), d.b[0].clone());
+    want.insert("d3/f0".into(), d.b[2].clone());
+    want.insert("out/ckpt.pt".into(), d.b[3].clone());
+    want.insert(copy.into(), d.b[1].clone());
+    want
+}
+
+#[test]
+fn home_merges_a_burst_branch_undo_and_redo() {
+    let mut d = day("hybridfs-merge");
+    let env = d.env.clone();
+    assert_eq!(d.base.len(), 24);
+    let (before, b_conflict) = (d.before.clone(), d.b[1].clone());
+    let home = &mut d.home;
 
     // A mounted volume is refused (this stage merges offline).
-    let refused = merge_cmd(&home, &env, &["burst-n1", "--volume", "data"]);
+    let refused = merge_cmd(home, &env, &["burst-n1", "--volume", "data"]);
     assert_eq!(refused.code, Some(1), "merging a mounted volume is refused: {refused}");
     home.umount();
 
     // Dry run: the plan, nothing applied.
-    let dry = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--dry-run", "--json"]);
+    let dry = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--dry-run", "--json"]);
     assert_eq!(dry.code, Some(3), "the dry run shows conflicts: {dry}");
     let plan = json_of(&dry);
     assert_eq!(plan["applied"].as_bool(), Some(false), "{plan}");
     assert!(plan["bytes_to_fetch"].as_u64().unwrap() >= (50 + 20 + 70) as u64 * KIB as u64, "{plan}");
 
     // The merge: conflicts kept, exit 3.
-    let out = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    let out = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
     assert_eq!(out.code, Some(3), "{INV6}: merged with conflicts kept: {out}");
     let rec = json_of(&out);
     let conflicts = rec["conflicts"].as_array().unwrap();
@@ -166,38 +193,35 @@ fn home_merges_a_burst_branch_undo_and_redo() {
     assert!(pre.starts_with("pre-merge-burst-n1-"), "{pre}");
 
     // The merged tree: both sides' changes, the branch's bytes fetched from the store.
-    let mut want = before.clone();
-    want.insert("d1/from-burst".into(), b_new.clone());
-    want.insert("d3/f0".into(), b_only.clone());
-    want.insert("out/ckpt.pt".into(), b_out.clone());
-    want.insert(copy.clone(), b_conflict.clone());
     home.mount_env(&env_refs(&env));
-    assert_tree(&home, &want, INV6);
+    let want = merged(&d, &copy);
+    let home = &mut d.home;
+    assert_tree(home, &want, INV6);
     let fsck = home.fsck(&[]);
     assert!(fsck.success(), "fsck after the merge: {fsck}");
 
     // The log, the record, and merging again.
-    let log = json_of(&merge_cmd(&home, &env, &["log", "--volume", "data", "--json"]));
+    let log = json_of(&merge_cmd(home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(1), "{log}");
-    let show = merge_cmd(&home, &env, &["show", &id.to_string(), "--volume", "data", "--json"]);
+    let show = merge_cmd(home, &env, &["show", &id.to_string(), "--volume", "data", "--json"]);
     show.assert_success();
     assert_eq!(json_of(&show)["conflicts"], rec["conflicts"], "merge show gives the kept report");
 
     // Home pushes main: the branch's blocks are in the store already.
-    let pushed = push_ok(&home);
+    let pushed = push_ok(home);
     assert!(pushed["blocks_uploaded"].as_u64().unwrap() <= 3, "only home's own 3 new blocks go up: {pushed}");
     home.umount();
-    let again = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    let again = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
     again.assert_success();
     assert_eq!(json_of(&again)["up_to_date"].as_bool(), Some(true), "{again}");
 
     // Undo: back to the pre-merge state; then redo.
-    let undo = merge_cmd(&home, &env, &["undo", "--volume", "data", "--json"]);
+    let undo = merge_cmd(home, &env, &["undo", "--volume", "data", "--json"]);
     undo.assert_success();
     home.mount_env(&env_refs(&env));
-    assert_tree(&home, &before, "after merge undo: the pre-merge state");
+    assert_tree(home, &before, "after merge undo: the pre-merge state");
     home.umount();
-    let redo = merge_cmd(&home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    let redo = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
     assert_eq!(redo.code, Some(3), "merging again after the undo: {redo}");
     home.mount_env(&env_refs(&env));
     let got = read_tree(home.mountpoint());
@@ -206,4 +230,42 @@ fn home_merges_a_burst_branch_undo_and_redo() {
     }
     assert!(got.values().filter(|b| **b == b_conflict).count() == 1, "{INV6}: the redo keeps the branch's d2/f3 as a copy");
     home.umount();
+}
+
+/// `kill -9` (a crash point's abort) during a merge: before the apply batch the tree is the
+/// pre-merge one and the merge runs again; after it, the whole merge is there, recorded, and
+/// merging again says it is up to date. Never a mix (one batch).
+#[test]
+fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
+    let mut d = day("hybridfs-merge-crash");
+    let env = d.env.clone();
+    let before = d.before.clone();
+    d.home.umount();
+    let mut crash_env = env.clone();
+    crash_env.push(("HYBRIDFS_CRASHPOINT", "merge-after-snapshot".into()));
+    let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--json"]);
+    assert!(!killed.success() && killed.code != Some(3), "the merge dies at the crash point: {killed}");
+    d.home.mount_env(&env_refs(&env));
+    assert_tree(&d.home, &before, "killed before apply: the pre-merge tree");
+    d.home.umount();
+    let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
+    assert_eq!(log.as_array().map(Vec::len), Some(0), "nothing recorded: {log}");
+
+    crash_env.last_mut().unwrap().1 = "merge-after-apply".into();
+    let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--json"]);
+    assert!(!killed.success() && killed.code != Some(3), "the merge dies at the crash point: {killed}");
+    let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
+    assert_eq!(log.as_array().map(Vec::len), Some(1), "the merge is recorded with its batch: {log}");
+    let again = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    again.assert_success();
+    assert_eq!(json_of(&again)["up_to_date"].as_bool(), Some(true), "{again}");
+    let fsck = d.home.fsck(&[]);
+    assert!(fsck.success(), "fsck after a merge killed after apply: {fsck}");
+    d.home.mount_env(&env_refs(&env));
+    let got = read_tree(d.home.mountpoint());
+    let copies: Vec<&String> = got.keys().filter(|k| k.starts_with("d2/f3.conflict-burst-n1-")).collect();
+    assert_eq!(copies.len(), 1, "{INV6}: one conflict copy: {:?}", got.keys());
+    let copy = copies[0].clone();
+    assert_tree(&d.home, &merged(&d, &copy), &format!("{INV6}: killed after apply: the whole merge"));
+    d.home.umount();
 }

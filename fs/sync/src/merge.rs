@@ -279,6 +279,7 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest) -> Result<MergeR
         let name = unique_snapshot(vol, &format!("pre-merge-{}-{}", branch.replace('/', "-"), hybridfs_core::volume::snapshot::chrono_stamp()))?;
         vol.snapshot_create(&name)?;
         record.pre_merge = Some(name);
+        hybridfs_core::crashpoint("merge-after-snapshot");
     }
     let plan = plan_merge(home, &theirs, req, branch)?;
     let new_blocks = apply::new_blocks(&plan);
