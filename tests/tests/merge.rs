@@ -3,13 +3,13 @@
 //!
 //! Home formats, writes and pushes `main`; a burst node clones it, writes during the "day"
 //! and pushes its branch; home writes too (some of the same files), unmounts and merges the
-//! branch: a dry run first (nothing applied), then the merge (exit 3: conflicts kept). The
-//! merged tree holds every change of both sides, the conflicting file's branch version as
-//! `NAME.conflict-<branch>-<UTC>`; the branch's bytes are fetched from the store on first read;
-//! the next push of main uploads none of them; merging again says it is up to date; `merge
-//! undo` returns to the pre-merge snapshot; merging again after the undo redoes it.
-//!
-//! This stage merges unmounted volumes only (the merge refuses a mounted one).
+//! branch while mounted, a reader looping over the mount: a dry run first (nothing applied),
+//! then the merge (exit 3: conflicts kept). The mount shows right away (kernel caches
+//! invalidated) every change of both sides, the conflicting file's branch version as
+//! `NAME.conflict-<branch>-<UTC>`; the next push of main uploads none of the branch's blocks;
+//! merging again says it is up to date; `merge undo` (unmounted) returns to the pre-merge
+//! snapshot; merging again after the undo redoes it. A merge of an unmounted volume killed
+//! before or after its apply batch leaves the tree before or after, never a mix.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -158,27 +158,49 @@ fn merged(d: &Day, copy: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-fn home_merges_a_burst_branch_undo_and_redo() {
+fn home_merges_a_burst_branch_online_undo_and_redo() {
     let mut d = day("hybridfs-merge");
     let env = d.env.clone();
     assert_eq!(d.base.len(), 24);
     let (before, b_conflict) = (d.before.clone(), d.b[1].clone());
-    let home = &mut d.home;
 
-    // A mounted volume is refused (this stage merges offline).
-    let refused = merge_cmd(home, &env, &["burst-n1", "--volume", "data"]);
-    assert_eq!(refused.code, Some(1), "merging a mounted volume is refused: {refused}");
-    home.umount();
-
-    // Dry run: the plan, nothing applied.
-    let dry = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--dry-run", "--json"]);
+    // Dry run, mounted: the plan, nothing applied.
+    let dry = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--dry-run", "--json"]);
     assert_eq!(dry.code, Some(3), "the dry run shows conflicts: {dry}");
     let plan = json_of(&dry);
     assert_eq!(plan["applied"].as_bool(), Some(false), "{plan}");
     assert!(plan["bytes_to_fetch"].as_u64().unwrap() >= (50 + 20 + 70) as u64 * KIB as u64, "{plan}");
+    assert_tree(&d.home, &before, "after the dry run: nothing applied");
 
-    // The merge: conflicts kept, exit 3.
-    let out = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    // The merge, online, while a reader loops over the mount: every file it reads holds the
+    // bytes of before or after the merge.
+    // The kernel caches the names the merge adds as absent (for its entry timeout, 5 s).
+    for p in ["d1/from-burst", "out"] {
+        assert!(fs::metadata(d.home.path(p)).is_err(), "{p} is not there before the merge");
+    }
+    let after = merged(&d, "the copy's name is not known yet");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, reads) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut reads = 0u64;
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (p, b) in &before {
+                    match fs::read(d.home.path(p)) {
+                        Ok(got) if got == *b || after.get(p) == Some(&got) => reads += 1,
+                        Ok(got) => bad.push(format!("{p}: {} bytes, neither before nor after", got.len())),
+                        Err(e) => bad.push(format!("{p}: {e}")),
+                    }
+                }
+            }
+            assert!(bad.is_empty(), "a reader during the merge saw: {bad:?}");
+            reads
+        });
+        let out = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, reader.join().unwrap())
+    });
+    assert!(reads > 0, "the reader read during the merge");
     assert_eq!(out.code, Some(3), "{INV6}: merged with conflicts kept: {out}");
     let rec = json_of(&out);
     let conflicts = rec["conflicts"].as_array().unwrap();
@@ -192,38 +214,43 @@ fn home_merges_a_burst_branch_undo_and_redo() {
     let pre = rec["pre_merge"].as_str().unwrap().to_string();
     assert!(pre.starts_with("pre-merge-burst-n1-"), "{pre}");
 
-    // The merged tree: both sides' changes, the branch's bytes fetched from the store.
-    home.mount_env(&env_refs(&env));
+    // Right away, through the same mount, by name before any listing refreshes the kernel's
+    // view: the names it cached as absent exist, the file whose attributes and pages it
+    // cached (the reader read it) has the branch's bytes (the kernel's caches were invalidated).
+    for (p, b) in [("d1/from-burst", &d.b[0]), ("out/ckpt.pt", &d.b[3]), ("d3/f0", &d.b[2])] {
+        let got = fs::read(d.home.path(p)).unwrap_or_else(|e| panic!("{INV6}: read {p} right after the merge: {e}"));
+        assert_same_bytes(&format!("{p} right after the merge"), &got, b);
+    }
     let want = merged(&d, &copy);
-    let home = &mut d.home;
-    assert_tree(home, &want, INV6);
-    let fsck = home.fsck(&[]);
+    assert_tree(&d.home, &want, &format!("{INV6}: the mount right after the merge"));
+    let fsck = d.home.fsck(&[]);
     assert!(fsck.success(), "fsck after the merge: {fsck}");
 
     // The log, the record, and merging again.
-    let log = json_of(&merge_cmd(home, &env, &["log", "--volume", "data", "--json"]));
+    let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(1), "{log}");
-    let show = merge_cmd(home, &env, &["show", &id.to_string(), "--volume", "data", "--json"]);
+    let show = merge_cmd(&d.home, &env, &["show", &id.to_string(), "--volume", "data", "--json"]);
     show.assert_success();
     assert_eq!(json_of(&show)["conflicts"], rec["conflicts"], "merge show gives the kept report");
-
-    // Home pushes main: the branch's blocks are in the store already.
-    let pushed = push_ok(home);
-    assert!(pushed["blocks_uploaded"].as_u64().unwrap() <= 3, "only home's own 3 new blocks go up: {pushed}");
-    home.umount();
-    let again = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    let again = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
     again.assert_success();
     assert_eq!(json_of(&again)["up_to_date"].as_bool(), Some(true), "{again}");
 
-    // Undo: back to the pre-merge state; then redo.
+    // Home pushes main: the branch's blocks are in the store already.
+    let pushed = push_ok(&d.home);
+    assert!(pushed["blocks_uploaded"].as_u64().unwrap() <= 3, "only home's own 3 new blocks go up: {pushed}");
+
+    // Undo (unmounted): back to the pre-merge state; then redo, online.
+    let home = &mut d.home;
+    let refused = merge_cmd(home, &env, &["undo", "--volume", "data"]);
+    assert_eq!(refused.code, Some(1), "undo of a mounted volume is refused: {refused}");
+    home.umount();
     let undo = merge_cmd(home, &env, &["undo", "--volume", "data", "--json"]);
     undo.assert_success();
     home.mount_env(&env_refs(&env));
     assert_tree(home, &before, "after merge undo: the pre-merge state");
-    home.umount();
     let redo = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
     assert_eq!(redo.code, Some(3), "merging again after the undo: {redo}");
-    home.mount_env(&env_refs(&env));
     let got = read_tree(home.mountpoint());
     for (p, b) in want.iter().filter(|(p, _)| !p.contains(".conflict-")) {
         assert_same_bytes(&format!("after the redo: {p}"), &got[p], b);

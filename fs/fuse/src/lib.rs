@@ -23,6 +23,7 @@
 //! kernel, local to this node.
 
 mod errno;
+pub mod kernel_cache;
 mod listing;
 mod passthrough;
 mod session;

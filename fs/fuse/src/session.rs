@@ -41,7 +41,12 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    fuser::Session::new(HybridFs::new(vol, cfg.passthrough), mountpoint, &config)?.run()
+    let session = fuser::Session::new(HybridFs::new(vol.clone(), cfg.passthrough), mountpoint, &config)?;
+    // Changes made behind the kernel's back (a merge) invalidate its caches through this.
+    crate::kernel_cache::register(&vol, session.notifier());
+    let served = session.run();
+    crate::kernel_cache::unregister(&vol);
+    served
 }
 
 /// Ask the kernel for large requests, readdirplus and parallel lookups, and for either

@@ -23,12 +23,16 @@
 //! `merge/record/<id>` (each report); `merge/<branch>` is the branch's merge point. These are
 //! not versioned, so undoing a merge (a rollback to its pre-merge snapshot) keeps them.
 //!
-//! This stage merges an **unmounted** volume (the CLI opens it itself); online merging
-//! through the mount's control socket, with kernel cache invalidation, is not built yet.
+//! Online: a mounted volume merges in its mount process (the CLI sends the request over the
+//! control socket). Step 4 then runs under the volume's gate and namespace lock
+//! ([`Volume::apply_quiesced`]): no write lands between planning and applying, readers see the
+//! tree before or after. Files it changes must be closed: the attempt is repeated while
+//! one is open, for up to [`OPEN_FILES_WAIT`], then refused. The kernel's
+//! caches are then invalidated for every changed entry and inode ([`KernelCache`]).
 
 use crate::{LayerRef, Remote, Result, SyncError};
 use hybridfs_core::merge::collect::{self, View};
-use hybridfs_core::merge::{apply, names, plan, Conflict, ConflictKind, Link, MergeOptions, MergePlan, Policy};
+use hybridfs_core::merge::{apply, names, plan, Conflict, ConflictKind, KernelCache, Link, MergeOptions, MergePlan, Policy};
 use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
 use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
 use hybridfs_core::{FsError, Volume};
@@ -37,6 +41,10 @@ use std::collections::BTreeMap;
 
 /// Records applied to the scratch store per batch.
 const BATCH: usize = 4096;
+
+/// How long a merge waits for the files it changes to be closed (readers close theirs
+/// between reads) before it gives up, nothing applied.
+pub const OPEN_FILES_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What to merge and how.
 #[derive(Clone, Debug)]
@@ -251,8 +259,9 @@ fn end_base(meta: &MetaStore) -> Result<u64> {
     Ok(epoch)
 }
 
-/// Merge `req.branch` of `remote` into the (unmounted) home volume `vol`.
-pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest) -> Result<MergeRecord> {
+/// Merge `req.branch` of `remote` into the home volume `vol`, mounted (give the mount's
+/// `kernel` caches, invalidated for every changed entry and inode) or not.
+pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&dyn KernelCache>) -> Result<MergeRecord> {
     let started = std::time::Instant::now();
     let branch = req.branch.as_str();
     let home = vol.meta();
@@ -281,45 +290,89 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest) -> Result<MergeR
         record.pre_merge = Some(name);
         hybridfs_core::crashpoint("merge-after-snapshot");
     }
-    let plan = plan_merge(home, &theirs, req, branch)?;
-    let new_blocks = apply::new_blocks(&plan);
-    for id in &new_blocks {
-        if !vol.blocks().contains(id).unwrap_or(false) {
-            record.blocks_to_fetch += 1;
-            record.bytes_to_fetch += block_len(&plan, id);
-        }
-    }
-    if let Some(why) = &plan.refused {
-        return Err(SyncError::Conflict(why.clone()));
-    }
     if req.dry_run {
+        let plan = plan_merge(home, &theirs, req, branch)?;
+        count_fetch(vol, &mut record, &plan);
+        if let Some(why) = &plan.refused {
+            return Err(SyncError::Conflict(why.clone()));
+        }
         describe(&mut record, &plan, &[home, &theirs.meta]);
         record.seconds = started.elapsed().as_secs_f64();
         return Ok(record);
     }
-    let mut batch = apply::mutations(home, &plan)?;
-    for id in &new_blocks {
-        if home.pushed(id)?.is_none() {
-            let packed = theirs.located.get(id).copied().flatten();
-            batch.push(Mutation::MarkPushed { id: *id, packed });
-        }
+    if kernel.is_some() {
+        // The running mount's block store was opened before this merge and may not fetch by
+        // itself: the branch's new blocks come now, before any reader can reach them.
+        fetch_blocks(vol, remote, &theirs.located)?;
     }
-    let mut entries = log(home)?;
-    record.id = entries.last().map_or(1, |e| e.id + 1);
-    record.applied = true;
-    batch.push(put_json(&point_name(branch), &theirs.point));
-    // The record with paths needs the merged tree: written right after, by id (a crash in
-    // between leaves the log line and the merge, and a record without paths).
-    entries.push(summary(&record, &plan));
-    batch.push(put_json(LOG, &entries));
-    batch.push(put_json(&record_name(record.id), &record));
-    home.apply(batch, true)?;
+    // Planned and applied with no writer in between (the gate and the namespace lock).
+    let mut planned: Option<MergePlan> = None;
+    let mut changed = (Default::default(), Default::default());
+    vol.apply_quiesced(OPEN_FILES_WAIT, &mut |meta| {
+        let plan = plan_merge(meta, &theirs, req, branch).map_err(|e| FsError::Meta(e.to_string()))?;
+        if let Some(why) = &plan.refused {
+            return Err(FsError::Refused(why.clone()));
+        }
+        let mut batch = apply::mutations(meta, &plan)?;
+        changed = apply::touched_by(&batch);
+        for id in apply::new_blocks(&plan) {
+            if meta.pushed(&id)?.is_none() {
+                batch.push(Mutation::MarkPushed { id, packed: theirs.located.get(&id).copied().flatten() });
+            }
+        }
+        let mut entries = log(meta).map_err(|e| FsError::Meta(e.to_string()))?;
+        record.id = entries.last().map_or(1, |e| e.id + 1);
+        record.applied = true;
+        count_fetch(vol, &mut record, &plan);
+        batch.push(put_json(&point_name(branch), &theirs.point));
+        // The record with paths needs the merged tree: written again right after (a crash in
+        // between leaves the merge, its log line and a record without paths).
+        entries.push(summary(&record, &plan));
+        batch.push(put_json(LOG, &entries));
+        batch.push(put_json(&record_name(record.id), &record));
+        let inodes = changed.1.clone();
+        planned = Some(plan);
+        Ok((batch, inodes))
+    })?;
     hybridfs_core::crashpoint("merge-after-apply");
+    if let Some(k) = kernel {
+        apply::invalidate(k, &changed.0, &changed.1);
+    }
+    let plan = planned.expect("applied");
     describe(&mut record, &plan, &[home, &theirs.meta]);
     record.seconds = started.elapsed().as_secs_f64();
     home.apply(vec![put_json(&record_name(record.id), &record)], true)?;
     tracing::info!(branch, id = record.id, changes = record.changes.len(), conflicts = record.conflicts.len(), "merged");
     Ok(record)
+}
+
+/// Fetch (verified) the blocks the branch's new layers name that the volume lacks.
+fn fetch_blocks(vol: &Volume, remote: &Remote, located: &BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) -> Result<u64> {
+    let mut fetched = 0;
+    for (id, packed) in located {
+        if vol.blocks().contains(id)? {
+            continue;
+        }
+        let frame = remote.fetch_frame(id, *packed)?;
+        let data = hybridfs_blocks::decode(id, &frame)?;
+        let got = vol.blocks().put(&data)?;
+        if got != *id {
+            return Err(SyncError::Corrupt(format!("block {id} from the store hashes to {got}")));
+        }
+        fetched += 1;
+    }
+    vol.blocks().sync()?;
+    Ok(fetched)
+}
+
+/// Blocks and bytes the merged tree takes from the branch that this node does not hold.
+fn count_fetch(vol: &Volume, record: &mut MergeRecord, plan: &MergePlan) {
+    for id in apply::new_blocks(plan) {
+        if !vol.blocks().contains(&id).unwrap_or(false) {
+            record.blocks_to_fetch += 1;
+            record.bytes_to_fetch += block_len(plan, &id);
+        }
+    }
 }
 
 fn plan_merge(home: &MetaStore, theirs: &Theirs, req: &MergeRequest, branch: &str) -> Result<MergePlan> {

@@ -1,19 +1,50 @@
 //! `hybridctl merge`: merge a branch into the home volume, and its log, report and undo.
 //!
+//! A mounted volume merges in its mount process (the request goes over the control socket,
+//! like a push): the merge is applied under the volume's locks and the kernel's caches are
+//! invalidated for what changed, so `ls`, `stat` and `cat` right after show the merged tree.
+//! An unmounted volume is opened here. `merge undo` needs the volume unmounted.
+//!
 //! Exit codes: 0 merged cleanly (or nothing to merge), 3 merged with conflicts kept (each one
 //! listed), 1 failed (nothing applied), 2 bad input. A dry run exits the same way as the merge
-//! it shows would. This stage merges an unmounted volume only.
+//! it shows would.
 
 use crate::home::{Home, VolumeDir};
-use crate::snapcmd::pick_volume;
+use crate::snapcmd::{call, pick_volume, Request};
 use crate::usage;
 use anyhow::Result;
 use hybridfs_core::merge::Policy;
 use hybridfs_core::{FsError, Volume};
 use hybridfs_sync::merge::{self, MergeRecord, MergeRequest};
-use hybridfs_sync::SyncError;
+use hybridfs_sync::{Remote, SyncError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// A merge as it travels to the mount process.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct MergeArgs {
+    pub branch: String,
+    pub policy: String,
+    pub dry_run: bool,
+    pub confirm: bool,
+    pub max_delete: f64,
+    /// The volume's store URL, its name there, its encryption key file and fingerprint.
+    pub store: String,
+    pub volume: String,
+    pub key_file: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+/// Run a merge against an open volume (in the mount process when mounted).
+pub fn execute(vol: &Volume, remote: &Remote, m: &MergeArgs) -> Result<Value, SyncError> {
+    let policy: Policy = m.policy.parse().map_err(|e: String| SyncError::Volume(FsError::BadInput(e)))?;
+    let req = MergeRequest { branch: m.branch.clone(), policy, dry_run: m.dry_run, confirm: m.confirm, max_delete_pct: m.max_delete };
+    let kernel = hybridfs_fuse::kernel_cache::of(vol);
+    let record = merge::merge(vol, remote, &req, kernel.as_deref())?;
+    Ok(serde_json::to_value(record).expect("plain data"))
+}
 
 /// Merged with conflicts kept.
 pub const EXIT_CONFLICTS: u8 = 3;
@@ -38,7 +69,7 @@ fn lift(e: SyncError) -> anyhow::Error {
 fn open(vd: &VolumeDir) -> Result<(crate::home::VolumeLock, Arc<Volume>)> {
     if let Some(m) = vd.mount_state() {
         anyhow::bail!(
-            "volume {} is mounted at {} (pid {}): unmount it first (hybridctl umount {}); merging a mounted volume is not built yet",
+            "volume {} is mounted at {} (pid {}): unmount it first (hybridctl umount {}); a merge can be undone only offline",
             vd.name,
             m.mountpoint.display(),
             m.pid,
@@ -61,12 +92,20 @@ pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Resu
             if !(0.0..=100.0).contains(&max_delete) {
                 return usage("--max-delete is a percentage from 0 to 100");
             }
-            let req = MergeRequest { branch, policy, dry_run, confirm, max_delete_pct: max_delete };
-            let (_lock, vol) = open(&vd)?;
-            let remote = vd.config()?.remote()?;
-            let result = merge::merge(&vol, &remote, &req);
-            vol.shutdown()?;
-            let record = result.map_err(lift)?;
+            let cfg = vd.config()?;
+            let args = MergeArgs {
+                branch,
+                policy: serde_json::to_value(policy)?.as_str().unwrap_or_default().to_string(),
+                dry_run,
+                confirm,
+                max_delete,
+                store: cfg.store.clone(),
+                volume: cfg.remote_name().to_string(),
+                key_file: cfg.key_file.clone(),
+                fingerprint: cfg.key_fingerprint.clone(),
+            };
+            let out = call(&vd, &Request::Merge(args))?;
+            let record: MergeRecord = serde_json::from_value(out)?;
             print_record(&vd.name, &record, json);
             Ok(exit_of(&record))
         }

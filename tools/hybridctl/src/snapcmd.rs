@@ -50,6 +50,8 @@ pub enum Request {
     Pull { store: String, volume: String, key_file: Option<String>, fingerprint: Option<String> },
     /// Fetch the data of the files under these volume paths (components from the root).
     Prefetch { paths: Vec<Vec<String>> },
+    /// Merge a branch into the volume (in the mount process when mounted: see `mergecmd`).
+    Merge(crate::mergecmd::MergeArgs),
 }
 
 /// A failed request: the message and whether it was bad input (exit 2) or a failure (exit 1).
@@ -130,6 +132,10 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
                 blocks += vol.prefetch_tree(ino)?;
             }
             Ok(json!({ "paths": paths.len(), "blocks": blocks, "seconds": started.elapsed().as_secs_f64() }))
+        }
+        Request::Merge(m) => {
+            let remote = remote_for(&m.store, &m.volume, &m.key_file, &m.fingerprint)?;
+            Ok(crate::mergecmd::execute(vol, &remote, m)?)
         }
         Request::Pull { store, volume, key_file, fingerprint } => {
             let remote = remote_for(store, volume, key_file, fingerprint)?;
@@ -212,7 +218,7 @@ fn fail(f: Failure) -> anyhow::Error {
 }
 
 /// Send `req` to the mount process of `vd`, or run it here when the volume is not mounted.
-fn call(vd: &VolumeDir, req: &Request) -> Result<Value> {
+pub(crate) fn call(vd: &VolumeDir, req: &Request) -> Result<Value> {
     if let Some(state) = vd.mount_state() {
         let path = vd.control_path();
         let mut conn = UnixStream::connect(&path).with_context(|| {
@@ -380,6 +386,7 @@ pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Resul
             out["to_seq"],
             out["records"]
         ),
+        Request::Merge(_) => println!("{out}"),
         Request::Prefetch { .. } => println!(
             "prefetched {} paths: {} blocks are local now ({:.1}s)",
             out["paths"],

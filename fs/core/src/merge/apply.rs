@@ -49,6 +49,39 @@ pub fn mutations(home: &MetaStore, plan: &MergePlan) -> Result<Vec<Mutation>> {
     Ok(out)
 }
 
+/// The entries and inodes a batch changes (what the kernel must forget after it).
+pub fn touched_by(batch: &[Mutation]) -> (BTreeSet<Link>, BTreeSet<Ino>) {
+    let (mut entries, mut inodes) = (BTreeSet::new(), BTreeSet::new());
+    for m in batch {
+        match m {
+            Mutation::PutDentry { parent, name, .. } | Mutation::DelDentry { parent, name, .. } => {
+                entries.insert((*parent, name.clone()));
+            }
+            Mutation::PutInode(i) => {
+                inodes.insert(i.ino);
+            }
+            Mutation::DelInode(ino) | Mutation::PutExtent { ino, .. } | Mutation::DelExtent { ino, .. } => {
+                inodes.insert(*ino);
+            }
+            Mutation::PutXattr { ino, .. } | Mutation::DelXattr { ino, .. } => {
+                inodes.insert(*ino);
+            }
+            _ => {}
+        }
+    }
+    (entries, inodes)
+}
+
+/// Tell the kernel to forget what a batch changed.
+pub fn invalidate(kernel: &dyn super::KernelCache, entries: &BTreeSet<Link>, inodes: &BTreeSet<Ino>) {
+    for (parent, name) in entries {
+        kernel.invalidate_entry(*parent, name);
+    }
+    for ino in inodes {
+        kernel.invalidate_inode(*ino);
+    }
+}
+
 /// The sealed blocks the merged tree takes from the branch (not named by the home version):
 /// the home volume must be able to fetch them.
 pub fn new_blocks(plan: &MergePlan) -> BTreeSet<BlockId> {

@@ -101,6 +101,15 @@ pub struct Versions {
     pub theirs: Option<Node>,
 }
 
+/// The kernel's caches of a mounted volume (fuser's notifier behind it, in the fuse crate):
+/// what a merge changed behind the kernel's back is dropped from them.
+pub trait KernelCache: Send + Sync {
+    /// Forget the entry `name` of directory `parent` (a positive or negative dentry).
+    fn invalidate_entry(&self, parent: Ino, name: &[u8]);
+    /// Forget the attributes and cached data of `ino`.
+    fn invalidate_inode(&self, ino: Ino);
+}
+
 /// What the planner needs to know of the home tree beyond the touched inodes.
 pub trait OursTree {
     /// The entry `name` of directory `parent` in the home tree now.

@@ -21,6 +21,7 @@
 //! makes everything before it durable against power loss too.
 
 pub mod data;
+mod merge;
 pub mod namespace;
 mod sealer;
 pub mod snapshot;
