@@ -100,6 +100,8 @@ struct Day {
     _server: SeaweedServer,
     env: Env,
     home: TestVolume,
+    /// The burst node (unmounted).
+    burst: TestVolume,
     base: BTreeMap<String, Vec<u8>>,
     /// Home's tree before the merge.
     before: BTreeMap<String, Vec<u8>>,
@@ -144,7 +146,7 @@ fn day(bucket: &str) -> Day {
         put(&home, path, &bytes);
         before.insert(path.into(), bytes);
     }
-    Day { _server: server, env, home, base, before, b }
+    Day { _server: server, env, home, burst, base, before, b }
 }
 
 /// The merged tree, given the conflict copy's path.
@@ -294,5 +296,60 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     assert_eq!(copies.len(), 1, "{INV6}: one conflict copy: {:?}", got.keys());
     let copy = copies[0].clone();
     assert_tree(&d.home, &merged(&d, &copy), &format!("{INV6}: killed after apply: the whole merge"));
+    d.home.umount();
+}
+
+/// Merges are incremental and several branches merge one after another: the burst node
+/// pushes more after the first merge, and only that is merged next; a second burst node's
+/// branch, cloned before the first merge, merges on top, its new name in the same directory
+/// as the first branch's.
+#[test]
+fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
+    let mut d = day("hybridfs-merge-again");
+    let env = d.env.clone();
+    // A second burst node, cloned from the same main.
+    let mut n2 = TestVolume::builder().name("data").unformatted().build();
+    n2.ctl_env(&env_refs(&env), &["clone", "s3://hybridfs-merge-again/pfx/data", "--branch", "burst-n2", "--json"]).assert_success();
+    n2.mount_env(&env_refs(&env));
+    let n2_new = pattern(5001, 12 * KIB);
+    put(&n2, "d1/from-n2", &n2_new);
+    push_ok(&n2);
+    n2.umount();
+
+    let first = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    assert_eq!(first.code, Some(3), "{first}");
+    let copy = json_of(&first)["conflicts"].as_array().unwrap().iter().find(|c| c["kind"] == "content").unwrap()["copy"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let mut want = merged(&d, &copy);
+
+    // The burst node works on and pushes again: one new file, one more change.
+    d.burst.mount_env(&env_refs(&env));
+    let later = pattern(6001, 18 * KIB);
+    let later_f2 = pattern(6002, 14 * KIB);
+    put(&d.burst, "d1/later", &later);
+    put(&d.burst, "d3/f2", &later_f2);
+    push_ok(&d.burst);
+    d.burst.umount();
+    let second = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    second.assert_success();
+    let rec = json_of(&second);
+    assert_eq!(rec["base"].as_str(), Some("burst-n1@1"), "the base moved to the last merge point: {rec}");
+    let mut paths: Vec<&str> = rec["changes"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/d1/later", "/d3/f2"], "only what the branch pushed since: {rec}");
+    want.insert("d1/later".into(), later);
+    want.insert("d3/f2".into(), later_f2);
+
+    // The second branch: its new name in d1 beside both others, no conflict.
+    let third = merge_cmd(&d.home, &env, &["burst-n2", "--volume", "data", "--json"]);
+    third.assert_success();
+    assert_eq!(json_of(&third)["conflicts"].as_array().map(Vec::len), Some(0), "{third}");
+    want.insert("d1/from-n2".into(), n2_new);
+    assert_tree(&d.home, &want, &format!("{INV6}: two merges of one branch and one of another"));
+    let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
+    assert_eq!(log.as_array().map(Vec::len), Some(3), "{log}");
     d.home.umount();
 }

@@ -518,8 +518,12 @@ impl Planner<'_> {
             if unchanged {
                 continue;
             }
-            if !same_opt(v.theirs.as_ref(), v.base.as_ref()) {
-                plan.taken.push((ino, describe(home.as_ref(), r.as_ref())));
+            let what = describe(home.as_ref(), r.as_ref());
+            // A directory whose only change is its times changed because of its entries: those
+            // are reported themselves.
+            let dir_times = r.as_ref().is_some_and(|n| n.kind == Kind::Dir) && what == "modified: times";
+            if !same_opt(v.theirs.as_ref(), v.base.as_ref()) && !dir_times {
+                plan.taken.push((ino, what));
             }
             plan.nodes.insert(ino, r);
             plan.ours.insert(ino, home);
