@@ -13,6 +13,9 @@ use crate::meta::{MetaStore, Mutation};
 use crate::types::Ino;
 use std::collections::BTreeSet;
 
+/// Builds a batch from the live tree: the mutations and the inodes they change.
+pub type BuildBatch<'a> = dyn FnMut(&MetaStore) -> Result<(Vec<Mutation>, BTreeSet<Ino>)> + 'a;
+
 impl Volume {
     /// Build a batch from the live tree with `build` (which returns it and the inodes it
     /// changes) and apply it, with no writer in between. While a file it changes is open,
@@ -21,7 +24,7 @@ impl Volume {
     pub fn apply_quiesced(
         &self,
         wait: std::time::Duration,
-        build: &mut dyn FnMut(&MetaStore) -> Result<(Vec<Mutation>, BTreeSet<Ino>)>,
+        build: &mut BuildBatch<'_>,
     ) -> Result<()> {
         let deadline = std::time::Instant::now() + wait;
         loop {
@@ -41,7 +44,7 @@ impl Volume {
     }
 
     /// One attempt: applied (None), or the open files it would change (nothing applied).
-    fn try_apply_quiesced(&self, build: &mut dyn FnMut(&MetaStore) -> Result<(Vec<Mutation>, BTreeSet<Ino>)>) -> Result<Option<Vec<Ino>>> {
+    fn try_apply_quiesced(&self, build: &mut BuildBatch<'_>) -> Result<Option<Vec<Ino>>> {
         let _gate = self.gate.write();
         let _ns = self.ns.lock();
         let (batch, inodes) = build(&self.meta)?;
