@@ -462,3 +462,15 @@ fn content_conflict_on_a_hard_linked_file_keeps_a_copy() {
     let theirs = [Op::Write { at: (0, 1), off: 0, len: 1, byte: 2 }, Op::Unlink { at: (0, 2) }];
     case(&base, &ours, &theirs).unwrap();
 }
+
+/// A directory made on both sides folds the branch's into home's; an existing directory the
+/// branch moved into its new one had been placed before the fold and was left pointing at the
+/// branch's directory, which the merge no longer creates (fixed: placed entries are placed
+/// again in home's directory).
+#[test]
+fn a_directory_moved_into_a_directory_made_on_both_sides() {
+    let base = [Op::Write { at: (0, 0), off: 0, len: 1, byte: 0 }, Op::Replace { at: (0, 0), byte: 0 }];
+    let ours = [Op::Mkdir { at: (0, 3) }];
+    let theirs = [Op::Mkdir { at: (0, 3) }, Op::Rename { from: (0, 0), to: (1, 0) }];
+    case(&base, &ours, &theirs).unwrap();
+}

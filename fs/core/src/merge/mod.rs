@@ -24,6 +24,7 @@
 //!                                                  at its new name's conflict name
 //! renamed differently on both (directories)        ours keeps its name (entries merge anyway)
 //! two inodes claim one name, same file content     one file (no copy)
+//! a directory created on both sides, one name      one directory: home's, with both's entries
 //! two inodes claim one name, otherwise             theirs gets the conflict name
 //! file vs directory at one name                    the directory keeps the path
 //! mode / owner / mtime / xattr on both, differ     field by field, theirs wins (reported)

@@ -405,8 +405,11 @@ impl Planner<'_> {
             }
         }
         let mut claimed: BTreeMap<Link, (Ino, Kind)> = BTreeMap::new();
-        for (link, ino, kind) in adds {
-            self.place(link, ino, kind, &removed, &mut claimed);
+        let mut queue: std::collections::VecDeque<(Link, Ino, Kind)> = adds.into();
+        while let Some((link, ino, kind)) = queue.pop_front() {
+            if let Some((from, into)) = self.place(link, ino, kind, &removed, &mut claimed) {
+                self.fold_into(from, into, &mut queue, &mut claimed);
+            }
         }
         for mut p in std::mem::take(&mut self.pending) {
             let link = self.free_name(&p.want, &removed, &claimed);
@@ -426,17 +429,25 @@ impl Planner<'_> {
     }
 
     /// Add `link` for `ino`, resolving a taken name per the table.
-    fn place(&mut self, link: Link, ino: Ino, kind: Kind, removed: &BTreeSet<Link>, claimed: &mut BTreeMap<Link, (Ino, Kind)>) {
+    /// Returns `(theirs, ours)` when a directory new to home folds into the home directory
+    /// of the same name (its entries go there).
+    fn place(&mut self, link: Link, ino: Ino, kind: Kind, removed: &BTreeSet<Link>, claimed: &mut BTreeMap<Link, (Ino, Kind)>) -> Option<(Ino, Ino)> {
         let Some((oi, okind)) = self.occupant(&link, removed, claimed).filter(|(oi, _)| *oi != ino) else {
             claimed.insert(link, (ino, kind));
-            return;
+            return None;
         };
         let only_new = self.home_links(ino).is_empty()
             && matches!(self.result.get(&ino), Some(Some(n)) if n.links.len() == 1);
         if kind != Kind::Dir && only_new && self.identical(ino, oi) {
             self.result.insert(ino, None);
             self.notes.push((oi, format!("{}: created on both sides with the same content: one file", show(&link.1))));
-            return;
+            return None;
+        }
+        let created_by_theirs = self.versions(ino).is_some_and(|v| v.base.is_none() && v.ours.is_none());
+        if kind == Kind::Dir && okind == Kind::Dir && only_new && created_by_theirs {
+            self.result.insert(ino, None);
+            self.notes.push((oi, format!("{}: directory created on both sides: one directory, the entries of both", show(&link.1))));
+            return Some((ino, oi));
         }
         let to = self.free_name(&link, removed, claimed);
         if kind == Kind::Dir && okind != Kind::Dir {
@@ -445,7 +456,7 @@ impl Planner<'_> {
             self.move_entry(oi, okind, &link, &to);
             let c = self.conflict(ConflictKind::FileVsDir, oi, Some(link), "a file and a directory at one path: the directory keeps it, the file gets the conflict name".into());
             self.conflicts[c].copy = Some((oi, to));
-            return;
+            return None;
         }
         claimed.insert(to.clone(), (ino, kind));
         if let Some(Some(n)) = self.result.get_mut(&ino) {
@@ -459,6 +470,35 @@ impl Planner<'_> {
         };
         let c = self.conflict(ck, ino, Some(link), why.into());
         self.conflicts[c].copy = Some((ino, to));
+        None
+    }
+
+    /// Theirs' new directory `from` folds into home's `into`: its entries (still to place)
+    /// and the copies wanted in it go there.
+    fn fold_into(
+        &mut self,
+        from: Ino,
+        into: Ino,
+        queue: &mut std::collections::VecDeque<(Link, Ino, Kind)>,
+        claimed: &mut BTreeMap<Link, (Ino, Kind)>,
+    ) {
+        // Entries already placed in `from` are placed again, in `into`.
+        let placed: Vec<Link> = claimed.keys().filter(|l| l.0 == from).cloned().collect();
+        for link in placed {
+            let (ino, kind) = claimed.remove(&link).expect("listed");
+            queue.push_back((link, ino, kind));
+        }
+        for (link, ino, _) in queue.iter_mut().filter(|(l, _, _)| l.0 == from) {
+            let moved = (into, link.1.clone());
+            if let Some(Some(n)) = self.result.get_mut(ino) {
+                n.links.remove(link);
+                n.links.insert(moved.clone());
+            }
+            *link = moved;
+        }
+        for p in self.pending.iter_mut().filter(|p| p.want.0 == from) {
+            p.want.0 = into;
+        }
     }
 
     /// The home entry `from` of `ino` moves to `to`.

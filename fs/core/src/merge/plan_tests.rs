@@ -339,3 +339,18 @@ fn hard_links_added_on_both_sides_merge_as_a_set_when_one_side_only_adds() {
     assert_eq!(r.nlink, 2);
     assert_eq!(r.perm, 0o600);
 }
+
+#[test]
+fn a_directory_created_on_both_sides_is_one_directory_with_both_entries() {
+    let p = Case::new()
+        .add(None, Some(dir(10, ROOT_INO, "out")), None)
+        .add(None, Some(node(11, Kind::File, 10, "a.pt", b"home")), None)
+        .add(None, None, Some(dir(20, ROOT_INO, "out")))
+        .add(None, None, Some(node(21, Kind::File, 20, "b.pt", b"branch")))
+        .add(None, None, Some(node(22, Kind::File, 20, "a.pt", b"other")))
+        .plan();
+    assert!(!p.nodes.contains_key(&20), "the branch's directory is not created: {:?}", p.nodes.keys());
+    assert_eq!(result(&p, 21).unwrap().links, [link(10, "b.pt")].into_iter().collect());
+    assert_eq!(result(&p, 22).unwrap().links, [link(10, "a.conflict-burst-n1-20261201T0730Z.pt")].into_iter().collect());
+    assert_eq!(p.conflicts.len(), 1, "only the file both created: {:?}", p.conflicts);
+}
