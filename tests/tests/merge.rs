@@ -281,7 +281,10 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     assert_eq!(log.as_array().map(Vec::len), Some(0), "nothing recorded: {log}");
 
     crash_env.last_mut().unwrap().1 = "merge-after-apply".into();
-    let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--json"]);
+    let blocks_before = d.home.block_files().len();
+    let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--prefetch", "--json"]);
+    let fetched = d.home.block_files().len() - blocks_before;
+    assert!(fetched >= 4, "--prefetch fetched the branch's 4 new blocks before applying: {fetched}");
     assert!(!killed.success() && killed.code != Some(3), "the merge dies at the crash point: {killed}");
     let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(1), "the merge is recorded with its batch: {log}");

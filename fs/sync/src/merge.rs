@@ -54,11 +54,13 @@ pub struct MergeRequest {
     pub dry_run: bool,
     pub confirm: bool,
     pub max_delete_pct: f64,
+    /// Fetch the branch's blocks during the merge (always done online).
+    pub prefetch: bool,
 }
 
 impl Default for MergeRequest {
     fn default() -> Self {
-        MergeRequest { branch: String::new(), policy: Policy::KeepBoth, dry_run: false, confirm: false, max_delete_pct: 50.0 }
+        MergeRequest { branch: String::new(), policy: Policy::KeepBoth, dry_run: false, confirm: false, max_delete_pct: 50.0, prefetch: false }
     }
 }
 
@@ -104,6 +106,9 @@ pub struct MergeRecord {
     /// first read), and their bytes.
     pub blocks_to_fetch: u64,
     pub bytes_to_fetch: u64,
+    /// Blocks fetched during the merge (online, or `prefetch`).
+    #[serde(default)]
+    pub blocks_fetched: u64,
     pub records_read: u64,
     pub seconds: f64,
     /// Set by `merge undo`: the snapshot holding the state the undo replaced.
@@ -300,10 +305,10 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
         record.seconds = started.elapsed().as_secs_f64();
         return Ok(record);
     }
-    if kernel.is_some() {
-        // The running mount's block store was opened before this merge and may not fetch by
-        // itself: the branch's new blocks come now, before any reader can reach them.
-        fetch_blocks(vol, remote, &theirs.located)?;
+    if kernel.is_some() || req.prefetch {
+        // Online, the running mount's block store was opened before this merge and may not
+        // fetch by itself: the branch's new blocks come now, before any reader can reach them.
+        record.blocks_fetched = fetch_blocks(vol, remote, &theirs.located)?;
     }
     // Planned and applied with no writer in between (the gate and the namespace lock).
     let mut planned: Option<MergePlan> = None;

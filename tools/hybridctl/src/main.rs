@@ -237,6 +237,9 @@ struct MergeArgs {
     /// Percentage of the files the branch may delete without --confirm.
     #[arg(long, default_value_t = 50.0, value_name = "PCT")]
     max_delete: f64,
+    /// Fetch the branch's data during the merge (a mounted volume always does).
+    #[arg(long)]
+    prefetch: bool,
     #[arg(long)]
     json: bool,
 }
@@ -386,7 +389,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(MergeSub::Undo { id, volume, json }) => (volume, M::Undo { id }, json),
                 None => {
                     let branch = m.branch.unwrap_or_default();
-                    let cmd = M::Merge { branch, policy: m.policy, dry_run: m.dry_run, confirm: m.confirm, max_delete: m.max_delete };
+                    let cmd = M::Merge { branch, policy: m.policy, dry_run: m.dry_run, confirm: m.confirm, max_delete: m.max_delete, prefetch: m.prefetch };
                     (m.volume, cmd, m.json)
                 }
             };

@@ -30,6 +30,8 @@ pub struct MergeArgs {
     pub dry_run: bool,
     pub confirm: bool,
     pub max_delete: f64,
+    #[serde(default)]
+    pub prefetch: bool,
     /// The volume's store URL, its name there, its encryption key file and fingerprint.
     pub store: String,
     pub volume: String,
@@ -40,7 +42,7 @@ pub struct MergeArgs {
 /// Run a merge against an open volume (in the mount process when mounted).
 pub fn execute(vol: &Volume, remote: &Remote, m: &MergeArgs) -> Result<Value, SyncError> {
     let policy: Policy = m.policy.parse().map_err(|e: String| SyncError::Volume(FsError::BadInput(e)))?;
-    let req = MergeRequest { branch: m.branch.clone(), policy, dry_run: m.dry_run, confirm: m.confirm, max_delete_pct: m.max_delete };
+    let req = MergeRequest { branch: m.branch.clone(), policy, dry_run: m.dry_run, confirm: m.confirm, max_delete_pct: m.max_delete, prefetch: m.prefetch };
     let kernel = hybridfs_fuse::kernel_cache::of(vol);
     let record = merge::merge(vol, remote, &req, kernel.as_deref())?;
     Ok(serde_json::to_value(record).expect("plain data"))
@@ -51,7 +53,7 @@ pub const EXIT_CONFLICTS: u8 = 3;
 
 /// What the `merge` family was asked.
 pub enum MergeCmd {
-    Merge { branch: String, policy: String, dry_run: bool, confirm: bool, max_delete: f64 },
+    Merge { branch: String, policy: String, dry_run: bool, confirm: bool, max_delete: f64, prefetch: bool },
     Log,
     Show { id: u64 },
     Undo { id: Option<u64> },
@@ -84,7 +86,7 @@ fn open(vd: &VolumeDir) -> Result<(crate::home::VolumeLock, Arc<Volume>)> {
 pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Result<ExitCode> {
     let vd = pick_volume(home, volume)?;
     match cmd {
-        MergeCmd::Merge { branch, policy, dry_run, confirm, max_delete } => {
+        MergeCmd::Merge { branch, policy, dry_run, confirm, max_delete, prefetch } => {
             let policy: Policy = match policy.parse() {
                 Ok(p) => p,
                 Err(e) => return usage(e),
@@ -99,6 +101,7 @@ pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Resu
                 dry_run,
                 confirm,
                 max_delete,
+                prefetch,
                 store: cfg.store.clone(),
                 volume: cfg.remote_name().to_string(),
                 key_file: cfg.key_file.clone(),
@@ -184,7 +187,9 @@ fn print_record(volume: &str, r: &MergeRecord, json: bool) {
     if let Some(pre) = &r.pre_merge {
         println!("pre-merge snapshot: {pre} (hybridctl merge undo {} returns to it)", r.id);
     }
-    if r.blocks_to_fetch > 0 {
+    if r.blocks_fetched > 0 {
+        println!("data from the branch: {} blocks fetched during the merge", r.blocks_fetched);
+    } else if r.blocks_to_fetch > 0 {
         println!("data from the branch: {} blocks, {} bytes, fetched from the store on first read", r.blocks_to_fetch, r.bytes_to_fetch);
     }
     for c in &r.changes {
