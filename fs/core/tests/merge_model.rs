@@ -474,3 +474,57 @@ fn a_directory_moved_into_a_directory_made_on_both_sides() {
     let theirs = [Op::Mkdir { at: (0, 3) }, Op::Rename { from: (0, 0), to: (1, 0) }];
     case(&base, &ours, &theirs).unwrap();
 }
+
+/// Planning and applying cost what changed, not the size of the volume: 10,000 files changed
+/// on the branch (and 1,000 at home) merged into volumes of 50,000 and 200,000 files; prints
+/// the times (`cargo test --release -p hybridfs-core --test merge_model -- --ignored --nocapture
+/// merge_cost`).
+#[test]
+#[ignore]
+fn merge_cost_follows_the_changes_not_the_volume() {
+    for files in [50_000usize, 200_000] {
+        let home = Side::new();
+        let dirs: Vec<Ino> = (0..100).map(|d| create(&home.vol, ROOT_INO, format!("d{d}").as_bytes(), Kind::Dir).unwrap()).collect();
+        let mut inos = Vec::with_capacity(files);
+        for i in 0..files {
+            let ino = create(&home.vol, dirs[i % 100], format!("f{i}").as_bytes(), Kind::File).unwrap();
+            write(&home.vol, ino, 0, format!("base {i}").as_bytes());
+            inos.push(ino);
+        }
+        let base = home.vol.snapshot_create("base").unwrap();
+        let burst = home.fork("burst");
+        for (n, ino) in inos.iter().step_by(files / 10_000).take(10_000).enumerate() {
+            write(&burst.vol, *ino, 0, format!("branch {n}").as_bytes());
+        }
+        for ino in inos.iter().skip(1).step_by(files / 1_000).take(1_000) {
+            write(&home.vol, *ino, 0, b"home");
+        }
+        let b1 = burst.vol.snapshot_create("b1").unwrap();
+        let started = std::time::Instant::now();
+        let ours_keys = collect::touched(&home.meta, base.epoch, LIVE).unwrap();
+        let theirs_keys = collect::touched(&burst.meta, base.epoch, b1.epoch).unwrap();
+        let input = collect::input(
+            View { meta: &home.meta, epoch: base.epoch },
+            collect::live(&home.meta),
+            View { meta: &burst.meta, epoch: b1.epoch },
+            &ours_keys,
+            &theirs_keys,
+        )
+        .unwrap();
+        let collected = started.elapsed();
+        let opts = MergeOptions { first_ino: collect::first_free_ino(&home.meta).unwrap(), ..Default::default() };
+        let plan = plan::plan(&input, &collect::HomeTree(&home.meta), &opts);
+        let planned = started.elapsed();
+        let batch = apply::mutations(&home.meta, &plan).unwrap();
+        home.meta.apply(batch, true).unwrap();
+        let applied = started.elapsed();
+        eprintln!(
+            "{files} files, {} inodes touched, {} changed by the plan: collect {:.0} ms, plan {:.0} ms, apply {:.0} ms",
+            input.nodes.len(),
+            plan.nodes.len(),
+            collected.as_secs_f64() * 1e3,
+            (planned - collected).as_secs_f64() * 1e3,
+            (applied - planned).as_secs_f64() * 1e3
+        );
+    }
+}
