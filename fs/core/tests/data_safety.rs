@@ -16,6 +16,7 @@ const ROOT: Caller = Caller { uid: 0, gid: 0 };
 struct GatedStore {
     inner: MemBlockStore,
     gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
+    get_gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
 }
 
 impl GatedStore {
@@ -24,6 +25,14 @@ impl GatedStore {
         let (entered_tx, entered_rx) = channel();
         let (go_tx, go_rx) = channel();
         *self.gate.lock().unwrap() = Some((entered_tx, go_rx));
+        (entered_rx, go_tx)
+    }
+
+    /// The same for the next `get` (a slow fetch from the object store).
+    fn hold_next_get(&self) -> (Receiver<()>, Sender<()>) {
+        let (entered_tx, entered_rx) = channel();
+        let (go_tx, go_rx) = channel();
+        *self.get_gate.lock().unwrap() = Some((entered_tx, go_rx));
         (entered_rx, go_tx)
     }
 }
@@ -41,6 +50,11 @@ impl BlockStore for GatedStore {
         self.inner.sync()
     }
     fn get(&self, id: &BlockId) -> hybridfs_core::Result<Vec<u8>> {
+        let gate = self.get_gate.lock().unwrap().take();
+        if let Some((entered, go)) = gate {
+            entered.send(()).unwrap();
+            go.recv().unwrap();
+        }
         self.inner.get(id)
     }
     fn contains(&self, id: &BlockId) -> hybridfs_core::Result<bool> {
@@ -189,8 +203,10 @@ fn orphan_pinned_by_the_sealer_at_forget_is_purged_after_sealing() {
     let ino = f.file("a");
     f.vol.remember(ino);
     f.vol.write(ino, 0, &vec![3u8; 2 * BS as usize]).unwrap();
-    f.vol.release_file(ino, IoKind::Cached).unwrap();
+    // Unlinked while open: the data stays for the descriptor, and after the last close for
+    // the kernel's reference, until FORGET.
     f.vol.unlink(ROOT_INO, b"a").unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
     let (entered, go) = f.blocks.hold_next_put();
     let vol = f.vol.clone();
     let sealer = std::thread::spawn(move || vol.seal_inode(ino));
@@ -218,4 +234,54 @@ fn staged_block_without_its_staging_file_is_an_error() {
     f.vol.release_file(ino, IoKind::Cached).unwrap();
     assert!(f.vol.seal_inode(ino).is_err());
     assert_eq!(f.meta.extents(ino, 0).unwrap(), vec![(0, Extent::Staged)], "still staged, not a hole");
+}
+
+/// Space comes back at `rm`: the data of a file whose last name goes while no descriptor
+/// has it open is freed at once, even though the kernel still references the inode (its
+/// FORGET may arrive after the next write, which would then fail with ENOSPC).
+#[test]
+fn unlink_of_a_closed_file_frees_its_data_before_forget() {
+    let f = Fixture::new();
+    let ino = f.file("a");
+    f.vol.remember(ino);
+    f.vol.write(ino, 0, &vec![4u8; 3 * BS as usize]).unwrap();
+    f.vol.release_file(ino, IoKind::Cached).unwrap();
+    let staging = f.dir.path().join("staging").join(ino.to_string());
+    assert!(staging.exists());
+    f.vol.unlink(ROOT_INO, b"a").unwrap();
+    assert!(f.meta.get_inode(ino).unwrap().is_some(), "the kernel still references it");
+    assert!(f.meta.extents(ino, 0).unwrap().is_empty(), "its data is unreachable and freed");
+    assert!(!staging.exists());
+    f.vol.forget(ino, 1);
+    assert!(f.meta.get_inode(ino).unwrap().is_none());
+}
+
+/// A read waiting for a block from the object store does not hold its file's lock: `open`,
+/// `stat` and a write of the same file go on meanwhile (issue 9: four cold reads against an
+/// unreachable store stopped the whole mount).
+#[test]
+fn a_slow_block_fetch_does_not_hold_the_file_lock() {
+    let f = Fixture::new();
+    let ino = f.file("a");
+    f.vol.write(ino, 0, &vec![6u8; BS as usize]).unwrap();
+    f.close_and_seal(ino);
+    f.vol.open_file(ino, false).unwrap();
+    let (entered, go) = f.blocks.hold_next_get();
+    let vol = f.vol.clone();
+    let reader = std::thread::spawn(move || vol.read(ino, 0, 16));
+    entered.recv().unwrap();
+    let (done_tx, done_rx) = channel();
+    let vol = f.vol.clone();
+    let writer = std::thread::spawn(move || {
+        vol.open_file(ino, true).unwrap();
+        vol.write(ino, 0, b"new").unwrap();
+        vol.getattr(ino).unwrap();
+        done_tx.send(()).unwrap();
+    });
+    let unblocked = done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
+    go.send(()).unwrap();
+    writer.join().unwrap();
+    let got = reader.join().unwrap().unwrap();
+    assert!(unblocked, "open/write/stat of the file waited for the fetch");
+    assert!(got == vec![6u8; 16] || &got[..3] == b"new", "{got:?}");
 }

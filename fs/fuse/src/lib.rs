@@ -503,6 +503,23 @@ impl Filesystem for HybridFs {
         };
         reply.result("fallocate", read_only(&[ino.0]).and_then(|_| self.vol.fallocate(ino.0, offset, length, m)));
     }
+
+    /// No ioctl is supported. The answer is ENOTTY ("not a terminal"), quietly: every
+    /// `open()` by Python asks `TCGETS`, and fuser's default logs a warning per call.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
 }
 
 /// Changes to snapshot views are refused with `EROFS`.

@@ -41,12 +41,54 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(HybridFs::new(vol.clone(), cfg.passthrough), mountpoint, &config)?;
+    let fs = HybridFs::new(vol.clone(), cfg.passthrough);
+    // SAFETY: geteuid has no preconditions.
+    let session = if unsafe { libc::geteuid() } == 0 {
+        let fd = mount_typed(mountpoint, &cfg.fs_name)?;
+        fuser::Session::from_fd(fs, fd, SessionACL::All, config)?
+    } else {
+        fuser::Session::new(fs, mountpoint, &config)?
+    };
     // Changes made behind the kernel's back (a merge) invalidate its caches through this.
     crate::kernel_cache::register(&vol, session.notifier());
     let served = session.run();
     crate::kernel_cache::unregister(&vol);
     served
+}
+
+/// Mount as root with the type `fuse.hybridfs`, so `/proc/mounts`, `df -t` and `findmnt`
+/// name the file system (fuser's own mount(2) says only `fuse`). Returns the `/dev/fuse`
+/// descriptor the session serves. Options as [`mount`] sets them: default permissions, open
+/// to all users, noatime, devices and setuid honoured.
+fn mount_typed(mountpoint: &Path, source: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
+        dev.as_raw_fd()
+    );
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let c_source = CString::new(source).map_err(invalid)?;
+    let c_target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(invalid)?;
+    let c_type = CString::new("fuse.hybridfs").expect("no NUL");
+    let c_data = CString::new(data).expect("no NUL");
+    // SAFETY: every pointer is a valid C string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c_source.as_ptr(),
+            c_target.as_ptr(),
+            c_type.as_ptr(),
+            libc::MS_NOATIME,
+            c_data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("mount {} (fuse.hybridfs): {e}", mountpoint.display())));
+    }
+    Ok(OwnedFd::from(dev))
 }
 
 /// Ask the kernel for large requests, readdirplus and parallel lookups, and for either

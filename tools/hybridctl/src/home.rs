@@ -180,9 +180,18 @@ pub struct VolumeLock {
     _file: File,
 }
 
+/// Whether process `pid` runs. A killed process its parent has not reaped yet (a zombie)
+/// still answers signal 0, but it serves nothing: it counts as gone.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => true,
+    }
 }
 
 fn valid_name(name: &str) -> bool {

@@ -121,6 +121,7 @@ fn spawn_store_check(vd: &VolumeDir) {
 
 /// Start `hybridctl mount` in the background and wait until the mount answers.
 fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> Result<ExitCode> {
+    rotate_log(&vd.log_path());
     let log = std::fs::OpenOptions::new().create(true).append(true).open(vd.log_path())?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -151,6 +152,19 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> R
     }
     let _ = child.kill();
     bail!("the mount did not answer within {}s: {}", READY_TIMEOUT.as_secs(), log_tail(&vd.log_path()))
+}
+
+/// A mount log past this size is moved to `mount.log.1` (replacing the one before) when the
+/// next mount starts, so logs of long-lived volumes stay bounded at two files.
+const LOG_ROTATE_BYTES: u64 = 64 << 20;
+
+fn rotate_log(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let old = path.with_extension("log.1");
+        if let Err(e) = std::fs::rename(path, &old) {
+            tracing::warn!("rotate {} to {}: {e}", path.display(), old.display());
+        }
+    }
 }
 
 fn log_tail(path: &Path) -> String {

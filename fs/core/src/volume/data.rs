@@ -239,6 +239,7 @@ impl Volume {
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let node = self.open_node(ino)?;
+        let mut failed = self.fetch_unlocked(&node, offset, size)?;
         let st = node.read();
         let fsize = st.inode.size;
         if offset >= fsize {
@@ -262,8 +263,8 @@ impl Volume {
                         .map_err(|e| FsError::io(format!("read staging file of inode {ino}"), e))?;
                 }
                 Some(Extent::Sealed { id, len }) => {
-                    if self.cache.get(&id).is_none() {
-                        self.read_ahead(&st, s.block)?;
+                    if let Some(i) = failed.iter().position(|(f, _)| *f == id) {
+                        return Err(self.block_failed(&id, failed.swap_remove(i).1));
                     }
                     let block = self.sealed(&id, len)?;
                     let avail = block.len().saturating_sub(s.start as usize).min(out.len());
@@ -273,6 +274,39 @@ impl Volume {
         }
         Metrics::add(&self.metrics.bytes_read, n);
         Ok(buf)
+    }
+
+    /// Bring the sealed blocks a read needs into memory without holding the node lock: a
+    /// fetch from the object store may take up to the store's read timeout, and the node lock
+    /// is what `stat`, `open` and writers of the file wait for. Blocks are immutable, so a
+    /// block fetched here is right whatever happens to the file meanwhile; the read itself
+    /// then looks at the extents again under the lock. Returns the blocks that could not be
+    /// fetched, with why: an error only if the file still names them then (a block can be
+    /// deleted meanwhile, when an overwrite drops its last reference).
+    fn fetch_unlocked(&self, node: &super::Node, offset: u64, size: u32) -> Result<Vec<(BlockId, FsError)>> {
+        let mut wanted = Vec::new();
+        {
+            let st = node.read();
+            if st.inode.inline.is_some() || offset >= st.inode.size {
+                return Ok(Vec::new());
+            }
+            let n = (size as u64).min(st.inode.size - offset);
+            for s in spans(offset, n, self.block_size) {
+                if let Some(Extent::Sealed { id, len }) = st.extent(self, s.block)? {
+                    if self.cache.get(&id).is_none() {
+                        self.read_ahead(&st, s.block)?;
+                        wanted.push((id, len));
+                    }
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (id, len) in wanted {
+            if let Err(e) = self.fetch_sealed(&id, len) {
+                failed.push((id, e));
+            }
+        }
+        Ok(failed)
     }
 
     /// A sealed block is about to be read from the block store: tell it the next few sealed
@@ -336,28 +370,29 @@ impl Volume {
 
     /// The verified bytes of a sealed block, from the cache or the block store.
     pub(crate) fn sealed(&self, id: &BlockId, len: u32) -> Result<Arc<Vec<u8>>> {
+        self.fetch_sealed(id, len).map_err(|e| self.block_failed(id, e))
+    }
+
+    /// The verified bytes of a sealed block, kept in the cache; failures are not reported.
+    fn fetch_sealed(&self, id: &BlockId, len: u32) -> Result<Arc<Vec<u8>>> {
         if let Some(b) = self.cache.get(id) {
             return Ok(b);
         }
-        let data = self.blocks.get(id).and_then(|d| {
-            if d.len() == len as usize {
-                Ok(d)
-            } else {
-                Err(FsError::CorruptBlock { id: *id, why: format!("{} bytes, expected {len}", d.len()) })
-            }
-        });
-        match data {
-            Ok(d) => {
-                let d = Arc::new(d);
-                self.cache.insert(*id, d.clone());
-                Ok(d)
-            }
-            Err(e) => {
-                self.metrics.record_corrupt(id);
-                tracing::error!("read block {id}: {e}");
-                Err(e)
-            }
+        let d = self.blocks.get(id)?;
+        if d.len() != len as usize {
+            return Err(FsError::CorruptBlock { id: *id, why: format!("{} bytes, expected {len}", d.len()) });
         }
+        let d = Arc::new(d);
+        self.cache.insert(*id, d.clone());
+        Ok(d)
+    }
+
+    /// Report a block a reader needed and could not get (invariant 5: a log line and a
+    /// metric name it).
+    fn block_failed(&self, id: &BlockId, e: FsError) -> FsError {
+        self.metrics.record_corrupt(id);
+        tracing::error!("read block {id}: {e}");
+        e
     }
 
     /// Make `block` of an open node staged, copying a sealed block's bytes in unless

@@ -427,6 +427,7 @@ impl Volume {
             slots: BTreeMap::new(),
             batch: Vec::new(),
             purged: Vec::new(),
+            purged_data: Vec::new(),
             before: Vec::new(),
             committed: false,
         }
@@ -444,6 +445,9 @@ struct Txn<'v> {
     batch: Vec<Mutation>,
     /// Inodes deleted by this transaction: their staging files go after the commit.
     purged: Vec<Ino>,
+    /// Unlinked inodes still referenced by the kernel whose data this transaction deleted:
+    /// their staging files go after the commit too.
+    purged_data: Vec<Ino>,
     /// What each open node looked like before this transaction edited it in place.
     before: Vec<(Ino, (Inode, bool))>,
     committed: bool,
@@ -536,12 +540,29 @@ impl<'v> Txn<'v> {
         }
         if self.vol.is_referenced(ino) {
             self.push(Mutation::PutOrphan(ino));
+            if !self.vol.has_handles(ino) {
+                self.drop_data(ino)?;
+            }
             return Ok(());
         }
         let purge = self.vol.purge_batch(ino)?;
         self.batch.extend(purge);
         self.slots.remove(&ino);
         self.purged.push(ino);
+        Ok(())
+    }
+
+    /// The last name of `ino` went and no open file can reach its data any more: free the
+    /// data now (space comes back at `rm`, not at the kernel's FORGET, which may arrive after
+    /// the next write), keeping the inode record as an orphan for the kernel's references.
+    fn drop_data(&mut self, ino: Ino) -> Result<()> {
+        for (block, _) in self.vol.meta.extents(ino, 0)? {
+            self.batch.push(Mutation::DelExtent { ino, block });
+        }
+        if let Some(st) = self.node_mut(ino)? {
+            st.extents.get_mut().clear();
+        }
+        self.purged_data.push(ino);
         Ok(())
     }
 
@@ -557,7 +578,7 @@ impl<'v> Txn<'v> {
         }
         self.vol.apply_live(batch, sync)?;
         self.committed = true;
-        for ino in &self.purged {
+        for ino in self.purged.iter().chain(&self.purged_data) {
             self.vol.staging.remove(*ino)?;
         }
         Ok(())
