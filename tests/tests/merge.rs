@@ -7,8 +7,8 @@
 //! then the merge (exit 3: conflicts kept). The mount shows right away (kernel caches
 //! invalidated) every change of both sides, the conflicting file's branch version as
 //! `NAME.conflict-<branch>-<UTC>`; the next push of main uploads none of the branch's blocks;
-//! merging again says it is up to date; `merge undo` (unmounted) returns to the pre-merge
-//! snapshot; merging again after the undo redoes it. A merge of an unmounted volume killed
+//! merging again says it is up to date; `merge undo` (online too) returns to the pre-merge
+//! snapshot, keeping the state it replaced as `pre-undo-<UTC>`; merging again redoes it. A merge of an unmounted volume killed
 //! before or after its apply batch leaves the tree before or after, never a mix.
 
 use std::collections::BTreeMap;
@@ -242,15 +242,18 @@ fn home_merges_a_burst_branch_online_undo_and_redo() {
     let pushed = push_ok(&d.home);
     assert!(pushed["blocks_uploaded"].as_u64().unwrap() <= 3, "only home's own 3 new blocks go up: {pushed}");
 
-    // Undo (unmounted): back to the pre-merge state; then redo, online.
+    // Undo, online: back to the pre-merge state right away, the replaced state kept as a
+    // snapshot; then redo, online.
     let home = &mut d.home;
-    let refused = merge_cmd(home, &env, &["undo", "--volume", "data"]);
-    assert_eq!(refused.code, Some(1), "undo of a mounted volume is refused: {refused}");
-    home.umount();
     let undo = merge_cmd(home, &env, &["undo", "--volume", "data", "--json"]);
     undo.assert_success();
-    home.mount_env(&env_refs(&env));
+    let undone = json_of(&undo);
+    let saved = undone["undone"].as_str().unwrap().to_string();
+    assert!(saved.starts_with("pre-undo-"), "{undone}");
+    assert!(fs::metadata(home.path("d1/from-burst")).is_err(), "the undo invalidated the kernel's entry");
     assert_tree(home, &before, "after merge undo: the pre-merge state");
+    let kept = read_tree(&home.path(format!(".snapshots/{saved}")));
+    assert_eq!(kept.len(), want.len(), "the pre-undo snapshot holds the merged tree");
     let redo = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
     assert_eq!(redo.code, Some(3), "merging again after the undo: {redo}");
     let got = read_tree(home.mountpoint());

@@ -21,7 +21,8 @@
 //!
 //! Merge records are kept in the metadata store's named state: `merge/log` (the list) and
 //! `merge/record/<id>` (each report); `merge/<branch>` is the branch's merge point. These are
-//! not versioned, so undoing a merge (a rollback to its pre-merge snapshot) keeps them.
+//! not versioned, so undoing a merge (every record changed since its pre-merge snapshot set
+//! back to it, [`undo`]) keeps them.
 //!
 //! Online: a mounted volume merges in its mount process (the CLI sends the request over the
 //! control socket). Step 4 then runs under the volume's gate and namespace lock
@@ -37,7 +38,7 @@ use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
 use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
 use hybridfs_core::{FsError, Volume};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Records applied to the scratch store per batch.
 const BATCH: usize = 4096;
@@ -470,10 +471,12 @@ fn summary(record: &MergeRecord, plan: &MergePlan) -> MergeSummary {
     }
 }
 
-/// Undo merge `id` (None: the newest one not undone): roll the (unmounted) volume back to its
-/// pre-merge snapshot (the state replaced is kept as the rollback's `pre-rollback-*`
-/// snapshot), and move the branch's merge point back.
-pub fn undo(vol: &Volume, id: Option<u64>) -> Result<MergeRecord> {
+/// Undo merge `id` (None: the newest one not undone): the volume, mounted (give the mount's
+/// `kernel` caches) or not, returns to the merge's pre-merge snapshot. The state it replaces
+/// is kept first as snapshot `pre-undo-<UTC>` (an undo loses nothing either); the branch's
+/// merge point goes back, so merging the branch again redoes the merge. Like the merge, it is
+/// one batch under the volume's locks, and waits for the files it changes to be closed.
+pub fn undo(vol: &Volume, id: Option<u64>, kernel: Option<&dyn KernelCache>) -> Result<MergeRecord> {
     let home = vol.meta();
     let mut entries = log(home)?;
     let pos = match id {
@@ -485,13 +488,45 @@ pub fn undo(vol: &Volume, id: Option<u64>) -> Result<MergeRecord> {
     }
     let mut record = show(home, entries[pos].id)?;
     let pre = record.pre_merge.clone().ok_or_else(|| SyncError::Corrupt(format!("merge {} has no pre-merge snapshot", record.id)))?;
-    let rolled = vol.rollback(&pre)?;
-    record.undone = Some(rolled.saved_as.name.clone());
+    let target = vol.snapshot(&pre)?.epoch;
+    let saved = unique_snapshot(vol, &format!("pre-undo-{}", hybridfs_core::volume::snapshot::chrono_stamp()))?;
+    vol.snapshot_create(&saved)?;
+    record.undone = Some(saved);
     entries[pos].undone = record.undone.clone();
     let point = match &record.previous_point {
         Some(p) => put_json(&point_name(&record.branch), p),
         None => Mutation::SetMeta { name: point_name(&record.branch), value: None },
     };
-    home.apply(vec![point, put_json(LOG, &entries), put_json(&record_name(record.id), &record)], true)?;
+    let mut changed = (BTreeSet::new(), BTreeSet::new());
+    vol.apply_quiesced(OPEN_FILES_WAIT, &mut |meta| {
+        let keys = collect::touched(meta, target, LIVE)?;
+        let mut batch = Vec::with_capacity(keys.len() + 3);
+        changed = (BTreeSet::new(), BTreeSet::new());
+        for key in keys {
+            match &key {
+                Key::Dentry(p, n) => {
+                    changed.0.insert((*p, n.clone()));
+                }
+                Key::Inode(i) => {
+                    changed.1.insert(*i);
+                    // Unlinked while open then: an orphan again, purged when nobody holds it.
+                    if meta.get_inode_at(*i, target)?.is_some_and(|n| n.nlink == 0) {
+                        batch.push(Mutation::PutOrphan(*i));
+                    }
+                }
+                Key::Extent(i, _) | Key::Xattr(i, _) => {
+                    changed.1.insert(*i);
+                }
+                Key::Cookie(..) => {}
+            }
+            batch.push(Mutation::Restore { key, at: target });
+        }
+        batch.extend([point.clone(), put_json(LOG, &entries), put_json(&record_name(record.id), &record)]);
+        Ok((batch, changed.1.clone()))
+    })?;
+    if let Some(k) = kernel {
+        apply::invalidate(k, &changed.0, &changed.1);
+    }
+    tracing::info!(id = record.id, branch = %record.branch, "merge undone");
     Ok(record)
 }

@@ -3,13 +3,13 @@
 //! A mounted volume merges in its mount process (the request goes over the control socket,
 //! like a push): the merge is applied under the volume's locks and the kernel's caches are
 //! invalidated for what changed, so `ls`, `stat` and `cat` right after show the merged tree.
-//! An unmounted volume is opened here. `merge undo` needs the volume unmounted.
+//! An unmounted volume is opened here. `merge undo` goes the same way.
 //!
 //! Exit codes: 0 merged cleanly (or nothing to merge), 3 merged with conflicts kept (each one
 //! listed), 1 failed (nothing applied), 2 bad input. A dry run exits the same way as the merge
 //! it shows would.
 
-use crate::home::{Home, VolumeDir};
+use crate::home::Home;
 use crate::snapcmd::{call, pick_volume, Request};
 use crate::usage;
 use anyhow::Result;
@@ -20,7 +20,6 @@ use hybridfs_sync::{Remote, SyncError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// A merge as it travels to the mount process.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -48,6 +47,13 @@ pub fn execute(vol: &Volume, remote: &Remote, m: &MergeArgs) -> Result<Value, Sy
     Ok(serde_json::to_value(record).expect("plain data"))
 }
 
+/// Undo a merge against an open volume (in the mount process when mounted).
+pub fn execute_undo(vol: &Volume, id: Option<u64>) -> Result<Value, SyncError> {
+    let kernel = hybridfs_fuse::kernel_cache::of(vol);
+    let record = merge::undo(vol, id, kernel.as_deref())?;
+    Ok(serde_json::to_value(record).expect("plain data"))
+}
+
 /// Merged with conflicts kept.
 pub const EXIT_CONFLICTS: u8 = 3;
 
@@ -65,22 +71,6 @@ fn lift(e: SyncError) -> anyhow::Error {
         SyncError::Volume(FsError::BadInput(m)) => crate::Usage(m).into(),
         e => anyhow::anyhow!(e),
     }
-}
-
-/// Open the unmounted volume for the merge (holding its lock).
-fn open(vd: &VolumeDir) -> Result<(crate::home::VolumeLock, Arc<Volume>)> {
-    if let Some(m) = vd.mount_state() {
-        anyhow::bail!(
-            "volume {} is mounted at {} (pid {}): unmount it first (hybridctl umount {}); a merge can be undone only offline",
-            vd.name,
-            m.mountpoint.display(),
-            m.pid,
-            m.mountpoint.display()
-        );
-    }
-    let lock = vd.lock()?;
-    let vol = vd.open_volume(std::time::Duration::from_secs(30))?;
-    Ok((lock, vol))
 }
 
 pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Result<ExitCode> {
@@ -134,10 +124,8 @@ pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Resu
             Ok(ExitCode::SUCCESS)
         }
         MergeCmd::Undo { id } => {
-            let (_lock, vol) = open(&vd)?;
-            let result = merge::undo(&vol, id);
-            vol.shutdown()?;
-            let record = result.map_err(lift)?;
+            let out = call(&vd, &Request::MergeUndo { id })?;
+            let record: MergeRecord = serde_json::from_value(out)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {

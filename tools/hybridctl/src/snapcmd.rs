@@ -52,6 +52,8 @@ pub enum Request {
     Prefetch { paths: Vec<Vec<String>> },
     /// Merge a branch into the volume (in the mount process when mounted: see `mergecmd`).
     Merge(crate::mergecmd::MergeArgs),
+    /// Undo merge `id` (None: the newest not undone).
+    MergeUndo { id: Option<u64> },
 }
 
 /// A failed request: the message and whether it was bad input (exit 2) or a failure (exit 1).
@@ -137,6 +139,7 @@ fn execute(vol: &Volume, req: &Request, progress: &(dyn Fn(&Value) + Sync)) -> R
             let remote = remote_for(&m.store, &m.volume, &m.key_file, &m.fingerprint)?;
             Ok(crate::mergecmd::execute(vol, &remote, m)?)
         }
+        Request::MergeUndo { id } => Ok(crate::mergecmd::execute_undo(vol, *id)?),
         Request::Pull { store, volume, key_file, fingerprint } => {
             let remote = remote_for(store, volume, key_file, fingerprint)?;
             let report = hybridfs_sync::clone::pull(vol.meta(), &remote)?;
@@ -386,7 +389,7 @@ pub fn run(home: &Home, volume: Option<&str>, req: Request, json: bool) -> Resul
             out["to_seq"],
             out["records"]
         ),
-        Request::Merge(_) => println!("{out}"),
+        Request::Merge(_) | Request::MergeUndo { .. } => println!("{out}"),
         Request::Prefetch { .. } => println!(
             "prefetched {} paths: {} blocks are local now ({:.1}s)",
             out["paths"],
