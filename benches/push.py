@@ -555,9 +555,16 @@ class PushBench:
         B.drop_caches()
 
     def measured(self, step, t=None):
-        """sync + drop caches, then wait for an idle machine; returns the load record."""
+        """sync + drop caches, then wait for an idle machine; returns the load record
+        (done() adds the load right after the step)."""
         self.drop(t)
-        return self.idle(step)
+        self.cur = self.idle(step)
+        return self.cur
+
+    def done(self):
+        """Right after a measured step: the 1-min load then.  Our own step adds to it (one
+        busy thread for 10 s adds ~0.15); much more means something else ran meanwhile."""
+        self.cur["load_1m_after"] = round(os.getloadavg()[0], 2)
 
     def new_volume(self, name, prefix):
         v = Vol(self.root, self.bin, name, self.aws_env(),
@@ -620,7 +627,7 @@ class PushBench:
         self.main_vol = v
         r["populate_s"] = self.populate(lay, [src, v.mp], v, "populate src + hybridfs")
         r["remount_s"] = v.remount()        # seals everything: the push only uploads
-        tools = a.tools
+        tools = a.tools if "incr" in a.parts else []
 
         # initial copies of the other tools (recorded, not the measured part)
         init = r.setdefault("initial", {})
@@ -644,6 +651,7 @@ class PushBench:
         load = self.measured("initial push", v)
         m0 = self.weed.metrics()
         rep = v.push(a.timeout)
+        self.done()
         r["initial_push"] = dict(rep, load=load,
                                  server=mdelta(m0, self.weed.metrics(), a.bucket))
         log(f"initial push: {rep['bytes_uploaded'] / MiB:,.1f} MiB, {rep['requests']} "
@@ -651,46 +659,75 @@ class PushBench:
         if "throughput" in a.parts:
             self.part_throughput(r)
 
-        # part 1: the change, then the incremental push and the other tools
+        # part 1: --rounds rounds of (change, then the incremental push and the other tools)
         bs = B.parse_size(a.block_size)
         change = int(a.change_pct / 100 * lay["bytes"])
         nwrites = max(1, round(change * (1 - a.small_share) / a.write_size)) if lay["ckpts"] else 0
-        plan = change_plan(lay, nwrites, a.write_size, change * a.small_share, seed=2)
-        self.main_plan = plan
-        changed, rounded, nblocks = change_size(plan, lay, bs)
-        r["change"] = {"writes": len(plan["writes"]), "write_size": a.write_size,
-                       "rewrites": len(plan["rewrites"]), "bytes": changed,
-                       "rounded_bytes": rounded, "blocks": nblocks, "block_size": bs,
-                       "pct_of_volume": 100 * changed / lay["bytes"]}
-        log(f"change: {len(plan['writes'])} writes of {a.write_size // KiB} KiB, "
-            f"{len(plan['rewrites'])} small files rewritten: {changed / MiB:.2f} MiB "
-            f"({rounded / MiB:.2f} MiB in {nblocks} blocks)")
-        roots = [src, v.mp]
-        self.work("change", t=v, roots=roots, **plan)
+        plans = [change_plan(lay, nwrites, a.write_size, change * a.small_share, seed=100 + i)
+                 for i in range(a.rounds)]
+        self.main_plans = plans
+        r["change"] = []
+        for plan in plans:
+            changed, rounded, nblocks = change_size(plan, lay, bs)
+            r["change"].append({"writes": len(plan["writes"]), "write_size": a.write_size,
+                                "rewrites": len(plan["rewrites"]), "bytes": changed,
+                                "rounded_bytes": rounded, "blocks": nblocks, "block_size": bs,
+                                "pct_of_volume": 100 * changed / lay["bytes"]})
+        if "incr" not in a.parts:
+            self.finish_volume(v, r)
+            return
         out = r.setdefault("incremental", {})
-
-        load = self.measured("hybridfs incremental push", v)
-        m0 = self.weed.metrics()
-        rep = v.push(a.timeout)
-        out["hybridfs"] = dict(rep, load=load, server=mdelta(m0, self.weed.metrics(), a.bucket))
-        log(f"incremental push: {rep['bytes_uploaded'] / MiB:,.2f} MiB, {rep['requests']} "
-            f"requests, {rep['wall_s']:.2f}s")
-        if "rsync" in tools:
-            load = self.measured("rsync delta")
-            p, dt = self.run(["rsync", "-a", "--inplace", "--no-whole-file", "--stats",
-                              src + "/", dst + "/"], "rsync")
-            out["rsync"] = dict(rsync_stats(p.stdout), wall_s=dt, load=load)
-        if "restic" in tools:
-            load = self.measured("restic backup")
+        for rnd, (plan, ch) in enumerate(zip(plans, r["change"]), 1):
+            ch["files"] = len({w[0] for w in plan["writes"]}) + len(plan["rewrites"])
+            if rnd > 1 and "juicefs" in tools:
+                # `juicefs sync --update` copies a file when its mtime is newer than the
+                # object's Last-Modified, which has 1 s resolution: a change in the same
+                # second as the previous upload would be missed.
+                time.sleep(2)
+            log(f"round {rnd}/{a.rounds}: {ch['writes']} writes of {a.write_size // KiB} KiB, "
+                f"{ch['rewrites']} small files rewritten: {ch['bytes'] / MiB:.2f} MiB "
+                f"({ch['rounded_bytes'] / MiB:.2f} MiB in {ch['blocks']} blocks)")
+            self.work("change", t=v, roots=[src, v.mp], **plan)
+            load = self.measured(f"round {rnd}: hybridfs incremental push", v)
             m0 = self.weed.metrics()
-            res = self.restic_backup(src, "restic backup")
-            out["restic"] = dict(res, load=load, server=mdelta(m0, self.weed.metrics(), "restic"))
-        if "juicefs" in tools:
-            load = self.measured("juicefs sync")
-            m0 = self.weed.metrics()
-            res = self.jfs_sync(src, "juicefs sync")
-            out["juicefs"] = dict(res, load=load, server=mdelta(m0, self.weed.metrics(), "jfs"))
-        self.verify_main(src, v, plan, lay, bs)
+            rep = v.push(a.timeout)
+            self.done()
+            out.setdefault("hybridfs", []).append(
+                dict(rep, load=load, server=mdelta(m0, self.weed.metrics(), a.bucket)))
+            log(f"incremental push: {rep['bytes_uploaded'] / MiB:,.2f} MiB, {rep['requests']} "
+                f"requests, {rep['wall_s']:.2f}s")
+            if "rsync" in tools:
+                load = self.measured(f"round {rnd}: rsync delta")
+                p, dt = self.run(["rsync", "-a", "--inplace", "--no-whole-file", "--stats",
+                                  src + "/", dst + "/"], "rsync")
+                self.done()
+                out.setdefault("rsync", []).append(dict(rsync_stats(p.stdout), wall_s=dt,
+                                                        load=load))
+                if out["rsync"][-1]["files_transferred"] != ch["files"]:
+                    self.errors.append(f"round {rnd}: rsync transferred "
+                                       f"{out['rsync'][-1]['files_transferred']} files, "
+                                       f"{ch['files']} were changed")
+            if "restic" in tools:
+                load = self.measured(f"round {rnd}: restic backup")
+                m0 = self.weed.metrics()
+                res = self.restic_backup(src, "restic backup")
+                self.done()
+                out.setdefault("restic", []).append(
+                    dict(res, load=load, server=mdelta(m0, self.weed.metrics(), "restic")))
+                if res["files_changed"] != ch["files"]:
+                    self.errors.append(f"round {rnd}: restic saw {res['files_changed']} changed "
+                                       f"files, {ch['files']} were changed")
+            if "juicefs" in tools:
+                load = self.measured(f"round {rnd}: juicefs sync")
+                m0 = self.weed.metrics()
+                res = self.jfs_sync(src, "juicefs sync")
+                self.done()
+                out.setdefault("juicefs", []).append(
+                    dict(res, load=load, server=mdelta(m0, self.weed.metrics(), "jfs")))
+                if res["files_copied"] != ch["files"]:
+                    self.errors.append(f"round {rnd}: juicefs sync copied {res['files_copied']} "
+                                       f"files, {ch['files']} were changed")
+        self.verify_main(src, v, plans, lay, bs)
         if "rsync" in tools:
             shutil.rmtree(dst, ignore_errors=True)
         self.finish_volume(v, r)
@@ -732,26 +769,29 @@ class PushBench:
         p, dt = self.run(["rclone", "--config", self.rclone_conf, "copy", objs,
                           "s3:rclone/data", "--transfers", "8", "--checkers", "8",
                           "--no-check-dest", "--s3-no-check-bucket"], "rclone copy upload")
+        self.done()
         r["rclone_upload"] = {"objects": n, "bytes": nbytes, "wall_s": dt, "load": load,
                               "server": mdelta(m0, self.weed.metrics(), "rclone")}
         shutil.rmtree(objs, ignore_errors=True)
         log(f"rclone copy: {nbytes / MiB:,.1f} MiB in {n} objects, {dt:.2f}s")
 
-    def verify_main(self, src, v, plan, lay, bs):
+    def verify_main(self, src, v, plans, lay, bs):
         """Untimed: clone the pushed volume and compare what the change touched (the 1 MiB
         blocks around every write, every rewritten file) and a sample of untouched small
         files with the local copy.  Checks the push end to end."""
         ranges = []
         sizes = dict(lay["ckpts"])
         seen = set()
-        for rel, off, n in plan["writes"]:
-            for b in range(off // bs, (off + n - 1) // bs + 1):
-                if (rel, b) not in seen:
-                    seen.add((rel, b))
-                    ranges.append([rel, b * bs, min(bs, sizes[rel] - b * bs)])
-        ranges += [[rel, 0, -1] for rel, _ in plan["rewrites"]]
+        for plan in plans:
+            for rel, off, n in plan["writes"]:
+                for b in range(off // bs, (off + n - 1) // bs + 1):
+                    if (rel, b) not in seen:
+                        seen.add((rel, b))
+                        ranges.append([rel, b * bs, min(bs, sizes[rel] - b * bs)])
         rng = random.Random(3)
-        ranges += [[rel, 0, -1] for rel, _ in rng.sample(lay["small"], min(50, len(lay["small"])))]
+        files = {rel for plan in plans for rel, _ in plan["rewrites"]}
+        files |= {rel for rel, _ in rng.sample(lay["small"], min(50, len(lay["small"])))}
+        ranges += [[rel, 0, -1] for rel in sorted(files)]
         want = self.work("hashes", root=src, ranges=ranges)["hashes"]
         live = self.work("hashes", t=v, root=v.mp, ranges=ranges)["hashes"]
         bad = [r for r, x, y in zip(ranges, want, live) if x != y]
@@ -776,7 +816,8 @@ class PushBench:
         self.finish_volume(c, self.res["main"].setdefault("verify", {}))
 
     def part_scale(self):
-        """Part 3: the same change (same number of writes and rewrites) on a larger volume."""
+        """Part 3: the same changes (same numbers of writes and rewrites, --rounds rounds) on
+        a larger volume."""
         a = self.a
         r = self.res.setdefault("scale", {})
         f = a.scale_bytes / a.size_bytes
@@ -791,22 +832,26 @@ class PushBench:
         r["remount_s"] = v.remount()
         load = self.measured("scale: initial push", v)
         rep = v.push(a.timeout * 4)
+        self.done()
         r["initial_push"] = dict(rep, load=load)
         log(f"scale initial push: {rep['bytes_uploaded'] / MiB:,.0f} MiB in {rep['wall_s']:.1f}s")
         bs = B.parse_size(a.block_size)
-        mc = self.main_plan
-        plan = change_plan(lay, len(mc["writes"]), a.write_size, 0, seed=12,
-                           nrewrites=len(mc["rewrites"]))
-        changed, rounded, nblocks = change_size(plan, lay, bs)
-        r["change"] = {"writes": len(plan["writes"]), "rewrites": len(plan["rewrites"]),
-                       "bytes": changed, "rounded_bytes": rounded, "blocks": nblocks}
-        self.work("change", t=v, roots=[v.mp], **plan)
-        load = self.measured("scale: incremental push", v)
-        m0 = self.weed.metrics()
-        rep = v.push(a.timeout)
-        r["incremental"] = dict(rep, load=load, server=mdelta(m0, self.weed.metrics(), a.bucket))
-        log(f"scale incremental push: {rep['bytes_uploaded'] / MiB:,.2f} MiB, "
-            f"{rep['wall_s']:.2f}s")
+        r["change"], r["incremental"] = [], []
+        for rnd, mc in enumerate(self.main_plans, 1):
+            plan = change_plan(lay, len(mc["writes"]), a.write_size, 0, seed=200 + rnd,
+                               nrewrites=len(mc["rewrites"]))
+            changed, rounded, nblocks = change_size(plan, lay, bs)
+            r["change"].append({"writes": len(plan["writes"]), "rewrites": len(plan["rewrites"]),
+                                "bytes": changed, "rounded_bytes": rounded, "blocks": nblocks})
+            self.work("change", t=v, roots=[v.mp], **plan)
+            load = self.measured(f"round {rnd}: scale incremental push", v)
+            m0 = self.weed.metrics()
+            rep = v.push(a.timeout)
+            self.done()
+            r["incremental"].append(dict(rep, load=load,
+                                         server=mdelta(m0, self.weed.metrics(), a.bucket)))
+            log(f"scale incremental push {rnd}: {rep['bytes_uploaded'] / MiB:,.2f} MiB, "
+                f"{rep['wall_s']:.2f}s")
         r["total_s"] = time.perf_counter() - t0
         self.finish_volume(v, r)
 
@@ -840,6 +885,7 @@ class PushBench:
         t1 = time.perf_counter()
         c.mount()
         t2 = time.perf_counter()
+        self.done()
         r["clone_s"], r["mount_s"], r["clone_mount_s"] = t1 - t0, t2 - t1, t2 - t0
         r["clone_report"] = json.loads(p.stdout)
         r["load"] = load
@@ -857,6 +903,7 @@ class PushBench:
         a = self.a
         self.t_start = time.time()
         self.load_start = os.getloadavg()
+        self.git_start = B.git_head()
         base = a.scratch or os.environ.get("TMPDIR") or "/var/tmp"
         self.root = tempfile.mkdtemp(prefix="hybridfs-pushbench.", dir=base)
         fstype = fs_type(self.root)
@@ -892,7 +939,7 @@ class PushBench:
             if part == "main" and not ({"incr", "throughput"} & set(a.parts)):
                 continue
             if part == "scale" and ("scale" not in a.parts or not a.scale_bytes or
-                                    not hasattr(self, "main_plan")):
+                                    not hasattr(self, "main_plans")):
                 continue
             if part == "clone" and "clone" not in a.parts:
                 continue
@@ -933,7 +980,8 @@ class PushBench:
             "command": " ".join(sys.argv_orig), "caches_dropped": bool(B.DROP_OK),
             "loadavg_start": self.load_start, "loadavg_end": os.getloadavg(),
             "hybridctl": a.hybridctl, "hybridctl_mtime": self.bin_mtime,
-            "git_head": B.git_head(), "scratch_fs": fs_type(self.root),
+            "git_head_start": self.git_start, "git_head": B.git_head(),
+            "scratch_fs": fs_type(self.root),
             "block_size": a.block_size,
             "versions": {k: tool_version(c) for k, c in (
                 ("weed", ["weed", "version"]), ("rsync", ["rsync", "--version"]),
@@ -944,50 +992,67 @@ class PushBench:
         print()
         print(f"hybridfs push/clone benchmark  {meta['date']}  ({meta['duration_s'] / 60:.1f} min)"
               f"  caches dropped={meta['caches_dropped']}")
-        print(f"hybridctl: {a.hybridctl} (built {self.bin_mtime}), repo at {meta['git_head']}; "
+        print(f"hybridctl: {a.hybridctl} (built {self.bin_mtime}), repo at {meta['git_head_start']}"
+              + (f" (at the end: {meta['git_head']})"
+                 if meta["git_head"] != meta["git_head_start"] else "") + "; "
               f"scratch on {meta['scratch_fs']}; S3: SeaweedFS {meta['versions']['weed']} on "
               f"127.0.0.1")
         loaded = [l for l in self.loads if not l["idle"]]
-        print("load average (1 min) before the measured steps: "
-              + ", ".join(f"{l['step']} {l['load_1m']:.2f}" + (f" (after {l['waited_s']}s)"
-                                                             if l["waited_s"] else "")
+        print("load average (1 min) before -> right after each measured step: "
+              + ", ".join(f"{l['step']} {l['load_1m']:.2f}"
+                          + (f" (waited {l['waited_s']}s)" if l["waited_s"] else "")
+                          + (f" -> {l['load_1m_after']:.2f}" if "load_1m_after" in l else "")
                           for l in self.loads))
         if loaded:
             print("NOT IDLE when measured: " + ", ".join(l["step"] for l in loaded))
         main = self.res.get("main", {})
-        ch = main.get("change")
+        chs = main.get("change") or []
         inc = main.get("incremental", {})
-        h = inc.get("hybridfs")
-        if ch and inc:
+        hs = inc.get("hybridfs") or []
+        if chs and inc:
+            ch = chs[0]
             lay = main["layout"]
             print()
             print(f"1. incremental push after changing {ch['pct_of_volume']:.2f}% of a "
                   f"{lay['bytes'] / GiB:.2f} GiB volume ({lay['small_files']:,} small files of "
                   f"{a.small_min // KiB}-{a.small_max // KiB} KiB = {lay['small_bytes'] / MiB:,.0f} "
-                  f"MiB, {lay['checkpoints']} checkpoints of {lay['checkpoint_bytes'] / MiB:,.0f} MiB)")
-            print(f"   change: {ch['writes']} writes of {ch['write_size'] // KiB} KiB at random "
+                  f"MiB, {lay['checkpoints']} checkpoints of {lay['checkpoint_bytes'] / MiB:,.0f} MiB); "
+                  f"median of {len(hs)} rounds")
+            print(f"   each round: {ch['writes']} writes of {ch['write_size'] // KiB} KiB at random "
                   f"offsets in the checkpoints + {ch['rewrites']} small files rewritten = "
-                  f"{ch['bytes'] / MiB:.2f} MiB changed; rounded to the {ch['block_size'] // KiB} "
-                  f"KiB blocks they touch: {ch['rounded_bytes'] / MiB:.2f} MiB ({ch['blocks']} blocks)")
-            hdr = ("tool", "wall (s)", "bytes sent (MiB)", "requests", "sent / changed",
-                   "sent / changed rounded", "how counted")
+                  + ", ".join(f"{c['bytes'] / MiB:.2f}" for c in chs) + " MiB changed; rounded "
+                  f"to the {ch['block_size'] // KiB} KiB blocks they touch: "
+                  + ", ".join(f"{c['rounded_bytes'] / MiB:.2f}" for c in chs) + " MiB ("
+                  + ", ".join(str(c["blocks"]) for c in chs) + " blocks)")
+            hdr = ("tool", "wall (s), median", "rounds (s)", "bytes sent (MiB), median",
+                   "requests per round", "sent / changed", "sent / changed rounded",
+                   "how counted (median round)")
             body = []
             for name, label in (("hybridfs", "hybridfs push"), ("rsync", "rsync delta (local)"),
                                 ("restic", "restic backup"), ("juicefs", "juicefs sync")):
-                x = inc.get(name)
-                if not x:
+                xs = inc.get(name)
+                if not xs:
                     continue
-                sent, reqs, how = tool_sent(name, x)
-                body.append((label, f"{x['wall_s']:.2f}", mib(sent), reqs,
-                             rx(sent, ch["bytes"]), rx(sent, ch["rounded_bytes"]), how))
+                sent = [tool_sent(name, x) for x in xs]
+                walls = [x["wall_s"] for x in xs]
+                mid = sorted(range(len(xs)), key=lambda i: walls[i])[len(xs) // 2]
+                ok = [(s_[0], c) for s_, c in zip(sent, chs) if s_[0] is not None]
+                body.append((label, f"{median(walls):.2f}", ", ".join(f"{w:.2f}" for w in walls),
+                             mib(median([x for x, _ in ok]) if ok else None),
+                             " / ".join(s_[1] for s_ in sent),
+                             fx(median([x / c["bytes"] for x, c in ok]) if ok else None),
+                             fx(median([x / c["rounded_bytes"] for x, c in ok]) if ok else None),
+                             sent[mid][2]))
             table(hdr, body)
-            h = inc.get("hybridfs")
-            if h:
-                ratio = h["bytes_uploaded"] / ch["rounded_bytes"]
-                out["targets"] = {"incremental_sent_over_rounded": ratio}
-                print(f"   target hybridfs sent / changed rounded <= 1.25x: {ratio:.2f}x "
-                      f"{'ok' if ratio <= 1.25 else 'MISS'}  (push's own time {h['seconds']:.2f}s, "
-                      f"{h['blocks_uploaded']} blocks, {h['packs']} packs, {h['records']} records)")
+            if hs:
+                ratios = [h_["bytes_uploaded"] / c["rounded_bytes"] for h_, c in zip(hs, chs)]
+                out["targets"] = {"incremental_sent_over_rounded_max": max(ratios)}
+                print("   target hybridfs sent / changed rounded <= 1.25x: rounds "
+                      + ", ".join(f"{x:.3f}x" for x in ratios)
+                      + f" {'ok' if max(ratios) <= 1.25 else 'MISS'}; push's own time "
+                      + ", ".join(f"{h_['seconds']:.2f}" for h_ in hs) + " s; blocks "
+                      + ", ".join(str(h_["blocks_uploaded"]) for h_ in hs) + "; records "
+                      + ", ".join(str(h_["records"]) for h_ in hs))
         ip, rcl = main.get("initial_push"), main.get("rclone_upload")
         if ip:
             print()
@@ -1015,27 +1080,35 @@ class PushBench:
                 print("   initial copies (not measured, for the record): " + "; ".join(
                     f"{k} {v['wall_s']:.1f}s" for k, v in init.items()))
         sc = self.res.get("scale", {})
-        if sc.get("incremental") and h:
+        if sc.get("incremental") and hs:
             print()
-            print("3. the same change on a larger volume")
+            print(f"3. the same changes on a larger volume (median of {len(sc['incremental'])} "
+                  f"rounds; per round in brackets)")
             hdr = ("volume", "files", "initial push (s / MB/s)", "changed rounded (MiB)",
                    "incr. push wall (s)", "bytes sent (MiB)", "requests", "blocks")
-            body = []
-            for lbl, lay, ipush, chg, inc_ in (
-                    (f"{main['layout']['bytes'] / GiB:.2f} GiB", main["layout"], ip, ch, h),
+            body, meds = [], []
+            for lbl, lay, ipush, chg, incs in (
+                    (f"{main['layout']['bytes'] / GiB:.2f} GiB", main["layout"], ip, chs, hs),
                     (f"{sc['layout']['bytes'] / GiB:.2f} GiB", sc["layout"], sc["initial_push"],
                      sc["change"], sc["incremental"])):
+                m = {"rounded": median([c["rounded_bytes"] for c in chg]),
+                     "wall": median([x["wall_s"] for x in incs]),
+                     "bytes": median([x["bytes_uploaded"] for x in incs]),
+                     "requests": median([x["requests"] for x in incs]),
+                     "blocks": median([x["blocks_uploaded"] for x in incs])}
+                meds.append(m)
                 body.append((lbl, f"{lay['small_files'] + lay['checkpoints']:,}",
                              f"{ipush['wall_s']:.1f} / {ipush['bytes_uploaded'] / ipush['wall_s'] / 1e6:.0f}",
-                             mib(chg["rounded_bytes"]), f"{inc_['wall_s']:.2f}",
-                             mib(inc_["bytes_uploaded"]), str(inc_["requests"]),
-                             str(inc_["blocks_uploaded"])))
-            s_, b_ = sc["incremental"], h
+                             mib(m["rounded"]),
+                             f"{m['wall']:.2f} [" + ", ".join(f"{x['wall_s']:.2f}" for x in incs) + "]",
+                             mib(m["bytes"]), f"{m['requests']:g}", f"{m['blocks']:g}"))
+            lo, hi = meds
             body.append((f"ratio (x{sc['layout']['bytes'] / main['layout']['bytes']:.1f} volume)",
-                         "", "", rx(sc["change"]["rounded_bytes"], ch["rounded_bytes"]),
-                         rx(s_["wall_s"], b_["wall_s"]),
-                         rx(s_["bytes_uploaded"], b_["bytes_uploaded"]),
-                         rx(s_["requests"], b_["requests"]), ""))
+                         "", "", rx(hi["rounded"], lo["rounded"]), rx(hi["wall"], lo["wall"]),
+                         rx(hi["bytes"], lo["bytes"]), rx(hi["requests"], lo["requests"]),
+                         rx(hi["blocks"], lo["blocks"])))
+            out.setdefault("targets", {}).update(scale_wall_ratio=hi["wall"] / lo["wall"],
+                                                 scale_bytes_ratio=hi["bytes"] / lo["bytes"])
             table(hdr, body)
         cl = self.res.get("clone", {})
         if cl.get("clone_mount_s") is not None:
@@ -1070,11 +1143,11 @@ class PushBench:
                       f"{info.get('log_warnings')}")
                 for ln in info.get("log_warning_lines", [])[:3]:
                     print(f"    {ln[:300]}")
-        pushes = [("data: initial", main.get("initial_push")),
-                  ("data: incremental", (main.get("incremental") or {}).get("hybridfs")),
-                  ("scale: initial", sc.get("initial_push")),
-                  ("scale: incremental", sc.get("incremental")),
-                  ("many: initial", cl.get("push"))]
+        pushes = [("data: initial", main.get("initial_push"))] + \
+            [(f"data: incremental {i}", x) for i, x in enumerate(hs, 1)] + \
+            [("scale: initial", sc.get("initial_push"))] + \
+            [(f"scale: incremental {i}", x) for i, x in enumerate(sc.get("incremental") or [], 1)] + \
+            [("many: initial", cl.get("push"))]
         pushes = [(n, x) for n, x in pushes if x and x.get("mount_hwm_kib_after")]
         if pushes:
             print("mount process peak RSS (VmHWM) before -> after each push, MiB: " + "; ".join(
@@ -1095,17 +1168,20 @@ def tool_sent(name, x):
     """(bytes sent, requests, how they were counted) of one tool's measured step."""
     srv = x.get("server") or {}
     if name == "hybridfs":
-        return (x["bytes_uploaded"], f"{x['requests']} (server: {srv.get('PUT', '-')} PUT, "
-                f"{srv.get('GET', 0)} GET)", "push --json bytes_uploaded / requests")
+        return (x["bytes_uploaded"], str(x["requests"]),
+                f"push --json bytes_uploaded / requests (server saw {srv.get('PUT', '-')} PUT, "
+                f"{srv.get('GET', 0)} GET)")
     if name == "rsync":
         return (x.get("sent"), "-", f"--stats 'Total bytes sent' (literal "
                 f"{mib(x.get('literal'))} MiB, matched {mib(x.get('matched'))} MiB)")
     if name == "restic":
-        return (srv.get("rx"), f"{srv.get('requests', '-')} ({srv.get('PUT', '-')} PUT)",
-                f"S3 server: bytes received (restic data_added {mib(x.get('data_added'))} MiB)")
+        return (srv.get("rx"), str(srv.get("requests", "-")),
+                f"S3 server: bytes received, requests ({srv.get('PUT', '-')} PUT); restic "
+                f"data_added {mib(x.get('data_added'))} MiB")
     if name == "juicefs":
-        return (srv.get("rx"), f"{srv.get('requests', '-')} ({srv.get('PUT', '-')} PUT)",
-                f"S3 server: bytes received ({x.get('files_copied')} files copied)")
+        return (srv.get("rx"), str(srv.get("requests", "-")),
+                f"S3 server: bytes received, requests ({srv.get('PUT', '-')} PUT); "
+                f"{x.get('files_copied')} files copied")
     return None, "-", ""
 
 
@@ -1124,6 +1200,18 @@ def mib(x):
 
 def rx(x, y):
     return "-" if not x or not y else f"{x / y:.2f}x"
+
+
+def fx(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def median(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def table(hdr, body, left=(0,)):
@@ -1176,6 +1264,8 @@ def main():
                     help="percent of the main volume's bytes changed (1.0)")
     ap.add_argument("--small-share", type=float, default=0.25,
                     help="share of the change that is small-file rewrites (0.25)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of change + measured incremental push/tools (3; median)")
     ap.add_argument("--write-size", default="64K", help="size of each in-place write (64K)")
     ap.add_argument("--block-size", default="1M", help="hybridfs block size (1M, the default)")
     ap.add_argument("--scale-size", default=None,
@@ -1229,7 +1319,7 @@ def main():
         ap.error("--parts: incr, throughput, scale, clone")
     if not (0 < a.small_min <= a.small_max) or not (0 < a.clone_min <= a.clone_max) or \
             a.write_size < 1 or not (0 <= a.small_share <= 1) or a.change_pct <= 0 or \
-            a.jobs < 1 or a.load_tries < 0 or a.load_wait < 1:
+            a.jobs < 1 or a.load_tries < 0 or a.load_wait < 1 or a.rounds < 1:
         ap.error("bad numbers")
     try:
         layout(a.size_bytes, a.small_files, a.small_min, a.small_max, a.checkpoints, seed=1)
