@@ -8,9 +8,11 @@
 //!    The parent branch must be the one this volume pushes: the fork layer's `epoch` is then
 //!    an epoch of this volume, and **ours** changed exactly the records its change journal lists
 //!    after it.
-//! 2. Apply the base layers to a scratch in-memory metadata store, end its epoch, then apply
-//!    the branch's newer layers: **theirs** is its live tree, the base is its tree at the
-//!    ended epoch, and its change journal lists what theirs changed.
+//! 2. Apply the base layers to a scratch in-memory metadata store — only the records of the
+//!    inodes the branch's newer layers or home's journal since the fork name, and of those
+//!    directories' entries — end its epoch, then apply the branch's newer layers: **theirs**
+//!    is its live tree, the base is its tree at the ended epoch, and its change journal lists
+//!    what theirs changed. Memory follows the change; every layer is still downloaded.
 //! 3. Plan with the pure planner ([`hybridfs_core::merge::plan`]). `dry_run` stops here.
 //!    A plan the planner refused (mass delete) stops here too, with nothing applied.
 //! 4. Take the `pre-merge-<branch>-<UTC>` snapshot (it seals staged data), then apply the
@@ -35,7 +37,7 @@ use crate::{LayerRef, Remote, Result, SyncError};
 use hybridfs_core::merge::collect::{self, View};
 use hybridfs_core::merge::{apply, names, plan, Conflict, ConflictKind, KernelCache, Link, MergeOptions, MergePlan, Policy};
 use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
-use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
+use hybridfs_core::types::{BlockId, Extent, Ino, SnapshotInfo, ROOT_INO};
 use hybridfs_core::{FsError, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -215,33 +217,43 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
         })?,
         None => first_own,
     };
+    let fork_epoch = last.map_or(fork_layer.epoch, |p| p.fork_epoch);
+    // Theirs' layers first: with home's journal since the fork they name every inode the
+    // merge can touch, and only those inodes' records (and their directories' entries) are
+    // kept from the base layers: memory follows the change, not the volume.
+    let mut theirs_layers = Vec::new();
+    for link in &links[base_end..] {
+        theirs_layers.push(remote.open_link(link)?);
+    }
+    let mut owners: BTreeSet<Ino> = [ROOT_INO].into();
+    for layer in &theirs_layers {
+        owners.extend(layer.records.iter().map(|r| owner(&r.key)));
+    }
+    vol.meta().changes(fork_epoch, LIVE, &mut |c| {
+        owners.insert(owner(&c.key));
+        Ok(true)
+    })?;
     let meta = MetaStore::memory();
-    let mut located = BTreeMap::new();
     let mut records = 0;
-    let mut base_epoch = 0;
-    for (i, link) in links.iter().enumerate() {
-        if i == base_end {
-            base_epoch = end_base(&meta)?;
-        }
+    for link in &links[..base_end] {
         let layer = remote.open_link(link)?;
+        records += layer.records.len() as u64;
+        let kept = layer.records.into_iter().filter(|r| owners.contains(&owner(&r.key)));
+        apply_records(&meta, kept)?;
+    }
+    let base_epoch = end_base(&meta)?;
+    let mut located = BTreeMap::new();
+    for layer in theirs_layers {
         let packed: BTreeMap<BlockId, (BlockId, u64, u64)> = layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
-        let mut batch = Vec::with_capacity(BATCH);
-        for r in layer.records {
-            if let (true, Key::Extent(..), Some(v)) = (i >= base_end, &r.key, &r.value) {
+        for r in &layer.records {
+            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
                 if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
                     located.insert(id, packed.get(&id).copied());
                 }
             }
-            records += 1;
-            batch.push(Mutation::Raw { key: r.key, value: r.value });
-            if batch.len() >= BATCH {
-                meta.apply(std::mem::take(&mut batch), false)?;
-            }
         }
-        meta.apply(batch, false)?;
-    }
-    if base_end == links.len() {
-        base_epoch = end_base(&meta)?;
+        records += layer.records.len() as u64;
+        apply_records(&meta, layer.records.into_iter())?;
     }
     let base = match base_end {
         0 => "empty".to_string(),
@@ -250,10 +262,30 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
     let point = MergePoint {
         seq: head.seq,
         layer: head,
-        fork_epoch: last.map_or(fork_layer.epoch, |p| p.fork_epoch),
+        fork_epoch,
         fork: last.map_or_else(|| format!("{}@{}", fork.branch, fork.r.seq), |p| p.fork.clone()),
     };
     Ok(Theirs { meta, base_epoch, base, point, located, records })
+}
+
+/// The inode a record belongs to (a directory's for entries).
+fn owner(key: &Key) -> Ino {
+    match key {
+        Key::Inode(i) | Key::Extent(i, _) | Key::Xattr(i, _) | Key::Dentry(i, _) | Key::Cookie(i, _) => *i,
+    }
+}
+
+/// Write layer records into the scratch store, a batch at a time.
+fn apply_records(meta: &MetaStore, records: impl Iterator<Item = crate::Record>) -> Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    for r in records {
+        batch.push(Mutation::Raw { key: r.key, value: r.value });
+        if batch.len() >= BATCH {
+            meta.apply(std::mem::take(&mut batch), false)?;
+        }
+    }
+    meta.apply(batch, false)?;
+    Ok(())
 }
 
 /// End the base's epoch in the scratch store, with a snapshot there so that the versions it
