@@ -190,7 +190,7 @@ struct Theirs {
     base_epoch: u64,
     base: String,
     point: MergePoint,
-    /// Where each block the branch's new layers name is in the store (None: alone).
+    /// Where each block the kept records name is in the store (None: alone).
     located: BTreeMap<BlockId, Option<(BlockId, u64, u64)>>,
     records: u64,
 }
@@ -235,23 +235,19 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
     })?;
     let meta = MetaStore::memory();
     let mut records = 0;
+    // Where every block the kept records name is in the store: a merged file may take a base
+    // version whose blocks home no longer holds (deleted at home, modified on the branch).
+    let mut located = BTreeMap::new();
     for link in &links[..base_end] {
-        let layer = remote.open_link(link)?;
+        let mut layer = remote.open_link(link)?;
         records += layer.records.len() as u64;
-        let kept = layer.records.into_iter().filter(|r| owners.contains(&owner(&r.key)));
-        apply_records(&meta, kept)?;
+        layer.records.retain(|r| owners.contains(&owner(&r.key)));
+        locate(&layer, &mut located);
+        apply_records(&meta, layer.records.into_iter())?;
     }
     let base_epoch = end_base(&meta)?;
-    let mut located = BTreeMap::new();
     for layer in theirs_layers {
-        let packed: BTreeMap<BlockId, (BlockId, u64, u64)> = layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
-        for r in &layer.records {
-            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                    located.insert(id, packed.get(&id).copied());
-                }
-            }
-        }
+        locate(&layer, &mut located);
         records += layer.records.len() as u64;
         apply_records(&meta, layer.records.into_iter())?;
     }
@@ -272,6 +268,18 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
 fn owner(key: &Key) -> Ino {
     match key {
         Key::Inode(i) | Key::Extent(i, _) | Key::Xattr(i, _) | Key::Dentry(i, _) | Key::Cookie(i, _) => *i,
+    }
+}
+
+/// Note where the sealed blocks a layer's records name are in the store.
+fn locate(layer: &crate::Layer, located: &mut BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) {
+    let packed: BTreeMap<BlockId, (BlockId, u64, u64)> = layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
+    for r in &layer.records {
+        if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
+            if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+                located.insert(id, packed.get(&id).copied());
+            }
+        }
     }
 }
 
