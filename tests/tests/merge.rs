@@ -273,6 +273,11 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     let env = d.env.clone();
     let before = d.before.clone();
     d.home.umount();
+    // The human plan of an offline dry run: one line per change and per conflict.
+    let dry = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--dry-run"]);
+    assert_eq!(dry.code, Some(3), "{dry}");
+    assert!(dry.stdout.contains("would merge branch burst-n1") && dry.stdout.contains("/d1/from-burst"), "{dry}");
+    assert!(dry.stdout.lines().any(|l| l.starts_with("! content") && l.contains("/d2/f3 -> /d2/f3.conflict-burst-n1-")), "{dry}");
     let mut crash_env = env.clone();
     crash_env.push(("HYBRIDFS_CRASHPOINT", "merge-after-snapshot".into()));
     let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--json"]);

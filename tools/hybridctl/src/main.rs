@@ -199,8 +199,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Merge a burst node's branch into this (unmounted) volume, keeping both sides of every
-    /// conflict (exit 3 when conflicts were kept); `merge log`, `merge show ID`, `merge undo [ID]`.
+    /// Merge a burst node's branch into this volume (mounted: online, in the mount process),
+    /// keeping both sides of every conflict (exit 3 when conflicts were kept); `merge log`,
+    /// `merge show ID`, `merge undo [ID]`.
     Merge(MergeArgs),
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
