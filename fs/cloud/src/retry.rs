@@ -16,6 +16,22 @@
 use crate::{Cond, ObjectMeta, ObjectStore, StoreError};
 use std::time::{Duration, Instant};
 
+/// Object-store requests by operation (`put`, `get`, ...) and outcome (`ok`, `transient`,
+/// `failed`), each attempt counted; their latency (histogram, seconds); retries by operation.
+pub const STORE_REQUESTS: &str = "hybridfs_store_requests_total";
+pub const STORE_REQUEST_SECONDS: &str = "hybridfs_store_request_seconds";
+pub const STORE_RETRIES: &str = "hybridfs_store_retries_total";
+
+fn count_request<T>(op: &'static str, result: &Result<T, StoreError>, took: Duration) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) if e.is_transient() => "transient",
+        Err(_) => "failed",
+    };
+    metrics::counter!(STORE_REQUESTS, "op" => op, "outcome" => outcome).increment(1);
+    metrics::histogram!(STORE_REQUEST_SECONDS, "op" => op).record(took.as_secs_f64());
+}
+
 /// How long and how often [`Retry`] tries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -72,11 +88,14 @@ impl<S: ObjectStore> Retry<S> {
     }
 
     /// Call `call` until it succeeds, fails for good, or the policy gives up.
-    fn run<T>(&self, op: &str, key: &str, mut call: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn run<T>(&self, op: &'static str, key: &str, mut call: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
-            let err = match call() {
+            let sent = Instant::now();
+            let result = call();
+            count_request(op, &result, sent.elapsed());
+            let err = match result {
                 Err(e) if e.is_transient() => e,
                 done => return done,
             };
@@ -91,6 +110,7 @@ impl<S: ObjectStore> Retry<S> {
             } else {
                 tracing::debug!(%store, op, key, attempt, ?pause, error = %err, "object store call failed, retrying");
             }
+            metrics::counter!(STORE_RETRIES, "op" => op).increment(1);
             std::thread::sleep(pause);
             attempt += 1;
         }

@@ -1,5 +1,9 @@
-//! Counters the volume keeps; names are the constants below. The mount process writes a
-//! [`MetricsSnapshot`] to `metrics.json` beside the volume, which `hybridctl status` shows.
+//! Counters the volume keeps; names are the constants below (documented in
+//! `doc/METRICS.md`). Each is counted twice, on purpose: in the volume's own atomics, which the
+//! mount process writes to `metrics.json` beside the volume for `hybridctl status` (a
+//! [`MetricsSnapshot`]), and through the `metrics` facade, which a process that installed a
+//! recorder (the mount with `--metrics-addr`) serves in the Prometheus text format. Without a
+//! recorder the facade calls cost a load and a branch.
 
 use crate::types::BlockId;
 use parking_lot::Mutex;
@@ -11,6 +15,14 @@ pub const CORRUPT_BLOCKS: &str = "hybridfs_corrupt_blocks_total";
 pub const BLOCKS_SEALED: &str = "hybridfs_blocks_sealed_total";
 pub const BYTES_WRITTEN: &str = "hybridfs_bytes_written_total";
 pub const BYTES_READ: &str = "hybridfs_bytes_read_total";
+/// Reads of a sealed block served from the in-memory block cache.
+pub const BLOCK_CACHE_HITS: &str = "hybridfs_block_cache_hits_total";
+/// Reads of a sealed block that went to the block store (local disk, or the object store on
+/// a clone), and the bytes they brought.
+pub const BLOCK_CACHE_MISSES: &str = "hybridfs_block_cache_misses_total";
+pub const BLOCK_FETCH_BYTES: &str = "hybridfs_block_fetch_bytes_total";
+/// Time to get one block from the block store (histogram, seconds).
+pub const BLOCK_FETCH_SECONDS: &str = "hybridfs_block_fetch_seconds";
 
 /// How many distinct corrupt block ids are remembered (invariant 5: the metric names them).
 const CORRUPT_IDS_KEPT: usize = 32;
@@ -33,13 +45,37 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    fn add(counter: &AtomicU64, name: &'static str, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(name).increment(n);
+    }
+
+    pub fn read(&self, bytes: u64) {
+        Self::add(&self.bytes_read, BYTES_READ, bytes);
+    }
+
+    pub fn written(&self, bytes: u64) {
+        Self::add(&self.bytes_written, BYTES_WRITTEN, bytes);
+    }
+
+    pub fn sealed(&self, blocks: u64) {
+        Self::add(&self.blocks_sealed, BLOCKS_SEALED, blocks);
+    }
+
+    pub fn cache_hit(&self) {
+        metrics::counter!(BLOCK_CACHE_HITS).increment(1);
+    }
+
+    /// A block fetched from the block store: `bytes` in `secs`.
+    pub fn cache_miss(&self, bytes: u64, secs: f64) {
+        metrics::counter!(BLOCK_CACHE_MISSES).increment(1);
+        metrics::counter!(BLOCK_FETCH_BYTES).increment(bytes);
+        metrics::histogram!(BLOCK_FETCH_SECONDS).record(secs);
     }
 
     /// Count a block that failed verification, and remember which one.
     pub fn record_corrupt(&self, id: &BlockId) {
-        Self::add(&self.corrupt_blocks, 1);
+        Self::add(&self.corrupt_blocks, CORRUPT_BLOCKS, 1);
         let mut ids = self.corrupt_ids.lock();
         if ids.len() < CORRUPT_IDS_KEPT && !ids.contains(id) {
             ids.push(*id);

@@ -44,6 +44,28 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// FUSE requests by kind (`op`), and the time each spent in this process (histogram,
+/// seconds), from the adapter's entry to its reply (doc/METRICS.md).
+pub const FUSE_REQUESTS: &str = "hybridfs_fuse_requests_total";
+pub const FUSE_REQUEST_SECONDS: &str = "hybridfs_fuse_request_seconds";
+
+/// Counts one request of kind `op` when dropped, with its time.
+struct OpTimer {
+    op: &'static str,
+    start: std::time::Instant,
+}
+
+fn op_timer(op: &'static str) -> OpTimer {
+    OpTimer { op, start: std::time::Instant::now() }
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        metrics::counter!(FUSE_REQUESTS, "op" => self.op).increment(1);
+        metrics::histogram!(FUSE_REQUEST_SECONDS, "op" => self.op).record(self.start.elapsed().as_secs_f64());
+    }
+}
+
 /// How long the kernel may trust attributes and entries it got from us.
 pub const TTL: Duration = Duration::from_secs(5);
 const GEN: Generation = Generation(0);
@@ -159,6 +181,7 @@ impl Filesystem for HybridFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = op_timer("lookup");
         if Volume::is_view(parent.0) || Volume::is_snapshots_entry(parent.0, name.as_bytes()) {
             // Snapshot views: nothing to count; a missing name is not cached (a snapshot may
             // be taken any moment).
@@ -179,12 +202,14 @@ impl Filesystem for HybridFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _op = op_timer("forget");
         if !Volume::is_view(ino.0) {
             self.vol.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = op_timer("getattr");
         match self.vol.view_getattr(ino.0) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.fail("getattr", e),
@@ -209,6 +234,7 @@ impl Filesystem for HybridFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = op_timer("setattr");
         if Volume::is_view(ino.0) {
             return reply.fail("setattr", FsError::ReadOnly);
         }
@@ -228,6 +254,7 @@ impl Filesystem for HybridFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = op_timer("readlink");
         match self.vol.view_readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.fail("readlink", e),
@@ -235,6 +262,7 @@ impl Filesystem for HybridFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _op = op_timer("mknod");
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.fail("mknod", FsError::Invalid("unknown file type"));
         };
@@ -243,19 +271,23 @@ impl Filesystem for HybridFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _op = op_timer("mkdir");
         let new = NewNode { kind: Kind::Dir, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         self.new_node(req, parent, name, new, reply, "mkdir");
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_timer("unlink");
         reply.result("unlink", read_only(&[parent.0]).and_then(|_| self.vol.unlink(parent.0, name.as_bytes())));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_timer("rmdir");
         reply.result("rmdir", read_only(&[parent.0]).and_then(|_| self.vol.rmdir(parent.0, name.as_bytes())));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _op = op_timer("symlink");
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes().to_vec() };
         self.new_node(req, parent, link_name, new, reply, "symlink");
     }
@@ -270,6 +302,7 @@ impl Filesystem for HybridFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = op_timer("rename");
         if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
             return reply.fail("rename", FsError::Invalid("RENAME_WHITEOUT is not supported"));
         }
@@ -283,11 +316,13 @@ impl Filesystem for HybridFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _op = op_timer("link");
         let r = read_only(&[ino.0, newparent.0]).and_then(|_| self.vol.link(ino.0, newparent.0, newname.as_bytes()));
         self.entry(r, reply, "link");
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
+        let _op = op_timer("open");
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if Volume::is_view(ino.0) {
             return match (write, self.vol.view_getattr(ino.0)) {
@@ -313,6 +348,7 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = op_timer("read");
         match self.vol.view_read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.fail("read", e),
@@ -331,6 +367,7 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = op_timer("write");
         match read_only(&[ino.0]).and_then(|_| self.vol.write(ino.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.fail("write", e),
@@ -338,6 +375,7 @@ impl Filesystem for HybridFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        let _op = op_timer("flush");
         if Volume::is_view(ino.0) {
             return reply.ok();
         }
@@ -354,6 +392,7 @@ impl Filesystem for HybridFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = op_timer("release");
         if Volume::is_view(ino.0) {
             return reply.ok();
         }
@@ -365,6 +404,7 @@ impl Filesystem for HybridFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = op_timer("fsync");
         if Volume::is_view(ino.0) {
             return reply.ok();
         }
@@ -372,6 +412,7 @@ impl Filesystem for HybridFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
+        let _op = op_timer("opendir");
         match self.vol.view_getattr(ino.0) {
             Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Ok(_) => reply.fail("opendir", FsError::NotDir),
@@ -380,11 +421,13 @@ impl Filesystem for HybridFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
+        let _op = op_timer("releasedir");
         self.listings.close(fh.0);
         reply.ok();
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _op = op_timer("readdir");
         let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.fail("readdir", e),
@@ -401,6 +444,7 @@ impl Filesystem for HybridFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _op = op_timer("readdirplus");
         let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.fail("readdirplus", e),
@@ -432,6 +476,7 @@ impl Filesystem for HybridFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = op_timer("fsyncdir");
         if Volume::is_view(ino.0) {
             return reply.ok();
         }
@@ -439,6 +484,7 @@ impl Filesystem for HybridFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = op_timer("statfs");
         match self.vol.disk_space() {
             Ok(d) => {
                 let files = 1u64 << 32;
@@ -449,6 +495,7 @@ impl Filesystem for HybridFs {
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let _op = op_timer("setxattr");
         let mode = match flags {
             0 => XattrMode::Any,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -459,22 +506,27 @@ impl Filesystem for HybridFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = op_timer("getxattr");
         xattr_reply(self.vol.view_getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = op_timer("listxattr");
         xattr_reply(self.vol.view_listxattr(ino.0), size, reply, "listxattr");
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = op_timer("removexattr");
         reply.result("removexattr", read_only(&[ino.0]).and_then(|_| self.vol.removexattr(ino.0, name.as_bytes())));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _op = op_timer("access");
         reply.ok();
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+        let _op = op_timer("create");
         if Volume::is_view(parent.0) {
             return reply.fail("create", FsError::ReadOnly);
         }
@@ -493,6 +545,7 @@ impl Filesystem for HybridFs {
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let _op = op_timer("fallocate");
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let rest = mode & !libc::FALLOC_FL_KEEP_SIZE;
         let m = match rest {
@@ -518,6 +571,7 @@ impl Filesystem for HybridFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _op = op_timer("ioctl");
         reply.error(fuser::Errno::ENOTTY);
     }
 }

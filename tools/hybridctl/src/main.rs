@@ -5,6 +5,7 @@
 
 mod home;
 mod mergecmd;
+mod metrics;
 mod mountcmd;
 mod report;
 mod snapcmd;
@@ -72,6 +73,10 @@ enum Cmd {
         /// Seconds a closed file stays untouched before its data is sealed into blocks.
         #[arg(long, default_value_t = 30)]
         seal_delay: u64,
+        /// Serve metrics in the Prometheus text format at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9580); names in doc/METRICS.md.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
@@ -344,8 +349,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Format { name, block_size, store, encryption_key_file, no_check } => home
             .format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)
             .map(|_| ExitCode::SUCCESS),
-        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay } => {
-            let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay };
+        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay, metrics_addr } => {
+            let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay, metrics_addr };
             mountcmd::mount(&home, &name, &mountpoint, daemon, &opts)
         }
         Cmd::Umount { mountpoint, timeout } => mountcmd::umount(&home, &mountpoint, timeout),
@@ -443,6 +448,7 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
             Some(("home", v)) => out.extend(["--home".to_string(), v.to_string()]),
             Some(("seal_delay", v)) => flags.extend(["--seal-delay".to_string(), v.to_string()]),
             Some(("threads", v)) => flags.extend(["--threads".to_string(), v.to_string()]),
+            Some(("metrics_addr", v)) => flags.extend(["--metrics-addr".to_string(), v.to_string()]),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
             _ => {}
         }

@@ -65,6 +65,7 @@ pub struct MountFlags {
     pub threads: usize,
     pub passthrough: bool,
     pub seal_delay: u64,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlags) -> Result<ExitCode> {
@@ -78,6 +79,9 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
     let signals = block_termination_signals()?;
     let _lock = vd.lock()?;
+    if let Some(addr) = flags.metrics_addr {
+        crate::metrics::serve(addr)?;
+    }
     let vol = vd.open_volume(Duration::from_secs(flags.seal_delay))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
@@ -129,6 +133,9 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> R
     cmd.arg("--threads").arg(flags.threads.to_string()).arg("--seal-delay").arg(flags.seal_delay.to_string());
     if !flags.passthrough {
         cmd.arg("--writeback-cache");
+    }
+    if let Some(addr) = flags.metrics_addr {
+        cmd.arg("--metrics-addr").arg(addr.to_string());
     }
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.

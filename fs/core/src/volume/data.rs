@@ -16,7 +16,6 @@ use super::{NodeData, Txn, Volume, MAX_FILE_SIZE};
 use crate::error::{FsError, Result};
 use crate::extent::{blocks_for, spans};
 use crate::meta::Mutation;
-use crate::metrics::Metrics;
 use crate::staging::{allocate, punch_hole, read_full_at};
 use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec, INLINE_MAX};
 use std::os::unix::fs::FileExt;
@@ -251,7 +250,7 @@ impl Volume {
             let from = (offset as usize).min(inline.len());
             let to = (offset + n).min(inline.len() as u64) as usize;
             buf[..to - from].copy_from_slice(&inline[from..to]);
-            Metrics::add(&self.metrics.bytes_read, n);
+            self.metrics.read(n);
             return Ok(buf);
         }
         for s in spans(offset, n, self.block_size) {
@@ -272,7 +271,7 @@ impl Volume {
                 }
             }
         }
-        Metrics::add(&self.metrics.bytes_read, n);
+        self.metrics.read(n);
         Ok(buf)
     }
 
@@ -376,9 +375,12 @@ impl Volume {
     /// The verified bytes of a sealed block, kept in the cache; failures are not reported.
     fn fetch_sealed(&self, id: &BlockId, len: u32) -> Result<Arc<Vec<u8>>> {
         if let Some(b) = self.cache.get(id) {
+            self.metrics.cache_hit();
             return Ok(b);
         }
+        let start = std::time::Instant::now();
         let d = self.blocks.get(id)?;
+        self.metrics.cache_miss(d.len() as u64, start.elapsed().as_secs_f64());
         if d.len() != len as usize {
             return Err(FsError::CorruptBlock { id: *id, why: format!("{} bytes, expected {len}", d.len()) });
         }
@@ -472,7 +474,7 @@ impl Volume {
             st.attr_dirty = false;
             self.apply_live(batch, false)?;
         }
-        Metrics::add(&self.metrics.bytes_written, len);
+        self.metrics.written(len);
         Ok(len as u32)
     }
 
@@ -493,7 +495,7 @@ impl Volume {
         batch.push(Mutation::PutInode(st.inode.clone()));
         st.attr_dirty = false;
         self.apply_live(batch, false)?;
-        Metrics::add(&self.metrics.bytes_written, data.len() as u64);
+        self.metrics.written(data.len() as u64);
         Ok(data.len() as u32)
     }
 

@@ -18,7 +18,6 @@
 
 use super::{NodeData, NodeGuard, Volume};
 use crate::error::{FsError, Result};
-use crate::metrics::Metrics;
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
 use crossbeam_channel::{Receiver, Sender};
@@ -232,7 +231,7 @@ impl Volume {
                 }
                 return Err(e);
             }
-            Metrics::add(&self.metrics.blocks_sealed, chunk.len() as u64);
+            self.metrics.sealed(chunk.len() as u64);
             for &(i, block) in chunk.iter().filter(|(i, _)| !open[*i]) {
                 if let Some(f) = &guards[i].staging {
                     punch_hole(f, block * self.block_size, self.block_size)
