@@ -25,7 +25,7 @@ use common::ROOT;
 use hybridfs_core::blockstore::{BlockStore, MemBlockStore};
 use hybridfs_core::kv::{Cf, Kv, KvOp, MemKv};
 use hybridfs_core::merge::collect::{self, View};
-use hybridfs_core::merge::{apply, plan, MergeOptions, MergePlan};
+use hybridfs_core::merge::{apply, MergeOptions, MergePlan};
 use hybridfs_core::meta::{MetaStore, Mutation, LIVE};
 use hybridfs_core::types::{Ino, Kind, ROOT_INO};
 use hybridfs_core::{IoKind, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions, XattrMode};
@@ -313,7 +313,7 @@ fn merge(
         first_ino: collect::first_free_ino(ours.0).unwrap(),
         ..Default::default()
     };
-    let plan = plan::plan(&input, &collect::HomeTree(ours.0), &opts);
+    let plan = collect::plan_home(&input, ours.0, &opts).unwrap();
     let batch = apply::mutations(ours.0, &plan).unwrap();
     copy_blocks(theirs.1, ours.1, Some(&apply::new_blocks(&plan)));
     ours.0.apply(batch, true).unwrap();
@@ -513,7 +513,7 @@ fn merge_cost_follows_the_changes_not_the_volume() {
         .unwrap();
         let collected = started.elapsed();
         let opts = MergeOptions { first_ino: collect::first_free_ino(&home.meta).unwrap(), ..Default::default() };
-        let plan = plan::plan(&input, &collect::HomeTree(&home.meta), &opts);
+        let plan = collect::plan_home(&input, &home.meta, &opts).unwrap();
         let planned = started.elapsed();
         let batch = apply::mutations(&home.meta, &plan).unwrap();
         home.meta.apply(batch, true).unwrap();

@@ -35,7 +35,7 @@
 
 use crate::{LayerRef, Remote, Result, SyncError};
 use hybridfs_core::merge::collect::{self, View};
-use hybridfs_core::merge::{apply, names, plan, Conflict, ConflictKind, KernelCache, Link, MergeOptions, MergePlan, Policy};
+use hybridfs_core::merge::{apply, names, Conflict, ConflictKind, KernelCache, Link, MergeOptions, MergePlan, Policy};
 use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
 use hybridfs_core::types::{BlockId, Extent, Ino, SnapshotInfo, ROOT_INO};
 use hybridfs_core::{FsError, Volume};
@@ -434,7 +434,7 @@ fn plan_merge(home: &MetaStore, theirs: &Theirs, req: &MergeRequest, branch: &st
         confirm: req.confirm,
         first_ino: collect::first_free_ino(home)?,
     };
-    Ok(plan::plan(&input, &collect::HomeTree(home), &opts))
+    Ok(collect::plan_home(&input, home, &opts)?)
 }
 
 fn unique_snapshot(vol: &Volume, name: &str) -> Result<String> {

@@ -6,7 +6,7 @@
 //! store) or the home store at a snapshot's epoch.
 
 use super::{Link, MergeInput, Node, OursTree, Versions};
-use crate::error::Result;
+use crate::error::{FsError, Result};
 use crate::meta::{Key, MetaStore, LIVE};
 use crate::types::{Ino, Kind, ROOT_INO};
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,38 +145,58 @@ pub fn input(base: View, ours: View, theirs: View, ours_keys: &BTreeSet<Key>, th
     Ok(MergeInput { nodes, base_files: ours.meta.usage()?.files, base_root_entries })
 }
 
-/// The home tree (live) as the planner asks about it.
-pub struct HomeTree<'a>(pub &'a MetaStore);
+/// The home tree (live) as the planner asks about it. A read that fails is remembered and
+/// makes [`plan_home`] fail: the planner must never take an unreadable name for a free one.
+pub struct HomeTree<'a> {
+    meta: &'a MetaStore,
+    failed: std::sync::Mutex<Option<FsError>>,
+}
+
+impl<'a> HomeTree<'a> {
+    pub fn new(meta: &'a MetaStore) -> Self {
+        HomeTree { meta, failed: std::sync::Mutex::new(None) }
+    }
+
+    fn keep<T>(&self, what: &str, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert(FsError::Meta(format!("merge: {what}: {e}")));
+                None
+            }
+        }
+    }
+
+    /// The first read that failed, if any.
+    pub fn failure(&self) -> Option<FsError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
 
 impl OursTree for HomeTree<'_> {
     fn entry(&self, parent: Ino, name: &[u8]) -> Option<(Ino, Kind)> {
-        match self.0.lookup(parent, name) {
-            Ok(d) => d.map(|d| (d.ino, d.kind)),
-            Err(e) => {
-                tracing::warn!("look up an entry of directory {parent} for the merge: {e}");
-                None
-            }
-        }
+        self.keep("look up an entry", self.meta.lookup(parent, name)).flatten().map(|d| (d.ino, d.kind))
     }
 
     fn parent_of(&self, dir: Ino) -> Option<Ino> {
-        match self.0.get_inode(dir) {
-            Ok(i) => i.map(|i| i.parent).filter(|p| *p != 0 && dir != ROOT_INO),
-            Err(e) => {
-                tracing::warn!("read directory {dir} for the merge: {e}");
-                None
-            }
-        }
+        let i = self.keep("read a directory", self.meta.get_inode(dir)).flatten()?;
+        Some(i.parent).filter(|p| *p != 0 && dir != ROOT_INO)
     }
 
     fn entries(&self, dir: Ino) -> Vec<(Vec<u8>, Ino)> {
-        match self.0.readdir(dir, 0, usize::MAX) {
-            Ok(es) => es.into_iter().map(|e| (e.name, e.dentry.ino)).collect(),
-            Err(e) => {
-                tracing::warn!("list directory {dir} for the merge: {e}");
-                Vec::new()
-            }
-        }
+        let es = self.keep("list a directory", self.meta.readdir(dir, 0, usize::MAX)).unwrap_or_default();
+        es.into_iter().map(|e| (e.name, e.dentry.ino)).collect()
+    }
+}
+
+/// Plan against the live home tree `home`; a failed read of it fails the plan.
+pub fn plan_home(input: &MergeInput, home: &MetaStore, opts: &super::MergeOptions) -> Result<super::MergePlan> {
+    let tree = HomeTree::new(home);
+    let plan = super::plan::plan(input, &tree, opts);
+    match tree.failure() {
+        Some(e) => Err(e),
+        None => Ok(plan),
     }
 }
 
