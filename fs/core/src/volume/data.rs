@@ -238,7 +238,7 @@ impl Volume {
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let node = self.open_node(ino)?;
-        let mut failed = self.fetch_unlocked(&node, offset, size)?;
+        let mut fetched = self.fetch_unlocked(&node, offset, size)?;
         let st = node.read();
         let fsize = st.inode.size;
         if offset >= fsize {
@@ -262,10 +262,11 @@ impl Volume {
                         .map_err(|e| FsError::io(format!("read staging file of inode {ino}"), e))?;
                 }
                 Some(Extent::Sealed { id, len }) => {
-                    if let Some(i) = failed.iter().position(|(f, _)| *f == id) {
-                        return Err(self.block_failed(&id, failed.swap_remove(i).1));
-                    }
-                    let block = self.sealed(&id, len)?;
+                    let block = match fetched.iter().position(|(f, _)| *f == id) {
+                        Some(i) => fetched.swap_remove(i).1.map_err(|e| self.block_failed(&id, e))?,
+                        // The file changed since the blocks were fetched.
+                        None => self.sealed(&id, len)?,
+                    };
                     let avail = block.len().saturating_sub(s.start as usize).min(out.len());
                     out[..avail].copy_from_slice(&block[s.start as usize..s.start as usize + avail]);
                 }
@@ -275,14 +276,14 @@ impl Volume {
         Ok(buf)
     }
 
-    /// Bring the sealed blocks a read needs into memory without holding the node lock: a
-    /// fetch from the object store may take up to the store's read timeout, and the node lock
-    /// is what `stat`, `open` and writers of the file wait for. Blocks are immutable, so a
-    /// block fetched here is right whatever happens to the file meanwhile; the read itself
-    /// then looks at the extents again under the lock. Returns the blocks that could not be
-    /// fetched, with why: an error only if the file still names them then (a block can be
-    /// deleted meanwhile, when an overwrite drops its last reference).
-    fn fetch_unlocked(&self, node: &super::Node, offset: u64, size: u32) -> Result<Vec<(BlockId, FsError)>> {
+    /// The sealed blocks a read needs, got without holding the node lock: a fetch from the
+    /// object store may take up to the store's read timeout, and the node lock is what
+    /// `stat`, `open` and writers of the file wait for. Blocks are immutable, so a block got
+    /// here is right whatever happens to the file meanwhile; the read then looks at the
+    /// extents again under the lock and uses these (one cache lookup per block). A failure is
+    /// reported only if the file still names the block then (an overwrite may have dropped
+    /// its last reference, and its file, meanwhile).
+    fn fetch_unlocked(&self, node: &super::Node, offset: u64, size: u32) -> Result<Vec<(BlockId, Result<Arc<Vec<u8>>>)>> {
         let mut wanted = Vec::new();
         {
             let st = node.read();
@@ -292,20 +293,23 @@ impl Volume {
             let n = (size as u64).min(st.inode.size - offset);
             for s in spans(offset, n, self.block_size) {
                 if let Some(Extent::Sealed { id, len }) = st.extent(self, s.block)? {
-                    if self.cache.get(&id).is_none() {
-                        self.read_ahead(&st, s.block)?;
-                        wanted.push((id, len));
+                    match self.cache.get(&id) {
+                        Some(b) => {
+                            self.metrics.cache_hit();
+                            wanted.push((id, len, Some(b)));
+                        }
+                        None => {
+                            self.read_ahead(&st, s.block)?;
+                            wanted.push((id, len, None));
+                        }
                     }
                 }
             }
         }
-        let mut failed = Vec::new();
-        for (id, len) in wanted {
-            if let Err(e) = self.fetch_sealed(&id, len) {
-                failed.push((id, e));
-            }
-        }
-        Ok(failed)
+        Ok(wanted
+            .into_iter()
+            .map(|(id, len, hit)| (id, hit.map_or_else(|| self.fetch_sealed(&id, len), Ok)))
+            .collect())
     }
 
     /// A sealed block is about to be read from the block store: tell it the next few sealed
