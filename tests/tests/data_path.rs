@@ -65,7 +65,9 @@ fn mount_table_says_fuse_hybridfs() {
     assert_eq!(procs::mount_fstype(vol.mountpoint()).as_deref(), Some("fuse.hybridfs"));
 }
 
-/// `status` of a volume whose mount process was killed says it is not mounted.
+/// `status` of a volume whose mount process was killed says it is not mounted. (Here the
+/// killed process is reaped at once; the zombie case, which `status` once got wrong, is the
+/// unit test `home::tests::a_zombie_is_not_alive`.)
 #[test]
 fn status_does_not_show_a_killed_mount_as_mounted() {
     let mut vol = TestVolume::new();

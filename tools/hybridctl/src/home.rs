@@ -472,3 +472,27 @@ pub fn mount_type(path: &Path) -> Option<(String, String)> {
         (mp == want).then_some((fstype, source))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pid_alive;
+
+    /// A killed process nobody has reaped yet (a zombie) still answers signal 0; `status`
+    /// must not show a mount whose process is one as mounted.
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(pid_alive(pid));
+        // SAFETY: SIGKILL to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        });
+        assert!(zombie, "the child never became a zombie");
+        assert!(!pid_alive(pid), "a zombie counts as alive");
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
+}
