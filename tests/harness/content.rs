@@ -2,6 +2,10 @@
 //! so a writer can name a file `f-<seed>-<len>` and a checker can rebuild the expected bytes
 //! from the name alone, after a crash, without any record of what was written.
 
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
 /// `len` pseudo-random bytes derived from `seed` (splitmix64; fast, not cryptographic).
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed;
@@ -81,5 +85,40 @@ mod unit {
         assert_eq!(first_difference(b"abc", b"abc"), None);
         assert_eq!(first_difference(b"abc", b"abd"), Some(2));
         assert_eq!(first_difference(b"ab", b"abc"), Some(2));
+    }
+}
+
+/// Every regular file under `root` (relative path → bytes), directories walked to depth 8.
+pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, depth: usize, out: &mut BTreeMap<String, Vec<u8>>) {
+        assert!(depth < 8, "tree deeper than the tests make it: {}", dir.display());
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+            .map(|e| e.unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())).path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let meta = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                walk(root, &p, depth + 1, out);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, 0, &mut out);
+    out
+}
+
+/// The files under `root` are exactly `want`: same paths, same bytes.
+pub fn assert_tree(root: &Path, want: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let got = read_tree(root);
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, unexpected {extra:?}");
+    for (path, bytes) in want {
+        assert_same_bytes(&format!("{what}: {path}"), &got[path], bytes);
     }
 }

@@ -248,6 +248,16 @@ impl TestVolume {
         self.mountpoint.join(rel)
     }
 
+    /// Writes `data` at `rel` inside the mount (parents created) and fsyncs it.
+    pub fn put(&self, rel: &str, data: &[u8]) {
+        use std::io::Write;
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut f = fs::File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
+        f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+        f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
+    }
+
     /// `HOME/volumes/NAME`.
     pub fn volume_dir(&self) -> PathBuf {
         self.home.join("volumes").join(&self.name)

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use hybridfs_cloud::testserver::{SeaweedServer, SECRET_KEY};
 use hybridfs_cloud::{Cond, ObjectStore, S3Store};
 use hybridfs_tests::cmd::CmdOutput;
-use hybridfs_tests::content::{assert_same_bytes, pattern, splitmix64};
+use hybridfs_tests::content::{assert_same_bytes, assert_tree, pattern, splitmix64};
 use hybridfs_tests::{fail_loudly, poll_until, TestVolume};
 use serde_json::Value;
 
@@ -106,55 +106,11 @@ fn push_ok(vol: &TestVolume) -> Value {
     json_of(&out)
 }
 
-/// Writes `data` at `rel` (parents created) and fsyncs it.
-fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
-    let p = vol.path(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
-    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
-}
-
 /// Overwrites `data.len()` bytes of `rel` at `offset` in place and fsyncs.
 fn overwrite_at(vol: &TestVolume, rel: &str, offset: usize, data: &[u8]) {
     let f = OpenOptions::new().write(true).open(vol.path(rel)).unwrap_or_else(|e| panic!("open {rel}: {e}"));
     f.write_all_at(data, offset as u64).unwrap_or_else(|e| panic!("write {rel} at {offset}: {e}"));
     f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
-}
-
-/// Every regular file under `root` (relative path → bytes), directories walked to depth 8.
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, depth: usize, out: &mut BTreeMap<String, Vec<u8>>) {
-        assert!(depth < 8, "tree deeper than the tests make it: {}", dir.display());
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
-            .map(|e| e.unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())).path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let meta = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if meta.is_dir() {
-                walk(root, &p, depth + 1, out);
-            } else {
-                out.insert(rel, fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, 0, &mut out);
-    out
-}
-
-/// The tree mounted on `node` is exactly `want`: same paths, same bytes.
-fn assert_tree(node: &TestVolume, want: &BTreeMap<String, Vec<u8>>, what: &str) {
-    let got = read_tree(node.mountpoint());
-    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, unexpected {extra:?}");
-    for (path, bytes) in want {
-        assert_same_bytes(&format!("{what}: {path}"), &got[path], bytes);
-    }
 }
 
 /// Bytes of the regular files under `dir` (0 if it does not exist), depth 6 at most. Files
@@ -251,7 +207,7 @@ fn two_nodes_clone_read_write_push_pull() {
     let a = origin("s3://hybridfs-clone/pfx", &[], &env);
     let mut want = dataset();
     for (path, bytes) in &want {
-        put(&a, path, bytes);
+        a.put(path, bytes);
     }
     let pa1 = push_ok(&a);
     assert_eq!((int(&pa1, "seq"), pa1["branch"].as_str()), (1, Some("main")), "{pa1}");
@@ -274,14 +230,14 @@ fn two_nodes_clone_read_write_push_pull() {
 
     // B reads everything: byte for byte A's data, fetched on first read.
     b.mount_env(&env_refs(&env));
-    assert_tree(&b, &want, "node B right after the clone");
+    assert_tree(b.mountpoint(), &want, "node B right after the clone");
     let fetched = dir_bytes(&cache_dir(&b));
     assert!(fetched >= 40 * MIB as u64, "the reads fetched the data into B's cache: {fetched} bytes there");
-    assert_tree(&a, &want, "node A");
+    assert_tree(a.mountpoint(), &want, "node A");
 
     // B changes: a new file, 4 KiB in block 5 of big/1. Its push: 2 blocks, to its branch.
     let from_b = pattern(2001, 50 * KIB);
-    put(&b, "d01/from-b", &from_b);
+    b.put("d01/from-b", &from_b);
     let patch_b = pattern(2002, 4 * KIB);
     overwrite_at(&b, "big/1", 5 * MIB + 100 * KIB, &patch_b);
     let mut want_b = want.clone();
@@ -294,7 +250,7 @@ fn two_nodes_clone_read_write_push_pull() {
 
     // A: another new file (another directory), main moves to 2.
     let from_a = pattern(3001, 60 * KIB);
-    put(&a, "d03/from-a", &from_a);
+    a.put("d03/from-a", &from_a);
     want.insert("d03/from-a".into(), from_a.clone());
     let pa2 = push_ok(&a);
     assert_eq!((int(&pa2, "seq"), pa2["branch"].as_str()), (2, Some("main")), "{pa2}");
@@ -311,7 +267,7 @@ fn two_nodes_clone_read_write_push_pull() {
     assert_eq!(pulled["up_to_date"].as_bool(), Some(false), "{pulled}");
     want_b.insert("d03/from-a".into(), from_a.clone());
     b.mount_env(&env_refs(&env));
-    assert_tree(&b, &want_b, "node B after pulling main 2");
+    assert_tree(b.mountpoint(), &want_b, "node B after pulling main 2");
 
     // B pushes again: the pulled records go along, their blocks are in the store already.
     let pb2 = push_ok(&b);
@@ -323,8 +279,8 @@ fn two_nodes_clone_read_write_push_pull() {
     let x = "d05/f07";
     let x_a = pattern(4001, 33 * KIB);
     let x_b = pattern(4002, 27 * KIB);
-    put(&a, x, &x_a);
-    put(&b, x, &x_b);
+    a.put(x, &x_a);
+    b.put(x, &x_b);
     let pa3 = push_ok(&a);
     assert_eq!(int(&pa3, "seq"), 3, "{pa3}");
     b.umount();
@@ -333,7 +289,7 @@ fn two_nodes_clone_read_write_push_pull() {
     assert!(line.contains("changed both"), "{INV6}: the refusal says both sides changed the file: {line}");
     want_b.insert(x.into(), x_b.clone());
     b.mount_env(&env_refs(&env));
-    assert_tree(&b, &want_b, &format!("{INV6}: node B after the refused pull"));
+    assert_tree(b.mountpoint(), &want_b, &format!("{INV6}: node B after the refused pull"));
     b.umount();
 
     // Node C clones B's branch: A's data under B's changes (main 1 → nodeb 1 → nodeb 2).
@@ -342,7 +298,7 @@ fn two_nodes_clone_read_write_push_pull() {
     assert_eq!((int(&cloned_c, "seq"), int(&cloned_c, "layers")), (2, 3), "main 1, nodeb 1, nodeb 2: {cloned_c}");
     assert!(local_block_bytes(&c) < MIB as u64, "C's clone downloads metadata only");
     c.mount_env(&env_refs(&env));
-    assert_tree(&c, &want_c, "node C (clone of nodeb)");
+    assert_tree(c.mountpoint(), &want_c, "node C (clone of nodeb)");
     c.umount();
 
     // The store holds every block both branches name.
@@ -366,9 +322,9 @@ fn prefetch_and_cache_limit() {
     let _bucket = test_store(&server, "hybridfs-cache", "");
     let a = origin("s3://hybridfs-cache/p", &[], &env);
     for i in 0..FILES {
-        put(&a, &format!("dir/{i}"), &pattern(500 + i as u64, FILE_LEN));
+        a.put(&format!("dir/{i}"), &pattern(500 + i as u64, FILE_LEN));
     }
-    put(&a, "outside", &pattern(600, 2 * MIB));
+    a.put("outside", &pattern(600, 2 * MIB));
     let pushed = push_ok(&a);
     assert_eq!(int(&pushed, "blocks_uploaded"), (FILES * FILE_LEN / MIB + 2) as u64, "{pushed}");
 
@@ -454,7 +410,7 @@ fn marker_files(vol: &TestVolume) -> BTreeMap<String, Vec<u8>> {
     let name = format!("dir-{}/secret.txt", String::from_utf8_lossy(MARKER));
     let files = BTreeMap::from([(name, small), ("big".to_string(), big)]);
     for (p, d) in &files {
-        put(vol, p, d);
+        vol.put(p, d);
     }
     files
 }
@@ -544,7 +500,7 @@ fn encrypted_volume_end_to_end() {
     // With the key: the same bytes.
     clone_ok(&b, &env, url, "nodeb", &["--encryption-key-file", key_path]);
     b.mount_env(&env_refs(&env));
-    assert_tree(&b, &files, "the encrypted volume cloned with its key");
+    assert_tree(b.mountpoint(), &files, "the encrypted volume cloned with its key");
     b.umount();
 
     for node in [&a, &b] {
@@ -564,12 +520,12 @@ fn corrupt_object_reads_as_eio() {
     let a = origin("s3://hybridfs-corrupt/c", &[], &env);
     let victim = pattern(11, 4 * MIB);
     let other = pattern(12, 3 * MIB);
-    put(&a, "victim", &victim);
-    put(&a, "other", &other);
+    a.put("victim", &victim);
+    a.put("other", &other);
     let mut small = BTreeMap::new();
     for i in 0..20u64 {
         let d = pattern(100 + i, 20 * KIB);
-        put(&a, &format!("small/{i:02}"), &d);
+        a.put(&format!("small/{i:02}"), &d);
         small.insert(format!("small/{i:02}"), d);
     }
     push_ok(&a);
@@ -644,7 +600,7 @@ fn a_refused_push_names_a_command_that_moves_only_the_change() {
         want.insert(format!("d/f{i:02}"), pattern(500 + i, 20 * KIB));
     }
     for (path, bytes) in &want {
-        put(&a, path, bytes);
+        a.put(path, bytes);
     }
     push_ok(&a);
     let (mut x, mut y) = (empty_node(), empty_node());
@@ -652,9 +608,9 @@ fn a_refused_push_names_a_command_that_moves_only_the_change() {
     clone_ok(&y, &env, url, "shared", &[]);
     x.mount_env(&env_refs(&env));
     y.mount_env(&env_refs(&env));
-    put(&x, "from-x", &pattern(1, 100 * KIB));
+    x.put("from-x", &pattern(1, 100 * KIB));
     let from_y = pattern(2, 100 * KIB);
-    put(&y, "from-y", &from_y);
+    y.put("from-y", &from_y);
     push_ok(&x);
     let refused = y.ctl(&["push", "--volume", "data", "--json"]);
     let line = the_error_line(&refused);
@@ -668,7 +624,7 @@ fn a_refused_push_names_a_command_that_moves_only_the_change() {
     clone_ok(&z, &env, url, "z", &["--source", "y-own"]);
     z.mount_env(&env_refs(&env));
     want.insert("from-y".into(), from_y);
-    assert_tree(&z, &want, "a clone of y-own: main's tree and y's file, not x's");
+    assert_tree(z.mountpoint(), &want, "a clone of y-own: main's tree and y's file, not x's");
     for n in [&mut x, &mut y, &mut z] {
         n.umount();
     }

@@ -12,13 +12,11 @@
 //! before or after its apply batch leaves the tree before or after, never a mix.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
+use std::fs;
 
 use hybridfs_cloud::testserver::SeaweedServer;
 use hybridfs_tests::cmd::CmdOutput;
-use hybridfs_tests::content::{assert_same_bytes, pattern};
+use hybridfs_tests::content::{assert_same_bytes, assert_tree, pattern, read_tree};
 use hybridfs_tests::{fail_loudly, TestVolume};
 use serde_json::Value;
 
@@ -33,42 +31,6 @@ fn env_refs(env: &Env) -> Vec<(&'static str, &str)> {
 
 fn json_of(out: &CmdOutput) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {out}"))
-}
-
-fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
-    let p = vol.path(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
-    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
-}
-
-/// Every regular file under `root` (relative path → bytes).
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())) {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn assert_tree(node: &TestVolume, want: &BTreeMap<String, Vec<u8>>, what: &str) {
-    let got = read_tree(node.mountpoint());
-    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, unexpected {extra:?}");
-    for (path, bytes) in want {
-        assert_same_bytes(&format!("{what}: {path}"), &got[path], bytes);
-    }
 }
 
 fn push_ok(vol: &TestVolume) -> Value {
@@ -121,7 +83,7 @@ fn day(bucket: &str) -> Day {
     home.mount_env(&env_refs(&env));
     let base = dataset();
     for (p, b) in &base {
-        put(&home, p, b);
+        home.put(p, b);
     }
     push_ok(&home);
 
@@ -131,10 +93,10 @@ fn day(bucket: &str) -> Day {
     cloned.assert_success();
     burst.mount_env(&env_refs(&env));
     let b = [pattern(2001, 50 * KIB), pattern(2002, 30 * KIB), pattern(2003, 20 * KIB), pattern(2004, 70 * KIB)];
-    put(&burst, "d1/from-burst", &b[0]);
-    put(&burst, "d2/f3", &b[1]);
-    put(&burst, "d3/f0", &b[2]);
-    put(&burst, "out/ckpt.pt", &b[3]);
+    burst.put("d1/from-burst", &b[0]);
+    burst.put("d2/f3", &b[1]);
+    burst.put("d3/f0", &b[2]);
+    burst.put("out/ckpt.pt", &b[3]);
     fs::remove_file(burst.path("d0/f1")).unwrap();
     push_ok(&burst);
     burst.umount();
@@ -143,7 +105,7 @@ fn day(bucket: &str) -> Day {
     let mut before = base.clone();
     for (i, path) in ["d1/from-home", "d2/f3", "d0/f1"].into_iter().enumerate() {
         let bytes = pattern(3001 + i as u64, (40 - 5 * i) * KIB);
-        put(&home, path, &bytes);
+        home.put(path, &bytes);
         before.insert(path.into(), bytes);
     }
     Day { _server: server, env, home, burst, base, before, b }
@@ -172,7 +134,7 @@ fn home_merges_a_burst_branch_online_undo_and_redo() {
     let plan = json_of(&dry);
     assert_eq!(plan["applied"].as_bool(), Some(false), "{plan}");
     assert!(plan["bytes_to_fetch"].as_u64().unwrap() >= (50 + 20 + 70) as u64 * KIB as u64, "{plan}");
-    assert_tree(&d.home, &before, "after the dry run: nothing applied");
+    assert_tree(d.home.mountpoint(), &before, "after the dry run: nothing applied");
 
     // The merge, online, while a reader loops over the mount: every file it reads holds the
     // bytes of before or after the merge.
@@ -224,7 +186,7 @@ fn home_merges_a_burst_branch_online_undo_and_redo() {
         assert_same_bytes(&format!("{p} right after the merge"), &got, b);
     }
     let want = merged(&d, &copy);
-    assert_tree(&d.home, &want, &format!("{INV6}: the mount right after the merge"));
+    assert_tree(d.home.mountpoint(), &want, &format!("{INV6}: the mount right after the merge"));
     let fsck = d.home.fsck(&[]);
     assert!(fsck.success(), "fsck after the merge: {fsck}");
 
@@ -251,7 +213,7 @@ fn home_merges_a_burst_branch_online_undo_and_redo() {
     let saved = undone["undone"].as_str().unwrap().to_string();
     assert!(saved.starts_with("pre-undo-"), "{undone}");
     assert!(fs::metadata(home.path("d1/from-burst")).is_err(), "the undo invalidated the kernel's entry");
-    assert_tree(home, &before, "after merge undo: the pre-merge state");
+    assert_tree(home.mountpoint(), &before, "after merge undo: the pre-merge state");
     let kept = read_tree(&home.path(format!(".snapshots/{saved}")));
     assert_eq!(kept.len(), want.len(), "the pre-undo snapshot holds the merged tree");
     let redo = merge_cmd(home, &env, &["burst-n1", "--volume", "data", "--json"]);
@@ -283,7 +245,7 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--json"]);
     assert!(!killed.success() && killed.code != Some(3), "the merge dies at the crash point: {killed}");
     d.home.mount_env(&env_refs(&env));
-    assert_tree(&d.home, &before, "killed before apply: the pre-merge tree");
+    assert_tree(d.home.mountpoint(), &before, "killed before apply: the pre-merge tree");
     d.home.umount();
     let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(0), "nothing recorded: {log}");
@@ -306,7 +268,7 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     let copies: Vec<&String> = got.keys().filter(|k| k.starts_with("d2/f3.conflict-burst-n1-")).collect();
     assert_eq!(copies.len(), 1, "{INV6}: one conflict copy: {:?}", got.keys());
     let copy = copies[0].clone();
-    assert_tree(&d.home, &merged(&d, &copy), &format!("{INV6}: killed after apply: the whole merge"));
+    assert_tree(d.home.mountpoint(), &merged(&d, &copy), &format!("{INV6}: killed after apply: the whole merge"));
     d.home.umount();
 }
 
@@ -323,7 +285,7 @@ fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
     n2.ctl_env(&env_refs(&env), &["clone", "s3://hybridfs-merge-again/pfx/data", "--branch", "burst-n2", "--json"]).assert_success();
     n2.mount_env(&env_refs(&env));
     let n2_new = pattern(5001, 12 * KIB);
-    put(&n2, "d1/from-n2", &n2_new);
+    n2.put("d1/from-n2", &n2_new);
     push_ok(&n2);
     n2.umount();
 
@@ -340,8 +302,8 @@ fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
     d.burst.mount_env(&env_refs(&env));
     let later = pattern(6001, 18 * KIB);
     let later_f2 = pattern(6002, 14 * KIB);
-    put(&d.burst, "d1/later", &later);
-    put(&d.burst, "d3/f2", &later_f2);
+    d.burst.put("d1/later", &later);
+    d.burst.put("d3/f2", &later_f2);
     push_ok(&d.burst);
     d.burst.umount();
     let second = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
@@ -359,7 +321,7 @@ fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
     third.assert_success();
     assert_eq!(json_of(&third)["conflicts"].as_array().map(Vec::len), Some(0), "{third}");
     want.insert("d1/from-n2".into(), n2_new);
-    assert_tree(&d.home, &want, &format!("{INV6}: two merges of one branch and one of another"));
+    assert_tree(d.home.mountpoint(), &want, &format!("{INV6}: two merges of one branch and one of another"));
     let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(3), "{log}");
     d.home.umount();

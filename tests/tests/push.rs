@@ -74,15 +74,6 @@ fn unmounted_volume(name: &str, url: &str) -> TestVolume {
     TestVolume::builder().name(name).block_size("1M").store(url).unmounted().build()
 }
 
-/// Writes `data` at `rel` (parents created) and fsyncs it.
-fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
-    let p = vol.path(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
-    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
-}
-
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
@@ -380,10 +371,10 @@ fn push_moves_only_what_changed() {
     const BIG: usize = 20;
     const SMALL: usize = 200;
     for i in 0..BIG {
-        put(&vol, &format!("big/{i:02}"), &pattern(i as u64, 3 * MIB));
+        vol.put(&format!("big/{i:02}"), &pattern(i as u64, 3 * MIB));
     }
     for i in 0..SMALL {
-        put(&vol, &format!("small/{i:03}"), &pattern(1000 + i as u64, 10 * KIB));
+        vol.put(&format!("small/{i:03}"), &pattern(1000 + i as u64, 10 * KIB));
     }
 
     let before = unpushed_bytes(&vol);
@@ -457,7 +448,7 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     let store = test_store(&server, "hybridfs-resume", "site-b");
     let mut vol = mounted_volume("vol", "s3://hybridfs-resume/site-b", &env);
     let r = remote(&store, "vol");
-    put(&vol, "first", &pattern(1, 300 * KIB));
+    vol.put("first", &pattern(1, 300 * KIB));
     let (first, _) = push_ok(&vol, &[], &[]);
     assert_eq!(first.seq, 1, "{first:?}");
     let old_head = r.store.get(&r.head_key("main")).unwrap().0;
@@ -465,7 +456,7 @@ fn store_killed_mid_push_keeps_the_old_head_and_the_next_push_resumes() {
     // ~200 MiB of new blocks.
     const FILES: usize = 50;
     for i in 0..FILES {
-        put(&vol, &format!("data/{i:02}"), &pattern(100 + i as u64, 4 * MIB));
+        vol.put(&format!("data/{i:02}"), &pattern(100 + i as u64, 4 * MIB));
     }
     let total_blocks = (FILES * 4) as u64;
     let before = r.store.list("vol/blocks/").unwrap().len();
@@ -571,7 +562,7 @@ fn bad_store_settings_fail_with_one_clear_line() {
     let wrong_secret = "wrong-Secret-7Hq2ZxVb";
     let bad_env = env_with(&env, "AWS_SECRET_ACCESS_KEY", wrong_secret);
     let mut vol = mounted_volume("vol", "s3://hybridfs-bad/denied", &bad_env);
-    put(&vol, "f", &pattern(1, 100 * KIB));
+    vol.put("f", &pattern(1, 100 * KIB));
     let out = push_cmd(&vol, &[], &[]);
     let line = the_error_line(&out);
     let lower = line.to_lowercase();
@@ -621,8 +612,8 @@ fn two_volumes_cannot_both_move_one_branch() {
     let mut a = mounted_volume("shared", url, &env);
     let mut b = mounted_volume("shared", url, &env);
     assert_ne!(a.home(), b.home());
-    put(&a, "from-a", &pattern(1, 200 * KIB));
-    put(&b, "from-b", &pattern(2, 200 * KIB));
+    a.put("from-a", &pattern(1, 200 * KIB));
+    b.put("from-b", &pattern(2, 200 * KIB));
 
     let (pa, _) = push_ok(&a, &[], &[]);
     assert_eq!(pa.seq, 1, "{pa:?}");
@@ -644,7 +635,7 @@ fn two_volumes_cannot_both_move_one_branch() {
     assert!(the_error_line(&again).contains("moved"), "{again}");
 
     // a keeps moving main.
-    put(&a, "from-a-2", &pattern(3, 200 * KIB));
+    a.put("from-a-2", &pattern(3, 200 * KIB));
     let (pa2, _) = push_ok(&a, &[], &[]);
     assert_eq!(pa2.seq, 2, "{pa2:?}");
     assert_eq!(check_branch(&r, "main").head.seq, 2);
@@ -674,7 +665,7 @@ fn racing_nodes_never_lose_an_acknowledged_push() {
     for round in 0..ROUNDS {
         let branch = format!("race-{round}");
         for (i, n) in nodes.iter().enumerate() {
-            put(n, &format!("n{i}-r{round}"), &pattern((round * NODES + i) as u64, 300 * KIB));
+            n.put(&format!("n{i}-r{round}"), &pattern((round * NODES + i) as u64, 300 * KIB));
         }
         let started: Vec<_> = nodes.iter().enumerate().map(|(i, n)| spawn_push(n, &branch, &format!("race-{round}-{i}"))).collect();
         let outs: Vec<CmdOutput> =
@@ -721,7 +712,7 @@ fn a_push_client_killed_mid_stream_never_takes_the_mount_down() {
     assert_ne!(ign & (1 << (libc::SIGPIPE - 1)), 0, "the mount process ignores SIGPIPE (SigIgn {ign:x})");
 
     for i in 0..40 {
-        put(&vol, &format!("data/{i:02}"), &pattern(300 + i as u64, 4 * MIB));
+        vol.put(&format!("data/{i:02}"), &pattern(300 + i as u64, 4 * MIB));
     }
     let (mut child, _out, err) = spawn_push(&vol, "main", "killed");
     let streaming = poll_until(Duration::from_secs(60), Duration::from_millis(5), || fs::read_to_string(&err).unwrap_or_default().contains("pushed "));
@@ -820,7 +811,7 @@ fn format_checks_the_store_and_errors_stay_one_line() {
     vol.mount_env(&env_refs(&closed_env));
     let said = poll_until(Duration::from_secs(60), Duration::from_millis(100), || vol.mount_log().contains("the store is unreachable"));
     assert!(said, "the mount says the store is unreachable:\n{}", log_tail(&vol.mount_log()));
-    put(&vol, "local-first", &pattern(9, 200 * KIB));
+    vol.put("local-first", &pattern(9, 200 * KIB));
     assert_eq!(fs::read(vol.path("local-first")).unwrap(), pattern(9, 200 * KIB));
     vol.umount();
 }
@@ -897,7 +888,7 @@ fn store_connections_reset_mid_upload_never_take_the_mount_down() {
     let mut vol = mounted_volume("vol", "s3://hybridfs-reset/p", &env);
     let pid = vol.mount_pid().expect("mount pid");
     for i in 0..16 {
-        put(&vol, &format!("data/{i:02}"), &pattern(700 + i as u64, 2 * MIB));
+        vol.put(&format!("data/{i:02}"), &pattern(700 + i as u64, 2 * MIB));
     }
     proxy.armed.store(true, Ordering::SeqCst);
     let out = push_cmd(&vol, &[], &[]);
@@ -935,7 +926,7 @@ fn a_mount_whose_log_pipe_closed_keeps_running_and_exits_cleanly() {
     let mounted = poll_until(Duration::from_secs(30), Duration::from_millis(20), || procs::is_mounted(&mp));
     assert!(mounted, "the foreground mount did not come up within 30 s");
     drop(child.stderr.take());
-    put(&vol, "after-the-pipe-closed", &pattern(3, 100 * KIB));
+    vol.put("after-the-pipe-closed", &pattern(3, 100 * KIB));
     assert_eq!(fs::read(vol.path("after-the-pipe-closed")).unwrap(), pattern(3, 100 * KIB));
     let out = vol.ctl(&["umount", mp.to_str().unwrap()]);
     let status = wait_bounded(&mut child, Duration::from_secs(60));

@@ -30,15 +30,6 @@ const MIB: usize = 1 << 20;
 const INV2: &str = "invariant 2: a snapshot never changes after it is taken";
 const INV3: &str = "invariant 3: diff costs O(changes), it never scans the volume";
 
-/// Writes `data` at `rel` (parents created) and fsyncs it.
-fn put(vol: &TestVolume, rel: &str, data: &[u8]) {
-    let p = vol.path(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {rel}: {e}"));
-    f.write_all(data).unwrap_or_else(|e| panic!("write {rel}: {e}"));
-    f.sync_all().unwrap_or_else(|e| panic!("fsync {rel}: {e}"));
-}
-
 fn open_rw(vol: &TestVolume, rel: &str) -> File {
     OpenOptions::new().read(true).write(true).open(vol.path(rel)).unwrap_or_else(|e| panic!("open {rel}: {e}"))
 }
@@ -122,7 +113,7 @@ fn snapshot_never_changes_whatever_the_live_tree_does() {
         ("dir/sub/deep", 22, 70_000),
     ];
     for (rel, seed, len) in &files {
-        put(&vol, rel, &pattern(*seed, *len));
+        vol.put(rel, &pattern(*seed, *len));
     }
     fs::set_permissions(vol.path("attrs/mode"), Permissions::from_mode(0o640)).unwrap();
     sys::setxattr(&vol.path("attrs/xattr"), "user.k", b"old value", 0).unwrap();
@@ -212,8 +203,8 @@ fn snapshot_never_changes_whatever_the_live_tree_does() {
     fs::remove_file(vol.path("link")).unwrap();
     symlink("small/one", vol.path("link")).unwrap();
     fs::remove_dir(vol.path("emptydir")).unwrap();
-    put(&vol, "new/big", &pattern(40, 2 * MIB + 1));
-    put(&vol, "new/small", &pattern(41, 10));
+    vol.put("new/big", &pattern(40, 2 * MIB + 1));
+    vol.put("new/small", &pattern(41, 10));
     model.insert("new/big".into(), pattern(40, 2 * MIB + 1));
     model.insert("new/small".into(), pattern(41, 10));
 
@@ -266,13 +257,13 @@ fn snapshot_never_changes_whatever_the_live_tree_does() {
 #[test]
 fn snapshot_view_is_read_only() {
     let vol = TestVolume::new();
-    put(&vol, "f", &pattern(1, 5000));
-    put(&vol, "big", &pattern(2, 2 * MIB));
-    put(&vol, "dir/inner", &pattern(3, 10));
+    vol.put("f", &pattern(1, 5000));
+    vol.put("big", &pattern(2, 2 * MIB));
+    vol.put("dir/inner", &pattern(3, 10));
     fs::create_dir(vol.path("emptydir")).unwrap();
     sys::setxattr(&vol.path("f"), "user.k", b"v", 0).unwrap();
     symlink("f", vol.path("ln")).unwrap();
-    put(&vol, "live-only", b"stays live");
+    vol.put("live-only", b"stays live");
     let before = read_tree(vol.mountpoint());
     vol.snap_create("s1");
     let snap = vol.snapshot_path("s1");
@@ -363,18 +354,18 @@ fn diff_lists_exactly_what_changed() {
         fs::create_dir_all(vol.path(format!("untouched/d{}", i / 100))).unwrap();
         fs::write(vol.path(format!("untouched/d{}/f{i}", i / 100)), pattern(1000 + i as u64, 20)).unwrap();
     }
-    put(&vol, "untouched/big", &pattern(2000, 300_000));
-    put(&vol, "inline", &pattern(1, 100));
-    put(&vol, "grow", &pattern(2, 50));
-    put(&vol, "big", &pattern(3, 2 * MIB));
-    put(&vol, "shrink", &pattern(4, MIB));
-    put(&vol, "gone", &pattern(5, 3000));
-    put(&vol, "gonebig", &pattern(6, 300_000));
-    put(&vol, "moved", &pattern(7, 200_000));
-    put(&vol, "chmod", &pattern(8, 10));
-    put(&vol, "xattr", &pattern(9, 10));
-    put(&vol, "d/keep", &pattern(10, 10));
-    put(&vol, "olddir/x", &pattern(11, 10));
+    vol.put("untouched/big", &pattern(2000, 300_000));
+    vol.put("inline", &pattern(1, 100));
+    vol.put("grow", &pattern(2, 50));
+    vol.put("big", &pattern(3, 2 * MIB));
+    vol.put("shrink", &pattern(4, MIB));
+    vol.put("gone", &pattern(5, 3000));
+    vol.put("gonebig", &pattern(6, 300_000));
+    vol.put("moved", &pattern(7, 200_000));
+    vol.put("chmod", &pattern(8, 10));
+    vol.put("xattr", &pattern(9, 10));
+    vol.put("d/keep", &pattern(10, 10));
+    vol.put("olddir/x", &pattern(11, 10));
     fs::set_permissions(vol.path("chmod"), Permissions::from_mode(0o644)).unwrap();
     let s1 = vol.snap_create("s1");
 
@@ -393,8 +384,8 @@ fn diff_lists_exactly_what_changed() {
     fs::rename(vol.path("moved"), vol.path("d/moved2")).unwrap();
     fs::set_permissions(vol.path("chmod"), Permissions::from_mode(0o600)).unwrap();
     sys::setxattr(&vol.path("xattr"), "user.k", b"v", 0).unwrap();
-    put(&vol, "d/new", &pattern(13, 5000));
-    put(&vol, "newdir/inner", &pattern(14, 10));
+    vol.put("d/new", &pattern(13, 5000));
+    vol.put("newdir/inner", &pattern(14, 10));
     symlink("big", vol.path("ln")).unwrap();
     fs::remove_file(vol.path("olddir/x")).unwrap();
     fs::remove_dir(vol.path("olddir")).unwrap();
@@ -522,8 +513,8 @@ fn deleted_snapshot_space_is_collected_only_when_unreferenced() {
     let mut vol = TestVolume::new();
     let keep = pattern(1, 3 * MIB);
     let (old, new) = (pattern(2, 4 * MIB), pattern(3, 4 * MIB));
-    put(&vol, "keep", &keep);
-    put(&vol, "churn", &old);
+    vol.put("keep", &keep);
+    vol.put("churn", &old);
     vol.snap_create("s1");
     vol.snap_create("s2");
     let unique = |vol: &TestVolume| -> BTreeMap<String, u64> {
@@ -532,7 +523,7 @@ fn deleted_snapshot_space_is_collected_only_when_unreferenced() {
     for (name, u) in unique(&vol) {
         assert_eq!(u, 0, "{name}: while the live tree still references every block, unique_bytes is 0");
     }
-    put(&vol, "churn", &new);
+    vol.put("churn", &new);
     vol.umount(); // seals the new data into blocks
     let n0 = vol.block_files().len();
     assert!(n0 >= 11, "3 MiB kept + 4 MiB old + 4 MiB new at 1 MiB blocks: at least 11 block files, found {n0}");
@@ -582,7 +573,7 @@ fn deleted_snapshot_space_is_collected_only_when_unreferenced() {
 #[test]
 fn bad_names_and_unknown_snapshots_are_bad_input() {
     let mut vol = TestVolume::new();
-    put(&vol, "f", b"data");
+    vol.put("f", b"data");
     let long_ok = "x".repeat(128);
     let too_long = "x".repeat(129);
     let bad: Vec<&str> = vec!["", ".hidden", "-dash", "a/b", "with space", "é", "tab\there", "a*b", &too_long];
@@ -640,7 +631,7 @@ fn bad_names_and_unknown_snapshots_are_bad_input() {
 #[test]
 fn volume_defaults_to_the_only_one() {
     let vol = TestVolume::new();
-    put(&vol, "f", b"one");
+    vol.put("f", b"one");
     let out = vol.snap_ctl(&["create", "d1", "--json"]);
     out.assert_success();
     assert_eq!(vol.snap_names(), ["d1"], "create without --volume uses the only volume");
@@ -663,7 +654,7 @@ fn volume_defaults_to_the_only_one() {
 #[test]
 fn held_snapshots_cannot_be_deleted() {
     let mut vol = TestVolume::new();
-    put(&vol, "f", &pattern(1, 100_000));
+    vol.put("f", &pattern(1, 100_000));
     vol.snap_create("s1");
     vol.snap_ctl(&["hold", "s1", "--by", "clone-A"]).assert_success();
     vol.snap_ctl(&["hold", "s1", "--by", "backup-B"]).assert_success();
@@ -712,12 +703,12 @@ fn held_snapshots_cannot_be_deleted() {
 
 /// A tree with every kind of thing a rollback must restore.
 fn build_tree(vol: &TestVolume) {
-    put(vol, "big/a", &pattern(1, 3 * MIB + 11));
-    put(vol, "big/b", &pattern(2, 2 * MIB));
-    put(vol, "small/a", &pattern(3, 100));
-    put(vol, "small/b", &pattern(4, 4096));
-    put(vol, "deep/er/still/x", &pattern(5, 70_000));
-    put(vol, "hl/a", &pattern(6, 10));
+    vol.put("big/a", &pattern(1, 3 * MIB + 11));
+    vol.put("big/b", &pattern(2, 2 * MIB));
+    vol.put("small/a", &pattern(3, 100));
+    vol.put("small/b", &pattern(4, 4096));
+    vol.put("deep/er/still/x", &pattern(5, 70_000));
+    vol.put("hl/a", &pattern(6, 10));
     fs::hard_link(vol.path("hl/a"), vol.path("hl/b")).unwrap();
     symlink("big/a", vol.path("ln")).unwrap();
     fs::set_permissions(vol.path("small/a"), Permissions::from_mode(0o600)).unwrap();
@@ -731,7 +722,7 @@ fn change_tree(vol: &TestVolume) {
     f.write_all_at(&pattern(10, 100_000), MIB as u64 - 10).unwrap();
     f.sync_all().unwrap();
     open_rw(vol, "big/b").set_len(1000).unwrap();
-    put(vol, "small/a", &pattern(11, 200));
+    vol.put("small/a", &pattern(11, 200));
     fs::set_permissions(vol.path("small/a"), Permissions::from_mode(0o644)).unwrap();
     sys::setxattr(&vol.path("small/b"), "user.k", b"v2", 0).unwrap();
     sys::setxattr(&vol.path("small/b"), "user.new", b"n", 0).unwrap();
@@ -741,8 +732,8 @@ fn change_tree(vol: &TestVolume) {
     fs::remove_file(vol.path("ln")).unwrap();
     symlink("elsewhere", vol.path("ln")).unwrap();
     fs::rename(vol.path("empty"), vol.path("renamed-empty")).unwrap();
-    put(vol, "added/big", &pattern(12, 2 * MIB + 3));
-    put(vol, "added/small", &pattern(13, 7));
+    vol.put("added/big", &pattern(12, 2 * MIB + 3));
+    vol.put("added/small", &pattern(13, 7));
 }
 
 #[test]
@@ -782,8 +773,8 @@ fn rollback_restores_the_snapshot_and_saves_the_present() {
     // The rolled-back tree is writable, and new inodes do not collide with restored ones.
     let inos: BTreeSet<u64> =
         t1.0.keys().map(|p| fs::symlink_metadata(vol.path(p)).unwrap().ino()).collect();
-    put(&vol, "after/one", &pattern(20, 5000));
-    put(&vol, "after/two", &pattern(21, 2 * MIB));
+    vol.put("after/one", &pattern(20, 5000));
+    vol.put("after/two", &pattern(21, 2 * MIB));
     for p in ["after", "after/one", "after/two"] {
         let ino = fs::metadata(vol.path(p)).unwrap().ino();
         assert!(!inos.contains(&ino), "new {p} got inode {ino}, already used by a restored file");
