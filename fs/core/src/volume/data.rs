@@ -107,7 +107,7 @@ impl NodeData {
 
     /// The staging file that holds the bytes of a `Staged` extent. Its absence is damage
     /// (lost by a power cut before the file was ever fsynced): an error, never zeros.
-    fn staged_bytes(&self, block: u64) -> Result<&std::fs::File> {
+    pub(super) fn staged_bytes(&self, block: u64) -> Result<&std::fs::File> {
         self.staging.as_ref().ok_or_else(|| FsError::Meta(format!(
             "block {block} of inode {} is staged but its staging file is missing",
             self.inode.ino

@@ -275,10 +275,7 @@ impl Volume {
         let mut buf = vec![0u8; len];
         // A staged block without its staging file is damage: sealing it would turn the
         // file's bytes into zeros for good.
-        let f = st.staging.as_ref().ok_or_else(|| {
-            FsError::Meta(format!("block {block} of inode {} is staged but its staging file is missing", st.inode.ino))
-        })?;
-        read_full_at(f, &mut buf, block * bs)
+        read_full_at(st.staged_bytes(block)?, &mut buf, block * bs)
             .map_err(|e| FsError::io(format!("read staging file of inode {}", st.inode.ino), e))?;
         if buf.iter().all(|b| *b == 0) {
             return Ok(None);
