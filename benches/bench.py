@@ -474,11 +474,12 @@ class Local(Target):
 class Hybridfs(Target):
     name = "hybridfs"
 
-    def __init__(self, root, binary):
+    def __init__(self, root, binary, name="hybridfs"):
         super().__init__(root)
+        self.name = name  # "hybridfs-base" for the --baseline binary
         self.bin = binary
-        self.home = os.path.join(root, "hybridfs-home")
-        self.mp = os.path.join(root, "hybridfs-mnt")
+        self.home = os.path.join(root, f"{name}-home")
+        self.mp = os.path.join(root, f"{name}-mnt")
         self.env = dict(os.environ, HYBRIDFS_HOME=self.home)
         self.mounted = False
         self.volume = "bench"
@@ -823,6 +824,8 @@ class Bench:
             self.targets.append(Local(self.root))
         if "hybridfs" in names:
             self.targets.append(Hybridfs(self.root, a.hybridctl))
+        if a.baseline:
+            self.targets.append(Hybridfs(self.root, a.baseline, name="hybridfs-base"))
         if "juicefs" in names:
             self.targets.append(JuiceFS(self.root, a.juicefs))
         for t in self.targets:
@@ -838,7 +841,10 @@ class Bench:
                     log("mount.log tail:\n" + t.log_tail())
         self.check_same_disk()
         for r in range(1, a.runs + 1):
-            for t in self.targets:
+            # rotate the order each run, so no target always runs first (or right after
+            # another's writeback)
+            k = (r - 1) % max(1, len(self.targets))
+            for t in self.targets[k:] + self.targets[:k]:
                 if t.broken:
                     continue
                 log(f"run {r}/{a.runs}: {t.name}")
@@ -907,9 +913,11 @@ class Bench:
             "metrics": {}, "targets": {}, "errors": self.errors,
         }
         for key, label, unit, higher in METRICS:
-            m = {t: med.get(t, {}).get(key) for t in ("local", "hybridfs", "juicefs")}
+            m = {t: med.get(t, {}).get(key)
+                 for t in ("local", "hybridfs", "juicefs", "hybridfs-base")}
             hl = speed_ratio(key, m["hybridfs"], m["local"])
             hj = speed_ratio(key, m["hybridfs"], m["juicefs"])
+            hb = speed_ratio(key, m["hybridfs"], m["hybridfs-base"])
             checks = []
             for against, need in TARGETS.get(key, []):
                 ratio = hl if against == "local" else hj
@@ -920,11 +928,11 @@ class Bench:
                 "median": m,
                 "runs": {t: self.results.get(t, {}).get(key, []) for t in m},
                 "ratio_hybridfs_local": hl, "ratio_hybridfs_juicefs": hj,
-                "targets": checks,
+                "ratio_hybridfs_base": hb, "targets": checks,
             }
             if any(self.extra.get(t, {}).get(key) for t in m):
                 out["metrics"][key]["detail"] = {t: self.extra.get(t, {}).get(key) for t in m}
-            rows.append((label + f" ({unit})", m, hl, hj, checks))
+            rows.append((label + f" ({unit})", m, hl, hj, hb, checks))
         for t in self.targets:
             out["targets"][t.name] = dict(t.info, broken=t.broken, dir=t.dir)
 
@@ -948,23 +956,35 @@ class Bench:
                 s.append(f">={c['min_ratio']:g}x {c['against']} {mark}")
             return ", ".join(s)
 
+        base = bool(a.baseline)
         hdr = ("metric", "local", "hybridfs", "juicefs", "hyb/local", "hyb/jfs", "target")
-        body = [(lbl, fmt(m["local"]), fmt(m["hybridfs"]), fmt(m["juicefs"]), fr(hl), fr(hj),
-                 ftarget(c)) for lbl, m, hl, hj, c in rows]
+        if base:  # before/after of one change: the --baseline binary, side by side
+            hdr = hdr[:4] + ("base",) + hdr[4:6] + ("hyb/base",) + hdr[6:]
+
+        def row(*cells, b="-", rb="-"):
+            return cells[:4] + ((b,) if base else ()) + cells[4:6] + ((rb,) if base else ()) \
+                + cells[6:]
+
+        body = [row(lbl, fmt(m["local"]), fmt(m["hybridfs"]), fmt(m["juicefs"]), fr(hl), fr(hj),
+                    ftarget(c), b=fmt(m["hybridfs-base"]), rb=fr(hb))
+                for lbl, m, hl, hj, hb, c in rows]
         hy = out["targets"].get("hybridfs", {})
         jf = out["targets"].get("juicefs", {})
+        hbt = out["targets"].get("hybridfs-base", {})
 
         def mib(kib):
             return None if kib is None else kib / 1024
 
-        body.append(("mount process peak RSS (MiB)", "-", fmt(mib(hy.get("peak_rss_kib"))),
-                     fmt(mib(jf.get("peak_rss_kib"))), "-", "-", ""))
-        body.append(("umount (s)", "-", fmt(hy.get("umount_s")), fmt(jf.get("umount_s")),
-                     "-", "-", ""))
+        body.append(row("mount process peak RSS (MiB)", "-", fmt(mib(hy.get("peak_rss_kib"))),
+                        fmt(mib(jf.get("peak_rss_kib"))), "-", "-", "",
+                        b=fmt(mib(hbt.get("peak_rss_kib")))))
+        body.append(row("umount (s)", "-", fmt(hy.get("umount_s")), fmt(jf.get("umount_s")),
+                        "-", "-", "", b=fmt(hbt.get("umount_s"))))
         widths = [max(len(r[i]) for r in [hdr] + body) for i in range(len(hdr))]
+        last = len(hdr) - 1
 
         def line(r):
-            return "| " + " | ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+            return "| " + " | ".join(c.ljust(w) if i in (0, last) else c.rjust(w)
                                      for i, (c, w) in enumerate(zip(r, widths))) + " |"
 
         print()
@@ -1071,6 +1091,9 @@ def main():
                     "~/.cargo/registry/cache, else the Python stdlib)")
     ap.add_argument("--timeout", type=int, default=900, help="per-step timeout, seconds")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    ap.add_argument("--baseline", metavar="HYBRIDCTL",
+                    help="a second hybridctl binary (e.g. built from the commit before a "
+                    "change) run as target hybridfs-base in the same run; adds hyb/base ratios")
     a = ap.parse_args()
     a.runs = a.runs or (1 if a.quick else 3)
     a.size_bytes = parse_size(a.size or ("64M" if a.quick else "1G"))
