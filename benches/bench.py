@@ -603,6 +603,59 @@ class JuiceFS(Target):
         self.mounted = False
 
 
+class FuseRef(Target):
+    """The bare fuser pass-through (benches/fuse-ref): what one FUSE round trip costs here."""
+    name = "fuseref"
+
+    def __init__(self, root, binary):
+        super().__init__(root)
+        self.bin = binary
+        self.base = os.path.join(root, "fuseref")
+        self.mp = os.path.join(root, "fuseref-mnt")
+        self.mounted = False
+        self.proc = None
+
+    def setup(self):
+        if not (os.path.isfile(self.bin) and os.access(self.bin, os.X_OK)):
+            raise RuntimeError(f"fuse-ref not found at {self.bin} (build it: cargo build "
+                               "--release -p hybridfs-fuse-ref, or set FUSE_REF)")
+        os.mkdir(self.base)
+        os.mkdir(os.path.join(self.base, "back"))
+        os.mkdir(self.mp)
+        t0 = time.perf_counter()
+        self.mounted = True
+        with open(os.path.join(self.base, "fuse-ref.log"), "w") as logf:
+            self.proc = subprocess.Popen([self.bin, os.path.join(self.base, "back"), self.mp,
+                                          "--threads", "4"], stdout=logf, stderr=logf)
+        self.pid = self.proc.pid
+        for _ in range(100):  # 10 s at most
+            if is_mounted(self.mp) or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not is_mounted(self.mp):
+            raise RuntimeError(f"fuse-ref did not mount {self.mp} (exit {self.proc.poll()})")
+        self.info["mount_s"] = time.perf_counter() - t0
+        self.info["pid"] = self.pid
+        self.dir = self.mp
+
+    def unmount(self, timeout):
+        run_cmd(["umount", self.mp], timeout=timeout)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.info["odd"] = "fuse-ref still running 30 s after umount"
+
+    def cleanup(self):
+        force_unmount(self.mp)
+        kill_pid(self.pid, "fuse-ref")
+        if self.proc:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.mounted = False
+
+
 # ---------------------------------- metrics -------------------------------------------
 
 # key, label, unit, higher_is_better
@@ -619,12 +672,24 @@ METRICS = [
 ]
 
 # key -> list of (against, min speed ratio)
+# Metadata operations against the bare FUSE pass-through (fuseref): within 1.3x of one
+# round trip (issue 16), i.e. a speed ratio of at least 1/1.3.
+REF = 1 / 1.3
 TARGETS = {
-    "seq_write": [("local", 0.8)],
+    "seq_write": [("local", 0.9), ("juicefs", 1.3)],
     "seq_read_cold": [("local", 0.8)],
     "create": [("local", 0.5), ("juicefs", 10.0)],
-    "stat_cold": [("local", 0.7)],
+    "stat_cold": [("local", 0.7), ("fuseref", REF)],
+    "untar": [("fuseref", REF)],
+    "find_cold": [("fuseref", REF)],
+    "du_cold": [("fuseref", REF)],
 }
+
+
+# table columns in this order (those of the run), their titles, and ratio names
+COLUMNS = ["local", "hybridfs", "juicefs", "hybridfs-base", "fuseref"]
+COLUMN_TITLES = {"hybridfs-base": "base"}
+RATIO_NAMES = {"local": "local", "juicefs": "jfs", "hybridfs-base": "base", "fuseref": "ref"}
 
 
 def disk_delta(s0, dev):
@@ -826,6 +891,8 @@ class Bench:
             self.targets.append(Hybridfs(self.root, a.hybridctl))
         if a.baseline:
             self.targets.append(Hybridfs(self.root, a.baseline, name="hybridfs-base"))
+        if "fuseref" in names:
+            self.targets.append(FuseRef(self.root, a.fuseref))
         if "juicefs" in names:
             self.targets.append(JuiceFS(self.root, a.juicefs))
         for t in self.targets:
@@ -869,7 +936,8 @@ class Bench:
         devs = {}
         for path in [os.path.join(self.root, "local"),
                      os.path.join(self.root, "hybridfs-home"),
-                     os.path.join(self.root, "juicefs")]:
+                     os.path.join(self.root, "juicefs"),
+                     os.path.join(self.root, "fuseref")]:
             if os.path.isdir(path):
                 devs[path] = os.stat(path).st_dev
         if len(set(devs.values())) > 1:
@@ -912,27 +980,28 @@ class Bench:
             },
             "metrics": {}, "targets": {}, "errors": self.errors,
         }
+        # columns: every target of this run; ratios: hybridfs against each other target
+        cols = [n for n in COLUMNS if n in {t.name for t in self.targets}]
+        others = [n for n in cols if n != "hybridfs"]
         for key, label, unit, higher in METRICS:
-            m = {t: med.get(t, {}).get(key)
-                 for t in ("local", "hybridfs", "juicefs", "hybridfs-base")}
-            hl = speed_ratio(key, m["hybridfs"], m["local"])
-            hj = speed_ratio(key, m["hybridfs"], m["juicefs"])
-            hb = speed_ratio(key, m["hybridfs"], m["hybridfs-base"])
+            m = {t: med.get(t, {}).get(key) for t in cols}
+            ratios = {o: speed_ratio(key, m.get("hybridfs"), m[o]) for o in others}
             checks = []
             for against, need in TARGETS.get(key, []):
-                ratio = hl if against == "local" else hj
+                ratio = ratios.get(against)
                 ok = None if ratio is None else ratio >= need
                 checks.append({"against": against, "min_ratio": need, "ratio": ratio, "ok": ok})
             out["metrics"][key] = {
                 "label": label, "unit": unit, "higher_is_better": higher,
                 "median": m,
                 "runs": {t: self.results.get(t, {}).get(key, []) for t in m},
-                "ratio_hybridfs_local": hl, "ratio_hybridfs_juicefs": hj,
-                "ratio_hybridfs_base": hb, "targets": checks,
+                "targets": checks,
             }
+            for o in others:
+                out["metrics"][key][f"ratio_hybridfs_{o.replace('hybridfs-', '')}"] = ratios[o]
             if any(self.extra.get(t, {}).get(key) for t in m):
                 out["metrics"][key]["detail"] = {t: self.extra.get(t, {}).get(key) for t in m}
-            rows.append((label + f" ({unit})", m, hl, hj, hb, checks))
+            rows.append((label + f" ({unit})", m, ratios, checks))
         for t in self.targets:
             out["targets"][t.name] = dict(t.info, broken=t.broken, dir=t.dir)
 
@@ -953,33 +1022,24 @@ class Bench:
             s = []
             for c in checks:
                 mark = "?" if c["ok"] is None else ("ok" if c["ok"] else "MISS")
-                s.append(f">={c['min_ratio']:g}x {c['against']} {mark}")
+                s.append(f">={c['min_ratio']:.2g}x {c['against']} {mark}")
             return ", ".join(s)
 
-        base = bool(a.baseline)
-        hdr = ("metric", "local", "hybridfs", "juicefs", "hyb/local", "hyb/jfs", "target")
-        if base:  # before/after of one change: the --baseline binary, side by side
-            hdr = hdr[:4] + ("base",) + hdr[4:6] + ("hyb/base",) + hdr[6:]
-
-        def row(*cells, b="-", rb="-"):
-            return cells[:4] + ((b,) if base else ()) + cells[4:6] + ((rb,) if base else ()) \
-                + cells[6:]
-
-        body = [row(lbl, fmt(m["local"]), fmt(m["hybridfs"]), fmt(m["juicefs"]), fr(hl), fr(hj),
-                    ftarget(c), b=fmt(m["hybridfs-base"]), rb=fr(hb))
-                for lbl, m, hl, hj, hb, c in rows]
-        hy = out["targets"].get("hybridfs", {})
-        jf = out["targets"].get("juicefs", {})
-        hbt = out["targets"].get("hybridfs-base", {})
+        hdr = ("metric", *(COLUMN_TITLES.get(c, c) for c in cols),
+               *(f"hyb/{RATIO_NAMES[o]}" for o in others), "target")
+        body = [(lbl, *(fmt(m[c]) for c in cols), *(fr(r[o]) for o in others), ftarget(ch))
+                for lbl, m, r, ch in rows]
 
         def mib(kib):
             return None if kib is None else kib / 1024
 
-        body.append(row("mount process peak RSS (MiB)", "-", fmt(mib(hy.get("peak_rss_kib"))),
-                        fmt(mib(jf.get("peak_rss_kib"))), "-", "-", "",
-                        b=fmt(mib(hbt.get("peak_rss_kib")))))
-        body.append(row("umount (s)", "-", fmt(hy.get("umount_s")), fmt(jf.get("umount_s")),
-                        "-", "-", "", b=fmt(hbt.get("umount_s"))))
+        def per_target(label, f):
+            vals = [("-" if c == "local" else fmt(f(out["targets"].get(c, {})))) for c in cols]
+            return (label, *vals, *("-" for _ in others), "")
+
+        body.append(per_target("mount process peak RSS (MiB)", lambda t: mib(t.get("peak_rss_kib"))))
+        body.append(per_target("umount (s)", lambda t: t.get("umount_s")))
+        hy = out["targets"].get("hybridfs", {})
         widths = [max(len(r[i]) for r in [hdr] + body) for i in range(len(hdr))]
         last = len(hdr) - 1
 
@@ -1085,7 +1145,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: 64M, 1000 files, 1 run")
     ap.add_argument("--json", help="write machine-readable results here")
     ap.add_argument("--targets", default="local,hybridfs,juicefs",
-                    help="comma-separated subset of local,hybridfs,juicefs")
+                    help="comma-separated subset of local,hybridfs,juicefs,fuseref (the "
+                    "bare FUSE pass-through of benches/fuse-ref: one round trip's cost)")
     ap.add_argument("--scratch", help="parent dir for the scratch dir (default $TMPDIR or /tmp)")
     ap.add_argument("--tarball", help="tarball to untar (default: largest *-sys crate in "
                     "~/.cargo/registry/cache, else the Python stdlib)")
@@ -1099,12 +1160,14 @@ def main():
     a.size_bytes = parse_size(a.size or ("64M" if a.quick else "1G"))
     a.files = a.files or (1000 if a.quick else 10000)
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
-    bad = set(a.targets) - {"local", "hybridfs", "juicefs"}
+    bad = set(a.targets) - {"local", "hybridfs", "juicefs", "fuseref"}
     if bad or a.runs < 1 or a.size_bytes < PAGE or a.files < 1:
         ap.error(f"bad arguments {bad or ''}")
     a.hybridctl = os.environ.get("HYBRIDCTL") or os.path.expanduser(
         "~/.cache/hybridfs-target/release/hybridctl")
     a.juicefs = find_juicefs() if "juicefs" in a.targets else None
+    a.fuseref = os.environ.get("FUSE_REF") or os.path.join(
+        os.path.dirname(a.hybridctl), "fuse-ref")
 
     bench = Bench(a)
 
