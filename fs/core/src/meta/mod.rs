@@ -1,0 +1,287 @@
+//! The metadata store: typed, versioned records over a [`Kv`] engine.
+//!
+//! Core reads through typed getters and writes only through [`MetaStore::apply`], which turns a
+//! batch of [`Mutation`]s into one atomic engine batch: either all of it is visible after a
+//! crash, or none of it. `sync = true` makes the batch (and every batch before it) durable
+//! against power loss before `apply` returns (invariant 1).
+//!
+//! # Versions, epochs and snapshots (invariants 2 and 3)
+//!
+//! Every write happens in the current epoch. A snapshot ends an epoch: it records the epoch
+//! number and the volume moves on to the next one; that is all it costs. Reading "at epoch E"
+//! returns, for each key, the newest version written in an epoch `<= E`.
+//!
+//! * The **live** family of a record kind (inodes, dentries, cookies, extents, xattrs) holds
+//!   the newest version of each key, its value prefixed with the epoch it was written in, so
+//!   the live tree reads with point lookups exactly as an unversioned store would.
+//! * Writing a key whose live version is from an older epoch first moves that version to the
+//!   **history** family; a deletion leaves a tombstone there. A key written again in the same
+//!   epoch is simply overwritten: no snapshot can see the old value.
+//! * Every versioned write adds a row to the **change journal**, keyed epoch first, so "what
+//!   changed between epochs A and B" is one range scan (diff, push, and the collector).
+//! * A history version is kept while some snapshot's epoch lies in the interval from its epoch
+//!   to the epoch of the next newer version; the collector ([`MetaStore::collect_range`])
+//!   removes the rest after a snapshot is deleted, reading only the journal rows of the epochs
+//!   that snapshot covered.
+//!
+//! # Block references
+//!
+//! The count of a block is the number of stored extent versions (live and history) naming it,
+//! maintained here inside the same atomic batch as the extents. A count that reaches zero puts
+//! the block on the **free** list with the time; the volume's collector deletes the block file
+//! after a grace period if nothing referenced it again meanwhile.
+//!
+//! # Modules
+//!
+//! * `codec` — the key layout (drawn in its module comment) and the encoding of keys and
+//!   values: read it first.
+//! * `read` — versioned reads (a record at an epoch, ranges merging live and history), the
+//!   change journal.
+//! * `catalogue` — counters, catalogues and whole-store scans (fsck, status).
+//! * `apply` — [`MetaStore::apply`]: one batch of mutations, one atomic engine write.
+//! * `refs` — block reference counts ([`RefEntry`]) and the free list.
+//! * `collect` — the version collector ([`MetaStore::collect_range`]).
+
+mod apply;
+mod catalogue;
+mod codec;
+mod collect;
+mod read;
+mod refs;
+
+pub use refs::RefEntry;
+
+use crate::error::Result;
+use crate::kv::{Cf, Kv, MemKv};
+use crate::types::{BlockId, Dentry, Extent, Inode, Ino, JournalEntry, SnapshotInfo};
+use codec::le;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Read the live tree (the newest version of everything).
+pub const LIVE: u64 = u64::MAX;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    PutInode(Inode),
+    DelInode(Ino),
+    /// Adds the entry under its name and under its cookie (the readdir order index).
+    PutDentry { parent: Ino, name: Vec<u8>, dentry: Dentry },
+    DelDentry { parent: Ino, name: Vec<u8>, cookie: u64 },
+    PutExtent { ino: Ino, block: u64, extent: Extent },
+    DelExtent { ino: Ino, block: u64 },
+    PutXattr { ino: Ino, name: Vec<u8>, value: Vec<u8> },
+    DelXattr { ino: Ino, name: Vec<u8> },
+    /// A journal row for a block whose bytes changed without an extent write (inline data,
+    /// truncation past the last extent).
+    Journal(JournalEntry),
+    PutOrphan(Ino),
+    DelOrphan(Ino),
+    /// Takes effect after the batch: every versioned write of the batch is in the old epoch.
+    SetEpoch(u64),
+    PutSnapshot(SnapshotInfo),
+    DelSnapshot(String),
+    /// Versions written in epochs `(from, to]` may have lost their last snapshot.
+    PutGcRange { from: u64, to: u64 },
+    DelGcRange { from: u64, to: u64 },
+    /// The block file is gone; forget that it was free.
+    DelFree(BlockId),
+    /// Set the live version of `key` back to its version at epoch `at` (rollback).
+    Restore { key: Key, at: u64 },
+    /// Write the live version of `key` as given (None: delete it), e.g. from a layer.
+    Raw { key: Key, value: Option<Vec<u8>> },
+    /// Small named state of the layers above (push cursors); None deletes it.
+    SetMeta { name: String, value: Option<Vec<u8>> },
+    /// The block is stored in the object store (a push need not upload it again): alone, or
+    /// inside pack `(pack, offset, len)`.
+    MarkPushed { id: BlockId, packed: Option<(BlockId, u64, u64)> },
+}
+
+/// A directory entry as readdir returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub dentry: Dentry,
+}
+
+/// The record a change-journal row names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Key {
+    Inode(Ino),
+    Dentry(Ino, Vec<u8>),
+    Cookie(Ino, u64),
+    Extent(Ino, u64),
+    Xattr(Ino, Vec<u8>),
+}
+
+/// One row of the change journal: `key` was written (or deleted) in `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub epoch: u64,
+    pub key: Key,
+}
+
+/// What one collector pass over a range of epochs did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Distinct records examined.
+    pub keys: u64,
+    pub versions_removed: u64,
+    /// Blocks whose last reference went, with their length in bytes.
+    pub unreferenced: Vec<(BlockId, u64)>,
+}
+
+pub struct MetaStore {
+    kv: Arc<dyn Kv>,
+    /// The epoch writes happen in.
+    epoch: AtomicU64,
+    /// Serialises read-modify-write batches (versions, counts) and collector passes.
+    write: Mutex<()>,
+    /// Epochs of the snapshots, in order (a copy of the catalogue's, kept by `apply`).
+    snap_epochs: Mutex<Vec<u64>>,
+}
+
+impl MetaStore {
+    pub fn new(kv: Arc<dyn Kv>) -> Result<Self> {
+        let epoch = match kv.get(Cf::Default, b"epoch")? {
+            Some(v) => le(&v)?,
+            None => 1,
+        };
+        let m = MetaStore { kv, epoch: AtomicU64::new(epoch), write: Mutex::new(()), snap_epochs: Mutex::new(Vec::new()) };
+        m.reload_snap_epochs()?;
+        Ok(m)
+    }
+
+    fn reload_snap_epochs(&self) -> Result<()> {
+        let epochs = self.snapshots()?.iter().map(|s| s.epoch).collect();
+        *self.snap_epochs.lock() = epochs;
+        Ok(())
+    }
+
+    /// Whether some snapshot reads a version written in `from` and replaced in `until`.
+    fn pinned(&self, from: u64, until: u64) -> bool {
+        self.snap_epochs.lock().iter().any(|&s| from <= s && s < until)
+    }
+
+    /// An empty in-memory store, for unit tests.
+    pub fn memory() -> Self {
+        MetaStore::new(Arc::new(MemKv::default())).expect("empty memory store")
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Kind, Usage};
+
+    fn file(ino: Ino, size: u64) -> Inode {
+        let mut i = Inode::new(ino, Kind::File, 0o644, 0, 0);
+        i.size = size;
+        i
+    }
+
+    /// A snapshot of epoch `e`, which ends it.
+    fn end_epoch(m: &MetaStore, e: u64) {
+        let info = SnapshotInfo { id: e, name: format!("s{e}"), epoch: e, created: 0, files: 0, bytes: 0, holds: vec![] };
+        m.apply(vec![Mutation::PutSnapshot(info), Mutation::SetEpoch(e + 1)], false).unwrap();
+    }
+
+    fn sealed(n: u8) -> Extent {
+        Extent::Sealed { id: BlockId([n; 32]), len: 100 }
+    }
+
+    #[test]
+    fn reads_at_an_epoch_see_the_newest_version_written_up_to_it() {
+        let m = MetaStore::memory();
+        m.apply(vec![Mutation::PutInode(file(7, 1))], false).unwrap();
+        end_epoch(&m, 1);
+        m.apply(vec![Mutation::PutInode(file(7, 2))], false).unwrap();
+        m.apply(vec![Mutation::PutInode(file(7, 3))], false).unwrap();
+        end_epoch(&m, 2);
+        m.apply(vec![Mutation::DelInode(7)], false).unwrap();
+        end_epoch(&m, 3);
+        m.apply(vec![Mutation::PutInode(file(7, 4))], false).unwrap();
+        let size = |at| m.get_inode_at(7, at).unwrap().map(|i| i.size);
+        assert_eq!(size(0), None);
+        assert_eq!(size(1), Some(1));
+        assert_eq!(size(2), Some(3), "the same epoch overwrites in place");
+        assert_eq!(size(3), None, "the deletion is a tombstone");
+        assert_eq!(size(4), Some(4));
+        assert_eq!(size(LIVE), Some(4));
+        assert_eq!(m.max_ino().unwrap(), 7);
+        assert_eq!(m.usage().unwrap(), Usage { files: 1, bytes: 4 });
+    }
+
+    #[test]
+    fn ranges_at_an_epoch_merge_live_and_history() {
+        let m = MetaStore::memory();
+        let d = |ino, cookie| Dentry { ino, kind: Kind::File, cookie };
+        let put = |name: &[u8], ino, cookie| Mutation::PutDentry { parent: 1, name: name.to_vec(), dentry: d(ino, cookie) };
+        m.apply(vec![put(b"a", 2, 1), put(b"b", 3, 2), put(b"c", 4, 3)], false).unwrap();
+        end_epoch(&m, 1);
+        m.apply(vec![Mutation::DelDentry { parent: 1, name: b"b".to_vec(), cookie: 2 }, put(b"d", 5, 4)], false).unwrap();
+        let names = |at, after, limit| -> Vec<Vec<u8>> {
+            m.readdir_at(1, after, limit, at).unwrap().into_iter().map(|e| e.name).collect()
+        };
+        assert_eq!(names(1, 0, 10), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(names(LIVE, 0, 10), vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+        for limit in 1..4 {
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = m.readdir_at(1, after, limit, 1).unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().unwrap().cookie;
+                all.extend(page.into_iter().map(|e| e.name));
+            }
+            assert_eq!(all, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], "pages of {limit}");
+        }
+        assert_eq!(m.lookup_at(1, b"b", 1).unwrap().map(|d| d.ino), Some(3));
+        assert_eq!(m.lookup_at(1, b"b", LIVE).unwrap(), None);
+    }
+
+    #[test]
+    fn references_count_every_kept_version_and_the_collector_frees_unpinned_ones() {
+        let m = MetaStore::memory();
+        let put = |b: u8| Mutation::PutExtent { ino: 9, block: 0, extent: sealed(b) };
+        m.apply(vec![put(1)], false).unwrap();
+        m.apply(vec![put(2)], false).unwrap();
+        assert_eq!(m.block_refs(&BlockId([1; 32])).unwrap(), 0, "overwritten in the same epoch");
+        assert_eq!(m.free_blocks().unwrap().len(), 1);
+        // Snapshot at epoch 1, then overwrite: the old version stays for the snapshot.
+        end_epoch(&m, 1);
+        m.apply(vec![put(3)], false).unwrap();
+        assert_eq!(m.block_refs(&BlockId([2; 32])).unwrap(), 1);
+        assert_eq!(m.get_extent_at(9, 0, 1).unwrap(), Some(sealed(2)));
+        let kept = m.collect_range(0, 2, &[1], false).unwrap();
+        assert_eq!(kept.versions_removed, 0, "pinned by the snapshot at epoch 1");
+        let dry = m.collect_range(0, 2, &[], true).unwrap();
+        assert_eq!(dry.unreferenced, vec![(BlockId([2; 32]), 100)]);
+        assert_eq!(m.block_refs(&BlockId([2; 32])).unwrap(), 1, "a dry run changes nothing");
+        let gone = m.collect_range(0, 2, &[], false).unwrap();
+        assert_eq!(gone.versions_removed, 1);
+        assert_eq!(m.block_refs(&BlockId([2; 32])).unwrap(), 0);
+        assert_eq!(m.get_extent(9, 0).unwrap(), Some(sealed(3)));
+        let mut hist = 0;
+        m.for_each_history_extent(&mut |_, _, _, _| hist += 1).unwrap();
+        assert_eq!(hist, 0);
+    }
+
+    #[test]
+    fn journal_rows_name_every_versioned_write() {
+        let m = MetaStore::memory();
+        m.apply(vec![Mutation::PutExtent { ino: 7, block: 3, extent: Extent::Staged }], false).unwrap();
+        end_epoch(&m, 1);
+        m.apply(vec![Mutation::PutExtent { ino: 8, block: 0, extent: Extent::Staged }], false).unwrap();
+        assert_eq!(m.journal(2).unwrap(), vec![JournalEntry { epoch: 2, ino: 8, block: 0 }]);
+        assert_eq!(m.journal(1).unwrap().len(), 2);
+    }
+}
