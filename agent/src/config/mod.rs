@@ -1,0 +1,467 @@
+//! The agent's one TOML file, for both roles.
+//!
+//! ```toml
+//! role = "controller"                 # or "node"
+//! state_dir = "/var/lib/hybrid-agent"
+//!
+//! [volume]                            # the home volume the nodes clone and the merge fills
+//! name = "main"
+//! store = "file:///srv/hybridfs-store"   # the URL nodes clone from (STORE/VOLUME)
+//! hybridfs_home = "/var/lib/hybridfs"    # HYBRIDFS_HOME of the home volume
+//!
+//! [api]
+//! listen = "127.0.0.1:7870"
+//! token_file = "/etc/hybridfs/agent.token"   # created 0600 if missing
+//!
+//! [load]
+//! command = "cat /run/gpu-load"       # prints one number
+//! every = "30s"
+//!
+//! [scale_up]
+//! threshold = 90
+//! for = "10m"
+//!
+//! [scale_down]                        # optional; default: below scale_up.threshold for 2x scale_up.for
+//! threshold = 50
+//! for = "20m"
+//!
+//! [burst]
+//! window = { start = "08:00", end = "17:00", tz = "Europe/Istanbul" }
+//! max_nodes = 2
+//! lease = "5m"                        # a node that loses the controller this long pushes and stops
+//!
+//! [merge]
+//! start = "17:30"
+//! deadline = "07:30"
+//! tz = "Europe/Istanbul"
+//! alert_command = "/usr/local/bin/page-oncall"   # optional
+//!
+//! [provider]
+//! kind = "local"
+//! ```
+//!
+//! Every error names the file, the line and the key (`agent.toml:12: scale_up.for: ...`):
+//! values are checked while they are deserialized (times, zones, durations), so toml's span
+//! points at the bad value, and the span is mapped back to its key by walking the document.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::window::DailyWindow;
+
+/// A config file that cannot be used, located in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {key}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line of the offending key or value (0 when the file could not be read).
+    pub line: usize,
+    /// Dotted path of the key (`scale_up.for`), or `-` when no key applies.
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Controller,
+    Node,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub role: toml::Spanned<Role>,
+    pub state_dir: PathBuf,
+    pub volume: Option<VolumeConfig>,
+    pub api: Option<ApiConfig>,
+    pub load: Option<LoadConfig>,
+    pub scale_up: Option<ScaleUp>,
+    pub scale_down: Option<ScaleDown>,
+    pub burst: Option<BurstConfig>,
+    pub merge: Option<MergeConfig>,
+    pub provider: Option<ProviderConfig>,
+    pub node: Option<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub name: String,
+    pub store: String,
+    pub hybridfs_home: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadConfig {
+    pub command: String,
+    #[serde(default = "thirty_seconds")]
+    pub every: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUp {
+    pub threshold: f64,
+    #[serde(rename = "for")]
+    pub for_: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDown {
+    pub threshold: toml::Spanned<f64>,
+    #[serde(rename = "for")]
+    pub for_: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurstConfig {
+    pub window: WindowConfig,
+    pub max_nodes: toml::Spanned<u32>,
+    #[serde(default = "five_minutes")]
+    pub lease: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    pub start: ClockTime,
+    pub end: ClockTime,
+    pub tz: Zone,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    pub start: ClockTime,
+    pub deadline: ClockTime,
+    pub tz: Zone,
+    pub alert_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// The instance type to rent (default: the provider's first offer).
+    pub instance_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the provider left the bootstrap JSON (default: STATE_DIR/bootstrap.json).
+    pub bootstrap: Option<PathBuf>,
+    #[serde(default = "default_mountpoint")]
+    pub mountpoint: PathBuf,
+    #[serde(default = "ten_minutes")]
+    pub push_every: Dur,
+    #[serde(default = "thirty_seconds")]
+    pub report_every: Dur,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            bootstrap: None,
+            mountpoint: default_mountpoint(),
+            push_every: ten_minutes(),
+            report_every: thirty_seconds(),
+        }
+    }
+}
+
+fn default_mountpoint() -> PathBuf {
+    PathBuf::from("/mnt/hybrid")
+}
+fn thirty_seconds() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn five_minutes() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn ten_minutes() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+
+/// A duration written `90s`, `10m`, `2h` or `1d` (one number, one unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration (like 30s, 10m, 2h, 1d)"))?;
+        let secs = match unit.trim() {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return Err(format!("`{s}` is not a duration (like 30s, 10m, 2h, 1d)")),
+        };
+        Ok(Dur(Duration::from_secs(n.saturating_mul(secs))))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A time of day written `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockTime(pub jiff::civil::Time);
+
+impl<'de> Deserialize<'de> for ClockTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_clock_time(&s).map(ClockTime).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_clock_time(s: &str) -> Result<jiff::civil::Time, String> {
+    let bad = || format!("`{s}` is not a time of day (HH:MM, 00:00 to 23:59)");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (i8, i8) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    jiff::civil::Time::new(h, m, 0, 0).map_err(|_| bad())
+}
+
+/// An IANA time zone name (`Europe/Istanbul`, `UTC`).
+#[derive(Clone)]
+pub struct Zone {
+    pub name: String,
+    pub tz: jiff::tz::TimeZone,
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Zone({})", self.name)
+    }
+}
+
+impl Zone {
+    pub fn get(name: &str) -> Result<Zone, String> {
+        let tz = jiff::tz::TimeZone::get(name)
+            .map_err(|_| format!("`{name}` is not a known time zone (an IANA name like Europe/Istanbul or UTC)"))?;
+        Ok(Zone { name: name.to_string(), tz })
+    }
+}
+
+impl<'de> Deserialize<'de> for Zone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Zone::get(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl WindowConfig {
+    pub fn window(&self) -> DailyWindow {
+        DailyWindow::new(self.start.0, self.end.0, self.tz.tz.clone())
+    }
+}
+
+impl MergeConfig {
+    pub fn window(&self) -> DailyWindow {
+        DailyWindow::new(self.start.0, self.deadline.0, self.tz.tz.clone())
+    }
+}
+
+impl Config {
+    /// Reads and checks the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            key: "-".into(),
+            message: format!("read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses `text` (the content of `path`) and checks what one field alone cannot.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| locate::toml_error(path, text, &e))?;
+        cfg.check().map_err(|(span, key, message)| ConfigError {
+            file: path.to_path_buf(),
+            line: locate::line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.get_ref()
+    }
+
+    fn check(&self) -> Result<(), (std::ops::Range<usize>, &'static str, String)> {
+        let role_span = self.role.span();
+        if self.role() == Role::Controller {
+            let need = [
+                ("volume", self.volume.is_some()),
+                ("api", self.api.is_some()),
+                ("load", self.load.is_some()),
+                ("scale_up", self.scale_up.is_some()),
+                ("burst", self.burst.is_some()),
+                ("merge", self.merge.is_some()),
+                ("provider", self.provider.is_some()),
+            ];
+            if let Some((name, _)) = need.iter().find(|(_, present)| !present) {
+                return Err((role_span, "role", format!("role \"controller\" needs a [{name}] section")));
+            }
+        }
+        if let Some(burst) = &self.burst {
+            if *burst.max_nodes.get_ref() == 0 {
+                return Err((burst.max_nodes.span(), "burst.max_nodes", "must be at least 1".into()));
+            }
+        }
+        if let (Some(up), Some(down)) = (&self.scale_up, &self.scale_down) {
+            if *down.threshold.get_ref() >= up.threshold {
+                return Err((
+                    down.threshold.span(),
+                    "scale_down.threshold",
+                    format!(
+                        "must be below scale_up.threshold ({}), or nodes would be rented and released in turn",
+                        up.threshold
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scale-down rule: configured, or below the scale-up threshold for twice its `for`.
+    pub fn scale_down(&self) -> Option<(f64, Duration)> {
+        let up = self.scale_up.as_ref()?;
+        Some(match &self.scale_down {
+            Some(d) => (*d.threshold.get_ref(), d.for_.0),
+            None => (up.threshold, up.for_.0 * 2),
+        })
+    }
+
+    pub fn node(&self) -> NodeConfig {
+        self.node.clone().unwrap_or_default()
+    }
+}
+
+/// Maps toml's byte spans back to a line and a dotted key.
+mod locate {
+    use std::ops::Range;
+    use std::path::Path;
+
+    use toml_edit::{Item, Table, Value};
+
+    use super::ConfigError;
+
+    pub fn line_of(text: &str, offset: usize) -> usize {
+        text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    }
+
+    pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        let mut key = toml_edit::ImDocument::parse(text)
+            .ok()
+            .and_then(|doc| key_at(doc.as_table(), &span, String::new()))
+            .unwrap_or_default();
+        // A missing field is reported on its table: name the field too.
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+            key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+        }
+        ConfigError {
+            file: path.to_path_buf(),
+            line: line_of(text, span.start),
+            key: if key.is_empty() { "-".into() } else { key },
+            message,
+        }
+    }
+
+    fn join(prefix: &str, key: &str) -> String {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    }
+
+    fn within(outer: &Option<Range<usize>>, inner: &Range<usize>) -> bool {
+        outer.as_ref().is_some_and(|o| o.start <= inner.start && inner.end <= o.end.max(o.start + 1))
+    }
+
+    /// The deepest key whose name or value covers `span`; for a span on a table header, the table.
+    fn key_at(table: &Table, span: &Range<usize>, prefix: String) -> Option<String> {
+        for (name, item) in table.iter() {
+            let path = join(&prefix, name);
+            if let Some((k, _)) = table.get_key_value(name) {
+                if within(&k.span(), span) {
+                    return Some(path);
+                }
+            }
+            match item {
+                Item::Table(t) => {
+                    if let Some(found) = key_at(t, span, path.clone()) {
+                        return Some(found);
+                    }
+                    if within(&t.span(), span) {
+                        return Some(path);
+                    }
+                }
+                Item::Value(v) => {
+                    if let Some(found) = value_key(v, span, path) {
+                        return Some(found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn value_key(v: &Value, span: &Range<usize>, path: String) -> Option<String> {
+        if !within(&v.span(), span) {
+            return None;
+        }
+        if let Value::InlineTable(t) = v {
+            for (name, inner) in t.iter() {
+                if let Some((k, _)) = t.get_key_value(name) {
+                    if within(&k.span(), span) {
+                        return Some(join(&path, name));
+                    }
+                }
+                if let Some(found) = value_key(inner, span, join(&path, name)) {
+                    return Some(found);
+                }
+            }
+        }
+        Some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,546 @@
+//! The home controller: one reconcile step at a time over the persisted [`State`].
+//!
+//! Each [`Controller::step`] (every `load.every`, and driven by a manual clock in tests):
+//!
+//! 1. **Sync with the provider**: describe our instances by the owner tag; adopt an instance
+//!    for each `Intended` record (or launch again with the same idempotency key), confirm
+//!    `Terminating` ones, and notice nodes the provider lost (their unpushed bytes are a loss).
+//! 2. **Interruption notices** put the node into `Draining` (it pushes at once by itself).
+//! 3. **Lost nodes**: a node that has not reported for two leases has shut itself down (its
+//!    dead-man switch pushes and stops after one lease); it is terminated and what it last
+//!    reported as unpushed is recorded as lost.
+//! 4. **Scale**: inside the burst window, the [`Scaler`](crate::scaler::Scaler) decides to rent
+//!    or release one node; outside it every node drains.
+//! 5. **Drain**: a draining node is terminated once it reports `drained` with zero unpushed
+//!    bytes after the drain was asked; never before, except at the hard deadline (the close of
+//!    the merge window after the drain began), where what it still held is recorded as lost.
+//! 6. **Merge** (inside the merge window): every drained branch not yet merged is merged into
+//!    home; failures are retried at the next step until the deadline, where the night is marked
+//!    missed, logged at error and the alert command runs once.
+//!
+//! Every change of a record is saved before the provider is called about it (see `state`).
+
+mod ledger;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+pub use ledger::{ledger, LedgerRow};
+
+use crate::clock::Clock;
+use crate::provider::{self, Bootstrap, InstanceState, LaunchRequest, Provider};
+use crate::scaler::{ScaleRule, Want};
+use crate::state::{Loss, Night, NodeRecord, NodeReport, Phase, State, StateError, StateStore};
+use crate::volume::HomeVolume;
+use crate::window::DailyWindow;
+
+/// What the controller needs to know, from the config file (or a test).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `owner` tag of every instance this controller launches.
+    pub owner: String,
+    pub volume: String,
+    pub store: String,
+    pub instance_type: Option<String>,
+    pub rule: ScaleRule,
+    pub burst: DailyWindow,
+    pub merge: DailyWindow,
+    pub lease: Duration,
+    /// How nodes reach the controller (goes into their bootstrap).
+    pub controller_addr: String,
+    /// Environment handed to nodes for the volume tools (store endpoint, scoped credentials).
+    pub node_env: BTreeMap<String, String>,
+    pub alert_command: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("node {0}: wrong token")]
+    BadToken(String),
+}
+
+/// The controller's answer to a node's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directive {
+    /// Push everything, stop writing, keep reporting until terminated.
+    pub drain: bool,
+    /// The node is no longer wanted: push and shut down.
+    pub stop: bool,
+    pub lease_secs: u64,
+}
+
+pub struct Controller {
+    settings: Settings,
+    store: StateStore,
+    state: State,
+    provider: Arc<dyn Provider>,
+    home: Arc<dyn HomeVolume>,
+    clock: Arc<dyn Clock>,
+    /// What the state file holds (saves are skipped when nothing changed).
+    saved: Option<State>,
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)).unwrap_or(t)
+}
+
+impl Controller {
+    /// Opens the state under `store` (a restart adopts what it finds there).
+    pub fn open(
+        settings: Settings,
+        store: StateStore,
+        provider: Arc<dyn Provider>,
+        home: Arc<dyn HomeVolume>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ControllerError> {
+        let state = store.load()?;
+        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Saves the state when it changed since the last save.
+    fn save(&mut self) -> Result<(), ControllerError> {
+        if self.saved.as_ref() != Some(&self.state) {
+            self.store.save(&self.state)?;
+            self.saved = Some(self.state.clone());
+        }
+        Ok(())
+    }
+
+    /// One reconcile pass with the load read just before (`None`: unreadable).
+    pub fn step(&mut self, load: Option<f64>) -> Result<(), ControllerError> {
+        let now = self.clock.now();
+        self.sync_with_provider(now)?;
+        self.handle_interruptions(now)?;
+        self.handle_lost_nodes(now)?;
+        self.scale(now, load)?;
+        self.progress_drains(now)?;
+        self.merge_night(now)?;
+        self.save()
+    }
+
+    fn owner_filter(&self) -> BTreeMap<String, String> {
+        [(provider::TAG_OWNER.to_string(), self.settings.owner.clone())].into()
+    }
+
+    // ---- 1. provider sync ----
+
+    fn sync_with_provider(&mut self, now: Timestamp) -> Result<(), ControllerError> {
+        let instances = match self.provider.describe(&self.owner_filter()) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("describe instances of {}: {e}", self.provider.name());
+                return Ok(());
+            }
+        };
+        let by_intent: BTreeMap<&str, &provider::Instance> =
+            instances.iter().filter_map(|i| i.tags.get(provider::TAG_INTENT).map(|t| (t.as_str(), i))).collect();
+        for inst in &instances {
+            let known = inst.tags.get(provider::TAG_INTENT).and_then(|t| self.state.node(t)).is_some();
+            if !known && inst.state != InstanceState::Terminated {
+                warn!("instance {} carries our owner tag but is not in the state (left alone)", inst.id);
+            }
+        }
+        let mut relaunch = Vec::new();
+        for rec in self.state.nodes.iter_mut().filter(|n| n.phase.is_live()) {
+            let inst = by_intent.get(rec.intent.as_str()).copied();
+            match (rec.phase, inst) {
+                (Phase::Intended, Some(i)) => {
+                    info!("node {}: adopted instance {} from the provider's tags", rec.intent, i.id);
+                    rec.instance_id = Some(i.id.clone());
+                    rec.started_at = i.launched_at.or(Some(now));
+                    rec.phase = Phase::Running;
+                }
+                (Phase::Intended, None) => relaunch.push(rec.intent.clone()),
+                (Phase::Terminating, i) if i.is_none_or(|i| i.state == InstanceState::Terminated) => {
+                    rec.stopped_at = i.and_then(|i| i.terminated_at).or(Some(now));
+                    rec.phase = Phase::Terminated;
+                    info!("node {}: termination confirmed by describe", rec.intent);
+                }
+                (Phase::Running | Phase::Draining, i) if i.is_none_or(|i| i.state == InstanceState::Terminated) => {
+                    warn!("node {}: the provider no longer runs it", rec.intent);
+                    rec.stopped_at = i.and_then(|i| i.terminated_at).or(Some(now));
+                    rec.phase = Phase::Terminated;
+                    record_loss(rec, "the instance went away (killed or reclaimed)");
+                }
+                _ => {}
+            }
+        }
+        self.save()?;
+        for intent in relaunch {
+            self.launch_intent(&intent, now)?;
+        }
+        // Terminations not yet confirmed are asked again (terminate is idempotent).
+        let pending: Vec<String> =
+            self.state.nodes.iter().filter(|n| n.phase == Phase::Terminating).filter_map(|n| n.instance_id.clone()).collect();
+        for id in pending {
+            if let Err(e) = self.provider.terminate(&id) {
+                warn!("terminate instance {id} (again): {e}");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- 2. interruptions, 3. lost nodes ----
+
+    fn handle_interruptions(&mut self, now: Timestamp) -> Result<(), ControllerError> {
+        let notices = self.provider.interruptions().unwrap_or_else(|e| {
+            warn!("read interruption notices: {e}");
+            Vec::new()
+        });
+        for n in notices {
+            if let Some(rec) = self.state.nodes.iter_mut().find(|r| r.instance_id.as_deref() == Some(&n.instance_id)) {
+                if rec.phase == Phase::Running {
+                    warn!("node {}: interruption notice for {}; draining", rec.intent, n.at);
+                    rec.phase = Phase::Draining;
+                    rec.drain_requested_at = Some(now);
+                }
+            }
+        }
+        self.save()
+    }
+
+    fn handle_lost_nodes(&mut self, now: Timestamp) -> Result<(), ControllerError> {
+        let limit = self.settings.lease * 2;
+        let lost: Vec<String> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.phase, Phase::Running | Phase::Draining))
+            .filter(|n| {
+                let seen = n.last_report.as_ref().map(|r| r.at).or(n.started_at).unwrap_or(n.requested_at);
+                now >= after(seen, limit)
+            })
+            .map(|n| n.intent.clone())
+            .collect();
+        for intent in lost {
+            warn!("node {intent}: no report for two leases; its dead-man switch has stopped it");
+            self.terminate(&intent, Some("no report for two leases (node lost)"))?;
+        }
+        Ok(())
+    }
+
+    // ---- 4. scaling ----
+
+    fn scale(&mut self, now: Timestamp, load: Option<f64>) -> Result<(), ControllerError> {
+        let in_window = self.settings.burst.contains(now) && !self.settings.merge.contains(now);
+        let active =
+            self.state.nodes.iter().filter(|n| matches!(n.phase, Phase::Intended | Phase::Running)).count() as u32;
+        let want = self.state.scaler.observe(&self.settings.rule, now, load, in_window, active);
+        if !in_window {
+            for intent in self.nodes_in(Phase::Running) {
+                info!("node {intent}: outside the burst window; draining");
+                self.drain(&intent)?;
+            }
+            return Ok(());
+        }
+        match want {
+            Want::Rent => self.rent(now).map(|_| ()),
+            Want::Release => match self.least_unpushed_running() {
+                Some(intent) => {
+                    info!("node {intent}: load low; draining");
+                    self.drain(&intent)
+                }
+                None => Ok(()),
+            },
+            Want::Hold => Ok(()),
+        }
+    }
+
+    fn nodes_in(&self, phase: Phase) -> Vec<String> {
+        self.state.nodes.iter().filter(|n| n.phase == phase).map(|n| n.intent.clone()).collect()
+    }
+
+    fn least_unpushed_running(&self) -> Option<String> {
+        self.state
+            .nodes
+            .iter()
+            .filter(|n| n.phase == Phase::Running)
+            .min_by_key(|n| n.last_report.as_ref().map_or(u64::MAX, |r| r.unpushed_bytes))
+            .map(|n| n.intent.clone())
+    }
+
+    /// Rents one node: publish main, write the intent, launch. Returns the intent id.
+    pub fn rent(&mut self, now: Timestamp) -> Result<Option<String>, ControllerError> {
+        if let Err(e) = self.home.push_main() {
+            error!("rent a node: publish main first: {e}");
+            return Ok(None);
+        }
+        let token = match crate::api::random_token() {
+            Ok(t) => t,
+            Err(e) => {
+                error!("rent a node: {e}");
+                return Ok(None);
+            }
+        };
+        let offer = self.pick_offer();
+        let intent = format!("n{:04}", self.state.next_intent);
+        self.state.next_intent += 1;
+        let (instance_type, price, estimate) = match offer {
+            Some(o) => (o.instance_type, o.price_per_hour.unwrap_or(0.0), o.price_per_hour.is_none()),
+            None => (self.settings.instance_type.clone().unwrap_or_default(), 0.0, true),
+        };
+        let mut rec = NodeRecord::intended(&self.settings.owner, &intent, token, now);
+        (rec.instance_type, rec.price_per_hour, rec.price_is_estimate) = (instance_type, price, estimate);
+        self.state.nodes.push(rec);
+        // The intent is on disk before the provider hears of it.
+        self.save()?;
+        self.launch_intent(&intent, now)?;
+        Ok(Some(intent))
+    }
+
+    fn pick_offer(&self) -> Option<provider::Offer> {
+        let offers = self.provider.offers().map_err(|e| warn!("list offers: {e}")).ok()?;
+        match &self.settings.instance_type {
+            Some(t) => offers.into_iter().find(|o| &o.instance_type == t),
+            None => offers.into_iter().next(),
+        }
+    }
+
+    fn launch_intent(&mut self, intent: &str, now: Timestamp) -> Result<(), ControllerError> {
+        let Some(rec) = self.state.node(intent).cloned() else { return Ok(()) };
+        let expires = after(self.hard_deadline(now), Duration::from_secs(3600));
+        let tags: BTreeMap<String, String> = [
+            (provider::TAG_OWNER, self.settings.owner.clone()),
+            (provider::TAG_INTENT, rec.intent.clone()),
+            (provider::TAG_VOLUME, self.settings.volume.clone()),
+            (provider::TAG_EXPIRES, expires.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let req = LaunchRequest {
+            idempotency_key: rec.idempotency_key.clone(),
+            instance_type: rec.instance_type.clone(),
+            tags,
+            bootstrap: Bootstrap {
+                node: rec.intent.clone(),
+                store: self.settings.store.clone(),
+                volume: self.settings.volume.clone(),
+                branch: rec.branch.clone(),
+                source_branch: "main".into(),
+                controller: self.settings.controller_addr.clone(),
+                token: rec.token.clone(),
+                lease_secs: self.settings.lease.as_secs(),
+                env: self.settings.node_env.clone(),
+            },
+        };
+        match self.provider.launch(&req) {
+            Ok(inst) => {
+                info!("node {intent}: launched instance {} ({})", inst.id, inst.instance_type);
+                if let Some(r) = self.state.node_mut(intent) {
+                    r.instance_id = Some(inst.id);
+                    r.started_at = inst.launched_at.or(Some(now));
+                    r.phase = Phase::Running;
+                }
+            }
+            Err(e) if e.is_transient() => warn!("node {intent}: launch: {e}; the intent stays and is retried"),
+            Err(e) => {
+                error!("node {intent}: launch: {e}");
+                if let Some(r) = self.state.node_mut(intent) {
+                    r.phase = Phase::Terminated;
+                    r.stopped_at = Some(now);
+                }
+            }
+        }
+        self.save()
+    }
+
+    // ---- 5. drain and terminate ----
+
+    /// Asks a node to drain (it learns it at its next report).
+    pub fn drain(&mut self, intent: &str) -> Result<(), ControllerError> {
+        let now = self.clock.now();
+        let rec = self.state.node_mut(intent).ok_or_else(|| ControllerError::UnknownNode(intent.into()))?;
+        if rec.phase == Phase::Running {
+            rec.phase = Phase::Draining;
+            rec.drain_requested_at = Some(now);
+        }
+        self.save()
+    }
+
+    /// The close of the merge window during or after `t`: the latest a node may keep data.
+    fn hard_deadline(&self, t: Timestamp) -> Timestamp {
+        let merge = &self.settings.merge;
+        merge
+            .occurrence(t)
+            .or_else(|| merge.next_open(t).and_then(|o| merge.occurrence(o)))
+            .map_or(after(t, Duration::from_secs(86400)), |o| o.closes)
+    }
+
+    fn progress_drains(&mut self, now: Timestamp) -> Result<(), ControllerError> {
+        for intent in self.nodes_in(Phase::Draining) {
+            let Some(rec) = self.state.node(&intent) else { continue };
+            let asked = rec.drain_requested_at.unwrap_or(now);
+            if is_drained(rec) {
+                info!("node {intent}: drained (0 unpushed bytes); terminating");
+                self.terminate(&intent, None)?;
+            } else if now >= self.hard_deadline(asked) {
+                error!("node {intent}: still holds unpushed data at the hard deadline; terminating anyway");
+                self.terminate(&intent, Some("hard deadline reached with unpushed data"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the node `Terminating` (saved), then asks the provider. `loss`: why it goes with
+    /// data it may not have pushed (recorded from its last report).
+    fn terminate(&mut self, intent: &str, loss: Option<&str>) -> Result<(), ControllerError> {
+        let Some(rec) = self.state.node_mut(intent) else { return Ok(()) };
+        if let Some(reason) = loss {
+            record_loss(rec, reason);
+        }
+        rec.phase = Phase::Terminating;
+        let id = rec.instance_id.clone();
+        self.save()?;
+        if let Some(id) = id {
+            if let Err(e) = self.provider.terminate(&id) {
+                warn!("node {intent}: terminate instance {id}: {e}; asked again next step");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- 6. the nightly merge ----
+
+    fn merge_night(&mut self, now: Timestamp) -> Result<(), ControllerError> {
+        let Some(night) = self.settings.merge.occurrence(now) else {
+            return Ok(());
+        };
+        if !self.state.nights.iter().any(|n| n.opened == night.opens) {
+            info!("merge window open (until {})", night.closes);
+            self.state.nights.push(Night { opened: night.opens, merged: vec![], failed: vec![], deadline_missed: false, alerted: false });
+        }
+        let mergeable: Vec<(String, String)> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| !n.merged && (n.phase == Phase::Terminated || n.phase == Phase::Terminating || is_drained(n)))
+            .map(|n| (n.intent.clone(), n.branch.clone()))
+            .collect();
+        for (intent, branch) in mergeable {
+            let pushed = self.state.node(&intent).and_then(|n| n.last_report.as_ref()).is_some_and(|r| r.head.is_some());
+            let result = if pushed { self.home.merge(&branch).map(Some) } else { Ok(None) };
+            match result {
+                Ok(outcome) => {
+                    info!("merged {branch}: {outcome:?}");
+                    if let Some(r) = self.state.node_mut(&intent) {
+                        r.merged = true;
+                    }
+                    if let Some(n) = self.state.nights.iter_mut().find(|n| n.opened == night.opens) {
+                        n.merged.push(branch.clone());
+                        n.failed.retain(|b| b != &branch);
+                    }
+                }
+                Err(e) => {
+                    warn!("merge {branch}: {e}; retried until {}", night.closes);
+                    if let Some(n) = self.state.nights.iter_mut().find(|n| n.opened == night.opens) {
+                        if !n.failed.contains(&branch) {
+                            n.failed.push(branch.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.check_deadline(now, night.opens, night.closes)
+    }
+
+    fn check_deadline(&mut self, now: Timestamp, opened: Timestamp, closes: Timestamp) -> Result<(), ControllerError> {
+        let pending = self.state.nodes.iter().filter(|n| !n.merged).count();
+        let alert = self.settings.alert_command.clone();
+        let Some(n) = self.state.nights.iter_mut().find(|n| n.opened == opened) else { return Ok(()) };
+        // The last step of the window (closes - 1 lease) counts as the deadline: after it the
+        // window is gone and this night's record would never be looked at again.
+        let at_deadline = now >= closes.checked_sub(SignedDuration::from_secs(60)).unwrap_or(closes);
+        if pending > 0 && at_deadline && !n.alerted {
+            n.deadline_missed = true;
+            n.alerted = true;
+            error!("merge window closing at {closes}: {pending} branch(es) not merged ({:?})", n.failed);
+            if let Some(cmd) = alert {
+                run_alert(&cmd, pending);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the node's side of the API ----
+
+    /// A node reports; the answer tells it whether to drain or stop.
+    pub fn report(&mut self, intent: &str, token: &str, mut report: NodeReport) -> Result<Directive, ControllerError> {
+        let now = self.clock.now();
+        let lease_secs = self.settings.lease.as_secs();
+        let rec = self.state.node_mut(intent).ok_or_else(|| ControllerError::UnknownNode(intent.into()))?;
+        if !crate::api::token_eq(&rec.token, token) {
+            return Err(ControllerError::BadToken(intent.into()));
+        }
+        report.at = now;
+        report.unpushed_paths.truncate(200);
+        rec.last_report = Some(report);
+        let directive = Directive {
+            drain: matches!(rec.phase, Phase::Draining | Phase::Terminating | Phase::Terminated),
+            stop: matches!(rec.phase, Phase::Terminating | Phase::Terminated),
+            lease_secs,
+        };
+        // Saved at the end of the next step: a report lost to a crash is sent again.
+        Ok(directive)
+    }
+
+    pub fn ledger(&self) -> Vec<LedgerRow> {
+        ledger(&self.state, self.clock.now())
+    }
+}
+
+/// A node is drained when its last report, made after the drain was asked, says it pushed
+/// and holds zero unpushed bytes.
+fn is_drained(rec: &NodeRecord) -> bool {
+    let asked = rec.drain_requested_at;
+    matches!(rec.phase, Phase::Draining | Phase::Terminating | Phase::Terminated)
+        && rec.last_report.as_ref().is_some_and(|r| r.drained && r.unpushed_bytes == 0 && asked.is_none_or(|a| r.at >= a))
+}
+
+fn record_loss(rec: &mut NodeRecord, reason: &str) {
+    let Some(r) = &rec.last_report else {
+        rec.loss = Some(Loss { bytes: 0, paths: vec![], since: None, reason: format!("{reason}; it never reported") });
+        return;
+    };
+    if r.unpushed_bytes > 0 || !r.drained {
+        rec.loss = Some(Loss {
+            bytes: r.unpushed_bytes,
+            paths: r.unpushed_paths.clone(),
+            since: r.last_push_at,
+            reason: format!("{reason}; as of its last report at {}", r.at),
+        });
+        error!("node {}: lost {} unpushed bytes ({reason})", rec.intent, r.unpushed_bytes);
+    }
+}
+
+fn run_alert(cmd: &str, pending: usize) {
+    let status = std::process::Command::new("sh").arg("-c").arg(cmd).env("HYBRID_AGENT_UNMERGED", pending.to_string()).status();
+    match status {
+        Ok(s) if s.success() => info!("alert command ran"),
+        Ok(s) => error!("alert command: exit {s}"),
+        Err(e) => error!("run alert command: {e}"),
+    }
+}

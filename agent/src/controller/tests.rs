@@ -1,0 +1,403 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::provider::memory::MemoryProvider;
+use crate::provider::{Instance, Interruption, Offer, ProviderError};
+use crate::state::NodeReport;
+use crate::volume::fake::{FakeHome, FakeNode};
+use crate::volume::NodeVolume;
+
+fn window(start: &str, end: &str) -> DailyWindow {
+    DailyWindow::new(start.parse().unwrap(), end.parse().unwrap(), jiff::tz::TimeZone::UTC)
+}
+
+fn settings() -> Settings {
+    Settings {
+        owner: "test-ctl".into(),
+        volume: "main".into(),
+        store: "file:///store".into(),
+        instance_type: None,
+        rule: ScaleRule {
+            up_threshold: 90.0,
+            up_for: Duration::from_secs(600),
+            down_threshold: 50.0,
+            down_for: Duration::from_secs(1200),
+            max_nodes: 2,
+        },
+        burst: window("08:00", "17:00"),
+        merge: window("17:30", "07:30"),
+        lease: Duration::from_secs(300),
+        controller_addr: "unix:/nonexistent".into(),
+        node_env: BTreeMap::new(),
+        alert_command: None,
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    provider: MemoryProvider,
+    home: FakeHome,
+    /// The simulated node agents, by instance id.
+    nodes: BTreeMap<String, FakeNode>,
+}
+
+impl World {
+    fn new(start: &str) -> World {
+        let clock = ManualClock::new(start.parse().unwrap());
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            provider: MemoryProvider::new(Arc::new(clock.clone())),
+            clock,
+            home: FakeHome::default(),
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    fn controller_with(&self, s: Settings, provider: Arc<dyn Provider>) -> Controller {
+        let store = StateStore::open(self.dir.path()).unwrap();
+        Controller::open(s, store, provider, Arc::new(self.home.clone()), Arc::new(self.clock.clone())).unwrap()
+    }
+
+    fn controller(&self) -> Controller {
+        self.controller_with(settings(), Arc::new(self.provider.clone()))
+    }
+
+    /// Every running instance acts as a node agent: writes `write` bytes, reports, and obeys.
+    fn nodes_act(&mut self, c: &mut Controller, write: u64) {
+        for inst in self.provider.running() {
+            let boot = self.provider.bootstrap_of(&inst.id).unwrap();
+            let vol = self.nodes.entry(inst.id.clone()).or_default().clone();
+            let draining = c.state().node(&boot.node).is_some_and(|n| n.phase != Phase::Running);
+            if !draining {
+                vol.write(&format!("/ckpt/{}-{}", boot.node, self.clock.now().as_second()), write);
+            }
+            let d = c.report(&boot.node, &boot.token, self.report(&vol, false)).unwrap();
+            if d.drain {
+                vol.push().unwrap();
+                c.report(&boot.node, &boot.token, self.report(&vol, true)).unwrap();
+            }
+        }
+    }
+
+    fn report(&self, vol: &FakeNode, drained: bool) -> NodeReport {
+        let n = vol.get();
+        NodeReport {
+            at: self.clock.now(),
+            healthy: true,
+            unpushed_bytes: n.unpushed,
+            last_push_at: (n.pushes > 0).then(|| self.clock.now()),
+            head: (n.pushes > 0).then_some(n.pushes),
+            unpushed_paths: n.files.keys().cloned().collect(),
+            drained,
+        }
+    }
+
+    fn minute(&mut self, c: &mut Controller, load: f64, write: u64) {
+        c.step(Some(load)).unwrap();
+        self.nodes_act(c, write);
+        self.clock.advance(Duration::from_secs(60));
+    }
+
+    fn at(&self) -> String {
+        self.clock.now().to_string()
+    }
+}
+
+fn hhmm(t: Timestamp) -> String {
+    t.strftime("%H:%M").to_string()
+}
+
+#[test]
+fn a_whole_day_rents_two_nodes_at_nine_drains_them_and_merges_both_at_night() {
+    let mut w = World::new("2026-03-02T06:00:00Z");
+    let mut c = w.controller();
+    let mut rented_at = Vec::new();
+    // 06:00 .. 08:00 next day, one step a minute: 26 hours in well under a second.
+    for _ in 0..(26 * 60) {
+        let now = w.clock.now();
+        let hour = now.to_zoned(jiff::tz::TimeZone::UTC).hour();
+        let load = if (9..14).contains(&hour) || (19..23).contains(&hour) { 97.0 } else { 20.0 };
+        let before = w.provider.launches();
+        w.minute(&mut c, load, 1 << 20);
+        if w.provider.launches() > before {
+            rented_at.push(hhmm(now));
+        }
+    }
+    assert_eq!(rented_at, ["09:10", "09:20"], "two nodes, 10 minutes of high load apart; none at night");
+    let s = c.state();
+    assert_eq!(s.nodes.len(), 2);
+    for n in &s.nodes {
+        assert_eq!(n.phase, Phase::Terminated, "{}", n.intent);
+        assert!(n.merged && n.loss.is_none(), "{n:?}");
+        let stopped = hhmm(n.stopped_at.unwrap());
+        assert!(stopped.as_str() >= "14:19" && stopped.as_str() <= "15:00", "released after the load fell: {stopped}");
+    }
+    assert_eq!(w.home.get().merged, ["burst/n0001", "burst/n0002"]);
+    assert!(w.provider.running().is_empty());
+    // The night before (open until 07:30) had nothing to merge; this night merged both.
+    let opened: Vec<String> = s.nights.iter().map(|n| n.opened.to_string()).collect();
+    assert_eq!(opened, ["2026-03-01T17:30:00Z", "2026-03-02T17:30:00Z"]);
+    assert!(s.nights.iter().all(|n| !n.deadline_missed));
+    assert_eq!(s.nights[1].merged, ["burst/n0001", "burst/n0002"]);
+    let ledger = c.ledger();
+    assert_eq!(ledger.len(), 2);
+    for row in &ledger {
+        assert!(row.hours > 4.5 && row.hours < 6.0, "{row:?}");
+        assert!((row.cost - row.hours * 2.5).abs() < 1e-9 && !row.estimate);
+    }
+}
+
+#[test]
+fn the_load_signal_rents_nothing_before_the_window_opens_and_drains_at_its_close() {
+    let mut w = World::new("2026-03-02T07:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..60 {
+        w.minute(&mut c, 99.0, 0);
+    }
+    assert_eq!(w.provider.launches(), 0, "07:00-08:00 is outside the window: {}", w.at());
+    for _ in 0..(9 * 60) {
+        w.minute(&mut c, 99.0, 1000);
+    }
+    assert_eq!(w.provider.launches(), 2, "high load all day: max_nodes and no more");
+    // 17:00: the window closes, both nodes drain and go although the load stays high.
+    for _ in 0..10 {
+        w.minute(&mut c, 99.0, 1000);
+    }
+    assert!(w.provider.running().is_empty());
+    assert!(c.state().nodes.iter().all(|n| n.phase == Phase::Terminated && n.loss.is_none()));
+}
+
+/// A provider that checks, at each launch, that the intent is already on disk.
+struct IntentChecker {
+    inner: MemoryProvider,
+    state_file: std::path::PathBuf,
+}
+
+impl Provider for IntentChecker {
+    fn name(&self) -> &str {
+        "checker"
+    }
+    fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
+        self.inner.offers()
+    }
+    fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
+        let saved = StateStore::open(self.state_file.parent().unwrap()).unwrap().load().unwrap();
+        let intent = req.tags.get(provider::TAG_INTENT).unwrap();
+        let rec = saved.node(intent).expect("the intent is saved before launch");
+        assert_eq!(rec.idempotency_key, req.idempotency_key);
+        self.inner.launch(req)
+    }
+    fn describe(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
+        self.inner.describe(tags)
+    }
+    fn terminate(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.terminate(id)
+    }
+    fn interruptions(&self) -> Result<Vec<Interruption>, ProviderError> {
+        self.inner.interruptions()
+    }
+}
+
+#[test]
+fn crash_safety_the_intent_is_written_before_the_provider_is_called() {
+    let w = World::new("2026-03-02T10:00:00Z");
+    let checker = IntentChecker { inner: w.provider.clone(), state_file: StateStore::open(w.dir.path()).unwrap().path() };
+    let mut c = w.controller_with(settings(), Arc::new(checker));
+    let now = w.clock.now();
+    assert_eq!(c.rent(now).unwrap().as_deref(), Some("n0001"));
+    assert_eq!(w.provider.launches(), 1);
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Running);
+}
+
+#[test]
+fn crash_safety_a_lost_launch_answer_is_adopted_from_the_tags_and_never_launches_twice() {
+    let mut w = World::new("2026-03-02T10:00:00Z");
+    let mut c = w.controller();
+    w.provider.lose_next_launch_response();
+    let now = w.clock.now();
+    c.rent(now).unwrap();
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Intended, "no answer: still an intent");
+    // A crash now: a new controller over the same state finds the instance by its tags.
+    drop(c);
+    let mut c = w.controller();
+    w.minute(&mut c, 70.0, 0);
+    let rec = c.state().node("n0001").unwrap();
+    assert_eq!((rec.phase, rec.instance_id.as_deref()), (Phase::Running, Some("mem-1")));
+    assert_eq!(w.provider.launches(), 1, "one intent, one instance");
+}
+
+#[test]
+fn crash_safety_an_intent_whose_launch_never_happened_is_launched_with_the_same_key() {
+    let mut w = World::new("2026-03-02T10:00:00Z");
+    let store = StateStore::open(w.dir.path()).unwrap();
+    // The state a crash right after saving the intent leaves behind.
+    {
+        let mut c = w.controller();
+        let now = w.clock.now();
+        c.state.next_intent = 2;
+        c.state.nodes.push(NodeRecord::intended("test-ctl", "n0001", "x".repeat(64), now));
+        c.save().unwrap();
+    }
+    assert_eq!(store.load().unwrap().nodes.len(), 1);
+    let mut c = w.controller();
+    w.minute(&mut c, 70.0, 0);
+    w.minute(&mut c, 70.0, 0);
+    assert_eq!(w.provider.launches(), 1);
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Running);
+}
+
+#[test]
+fn a_restarted_controller_adopts_its_nodes_and_drains_them_later() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..30 {
+        w.minute(&mut c, 99.0, 4096);
+    }
+    assert_eq!(w.provider.launches(), 2);
+    drop(c);
+    let mut c = w.controller();
+    assert_eq!(c.state().live().count(), 2, "the state remembers both nodes");
+    for _ in 0..60 {
+        w.minute(&mut c, 10.0, 4096);
+    }
+    assert_eq!(w.provider.launches(), 2, "no relaunch after the restart");
+    assert!(w.provider.running().is_empty(), "both released after the load fell");
+    assert!(c.state().nodes.iter().all(|n| n.loss.is_none()));
+}
+
+#[test]
+fn no_lost_writes_a_node_with_unpushed_data_is_kept_until_the_hard_deadline_then_its_loss_is_reported() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 99.0, 0);
+    }
+    let inst = w.provider.running()[0].clone();
+    let boot = w.provider.bootstrap_of(&inst.id).unwrap();
+    // This node's push never succeeds: it reports 5 MiB unpushed, never drained.
+    let stuck = |c: &mut Controller, at: Timestamp| {
+        let r = NodeReport {
+            at,
+            healthy: false,
+            unpushed_bytes: 5 << 20,
+            last_push_at: None,
+            head: None,
+            unpushed_paths: vec!["/ckpt/step-100.pt".into()],
+            drained: false,
+        };
+        c.report(&boot.node, &boot.token, r).unwrap()
+    };
+    c.drain("n0001").unwrap();
+    // Reported every minute until 07:29 the next morning: never terminated.
+    while w.clock.now() < "2026-03-03T07:29:00Z".parse::<Timestamp>().unwrap() {
+        c.step(Some(10.0)).unwrap();
+        assert!(stuck(&mut c, w.clock.now()).drain);
+        w.clock.advance(Duration::from_secs(60));
+    }
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Draining, "kept while it holds data");
+    for _ in 0..3 {
+        c.step(Some(10.0)).unwrap();
+        stuck(&mut c, w.clock.now());
+        w.clock.advance(Duration::from_secs(60));
+    }
+    let rec = c.state().node("n0001").unwrap();
+    assert_eq!(rec.phase, Phase::Terminated, "terminated at the hard deadline (07:30)");
+    let loss = rec.loss.as_ref().unwrap();
+    assert_eq!((loss.bytes, loss.paths.as_slice()), (5 << 20, &["/ckpt/step-100.pt".to_string()][..]));
+    assert!(c.state().nights[0].deadline_missed, "its branch was not merged");
+}
+
+#[test]
+fn a_killed_node_is_noticed_and_what_it_had_not_pushed_is_reported() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..12 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    let inst = w.provider.running()[0].clone();
+    w.provider.terminate(&inst.id).unwrap(); // kill -9 from outside
+    w.minute(&mut c, 95.0, 1000);
+    let rec = c.state().nodes.iter().find(|n| n.instance_id.as_deref() == Some(&inst.id)).unwrap();
+    assert_eq!(rec.phase, Phase::Terminated);
+    let loss = rec.loss.as_ref().expect("its unpushed bytes are reported");
+    assert_eq!(loss.bytes, 2000, "two minutes of writes since it was rented, never pushed");
+}
+
+#[test]
+fn a_silent_node_is_terminated_after_two_leases_with_its_last_known_loss() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    assert_eq!(w.provider.running().len(), 1);
+    // The node stops reporting (partition): steps without node activity.
+    for _ in 0..11 {
+        c.step(Some(80.0)).unwrap();
+        w.clock.advance(Duration::from_secs(60));
+    }
+    let rec = c.state().node("n0001").unwrap();
+    assert_eq!(rec.phase, Phase::Terminated);
+    assert!(rec.loss.as_ref().unwrap().reason.contains("node lost"));
+}
+
+#[test]
+fn an_interruption_notice_drains_the_node() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    w.provider.interrupt("mem-1");
+    for _ in 0..3 {
+        w.minute(&mut c, 80.0, 1000);
+    }
+    let rec = c.state().node("n0001").unwrap();
+    assert_eq!(rec.phase, Phase::Terminated);
+    assert!(rec.loss.is_none(), "it pushed before it went");
+}
+
+#[test]
+fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_alerts() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let flag = w.dir.path().join("alerted");
+    let mut s = settings();
+    s.alert_command = Some(format!("echo $HYBRID_AGENT_UNMERGED > {}", flag.display()));
+    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    w.home.get().store_down = true;
+    while w.clock.now() < "2026-03-03T07:31:00Z".parse::<Timestamp>().unwrap() {
+        w.minute(&mut c, 10.0, 0);
+    }
+    let night = &c.state().nights[0];
+    assert!(night.deadline_missed && night.alerted && night.failed == ["burst/n0001"], "{night:?}");
+    assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "1");
+    assert!(w.home.get().merged.is_empty());
+    // The next night the store is back: the branch merges then.
+    w.home.get().store_down = false;
+    while w.clock.now() < "2026-03-03T17:31:00Z".parse::<Timestamp>().unwrap() {
+        w.minute(&mut c, 10.0, 0);
+    }
+    assert_eq!(w.home.get().merged, ["burst/n0001"]);
+}
+
+#[test]
+fn a_report_with_a_wrong_token_or_for_an_unknown_node_is_refused() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 0);
+    }
+    let r = NodeReport { at: w.clock.now(), healthy: true, unpushed_bytes: 0, last_push_at: None, head: None, unpushed_paths: vec![], drained: true };
+    assert!(matches!(c.report("n0001", "guess", r.clone()), Err(ControllerError::BadToken(_))));
+    assert!(matches!(c.report("n0009", "guess", r), Err(ControllerError::UnknownNode(_))));
+    assert!(c.state().node("n0001").unwrap().last_report.as_ref().is_some_and(|r| !r.drained));
+}

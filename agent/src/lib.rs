@@ -1,0 +1,24 @@
+//! `hybrid-agent`: the home controller that rents burst nodes when on-prem saturates and
+//! merges their work home every night, and the burst node role that mounts the volume there.
+//!
+//! A tour of the modules, from pure decisions to I/O:
+//!
+//! * [`config`] — the one TOML file; errors name the file, line and key.
+//! * [`clock`] — injectable time ([`clock::ManualClock`] runs a day in seconds).
+//! * [`window`] — daily windows in a time zone (burst 08:00-17:00, merge 17:30-07:30).
+//! * [`scaler`] — when to rent and release: thresholds held for a period, with hysteresis.
+//! * [`state`] — the controller's persisted state (intents saved before provider calls).
+//! * [`provider`] — the provider trait and its implementations (`memory` for tests, `local`).
+//! * [`volume`] — volume operations behind `HomeVolume`/`NodeVolume` (today via `hybridctl`).
+//! * [`controller`] — the reconcile step: sync, scale, drain, terminate, merge, ledger.
+//! * [`api`] — the controller's token-authenticated HTTP API (TCP and a unix socket).
+
+pub mod clock;
+pub mod config;
+pub mod scaler;
+pub mod window;
+pub mod state;
+pub mod provider;
+pub mod volume;
+pub mod controller;
+pub mod api;

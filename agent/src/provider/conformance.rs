@@ -1,0 +1,56 @@
+//! The provider contract, checked the same way for every implementation.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// A launch request for tests, tagged with a unique owner so runs never see each other.
+pub fn request(owner: &str, intent: &str) -> LaunchRequest {
+    let tags: BTreeMap<String, String> = [
+        (TAG_OWNER, owner),
+        (TAG_INTENT, intent),
+        (TAG_VOLUME, "main"),
+        (TAG_EXPIRES, "2099-01-01T00:00:00Z"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    LaunchRequest {
+        idempotency_key: format!("{owner}-{intent}"),
+        instance_type: String::new(),
+        tags,
+        bootstrap: Bootstrap {
+            node: intent.into(),
+            store: "file:///nonexistent".into(),
+            volume: "main".into(),
+            branch: format!("burst/{intent}"),
+            source_branch: "main".into(),
+            controller: "unix:/nonexistent".into(),
+            token: "t".into(),
+            lease_secs: 3600,
+            env: BTreeMap::new(),
+        },
+    }
+}
+
+/// Launch twice with one key (one instance), describe by tag, terminate twice (idempotent),
+/// and a describe that confirms it.
+pub fn check(p: &dyn Provider) {
+    let offers = p.offers().expect("offers");
+    assert!(!offers.is_empty(), "a provider offers something");
+    let owner = format!("conformance-{}", std::process::id());
+    let mut req = request(&owner, "n1");
+    req.instance_type = offers[0].instance_type.clone();
+    let a = p.launch(&req).expect("launch");
+    let b = p.launch(&req).expect("launch again with the same key");
+    assert_eq!(a.id, b.id, "one key, one instance");
+    let owner_tag: BTreeMap<String, String> = [(TAG_OWNER.to_string(), owner.clone())].into();
+    let listed = p.describe(&owner_tag).expect("describe");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].tags.get(TAG_INTENT).map(String::as_str), Some("n1"));
+    assert!(listed[0].launched_at.is_some());
+    p.terminate(&a.id).expect("terminate");
+    p.terminate(&a.id).expect("terminate is idempotent");
+    let after = p.describe(&owner_tag).expect("describe after terminate");
+    assert!(after.iter().all(|i| i.state == InstanceState::Terminated), "{after:?}");
+}

@@ -1,0 +1,133 @@
+//! An in-memory provider for unit tests: instances are records, nothing runs.
+//!
+//! Faults for tests: [`MemoryProvider::lose_next_launch_response`] makes the next launch start
+//! its instance and then fail as if the answer was lost on the way; [`MemoryProvider::interrupt`]
+//! posts a spot interruption notice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::clock::Clock;
+
+#[derive(Default)]
+struct Inner {
+    instances: Vec<Instance>,
+    by_key: BTreeMap<String, String>,
+    bootstraps: BTreeMap<String, Bootstrap>,
+    launches: u32,
+    lose_next_response: bool,
+    interruptions: Vec<Interruption>,
+}
+
+#[derive(Clone)]
+pub struct MemoryProvider {
+    inner: Arc<Mutex<Inner>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryProvider {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        MemoryProvider { inner: Arc::default(), clock }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Instances started so far (each launch that started something counts once).
+    pub fn launches(&self) -> u32 {
+        self.lock().launches
+    }
+
+    pub fn lose_next_launch_response(&self) {
+        self.lock().lose_next_response = true;
+    }
+
+    pub fn interrupt(&self, instance_id: &str) {
+        let at = self.clock.now();
+        self.lock().interruptions.push(Interruption { instance_id: instance_id.into(), at });
+    }
+
+    pub fn bootstrap_of(&self, instance_id: &str) -> Option<Bootstrap> {
+        self.lock().bootstraps.get(instance_id).cloned()
+    }
+
+    pub fn running(&self) -> Vec<Instance> {
+        self.lock().instances.iter().filter(|i| i.state != InstanceState::Terminated).cloned().collect()
+    }
+}
+
+impl Provider for MemoryProvider {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
+        Ok(vec![Offer { instance_type: "mem-gpu".into(), gpus: 1, price_per_hour: Some(2.5), spot: false }])
+    }
+
+    fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
+        let now: Timestamp = self.clock.now();
+        let mut inner = self.lock();
+        if let Some(id) = inner.by_key.get(&req.idempotency_key).cloned() {
+            return inner.instances.iter().find(|i| i.id == id).cloned().ok_or_else(|| {
+                ProviderError::Permanent(format!("instance {id} of key {} vanished", req.idempotency_key))
+            });
+        }
+        inner.launches += 1;
+        let id = format!("mem-{}", inner.launches);
+        let instance = Instance {
+            id: id.clone(),
+            instance_type: req.instance_type.clone(),
+            state: InstanceState::Running,
+            tags: req.tags.clone(),
+            launched_at: Some(now),
+            terminated_at: None,
+        };
+        inner.instances.push(instance.clone());
+        inner.by_key.insert(req.idempotency_key.clone(), id.clone());
+        inner.bootstraps.insert(id, req.bootstrap.clone());
+        if std::mem::take(&mut inner.lose_next_response) {
+            return Err(ProviderError::Transient("launch: connection reset before the answer".into()));
+        }
+        Ok(instance)
+    }
+
+    fn describe(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
+        Ok(self.lock().instances.iter().filter(|i| has_tags(&i.tags, tags)).cloned().collect())
+    }
+
+    fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        match inner.instances.iter_mut().find(|i| i.id == instance_id) {
+            Some(i) if i.state != InstanceState::Terminated => {
+                i.state = InstanceState::Terminated;
+                i.terminated_at = Some(now);
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(ProviderError::Permanent(format!("terminate {instance_id}: no such instance"))),
+        }
+    }
+
+    fn interruptions(&self) -> Result<Vec<Interruption>, ProviderError> {
+        Ok(self.lock().interruptions.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn the_memory_provider_keeps_the_provider_contract() {
+        let clock = Arc::new(ManualClock::new("2026-03-02T06:00:00Z".parse().unwrap()));
+        let p = MemoryProvider::new(clock);
+        super::super::conformance::check(&p);
+    }
+}
