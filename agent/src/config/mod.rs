@@ -158,6 +158,7 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// The instance type to rent (default: the provider's first offer).
     pub instance_type: Option<String>,
+    pub local: Option<crate::provider::local::LocalConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

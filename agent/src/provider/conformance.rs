@@ -51,6 +51,13 @@ pub fn check(p: &dyn Provider) {
     assert!(listed[0].launched_at.is_some());
     p.terminate(&a.id).expect("terminate");
     p.terminate(&a.id).expect("terminate is idempotent");
-    let after = p.describe(&owner_tag).expect("describe after terminate");
-    assert!(after.iter().all(|i| i.state == InstanceState::Terminated), "{after:?}");
+    // Terminate only asks; a later describe confirms (bounded wait for real providers).
+    for _ in 0..200 {
+        let after = p.describe(&owner_tag).expect("describe after terminate");
+        if after.iter().all(|i| i.state == InstanceState::Terminated) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("terminated instance still described as live after 10 s: {:?}", p.describe(&owner_tag));
 }

@@ -14,6 +14,7 @@
 //!   `describe` says `Terminated` (or no longer lists it).
 //! * **Interruption notices** (spot reclaim) are reported by `interruptions`.
 
+pub mod local;
 pub mod memory;
 
 use std::collections::BTreeMap;
