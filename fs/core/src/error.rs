@@ -40,8 +40,16 @@ pub enum FsError {
     ReadOnly,
     #[error("block {id} is corrupt: {why}")]
     CorruptBlock { id: BlockId, why: String },
+    /// The metadata engine failed or refused (fatal for the operation).
     #[error("metadata store: {0}")]
     Meta(String),
+    /// A metadata transaction lost a race with another one (a serialization failure on a
+    /// shared engine); transient: [`crate::kv::Kv::transact`] retries it.
+    #[error("metadata store: transaction conflict: {0}")]
+    MetaConflict(String),
+    /// The metadata engine cannot be reached now (a database restarting); transient.
+    #[error("metadata store unavailable: {0}")]
+    MetaUnavailable(String),
     /// A request that names something wrong (an unknown or taken snapshot name, bad characters).
     #[error("{0}")]
     BadInput(String),
@@ -71,7 +79,7 @@ impl FsError {
             FsError::TooBig => libc::EFBIG,
             FsError::ReadOnly => libc::EROFS,
             FsError::CorruptBlock { .. } => libc::EIO,
-            FsError::Meta(_) => libc::EIO,
+            FsError::Meta(_) | FsError::MetaConflict(_) | FsError::MetaUnavailable(_) => libc::EIO,
             FsError::BadInput(_) => libc::EINVAL,
             FsError::Refused(_) => libc::EBUSY,
             FsError::Io { source, .. } => match source.raw_os_error() {
@@ -89,6 +97,18 @@ impl FsError {
 
     /// True for errors that are the caller's doing and need no log line.
     pub fn is_expected(&self) -> bool {
-        !matches!(self, FsError::CorruptBlock { .. } | FsError::Meta(_) | FsError::Io { .. })
+        !matches!(
+            self,
+            FsError::CorruptBlock { .. }
+                | FsError::Meta(_)
+                | FsError::MetaConflict(_)
+                | FsError::MetaUnavailable(_)
+                | FsError::Io { .. }
+        )
+    }
+
+    /// True for metadata-engine errors that may go away when the operation is tried again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FsError::MetaConflict(_) | FsError::MetaUnavailable(_))
     }
 }

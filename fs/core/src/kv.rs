@@ -1,12 +1,32 @@
-//! The storage-engine seam: an ordered key-value store with column families and atomic
-//! batches. [`crate::meta::MetaStore`] builds the versioned metadata (snapshots, the change
-//! journal, reference counts) on top of it once, for every engine; an engine only stores bytes.
+//! The storage-engine seam: an ordered key-value store with column families, read by point
+//! lookups and range scans, written only by transactions. [`crate::meta::MetaStore`] builds the
+//! versioned metadata (snapshots, the change journal, reference counts) on top of it once, for
+//! every engine; an engine only stores bytes.
+//!
+//! # Transactions
+//!
+//! Every write goes through [`Kv::transact`]: a closure gets a [`KvTxn`] whose reads see the
+//! committed state plus the transaction's own writes, and whose writes commit atomically (also
+//! across a crash) or not at all. An engine serialises transactions that touch the same keys:
+//! one process (RocksDB) by running them one at a time, a shared engine (several hosts on one
+//! database) by its isolation level, retrying the closure on a serialization failure
+//! ([`FsError::MetaConflict`]). So the closure may run more than once and must have no effect
+//! outside the transaction; what must happen only once, after the commit, goes in
+//! [`KvTxn::on_commit`]. Read-modify-write of shared rows (reference counts, usage, the epoch)
+//! is therefore correct whichever engine stores it and however many processes write it.
+//!
+//! # Errors
+//!
+//! Engine failures are [`FsError::Meta`] (fatal: the store is broken or refuses),
+//! [`FsError::MetaUnavailable`] (transient: the engine may answer again, e.g. a database
+//! restarting) or [`FsError::MetaConflict`] (transient: lost a race with another transaction;
+//! [`transact`](Kv::transact) retries it). [`FsError::is_transient`] tells them apart.
 //!
 //! Engines: [`MemKv`] here (unit tests), RocksDB in `hybridfs-meta` (the embedded default).
-//! Both pass the conformance test at the bottom of this file.
+//! Both pass [`conformance`] at the bottom of this file.
 
-use crate::error::Result;
-use parking_lot::RwLock;
+use crate::error::{FsError, Result};
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -66,11 +86,6 @@ impl Cf {
             Cf::Default => "default",
         }
     }
-
-    /// Whether a whole-family scan of this family is a hot path worth caching.
-    pub fn small(self) -> bool {
-        matches!(self, Cf::Snapshots | Cf::Gc | Cf::Default | Cf::Orphans)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,17 +97,199 @@ pub enum KvOp {
 /// Visitor of a scan: gets key and value, returns `false` to stop.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
-pub trait Kv: Send + Sync + 'static {
+/// What runs after a transaction committed (at most once, never after a failed attempt).
+pub type CommitHook = Box<dyn FnOnce() + Send>;
+
+/// Reads, the same for the store ([`Kv`]) and a transaction's view of it ([`KvTxn`]).
+pub trait KvRead {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Visit keys `>= start` and `< end` (no end: to the last key) in order.
+    /// Several keys of one family at once, in the order asked (engines batch the lookups).
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+    /// Visit keys `>= start` and `< end` (no end: to the last key) in order. The visitor must
+    /// not write: a transaction collects what it read, then writes.
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()>;
     /// The greatest key `< end` (no end: the last key of the family).
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>>;
-    /// Apply every op or none (atomic, also across a crash). Without `sync` the batch survives
-    /// a crash of the process but not of the machine.
-    fn write(&self, ops: Vec<KvOp>, sync: bool) -> Result<()>;
-    /// Make every batch written so far durable against power loss.
+}
+
+/// One transaction: reads see the committed state plus this transaction's own writes.
+pub trait KvTxn: KvRead {
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>);
+    fn del(&mut self, cf: Cf, key: Vec<u8>);
+    /// Run `hook` once the transaction has committed (not if it fails or is retried).
+    fn on_commit(&mut self, hook: CommitHook);
+}
+
+/// The body of a transaction; it may run more than once (see the module comment).
+pub type TxnBody<'a> = dyn FnMut(&mut dyn KvTxn) -> Result<()> + 'a;
+
+pub trait Kv: KvRead + Send + Sync + 'static {
+    /// Run `body` as one transaction: every write it made commits atomically (also across a
+    /// crash), or none when it returns an error. Retried on [`FsError::MetaConflict`], a
+    /// bounded number of times. With `sync`, the commit (and every one before it) is durable
+    /// against power loss before this returns; without, it survives a crash of the process
+    /// but not of the machine.
+    fn transact(&self, sync: bool, body: &mut TxnBody<'_>) -> Result<()>;
+    /// Make every transaction committed so far durable against power loss.
     fn sync(&self) -> Result<()>;
+}
+
+/// Write `ops` in one transaction (a convenience over [`Kv::transact`]).
+pub fn write_ops(kv: &dyn Kv, ops: Vec<KvOp>, sync: bool) -> Result<()> {
+    kv.transact(sync, &mut |tx| {
+        for op in &ops {
+            match op {
+                KvOp::Put(cf, k, v) => tx.put(*cf, k.clone(), v.clone()),
+                KvOp::Del(cf, k) => tx.del(*cf, k.clone()),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// How many times [`Kv::transact`] runs a body that keeps losing races before it gives up.
+pub const MAX_ATTEMPTS: u32 = 16;
+
+/// Run `attempt` (one whole transaction: begin, body, commit) until it commits, for engines
+/// whose transactions can lose races: a [`FsError::MetaConflict`] tries again after a short,
+/// growing pause, at most [`MAX_ATTEMPTS`] times; any other error ends it.
+pub fn retry_conflicts(mut attempt: impl FnMut() -> Result<()>) -> Result<()> {
+    let mut pause = std::time::Duration::from_micros(200);
+    for n in 1.. {
+        match attempt() {
+            Err(FsError::MetaConflict(why)) if n < MAX_ATTEMPTS => {
+                tracing::debug!("metadata transaction conflict ({why}); attempt {n} of {MAX_ATTEMPTS}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
+/// The transactions of an engine that one process owns (RocksDB, [`MemKv`]): run one at a
+/// time under `lock`, reading through an overlay of the transaction's own writes, committed as
+/// one atomic batch by `commit`. No other writer exists, so there are no conflicts to retry.
+pub fn serial_transact(
+    read: &dyn KvRead,
+    lock: &Mutex<()>,
+    body: &mut TxnBody<'_>,
+    commit: impl FnOnce(Vec<KvOp>) -> Result<()>,
+) -> Result<()> {
+    let _one_at_a_time = lock.lock();
+    let mut tx = OverlayTxn { read, writes: BTreeMap::new(), hooks: Vec::new() };
+    body(&mut tx)?;
+    let ops = tx.writes.into_iter().map(|((cf, k), v)| match v {
+        Some(v) => KvOp::Put(cf, k, v),
+        None => KvOp::Del(cf, k),
+    });
+    commit(ops.collect())?;
+    for hook in tx.hooks {
+        hook();
+    }
+    Ok(())
+}
+
+/// A transaction of [`serial_transact`]: the committed store under a map of pending writes.
+struct OverlayTxn<'a> {
+    read: &'a dyn KvRead,
+    /// Pending writes by (family, key); `None` deletes.
+    writes: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    hooks: Vec<CommitHook>,
+}
+
+impl OverlayTxn<'_> {
+    /// The pending writes of `cf` in `[start, end)`.
+    fn pending(&self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.writes
+            .range((cf, start.to_vec())..)
+            .take_while(|((c, k), _)| *c == cf && end.is_none_or(|e| k.as_slice() < e))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl KvRead for OverlayTxn<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.writes.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.read.get(cf, key),
+        }
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
+        let mut pending = self.pending(cf, start, end).into_iter().peekable();
+        if pending.peek().is_none() {
+            return self.read.scan(cf, start, end, f);
+        }
+        // Merge the store's rows with the pending ones, which win on equal keys.
+        let mut stopped = false;
+        self.read.scan(cf, start, end, &mut |k, v| {
+            while let Some((pk, _)) = pending.peek() {
+                if pk.as_slice() > k {
+                    break;
+                }
+                let (pk, pv) = pending.next().expect("peeked");
+                let same = pk.as_slice() == k;
+                if let Some(pv) = pv {
+                    if !f(&pk, &pv)? {
+                        stopped = true;
+                        return Ok(false);
+                    }
+                }
+                if same {
+                    return Ok(true);
+                }
+            }
+            if !f(k, v)? {
+                stopped = true;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if !stopped {
+            for (pk, pv) in pending {
+                if let Some(pv) = pv {
+                    if !f(&pk, &pv)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        // The greatest live key: the store's, unless deleted here, against the pending puts.
+        let mut bound = end.map(<[u8]>::to_vec);
+        loop {
+            let stored = self.read.last_before(cf, bound.as_deref())?;
+            let lo = stored.clone().unwrap_or_default();
+            let newest_put = self.pending(cf, &lo, end).into_iter().rev().find(|(_, v)| v.is_some()).map(|(k, _)| k);
+            match (&stored, newest_put) {
+                (_, Some(p)) if stored.as_ref().is_none_or(|s| p >= *s) => return Ok(Some(p)),
+                (Some(s), _) if matches!(self.writes.get(&(cf, s.clone())), Some(None)) => bound = Some(s.clone()),
+                _ => return Ok(stored),
+            }
+        }
+    }
+}
+
+impl KvTxn for OverlayTxn<'_> {
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert((cf, key), Some(value));
+    }
+
+    fn del(&mut self, cf: Cf, key: Vec<u8>) {
+        self.writes.insert((cf, key), None);
+    }
+
+    fn on_commit(&mut self, hook: CommitHook) {
+        self.hooks.push(hook);
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix` (None: no bound).
@@ -111,15 +308,16 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[derive(Default)]
 pub struct MemKv {
     cfs: RwLock<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    txn: Mutex<()>,
 }
 
-impl Kv for MemKv {
+impl KvRead for MemKv {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.cfs.read().get(&cf).and_then(|m| m.get(key).cloned()))
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
-        // Copy the range out first: the visitor may call back into the store.
+        // Copy the range out first: the visitor may read the store again.
         let rows: Vec<(Vec<u8>, Vec<u8>)> = {
             let cfs = self.cfs.read();
             let Some(m) = cfs.get(&cf) else { return Ok(()) };
@@ -140,22 +338,26 @@ impl Kv for MemKv {
         let hi = end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec()));
         Ok(m.range((Bound::Unbounded, hi)).next_back().map(|(k, _)| k.clone()))
     }
+}
 
-    fn write(&self, ops: Vec<KvOp>, _sync: bool) -> Result<()> {
-        let mut cfs = self.cfs.write();
-        for op in ops {
-            match op {
-                KvOp::Put(cf, k, v) => {
-                    cfs.entry(cf).or_default().insert(k, v);
-                }
-                KvOp::Del(cf, k) => {
-                    if let Some(m) = cfs.get_mut(&cf) {
-                        m.remove(&k);
+impl Kv for MemKv {
+    fn transact(&self, _sync: bool, body: &mut TxnBody<'_>) -> Result<()> {
+        serial_transact(self, &self.txn, body, |ops| {
+            let mut cfs = self.cfs.write();
+            for op in ops {
+                match op {
+                    KvOp::Put(cf, k, v) => {
+                        cfs.entry(cf).or_default().insert(k, v);
+                    }
+                    KvOp::Del(cf, k) => {
+                        if let Some(m) = cfs.get_mut(&cf) {
+                            m.remove(&k);
+                        }
                     }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn sync(&self) -> Result<()> {
@@ -166,18 +368,25 @@ impl Kv for MemKv {
 /// The behaviour every engine must show; engines call this from their own tests.
 pub fn conformance(kv: &dyn Kv) {
     let put = |k: &[u8], v: &[u8]| KvOp::Put(Cf::Extents, k.to_vec(), v.to_vec());
-    kv.write(vec![put(b"a1", b"x"), put(b"a2", b"y"), put(b"b1", b"z"), put(b"a\xff", b"w")], true).unwrap();
-    kv.write(vec![KvOp::Put(Cf::Inodes, b"a1".to_vec(), b"other".to_vec())], false).unwrap();
+    write_ops(kv, vec![put(b"a1", b"x"), put(b"a2", b"y"), put(b"b1", b"z"), put(b"a\xff", b"w")], true).unwrap();
+    write_ops(kv, vec![KvOp::Put(Cf::Inodes, b"a1".to_vec(), b"other".to_vec())], false).unwrap();
     assert_eq!(kv.get(Cf::Extents, b"a1").unwrap().as_deref(), Some(&b"x"[..]));
     assert_eq!(kv.get(Cf::Extents, b"a3").unwrap(), None);
-    let mut seen = Vec::new();
+    let keys: [&[u8]; 3] = [b"b1", b"zz", b"a1"];
+    let many = kv.multi_get(Cf::Extents, &keys).unwrap();
+    assert_eq!(many, vec![Some(b"z".to_vec()), None, Some(b"x".to_vec())], "multi_get answers in the order asked");
+    let scan = |r: &dyn KvRead, start: &[u8], end: Option<&[u8]>| {
+        let mut seen = Vec::new();
+        r.scan(Cf::Extents, start, end, &mut |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        seen
+    };
     let end = prefix_end(b"a").unwrap();
-    kv.scan(Cf::Extents, b"a", Some(&end), &mut |k, _| {
-        seen.push(k.to_vec());
-        Ok(true)
-    })
-    .unwrap();
-    assert_eq!(seen, vec![b"a1".to_vec(), b"a2".to_vec(), b"a\xff".to_vec()], "ordered, bounded, per family");
+    let names = |rows: Vec<(Vec<u8>, Vec<u8>)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(names(scan(kv, b"a", Some(&end))), vec![b"a1".to_vec(), b"a2".to_vec(), b"a\xff".to_vec()], "ordered, bounded, per family");
     let mut first = Vec::new();
     kv.scan(Cf::Extents, b"a2", None, &mut |k, _| {
         first.push(k.to_vec());
@@ -188,10 +397,74 @@ pub fn conformance(kv: &dyn Kv) {
     assert_eq!(kv.last_before(Cf::Extents, Some(b"b")).unwrap(), Some(b"a\xff".to_vec()));
     assert_eq!(kv.last_before(Cf::Extents, None).unwrap(), Some(b"b1".to_vec()));
     assert_eq!(kv.last_before(Cf::Refs, None).unwrap(), None);
-    kv.write(vec![KvOp::Del(Cf::Extents, b"a1".to_vec()), put(b"a2", b"y2")], false).unwrap();
+    write_ops(kv, vec![KvOp::Del(Cf::Extents, b"a1".to_vec()), put(b"a2", b"y2")], false).unwrap();
     assert_eq!(kv.get(Cf::Extents, b"a1").unwrap(), None);
     assert_eq!(kv.get(Cf::Extents, b"a2").unwrap().as_deref(), Some(&b"y2"[..]));
     assert_eq!(kv.get(Cf::Inodes, b"a1").unwrap().as_deref(), Some(&b"other"[..]));
+
+    // A transaction reads its own writes, in point lookups, scans and last_before.
+    kv.transact(false, &mut |tx| {
+        tx.put(Cf::Extents, b"a0".to_vec(), b"new".to_vec());
+        tx.del(Cf::Extents, b"a2".to_vec());
+        tx.put(Cf::Extents, b"a\xff".to_vec(), b"w2".to_vec());
+        tx.put(Cf::Extents, b"c1".to_vec(), b"c".to_vec());
+        assert_eq!(tx.get(Cf::Extents, b"a0")?.as_deref(), Some(&b"new"[..]));
+        assert_eq!(tx.get(Cf::Extents, b"a2")?, None);
+        let rows = scan(tx, b"a", Some(&end));
+        assert_eq!(rows, vec![(b"a0".to_vec(), b"new".to_vec()), (b"a\xff".to_vec(), b"w2".to_vec())]);
+        assert_eq!(tx.last_before(Cf::Extents, None)?, Some(b"c1".to_vec()));
+        assert_eq!(tx.last_before(Cf::Extents, Some(b"a\xff"))?, Some(b"a0".to_vec()), "a deleted key is skipped");
+        assert_eq!(tx.multi_get(Cf::Extents, &[b"a0", b"a2"])?, vec![Some(b"new".to_vec()), None]);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(names(scan(kv, b"", None)), vec![b"a0".to_vec(), b"a\xff".to_vec(), b"b1".to_vec(), b"c1".to_vec()]);
+
+    // A failing transaction writes nothing and runs no commit hook.
+    let hooked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let h = hooked.clone();
+    let failed = kv.transact(false, &mut |tx| {
+        tx.put(Cf::Extents, b"zz".to_vec(), b"never".to_vec());
+        let h = h.clone();
+        tx.on_commit(Box::new(move || {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        Err(FsError::Meta("the body failed".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(kv.get(Cf::Extents, b"zz").unwrap(), None, "all or nothing");
+    assert_eq!(hooked.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Commit hooks run once, after the commit.
+    let h = hooked.clone();
+    kv.transact(true, &mut |tx| {
+        tx.put(Cf::Refs, b"n".to_vec(), 0u64.to_le_bytes().to_vec());
+        let h = h.clone();
+        tx.on_commit(Box::new(move || {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(hooked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Read-modify-write from several threads loses no update (what reference counts need).
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    kv.transact(false, &mut |tx| {
+                        let n = tx.get(Cf::Refs, b"n")?.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                        tx.put(Cf::Refs, b"n".to_vec(), (n + 1).to_le_bytes().to_vec());
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let n = kv.get(Cf::Refs, b"n").unwrap().map(|v| u64::from_le_bytes(v.try_into().unwrap()));
+    assert_eq!(n, Some(200), "concurrent increments are serialised");
     kv.sync().unwrap();
 }
 
@@ -200,6 +473,31 @@ mod tests {
     #[test]
     fn mem_kv_conforms() {
         super::conformance(&super::MemKv::default());
+    }
+
+    #[test]
+    fn conflicts_are_retried_a_bounded_number_of_times_and_other_errors_are_not() {
+        use crate::error::FsError;
+        let mut n = 0;
+        super::retry_conflicts(|| {
+            n += 1;
+            if n < 3 { Err(FsError::MetaConflict("lost a race".into())) } else { Ok(()) }
+        })
+        .unwrap();
+        assert_eq!(n, 3, "retried until it committed");
+        let mut n = 0;
+        let e = super::retry_conflicts(|| {
+            n += 1;
+            Err(FsError::MetaConflict("always".into()))
+        });
+        assert!(matches!(e, Err(FsError::MetaConflict(_))));
+        assert_eq!(n, super::MAX_ATTEMPTS, "gives up after MAX_ATTEMPTS");
+        let mut n = 0;
+        let e = super::retry_conflicts(|| {
+            n += 1;
+            Err(FsError::Meta("broken".into()))
+        });
+        assert!(matches!(e, Err(FsError::Meta(_))) && n == 1, "a fatal error is not retried");
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod common;
 
 use common::ROOT;
 use hybridfs_core::blockstore::{BlockStore, MemBlockStore};
-use hybridfs_core::kv::{Cf, Kv, KvOp, MemKv};
+use hybridfs_core::kv::{write_ops, Cf, KvOp, KvRead, MemKv};
 use hybridfs_core::merge::collect::{self, View};
 use hybridfs_core::merge::{apply, MergeOptions, MergePlan};
 use hybridfs_core::meta::{MetaStore, Mutation, LIVE};
@@ -259,7 +259,7 @@ impl Side {
                     Ok(true)
                 })
                 .unwrap();
-            kv.write(ops, false).unwrap();
+            write_ops(&*kv, ops, false).unwrap();
         }
         let meta = Arc::new(MetaStore::new(kv.clone()).unwrap());
         let range = hybridfs_core::volume::clone_ino_range(branch);

@@ -2,18 +2,22 @@
 //!
 //! One RocksDB column family per [`Cf`]; the key layout of each, and how versions, the change
 //! journal and reference counts are kept, is documented once, in `hybridfs_core::meta`. This
-//! crate only stores bytes: every [`Kv::write`] is one RocksDB `WriteBatch` (atomic), written to
-//! the WAL without a sync; [`Kv::sync`] syncs the WAL (invariant 1).
+//! crate only stores bytes. Transactions ([`Kv::transact`]) run one at a time in this process (a
+//! RocksDB volume has one process: the volume lock) over an overlay of their own writes, and
+//! commit as one RocksDB `WriteBatch` (atomic), written to the WAL without a sync unless asked;
+//! [`Kv::sync`] syncs the WAL (invariant 1). Point lookups of several keys use RocksDB's
+//! batched `multi_get`.
 //!
 //! Memory stays bounded whatever the number of files: one LRU block cache, bounded memtables.
 
 use hybridfs_core::error::{FsError, Result};
-use hybridfs_core::kv::{Cf, Kv, KvOp, Visit};
+use hybridfs_core::kv::{serial_transact, Cf, Kv, KvOp, KvRead, TxnBody, Visit};
 use hybridfs_core::meta::MetaStore;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,6 +41,8 @@ impl Default for RocksOptions {
 
 pub struct RocksKv {
     db: DB,
+    /// Transactions run one at a time (see the module comment).
+    txn: Mutex<()>,
 }
 
 /// Open (or create) the metadata store at `path`.
@@ -72,15 +78,37 @@ impl RocksKv {
             DB::open_cf_descriptors(&db_opts, path, cfs)
         }
         .map_err(|e| FsError::Meta(format!("open metadata store {}: {e}", path.display())))?;
-        Ok(RocksKv { db })
+        Ok(RocksKv { db, txn: Mutex::new(()) })
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
         self.db.cf_handle(cf.name()).expect("column family created at open")
     }
+
+    fn commit(&self, ops: Vec<KvOp>, sync: bool) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        for op in ops {
+            match op {
+                KvOp::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
+                KvOp::Del(cf, k) => wb.delete_cf(self.cf(cf), k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(db_err("write metadata"))
+    }
 }
 
-impl Kv for RocksKv {
+/// Families small enough that a scan of the whole family is a hot path worth caching (the
+/// snapshot catalogue is read by every batch that retires a version).
+fn small(cf: Cf) -> bool {
+    matches!(cf, Cf::Snapshots | Cf::Gc | Cf::Default | Cf::Orphans)
+}
+
+impl KvRead for RocksKv {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_pinned_cf(self.cf(cf), key).map_err(db_err("read metadata"))?.map(|v| v.to_vec()))
     }
@@ -89,7 +117,7 @@ impl Kv for RocksKv {
     /// whole big family (fsck, status) do not, so they cannot evict what the mount needs.
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         let mut ro = ReadOptions::default();
-        ro.fill_cache(end.is_some() || cf.small());
+        ro.fill_cache(end.is_some() || small(cf));
         if let Some(end) = end {
             ro.set_iterate_upper_bound(end.to_vec());
         }
@@ -115,17 +143,21 @@ impl Kv for RocksKv {
         }
     }
 
-    fn write(&self, ops: Vec<KvOp>, sync: bool) -> Result<()> {
-        let mut wb = WriteBatch::default();
-        for op in ops {
-            match op {
-                KvOp::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
-                KvOp::Del(cf, k) => wb.delete_cf(self.cf(cf), k),
-            }
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let handle = self.cf(cf);
+        self.db.multi_get_cf(keys.iter().map(|k| (handle, *k))).into_iter().map(|r| r.map_err(db_err("read metadata"))).collect()
+    }
+}
+
+impl Kv for RocksKv {
+    fn transact(&self, sync: bool, body: &mut TxnBody<'_>) -> Result<()> {
+        serial_transact(self, &self.txn, body, |ops| self.commit(ops, false))?;
+        // The WAL sync happens after the next transaction may start, so concurrent fsyncs
+        // of several files share it (one sync covers every batch before it).
+        if sync {
+            self.sync()?;
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(sync);
-        self.db.write_opt(wb, &wo).map_err(db_err("write metadata"))
+        Ok(())
     }
 
     fn sync(&self) -> Result<()> {

@@ -2,25 +2,29 @@
 //! moving replaced versions to history, writing journal rows and adjusting block references
 //! and usage inside the same batch (invariants 1 to 3).
 
-use super::codec::{be, change_key, enc, file_usage, hist_key, hist_prefix, k1, k2, k_named, sealed_of, versioned};
+use super::codec::{be, change_key, enc, file_usage, hist_key, hist_prefix, k1, k2, k_named, le, sealed_of, versioned};
+use super::read::get_at;
+use super::refs::finish_refs;
 use super::{MetaStore, Mutation};
-use crate::error::Result;
-use crate::kv::{prefix_end, Cf, KvOp};
-use crate::types::{BlockId, Usage};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::error::{FsError, Result};
+use crate::kv::{prefix_end, Cf, KvRead, KvTxn};
+use crate::types::{BlockId, SnapshotInfo, Usage};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// A live version as the batch being built sees it.
+/// A live version: its epoch and payload.
 pub(super) type LiveRow = Option<(u64, Vec<u8>)>;
 
-/// One batch under construction: the engine ops plus what the batch itself already changed.
-pub(super) struct Batch {
+/// What one attempt at a batch accumulates besides its writes (which the transaction holds,
+/// so its reads see them).
+struct Batch {
+    /// The epoch the batch writes in, read from the store inside the transaction.
     epoch: u64,
-    ops: Vec<KvOp>,
-    live: HashMap<(Cf, Vec<u8>), LiveRow>,
-    hist: HashSet<(Cf, Vec<u8>)>,
     refs: BTreeMap<BlockId, i64>,
     usage: (i64, i64),
+    /// The snapshots' epochs, read once per attempt when a retired version needs them.
+    snap_epochs: Option<Vec<u64>>,
 }
 
 impl MetaStore {
@@ -30,102 +34,95 @@ impl MetaStore {
 
     /// [`MetaStore::apply`], returning the blocks whose last reference the batch dropped (they
     /// are on the free list now).
+    ///
+    /// One engine transaction: every read-modify-write here (versions, reference counts, usage,
+    /// the epoch) reads inside it, so it is correct whichever engine stores it and however
+    /// many processes share that engine; the engine may run the body again after a conflict.
     pub fn apply_freeing(&self, batch: Vec<Mutation>, sync: bool) -> Result<Vec<BlockId>> {
-        let freed;
-        {
-            let _w = self.write.lock();
-            let mut b = Batch {
-                epoch: self.epoch(),
-                ops: Vec::with_capacity(batch.len() * 2),
-                live: HashMap::new(),
-                hist: HashSet::new(),
-                refs: BTreeMap::new(),
-                usage: (0, 0),
-            };
-            let mut new_epoch = None;
-            let mut catalogue = false;
-            for m in batch {
-                match m {
-                    Mutation::PutInode(i) => self.vput(&mut b, Cf::Inodes, k1(i.ino), enc(&i))?,
-                    Mutation::DelInode(ino) => self.vdel(&mut b, Cf::Inodes, k1(ino))?,
-                    Mutation::PutDentry { parent, name, dentry } => {
-                        let mut row = enc(&dentry);
-                        row.extend_from_slice(&name);
-                        self.vput(&mut b, Cf::Cookies, k2(parent, dentry.cookie), row)?;
-                        self.vput(&mut b, Cf::Dentries, k_named(parent, &name), enc(&dentry))?;
+        let mut freed = Vec::new();
+        self.kv.transact(sync, &mut |tx| {
+            freed = self.apply_in(tx, &batch)?;
+            Ok(())
+        })?;
+        Ok(freed)
+    }
+
+    fn apply_in(&self, tx: &mut dyn KvTxn, batch: &[Mutation]) -> Result<Vec<BlockId>> {
+        let epoch = stored_epoch(tx)?;
+        let mut b = Batch { epoch, refs: BTreeMap::new(), usage: (0, 0), snap_epochs: None };
+        let mut new_epoch = None;
+        for m in batch {
+            match m {
+                Mutation::PutInode(i) => vput(tx, &mut b, Cf::Inodes, k1(i.ino), enc(i))?,
+                Mutation::DelInode(ino) => vdel(tx, &mut b, Cf::Inodes, k1(*ino))?,
+                Mutation::PutDentry { parent, name, dentry } => {
+                    let mut row = enc(dentry);
+                    row.extend_from_slice(name);
+                    vput(tx, &mut b, Cf::Cookies, k2(*parent, dentry.cookie), row)?;
+                    vput(tx, &mut b, Cf::Dentries, k_named(*parent, name), enc(dentry))?;
+                }
+                Mutation::DelDentry { parent, name, cookie } => {
+                    vdel(tx, &mut b, Cf::Cookies, k2(*parent, *cookie))?;
+                    vdel(tx, &mut b, Cf::Dentries, k_named(*parent, name))?;
+                }
+                Mutation::PutExtent { ino, block, extent } => vput(tx, &mut b, Cf::Extents, k2(*ino, *block), enc(extent))?,
+                Mutation::DelExtent { ino, block } => vdel(tx, &mut b, Cf::Extents, k2(*ino, *block))?,
+                Mutation::PutXattr { ino, name, value } => vput(tx, &mut b, Cf::Xattrs, k_named(*ino, name), value.clone())?,
+                Mutation::DelXattr { ino, name } => vdel(tx, &mut b, Cf::Xattrs, k_named(*ino, name))?,
+                Mutation::Journal(j) => tx.put(Cf::Changes, change_key(j.epoch, Cf::Extents, &k2(j.ino, j.block)), Vec::new()),
+                Mutation::PutOrphan(ino) => tx.put(Cf::Orphans, k1(*ino), Vec::new()),
+                Mutation::DelOrphan(ino) => tx.del(Cf::Orphans, k1(*ino)),
+                Mutation::SetEpoch(e) => new_epoch = Some(*e),
+                Mutation::PutSnapshot(s) => {
+                    let next = next_snapshot_id(tx)?.max(s.id + 1);
+                    tx.put(Cf::Default, b"snap_next".to_vec(), next.to_le_bytes().to_vec());
+                    tx.put(Cf::Snapshots, s.name.as_bytes().to_vec(), enc(s));
+                }
+                Mutation::DelSnapshot(name) => tx.del(Cf::Snapshots, name.as_bytes().to_vec()),
+                Mutation::PutGcRange { from, to } => tx.put(Cf::Gc, k2(*from, *to), Vec::new()),
+                Mutation::DelGcRange { from, to } => tx.del(Cf::Gc, k2(*from, *to)),
+                Mutation::DelFree(id) => tx.del(Cf::Free, id.0.to_vec()),
+                Mutation::Raw { key, value } => {
+                    let (cf, base) = key.cf_base();
+                    match value {
+                        Some(payload) => vput(tx, &mut b, cf, base, payload.clone())?,
+                        None => vdel(tx, &mut b, cf, base)?,
                     }
-                    Mutation::DelDentry { parent, name, cookie } => {
-                        self.vdel(&mut b, Cf::Cookies, k2(parent, cookie))?;
-                        self.vdel(&mut b, Cf::Dentries, k_named(parent, &name))?;
+                }
+                Mutation::SetMeta { name, value } => {
+                    let k = [&b"m:"[..], name.as_bytes()].concat();
+                    match value {
+                        Some(v) => tx.put(Cf::Default, k, v.clone()),
+                        None => tx.del(Cf::Default, k),
                     }
-                    Mutation::PutExtent { ino, block, extent } => self.vput(&mut b, Cf::Extents, k2(ino, block), enc(&extent))?,
-                    Mutation::DelExtent { ino, block } => self.vdel(&mut b, Cf::Extents, k2(ino, block))?,
-                    Mutation::PutXattr { ino, name, value } => self.vput(&mut b, Cf::Xattrs, k_named(ino, &name), value)?,
-                    Mutation::DelXattr { ino, name } => self.vdel(&mut b, Cf::Xattrs, k_named(ino, &name))?,
-                    Mutation::Journal(j) => {
-                        b.ops.push(KvOp::Put(Cf::Changes, change_key(j.epoch, Cf::Extents, &k2(j.ino, j.block)), Vec::new()))
-                    }
-                    Mutation::PutOrphan(ino) => b.ops.push(KvOp::Put(Cf::Orphans, k1(ino), Vec::new())),
-                    Mutation::DelOrphan(ino) => b.ops.push(KvOp::Del(Cf::Orphans, k1(ino))),
-                    Mutation::SetEpoch(e) => {
-                        b.ops.push(KvOp::Put(Cf::Default, b"epoch".to_vec(), e.to_le_bytes().to_vec()));
-                        new_epoch = Some(e);
-                    }
-                    Mutation::PutSnapshot(s) => {
-                        catalogue = true;
-                        let next = self.next_snapshot_id()?.max(s.id + 1);
-                        b.ops.push(KvOp::Put(Cf::Default, b"snap_next".to_vec(), next.to_le_bytes().to_vec()));
-                        b.ops.push(KvOp::Put(Cf::Snapshots, s.name.as_bytes().to_vec(), enc(&s)));
-                    }
-                    Mutation::DelSnapshot(name) => {
-                        catalogue = true;
-                        b.ops.push(KvOp::Del(Cf::Snapshots, name.into_bytes()))
-                    }
-                    Mutation::PutGcRange { from, to } => b.ops.push(KvOp::Put(Cf::Gc, k2(from, to), Vec::new())),
-                    Mutation::DelGcRange { from, to } => b.ops.push(KvOp::Del(Cf::Gc, k2(from, to))),
-                    Mutation::DelFree(id) => b.ops.push(KvOp::Del(Cf::Free, id.0.to_vec())),
-                    Mutation::Raw { key, value } => {
-                        let (cf, base) = key.cf_base();
-                        match value {
-                            Some(payload) => self.vput(&mut b, cf, base, payload)?,
-                            None => self.vdel(&mut b, cf, base)?,
-                        }
-                    }
-                    Mutation::SetMeta { name, value } => {
-                        let k = [&b"m:"[..], name.as_bytes()].concat();
-                        b.ops.push(match value {
-                            Some(v) => KvOp::Put(Cf::Default, k, v),
-                            None => KvOp::Del(Cf::Default, k),
-                        });
-                    }
-                    Mutation::MarkPushed { id, packed } => b.ops.push(KvOp::Put(Cf::Pushed, id.0.to_vec(), enc(&packed))),
-                    Mutation::Restore { key, at } => {
-                        let (cf, base) = key.cf_base();
-                        match self.get_at(cf, &base, at)? {
-                            Some(payload) => self.vput(&mut b, cf, base, payload)?,
-                            None => self.vdel(&mut b, cf, base)?,
-                        }
+                }
+                Mutation::MarkPushed { id, packed } => tx.put(Cf::Pushed, id.0.to_vec(), enc(packed)),
+                Mutation::Restore { key, at } => {
+                    let (cf, base) = key.cf_base();
+                    match get_at(tx, cf, &base, *at)? {
+                        Some(payload) => vput(tx, &mut b, cf, base, payload)?,
+                        None => vdel(tx, &mut b, cf, base)?,
                     }
                 }
             }
-            freed = self.finish_refs(&mut b.ops, &b.refs)?;
-            if b.usage != (0, 0) {
-                let u = self.usage()?;
-                let files = (u.files as i64 + b.usage.0).max(0) as u64;
-                let bytes = (u.bytes as i64 + b.usage.1).max(0) as u64;
-                b.ops.push(KvOp::Put(Cf::Default, b"usage".to_vec(), enc(&Usage { files, bytes })));
-            }
-            self.kv.write(b.ops, false)?;
-            if let Some(e) = new_epoch {
-                self.epoch.store(e, Ordering::Release);
-            }
-            if catalogue {
-                self.reload_snap_epochs()?;
-            }
         }
-        if sync {
-            self.kv.sync()?;
+        let freed = finish_refs(tx, &b.refs)?;
+        if b.usage != (0, 0) {
+            let u: Usage = tx.get(Cf::Default, b"usage")?.map_or(Ok(Usage::default()), |v| super::codec::dec("usage", &v))?;
+            let files = (u.files as i64 + b.usage.0).max(0) as u64;
+            let bytes = (u.bytes as i64 + b.usage.1).max(0) as u64;
+            tx.put(Cf::Default, b"usage".to_vec(), enc(&Usage { files, bytes }));
         }
+        // The epoch this process reads with moves on once the batch is in; every versioned
+        // write of the batch is in the old epoch.
+        let seen = new_epoch.unwrap_or(epoch);
+        if let Some(e) = new_epoch {
+            tx.put(Cf::Default, b"epoch".to_vec(), e.to_le_bytes().to_vec());
+        }
+        let cache = Arc::clone(&self.epoch);
+        tx.on_commit(Box::new(move || {
+            cache.store(seen, Ordering::Release);
+        }));
         Ok(freed)
     }
 
@@ -133,79 +130,102 @@ impl MetaStore {
     pub fn sync(&self) -> Result<()> {
         self.kv.sync()
     }
+}
 
-    fn live_row(&self, b: &Batch, cf: Cf, base: &[u8]) -> Result<LiveRow> {
-        if let Some(row) = b.live.get(&(cf, base.to_vec())) {
-            return Ok(row.clone());
-        }
-        match self.kv.get(cf, base)? {
-            Some(v) => Ok(Some((be(&v, 0)?, v[8..].to_vec()))),
-            None => Ok(None),
-        }
+/// The epoch writes happen in, as stored.
+pub(super) fn stored_epoch(r: &dyn KvRead) -> Result<u64> {
+    match r.get(Cf::Default, b"epoch")? {
+        Some(v) => le(&v),
+        None => Ok(1),
     }
+}
 
-    /// The live version of `base` stops being live: keep it in history if a snapshot sees it
-    /// (a snapshot taken since it was written), else drop it with its block reference.
-    fn retire(&self, b: &mut Batch, cf: Cf, base: &[u8], old: &(u64, Vec<u8>)) -> Result<()> {
-        let (epoch, payload) = old;
-        if *epoch < b.epoch && self.pinned(*epoch, b.epoch) {
-            b.ops.push(KvOp::Put(Cf::History, hist_key(cf, base, *epoch), [&[1u8][..], payload].concat()));
-            b.hist.insert((cf, base.to_vec()));
-        } else if cf == Cf::Extents {
-            if let Some((id, _)) = sealed_of(payload)? {
-                *b.refs.entry(id).or_default() -= 1;
-            }
-        }
-        if cf == Cf::Inodes {
-            let (f, n) = file_usage(payload)?;
-            b.usage.0 -= f;
-            b.usage.1 -= n;
-        }
-        Ok(())
+pub(super) fn next_snapshot_id(r: &dyn KvRead) -> Result<u64> {
+    match r.get(Cf::Default, b"snap_next")? {
+        Some(v) => le(&v),
+        None => Ok(1),
     }
+}
 
-    fn vput(&self, b: &mut Batch, cf: Cf, base: Vec<u8>, payload: Vec<u8>) -> Result<()> {
-        if let Some(old) = self.live_row(b, cf, &base)? {
-            self.retire(b, cf, &base, &old)?;
-        }
-        if cf == Cf::Extents {
-            if let Some((id, _)) = sealed_of(&payload)? {
-                *b.refs.entry(id).or_default() += 1;
-            }
-        }
-        if cf == Cf::Inodes {
-            let (f, n) = file_usage(&payload)?;
-            b.usage.0 += f;
-            b.usage.1 += n;
-        }
-        b.ops.push(KvOp::Put(Cf::Changes, change_key(b.epoch, cf, &base), Vec::new()));
-        b.ops.push(KvOp::Put(cf, base.clone(), versioned(b.epoch, &payload)));
-        b.live.insert((cf, base), Some((b.epoch, payload)));
-        Ok(())
+fn live_row(tx: &dyn KvTxn, cf: Cf, base: &[u8]) -> Result<LiveRow> {
+    match tx.get(cf, base)? {
+        Some(v) if v.len() >= 8 => Ok(Some((be(&v, 0)?, v[8..].to_vec()))),
+        Some(_) => Err(FsError::Meta(format!("live {} row is truncated", cf.name()))),
+        None => Ok(None),
     }
+}
 
-    fn vdel(&self, b: &mut Batch, cf: Cf, base: Vec<u8>) -> Result<()> {
-        let Some(old) = self.live_row(b, cf, &base)? else { return Ok(()) };
-        self.retire(b, cf, &base, &old)?;
-        // A tombstone is needed when an older version stays visible to some snapshot.
-        if b.hist.contains(&(cf, base.clone())) || self.has_history(cf, &base)? {
-            b.ops.push(KvOp::Put(Cf::History, hist_key(cf, &base, b.epoch), vec![0]));
-            b.hist.insert((cf, base.clone()));
-        }
-        b.ops.push(KvOp::Put(Cf::Changes, change_key(b.epoch, cf, &base), Vec::new()));
-        b.ops.push(KvOp::Del(cf, base.clone()));
-        b.live.insert((cf, base), None);
-        Ok(())
-    }
-
-    fn has_history(&self, cf: Cf, base: &[u8]) -> Result<bool> {
-        let prefix = hist_prefix(cf, base);
-        let end = prefix_end(&prefix);
-        let mut found = false;
-        self.kv.scan(Cf::History, &prefix, end.as_deref(), &mut |k, _| {
-            found = k.len() == prefix.len() + 8;
-            Ok(false)
+/// Whether some snapshot reads a version written in `from` and replaced in `until`.
+fn pinned(tx: &dyn KvTxn, b: &mut Batch, from: u64, until: u64) -> Result<bool> {
+    if b.snap_epochs.is_none() {
+        let mut epochs = Vec::new();
+        tx.scan(Cf::Snapshots, &[], None, &mut |_, v| {
+            epochs.push(super::codec::dec::<SnapshotInfo>("snapshot", v)?.epoch);
+            Ok(true)
         })?;
-        Ok(found)
+        b.snap_epochs = Some(epochs);
     }
+    Ok(b.snap_epochs.as_ref().is_some_and(|e| e.iter().any(|&s| from <= s && s < until)))
+}
+
+/// The live version of `base` stops being live: keep it in history if a snapshot sees it
+/// (a snapshot taken since it was written), else drop it with its block reference.
+fn retire(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: &[u8], old: &(u64, Vec<u8>)) -> Result<()> {
+    let (epoch, payload) = old;
+    if *epoch < b.epoch && pinned(tx, b, *epoch, b.epoch)? {
+        tx.put(Cf::History, hist_key(cf, base, *epoch), [&[1u8][..], payload].concat());
+    } else if cf == Cf::Extents {
+        if let Some((id, _)) = sealed_of(payload)? {
+            *b.refs.entry(id).or_default() -= 1;
+        }
+    }
+    if cf == Cf::Inodes {
+        let (f, n) = file_usage(payload)?;
+        b.usage.0 -= f;
+        b.usage.1 -= n;
+    }
+    Ok(())
+}
+
+fn vput(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>, payload: Vec<u8>) -> Result<()> {
+    if let Some(old) = live_row(tx, cf, &base)? {
+        retire(tx, b, cf, &base, &old)?;
+    }
+    if cf == Cf::Extents {
+        if let Some((id, _)) = sealed_of(&payload)? {
+            *b.refs.entry(id).or_default() += 1;
+        }
+    }
+    if cf == Cf::Inodes {
+        let (f, n) = file_usage(&payload)?;
+        b.usage.0 += f;
+        b.usage.1 += n;
+    }
+    tx.put(Cf::Changes, change_key(b.epoch, cf, &base), Vec::new());
+    tx.put(cf, base, versioned(b.epoch, &payload));
+    Ok(())
+}
+
+fn vdel(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>) -> Result<()> {
+    let Some(old) = live_row(tx, cf, &base)? else { return Ok(()) };
+    retire(tx, b, cf, &base, &old)?;
+    // A tombstone is needed when an older version stays visible to some snapshot (the
+    // transaction's reads include the history row `retire` may just have written).
+    if has_history(tx, cf, &base)? {
+        tx.put(Cf::History, hist_key(cf, &base, b.epoch), vec![0]);
+    }
+    tx.put(Cf::Changes, change_key(b.epoch, cf, &base), Vec::new());
+    tx.del(cf, base);
+    Ok(())
+}
+
+fn has_history(r: &dyn KvRead, cf: Cf, base: &[u8]) -> Result<bool> {
+    let prefix = hist_prefix(cf, base);
+    let end = prefix_end(&prefix);
+    let mut found = false;
+    r.scan(Cf::History, &prefix, end.as_deref(), &mut |k, _| {
+        found = k.len() == prefix.len() + 8;
+        Ok(false)
+    })?;
+    Ok(found)
 }

@@ -1,7 +1,7 @@
 //! Counters, catalogues (snapshots, collector ranges, orphans, pushed blocks, named layer
 //! state) and the whole-store scans fsck and status use.
 
-use super::codec::{be, dec, le, tag};
+use super::codec::{be, dec, tag};
 use super::{Key, MetaStore};
 use crate::error::Result;
 use crate::kv::Cf;
@@ -33,10 +33,7 @@ impl MetaStore {
     }
 
     pub fn next_snapshot_id(&self) -> Result<u64> {
-        Ok(match self.kv.get(Cf::Default, b"snap_next")? {
-            Some(v) => le(&v)?,
-            None => 1,
-        })
+        super::apply::next_snapshot_id(self.reader())
     }
 
     /// Ranges of epochs `(from, to]` the collector still has to go through.

@@ -52,10 +52,8 @@ mod refs;
 pub use refs::RefEntry;
 
 use crate::error::Result;
-use crate::kv::{Cf, Kv, MemKv};
+use crate::kv::{Kv, KvRead, MemKv};
 use crate::types::{BlockId, Dentry, Extent, Inode, Ino, JournalEntry, SnapshotInfo};
-use codec::le;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -135,34 +133,15 @@ pub struct GcStats {
 
 pub struct MetaStore {
     kv: Arc<dyn Kv>,
-    /// The epoch writes happen in.
-    epoch: AtomicU64,
-    /// Serialises read-modify-write batches (versions, counts) and collector passes.
-    write: Mutex<()>,
-    /// Epochs of the snapshots, in order (a copy of the catalogue's, kept by `apply`).
-    snap_epochs: Mutex<Vec<u64>>,
+    /// The epoch as this process last saw it committed: set when the store opens and after
+    /// every batch. Batches themselves read the stored epoch inside their transaction.
+    epoch: Arc<AtomicU64>,
 }
 
 impl MetaStore {
     pub fn new(kv: Arc<dyn Kv>) -> Result<Self> {
-        let epoch = match kv.get(Cf::Default, b"epoch")? {
-            Some(v) => le(&v)?,
-            None => 1,
-        };
-        let m = MetaStore { kv, epoch: AtomicU64::new(epoch), write: Mutex::new(()), snap_epochs: Mutex::new(Vec::new()) };
-        m.reload_snap_epochs()?;
-        Ok(m)
-    }
-
-    fn reload_snap_epochs(&self) -> Result<()> {
-        let epochs = self.snapshots()?.iter().map(|s| s.epoch).collect();
-        *self.snap_epochs.lock() = epochs;
-        Ok(())
-    }
-
-    /// Whether some snapshot reads a version written in `from` and replaced in `until`.
-    fn pinned(&self, from: u64, until: u64) -> bool {
-        self.snap_epochs.lock().iter().any(|&s| from <= s && s < until)
+        let epoch = apply::stored_epoch(&*kv)?;
+        Ok(MetaStore { kv, epoch: Arc::new(AtomicU64::new(epoch)) })
     }
 
     /// An empty in-memory store, for unit tests.
@@ -170,8 +149,13 @@ impl MetaStore {
         MetaStore::new(Arc::new(MemKv::default())).expect("empty memory store")
     }
 
+    /// The epoch writes happen in (as of this process's last batch).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    fn reader(&self) -> &dyn KvRead {
+        &*self.kv
     }
 }
 

@@ -4,35 +4,39 @@
 use super::codec::{be, cf_of, dec, hist_key, hist_prefix, k1, k2, k_named, tag};
 use super::{Change, DirEntry, Key, MetaStore, LIVE};
 use crate::error::{FsError, Result};
-use crate::kv::{prefix_end, Cf};
+use crate::kv::{prefix_end, Cf, KvRead};
 use crate::types::{Dentry, Extent, Inode, Ino, JournalEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
-impl MetaStore {
-    /// The payload of `base` as seen at epoch `at`.
-    pub(super) fn get_at(&self, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.kv.get(cf, base)? {
-            if at == LIVE || be(&v, 0)? <= at {
-                return Ok(Some(v[8..].to_vec()));
-            }
-        } else if at == LIVE {
-            return Ok(None);
+/// The payload of `base` as seen at epoch `at`.
+pub(super) fn get_at(r: &dyn KvRead, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
+    if let Some(v) = r.get(cf, base)? {
+        if at == LIVE || be(&v, 0)? <= at {
+            return Ok(Some(v[8..].to_vec()));
         }
-        self.hist_at(cf, base, at)
+    } else if at == LIVE {
+        return Ok(None);
     }
+    hist_at(r, cf, base, at)
+}
 
-    pub(super) fn hist_at(&self, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
-        let prefix = hist_prefix(cf, base);
-        let start = hist_key(cf, base, at);
-        let end = prefix_end(&prefix);
-        let mut out = None;
-        self.kv.scan(Cf::History, &start, end.as_deref(), &mut |k, v| {
-            if k.len() == prefix.len() + 8 {
-                out = Some(v.first().copied().unwrap_or(0) == 1).map(|live| live.then(|| v[1..].to_vec()));
-            }
-            Ok(false)
-        })?;
-        Ok(out.flatten())
+fn hist_at(r: &dyn KvRead, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
+    let prefix = hist_prefix(cf, base);
+    let start = hist_key(cf, base, at);
+    let end = prefix_end(&prefix);
+    let mut out = None;
+    r.scan(Cf::History, &start, end.as_deref(), &mut |k, v| {
+        if k.len() == prefix.len() + 8 {
+            out = Some(v.first().copied().unwrap_or(0) == 1).map(|live| live.then(|| v[1..].to_vec()));
+        }
+        Ok(false)
+    })?;
+    Ok(out.flatten())
+}
+
+impl MetaStore {
+    pub(super) fn get_at(&self, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
+        get_at(self.reader(), cf, base, at)
     }
 
     /// Up to `limit` rows `(base, payload)` of `cf` whose base starts with `prefix` and is
@@ -97,7 +101,7 @@ impl MetaStore {
                 }
                 let payload = match live.get(&base) {
                     Some((e, p)) if *e <= at => Some(p.clone()),
-                    _ => self.hist_at(cf, &base, at)?,
+                    _ => hist_at(self.reader(), cf, &base, at)?,
                 };
                 if let Some(p) = payload {
                     out.push((base, p));
@@ -231,7 +235,12 @@ impl MetaStore {
     pub fn changes(&self, after: u64, upto: u64, f: &mut dyn FnMut(Change) -> Result<bool>) -> Result<()> {
         let Some(first) = after.checked_add(1) else { return Ok(()) };
         let end = upto.checked_add(1).map(k1);
-        self.kv.scan(Cf::Changes, &k1(first), end.as_deref(), &mut |k, _| {
+        self.changes_from(&k1(first), end.as_deref(), f)
+    }
+
+    /// Visit the journal rows with keys in `[start, end)` (keys as `codec::change_key` makes).
+    pub(super) fn changes_from(&self, start: &[u8], end: Option<&[u8]>, f: &mut dyn FnMut(Change) -> Result<bool>) -> Result<()> {
+        self.kv.scan(Cf::Changes, start, end, &mut |k, _| {
             let epoch = be(k, 0)?;
             let cf = cf_of(*k.get(8).ok_or_else(|| FsError::Meta("journal row is truncated".into()))?)?;
             f(Change { epoch, key: Key::decode(cf, &k[9..])? })

@@ -13,7 +13,7 @@
 use super::codec::le;
 use super::MetaStore;
 use crate::error::{FsError, Result};
-use crate::kv::{Cf, Kv, KvOp};
+use crate::kv::{Cf, KvRead, KvTxn};
 use crate::types::BlockId;
 use std::collections::BTreeMap;
 
@@ -36,8 +36,8 @@ pub(super) struct RefChange {
 }
 
 impl RefEntry {
-    pub(super) fn load(kv: &dyn Kv, id: BlockId) -> Result<RefEntry> {
-        let count = kv.get(Cf::Refs, &id.0)?.map_or(Ok(0), |v| le(&v))?;
+    pub(super) fn load(r: &dyn KvRead, id: BlockId) -> Result<RefEntry> {
+        let count = r.get(Cf::Refs, &id.0)?.map_or(Ok(0), |v| le(&v))?;
         Ok(RefEntry { id, count })
     }
 
@@ -57,18 +57,18 @@ impl RefEntry {
         RefChange { count, freed: self.count > 0 && count == 0, revived: self.count == 0 && count > 0 }
     }
 
-    /// The engine ops that store `change` of this entry; `now` is the free list's time.
-    pub(super) fn ops(&self, change: RefChange, now: u64, ops: &mut Vec<KvOp>) {
+    /// Store `change` of this entry in `tx`; `now` is the free list's time.
+    pub(super) fn store(&self, change: RefChange, now: u64, tx: &mut dyn KvTxn) {
         let key = self.id.0.to_vec();
         if change.count > 0 {
-            ops.push(KvOp::Put(Cf::Refs, key.clone(), change.count.to_le_bytes().to_vec()));
+            tx.put(Cf::Refs, key.clone(), change.count.to_le_bytes().to_vec());
         } else {
-            ops.push(KvOp::Del(Cf::Refs, key.clone()));
+            tx.del(Cf::Refs, key.clone());
         }
         if change.revived {
-            ops.push(KvOp::Del(Cf::Free, key));
+            tx.del(Cf::Free, key);
         } else if change.freed {
-            ops.push(KvOp::Put(Cf::Free, key, now.to_le_bytes().to_vec()));
+            tx.put(Cf::Free, key, now.to_le_bytes().to_vec());
         }
     }
 }
@@ -79,7 +79,7 @@ fn now_secs() -> u64 {
 
 impl MetaStore {
     pub fn block_refs(&self, id: &BlockId) -> Result<u64> {
-        Ok(RefEntry::load(&*self.kv, *id)?.count)
+        Ok(RefEntry::load(self.reader(), *id)?.count)
     }
 
     /// Blocks no version references any more, with the time their count reached zero.
@@ -100,25 +100,25 @@ impl MetaStore {
             Ok(true)
         })
     }
+}
 
-    /// Add reference deltas to the stored counts; a count reaching zero puts the block on the
-    /// free list, one leaving zero takes it off. Returns the blocks that became free.
-    pub(super) fn finish_refs(&self, ops: &mut Vec<KvOp>, deltas: &BTreeMap<BlockId, i64>) -> Result<Vec<BlockId>> {
-        let mut freed = Vec::new();
-        let now = now_secs();
-        for (id, delta) in deltas {
-            if *delta == 0 {
-                continue;
-            }
-            let entry = RefEntry::load(&*self.kv, *id)?;
-            let change = entry.change(*delta);
-            entry.ops(change, now, ops);
-            if change.freed {
-                freed.push(*id);
-            }
+/// Add reference deltas to the stored counts, inside `tx`; a count reaching zero puts the
+/// block on the free list, one leaving zero takes it off. Returns the blocks that became free.
+pub(super) fn finish_refs(tx: &mut dyn KvTxn, deltas: &BTreeMap<BlockId, i64>) -> Result<Vec<BlockId>> {
+    let mut freed = Vec::new();
+    let now = now_secs();
+    for (id, delta) in deltas {
+        if *delta == 0 {
+            continue;
         }
-        Ok(freed)
+        let entry = RefEntry::load(tx, *id)?;
+        let change = entry.change(*delta);
+        entry.store(change, now, tx);
+        if change.freed {
+            freed.push(*id);
+        }
     }
+    Ok(freed)
 }
 
 #[cfg(test)]
@@ -143,11 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn the_ops_delete_a_zero_count_and_record_the_free_time() {
-        let mut ops = Vec::new();
+    fn a_zero_count_is_deleted_and_the_free_time_recorded() {
+        use crate::kv::{Kv, MemKv};
+        let kv = MemKv::default();
         let e = entry(1);
-        e.ops(e.change(-1), 42, &mut ops);
-        let key = e.id.0.to_vec();
-        assert_eq!(ops, vec![KvOp::Del(Cf::Refs, key.clone()), KvOp::Put(Cf::Free, key, 42u64.to_le_bytes().to_vec())]);
+        kv.transact(false, &mut |tx| {
+            tx.put(Cf::Refs, e.id.0.to_vec(), 1u64.to_le_bytes().to_vec());
+            Ok(())
+        })
+        .unwrap();
+        kv.transact(false, &mut |tx| {
+            e.store(e.change(-1), 42, tx);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kv.get(Cf::Refs, &e.id.0).unwrap(), None);
+        assert_eq!(kv.get(Cf::Free, &e.id.0).unwrap(), Some(42u64.to_le_bytes().to_vec()));
     }
 }
