@@ -161,7 +161,9 @@ pub fn retry_conflicts(mut attempt: impl FnMut() -> Result<()>) -> Result<()> {
         match attempt() {
             Err(FsError::MetaConflict(why)) if n < MAX_ATTEMPTS => {
                 tracing::debug!("metadata transaction conflict ({why}); attempt {n} of {MAX_ATTEMPTS}");
-                std::thread::sleep(pause);
+                // Jitter, so racing transactions do not retry in lockstep.
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+                std::thread::sleep(pause + pause * (nanos % 100) / 100);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
             }
             other => return other,
@@ -180,28 +182,42 @@ pub fn serial_transact(
     commit: impl FnOnce(Vec<KvOp>) -> Result<()>,
 ) -> Result<()> {
     let _one_at_a_time = lock.lock();
-    let mut tx = OverlayTxn { read, writes: BTreeMap::new(), hooks: Vec::new() };
+    let mut tx = Overlay::new(read);
     body(&mut tx)?;
-    let ops = tx.writes.into_iter().map(|((cf, k), v)| match v {
-        Some(v) => KvOp::Put(cf, k, v),
-        None => KvOp::Del(cf, k),
-    });
-    commit(ops.collect())?;
-    for hook in tx.hooks {
+    let (ops, hooks) = tx.finish();
+    commit(ops)?;
+    for hook in hooks {
         hook();
     }
     Ok(())
 }
 
-/// A transaction of [`serial_transact`]: the committed store under a map of pending writes.
-struct OverlayTxn<'a> {
+/// A transaction as a map of pending writes over a reader of the committed state (or of an
+/// engine transaction's snapshot): reads see the pending writes first; [`Overlay::finish`]
+/// hands the writes over for one commit, with the hooks to run after it.
+pub struct Overlay<'a> {
     read: &'a dyn KvRead,
     /// Pending writes by (family, key); `None` deletes.
     writes: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
     hooks: Vec<CommitHook>,
 }
 
-impl OverlayTxn<'_> {
+impl<'a> Overlay<'a> {
+    pub fn new(read: &'a dyn KvRead) -> Self {
+        Overlay { read, writes: BTreeMap::new(), hooks: Vec::new() }
+    }
+
+    /// The writes, in (family, key) order, and the commit hooks.
+    pub fn finish(self) -> (Vec<KvOp>, Vec<CommitHook>) {
+        let ops = self.writes.into_iter().map(|((cf, k), v)| match v {
+            Some(v) => KvOp::Put(cf, k, v),
+            None => KvOp::Del(cf, k),
+        });
+        (ops.collect(), self.hooks)
+    }
+}
+
+impl Overlay<'_> {
     /// The pending writes of `cf` in `[start, end)`.
     fn pending(&self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         self.writes
@@ -212,7 +228,7 @@ impl OverlayTxn<'_> {
     }
 }
 
-impl KvRead for OverlayTxn<'_> {
+impl KvRead for Overlay<'_> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.writes.get(&(cf, key.to_vec())) {
             Some(v) => Ok(v.clone()),
@@ -278,7 +294,7 @@ impl KvRead for OverlayTxn<'_> {
     }
 }
 
-impl KvTxn for OverlayTxn<'_> {
+impl KvTxn for Overlay<'_> {
     fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert((cf, key), Some(value));
     }
