@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use hybridfs_cloud::testserver::{SeaweedServer, SECRET_KEY};
 use hybridfs_cloud::{ObjectStore, S3Store};
 use hybridfs_core::meta::Key;
-use hybridfs_core::types::{BlockId, Extent};
+use hybridfs_core::types::BlockId;
 use hybridfs_sync::{Head, Layer};
 use hybridfs_tests::cmd::{wait_bounded, CmdOutput};
 use hybridfs_tests::content::pattern;
@@ -337,10 +337,8 @@ fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
             where_packed.insert(p.id, (p.pack, p.offset, p.len));
         }
         for rec in layer.records {
-            if let (Key::Extent(..), Some(v)) = (&rec.key, &rec.value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                    named.insert(id);
-                }
+            if let Some(id) = hybridfs_core::record::sealed_block(&rec.key, rec.value.as_deref()).unwrap_or_else(|e| panic!("{e}")) {
+                named.insert(id);
             }
         }
     }

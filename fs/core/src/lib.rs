@@ -12,6 +12,8 @@
 //! * [`staging`] — per-inode staging files that hold data not yet sealed.
 //! * [`volume`] — the [`volume::Volume`]: POSIX operations, copy-on-write, the dirty-extent
 //!   journal and the background sealer.
+//! * [`record`] — records as typed values, and the form a push publishes them in (a small
+//!   file's inline bytes as a sealed block).
 //! * [`merge`] — the three-way merge of a branch into the home tree: the pure planner, and
 //!   the input and apply steps around it.
 //! * [`fsck`] — consistency checks over a metadata store and a block store.
@@ -29,6 +31,7 @@ pub mod kv;
 pub mod merge;
 pub mod meta;
 pub mod metrics;
+pub mod record;
 pub mod space;
 pub mod staging;
 pub mod types;

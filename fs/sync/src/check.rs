@@ -3,8 +3,7 @@
 
 use crate::{Remote, Result, SyncError};
 use hybridfs_cloud::StoreError;
-use hybridfs_core::meta::Key;
-use hybridfs_core::types::{BlockId, Extent};
+use hybridfs_core::types::BlockId;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,15 +45,12 @@ pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<Remot
             }
         };
         report.layers += 1;
-        for p in layer.packed {
+        for p in &layer.packed {
             packed.insert(p.id, (p.pack, p.offset, p.len));
         }
-        for r in layer.records {
-            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                    named.insert(id);
-                }
-            }
+        match layer.located() {
+            Ok(blocks) => named.extend(blocks.into_iter().map(|(id, _)| id)),
+            Err(e) => report.problems.push(e.to_string()),
         }
     }
     report.blocks = named.len() as u64;

@@ -8,10 +8,11 @@
 //! The clone then writes its own branch: its push state starts at the imported epoch with the
 //! source as parent, so its first push carries only its own changes and names its fork point.
 
-use crate::{LayerRef, PushState, Remote, Result, SyncError};
+use crate::{Layer, LayerRef, PushState, Remote, Result, SyncError};
 use hybridfs_core::meta::{Key, MetaStore, Mutation};
-use hybridfs_core::types::{Extent, Inode};
+use hybridfs_core::types::BlockId;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// Records applied per metadata batch.
@@ -111,41 +112,17 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         branch: branch.to_string(),
         seconds: 0.0,
     };
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flush = |batch: Vec<Mutation>| -> Result<()> { Ok(meta.apply(batch, false)?) };
     for link in &links {
         let layer = remote.open_link(link)?;
         report.layers += 1;
         report.block_size = layer.block_size;
-        let mut batch = Vec::with_capacity(BATCH);
-        for p in &layer.packed {
-            batch.push(Mutation::MarkPushed { id: p.id, packed: Some((p.pack, p.offset, p.len)) });
-        }
-        let packed: std::collections::HashSet<_> = layer.packed.iter().map(|p| p.id).collect();
-        for r in layer.records {
-            match (&r.key, &r.value) {
-                (Key::Extent(..), Some(v)) => {
-                    if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                        report.blocks += 1;
-                        if !packed.contains(&id) {
-                            batch.push(Mutation::MarkPushed { id, packed: None });
-                        }
-                    }
-                }
-                // Unlinked while open on the pushing node: purged at the clone's first mount.
-                (Key::Inode(ino), Some(v)) => {
-                    if bincode::deserialize::<Inode>(v).is_ok_and(|i| i.nlink == 0) {
-                        batch.push(Mutation::PutOrphan(*ino));
-                    }
-                }
-                _ => {}
-            }
-            report.records += 1;
-            batch.push(Mutation::Raw { key: r.key, value: r.value });
-            if batch.len() >= BATCH {
-                meta.apply(std::mem::take(&mut batch), false)?;
-            }
-        }
-        meta.apply(batch, false)?;
+        let applied = apply_layer(layer, &mut batch, &mut flush)?;
+        report.records += applied.records;
+        report.blocks += applied.blocks;
     }
+    meta.apply(batch, false)?;
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
@@ -171,6 +148,38 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
     Ok(report)
 }
 
+
+/// What applying one layer did.
+struct Applied {
+    records: u64,
+    blocks: u64,
+}
+
+/// Add the records of `layer` to `batch` as mutations, handing every full batch of
+/// [`BATCH`] to `flush`: each record as stored, each block it names marked as in the store
+/// (with its pack location), an inode unlinked while open on the pushing node as an orphan
+/// (purged at the first mount). A record that does not decode is an error naming it.
+fn apply_layer(layer: Layer, batch: &mut Vec<Mutation>, flush: &mut dyn FnMut(Vec<Mutation>) -> Result<()>) -> Result<Applied> {
+    let mut applied = Applied { records: 0, blocks: 0 };
+    let located: HashMap<BlockId, Option<(BlockId, u64, u64)>> = layer.located()?.into_iter().collect();
+    for (&id, &packed) in &located {
+        batch.push(Mutation::MarkPushed { id, packed });
+    }
+    for r in &layer.records {
+        applied.blocks += u64::from(layer.sealed_block(r)?.is_some());
+        if let (Key::Inode(ino), true) = (&r.key, layer.is_unlinked_inode(r)?) {
+            batch.push(Mutation::PutOrphan(*ino));
+        }
+    }
+    for r in layer.records {
+        applied.records += 1;
+        batch.push(Mutation::Raw { key: r.key, value: r.value });
+        if batch.len() >= BATCH {
+            flush(std::mem::take(batch))?;
+        }
+    }
+    Ok(applied)
+}
 
 /// What a pull did.
 #[derive(Clone, Debug, Serialize)]
@@ -233,30 +242,16 @@ pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option
     }
     let mut batches = 0;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut flush = |full: Vec<Mutation>| -> Result<()> {
+        meta.apply(full, false)?;
+        batches += 1;
+        if stop_after.is_some_and(|n| batches >= n) {
+            return Err(SyncError::Conflict(format!("pull stopped after {batches} batches (test)")));
+        }
+        Ok(())
+    };
     for link in &links {
-        let layer = remote.open_link(link)?;
-        let packed: std::collections::HashSet<_> = layer.packed.iter().map(|p| p.id).collect();
-        for p in &layer.packed {
-            batch.push(Mutation::MarkPushed { id: p.id, packed: Some((p.pack, p.offset, p.len)) });
-        }
-        for r in layer.records {
-            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                    if !packed.contains(&id) {
-                        batch.push(Mutation::MarkPushed { id, packed: None });
-                    }
-                }
-            }
-            report.records += 1;
-            batch.push(Mutation::Raw { key: r.key, value: r.value });
-            if batch.len() >= BATCH {
-                meta.apply(std::mem::take(&mut batch), false)?;
-                batches += 1;
-                if stop_after.is_some_and(|n| batches >= n) {
-                    return Err(SyncError::Conflict(format!("pull stopped after {batches} batches (test)")));
-                }
-            }
-        }
+        report.records += apply_layer(remote.open_link(link)?, &mut batch, &mut flush)?.records;
     }
     base.seq = to_seq;
     base.layer = Some(to);

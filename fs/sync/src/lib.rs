@@ -18,11 +18,13 @@
 //!    it; remember it as the pending push, with a random push id, so an interrupted push
 //!    resumes with the same view.
 //! 2. Read the change journal of the epochs since the last push: every record changed, at the
-//!    snapshot's epoch (a deleted record becomes a tombstone in the layer). Never a scan of the
-//!    volume (invariant 3).
+//!    snapshot's epoch (a deleted record becomes a tombstone in the layer), in its published
+//!    form ([`hybridfs_core::record::published`]: a small file's inline bytes become a block
+//!    of their own, so a layer is metadata only). Never a scan of the volume (invariant 3).
 //! 3. Upload the blocks those records name that the store does not have yet (the local
 //!    `pushed` set, filled as uploads finish, makes a resumed push skip them). Blocks are
-//!    verified before they leave (invariant 5); frames under [`PACK_SMALLER_THAN`] go into
+//!    verified before they leave (invariant 5; inline bytes against the id published for
+//!    them); frames under [`PACK_SMALLER_THAN`] go into
 //!    packs of up to [`PACK_BYTES`], so many small files cost few requests.
 //! 4. Upload the layer under a key no other attempt uses (its hash), naming the layer before
 //!    it, then move the head with a conditional PUT: `If-Match` the head's ETag as this node
@@ -50,10 +52,12 @@ pub use check::{check_remote, RemoteCheck};
 use upload::upload_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
-use hybridfs_core::types::{BlockId, Extent, SnapshotInfo};
+use hybridfs_core::record;
+use hybridfs_core::types::{BlockId, SnapshotInfo};
 use hybridfs_core::{FsError, Volume};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use hybridfs_core::types::Ino;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -121,6 +125,37 @@ pub struct Layer {
     pub prev: Option<LayerRef>,
     /// Layer 1 of a fork: the exact layer of the parent branch it starts from.
     pub parent_ref: Option<LayerRef>,
+}
+
+impl Layer {
+    /// The sealed block record `r` of this layer names, if any; a record that does not
+    /// decode is an error naming it and the layer (never skipped: a block would go missing).
+    pub fn sealed_block(&self, r: &Record) -> Result<Option<BlockId>> {
+        record::sealed_block(&r.key, r.value.as_deref()).map_err(|e| self.bad_record(e))
+    }
+
+    /// Whether record `r` is an inode unlinked while open on the pushing node.
+    pub fn is_unlinked_inode(&self, r: &Record) -> Result<bool> {
+        record::is_unlinked_inode(&r.key, r.value.as_deref()).map_err(|e| self.bad_record(e))
+    }
+
+    fn bad_record(&self, e: FsError) -> SyncError {
+        SyncError::Corrupt(format!("layer {} of branch {} of volume {}: {e}", self.seq, self.branch, self.volume))
+    }
+
+    /// Where the blocks this layer's records name are: `(block, Some(pack location))` or
+    /// `(block, None)` stored alone.
+    pub fn located(&self) -> Result<Vec<(BlockId, Option<(BlockId, u64, u64)>)>> {
+        let packed: std::collections::HashMap<BlockId, (BlockId, u64, u64)> =
+            self.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
+        let mut out = Vec::new();
+        for r in &self.records {
+            if let Some(id) = self.sealed_block(r)? {
+                out.push((id, packed.get(&id).copied()));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The head of a branch: its newest layer.
@@ -621,17 +656,24 @@ impl LayerWriter<'_> {
     fn write(&self, keys: BTreeSet<Key>, prev: Option<LayerRef>, last: bool, report: &mut PushReport) -> Result<LayerRef> {
         let (vol, remote) = (self.vol, self.remote);
         let meta = vol.meta();
-        let mut records = Vec::with_capacity(keys.len());
+        // Each changed record in its published form (a small file's inline bytes become a
+        // block of their own: the layer stays metadata only); a key two changed records
+        // publish (an inode and its block 0) is carried once.
+        let mut published: BTreeMap<Key, Option<Vec<u8>>> = BTreeMap::new();
         let mut blocks: BTreeSet<BlockId> = BTreeSet::new();
+        let mut inline: HashMap<BlockId, Ino> = HashMap::new();
         for key in keys {
-            let value = meta.raw_at(&key, self.snap.epoch)?;
-            if let (Key::Extent(..), Some(v)) = (&key, &value) {
-                if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
+            for p in record::published(meta, &key, self.snap.epoch)? {
+                if let Some(id) = record::sealed_block(&p.key, p.value.as_deref())? {
                     blocks.insert(id);
                 }
+                if let Some((ino, id)) = p.inline_block {
+                    inline.insert(id, ino);
+                }
+                published.insert(p.key, p.value);
             }
-            records.push(Record { key, value });
         }
+        let records: Vec<Record> = published.into_iter().map(|(key, value)| Record { key, value }).collect();
         report.records += records.len() as u64;
         // Blocks: skip what the store has; verify, then upload (small ones packed).
         let mut todo = Vec::new();
@@ -642,7 +684,14 @@ impl LayerWriter<'_> {
                 todo.push(*id);
             }
         }
-        let uploaded = upload_blocks(vol, remote, &todo, self.progress)?;
+        let at = self.snap.epoch;
+        let frame = |id: &BlockId| -> Result<Vec<u8>> {
+            match inline.get(id) {
+                Some(&ino) => Ok(hybridfs_blocks::encode(&record::inline_bytes(meta, ino, at, id)?)),
+                None => Ok(vol.blocks().frame(id)?),
+            }
+        };
+        let uploaded = upload_blocks(vol, remote, &todo, &frame, self.progress)?;
         report.blocks_uploaded += uploaded.blocks;
         report.packs += uploaded.packs;
         report.bytes_uploaded += uploaded.bytes;

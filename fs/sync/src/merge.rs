@@ -242,12 +242,12 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
         let mut layer = remote.open_link(link)?;
         records += layer.records.len() as u64;
         layer.records.retain(|r| owners.contains(&owner(&r.key)));
-        locate(&layer, &mut located);
+        locate(&layer, &mut located)?;
         apply_records(&meta, layer.records.into_iter())?;
     }
     let base_epoch = end_base(&meta)?;
     for layer in theirs_layers {
-        locate(&layer, &mut located);
+        locate(&layer, &mut located)?;
         records += layer.records.len() as u64;
         apply_records(&meta, layer.records.into_iter())?;
     }
@@ -272,15 +272,9 @@ fn owner(key: &Key) -> Ino {
 }
 
 /// Note where the sealed blocks a layer's records name are in the store.
-fn locate(layer: &crate::Layer, located: &mut BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) {
-    let packed: BTreeMap<BlockId, (BlockId, u64, u64)> = layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
-    for r in &layer.records {
-        if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-            if let Ok(Extent::Sealed { id, .. }) = bincode::deserialize::<Extent>(v) {
-                located.insert(id, packed.get(&id).copied());
-            }
-        }
-    }
+fn locate(layer: &crate::Layer, located: &mut BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) -> Result<()> {
+    located.extend(layer.located()?);
+    Ok(())
 }
 
 /// Write layer records into the scratch store, a batch at a time.

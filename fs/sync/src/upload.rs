@@ -21,7 +21,15 @@ enum Job {
     Pack(Vec<(BlockId, Vec<u8>)>),
 }
 
-pub(crate) fn upload_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId], progress: &(dyn Fn(&Progress) + Sync)) -> Result<Uploaded> {
+/// Upload blocks `ids`, each frame got from `frame` (the local block store, or the inline
+/// bytes a push publishes as a block) and verified against its id before it leaves.
+pub(crate) fn upload_blocks(
+    vol: &Volume,
+    remote: &Remote,
+    ids: &[BlockId],
+    frame: &dyn Fn(&BlockId) -> Result<Vec<u8>>,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Uploaded> {
     let mut out = Uploaded { blocks: 0, packs: 0, bytes: 0, requests: 0 };
     if ids.is_empty() {
         return Ok(out);
@@ -54,7 +62,7 @@ pub(crate) fn upload_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId], prog
             if first_error.lock().expect("lock").is_some() {
                 break;
             }
-            let frame = vol.blocks().frame(id)?;
+            let frame = frame(id)?;
             // Verify before it leaves: a corrupt local block must not become the store's copy.
             hybridfs_blocks::decode(id, &frame)?;
             if frame.len() >= PACK_SMALLER_THAN {

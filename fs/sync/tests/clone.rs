@@ -5,7 +5,7 @@ mod common;
 
 use hybridfs_blocks::FileBlockStore;
 use hybridfs_cloud::{Corruption, FaultPlan, Faulty, MemStore, ObjectStore};
-use hybridfs_core::meta::MetaStore;
+use hybridfs_core::meta::{Key, MetaStore};
 use hybridfs_core::types::ROOT_INO;
 use hybridfs_core::{FsError, Volume, VolumeOptions};
 use hybridfs_sync::clone::import;
@@ -65,12 +65,13 @@ fn a_clone_downloads_metadata_first_and_each_block_when_read() {
     let c = clone_of(store, "main", "node", None);
     assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 0, "nothing but metadata up front");
     assert_eq!(read(&c.vol, "inline").unwrap(), b"tiny");
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 1, "a small file's bytes are a block of their own, fetched when read");
     assert_eq!(read(&c.vol, "s3").unwrap(), smalls[3]);
-    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 1, "one small block, fetched as a range of its pack");
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 2, "one small block, fetched as a range of its pack");
     assert_eq!(read(&c.vol, "big").unwrap(), big);
-    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 5);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 6);
     assert_eq!(read(&c.vol, "big").unwrap(), big);
-    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 5, "cached: read twice, fetched once");
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 6, "cached: read twice, fetched once");
 }
 
 #[test]
@@ -235,8 +236,9 @@ fn a_clone_can_start_from_an_earlier_push() {
     let r = hybridfs_sync::clone::import_at(&meta, &remote, "main", Some(1), "old").unwrap();
     assert_eq!(r.seq, 1);
     let ino = meta.lookup(ROOT_INO, b"f").unwrap().unwrap().ino;
-    let inode = meta.get_inode(ino).unwrap().unwrap();
-    assert_eq!(inode.inline.as_deref(), Some(&b"first version of the file, pushed as layer 1"[..]));
+    let first = b"first version of the file, pushed as layer 1";
+    let want = hybridfs_core::types::Extent::Sealed { id: hybridfs_blocks::block_id(first), len: first.len() as u32 };
+    assert_eq!(meta.get_extent(ino, 0).unwrap(), Some(want), "layer 1's bytes, as the block published for them");
     assert!(hybridfs_sync::clone::import_at(&MetaStore::memory(), &remote, "main", Some(3), "x").is_err());
 }
 
@@ -307,4 +309,144 @@ fn an_interrupted_pull_is_finished_by_the_next_one_and_the_volume_waits_for_it()
     }
     assert_eq!(read(&c.vol, "first").unwrap(), b"ONE", "invariant 6: the local change stays");
     assert!(hybridfs_sync::clone::pull(&meta, &remote).unwrap().up_to_date);
+}
+
+/// Small files keep their bytes in their inode records at home; a push publishes those bytes
+/// as packed blocks and the layer carries only metadata, so a clone of many small files
+/// downloads no file data (invariant 3: clone cost follows the metadata) and fetches each
+/// file's block when it is read, verified (invariant 5). Home keeps its files inline.
+#[test]
+fn small_files_are_published_as_packed_blocks_and_a_clone_fetches_none_up_front() {
+    let home = volume();
+    let files: Vec<Vec<u8>> = (0..400u64).map(|i| noise(1000 + i, 1 + (i as usize * 37) % 4096)).collect();
+    for (i, f) in files.iter().enumerate() {
+        write_file(&home.vol, &format!("f{i}"), 0, f);
+    }
+    write_file(&home.vol, "same-a", 0, b"twin");
+    write_file(&home.vol, "same-b", 0, b"twin");
+    let data_bytes: usize = files.iter().map(Vec::len).sum();
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    assert_eq!(r.blocks_uploaded, 401, "one block per distinct small file: {r:?}");
+    assert!(r.packs >= 1 && r.packs <= 2, "small blocks go into packs: {r:?}");
+    let layer_bytes: u64 = store.list("vol/branches/main/layers/").unwrap().iter().map(|k| store.get(k).unwrap().0.len() as u64).sum();
+    assert!(layer_bytes * 10 < data_bytes as u64, "the layer is metadata only: {layer_bytes} bytes for {data_bytes} bytes of files");
+    let mut inline_at_home = 0;
+    home.vol.meta().for_each_inode(&mut |i| inline_at_home += u64::from(i.inline.as_ref().is_some_and(|b| !b.is_empty()))).unwrap();
+    assert_eq!(inline_at_home, 402, "home keeps its small files inline");
+
+    let c = clone_of(store, "main", "node", None);
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 0, "no file data at clone time");
+    let mut inline_on_clone = 0;
+    c.meta.for_each_inode(&mut |i| inline_on_clone += u64::from(i.inline.as_ref().is_some_and(|b| !b.is_empty()))).unwrap();
+    assert_eq!(inline_on_clone, 0, "the clone holds no small file's bytes in its metadata");
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(&read(&c.vol, &format!("f{i}")).unwrap(), f, "f{i}");
+    }
+    assert_eq!(read(&c.vol, "same-a").unwrap(), b"twin");
+    assert_eq!(read(&c.vol, "same-b").unwrap(), b"twin");
+    assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 401);
+    let staging = hybridfs_core::staging::Staging::new(c._dir.path().join("staging")).unwrap();
+    let fsck = hybridfs_core::fsck::check(&c.meta, c.vol.blocks(), &staging, c.vol.block_size(), false).unwrap();
+    assert!(fsck.problems.is_empty(), "{:?}", fsck.problems);
+}
+
+/// A small file changed at home after a push (rewritten, emptied, deleted, grown past the
+/// inline limit) reaches a clone of the next push as it is at home: the block published for
+/// its earlier bytes never shows through.
+#[test]
+fn a_small_file_changed_after_a_push_clones_as_it_is_now() {
+    let home = volume();
+    for name in ["rewritten", "emptied", "deleted", "grown", "kept"] {
+        write_file(&home.vol, name, 0, format!("first {name}").as_bytes());
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote::new(store.clone(), "vol");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    write_file(&home.vol, "rewritten", 0, b"second");
+    let emptied = home.vol.lookup(ROOT_INO, b"emptied").unwrap().ino;
+    home.vol.setattr(emptied, hybridfs_core::SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    home.vol.unlink(ROOT_INO, b"deleted").unwrap();
+    let grown = noise(7, 3 * MIB / 2);
+    write_file(&home.vol, "grown", 0, &grown);
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    // Grown: extended again by a hole past its old bytes, which must read as zeros.
+    let g = home.vol.lookup(ROOT_INO, b"grown").unwrap().ino;
+    home.vol.setattr(emptied, hybridfs_core::SetAttr { size: Some(100), ..Default::default() }).unwrap();
+    home.vol.setattr(g, hybridfs_core::SetAttr { size: Some(2 * MIB as u64), ..Default::default() }).unwrap();
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+
+    let c = clone_of(store, "main", "node", None);
+    assert_eq!(read(&c.vol, "rewritten").unwrap(), b"secondrewritten");
+    assert_eq!(read(&c.vol, "rewritten").unwrap(), read(&home.vol, "rewritten").unwrap());
+    assert_eq!(read(&c.vol, "emptied").unwrap(), vec![0u8; 100], "truncated to nothing, then extended: zeros");
+    assert!(c.vol.lookup(ROOT_INO, b"deleted").is_err());
+    let mut want = grown.clone();
+    want.resize(2 * MIB, 0);
+    assert_eq!(read(&c.vol, "grown").unwrap(), want);
+    assert_eq!(read(&c.vol, "kept").unwrap(), b"first kept");
+    let staging = hybridfs_core::staging::Staging::new(c._dir.path().join("staging")).unwrap();
+    let fsck = hybridfs_core::fsck::check(&c.meta, c.vol.blocks(), &staging, c.vol.block_size(), false).unwrap();
+    assert!(fsck.problems.is_empty(), "{:?}", fsck.problems);
+}
+
+/// Replace layer 1 of `main` (the only one) by `edit` of it, under its new key, and point the
+/// head at it.
+fn rewrite_layer(store: &Arc<dyn ObjectStore>, edit: impl FnOnce(&mut hybridfs_sync::Layer)) {
+    let remote = Remote::new(store.clone(), "vol");
+    let (mut head, etag) = remote.head("main").unwrap().unwrap();
+    assert_eq!(head.seq, 1);
+    let mut layer = remote.layer("main", 1).unwrap();
+    edit(&mut layer);
+    let body = zstd::encode_all(&bincode::serialize(&layer).unwrap()[..], 3).unwrap();
+    let r = remote.layer_ref_for("main", 1, &body);
+    store.put(&r.key, &body, hybridfs_cloud::Cond::None).unwrap();
+    (head.layer, head.hash) = (r.key, r.hash);
+    store.put(&remote.head_key("main"), &serde_json::to_vec(&head).unwrap(), hybridfs_cloud::Cond::IfMatch(etag)).unwrap();
+}
+
+/// Layers pushed before small files became blocks carry their bytes in the inode records
+/// (and a tombstone for block 0): they still clone, as inline files.
+#[test]
+fn a_layer_with_inline_bytes_in_its_inode_records_still_clones() {
+    let home = volume();
+    write_file(&home.vol, "small", 0, b"inline bytes");
+    let big = noise(3, MIB + 5);
+    write_file(&home.vol, "big", 0, &big);
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let small = home.vol.lookup(ROOT_INO, b"small").unwrap().ino;
+    let meta = home.vol.meta();
+    rewrite_layer(&store, |layer| {
+        for r in &mut layer.records {
+            match r.key {
+                Key::Inode(i) if i == small => r.value = meta.raw_at(&r.key, hybridfs_core::meta::LIVE).unwrap(),
+                Key::Extent(i, 0) if i == small => r.value = None,
+                _ => {}
+            }
+        }
+    });
+    let c = clone_of(store, "main", "node", None);
+    assert_eq!(c.meta.get_inode(small).unwrap().unwrap().inline.as_deref(), Some(&b"inline bytes"[..]));
+    assert_eq!(read(&c.vol, "small").unwrap(), b"inline bytes");
+    assert_eq!(read(&c.vol, "big").unwrap(), big);
+}
+
+/// A record of a layer that does not decode stops the clone with an error naming the record
+/// and the layer; it is never skipped (its block would silently go missing).
+#[test]
+fn a_record_that_does_not_decode_is_an_error_naming_it() {
+    let home = volume();
+    let ino = write_file(&home.vol, "f", 0, &noise(4, 10_000));
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    rewrite_layer(&store, |layer| {
+        let r = layer.records.iter_mut().find(|r| r.key == Key::Extent(ino, 0)).expect("block 0 of f");
+        r.value = Some(vec![7, 7, 7]);
+    });
+    let remote = Remote::new(store, "vol");
+    let err = import(&MetaStore::memory(), &remote, "main", "node").unwrap_err().to_string();
+    assert!(err.contains(&format!("Extent({ino}, 0)")) && err.contains("layer 1 of branch main"), "{err}");
+    let check = hybridfs_sync::check_remote(&remote, "main", false).unwrap();
+    assert!(check.problems.iter().any(|p| p.contains(&format!("Extent({ino}, 0)"))), "{:?}", check.problems);
 }

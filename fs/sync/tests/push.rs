@@ -10,7 +10,6 @@ mod common;
 
 use common::{noise, volume, write_file};
 use hybridfs_cloud::{Cond, FaultPlan, Faulty, MemStore, ObjectStore};
-use hybridfs_core::meta::Key;
 use hybridfs_core::types::{BlockId, Extent};
 use hybridfs_sync::{push, Remote, SyncError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,10 +30,8 @@ pub fn check_remote(remote: &Remote, branch: &str) -> BTreeSet<BlockId> {
             packed.insert(p.id, (p.pack, p.offset, p.len));
         }
         for r in layer.records {
-            if let (Key::Extent(..), Some(v)) = (&r.key, &r.value) {
-                if let Extent::Sealed { id, .. } = bincode::deserialize::<Extent>(v).unwrap() {
-                    named.insert(id);
-                }
+            if let Some(id) = hybridfs_core::record::sealed_block(&r.key, r.value.as_deref()).unwrap() {
+                named.insert(id);
             }
         }
     }
@@ -59,14 +56,14 @@ fn a_push_uploads_what_changed_since_the_last_one_and_packs_small_blocks() {
         write_file(&f.vol, &format!("small{i}"), 0, &noise(i, 10_000));
     }
     write_file(&f.vol, "big", 0, &noise(99, 3 * MIB));
-    write_file(&f.vol, "tiny", 0, b"inline bytes travel in the layer");
+    write_file(&f.vol, "tiny", 0, b"inline bytes travel as a block of their own");
     let r = remote(Arc::new(MemStore::new()));
     let first = push(&f.vol, &r, "main", &|_| {}).unwrap();
     assert_eq!(first.seq, 1);
-    assert_eq!(first.blocks_uploaded, 23, "20 small blocks + 3 of the big file");
-    assert_eq!(first.packs, 1, "the 20 small blocks travel in one pack");
+    assert_eq!(first.blocks_uploaded, 24, "20 small blocks + 3 of the big file + tiny's inline bytes");
+    assert_eq!(first.packs, 1, "the 21 small blocks travel in one pack");
     assert!(first.requests <= 1 + 3 + 1 + 2, "head read, 3 big blocks, 1 pack, layer, head: {first:?}");
-    assert_eq!(check_remote(&r, "main").len(), 23);
+    assert_eq!(check_remote(&r, "main").len(), 24);
 
     // Invariant 3: 100 bytes changed in one block: one block and a small layer move.
     write_file(&f.vol, "big", (MIB + MIB / 2) as u64, &[7u8; 100]);
