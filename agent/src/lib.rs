@@ -12,6 +12,7 @@
 //! * [`volume`] — volume operations behind `HomeVolume`/`NodeVolume` (today via `hybridctl`).
 //! * [`controller`] — the reconcile step: sync, scale, drain, terminate, merge, ledger.
 //! * [`api`] — the controller's token-authenticated HTTP API (TCP and a unix socket).
+//! * [`node`] — the burst node role: clone, mount, push, report, drain, dead-man switch.
 
 pub mod clock;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod provider;
 pub mod volume;
 pub mod controller;
 pub mod api;
+pub mod node;

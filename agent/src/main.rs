@@ -1,9 +1,26 @@
 //! `hybrid-agent`: parses flags, reads the config, runs a role (see the library's docs).
+//! Only this file reads flags, files and the environment; the library takes typed values.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use hybrid_agent::api::{self, Listener};
+use hybrid_agent::clock::{Clock, SystemClock};
+use hybrid_agent::config::{Config, Role};
+use hybrid_agent::controller::{Controller, Settings};
+use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
+use hybrid_agent::provider::local::LocalProvider;
+use hybrid_agent::provider::Bootstrap;
+use hybrid_agent::scaler::ScaleRule;
+use hybrid_agent::state::StateStore;
+use hybrid_agent::volume::Hybridctl;
 
 #[derive(Parser)]
 #[command(name = "hybrid-agent", about = "hybridfs node agent: the home controller and the burst node role")]
@@ -17,17 +34,197 @@ enum Cmd {
     /// Checks a config file: prints nothing and exits 0 when it is usable; else one line naming
     /// the file, line and key, exit 2.
     CheckConfig { file: PathBuf },
+    /// Runs the home controller (role = "controller") until SIGTERM/SIGINT.
+    Controller {
+        #[arg(long, default_value = "/etc/hybridfs/agent.toml")]
+        config: PathBuf,
+    },
+    /// Runs a burst node (role = "node") until released, SIGTERM, or its lease runs out.
+    Node {
+        #[arg(long, default_value = "/etc/hybridfs/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signals() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Sleeps `d`, waking early when a stop signal arrives.
+fn nap(d: Duration) {
+    let end = Instant::now() + d;
+    while !STOP.load(Ordering::Relaxed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
+    }
+}
+
+fn load_config(file: &Path, role: Role) -> Result<Config> {
+    let cfg = Config::load(file)?;
+    if cfg.role() != role {
+        bail!("{}: role is {:?}; this command runs {role:?}", file.display(), cfg.role());
+    }
+    Ok(cfg)
+}
+
+/// The `owner` tag of this controller: made once, kept in STATE_DIR/owner.
+fn owner_id(state_dir: &Path) -> Result<String> {
+    let path = state_dir.join("owner");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    let owner = format!("hyctl-{}", &api::random_token()?[..12]);
+    std::fs::write(&path, &owner).with_context(|| format!("write {}", path.display()))?;
+    Ok(owner)
+}
+
+/// Runs the load command; its first word, as a number.
+fn read_load(cmd: &str) -> Option<f64> {
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let v = text.split_whitespace().next().and_then(|w| w.parse().ok());
+            if v.is_none() {
+                warn!("load command printed no number: {:?}", text.trim());
+            }
+            v
+        }
+        Ok(o) => {
+            warn!("load command: exit {}", o.status);
+            None
+        }
+        Err(e) => {
+            warn!("run load command: {e}");
+            None
+        }
+    }
+}
+
+fn hybridfs_home(configured: Option<PathBuf>) -> PathBuf {
+    configured
+        .or_else(|| std::env::var_os("HYBRIDFS_HOME").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hybridfs"))
+}
+
+fn run_controller(file: &Path) -> Result<()> {
+    let cfg = load_config(file, Role::Controller)?;
+    // Config::check guarantees these sections for the controller role.
+    let (Some(vol), Some(api_cfg), Some(load), Some(up), Some(burst), Some(merge), Some(prov)) =
+        (&cfg.volume, &cfg.api, &cfg.load, &cfg.scale_up, &cfg.burst, &cfg.merge, &cfg.provider)
+    else {
+        bail!("{}: incomplete controller config", file.display());
+    };
+    let store = StateStore::open(&cfg.state_dir)?;
+    let token = api::load_or_create_token(&api_cfg.token_file).context("admin token")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let local = prov.local.clone().unwrap_or_default();
+    let provider = Arc::new(LocalProvider::new(local, &cfg.state_dir.join("local-nodes"), clock.clone())?);
+    let home = Arc::new(Hybridctl {
+        bin: Hybridctl::find_binary(),
+        home: hybridfs_home(vol.hybridfs_home.clone()),
+        volume: vol.name.clone(),
+        env: Default::default(),
+    });
+    let sock = format!("unix:{}", cfg.state_dir.join("api.sock").display());
+    let (down_threshold, down_for) = cfg.scale_down().unwrap_or((up.threshold, up.for_.0 * 2));
+    let settings = Settings {
+        owner: owner_id(&cfg.state_dir)?,
+        volume: vol.name.clone(),
+        store: vol.store.clone(),
+        instance_type: prov.instance_type.clone(),
+        rule: ScaleRule { up_threshold: up.threshold, up_for: up.for_.0, down_threshold, down_for, max_nodes: *burst.max_nodes.get_ref() },
+        burst: burst.window.window(),
+        merge: merge.window(),
+        lease: burst.lease.0,
+        controller_addr: sock.clone(),
+        node_env: Default::default(),
+        alert_command: merge.alert_command.clone(),
+    };
+    let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock)?));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for addr in [api_cfg.listen.as_str(), sock.as_str()] {
+        let listener = Listener::bind(addr).with_context(|| format!("listen on {addr}"))?;
+        info!("api listening on {}", listener.local_addr());
+        let (c, t) = (ctrl.clone(), token.clone());
+        servers.push(api::serve(listener, Arc::new(move |req: &api::Request| api::route(&c, &t, req)), stop.clone())?);
+    }
+    info!("controller running (state {})", cfg.state_dir.display());
+    while !STOP.load(Ordering::Relaxed) {
+        let reading = read_load(&load.command);
+        if let Err(e) = ctrl.lock().unwrap_or_else(|p| p.into_inner()).step(reading) {
+            error!("reconcile: {e}");
+        }
+        nap(load.every.0);
+    }
+    info!("controller stopping; its nodes keep running and are adopted at the next start");
+    stop.store(true, Ordering::Relaxed);
+    servers.into_iter().for_each(|s| drop(s.join()));
+    Ok(())
+}
+
+fn run_node(file: &Path) -> Result<()> {
+    let cfg = load_config(file, Role::Node)?;
+    let node = cfg.node();
+    let boot_path = node.bootstrap.clone().unwrap_or_else(|| cfg.state_dir.join("bootstrap.json"));
+    let boot: Bootstrap = serde_json::from_slice(&std::fs::read(&boot_path).with_context(|| format!("read {}", boot_path.display()))?)
+        .with_context(|| format!("read {}", boot_path.display()))?;
+    let volume = Arc::new(Hybridctl {
+        bin: Hybridctl::find_binary(),
+        home: cfg.state_dir.join("hybridfs"),
+        volume: boot.volume.clone(),
+        env: boot.env.clone(),
+    });
+    let link = Arc::new(HttpLink { addr: boot.controller.clone(), node: boot.node.clone(), token: boot.token.clone() });
+    let every = node.report_every.0.min(Duration::from_secs(boot.lease_secs.max(3) / 3));
+    let settings = NodeSettings { mountpoint: node.mountpoint.clone(), push_every: node.push_every.0 };
+    let mut agent = NodeAgent::new(boot, settings, volume, link, Arc::new(SystemClock));
+    agent.start().context("start the node")?;
+    loop {
+        if STOP.load(Ordering::Relaxed) {
+            agent.stop.store(true, Ordering::Relaxed);
+        }
+        if agent.tick() == Step::Exit {
+            return Ok(());
+        }
+        nap(every);
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::CheckConfig { file } => match hybrid_agent::config::Config::load(&file) {
-            Ok(_) => ExitCode::SUCCESS,
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    install_signals();
+    let result = match cli.cmd {
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => return ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hybrid-agent: error: {e}");
-                ExitCode::from(2)
+                return ExitCode::from(2);
             }
         },
+        Cmd::Controller { config } => run_controller(&config),
+        Cmd::Node { config } => run_node(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hybrid-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

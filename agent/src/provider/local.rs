@@ -68,9 +68,15 @@ fn default_grace() -> u64 {
     60
 }
 
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { root: None, subnet: default_subnet(), price_per_hour: None, stop_grace_secs: default_grace(), node_command: None }
+    }
+}
+
 impl LocalConfig {
     pub fn with_root(root: PathBuf) -> Self {
-        LocalConfig { root: Some(root), subnet: default_subnet(), price_per_hour: None, stop_grace_secs: default_grace(), node_command: None }
+        LocalConfig { root: Some(root), ..LocalConfig::default() }
     }
 }
 
