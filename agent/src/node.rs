@@ -220,7 +220,7 @@ mod tests {
         let (link, vol) = (Arc::new(FakeLink::default()), FakeNode::default());
         *link.answer.lock().unwrap() = directive(false, false);
         let mut a = agent(link.clone(), vol.clone(), &clock);
-        assert!(vol.get().mounted && vol.get().cloned.as_deref() == Some("burst/n0001"));
+        assert!(vol.get().mounted && vol.get().cloned.as_deref() == Some("burst-n0001"));
         for _ in 0..30 {
             vol.write("/ckpt/a", 1000);
             assert_eq!(a.tick(), Step::Continue);

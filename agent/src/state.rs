@@ -103,7 +103,7 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// A fresh intent: named `intent`, pushing `burst/<intent>`, launched with the key
+    /// A fresh intent: named `intent`, pushing `burst-<intent>` (a branch name cannot hold `/`), launched with the key
     /// `<owner>-<intent>`; no instance yet.
     pub fn intended(owner: &str, intent: &str, token: String, now: Timestamp) -> NodeRecord {
         NodeRecord {
@@ -114,7 +114,7 @@ impl NodeRecord {
             instance_type: String::new(),
             price_per_hour: 0.0,
             price_is_estimate: true,
-            branch: format!("burst/{intent}"),
+            branch: format!("burst-{intent}"),
             token,
             requested_at: now,
             started_at: None,

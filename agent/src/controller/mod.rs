@@ -257,7 +257,13 @@ impl Controller {
             return Ok(());
         }
         match want {
-            Want::Rent => self.rent(now).map(|_| ()),
+            Want::Rent => match self.rent_backoff_until().filter(|until| *until > now) {
+                Some(until) => {
+                    warn!("load is high, but recent nodes died before their first report: not renting before {until}");
+                    Ok(())
+                }
+                None => self.rent(now).map(|_| ()),
+            },
             Want::Release => match self.least_unpushed_running() {
                 Some(intent) => {
                     info!("node {intent}: load low; draining");
@@ -267,6 +273,19 @@ impl Controller {
             },
             Want::Hold => Ok(()),
         }
+    }
+
+    /// After nodes that ended without ever reporting (a broken image, bad credentials, a
+    /// store they cannot clone from), renting waits: `up_for` (at least a minute) doubled per
+    /// consecutive such node, at most an hour. Without it, a node that cannot boot would be
+    /// rented again every `up_for`, all day.
+    fn rent_backoff_until(&self) -> Option<Timestamp> {
+        let failed: Vec<&NodeRecord> =
+            self.state.nodes.iter().rev().take_while(|n| n.phase == Phase::Terminated && n.last_report.is_none()).collect();
+        let last = failed.first()?;
+        let base = self.settings.rule.up_for.max(Duration::from_secs(60));
+        let wait = base.saturating_mul(1 << failed.len().min(6)).min(Duration::from_secs(3600));
+        Some(after(last.stopped_at.unwrap_or(last.requested_at), wait))
     }
 
     fn nodes_in(&self, phase: Phase) -> Vec<String> {

@@ -138,13 +138,13 @@ fn a_whole_day_rents_two_nodes_at_nine_drains_them_and_merges_both_at_night() {
         let stopped = hhmm(n.stopped_at.unwrap());
         assert!(stopped.as_str() >= "14:19" && stopped.as_str() <= "15:00", "released after the load fell: {stopped}");
     }
-    assert_eq!(w.home.get().merged, ["burst/n0001", "burst/n0002"]);
+    assert_eq!(w.home.get().merged, ["burst-n0001", "burst-n0002"]);
     assert!(w.provider.running().is_empty());
     // The night before (open until 07:30) had nothing to merge; this night merged both.
     let opened: Vec<String> = s.nights.iter().map(|n| n.opened.to_string()).collect();
     assert_eq!(opened, ["2026-03-01T17:30:00Z", "2026-03-02T17:30:00Z"]);
     assert!(s.nights.iter().all(|n| !n.deadline_missed));
-    assert_eq!(s.nights[1].merged, ["burst/n0001", "burst/n0002"]);
+    assert_eq!(s.nights[1].merged, ["burst-n0001", "burst-n0002"]);
     let ledger = c.ledger();
     assert_eq!(ledger.len(), 2);
     for row in &ledger {
@@ -378,7 +378,7 @@ fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_
         w.minute(&mut c, 10.0, 0);
     }
     let night = &c.state().nights[0];
-    assert!(night.deadline_missed && night.alerted && night.failed == ["burst/n0001"], "{night:?}");
+    assert!(night.deadline_missed && night.alerted && night.failed == ["burst-n0001"], "{night:?}");
     assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "1");
     assert!(w.home.get().merged.is_empty());
     // The next night the store is back: the branch merges then.
@@ -386,7 +386,7 @@ fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_
     while w.clock.now() < "2026-03-03T17:31:00Z".parse::<Timestamp>().unwrap() {
         w.minute(&mut c, 10.0, 0);
     }
-    assert_eq!(w.home.get().merged, ["burst/n0001"]);
+    assert_eq!(w.home.get().merged, ["burst-n0001"]);
 }
 
 #[test]
@@ -400,4 +400,23 @@ fn a_report_with_a_wrong_token_or_for_an_unknown_node_is_refused() {
     assert!(matches!(c.report("n0001", "guess", r.clone()), Err(ControllerError::BadToken(_))));
     assert!(matches!(c.report("n0009", "guess", r), Err(ControllerError::UnknownNode(_))));
     assert!(c.state().node("n0001").unwrap().last_report.as_ref().is_some_and(|r| !r.drained));
+}
+
+#[test]
+fn nodes_that_die_before_their_first_report_make_renting_back_off() {
+    let w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    let mut launched_at = Vec::new();
+    for _ in 0..120 {
+        let before = w.provider.launches();
+        c.step(Some(99.0)).unwrap();
+        if w.provider.launches() > before {
+            launched_at.push(hhmm(w.clock.now()));
+        }
+        for inst in w.provider.running() {
+            w.provider.terminate(&inst.id).unwrap(); // dies while booting, never reports
+        }
+        w.clock.advance(Duration::from_secs(60));
+    }
+    assert_eq!(launched_at, ["09:10", "09:30", "10:10"], "waits 20, then 40 minutes after each death; not every 10");
 }

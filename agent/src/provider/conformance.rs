@@ -23,7 +23,7 @@ pub fn request(owner: &str, intent: &str) -> LaunchRequest {
             node: intent.into(),
             store: "file:///nonexistent".into(),
             volume: "main".into(),
-            branch: format!("burst/{intent}"),
+            branch: format!("burst-{intent}"),
             source_branch: "main".into(),
             controller: "unix:/nonexistent".into(),
             token: "t".into(),

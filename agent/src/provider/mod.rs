@@ -69,7 +69,7 @@ pub struct Bootstrap {
     /// The store the volume lives in (`file:///...` or `s3://bucket/prefix`) and its name.
     pub store: String,
     pub volume: String,
-    /// The branch the node pushes (`burst/<node>`) and the one it clones.
+    /// The branch the node pushes (`burst-<node>`) and the one it clones.
     pub branch: String,
     pub source_branch: String,
     /// How the node reaches the controller: `unix:/path/api.sock` or `http://host:port`.
