@@ -8,10 +8,10 @@
 use crate::error::Result;
 use crate::meta::{Key, MetaStore};
 use crate::types::{Dentry, Extent, Inode, Ino, Kind, ROOT_INO};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Added,
@@ -32,7 +32,7 @@ impl ChangeKind {
     }
 }
 
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DiffEntry {
     pub change: ChangeKind,
     /// The path at `to` (at `from` for deleted paths).
@@ -40,18 +40,18 @@ pub struct DiffEntry {
     /// Renamed paths: the path at `from`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_path: Option<String>,
-    pub kind: &'static str,
+    pub kind: String,
     /// Modified files: changed byte ranges `[start, end)` of the file at `to` (bytes past the
     /// end of one side count as changed).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<(u64, u64)>,
     /// Modified: what changed besides content (`size`, `mode`, `owner`, `times`, `xattrs`,
     /// `target`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub attrs: Vec<&'static str>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attrs: Vec<String>,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct DiffReport {
     pub from_epoch: u64,
     /// None: the live tree.
@@ -274,7 +274,7 @@ pub fn diff(meta: &MetaStore, from: u64, to: u64, block_size: u64) -> Result<Dif
                     change: ChangeKind::Renamed,
                     path,
                     from_path: Some(paths.entry(*op, on, from)?),
-                    kind: kind_name(d.kind),
+                    kind: kind_name(d.kind).to_string(),
                     ranges: Vec::new(),
                     attrs: Vec::new(),
                 });
@@ -284,7 +284,7 @@ pub fn diff(meta: &MetaStore, from: u64, to: u64, block_size: u64) -> Result<Dif
                 change: ChangeKind::Added,
                 path,
                 from_path: None,
-                kind: kind_name(d.kind),
+                kind: kind_name(d.kind).to_string(),
                 ranges: Vec::new(),
                 attrs: Vec::new(),
             }),
@@ -297,7 +297,7 @@ pub fn diff(meta: &MetaStore, from: u64, to: u64, block_size: u64) -> Result<Dif
                 change: ChangeKind::Deleted,
                 path: paths.entry(*p, n, from)?,
                 from_path: None,
-                kind: kind_name(d.kind),
+                kind: kind_name(d.kind).to_string(),
                 ranges: Vec::new(),
                 attrs: Vec::new(),
             });
@@ -331,9 +331,9 @@ pub fn diff(meta: &MetaStore, from: u64, to: u64, block_size: u64) -> Result<Dif
             change: ChangeKind::Modified,
             path: paths.of(ino, to)?,
             from_path: None,
-            kind: kind_name(b.kind),
+            kind: kind_name(b.kind).to_string(),
             ranges,
-            attrs,
+            attrs: attrs.into_iter().map(String::from).collect(),
         });
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path).then(a.change.cmp(&b.change)));

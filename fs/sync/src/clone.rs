@@ -11,7 +11,7 @@
 use crate::{Layer, LayerRef, PushState, Remote, Result, SyncError};
 use hybridfs_core::meta::{Key, MetaStore, Mutation};
 use hybridfs_core::types::BlockId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -182,7 +182,7 @@ fn apply_layer(layer: Layer, batch: &mut Vec<Mutation>, flush: &mut dyn FnMut(Ve
 }
 
 /// What a pull did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PullReport {
     pub source: String,
     pub from_seq: u64,

@@ -199,7 +199,7 @@ pub(crate) struct PushState {
 }
 
 /// Progress of a push, for a progress line.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Progress {
     pub blocks_total: u64,
     pub blocks_done: u64,
@@ -208,7 +208,7 @@ pub struct Progress {
 }
 
 /// What a push did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PushReport {
     pub branch: String,
     pub seq: u64,

@@ -1,17 +1,19 @@
-//! `hybridctl`: the admin CLI of hybridfs. It parses, calls the libraries, prints.
+//! `hybridctl`: the admin CLI of hybridfs. It parses, calls the node library
+//! (`hybridfs-node`), prints.
 //!
 //! Exit codes: 0 success, 1 the operation failed (or fsck found problems), 2 usage or bad
 //! input. Errors are one line on stderr.
 
-mod home;
+mod fmt;
 mod mergecmd;
-mod metrics;
-mod mountcmd;
 mod report;
 mod snapcmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use hybridfs_node::control::Request as R;
+use hybridfs_node::create::CloneSpec;
+use hybridfs_node::{mount, Home};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -335,57 +337,52 @@ enum SnapCmd {
 }
 
 /// An error that is the caller's fault: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Usage(pub String);
-
-pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
-    Err(Usage(msg.into()).into())
-}
+pub use hybridfs_node::bad_input as usage;
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let home = home::Home::resolve(cli.home)?;
+    let home = Home::resolve(cli.home)?;
     match cli.cmd {
-        Cmd::Format { name, block_size, store, encryption_key_file, no_check } => home
-            .format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)
-            .map(|_| ExitCode::SUCCESS),
-        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay, metrics_addr } => {
-            let opts = mountcmd::MountFlags { threads, passthrough: !writeback_cache, seal_delay, metrics_addr };
-            mountcmd::mount(&home, &name, &mountpoint, daemon, &opts)
+        Cmd::Format { name, block_size, store, encryption_key_file, no_check } => {
+            let made = home.format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)?;
+            if let Some(path) = &made.new_key_file {
+                eprintln!("hybridctl: a new encryption key is in {path}: keep a copy elsewhere; without it the store's copy cannot be read");
+            }
+            println!("formatted volume {}: block size {}, store {}", made.name, fmt::human_bytes(made.block_size as u64), made.store);
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Umount { mountpoint, timeout } => mountcmd::umount(&home, &mountpoint, timeout),
+        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay, metrics_addr } => {
+            let opts = mount::MountOptions { threads, passthrough: !writeback_cache, seal_delay, metrics_addr };
+            if daemon {
+                let d = mount::mount_daemon(&home, &name, &mountpoint, &opts, &std::env::current_exe()?)?;
+                println!("mounted {name} at {} (pid {})", d.mountpoint.display(), d.pid);
+            } else {
+                mount::mount_foreground(&home, &name, &mountpoint, &opts)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Umount { mountpoint, timeout } => {
+            let mp = mount::umount(&home, &mountpoint, timeout)?;
+            println!("unmounted {}", mp.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
         Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
         Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),
         Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),
         Cmd::Snapshot(c) => {
-            use snapcmd::Request as R;
             let (volume, req, json) = match c {
-                SnapCmd::Create { name, volume, json } => (volume, R::Create { name }, json),
-                SnapCmd::List { volume, json } => (volume, R::List, json),
-                SnapCmd::Show { name, volume, json } => (volume, R::Show { name }, json),
-                SnapCmd::Delete { name, volume, json } => (volume, R::Delete { name }, json),
-                SnapCmd::Hold { name, by, volume, json } => (volume, R::Hold { name, by, on: true }, json),
-                SnapCmd::Release { name, by, volume, json } => (volume, R::Hold { name, by, on: false }, json),
+                SnapCmd::Create { name, volume, json } => (volume, R::SnapshotCreate { name }, json),
+                SnapCmd::List { volume, json } => (volume, R::SnapshotList, json),
+                SnapCmd::Show { name, volume, json } => (volume, R::SnapshotShow { name }, json),
+                SnapCmd::Delete { name, volume, json } => (volume, R::SnapshotDelete { name }, json),
+                SnapCmd::Hold { name, by, volume, json } => (volume, R::SnapshotHold { name, by, on: true }, json),
+                SnapCmd::Release { name, by, volume, json } => (volume, R::SnapshotHold { name, by, on: false }, json),
             };
             snapcmd::run(&home, volume.as_deref(), req, json)
         }
-        Cmd::Diff { from, to, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Diff { from, to }, json),
-        Cmd::Rollback { name, volume, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Rollback { name }, json),
-        Cmd::Push { volume, branch, json } => {
-            let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
-            let cfg = vd.config()?;
-            let branch = branch.unwrap_or_else(|| cfg.push_branch().to_string());
-            let req = snapcmd::Request::Push {
-                store: cfg.store.clone(),
-                volume: cfg.remote_name().to_string(),
-                fork_from: (branch != cfg.push_branch()).then(|| cfg.push_branch().to_string()),
-                branch,
-                key_file: cfg.key_file.clone(),
-                fingerprint: cfg.key_fingerprint.clone(),
-            };
-            snapcmd::run(&home, Some(&vd.name), req, json)
-        }
+        Cmd::Diff { from, to, volume, json } => snapcmd::run(&home, volume.as_deref(), R::Diff { from, to }, json),
+        Cmd::Rollback { name, volume, json } => snapcmd::run(&home, volume.as_deref(), R::Rollback { name }, json),
+        Cmd::Push { volume, branch, json } => snapcmd::push(&home, volume.as_deref(), branch, json),
         Cmd::Prefetch { paths, json } => snapcmd::prefetch(&home, &paths, json),
         Cmd::Merge(m) => {
             use mergecmd::MergeCmd as M;
@@ -401,27 +398,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             mergecmd::run(&home, volume.as_deref(), cmd, json)
         }
-        Cmd::Pull { volume, json } => {
-            let vd = snapcmd::pick_volume(&home, volume.as_deref())?;
-            let cfg = vd.config()?;
-            let req = snapcmd::Request::Pull {
-                store: cfg.store.clone(),
-                volume: cfg.remote_name().to_string(),
-                key_file: cfg.key_file.clone(),
-                fingerprint: cfg.key_fingerprint.clone(),
-            };
-            snapcmd::run(&home, Some(&vd.name), req, json)
-        }
+        Cmd::Pull { volume, json } => snapcmd::run(&home, volume.as_deref(), R::Pull, json),
         Cmd::Clone { url, branch, source, from, name, cache, encryption_key_file, json } => {
-            let cache = match cache.as_deref().map(home::parse_size) {
+            let cache = match cache.as_deref().map(hybridfs_node::home::parse_size) {
                 None => None,
                 Some(Some(b)) if b >= 16 << 20 => Some(b),
                 Some(_) => return usage("bad --cache size: a number with K, M or G, at least 16M"),
             };
-            home.clone_volume(&url, &branch, &source, from, name.as_deref(), cache, encryption_key_file.as_deref(), json)
-                .map(|_| ExitCode::SUCCESS)
+            let spec = CloneSpec { url, branch, source, from, name, cache, key_file: encryption_key_file };
+            let c = home.clone_volume(&spec)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c.report)?);
+            } else {
+                let r = &c.report;
+                println!(
+                    "cloned {} (branch {}, layer {}) as volume {}: {} records from {} layers in {:.2}s; {} blocks stay in the store until read; pushes go to branch {}",
+                    c.volume, r.source, r.seq, c.name, r.records, r.layers, r.seconds, r.blocks, r.branch
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), snapcmd::Request::Gc { grace_secs: grace }, json),
+        Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), R::Gc { grace_secs: grace }, json),
     }
 }
 
@@ -508,7 +505,7 @@ fn main() -> ExitCode {
             // Not eprintln!: it panics when stderr is closed, turning exit 1 into 101.
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "hybridctl: error: {e:#}");
-            if e.downcast_ref::<Usage>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+            ExitCode::from(hybridfs_node::exit_code(&e))
         }
     }
 }

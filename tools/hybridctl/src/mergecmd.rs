@@ -1,6 +1,6 @@
 //! `hybridctl merge`: merge a branch into the home volume, and its log, report and undo.
 //!
-//! A mounted volume merges in its mount process (the request goes over the control socket,
+//! A mounted volume merges in its mount process (the request goes over the control API,
 //! like a push): the merge is applied under the volume's locks and the kernel's caches are
 //! invalidated for what changed, so `ls`, `stat` and `cat` right after show the merged tree.
 //! An unmounted volume is opened here. `merge undo` goes the same way.
@@ -9,50 +9,13 @@
 //! listed), 1 failed (nothing applied), 2 bad input. A dry run exits the same way as the merge
 //! it shows would.
 
-use crate::home::Home;
-use crate::snapcmd::{call, pick_volume, Request};
+use crate::snapcmd::{call, pick_volume};
 use crate::usage;
 use anyhow::Result;
-use hybridfs_core::merge::Policy;
-use hybridfs_core::{FsError, Volume};
-use hybridfs_sync::merge::{self, MergeRecord, MergeRequest};
-use hybridfs_sync::{Remote, SyncError};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use hybridfs_node::control::{ControlError, MergeArgs, Reply, Request};
+use hybridfs_node::types::{MergeRecord, Policy};
+use hybridfs_node::Home;
 use std::process::ExitCode;
-
-/// A merge as it travels to the mount process.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct MergeArgs {
-    pub branch: String,
-    pub policy: String,
-    pub dry_run: bool,
-    pub confirm: bool,
-    pub max_delete: f64,
-    #[serde(default)]
-    pub prefetch: bool,
-    /// The volume's store URL, its name there, its encryption key file and fingerprint.
-    pub store: String,
-    pub volume: String,
-    pub key_file: Option<String>,
-    pub fingerprint: Option<String>,
-}
-
-/// Run a merge against an open volume (in the mount process when mounted).
-pub fn execute(vol: &Volume, remote: &Remote, m: &MergeArgs) -> Result<Value, SyncError> {
-    let policy: Policy = m.policy.parse().map_err(|e: String| SyncError::Volume(FsError::BadInput(e)))?;
-    let req = MergeRequest { branch: m.branch.clone(), policy, dry_run: m.dry_run, confirm: m.confirm, max_delete_pct: m.max_delete, prefetch: m.prefetch };
-    let kernel = hybridfs_fuse::kernel_cache::of(vol);
-    let record = merge::merge(vol, remote, &req, kernel.as_deref())?;
-    Ok(serde_json::to_value(record).expect("plain data"))
-}
-
-/// Undo a merge against an open volume (in the mount process when mounted).
-pub fn execute_undo(vol: &Volume, id: Option<u64>) -> Result<Value, SyncError> {
-    let kernel = hybridfs_fuse::kernel_cache::of(vol);
-    let record = merge::undo(vol, id, kernel.as_deref())?;
-    Ok(serde_json::to_value(record).expect("plain data"))
-}
 
 /// Merged with conflicts kept.
 pub const EXIT_CONFLICTS: u8 = 3;
@@ -65,11 +28,11 @@ pub enum MergeCmd {
     Undo { id: Option<u64> },
 }
 
-/// Errors of the merge library: bad input exits 2, the rest 1.
-fn lift(e: SyncError) -> anyhow::Error {
-    match e {
-        SyncError::Volume(FsError::BadInput(m)) => crate::Usage(m).into(),
-        e => anyhow::anyhow!(e),
+/// The merge record a merge or an undo answers.
+fn record(reply: Reply) -> Result<MergeRecord> {
+    match reply {
+        Reply::Merge(r) => Ok(r),
+        other => Err(ControlError::UnexpectedReply(format!("{other:?}")).into()),
     }
 }
 
@@ -84,27 +47,13 @@ pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Resu
             if !(0.0..=100.0).contains(&max_delete) {
                 return usage("--max-delete is a percentage from 0 to 100");
             }
-            let cfg = vd.config()?;
-            let args = MergeArgs {
-                branch,
-                policy: serde_json::to_value(policy)?.as_str().unwrap_or_default().to_string(),
-                dry_run,
-                confirm,
-                max_delete,
-                prefetch,
-                store: cfg.store.clone(),
-                volume: cfg.remote_name().to_string(),
-                key_file: cfg.key_file.clone(),
-                fingerprint: cfg.key_fingerprint.clone(),
-            };
-            let out = call(&vd, &Request::Merge(args))?;
-            let record: MergeRecord = serde_json::from_value(out)?;
+            let args = MergeArgs { branch, policy, dry_run, confirm, max_delete, prefetch };
+            let record = record(call(&vd, &Request::Merge(args))?)?;
             print_record(&vd.name, &record, json);
             Ok(exit_of(&record))
         }
         MergeCmd::Log => {
-            let meta = vd.open_meta(vd.mount_state().is_some())?;
-            let entries = merge::log(&meta).map_err(lift)?;
+            let entries = vd.merge_log()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
                 return Ok(ExitCode::SUCCESS);
@@ -118,14 +67,12 @@ pub fn run(home: &Home, volume: Option<&str>, cmd: MergeCmd, json: bool) -> Resu
             Ok(ExitCode::SUCCESS)
         }
         MergeCmd::Show { id } => {
-            let meta = vd.open_meta(vd.mount_state().is_some())?;
-            let record = merge::show(&meta, id).map_err(lift)?;
+            let record = vd.merge_show(id)?;
             print_record(&vd.name, &record, json);
             Ok(ExitCode::SUCCESS)
         }
         MergeCmd::Undo { id } => {
-            let out = call(&vd, &Request::MergeUndo { id })?;
-            let record: MergeRecord = serde_json::from_value(out)?;
+            let record = record(call(&vd, &Request::MergeUndo { id })?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
@@ -149,7 +96,7 @@ fn exit_of(record: &MergeRecord) -> ExitCode {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.
 fn when(secs: i64) -> String {
-    let (y, m, d, hh, mm, ss) = hybridfs_core::types::utc(secs);
+    let (y, m, d, hh, mm, ss) = hybridfs_node::types::utc(secs);
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
 }
 

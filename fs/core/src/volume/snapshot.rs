@@ -25,7 +25,7 @@ use crate::error::{FsError, Result};
 use crate::extent::spans;
 use crate::meta::{Mutation, LIVE};
 use crate::types::{Extent, Ino, Kind, SnapshotInfo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ fn unknown(name: &str) -> FsError {
 }
 
 /// What one collector pass did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GcReport {
     /// Epoch ranges of deleted snapshots gone through.
     pub ranges: usize,
@@ -68,7 +68,7 @@ pub struct GcReport {
 }
 
 /// What a rollback did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RollbackReport {
     pub target: SnapshotInfo,
     /// The snapshot of the state before the rollback.

@@ -1,12 +1,20 @@
-//! `hybridctl mount` and `hybridctl umount`.
+//! The mount lifecycle: serve a volume through FUSE in this process until it is unmounted
+//! ([`mount_foreground`]), or start a process that does and wait until the mount answers
+//! ([`mount_daemon`]); and [`umount`].
+//!
+//! A mount process owns its volume (the lock) and, for the life of the mount, the background
+//! work around it: the sealer, the collector, the metrics writer and server, the control
+//! socket (crate::control) and the store check.
 
-use crate::home::{is_hybridfs_mount, mount_type, pid_alive, Home, MountState, VolumeDir};
-use crate::usage;
+use crate::error::bad_input;
+use crate::control::RemoteSlot;
+use crate::home::{pid_alive, Home, MountState, VolumeDir};
+use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use hybridfs_fuse::MountConfig;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long `mount -d` waits for the mount to answer.
@@ -21,10 +29,10 @@ fn prepare_mountpoint(mp: &Path) -> Result<PathBuf> {
     }
     let meta = match std::fs::metadata(&abs) {
         Ok(m) => m,
-        Err(_) => return usage(format!("mount point {} does not exist", mp.display())),
+        Err(_) => return bad_input(format!("mount point {} does not exist", mp.display())),
     };
     if !meta.is_dir() {
-        return usage(format!("mount point {} is not a directory", mp.display()));
+        return bad_input(format!("mount point {} is not a directory", mp.display()));
     }
     let mp = abs.canonicalize().with_context(|| format!("resolve {}", mp.display()))?;
     if let Some((fstype, source)) = mount_type(&mp) {
@@ -60,42 +68,71 @@ fn lazy_umount(mp: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mount options given on the command line.
-pub struct MountFlags {
+/// How to serve a mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// FUSE session threads.
     pub threads: usize,
+    /// Serve reads of files not yet sealed by kernel passthrough (else: writeback cache).
     pub passthrough: bool,
+    /// Seconds a closed file stays untouched before its data is sealed.
     pub seal_delay: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlags) -> Result<ExitCode> {
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { threads: 4, passthrough: true, seal_delay: 30, metrics_addr: None }
+    }
+}
+
+/// A mount started in the background.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    pub pid: u32,
+    pub mountpoint: PathBuf,
+}
+
+/// Start a mount process and return once the mount answers. `program` is a binary that
+/// takes `--home HOME mount NAME MOUNTPOINT [flags]` and serves the mount in the foreground
+/// (hybridctl; the CLI passes itself). Its output goes to the volume's `mount.log`.
+pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, program: &Path) -> Result<Daemon> {
     let vd = home.volume(name)?;
     vd.config()?;
     let mp = prepare_mountpoint(mp)?;
-    if daemon {
-        drop(vd.lock()?);
-        return spawn_daemon(home, &vd, &mp, flags);
-    }
+    drop(vd.lock()?);
+    spawn_daemon(home, &vd, &mp, opts, program)
+}
+
+/// Serve volume `name` at `mp` in this process until it is unmounted (or SIGINT, SIGTERM,
+/// SIGHUP); everything is flushed when it returns.
+pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> Result<()> {
+    let vd = home.volume(name)?;
+    let cfg = vd.config()?;
+    let mp = prepare_mountpoint(mp)?;
     // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
     let signals = block_termination_signals()?;
     let _lock = vd.lock()?;
-    if let Some(addr) = flags.metrics_addr {
-        crate::metrics::serve(addr)?;
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics_http::serve(addr)?;
     }
-    let vol = vd.open_volume(Duration::from_secs(flags.seal_delay))?;
+    let vol = vd.open_volume(Duration::from_secs(opts.seal_delay))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
     spawn_signal_handler(mp.clone(), signals)?;
     spawn_metrics_writer(vol.clone(), vd.metrics_path());
-    crate::snapcmd::serve_control(vol.clone(), &vd.control_path())?;
+    // The volume's object store, kept for the life of the mount.
+    let remote = Arc::new(RemoteSlot::new(cfg));
+    crate::control::serve(vol.clone(), remote.clone(), &vd.control_path())?;
     spawn_collector(vol.clone());
-    spawn_store_check(&vd);
+    spawn_store_check(remote);
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
-        threads: flags.threads,
-        passthrough: flags.passthrough,
+        threads: opts.threads,
+        passthrough: opts.passthrough,
     };
     tracing::info!("serving volume {name} at {}", mp.display());
     let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
@@ -104,15 +141,15 @@ pub fn mount(home: &Home, name: &str, mp: &Path, daemon: bool, flags: &MountFlag
     let _ = std::fs::remove_file(vd.control_path());
     served.with_context(|| format!("mount {name} at {}", mp.display()))?;
     tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Say in the mount log whether the volume's store answers: the mount never waits for it
 /// (local first), but an unreachable store shows now, not at the first push or cold read.
-fn spawn_store_check(vd: &VolumeDir) {
-    let Ok(cfg) = vd.config() else { return };
+fn spawn_store_check(remote: Arc<RemoteSlot>) {
     let _ = std::thread::Builder::new().name("store-check".into()).spawn(move || {
-        let result = cfg.remote().and_then(|r| r.head(cfg.push_branch()).map_err(anyhow::Error::from));
+        let cfg = remote.config();
+        let result = remote.get().map_err(anyhow::Error::from).and_then(|r| r.head(cfg.push_branch()).map_err(anyhow::Error::from));
         match result {
             Ok(_) => tracing::info!(store = %cfg.store, "the store answers"),
             Err(e) => tracing::warn!(
@@ -124,11 +161,10 @@ fn spawn_store_check(vd: &VolumeDir) {
 }
 
 /// Start `hybridctl mount` in the background and wait until the mount answers.
-fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> Result<ExitCode> {
+fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, program: &Path) -> Result<Daemon> {
     rotate_log(&vd.log_path());
     let log = std::fs::OpenOptions::new().create(true).append(true).open(vd.log_path())?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(program);
     cmd.arg("--home").arg(&home.root).arg("mount").arg(&vd.name).arg(mp);
     cmd.arg("--threads").arg(flags.threads.to_string()).arg("--seal-delay").arg(flags.seal_delay.to_string());
     if !flags.passthrough {
@@ -152,8 +188,7 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountFlags) -> R
             bail!("the mount process exited ({status}): {}", log_tail(&vd.log_path()));
         }
         if is_hybridfs_mount(mp) && std::fs::metadata(mp).is_ok() {
-            println!("mounted {} at {} (pid {})", vd.name, mp.display(), child.id());
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Daemon { pid: child.id(), mountpoint: mp.to_path_buf() });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -276,11 +311,13 @@ fn spawn_readahead_tuner(mp: PathBuf) {
     });
 }
 
-pub fn umount(home: &Home, mp: &Path, timeout: u64) -> Result<ExitCode> {
+/// Unmount `mp` and wait (up to `timeout` seconds) until its mount process has flushed
+/// everything and exited. Returns the mount point as resolved.
+pub fn umount(home: &Home, mp: &Path, timeout: u64) -> Result<PathBuf> {
     let mp = match mp.canonicalize() {
         Ok(p) => p,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => mp.to_path_buf(),
-        Err(_) => return usage(format!("{} does not exist", mp.display())),
+        Err(_) => return bad_input(format!("{} does not exist", mp.display())),
     };
     if mount_type(&mp).is_none() {
         bail!("{} is not mounted", mp.display());
@@ -305,6 +342,25 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    println!("unmounted {}", mp.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(mp)
 }
+
+/// Whether `path` is a hybridfs mount (its source is `hybridfs:NAME`).
+pub fn is_hybridfs_mount(path: &Path) -> bool {
+    mount_type(path).is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source.starts_with("hybridfs"))
+}
+
+/// Whether `path` is in this process's mount table: (file system type, source).
+pub fn mount_type(path: &Path) -> Option<(String, String)> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mp = fields.get(4)?.replace("\\040", " ");
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?.to_string();
+        let source = fields.get(sep + 2)?.to_string();
+        (mp == want).then_some((fstype, source))
+    })
+}
+

@@ -1,0 +1,58 @@
+//! The client side of the control API: [`call`] sends a request to the mount process of a
+//! volume, or runs it here when the volume is not mounted.
+
+use super::server::{execute, RemoteSlot};
+use super::{ControlError, Envelope, Message, Reply, Request, PROTOCOL_VERSION};
+use crate::home::VolumeDir;
+use anyhow::{bail, Context, Result};
+use hybridfs_sync::Progress;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// Longest a request may take in the mount process (sealing a large dirty set, a big gc).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Run `req` on volume `vd`: in its mount process when it is mounted, else here (taking the
+/// volume's lock for the duration). A failure of the request itself is a [`ControlError`]
+/// inside the returned error (`downcast_ref` finds it); `progress` sees push progress.
+pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply> {
+    if let Some(state) = vd.mount_state() {
+        return call_mounted(vd, state.pid, req, progress);
+    }
+    let _lock = vd.lock()?;
+    let remote = RemoteSlot::new(vd.config()?);
+    if let Request::Pull = req {
+        // Only the metadata: the volume is not opened while a pull is unfinished.
+        let meta = vd.open_meta(false)?;
+        let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
+        return Ok(Reply::Pull(report));
+    }
+    let vol = vd.open_volume(Duration::from_secs(30))?;
+    let result = execute(&vol, &remote, req, progress);
+    vol.shutdown().context("flush the volume")?;
+    Ok(result?)
+}
+
+fn call_mounted(vd: &VolumeDir, pid: u32, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply> {
+    let path = vd.control_path();
+    let mut conn = UnixStream::connect(&path)
+        .with_context(|| format!("reach the mount process (pid {pid}) of volume {} at {}", vd.name, path.display()))?;
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let envelope = Envelope { version: PROTOCOL_VERSION, request: req.clone() };
+    conn.write_all(serde_json::to_string(&envelope)?.as_bytes())?;
+    conn.write_all(b"\n")?;
+    let mut reader = BufReader::new(&conn);
+    for _ in 0..10_000_000 {
+        let mut line = String::new();
+        reader.read_line(&mut line).context("read the mount process's answer")?;
+        if line.is_empty() {
+            bail!("the mount process (pid {pid}) closed the connection without answering (did it crash? see {})", vd.log_path().display());
+        }
+        match serde_json::from_str::<Message>(&line).context("parse the mount process's answer")? {
+            Message::Progress(p) => progress(&p),
+            Message::Done(result) => return Ok(result?),
+        }
+    }
+    bail!("the mount process sent no answer")
+}

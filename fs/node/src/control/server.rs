@@ -1,0 +1,165 @@
+//! The server side of the control API: [`serve`] answers on a mount's control socket, one
+//! thread per connection; [`execute`] runs a request against an open volume (also used by
+//! the client for an unmounted volume).
+
+use super::{ControlError, Envelope, Message, PrefetchReport, Reply, Request, SnapshotRow, PROTOCOL_VERSION};
+use crate::home::VolumeConfig;
+use anyhow::{Context, Result};
+use hybridfs_core::meta::LIVE;
+use hybridfs_core::types::SnapshotInfo;
+use hybridfs_core::{FsError, Volume};
+use hybridfs_sync::merge::MergeRequest;
+use hybridfs_sync::{Progress, Remote};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The volume's object store, opened on first use and then kept (for a mount process: for
+/// the life of the mount). Opening it fails while the store's settings or key are wrong; the
+/// next request tries again.
+pub struct RemoteSlot {
+    cfg: VolumeConfig,
+    // A std Mutex: held only to clone or set the Arc, never across store I/O.
+    remote: Mutex<Option<Arc<Remote>>>,
+}
+
+impl RemoteSlot {
+    pub fn new(cfg: VolumeConfig) -> RemoteSlot {
+        RemoteSlot { cfg, remote: Mutex::new(None) }
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.cfg
+    }
+
+    pub fn get(&self) -> Result<Arc<Remote>, ControlError> {
+        let mut slot = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = &*slot {
+            return Ok(r.clone());
+        }
+        let remote = Arc::new(self.cfg.remote().map_err(|e| ControlError::Failed(format!("{e:#}")))?);
+        *slot = Some(remote.clone());
+        Ok(remote)
+    }
+}
+
+fn snapshot_row(vol: &Volume, info: SnapshotInfo) -> Result<SnapshotRow, FsError> {
+    let unique_bytes = vol.snapshot_unique_bytes(&info.name)?;
+    Ok(SnapshotRow { info, unique_bytes })
+}
+
+fn diff(vol: &Volume, from: &str, to: Option<&str>) -> Result<Reply, ControlError> {
+    let from_epoch = vol.snapshot(from)?.epoch;
+    let to_epoch = match to {
+        Some(t) => vol.snapshot(t)?.epoch,
+        None => LIVE,
+    };
+    if to_epoch != LIVE && to_epoch < from_epoch {
+        let to = to.unwrap_or_default();
+        return Err(ControlError::BadInput(format!("snapshot {to} is older than {from}: give the older snapshot first")));
+    }
+    Ok(Reply::Diff(hybridfs_core::diff::diff(vol.meta(), from_epoch, to_epoch, vol.block_size())?))
+}
+
+fn prefetch(vol: &Volume, paths: &[Vec<String>]) -> Result<Reply, ControlError> {
+    let started = Instant::now();
+    let mut blocks = 0;
+    for path in paths {
+        let mut ino = hybridfs_core::types::ROOT_INO;
+        for part in path {
+            ino = vol.lookup(ino, part.as_bytes())?.ino;
+        }
+        blocks += vol.prefetch_tree(ino)?;
+    }
+    Ok(Reply::Prefetch(PrefetchReport { paths: paths.len(), blocks, seconds: started.elapsed().as_secs_f64() }))
+}
+
+/// Run one request against an open volume; long ones report progress as they go.
+pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply, ControlError> {
+    let kernel = || hybridfs_fuse::kernel_cache::of(vol);
+    Ok(match req {
+        Request::SnapshotCreate { name } => Reply::Snapshot(vol.snapshot_create(name)?),
+        Request::SnapshotDelete { name } => Reply::Snapshot(vol.snapshot_delete(name)?),
+        Request::SnapshotHold { name, by, on } => Reply::Snapshot(vol.snapshot_hold(name, by, *on)?),
+        Request::SnapshotList => {
+            Reply::Snapshots(vol.snapshots()?.into_iter().map(|s| snapshot_row(vol, s)).collect::<Result<_, FsError>>()?)
+        }
+        Request::SnapshotShow { name } => Reply::Snapshots(vec![snapshot_row(vol, vol.snapshot(name)?)?]),
+        Request::Diff { from, to } => return diff(vol, from, to.as_deref()),
+        Request::Gc { grace_secs } => Reply::Gc(vol.collect(Duration::from_secs(*grace_secs))?),
+        Request::Rollback { name } => Reply::Rollback(vol.rollback(name)?),
+        Request::Prefetch { paths } => return prefetch(vol, paths),
+        Request::Merge(m) => {
+            let req = MergeRequest {
+                branch: m.branch.clone(),
+                policy: m.policy,
+                dry_run: m.dry_run,
+                confirm: m.confirm,
+                max_delete_pct: m.max_delete,
+                prefetch: m.prefetch,
+            };
+            Reply::Merge(hybridfs_sync::merge::merge(vol, &*remote.get()?, &req, kernel().as_deref())?)
+        }
+        Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
+        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &*remote.get()?)?),
+        Request::Push { branch, fork_from } => {
+            let report = hybridfs_sync::push_with(vol, &*remote.get()?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
+            Reply::Push(report)
+        }
+    })
+}
+
+/// Serve requests on the volume's control socket at `path` until the process exits.
+pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    // Only the mount's owner (root, usually) may take or delete snapshots.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (vol, remote) = (vol.clone(), remote.clone());
+            let _ = std::thread::Builder::new().name("control-req".into()).spawn(move || {
+                if let Err(e) = answer(&vol, &remote, conn) {
+                    tracing::warn!("control request: {e}");
+                }
+            });
+        }
+    })?;
+    Ok(())
+}
+
+fn send(conn: &UnixStream, msg: &Message) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(msg).map_err(std::io::Error::other)?;
+    line.push('\n');
+    let mut w = conn;
+    w.write_all(line.as_bytes())
+}
+
+fn answer(vol: &Volume, remote: &RemoteSlot, conn: UnixStream) -> Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let result = match serde_json::from_str::<Envelope>(&line) {
+        Err(e) => Err(ControlError::BadInput(format!("bad request: {e}"))),
+        Ok(env) if env.version != PROTOCOL_VERSION => Err(ControlError::Version { client: env.version, server: PROTOCOL_VERSION }),
+        Ok(Envelope { request: Request::Rollback { .. } | Request::Pull, .. }) => Err(ControlError::Mounted),
+        Ok(env) => {
+            // Progress lines, at most a few per second, before the answer.
+            let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+            let progress = |p: &Progress| {
+                let mut t = last.lock().unwrap_or_else(|p| p.into_inner());
+                if t.elapsed() >= Duration::from_millis(250) {
+                    *t = Instant::now();
+                    let _ = send(&conn, &Message::Progress(p.clone()));
+                }
+            };
+            execute(vol, remote, &env.request, &progress)
+        }
+    };
+    send(&conn, &Message::Done(result))?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Read-only views of volumes: status (sizes, unpushed and unsealed bytes, mount state),
+//! fsck (local and of the branch in the store), the dirty-extent journal, the merge log.
+//! They open the metadata read-only, so they work while the volume is mounted.
+
+use crate::home::VolumeDir;
+use anyhow::Result;
+use hybridfs_core::fsck::{self, FsckReport};
+use hybridfs_core::metrics::MetricsSnapshot;
+use hybridfs_core::staging::Staging;
+use hybridfs_core::types::{Extent, JournalEntry, Kind};
+use hybridfs_sync::RemoteCheck;
+use hybridfs_sync::merge::{MergeRecord, MergeSummary};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Serialize, Debug)]
+pub struct VolumeStatus {
+    pub name: String,
+    pub block_size: u32,
+    pub store: String,
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
+    /// Bytes of live files in blocks written since the last push to the volume's branch (all
+    /// of them before the first push): what a node must push before it may go. Zero right
+    /// after a push, until the next write.
+    pub unpushed_bytes: u64,
+    /// Bytes of live files in blocks still in staging files (not yet sealed into blocks).
+    pub unsealed_bytes: u64,
+    /// Same as `unpushed_bytes` (the name of earlier versions).
+    pub dirty_bytes: u64,
+    /// Same as `unsealed_bytes` (the name of earlier versions).
+    pub staged_bytes: u64,
+    pub epoch: u64,
+    pub mounted: bool,
+    pub mountpoint: Option<String>,
+    pub pid: Option<u32>,
+    /// Snapshots kept.
+    pub snapshots: usize,
+    /// Counters of the current (or last) mount, from `metrics.json`.
+    pub metrics: Option<MetricsSnapshot>,
+}
+
+impl VolumeDir {
+    pub fn status(&self) -> Result<VolumeStatus> {
+        let cfg = self.config()?;
+        let meta = self.open_meta(true)?;
+        let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+        let mut sizes: HashMap<u64, u64> = HashMap::new();
+        meta.for_each_inode(&mut |i| match i.kind {
+            Kind::File => {
+                files += 1;
+                bytes += i.size;
+                sizes.insert(i.ino, i.size);
+            }
+            Kind::Dir => dirs += 1,
+            _ => {}
+        })?;
+        let bs = cfg.block_size as u64;
+        // The bytes of one block of a live file (the last block may be short; deleted files: 0).
+        let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
+        let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
+        let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
+        let unpushed_bytes = unpushed.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
+        let mut staged_bytes = 0u64;
+        meta.for_each_extent(&mut |ino, block, e| {
+            if e == Extent::Staged {
+                staged_bytes += block_bytes(ino, block);
+            }
+        })?;
+        let mount = self.mount_state();
+        Ok(VolumeStatus {
+            name: cfg.name,
+            block_size: cfg.block_size,
+            store: cfg.store,
+            files,
+            directories: dirs,
+            bytes,
+            unpushed_bytes,
+            unsealed_bytes: staged_bytes,
+            dirty_bytes: unpushed_bytes,
+            staged_bytes,
+            epoch: meta.epoch(),
+            snapshots: meta.snapshots()?.len(),
+            mounted: mount.is_some(),
+            mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
+            pid: mount.map(|m| m.pid),
+            metrics: std::fs::read(self.metrics_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+        })
+    }
+
+    /// Check metadata and block consistency (`verify`: re-hash every sealed block).
+    pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
+        let cfg = self.config()?;
+        let meta = self.open_meta(true)?;
+        let blocks = self.open_blocks(&meta)?;
+        let staging = Staging::new(self.staging_dir())?;
+        Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
+    }
+
+    /// Check the volume's branch in its store (default: the volume's branch; for a clone not
+    /// pushed yet, its source): every block its layers name is there.
+    pub fn fsck_remote(&self, branch: Option<String>, verify: bool) -> Result<RemoteCheck> {
+        let cfg = self.config()?;
+        let remote = cfg.remote()?;
+        let branch = match branch {
+            Some(b) => b,
+            None => match (&cfg.clone_of, remote.head(cfg.push_branch())?) {
+                (Some((source, _)), None) => source.clone(),
+                _ => cfg.push_branch().to_string(),
+            },
+        };
+        Ok(hybridfs_sync::check_remote(&remote, &branch, verify)?)
+    }
+
+    /// The dirty-extent journal from epoch `since` on.
+    pub fn journal(&self, since: u64) -> Result<Vec<JournalEntry>> {
+        Ok(self.open_meta(true)?.journal(since)?)
+    }
+
+    /// Past merges into this volume.
+    pub fn merge_log(&self) -> Result<Vec<MergeSummary>> {
+        let meta = self.open_meta(self.mount_state().is_some())?;
+        Ok(hybridfs_sync::merge::log(&meta).map_err(crate::control::ControlError::from)?)
+    }
+
+    /// The report of merge `id`.
+    pub fn merge_show(&self, id: u64) -> Result<MergeRecord> {
+        let meta = self.open_meta(self.mount_state().is_some())?;
+        Ok(hybridfs_sync::merge::show(&meta, id).map_err(crate::control::ControlError::from)?)
+    }
+}

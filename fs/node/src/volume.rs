@@ -1,0 +1,62 @@
+//! Opening a volume: which metadata engine, block store (local, or lazy over the object
+//! store) and object store it runs on. Every process that opens a volume (the CLI, a mount,
+//! the agent, tests) goes through here.
+
+use crate::home::{VolumeConfig, VolumeDir};
+use crate::keys;
+use anyhow::{Context, Result};
+use hybridfs_blocks::FileBlockStore;
+use hybridfs_core::blockstore::BlockStore;
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::{Volume, VolumeOptions};
+use hybridfs_meta::RocksOptions;
+use hybridfs_sync::Remote;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl VolumeConfig {
+    /// The volume's place in its object store (with its cipher when encrypted).
+    pub fn remote(&self) -> Result<Remote> {
+        let store = hybridfs_cloud::open(&self.store).with_context(|| format!("open the store {}", self.store))?;
+        let cipher = keys::volume_cipher(self.key_file.as_deref(), self.key_fingerprint.as_deref())?;
+        Ok(Remote::new(store, self.remote_name()).with_cipher(cipher))
+    }
+}
+
+impl VolumeDir {
+    pub fn open_meta(&self, read_only: bool) -> Result<Arc<MetaStore>> {
+        let opts = RocksOptions { read_only, ..RocksOptions::default() };
+        Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
+    }
+
+    /// The block store: local files, and for a clone the object store behind them.
+    pub fn open_blocks(&self, meta: &Arc<MetaStore>) -> Result<Arc<dyn BlockStore>> {
+        let local = FileBlockStore::open(self.blocks_dir())?;
+        let cfg = self.config()?;
+        // A home volume that merged a branch references the branch's blocks in the store.
+        let merged = meta.meta_value(hybridfs_sync::merge::LOG)?.is_some();
+        if cfg.clone_of.is_none() && !merged {
+            return Ok(Arc::new(local));
+        }
+        let remote = cfg.remote()?;
+        // One cache of fetched blocks per remote volume, shared by its clones on this node.
+        let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
+        let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
+        let cache = FileBlockStore::open(cache_dir)?;
+        let lazy = hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?;
+        if let Some(secs) = cfg.read_timeout_secs {
+            lazy.set_read_timeout(Duration::from_secs(secs));
+        }
+        Ok(Arc::new(lazy))
+    }
+
+    /// Open the volume for serving (caller holds the lock).
+    pub fn open_volume(&self, seal_delay: Duration) -> Result<Arc<Volume>> {
+        let cfg = self.config()?;
+        let opts = VolumeOptions { block_size: cfg.block_size, staging_dir: self.staging_dir(), seal_delay, ..VolumeOptions::default() };
+        let meta = self.open_meta(false)?;
+        let blocks = self.open_blocks(&meta)?;
+        Ok(Volume::open(meta, blocks, opts)?)
+    }
+}
