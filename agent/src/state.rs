@@ -240,8 +240,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
-        let mut s = State::default();
-        s.next_intent = 7;
+        let mut s = State { next_intent: 7, ..State::default() };
         s.scaler.above_since = Some("2026-03-02T06:00:00Z".parse().unwrap());
         store.save(&s).unwrap();
         // A crash mid-write leaves a torn tmp file: the saved state is untouched.

@@ -14,8 +14,8 @@
 //! 5. **Drain**: a draining node is terminated once it reports `drained` with zero unpushed
 //!    bytes after the drain was asked; never before, except at the hard deadline (the close of
 //!    the merge window after the drain began), where what it still held is recorded as lost.
-//! 6. **Merge** (inside the merge window): every drained branch not yet merged is merged into
-//!    home; failures are retried at the next step until the deadline, where the night is marked
+//! 6. **Merge** (inside the merge window): the branch of every node confirmed terminated (so
+//!    its last push, made at SIGTERM, is in) and not yet merged is merged into home; failures are retried at the next step until the deadline, where the night is marked
 //!    missed, logged at error and the alert command runs once.
 //!
 //! Every change of a record is saved before the provider is called about it (see `state`).
@@ -456,7 +456,9 @@ impl Controller {
             .state
             .nodes
             .iter()
-            .filter(|n| !n.merged && (n.phase == Phase::Terminated || n.phase == Phase::Terminating || is_drained(n)))
+            // Only once the provider confirms the node gone: its last push (at SIGTERM) is then
+            // in the store, and nothing can be written to the branch after the merge read it.
+            .filter(|n| !n.merged && n.phase == Phase::Terminated)
             .map(|n| (n.intent.clone(), n.branch.clone()))
             .collect();
         for (intent, branch) in mergeable {
