@@ -420,3 +420,23 @@ fn nodes_that_die_before_their_first_report_make_renting_back_off() {
     }
     assert_eq!(launched_at, ["09:10", "09:30", "10:10"], "waits 20, then 40 minutes after each death; not every 10");
 }
+
+#[test]
+fn no_lost_writes_a_branch_is_merged_only_after_the_provider_confirms_its_node_gone() {
+    let mut w = World::new("2026-03-02T17:00:00Z");
+    let mut c = w.controller();
+    c.rent(w.clock.now()).unwrap();
+    w.minute(&mut c, 70.0, 1000);
+    w.provider.slow_terminate();
+    // 17:30: the merge window drains the node; its instance is still stopping (its last push
+    // at SIGTERM may still be on the way): no merge yet.
+    while w.clock.now() < "2026-03-02T18:00:00Z".parse::<Timestamp>().unwrap() {
+        w.minute(&mut c, 70.0, 1000);
+    }
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Terminating);
+    assert!(w.home.get().merged.is_empty(), "merged while the node could still push");
+    w.provider.finish_terminations();
+    w.minute(&mut c, 70.0, 0);
+    w.minute(&mut c, 70.0, 0);
+    assert_eq!(w.home.get().merged, ["burst-n0001"]);
+}

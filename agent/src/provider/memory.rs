@@ -19,6 +19,7 @@ struct Inner {
     bootstraps: BTreeMap<String, Bootstrap>,
     launches: u32,
     lose_next_response: bool,
+    slow_terminate: bool,
     interruptions: Vec<Interruption>,
 }
 
@@ -44,6 +45,21 @@ impl MemoryProvider {
 
     pub fn lose_next_launch_response(&self) {
         self.lock().lose_next_response = true;
+    }
+
+    /// Terminations stop at `Stopping` until [`MemoryProvider::finish_terminations`].
+    pub fn slow_terminate(&self) {
+        self.lock().slow_terminate = true;
+    }
+
+    pub fn finish_terminations(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.slow_terminate = false;
+        for i in inner.instances.iter_mut().filter(|i| i.state == InstanceState::Stopping) {
+            i.state = InstanceState::Terminated;
+            i.terminated_at = Some(now);
+        }
     }
 
     pub fn interrupt(&self, instance_id: &str) {
@@ -103,7 +119,12 @@ impl Provider for MemoryProvider {
     fn terminate(&self, instance_id: &str) -> Result<(), ProviderError> {
         let now = self.clock.now();
         let mut inner = self.lock();
+        let slow = inner.slow_terminate;
         match inner.instances.iter_mut().find(|i| i.id == instance_id) {
+            Some(i) if slow && i.state != InstanceState::Terminated => {
+                i.state = InstanceState::Stopping;
+                Ok(())
+            }
             Some(i) if i.state != InstanceState::Terminated => {
                 i.state = InstanceState::Terminated;
                 i.terminated_at = Some(now);
