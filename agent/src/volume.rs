@@ -7,8 +7,8 @@
 //! with `--json`.
 //!
 //! **Temporary seam:** `Hybridctl` shells out because the node library (`fs/node`, crate
-//! `hybridfs-node`, issue 11) was not on main when the agent was started. Once it is, an
-//! implementation on that library replaces this one and the traits stay.
+//! `hybridfs-node`, issue 11) landed on main only as this agent's first part was finished. An
+//! implementation on that library replaces this one (see doc/AGENT.md); the traits stay.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
