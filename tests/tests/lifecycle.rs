@@ -28,3 +28,25 @@ fn sigterm_unmounts_cleanly_and_loses_nothing() {
     assert_eq!(fs::read(vol.path("big")).unwrap(), data);
     assert_eq!(fs::read(vol.path("small")).unwrap(), b"small file");
 }
+
+/// `hybridctl status` lists the mount process's named workers (from its control API), and a
+/// request run through the control socket leaves the control worker idle with a last run.
+#[test]
+fn status_lists_the_mount_processes_workers() {
+    let vol = TestVolume::new();
+    vol.ctl(&["snapshot", "create", "s1", "--volume", vol.name()]).assert_success();
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
+    let workers = v[0]["workers"].as_array().unwrap_or_else(|| panic!("no workers in status: {out}"));
+    let names: Vec<&str> = workers.iter().filter_map(|w| w["name"].as_str()).collect();
+    for want in ["metrics-writer", "control", "collector"] {
+        assert!(names.contains(&want), "worker {want} missing from {names:?}");
+    }
+    let control = workers.iter().find(|w| w["name"] == "control").expect("control worker");
+    assert!(control["last_run"].as_u64().is_some(), "the snapshot request ran through the control worker: {control}");
+    assert_eq!(control["failures"], 0, "{control}");
+    let human = vol.ctl(&["status", vol.name()]);
+    human.assert_success();
+    assert!(human.stdout.contains("workers: metrics-writer idle"), "{human}");
+}

@@ -14,6 +14,7 @@
 //! * [`control`] — the typed control API between a client and the mount process: one
 //!   client ([`control::call`]), one server ([`control::serve`]).
 //! * [`status`] — read-only views: status, fsck, journal, merge log.
+//! * [`workers`] — background work as named workers with a status, a stop signal and backoff.
 //! * [`metrics_http`] — `/metrics` in the Prometheus text format.
 //! * [`types`] — the report types of the layers below, for callers that print them.
 //! * [`error`] — [`BadInput`] and the one table from errors to exit codes.
@@ -31,6 +32,7 @@ pub mod metrics_http;
 pub mod mount;
 pub mod status;
 mod volume;
+pub mod workers;
 
 pub use error::{bad_input, exit_code, BadInput};
 pub use home::{Home, MountState, VolumeConfig, VolumeDir, VolumeLock};

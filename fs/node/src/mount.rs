@@ -9,6 +9,8 @@
 use crate::error::bad_input;
 use crate::control::RemoteSlot;
 use crate::home::{pid_alive, Home, MountState, VolumeDir};
+use crate::workers::{Next, Workers};
+use hybridfs_core::Volume;
 use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use hybridfs_fuse::MountConfig;
@@ -123,11 +125,13 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
     spawn_signal_handler(mp.clone(), signals)?;
-    spawn_metrics_writer(vol.clone(), vd.metrics_path());
+    // The mount's background work; stopped (and waited for) when the session ends.
+    let workers = Workers::new();
+    spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
     // The volume's object store, kept for the life of the mount.
     let remote = Arc::new(RemoteSlot::new(cfg));
-    crate::control::serve(vol.clone(), remote.clone(), &vd.control_path())?;
-    spawn_collector(vol.clone());
+    crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
+    spawn_collector(&workers, &vol)?;
     spawn_store_check(remote);
     let cfg = MountConfig {
         fs_name: format!("hybridfs:{name}"),
@@ -136,6 +140,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     };
     tracing::info!("serving volume {name} at {}", mp.display());
     let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
+    workers.stop();
     write_metrics(&vol, &vd.metrics_path());
     let _ = std::fs::remove_file(vd.mount_state_path());
     let _ = std::fs::remove_file(vd.control_path());
@@ -249,16 +254,15 @@ fn spawn_signal_handler(mp: PathBuf, set: libc::sigset_t) -> Result<()> {
 }
 
 /// Every 2 s, the volume's counters go to `metrics.json` (for `hybridctl status`).
-fn spawn_metrics_writer(vol: std::sync::Arc<hybridfs_core::Volume>, path: PathBuf) {
-    let weak = std::sync::Arc::downgrade(&vol);
-    drop(vol);
-    std::thread::spawn(move || {
-        while let Some(vol) = weak.upgrade() {
-            write_metrics(&vol, &path);
-            drop(vol);
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    });
+fn spawn_metrics_writer(workers: &Workers, vol: &Arc<Volume>, path: PathBuf) -> Result<()> {
+    write_metrics(vol, &path);
+    let weak = Arc::downgrade(vol);
+    workers.spawn("metrics-writer", Duration::from_secs(2), move |_| {
+        let Some(vol) = weak.upgrade() else { return Ok(Next::Finish) };
+        write_metrics(&vol, &path);
+        Ok(Next::Continue)
+    })?;
+    Ok(())
 }
 
 fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
@@ -274,20 +278,18 @@ fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
 
 /// Every 30 s, reclaim what deleted snapshots and deleted files left (blocks unreferenced for
 /// more than 60 s); `hybridctl gc` runs the same pass on demand.
-fn spawn_collector(vol: std::sync::Arc<hybridfs_core::Volume>) {
-    let weak = std::sync::Arc::downgrade(&vol);
-    drop(vol);
-    let _ = std::thread::Builder::new().name("collector".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(30));
-        let Some(vol) = weak.upgrade() else { return };
-        match vol.collect(Duration::from_secs(60)) {
-            Ok(r) if r.blocks_freed > 0 || r.versions_removed > 0 => {
-                tracing::info!("collector: {} versions removed, {} blocks freed", r.versions_removed, r.blocks_freed)
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!("collector: {e}"),
+fn spawn_collector(workers: &Workers, vol: &Arc<Volume>) -> Result<()> {
+    let weak = Arc::downgrade(vol);
+    workers.spawn("collector", Duration::from_secs(30), move |h| {
+        let Some(vol) = weak.upgrade() else { return Ok(Next::Finish) };
+        h.busy("collect");
+        let r = vol.collect(Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        if r.blocks_freed > 0 || r.versions_removed > 0 {
+            tracing::info!("collector: {} versions removed, {} blocks freed", r.versions_removed, r.blocks_freed)
         }
-    });
+        Ok(Next::Continue)
+    })?;
+    Ok(())
 }
 
 /// Raise the kernel readahead of the new mount to match our 1 MiB requests.

@@ -10,6 +10,7 @@ use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, JournalEntry, Kind};
 use hybridfs_sync::RemoteCheck;
 use hybridfs_sync::merge::{MergeRecord, MergeSummary};
+use crate::workers::WorkerStatus;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -39,6 +40,9 @@ pub struct VolumeStatus {
     pub snapshots: usize,
     /// Counters of the current (or last) mount, from `metrics.json`.
     pub metrics: Option<MetricsSnapshot>,
+    /// The mount process's background workers (mounted volumes whose mount answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<WorkerStatus>>,
 }
 
 impl VolumeDir {
@@ -69,6 +73,7 @@ impl VolumeDir {
             }
         })?;
         let mount = self.mount_state();
+        let mounted = mount.is_some();
         Ok(VolumeStatus {
             name: cfg.name,
             block_size: cfg.block_size,
@@ -86,7 +91,16 @@ impl VolumeDir {
             mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
             pid: mount.map(|m| m.pid),
             metrics: std::fs::read(self.metrics_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+            workers: if mounted { self.workers() } else { None },
         })
+    }
+
+    /// The workers of the volume's mount process (None: not mounted, or it did not answer).
+    pub fn workers(&self) -> Option<Vec<WorkerStatus>> {
+        match crate::control::call(self, &crate::control::Request::Workers, &|_| {}) {
+            Ok(crate::control::Reply::Workers(w)) => Some(w),
+            _ => None,
+        }
     }
 
     /// Check metadata and block consistency (`verify`: re-hash every sealed block).

@@ -37,11 +37,24 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
             s.epoch,
         );
         println!("{:<16} store {}, {} snapshots", "", s.store, s.snapshots);
+        if let Some(workers) = &s.workers {
+            println!("{:<16} workers: {}", "", workers.iter().map(worker_line).collect::<Vec<_>>().join(", "));
+        }
         if let Some(m) = s.metrics.as_ref().filter(|m| !m.corrupt_block_ids.is_empty()) {
             println!("{:<16} CORRUPT blocks read: {}", "", m.corrupt_block_ids.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `collector idle`, `control busy: push`, `collector idle (2 failures; last: ...)`.
+fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
+    let state = w.busy.as_ref().map_or("idle".to_string(), |b| format!("busy: {b}"));
+    let failing = match (&w.last_error, w.failures) {
+        (Some(e), n) if n > 0 => format!(" ({n} failures; last: {e})"),
+        _ => String::new(),
+    };
+    format!("{} {state}{failing}", w.name)
 }
 
 pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCode> {

@@ -113,6 +113,7 @@ fn print_reply_json(reply: &Reply) -> Result<()> {
         Reply::Pull(p) => print_json(p),
         Reply::Prefetch(p) => print_json(p),
         Reply::Merge(m) => print_json(m),
+        Reply::Workers(w) => print_json(w),
     }
 }
 

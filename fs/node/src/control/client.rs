@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// Longest a request may take in the mount process (sealing a large dirty set, a big gc).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest a status question ([`Request::Workers`]) waits.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `req` on volume `vd`: in its mount process when it is mounted, else here (taking the
 /// volume's lock for the duration). A failure of the request itself is a [`ControlError`]
@@ -19,6 +21,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply> {
     if let Some(state) = vd.mount_state() {
         return call_mounted(vd, state.pid, req, progress);
+    }
+    if let Request::Workers = req {
+        return Err(ControlError::NotMounted.into());
     }
     let _lock = vd.lock()?;
     let remote = RemoteSlot::new(vd.config()?);
@@ -38,7 +43,9 @@ fn call_mounted(vd: &VolumeDir, pid: u32, req: &Request, progress: &(dyn Fn(&Pro
     let path = vd.control_path();
     let mut conn = UnixStream::connect(&path)
         .with_context(|| format!("reach the mount process (pid {pid}) of volume {} at {}", vd.name, path.display()))?;
-    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    // A status question must not hang on a mount process that does not answer.
+    let timeout = if let Request::Workers = req { STATUS_TIMEOUT } else { REQUEST_TIMEOUT };
+    conn.set_read_timeout(Some(timeout))?;
     let envelope = Envelope { version: PROTOCOL_VERSION, request: req.clone() };
     conn.write_all(serde_json::to_string(&envelope)?.as_bytes())?;
     conn.write_all(b"\n")?;

@@ -59,6 +59,30 @@ pub enum Request {
     Merge(MergeArgs),
     /// Undo merge `id` (None: the newest not undone).
     MergeUndo { id: Option<u64> },
+    /// The mount process's background workers (mounted volumes only).
+    Workers,
+}
+
+impl Request {
+    /// The request's name, as a worker's status shows it.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::SnapshotCreate { .. } => "snapshot create",
+            Request::SnapshotDelete { .. } => "snapshot delete",
+            Request::SnapshotHold { .. } => "snapshot hold",
+            Request::SnapshotList => "snapshot list",
+            Request::SnapshotShow { .. } => "snapshot show",
+            Request::Diff { .. } => "diff",
+            Request::Gc { .. } => "gc",
+            Request::Rollback { .. } => "rollback",
+            Request::Push { .. } => "push",
+            Request::Pull => "pull",
+            Request::Prefetch { .. } => "prefetch",
+            Request::Merge(_) => "merge",
+            Request::MergeUndo { .. } => "merge undo",
+            Request::Workers => "workers",
+        }
+    }
 }
 
 /// A merge as the control API carries it.
@@ -106,6 +130,7 @@ pub enum Reply {
     Prefetch(PrefetchReport),
     /// `Merge` and `MergeUndo`.
     Merge(MergeRecord),
+    Workers(Vec<crate::workers::WorkerStatus>),
 }
 
 /// A request that failed, as it crosses the socket.
@@ -118,6 +143,9 @@ pub enum ControlError {
     /// Refused while the volume is mounted.
     #[error("the volume is mounted: unmount it first (hybridctl umount MOUNTPOINT); a rollback or a pull changes the tree under running programs")]
     Mounted,
+    /// Asked of a volume that is not mounted.
+    #[error("the volume is not mounted")]
+    NotMounted,
     #[error("the mount process speaks control protocol {server}, this client {client}: remount the volume with this version")]
     Version { client: u32, server: u32 },
     /// The reply came but does not fit the request (a bug on one side).

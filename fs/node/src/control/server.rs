@@ -4,6 +4,7 @@
 
 use super::{ControlError, Envelope, Message, PrefetchReport, Reply, Request, SnapshotRow, PROTOCOL_VERSION};
 use crate::home::VolumeConfig;
+use crate::workers::{Handle, Workers};
 use anyhow::{Context, Result};
 use hybridfs_core::meta::LIVE;
 use hybridfs_core::types::SnapshotInfo;
@@ -104,6 +105,7 @@ pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress
         }
         Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
         Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &*remote.get()?)?),
+        Request::Workers => return Err(ControlError::NotMounted),
         Request::Push { branch, fork_from } => {
             let report = hybridfs_sync::push_with(vol, &*remote.get()?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
             Reply::Push(report)
@@ -112,18 +114,19 @@ pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress
 }
 
 /// Serve requests on the volume's control socket at `path` until the process exits.
-pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, path: &Path) -> Result<()> {
+pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, workers: Arc<Workers>, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
     // Only the mount's owner (root, usually) may take or delete snapshots.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let status = workers.register("control");
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (vol, remote) = (vol.clone(), remote.clone());
+            let (vol, remote, workers, status) = (vol.clone(), remote.clone(), workers.clone(), status.clone());
             let _ = std::thread::Builder::new().name("control-req".into()).spawn(move || {
-                if let Err(e) = answer(&vol, &remote, conn) {
+                if let Err(e) = answer(&vol, &remote, &workers, &status, conn) {
                     tracing::warn!("control request: {e}");
                 }
             });
@@ -139,7 +142,7 @@ fn send(conn: &UnixStream, msg: &Message) -> std::io::Result<()> {
     w.write_all(line.as_bytes())
 }
 
-fn answer(vol: &Volume, remote: &RemoteSlot, conn: UnixStream) -> Result<()> {
+fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle, conn: UnixStream) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
@@ -147,6 +150,7 @@ fn answer(vol: &Volume, remote: &RemoteSlot, conn: UnixStream) -> Result<()> {
         Err(e) => Err(ControlError::BadInput(format!("bad request: {e}"))),
         Ok(env) if env.version != PROTOCOL_VERSION => Err(ControlError::Version { client: env.version, server: PROTOCOL_VERSION }),
         Ok(Envelope { request: Request::Rollback { .. } | Request::Pull, .. }) => Err(ControlError::Mounted),
+        Ok(Envelope { request: Request::Workers, .. }) => Ok(Reply::Workers(workers.status())),
         Ok(env) => {
             // Progress lines, at most a few per second, before the answer.
             let last = Mutex::new(Instant::now() - Duration::from_secs(1));
@@ -157,7 +161,10 @@ fn answer(vol: &Volume, remote: &RemoteSlot, conn: UnixStream) -> Result<()> {
                     let _ = send(&conn, &Message::Progress(p.clone()));
                 }
             };
-            execute(vol, remote, &env.request, &progress)
+            status.busy(env.request.op());
+            let result = execute(vol, remote, &env.request, &progress);
+            status.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            result
         }
     };
     send(&conn, &Message::Done(result))?;
