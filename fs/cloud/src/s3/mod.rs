@@ -7,11 +7,14 @@
 //!
 //! # The async bridge
 //!
-//! Callers are plain threads and the trait is synchronous; aws-sdk-s3 is async. Each store
-//! owns a small tokio runtime (2 workers). A call spawns its request on that runtime and waits
-//! for the answer on a channel, with a deadline a little past the SDK's own operation timeout.
-//! Waiting on a channel (not `Runtime::block_on`) is what makes a call safe from any thread,
-//! a thread of another tokio runtime included: it blocks that thread, but never panics.
+//! Callers are plain threads and the trait is synchronous; aws-sdk-s3 is async. Every store of
+//! a process shares one small tokio runtime (2 workers, threads `hybridfs-s3`), started by the
+//! first store and kept for the life of the process. A call spawns its request on that
+//! runtime, under a `tokio::time::timeout` a little past the SDK's own operation timeout, and
+//! waits for the answer on a channel: a request past its deadline is dropped (aborted) on
+//! the runtime, not left running. Waiting on a channel (not `Runtime::block_on`) is what makes
+//! a call safe from any thread, a thread of another tokio runtime included: it blocks that
+//! thread, but never panics.
 //!
 //! `head` of a key in a bucket that does not exist answers `None`: a HEAD answer has no body to
 //! say which of the two is missing. Every other call says [`StoreError::NoBucket`].
@@ -145,8 +148,24 @@ pub struct S3Store {
     region: String,
     place: Arc<Place>,
     wait: Duration,
-    /// Always `Some` until dropped; taken on drop to shut down without blocking.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The process's runtime for object-store I/O ([`shared_runtime`]).
+    runtime: &'static tokio::runtime::Runtime,
+}
+
+/// The one runtime of this process for object-store I/O, shared by every store it opens.
+/// Never shut down: it lives as long as the process (a static is never dropped, so exiting
+/// never waits for its tasks).
+fn shared_runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> = std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hybridfs-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    built.as_ref().map_err(|e| StoreError::Other(format!("start the S3 client runtime: {e}")))
 }
 
 impl S3Store {
@@ -157,12 +176,7 @@ impl S3Store {
         if !prefix.is_empty() {
             check_key(&prefix)?;
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("hybridfs-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Other(format!("start the S3 client runtime: {e}")))?;
+        let runtime = shared_runtime()?;
         let region = config.region();
         let place = Arc::new(Place {
             store: describe(bucket, &prefix),
@@ -173,9 +187,9 @@ impl S3Store {
                 .map_or_else(|| format!("https://s3.{region}.amazonaws.com"), redact_url),
         });
         let wait = config.operation_timeout + ANSWER_GRACE;
-        let client = wait_for(&runtime, wait, &place, client_for(config))?;
+        let client = wait_for(runtime, wait, &place, client_for(config))?;
         let bucket = bucket.to_string();
-        Ok(S3Store { client, bucket, prefix, region, place, wait, runtime: Some(runtime) })
+        Ok(S3Store { client, bucket, prefix, region, place, wait, runtime })
     }
 
     /// Create the bucket; one that this account already owns is fine.
@@ -223,8 +237,7 @@ impl S3Store {
         &self,
         fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let runtime = self.runtime.as_ref().ok_or_else(|| StoreError::Other("the S3 client is shut down".into()))?;
-        wait_for(runtime, self.wait, &self.place, fut)
+        wait_for(self.runtime, self.wait, &self.place, fut)
     }
 
     async fn list_pages(
@@ -367,16 +380,6 @@ impl ObjectStore for S3Store {
     }
 }
 
-impl Drop for S3Store {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks until its tasks end, which panics inside another runtime;
-        // shutdown_background neither blocks nor panics.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 fn describe(bucket: &str, prefix: &str) -> String {
     if prefix.is_empty() {
         format!("s3://{bucket}")
@@ -412,7 +415,8 @@ async fn client_for(config: S3Config) -> Result<Client, StoreError> {
     Ok(Client::from_conf(s3))
 }
 
-/// Spawn `fut` on `runtime` and wait at most `wait` for its answer.
+/// Spawn `fut` on `runtime` and wait at most `wait` for its answer; past `wait` the request
+/// is dropped on the runtime (aborted), not left running.
 fn wait_for<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     wait: Duration,
@@ -421,11 +425,12 @@ fn wait_for<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     let (tx, rx) = mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let _ = tx.send(fut.await);
+        let _ = tx.send(tokio::time::timeout(wait, fut).await.ok());
     });
-    match rx.recv_timeout(wait) {
-        Ok(answer) => answer,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(place.unreachable(format!("no answer within {wait:?}"))),
+    // The task answers by `wait`; the grace covers a runtime too busy to run it on time.
+    match rx.recv_timeout(wait + Duration::from_secs(1)) {
+        Ok(Some(answer)) => answer,
+        Ok(None) | Err(mpsc::RecvTimeoutError::Timeout) => Err(place.unreachable(format!("no answer within {wait:?}"))),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             Err(StoreError::Other("the S3 request task ended without an answer".into()))
         }
@@ -446,6 +451,35 @@ fn no_etag(place: &Place, key: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::{S3Config, S3Credentials, S3Store};
+
+    /// A request past its deadline is dropped on the runtime (its future is aborted), not left
+    /// running; and every store of the process shares one runtime.
+    #[test]
+    fn a_timed_out_request_is_aborted_and_stores_share_one_runtime() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (store("a"), store("b"));
+        assert!(std::ptr::eq(a.runtime, b.runtime), "each store started its own runtime");
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let never = async move {
+            let _guard = guard;
+            std::future::pending::<Result<(), crate::StoreError>>().await
+        };
+        let r = super::wait_for(a.runtime, std::time::Duration::from_millis(50), &a.place, never);
+        assert!(r.is_err(), "a request that never answers must fail at its deadline");
+        let aborted = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            dropped.load(Ordering::SeqCst)
+        });
+        assert!(aborted, "the timed-out request is still running on the runtime");
+    }
 
     fn store(prefix: &str) -> S3Store {
         let config = S3Config { endpoint: Some("http://127.0.0.1:9".into()), ..S3Config::default() };
