@@ -348,6 +348,22 @@ fn check_changes_kept(side: &str, s: &Tree, base: &Tree, result: &Tree, reported
     Ok(())
 }
 
+/// The conflict count is never wrong (lakeFS#2699 printed "Conflicts: 0" and exited 0): every
+/// conflict copy the plan makes is named by a conflict of the report, and every file of the
+/// result that is neither side's inode (a copy) sits at or under a reported path.
+fn check_conflicts_counted(plan: &MergePlan, ours: &Tree, theirs: &Tree, result: &Tree, reported: &BTreeSet<String>) -> Result<(), TestCaseError> {
+    let named: BTreeSet<Ino> = plan.conflicts.iter().filter_map(|c| c.copy.as_ref().map(|x| x.0)).collect();
+    for c in &plan.copies {
+        prop_assert!(named.contains(&c.node.ino), "conflict copy {} (of inode {}) is in no conflict of the report", c.node.ino, c.from);
+    }
+    let known: BTreeSet<Ino> = ours.values().chain(theirs.values()).map(|i| i.ino).collect();
+    for (path, r) in result.iter().filter(|(_, r)| !known.contains(&r.ino)) {
+        let listed = reported.iter().any(|c| path == c || path.starts_with(&format!("{c}/")));
+        prop_assert!(listed, "{} (inode {}) is new in the result but no conflict names it ({} conflicts)", path, r.ino, plan.conflicts.len());
+    }
+    Ok(())
+}
+
 fn check_untouched(ours: &Tree, theirs: &Tree, base: &Tree, result: &Tree) -> Result<(), TestCaseError> {
     for (path, b) in base.iter().filter(|(_, i)| i.kind == Kind::File) {
         if ours.get(path) == Some(b) && theirs.get(path) == Some(b) {
@@ -391,6 +407,7 @@ fn case(base_ops: &[Op], ours_ops: &[Op], theirs_ops: &[Op]) -> Result<(), TestC
     check_changes_kept("home", &ours_tree, &base_tree, &result, &reported)?;
     check_changes_kept("branch", &theirs_tree, &base_tree, &result, &reported)?;
     check_untouched(&ours_tree, &theirs_tree, &base_tree, &result)?;
+    check_conflicts_counted(&plan, &ours_tree, &theirs_tree, &result, &reported)?;
     prop_assert_eq!(files(&result), files(&ba_tree), "merge(a,b) and merge(b,a) hold different contents");
     let conflicts = plan.conflicts.len();
     if std::env::var("MERGE_MODEL_STATS").is_ok() {
@@ -441,6 +458,28 @@ fn hard_link_added_on_the_branch_keeps_the_old_name() {
     let base = [Op::Write { at: (0, 2), off: 0, len: 1, byte: 0 }];
     let theirs = [Op::Link { from: (0, 2), to: (0, 0) }];
     case(&base, &[], &theirs).unwrap();
+}
+
+/// Names of a hard-linked file in a directory neither side touched (here `d1/c`) are the same
+/// at base, home and branch, so they hold no change; the merge keeps the inode they name and
+/// counts them in its link count (home's count, plus the names it adds, minus those it
+/// removes), so they name the merged file: the branch's bytes, written through the other
+/// name that it also unlinked; fsck clean (nlink right).
+#[test]
+fn a_hard_link_in_an_untouched_directory_names_the_merged_file() {
+    let base = [
+        Op::Mkdir { at: (0, 3) },
+        Op::Mkdir { at: (0, 4) },
+        Op::Write { at: (1, 0), off: 0, len: 10, byte: 1 },
+        Op::Link { from: (1, 0), to: (2, 2) },
+    ];
+    let theirs = [Op::Write { at: (1, 0), off: 0, len: 10, byte: 2 }, Op::Unlink { at: (1, 0) }];
+    case(&base, &[Op::Write { at: (0, 2), off: 0, len: 1, byte: 3 }], &theirs).unwrap();
+    // Home wrote the file and the branch removed the name it wrote through.
+    let ours = [Op::Write { at: (2, 2), off: 0, len: 10, byte: 4 }];
+    case(&base, &ours, &[Op::Unlink { at: (1, 0) }]).unwrap();
+    // Both wrote it: the copy goes next to a name the merge knows.
+    case(&base, &ours, &theirs).unwrap();
 }
 
 /// A file created at home in a directory the branch renamed ends up under the new name.

@@ -7,6 +7,7 @@
 //! VOLUME/packs/<64 hex>                        small block frames concatenated (blake3 of the pack)
 //! VOLUME/branches/BRANCH/layers/<seq>-<hash>   zstd(bincode Layer): the records changed by one push
 //! VOLUME/branches/BRANCH/head                  JSON Head: the branch's newest layer, key and hash
+//! VOLUME/branches/BRANCH/node                  JSON NodeState: its node's last report (nodestate)
 //! ```
 //!
 //! Layer objects are named by the hash of their bytes and chained (each names the one before
@@ -31,7 +32,9 @@
 //!    last saw it, `If-None-Match: *` for the first push. Another writer that moved the head in
 //!    between makes this fail with a clear error; nothing is overwritten, and the refused
 //!    attempt's layers (which no head names) are deleted again.
-//! 5. Record the push locally and drop the snapshot.
+//! 5. Record the push locally; keep the snapshot as a fork base (a root branch such as
+//!    `main`: the base of merges of branches forked from this layer, see [`forkbase`]) or drop
+//!    it.
 //!
 //! A failure before 4 leaves the old head valid: the store may hold blocks and layers that no
 //! head names (invisible). A crash between 4 and 5 leaves a head naming this node's pending
@@ -43,8 +46,10 @@ pub mod chain;
 mod check;
 pub mod clone;
 pub mod crypt;
+pub mod forkbase;
 pub mod lazy;
 pub mod merge;
+pub mod nodestate;
 mod upload;
 
 pub use chain::{ChainLink, LayerRef};
@@ -396,12 +401,13 @@ fn drop_snapshot(vol: &Volume, name: &str) -> Result<()> {
 }
 
 /// Drop the `push-BRANCH-N` snapshots a crash left behind (between recording a push and
-/// deleting its snapshot): every one but the pending push's.
+/// deleting its snapshot, or keeping it as a fork base): every one but the pending push's and
+/// the fork bases.
 fn drop_stale_push_snapshots(vol: &Volume, branch: &str, st: &PushState) -> Result<()> {
     let prefix = format!("push-{branch}-");
     for s in vol.snapshots()? {
         let ours = s.name.strip_prefix(&prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if ours && st.pending.as_deref() != Some(s.name.as_str()) {
+        if ours && st.pending.as_deref() != Some(s.name.as_str()) && !forkbase::is_fork_base(vol, branch, &s.name)? {
             tracing::info!(snapshot = %s.name, "drop the snapshot of a push recorded before a crash");
             drop_snapshot(vol, &s.name)?;
         }
@@ -734,16 +740,21 @@ impl LayerWriter<'_> {
     }
 }
 
-/// The push is recorded: remember where it got to, release and drop its snapshot.
+/// The push is recorded: remember where it got to, then keep its snapshot as a fork base
+/// (a layer was written and the branch is not a fork: [`forkbase`]) or release and drop it.
 fn finish(vol: &Volume, branch: &str, st: &mut PushState, snap: &SnapshotInfo, etag: Option<String>) -> Result<()> {
     st.epoch = snap.epoch;
-    if etag.is_some() {
+    let wrote = etag.is_some();
+    if wrote {
         st.etag = etag;
     }
     st.pending = None;
     st.push_id = None;
     save_state(vol, branch, st)?;
     hybridfs_core::crashpoint("push-after-state");
-    drop_snapshot(vol, &snap.name)
+    match &st.last {
+        Some(layer) if wrote && st.parent.is_none() => forkbase::keep(vol, branch, layer, snap),
+        _ => drop_snapshot(vol, &snap.name),
+    }
 }
 

@@ -33,7 +33,7 @@
 //! one is open, for up to [`OPEN_FILES_WAIT`], then refused. The kernel's
 //! caches are then invalidated for every changed entry and inode ([`KernelCache`]).
 
-use crate::{LayerRef, Remote, Result, SyncError};
+use crate::{forkbase, LayerRef, Remote, Result, SyncError};
 use hybridfs_core::merge::collect::{self, View};
 use hybridfs_core::merge::{apply, names, Conflict, ConflictKind, KernelCache, Link, MergeOptions, MergePlan, Policy};
 use hybridfs_core::meta::{Key, MetaStore, Mutation, LIVE};
@@ -113,6 +113,14 @@ pub struct MergeRecord {
     #[serde(default)]
     pub blocks_fetched: u64,
     pub records_read: u64,
+    /// Things the merge could not settle and says so (the branch's node holds unpushed
+    /// changes: [`crate::nodestate`]).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The home snapshot (fork base) the base was read from by key; None: from the parent
+    /// branch's layers in the store (the fork base was gone).
+    #[serde(default)]
+    pub base_snapshot: Option<String>,
     pub seconds: f64,
     /// Set by `merge undo`: the snapshot holding the state the undo replaced.
     pub undone: Option<String>,
@@ -193,38 +201,66 @@ struct Theirs {
     /// Where each block the kept records name is in the store (None: alone).
     located: BTreeMap<BlockId, Option<(BlockId, u64, u64)>>,
     records: u64,
+    /// The home snapshot the base values were read from (None: from the store's layers).
+    base_snapshot: Option<String>,
+}
+
+/// Where the base values of the records the merge reads come from.
+enum BaseSource {
+    /// This volume's snapshot at the fork epoch ([`forkbase`]): read by key, O(changes).
+    Home(SnapshotInfo),
+    /// The parent branch's layers up to the fork point, downloaded whole: O(pushed history).
+    Store(Vec<crate::ChainLink>),
 }
 
 /// Read the branch from its base to its head into a scratch store.
 fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last: Option<&MergePoint>) -> Result<Theirs> {
-    let links = remote.chain(branch, head.clone(), 1, true)?;
-    let first_own = links.iter().position(|l| l.branch == branch).unwrap_or(links.len());
-    let fork = match first_own {
-        0 => return Err(bad(format!("branch {branch} is not a fork of a branch of this volume (its first layer names no parent)"))),
-        i => &links[i - 1],
-    };
-    let fork_layer = remote.open_link(fork)?;
-    let own = crate::load_state(vol, &fork.branch)?;
-    if own.seq < fork.r.seq || fork_layer.epoch > vol.epoch() {
-        return Err(bad(format!(
-            "branch {branch} forks from layer {} of branch {}, which this volume did not push (it pushed {} to layer {}): merge it on the volume that pushes {}",
-            fork.r.seq, fork.branch, fork.branch, own.seq, fork.branch
-        )));
-    }
-    let base_end = match last {
-        Some(p) => links.iter().position(|l| l.branch == branch && l.r == p.layer).map(|i| i + 1).ok_or_else(|| {
+    let own = remote.chain(branch, head.clone(), 1, false)?;
+    let split = match last {
+        Some(p) => own.iter().position(|l| l.r == p.layer).map(|i| i + 1).ok_or_else(|| {
             SyncError::Corrupt(format!("branch {branch} no longer holds layer {} that the last merge took: its history was replaced", p.seq))
         })?,
-        None => first_own,
+        None => 0,
     };
-    let fork_epoch = last.map_or(fork_layer.epoch, |p| p.fork_epoch);
     // Theirs' layers first: with home's journal since the fork they name every inode the
     // merge can touch, and only those inodes' records (and their directories' entries) are
-    // kept from the base layers: memory follows the change, not the volume.
+    // read at the base: memory and reads follow the change, not the volume.
     let mut theirs_layers = Vec::new();
-    for link in &links[base_end..] {
+    for link in &own[split..] {
         theirs_layers.push(remote.open_link(link)?);
     }
+    let first = match (split, theirs_layers.first()) {
+        (0, Some(l)) => (l.parent.clone(), l.parent_ref.clone()),
+        _ => own.first().map(|l| remote.open_link(l)).transpose()?.map_or((None, None), |l| (l.parent, l.parent_ref)),
+    };
+    let (Some((fork_branch, fork_seq)), Some(fork_ref)) = first else {
+        return Err(bad(format!("branch {branch} is not a fork of a branch of this volume (its first layer names no parent)")));
+    };
+    let home_base = match last {
+        Some(p) => forkbase::at_epoch(vol, p.fork_epoch)?,
+        None => forkbase::find(vol, &fork_branch, &fork_ref.key)?,
+    };
+    let (source, fork_epoch) = match home_base {
+        Some(s) => {
+            let epoch = s.epoch;
+            (BaseSource::Home(s), epoch)
+        }
+        None => {
+            let links = remote.chain(&fork_branch, fork_ref.clone(), 1, true)?;
+            let fork_layer = match links.last() {
+                Some(l) => remote.open_link(l)?,
+                None => return Err(SyncError::Corrupt(format!("branch {branch} forks from layer {fork_seq} of {fork_branch}, which has no layers"))),
+            };
+            let pushed = crate::load_state(vol, &fork_branch)?;
+            if pushed.seq < fork_seq || fork_layer.epoch > vol.epoch() {
+                return Err(bad(format!(
+                    "branch {branch} forks from layer {fork_seq} of branch {fork_branch}, which this volume did not push (it pushed {fork_branch} to layer {}): merge it on the volume that pushes {fork_branch}",
+                    pushed.seq
+                )));
+            }
+            (BaseSource::Store(links), last.map_or(fork_layer.epoch, |p| p.fork_epoch))
+        }
+    };
     let mut owners: BTreeSet<Ino> = [ROOT_INO].into();
     for layer in &theirs_layers {
         owners.extend(layer.records.iter().map(|r| owner(&r.key)));
@@ -234,16 +270,25 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
         Ok(true)
     })?;
     let meta = MetaStore::memory();
-    let mut records = 0;
     // Where every block the kept records name is in the store: a merged file may take a base
     // version whose blocks home no longer holds (deleted at home, modified on the branch).
+    // Home's own base records name blocks it holds or pushed (its `pushed` family knows).
     let mut located = BTreeMap::new();
-    for link in &links[..base_end] {
-        let mut layer = remote.open_link(link)?;
-        records += layer.records.len() as u64;
-        layer.records.retain(|r| owners.contains(&owner(&r.key)));
-        locate(&layer, &mut located)?;
-        apply_records(&meta, layer.records.into_iter())?;
+    let mut records = 0;
+    let base_snapshot = match source {
+        BaseSource::Home(s) => {
+            records += copy_base(vol.meta(), s.epoch, &owners, &meta)?;
+            Some(s.name)
+        }
+        BaseSource::Store(links) => {
+            for link in &links {
+                records += apply_kept(&meta, remote.open_link(link)?, &owners, &mut located)?;
+            }
+            None
+        }
+    };
+    for link in &own[..split] {
+        records += apply_kept(&meta, remote.open_link(link)?, &owners, &mut located)?;
     }
     let base_epoch = end_base(&meta)?;
     for layer in theirs_layers {
@@ -251,17 +296,61 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
         records += layer.records.len() as u64;
         apply_records(&meta, layer.records.into_iter())?;
     }
-    let base = match base_end {
-        0 => "empty".to_string(),
-        i => format!("{}@{}", links[i - 1].branch, links[i - 1].r.seq),
+    let base = match split {
+        0 => format!("{fork_branch}@{fork_seq}"),
+        i => format!("{branch}@{}", own[i - 1].r.seq),
     };
     let point = MergePoint {
         seq: head.seq,
         layer: head,
         fork_epoch,
-        fork: last.map_or_else(|| format!("{}@{}", fork.branch, fork.r.seq), |p| p.fork.clone()),
+        fork: last.map_or_else(|| format!("{fork_branch}@{fork_seq}"), |p| p.fork.clone()),
     };
-    Ok(Theirs { meta, base_epoch, base, point, located, records })
+    Ok(Theirs { meta, base_epoch, base, point, located, records, base_snapshot })
+}
+
+/// Apply the records of a base layer that belong to `owners` (counted: all it holds).
+fn apply_kept(meta: &MetaStore, mut layer: crate::Layer, owners: &BTreeSet<Ino>, located: &mut BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) -> Result<u64> {
+    let read = layer.records.len() as u64;
+    layer.records.retain(|r| owners.contains(&owner(&r.key)));
+    locate(&layer, located)?;
+    apply_records(meta, layer.records.into_iter())?;
+    Ok(read)
+}
+
+/// Copy into `into` every record of the `owners` at epoch `at` of `home` (an inode, its
+/// extents and xattrs, a directory's entries): point lookups and one range per inode, never
+/// a scan of the volume. Returns the records copied.
+fn copy_base(home: &MetaStore, at: u64, owners: &BTreeSet<Ino>, into: &MetaStore) -> Result<u64> {
+    let mut copied = 0;
+    let mut batch = Vec::with_capacity(BATCH);
+    for &ino in owners {
+        let Some(inode) = home.get_inode_at(ino, at)? else { continue };
+        let mut keys = vec![Key::Inode(ino)];
+        if inode.kind == hybridfs_core::types::Kind::Dir {
+            for e in home.readdir_at(ino, 0, usize::MAX, at)? {
+                keys.push(Key::Dentry(ino, e.name));
+                keys.push(Key::Cookie(ino, e.cookie));
+            }
+        }
+        keys.extend(home.extents_at(ino, 0, at)?.into_iter().map(|(b, _)| Key::Extent(ino, b)));
+        keys.extend(home.xattr_names_at(ino, at)?.into_iter().map(|n| Key::Xattr(ino, n)));
+        // In the form a push published them (a small file's inline bytes as the block
+        // published for them), as the branch's layers and the store's base have them.
+        for key in keys {
+            for p in hybridfs_core::record::published(home, &key, at)? {
+                if let Some(value) = p.value {
+                    batch.push(Mutation::Raw { key: p.key, value: Some(value) });
+                    copied += 1;
+                }
+            }
+            if batch.len() >= BATCH {
+                into.apply(std::mem::take(&mut batch), false)?;
+            }
+        }
+    }
+    into.apply(batch, false)?;
+    Ok(copied)
 }
 
 /// The inode a record belongs to (a directory's for entries).
@@ -316,6 +405,7 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
         previous_point: last.clone(),
         ..Default::default()
     };
+    record.warnings.extend(node_warning(remote, branch, &head));
     if last.as_ref().is_some_and(|p| p.layer == head.layer_ref()) {
         record.up_to_date = true;
         record.base = format!("{branch}@{}", head.seq);
@@ -324,6 +414,7 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
     let theirs = read_theirs(vol, remote, branch, head.layer_ref(), last.as_ref())?;
     record.base = theirs.base.clone();
     record.records_read = theirs.records;
+    record.base_snapshot = theirs.base_snapshot.clone();
     if !req.dry_run {
         let name = unique_snapshot(vol, &format!("pre-merge-{}-{}", branch.replace('/', "-"), hybridfs_core::volume::snapshot::chrono_stamp()))?;
         vol.snapshot_create(&name)?;
@@ -375,6 +466,10 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
         Ok((batch, inodes))
     })?;
     hybridfs_core::crashpoint("merge-after-apply");
+    if let Some(base) = &theirs.base_snapshot {
+        // The branch's next (incremental) merge reads this base again.
+        forkbase::hold(vol, base, branch, true)?;
+    }
     if let Some(k) = kernel {
         apply::invalidate(k, &changed.0, &changed.1);
     }
@@ -384,6 +479,16 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
     home.apply(vec![put_json(&record_name(record.id), &record)], true)?;
     tracing::info!(branch, id = record.id, changes = record.changes.len(), conflicts = record.conflicts.len(), "merged");
     Ok(record)
+}
+
+/// The warning when the branch's node reported changes its head does not hold (a state that
+/// cannot be read is said too: the merge goes on, it does not know).
+fn node_warning(remote: &Remote, branch: &str, head: &crate::Head) -> Option<String> {
+    match crate::nodestate::read(remote, branch) {
+        Ok(Some(state)) => crate::nodestate::unpushed_warning(branch, head, &state),
+        Ok(None) => None,
+        Err(e) => Some(format!("read the reported state of branch {branch}'s node: {e}")),
+    }
 }
 
 /// Fetch (verified) the blocks the branch's new layers name that the volume lacks.
@@ -560,6 +665,12 @@ pub fn undo(vol: &Volume, id: Option<u64>, kernel: Option<&dyn KernelCache>) -> 
     })?;
     if let Some(k) = kernel {
         apply::invalidate(k, &changed.0, &changed.1);
+    }
+    if let (None, Some(base)) = (&record.previous_point, &record.base_snapshot) {
+        // The branch is unmerged again: its fork base is only kept as the newest pushes' are.
+        if vol.snapshot(base).is_ok() {
+            forkbase::hold(vol, base, &record.branch, false)?;
+        }
     }
     tracing::info!(id = record.id, branch = %record.branch, "merge undone");
     Ok(record)

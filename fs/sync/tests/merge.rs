@@ -131,7 +131,15 @@ fn clone_node(store: Arc<dyn ObjectStore>, branch: &str) -> Node {
     Node { vol, meta, _dir: dir }
 }
 
-fn one_history(seed: u64) {
+/// A day: home pushes `main`, a clone forks it, both change random files, the clone pushes.
+struct Day {
+    home: common::Fixture,
+    remote: Remote,
+    node: Node,
+    base: BTreeMap<String, (Ino, Vec<u8>)>,
+}
+
+fn day(seed: u64) -> Day {
     let mut rng = seed;
     let home = volume();
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
@@ -148,11 +156,17 @@ fn one_history(seed: u64) {
         random_op(&node.vol, &mut rng);
     }
     push(&node.vol, &remote, "node", &|_| {}).unwrap();
+    Day { home, remote, node, base }
+}
+
+fn one_history(seed: u64) {
+    let Day { home, remote, node, base } = day(seed);
     let ours = tree(&home.vol);
     let theirs = tree(&node.vol);
 
     let req = MergeRequest { branch: "node".into(), confirm: true, prefetch: true, ..Default::default() };
     let record = merge(&home.vol, &remote, &req, None).unwrap_or_else(|e| panic!("seed {seed}: merge: {e}"));
+    assert!(record.base_snapshot.is_some(), "seed {seed}: the base is read from home's fork base, not from main's layers");
     let result = tree(&home.vol);
     let reported: Vec<&String> = record.conflicts.iter().flat_map(|c| std::iter::once(&c.path).chain(c.copy.iter())).collect();
     let base_by_ino: BTreeMap<Ino, &Vec<u8>> = base.values().map(|(i, b)| (*i, b)).collect();
@@ -184,5 +198,145 @@ fn merges_through_the_store_keep_every_change() {
     let cases: u64 = std::env::var("MERGE_SYNC_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
     for seed in 0..cases {
         one_history(seed);
+    }
+}
+
+/// The record of a dry run with its conflict-name stamps made neutral.
+fn plan_of(vol: &Volume, remote: &Remote) -> (String, Option<String>, u64) {
+    let req = MergeRequest { branch: "node".into(), confirm: true, dry_run: true, ..Default::default() };
+    let r = merge(vol, remote, &req, None).unwrap();
+    let mut lines = serde_json::to_string(&(&r.changes, &r.conflicts, &r.base)).unwrap();
+    for t in [r.at - 60, r.at, r.at + 60] {
+        lines = lines.replace(&hybridfs_core::merge::names::stamp(t), "STAMP");
+    }
+    (lines, r.base_snapshot, r.records_read)
+}
+
+/// Issue 10, O(changes) planning: the base read by key from home's fork base (the snapshot its
+/// push of `main` kept) gives exactly the plan that reading `main`'s layers from the store
+/// gives (invariant 6 holds either way), and reads fewer records.
+#[test]
+fn the_fork_base_gives_the_plan_main_s_layers_give() {
+    for seed in 0..40 {
+        let d = day(seed);
+        let (fast, from, fast_read) = plan_of(&d.home.vol, &d.remote);
+        let from = from.unwrap_or_else(|| panic!("seed {seed}: no fork base used"));
+        assert!(from.starts_with("push-main-"), "{from}");
+        d.home.vol.snapshot_delete(&from).unwrap();
+        let (slow, none, slow_read) = plan_of(&d.home.vol, &d.remote);
+        assert_eq!(none, None, "seed {seed}: the fork base is gone: main's layers are read");
+        assert_eq!(fast, slow, "seed {seed}: the two bases plan alike");
+        assert!(fast_read <= slow_read, "seed {seed}: {fast_read} records read from the fork base, {slow_read} from the layers");
+        drop(d.node.meta);
+    }
+}
+
+/// A merge holds its fork base (the branch's next merge reads it again); the push of `main`
+/// keeps only the newest fork bases otherwise, and an undo of the first merge releases it.
+#[test]
+fn a_merge_holds_its_fork_base_and_pushes_keep_the_newest() {
+    let d = day(7);
+    let req = MergeRequest { branch: "node".into(), confirm: true, ..Default::default() };
+    let rec = merge(&d.home.vol, &d.remote, &req, None).unwrap();
+    let base = rec.base_snapshot.clone().expect("fork base used");
+    let holder = hybridfs_sync::forkbase::holder("node");
+    assert!(d.home.vol.snapshot(&base).unwrap().holds.contains(&holder));
+    for i in 0..hybridfs_sync::forkbase::FORK_BASES_KEPT + 2 {
+        common::write_file(&d.home.vol, &format!("later{i}"), 0, b"x");
+        push(&d.home.vol, &d.remote, "main", &|_| {}).unwrap();
+    }
+    let bases = hybridfs_sync::forkbase::list(&d.home.vol, "main").unwrap();
+    assert_eq!(bases.len(), hybridfs_sync::forkbase::FORK_BASES_KEPT + 1, "the newest and the held one: {bases:?}");
+    assert_eq!(bases[0].snapshot, base, "the held base survives the pruning");
+    let push_snaps = d.home.vol.snapshots().unwrap().into_iter().filter(|s| s.name.starts_with("push-main-")).count();
+    assert_eq!(push_snaps, bases.len(), "no other push snapshot is left");
+    hybridfs_sync::merge::undo(&d.home.vol, Some(rec.id), None).unwrap();
+    assert!(!d.home.vol.snapshot(&base).unwrap().holds.contains(&holder), "undoing the first merge releases the base");
+    drop(d.node.meta);
+}
+
+/// Issue 10: merging while the branch's node reported changes it has not pushed warns (the
+/// merge goes on with what is pushed); a report older than the head (the node pushed since)
+/// or one saying everything is pushed does not; a node that never reported is not warned of.
+#[test]
+fn a_merge_warns_when_the_node_reported_unpushed_changes() {
+    use hybridfs_sync::nodestate;
+    let d = day(3);
+    let req = MergeRequest { branch: "node".into(), confirm: true, dry_run: true, ..Default::default() };
+    assert!(merge(&d.home.vol, &d.remote, &req, None).unwrap().warnings.is_empty(), "no report, no warning");
+    let st = nodestate::local(&d.node.vol, "node", "n1").unwrap();
+    assert_eq!((st.pushed_seq, st.unpushed_records), (1, 0), "right after its push: {st:?}");
+    nodestate::publish(&d.remote, "node", &st).unwrap();
+    assert!(merge(&d.home.vol, &d.remote, &req, None).unwrap().warnings.is_empty(), "all pushed, no warning");
+
+    common::write_file(&d.node.vol, "late", 0, b"written after the push");
+    let st = nodestate::local(&d.node.vol, "node", "n1").unwrap();
+    assert!(st.unpushed_records > 0, "{st:?}");
+    nodestate::publish(&d.remote, "node", &st).unwrap();
+    assert_eq!(nodestate::read(&d.remote, "node").unwrap(), Some(st));
+    // The test's home block store is local only: the branch's blocks come during the merge.
+    let req = MergeRequest { dry_run: false, prefetch: true, ..req };
+    let rec = merge(&d.home.vol, &d.remote, &req, None).unwrap();
+    assert!(rec.applied && rec.warnings.len() == 1 && rec.warnings[0].contains("not pushed yet"), "{:?}", rec.warnings);
+    let again = merge(&d.home.vol, &d.remote, &req, None).unwrap();
+    assert!(again.up_to_date && again.warnings.len() == 1, "up to date, and still told: {:?}", again.warnings);
+
+    push(&d.node.vol, &d.remote, "node", &|_| {}).unwrap();
+    let rec = merge(&d.home.vol, &d.remote, &req, None).unwrap();
+    assert!(rec.warnings.is_empty(), "the report is older than the head: {:?}", rec.warnings);
+    assert_eq!(common::read(&d.home.vol, "late").unwrap(), b"written after the push");
+
+    let (head, _) = d.remote.head("node").unwrap().unwrap();
+    let ahead = nodestate::NodeState { node: "n1".into(), at: 0, pushed_seq: head.seq + 1, unpushed_records: 0 };
+    let w = nodestate::unpushed_warning("node", &head, &ahead).expect("a report newer than the head merged");
+    assert!(w.contains("newer than the head"), "{w}");
+    drop(d.node.meta);
+}
+
+/// Issue 10 with small files published as blocks (issue 9 item 6): home keeps a small file's
+/// bytes inline, layers carry them as the block published for them. Invariant 6: the merge
+/// never takes one form for a change: a mode changed on the branch keeps the bytes, a rewrite
+/// on either side is taken, no conflict; from the fork base and from `main`'s layers alike.
+#[test]
+fn small_files_merge_by_their_bytes_inline_or_published() {
+    for fork_base in [true, false] {
+        let home = volume();
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let remote = Remote::new(store.clone(), "vol");
+        for (name, bytes) in [("mode", "tiny one"), ("theirs", "tiny two"), ("ours", "tiny three")] {
+            common::write_file(&home.vol, name, 0, bytes.as_bytes());
+        }
+        push(&home.vol, &remote, "main", &|_| {}).unwrap();
+        let node = clone_node(store.clone(), "node");
+        let chmod = |v: &Volume, name: &str| {
+            let ino = v.lookup(ROOT_INO, name.as_bytes()).unwrap().ino;
+            v.setattr(ino, SetAttr { perm: Some(0o600), ..Default::default() }).unwrap();
+        };
+        chmod(&node.vol, "mode");
+        chmod(&node.vol, "ours");
+        let ino = node.vol.lookup(ROOT_INO, b"theirs").unwrap().ino;
+        node.vol.setattr(ino, SetAttr { size: Some(0), ..Default::default() }).unwrap();
+        common::write_file(&node.vol, "theirs", 0, b"the branch's bytes");
+        let ino = home.vol.lookup(ROOT_INO, b"ours").unwrap().ino;
+        home.vol.setattr(ino, SetAttr { size: Some(0), ..Default::default() }).unwrap();
+        common::write_file(&home.vol, "ours", 0, b"home's bytes");
+        push(&node.vol, &remote, "node", &|_| {}).unwrap();
+        if !fork_base {
+            for s in common::fork_bases(&home.vol, "main") {
+                home.vol.snapshot_delete(&s).unwrap();
+            }
+        }
+        let req = MergeRequest { branch: "node".into(), confirm: true, prefetch: true, ..Default::default() };
+        let rec = merge(&home.vol, &remote, &req, None).unwrap();
+        assert_eq!(rec.base_snapshot.is_some(), fork_base);
+        assert!(rec.conflicts.is_empty(), "fork base {fork_base}: no conflict: {:?}", rec.conflicts);
+        for (name, want) in [("mode", "tiny one"), ("theirs", "the branch's bytes"), ("ours", "home's bytes")] {
+            let got = common::read(&home.vol, name).unwrap_or_else(|e| panic!("fork base {fork_base}: read {name}: {e}; {rec:?}"));
+            assert_eq!(String::from_utf8_lossy(&got), want, "fork base {fork_base}: {name}");
+        }
+        for name in ["mode", "ours"] {
+            assert_eq!(home.vol.lookup(ROOT_INO, name.as_bytes()).unwrap().perm & 0o777, 0o600, "fork base {fork_base}: the branch's mode of {name}");
+        }
+        drop(node.meta);
     }
 }

@@ -101,6 +101,9 @@ fn when(secs: i64) -> String {
 }
 
 fn print_record(volume: &str, r: &MergeRecord, json: bool) {
+    for w in r.warnings.iter().filter(|_| !json) {
+        eprintln!("warning: {w}");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(r).expect("plain data"));
         return;

@@ -51,7 +51,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub type Link = (Ino, Vec<u8>);
 
 /// The bytes of a file (or a symlink's target, a device's number): what "content" means.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Two contents are equal when they hold the same bytes: a small file's bytes inline (home's
+/// form) and as the block a push published for them (a layer's form) compare equal
+/// ([`crate::record::content_id`]), so a form is never taken for a change.
+#[derive(Clone, Debug, Default)]
 pub struct Content {
     pub size: u64,
     pub inline: Option<Vec<u8>>,
@@ -60,6 +63,15 @@ pub struct Content {
     pub target: Vec<u8>,
     pub rdev: u32,
 }
+
+impl PartialEq for Content {
+    fn eq(&self, other: &Content) -> bool {
+        let id = |c: &Content| crate::record::content_id(c.inline.as_deref(), &c.extents);
+        (self.size, &self.target, self.rdev) == (other.size, &other.target, other.rdev) && id(self) == id(other)
+    }
+}
+
+impl Eq for Content {}
 
 /// An inode as the planner sees it on one side.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -92,6 +92,15 @@ fn pick<T: PartialEq + Clone>(b: &T, o: &T, t: &T) -> Option<T> {
     }
 }
 
+/// The merged inode with home's form of its content when the bytes are home's (a small file
+/// stays inline at home rather than taking the block a layer published for the same bytes).
+fn home_form(mut r: Node, o: Option<&Node>) -> Node {
+    if let Some(o) = o.filter(|o| o.kind == r.kind && o.content == r.content) {
+        r.content = o.content.clone();
+    }
+    r
+}
+
 fn show(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -119,11 +128,12 @@ impl Planner<'_> {
 
     fn merge_node(&mut self, ino: Ino, v: &Versions) -> Option<Node> {
         let (b, o, t) = (v.base.as_ref(), v.ours.as_ref(), v.theirs.as_ref());
-        match (same_opt(o, b), same_opt(t, b)) {
+        let merged = match (same_opt(o, b), same_opt(t, b)) {
             (_, true) => o.cloned(),
             (true, false) => t.cloned(),
             (false, false) => self.both_changed(ino, b, o, t),
-        }
+        };
+        merged.map(|r| home_form(r, o))
     }
 
     fn both_changed(&mut self, ino: Ino, b: Option<&Node>, o: Option<&Node>, t: Option<&Node>) -> Option<Node> {

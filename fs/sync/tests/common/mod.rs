@@ -59,3 +59,15 @@ pub fn read(vol: &Volume, name: &str) -> Result<Vec<u8>, hybridfs_core::FsError>
     vol.release_file(i.ino, opened.kind)?;
     r
 }
+
+/// The names of the volume's snapshots.
+#[allow(dead_code)] // not every suite pushes
+pub fn snapshot_names(vol: &Volume) -> Vec<String> {
+    vol.snapshots().unwrap().into_iter().map(|s| s.name).collect()
+}
+
+/// The snapshots pushes of `branch` kept as fork bases (issue 10), by name.
+#[allow(dead_code)] // not every suite pushes
+pub fn fork_bases(vol: &Volume, branch: &str) -> Vec<String> {
+    hybridfs_sync::forkbase::list(vol, branch).unwrap().into_iter().map(|b| b.snapshot).collect()
+}
