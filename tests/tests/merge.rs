@@ -173,6 +173,8 @@ fn home_merges_a_burst_branch_online_undo_and_redo() {
     assert_eq!(content[0]["path"].as_str(), Some("/d2/f3"), "{rec}");
     let copy = content[0]["copy"].as_str().unwrap().trim_start_matches('/').to_string();
     assert!(copy.starts_with("d2/f3.conflict-burst-n1-"), "conflict copy name: {copy}");
+    let base = rec["base_snapshot"].as_str().unwrap_or_else(|| panic!("the base is read from home's fork base, not main's layers: {rec}"));
+    assert!(base.starts_with("push-main-"), "{rec}");
     assert!(conflicts.iter().any(|c| c["kind"] == "delete-modify" && c["path"] == "/d0/f1"), "delete vs modify reported: {rec}");
     let id = rec["id"].as_u64().unwrap();
     let pre = rec["pre_merge"].as_str().unwrap().to_string();
@@ -310,6 +312,7 @@ fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
     second.assert_success();
     let rec = json_of(&second);
     assert_eq!(rec["base"].as_str(), Some("burst-n1@1"), "the base moved to the last merge point: {rec}");
+    assert!(rec["base_snapshot"].is_string(), "the incremental merge reads the fork base the first one held: {rec}");
     let mut paths: Vec<&str> = rec["changes"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
     paths.sort();
     assert_eq!(paths, ["/d1/later", "/d3/f2"], "only what the branch pushed since: {rec}");
