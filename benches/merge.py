@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -59,36 +58,9 @@ def rewrite(root, ids, tag):
             f.write(content(i, tag))
 
 
-class MergeBench:
+class MergeBench(P.StoreBench):
     def __init__(self, a):
-        self.a = a
-        self.root = tempfile.mkdtemp(prefix="hybridfs-merge-bench-", dir=a.scratch)
-        self.bin = os.path.join(self.root, "hybridctl")
-        shutil.copy2(a.hybridctl, self.bin)
-        self.weed = P.Weed(self.root)
-        self.vols = []
-        self.rows = []
-
-    def aws_env(self):
-        return {"AWS_ENDPOINT_URL": self.weed.endpoint, "AWS_ACCESS_KEY_ID": P.ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": P.SECRET_KEY, "AWS_REGION": P.REGION,
-                "AWS_DEFAULT_REGION": P.REGION, "AWS_EC2_METADATA_DISABLED": "true"}
-
-    def rclone(self, *args):
-        return subprocess.run(["rclone", "--config", self.conf, *args], capture_output=True,
-                              text=True, timeout=60)
-
-    def start(self):
-        self.conf = os.path.join(self.root, "rclone.conf")
-
-        def write_conf(endpoint):
-            with open(self.conf, "w") as f:
-                f.write(f"[s3]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {P.ACCESS_KEY}\n"
-                        f"secret_access_key = {P.SECRET_KEY}\nendpoint = {endpoint}\n"
-                        f"force_path_style = true\nregion = {P.REGION}\n")
-        log("starting SeaweedFS")
-        self.weed.start(write_conf, lambda: self.rclone("mkdir", "s3:ready").returncode == 0)
-        self.rclone("mkdir", "s3:bench")
+        super().__init__(a, "hybridfs-merge-bench-")
 
     def one(self, n):
         a = self.a
@@ -169,19 +141,6 @@ class MergeBench:
                "rsync_s": rsync_s}
         log(f"N={n}: {json.dumps(row)}")
         self.rows.append(row)
-
-    def cleanup(self):
-        for v in self.vols:
-            try:
-                v.cleanup()
-            except Exception as e:
-                log(f"cleanup of {v.volume}: {e}")
-        self.weed.stop()
-        still = [mp for mp in B.mountinfo() if mp.startswith(self.root + "/")]
-        if still:
-            log(f"NOT removing {self.root}: still mounted: {still}")
-        elif not self.a.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def report(self):
         print("\n| files | branch changes | home changes | merge --dry-run (s) | merge (s) "

@@ -430,6 +430,56 @@ def tool_version(cmd):
 # the benchmark
 # --------------------------------------------------------------------------------------
 
+class StoreBench:
+    """What the one-SeaweedFS benches (clone.py, merge.py) share: a scratch dir under
+    --scratch with a copy of hybridctl, the server, an rclone config for it, the volumes made
+    (cleaned up at the end, also after errors), and the rows measured."""
+
+    def __init__(self, a, prefix):
+        self.a = a
+        self.root = tempfile.mkdtemp(prefix=prefix, dir=a.scratch)
+        self.bin = os.path.join(self.root, "hybridctl")
+        shutil.copy2(a.hybridctl, self.bin)
+        self.weed = Weed(self.root)
+        self.vols = []
+        self.rows = []
+
+    def aws_env(self):
+        return {"AWS_ENDPOINT_URL": self.weed.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def rclone(self, *args, timeout=60):
+        return subprocess.run(["rclone", "--config", self.conf, *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start(self):
+        """Start SeaweedFS and make the bucket `bench`."""
+        self.conf = os.path.join(self.root, "rclone.conf")
+
+        def write_conf(endpoint):
+            with open(self.conf, "w") as f:
+                f.write(f"[s3]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {ACCESS_KEY}\n"
+                        f"secret_access_key = {SECRET_KEY}\nendpoint = {endpoint}\n"
+                        f"force_path_style = true\nregion = {REGION}\n")
+        log("starting SeaweedFS")
+        self.weed.start(write_conf, lambda: self.rclone("mkdir", "s3:ready").returncode == 0)
+        self.rclone("mkdir", "s3:bench")
+
+    def cleanup(self):
+        for v in self.vols:
+            try:
+                v.cleanup()
+            except Exception as e:
+                log(f"cleanup of {v.volume}: {e}")
+        self.weed.stop()
+        still = [mp for mp in B.mountinfo() if mp.startswith(self.root + "/")]
+        if still:
+            log(f"NOT removing {self.root}: still mounted: {still}")
+        elif not self.a.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 class PushBench:
     def __init__(self, a):
         self.a = a
