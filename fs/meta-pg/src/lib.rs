@@ -176,35 +176,37 @@ fn multi_get(c: &mut impl GenericClient, cf: Cf, keys: &[&[u8]]) -> Result<Vec<O
     Ok(keys.iter().map(|k| found.remove(*k)).collect())
 }
 
-/// Visit rows page by page (each page one query), so memory stays at one page.
-fn scan(c: &mut impl GenericClient, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
+/// One page of a scan: up to [`SCAN_PAGE`] rows of `cf` from `from` (inclusive) to `end`.
+fn page(c: &mut impl GenericClient, cf: Cf, from: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let rows = match end {
+        Some(e) => c.query(
+            "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4",
+            &[&cf_id(cf), &from, &e, &SCAN_PAGE],
+        ),
+        None => c.query(
+            "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3",
+            &[&cf_id(cf), &from, &SCAN_PAGE],
+        ),
+    }
+    .map_err(pg_err("scan metadata"))?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Visit rows page by page, each page fetched whole by `fetch` before its rows are visited
+/// (so memory stays at one page, and a visitor may read the store again meanwhile).
+fn scan(start: &[u8], mut fetch: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>, f: &mut Visit<'_>) -> Result<()> {
     let mut from = start.to_vec();
     loop {
-        let rows = match end {
-            Some(e) => c.query(
-                "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4",
-                &[&cf_id(cf), &from, &e, &SCAN_PAGE],
-            ),
-            None => c.query(
-                "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3",
-                &[&cf_id(cf), &from, &SCAN_PAGE],
-            ),
-        }
-        .map_err(pg_err("scan metadata"))?;
+        let rows = fetch(&from)?;
         let full = rows.len() as i64 == SCAN_PAGE;
-        let mut last = None;
-        for r in rows {
-            let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+        let next = rows.last().map(|(k, _)| [k.as_slice(), &[0]].concat());
+        for (k, v) in rows {
             if !f(&k, &v)? {
                 return Ok(());
             }
-            last = Some(k);
         }
-        match last {
-            Some(mut k) if full => {
-                k.push(0);
-                from = k;
-            }
+        match next {
+            Some(n) if full => from = n,
             _ => return Ok(()),
         }
     }
@@ -238,7 +240,7 @@ impl KvRead for PgKv {
                 .read_only(true)
                 .start()
                 .map_err(pg_err("begin a metadata scan"))?;
-            scan(&mut t, cf, start, end, f)?;
+            scan(start, |from| page(&mut t, cf, from, end), f)?;
             t.commit().map_err(pg_err("end a metadata scan"))
         })
     }
@@ -271,27 +273,8 @@ impl KvRead for Reader<'_> {
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
-        // The visitor must not read through this transaction while a page is borrowed: pages
-        // are fetched whole, then visited.
-        let mut from = start.to_vec();
-        loop {
-            let mut page = Vec::new();
-            scan(&mut *self.0.borrow_mut(), cf, &from, end, &mut |k, v| {
-                page.push((k.to_vec(), v.to_vec()));
-                Ok((page.len() as i64) < SCAN_PAGE)
-            })?;
-            let full = page.len() as i64 == SCAN_PAGE;
-            let next = page.last().map(|(k, _)| [k.as_slice(), &[0]].concat());
-            for (k, v) in page {
-                if !f(&k, &v)? {
-                    return Ok(());
-                }
-            }
-            match next {
-                Some(n) if full => from = n,
-                _ => return Ok(()),
-            }
-        }
+        // Each page is fetched (and the transaction's borrow released) before it is visited.
+        scan(start, |from| page(&mut *self.0.borrow_mut(), cf, from, end), f)
     }
 
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {

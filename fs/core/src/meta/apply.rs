@@ -113,16 +113,17 @@ impl MetaStore {
             let bytes = (u.bytes as i64 + b.usage.1).max(0) as u64;
             tx.put(Cf::Default, b"usage".to_vec(), enc(&Usage { files, bytes }));
         }
-        // The epoch this process reads with moves on once the batch is in; every versioned
-        // write of the batch is in the old epoch.
-        let seen = new_epoch.unwrap_or(epoch);
+        // The epoch this process reads with moves on once the batch is in (every versioned
+        // write of the batch is in the old epoch), or catches up with another process's
+        // move; when neither happened (nearly every batch) no hook is needed.
         if let Some(e) = new_epoch {
             tx.put(Cf::Default, b"epoch".to_vec(), e.to_le_bytes().to_vec());
         }
-        let cache = Arc::clone(&self.epoch);
-        tx.on_commit(Box::new(move || {
-            cache.store(seen, Ordering::Release);
-        }));
+        let seen = new_epoch.unwrap_or(epoch);
+        if seen != self.epoch() {
+            let cache = Arc::clone(&self.epoch);
+            tx.on_commit(Box::new(move || cache.store(seen, Ordering::Release)));
+        }
         Ok(freed)
     }
 
