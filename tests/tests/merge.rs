@@ -329,3 +329,184 @@ fn later_merges_take_only_what_the_branch_pushed_since_and_branches_stack() {
     assert_eq!(log.as_array().map(Vec::len), Some(3), "{log}");
     d.home.umount();
 }
+
+/// Files under `dir`, recursively, by file name (block files are named by their id).
+fn file_names(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    for _ in 0..100_000 {
+        let Some(d) = todo.pop() else { break };
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.insert(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The required end-to-end run of issue 10, invariant 6 (and 5: verified reads; 4: the push
+/// that follows): home and two burst clones write during a "day", both push, and home merges
+/// both branches **while mounted**, a reader process looping over the mount (every read gives
+/// the bytes of before or after, never a mix, never an error). Only metadata moves: home's
+/// block directory gains none of the branches' blocks, the reports say what the first reads
+/// will fetch, and reading the merged tree fetches them from the store (verified) into the
+/// node's cache. The next push of main uploads only home's own three blocks (checked in the
+/// store's listing). Both merges are undone, online (back to the tree before), and redone;
+/// then, with the cache emptied and the volume mounted again, every byte that came from the
+/// branches is read afresh from the store and checked.
+#[test]
+fn home_merges_two_burst_branches_online_reading_their_blocks_lazily_undo_redo() {
+    let bucket = "hybridfs-merge-two";
+    let mut d = day(bucket);
+    let env = d.env.clone();
+    let s3 = d._server.store(bucket, "").unwrap_or_else(|e| panic!("open the bucket: {e}"));
+
+    // The second burst node: a new file big enough for a block object of its own, a rewrite.
+    let mut n2 = TestVolume::builder().name("data").unformatted().build();
+    n2.ctl_env(&env_refs(&env), &["clone", &format!("s3://{bucket}/pfx/data"), "--branch", "burst-n2", "--json"]).assert_success();
+    n2.mount_env(&env_refs(&env));
+    let (n2_new, n2_f1) = (pattern(5001, 300 * KIB), pattern(5002, 24 * KIB));
+    n2.put("d1/from-n2", &n2_new);
+    n2.put("d3/f1", &n2_f1);
+    push_ok(&n2);
+    n2.umount();
+    let branch_blocks: std::collections::BTreeSet<String> =
+        file_names(&d.burst.volume_dir().join("blocks")).union(&file_names(&n2.volume_dir().join("blocks"))).cloned().collect();
+    assert!(branch_blocks.len() >= 6, "the branches sealed their new files: {branch_blocks:?}");
+
+    // What a reader may see for each file of before: its bytes before, or after both merges.
+    let before = d.before.clone();
+    let mut after = before.clone();
+    after.insert("d3/f0".into(), d.b[2].clone());
+    after.insert("d3/f1".into(), n2_f1.clone());
+    let cache = d.home.home().join("cache");
+    let reader = Reader::start(d.home.root(), d.home.mountpoint(), &before, &after);
+    let m1 = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    let m2 = merge_cmd(&d.home, &env, &["burst-n2", "--volume", "data", "--json"]);
+    let (reads, bad) = reader.finish();
+    assert!(reads > 0, "the reader process read during the merges");
+    assert!(bad.is_empty(), "{INV6}: the reader process during the merges saw: {bad:?}");
+    assert_eq!(m1.code, Some(3), "{INV6}: burst-n1 merged with its conflicts kept: {m1}");
+    assert_eq!(m2.code, Some(0), "burst-n2 merged cleanly on top: {m2}");
+    let (r1, r2) = (json_of(&m1), json_of(&m2));
+    for r in [&r1, &r2] {
+        assert_eq!(r["blocks_fetched"].as_u64(), Some(0), "only metadata moves at merge time: {r}");
+        assert!(r["blocks_to_fetch"].as_u64().unwrap() > 0, "the report says what the first reads fetch: {r}");
+    }
+    assert_eq!(r2["conflicts"].as_array().map(Vec::len), Some(0), "{r2}");
+    let copy_of = |r: &Value| r["conflicts"].as_array().unwrap().iter().find(|c| c["kind"] == "content").unwrap()["copy"].as_str().unwrap().trim_start_matches('/').to_string();
+    let own = file_names(&d.home.volume_dir().join("blocks"));
+    assert!(own.is_disjoint(&branch_blocks), "no block of a branch was downloaded into home's blocks: {:?}", own.intersection(&branch_blocks).collect::<Vec<_>>());
+    let fsck = d.home.fsck(&[]);
+    assert!(fsck.success() && fsck.stdout.contains("only in the object store"), "fsck counts the remote-only blocks, clean: {fsck}");
+
+    let with_n2 = |mut want: BTreeMap<String, Vec<u8>>| {
+        want.insert("d1/from-n2".into(), n2_new.clone());
+        want.insert("d3/f1".into(), n2_f1.clone());
+        want
+    };
+    let want = with_n2(merged(&d, &copy_of(&r1)));
+    assert_tree(d.home.mountpoint(), &want, &format!("{INV6}: the mount right after both merges"));
+    let fetched = file_names(&cache);
+    assert!(branch_blocks.is_subset(&fetched), "the reads fetched the branches' blocks into the cache: {:?}", branch_blocks.difference(&fetched).collect::<Vec<_>>());
+
+    // The push of main: one pack of home's own three small blocks; none of the branches'.
+    let objects = |kind: &str| s3_list(&s3, &format!("pfx/data/{kind}/"));
+    let (packs, blocks) = (objects("packs"), objects("blocks"));
+    let pushed = push_ok(&d.home);
+    assert_eq!(pushed["blocks_uploaded"].as_u64(), Some(3), "only home's own 3 new blocks go up: {pushed}");
+    let new_packs: Vec<String> = objects("packs").into_iter().filter(|k| !packs.contains(k)).collect();
+    let new_blocks: Vec<String> = objects("blocks").into_iter().filter(|k| !blocks.contains(k)).collect();
+    assert!(new_packs.len() == 1 && new_blocks.is_empty(), "the store gained one pack, no block object: {new_packs:?} {new_blocks:?}; {pushed}");
+
+    // Undo both (newest first), online: the tree before; then redo both.
+    for (r, branch) in [(&r2, "burst-n2"), (&r1, "burst-n1")] {
+        let undo = merge_cmd(&d.home, &env, &["undo", "--volume", "data", "--json"]);
+        undo.assert_success();
+        let u = json_of(&undo);
+        assert_eq!((u["id"].as_u64(), u["branch"].as_str()), (r["id"].as_u64(), Some(branch)), "{u}");
+    }
+    assert!(fs::metadata(d.home.path("d1/from-n2")).is_err(), "the undo invalidated the kernel's entry");
+    assert_tree(d.home.mountpoint(), &before, "after undoing both merges: the tree before");
+    let redo1 = merge_cmd(&d.home, &env, &["burst-n1", "--volume", "data", "--json"]);
+    assert_eq!(redo1.code, Some(3), "redo of burst-n1: {redo1}");
+    let redo2 = merge_cmd(&d.home, &env, &["burst-n2", "--volume", "data", "--json"]);
+    assert_eq!(redo2.code, Some(0), "redo of burst-n2: {redo2}");
+    let want = with_n2(merged(&d, &copy_of(&json_of(&redo1))));
+
+    // A fresh read of everything the branches brought: the cache emptied, mounted again.
+    d.home.umount();
+    fs::remove_dir_all(&cache).unwrap();
+    let fsck = d.home.fsck(&[]);
+    assert!(fsck.success() && fsck.stdout.contains("only in the object store"), "{fsck}");
+    d.home.mount_env(&env_refs(&env));
+    assert_tree(d.home.mountpoint(), &want, &format!("{INV6}: after undo and redo, read afresh from the store"));
+    let fetched = file_names(&cache);
+    assert!(branch_blocks.is_subset(&fetched), "read afresh: fetched again, verified: {:?}", branch_blocks.difference(&fetched).collect::<Vec<_>>());
+    d.home.umount();
+    let fsck = d.home.fsck(&[]);
+    assert!(fsck.success(), "fsck at the end: {fsck}");
+}
+
+/// A reader **process** looping over files of the mount while merges run: each whole read of
+/// a file (`cmp` against the bytes before and after) must be one of the two; a read that
+/// fails or matches neither is written down. Bounded: it stops when told, or after 5 minutes.
+struct Reader {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Reader {
+    fn start(scratch: &std::path::Path, mount: &std::path::Path, before: &BTreeMap<String, Vec<u8>>, after: &BTreeMap<String, Vec<u8>>) -> Reader {
+        let dir = scratch.join("reader");
+        let mut script = String::from("end=$(( $(date +%s) + 300 ))\nwhile [ ! -e \"$R/stop\" ] && [ $(date +%s) -lt $end ]; do\n");
+        for (i, (p, b)) in before.iter().enumerate() {
+            for (side, bytes) in [("before", b), ("after", after.get(p).unwrap_or(b))] {
+                fs::create_dir_all(dir.join(side)).unwrap();
+                fs::write(dir.join(side).join(i.to_string()), bytes).unwrap();
+            }
+            let f = mount.join(p);
+            script.push_str(&format!(
+                "  if cmp -s '{f}' \"$R/before/{i}\" || cmp -s '{f}' \"$R/after/{i}\"; then echo ok; else echo \"bad {p}\"; fi\n",
+                f = f.display()
+            ));
+        }
+        script.push_str("done > \"$R/log\" 2>&1\n");
+        let child = std::process::Command::new("sh").arg("-c").arg(&script).env("R", &dir).spawn().unwrap_or_else(|e| panic!("start the reader process: {e}"));
+        // Reading before the merges start.
+        for _ in 0..300 {
+            if fs::metadata(dir.join("log")).is_ok_and(|m| m.len() > 0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Reader { child, dir }
+    }
+
+    /// Stop it; (whole reads that matched, what went wrong).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        fs::write(self.dir.join("stop"), b"").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the reader process: {status}");
+        let log = fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        let ok = log.lines().filter(|l| *l == "ok").count() as u64;
+        (ok, log.lines().filter(|l| *l != "ok").map(String::from).collect())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("stop"), b"");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keys under `prefix` in the test's bucket.
+fn s3_list(s3: &hybridfs_cloud::S3Store, prefix: &str) -> Vec<String> {
+    use hybridfs_cloud::ObjectStore;
+    s3.list(prefix).unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+}

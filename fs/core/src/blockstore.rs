@@ -28,6 +28,19 @@ pub trait BlockStore: Send + Sync + 'static {
     /// A hint: these blocks will probably be read soon (a store in front of a slower one may
     /// start fetching them). The default does nothing.
     fn prefetch(&self, _ids: &[BlockId]) {}
+    /// Whether this store fetches blocks it does not hold from an object store behind it (on
+    /// first read, verified): a block whose location is recorded there (the `pushed` family)
+    /// may then be referenced without a local copy. The default: no, every block is local.
+    fn fetches(&self) -> bool {
+        false
+    }
+    /// Whether this node holds a copy of block `id` (for a store that fetches, [`contains`]
+    /// also counts blocks only in the object store).
+    ///
+    /// [`contains`]: BlockStore::contains
+    fn is_local(&self, id: &BlockId) -> Result<bool> {
+        self.contains(id)
+    }
 }
 
 /// In-memory [`BlockStore`] for unit tests. Its ids are a cheap non-cryptographic hash.

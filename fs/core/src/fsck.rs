@@ -24,6 +24,9 @@ pub struct FsckReport {
     /// Extent versions kept only for snapshots.
     pub snapshot_blocks: u64,
     pub verified_blocks: u64,
+    /// Referenced blocks this node holds no copy of: they are in the object store (a clone's
+    /// data, or a branch's blocks a merge took) and are fetched, verified, on first read.
+    pub remote_only_blocks: u64,
     pub problems: Vec<String>,
     pub notes: Vec<String>,
 }
@@ -200,7 +203,12 @@ fn check_refs(
         }
         if !blocks.contains(id)? {
             r.problems.push(format!("block {id} is referenced but missing from the block store"));
-        } else if verify {
+            continue;
+        }
+        if !blocks.is_local(id)? {
+            r.remote_only_blocks += 1;
+        }
+        if verify {
             match blocks.get(id) {
                 Ok(_) => r.verified_blocks += 1,
                 Err(e) => r.problems.push(format!("block {id} fails verification: {e}")),
@@ -227,6 +235,10 @@ fn check_refs(
             unreferenced += 1;
         }
     })?;
+    if r.remote_only_blocks > 0 {
+        let how = if verify { "fetched and verified now" } else { "fetched, verified, on first read" };
+        r.notes.push(format!("{} referenced blocks are only in the object store ({how})", r.remote_only_blocks));
+    }
     if waiting > 0 {
         r.notes.push(format!("{waiting} unreferenced block files wait for the collector (grace period)"));
     }

@@ -30,16 +30,23 @@ impl VolumeDir {
         Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
     }
 
-    /// The block store: local files, and for a clone the object store behind them.
+    /// The block store: the volume's local block files in front of its object store
+    /// ([`hybridfs_sync::lazy::LazyStore`], local first). A clone fetches its data from there;
+    /// a home volume holds its own blocks and fetches only blocks it references without a
+    /// copy: those a merge took from a branch (only metadata moves at merge time). A home
+    /// volume whose store cannot be opened (settings or key missing) serves its local blocks
+    /// alone, unless it merged a branch (then it may need the store to read).
     pub fn open_blocks(&self, meta: &Arc<MetaStore>) -> Result<Arc<dyn BlockStore>> {
         let local = FileBlockStore::open(self.blocks_dir())?;
         let cfg = self.config()?;
-        // A home volume that merged a branch references the branch's blocks in the store.
-        let merged = meta.meta_value(hybridfs_sync::merge::LOG)?.is_some();
-        if cfg.clone_of.is_none() && !merged {
-            return Ok(Arc::new(local));
-        }
-        let remote = cfg.remote()?;
+        let remote = match cfg.remote() {
+            Ok(remote) => remote,
+            Err(e) if cfg.clone_of.is_none() && meta.meta_value(hybridfs_sync::merge::LOG)?.is_none() => {
+                tracing::warn!("volume {}: the store cannot be opened ({e:#}); serving local blocks only", self.name);
+                return Ok(Arc::new(local));
+            }
+            Err(e) => return Err(e),
+        };
         // One cache of fetched blocks per remote volume, shared by its clones on this node.
         let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
         let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));

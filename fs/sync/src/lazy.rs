@@ -199,6 +199,11 @@ impl LazyStore {
 
 impl Inner {
     fn touch(&self, id: &BlockId) {
+        // Use order only matters for eviction: without a cap (a home volume's default) it
+        // is not kept, so reading a volume's own blocks costs no lock and no memory here.
+        if self.cap.is_none() {
+            return;
+        }
         let mut g = self.lru.lock().expect("lru lock");
         let (order, latest, tick) = &mut *g;
         *tick += 1;
@@ -364,6 +369,14 @@ impl BlockStore for LazyStore {
 
     fn for_each(&self, f: &mut dyn FnMut(BlockId)) -> Result<()> {
         self.own.for_each(f)
+    }
+
+    fn fetches(&self) -> bool {
+        true
+    }
+
+    fn is_local(&self, id: &BlockId) -> Result<bool> {
+        Ok(self.own.contains(id)? || self.local.contains(id)?)
     }
 
     fn prefetch(&self, ids: &[BlockId]) {

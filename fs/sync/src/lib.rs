@@ -203,13 +203,17 @@ pub(crate) struct PushState {
     pub last: Option<LayerRef>,
 }
 
-/// Progress of a push, for a progress line.
+/// Progress of a push (or of a merge's block fetch), for a progress line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Progress {
     pub blocks_total: u64,
     pub blocks_done: u64,
+    /// 0: not known up front (a merge's fetch knows its blocks, not all their sizes).
     pub bytes_total: u64,
     pub bytes_done: u64,
+    /// What moves: empty for a push's upload, `fetch` for a merge fetching blocks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub op: String,
 }
 
 /// What a push did.

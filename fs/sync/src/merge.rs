@@ -45,6 +45,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Records applied to the scratch store per batch.
 const BATCH: usize = 4096;
 
+/// Blocks a merge fetches at once (`prefetch`).
+const FETCHERS: usize = 8;
+
 /// How long a merge waits for the files it changes to be closed (readers close theirs
 /// between reads) before it gives up, nothing applied.
 pub const OPEN_FILES_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -57,7 +60,8 @@ pub struct MergeRequest {
     pub dry_run: bool,
     pub confirm: bool,
     pub max_delete_pct: f64,
-    /// Fetch the branch's blocks during the merge (always done online).
+    /// Fetch the branch's blocks during the merge, before it applies (otherwise they are
+    /// fetched on first read, unless the volume's block store cannot fetch by itself).
     pub prefetch: bool,
 }
 
@@ -109,7 +113,8 @@ pub struct MergeRecord {
     /// first read), and their bytes.
     pub blocks_to_fetch: u64,
     pub bytes_to_fetch: u64,
-    /// Blocks fetched during the merge (online, or `prefetch`).
+    /// Blocks fetched during the merge (`prefetch`, or a block store that cannot fetch by
+    /// itself); 0: the merged tree fetches what it takes from the branch on first read.
     #[serde(default)]
     pub blocks_fetched: u64,
     pub records_read: u64,
@@ -391,6 +396,17 @@ fn end_base(meta: &MetaStore) -> Result<u64> {
 /// Merge `req.branch` of `remote` into the home volume `vol`, mounted (give the mount's
 /// `kernel` caches, invalidated for every changed entry and inode) or not.
 pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&dyn KernelCache>) -> Result<MergeRecord> {
+    merge_with(vol, remote, req, kernel, &|_| {})
+}
+
+/// [`merge`], reporting the progress of the blocks it fetches (`prefetch`).
+pub fn merge_with(
+    vol: &Volume,
+    remote: &Remote,
+    req: &MergeRequest,
+    kernel: Option<&dyn KernelCache>,
+    progress: &(dyn Fn(&crate::Progress) + Sync),
+) -> Result<MergeRecord> {
     let started = std::time::Instant::now();
     let branch = req.branch.as_str();
     let home = vol.meta();
@@ -431,10 +447,13 @@ pub fn merge(vol: &Volume, remote: &Remote, req: &MergeRequest, kernel: Option<&
         record.seconds = started.elapsed().as_secs_f64();
         return Ok(record);
     }
-    if kernel.is_some() || req.prefetch {
-        // Online, the running mount's block store was opened before this merge and may not
-        // fetch by itself: the branch's new blocks come now, before any reader can reach them.
-        record.blocks_fetched = fetch_blocks(vol, remote, &theirs.located)?;
+    if req.prefetch || !vol.blocks().fetches() {
+        // Only metadata moves by default: the merged tree references the branch's blocks in
+        // the store (the `pushed` rows of the apply batch) and the block store fetches them,
+        // verified, on first read. Asked to, or when the block store cannot fetch by itself
+        // (its store could not be opened when it was), they come now, before any reader can
+        // reach them; a failure here applies nothing.
+        record.blocks_fetched = fetch_blocks(vol, remote, &theirs.located, progress)?;
     }
     // Planned and applied with no writer in between (the gate and the namespace lock).
     let mut planned: Option<MergePlan> = None;
@@ -491,29 +510,58 @@ fn node_warning(remote: &Remote, branch: &str, head: &crate::Head) -> Option<Str
     }
 }
 
-/// Fetch (verified) the blocks the branch's new layers name that the volume lacks.
-fn fetch_blocks(vol: &Volume, remote: &Remote, located: &BTreeMap<BlockId, Option<(BlockId, u64, u64)>>) -> Result<u64> {
-    let mut fetched = 0;
+/// Fetch (verified) into the volume's own blocks those the branch's new layers name that
+/// this node holds no copy of, [`FETCHERS`] at a time.
+fn fetch_blocks(
+    vol: &Volume,
+    remote: &Remote,
+    located: &BTreeMap<BlockId, Option<(BlockId, u64, u64)>>,
+    progress: &(dyn Fn(&crate::Progress) + Sync),
+) -> Result<u64> {
+    let mut todo = Vec::new();
     for (id, packed) in located {
-        if vol.blocks().contains(id)? {
-            continue;
+        if !vol.blocks().is_local(id)? {
+            todo.push((*id, *packed));
         }
-        let frame = remote.fetch_frame(id, *packed)?;
-        let data = hybridfs_blocks::decode(id, &frame)?;
-        let got = vol.blocks().put(&data)?;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let prog = std::sync::Mutex::new(crate::Progress { blocks_total: todo.len() as u64, op: "fetch".into(), ..Default::default() });
+    let fetch_one = |id: &BlockId, packed: Option<(BlockId, u64, u64)>| -> Result<u64> {
+        // `fetch_frame` checks the frame against the id; `put` stores what it decoded and
+        // names it by its hash again.
+        let frame = remote.fetch_frame(id, packed)?;
+        let got = vol.blocks().put(&hybridfs_blocks::decode(id, &frame)?)?;
         if got != *id {
             return Err(SyncError::Corrupt(format!("block {id} from the store hashes to {got}")));
         }
-        fetched += 1;
-    }
+        Ok(frame.len() as u64)
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..FETCHERS.min(todo.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((id, packed)) = todo.get(i) else { return Ok(()) };
+                        let bytes = fetch_one(id, *packed).inspect_err(|_| next.store(todo.len(), std::sync::atomic::Ordering::Relaxed))?;
+                        let mut p = prog.lock().unwrap_or_else(|p| p.into_inner());
+                        p.blocks_done += 1;
+                        p.bytes_done += bytes;
+                        progress(&p);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(SyncError::Corrupt("a block fetcher panicked".into()))))
+    })?;
     vol.blocks().sync()?;
-    Ok(fetched)
+    Ok(todo.len() as u64)
 }
 
 /// Blocks and bytes the merged tree takes from the branch that this node does not hold.
 fn count_fetch(vol: &Volume, record: &mut MergeRecord, plan: &MergePlan) {
     for id in apply::new_blocks(plan) {
-        if !vol.blocks().contains(&id).unwrap_or(false) {
+        if !vol.blocks().is_local(&id).unwrap_or(false) {
             record.blocks_to_fetch += 1;
             record.bytes_to_fetch += block_len(plan, &id);
         }

@@ -340,3 +340,95 @@ fn small_files_merge_by_their_bytes_inline_or_published() {
         drop(node.meta);
     }
 }
+
+/// Issue 10, "only metadata moves at merge time": a home volume whose block store stands in
+/// front of its object store (as every home volume with a store opens: `open_blocks`) merges
+/// a branch without downloading its blocks. The merged tree references them in the store;
+/// fsck counts them as remote-only (clean); the collector leaves them alone (it removes only
+/// the volume's own block files); the first read fetches each one and verifies it against its
+/// hash (invariant 5: a corrupt copy in the store is an error, never wrong bytes, and is not
+/// kept); the next push of `main` uploads only home's own new block, none of the branch's.
+/// Invariant 6: every change of both sides is in the result.
+#[test]
+fn a_home_volume_references_the_branch_s_blocks_and_fetches_them_on_first_read() {
+    use hybridfs_cloud::{Corruption, FaultPlan, Faulty};
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
+    let remote = Remote::new(store.clone(), "vol");
+    let meta = Arc::new(MetaStore::memory());
+    Volume::format(&meta, 0, 0).unwrap();
+    let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let cache = FileBlockStore::open(dir.path().join("cache")).unwrap();
+    let lazy = Arc::new(LazyStore::new(own, cache, Remote::new(store.clone(), "vol"), meta.clone(), None).unwrap());
+    let opts = VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() };
+    let home = Volume::open(meta, lazy.clone(), opts).unwrap();
+    common::write_file(&home, "shared", 0, &noise(1, 300_000));
+    common::write_file(&home, "kept", 0, &noise(2, 50_000));
+    push(&home, &remote, "main", &|_| {}).unwrap();
+
+    // The branch: a big file (a block of its own in the store), a small one (in a pack), and
+    // a rewrite of a home file. Home writes a file of its own.
+    let node = clone_node(store.clone(), "node");
+    let (big, small, shared) = (noise(11, 1_500_000), noise(12, 40_000), noise(13, 300_000));
+    common::write_file(&node.vol, "big", 0, &big);
+    common::write_file(&node.vol, "small", 0, &small);
+    common::write_file(&node.vol, "shared", 0, &shared);
+    push(&node.vol, &remote, "node", &|_| {}).unwrap();
+    let mine = noise(21, 100_000);
+    common::write_file(&home, "mine", 0, &mine);
+
+    let own_blocks = |v: &Volume| {
+        let mut ids = std::collections::BTreeSet::new();
+        v.blocks().for_each(&mut |id| {
+            ids.insert(id);
+        })
+        .unwrap();
+        ids
+    };
+    let req = MergeRequest { branch: "node".into(), ..Default::default() };
+    let rec = merge(&home, &remote, &req, None).unwrap();
+    assert!(rec.applied && rec.conflicts.is_empty(), "{rec:?}");
+    assert_eq!(rec.blocks_fetched, 0, "only metadata moves at merge time: {rec:?}");
+    assert!(rec.blocks_to_fetch >= 4 && rec.bytes_to_fetch >= 1_800_000, "the report says what the first reads fetch: {rec:?}");
+    assert_eq!(lazy.fetched.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing was downloaded");
+    let branch_blocks = own_blocks(&node.vol);
+    assert!(own_blocks(&home).is_disjoint(&branch_blocks), "no block of the branch became a local file of home");
+
+    let staging = hybridfs_core::staging::Staging::new(dir.path().join("staging")).unwrap();
+    let fsck = |verify| hybridfs_core::fsck::check(home.meta(), home.blocks(), &staging, home.block_size(), verify).unwrap();
+    let report = fsck(false);
+    assert!(report.clean(), "fsck with remote-only blocks: {:?}", report.problems);
+    assert_eq!(report.remote_only_blocks, rec.blocks_to_fetch, "{report:?}");
+    assert!(report.notes.iter().any(|n| n.contains("only in the object store")), "{:?}", report.notes);
+    let gc = home.collect(std::time::Duration::ZERO).unwrap();
+    assert_eq!(gc.blocks_freed, 0, "the collector drops no block the merged tree references: {gc:?}");
+
+    // Invariant 5: a corrupt copy in the store fails the read; nothing wrong is kept.
+    plan.corrupt_reads("/packs/", Corruption::FlipByte);
+    assert!(common::read(&home, "small").is_err(), "a corrupt pack range is never served");
+    plan.corrupt_reads("/blocks/", Corruption::Truncate);
+    assert!(common::read(&home, "big").is_err(), "a corrupt block object is never served");
+    plan.heal();
+    for (name, want) in [("big", &big), ("small", &small), ("shared", &shared), ("mine", &mine)] {
+        let got = common::read(&home, name).unwrap_or_else(|e| panic!("read {name} after the merge: {e}"));
+        assert!(got == *want, "invariant 6: {name} holds its merged bytes");
+    }
+    assert_eq!(common::read(&home, "kept").unwrap(), noise(2, 50_000));
+    let fetched = lazy.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fetched >= rec.blocks_to_fetch, "the first reads fetched the branch's blocks: {fetched}");
+    assert_eq!(fsck(true).remote_only_blocks, 0, "read once, they are in this node's cache");
+
+    // The next push of main: the branch's blocks are in the store already.
+    let keys = |p: &str| store.list(&format!("vol/{p}/")).unwrap();
+    let (packs, blocks) = (keys("packs"), keys("blocks"));
+    let puts = plan.puts_done();
+    let pushed = push(&home, &remote, "main", &|_| {}).unwrap();
+    assert_eq!(pushed.blocks_uploaded, 1, "only home's own new file goes up: {pushed:?}");
+    let new_packs = keys("packs").into_iter().filter(|k| !packs.contains(k)).count();
+    let new_blocks = keys("blocks").into_iter().filter(|k| !blocks.contains(k)).count();
+    assert_eq!((new_packs, new_blocks), (1, 0), "one pack (home's small file), no block object: {pushed:?}");
+    // That pack, the layer and the head.
+    assert_eq!(plan.puts_done() - puts, 3, "{pushed:?}");
+    drop(node.meta);
+}

@@ -12,7 +12,8 @@ use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Run `req` on `vd` (in its mount process when mounted), with a progress line for pushes.
+/// Run `req` on `vd` (in its mount process when mounted), with a progress line for pushes
+/// and a merge's block fetch.
 pub(crate) fn call(vd: &VolumeDir, req: &Request) -> Result<Reply> {
     let reply = control::call(vd, req, &progress);
     end_progress();
@@ -27,16 +28,24 @@ fn progress(p: &Progress) {
     let (done, total) = (p.bytes_done, p.bytes_total);
     let secs = start.elapsed().as_secs_f64().max(0.001);
     let rate = done as f64 / secs;
-    let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
-    let line = format!(
-        "pushed {}/{} blocks, {} of {} ({}/s, ETA {:.0}s)",
-        p.blocks_done,
-        p.blocks_total,
-        human_bytes(done),
-        human_bytes(total),
-        human_bytes(rate as u64),
-        eta
-    );
+    let verb = if p.op == "fetch" { "fetched" } else { "pushed" };
+    let line = if total > 0 {
+        let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        format!(
+            "{verb} {}/{} blocks, {} of {} ({}/s, ETA {:.0}s)",
+            p.blocks_done,
+            p.blocks_total,
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate as u64),
+            eta
+        )
+    } else {
+        // Sizes not known up front: the ETA goes by blocks.
+        let per_block = secs / p.blocks_done.max(1) as f64;
+        let eta = p.blocks_total.saturating_sub(p.blocks_done) as f64 * per_block;
+        format!("{verb} {}/{} blocks, {} ({}/s, ETA {:.0}s)", p.blocks_done, p.blocks_total, human_bytes(done), human_bytes(rate as u64), eta)
+    };
     if std::io::stderr().is_terminal() {
         eprint!("\r{line}\x1b[K");
     } else {

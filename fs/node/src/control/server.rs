@@ -101,7 +101,7 @@ pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress
                 max_delete_pct: m.max_delete,
                 prefetch: m.prefetch,
             };
-            Reply::Merge(hybridfs_sync::merge::merge(vol, &*remote.get()?, &req, kernel().as_deref())?)
+            Reply::Merge(hybridfs_sync::merge::merge_with(vol, &*remote.get()?, &req, kernel().as_deref(), progress)?)
         }
         Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
         Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &*remote.get()?)?),
