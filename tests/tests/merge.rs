@@ -10,6 +10,11 @@
 //! merging again says it is up to date; `merge undo` (online too) returns to the pre-merge
 //! snapshot, keeping the state it replaced as `pre-undo-<UTC>`; merging again redoes it. A merge of an unmounted volume killed
 //! before or after its apply batch leaves the tree before or after, never a mix.
+//!
+//! The required run of the issue: home and two burst clones write during a "day", both push,
+//! home merges both while mounted and a reader process loops over the mount; only metadata
+//! moves (the branches' blocks are fetched, verified, on first read), the push of main uploads
+//! none of them, undo and redo, and the branches' bytes read afresh from the store.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -257,6 +262,7 @@ fn a_merge_killed_before_or_after_apply_is_never_half_applied() {
     let killed = merge_cmd(&d.home, &crash_env, &["burst-n1", "--volume", "data", "--prefetch", "--json"]);
     let fetched = d.home.block_files().len() - blocks_before;
     assert!(fetched >= 4, "--prefetch fetched the branch's 4 new blocks before applying: {fetched}");
+    assert!(killed.stderr.contains("fetched 4/4 blocks"), "--prefetch reports its progress: {killed}");
     assert!(!killed.success() && killed.code != Some(3), "the merge dies at the crash point: {killed}");
     let log = json_of(&merge_cmd(&d.home, &env, &["log", "--volume", "data", "--json"]));
     assert_eq!(log.as_array().map(Vec::len), Some(1), "the merge is recorded with its batch: {log}");
