@@ -245,7 +245,8 @@ struct MergeArgs {
     /// Percentage of the files the branch may delete without --confirm.
     #[arg(long, default_value_t = 50.0, value_name = "PCT")]
     max_delete: f64,
-    /// Fetch the branch's data during the merge (a mounted volume always does).
+    /// Fetch the branch's data during the merge, with a progress line (otherwise only metadata
+    /// moves: each block is fetched from the store, verified, on first read).
     #[arg(long)]
     prefetch: bool,
     #[arg(long)]
