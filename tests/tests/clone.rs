@@ -234,6 +234,13 @@ fn two_nodes_clone_read_write_push_pull() {
     let fetched = dir_bytes(&cache_dir(&b));
     assert!(fetched >= 40 * MIB as u64, "the reads fetched the data into B's cache: {fetched} bytes there");
     assert_tree(a.mountpoint(), &want, "node A");
+    // The clone's read-ahead fetchers are named workers of its mount, beside the sealer
+    // (issue 11): `hybridctl status` lists them.
+    let status = json_of(&b.ctl(&["status", "data", "--json"]));
+    let workers: Vec<&str> = status[0]["workers"].as_array().into_iter().flatten().filter_map(|w| w["name"].as_str()).collect();
+    for want in ["sealer", "fetch-0", "fetch-7", "collector", "control"] {
+        assert!(workers.contains(&want), "worker {want} missing from the clone's status: {status}");
+    }
 
     // B changes: a new file, 4 KiB in block 5 of big/1. Its push: 2 blocks, to its branch.
     let from_b = pattern(2001, 50 * KIB);

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// Bad input: an invalid key, prefix or store URL.
     #[error("{0}")]
     Invalid(String),
+    /// The call was cancelled (the mount is stopping, the push was interrupted): the request
+    /// in flight was aborted. Permanent: a cancelled call is never retried.
+    #[error("cancelled: the request to the store was aborted")]
+    Cancelled,
     #[error("{0}")]
     Other(String),
 }
@@ -68,6 +72,7 @@ mod tests {
         assert!(!StoreError::not_found("k").is_transient());
         assert!(!StoreError::Auth("no".into()).is_transient());
         assert!(!StoreError::short_read("k", 0, 2, 1).is_transient());
+        assert!(!StoreError::Cancelled.is_transient());
     }
 
     #[test]

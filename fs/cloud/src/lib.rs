@@ -37,6 +37,13 @@
 //! whether trying again may help. No error, log line or [`ObjectStore::describe`] ever holds a
 //! credential (invariant 8).
 //!
+//! # Cancellation
+//!
+//! A store opened with a [`CancellationToken`] ([`open_with`]) aborts its requests in flight
+//! when the token is cancelled and fails every call after that with [`StoreError::Cancelled`]:
+//! the node cancels the stores of a mount when the mount stops (umount, a signal), so nothing
+//! is left waiting on a store that does not answer.
+//!
 //! # Threads
 //!
 //! The trait is synchronous: core calls it from plain threads. [`S3Store`] owns a small tokio
@@ -64,6 +71,9 @@ pub use mem::MemStore;
 pub use retry::{Retry, RetryPolicy};
 pub use s3::{S3Config, S3Credentials, S3Store};
 pub use url::StoreUrl;
+/// The cancellation token stores take ([`open_with`], [`S3Store::with_cancel`],
+/// [`Retry::with_cancel`]).
+pub use tokio_util::sync::CancellationToken;
 
 /// What `head` tells about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,9 +115,17 @@ pub trait ObjectStore: Send + Sync + 'static {
 /// [`Retry`] with the default policy. S3 settings come from the environment
 /// ([`S3Config::from_env`]).
 pub fn open(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    open_with(url, &CancellationToken::new())
+}
+
+/// [`open`], the store's calls cancelled (requests in flight aborted) when `cancel` is.
+pub fn open_with(url: &str, cancel: &CancellationToken) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let store: Arc<dyn ObjectStore> = match StoreUrl::parse(url)? {
-        StoreUrl::File(path) => Arc::new(Retry::new(LocalStore::open(path)?)),
-        StoreUrl::S3 { bucket, prefix } => Arc::new(Retry::new(S3Store::new(&bucket, &prefix, S3Config::from_env())?)),
+        StoreUrl::File(path) => Arc::new(Retry::new(LocalStore::open(path)?).with_cancel(cancel.clone())),
+        StoreUrl::S3 { bucket, prefix } => {
+            let s3 = S3Store::new(&bucket, &prefix, S3Config::from_env())?.with_cancel(cancel.clone());
+            Arc::new(Retry::new(s3).with_cancel(cancel.clone()))
+        }
     };
     Ok(store)
 }

@@ -12,9 +12,32 @@
 //! a conditional put fails with `Precondition` after a transient failure, `Retry` reads the
 //! object: if it holds exactly the bytes of this put, the put did happen and succeeds with the
 //! current ETag. Otherwise another writer won and the `Precondition` stands.
+//!
+//! # Cancellation
+//!
+//! With a token ([`Retry::with_cancel`]), a cancelled token fails every call at once with
+//! [`StoreError::Cancelled`], also in the middle of a pause between attempts (looked at every
+//! [`CANCEL_POLL`]). The store inside aborts its request in flight itself ([`crate::S3Store`]
+//! holds the same token).
 
-use crate::{Cond, ObjectMeta, ObjectStore, StoreError};
+use crate::{CancellationToken, Cond, ObjectMeta, ObjectStore, StoreError};
 use std::time::{Duration, Instant};
+
+/// How often a pause between attempts looks at the cancellation token.
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Sleep `pause`, or less when `cancel` is cancelled meanwhile; false when cancelled.
+fn sleep_unless_cancelled(cancel: &CancellationToken, pause: Duration) -> bool {
+    let until = Instant::now() + pause;
+    while !cancel.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(CANCEL_POLL));
+    }
+    false
+}
 
 /// Object-store requests by operation (`put`, `get`, ...) and outcome (`ok`, `transient`,
 /// `failed`), each attempt counted; their latency (histogram, seconds); retries by operation.
@@ -72,6 +95,7 @@ impl RetryPolicy {
 pub struct Retry<S> {
     inner: S,
     policy: RetryPolicy,
+    cancel: CancellationToken,
 }
 
 impl<S: ObjectStore> Retry<S> {
@@ -80,7 +104,13 @@ impl<S: ObjectStore> Retry<S> {
     }
 
     pub fn with_policy(inner: S, policy: RetryPolicy) -> Self {
-        Retry { inner, policy }
+        Retry { inner, policy, cancel: CancellationToken::new() }
+    }
+
+    /// Fail calls with [`StoreError::Cancelled`] once `cancel` is cancelled.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     pub fn inner(&self) -> &S {
@@ -92,6 +122,9 @@ impl<S: ObjectStore> Retry<S> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
+            if self.cancel.is_cancelled() {
+                return Err(StoreError::Cancelled);
+            }
             let sent = Instant::now();
             let result = call();
             count_request(op, &result, sent.elapsed());
@@ -111,7 +144,9 @@ impl<S: ObjectStore> Retry<S> {
                 tracing::debug!(%store, op, key, attempt, ?pause, error = %err, "object store call failed, retrying");
             }
             metrics::counter!(STORE_RETRIES, "op" => op).increment(1);
-            std::thread::sleep(pause);
+            if !sleep_unless_cancelled(&self.cancel, pause) {
+                return Err(StoreError::Cancelled);
+            }
             attempt += 1;
         }
     }

@@ -112,3 +112,53 @@ fn etags_from_put_get_head_and_list_agree_across_clients() {
     assert!(matches!(e, StoreError::Precondition { .. }), "the other client moved the head: {e:?}");
     assert_eq!(one.get("heads/main").unwrap(), (b"layer-2".to_vec(), moved));
 }
+
+/// A stop reaches the request in flight (issue 11): a GET to a store that accepts the
+/// connection and never answers (blackholed) ends with `Cancelled` when the store's token is
+/// cancelled, not at the store's timeouts (here an hour), and the connection is closed: the
+/// request was aborted, not left running. Through `Retry` too, which does not retry it.
+#[test]
+fn cancel_aborts_a_request_to_a_blackholed_store() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Accept one connection, read the request and never answer; report when it closes.
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match std::io::Read::read(&mut conn, &mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        let _ = conn_tx.send(closed);
+    });
+    let creds = S3Credentials { access_key_id: "k".into(), secret_access_key: "s".into() };
+    let hour = Duration::from_secs(3600);
+    let config = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        credentials: Some(creds),
+        read_timeout: hour,
+        operation_timeout: hour,
+        ..S3Config::default()
+    };
+    let cancel = hybridfs_cloud::CancellationToken::new();
+    let store = Retry::new(S3Store::new("bucket", "", config).unwrap().with_cancel(cancel.clone())).with_cancel(cancel.clone());
+    let canceller = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        canceller.cancel();
+    });
+    let e = store.get("blocks/k").unwrap_err();
+    stopper.join().unwrap();
+    assert!(matches!(e, StoreError::Cancelled), "{e:?}");
+    assert!(!e.is_transient(), "a cancelled call must not be retried");
+    let closed = conn_rx.recv_timeout(Duration::from_secs(90)).expect("the blackhole saw no connection end");
+    assert!(closed, "the aborted request's connection was left open");
+    assert!(matches!(store.put("k", b"v", Cond::None), Err(StoreError::Cancelled)), "a call after the cancel went out");
+}

@@ -16,6 +16,8 @@
 //!   file's inline bytes as a sealed block).
 //! * [`merge`] — the three-way merge of a branch into the home tree: the pure planner, and
 //!   the input and apply steps around it.
+//! * [`worker`] — background work as named workers (status, stop signal, backoff): the
+//!   registry every layer's loops report into.
 //! * [`fsck`] — consistency checks over a metadata store and a block store.
 //! * [`extent`] — pure block arithmetic. [`error`] — the one error enum and errno table.
 //!
@@ -36,6 +38,7 @@ pub mod space;
 pub mod staging;
 pub mod types;
 pub mod volume;
+pub mod worker;
 
 pub use error::{FsError, Result};
 

@@ -4,7 +4,10 @@
 //!
 //! A mount process owns its volume (the lock) and, for the life of the mount, the background
 //! work around it: the sealer, the collector, the metrics writer and server, the control
-//! socket (crate::control) and the store check.
+//! socket (crate::control) and the store check. The named workers (sealer, fetchers,
+//! uploaders, collector, metrics writer, control) share the volume's registry
+//! ([`Volume::workers`]); when the session ends they are stopped, which also cancels the
+//! mount's object stores: a request in flight (a push's upload, a fetch) is aborted.
 
 use crate::error::bad_input;
 use crate::control::RemoteSlot;
@@ -126,10 +129,10 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     spawn_readahead_tuner(mp.clone());
     spawn_signal_handler(mp.clone(), signals)?;
     // The mount's background work; stopped (and waited for) when the session ends.
-    let workers = Workers::new();
+    let workers = vol.workers().clone();
     spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
     // The volume's object store, kept for the life of the mount.
-    let remote = Arc::new(RemoteSlot::new(cfg));
+    let remote = Arc::new(RemoteSlot::new(cfg, workers.clone()));
     crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
     spawn_collector(&workers, &vol)?;
     spawn_store_check(remote);

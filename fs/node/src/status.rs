@@ -107,7 +107,7 @@ impl VolumeDir {
     pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let cfg = self.config()?;
         let meta = self.open_meta(true)?;
-        let blocks = self.open_blocks(&meta)?;
+        let blocks = self.open_blocks(&meta, &crate::workers::Workers::new())?;
         let staging = Staging::new(self.staging_dir())?;
         Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
     }

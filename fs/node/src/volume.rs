@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use hybridfs_blocks::FileBlockStore;
 use hybridfs_core::blockstore::BlockStore;
 use hybridfs_core::meta::MetaStore;
+use hybridfs_core::worker::Workers;
 use hybridfs_core::{Volume, VolumeOptions};
+use hybridfs_cloud::CancellationToken;
 use hybridfs_meta::RocksOptions;
 use hybridfs_sync::Remote;
 use std::path::Path;
@@ -18,7 +20,20 @@ use std::time::Duration;
 impl VolumeConfig {
     /// The volume's place in its object store (with its cipher when encrypted).
     pub fn remote(&self) -> Result<Remote> {
-        let store = hybridfs_cloud::open(&self.store).with_context(|| format!("open the store {}", self.store))?;
+        self.remote_with(&CancellationToken::new())
+    }
+
+    /// [`VolumeConfig::remote`] whose requests in flight are aborted, and later calls fail,
+    /// once `workers` stop (a mount's stores: at umount or a termination signal).
+    pub fn remote_until_stopped(&self, workers: &Workers) -> Result<Remote> {
+        let cancel = CancellationToken::new();
+        let on_stop = cancel.clone();
+        workers.on_stop(move || on_stop.cancel());
+        self.remote_with(&cancel)
+    }
+
+    fn remote_with(&self, cancel: &CancellationToken) -> Result<Remote> {
+        let store = hybridfs_cloud::open_with(&self.store, cancel).with_context(|| format!("open the store {}", self.store))?;
         let cipher = keys::volume_cipher(self.key_file.as_deref(), self.key_fingerprint.as_deref())?;
         Ok(Remote::new(store, self.remote_name()).with_cipher(cipher))
     }
@@ -35,11 +50,12 @@ impl VolumeDir {
     /// a home volume holds its own blocks and fetches only blocks it references without a
     /// copy: those a merge took from a branch (only metadata moves at merge time). A home
     /// volume whose store cannot be opened (settings or key missing) serves its local blocks
-    /// alone, unless it merged a branch (then it may need the store to read).
-    pub fn open_blocks(&self, meta: &Arc<MetaStore>) -> Result<Arc<dyn BlockStore>> {
+    /// alone, unless it merged a branch (then it may need the store to read). Its fetchers
+    /// report into `workers`, and its store calls end when they stop.
+    pub fn open_blocks(&self, meta: &Arc<MetaStore>, workers: &Arc<Workers>) -> Result<Arc<dyn BlockStore>> {
         let local = FileBlockStore::open(self.blocks_dir())?;
         let cfg = self.config()?;
-        let remote = match cfg.remote() {
+        let remote = match cfg.remote_until_stopped(workers) {
             Ok(remote) => remote,
             Err(e) if cfg.clone_of.is_none() && meta.meta_value(hybridfs_sync::merge::LOG)?.is_none() => {
                 tracing::warn!("volume {}: the store cannot be opened ({e:#}); serving local blocks only", self.name);
@@ -51,19 +67,27 @@ impl VolumeDir {
         let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
         let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
         let cache = FileBlockStore::open(cache_dir)?;
-        let lazy = hybridfs_sync::lazy::LazyStore::new(local, cache, remote, meta.clone(), cfg.cache_bytes)?;
+        let lazy = hybridfs_sync::lazy::LazyStore::with_workers(local, cache, remote, meta.clone(), cfg.cache_bytes, workers)?;
         if let Some(secs) = cfg.read_timeout_secs {
             lazy.set_read_timeout(Duration::from_secs(secs));
         }
         Ok(Arc::new(lazy))
     }
 
-    /// Open the volume for serving (caller holds the lock).
+    /// Open the volume for serving (caller holds the lock). Its background work reports into
+    /// [`Volume::workers`]; stopping them also cancels the block store's store calls.
     pub fn open_volume(&self, seal_delay: Duration) -> Result<Arc<Volume>> {
         let cfg = self.config()?;
-        let opts = VolumeOptions { block_size: cfg.block_size, staging_dir: self.staging_dir(), seal_delay, ..VolumeOptions::default() };
+        let workers = Workers::new();
+        let opts = VolumeOptions {
+            block_size: cfg.block_size,
+            staging_dir: self.staging_dir(),
+            seal_delay,
+            workers: workers.clone(),
+            ..VolumeOptions::default()
+        };
         let meta = self.open_meta(false)?;
-        let blocks = self.open_blocks(&meta)?;
+        let blocks = self.open_blocks(&meta, &workers)?;
         Ok(Volume::open(meta, blocks, opts)?)
     }
 }

@@ -20,6 +20,10 @@
 //! timeouts and retries. The fetch itself goes on in its own thread (at most
 //! [`MAX_WAITED_FETCHES`] at a time) and keeps the block when it lands, so reading again later
 //! finds it.
+//!
+//! The read-ahead fetchers are named workers (`fetch-N`) of the volume's registry
+//! ([`LazyStore::with_workers`]): `hybridctl status` shows which block each fetches, and they
+//! end at the registry's stop signal.
 
 use crate::Remote;
 use hybridfs_blocks::FileBlockStore;
@@ -27,6 +31,7 @@ use hybridfs_core::blockstore::BlockStore;
 use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::BlockId;
+use hybridfs_core::worker::{pause, Handle, Stop, Workers};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +86,18 @@ impl LazyStore {
     /// `own`: the volume's block directory; `cache`: the shared cache of fetched blocks.
     /// Refused while a pull of the clone is unfinished ([`crate::clone::refuse_if_pulling`]).
     pub fn new(own: FileBlockStore, cache: FileBlockStore, remote: Remote, meta: Arc<MetaStore>, cap: Option<u64>) -> Result<Self> {
+        Self::with_workers(own, cache, remote, meta, cap, &Workers::new())
+    }
+
+    /// [`LazyStore::new`] whose fetchers report into (and stop with) `workers`.
+    pub fn with_workers(
+        own: FileBlockStore,
+        cache: FileBlockStore,
+        remote: Remote,
+        meta: Arc<MetaStore>,
+        cap: Option<u64>,
+        workers: &Workers,
+    ) -> Result<Self> {
         crate::clone::refuse_if_pulling(&meta).map_err(|e| match e {
             crate::SyncError::Volume(e) => e,
             e => FsError::Refused(e.to_string()),
@@ -115,17 +132,10 @@ impl LazyStore {
         let (ahead, rx) = crossbeam_channel::bounded::<BlockId>(256);
         for n in 0..FETCHERS {
             let (inner, rx) = (Arc::downgrade(&inner), rx.clone());
+            let (status, stop) = (workers.register(&format!("fetch-{n}")), workers.stop_signal());
             std::thread::Builder::new()
                 .name(format!("fetch-{n}"))
-                .spawn(move || {
-                    for id in rx {
-                        let Some(inner) = inner.upgrade() else { return };
-                        if let Err(e) = inner.ensure(&id) {
-                            tracing::warn!("read-ahead of block {id}: {e}");
-                        }
-                        inner.queued.lock().expect("queued lock").remove(&id);
-                    }
-                })
+                .spawn(move || fetcher(&inner, &rx, &status, &stop))
                 .map_err(|e| FsError::io("start block fetchers", e))?;
         }
         Ok(LazyStore { inner, ahead })
@@ -194,6 +204,30 @@ impl LazyStore {
             return Err(FsError::io("start a block fetch", e));
         }
         Ok(())
+    }
+}
+
+/// One read-ahead fetcher: blocks from the queue until the store is dropped or the stop
+/// signal goes out (looked at every 200 ms). After failures in a row (the store is down) it
+/// pauses before the next hint, 100 ms doubled per failure ([`pause`]).
+fn fetcher(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<BlockId>, status: &Handle, stop: &Stop) {
+    while !stop.is_stopped() {
+        let id = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(id) => id,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        status.busy(format!("fetch block {id}"));
+        let result = inner.ensure(&id);
+        if let Err(e) = &result {
+            tracing::warn!("read-ahead of block {id}: {e}");
+        }
+        let failures = status.done(result.map_err(|e| format!("read-ahead of block {id}: {e}")));
+        inner.queued.lock().expect("queued lock").remove(&id);
+        if failures > 0 && stop.wait(pause(Duration::from_millis(100), failures)) {
+            return;
+        }
     }
 }
 

@@ -1,4 +1,9 @@
 //! Uploading a push's blocks: [`PARALLEL`] requests in flight, small frames packed.
+//!
+//! The uploaders are named workers (`upload-N`) of the volume's registry for the length of the
+//! push ([`hybridfs_core::worker`]): `hybridctl status` shows what each sends. At the
+//! registry's stop signal no new block is read or sent; requests in flight end as the store's
+//! cancellation aborts them (the node cancels its stores at the same signal).
 
 use crate::{Progress, Remote, Result, SyncError, PACK_BYTES, PACK_SMALLER_THAN, PARALLEL};
 use hybridfs_cloud::Cond;
@@ -21,6 +26,16 @@ enum Job {
     Pack(Vec<(BlockId, Vec<u8>)>),
 }
 
+impl Job {
+    /// What an uploader busy with it says (`hybridctl status`).
+    fn describe(&self) -> String {
+        match self {
+            Job::Block(id, _) => format!("upload block {id}"),
+            Job::Pack(frames) => format!("upload a pack of {} blocks", frames.len()),
+        }
+    }
+}
+
 /// Upload blocks `ids`, each frame got from `frame` (the local block store, or the inline
 /// bytes a push publishes as a block) and verified against its id before it leaves.
 pub(crate) fn upload_blocks(
@@ -40,16 +55,21 @@ pub(crate) fn upload_blocks(
     let first_error: Mutex<Option<SyncError>> = Mutex::new(None);
     // blocks, packs, bytes, blocks uploaded alone
     let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    let workers = vol.workers();
     std::thread::scope(|s| -> Result<()> {
-        for _ in 0..PARALLEL {
+        for n in 0..PARALLEL {
             let rx = rx.clone();
             let (first_error, counts, prog) = (&first_error, &counts, &prog);
+            let status = workers.register_scoped(&format!("upload-{n}"));
             s.spawn(move || {
                 for job in rx {
                     if first_error.lock().expect("lock").is_some() {
                         continue;
                     }
-                    if let Err(e) = run_job(vol, remote, job, counts, prog, progress) {
+                    status.busy(job.describe());
+                    let result = run_job(vol, remote, job, counts, prog, progress);
+                    status.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    if let Err(e) = result {
                         first_error.lock().expect("lock").get_or_insert(e);
                     }
                 }
@@ -60,6 +80,10 @@ pub(crate) fn upload_blocks(
         let mut pack_len = 0;
         for id in ids {
             if first_error.lock().expect("lock").is_some() {
+                break;
+            }
+            if workers.is_stopped() {
+                first_error.lock().expect("lock").get_or_insert(SyncError::Store(hybridfs_cloud::StoreError::Cancelled));
                 break;
             }
             let frame = frame(id)?;

@@ -16,6 +16,11 @@
 //! a call safe from any thread, a thread of another tokio runtime included: it blocks that
 //! thread, but never panics.
 //!
+//! A store holds a cancellation token ([`S3Store::with_cancel`]; the node gives every store
+//! of a mount the mount's): the request task runs under it, so cancelling the token drops
+//! (aborts) every request in flight at once, and the waiting callers get
+//! [`StoreError::Cancelled`]; a call made after that fails without a request.
+//!
 //! `head` of a key in a bucket that does not exist answers `None`: a HEAD answer has no body to
 //! say which of the two is missing. Every other call says [`StoreError::NoBucket`].
 //!
@@ -38,7 +43,7 @@
 
 mod errors;
 
-use crate::{check_key, check_prefix, Cond, ObjectMeta, ObjectStore, StoreError};
+use crate::{check_key, check_prefix, CancellationToken, Cond, ObjectMeta, ObjectStore, StoreError};
 use aws_sdk_s3::config::{retry::RetryConfig, timeout::TimeoutConfig, ResponseChecksumValidation};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::primitives::ByteStream;
@@ -150,6 +155,8 @@ pub struct S3Store {
     wait: Duration,
     /// The process's runtime for object-store I/O ([`shared_runtime`]).
     runtime: &'static tokio::runtime::Runtime,
+    /// Cancelled: requests in flight are aborted, new calls fail ([`S3Store::with_cancel`]).
+    cancel: CancellationToken,
 }
 
 /// The one runtime of this process for object-store I/O, shared by every store it opens.
@@ -187,9 +194,17 @@ impl S3Store {
                 .map_or_else(|| format!("https://s3.{region}.amazonaws.com"), redact_url),
         });
         let wait = config.operation_timeout + ANSWER_GRACE;
-        let client = wait_for(runtime, wait, &place, client_for(config))?;
+        let cancel = CancellationToken::new();
+        let client = wait_for(runtime, wait, &place, &cancel, client_for(config))?;
         let bucket = bucket.to_string();
-        Ok(S3Store { client, bucket, prefix, region, place, wait, runtime })
+        Ok(S3Store { client, bucket, prefix, region, place, wait, runtime, cancel })
+    }
+
+    /// Abort the store's requests in flight, and fail its later calls, once `cancel` is
+    /// cancelled.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Create the bucket; one that this account already owns is fine.
@@ -237,7 +252,7 @@ impl S3Store {
         &self,
         fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        wait_for(self.runtime, self.wait, &self.place, fut)
+        wait_for(self.runtime, self.wait, &self.place, &self.cancel, fut)
     }
 
     async fn list_pages(
@@ -415,22 +430,32 @@ async fn client_for(config: S3Config) -> Result<Client, StoreError> {
     Ok(Client::from_conf(s3))
 }
 
-/// Spawn `fut` on `runtime` and wait at most `wait` for its answer; past `wait` the request
-/// is dropped on the runtime (aborted), not left running.
+/// Spawn `fut` on `runtime` and wait at most `wait` for its answer; past `wait`, or once
+/// `cancel` is cancelled, the request is dropped on the runtime (aborted), not left running.
 fn wait_for<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     wait: Duration,
     place: &Place,
+    cancel: &CancellationToken,
     fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> Result<T, StoreError> {
+    if cancel.is_cancelled() {
+        return Err(StoreError::Cancelled);
+    }
     let (tx, rx) = mpsc::sync_channel(1);
+    let cancel = cancel.clone();
     runtime.spawn(async move {
-        let _ = tx.send(tokio::time::timeout(wait, fut).await.ok());
+        // None: cancelled; Some(None): timed out.
+        let answer = cancel.run_until_cancelled_owned(tokio::time::timeout(wait, fut)).await;
+        let _ = tx.send(answer.map(|timed| timed.ok()));
     });
     // The task answers by `wait`; the grace covers a runtime too busy to run it on time.
     match rx.recv_timeout(wait + Duration::from_secs(1)) {
-        Ok(Some(answer)) => answer,
-        Ok(None) | Err(mpsc::RecvTimeoutError::Timeout) => Err(place.unreachable(format!("no answer within {wait:?}"))),
+        Ok(Some(Some(answer))) => answer,
+        Ok(None) => Err(StoreError::Cancelled),
+        Ok(Some(None)) | Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(place.unreachable(format!("no answer within {wait:?}")))
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             Err(StoreError::Other("the S3 request task ended without an answer".into()))
         }
@@ -456,6 +481,19 @@ mod tests {
     /// running; and every store of the process shares one runtime.
     #[test]
     fn a_timed_out_request_is_aborted_and_stores_share_one_runtime() {
+        let (a, b) = (store("a"), store("b"));
+        assert!(std::ptr::eq(a.runtime, b.runtime), "each store started its own runtime");
+        let (dropped, never) = never_answering();
+        let r = super::wait_for(a.runtime, std::time::Duration::from_millis(50), &a.place, &a.cancel, never);
+        assert!(r.is_err(), "a request that never answers must fail at its deadline");
+        assert!(dropped_soon(&dropped), "the timed-out request is still running on the runtime");
+    }
+
+    /// A request that never answers, and a flag set when the runtime drops (aborts) it.
+    fn never_answering() -> (
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        impl std::future::Future<Output = Result<(), crate::StoreError>> + Send + 'static,
+    ) {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         struct Dropped(Arc<AtomicBool>);
@@ -464,21 +502,42 @@ mod tests {
                 self.0.store(true, Ordering::SeqCst);
             }
         }
-        let (a, b) = (store("a"), store("b"));
-        assert!(std::ptr::eq(a.runtime, b.runtime), "each store started its own runtime");
         let dropped = Arc::new(AtomicBool::new(false));
         let guard = Dropped(dropped.clone());
         let never = async move {
             let _guard = guard;
             std::future::pending::<Result<(), crate::StoreError>>().await
         };
-        let r = super::wait_for(a.runtime, std::time::Duration::from_millis(50), &a.place, never);
-        assert!(r.is_err(), "a request that never answers must fail at its deadline");
-        let aborted = (0..200).any(|_| {
+        (dropped, never)
+    }
+
+    /// Whether `dropped` is set within 2 s.
+    fn dropped_soon(dropped: &std::sync::atomic::AtomicBool) -> bool {
+        (0..200).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(10));
-            dropped.load(Ordering::SeqCst)
+            dropped.load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+
+    /// Cancelling the store's token aborts a request in flight long before its deadline (the
+    /// caller gets `Cancelled`, the request's future is dropped), and fails later calls.
+    #[test]
+    fn cancel_aborts_a_request_in_flight_and_fails_later_calls() {
+        let cancel = crate::CancellationToken::new();
+        let s = store("c").with_cancel(cancel.clone());
+        let (dropped, never) = never_answering();
+        let canceller = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            canceller.cancel();
         });
-        assert!(aborted, "the timed-out request is still running on the runtime");
+        // An hour-long deadline: only the cancellation can end this call.
+        let r = super::wait_for(s.runtime, std::time::Duration::from_secs(3600), &s.place, &s.cancel, never);
+        t.join().unwrap();
+        assert!(matches!(r, Err(crate::StoreError::Cancelled)), "{r:?}");
+        assert!(dropped_soon(&dropped), "the cancelled request is still running on the runtime");
+        let later = <S3Store as crate::ObjectStore>::get(&s, "k");
+        assert!(matches!(later, Err(crate::StoreError::Cancelled)), "{later:?}");
     }
 
     fn store(prefix: &str) -> S3Store {

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::space::{DiskSpace, SpaceGuard};
 use crate::staging::Staging;
 use crate::types::{Extent, Inode, Ino, Kind, ROOT_INO};
+use crate::worker::Workers;
 use parking_lot::lock_api::ArcRwLockWriteGuard;
 use parking_lot::{Mutex, RawRwLock, RwLock};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -60,6 +61,9 @@ pub struct VolumeOptions {
     pub seal_delay: Duration,
     /// Bytes of verified plain blocks kept in memory for reads.
     pub block_cache_bytes: usize,
+    /// The registry the volume's background work reports into (the sealer here; the layers
+    /// above add theirs): [`Volume::workers`].
+    pub workers: Arc<Workers>,
 }
 
 impl Default for VolumeOptions {
@@ -69,6 +73,7 @@ impl Default for VolumeOptions {
             staging_dir: PathBuf::from("staging"),
             seal_delay: Duration::from_secs(2),
             block_cache_bytes: 64 << 20,
+            workers: Workers::new(),
         }
     }
 }
@@ -166,6 +171,7 @@ pub struct Volume {
     /// The snapshot catalogue as the views under `/.snapshots` see it (None: reload).
     views: RwLock<Option<Vec<crate::types::SnapshotInfo>>>,
     sealer: Mutex<Option<SealerHandle>>,
+    workers: Arc<Workers>,
     passthrough: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
@@ -211,6 +217,7 @@ impl Volume {
             collector: Mutex::new(()),
             views: RwLock::new(None),
             sealer: Mutex::new(None),
+            workers: opts.workers,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
@@ -248,6 +255,11 @@ impl Volume {
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// The named background workers of this volume (`hybridctl status` lists them).
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     /// The epoch writes happen in; snapshots end epochs.

@@ -1,5 +1,7 @@
-//! The sealer: a named background worker that turns staged blocks of closed, idle files into
-//! sealed, content-addressed blocks.
+//! The sealer: a named background worker (`sealer` in the volume's [`crate::worker`]
+//! registry) that turns staged blocks of closed, idle files into sealed, content-addressed
+//! blocks. It ends at [`SealerHandle::stop_and_drain`] or at the registry's stop signal
+//! (looked at every [`TICK`]), sealing what is queued before it goes.
 //!
 //! # Commit order for one batch of blocks
 //!
@@ -20,6 +22,7 @@ use super::{NodeData, NodeGuard, Volume};
 use crate::error::{FsError, Result};
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
+use crate::worker::Handle;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use std::time::{Duration, Instant};
 const SEAL_BATCH: usize = 64;
 /// Inodes locked and sealed together.
 const SEAL_GROUP: usize = 256;
+/// How often the sealer looks for due inodes and at the stop signal.
+const TICK: Duration = Duration::from_millis(200);
 
 enum Msg {
     Seal(Ino),
@@ -57,9 +62,10 @@ impl SealerHandle {
 
 pub(super) fn spawn(vol: Arc<Volume>, delay: Duration) -> SealerHandle {
     let (tx, rx) = crossbeam_channel::unbounded();
+    let status = vol.workers().register("sealer");
     let thread = std::thread::Builder::new()
         .name("sealer".into())
-        .spawn(move || run(vol, rx, delay))
+        .spawn(move || run(vol, &status, rx, delay))
         .expect("spawn sealer thread");
     SealerHandle { tx, thread: Some(thread) }
 }
@@ -99,10 +105,11 @@ impl DueQueue {
     }
 }
 
-fn run(vol: Arc<Volume>, rx: Receiver<Msg>, delay: Duration) {
+fn run(vol: Arc<Volume>, status: &Handle, rx: Receiver<Msg>, delay: Duration) {
     let mut queue = DueQueue::default();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+    let stop = vol.workers().stop_signal();
+    while !stop.is_stopped() {
+        match rx.recv_timeout(TICK) {
             Ok(Msg::Seal(ino)) => queue.push(ino, Instant::now() + delay),
             Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -112,7 +119,7 @@ fn run(vol: Arc<Volume>, rx: Receiver<Msg>, delay: Duration) {
             ready.push(ino);
         }
         for group in ready.chunks(SEAL_GROUP) {
-            seal_logged(&vol, group);
+            seal_logged(&vol, status, group);
         }
     }
     let mut all: Vec<Ino> = queue.drain().collect();
@@ -120,14 +127,19 @@ fn run(vol: Arc<Volume>, rx: Receiver<Msg>, delay: Duration) {
     all.sort_unstable();
     all.dedup();
     for group in all.chunks(SEAL_GROUP) {
-        seal_logged(&vol, group);
+        seal_logged(&vol, status, group);
     }
 }
 
-fn seal_logged(vol: &Volume, inos: &[Ino]) {
-    if let Err(e) = vol.seal_inodes(inos) {
+/// Seal one group; its outcome becomes the worker's status (a failed group is queued again by
+/// the file's next close, or sealed at the next mount: its staged bytes stay).
+fn seal_logged(vol: &Volume, status: &Handle, inos: &[Ino]) {
+    status.busy(format!("seal {} files", inos.len()));
+    let result = vol.seal_inodes(inos).map(|_| ());
+    if let Err(e) = &result {
         tracing::error!("seal staged blocks of inodes {:?}..: {e}", &inos[..inos.len().min(4)]);
     }
+    status.done(result.map_err(|e| format!("seal inodes {:?}..: {e}", &inos[..inos.len().min(4)])));
 }
 
 impl Volume {

@@ -26,16 +26,19 @@ pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)
         return Err(ControlError::NotMounted.into());
     }
     let _lock = vd.lock()?;
-    let remote = RemoteSlot::new(vd.config()?);
     if let Request::Pull = req {
         // Only the metadata: the volume is not opened while a pull is unfinished.
         let meta = vd.open_meta(false)?;
+        let remote = RemoteSlot::new(vd.config()?, crate::workers::Workers::new());
         let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
         return Ok(Reply::Pull(report));
     }
     let vol = vd.open_volume(Duration::from_secs(30))?;
+    let remote = RemoteSlot::new(vd.config()?, vol.workers().clone());
     let result = execute(&vol, &remote, req, progress);
-    vol.shutdown().context("flush the volume")?;
+    let flushed = vol.shutdown().context("flush the volume");
+    vol.workers().stop();
+    flushed?;
     Ok(result?)
 }
 

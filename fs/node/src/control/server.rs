@@ -19,16 +19,18 @@ use std::time::{Duration, Instant};
 
 /// The volume's object store, opened on first use and then kept (for a mount process: for
 /// the life of the mount). Opening it fails while the store's settings or key are wrong; the
-/// next request tries again.
+/// next request tries again. Its calls are cancelled (requests in flight aborted) when the
+/// volume's workers stop.
 pub struct RemoteSlot {
     cfg: VolumeConfig,
+    workers: Arc<Workers>,
     // A std Mutex: held only to clone or set the Arc, never across store I/O.
     remote: Mutex<Option<Arc<Remote>>>,
 }
 
 impl RemoteSlot {
-    pub fn new(cfg: VolumeConfig) -> RemoteSlot {
-        RemoteSlot { cfg, remote: Mutex::new(None) }
+    pub fn new(cfg: VolumeConfig, workers: Arc<Workers>) -> RemoteSlot {
+        RemoteSlot { cfg, workers, remote: Mutex::new(None) }
     }
 
     pub fn config(&self) -> &VolumeConfig {
@@ -40,7 +42,8 @@ impl RemoteSlot {
         if let Some(r) = &*slot {
             return Ok(r.clone());
         }
-        let remote = Arc::new(self.cfg.remote().map_err(|e| ControlError::Failed(format!("{e:#}")))?);
+        let remote = self.cfg.remote_until_stopped(&self.workers).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        let remote = Arc::new(remote);
         *slot = Some(remote.clone());
         Ok(remote)
     }
