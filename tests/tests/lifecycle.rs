@@ -30,7 +30,7 @@ fn sigterm_unmounts_cleanly_and_loses_nothing() {
 }
 
 /// `hybridctl status` lists the mount process's named workers (from its control API): core's
-/// sealer beside the node's own; and a request run through the control socket leaves the
+/// sealer and the lazy block store's fetchers beside the node's own; and a request run through the control socket leaves the
 /// control worker idle with a last run.
 #[test]
 fn status_lists_the_mount_processes_workers() {
@@ -41,7 +41,7 @@ fn status_lists_the_mount_processes_workers() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
     let workers = v[0]["workers"].as_array().unwrap_or_else(|| panic!("no workers in status: {out}"));
     let names: Vec<&str> = workers.iter().filter_map(|w| w["name"].as_str()).collect();
-    for want in ["sealer", "metrics-writer", "control", "collector"] {
+    for want in ["sealer", "fetch-0", "metrics-writer", "control", "collector"] {
         assert!(names.contains(&want), "worker {want} missing from {names:?}");
     }
     let control = workers.iter().find(|w| w["name"] == "control").expect("control worker");
@@ -49,6 +49,8 @@ fn status_lists_the_mount_processes_workers() {
     assert_eq!(control["failures"], 0, "{control}");
     let human = vol.ctl(&["status", vol.name()]);
     human.assert_success();
-    assert!(human.stdout.contains("workers: sealer idle"), "{human}");
-    assert!(human.stdout.contains("metrics-writer idle"), "{human}");
+    assert!(human.stdout.contains("workers: "), "{human}");
+    for want in ["sealer idle", "metrics-writer idle", "fetch-0 idle"] {
+        assert!(human.stdout.contains(want), "{want} missing: {human}");
+    }
 }
