@@ -6,7 +6,9 @@
 //! rmdir PATH | unlink PATH | rename FROM TO | chmod PATH OCTAL | chown PATH UID GID |
 //! utime-now PATH | utime-set PATH | truncate PATH LEN | setxattr PATH NAME VALUE |
 //! flock-try PATH | setlk-try PATH START LEN | getlk PATH START LEN |
-//! crash-writer DIR LIST MAX_FILES (loops; see [`crash_writer`]).
+//! crash-writer DIR LIST MAX_FILES (loops; see [`crash_writer`]) |
+//! read-catching PATH (one `read(2)` of up to 1 MiB with a SIGUSR1 handler installed; prints
+//! the byte count, or `errno 4` when the signal interrupted it).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -116,9 +118,33 @@ fn run(op: &str, rest: &[&str]) -> SysResult<String> {
                 Some((kind, pid)) => Ok(format!("lck {kind} {pid}")),
             }
         }
+        "read-catching" => read_catching(path),
         "crash-writer" => crash_writer(path, Path::new(arg(rest, 1)), num(arg(rest, 2)) as u64),
         _ => usage(&format!("unknown op {op}")),
     }
+}
+
+/// One `read(2)` with a handler for SIGUSR1 installed without `SA_RESTART`: a signal that
+/// interrupts the read makes it return `EINTR` (a caught signal: the process lives on).
+fn read_catching(path: &Path) -> SysResult<String> {
+    extern "C" fn on_signal(_: libc::c_int) {}
+    let f = io(File::open(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: a zeroed sigaction with a handler that does nothing is valid; `buf` outlives
+    // the read and its length is what read(2) may fill.
+    let n = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) != 0 {
+            return Err(sys::errno());
+        }
+        libc::read(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n < 0 {
+        return Err(sys::errno());
+    }
+    Ok(n.to_string())
 }
 
 fn open_mode(path: &Path, mode: &str) -> SysResult<File> {

@@ -164,3 +164,20 @@ pub fn pread(fd: RawFd, buf: &mut [u8], offset: i64) -> SysResult<usize> {
     check(unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) } as libc::c_long)
         .map(|n| n as usize)
 }
+
+/// Close `s` with a TCP reset (linger 0): a connection that breaks instead of ending.
+pub fn reset_connection(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket the caller owns, with a properly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}

@@ -846,7 +846,7 @@ fn start_reset_proxy(target: String, reset_after: u64) -> ResetProxy {
                     sent += n as u64;
                     if a.load(Ordering::SeqCst) && sent > reset_after {
                         r.fetch_add(1, Ordering::SeqCst);
-                        reset(&c_read);
+                        hybridfs_tests::sys::reset_connection(&c_read);
                         let _ = u_write.shutdown(std::net::Shutdown::Both);
                         break;
                     }
@@ -855,23 +855,6 @@ fn start_reset_proxy(target: String, reset_after: u64) -> ResetProxy {
         }
     });
     ResetProxy { port, armed, resets }
-}
-
-/// Close `s` with a TCP reset (linger 0).
-fn reset(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a socket we own, with a properly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-    let _ = s.shutdown(std::net::Shutdown::Both);
 }
 
 /// Connections the store resets mid-upload fail the push (one line), never the mount; the

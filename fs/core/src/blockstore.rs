@@ -43,6 +43,50 @@ pub trait BlockStore: Send + Sync + 'static {
     }
 }
 
+/// How a read on the current thread may wait for a slower store behind a block store (the
+/// object store behind a clone's local cache). The caller of a read sets it around the call
+/// ([`with_waiting`]); block stores that can wait ask [`waiting`] only once the block is not
+/// held locally, so a read served locally pays nothing for it. Why a thread-local and not an
+/// argument: the decision belongs to whoever serves the request (the FUSE adapter, which knows
+/// its threads and its caller), the waiting to the block store, and every layer between (the
+/// volume's read path, snapshot views) stays as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Waiting {
+    /// Wait as long as the store's own bound (a clone's read timeout).
+    #[default]
+    Allowed,
+    /// Never wait: a block not held locally is [`FsError::WouldBlock`] at once.
+    Never,
+    /// Wait, but give up with [`FsError::Interrupted`] as soon as `probe(arg)` says the caller
+    /// is gone or has a signal to handle; asked every [`INTERRUPT_POLL`] while waiting.
+    Interruptible { probe: fn(u64) -> bool, arg: u64 },
+}
+
+/// How often a waiting read asks [`Waiting::Interruptible`]'s probe.
+pub const INTERRUPT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+thread_local! {
+    static WAITING: std::cell::Cell<Waiting> = const { std::cell::Cell::new(Waiting::Allowed) };
+}
+
+/// Run `f` with reads on this thread waiting as `w` says; the previous mode is restored
+/// afterwards (also if `f` panics).
+pub fn with_waiting<T>(w: Waiting, f: impl FnOnce() -> T) -> T {
+    struct Restore(Waiting);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WAITING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(WAITING.with(|c| c.replace(w)));
+    f()
+}
+
+/// How reads on this thread may wait now (see [`Waiting`]).
+pub fn waiting() -> Waiting {
+    WAITING.with(|c| c.get())
+}
+
 /// In-memory [`BlockStore`] for unit tests. Its ids are a cheap non-cryptographic hash.
 #[derive(Default)]
 pub struct MemBlockStore {

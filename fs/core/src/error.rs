@@ -56,6 +56,14 @@ pub enum FsError {
     /// A request refused because of the volume's state (a held snapshot, open files).
     #[error("{0}")]
     Refused(String),
+    /// A read that may not wait ([`crate::blockstore::Waiting::Never`]) needs a block from a
+    /// slower store: the caller retries it where waiting is fine. Never shown to a user.
+    #[error("the read needs a block from the object store")]
+    WouldBlock,
+    /// A read gave up waiting for the object store because its caller was interrupted by a
+    /// signal or is gone ([`crate::blockstore::Waiting::Interruptible`]).
+    #[error("interrupted while waiting for the object store")]
+    Interrupted,
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -82,6 +90,8 @@ impl FsError {
             FsError::Meta(_) | FsError::MetaConflict(_) | FsError::MetaUnavailable(_) => libc::EIO,
             FsError::BadInput(_) => libc::EINVAL,
             FsError::Refused(_) => libc::EBUSY,
+            FsError::WouldBlock => libc::EAGAIN,
+            FsError::Interrupted => libc::EINTR,
             FsError::Io { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
                 Some(code) => code,

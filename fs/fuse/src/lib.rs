@@ -6,7 +6,10 @@
 //! and calling [`Filesystem`] methods directly. The core is synchronous and thread-safe (see
 //! the locking notes in `hybridfs_core::volume`), so each callback blocks its session thread
 //! on the core and replies; there is no async runtime on this path and nothing to bound
-//! beyond the thread count: the kernel queues what the threads have not read yet.
+//! beyond the thread count: the kernel queues what the threads have not read yet. One
+//! exception: a read that would wait for the object store (a clone's cold data) is handed to
+//! a bounded pool of waiter threads with its reply, so that waiting never takes a session
+//! thread; a waiter also answers `EINTR` when the reader is interrupted (see `cold.rs`).
 //!
 //! # Kernel caching
 //!
@@ -22,6 +25,7 @@
 //! Permission checks are the kernel's (`default_permissions`); file locks are kept by the
 //! kernel, local to this node.
 
+mod cold;
 mod errno;
 pub mod kernel_cache;
 mod listing;
@@ -36,6 +40,7 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
+use hybridfs_core::blockstore::{with_waiting, Waiting};
 use hybridfs_core::types::{Inode, Kind, Timespec};
 use hybridfs_core::{Caller, Fallocate, FsError, IoKind, NewNode, Opened, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
 use std::ffi::OsStr;
@@ -75,11 +80,13 @@ pub struct HybridFs {
     passthrough: passthrough::Backings,
     want_passthrough: bool,
     listings: listing::Listings,
+    cold: cold::ColdReads,
 }
 
 impl HybridFs {
     pub fn new(vol: Arc<Volume>, want_passthrough: bool) -> Self {
-        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default() }
+        let cold = cold::ColdReads::new(vol.clone());
+        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold }
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -337,9 +344,11 @@ impl Filesystem for HybridFs {
         }
     }
 
+    /// Answered here when the node holds the data; a read that would wait for the object
+    /// store goes to a waiter thread (`cold.rs`), and this thread serves the next request.
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -348,9 +357,12 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let _op = op_timer("read");
-        match self.vol.view_read(ino.0, offset, size) {
+        let timer = op_timer("read");
+        match with_waiting(Waiting::Never, || self.vol.view_read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
+            Err(FsError::WouldBlock) => {
+                self.cold.submit(cold::ColdRead { ino: ino.0, offset, size, caller: req.pid(), reply, timer })
+            }
             Err(e) => reply.fail("read", e),
         }
     }

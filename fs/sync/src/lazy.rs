@@ -19,7 +19,10 @@
 //! makes the read fail with `EIO` then, instead of blocking for the store client's own
 //! timeouts and retries. The fetch itself goes on in its own thread (at most
 //! [`MAX_WAITED_FETCHES`] at a time) and keeps the block when it lands, so reading again later
-//! finds it.
+//! finds it. The reading thread's [`Waiting`] mode (set by the FUSE adapter) can make a read
+//! not wait at all (`WouldBlock`: the adapter then hands it to a waiter thread) or stop
+//! waiting when its caller is interrupted by a signal (`Interrupted`, `EINTR`); either way
+//! the fetch goes on as above.
 //!
 //! The read-ahead fetchers are named workers (`fetch-N`) of the volume's registry
 //! ([`LazyStore::with_workers`]): `hybridctl status` shows which block each fetches, and they
@@ -27,7 +30,7 @@
 
 use crate::Remote;
 use hybridfs_blocks::FileBlockStore;
-use hybridfs_core::blockstore::BlockStore;
+use hybridfs_core::blockstore::{self, BlockStore, Waiting, INTERRUPT_POLL};
 use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::BlockId;
@@ -147,7 +150,10 @@ impl LazyStore {
     }
 
     /// The frame of `id` for a reader: local, or fetched by a thread of its own while the
-    /// reader waits at most the read timeout.
+    /// reader waits at most the read timeout, and as the thread's [`Waiting`] mode allows: not
+    /// at all ([`FsError::WouldBlock`]), or until its caller is interrupted
+    /// ([`FsError::Interrupted`]). A reader that stops waiting leaves the fetch going: the
+    /// block lands in the cache for the next read.
     fn load_for_reader(&self, id: &BlockId) -> Result<Vec<u8>> {
         let timeout = Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed));
         let deadline = Instant::now() + timeout;
@@ -155,27 +161,58 @@ impl LazyStore {
             if let Some(frame) = self.local_frame(id)? {
                 return Ok(frame);
             }
-            let mut inflight = self.inflight.lock().expect("inflight lock");
-            if !inflight.contains(id) {
-                self.start_fetch(id, &mut inflight)?;
+            let mode = blockstore::waiting();
+            if matches!(mode, Waiting::Never) {
+                return Err(FsError::WouldBlock);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (inflight, waited) = self.landed.wait_timeout_while(inflight, left, |f| f.contains(id)).expect("inflight lock");
-            if waited.timed_out() {
-                return Err(FsError::io(
+            {
+                let mut inflight = self.inflight.lock().expect("inflight lock");
+                if !inflight.contains(id) {
+                    self.start_fetch(id, &mut inflight)?;
+                }
+            }
+            self.wait_landed(id, deadline, mode).map_err(|e| match e {
+                FsError::Interrupted => e,
+                _ => FsError::io(
                     format!("read block {id}"),
                     std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("the store {} did not answer within {timeout:?} (the read timeout)", self.remote.store.describe()),
                     ),
-                ));
-            }
-            drop(inflight);
+                ),
+            })?;
             if let Some(why) = self.failed.lock().expect("failed lock").remove(id) {
                 return Err(FsError::CorruptBlock { id: *id, why });
             }
         }
         Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
+    }
+
+    /// Wait until no fetch of `id` is in flight: `Ok`, or an error at `deadline` (any error but
+    /// `Interrupted` means the deadline passed), or `Interrupted` as soon as `mode`'s probe
+    /// says so (asked every [`INTERRUPT_POLL`], without holding the in-flight set).
+    fn wait_landed(&self, id: &BlockId, deadline: Instant, mode: Waiting) -> Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = match mode {
+                Waiting::Interruptible { .. } => left.min(INTERRUPT_POLL),
+                _ => left,
+            };
+            let inflight = self.inflight.lock().expect("inflight lock");
+            let (inflight, _) = self.landed.wait_timeout_while(inflight, slice, |f| f.contains(id)).expect("inflight lock");
+            if !inflight.contains(id) {
+                return Ok(());
+            }
+            drop(inflight);
+            if let Waiting::Interruptible { probe, arg } = mode {
+                if probe(arg) {
+                    return Err(FsError::Interrupted);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(FsError::WouldBlock);
+            }
+        }
     }
 
     /// Fetch `id` in a thread of its own (the caller holds the in-flight set and marks it).
