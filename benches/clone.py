@@ -131,6 +131,8 @@ class CloneBench(P.StoreBench):
                "push_s": push["wall_s"], "push_packs": push.get("packs"),
                "clone_s": clone_s, "clone_peak_rss_kib": peak_kib,
                "clone_records": rep.get("records"), "clone_layers": rep.get("layers"),
+               "clone_walk_s": rep.get("walk_seconds"), "clone_apply_s": rep.get("apply_seconds"),
+               "clone_persist_s": rep.get("persist_seconds"),
                "clone_home_bytes": home_bytes, "clone_data_bytes": data_bytes,
                "layer_bytes": layer_bytes, "rclone_layers_s": rclone_s,
                "sample_files_read": len(sample), "sample_read_s": read_s}

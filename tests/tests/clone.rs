@@ -728,3 +728,31 @@ fn a_corrupt_small_file_block_in_the_store_reads_as_eio_naming_it() {
     assert!(b.mount_log().contains(&bad.to_hex()), "{INV5}: the mount log names block {bad}");
     b.umount();
 }
+
+/// Invariant 1: a clone is complete only once its records are durable. A clone that dies after
+/// applying its records (written past RocksDB's WAL) and before making them durable leaves no
+/// volume, only its work directory; the next clone of that name starts over and is whole.
+#[test]
+fn an_interrupted_clone_leaves_no_volume_and_the_next_clone_is_whole() {
+    let server = start_server();
+    let env = server.env();
+    let _store = test_store(&server, "hybridfs-cut", "s");
+    let a = origin("s3://hybridfs-cut/s", &[], &env);
+    let files = small_files(300);
+    for (p, d) in &files {
+        a.put(p, d);
+    }
+    push_ok(&a);
+    let mut b = empty_node();
+    let mut crash_env = env.clone();
+    crash_env.push(("HYBRIDFS_CRASHPOINT", "clone-before-persist".into()));
+    let killed = clone_cmd(&b, &crash_env, "s3://hybridfs-cut/s/data", "nodeb", &[]);
+    assert!(!killed.success(), "the clone dies at the crash point: {killed}");
+    assert!(!b.volume_dir().exists(), "invariant 1: no volume after an interrupted clone");
+    assert!(b.home().join("volumes").join(".data.cloning").exists(), "its work directory is left, named as unfinished");
+    let report = clone_ok(&b, &env, "s3://hybridfs-cut/s/data", "nodeb", &[]);
+    assert!(int(&report, "records") >= 300, "{report}");
+    b.mount_env(&env_refs(&env));
+    assert_tree(&b.path(""), &files, "the clone after an interrupted one");
+    b.umount();
+}

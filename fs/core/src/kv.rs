@@ -134,6 +134,16 @@ pub trait Kv: KvRead + Send + Sync + 'static {
     fn transact(&self, sync: bool, body: &mut TxnBody<'_>) -> Result<()>;
     /// Make every transaction committed so far durable against power loss.
     fn sync(&self) -> Result<()>;
+    /// [`Kv::transact`] for a bulk load into a store nobody uses yet (a clone filling its new
+    /// store): the engine may skip its log, so these writes may be lost in a crash (of the
+    /// process too) until [`Kv::persist`] returns. The default is an ordinary transaction.
+    fn transact_unlogged(&self, body: &mut TxnBody<'_>) -> Result<()> {
+        self.transact(false, body)
+    }
+    /// Make every write so far durable against power loss, [`Kv::transact_unlogged`]'s too.
+    fn persist(&self) -> Result<()> {
+        self.sync()
+    }
 }
 
 /// Write `ops` in one transaction (a convenience over [`Kv::transact`]).

@@ -30,6 +30,7 @@ pub mod error;
 pub mod extent;
 pub mod fsck;
 pub mod kv;
+pub mod layer;
 pub mod merge;
 pub mod meta;
 pub mod metrics;

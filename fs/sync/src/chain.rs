@@ -18,34 +18,51 @@
 //! chain back from the head and check every body against the hash that named it before they
 //! use it; a layer replaced, truncated or swapped is an error naming it, never silently read.
 //!
-//! A walk reads each layer once to learn its predecessor; the compressed bodies it read are
-//! kept (up to [`WALK_CACHE_BYTES`]) so that applying the chain oldest-first does not read
-//! them again.
+//! A walk reads each layer's header only ([`hybridfs_core::layer`]: format 3 keeps it ahead
+//! of the records): it downloads and verifies the body, decompresses the few bytes of the
+//! header and drops the body. Whoever applies a layer then reads it again ([`Remote::stream`],
+//! verified again) and takes its records a chunk at a time: memory stays bounded by one
+//! compressed body and one chunk whatever the length of the chain (invariant 7).
 
 use crate::{Layer, Remote, Result, SyncError};
-use serde::{Deserialize, Serialize};
-
-/// Bodies a walk keeps for the caller, in bytes (compressed, as stored).
-pub const WALK_CACHE_BYTES: usize = 64 << 20;
+use hybridfs_core::layer::{Entry, LayerError, LayerHeader, LayerReader};
+pub use hybridfs_core::layer::LayerRef;
 
 /// Forks followed before a chain is called corrupt.
 const MAX_FORKS: usize = 64;
 
-/// The exact layer object a head or a later layer names.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct LayerRef {
-    pub seq: u64,
-    pub key: String,
-    /// blake3 of the stored bytes (after encryption, if any), 64 hex digits.
-    pub hash: String,
-}
-
-/// One layer of a chain, oldest first, with its body when the walk kept it.
+/// One layer of a chain, oldest first, with its header.
 #[derive(Clone, Debug)]
 pub struct ChainLink {
     pub branch: String,
     pub r: LayerRef,
-    body: Option<Vec<u8>>,
+    pub header: LayerHeader,
+}
+
+/// The records of one verified layer, a chunk at a time ([`Remote::stream`]).
+pub struct LayerStream {
+    reader: LayerReader<std::io::Cursor<Vec<u8>>>,
+    name: String,
+}
+
+impl LayerStream {
+    pub fn header(&self) -> &LayerHeader {
+        self.reader.header()
+    }
+
+    /// Up to `max` next records; none: the layer is done (its record count checked). An
+    /// error names the layer.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>> {
+        self.reader.next_chunk(max).map_err(|e| self.bad(e))
+    }
+
+    /// An error about record `e` of this layer (a record that does not decode names itself).
+    pub fn bad(&self, e: LayerError) -> SyncError {
+        match e {
+            LayerError::Record { .. } => SyncError::Corrupt(e.to_string()),
+            e => SyncError::Corrupt(format!("{}: {e}", self.name)),
+        }
+    }
 }
 
 impl crate::Head {
@@ -88,45 +105,59 @@ impl Remote {
         Ok(body)
     }
 
-    /// Decode stored bytes of layer `r` of `branch`.
-    fn decode_layer(&self, branch: &str, r: &LayerRef, body: Vec<u8>) -> Result<Layer> {
-        let bad = |e: String| SyncError::Corrupt(format!("layer {} of branch {branch} ({}): {e}", r.seq, r.key));
+    /// The verified layer `r` of `branch` of which `body` are the stored bytes, opened:
+    /// format and header read, records not yet.
+    fn open_layer(&self, branch: &str, r: &LayerRef, body: Vec<u8>) -> Result<LayerStream> {
+        let name = format!("layer {} of branch {branch} ({})", r.seq, r.key);
         let bytes = self.open_meta(&self.layer_aad(branch, r.seq), body)?;
-        let plain = zstd::decode_all(&bytes[..]).map_err(|e| bad(e.to_string()))?;
-        let format = plain.get(..4).map(|f| u32::from_le_bytes(f.try_into().expect("4 bytes")));
-        if format != Some(crate::LAYER_FORMAT) {
-            return Err(bad(format!("layer format {format:?}, this hybridfs reads {}", crate::LAYER_FORMAT)));
+        let reader = LayerReader::open(std::io::Cursor::new(bytes)).map_err(|e| SyncError::Corrupt(format!("{name}: {e}")))?;
+        let h = reader.header();
+        if h.seq != r.seq || h.branch != branch || h.volume != self.volume {
+            return Err(SyncError::Corrupt(format!("{name}: it says it is layer {} of {}/{}", h.seq, h.volume, h.branch)));
         }
-        let layer: Layer = bincode::deserialize(&plain).map_err(|e| bad(e.to_string()))?;
-        if layer.seq != r.seq || layer.branch != branch || layer.volume != self.volume {
-            return Err(bad(format!("it says it is layer {} of {}/{}", layer.seq, layer.volume, layer.branch)));
-        }
-        Ok(layer)
+        Ok(LayerStream { reader, name })
     }
 
-    /// The layer `r` names, verified.
-    pub fn read_layer(&self, branch: &str, r: &LayerRef) -> Result<Layer> {
+    /// The records of the layer `r` names, read again and verified, a chunk at a time.
+    pub fn stream(&self, branch: &str, r: &LayerRef) -> Result<LayerStream> {
         let body = self.layer_body(branch, r)?;
-        self.decode_layer(branch, r, body)
+        self.open_layer(branch, r, body)
     }
 
-    /// The layer of a chain link (kept by the walk, or read again and verified).
+    /// The records of a chain link (read again and verified).
+    pub fn stream_link(&self, link: &ChainLink) -> Result<LayerStream> {
+        self.stream(&link.branch, &link.r)
+    }
+
+    /// The header of the layer `r` names, verified.
+    pub fn read_header(&self, branch: &str, r: &LayerRef) -> Result<LayerHeader> {
+        Ok(self.stream(branch, r)?.header().clone())
+    }
+
+    /// The layer `r` names, verified, whole (memory grows with the layer: tools, tests, the
+    /// merge; clone and pull use [`Remote::stream`]).
+    pub fn read_layer(&self, branch: &str, r: &LayerRef) -> Result<Layer> {
+        let s = self.stream(branch, r)?;
+        let name = s.name.clone();
+        s.reader.into_layer().map_err(|e| match e {
+            LayerError::Record { .. } => SyncError::Corrupt(e.to_string()),
+            e => SyncError::Corrupt(format!("{name}: {e}")),
+        })
+    }
+
+    /// The layer of a chain link (read again and verified), whole.
     pub fn open_link(&self, link: &ChainLink) -> Result<Layer> {
-        match &link.body {
-            Some(b) => self.decode_layer(&link.branch, &link.r, b.clone()),
-            None => self.read_layer(&link.branch, &link.r),
-        }
+        self.read_layer(&link.branch, &link.r)
     }
 
     /// The layers of `branch` from `top` back to sequence number `down_to` (inclusive), oldest
     /// first; reaching layer 1 of a fork, with `follow_parent`, the parent's chain up to the
     /// fork point comes first.
     pub fn chain(&self, branch: &str, top: LayerRef, down_to: u64, follow_parent: bool) -> Result<Vec<ChainLink>> {
-        let mut budget = WALK_CACHE_BYTES;
-        self.walk(branch, top, down_to, follow_parent, 0, &mut budget)
+        self.walk(branch, top, down_to, follow_parent, 0)
     }
 
-    fn walk(&self, branch: &str, top: LayerRef, down_to: u64, follow_parent: bool, depth: usize, budget: &mut usize) -> Result<Vec<ChainLink>> {
+    fn walk(&self, branch: &str, top: LayerRef, down_to: u64, follow_parent: bool, depth: usize) -> Result<Vec<ChainLink>> {
         if depth > MAX_FORKS {
             return Err(SyncError::Corrupt(format!("branch {branch}: more than {MAX_FORKS} nested forks")));
         }
@@ -135,10 +166,9 @@ impl Remote {
         let mut next = Some(top);
         // Each step goes one sequence number down: the walk ends.
         while let Some(r) = next.take().filter(|r| r.seq >= down_to.max(1)) {
-            let body = self.layer_body(branch, &r)?;
-            let layer = self.decode_layer(branch, &r, body.clone())?;
-            match (&layer.prev, r.seq) {
-                (None, 1) => match (&layer.parent, &layer.parent_ref) {
+            let header = self.read_header(branch, &r)?;
+            match (&header.prev, r.seq) {
+                (None, 1) => match (&header.parent, &header.parent_ref) {
                     (Some(p), Some(pr)) => parent = Some((pr.clone(), p.clone())),
                     (None, None) => {}
                     _ => return Err(SyncError::Corrupt(format!("layer 1 of branch {branch} ({}) names its fork point only in part", r.key))),
@@ -148,11 +178,7 @@ impl Remote {
                     return Err(SyncError::Corrupt(format!("layer {s} of branch {branch} ({}) names {p:?} as the layer before it", r.key)))
                 }
             }
-            let keep = body.len() <= *budget;
-            if keep {
-                *budget -= body.len();
-            }
-            links.push(ChainLink { branch: branch.to_string(), r, body: keep.then_some(body) });
+            links.push(ChainLink { branch: branch.to_string(), r, header });
         }
         links.reverse();
         match parent {
@@ -160,7 +186,7 @@ impl Remote {
                 if pr.seq != ps {
                     return Err(SyncError::Corrupt(format!("layer 1 of branch {branch} names layer {ps} of {pb} and a reference to layer {}", pr.seq)));
                 }
-                let mut all = self.walk(&pb, pr, 1, true, depth + 1, budget)?;
+                let mut all = self.walk(&pb, pr, 1, true, depth + 1)?;
                 all.extend(links);
                 Ok(all)
             }
@@ -178,7 +204,7 @@ impl Remote {
         }
         let mut r = head.layer_ref();
         while r.seq > seq {
-            r = self.read_layer(branch, &r)?.prev.ok_or_else(|| SyncError::Corrupt(format!("layer {} of branch {branch} names no layer before it", r.seq)))?;
+            r = self.read_header(branch, &r)?.prev.ok_or_else(|| SyncError::Corrupt(format!("layer {} of branch {branch} names no layer before it", r.seq)))?;
         }
         Ok(r)
     }

@@ -5,18 +5,23 @@
 //! store, and every block they name is recorded as "in the store" with its location (alone or
 //! in a pack). File data comes later, block by block, through [`crate::lazy::LazyStore`].
 //!
+//! A layer is read as a stream of records and applied in batches of [`BATCH`]: memory stays
+//! bounded by a batch and one compressed layer, whatever the size of the branch (invariant
+//! 7). The new store is filled past its engine's log ([`MetaStore::apply_unlogged`]) and made
+//! durable once at the end ([`MetaStore::persist`]), before the clone's state is written with
+//! a synced batch: a clone interrupted before that is never taken for a complete one (the
+//! caller also builds it in a directory of its own and renames it only when it is done).
+//!
 //! The clone then writes its own branch: its push state starts at the imported epoch with the
 //! source as parent, so its first push carries only its own changes and names its fork point.
 
-use crate::{Layer, LayerRef, PushState, Remote, Result, SyncError};
+use crate::{LayerRef, LayerStream, PushState, Remote, Result, SyncError};
 use hybridfs_core::meta::{Key, MetaStore, Mutation};
-use hybridfs_core::types::BlockId;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::time::Instant;
 
-/// Records applied per metadata batch.
-const BATCH: usize = 4096;
+/// Records applied per metadata batch (and read from a layer at a time).
+pub const BATCH: usize = 4096;
 
 /// Where a clone stands against its source branch (kept in the metadata store).
 #[derive(Serialize, serde::Deserialize, Clone, Debug)]
@@ -72,6 +77,10 @@ pub struct CloneReport {
     pub block_size: u64,
     pub branch: String,
     pub seconds: f64,
+    /// Of `seconds`: walking the chain (headers), applying the records, making them durable.
+    pub walk_seconds: f64,
+    pub apply_seconds: f64,
+    pub persist_seconds: f64,
 }
 
 /// Fill the empty `meta` with branch `source` of `remote` as of its head; the clone will push
@@ -95,7 +104,7 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         links.truncate(keep);
     }
     let top = links.last().map(|l| l.r.clone()).ok_or_else(|| SyncError::Corrupt(format!("branch {source} has no layers")))?;
-    if at.is_some() && !remote.open_link(links.last().expect("not empty"))?.complete {
+    if at.is_some() && !links.last().expect("not empty").header.complete {
         return Err(SyncError::Conflict(format!(
             "layer {} of branch {source} is a part of a larger push: choose the last layer of a push",
             top.seq
@@ -111,18 +120,28 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         block_size: 0,
         branch: branch.to_string(),
         seconds: 0.0,
+        walk_seconds: started.elapsed().as_secs_f64(),
+        apply_seconds: 0.0,
+        persist_seconds: 0.0,
     };
+    let applying = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
-    let mut flush = |batch: Vec<Mutation>| -> Result<()> { Ok(meta.apply(batch, false)?) };
+    let mut flush = |batch: Vec<Mutation>| -> Result<()> { Ok(meta.apply_unlogged(batch)?) };
     for link in &links {
-        let layer = remote.open_link(link)?;
+        let mut layer = remote.stream_link(link)?;
         report.layers += 1;
-        report.block_size = layer.block_size;
-        let applied = apply_layer(layer, &mut batch, &mut flush)?;
+        report.block_size = layer.header().block_size;
+        let applied = apply_layer(&mut layer, &mut batch, &mut flush)?;
         report.records += applied.records;
         report.blocks += applied.blocks;
     }
-    meta.apply(batch, false)?;
+    meta.apply_unlogged(batch)?;
+    report.apply_seconds = applying.elapsed().as_secs_f64();
+    hybridfs_core::crashpoint("clone-before-persist");
+    // Everything applied is durable before the clone's state says it is complete.
+    let persisting = Instant::now();
+    meta.persist()?;
+    report.persist_seconds = persisting.elapsed().as_secs_f64();
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
@@ -155,30 +174,33 @@ struct Applied {
     blocks: u64,
 }
 
-/// Add the records of `layer` to `batch` as mutations, handing every full batch of
-/// [`BATCH`] to `flush`: each record as stored, each block it names marked as in the store
+/// Add the records of `layer` to `batch` as mutations, read [`BATCH`] at a time, handing every
+/// full batch to `flush`: each record as stored, each block it names marked as in the store
 /// (with its pack location), an inode unlinked while open on the pushing node as an orphan
 /// (purged at the first mount). A record that does not decode is an error naming it.
-fn apply_layer(layer: Layer, batch: &mut Vec<Mutation>, flush: &mut dyn FnMut(Vec<Mutation>) -> Result<()>) -> Result<Applied> {
+fn apply_layer(layer: &mut LayerStream, batch: &mut Vec<Mutation>, flush: &mut dyn FnMut(Vec<Mutation>) -> Result<()>) -> Result<Applied> {
     let mut applied = Applied { records: 0, blocks: 0 };
-    let located: HashMap<BlockId, Option<(BlockId, u64, u64)>> = layer.located()?.into_iter().collect();
-    for (&id, &packed) in &located {
-        batch.push(Mutation::MarkPushed { id, packed });
-    }
-    for r in &layer.records {
-        applied.blocks += u64::from(layer.sealed_block(r)?.is_some());
-        if let (Key::Inode(ino), true) = (&r.key, layer.is_unlinked_inode(r)?) {
-            batch.push(Mutation::PutOrphan(*ino));
+    loop {
+        let chunk = layer.next_chunk(BATCH)?;
+        if chunk.is_empty() {
+            return Ok(applied);
+        }
+        for e in chunk {
+            let header = layer.header();
+            if let Some(id) = header.sealed_block(&e).map_err(|x| layer.bad(x))? {
+                applied.blocks += 1;
+                batch.push(Mutation::MarkPushed { id, packed: e.packed });
+            }
+            if let (Key::Inode(ino), true) = (&e.key, header.is_unlinked_inode(&e).map_err(|x| layer.bad(x))?) {
+                batch.push(Mutation::PutOrphan(*ino));
+            }
+            applied.records += 1;
+            batch.push(Mutation::Raw { key: e.key, value: e.value });
+            if batch.len() >= BATCH {
+                flush(std::mem::take(batch))?;
+            }
         }
     }
-    for r in layer.records {
-        applied.records += 1;
-        batch.push(Mutation::Raw { key: r.key, value: r.value });
-        if batch.len() >= BATCH {
-            flush(std::mem::take(batch))?;
-        }
-    }
-    Ok(applied)
 }
 
 /// What a pull did.
@@ -196,8 +218,9 @@ pub struct PullReport {
 /// the merge stage's job, and a pull never loses a local change (invariant 6).
 ///
 /// The new records apply in an epoch of their own (so later pulls can tell them from this
-/// node's writes), a layer at a time in batches of [`BATCH`] (memory stays bounded whatever
-/// the size of the change, invariant 7): first the base records the pull as started (its
+/// node's writes), each layer read as a stream and applied in batches of [`BATCH`] (memory
+/// stays bounded by a batch and one compressed layer whatever the size of the change,
+/// invariant 7): first the base records the pull as started (its
 /// epoch is a pull epoch from then on), then the records, then the base its new layer. An
 /// interrupted pull leaves the volume refused ([`refuse_if_pulling`]) until `pull` runs again
 /// and finishes it, to the same head. The pulled records are journaled, so the clone's next
@@ -251,7 +274,7 @@ pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option
         Ok(())
     };
     for link in &links {
-        report.records += apply_layer(remote.open_link(link)?, &mut batch, &mut flush)?.records;
+        report.records += apply_layer(&mut remote.stream_link(link)?, &mut batch, &mut flush)?.records;
     }
     base.seq = to_seq;
     base.layer = Some(to);
@@ -275,14 +298,20 @@ fn check_pull(meta: &MetaStore, remote: &Remote, base: &CloneBase, links: &[crat
     })?;
     let mut conflicts = std::collections::BTreeSet::new();
     for link in links {
-        let layer = remote.open_link(link)?;
-        if link.r.seq == base.seq + 1 && base.layer.is_some() && layer.prev != base.layer {
+        if link.r.seq == base.seq + 1 && base.layer.is_some() && link.header.prev != base.layer {
             return Err(SyncError::Corrupt(format!(
                 "layer {} of branch {source} does not follow the layer this clone holds ({:?}): the branch's history was replaced",
                 link.r.seq, base.layer
             )));
         }
-        conflicts.extend(layer.records.into_iter().filter(|r| local.contains(&r.key)).map(|r| format!("{:?}", r.key)));
+        let mut layer = remote.stream_link(link)?;
+        loop {
+            let chunk = layer.next_chunk(BATCH)?;
+            if chunk.is_empty() {
+                break;
+            }
+            conflicts.extend(chunk.into_iter().filter(|e| local.contains(&e.key)).map(|e| format!("{:?}", e.key)));
+        }
     }
     if conflicts.is_empty() {
         return Ok(());

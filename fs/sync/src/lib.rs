@@ -5,7 +5,7 @@
 //! ```text
 //! VOLUME/blocks/<64 hex>                       one block frame (the local frame: verifiable)
 //! VOLUME/packs/<64 hex>                        small block frames concatenated (blake3 of the pack)
-//! VOLUME/branches/BRANCH/layers/<seq>-<hash>   zstd(bincode Layer): the records changed by one push
+//! VOLUME/branches/BRANCH/layers/<seq>-<hash>   a layer (format: hybridfs_core::layer): the records changed by one push
 //! VOLUME/branches/BRANCH/head                  JSON Head: the branch's newest layer, key and hash
 //! VOLUME/branches/BRANCH/node                  JSON NodeState: its node's last report (nodestate)
 //! ```
@@ -52,7 +52,7 @@ pub mod merge;
 pub mod nodestate;
 mod upload;
 
-pub use chain::{ChainLink, LayerRef};
+pub use chain::{ChainLink, LayerRef, LayerStream};
 pub use check::{check_remote, RemoteCheck};
 use upload::upload_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
@@ -72,8 +72,8 @@ pub const PACK_SMALLER_THAN: usize = 256 << 10;
 pub const PACK_BYTES: usize = 8 << 20;
 /// Uploads in flight.
 pub const PARALLEL: usize = 8;
-/// Format 2: layers named by their hash and chained (`prev`, `parent_ref`, `push`).
-pub(crate) const LAYER_FORMAT: u32 = 2;
+/// The layer format pushes write (see [`hybridfs_core::layer`]).
+pub(crate) const LAYER_FORMAT: u32 = hybridfs_core::layer::LAYER_FORMAT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -91,75 +91,11 @@ pub enum SyncError {
 
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
-/// One record of a layer: its value at the pushed snapshot, or `None` (deleted).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub key: Key,
-    pub value: Option<Vec<u8>>,
-}
+pub use hybridfs_core::layer::{Entry, Layer, LayerHeader, Packed, Record};
 
-/// Where a packed block is.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Packed {
-    pub id: BlockId,
-    pub pack: BlockId,
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// The metadata changes of one push.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct Layer {
-    pub format: u32,
-    pub volume: String,
-    pub branch: String,
-    pub seq: u64,
-    /// The epoch range `(base_epoch, epoch]` of the pushing node it covers.
-    pub base_epoch: u64,
-    pub epoch: u64,
-    pub block_size: u64,
-    /// The first layer of a branch forked from another: the branch and layer it starts from.
-    pub parent: Option<(String, u64)>,
-    /// The last layer of a push: the tree is whole after it (a large push writes several).
-    pub complete: bool,
-    pub records: Vec<Record>,
-    pub packed: Vec<Packed>,
-    /// The id of the push that wrote it (a race's two attempts never write the same bytes).
-    pub push: String,
-    /// The layer before it on this branch (None for layer 1).
-    pub prev: Option<LayerRef>,
-    /// Layer 1 of a fork: the exact layer of the parent branch it starts from.
-    pub parent_ref: Option<LayerRef>,
-}
-
-impl Layer {
-    /// The sealed block record `r` of this layer names, if any; a record that does not
-    /// decode is an error naming it and the layer (never skipped: a block would go missing).
-    pub fn sealed_block(&self, r: &Record) -> Result<Option<BlockId>> {
-        record::sealed_block(&r.key, r.value.as_deref()).map_err(|e| self.bad_record(e))
-    }
-
-    /// Whether record `r` is an inode unlinked while open on the pushing node.
-    pub fn is_unlinked_inode(&self, r: &Record) -> Result<bool> {
-        record::is_unlinked_inode(&r.key, r.value.as_deref()).map_err(|e| self.bad_record(e))
-    }
-
-    fn bad_record(&self, e: FsError) -> SyncError {
-        SyncError::Corrupt(format!("layer {} of branch {} of volume {}: {e}", self.seq, self.branch, self.volume))
-    }
-
-    /// Where the blocks this layer's records name are: `(block, Some(pack location))` or
-    /// `(block, None)` stored alone.
-    pub fn located(&self) -> Result<Vec<(BlockId, Option<(BlockId, u64, u64)>)>> {
-        let packed: std::collections::HashMap<BlockId, (BlockId, u64, u64)> =
-            self.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
-        let mut out = Vec::new();
-        for r in &self.records {
-            if let Some(id) = self.sealed_block(r)? {
-                out.push((id, packed.get(&id).copied()));
-            }
-        }
-        Ok(out)
+impl From<hybridfs_core::layer::LayerError> for SyncError {
+    fn from(e: hybridfs_core::layer::LayerError) -> SyncError {
+        SyncError::Corrupt(e.to_string())
     }
 }
 
@@ -732,9 +668,8 @@ impl LayerWriter<'_> {
             prev,
             parent_ref: if first_of_fork { self.st.parent_ref.clone() } else { None },
         };
-        let plain = bincode::serialize(&layer).expect("plain data");
+        let bytes = hybridfs_core::layer::encode(&layer)?;
         drop(layer);
-        let bytes = zstd::encode_all(&plain[..], 3).map_err(|e| SyncError::Corrupt(format!("compress layer: {e}")))?;
         let bytes = remote.seal_meta(&remote.layer_aad(self.branch, seq), bytes);
         let r = remote.layer_ref_for(self.branch, seq, &bytes);
         remote.store.put(&r.key, &bytes, Cond::None)?;

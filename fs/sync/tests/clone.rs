@@ -392,13 +392,16 @@ fn a_small_file_changed_after_a_push_clones_as_it_is_now() {
 
 /// Replace layer 1 of `main` (the only one) by `edit` of it, under its new key, and point the
 /// head at it.
-fn rewrite_layer(store: &Arc<dyn ObjectStore>, edit: impl FnOnce(&mut hybridfs_sync::Layer)) {
+fn rewrite_layer(store: &Arc<dyn ObjectStore>, format: u32, edit: impl FnOnce(&mut hybridfs_sync::Layer)) {
     let remote = Remote::new(store.clone(), "vol");
     let (mut head, etag) = remote.head("main").unwrap().unwrap();
     assert_eq!(head.seq, 1);
     let mut layer = remote.layer("main", 1).unwrap();
     edit(&mut layer);
-    let body = zstd::encode_all(&bincode::serialize(&layer).unwrap()[..], 3).unwrap();
+    let body = match format {
+        2 => hybridfs_core::layer::encode_format_2(&layer),
+        _ => hybridfs_core::layer::encode(&layer).unwrap(),
+    };
     let r = remote.layer_ref_for("main", 1, &body);
     store.put(&r.key, &body, hybridfs_cloud::Cond::None).unwrap();
     (head.layer, head.hash) = (r.key, r.hash);
@@ -406,7 +409,7 @@ fn rewrite_layer(store: &Arc<dyn ObjectStore>, edit: impl FnOnce(&mut hybridfs_s
 }
 
 /// Layers pushed before small files became blocks carry their bytes in the inode records
-/// (and a tombstone for block 0): they still clone, as inline files.
+/// (and a tombstone for block 0), in layer format 2: they still clone, as inline files.
 #[test]
 fn a_layer_with_inline_bytes_in_its_inode_records_still_clones() {
     let home = volume();
@@ -417,7 +420,7 @@ fn a_layer_with_inline_bytes_in_its_inode_records_still_clones() {
     push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
     let small = home.vol.lookup(ROOT_INO, b"small").unwrap().ino;
     let meta = home.vol.meta();
-    rewrite_layer(&store, |layer| {
+    rewrite_layer(&store, 2, |layer| {
         for r in &mut layer.records {
             match r.key {
                 Key::Inode(i) if i == small => r.value = meta.raw_at(&r.key, hybridfs_core::meta::LIVE).unwrap(),
@@ -440,7 +443,7 @@ fn a_record_that_does_not_decode_is_an_error_naming_it() {
     let ino = write_file(&home.vol, "f", 0, &noise(4, 10_000));
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
     push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
-    rewrite_layer(&store, |layer| {
+    rewrite_layer(&store, 3, |layer| {
         let r = layer.records.iter_mut().find(|r| r.key == Key::Extent(ino, 0)).expect("block 0 of f");
         r.value = Some(vec![7, 7, 7]);
     });
@@ -449,4 +452,51 @@ fn a_record_that_does_not_decode_is_an_error_naming_it() {
     assert!(err.contains(&format!("Extent({ino}, 0)")) && err.contains("layer 1 of branch main"), "{err}");
     let check = hybridfs_sync::check_remote(&remote, "main", false).unwrap();
     assert!(check.problems.iter().any(|p| p.contains(&format!("Extent({ino}, 0)"))), "{:?}", check.problems);
+}
+
+/// Invariant 7: a layer is read as a stream and applied in batches; a layer of more records
+/// than one batch clones whole (every record applied, counted against the layer), and the
+/// clone's tree reads back.
+#[test]
+fn invariant_7_a_layer_larger_than_one_batch_is_applied_whole_in_batches() {
+    let home = volume();
+    const FILES: usize = 1500;
+    for i in 0..FILES {
+        write_file(&home.vol, &format!("f{i:04}"), 0, format!("file {i}").as_bytes());
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let remote = Remote::new(store.clone(), "vol");
+    let layer = remote.layer("main", 1).unwrap();
+    assert!(layer.records.len() > hybridfs_sync::clone::BATCH, "one layer of {} records", layer.records.len());
+    let meta = MetaStore::memory();
+    let report = import(&meta, &remote, "main", "node").unwrap();
+    assert_eq!((report.layers, report.records), (1, layer.records.len() as u64), "every record applied: {report:?}");
+    assert_eq!(meta.usage().unwrap().files, home.vol.meta().usage().unwrap().files);
+    let c = clone_of(store, "main", "node", None);
+    for i in (0..FILES).step_by(97).chain([FILES - 1]) {
+        assert_eq!(read(&c.vol, &format!("f{i:04}")).unwrap(), format!("file {i}").as_bytes());
+    }
+}
+
+/// Invariant 5: a layer whose stored bytes were cut short (and renamed to match, so the hash
+/// check passes) is an error naming the layer: never a clone of fewer records.
+#[test]
+fn invariant_5_a_truncated_layer_is_an_error_naming_it_never_a_shorter_clone() {
+    let home = volume();
+    for i in 0..50 {
+        write_file(&home.vol, &format!("f{i}"), 0, b"x");
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let remote = Remote::new(store.clone(), "vol");
+    let (mut head, etag) = remote.head("main").unwrap().unwrap();
+    let (body, _) = store.get(&head.layer).unwrap();
+    let cut = &body[..body.len() - 40];
+    let r = remote.layer_ref_for("main", 1, cut);
+    store.put(&r.key, cut, hybridfs_cloud::Cond::None).unwrap();
+    (head.layer, head.hash) = (r.key, r.hash);
+    store.put(&remote.head_key("main"), &serde_json::to_vec(&head).unwrap(), hybridfs_cloud::Cond::IfMatch(etag)).unwrap();
+    let err = import(&MetaStore::memory(), &remote, "main", "node").unwrap_err().to_string();
+    assert!(err.contains("layer 1 of branch main"), "{err}");
 }

@@ -25,6 +25,8 @@ struct Batch {
     usage: (i64, i64),
     /// The snapshots' epochs, read once per attempt when a retired version needs them.
     snap_epochs: Option<Vec<u64>>,
+    /// No snapshot exists and the batch is a bulk load: see [`MetaStore::apply_in`].
+    blind: bool,
 }
 
 impl MetaStore {
@@ -41,15 +43,35 @@ impl MetaStore {
     pub fn apply_freeing(&self, batch: Vec<Mutation>, sync: bool) -> Result<Vec<BlockId>> {
         let mut freed = Vec::new();
         self.kv.transact(sync, &mut |tx| {
-            freed = self.apply_in(tx, &batch)?;
+            freed = self.apply_in(tx, &batch, false)?;
             Ok(())
         })?;
         Ok(freed)
     }
 
-    fn apply_in(&self, tx: &mut dyn KvTxn, batch: &[Mutation]) -> Result<Vec<BlockId>> {
+    /// [`MetaStore::apply`] for a bulk load into a store that nothing uses yet (a clone
+    /// filling its new store): the same versions, journal rows, references and usage, but the
+    /// engine may skip its log, so the batch may be lost in a crash until
+    /// [`MetaStore::persist`] returns. Whoever loads in bulk marks the result complete only
+    /// after that (a crash before leaves a load that is known to be unfinished).
+    pub fn apply_unlogged(&self, batch: Vec<Mutation>) -> Result<()> {
+        self.kv.transact_unlogged(&mut |tx| self.apply_in(tx, &batch, true).map(|_| ()))
+    }
+
+    /// Make every batch so far durable against power loss, unlogged ones included.
+    pub fn persist(&self) -> Result<()> {
+        self.kv.persist()
+    }
+
+    /// `bulk`: a store with no snapshot skips reading the old version of records whose
+    /// replacement has no effect beyond the overwrite (names, readdir rows, xattrs: no
+    /// history to keep, no reference or usage to adjust).
+    fn apply_in(&self, tx: &mut dyn KvTxn, batch: &[Mutation], bulk: bool) -> Result<Vec<BlockId>> {
         let epoch = stored_epoch(tx)?;
-        let mut b = Batch { epoch, refs: BTreeMap::new(), usage: (0, 0), snap_epochs: None };
+        let mut b = Batch { epoch, refs: BTreeMap::new(), usage: (0, 0), snap_epochs: None, blind: false };
+        if bulk {
+            b.blind = !pinned(tx, &mut b, 0, u64::MAX)?;
+        }
         let mut new_epoch = None;
         for m in batch {
             match m {
@@ -189,8 +211,11 @@ fn retire(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: &[u8], old: &(u64, Ve
 }
 
 fn vput(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>, payload: Vec<u8>) -> Result<()> {
-    if let Some(old) = live_row(tx, cf, &base)? {
-        retire(tx, b, cf, &base, &old)?;
+    let accounted = matches!(cf, Cf::Extents | Cf::Inodes);
+    if !b.blind || accounted {
+        if let Some(old) = live_row(tx, cf, &base)? {
+            retire(tx, b, cf, &base, &old)?;
+        }
     }
     if cf == Cf::Extents {
         if let Some((id, _)) = sealed_of(&payload)? {
