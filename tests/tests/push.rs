@@ -227,7 +227,7 @@ impl Remote {
     fn head_key(&self, branch: &str) -> String {
         format!("{}/branches/{branch}/head", self.volume)
     }
-    /// The layer at `key`: zstd of its bincode, whose stored bytes hash to `hash`, and whose key
+    /// The layer at `key` (decoded by core), whose stored bytes hash to `hash`, and whose key
     /// is `layers/<seq>-<first 32 hex digits of the hash>`.
     fn layer(&self, branch: &str, seq: u64, key: &str, hash: &str) -> Result<Layer, String> {
         let want_key = format!("{}/branches/{branch}/layers/{seq:012}-{}", self.volume, hash.get(..32).unwrap_or("?"));
@@ -239,8 +239,8 @@ impl Remote {
         if got != hash {
             return Err(format!("{key} hashes to {got}, its name says {hash}"));
         }
-        let plain = zstd::decode_all(&bytes[..]).map_err(|e| format!("not zstd: {e}"))?;
-        bincode::deserialize(&plain).map_err(|e| format!("not a layer: {e}"))
+        let reader = hybridfs_core::layer::LayerReader::open(&bytes[..]).map_err(|e| format!("not a layer: {e}"))?;
+        reader.into_layer().map_err(|e| format!("not a layer: {e}"))
     }
     /// The layers of `branch` (not following forks), oldest first, from its head back along
     /// `prev`, each checked against the hash that names it.
