@@ -157,6 +157,7 @@ impl LazyStore {
     fn load_for_reader(&self, id: &BlockId) -> Result<Vec<u8>> {
         let timeout = Duration::from_millis(self.read_timeout_ms.load(Ordering::Relaxed));
         let deadline = Instant::now() + timeout;
+        let mut looked_again = false;
         for _ in 0..8 {
             if let Some(frame) = self.local_frame(id)? {
                 return Ok(frame);
@@ -168,6 +169,12 @@ impl LazyStore {
             {
                 let mut inflight = self.inflight.lock().expect("inflight lock");
                 if !inflight.contains(id) {
+                    // A fetch may have landed between the look above and this lock
+                    // (a copy that is there but did not read is damaged: fetch it again).
+                    if !looked_again && self.has_local(id)? {
+                        looked_again = true;
+                        continue;
+                    }
                     self.start_fetch(id, &mut inflight)?;
                 }
             }
@@ -311,6 +318,7 @@ impl Inner {
     /// and kept. Returns the bytes it got, so a block evicted right after it landed is still
     /// served.
     fn load(&self, id: &BlockId) -> Result<Vec<u8>> {
+        let mut looked_again = false;
         for _ in 0..8 {
             if let Some(frame) = self.local_frame(id)? {
                 return Ok(frame);
@@ -325,6 +333,12 @@ impl Inner {
                         .expect("inflight lock");
                     continue;
                 }
+                // A fetch may have landed between the look above and this lock (a copy
+                // that is there but did not read is damaged: fetch it again).
+                if !looked_again && self.has_local(id)? {
+                    looked_again = true;
+                    continue;
+                }
                 inflight.insert(*id);
             }
             let result = self.fetch_and_keep(id);
@@ -333,6 +347,13 @@ impl Inner {
             return result;
         }
         Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
+    }
+
+    /// Whether a local tier holds a copy of `id` (a file exists; read with [`Self::local_frame`]).
+    /// Asked under the in-flight lock before a fetch starts, so that a block whose fetch
+    /// finished after the caller's first look is not fetched a second time.
+    fn has_local(&self, id: &BlockId) -> Result<bool> {
+        Ok(self.own.contains(id)? || self.local.contains(id)?)
     }
 
     /// The block's frame if a local tier has a readable copy.
