@@ -15,7 +15,7 @@
 //! HOME/store/                     the default object store (file://)
 //! ```
 
-use crate::error::bad_input;
+use crate::error::{NodeError, NodeResult};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -95,14 +95,16 @@ impl VolumeDir {
     pub fn metrics_path(&self) -> PathBuf { self.dir.join("metrics.json") }
     pub fn control_path(&self) -> PathBuf { self.dir.join("control.sock") }
 
-    pub fn config(&self) -> Result<VolumeConfig> {
-        let path = self.config_path();
-        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        let cfg: VolumeConfig = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-        if cfg.format_version != FORMAT_VERSION {
-            anyhow::bail!("volume {} has format version {}, this hybridctl knows {FORMAT_VERSION}", self.name, cfg.format_version);
-        }
-        Ok(cfg)
+    pub fn config(&self) -> NodeResult<VolumeConfig> {
+        crate::error::typed(|| {
+            let path = self.config_path();
+            let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            let cfg: VolumeConfig = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+            if cfg.format_version != FORMAT_VERSION {
+                anyhow::bail!("volume {} has format version {}, this hybridctl knows {FORMAT_VERSION}", self.name, cfg.format_version);
+            }
+            Ok(cfg)
+        })
     }
 
     /// The mount state, if a live process holds the volume.
@@ -113,27 +115,30 @@ impl VolumeDir {
     }
 
     /// Take the volume's exclusive lock, or say who holds it.
-    pub fn lock(&self) -> Result<VolumeLock> {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.lock_path())
-            .with_context(|| format!("open {}", self.lock_path().display()))?;
-        // SAFETY: flock on an open descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let at = self.mount_state().map(|m| format!(" at {}", m.mountpoint.display())).unwrap_or_default();
-            anyhow::bail!("volume {} is in use by pid {}{at}", self.name, if holder.is_empty() { "?" } else { holder });
-        }
-        file.set_len(0)?;
-        file.rewind()?;
-        write!(file, "{}", std::process::id())?;
-        file.sync_all()?;
-        Ok(VolumeLock { _file: file })
+    pub fn lock(&self) -> NodeResult<VolumeLock> {
+        crate::error::typed(|| {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.lock_path())
+                .with_context(|| format!("open {}", self.lock_path().display()))?;
+            // SAFETY: flock on an open descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let at = self.mount_state().map(|m| format!(" at {}", m.mountpoint.display())).unwrap_or_default();
+                let holder = if holder.is_empty() { "?" } else { holder };
+            return Err(NodeError::Busy(format!("volume {} is in use by pid {holder}{at}", self.name)).into());
+            }
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            file.sync_all()?;
+            Ok(VolumeLock { _file: file })
+        })
     }
 }
 
@@ -188,13 +193,13 @@ impl Home {
         Ok(Home { root })
     }
 
-    pub fn volume(&self, name: &str) -> Result<VolumeDir> {
+    pub fn volume(&self, name: &str) -> NodeResult<VolumeDir> {
         if !valid_name(name) {
-            return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+            return Err(NodeError::BadInput(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'")));
         }
         let dir = self.root.join("volumes").join(name);
         if !dir.join("volume.json").exists() {
-            return bad_input(format!("no volume named {name} in {}", self.root.display()));
+            return Err(NodeError::NotFound(format!("no volume named {name} in {}", self.root.display())));
         }
         Ok(VolumeDir { name: name.to_string(), dir })
     }

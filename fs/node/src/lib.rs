@@ -17,7 +17,9 @@
 //! * [`workers`] — background work as named workers with a status, a stop signal and backoff.
 //! * [`metrics_http`] — `/metrics` in the Prometheus text format.
 //! * [`types`] — the report types of the layers below, for callers that print them.
-//! * [`error`] — [`BadInput`] and the one table from errors to exit codes.
+//! * [`error`] — [`NodeError`] (the kinds callers match on: bad input, not found, busy,
+//!   store unreachable, control, I/O), [`BadInput`], and the one table from errors to exit
+//!   codes.
 //!
 //! An agent opens a volume with [`Home::volume`], clones with [`Home::clone_volume`], mounts
 //! with [`mount::mount_daemon`], pushes, merges and snapshots with [`control::call`], and reads
@@ -34,7 +36,7 @@ pub mod status;
 mod volume;
 pub mod workers;
 
-pub use error::{bad_input, exit_code, BadInput};
+pub use error::{bad_input, exit_code, BadInput, NodeError, NodeResult};
 pub use home::{Home, MountState, VolumeConfig, VolumeDir, VolumeLock};
 
 /// The report types of the layers below, as the node's operations return them.

@@ -102,12 +102,14 @@ pub struct Daemon {
 /// Start a mount process and return once the mount answers. `program` is a binary that
 /// takes `--home HOME mount NAME MOUNTPOINT [flags]` and serves the mount in the foreground
 /// (hybridctl; the CLI passes itself). Its output goes to the volume's `mount.log`.
-pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, program: &Path) -> Result<Daemon> {
-    let vd = home.volume(name)?;
-    vd.config()?;
-    let mp = prepare_mountpoint(mp)?;
-    drop(vd.lock()?);
-    spawn_daemon(home, &vd, &mp, opts, program)
+pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, program: &Path) -> crate::error::NodeResult<Daemon> {
+    crate::error::typed(|| {
+        let vd = home.volume(name)?;
+        vd.config()?;
+        let mp = prepare_mountpoint(mp)?;
+        drop(vd.lock()?);
+        spawn_daemon(home, &vd, &mp, opts, program)
+    })
 }
 
 /// Serve volume `name` at `mp` in this process until it is unmounted (or SIGINT, SIGTERM,
@@ -318,36 +320,38 @@ fn spawn_readahead_tuner(mp: PathBuf) {
 
 /// Unmount `mp` and wait (up to `timeout` seconds) until its mount process has flushed
 /// everything and exited. Returns the mount point as resolved.
-pub fn umount(home: &Home, mp: &Path, timeout: u64) -> Result<PathBuf> {
-    let mp = match mp.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => mp.to_path_buf(),
-        Err(_) => return bad_input(format!("{} does not exist", mp.display())),
-    };
-    if mount_type(&mp).is_none() {
-        bail!("{} is not mounted", mp.display());
-    }
-    let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp));
-    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
-    // SAFETY: umount2 with a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            lazy_umount(&mp)?;
-        } else {
-            bail!("unmount {}: {e}", mp.display());
+pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<PathBuf> {
+    crate::error::typed(|| {
+        let mp = match mp.canonicalize() {
+            Ok(p) => p,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => mp.to_path_buf(),
+            Err(_) => return bad_input(format!("{} does not exist", mp.display())),
+        };
+        if mount_type(&mp).is_none() {
+            bail!("{} is not mounted", mp.display());
         }
-    }
-    if let Some(state) = owner {
-        let start = Instant::now();
-        while pid_alive(state.pid) {
-            if start.elapsed() > Duration::from_secs(timeout) {
-                bail!("unmounted {}, but mount process {} is still flushing after {timeout}s", mp.display(), state.pid);
+        let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp));
+        let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+        // SAFETY: umount2 with a valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                lazy_umount(&mp)?;
+            } else {
+                bail!("unmount {}: {e}", mp.display());
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-    Ok(mp)
+        if let Some(state) = owner {
+            let start = Instant::now();
+            while pid_alive(state.pid) {
+                if start.elapsed() > Duration::from_secs(timeout) {
+                    bail!("unmounted {}, but mount process {} is still flushing after {timeout}s", mp.display(), state.pid);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(mp)
+    })
 }
 
 /// Whether `path` is a hybridfs mount (its source is `hybridfs:NAME`).

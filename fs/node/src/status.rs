@@ -3,6 +3,7 @@
 //! They open the metadata read-only, so they work while the volume is mounted.
 
 use crate::home::VolumeDir;
+use crate::error::NodeResult;
 use anyhow::Result;
 use hybridfs_core::fsck::{self, FsckReport};
 use hybridfs_core::metrics::MetricsSnapshot;
@@ -46,52 +47,54 @@ pub struct VolumeStatus {
 }
 
 impl VolumeDir {
-    pub fn status(&self) -> Result<VolumeStatus> {
-        let cfg = self.config()?;
-        let meta = self.open_meta(true)?;
-        let (mut files, mut dirs, mut bytes) = (0, 0, 0);
-        let mut sizes: HashMap<u64, u64> = HashMap::new();
-        meta.for_each_inode(&mut |i| match i.kind {
-            Kind::File => {
-                files += 1;
-                bytes += i.size;
-                sizes.insert(i.ino, i.size);
-            }
-            Kind::Dir => dirs += 1,
-            _ => {}
-        })?;
-        let bs = cfg.block_size as u64;
-        // The bytes of one block of a live file (the last block may be short; deleted files: 0).
-        let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
-        let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
-        let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
-        let unpushed_bytes = unpushed.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
-        let mut staged_bytes = 0u64;
-        meta.for_each_extent(&mut |ino, block, e| {
-            if e == Extent::Staged {
-                staged_bytes += block_bytes(ino, block);
-            }
-        })?;
-        let mount = self.mount_state();
-        let mounted = mount.is_some();
-        Ok(VolumeStatus {
-            name: cfg.name,
-            block_size: cfg.block_size,
-            store: cfg.store,
-            files,
-            directories: dirs,
-            bytes,
-            unpushed_bytes,
-            unsealed_bytes: staged_bytes,
-            dirty_bytes: unpushed_bytes,
-            staged_bytes,
-            epoch: meta.epoch(),
-            snapshots: meta.snapshots()?.len(),
-            mounted: mount.is_some(),
-            mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
-            pid: mount.map(|m| m.pid),
-            metrics: std::fs::read(self.metrics_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
-            workers: if mounted { self.workers() } else { None },
+    pub fn status(&self) -> NodeResult<VolumeStatus> {
+        crate::error::typed(|| {
+            let cfg = self.config()?;
+            let meta = self.open_meta(true)?;
+            let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+            let mut sizes: HashMap<u64, u64> = HashMap::new();
+            meta.for_each_inode(&mut |i| match i.kind {
+                Kind::File => {
+                    files += 1;
+                    bytes += i.size;
+                    sizes.insert(i.ino, i.size);
+                }
+                Kind::Dir => dirs += 1,
+                _ => {}
+            })?;
+            let bs = cfg.block_size as u64;
+            // The bytes of one block of a live file (the last block may be short; deleted files: 0).
+            let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
+            let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
+            let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
+            let unpushed_bytes = unpushed.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
+            let mut staged_bytes = 0u64;
+            meta.for_each_extent(&mut |ino, block, e| {
+                if e == Extent::Staged {
+                    staged_bytes += block_bytes(ino, block);
+                }
+            })?;
+            let mount = self.mount_state();
+            let mounted = mount.is_some();
+            Ok(VolumeStatus {
+                name: cfg.name,
+                block_size: cfg.block_size,
+                store: cfg.store,
+                files,
+                directories: dirs,
+                bytes,
+                unpushed_bytes,
+                unsealed_bytes: staged_bytes,
+                dirty_bytes: unpushed_bytes,
+                staged_bytes,
+                epoch: meta.epoch(),
+                snapshots: meta.snapshots()?.len(),
+                mounted: mount.is_some(),
+                mountpoint: mount.as_ref().map(|m| m.mountpoint.display().to_string()),
+                pid: mount.map(|m| m.pid),
+                metrics: std::fs::read(self.metrics_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+                workers: if mounted { self.workers() } else { None },
+            })
         })
     }
 

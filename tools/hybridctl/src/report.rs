@@ -10,7 +10,7 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
         Some(n) => vec![home.volume(n)?],
         None => home.volumes()?,
     };
-    let statuses = vols.iter().map(|v| v.status()).collect::<Result<Vec<_>>>()?;
+    let statuses = vols.iter().map(|v| v.status()).collect::<Result<Vec<_>, _>>()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
         return Ok(ExitCode::SUCCESS);

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub(crate) fn call(vd: &VolumeDir, req: &Request) -> Result<Reply> {
     let reply = control::call(vd, req, &progress);
     end_progress();
-    reply
+    Ok(reply?)
 }
 
 /// One progress line on stderr, redrawn in place when stderr is a terminal.
@@ -63,7 +63,7 @@ fn end_progress() {
 /// `--volume` or the only volume (or `main`).
 pub fn pick_volume(home: &Home, name: Option<&str>) -> Result<VolumeDir> {
     if let Some(n) = name {
-        return home.volume(n);
+        return Ok(home.volume(n)?);
     }
     let all = home.volumes()?;
     match all.len() {

@@ -16,30 +16,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `req` on volume `vd`: in its mount process when it is mounted, else here (taking the
-/// volume's lock for the duration). A failure of the request itself is a [`ControlError`]
-/// inside the returned error (`downcast_ref` finds it); `progress` sees push progress.
-pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply> {
-    if let Some(state) = vd.mount_state() {
-        return call_mounted(vd, state.pid, req, progress);
-    }
-    if let Request::Workers = req {
-        return Err(ControlError::NotMounted.into());
-    }
-    let _lock = vd.lock()?;
-    if let Request::Pull = req {
-        // Only the metadata: the volume is not opened while a pull is unfinished.
-        let meta = vd.open_meta(false)?;
-        let remote = RemoteSlot::new(vd.config()?, crate::workers::Workers::new());
-        let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
-        return Ok(Reply::Pull(report));
-    }
-    let vol = vd.open_volume(Duration::from_secs(30))?;
-    let remote = RemoteSlot::new(vd.config()?, vol.workers().clone());
-    let result = execute(&vol, &remote, req, progress);
-    let flushed = vol.shutdown().context("flush the volume");
-    vol.workers().stop();
-    flushed?;
-    Ok(result?)
+/// volume's lock for the duration). A failure says its kind ([`crate::NodeError`]: a bad
+/// request, refused while mounted, the control socket, the store); `progress` sees push
+/// progress.
+pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> crate::error::NodeResult<Reply> {
+    crate::error::typed(|| {
+        if let Some(state) = vd.mount_state() {
+            return call_mounted(vd, state.pid, req, progress);
+        }
+        if let Request::Workers = req {
+            return Err(ControlError::NotMounted.into());
+        }
+        let _lock = vd.lock()?;
+        if let Request::Pull = req {
+            // Only the metadata: the volume is not opened while a pull is unfinished.
+            let meta = vd.open_meta(false)?;
+            let remote = RemoteSlot::new(vd.config()?, crate::workers::Workers::new());
+            let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
+            return Ok(Reply::Pull(report));
+        }
+        let vol = vd.open_volume(Duration::from_secs(30))?;
+        let remote = RemoteSlot::new(vd.config()?, vol.workers().clone());
+        let result = execute(&vol, &remote, req, progress);
+        let flushed = vol.shutdown().context("flush the volume");
+        vol.workers().stop();
+        flushed?;
+        Ok(result?)
+    })
 }
 
 fn call_mounted(vd: &VolumeDir, pid: u32, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply> {
