@@ -330,7 +330,7 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<
         if mount_type(&mp).is_none() {
             bail!("{} is not mounted", mp.display());
         }
-        let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp));
+        let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp).map(|s| (vd, s)));
         let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
         // SAFETY: umount2 with a valid C string.
         if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
@@ -341,9 +341,11 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<
                 bail!("unmount {}: {e}", mp.display());
             }
         }
-        if let Some(state) = owner {
+        if let Some((vd, state)) = owner {
+            // Gone means the volume's lock is free too: a process whose main thread is a
+            // zombie may still have threads exiting that hold its files (the lock, RocksDB's).
             let start = Instant::now();
-            while pid_alive(state.pid) {
+            while pid_alive(state.pid) || vd.lock().is_err() {
                 if start.elapsed() > Duration::from_secs(timeout) {
                     bail!("unmounted {}, but mount process {} is still flushing after {timeout}s", mp.display(), state.pid);
                 }
