@@ -243,34 +243,35 @@ enum Body<R: Read> {
     Whole(std::vec::IntoIter<Entry>),
 }
 
-/// Fill `buf` from `r`; false at a clean end of the stream before the first byte.
-fn read_exact_or_end(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<bool, LayerError> {
+/// Fill `buf` from `r`; false at a clean end of the stream before the first byte. `what`
+/// names the item in an error (built only then: this runs once per record).
+fn read_exact_or_end(r: &mut impl Read, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<bool, LayerError> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(LayerError::Truncated(format!("{what} ends after {got} of {} bytes", buf.len()))),
+            Ok(0) => return Err(LayerError::Truncated(format!("{} ends after {got} of {} bytes", what(), buf.len()))),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(LayerError::Truncated(format!("{what}: {e}"))),
+            Err(e) => return Err(LayerError::Truncated(format!("{}: {e}", what()))),
         }
     }
     Ok(true)
 }
 
 /// One length-prefixed item of at most `max` bytes.
-fn read_item(r: &mut impl Read, max: u32, what: &str) -> Result<Vec<u8>, LayerError> {
+fn read_item(r: &mut impl Read, max: u32, what: &dyn Fn() -> String) -> Result<Vec<u8>, LayerError> {
     let mut len = [0u8; 4];
     if !read_exact_or_end(r, &mut len, what)? {
-        return Err(LayerError::Truncated(format!("the stream ends before {what}")));
+        return Err(LayerError::Truncated(format!("the stream ends before {}", what())));
     }
     let len = u32::from_le_bytes(len);
     if len > max {
-        return Err(undecodable(format!("{what} claims {len} bytes (at most {max})")));
+        return Err(undecodable(format!("{} claims {len} bytes (at most {max})", what())));
     }
     let mut buf = vec![0u8; len as usize];
     if !read_exact_or_end(r, &mut buf, what)? && len > 0 {
-        return Err(LayerError::Truncated(format!("the stream ends before {what}")));
+        return Err(LayerError::Truncated(format!("the stream ends before {}", what())));
     }
     Ok(buf)
 }
@@ -280,13 +281,13 @@ impl<R: Read> LayerReader<R> {
     pub fn open(src: R) -> Result<Self, LayerError> {
         let mut z = zstd::stream::read::Decoder::new(src).map_err(undecodable)?;
         let mut format = [0u8; 4];
-        if !read_exact_or_end(&mut z, &mut format, "the format")? {
+        if !read_exact_or_end(&mut z, &mut format, &|| "the format".into())? {
             return Err(LayerError::Truncated("empty layer".into()));
         }
         match u32::from_le_bytes(format) {
             LAYER_FORMAT => {
                 let header: LayerHeader =
-                    bincode::deserialize(&read_item(&mut z, MAX_HEADER, "the header")?).map_err(undecodable)?;
+                    bincode::deserialize(&read_item(&mut z, MAX_HEADER, &|| "the header".into())?).map_err(undecodable)?;
                 if header.format != LAYER_FORMAT {
                     return Err(LayerError::Format(header.format));
                 }
@@ -296,15 +297,17 @@ impl<R: Read> LayerReader<R> {
             LAYER_FORMAT_2 => {
                 let mut plain = format.to_vec();
                 z.read_to_end(&mut plain).map_err(|e| LayerError::Truncated(e.to_string()))?;
-                let layer: Layer = bincode::deserialize(&plain).map_err(undecodable)?;
+                let mut layer: Layer = bincode::deserialize(&plain).map_err(undecodable)?;
                 drop(plain);
                 let header = layer.header();
                 let packed: std::collections::HashMap<BlockId, (BlockId, u64, u64)> =
                     layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))).collect();
                 let mut entries = Vec::with_capacity(layer.records.len());
-                for r in &layer.records {
-                    let at = layer.sealed_block(r)?.and_then(|id| packed.get(&id).copied());
-                    entries.push(Entry { key: r.key.clone(), value: r.value.clone(), packed: at });
+                // Moved, not copied: a format-2 layer holds up to 100,000 records.
+                for r in std::mem::take(&mut layer.records) {
+                    let mut e = Entry { key: r.key, value: r.value, packed: None };
+                    e.packed = header.sealed_block(&e)?.and_then(|id| packed.get(&id).copied());
+                    entries.push(e);
                 }
                 let left = header.records;
                 Ok(LayerReader { header, body: Body::Whole(entries.into_iter()), left })
@@ -324,13 +327,14 @@ impl<R: Read> LayerReader<R> {
             Body::Stream(z) => {
                 if self.left == 0 {
                     let mut one = [0u8; 1];
-                    if read_exact_or_end(z, &mut one, "the end")? {
+                    if read_exact_or_end(z, &mut one, &|| "the end".into())? {
                         return Err(undecodable(format!("bytes after its {} records", self.header.records)));
                     }
                     return Ok(None);
                 }
                 let n = self.header.records - self.left;
-                let bytes = read_item(z, MAX_ENTRY, &format!("record {n} of {}", self.header.records))?;
+                let total = self.header.records;
+                let bytes = read_item(z, MAX_ENTRY, &|| format!("record {n} of {total}"))?;
                 let entry: Entry = bincode::deserialize(&bytes).map_err(|e| undecodable(format!("record {n}: {e}")))?;
                 self.left -= 1;
                 Ok(Some(entry))
