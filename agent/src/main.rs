@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use hybrid_agent::api::{self, Listener};
-use hybrid_agent::clock::{Clock, SystemClock};
+use hybrid_agent::clock::{Clock, ScaledClock, SystemClock};
 use hybrid_agent::config::{Config, Role};
 use hybrid_agent::controller::{Controller, Settings};
 use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
@@ -38,6 +38,15 @@ enum Cmd {
     Controller {
         #[arg(long, default_value = "/etc/hybridfs/agent.toml")]
         config: PathBuf,
+        /// Agent time starts at this instant (RFC 3339, e.g. 2026-12-01T08:55:00+03:00)
+        /// instead of the wall clock's now: for demos and end-to-end tests. Nodes get the
+        /// same clock in their bootstrap.
+        #[arg(long, value_name = "TIME")]
+        clock_start: Option<jiff::Timestamp>,
+        /// Agent time runs this many times faster than the wall clock (600: a day in 144 s).
+        /// Every duration in the config is agent time.
+        #[arg(long, value_name = "N", default_value_t = 1.0)]
+        clock_speed: f64,
     },
     /// Runs a burst node (role = "node") until released, SIGTERM, or its lease runs out.
     Node {
@@ -88,9 +97,10 @@ fn owner_id(state_dir: &Path) -> Result<String> {
     Ok(owner)
 }
 
-/// Runs the load command; its first word, as a number.
-fn read_load(cmd: &str) -> Option<f64> {
-    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output();
+/// Runs the load command (with `HYBRID_AGENT_NOW`: the agent time, RFC 3339, for a fake load
+/// that follows the agent's clock); its first word, as a number.
+fn read_load(cmd: &str, now: jiff::Timestamp) -> Option<f64> {
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).env("HYBRID_AGENT_NOW", now.to_string()).output();
     match out {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
@@ -117,7 +127,23 @@ fn hybridfs_home(configured: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/hybridfs"))
 }
 
-fn run_controller(file: &Path) -> Result<()> {
+/// The agent clock the flags ask for: the wall clock, or a shifted and sped-up one.
+fn agent_clock(start: Option<jiff::Timestamp>, speed: f64) -> Result<Option<ScaledClock>> {
+    if !(speed.is_finite() && speed > 0.0) {
+        bail!("--clock-speed {speed}: a number above 0");
+    }
+    Ok(match (start, speed) {
+        (None, s) if s == 1.0 => None,
+        (start, speed) => Some(ScaledClock::starting_now(start.unwrap_or_else(jiff::Timestamp::now), speed)),
+    })
+}
+
+/// How long to nap for `d` of agent time.
+fn real(clock: Option<&ScaledClock>, d: Duration) -> Duration {
+    clock.map_or(d, |c| c.real(d))
+}
+
+fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
     let cfg = load_config(file, Role::Controller)?;
     // Config::check guarantees these sections for the controller role.
     let (Some(vol), Some(api_cfg), Some(load), Some(up), Some(burst), Some(merge), Some(prov)) =
@@ -127,7 +153,13 @@ fn run_controller(file: &Path) -> Result<()> {
     };
     let store = StateStore::open(&cfg.state_dir)?;
     let token = api::load_or_create_token(&api_cfg.token_file).context("admin token")?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = match scaled {
+        Some(c) => {
+            info!("agent clock: starts at {} and runs {}x the wall clock", c.start, c.speed);
+            Arc::new(c)
+        }
+        None => Arc::new(SystemClock),
+    };
     let local = prov.local.clone().unwrap_or_default();
     let provider = Arc::new(LocalProvider::new(local, &cfg.state_dir.join("local-nodes"), clock.clone())?);
     let home = Arc::new(Hybridctl {
@@ -150,8 +182,9 @@ fn run_controller(file: &Path) -> Result<()> {
         controller_addr: sock.clone(),
         node_env: Default::default(),
         alert_command: merge.alert_command.clone(),
+        clock: scaled,
     };
-    let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock)?));
+    let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock.clone())?));
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();
     for addr in [api_cfg.listen.as_str(), sock.as_str()] {
@@ -162,11 +195,11 @@ fn run_controller(file: &Path) -> Result<()> {
     }
     info!("controller running (state {})", cfg.state_dir.display());
     while !STOP.load(Ordering::Relaxed) {
-        let reading = read_load(&load.command);
+        let reading = read_load(&load.command, clock.now());
         if let Err(e) = ctrl.lock().unwrap_or_else(|p| p.into_inner()).step(reading) {
             error!("reconcile: {e}");
         }
-        nap(load.every.0);
+        nap(real(scaled.as_ref(), load.every.0));
     }
     info!("controller stopping; its nodes keep running and are adopted at the next start");
     stop.store(true, Ordering::Relaxed);
@@ -189,7 +222,12 @@ fn run_node(file: &Path) -> Result<()> {
     let link = Arc::new(HttpLink { addr: boot.controller.clone(), node: boot.node.clone(), token: boot.token.clone() });
     let every = node.report_every.0.min(Duration::from_secs(boot.lease_secs.max(3) / 3));
     let settings = NodeSettings { mountpoint: node.mountpoint.clone(), push_every: node.push_every.0 };
-    let mut agent = NodeAgent::new(boot, settings, volume, link, Arc::new(SystemClock));
+    let scaled = boot.clock;
+    let clock: Arc<dyn Clock> = match scaled {
+        Some(c) => Arc::new(c),
+        None => Arc::new(SystemClock),
+    };
+    let mut agent = NodeAgent::new(boot, settings, volume, link, clock);
     agent.start().context("start the node")?;
     loop {
         if STOP.load(Ordering::Relaxed) {
@@ -198,7 +236,7 @@ fn run_node(file: &Path) -> Result<()> {
         if agent.tick() == Step::Exit {
             return Ok(());
         }
-        nap(every);
+        nap(real(scaled.as_ref(), every));
     }
 }
 
@@ -217,7 +255,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Cmd::Controller { config } => run_controller(&config),
+        Cmd::Controller { config, clock_start, clock_speed } => agent_clock(clock_start, clock_speed).and_then(|c| run_controller(&config, c)),
         Cmd::Node { config } => run_node(&config),
     };
     match result {

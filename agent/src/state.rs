@@ -28,54 +28,8 @@ use crate::scaler::Scaler;
 pub const STATE_FILE: &str = "state.json";
 const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Written before the launch call; no instance id known yet.
-    Intended,
-    /// Launched; the node works and reports.
-    Running,
-    /// Told to push everything and stop writing; waiting for zero unpushed bytes.
-    Draining,
-    /// Termination asked; waiting for a describe to confirm it.
-    Terminating,
-    /// Confirmed gone by the provider.
-    Terminated,
-}
-
-impl Phase {
-    /// Whether the node may be costing money.
-    pub fn is_live(self) -> bool {
-        self != Phase::Terminated
-    }
-}
-
-/// What a node last said about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeReport {
-    pub at: Timestamp,
-    pub healthy: bool,
-    pub unpushed_bytes: u64,
-    /// When its branch was last pushed, and the layer that push made.
-    pub last_push_at: Option<Timestamp>,
-    pub head: Option<u64>,
-    /// Files written since the last push (at most a few hundred; for the loss report).
-    #[serde(default)]
-    pub unpushed_paths: Vec<String>,
-    /// The node has pushed after it was told to drain, and writes nothing more.
-    #[serde(default)]
-    pub drained: bool,
-}
-
-/// What was lost when a node had to go with unpushed data (hard deadline, or the node died).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Loss {
-    pub bytes: u64,
-    pub paths: Vec<String>,
-    /// The last push that did reach the store: everything written after it is lost.
-    pub since: Option<Timestamp>,
-    pub reason: String,
-}
+// The phases, reports and losses are what the API shows too: defined with its types.
+pub use hybrid_agent_api::{Loss, NodeReport, Phase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -123,6 +77,26 @@ impl NodeRecord {
             last_report: None,
             loss: None,
             merged: false,
+        }
+    }
+}
+
+impl NodeRecord {
+    /// What the API shows of it: everything but the token and the idempotency key.
+    pub fn view(&self) -> hybrid_agent_api::NodeView {
+        hybrid_agent_api::NodeView {
+            node: self.intent.clone(),
+            phase: self.phase,
+            instance_id: self.instance_id.clone(),
+            instance_type: self.instance_type.clone(),
+            branch: self.branch.clone(),
+            requested_at: self.requested_at,
+            started_at: self.started_at,
+            stopped_at: self.stopped_at,
+            drain_requested_at: self.drain_requested_at,
+            last_report: self.last_report.clone(),
+            loss: self.loss.clone(),
+            merged: self.merged,
         }
     }
 }

@@ -9,76 +9,19 @@
 //!
 //! Needs root, iproute2, /dev/fuse and `hybridctl` (env HYBRIDCTL, or built next to the agent).
 
+//!
+//! `hybridctl nodes list|drain` and `hybridctl cost` are checked against the running
+//! controller: with the admin token they answer; with a wrong token they are refused; with no
+//! controller at the address they say so in one line.
+
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::{can_run, ctl_ok, ctl_run, eventually, mounted, start, write_synced, Sweeper};
 use hybrid_agent::state::{Phase, StateStore};
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        // SAFETY: SIGTERM to the controller this test started; then reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-/// Removes whatever nodes a failed run left: processes in their namespaces, mounts, namespaces.
-struct Sweeper(PathBuf);
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.0) else { return };
-        for e in entries.filter_map(|e| e.ok()) {
-            let ns = format!("hy-{}", e.file_name().to_string_lossy());
-            let pids = Command::new("ip").args(["netns", "pids", &ns]).output().map(|o| o.stdout).unwrap_or_default();
-            for pid in String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                // SAFETY: kill(2) of processes inside a namespace this test's controller made.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            if mounted(&e.path().join("mnt")) {
-                let _ = Command::new("umount").arg("-l").arg(e.path().join("mnt")).status();
-            }
-            if Path::new("/run/netns").join(&ns).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            }
-        }
-    }
-}
-
-fn hybridctl() -> Option<PathBuf> {
-    let beside = Path::new(env!("CARGO_BIN_EXE_hybrid-agent")).with_file_name("hybridctl");
-    std::env::var_os("HYBRIDCTL").map(PathBuf::from).or(Some(beside)).filter(|p| p.exists())
-}
-
-fn can_run() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    let fuse = Path::new("/dev/fuse").exists();
-    let ctl = hybridctl();
-    if !(root && ip && fuse && ctl.is_some()) {
-        eprintln!("SKIPPED: needs root, iproute2, /dev/fuse and hybridctl (root={root} ip={ip} fuse={fuse} hybridctl={ctl:?})");
-        return None;
-    }
-    ctl
-}
-
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn mounted(path: &Path) -> bool {
-    let p = path.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split_whitespace().nth(4) == Some(&p))
-}
 
 fn config(dir: &Path, merge_start: &str, merge_end: &str) -> PathBuf {
     let text = format!(
@@ -118,31 +61,43 @@ stop_grace_secs = 30
     path
 }
 
-fn start(ctl: &Path, dir: &Path, config: &Path) -> Controller {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("controller.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hybrid-agent"))
-        .args(["controller", "--config"])
-        .arg(config)
-        .env("HYBRIDCTL", ctl)
-        .env("HYBRIDFS_HOME", dir.join("home"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Controller(child)
-}
-
 fn hhmm(offset_mins: i64) -> String {
     let t = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_mins(offset_mins)).unwrap();
     t.strftime("%H:%M").to_string()
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).unwrap();
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+/// The hybridctl commands that talk to the controller, while its node runs.
+fn check_the_cli(ctl: &Path, dir: &Path, node: &str) {
+    let sock = format!("unix:{}", dir.join("state/api.sock").display());
+    let token = dir.join("token").display().to_string();
+    let agent = ["--agent", sock.as_str(), "--token-file", token.as_str()];
+    fn join<'a>(args: &[&'a str], agent: &[&'a str]) -> Vec<&'a str> {
+        [args, agent].concat()
+    }
+    let with = |args: &[&'static str]| join(args, &agent);
+    let list: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["nodes", "list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!((list[0]["node"].as_str(), list[0]["phase"].as_str()), (Some("n0001"), Some("running")), "{list}");
+    assert_eq!(list[0]["instance_id"].as_str(), Some(node));
+    assert!(list[0].get("token").is_none(), "the node's token is not shown: {list}");
+    let text = ctl_ok(ctl, dir, &with(&["nodes", "list"]));
+    assert!(text.contains("n0001") && text.contains("running") && text.contains(node), "{text}");
+    let cost: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["cost", "--json"]))).unwrap();
+    assert!(cost[0]["node"] == "n0001" && cost[0]["stop"].is_null() && cost[0]["estimate"] == true, "{cost}");
+    assert!(ctl_ok(ctl, dir, &with(&["cost"])).contains("total: 1 nodes"));
+
+    // Refusals: an unknown node (exit 2), a wrong token (exit 1), no controller (exit 1).
+    let out = ctl_run(ctl, dir, &with(&["nodes", "drain", "n0999"]));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let wrong = dir.join("wrong.token");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef").unwrap();
+    let out = ctl_run(ctl, dir, &["nodes", "list", "--agent", &sock, "--token-file", &wrong.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("refused the token") && err.lines().count() == 1, "{err}");
+    let gone = format!("unix:{}", dir.join("nothing-here.sock").display());
+    let out = ctl_run(ctl, dir, &["cost", "--agent", &gone, "--token-file", &token]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains(&format!("no hybrid-agent controller answers at {gone}")) && err.lines().count() == 1, "{err}");
 }
 
 #[test]
@@ -157,7 +112,7 @@ fn no_lost_writes_a_node_rented_on_load_is_adopted_after_a_restart_drained_merge
     let _sweeper = Sweeper(dir.join("state/local-nodes"));
 
     // Day: the load is high, one node is rented and mounts the volume.
-    let day = start(&ctl, dir, &config(dir, &hhmm(600), &hhmm(630)));
+    let day = start(&ctl, dir, &config(dir, &hhmm(600), &hhmm(630)), &[]);
     let nodes = dir.join("state/local-nodes");
     let mut mnt = PathBuf::new();
     eventually("the node has mounted the volume", 90, || {
@@ -170,12 +125,13 @@ fn no_lost_writes_a_node_rented_on_load_is_adopted_after_a_restart_drained_merge
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(mnt.join("train.log")).unwrap();
     log.write_all(b"step 1 loss 0.50\n").unwrap();
     log.sync_all().unwrap();
+    let id = mnt.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+    check_the_cli(&ctl, dir, &id);
     drop(day); // the controller stops; its node keeps running
 
-    let id = mnt.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
     assert!(mounted(&mnt), "the node outlives its controller");
     // Night: a new controller with the merge window open adopts the node, drains, merges.
-    let night = start(&ctl, dir, &config(dir, &hhmm(0), &hhmm(30)));
+    let night = start(&ctl, dir, &config(dir, &hhmm(0), &hhmm(30)), &[]);
     let store = StateStore::open(&dir.join("state")).unwrap();
     eventually("the node is drained, terminated and merged", 120, || {
         store.load().unwrap().nodes.first().is_some_and(|n| n.phase == Phase::Terminated && n.merged)
@@ -184,6 +140,9 @@ fn no_lost_writes_a_node_rented_on_load_is_adopted_after_a_restart_drained_merge
     let sock = format!("unix:{}", dir.join("state/api.sock").display());
     let cost = hybrid_agent::api::call(&sock, "GET", "/v1/cost", Some(&token), None).unwrap();
     assert_eq!(hybrid_agent::api::call(&sock, "GET", "/v1/cost", None, None).unwrap().status, 401);
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let since = ctl_ok(&ctl, dir, &["cost", "--since", &today, "--agent", &sock, "--token-file", &dir.join("token").display().to_string()]);
+    assert!(since.contains("total: 1 nodes"), "{since}");
     drop(night);
     let rows = cost.body.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{}", cost.body);

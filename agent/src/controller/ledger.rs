@@ -1,33 +1,25 @@
 //! The cost ledger: one row per node, from what the provider reported.
 
 use jiff::Timestamp;
-use serde::Serialize;
+
+pub use hybrid_agent_api::LedgerRow;
 
 use crate::state::State;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LedgerRow {
-    pub node: String,
-    pub instance_id: Option<String>,
-    pub instance_type: String,
-    pub start: Option<Timestamp>,
-    /// `None` while it runs (hours then count up to now).
-    pub stop: Option<Timestamp>,
-    pub hours: f64,
-    pub price_per_hour: f64,
-    pub cost: f64,
-    /// The price is a guess: the provider gave none.
-    pub estimate: bool,
-}
-
-/// Hours are counted from the provider's start to its stop (or `now`), per node.
-pub fn ledger(state: &State, now: Timestamp) -> Vec<LedgerRow> {
+/// Hours are counted from the provider's start to its stop (or `now`), per node. With `since`,
+/// only nodes still running then or started after are listed, and their hours count from it.
+pub fn ledger(state: &State, now: Timestamp, since: Option<Timestamp>) -> Vec<LedgerRow> {
     state
         .nodes
         .iter()
+        .filter(|n| since.is_none_or(|s| n.stopped_at.is_none_or(|stop| stop > s)))
         .map(|n| {
-            let hours = match n.started_at {
-                Some(start) => n.stopped_at.unwrap_or(now).duration_since(start).as_secs_f64().max(0.0) / 3600.0,
+            let from = match (n.started_at, since) {
+                (Some(start), Some(s)) => Some(start.max(s)),
+                (start, _) => start,
+            };
+            let hours = match from {
+                Some(from) => n.stopped_at.unwrap_or(now).duration_since(from).as_secs_f64().max(0.0) / 3600.0,
                 None => 0.0,
             };
             LedgerRow {

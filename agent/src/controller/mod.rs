@@ -58,6 +58,8 @@ pub struct Settings {
     /// Environment handed to nodes for the volume tools (store endpoint, scoped credentials).
     pub node_env: BTreeMap<String, String>,
     pub alert_command: Option<String>,
+    /// The agent clock when it is scaled (handed to nodes in their bootstrap).
+    pub clock: Option<crate::clock::ScaledClock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,11 @@ impl Controller {
                     rec.stopped_at = i.and_then(|i| i.terminated_at).or(Some(now));
                     rec.phase = Phase::Terminated;
                     info!("node {}: termination confirmed by describe", rec.intent);
+                    // A node released before it drained: its final report (after its push at
+                    // SIGTERM) says whether anything stayed behind.
+                    if rec.loss.is_none() && rec.last_report.as_ref().is_some_and(|r| r.unpushed_bytes > 0) {
+                        record_loss(rec, "terminated with unpushed data in its final report");
+                    }
                 }
                 (Phase::Running | Phase::Draining, i) if i.is_none_or(|i| i.state == InstanceState::Terminated) => {
                     warn!("node {}: the provider no longer runs it", rec.intent);
@@ -364,6 +371,7 @@ impl Controller {
                 token: rec.token.clone(),
                 lease_secs: self.settings.lease.as_secs(),
                 env: self.settings.node_env.clone(),
+                clock: self.settings.clock,
             },
         };
         match self.provider.launch(&req) {
@@ -398,6 +406,19 @@ impl Controller {
             rec.drain_requested_at = Some(now);
         }
         self.save()
+    }
+
+    /// Terminates a node now, without waiting for it to report zero unpushed bytes (an
+    /// operator's `hybridctl nodes release`): the node pushes at SIGTERM before it exits; if its
+    /// final report still holds unpushed bytes, they are recorded as lost when the termination
+    /// is confirmed. `drain` is the way that waits.
+    pub fn release(&mut self, intent: &str) -> Result<(), ControllerError> {
+        let rec = self.state.node(intent).ok_or_else(|| ControllerError::UnknownNode(intent.into()))?;
+        if matches!(rec.phase, Phase::Terminating | Phase::Terminated) {
+            return Ok(());
+        }
+        info!("node {intent}: released by an operator; terminating");
+        self.terminate(intent, None)
     }
 
     /// The close of the merge window during or after `t`: the latest a node may keep data.
@@ -529,7 +550,26 @@ impl Controller {
     }
 
     pub fn ledger(&self) -> Vec<LedgerRow> {
-        ledger(&self.state, self.clock.now())
+        ledger(&self.state, self.clock.now(), None)
+    }
+
+    /// The ledger of what ran since `since` (hours counted from it).
+    pub fn ledger_since(&self, since: Option<Timestamp>) -> Vec<LedgerRow> {
+        ledger(&self.state, self.clock.now(), since)
+    }
+
+    /// `YYYY-MM-DD` (midnight in the burst window's zone) or an RFC 3339 instant.
+    pub fn parse_since(&self, s: &str) -> Result<Timestamp, String> {
+        if let Ok(t) = s.parse::<Timestamp>() {
+            return Ok(t);
+        }
+        let date: jiff::civil::Date = s.parse().map_err(|_| format!("since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))?;
+        date.to_zoned(self.settings.burst.tz.clone()).map(|z| z.timestamp()).map_err(|e| format!("since {s:?}: {e}"))
+    }
+
+    /// Every node, as the API shows them (no secrets).
+    pub fn nodes(&self) -> Vec<hybrid_agent_api::NodeView> {
+        self.state.nodes.iter().map(NodeRecord::view).collect()
     }
 }
 

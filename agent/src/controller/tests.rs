@@ -35,6 +35,7 @@ fn settings() -> Settings {
         controller_addr: "unix:/nonexistent".into(),
         node_env: BTreeMap::new(),
         alert_command: None,
+        clock: None,
     }
 }
 
@@ -439,4 +440,50 @@ fn no_lost_writes_a_branch_is_merged_only_after_the_provider_confirms_its_node_g
     w.minute(&mut c, 70.0, 0);
     w.minute(&mut c, 70.0, 0);
     assert_eq!(w.home.get().merged, ["burst-n0001"]);
+}
+
+#[test]
+fn a_released_node_goes_now_and_only_what_its_final_report_still_held_is_a_loss() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    let now = w.clock.now();
+    let (a, b) = (c.rent(now).unwrap().unwrap(), c.rent(now).unwrap().unwrap());
+    w.minute(&mut c, 60.0, 1000);
+    let token = |c: &Controller, n: &str| c.state().node(n).unwrap().token.clone();
+    // Both are released before they drained: terminated at once, not waiting for a drain.
+    c.release(&a).unwrap();
+    c.release(&b).unwrap();
+    assert!(c.state().nodes.iter().all(|n| n.phase == Phase::Terminating));
+    assert!(matches!(c.release("n0999"), Err(ControllerError::UnknownNode(_))));
+    // Their final reports, after the push at SIGTERM: a pushed everything, b could not.
+    let last = |unpushed: u64| NodeReport { unpushed_bytes: unpushed, drained: unpushed == 0, ..w.report(&FakeNode::default(), true) };
+    c.report(&a, &token(&c, &a), last(0)).unwrap();
+    c.report(&b, &token(&c, &b), last(500)).unwrap();
+    c.step(Some(60.0)).unwrap();
+    let s = c.state();
+    assert!(s.nodes.iter().all(|n| n.phase == Phase::Terminated));
+    assert_eq!(s.node(&a).unwrap().loss, None);
+    assert_eq!(s.node(&b).unwrap().loss.as_ref().map(|l| l.bytes), Some(500), "{:?}", s.node(&b));
+}
+
+#[test]
+fn the_ledger_since_a_date_lists_what_ran_after_it_and_counts_hours_from_it() {
+    let w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    let now = w.clock.now();
+    let first = c.rent(now).unwrap().unwrap();
+    w.clock.advance(Duration::from_secs(3600));
+    c.release(&first).unwrap();
+    c.step(Some(60.0)).unwrap(); // 10:00: the first stops
+    let second = c.rent(w.clock.now()).unwrap().unwrap();
+    w.clock.advance(Duration::from_secs(2 * 3600)); // 12:00: the second still runs
+    assert_eq!(c.ledger().len(), 2);
+    let since = c.parse_since("2026-03-02T11:00:00Z").unwrap();
+    let rows = c.ledger_since(Some(since));
+    assert_eq!(rows.len(), 1, "the node that stopped at 10:00 is not listed: {rows:?}");
+    assert_eq!(rows[0].node, second);
+    assert!((rows[0].hours - 1.0).abs() < 1e-9, "hours count from 11:00: {rows:?}");
+    // A date is midnight in the burst window's zone (UTC here).
+    assert_eq!(c.parse_since("2026-03-02").unwrap(), "2026-03-02T00:00:00Z".parse::<Timestamp>().unwrap());
+    assert!(c.parse_since("yesterday").unwrap_err().contains("YYYY-MM-DD"));
 }

@@ -29,6 +29,7 @@ pub fn request(owner: &str, intent: &str) -> LaunchRequest {
             token: "t".into(),
             lease_secs: 3600,
             env: BTreeMap::new(),
+            clock: None,
         },
     }
 }

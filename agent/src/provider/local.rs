@@ -59,6 +59,14 @@ pub struct LocalConfig {
     /// The node command (default: this binary, `node --config {config}`). Placeholders:
     /// `{config}`, `{dir}` (the instance folder), `{host_addr}` (the host side of the veth).
     pub node_command: Option<Vec<String>>,
+    /// The nodes' `node.push_every` and `node.report_every` (default: the node role's).
+    pub push_every: Option<String>,
+    pub report_every: Option<String>,
+    /// Environment added to each node's (and so its hybridctl's): `{host_addr}` in a value
+    /// becomes the host side of its veth, e.g. `AWS_ENDPOINT_URL = "http://{host_addr}:8333"`
+    /// for an S3 server on this host (listening on that address too).
+    #[serde(default)]
+    pub node_env: BTreeMap<String, String>,
 }
 
 fn default_subnet() -> String {
@@ -70,7 +78,7 @@ fn default_grace() -> u64 {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { root: None, subnet: default_subnet(), price_per_hour: None, stop_grace_secs: default_grace(), node_command: None }
+        LocalConfig { root: None, subnet: default_subnet(), price_per_hour: None, stop_grace_secs: default_grace(), node_command: None, push_every: None, report_every: None, node_env: BTreeMap::new() }
     }
 }
 
@@ -233,12 +241,17 @@ impl LocalProvider {
         fs::write(&boot_path, b"").and_then(|_| set_mode(&boot_path, 0o600)).map_err(err)?;
         let bytes = serde_json::to_vec_pretty(boot).map_err(|e| ProviderError::Permanent(e.to_string()))?;
         fs::write(&boot_path, bytes).map_err(err)?;
-        let config = format!(
+        let mut config = format!(
             "role = \"node\"\nstate_dir = {:?}\n\n[node]\nbootstrap = {:?}\nmountpoint = {:?}\n",
             dir.join("state"),
             boot_path,
             dir.join("mnt")
         );
+        for (key, value) in [("push_every", &self.cfg.push_every), ("report_every", &self.cfg.report_every)] {
+            if let Some(v) = value {
+                config.push_str(&format!("{key} = {v:?}\n"));
+            }
+        }
         fs::write(dir.join("agent.toml"), config).map_err(err)
     }
 
@@ -400,7 +413,8 @@ impl LocalProvider {
         fs::rename(tmp_dir, self.dir(&rec.id)).map_err(|e| ProviderError::Permanent(format!("create instance folder: {e}")))?;
         self.make_network(rec)?;
         self.write_node_files(rec, boot)?;
-        let env = boot.env.clone();
+        let mut env = boot.env.clone();
+        env.extend(self.cfg.node_env.iter().map(|(k, v)| (k.clone(), v.replace("{host_addr}", &rec.host_addr))));
         self.spawn(rec, &env)?;
         rec.state = InstanceState::Running;
         self.store(rec)?;

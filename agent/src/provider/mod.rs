@@ -80,6 +80,10 @@ pub struct Bootstrap {
     /// Environment for the volume tools (scoped store credentials, endpoint).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The controller's clock when it is not the wall clock (`--clock-start/--clock-speed`):
+    /// the node keeps the same time.
+    #[serde(default)]
+    pub clock: Option<crate::clock::ScaledClock>,
 }
 
 impl std::fmt::Debug for Bootstrap {

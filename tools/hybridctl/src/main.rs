@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 the operation failed (or fsck found problems), 2 usage or bad
 //! input. Errors are one line on stderr.
 
+mod agentcmd;
 mod fmt;
 mod mergecmd;
 mod report;
@@ -210,6 +211,22 @@ enum Cmd {
     /// keeping both sides of every conflict (exit 3 when conflicts were kept); `merge log`,
     /// `merge show ID`, `merge undo [ID]`.
     Merge(MergeArgs),
+    /// Burst nodes of the hybrid-agent controller (over its local API): `nodes list`, `nodes
+    /// rent`, `nodes drain NODE`, `nodes release NODE`.
+    #[command(subcommand)]
+    Nodes(NodesSub),
+    /// The hybrid-agent controller's cost ledger: per node, type, start and stop as the
+    /// provider reported them, hours, price per hour, cost (marked when the price is an estimate).
+    Cost {
+        /// Only what ran since DATE (YYYY-MM-DD: midnight in the burst window's zone; or an
+        /// RFC 3339 time); hours count from it.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the dirty-extent journal: the blocks written, per epoch.
     Journal {
         /// Volume whose journal to list.
@@ -280,6 +297,53 @@ enum MergeSub {
     },
 }
 
+/// How to reach the hybrid-agent controller.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Its API: unix:/PATH or HOST:PORT [default: $HYBRID_AGENT, else unix:/var/lib/hybrid-agent/api.sock]
+    #[arg(long, value_name = "ADDR")]
+    agent: Option<String>,
+    /// The admin token file (0600) [default: $HYBRID_AGENT_TOKEN_FILE, else /etc/hybridfs/agent.token]
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum NodesSub {
+    /// Every node the controller asked for: phase, instance, start/stop, unpushed bytes, last
+    /// push, whether its branch is merged, and what was lost.
+    List {
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rent one node now (inside the burst window, up to max_nodes).
+    Rent {
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain NODE: it pushes everything and is terminated once it reports 0 unpushed bytes.
+    Drain {
+        node: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release NODE now: terminated without waiting (it pushes at SIGTERM; what its final
+    /// report still holds is recorded as lost).
+    Release {
+        node: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum SnapCmd {
     /// Take a snapshot of the live tree (O(1): it seals recent writes and ends the epoch).
@@ -341,8 +405,22 @@ enum SnapCmd {
 pub use hybridfs_node::bad_input as usage;
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    use agentcmd::{Agent, NodesCmd as N};
+    let cmd = match cli.cmd {
+        Cmd::Nodes(sub) => {
+            let (a, cmd, json) = match sub {
+                NodesSub::List { agent, json } => (agent, N::List, json),
+                NodesSub::Rent { agent, json } => (agent, N::Rent, json),
+                NodesSub::Drain { node, agent, json } => (agent, N::Drain(node), json),
+                NodesSub::Release { node, agent, json } => (agent, N::Release(node), json),
+            };
+            return agentcmd::nodes(&Agent::resolve(a.agent, a.token_file), cmd, json);
+        }
+        Cmd::Cost { since, agent, json } => return agentcmd::cost(&Agent::resolve(agent.agent, agent.token_file), since, json),
+        cmd => cmd,
+    };
     let home = Home::resolve(cli.home)?;
-    match cli.cmd {
+    match cmd {
         Cmd::Format { name, block_size, store, encryption_key_file, no_check } => {
             let made = home.format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)?;
             if let Some(path) = &made.new_key_file {
@@ -420,6 +498,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), R::Gc { grace_secs: grace }, json),
+        Cmd::Nodes(_) | Cmd::Cost { .. } => Err(anyhow::anyhow!("nodes and cost are answered before the home is resolved")),
     }
 }
 
@@ -464,7 +543,8 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
 /// client that went away or a connection the store reset, nor a push or a clone halfway.
 fn dies_on_closed_pipe(cmd: &Cmd) -> bool {
     match cmd {
-        Cmd::Status { .. } | Cmd::Journal { .. } | Cmd::Diff { .. } => true,
+        Cmd::Status { .. } | Cmd::Journal { .. } | Cmd::Diff { .. } | Cmd::Cost { .. } => true,
+        Cmd::Nodes(NodesSub::List { .. }) => true,
         Cmd::Fsck { remote, .. } => !remote,
         Cmd::Snapshot(SnapCmd::List { .. } | SnapCmd::Show { .. }) => true,
         _ => false,

@@ -1,0 +1,315 @@
+//! The controller's local API as both sides see it: the wire format (HTTP/1.1, one request per
+//! connection, JSON bodies, `Authorization: Bearer TOKEN`, on a TCP address or a unix socket)
+//! and the types its answers carry. The server (routes, listeners) is in `hybrid-agent`; the
+//! clients are the burst nodes (their reports) and `hybridctl nodes|cost`.
+//!
+//! | method and path | who | what |
+//! |---|---|---|
+//! | `POST /v1/nodes/NODE/report` | that node | body: `NodeReport`; answer: the controller's directive |
+//! | `GET /v1/nodes` | admin | `[NodeView]` |
+//! | `POST /v1/nodes/rent` | admin | rent one node now (inside the window's rules): `{"node"}` |
+//! | `POST /v1/nodes/NODE/drain` | admin | push everything, then terminate once 0 bytes are unpushed |
+//! | `POST /v1/nodes/NODE/release` | admin | terminate now (the node pushes at SIGTERM; what its final report still holds is recorded as lost) |
+//! | `GET /v1/cost[?since=DATE]` | admin | `[LedgerRow]` (clipped to DATE: `YYYY-MM-DD` or RFC 3339) |
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub const MAX_HEADERS: usize = 16 * 1024;
+pub const MAX_BODY: usize = 1024 * 1024;
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Compares two tokens in time independent of where they differ.
+pub fn token_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// The path without its query (`/v1/cost`).
+    pub path: String,
+    /// The query's `key=value` pairs, `%XX` decoded (`+` in a time is sent as `%2B`).
+    pub query: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn bearer(&self) -> Option<&str> {
+        self.headers.get("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(body: serde_json::Value) -> Self {
+        Response { status: 200, body }
+    }
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Response { status, body: serde_json::json!({ "error": message.into() }) }
+    }
+    /// The `error` of an error answer, else the body as text.
+    pub fn message(&self) -> String {
+        self.body["error"].as_str().map_or_else(|| self.body.to_string(), str::to_string)
+    }
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// Reads one request (bounded sizes).
+pub fn read_request(r: &mut impl BufRead) -> io::Result<Request> {
+    let mut head = Vec::new();
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = r.by_ref().take((MAX_HEADERS - head.len()) as u64 + 1).read_line(&mut line)?;
+        head.extend_from_slice(line.as_bytes());
+        if n == 0 || head.len() > MAX_HEADERS {
+            return Err(bad("request head too long or cut"));
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    let first = lines.first().ok_or_else(|| bad("empty request"))?;
+    let mut parts = first.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default());
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), percent_decode(v))).collect();
+    let headers: BTreeMap<String, String> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers.get("content-length").map_or(Ok(0), |v| v.parse()).map_err(|_| bad("bad content-length"))?;
+    if len > MAX_BODY {
+        return Err(bad("body too large"));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(Request { method, path: path.to_string(), query, headers, body })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
+    let body = serde_json::to_vec(&resp.body).map_err(io::Error::other)?;
+    let reason = match resp.status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Error",
+    };
+    write!(w, "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", resp.status, body.len())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// A connection of the API (TCP or unix socket), with timeouts set by `prepare`.
+pub trait Stream: Read + Write + Send {
+    fn prepare(&self) -> io::Result<()>;
+}
+impl Stream for TcpStream {
+    fn prepare(&self) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_read_timeout(Some(IO_TIMEOUT))?;
+        self.set_write_timeout(Some(IO_TIMEOUT))
+    }
+}
+impl Stream for UnixStream {
+    fn prepare(&self) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_read_timeout(Some(IO_TIMEOUT))?;
+        self.set_write_timeout(Some(IO_TIMEOUT))
+    }
+}
+
+/// Connects to `addr` (`unix:/path`, `HOST:PORT` or `http://HOST:PORT`).
+pub fn connect(addr: &str) -> io::Result<Box<dyn Stream>> {
+    let s: Box<dyn Stream> = match addr.strip_prefix("unix:") {
+        Some(p) => Box::new(UnixStream::connect(p)?),
+        None => Box::new(TcpStream::connect(addr.trim_start_matches("http://").trim_end_matches('/'))?),
+    };
+    s.prepare()?;
+    Ok(s)
+}
+
+/// One call to the API at `addr`: status and JSON body. An error is the connection's (no
+/// controller there, or it broke off); an HTTP error status is an `Ok` response.
+pub fn call(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> io::Result<Response> {
+    let body = body.map(serde_json::to_vec).transpose().map_err(io::Error::other)?.unwrap_or_default();
+    let mut s = connect(addr)?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: agent\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    s.write_all(&body)?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    s.take(MAX_BODY as u64 + MAX_HEADERS as u64).read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("response cut"))?;
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    let body = if body.is_empty() { serde_json::Value::Null } else { serde_json::from_str(body).map_err(|e| bad(&e.to_string()))? };
+    Ok(Response { status, body })
+}
+
+// ---- what the answers carry ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Written before the launch call; no instance id known yet.
+    Intended,
+    /// Launched; the node works and reports.
+    Running,
+    /// Told to push everything and stop writing; waiting for zero unpushed bytes.
+    Draining,
+    /// Termination asked; waiting for a describe to confirm it.
+    Terminating,
+    /// Confirmed gone by the provider.
+    Terminated,
+}
+
+impl Phase {
+    /// Whether the node may be costing money.
+    pub fn is_live(self) -> bool {
+        self != Phase::Terminated
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intended => "intended",
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Terminating => "terminating",
+            Phase::Terminated => "terminated",
+        }
+    }
+}
+
+/// What a node last said about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub at: Timestamp,
+    pub healthy: bool,
+    pub unpushed_bytes: u64,
+    /// When its branch was last pushed, and the layer that push made.
+    pub last_push_at: Option<Timestamp>,
+    pub head: Option<u64>,
+    /// Files written since the last push (at most a few hundred; for the loss report).
+    #[serde(default)]
+    pub unpushed_paths: Vec<String>,
+    /// The node has pushed after it was told to drain, and writes nothing more.
+    #[serde(default)]
+    pub drained: bool,
+}
+
+/// What was lost when a node had to go with unpushed data (hard deadline, or the node died).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    pub bytes: u64,
+    pub paths: Vec<String>,
+    /// The last push that did reach the store: everything written after it is lost.
+    pub since: Option<Timestamp>,
+    pub reason: String,
+}
+
+/// A node as `GET /v1/nodes` shows it (the controller's record without its secrets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node's name (its intent id, `n0001`).
+    pub node: String,
+    pub phase: Phase,
+    pub instance_id: Option<String>,
+    pub instance_type: String,
+    pub branch: String,
+    pub requested_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub stopped_at: Option<Timestamp>,
+    pub drain_requested_at: Option<Timestamp>,
+    pub last_report: Option<NodeReport>,
+    pub loss: Option<Loss>,
+    /// Its branch is merged into the home volume.
+    pub merged: bool,
+}
+
+/// One row of the cost ledger: a node, from what the provider reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub node: String,
+    pub instance_id: Option<String>,
+    pub instance_type: String,
+    pub start: Option<Timestamp>,
+    /// `None` while it runs (hours then count up to now).
+    pub stop: Option<Timestamp>,
+    pub hours: f64,
+    pub price_per_hour: f64,
+    pub cost: f64,
+    /// The price is a guess: the provider gave none.
+    pub estimate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_target_is_split_into_path_and_query() {
+        let r = read_request(&mut "GET /v1/cost?since=2026-12-01&x=08:00%2B03:00 HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n".as_bytes()).unwrap();
+        assert_eq!((r.path.as_str(), r.bearer()), ("/v1/cost", Some("abc")));
+        assert_eq!(r.query.get("since").map(String::as_str), Some("2026-12-01"));
+        assert_eq!(r.query.get("x").map(String::as_str), Some("08:00+03:00"));
+    }
+
+    #[test]
+    fn oversized_or_cut_requests_are_rejected() {
+        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert!(read_request(&mut big.as_bytes()).is_err());
+        assert!(read_request(&mut "GET / HTTP/1.1\r\nHost: x\r\n".as_bytes()).is_err());
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEADERS));
+        assert!(read_request(&mut long.as_bytes()).is_err());
+        let ok = read_request(&mut "GET /v1/nodes HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n".as_bytes()).unwrap();
+        assert_eq!((ok.path.as_str(), ok.bearer()), ("/v1/nodes", Some("abc")));
+    }
+
+    #[test]
+    fn an_answer_says_its_error() {
+        assert_eq!(Response::error(401, "wrong token").message(), "wrong token");
+        assert_eq!(Response::ok(serde_json::json!([1])).message(), "[1]");
+    }
+}

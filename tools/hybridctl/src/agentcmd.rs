@@ -1,0 +1,157 @@
+//! `hybridctl nodes list|rent|drain|release` and `hybridctl cost`: calls to the hybrid-agent
+//! controller's local API (`hybrid-agent-api`: HTTP on a unix socket or a TCP address, with
+//! the admin token from a 0600 file). No volume is opened here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use hybrid_agent_api::{LedgerRow, NodeView};
+use hybridfs_node::NodeError;
+use jiff::Timestamp;
+
+use crate::fmt::human_bytes;
+
+/// Where the controller's API is: `--agent` / `HYBRID_AGENT`, else its default state socket.
+pub const DEFAULT_ADDR: &str = "unix:/var/lib/hybrid-agent/api.sock";
+/// The admin token: `--token-file` / `HYBRID_AGENT_TOKEN_FILE`, else the config example's.
+pub const DEFAULT_TOKEN_FILE: &str = "/etc/hybridfs/agent.token";
+
+pub enum NodesCmd {
+    List,
+    Rent,
+    Drain(String),
+    Release(String),
+}
+
+pub struct Agent {
+    addr: String,
+    token_file: PathBuf,
+}
+
+impl Agent {
+    pub fn resolve(addr: Option<String>, token_file: Option<PathBuf>) -> Agent {
+        let addr = addr.or_else(|| std::env::var("HYBRID_AGENT").ok()).unwrap_or_else(|| DEFAULT_ADDR.into());
+        let token_file = token_file
+            .or_else(|| std::env::var_os("HYBRID_AGENT_TOKEN_FILE").map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
+        Agent { addr, token_file }
+    }
+
+    /// One call; the answer's body on 200, else one line saying what refused it.
+    fn call(&self, method: &str, path: &str) -> Result<serde_json::Value> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("read the agent's token file {} (--token-file or HYBRID_AGENT_TOKEN_FILE)", self.token_file.display()))?;
+        let resp = hybrid_agent_api::call(&self.addr, method, path, Some(token.trim()), None).map_err(|e| {
+            anyhow!("no hybrid-agent controller answers at {}: {e} (is `hybrid-agent controller` running? --agent or HYBRID_AGENT names its API)", self.addr)
+        })?;
+        match resp.status {
+            200 => Ok(resp.body),
+            401 => bail!("the controller at {} refused the token in {}: {}", self.addr, self.token_file.display(), resp.message()),
+            400 | 404 => Err(NodeError::NotFound(format!("{}: {}", self.addr, resp.message())).into()),
+            s => bail!("the controller at {} answered HTTP {s}: {}", self.addr, resp.message()),
+        }
+    }
+}
+
+fn when(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "-".into(), |t| t.strftime("%Y-%m-%d %H:%M").to_string())
+}
+
+pub fn nodes(agent: &Agent, cmd: NodesCmd, json: bool) -> Result<ExitCode> {
+    let (method, path, done) = match &cmd {
+        NodesCmd::List => ("GET", "/v1/nodes".to_string(), String::new()),
+        NodesCmd::Rent => ("POST", "/v1/nodes/rent".to_string(), String::new()),
+        NodesCmd::Drain(n) => (
+            "POST",
+            format!("/v1/nodes/{n}/drain"),
+            format!("node {n}: draining (it pushes everything; it is terminated once it reports 0 unpushed bytes)"),
+        ),
+        NodesCmd::Release(n) => (
+            "POST",
+            format!("/v1/nodes/{n}/release"),
+            format!("node {n}: released (it pushes at SIGTERM and is terminated; what it could not push is reported as lost)"),
+        ),
+    };
+    if let NodesCmd::Drain(n) | NodesCmd::Release(n) = &cmd {
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return crate::usage(format!("bad node name {n:?}"));
+        }
+    }
+    let body = agent.call(method, &path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match cmd {
+        NodesCmd::List => print_nodes(&serde_json::from_value::<Vec<NodeView>>(body).context("read the controller's node list")?),
+        NodesCmd::Rent => println!("rented node {} (hybridctl nodes list shows it boot)", body["node"].as_str().unwrap_or("?")),
+        NodesCmd::Drain(_) | NodesCmd::Release(_) => println!("{done}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_nodes(nodes: &[NodeView]) {
+    if nodes.is_empty() {
+        println!("no nodes");
+        return;
+    }
+    println!("{:<7} {:<11} {:<14} {:<8} {:<16} {:<16} {:>10} {:<16} MERGED", "NODE", "PHASE", "INSTANCE", "TYPE", "STARTED", "STOPPED", "UNPUSHED", "LAST PUSH");
+    for n in nodes {
+        let r = n.last_report.as_ref();
+        let unpushed = r.map_or_else(|| "-".into(), |r| human_bytes(r.unpushed_bytes));
+        println!(
+            "{:<7} {:<11} {:<14} {:<8} {:<16} {:<16} {:>10} {:<16} {}",
+            n.node,
+            n.phase.as_str(),
+            n.instance_id.as_deref().unwrap_or("-"),
+            if n.instance_type.is_empty() { "-" } else { &n.instance_type },
+            when(n.started_at),
+            when(n.stopped_at),
+            unpushed,
+            when(r.and_then(|r| r.last_push_at)),
+            if n.merged { "yes" } else { "no" }
+        );
+    }
+    for n in nodes {
+        if let Some(l) = &n.loss {
+            println!("{}: LOST {} since the push at {}: {} ({} paths named)", n.node, human_bytes(l.bytes), when(l.since), l.reason, l.paths.len());
+        }
+    }
+}
+
+pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode> {
+    let path = match &since {
+        Some(s) if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-:+.".contains(c)) => {
+            return crate::usage(format!("bad --since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))
+        }
+        Some(s) => format!("/v1/cost?since={}", s.replace('+', "%2B")),
+        None => "/v1/cost".into(),
+    };
+    let body = agent.call("GET", &path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<LedgerRow> = serde_json::from_value(body).context("read the controller's ledger")?;
+    println!("{:<7} {:<14} {:<8} {:<16} {:<16} {:>8} {:>9} {:>10}", "NODE", "INSTANCE", "TYPE", "START", "STOP", "HOURS", "PRICE/H", "COST");
+    for r in &rows {
+        println!(
+            "{:<7} {:<14} {:<8} {:<16} {:<16} {:>8.2} {:>9.3} {:>10.2}{}",
+            r.node,
+            r.instance_id.as_deref().unwrap_or("-"),
+            r.instance_type,
+            when(r.start),
+            when(r.stop),
+            r.hours,
+            r.price_per_hour,
+            r.cost,
+            if r.estimate { " estimate" } else { "" }
+        );
+    }
+    let (hours, cost): (f64, f64) = rows.iter().fold((0.0, 0.0), |(h, c), r| (h + r.hours, c + r.cost));
+    let guessed = rows.iter().any(|r| r.estimate);
+    let note = if guessed { " (an estimate: the provider gave no price for some nodes)" } else { "" };
+    println!("total: {} nodes, {hours:.2} hours, {cost:.2} USD{note}", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
