@@ -11,6 +11,7 @@
 //! * [`create`] — `format` and `clone`.
 //! * [`keys`] — encryption-key resolution, in one place.
 //! * [`mount`] — the mount lifecycle: foreground and daemonized, umount.
+//! * [`notify`] — systemd readiness (`READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`).
 //! * [`control`] — the typed control API between a client and the mount process: one
 //!   client ([`control::call`]), one server ([`control::serve`]).
 //! * [`status`] — read-only views: status, fsck, journal, merge log.
@@ -32,6 +33,7 @@ pub mod home;
 pub mod keys;
 pub mod metrics_http;
 pub mod mount;
+pub mod notify;
 pub mod status;
 mod volume;
 pub mod workers;

@@ -82,13 +82,16 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Seconds a closed file stays untouched before its data is sealed.
     pub seal_delay: u64,
+    /// Seconds a read waits for a block from the object store [default: the volume's
+    /// `read_timeout_secs`, else 30].
+    pub read_timeout: Option<u64>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, passthrough: true, seal_delay: 30, metrics_addr: None }
+        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None }
     }
 }
 
@@ -113,7 +116,9 @@ pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, pro
 }
 
 /// Serve volume `name` at `mp` in this process until it is unmounted (or SIGINT, SIGTERM,
-/// SIGHUP); everything is flushed when it returns.
+/// SIGHUP); everything is flushed when it returns. Under systemd (`Type=notify`,
+/// `$NOTIFY_SOCKET` set) it says `READY=1` once the mount answers and `STOPPING=1` when the
+/// session ends, before the flush ([`crate::notify`]).
 pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> Result<()> {
     let vd = home.volume(name)?;
     let cfg = vd.config()?;
@@ -124,11 +129,12 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     if let Some(addr) = opts.metrics_addr {
         crate::metrics_http::serve(addr)?;
     }
-    let vol = vd.open_volume(Duration::from_secs(opts.seal_delay))?;
+    let vol = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
     spawn_readahead_tuner(mp.clone());
+    crate::notify::spawn_ready_when_mounted(mp.clone(), format!("serving volume {name} at {}", mp.display()));
     spawn_signal_handler(mp.clone(), signals)?;
     // The mount's background work; stopped (and waited for) when the session ends.
     let workers = vol.workers().clone();
@@ -145,6 +151,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     };
     tracing::info!("serving volume {name} at {}", mp.display());
     let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
+    crate::notify::notify(&format!("STOPPING=1\nSTATUS=unmounted from {}; flushing", mp.display()));
     workers.stop();
     write_metrics(&vol, &vd.metrics_path());
     let _ = std::fs::remove_file(vd.mount_state_path());
@@ -180,9 +187,15 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     if !flags.passthrough {
         cmd.arg("--writeback-cache");
     }
+    if let Some(secs) = flags.read_timeout {
+        cmd.arg("--read-timeout").arg(secs.to_string());
+    }
     if let Some(addr) = flags.metrics_addr {
         cmd.arg("--metrics-addr").arg(addr.to_string());
     }
+    // Readiness is this process's to say (it returns once the mount answers), not the child's:
+    // systemd takes notifications only from a unit's main process.
+    cmd.env_remove(crate::notify::SOCKET_ENV);
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // SAFETY: setsid is async-signal-safe; the child leaves our session so it outlives us.
     unsafe {

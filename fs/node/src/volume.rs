@@ -53,6 +53,12 @@ impl VolumeDir {
     /// alone, unless it merged a branch (then it may need the store to read). Its fetchers
     /// report into `workers`, and its store calls end when they stop.
     pub fn open_blocks(&self, meta: &Arc<MetaStore>, workers: &Arc<Workers>) -> Result<Arc<dyn BlockStore>> {
+        self.open_blocks_with(meta, workers, None)
+    }
+
+    /// [`VolumeDir::open_blocks`] whose reads wait `read_timeout` for a block from the store
+    /// (none: the volume's `read_timeout_secs`, else the lazy store's default).
+    pub fn open_blocks_with(&self, meta: &Arc<MetaStore>, workers: &Arc<Workers>, read_timeout: Option<Duration>) -> Result<Arc<dyn BlockStore>> {
         let local = FileBlockStore::open(self.blocks_dir())?;
         let cfg = self.config()?;
         let remote = match cfg.remote_until_stopped(workers) {
@@ -68,8 +74,8 @@ impl VolumeDir {
         let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
         let cache = FileBlockStore::open(cache_dir)?;
         let lazy = hybridfs_sync::lazy::LazyStore::with_workers(local, cache, remote, meta.clone(), cfg.cache_bytes, workers)?;
-        if let Some(secs) = cfg.read_timeout_secs {
-            lazy.set_read_timeout(Duration::from_secs(secs));
+        if let Some(timeout) = read_timeout.or(cfg.read_timeout_secs.map(Duration::from_secs)) {
+            lazy.set_read_timeout(timeout);
         }
         Ok(Arc::new(lazy))
     }
@@ -77,6 +83,12 @@ impl VolumeDir {
     /// Open the volume for serving (caller holds the lock). Its background work reports into
     /// [`Volume::workers`]; stopping them also cancels the block store's store calls.
     pub fn open_volume(&self, seal_delay: Duration) -> Result<Arc<Volume>> {
+        self.open_volume_with(seal_delay, None)
+    }
+
+    /// [`VolumeDir::open_volume`] with a read timeout for blocks from the store (a mount's
+    /// `--read-timeout`; none: the volume's own).
+    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> Result<Arc<Volume>> {
         let cfg = self.config()?;
         let workers = Workers::new();
         let opts = VolumeOptions {
@@ -87,7 +99,7 @@ impl VolumeDir {
             ..VolumeOptions::default()
         };
         let meta = self.open_meta(false)?;
-        let blocks = self.open_blocks(&meta, &workers)?;
+        let blocks = self.open_blocks_with(&meta, &workers, read_timeout)?;
         Ok(Volume::open(meta, blocks, opts)?)
     }
 }

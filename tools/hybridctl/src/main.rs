@@ -5,13 +5,15 @@
 //! input. Errors are one line on stderr.
 
 mod agentcmd;
+mod config;
 mod fmt;
 mod mergecmd;
 mod report;
 mod snapcmd;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use config::{BlockSize, CacheSize, Config, LogFormat, LogLevel, Secs, StoreUrl, Threads, Value};
 use hybridfs_node::control::Request as R;
 use hybridfs_node::create::CloneSpec;
 use hybridfs_node::{mount, Home};
@@ -27,9 +29,21 @@ use std::process::ExitCode;
     after_help = "Typical use:\n  hybridctl format data\n  hybridctl mount data /mnt/hybrid -d\n  hybridctl snapshot create before-training\n  hybridctl diff before-training\n  hybridctl status\n  hybridctl umount /mnt/hybrid\n\nExit codes: 0 success, 1 operation failed, 2 usage or bad input."
 )]
 struct Cli {
-    /// State directory of all volumes [default: $HYBRIDFS_HOME or /var/lib/hybridfs]
+    /// State directory of all volumes [default: `home` in the config, $HYBRIDFS_HOME, or
+    /// /var/lib/hybridfs]
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// The config file [default: $HYBRIDFS_CONFIG, or /etc/hybridfs/hybridfs.toml if it
+    /// exists]; keys in doc/CONFIGURATION.md. The environment overrides it, flags override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log filter (`info`, `debug`, `warn,hybridfs_sync=debug`) [default: `log.level`, $HYBRIDFS_LOG;
+    /// info for a mount, warn otherwise]
+    #[arg(long, global = true, value_name = "FILTER", value_parser = parse::<LogLevel>)]
+    log_level: Option<LogLevel>,
+    /// Log lines as `text` or `json` [default: `log.format`, $HYBRIDFS_LOG_FORMAT, text]
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = parse::<LogFormat>)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,12 +54,12 @@ enum Cmd {
     Format {
         /// Volume name: letters, digits, '.', '_' and '-'.
         name: String,
-        /// Block size: a power of two from 64K to 64M (suffix K or M).
-        #[arg(long, default_value = "1M")]
-        block_size: String,
+        /// Block size: a power of two from 64K to 64M (suffix K or M) [default: 1M].
+        #[arg(long, value_parser = parse::<BlockSize>)]
+        block_size: Option<BlockSize>,
         /// Object store of the volume: file:///PATH or s3://BUCKET/PREFIX [default: file://HOME/store]
-        #[arg(long)]
-        store: Option<String>,
+        #[arg(long, value_parser = parse::<StoreUrl>)]
+        store: Option<StoreUrl>,
         /// Encrypt everything the volume puts in its store with the key in this file (64 hex
         /// digits; created with a new random key if missing). The key never leaves the node;
         /// HYBRIDFS_ENCRYPTION_KEY overrides the file.
@@ -65,17 +79,22 @@ enum Cmd {
         /// Run in the background; return once the mount answers.
         #[arg(short = 'd', long)]
         daemon: bool,
-        /// FUSE session threads.
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
+        /// FUSE session threads [default: 4].
+        #[arg(long, value_parser = parse::<Threads>)]
+        threads: Option<Threads>,
         /// Cache writes in the kernel (writeback cache) instead of serving reads of not-yet-sealed
         /// files by kernel passthrough at local-disk speed; the kernel allows one of the two.
         /// Helps workloads of many small writes.
         #[arg(long)]
         writeback_cache: bool,
-        /// Seconds a closed file stays untouched before its data is sealed into blocks.
-        #[arg(long, default_value_t = 30)]
-        seal_delay: u64,
+        /// Seconds a closed file stays untouched before its data is sealed into blocks
+        /// [default: 30].
+        #[arg(long, value_name = "SECS", value_parser = parse::<Secs>)]
+        seal_delay: Option<Secs>,
+        /// Seconds a read waits for a block from the object store before it fails with EIO
+        /// [default: the volume's read_timeout_secs, else 30].
+        #[arg(long, value_name = "SECS", value_parser = parse::<Secs>)]
+        read_timeout: Option<Secs>,
         /// Serve metrics in the Prometheus text format at http://ADDR/metrics (e.g.
         /// 127.0.0.1:9580); names in doc/METRICS.md.
         #[arg(long, value_name = "ADDR")]
@@ -182,9 +201,9 @@ enum Cmd {
         /// Local volume name [default: the source volume's name].
         #[arg(long)]
         name: Option<String>,
-        /// Limit of the local block cache (suffix K, M, G) [default: unlimited].
-        #[arg(long)]
-        cache: Option<String>,
+        /// Limit of the local block cache (suffix K, M, G; at least 16M) [default: unlimited].
+        #[arg(long, value_parser = parse::<CacheSize>)]
+        cache: Option<CacheSize>,
         /// The key file of an encrypted volume (or set HYBRIDFS_ENCRYPTION_KEY).
         #[arg(long, value_name = "PATH")]
         encryption_key_file: Option<PathBuf>,
@@ -237,6 +256,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The config file: `config check` validates it, `config show` prints every effective
+    /// value and where it came from (default, FILE:LINE, env VAR, flag).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Print a shell completion script: `hybridctl completions bash > /etc/bash_completion.d/hybridctl`.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (hybridctl.1 and one per subcommand) into DIR.
+    Man {
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check the config file, the environment and the flags; exit 2 with one line naming the
+    /// file, line and key of the first problem.
+    Check,
+    /// Every key's effective value (secrets masked) and its source.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// clap's parser for a [`Value`]: flags are checked as the config file's values are.
+fn parse<T: Value>(s: &str) -> Result<T, String> {
+    T::parse(s)
 }
 
 #[derive(clap::Args)]
@@ -404,7 +452,38 @@ enum SnapCmd {
 /// An error that is the caller's fault: exit code 2.
 pub use hybridfs_node::bad_input as usage;
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// What the command line sets of the config's keys (doc/CONFIGURATION.md).
+fn flags_of(cli: &Cli) -> config::Flags {
+    let mut f = config::Flags {
+        config: cli.config.clone(),
+        home: cli.home.clone(),
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format,
+        ..Default::default()
+    };
+    match &cli.cmd {
+        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, .. } => {
+            f.threads = *threads;
+            f.writeback_cache = writeback_cache.then_some(true);
+            f.seal_delay = *seal_delay;
+            f.read_timeout = *read_timeout;
+            f.metrics_addr = *metrics_addr;
+        }
+        Cmd::Format { block_size, store, encryption_key_file, .. } => {
+            f.block_size = block_size.clone();
+            f.store = store.clone();
+            f.format_key_file = encryption_key_file.clone();
+        }
+        Cmd::Clone { cache, encryption_key_file, .. } => {
+            f.cache = cache.clone();
+            f.clone_key_file = encryption_key_file.clone();
+        }
+        _ => {}
+    }
+    f
+}
+
+fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
     use agentcmd::{Agent, NodesCmd as N};
     let cmd = match cli.cmd {
         Cmd::Nodes(sub) => {
@@ -419,18 +498,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Cost { since, agent, json } => return agentcmd::cost(&Agent::resolve(agent.agent, agent.token_file), since, json),
         cmd => cmd,
     };
-    let home = Home::resolve(cli.home)?;
+    let home = Home::at(&cfg.home);
     match cmd {
-        Cmd::Format { name, block_size, store, encryption_key_file, no_check } => {
-            let made = home.format(&name, &block_size, store.as_deref(), encryption_key_file.as_deref(), !no_check)?;
+        Cmd::Format { name, no_check, .. } => {
+            let key_file = cfg.format_key_file.as_deref();
+            let made = home.format(&name, &cfg.block_size, cfg.store.as_deref(), key_file, !no_check)?;
             if let Some(path) = &made.new_key_file {
                 eprintln!("hybridctl: a new encryption key is in {path}: keep a copy elsewhere; without it the store's copy cannot be read");
             }
             println!("formatted volume {}: block size {}, store {}", made.name, fmt::human_bytes(made.block_size as u64), made.store);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Mount { name, mountpoint, daemon, threads, writeback_cache, seal_delay, metrics_addr } => {
-            let opts = mount::MountOptions { threads, passthrough: !writeback_cache, seal_delay, metrics_addr };
+        Cmd::Mount { name, mountpoint, daemon, .. } => {
+            let opts = mount::MountOptions {
+                threads: cfg.threads,
+                passthrough: !cfg.writeback_cache,
+                seal_delay: cfg.seal_delay,
+                read_timeout: cfg.read_timeout,
+                metrics_addr: cfg.metrics_addr,
+            };
             if daemon {
                 let d = mount::mount_daemon(&home, &name, &mountpoint, &opts, &std::env::current_exe()?)?;
                 println!("mounted {name} at {} (pid {})", d.mountpoint.display(), d.pid);
@@ -478,13 +564,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mergecmd::run(&home, volume.as_deref(), cmd, json)
         }
         Cmd::Pull { volume, json } => snapcmd::run(&home, volume.as_deref(), R::Pull, json),
-        Cmd::Clone { url, branch, source, from, name, cache, encryption_key_file, json } => {
-            let cache = match cache.as_deref().map(hybridfs_node::home::parse_size) {
-                None => None,
-                Some(Some(b)) if b >= 16 << 20 => Some(b),
-                Some(_) => return usage("bad --cache size: a number with K, M or G, at least 16M"),
-            };
-            let spec = CloneSpec { url, branch, source, from, name, cache, key_file: encryption_key_file };
+        Cmd::Clone { url, branch, source, from, name, json, .. } => {
+            let spec = CloneSpec { url, branch, source, from, name, cache: cfg.cache, key_file: cfg.clone_key_file.clone() };
             let c = home.clone_volume(&spec)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c.report)?);
@@ -499,14 +580,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), R::Gc { grace_secs: grace }, json),
         Cmd::Nodes(_) | Cmd::Cost { .. } => Err(anyhow::anyhow!("nodes and cost are answered before the home is resolved")),
+        Cmd::Config(ConfigCmd::Check) => {
+            match &cfg.file {
+                Some(f) => println!("{}: ok", f.display()),
+                None => println!("no config file ({} does not exist): defaults, environment and flags apply", config::DEFAULT_FILE),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Config(ConfigCmd::Show { json }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cfg.rows)?);
+            } else {
+                let w = cfg.rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+                let v = cfg.rows.iter().map(|r| r.value.len()).max().unwrap_or(0).min(40);
+                println!("{:w$}  {:v$}  SOURCE", "KEY", "VALUE");
+                for r in &cfg.rows {
+                    println!("{:w$}  {:v$}  {}", r.key, r.value, r.source);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hybridctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| anyhow::anyhow!("write man pages to {}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-/// `mount -t fuse.hybridfs NAME DIR -o OPTS` runs `mount.fuse.hybridfs NAME DIR -o OPTS`
-/// (a link to this binary): turn that into `hybridctl mount NAME DIR -d ...`. Options of our
-/// own: `home=DIR`, `writeback_cache`, `seal_delay=SECS`, `threads=N`; the generic ones
-/// (`rw`, `defaults`, `nofail`, `_netdev`, ...) are accepted and ignored.
-fn mount_helper_args(args: Vec<String>) -> Vec<String> {
+/// `mount -t fuse.hybridfs NAME DIR -o OPTS` (and an fstab line) runs
+/// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
+/// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
+/// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
+/// `metrics_addr=ADDR`, `writeback_cache`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
+/// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
+/// `ro` is refused: a hybridfs mount is read-write.
+fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
     let mut out = vec!["hybridctl".to_string()];
     let mut rest = Vec::new();
     let mut opts = Vec::new();
@@ -514,6 +628,8 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "-o" => opts.extend(it.next().unwrap_or_default().split(',').map(str::to_string)),
+            // The file system type (fuse.hybridfs), a mount namespace: not ours to use.
+            "-t" | "-N" => drop(it.next()),
             _ if a.starts_with("-o") => opts.extend(a[2..].split(',').map(str::to_string)),
             _ if a.starts_with('-') => {}
             _ => rest.push(a),
@@ -521,20 +637,27 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
     }
     let mut flags = Vec::new();
     for o in opts {
+        let flag = |f: &str, v: &str| [f.to_string(), v.to_string()];
         match o.split_once('=') {
-            Some(("home", v)) => out.extend(["--home".to_string(), v.to_string()]),
-            Some(("seal_delay", v)) => flags.extend(["--seal-delay".to_string(), v.to_string()]),
-            Some(("threads", v)) => flags.extend(["--threads".to_string(), v.to_string()]),
-            Some(("metrics_addr", v)) => flags.extend(["--metrics-addr".to_string(), v.to_string()]),
+            Some(("home", v)) => out.extend(flag("--home", v)),
+            Some(("config", v)) => out.extend(flag("--config", v)),
+            Some(("seal_delay", v)) => flags.extend(flag("--seal-delay", v)),
+            Some(("read_timeout", v)) => flags.extend(flag("--read-timeout", v)),
+            Some(("threads", v)) => flags.extend(flag("--threads", v)),
+            Some(("metrics_addr", v)) => flags.extend(flag("--metrics-addr", v)),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
+            None if o == "ro" => return Err("a hybridfs mount is read-write: option `ro` is not supported".into()),
             _ => {}
         }
+    }
+    if rest.len() != 2 {
+        return Err(format!("usage: mount.fuse.hybridfs VOLUME MOUNTPOINT [-o OPTIONS] (got {rest:?})"));
     }
     out.push("mount".into());
     out.extend(rest);
     out.push("-d".into());
     out.extend(flags);
-    out
+    Ok(out)
 }
 
 /// Commands that only print what they read locally may die quietly on a closed pipe
@@ -545,19 +668,62 @@ fn dies_on_closed_pipe(cmd: &Cmd) -> bool {
     match cmd {
         Cmd::Status { .. } | Cmd::Journal { .. } | Cmd::Diff { .. } | Cmd::Cost { .. } => true,
         Cmd::Nodes(NodesSub::List { .. }) => true,
+        Cmd::Config(_) | Cmd::Completions { .. } => true,
         Cmd::Fsck { remote, .. } => !remote,
         Cmd::Snapshot(SnapCmd::List { .. } | SnapCmd::Show { .. }) => true,
         _ => false,
     }
 }
 
+/// Hands what this process was told on to the processes it starts (a background mount reads
+/// the config again): the file `--config` named, `--log-level`/`--log-format`, and the file's
+/// `s3.*` values for the AWS SDK, which reads the environment. Called before any thread starts.
+fn export(cli: &Cli, cfg: &Config) {
+    if let Some(file) = &cli.config {
+        std::env::set_var(config::FILE_ENV, std::path::absolute(file).unwrap_or_else(|_| file.clone()));
+    }
+    if let Some(level) = &cli.log_level {
+        std::env::set_var("HYBRIDFS_LOG", &level.0);
+    }
+    if let Some(format) = cli.log_format {
+        std::env::set_var("HYBRIDFS_LOG_FORMAT", format.show());
+    }
+    for (var, value) in &cfg.exports {
+        std::env::set_var(var, value);
+    }
+}
+
+/// One line on stderr (not eprintln!: it panics when stderr is closed, turning exit 1 into 101).
+fn say_error(e: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "hybridctl: error: {e}");
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let as_helper = args.first().is_some_and(|a| a.ends_with("mount.fuse.hybridfs"));
-    let cli = if as_helper { Cli::parse_from(mount_helper_args(args)) } else { Cli::parse_from(args) };
+    let cli = if as_helper {
+        match mount_helper_args(args) {
+            Ok(args) => Cli::parse_from(args),
+            Err(e) => {
+                say_error(e);
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        Cli::parse_from(args)
+    };
     let pipe = if dies_on_closed_pipe(&cli.cmd) { libc::SIG_DFL } else { libc::SIG_IGN };
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, pipe) };
+    let cfg = match Config::load(flags_of(&cli), &|var| std::env::var(var).ok()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            say_error(e);
+            return ExitCode::from(2);
+        }
+    };
+    export(&cli, &cfg);
     // The mount process logs what it does; other commands print their result and only warn.
     // fuser's "Failed to send FUSE reply" is a request the kernel gave up on (interrupted):
     // routine, not an error.
@@ -568,24 +734,19 @@ fn main() -> ExitCode {
     } else {
         "warn,aws_config=error"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HYBRIDFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::new(cfg.log_level.as_ref().map_or(default, |l| l.0.as_str()));
     use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal();
     // A log line that cannot be written (stderr a pipe nobody reads any more) is dropped: the
     // default would report it with eprintln!, which panics on that same closed stderr.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .init();
-    match run(cli) {
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    match cfg.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli, &cfg) {
         Ok(code) => code,
         Err(e) => {
-            // Not eprintln!: it panics when stderr is closed, turning exit 1 into 101.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "hybridctl: error: {e:#}");
+            say_error(format!("{e:#}"));
             ExitCode::from(hybridfs_node::exit_code(&e))
         }
     }
@@ -607,9 +768,19 @@ mod tests {
 
     #[test]
     fn mount_helper_turns_fstab_options_into_flags() {
+        let helper = |args: &[&str]| mount_helper_args(args.iter().map(|s| s.to_string()).collect());
         let args = ["/sbin/mount.fuse.hybridfs", "data", "/mnt/hybrid", "-o", "rw,home=/srv/h,seal_delay=5,writeback_cache,nofail"];
-        let got = mount_helper_args(args.iter().map(|s| s.to_string()).collect());
         let want = ["hybridctl", "--home", "/srv/h", "mount", "data", "/mnt/hybrid", "-d", "--seal-delay", "5", "--writeback-cache"];
-        assert_eq!(got, want);
+        assert_eq!(helper(&args).unwrap(), want);
+        // mount(8)'s own flags and the options meant for it and for systemd are not ours.
+        let args = [
+            "mount.fuse.hybridfs", "data", "/mnt/x", "-n", "-t", "fuse.hybridfs", "-o",
+            "rw,noauto,_netdev,x-systemd.requires=network-online.target,config=/etc/h.toml,read_timeout=9",
+        ];
+        let want = ["hybridctl", "--config", "/etc/h.toml", "mount", "data", "/mnt/x", "-d", "--read-timeout", "9"];
+        assert_eq!(helper(&args).unwrap(), want);
+        Cli::try_parse_from(helper(&args).unwrap()).expect("the helper's command line parses");
+        assert!(helper(&["mount.fuse.hybridfs", "data", "/mnt/x", "-o", "ro"]).unwrap_err().contains("read-write"));
+        assert!(helper(&["mount.fuse.hybridfs", "data"]).is_err(), "a missing mount point is refused");
     }
 }

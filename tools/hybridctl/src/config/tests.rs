@@ -1,0 +1,154 @@
+use super::*;
+use std::collections::HashMap;
+
+const FILE: &str = r#"# a node's settings
+home = "/srv/hybridfs"
+
+[log]
+level = "info,hybridfs_sync=debug"
+format = "json"
+
+[mount]
+threads = 8
+writeback_cache = true
+seal_delay = "2m"
+metrics_addr = "127.0.0.1:9580"
+
+[clone]
+cache = "20G"
+
+[s3]
+region = "eu-central-1"
+secret_access_key = "s3cr3t"
+"#;
+
+fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |k: &str| map.get(k).cloned()
+}
+
+fn resolve(text: &str, vars: &[(&str, &str)], flags: Flags) -> Result<Config, Error> {
+    Config::resolve(Some((Path::new("/etc/hybridfs/hybridfs.toml"), text)), flags, &env_of(vars))
+}
+
+fn err(text: &str) -> String {
+    resolve(text, &[], Flags::default()).expect_err("the config should be refused").to_string()
+}
+
+#[test]
+fn the_file_sets_every_kind_of_value() {
+    let c = resolve(FILE, &[], Flags::default()).unwrap();
+    assert_eq!(c.home, PathBuf::from("/srv/hybridfs"));
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!((c.threads, c.writeback_cache, c.seal_delay), (8, true, 120));
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:9580".parse().unwrap()));
+    assert_eq!(c.cache, Some(20 << 30));
+    assert_eq!(c.source_of("mount.threads"), Some("/etc/hybridfs/hybridfs.toml:9"));
+    assert_eq!(c.source_of("mount.read_timeout"), Some("default"));
+    // Unset keys keep their defaults.
+    assert_eq!((c.block_size.as_str(), c.read_timeout, c.store.as_deref()), ("1M", None, None));
+}
+
+#[test]
+fn errors_name_the_file_the_line_and_the_key() {
+    let text = "[mount]\nthreads = 4\nseal_delay = \"soon\"\n";
+    let e = err(text);
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:3: mount.seal_delay: "), "{e}");
+    assert!(e.contains("`soon` is not a duration"), "{e}");
+
+    let e = err("home = \"/h\"\n\n[format]\nblock_size = \"3K\"\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:4: format.block_size: "), "{e}");
+
+    let e = err("[mount]\nthreads = 0\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: mount.threads: "), "{e}");
+
+    let e = err("[mount]\nmetrics_addr = [1, 2]\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: mount.metrics_addr: "), "{e}");
+
+    let e = err("[log]\nlevel = \"info\"\nlevel = \"debug\"\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:3: "), "a duplicate key is refused at its line: {e}");
+}
+
+#[test]
+fn unknown_keys_and_sections_are_errors() {
+    let e = err("[mount]\nthreads = 4\nwriteback = true\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:3: mount.writeback: unknown field `writeback`"), "{e}");
+    let e = err("home = \"/h\"\n[mounts]\nthreads = 4\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: mounts: unknown field `mounts`"), "{e}");
+    let e = err("hom = \"/h\"\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:1: hom: "), "{e}");
+}
+
+#[test]
+fn the_environment_beats_the_file_and_flags_beat_both() {
+    let env = [("HYBRIDFS_MOUNT_THREADS", "6"), ("HYBRIDFS_HOME", "/env/home"), ("HYBRIDFS_LOG_FORMAT", "text")];
+    let c = resolve(FILE, &env, Flags::default()).unwrap();
+    assert_eq!((c.threads, c.home.to_str().unwrap(), c.log_format), (6, "/env/home", LogFormat::Text));
+    assert_eq!(c.source_of("mount.threads"), Some("env HYBRIDFS_MOUNT_THREADS"));
+    assert_eq!(c.source_of("mount.seal_delay"), Some("/etc/hybridfs/hybridfs.toml:11"));
+
+    let flags = Flags { threads: Some(Threads(2)), home: Some("/flag/home".into()), ..Flags::default() };
+    let c = resolve(FILE, &env, flags).unwrap();
+    assert_eq!((c.threads, c.home.to_str().unwrap()), (2, "/flag/home"));
+    assert_eq!(c.source_of("mount.threads"), Some("flag --threads"));
+    assert_eq!(c.source_of("home"), Some("flag --home"));
+    // An empty variable is unset (as the AWS SDK reads them).
+    let c = resolve(FILE, &[("HYBRIDFS_MOUNT_THREADS", "")], Flags::default()).unwrap();
+    assert_eq!(c.threads, 8);
+}
+
+#[test]
+fn a_bad_variable_is_named() {
+    let e = resolve("", &[("HYBRIDFS_MOUNT_SEAL_DELAY", "5y")], Flags::default()).unwrap_err().to_string();
+    assert!(e.starts_with("environment HYBRIDFS_MOUNT_SEAL_DELAY: mount.seal_delay: `5y`"), "{e}");
+}
+
+#[test]
+fn secrets_are_masked_and_s3_values_go_to_the_sdk_variables() {
+    let c = resolve(FILE, &[("AWS_ACCESS_KEY_ID", "AKIDFROMENV")], Flags::default()).unwrap();
+    let row = c.rows.iter().find(|r| r.key == "s3.secret_access_key").unwrap();
+    assert_eq!(row.value, "******");
+    assert!(!format!("{:?}", c.rows).contains("s3cr3t"), "the secret is in no row");
+    assert_eq!(c.source_of("s3.access_key_id"), Some("env AWS_ACCESS_KEY_ID"));
+    // What the file says is handed on; what the environment says already is not touched.
+    assert!(c.exports.contains(&("AWS_SECRET_ACCESS_KEY", "s3cr3t".to_string())), "{:?}", c.exports.len());
+    assert!(c.exports.contains(&("AWS_REGION", "eu-central-1".to_string())));
+    assert!(!c.exports.iter().any(|(var, _)| *var == "AWS_ACCESS_KEY_ID"));
+}
+
+#[test]
+fn only_the_default_file_may_be_missing() {
+    let none = env_of(&[]);
+    assert_eq!(file_to_read(None, &none), (PathBuf::from(DEFAULT_FILE), false));
+    let from_env = env_of(&[(FILE_ENV, "/etc/other.toml")]);
+    assert_eq!(file_to_read(None, &from_env), (PathBuf::from("/etc/other.toml"), true));
+    assert_eq!(file_to_read(Some(Path::new("/x.toml")), &from_env), (PathBuf::from("/x.toml"), true));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let flags = Flags { config: Some(missing.clone()), ..Flags::default() };
+    let e = Config::load(flags, &none).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}:0: -: cannot read the config file", missing.display())), "{e}");
+}
+
+#[test]
+fn every_key_is_documented_with_its_default() {
+    let doc = include_str!("../../../../doc/CONFIGURATION.md");
+    for key in KEYS {
+        let row = doc.lines().find(|l| l.starts_with(&format!("| `{}` |", key.name)));
+        let row = row.unwrap_or_else(|| panic!("doc/CONFIGURATION.md has no row for `{}`", key.name));
+        assert!(row.contains(key.default), "the row of `{}` gives its default {:?}: {row}", key.name, key.default);
+        for var in key.env {
+            assert!(row.contains(var), "the row of `{}` names {var}: {row}", key.name);
+        }
+    }
+}
+
+#[test]
+fn the_shipped_example_checks_as_it_is_and_with_every_key_set() {
+    let example = include_str!("../../../../dist/hybridfs.toml");
+    resolve(example, &[], Flags::default()).unwrap();
+    let all: String = example.lines().map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")).unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    let c = resolve(&all, &[], Flags::default()).unwrap();
+    let from_file = c.rows.iter().filter(|r| r.source.starts_with("/etc/hybridfs/hybridfs.toml:")).count();
+    assert!(from_file >= KEYS.len() - 1, "the example shows nearly every key: {:?}", c.rows);
+}
