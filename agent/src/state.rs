@@ -200,6 +200,36 @@ impl StateStore {
     }
 }
 
+impl StateStore {
+    /// The report file of the night that opened at `opened`.
+    pub fn night_path(&self, opened: Timestamp) -> PathBuf {
+        self.dir.join("nights").join(format!("{}.json", opened.strftime("%Y%m%dT%H%M%SZ")))
+    }
+
+    /// Keeps the night's report as a file of its own, `STATE_DIR/nights/<opened, UTC>.json`
+    /// (replaced atomically), rewritten each time the night changes: what was merged, what
+    /// failed, whether the deadline was missed, and each node merged or lost that night.
+    pub fn save_night(&self, night: &Night, nodes: &[NodeRecord]) -> Result<(), StateError> {
+        let path = self.night_path(night.opened);
+        let io = |what, source| StateError::Io { what, path: path.clone(), source };
+        let branch_of = |b: &String| nodes.iter().find(|n| &n.branch == b).map(NodeRecord::view);
+        let report = serde_json::json!({
+            "opened": night.opened,
+            "merged": night.merged,
+            "failed": night.failed,
+            "deadline_missed": night.deadline_missed,
+            "alerted": night.alerted,
+            "nodes": night.merged.iter().chain(&night.failed).filter_map(branch_of).collect::<Vec<_>>(),
+        });
+        let bytes = serde_json::to_vec_pretty(&report).map_err(|e| io("encode night report", std::io::Error::other(e)))?;
+        fs::create_dir_all(self.dir.join("nights")).map_err(|e| io("create nights directory", e))?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = File::create(&tmp).map_err(|e| io("create night report", e))?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(|e| io("write night report", e))?;
+        fs::rename(&tmp, &path).map_err(|e| io("replace night report", e))
+    }
+}
+
 pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))

@@ -200,6 +200,8 @@ fn no_lost_writes_a_day_of_two_nodes_comes_home_byte_for_byte_and_nothing_is_lef
     }
     assert_eq!(s.nights.len(), 1, "{:?}", s.nights);
     assert!(s.nights[0].merged.len() == 2 && !s.nights[0].deadline_missed, "{:?}", s.nights[0]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(store.night_path(s.nights[0].opened)).unwrap()).unwrap();
+    assert!(report["merged"].as_array().map(Vec::len) == Some(2) && report["nodes"].as_array().map(Vec::len) == Some(2), "{report}");
 
     // The ledger matches what ran: two local nodes, started after the load rose, stopped.
     let rows = ledger.as_array().unwrap();

@@ -85,6 +85,12 @@ fn check_the_cli(ctl: &Path, dir: &Path, node: &str) {
     let cost: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["cost", "--json"]))).unwrap();
     assert!(cost[0]["node"] == "n0001" && cost[0]["stop"].is_null() && cost[0]["estimate"] == true, "{cost}");
     assert!(ctl_ok(ctl, dir, &with(&["cost"])).contains("total: 1 nodes"));
+    // The metrics, in the Prometheus text format, with the token only.
+    let admin = std::fs::read_to_string(dir.join("token")).unwrap();
+    let m = hybrid_agent::api::call(&sock, "GET", "/metrics", Some(&admin), None).unwrap();
+    let text = m.body.as_str().unwrap_or_default();
+    assert!(m.text && text.contains("hybrid_agent_nodes{phase=\"running\"} 1\n") && text.contains("\nhybrid_agent_merge_deadline_missed_total 0\n"), "{m:?}");
+    assert_eq!(hybrid_agent::api::call(&sock, "GET", "/metrics", None, None).unwrap().status, 401);
 
     // Refusals: an unknown node (exit 2), a wrong token (exit 1), no controller (exit 1).
     let out = ctl_run(ctl, dir, &with(&["nodes", "drain", "n0999"]));

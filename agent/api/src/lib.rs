@@ -11,6 +11,7 @@
 //! | `POST /v1/nodes/NODE/drain` | admin | push everything, then terminate once 0 bytes are unpushed |
 //! | `POST /v1/nodes/NODE/release` | admin | terminate now (the node pushes at SIGTERM; what its final report still holds is recorded as lost) |
 //! | `GET /v1/cost[?since=DATE]` | admin | `[LedgerRow]` (clipped to DATE: `YYYY-MM-DD` or RFC 3339) |
+//! | `GET /metrics` | admin | the Prometheus text format (doc/METRICS.md, "hybrid-agent") |
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
@@ -50,15 +51,22 @@ impl Request {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
     pub status: u16,
+    /// JSON; or, for a text answer (`/metrics`), a JSON string sent as the raw text.
     pub body: serde_json::Value,
+    /// The body is plain text (`text/plain`), not JSON.
+    pub text: bool,
 }
 
 impl Response {
     pub fn ok(body: serde_json::Value) -> Self {
-        Response { status: 200, body }
+        Response { status: 200, body, text: false }
     }
     pub fn error(status: u16, message: impl Into<String>) -> Self {
-        Response { status, body: serde_json::json!({ "error": message.into() }) }
+        Response { status, body: serde_json::json!({ "error": message.into() }), text: false }
+    }
+    /// A plain-text answer (the Prometheus text format).
+    pub fn text(body: String) -> Self {
+        Response { status: 200, body: serde_json::Value::String(body), text: true }
     }
     /// The `error` of an error answer, else the body as text.
     pub fn message(&self) -> String {
@@ -127,7 +135,10 @@ fn percent_decode(s: &str) -> String {
 }
 
 pub fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
-    let body = serde_json::to_vec(&resp.body).map_err(io::Error::other)?;
+    let (body, kind) = match (&resp.body, resp.text) {
+        (serde_json::Value::String(t), true) => (t.as_bytes().to_vec(), "text/plain; version=0.0.4"),
+        (b, _) => (serde_json::to_vec(b).map_err(io::Error::other)?, "application/json"),
+    };
     let reason = match resp.status {
         200 => "OK",
         400 => "Bad Request",
@@ -136,7 +147,7 @@ pub fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
         409 => "Conflict",
         _ => "Error",
     };
-    write!(w, "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", resp.status, body.len())?;
+    write!(w, "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", resp.status, body.len())?;
     w.write_all(&body)?;
     w.flush()
 }
@@ -184,8 +195,13 @@ pub fn call(addr: &str, method: &str, path: &str, token: Option<&str>, body: Opt
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("response cut"))?;
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-    let body = if body.is_empty() { serde_json::Value::Null } else { serde_json::from_str(body).map_err(|e| bad(&e.to_string()))? };
-    Ok(Response { status, body })
+    let text = head.lines().any(|l| l.to_ascii_lowercase().starts_with("content-type: text/plain"));
+    let body = match (body.is_empty(), text) {
+        (true, _) => serde_json::Value::Null,
+        (false, true) => serde_json::Value::String(body.to_string()),
+        (false, false) => serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?,
+    };
+    Ok(Response { status, body, text })
 }
 
 // ---- what the answers carry ----

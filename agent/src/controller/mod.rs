@@ -21,6 +21,7 @@
 //! Every change of a record is saved before the provider is called about it (see `state`).
 
 mod ledger;
+mod metrics;
 #[cfg(test)]
 mod tests;
 
@@ -126,6 +127,10 @@ impl Controller {
     fn save(&mut self) -> Result<(), ControllerError> {
         if self.saved.as_ref() != Some(&self.state) {
             self.store.save(&self.state)?;
+            let before = self.saved.as_ref().map_or(&[][..], |s| &s.nights[..]);
+            for night in self.state.nights.iter().filter(|n| !before.contains(n)) {
+                self.store.save_night(night, &self.state.nodes)?;
+            }
             self.saved = Some(self.state.clone());
         }
         Ok(())
@@ -565,6 +570,11 @@ impl Controller {
         }
         let date: jiff::civil::Date = s.parse().map_err(|_| format!("since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))?;
         date.to_zoned(self.settings.burst.tz.clone()).map(|z| z.timestamp()).map_err(|e| format!("since {s:?}: {e}"))
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.state)
     }
 
     /// Every node, as the API shows them (no secrets).

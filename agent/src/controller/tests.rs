@@ -382,12 +382,23 @@ fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_
     assert!(night.deadline_missed && night.alerted && night.failed == ["burst-n0001"], "{night:?}");
     assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "1");
     assert!(w.home.get().merged.is_empty());
+    // Besides the error log and the alert: a metric, and the night's report as a file.
+    let m = c.metrics();
+    assert!(m.contains("\nhybrid_agent_merge_deadline_missed_total 1\n") && m.contains("\nhybrid_agent_unmerged_branches 1\n"), "{m}");
+    assert!(m.contains("hybrid_agent_nodes{phase=\"terminated\"} 1"), "{m}");
+    let store = StateStore::open(w.dir.path()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(store.night_path(night.opened)).unwrap()).unwrap();
+    assert!(report["deadline_missed"] == true && report["failed"][0] == "burst-n0001", "{report}");
+    assert_eq!(report["nodes"][0]["node"], "n0001");
     // The next night the store is back: the branch merges then.
     w.home.get().store_down = false;
     while w.clock.now() < "2026-03-03T17:31:00Z".parse::<Timestamp>().unwrap() {
         w.minute(&mut c, 10.0, 0);
     }
     assert_eq!(w.home.get().merged, ["burst-n0001"]);
+    let m = c.metrics();
+    assert!(m.contains("\nhybrid_agent_merge_deadline_missed_total 1\n") && m.contains("\nhybrid_agent_merge_deadline_missed 0\n"), "{m}");
+    assert!(m.contains("\nhybrid_agent_unmerged_branches 0\n"), "{m}");
 }
 
 #[test]

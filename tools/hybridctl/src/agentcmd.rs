@@ -55,7 +55,7 @@ impl Agent {
 }
 
 fn when(t: Option<Timestamp>) -> String {
-    t.map_or_else(|| "-".into(), |t| t.strftime("%Y-%m-%d %H:%M").to_string())
+    t.map_or_else(|| "-".into(), |t| t.strftime("%Y-%m-%d %H:%MZ").to_string())
 }
 
 pub fn nodes(agent: &Agent, cmd: NodesCmd, json: bool) -> Result<ExitCode> {
@@ -96,12 +96,12 @@ fn print_nodes(nodes: &[NodeView]) {
         println!("no nodes");
         return;
     }
-    println!("{:<7} {:<11} {:<14} {:<8} {:<16} {:<16} {:>10} {:<16} MERGED", "NODE", "PHASE", "INSTANCE", "TYPE", "STARTED", "STOPPED", "UNPUSHED", "LAST PUSH");
+    println!("{:<7} {:<11} {:<14} {:<8} {:<17} {:<17} {:>10} {:<17} MERGED", "NODE", "PHASE", "INSTANCE", "TYPE", "STARTED", "STOPPED", "UNPUSHED", "LAST PUSH");
     for n in nodes {
         let r = n.last_report.as_ref();
         let unpushed = r.map_or_else(|| "-".into(), |r| human_bytes(r.unpushed_bytes));
         println!(
-            "{:<7} {:<11} {:<14} {:<8} {:<16} {:<16} {:>10} {:<16} {}",
+            "{:<7} {:<11} {:<14} {:<8} {:<17} {:<17} {:>10} {:<17} {}",
             n.node,
             n.phase.as_str(),
             n.instance_id.as_deref().unwrap_or("-"),
@@ -134,10 +134,10 @@ pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<LedgerRow> = serde_json::from_value(body).context("read the controller's ledger")?;
-    println!("{:<7} {:<14} {:<8} {:<16} {:<16} {:>8} {:>9} {:>10}", "NODE", "INSTANCE", "TYPE", "START", "STOP", "HOURS", "PRICE/H", "COST");
+    println!("{:<7} {:<14} {:<8} {:<17} {:<17} {:>8} {:>9} {:>10}", "NODE", "INSTANCE", "TYPE", "START", "STOP", "HOURS", "PRICE/H", "COST");
     for r in &rows {
         println!(
-            "{:<7} {:<14} {:<8} {:<16} {:<16} {:>8.2} {:>9.3} {:>10.2}{}",
+            "{:<7} {:<14} {:<8} {:<17} {:<17} {:>8.2} {:>9.3} {:>10.2}{}",
             r.node,
             r.instance_id.as_deref().unwrap_or("-"),
             r.instance_type,
