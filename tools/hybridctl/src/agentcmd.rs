@@ -2,7 +2,7 @@
 //! controller's local API (`hybrid-agent-api`: HTTP on a unix socket or a TCP address, with
 //! the admin token from a 0600 file). No volume is opened here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,12 +30,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn resolve(addr: Option<String>, token_file: Option<PathBuf>) -> Agent {
-        let addr = addr.or_else(|| std::env::var("HYBRID_AGENT").ok()).unwrap_or_else(|| DEFAULT_ADDR.into());
-        let token_file = token_file
-            .or_else(|| std::env::var_os("HYBRID_AGENT_TOKEN_FILE").map(PathBuf::from))
-            .unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
-        Agent { addr, token_file }
+    /// The controller at `addr` with the admin token in `token_file`, as the config resolved
+    /// them (`agent.address`, `agent.token_file`: flag, else `$HYBRID_AGENT` and
+    /// `$HYBRID_AGENT_TOKEN_FILE`, else the file, else [`DEFAULT_ADDR`], [`DEFAULT_TOKEN_FILE`]).
+    pub fn new(addr: &str, token_file: &Path) -> Agent {
+        Agent { addr: addr.to_string(), token_file: token_file.to_path_buf() }
     }
 
     /// One call; the answer's body on 200, else one line saying what refused it.

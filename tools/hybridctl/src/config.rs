@@ -48,6 +48,8 @@ pub const KEYS: &[Key] = &[
     key("format.encryption_key_file", &["HYBRIDFS_FORMAT_ENCRYPTION_KEY_FILE"], Some("--encryption-key-file"), "none (not encrypted)"),
     key("clone.cache", &["HYBRIDFS_CLONE_CACHE"], Some("--cache"), "unlimited"),
     key("clone.encryption_key_file", &["HYBRIDFS_CLONE_ENCRYPTION_KEY_FILE"], Some("--encryption-key-file"), "none"),
+    key("agent.address", &["HYBRID_AGENT"], Some("--agent"), crate::agentcmd::DEFAULT_ADDR),
+    key("agent.token_file", &["HYBRID_AGENT_TOKEN_FILE"], Some("--token-file"), crate::agentcmd::DEFAULT_TOKEN_FILE),
     key("s3.endpoint", &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"], None, "AWS's endpoint for the region"),
     key("s3.region", &["AWS_REGION", "AWS_DEFAULT_REGION"], None, "us-east-1"),
     key("s3.access_key_id", &["AWS_ACCESS_KEY_ID"], None, "the AWS credential chain"),
@@ -230,6 +232,23 @@ impl Value for StoreUrl {
     }
 }
 
+/// The hybrid-agent controller's API: `unix:/PATH` or `HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAddr(pub String);
+
+impl Value for AgentAddr {
+    fn parse(s: &str) -> Result<Self, String> {
+        let tcp = s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !(s.starts_with("unix:/") || tcp) {
+            return Err(format!("`{s}` is not an agent address (unix:/PATH or HOST:PORT)"));
+        }
+        Ok(AgentAddr(s.to_string()))
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
 /// A `tracing` filter: `info`, `debug`, `warn,hybridfs_sync=debug`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogLevel(pub String);
@@ -315,7 +334,16 @@ struct FileKeys {
     #[serde(default)]
     clone: CloneKeys,
     #[serde(default)]
+    agent: AgentKeys,
+    #[serde(default)]
     s3: S3Keys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AgentKeys {
+    address: F<AgentAddr>,
+    token_file: F<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +404,8 @@ pub struct Flags {
     pub format_key_file: Option<PathBuf>,
     pub cache: Option<CacheSize>,
     pub clone_key_file: Option<PathBuf>,
+    pub agent: Option<AgentAddr>,
+    pub agent_token_file: Option<PathBuf>,
 }
 
 /// The effective settings, and where each came from.
@@ -397,6 +427,9 @@ pub struct Config {
     pub format_key_file: Option<PathBuf>,
     pub cache: Option<u64>,
     pub clone_key_file: Option<PathBuf>,
+    /// How `hybridctl nodes|cost` reach the hybrid-agent controller.
+    pub agent: String,
+    pub agent_token_file: PathBuf,
     /// Values the file gives to variables other code reads (the AWS SDK's): set in this
     /// process's environment by [`Config::export`].
     pub exports: Vec<(&'static str, String)>,
@@ -496,6 +529,9 @@ impl Config {
         let format_key_file = r.get("format.encryption_key_file", f.encryption_key_file, flags.format_key_file)?;
         let cache = r.get("clone.cache", keys.clone.cache, flags.cache)?.map(|c| c.bytes);
         let clone_key_file = r.get("clone.encryption_key_file", keys.clone.encryption_key_file, flags.clone_key_file)?;
+        let agent = r.get("agent.address", keys.agent.address, flags.agent)?.map_or_else(|| crate::agentcmd::DEFAULT_ADDR.to_string(), |a| a.0);
+        let agent_token_file = r.get("agent.token_file", keys.agent.token_file, flags.agent_token_file)?;
+        let agent_token_file = agent_token_file.unwrap_or_else(|| PathBuf::from(crate::agentcmd::DEFAULT_TOKEN_FILE));
         for (name, value) in [
             ("s3.endpoint", keys.s3.endpoint),
             ("s3.region", keys.s3.region),
@@ -519,6 +555,8 @@ impl Config {
             format_key_file,
             cache,
             clone_key_file,
+            agent,
+            agent_token_file,
             exports: r.exports,
             rows: r.rows,
         })

@@ -13,7 +13,7 @@ mod snapcmd;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use config::{BlockSize, CacheSize, Config, LogFormat, LogLevel, Secs, StoreUrl, Threads, Value};
+use config::{AgentAddr, BlockSize, CacheSize, Config, LogFormat, LogLevel, Secs, StoreUrl, Threads, Value};
 use hybridfs_node::control::Request as R;
 use hybridfs_node::create::CloneSpec;
 use hybridfs_node::{mount, Home};
@@ -348,10 +348,12 @@ enum MergeSub {
 /// How to reach the hybrid-agent controller.
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// Its API: unix:/PATH or HOST:PORT [default: $HYBRID_AGENT, else unix:/var/lib/hybrid-agent/api.sock]
-    #[arg(long, value_name = "ADDR")]
-    agent: Option<String>,
-    /// The admin token file (0600) [default: $HYBRID_AGENT_TOKEN_FILE, else /etc/hybridfs/agent.token]
+    /// Its API: unix:/PATH or HOST:PORT [default: `agent.address` in the config, $HYBRID_AGENT,
+    /// else unix:/var/lib/hybrid-agent/api.sock]
+    #[arg(long, value_name = "ADDR", value_parser = parse::<AgentAddr>)]
+    agent: Option<AgentAddr>,
+    /// The admin token file (0600) [default: `agent.token_file` in the config,
+    /// $HYBRID_AGENT_TOKEN_FILE, else /etc/hybridfs/agent.token]
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
 }
@@ -478,6 +480,12 @@ fn flags_of(cli: &Cli) -> config::Flags {
             f.cache = cache.clone();
             f.clone_key_file = encryption_key_file.clone();
         }
+        Cmd::Nodes(NodesSub::List { agent, .. } | NodesSub::Rent { agent, .. })
+        | Cmd::Nodes(NodesSub::Drain { agent, .. } | NodesSub::Release { agent, .. })
+        | Cmd::Cost { agent, .. } => {
+            f.agent = agent.agent.clone();
+            f.agent_token_file = agent.token_file.clone();
+        }
         _ => {}
     }
     f
@@ -487,15 +495,15 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
     use agentcmd::{Agent, NodesCmd as N};
     let cmd = match cli.cmd {
         Cmd::Nodes(sub) => {
-            let (a, cmd, json) = match sub {
-                NodesSub::List { agent, json } => (agent, N::List, json),
-                NodesSub::Rent { agent, json } => (agent, N::Rent, json),
-                NodesSub::Drain { node, agent, json } => (agent, N::Drain(node), json),
-                NodesSub::Release { node, agent, json } => (agent, N::Release(node), json),
+            let (cmd, json) = match sub {
+                NodesSub::List { json, .. } => (N::List, json),
+                NodesSub::Rent { json, .. } => (N::Rent, json),
+                NodesSub::Drain { node, json, .. } => (N::Drain(node), json),
+                NodesSub::Release { node, json, .. } => (N::Release(node), json),
             };
-            return agentcmd::nodes(&Agent::resolve(a.agent, a.token_file), cmd, json);
+            return agentcmd::nodes(&Agent::new(&cfg.agent, &cfg.agent_token_file), cmd, json);
         }
-        Cmd::Cost { since, agent, json } => return agentcmd::cost(&Agent::resolve(agent.agent, agent.token_file), since, json),
+        Cmd::Cost { since, json, .. } => return agentcmd::cost(&Agent::new(&cfg.agent, &cfg.agent_token_file), since, json),
         cmd => cmd,
     };
     let home = Home::at(&cfg.home);

@@ -152,3 +152,16 @@ fn the_shipped_example_checks_as_it_is_and_with_every_key_set() {
     let from_file = c.rows.iter().filter(|r| r.source.starts_with("/etc/hybridfs/hybridfs.toml:")).count();
     assert!(from_file >= KEYS.len() - 1, "the example shows nearly every key: {:?}", c.rows);
 }
+
+#[test]
+fn the_agent_address_is_checked_and_follows_the_same_order() {
+    let text = "[agent]\naddress = \"127.0.0.1:7870\"\ntoken_file = \"/etc/hybridfs/t\"\n";
+    let c = resolve(text, &[], Flags::default()).unwrap();
+    assert_eq!((c.agent.as_str(), c.agent_token_file.to_str().unwrap()), ("127.0.0.1:7870", "/etc/hybridfs/t"));
+    let c = resolve(text, &[("HYBRID_AGENT", "unix:/run/a.sock")], Flags::default()).unwrap();
+    assert_eq!((c.agent.as_str(), c.source_of("agent.address")), ("unix:/run/a.sock", Some("env HYBRID_AGENT")));
+    let c = resolve("", &[], Flags::default()).unwrap();
+    assert_eq!(c.agent, crate::agentcmd::DEFAULT_ADDR);
+    let e = err("[agent]\naddress = \"localhost\"\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: agent.address: `localhost` is not an agent address"), "{e}");
+}
