@@ -20,6 +20,7 @@ Standard library only; reuses push.py's SeaweedFS and volume helpers.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,11 +33,13 @@ import push as P  # noqa: E402
 log = B.log
 PER_DIR = 1000
 
-# Runs argv, then prints the peak RSS (KiB) of it: the only child of this small process.
+# Runs argv, then prints the peak RSS (KiB) and the user and system CPU seconds of it: the
+# only child of this small process.
 PEAK_RSS = ("import resource, subprocess, sys\n"
             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
             "sys.stderr.write(r.stderr)\n"
-            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(r.returncode, u.ru_maxrss, u.ru_utime, u.ru_stime)\n"
             "print(r.stdout)\n")
 
 
@@ -71,18 +74,29 @@ class CloneBench(P.StoreBench):
         a = self.a
         home = P.Vol(self.root, self.bin, f"home{n}", self.aws_env(), store=f"s3://bench/c{n}",
                      block_size="1M")
-        self.vols.append(home)
-        home.setup()
-        log(f"N={n}: writing {n} files of {a.size} B through the mount")
-        t0 = time.perf_counter()
-        populate(home.mp, n, a.size)
-        populate_s = time.perf_counter() - t0
-        home.remount()
-        push = home.push(timeout=a.timeout)
-        log(f"N={n}: home pushed {push.get('records')} records, {push.get('packs')} packs "
-            f"in {push['wall_s']:.1f}s")
-        home.hc("umount", home.mp, timeout=a.timeout)
-        home.mounted = False
+        # --reuse: the home pushed by an earlier run into the kept SeaweedFS is cloned again.
+        pushed = os.path.join(self.root, f"pushed{n}.json")
+        if a.reuse and os.path.exists(pushed):
+            with open(pushed) as f:
+                populate_s, push = json.load(f)
+            log(f"N={n}: reusing the home pushed earlier ({push.get('records')} records)")
+        else:
+            shutil.rmtree(home.home, ignore_errors=True)
+            self.vols.append(home)
+            home.setup()
+            log(f"N={n}: writing {n} files of {a.size} B through the mount")
+            t0 = time.perf_counter()
+            populate(home.mp, n, a.size)
+            populate_s = time.perf_counter() - t0
+            home.remount()
+            push = home.push(timeout=a.timeout)
+            log(f"N={n}: home pushed {push.get('records')} records, {push.get('packs')} packs "
+                f"in {push['wall_s']:.1f}s")
+            home.hc("umount", home.mp, timeout=a.timeout)
+            home.mounted = False
+            if a.reuse:
+                with open(pushed, "w") as f:
+                    json.dump([populate_s, push], f)
 
         # The reference: the layer objects, downloaded by a plain parallel S3 client.
         layers = f"s3:bench/c{n}/home{n}/branches/main/layers"
@@ -99,17 +113,20 @@ class CloneBench(P.StoreBench):
 
         clone = P.Vol(self.root, self.bin, f"clone{n}", self.aws_env())
         self.vols.append(clone)
+        shutil.rmtree(clone.home, ignore_errors=True)   # left by an interrupted --reuse run
+        shutil.rmtree(clone.mp, ignore_errors=True)
         os.mkdir(clone.home)
         os.mkdir(clone.mp)
         os.sync()
         B.drop_caches()
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", PEAK_RSS, self.bin, "clone",
+        p = subprocess.run([sys.executable, "-c", PEAK_RSS, *shlex.split(a.wrap), self.bin, "clone",
                             f"s3://bench/c{n}/home{n}", "--branch", "burst", "--name",
                             f"clone{n}", "--json"], env=clone.env, capture_output=True,
                            text=True, timeout=a.timeout)
         clone_s = time.perf_counter() - t0
-        code, peak_kib = (int(x) for x in p.stdout.splitlines()[0].split())
+        first = p.stdout.splitlines()[0].split()
+        code, peak_kib, user_s, sys_s = int(first[0]), int(first[1]), float(first[2]), float(first[3])
         if code != 0:
             raise RuntimeError(f"clone failed ({code}): {p.stderr[-1500:]}")
         rep = json.loads("\n".join(p.stdout.splitlines()[1:]))
@@ -130,6 +147,7 @@ class CloneBench(P.StoreBench):
         row = {"files": n, "file_bytes": n * a.size, "populate_s": populate_s,
                "push_s": push["wall_s"], "push_packs": push.get("packs"),
                "clone_s": clone_s, "clone_peak_rss_kib": peak_kib,
+               "clone_user_s": user_s, "clone_sys_s": sys_s, "load_avg": os.getloadavg()[0],
                "clone_records": rep.get("records"), "clone_layers": rep.get("layers"),
                "clone_walk_s": rep.get("walk_seconds"), "clone_apply_s": rep.get("apply_seconds"),
                "clone_persist_s": rep.get("persist_seconds"),
@@ -143,12 +161,14 @@ class CloneBench(P.StoreBench):
             shutil.rmtree(v.home, ignore_errors=True)   # disk: the next size starts clean
 
     def report(self):
-        print("\n| files | file bytes | layers (MB) | clone (s) | rclone copy of the layers (s) "
+        print("\n| files | file bytes | layers (MB) | clone (s) | user + sys CPU (s) "
+              "| rclone copy of the layers (s) "
               "| clone / rclone | clone peak RSS (MiB) | clone's HOME (MB) | file data at clone (B) |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in self.rows:
             print(f"| {r['files']:,} | {r['file_bytes'] / 1e6:,.0f} MB | {r['layer_bytes'] / 1e6:.1f} "
-                  f"| {r['clone_s']:.2f} | {r['rclone_layers_s']:.2f} "
+                  f"| {r['clone_s']:.2f} | {r['clone_user_s']:.1f} + {r['clone_sys_s']:.1f} "
+                  f"| {r['rclone_layers_s']:.2f} "
                   f"| {r['clone_s'] / r['rclone_layers_s']:.2f}x "
                   f"| {r['clone_peak_rss_kib'] / 1024:.0f} | {r['clone_home_bytes'] / 1e6:.1f} "
                   f"| {r['clone_data_bytes']:,} |")
@@ -169,6 +189,11 @@ def main():
     ap.add_argument("--scratch", default=os.environ.get("TMPDIR", "/var/tmp"))
     ap.add_argument("--json", help="write the rows to this file")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--wrap", default="", help="a command the clone runs under (e.g. "
+                    "'perf record -g -o FILE'): its time and memory are counted too")
+    ap.add_argument("--reuse", metavar="DIR", help="keep SeaweedFS and the pushed homes in DIR "
+                    "and clone them again in later runs with --reuse DIR (build once, then "
+                    "compare binaries); the clones are removed, DIR is kept")
     a = ap.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     bench = CloneBench(a)

@@ -257,16 +257,22 @@ class Weed:
         self.ports = None
 
     def start(self, write_conf, ready):
-        """write_conf(endpoint) once the ports are picked; ready() polls the S3 API."""
-        os.mkdir(self.dir)
+        """write_conf(endpoint) once the ports are picked; ready() polls the S3 API. A data
+        dir kept from an earlier run (clone.py --reuse) is started again on its old ports
+        (saved in ports.json): SeaweedFS's master remembers them."""
+        os.makedirs(self.dir, exist_ok=True)
+        saved = os.path.join(self.dir, "ports.json")
+        kept = json.load(open(saved)) if os.path.exists(saved) else None
         with open(os.path.join(self.dir, "s3.json"), "w") as f:
             json.dump({"identities": [{"name": "admin", "credentials": [
                 {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
         last = ""
         for attempt in range(3):
-            p = free_ports(10)
+            p = kept or free_ports(10)
             self.ports = p
+            with open(saved, "w") as f:
+                json.dump(p, f)
             d = self.dir
             args = [shutil.which("weed") or "weed", "server", f"-dir={d}", "-ip=127.0.0.1",
                     "-ip.bind=127.0.0.1",
@@ -437,7 +443,11 @@ class StoreBench:
 
     def __init__(self, a, prefix):
         self.a = a
-        self.root = tempfile.mkdtemp(prefix=prefix, dir=a.scratch)
+        if getattr(a, "reuse", None):
+            self.root = os.path.abspath(a.reuse)
+            os.makedirs(self.root, exist_ok=True)
+        else:
+            self.root = tempfile.mkdtemp(prefix=prefix, dir=a.scratch)
         self.bin = os.path.join(self.root, "hybridctl")
         shutil.copy2(a.hybridctl, self.bin)
         self.weed = Weed(self.root)
@@ -476,7 +486,7 @@ class StoreBench:
         still = [mp for mp in B.mountinfo() if mp.startswith(self.root + "/")]
         if still:
             log(f"NOT removing {self.root}: still mounted: {still}")
-        elif not self.a.keep:
+        elif not self.a.keep and not getattr(self.a, "reuse", None):
             shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -22,6 +22,13 @@
 //! restarting) or [`FsError::MetaConflict`] (transient: lost a race with another transaction;
 //! [`transact`](Kv::transact) retries it). [`FsError::is_transient`] tells them apart.
 //!
+//! # Bulk loads
+//!
+//! A store nobody uses yet (a clone filling its new store) may be written below transactions:
+//! [`Kv::bulk_writer`] takes writes without reads and commits them a batch at a time, with no
+//! durability until [`Kv::persist`]. Every engine has it (the default goes through
+//! [`Kv::transact_unlogged`]); RocksDB writes each batch straight into one `WriteBatch`.
+//!
 //! Engines: [`MemKv`] here (unit tests), RocksDB in `hybridfs-meta` (the embedded default).
 //! Both pass [`conformance`] at the bottom of this file.
 
@@ -50,6 +57,7 @@ pub enum Cf {
 }
 
 impl Cf {
+    /// Every family, in declaration order: `cf as usize` is its position here.
     pub const ALL: [Cf; 14] = [
         Cf::Inodes,
         Cf::Dentries,
@@ -140,9 +148,66 @@ pub trait Kv: KvRead + Send + Sync + 'static {
     fn transact_unlogged(&self, body: &mut TxnBody<'_>) -> Result<()> {
         self.transact(false, body)
     }
-    /// Make every write so far durable against power loss, [`Kv::transact_unlogged`]'s too.
+    /// Make every write so far durable against power loss, [`Kv::transact_unlogged`]'s and
+    /// [`Kv::bulk_writer`]'s too.
     fn persist(&self) -> Result<()> {
         self.sync()
+    }
+    /// A writer for a bulk load into a store nobody uses yet, below transactions: writes
+    /// without reads, committed a batch at a time, with the durability of
+    /// [`Kv::transact_unlogged`] (none until [`Kv::persist`]). The loader reads what it needs
+    /// from the store between commits (its own committed writes included). The default
+    /// commits each batch as one [`Kv::transact_unlogged`] transaction; an engine may write
+    /// straight to its storage instead (RocksDB: one `WriteBatch` past the WAL).
+    fn bulk_writer(&self) -> Box<dyn KvBulk + '_> {
+        Box::new(TxnBulk { kv: self, ops: Vec::new() })
+    }
+    /// Tune the engine for a bulk load while it runs (`on`), and back (RocksDB: no compaction
+    /// during the load). The default does nothing.
+    fn bulk_tuning(&self, _on: bool) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The writes of a bulk load ([`Kv::bulk_writer`]), borrowed: the writer copies them into
+/// its batch (no allocation per write for the loader).
+pub trait KvBulk {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]);
+    fn del(&mut self, cf: Cf, key: &[u8]);
+    /// Write everything put since the last commit as one atomic batch.
+    fn commit(&mut self) -> Result<()>;
+}
+
+/// [`Kv::bulk_writer`] through ordinary transactions (every engine).
+struct TxnBulk<'a, K: Kv + ?Sized> {
+    kv: &'a K,
+    ops: Vec<KvOp>,
+}
+
+impl<K: Kv + ?Sized> KvBulk for TxnBulk<'_, K> {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.ops.push(KvOp::Put(cf, key.to_vec(), value.to_vec()));
+    }
+
+    fn del(&mut self, cf: Cf, key: &[u8]) {
+        self.ops.push(KvOp::Del(cf, key.to_vec()));
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let ops = std::mem::take(&mut self.ops);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // In order: a later write of a key wins, as in the engines' own batches.
+        self.kv.transact_unlogged(&mut |tx| {
+            for op in &ops {
+                match op {
+                    KvOp::Put(cf, k, v) => tx.put(*cf, k.clone(), v.clone()),
+                    KvOp::Del(cf, k) => tx.del(*cf, k.clone()),
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -492,6 +557,23 @@ pub fn conformance(kv: &dyn Kv) {
     let n = kv.get(Cf::Refs, b"n").unwrap().map(|v| u64::from_le_bytes(v.try_into().unwrap()));
     assert_eq!(n, Some(200), "concurrent increments are serialised");
     kv.sync().unwrap();
+
+    // A bulk writer's batch lands whole at its commit, a later write of a key winning.
+    let mut w = kv.bulk_writer();
+    w.put(Cf::Xattrs, b"k1", b"v1");
+    w.put(Cf::Xattrs, b"k2", b"v2");
+    w.del(Cf::Xattrs, b"k1");
+    w.put(Cf::Xattrs, b"k2", b"v3");
+    w.del(Cf::Extents, b"b1");
+    assert_eq!(kv.get(Cf::Xattrs, b"k2").unwrap(), None, "nothing before the commit");
+    w.commit().unwrap();
+    w.put(Cf::Xattrs, b"k1", b"again");
+    w.commit().unwrap();
+    drop(w);
+    assert_eq!(kv.get(Cf::Xattrs, b"k1").unwrap().as_deref(), Some(&b"again"[..]));
+    assert_eq!(kv.get(Cf::Xattrs, b"k2").unwrap().as_deref(), Some(&b"v3"[..]));
+    assert_eq!(kv.get(Cf::Extents, b"b1").unwrap(), None);
+    kv.persist().unwrap();
 }
 
 #[cfg(test)]
@@ -499,6 +581,13 @@ mod tests {
     #[test]
     fn mem_kv_conforms() {
         super::conformance(&super::MemKv::default());
+    }
+
+    #[test]
+    fn a_family_as_usize_is_its_position_in_all() {
+        for (i, cf) in super::Cf::ALL.iter().enumerate() {
+            assert_eq!(*cf as usize, i, "{cf:?}");
+        }
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! store, and every block they name is recorded as "in the store" with its location (alone or
 //! in a pack). File data comes later, block by block, through [`crate::lazy::LazyStore`].
 //!
-//! A layer is read as a stream of records and applied in batches of [`BATCH`]: memory stays
-//! bounded by a batch and one compressed layer, whatever the size of the branch (invariant
-//! 7). The new store is filled past its engine's log ([`MetaStore::apply_unlogged`]) and made
-//! durable once at the end ([`MetaStore::persist`]), before the clone's state is written with
+//! A layer is read as a stream of records and loaded in batches of [`BATCH`], on two
+//! threads (one downloads and decodes the layers, at most two batches ahead, the other loads):
+//! memory stays bounded by a few batches and one compressed layer, whatever the size of the
+//! branch (invariant 7). The new store is filled below the engine's transactions and past its
+//! log ([`MetaStore::load_bulk`]: the same rows as [`MetaStore::apply_unlogged`], with the
+//! old versions that count read once per batch) and made durable once at the end
+//! ([`MetaStore::persist`]), before the clone's state is written with
 //! a synced batch: a clone interrupted before that is never taken for a complete one (the
 //! caller also builds it in a directory of its own and renames it only when it is done).
 //!
@@ -20,7 +23,9 @@ use hybridfs_core::meta::{Key, MetaStore, Mutation};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Records applied per metadata batch (and read from a layer at a time).
+/// Records applied per metadata batch (and read from a layer at a time). A clone's bulk load
+/// uses the same batches as the transactions did: a block referenced in one batch and no
+/// more in a later one goes on the free list either way.
 pub const BATCH: usize = 4096;
 
 /// Where a clone stands against its source branch (kept in the metadata store).
@@ -91,6 +96,30 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
 
 /// As [`import`], as of layer `at` of `source` (None: its head): an earlier pushed state.
 pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str) -> Result<CloneReport> {
+    import_with(meta, remote, source, at, branch, Load::Bulk)
+}
+
+/// [`import_at`] through the store's transactions ([`MetaStore::apply_unlogged`] in batches of
+/// [`BATCH`]), as clones loaded before [`MetaStore::load_bulk`]: for tests that compare both.
+#[doc(hidden)]
+pub fn import_at_through_transactions(
+    meta: &MetaStore,
+    remote: &Remote,
+    source: &str,
+    at: Option<u64>,
+    branch: &str,
+) -> Result<CloneReport> {
+    import_with(meta, remote, source, at, branch, Load::Transactions)
+}
+
+/// How a clone fills its new store.
+#[derive(Clone, Copy)]
+enum Load {
+    Bulk,
+    Transactions,
+}
+
+fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str, load: Load) -> Result<CloneReport> {
     let started = Instant::now();
     let (head, _) = remote.head(source)?.ok_or_else(|| {
         SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
@@ -125,23 +154,49 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
         persist_seconds: 0.0,
     };
     let applying = Instant::now();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut flush = |batch: Vec<Mutation>| -> Result<()> { Ok(meta.apply_unlogged(batch)?) };
-    for link in &links {
-        let mut layer = remote.stream_link(link)?;
-        report.layers += 1;
-        report.block_size = layer.header().block_size;
-        let applied = apply_layer(&mut layer, &mut batch, &mut flush)?;
-        report.records += applied.records;
-        report.blocks += applied.blocks;
+    if let Load::Bulk = load {
+        meta.bulk_tuning(true)?;
     }
-    meta.apply_unlogged(batch)?;
+    // Two threads: this one loads chunks into the store while the other downloads, verifies
+    // and decodes the layers ahead of it (at most two chunks ahead: memory stays bounded).
+    let (read, loaded) = std::thread::scope(|s| {
+        let (to_load, chunks) = std::sync::mpsc::sync_channel::<Vec<Mutation>>(2);
+        let links = &links;
+        let reader = s.spawn(move || -> Result<(u64, u64, u64, u64)> {
+            let (mut layers, mut records, mut blocks, mut block_size) = (0, 0, 0, 0);
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut flush = |full: Vec<Mutation>| -> Result<()> {
+                to_load.send(full).map_err(|_| SyncError::Conflict("the clone stopped loading".into()))
+            };
+            for link in links {
+                let mut layer = remote.stream_link(link)?;
+                layers += 1;
+                block_size = layer.header().block_size;
+                let applied = apply_layer(&mut layer, &mut batch, &mut flush)?;
+                records += applied.records;
+                blocks += applied.blocks;
+            }
+            flush(batch)?;
+            Ok((layers, records, blocks, block_size))
+        });
+        let loaded = chunks.into_iter().try_for_each(|chunk| match load {
+            Load::Bulk => meta.load_bulk(chunk),
+            Load::Transactions => meta.apply_unlogged(chunk),
+        });
+        (reader.join().expect("the layer reader does not panic"), loaded)
+    });
+    // A loading error first: it is why the reader stopped.
+    loaded?;
+    (report.layers, report.records, report.blocks, report.block_size) = read?;
     report.apply_seconds = applying.elapsed().as_secs_f64();
     hybridfs_core::crashpoint("clone-before-persist");
     // Everything applied is durable before the clone's state says it is complete.
     let persisting = Instant::now();
     meta.persist()?;
     report.persist_seconds = persisting.elapsed().as_secs_f64();
+    if let Load::Bulk = load {
+        meta.bulk_tuning(false)?;
+    }
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
@@ -197,7 +252,7 @@ fn apply_layer(layer: &mut LayerStream, batch: &mut Vec<Mutation>, flush: &mut d
             applied.records += 1;
             batch.push(Mutation::Raw { key: e.key, value: e.value });
             if batch.len() >= BATCH {
-                flush(std::mem::take(batch))?;
+                flush(std::mem::replace(batch, Vec::with_capacity(BATCH)))?;
             }
         }
     }

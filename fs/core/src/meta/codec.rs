@@ -98,13 +98,24 @@ pub(super) fn cf_of(tag: u8) -> Result<Cf> {
 
 impl Key {
     pub(super) fn cf_base(&self) -> (Cf, Vec<u8>) {
-        match self {
-            Key::Inode(i) => (Cf::Inodes, k1(*i)),
-            Key::Dentry(p, n) => (Cf::Dentries, k_named(*p, n)),
-            Key::Cookie(p, c) => (Cf::Cookies, k2(*p, *c)),
-            Key::Extent(i, b) => (Cf::Extents, k2(*i, *b)),
-            Key::Xattr(i, n) => (Cf::Xattrs, k_named(*i, n)),
-        }
+        let mut base = Vec::with_capacity(16);
+        let cf = self.base_into(&mut base);
+        (cf, base)
+    }
+
+    /// The family, the base key written into `buf` (a bulk load reuses one buffer).
+    pub(super) fn base_into(&self, buf: &mut Vec<u8>) -> Cf {
+        buf.clear();
+        let (cf, a, rest): (Cf, u64, &[u8]) = match self {
+            Key::Inode(i) => (Cf::Inodes, *i, &[]),
+            Key::Dentry(p, n) => (Cf::Dentries, *p, n),
+            Key::Cookie(p, c) => (Cf::Cookies, *p, &c.to_be_bytes()),
+            Key::Extent(i, b) => (Cf::Extents, *i, &b.to_be_bytes()),
+            Key::Xattr(i, n) => (Cf::Xattrs, *i, n),
+        };
+        buf.extend_from_slice(&a.to_be_bytes());
+        buf.extend_from_slice(rest);
+        cf
     }
 
     pub(super) fn decode(cf: Cf, base: &[u8]) -> Result<Key> {
@@ -137,17 +148,29 @@ pub(super) fn hist_key(cf: Cf, base: &[u8], epoch: u64) -> Vec<u8> {
 
 pub(super) fn change_key(epoch: u64, cf: Cf, base: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(base.len() + 9);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k.push(tag(cf));
-    k.extend_from_slice(base);
+    change_key_into(epoch, cf, base, &mut k);
     k
+}
+
+/// [`change_key`] into `buf`.
+pub(super) fn change_key_into(epoch: u64, cf: Cf, base: &[u8], buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&epoch.to_be_bytes());
+    buf.push(tag(cf));
+    buf.extend_from_slice(base);
 }
 
 pub(super) fn versioned(epoch: u64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(payload.len() + 8);
-    v.extend_from_slice(&epoch.to_be_bytes());
-    v.extend_from_slice(payload);
+    versioned_into(epoch, payload, &mut v);
     v
+}
+
+/// [`versioned`] into `buf`.
+pub(super) fn versioned_into(epoch: u64, payload: &[u8], buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&epoch.to_be_bytes());
+    buf.extend_from_slice(payload);
 }
 
 pub(super) fn sealed_of(payload: &[u8]) -> Result<Option<(BlockId, u64)>> {

@@ -39,10 +39,12 @@
 //!   change journal.
 //! * `catalogue` — counters, catalogues and whole-store scans (fsck, status).
 //! * `apply` — [`MetaStore::apply`]: one batch of mutations, one atomic engine write.
+//! * `bulk` — [`MetaStore::load_bulk`]: layer records into a new store, below transactions.
 //! * `refs` — block reference counts ([`RefEntry`]) and the free list.
 //! * `collect` — the version collector ([`MetaStore::collect_range`]).
 
 mod apply;
+mod bulk;
 mod catalogue;
 mod codec;
 mod collect;

@@ -59,21 +59,29 @@ impl RefEntry {
 
     /// Store `change` of this entry in `tx`; `now` is the free list's time.
     pub(super) fn store(&self, change: RefChange, now: u64, tx: &mut dyn KvTxn) {
-        let key = self.id.0.to_vec();
+        self.write(change, now, &mut |cf, k, v| match v {
+            Some(v) => tx.put(cf, k.to_vec(), v.to_vec()),
+            None => tx.del(cf, k.to_vec()),
+        });
+    }
+
+    /// The writes of `change` of this entry, to `out` (`None`: a deletion).
+    pub(super) fn write(&self, change: RefChange, now: u64, out: &mut dyn FnMut(Cf, &[u8], Option<&[u8]>)) {
+        let key = &self.id.0[..];
         if change.count > 0 {
-            tx.put(Cf::Refs, key.clone(), change.count.to_le_bytes().to_vec());
+            out(Cf::Refs, key, Some(&change.count.to_le_bytes()));
         } else {
-            tx.del(Cf::Refs, key.clone());
+            out(Cf::Refs, key, None);
         }
         if change.revived {
-            tx.del(Cf::Free, key);
+            out(Cf::Free, key, None);
         } else if change.freed {
-            tx.put(Cf::Free, key, now.to_le_bytes().to_vec());
+            out(Cf::Free, key, Some(&now.to_le_bytes()));
         }
     }
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
