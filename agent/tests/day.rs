@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{can_run, ctl_ok, eventually, mounted, processes_naming, read_tree, start, Sweeper};
+use common::{can_run, ctl_ok, eventually, mounted, processes_naming, read_tree, start, write_config, Cfg, Sweeper};
 use hybrid_agent::clock::{Clock, ScaledClock};
 use hybrid_agent::state::{Phase, State, StateStore};
 use jiff::Timestamp;
@@ -34,46 +34,10 @@ fn at(hhmm: &str) -> Timestamp {
 }
 
 fn config(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"role = "controller"
-state_dir = "{d}/state"
-[volume]
-name = "main"
-store = "file://{d}/store"
-hybridfs_home = "{d}/home"
-[api]
-listen = "127.0.0.1:0"
-token_file = "{d}/token"
-[load]
-command = "cat {d}/load"
-every = "5m"
-[scale_up]
-threshold = 80
-for = "10m"
-[scale_down]
-threshold = 30
-for = "30m"
-[burst]
-window = {{ start = "08:00", end = "17:30", tz = "Europe/Istanbul" }}
-max_nodes = 2
-lease = "4h"
-[merge]
-start = "17:30"
-deadline = "07:30"
-tz = "Europe/Istanbul"
-[provider]
-kind = "local"
-[provider.local]
-subnet = "10.247"
-stop_grace_secs = 14400
-push_every = "1h"
-report_every = "10m"
-"#,
-        d = dir.display()
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let burst = ("08:00", "17:30", "Europe/Istanbul");
+    let merge = ("17:30", "07:30", "Europe/Istanbul");
+    let c = Cfg { every: "5m", up: (80, "10m"), down: Some((30, "30m")), burst, max_nodes: 2, lease: "4h", merge, subnet: "10.247", stop_grace_secs: 14400, node: Some(("1h", "10m")) };
+    write_config(dir, "agent.toml", &c)
 }
 
 /// The training job: reads the whole dataset each step, writes a checkpoint (tmp + fsync +

@@ -20,45 +20,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{can_run, ctl_ok, ctl_run, eventually, mounted, start, write_synced, Sweeper};
+use common::{can_run, ctl_ok, ctl_run, eventually, mounted, start, write_config, write_synced, Cfg, Sweeper};
 use hybrid_agent::state::{Phase, StateStore};
 
 fn config(dir: &Path, merge_start: &str, merge_end: &str) -> PathBuf {
-    let text = format!(
-        r#"role = "controller"
-state_dir = "{d}/state"
-[volume]
-name = "main"
-store = "file://{d}/store"
-hybridfs_home = "{d}/home"
-[api]
-listen = "127.0.0.1:0"
-token_file = "{d}/token"
-[load]
-command = "cat {d}/load"
-every = "1s"
-[scale_up]
-threshold = 50
-for = "1s"
-[burst]
-window = {{ start = "00:00", end = "00:00", tz = "UTC" }}
-max_nodes = 1
-lease = "30s"
-[merge]
-start = "{merge_start}"
-deadline = "{merge_end}"
-tz = "UTC"
-[provider]
-kind = "local"
-[provider.local]
-subnet = "10.246"
-stop_grace_secs = 30
-"#,
-        d = dir.display()
-    );
-    let path = dir.join(format!("agent-{}.toml", merge_start.replace(':', "")));
-    std::fs::write(&path, text).unwrap();
-    path
+    let c = Cfg {
+        every: "1s",
+        up: (50, "1s"),
+        down: None,
+        burst: ("00:00", "00:00", "UTC"),
+        max_nodes: 1,
+        lease: "30s",
+        merge: (merge_start, merge_end, "UTC"),
+        subnet: "10.246",
+        stop_grace_secs: 30,
+        node: None,
+    };
+    write_config(dir, &format!("agent-{}.toml", merge_start.replace(':', "")), &c)
 }
 
 fn hhmm(offset_mins: i64) -> String {

@@ -143,3 +143,76 @@ pub fn processes_naming(needle: &str) -> Vec<String> {
         .map(|(pid, c)| format!("{} {c}", pid.to_string_lossy()))
         .collect()
 }
+
+/// What differs between the tests' controller configs (the rest: a file store under the test's
+/// folder, the home volume `main`, the load read from DIR/load, a `local` provider).
+pub struct Cfg<'a> {
+    pub every: &'a str,
+    /// `scale_up`: threshold and `for`.
+    pub up: (u32, &'a str),
+    pub down: Option<(u32, &'a str)>,
+    /// start, end, zone.
+    pub burst: (&'a str, &'a str, &'a str),
+    pub max_nodes: u32,
+    pub lease: &'a str,
+    /// start, deadline, zone.
+    pub merge: (&'a str, &'a str, &'a str),
+    pub subnet: &'a str,
+    pub stop_grace_secs: u64,
+    /// The nodes' push and report periods.
+    pub node: Option<(&'a str, &'a str)>,
+}
+
+/// Writes DIR/NAME, a controller config.
+pub fn write_config(dir: &Path, name: &str, c: &Cfg) -> PathBuf {
+    let down = c.down.map(|(t, f)| format!("[scale_down]\nthreshold = {t}\nfor = \"{f}\"\n")).unwrap_or_default();
+    let node = c.node.map(|(p, r)| format!("push_every = \"{p}\"\nreport_every = \"{r}\"\n")).unwrap_or_default();
+    let text = format!(
+        r#"role = "controller"
+state_dir = "{d}/state"
+[volume]
+name = "main"
+store = "file://{d}/store"
+hybridfs_home = "{d}/home"
+[api]
+listen = "127.0.0.1:0"
+token_file = "{d}/token"
+[load]
+command = "cat {d}/load"
+every = "{every}"
+[scale_up]
+threshold = {up}
+for = "{up_for}"
+{down}[burst]
+window = {{ start = "{bs}", end = "{be}", tz = "{btz}" }}
+max_nodes = {max}
+lease = "{lease}"
+[merge]
+start = "{ms}"
+deadline = "{md}"
+tz = "{mtz}"
+[provider]
+kind = "local"
+[provider.local]
+subnet = "{subnet}"
+stop_grace_secs = {grace}
+{node}"#,
+        d = dir.display(),
+        every = c.every,
+        up = c.up.0,
+        up_for = c.up.1,
+        bs = c.burst.0,
+        be = c.burst.1,
+        btz = c.burst.2,
+        max = c.max_nodes,
+        lease = c.lease,
+        ms = c.merge.0,
+        md = c.merge.1,
+        mtz = c.merge.2,
+        subnet = c.subnet,
+        grace = c.stop_grace_secs,
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
