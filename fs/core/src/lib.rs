@@ -11,7 +11,8 @@
 //!   in `hybridfs-blocks`.
 //! * [`staging`] — per-inode staging files that hold data not yet sealed.
 //! * [`volume`] — the [`volume::Volume`]: POSIX operations, copy-on-write, the dirty-extent
-//!   journal and the background sealer.
+//!   journal and the background sealer; [`MountView`], the facade a protocol adapter calls
+//!   (live tree and read-only `.snapshots/` views, `EROFS`, kernel lookup counts).
 //! * [`record`] — records as typed values, and the form a push publishes them in (a small
 //!   file's inline bytes as a sealed block).
 //! * [`merge`] — the three-way merge of a branch into the home tree: the pure planner, and
@@ -56,4 +57,5 @@ pub use volume::data::{choose_io, Fallocate, IoKind, Opened, SetAttr, TimeSet};
 pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
 pub use volume::xattr::XattrMode;
 pub use volume::snapshot::{check_snapshot_name, GcReport, RollbackReport};
+pub use volume::mount_view::MountView;
 pub use volume::{Caller, Volume, VolumeOptions};

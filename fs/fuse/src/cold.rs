@@ -39,7 +39,7 @@ use crate::errno::ReplyError;
 use crate::OpTimer;
 use fuser::ReplyData;
 use hybridfs_core::blockstore::{with_waiting, Waiting};
-use hybridfs_core::{FsError, Volume};
+use hybridfs_core::{FsError, MountView};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ pub(crate) struct ColdReads {
 }
 
 struct Shared {
-    vol: Arc<Volume>,
+    vol: MountView,
     rx: crossbeam_channel::Receiver<ColdRead>,
     load: Mutex<Load>,
 }
@@ -85,7 +85,7 @@ enum Route {
 }
 
 impl ColdReads {
-    pub fn new(vol: Arc<Volume>) -> Self {
+    pub fn new(vol: MountView) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         ColdReads { tx, shared: Arc::new(Shared { vol, rx, load: Mutex::new(Load { threads: 0, free: 0 }) }) }
     }
@@ -147,12 +147,12 @@ impl Shared {
 
     fn read(&self, r: ColdRead) {
         let result = if r.caller == 0 {
-            self.vol.view_read(r.ino, r.offset, r.size)
+            self.vol.read(r.ino, r.offset, r.size)
         } else if caller_interrupted(r.caller as u64) {
             Err(FsError::Interrupted)
         } else {
             let waiting = Waiting::Interruptible { probe: caller_interrupted, arg: r.caller as u64 };
-            with_waiting(waiting, || self.vol.view_read(r.ino, r.offset, r.size))
+            with_waiting(waiting, || self.vol.read(r.ino, r.offset, r.size))
         };
         match result {
             Ok(d) => r.reply.data(&d),

@@ -1,4 +1,6 @@
-//! The FUSE adapter: decode a request, call the core [`Volume`], encode the reply. Nothing else.
+//! The FUSE adapter: decode a request, call the core [`MountView`], encode the reply. Nothing
+//! else: which inodes are live and which are read-only snapshot views, `EROFS` for changes to
+//! views, and the kernel's lookup counts are the facade's (`hybridfs_core::volume::mount_view`).
 //!
 //! # Threads: how synchronous callbacks reach the core
 //!
@@ -42,7 +44,7 @@ use fuser::{
 };
 use hybridfs_core::blockstore::{with_waiting, Waiting};
 use hybridfs_core::types::{Inode, Kind, Timespec};
-use hybridfs_core::{Caller, Fallocate, FsError, IoKind, NewNode, Opened, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
+use hybridfs_core::{Caller, Fallocate, FsError, IoKind, MountView, NewNode, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -76,7 +78,7 @@ pub const TTL: Duration = Duration::from_secs(5);
 const GEN: Generation = Generation(0);
 
 pub struct HybridFs {
-    vol: Arc<Volume>,
+    vol: MountView,
     passthrough: passthrough::Backings,
     want_passthrough: bool,
     listings: listing::Listings,
@@ -85,6 +87,7 @@ pub struct HybridFs {
 
 impl HybridFs {
     pub fn new(vol: Arc<Volume>, want_passthrough: bool) -> Self {
+        let vol = MountView::new(vol);
         let cold = cold::ColdReads::new(vol.clone());
         HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold }
     }
@@ -109,20 +112,15 @@ impl HybridFs {
         }
     }
 
+    /// Reply with an entry the facade counted.
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry, op: &str) {
         match r {
-            Ok(i) => {
-                self.vol.remember(i.ino);
-                reply.entry(&TTL, &self.attr(&i), GEN);
-            }
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
             Err(e) => reply.fail(op, e),
         }
     }
 
     fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewNode, reply: ReplyEntry, op: &str) {
-        if Volume::is_view(parent.0) {
-            return reply.fail(op, FsError::ReadOnly);
-        }
         let r = self.vol.create_node(parent.0, name.as_bytes(), new, caller(req));
         self.entry(r, reply, op);
     }
@@ -189,35 +187,26 @@ impl Filesystem for HybridFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = op_timer("lookup");
-        if Volume::is_view(parent.0) || Volume::is_snapshots_entry(parent.0, name.as_bytes()) {
-            // Snapshot views: nothing to count; a missing name is not cached (a snapshot may
-            // be taken any moment).
-            return match self.vol.view_lookup(parent.0, name.as_bytes()) {
-                Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
-                Err(e) => reply.fail("lookup", e),
-            };
-        }
         match self.vol.lookup(parent.0, name.as_bytes()) {
-            Err(FsError::NotFound) => {
+            Ok(Some(i)) => reply.entry(&TTL, &self.attr(&i), GEN),
+            Ok(None) => {
                 // A negative entry: the kernel caches the absence for TTL.
                 let mut none = self.attr(&Inode::new(0, Kind::File, 0, 0, 0));
                 none.ino = INodeNo(0);
                 reply.entry(&TTL, &none, GEN);
             }
-            r => self.entry(r, reply, "lookup"),
+            Err(e) => reply.fail("lookup", e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _op = op_timer("forget");
-        if !Volume::is_view(ino.0) {
-            self.vol.forget(ino.0, nlookup);
-        }
+        self.vol.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = op_timer("getattr");
-        match self.vol.view_getattr(ino.0) {
+        match self.vol.getattr(ino.0) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.fail("getattr", e),
         }
@@ -242,9 +231,6 @@ impl Filesystem for HybridFs {
         reply: ReplyAttr,
     ) {
         let _op = op_timer("setattr");
-        if Volume::is_view(ino.0) {
-            return reply.fail("setattr", FsError::ReadOnly);
-        }
         let set = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -262,7 +248,7 @@ impl Filesystem for HybridFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _op = op_timer("readlink");
-        match self.vol.view_readlink(ino.0) {
+        match self.vol.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.fail("readlink", e),
         }
@@ -285,12 +271,12 @@ impl Filesystem for HybridFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = op_timer("unlink");
-        reply.result("unlink", read_only(&[parent.0]).and_then(|_| self.vol.unlink(parent.0, name.as_bytes())));
+        reply.result("unlink", self.vol.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = op_timer("rmdir");
-        reply.result("rmdir", read_only(&[parent.0]).and_then(|_| self.vol.rmdir(parent.0, name.as_bytes())));
+        reply.result("rmdir", self.vol.rmdir(parent.0, name.as_bytes()));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -317,28 +303,19 @@ impl Filesystem for HybridFs {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
-        let r = read_only(&[parent.0, newparent.0])
-            .and_then(|_| self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f));
-        reply.result("rename", r);
+        reply.result("rename", self.vol.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), f));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _op = op_timer("link");
-        let r = read_only(&[ino.0, newparent.0]).and_then(|_| self.vol.link(ino.0, newparent.0, newname.as_bytes()));
+        let r = self.vol.link(ino.0, newparent.0, newname.as_bytes());
         self.entry(r, reply, "link");
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
         let _op = op_timer("open");
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if Volume::is_view(ino.0) {
-            return match (write, self.vol.view_getattr(ino.0)) {
-                (true, _) => reply.fail("open", FsError::ReadOnly),
-                (false, Ok(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-                (false, Err(e)) => reply.fail("open", e),
-            };
-        }
-        match self.vol.open_file(ino.0, write) {
+        match self.vol.open(ino.0, write) {
             Ok(opened) => self.passthrough.reply_open(&self.vol, opened, reply),
             Err(e) => reply.fail("open", e),
         }
@@ -358,7 +335,7 @@ impl Filesystem for HybridFs {
         reply: ReplyData,
     ) {
         let timer = op_timer("read");
-        match with_waiting(Waiting::Never, || self.vol.view_read(ino.0, offset, size)) {
+        match with_waiting(Waiting::Never, || self.vol.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(FsError::WouldBlock) => {
                 self.cold.submit(cold::ColdRead { ino: ino.0, offset, size, caller: req.pid(), reply, timer })
@@ -380,7 +357,7 @@ impl Filesystem for HybridFs {
         reply: ReplyWrite,
     ) {
         let _op = op_timer("write");
-        match read_only(&[ino.0]).and_then(|_| self.vol.write(ino.0, offset, data)) {
+        match self.vol.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.fail("write", e),
         }
@@ -388,9 +365,6 @@ impl Filesystem for HybridFs {
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
         let _op = op_timer("flush");
-        if Volume::is_view(ino.0) {
-            return reply.ok();
-        }
         reply.result("flush", self.vol.flush(ino.0));
     }
 
@@ -405,27 +379,21 @@ impl Filesystem for HybridFs {
         reply: ReplyEmpty,
     ) {
         let _op = op_timer("release");
-        if Volume::is_view(ino.0) {
-            return reply.ok();
-        }
         let kind = passthrough::kind_of(fh);
         if kind == IoKind::Passthrough {
             self.passthrough.released(ino.0);
         }
-        reply.result("release", self.vol.release_file(ino.0, kind));
+        reply.result("release", self.vol.release(ino.0, kind));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _op = op_timer("fsync");
-        if Volume::is_view(ino.0) {
-            return reply.ok();
-        }
         reply.result("fsync", self.vol.fsync(ino.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
         let _op = op_timer("opendir");
-        match self.vol.view_getattr(ino.0) {
+        match self.vol.getattr(ino.0) {
             Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Ok(_) => reply.fail("opendir", FsError::NotDir),
             Err(e) => reply.fail("opendir", e),
@@ -464,7 +432,7 @@ impl Filesystem for HybridFs {
         let mut sent = 0;
         for e in &entries {
             let dots = e.name == b"." || e.name == b"..";
-            let inode = match self.vol.view_getattr(e.ino) {
+            let inode = match self.vol.getattr(e.ino) {
                 Ok(i) => i,
                 Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
                 // Removed since the listing was read: leave it out.
@@ -478,10 +446,7 @@ impl Filesystem for HybridFs {
                 break;
             }
             sent += 1;
-            // The kernel takes a reference on every entry it links, except `.` and `..`.
-            if !dots && !Volume::is_view(e.ino) {
-                self.vol.remember(e.ino);
-            }
+            self.vol.listed(e);
         }
         self.listings.consumed(fh.0, &entries[..sent]);
         reply.ok();
@@ -489,9 +454,6 @@ impl Filesystem for HybridFs {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _op = op_timer("fsyncdir");
-        if Volume::is_view(ino.0) {
-            return reply.ok();
-        }
         reply.result("fsyncdir", self.vol.fsync(ino.0));
     }
 
@@ -514,22 +476,22 @@ impl Filesystem for HybridFs {
             libc::XATTR_REPLACE => XattrMode::Replace,
             _ => return reply.fail("setxattr", FsError::Invalid("bad setxattr flags")),
         };
-        reply.result("setxattr", read_only(&[ino.0]).and_then(|_| self.vol.setxattr(ino.0, name.as_bytes(), value, mode)));
+        reply.result("setxattr", self.vol.setxattr(ino.0, name.as_bytes(), value, mode));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _op = op_timer("getxattr");
-        xattr_reply(self.vol.view_getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
+        xattr_reply(self.vol.getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _op = op_timer("listxattr");
-        xattr_reply(self.vol.view_listxattr(ino.0), size, reply, "listxattr");
+        xattr_reply(self.vol.listxattr(ino.0), size, reply, "listxattr");
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _op = op_timer("removexattr");
-        reply.result("removexattr", read_only(&[ino.0]).and_then(|_| self.vol.removexattr(ino.0, name.as_bytes())));
+        reply.result("removexattr", self.vol.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -539,19 +501,9 @@ impl Filesystem for HybridFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         let _op = op_timer("create");
-        if Volume::is_view(parent.0) {
-            return reply.fail("create", FsError::ReadOnly);
-        }
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
-        let r = self
-            .vol
-            .create_node(parent.0, name.as_bytes(), new, caller(req))
-            .and_then(|i| self.vol.open_file(i.ino, true));
-        match r {
-            Ok(Opened { inode: i, .. }) => {
-                self.vol.remember(i.ino);
-                reply.created(&TTL, &self.attr(&i), GEN, FileHandle(0), passthrough::CACHED);
-            }
+        match self.vol.create(parent.0, name.as_bytes(), new, caller(req)) {
+            Ok(opened) => reply.created(&TTL, &self.attr(&opened.inode), GEN, FileHandle(0), passthrough::CACHED),
             Err(e) => reply.fail("create", e),
         }
     }
@@ -566,7 +518,7 @@ impl Filesystem for HybridFs {
             libc::FALLOC_FL_ZERO_RANGE => Fallocate::ZeroRange { keep_size },
             _ => return reply.fail("fallocate", FsError::Unsupported("fallocate mode")),
         };
-        reply.result("fallocate", read_only(&[ino.0]).and_then(|_| self.vol.fallocate(ino.0, offset, length, m)));
+        reply.result("fallocate", self.vol.fallocate(ino.0, offset, length, m));
     }
 
     /// No ioctl is supported. The answer is ENOTTY ("not a terminal"), quietly: every
@@ -586,14 +538,6 @@ impl Filesystem for HybridFs {
         let _op = op_timer("ioctl");
         reply.error(fuser::Errno::ENOTTY);
     }
-}
-
-/// Changes to snapshot views are refused with `EROFS`.
-fn read_only(inos: &[u64]) -> Result<(), FsError> {
-    if inos.iter().any(|i| Volume::is_view(*i)) {
-        return Err(FsError::ReadOnly);
-    }
-    Ok(())
 }
 
 fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr, op: &str) {

@@ -6,7 +6,7 @@
 //! listing costs one store scan per batch instead of one per request. Entries removed after
 //! they were fetched may still be listed; POSIX leaves that unspecified.
 
-use hybridfs_core::{FsError, ReaddirEntry, Volume};
+use hybridfs_core::{FsError, MountView, ReaddirEntry};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,13 +46,13 @@ impl Listings {
 
     /// The entries after `offset`: what is buffered when it continues right there, else a
     /// fresh batch from the volume.
-    pub(crate) fn entries(&self, vol: &Volume, ino: u64, fh: u64, offset: u64) -> Result<Vec<ReaddirEntry>, FsError> {
+    pub(crate) fn entries(&self, vol: &MountView, ino: u64, fh: u64, offset: u64) -> Result<Vec<ReaddirEntry>, FsError> {
         if let Some(buf) = self.open.lock().get(&fh) {
             if buf.filled && buf.after == offset && (!buf.entries.is_empty() || buf.at_end) {
                 return Ok(buf.entries[..buf.entries.len().min(PER_REPLY)].to_vec());
             }
         }
-        let fresh = vol.view_readdir(ino, offset, BATCH)?;
+        let fresh = vol.readdir(ino, offset, BATCH)?;
         let reply = fresh[..fresh.len().min(PER_REPLY)].to_vec();
         // `.` and `..` come on top of BATCH store entries when the listing starts.
         let at_end = fresh.iter().filter(|e| e.offset > 2).count() < BATCH;

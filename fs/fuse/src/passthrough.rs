@@ -7,7 +7,7 @@
 
 use crate::errno::ReplyError;
 use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
-use hybridfs_core::{IoKind, Opened, Volume};
+use hybridfs_core::{IoKind, MountView, Opened};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub(crate) struct Backings {
 }
 
 impl Backings {
-    pub(crate) fn reply_open(&self, vol: &Volume, opened: Opened, reply: ReplyOpen) {
+    pub(crate) fn reply_open(&self, vol: &MountView, opened: Opened, reply: ReplyOpen) {
         let ino = opened.inode.ino;
         match (opened.kind, opened.backing) {
             (IoKind::Passthrough, Some(file)) => {
@@ -55,7 +55,7 @@ impl Backings {
                             tracing::warn!("open backing file of inode {ino}: {e}; passthrough off");
                             vol.enable_passthrough(false);
                             // Retry as a cached open; the volume no longer offers passthrough.
-                            let again = vol.release_file(ino, IoKind::Passthrough).and_then(|_| vol.open_file(ino, false));
+                            let again = vol.release(ino, IoKind::Passthrough).and_then(|_| vol.open(ino, false));
                             return match again {
                                 Ok(_) => reply.opened(FileHandle(FH_CACHED), CACHED),
                                 Err(e) => reply.fail("open", e),

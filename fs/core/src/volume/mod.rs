@@ -22,6 +22,7 @@
 
 pub mod data;
 mod merge;
+pub mod mount_view;
 pub mod namespace;
 mod sealer;
 pub mod snapshot;

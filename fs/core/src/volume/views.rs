@@ -88,7 +88,7 @@ impl Volume {
     }
 
     /// `lookup` in a view (or of `.snapshots` in the root).
-    pub fn view_lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
+    pub(crate) fn view_lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
         match self.view(parent)? {
             View::Live(p) if Self::is_snapshots_entry(p, name) => self.snapshots_dir(),
             View::Live(p) => self.lookup(p, name),
@@ -100,7 +100,7 @@ impl Volume {
         }
     }
 
-    pub fn view_getattr(&self, ino: Ino) -> Result<Inode> {
+    pub(crate) fn view_getattr(&self, ino: Ino) -> Result<Inode> {
         match self.view(ino)? {
             View::Live(i) => self.getattr(i),
             View::Dir => self.snapshots_dir(),
@@ -109,7 +109,7 @@ impl Volume {
     }
 
     /// Entries of any directory, live or in a view, after readdir offset `offset`.
-    pub fn view_readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<ReaddirEntry>> {
+    pub(crate) fn view_readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<ReaddirEntry>> {
         match self.view(ino)? {
             View::Live(i) => self.readdir(i, offset, limit),
             View::Dir => {
@@ -139,7 +139,7 @@ impl Volume {
         }
     }
 
-    pub fn view_read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub(crate) fn view_read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         match self.view(ino)? {
             View::Live(i) => self.read(i, offset, size),
             View::Dir => Err(FsError::IsDir),
@@ -147,7 +147,7 @@ impl Volume {
         }
     }
 
-    pub fn view_readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+    pub(crate) fn view_readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let i = self.view_getattr(ino)?;
         if i.kind != Kind::Symlink {
             return Err(FsError::Invalid("not a symlink"));
@@ -155,7 +155,7 @@ impl Volume {
         Ok(i.target)
     }
 
-    pub fn view_getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn view_getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         match self.view(ino)? {
             View::Live(i) => self.getxattr(i, name),
             View::Dir => Err(FsError::NoXattr),
@@ -163,7 +163,7 @@ impl Volume {
         }
     }
 
-    pub fn view_listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+    pub(crate) fn view_listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
         match self.view(ino)? {
             View::Live(i) => self.listxattr(i),
             View::Dir => Ok(Vec::new()),

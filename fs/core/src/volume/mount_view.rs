@@ -1,0 +1,215 @@
+//! [`MountView`]: the volume as a mount shows it, the one facade a protocol adapter calls.
+//!
+//! A mount shows two kinds of inodes in one number space (see `views.rs`): the live tree, and
+//! under `/.snapshots/NAME/` read-only snapshot trees. The facade routes each call by inode:
+//! * reads (attributes, lookups, listings, data, links, xattrs) go to the live tree or to the
+//!   snapshot at its epoch;
+//! * changes to a view inode (or into a view directory) fail with [`FsError::ReadOnly`]
+//!   (`EROFS`); open, flush, fsync and release of a view file do nothing beyond checking it;
+//! * kernel lookup counts ([`Volume::remember`], [`Volume::forget`]) are kept for live inodes
+//!   only: every entry the facade hands out counts one, as the kernel takes one reference per
+//!   entry it is given (a view inode needs no count: nothing is pinned for it).
+//!
+//! Routing costs one comparison of the inode number per call on the live path (`is_view`), as
+//! it did in the adapter before.
+
+use super::data::{Fallocate, IoKind, Opened, SetAttr};
+use super::namespace::{NewNode, ReaddirEntry, RenameFlags};
+use super::xattr::XattrMode;
+use super::{Caller, Volume};
+use crate::error::{FsError, Result};
+use crate::space::DiskSpace;
+use crate::types::{Ino, Inode};
+use std::sync::Arc;
+
+/// The volume as a mount shows it: live tree plus read-only snapshot views, lookups counted.
+#[derive(Clone)]
+pub struct MountView {
+    vol: Arc<Volume>,
+}
+
+/// Refuse a change that touches a view inode.
+fn writable(inos: &[Ino]) -> Result<()> {
+    if inos.iter().any(|i| Volume::is_view(*i)) {
+        return Err(FsError::ReadOnly);
+    }
+    Ok(())
+}
+
+impl MountView {
+    pub fn new(vol: Arc<Volume>) -> Self {
+        MountView { vol }
+    }
+
+    /// The volume behind the view (for what is not per inode: kernel cache registration).
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.vol
+    }
+
+    /// `name` in `parent`, counted when live. `Ok(None)`: the live tree has no such name, an
+    /// answer the kernel may cache (a negative entry). A name missing in a view, or in
+    /// `.snapshots`, is `Err(NotFound)`: a snapshot may be taken any moment.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Inode>> {
+        if Volume::is_view(parent) || Volume::is_snapshots_entry(parent, name) {
+            return self.vol.view_lookup(parent, name).map(Some);
+        }
+        match self.vol.lookup(parent, name) {
+            Ok(i) => {
+                self.vol.remember(i.ino);
+                Ok(Some(i))
+            }
+            Err(FsError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if !Volume::is_view(ino) {
+            self.vol.forget(ino, n);
+        }
+    }
+
+    /// An entry of a listing the kernel linked (readdirplus): one reference, except for `.`
+    /// and `..` and view inodes.
+    pub fn listed(&self, e: &ReaddirEntry) {
+        if e.name != b"." && e.name != b".." && !Volume::is_view(e.ino) {
+            self.vol.remember(e.ino);
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Inode> {
+        self.vol.view_getattr(ino)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.vol.view_readlink(ino)
+    }
+
+    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<ReaddirEntry>> {
+        self.vol.view_readdir(ino, offset, limit)
+    }
+
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.vol.view_read(ino, offset, size)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.vol.view_getxattr(ino, name)
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.vol.view_listxattr(ino)
+    }
+
+    /// A new node (not a regular file's open: see [`MountView::create`]), counted.
+    pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
+        writable(&[parent])?;
+        let i = self.vol.create_node(parent, name, new, who)?;
+        self.vol.remember(i.ino);
+        Ok(i)
+    }
+
+    /// A new file opened for writing, counted.
+    pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Opened> {
+        writable(&[parent])?;
+        let opened = self.vol.create_node(parent, name, new, who).and_then(|i| self.vol.open_file(i.ino, true))?;
+        self.vol.remember(opened.inode.ino);
+        Ok(opened)
+    }
+
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        writable(&[ino, newparent])?;
+        let i = self.vol.link(ino, newparent, newname)?;
+        self.vol.remember(i.ino);
+        Ok(i)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        writable(&[parent])?;
+        self.vol.unlink(parent, name)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        writable(&[parent])?;
+        self.vol.rmdir(parent, name)
+    }
+
+    pub fn rename(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: RenameFlags) -> Result<()> {
+        writable(&[parent, newparent])?;
+        self.vol.rename(parent, name, newparent, newname, flags)
+    }
+
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Inode> {
+        writable(&[ino])?;
+        self.vol.setattr(ino, set)
+    }
+
+    /// Open a file; a view file opens read-only, through the page cache, with nothing to
+    /// release.
+    pub fn open(&self, ino: Ino, write: bool) -> Result<Opened> {
+        if !Volume::is_view(ino) {
+            return self.vol.open_file(ino, write);
+        }
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let inode = self.vol.view_getattr(ino)?;
+        Ok(Opened { inode, kind: IoKind::Cached, backing: None })
+    }
+
+    pub fn release(&self, ino: Ino, kind: IoKind) -> Result<()> {
+        if Volume::is_view(ino) {
+            return Ok(());
+        }
+        self.vol.release_file(ino, kind)
+    }
+
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+        writable(&[ino])?;
+        self.vol.write(ino, offset, data)
+    }
+
+    pub fn flush(&self, ino: Ino) -> Result<()> {
+        if Volume::is_view(ino) {
+            return Ok(());
+        }
+        self.vol.flush(ino)
+    }
+
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        if Volume::is_view(ino) {
+            return Ok(());
+        }
+        self.vol.fsync(ino)
+    }
+
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        writable(&[ino])?;
+        self.vol.fallocate(ino, offset, len, mode)
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        writable(&[ino])?;
+        self.vol.setxattr(ino, name, value, mode)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        writable(&[ino])?;
+        self.vol.removexattr(ino, name)
+    }
+
+    pub fn disk_space(&self) -> Result<DiskSpace> {
+        self.vol.disk_space()
+    }
+
+    /// See [`Volume::enable_passthrough`].
+    pub fn enable_passthrough(&self, on: bool) {
+        self.vol.enable_passthrough(on)
+    }
+
+    /// Flush everything at unmount ([`Volume::shutdown`]).
+    pub fn shutdown(&self) -> Result<()> {
+        self.vol.shutdown()
+    }
+}
