@@ -694,12 +694,24 @@ fn racing_nodes_never_lose_an_acknowledged_push() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. SIGPIPE (issue 9)
+// 6. A client that goes away (issue 9: SIGPIPE; issue 11: cancellation per call)
 
-/// A push client killed while its push streams progress must not take the mount down: the
-/// mount process ignores SIGPIPE, and writing to the gone client is an error it logs.
+/// `hybridctl status --json`'s workers of the mounted `vol`: name → what it is busy with.
+fn workers_busy(vol: &TestVolume) -> BTreeMap<String, Option<String>> {
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    out.assert_success();
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
+    let workers = v[0]["workers"].as_array().unwrap_or_else(|| panic!("no workers in status: {out}"));
+    workers.iter().map(|w| (w["name"].as_str().unwrap_or("?").to_string(), w["busy"].as_str().map(String::from))).collect()
+}
+
+/// A push client killed (as by Ctrl-C) while its push runs in the mount process cancels that
+/// push there: the push's uploaders and store calls stop, the mount's control worker goes
+/// idle soon, and the mount survives (it ignores SIGPIPE; writing to the gone client is an
+/// error it logs). Invariant 4: the cancelled push leaves no head naming a missing block, and
+/// the next push resumes it and finishes; a fresh clone of the branch has every byte.
 #[test]
-fn a_push_client_killed_mid_stream_never_takes_the_mount_down() {
+fn a_push_client_killed_mid_push_cancels_it_and_the_next_push_finishes() {
     let server = start_server();
     let env = server.env();
     let store = test_store(&server, "hybridfs-pipe", "p");
@@ -709,26 +721,47 @@ fn a_push_client_killed_mid_stream_never_takes_the_mount_down() {
     let ign = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
     assert_ne!(ign & (1 << (libc::SIGPIPE - 1)), 0, "the mount process ignores SIGPIPE (SigIgn {ign:x})");
 
-    for i in 0..40 {
-        vol.put(&format!("data/{i:02}"), &pattern(300 + i as u64, 4 * MIB));
+    let mut want = BTreeMap::new();
+    for i in 0..60 {
+        let (rel, data) = (format!("data/{i:02}"), pattern(300 + i as u64, 4 * MIB));
+        vol.put(&rel, &data);
+        want.insert(rel, data);
     }
-    let (mut child, _out, err) = spawn_push(&vol, "main", "killed");
+    let (child, _out, err) = spawn_push(&vol, "main", "killed");
+    let mut push = Background(Some(child));
     let streaming = poll_until(Duration::from_secs(60), Duration::from_millis(5), || fs::read_to_string(&err).unwrap_or_default().contains("pushed "));
     assert!(streaming, "the push streamed no progress within 60 s: {}", fs::read_to_string(&err).unwrap_or_default());
+    let mut child = push.0.take().expect("running");
     child.kill().unwrap();
     child.wait().unwrap();
-    // The push goes on in the mount process and writes to the closed socket at its next
-    // progress line and at its answer.
+
+    // The mount's push stops: its control worker and uploaders go idle (bounded wait).
+    let mut last = BTreeMap::new();
+    let idle = poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        last = workers_busy(&vol);
+        last.iter().all(|(name, busy)| !(name == "control" || name.starts_with("upload-")) || busy.is_none())
+    });
+    assert!(idle, "the cancelled push still runs in the mount process 60 s after its client went away: {last:?}\n{}", log_tail(&vol.mount_log()));
     let r = remote(&store, "vol");
-    let landed = poll_until(Duration::from_secs(120), Duration::from_millis(100), || head_of(&r, "main").is_some());
-    assert!(procs::pid_alive(pid), "the mount process survives a client that went away mid-push\n{}", log_tail(&vol.mount_log()));
-    assert!(landed, "the push finished in the mount process");
+    assert!(head_of(&r, "main").is_none(), "{INV4}: the cancelled push moved no head (it was cancelled mid-upload)");
+    assert!(vol.mount_log().contains("went away"), "the mount log says why the push stopped:\n{}", log_tail(&vol.mount_log()));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(procs::pid_alive(pid), "the mount process survives writing its answer to the gone client\n{}", log_tail(&vol.mount_log()));
-    let (next, _) = push_ok(&vol, &[], &[]);
-    assert!(next.up_to_date, "{next:?}");
+    assert!(procs::pid_alive(pid), "the mount process survives a client that went away mid-push\n{}", log_tail(&vol.mount_log()));
+
+    // The next push resumes the cancelled one and finishes.
+    let (next, out) = push_ok(&vol, &[], &[]);
+    assert!(next.resumed && !next.up_to_date, "{INV4}: the next push resumes the cancelled one: {next:?}\n{out}");
+    assert!(next.blocks_skipped > 0, "{INV4}: what arrived before the cancel is not sent again: {next:?}");
     check_branch(&r, "main");
+    check_objects(&r);
     vol.umount();
+
+    // A fresh clone of the branch has every byte.
+    let mut fresh = TestVolume::builder().name("vol").unformatted().build();
+    fresh.ctl_env(&env_refs(&env), &["clone", "s3://hybridfs-pipe/p/vol", "--branch", "copy", "--source", "main", "--json"]).assert_success();
+    fresh.mount_env(&env_refs(&env));
+    hybridfs_tests::content::assert_tree(&fresh.path("data"), &want.iter().map(|(k, v)| (k.trim_start_matches("data/").to_string(), v.clone())).collect(), "a fresh clone after the resumed push");
+    fresh.umount();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,13 +42,15 @@
 //! A store opened with a [`CancellationToken`] ([`open_with`]) aborts its requests in flight
 //! when the token is cancelled and fails every call after that with [`StoreError::Cancelled`]:
 //! the node cancels the stores of a mount when the mount stops (umount, a signal), so nothing
-//! is left waiting on a store that does not answer.
+//! is left waiting on a store that does not answer. One call's work (a push) is cancelled on
+//! its own through a [`CallScoped`] view of the store, with a token of its own.
 //!
 //! # Threads
 //!
 //! The trait is synchronous: core calls it from plain threads. [`S3Store`] owns a small tokio
 //! runtime and waits on it; see its module for why that is safe from any thread.
 
+mod call;
 mod conformance;
 mod error;
 mod faulty;
@@ -62,6 +64,7 @@ mod url;
 
 use std::sync::Arc;
 
+pub use call::CallScoped;
 pub use conformance::conformance;
 pub use error::StoreError;
 pub use faulty::{Corruption, FaultPlan, Faulty};

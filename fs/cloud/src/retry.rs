@@ -20,6 +20,7 @@
 //! [`CANCEL_POLL`]). The store inside aborts its request in flight itself ([`crate::S3Store`]
 //! holds the same token).
 
+use crate::call::call_cancelled;
 use crate::{CancellationToken, Cond, ObjectMeta, ObjectStore, StoreError};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 /// Sleep `pause`, or less when `cancel` is cancelled meanwhile; false when cancelled.
 fn sleep_unless_cancelled(cancel: &CancellationToken, pause: Duration) -> bool {
     let until = Instant::now() + pause;
-    while !cancel.is_cancelled() {
+    while !cancel.is_cancelled() && !call_cancelled() {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return true;
@@ -122,7 +123,7 @@ impl<S: ObjectStore> Retry<S> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
-            if self.cancel.is_cancelled() {
+            if self.cancel.is_cancelled() || call_cancelled() {
                 return Err(StoreError::Cancelled);
             }
             let sent = Instant::now();

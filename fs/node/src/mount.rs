@@ -121,7 +121,7 @@ pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, pro
 /// session ends, before the flush ([`crate::notify`]).
 pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> Result<()> {
     let vd = home.volume(name)?;
-    let cfg = vd.config()?;
+    vd.config()?;
     let mp = prepare_mountpoint(mp)?;
     // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
     let signals = block_termination_signals()?;
@@ -129,7 +129,8 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     if let Some(addr) = opts.metrics_addr {
         crate::metrics_http::serve(addr)?;
     }
-    let vol = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
+    // The volume with its object store, kept for the life of the mount.
+    let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
     vol.start_sealer()?;
     let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
     std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
@@ -139,8 +140,6 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     // The mount's background work; stopped (and waited for) when the session ends.
     let workers = vol.workers().clone();
     spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
-    // The volume's object store, kept for the life of the mount.
-    let remote = Arc::new(RemoteSlot::new(cfg, workers.clone()));
     crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
     spawn_collector(&workers, &vol)?;
     spawn_store_check(remote);

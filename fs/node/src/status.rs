@@ -110,7 +110,9 @@ impl VolumeDir {
     pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let cfg = self.config()?;
         let meta = self.open_meta(true)?;
-        let blocks = self.open_blocks(&meta, &crate::workers::Workers::new())?;
+        let workers = crate::workers::Workers::new();
+        let remote = crate::control::RemoteSlot::new(cfg.clone(), workers.clone());
+        let blocks = self.open_blocks(&meta, &remote, &workers)?;
         let staging = Staging::new(self.staging_dir())?;
         Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
     }

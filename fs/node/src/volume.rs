@@ -2,6 +2,7 @@
 //! store) and object store it runs on. Every process that opens a volume (the CLI, a mount,
 //! the agent, tests) goes through here.
 
+use crate::control::RemoteSlot;
 use crate::home::{VolumeConfig, VolumeDir};
 use crate::keys;
 use anyhow::{Context, Result};
@@ -24,15 +25,8 @@ impl VolumeConfig {
     }
 
     /// [`VolumeConfig::remote`] whose requests in flight are aborted, and later calls fail,
-    /// once `workers` stop (a mount's stores: at umount or a termination signal).
-    pub fn remote_until_stopped(&self, workers: &Workers) -> Result<Remote> {
-        let cancel = CancellationToken::new();
-        let on_stop = cancel.clone();
-        workers.on_stop(move || on_stop.cancel());
-        self.remote_with(&cancel)
-    }
-
-    fn remote_with(&self, cancel: &CancellationToken) -> Result<Remote> {
+    /// once `cancel` is cancelled (a mount's store: [`RemoteSlot`], at umount or a signal).
+    pub(crate) fn remote_with(&self, cancel: &CancellationToken) -> Result<Remote> {
         let store = hybridfs_cloud::open_with(&self.store, cancel).with_context(|| format!("open the store {}", self.store))?;
         let cipher = keys::volume_cipher(self.key_file.as_deref(), self.key_fingerprint.as_deref())?;
         Ok(Remote::new(store, self.remote_name()).with_cipher(cipher))
@@ -50,24 +44,31 @@ impl VolumeDir {
     /// a home volume holds its own blocks and fetches only blocks it references without a
     /// copy: those a merge took from a branch (only metadata moves at merge time). A home
     /// volume whose store cannot be opened (settings or key missing) serves its local blocks
-    /// alone, unless it merged a branch (then it may need the store to read). Its fetchers
-    /// report into `workers`, and its store calls end when they stop.
-    pub fn open_blocks(&self, meta: &Arc<MetaStore>, workers: &Arc<Workers>) -> Result<Arc<dyn BlockStore>> {
-        self.open_blocks_with(meta, workers, None)
+    /// alone, unless it merged a branch (then it may need the store to read). It fetches
+    /// through `remote`, the object store of the volume's process (one per mount, shared with
+    /// its control requests); its fetchers report into `workers`.
+    pub fn open_blocks(&self, meta: &Arc<MetaStore>, remote: &RemoteSlot, workers: &Arc<Workers>) -> Result<Arc<dyn BlockStore>> {
+        self.open_blocks_with(meta, remote, workers, None)
     }
 
     /// [`VolumeDir::open_blocks`] whose reads wait `read_timeout` for a block from the store
     /// (none: the volume's `read_timeout_secs`, else the lazy store's default).
-    pub fn open_blocks_with(&self, meta: &Arc<MetaStore>, workers: &Arc<Workers>, read_timeout: Option<Duration>) -> Result<Arc<dyn BlockStore>> {
+    pub fn open_blocks_with(
+        &self,
+        meta: &Arc<MetaStore>,
+        remote: &RemoteSlot,
+        workers: &Arc<Workers>,
+        read_timeout: Option<Duration>,
+    ) -> Result<Arc<dyn BlockStore>> {
         let local = FileBlockStore::open(self.blocks_dir())?;
-        let cfg = self.config()?;
-        let remote = match cfg.remote_until_stopped(workers) {
-            Ok(remote) => remote,
+        let cfg = remote.config();
+        let remote = match remote.get() {
+            Ok(remote) => Remote::clone(&remote),
             Err(e) if cfg.clone_of.is_none() && meta.meta_value(hybridfs_sync::merge::LOG)?.is_none() => {
                 tracing::warn!("volume {}: the store cannot be opened ({e:#}); serving local blocks only", self.name);
                 return Ok(Arc::new(local));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         // One cache of fetched blocks per remote volume, shared by its clones on this node.
         let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
@@ -80,17 +81,20 @@ impl VolumeDir {
         Ok(Arc::new(lazy))
     }
 
-    /// Open the volume for serving (caller holds the lock). Its background work reports into
-    /// [`Volume::workers`]; stopping them also cancels the block store's store calls.
-    pub fn open_volume(&self, seal_delay: Duration) -> Result<Arc<Volume>> {
+    /// Open the volume for serving (caller holds the lock), with its object store: the one
+    /// [`RemoteSlot`] its block store fetches through and its control requests use. Its
+    /// background work reports into [`Volume::workers`]; stopping them also cancels every
+    /// store call.
+    pub fn open_volume(&self, seal_delay: Duration) -> Result<(Arc<Volume>, Arc<RemoteSlot>)> {
         self.open_volume_with(seal_delay, None)
     }
 
     /// [`VolumeDir::open_volume`] with a read timeout for blocks from the store (a mount's
     /// `--read-timeout`; none: the volume's own).
-    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> Result<Arc<Volume>> {
+    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> Result<(Arc<Volume>, Arc<RemoteSlot>)> {
         let cfg = self.config()?;
         let workers = Workers::new();
+        let remote = Arc::new(RemoteSlot::new(cfg.clone(), workers.clone()));
         let opts = VolumeOptions {
             block_size: cfg.block_size,
             staging_dir: self.staging_dir(),
@@ -99,7 +103,7 @@ impl VolumeDir {
             ..VolumeOptions::default()
         };
         let meta = self.open_meta(false)?;
-        let blocks = self.open_blocks_with(&meta, &workers, read_timeout)?;
-        Ok(Volume::open(meta, blocks, opts)?)
+        let blocks = self.open_blocks_with(&meta, &remote, &workers, read_timeout)?;
+        Ok((Volume::open(meta, blocks, opts)?, remote))
     }
 }

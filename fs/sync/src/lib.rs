@@ -175,16 +175,34 @@ pub struct PushReport {
     pub up_to_date: bool,
 }
 
+/// A volume's place in an object store. Clones share the store (its client, runtime and
+/// cancellation).
+#[derive(Clone)]
 pub struct Remote {
     pub store: Arc<dyn ObjectStore>,
     pub volume: String,
     /// With client-side encryption: every object body is sealed, block names are keyed.
     pub cipher: Option<Arc<crypt::Cipher>>,
+    /// The call this remote serves ([`Remote::for_call`]); never cancelled otherwise.
+    call: hybridfs_cloud::CancellationToken,
 }
 
 impl Remote {
     pub fn new(store: Arc<dyn ObjectStore>, volume: impl Into<String>) -> Remote {
-        Remote { store, volume: volume.into(), cipher: None }
+        Remote { store, volume: volume.into(), cipher: None, call: Default::default() }
+    }
+
+    /// This remote for one call's work (a push, a merge): once `cancel` is cancelled its store
+    /// calls fail with `Cancelled` (a request in flight is aborted) and a push's uploaders read
+    /// no more blocks; the store itself serves on.
+    pub fn for_call(&self, cancel: hybridfs_cloud::CancellationToken) -> Remote {
+        let store: Arc<dyn ObjectStore> = Arc::new(hybridfs_cloud::CallScoped::new(self.store.clone(), cancel.clone()));
+        Remote { store, volume: self.volume.clone(), cipher: self.cipher.clone(), call: cancel }
+    }
+
+    /// Whether the call this remote serves was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.call.is_cancelled()
     }
 
     pub fn with_cipher(mut self, cipher: Option<Arc<crypt::Cipher>>) -> Remote {

@@ -2,8 +2,10 @@
 //!
 //! The uploaders are named workers (`upload-N`) of the volume's registry for the length of the
 //! push ([`hybridfs_core::worker`]): `hybridctl status` shows what each sends. At the
-//! registry's stop signal no new block is read or sent; requests in flight end as the store's
-//! cancellation aborts them (the node cancels its stores at the same signal).
+//! registry's stop signal, or when the push's own call is cancelled ([`Remote::for_call`]: its
+//! client went away), no new block is read or sent; requests in flight end as the store's
+//! cancellation aborts them (the node cancels its stores at the same signal, a call's store
+//! view at the call's).
 
 use crate::{Progress, Remote, Result, SyncError, PACK_BYTES, PACK_SMALLER_THAN, PARALLEL};
 use hybridfs_cloud::Cond;
@@ -82,7 +84,7 @@ pub(crate) fn upload_blocks(
             if first_error.lock().expect("lock").is_some() {
                 break;
             }
-            if workers.is_stopped() {
+            if workers.is_stopped() || remote.is_cancelled() {
                 first_error.lock().expect("lock").get_or_insert(SyncError::Store(hybridfs_cloud::StoreError::Cancelled));
                 break;
             }

@@ -431,7 +431,8 @@ async fn client_for(config: S3Config) -> Result<Client, StoreError> {
 }
 
 /// Spawn `fut` on `runtime` and wait at most `wait` for its answer; past `wait`, or once
-/// `cancel` is cancelled, the request is dropped on the runtime (aborted), not left running.
+/// `cancel` (or the token of the call in progress) is cancelled, the request is dropped on the
+/// runtime (aborted), not left running.
 fn wait_for<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     wait: Duration,
@@ -439,15 +440,17 @@ fn wait_for<T: Send + 'static>(
     cancel: &CancellationToken,
     fut: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> Result<T, StoreError> {
-    if cancel.is_cancelled() {
+    // The call's own token ([`crate::CallScoped`]), or one never cancelled.
+    let call = crate::call::call_token().unwrap_or_default();
+    if cancel.is_cancelled() || call.is_cancelled() {
         return Err(StoreError::Cancelled);
     }
     let (tx, rx) = mpsc::sync_channel(1);
     let cancel = cancel.clone();
     runtime.spawn(async move {
         // None: cancelled; Some(None): timed out.
-        let answer = cancel.run_until_cancelled_owned(tokio::time::timeout(wait, fut)).await;
-        let _ = tx.send(answer.map(|timed| timed.ok()));
+        let answer = call.run_until_cancelled_owned(cancel.run_until_cancelled_owned(tokio::time::timeout(wait, fut))).await;
+        let _ = tx.send(answer.flatten().map(|timed| timed.ok()));
     });
     // The task answers by `wait`; the grace covers a runtime too busy to run it on time.
     match rx.recv_timeout(wait + Duration::from_secs(1)) {

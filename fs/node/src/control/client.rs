@@ -35,9 +35,9 @@ pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)
             let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
             return Ok(Reply::Pull(report));
         }
-        let vol = vd.open_volume(Duration::from_secs(30))?;
-        let remote = RemoteSlot::new(vd.config()?, vol.workers().clone());
-        let result = execute(&vol, &remote, req, progress);
+        let (vol, remote) = vd.open_volume(Duration::from_secs(30))?;
+        // Here the call ends with this process: nothing else cancels it.
+        let result = execute(&vol, &remote, req, &remote.call_token(), progress);
         let flushed = vol.shutdown().context("flush the volume");
         vol.workers().stop();
         flushed?;

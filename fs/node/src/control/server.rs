@@ -10,6 +10,7 @@ use hybridfs_core::meta::LIVE;
 use hybridfs_core::types::SnapshotInfo;
 use hybridfs_core::{FsError, Volume};
 use hybridfs_sync::merge::MergeRequest;
+use hybridfs_cloud::CancellationToken;
 use hybridfs_sync::{Progress, Remote};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,19 +19,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The volume's object store, opened on first use and then kept (for a mount process: for
-/// the life of the mount). Opening it fails while the store's settings or key are wrong; the
-/// next request tries again. Its calls are cancelled (requests in flight aborted) when the
-/// volume's workers stop.
+/// the life of the mount, shared by its block store's fetchers and its control requests).
+/// Opening it fails while the store's settings or key are wrong; the next use tries again.
+/// Its calls are cancelled (requests in flight aborted) when the volume's workers stop; one
+/// request's calls alone with a [`RemoteSlot::call_token`].
 pub struct RemoteSlot {
     cfg: VolumeConfig,
-    workers: Arc<Workers>,
+    /// Cancelled when the volume's workers stop.
+    cancel: CancellationToken,
     // A std Mutex: held only to clone or set the Arc, never across store I/O.
     remote: Mutex<Option<Arc<Remote>>>,
 }
 
 impl RemoteSlot {
     pub fn new(cfg: VolumeConfig, workers: Arc<Workers>) -> RemoteSlot {
-        RemoteSlot { cfg, workers, remote: Mutex::new(None) }
+        let cancel = CancellationToken::new();
+        let on_stop = cancel.clone();
+        workers.on_stop(move || on_stop.cancel());
+        RemoteSlot { cfg, cancel, remote: Mutex::new(None) }
+    }
+
+    /// A token for one request's store calls: cancelled with the store, or on its own.
+    pub fn call_token(&self) -> CancellationToken {
+        self.cancel.child_token()
     }
 
     pub fn config(&self) -> &VolumeConfig {
@@ -42,7 +53,7 @@ impl RemoteSlot {
         if let Some(r) = &*slot {
             return Ok(r.clone());
         }
-        let remote = self.cfg.remote_until_stopped(&self.workers).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        let remote = self.cfg.remote_with(&self.cancel).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
         let remote = Arc::new(remote);
         *slot = Some(remote.clone());
         Ok(remote)
@@ -80,9 +91,17 @@ fn prefetch(vol: &Volume, paths: &[Vec<String>]) -> Result<Reply, ControlError> 
     Ok(Reply::Prefetch(PrefetchReport { paths: paths.len(), blocks, seconds: started.elapsed().as_secs_f64() }))
 }
 
-/// Run one request against an open volume; long ones report progress as they go.
-pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply, ControlError> {
+/// Run one request against an open volume; long ones report progress as they go. Its store
+/// calls end when `cancel` is cancelled (its client went away).
+pub(crate) fn execute(
+    vol: &Volume,
+    slot: &RemoteSlot,
+    req: &Request,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Reply, ControlError> {
     let kernel = || hybridfs_fuse::kernel_cache::of(vol);
+    let remote = || slot.get().map(|r| r.for_call(cancel.clone()));
     Ok(match req {
         Request::SnapshotCreate { name } => Reply::Snapshot(vol.snapshot_create(name)?),
         Request::SnapshotDelete { name } => Reply::Snapshot(vol.snapshot_delete(name)?),
@@ -104,13 +123,13 @@ pub(crate) fn execute(vol: &Volume, remote: &RemoteSlot, req: &Request, progress
                 max_delete_pct: m.max_delete,
                 prefetch: m.prefetch,
             };
-            Reply::Merge(hybridfs_sync::merge::merge_with(vol, &*remote.get()?, &req, kernel().as_deref(), progress)?)
+            Reply::Merge(hybridfs_sync::merge::merge_with(vol, &remote()?, &req, kernel().as_deref(), progress)?)
         }
         Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
-        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &*remote.get()?)?),
+        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &remote()?)?),
         Request::Workers => return Err(ControlError::NotMounted),
         Request::Push { branch, fork_from } => {
-            let report = hybridfs_sync::push_with(vol, &*remote.get()?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
+            let report = hybridfs_sync::push_with(vol, &remote()?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
             Reply::Push(report)
         }
     })
@@ -165,11 +184,59 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
                 }
             };
             status.busy(env.request.op());
-            let result = execute(vol, remote, &env.request, &progress);
+            let cancel = remote.call_token();
+            let watch = watch_client(&conn, &cancel);
+            let result = execute(vol, remote, &env.request, &cancel, &progress);
+            if let Some(watch) = watch {
+                watch.done();
+            }
+            if cancel.is_cancelled() {
+                tracing::info!("control request {}: its client went away; cancelled", env.request.op());
+            }
             status.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             result
         }
     };
     send(&conn, &Message::Done(result))?;
     Ok(())
+}
+
+/// Watches a control connection while its request runs: the client sends nothing after its
+/// request, so the end of the stream (or an error) means it went away (Ctrl-C of `hybridctl
+/// push`), and the request's `cancel` is cancelled.
+struct ClientWatch {
+    conn: UnixStream,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn watch_client(conn: &UnixStream, cancel: &CancellationToken) -> Option<ClientWatch> {
+    let reader = conn.try_clone().ok()?;
+    let conn = conn.try_clone().ok()?;
+    let cancel = cancel.clone();
+    let thread = std::thread::Builder::new()
+        .name("control-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            // Bounded: a client that keeps sending is not one that went away; a closed or
+            // shut-down stream ends the loop.
+            for _ in 0..1_000_000 {
+                match std::io::Read::read(&mut &reader, &mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+                    Err(_) => break,
+                }
+            }
+            cancel.cancel();
+        })
+        .ok()?;
+    Some(ClientWatch { conn, thread })
+}
+
+impl ClientWatch {
+    /// The request ended: stop watching (its token may be cancelled now; nothing uses it).
+    fn done(self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Read);
+        let _ = self.thread.join();
+    }
 }
