@@ -344,9 +344,7 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<
         }
         let owner = home.volumes()?.into_iter().find_map(|vd| vd.mount_state().filter(|s| s.mountpoint == mp).map(|s| (vd, s)));
         let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
-        // SAFETY: umount2 with a valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = umount_retrying_busy(&c) {
             if e.raw_os_error() == Some(libc::ENOTCONN) {
                 lazy_umount(&mp)?;
             } else {
@@ -366,6 +364,27 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<
         }
         Ok(mp)
     })
+}
+
+/// How long `umount` tries again while the kernel says the mount is busy.
+const UMOUNT_BUSY_RETRY: Duration = Duration::from_secs(5);
+
+/// `umount2(mp)`, tried again for up to [`UMOUNT_BUSY_RETRY`] while it fails with `EBUSY`: a
+/// file just closed may still be held for a moment (by a process exiting, or a descriptor a
+/// parallel fork inherited until its exec); a mount still busy after that is reported.
+fn umount_retrying_busy(mp: &std::ffi::CStr) -> std::io::Result<()> {
+    let start = Instant::now();
+    loop {
+        // SAFETY: umount2 with a valid C string.
+        if unsafe { libc::umount2(mp.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || start.elapsed() >= UMOUNT_BUSY_RETRY {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether `path` is a hybridfs mount (its source is `hybridfs:NAME`).
