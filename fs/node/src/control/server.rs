@@ -15,6 +15,7 @@ use hybridfs_sync::{Progress, Remote};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,10 +188,7 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
             let cancel = remote.call_token();
             let watch = watch_client(&conn, &cancel);
             let result = execute(vol, remote, &env.request, &cancel, &progress);
-            if let Some(watch) = watch {
-                watch.done();
-            }
-            if cancel.is_cancelled() {
+            if watch.is_some_and(ClientWatch::done) {
                 tracing::info!("control request {}: its client went away; cancelled", env.request.op());
             }
             status.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -207,36 +205,50 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
 struct ClientWatch {
     conn: UnixStream,
     thread: std::thread::JoinHandle<()>,
+    /// Set by the request when it ended (then the stream's end is ours, not the client's).
+    ended: Arc<AtomicBool>,
+    /// Set by the watcher when the client went away.
+    gone: Arc<AtomicBool>,
 }
 
 fn watch_client(conn: &UnixStream, cancel: &CancellationToken) -> Option<ClientWatch> {
     let reader = conn.try_clone().ok()?;
     let conn = conn.try_clone().ok()?;
-    let cancel = cancel.clone();
+    let (ended, gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (cancel, ended_w, gone_w) = (cancel.clone(), ended.clone(), gone.clone());
     let thread = std::thread::Builder::new()
         .name("control-watch".into())
         .spawn(move || {
             let mut buf = [0u8; 64];
-            // Bounded: a client that keeps sending is not one that went away; a closed or
-            // shut-down stream ends the loop.
+            // Bounded: reads time out (the connection's read timeout) and are asked again; a
+            // closed stream, or ours shut down when the request ends, ends the loop.
             for _ in 0..1_000_000 {
                 match std::io::Read::read(&mut &reader, &mut buf) {
                     Ok(0) => break,
                     Ok(_) => continue,
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+                        if ended_w.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
-            cancel.cancel();
+            if !ended_w.load(Ordering::SeqCst) {
+                gone_w.store(true, Ordering::SeqCst);
+                cancel.cancel();
+            }
         })
         .ok()?;
-    Some(ClientWatch { conn, thread })
+    Some(ClientWatch { conn, thread, ended, gone })
 }
 
 impl ClientWatch {
-    /// The request ended: stop watching (its token may be cancelled now; nothing uses it).
-    fn done(self) {
+    /// The request ended: stop watching. Whether its client had gone away.
+    fn done(self) -> bool {
+        self.ended.store(true, Ordering::SeqCst);
         let _ = self.conn.shutdown(std::net::Shutdown::Read);
         let _ = self.thread.join();
+        self.gone.load(Ordering::SeqCst)
     }
 }
