@@ -299,6 +299,19 @@ fn cold_reads_on_an_unanswering_store_leave_the_mount_answering() {
     }
     assert_same_bytes("local file while cold reads wait", &local, &pattern(801, 2 * MIB));
     assert_same_bytes("cached file while cold reads wait", &warm, &pattern(800, 2 * MIB));
+    // The waiting reads show in `hybridctl status` (issue 11): the waiter threads that hold
+    // their replies (`cold-read-N`) and the fetches they wait on (`fetch-read`), busy.
+    let out = n.clone.ctl(&["status", "data", "--json"]);
+    out.assert_success();
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
+    let busy: Vec<(String, String)> = status[0]["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| Some((w["name"].as_str()?.to_string(), w["busy"].as_str()?.to_string())))
+        .collect();
+    assert!(busy.iter().any(|(name, what)| name.starts_with("cold-read-") && what.starts_with("read inode")), "a busy cold-read waiter in status: {busy:?}");
+    assert!(busy.iter().any(|(name, what)| name == "fetch-read" && what.starts_with("fetch block")), "a busy fetch-read worker in status: {busy:?}");
     for (i, r) in readers.iter_mut().enumerate() {
         assert!(r.try_wait().unwrap().is_none(), "cat cold/{i} still waits for the blackholed store");
     }

@@ -11,7 +11,8 @@
 //! and reads of local data keep their threads.
 //!
 //! Waiters are named threads (`cold-read-N`), started as needed up to [`WAITERS`] and kept
-//! until unmount. At most [`WAITERS`] more reads queue for a free waiter; a read beyond that
+//! until unmount; each is a named worker of the volume's registry (`hybridctl status` shows
+//! which read it waits for). At most [`WAITERS`] more reads queue for a free waiter; a read beyond that
 //! fails at once with `EIO` and a log line: the store is not keeping up, and more threads
 //! would only pile up (the block store itself starts at most 64 fetches that readers wait on).
 //! A waiter runs the read again, now waiting at most the clone's read timeout.
@@ -39,6 +40,7 @@ use crate::errno::ReplyError;
 use crate::OpTimer;
 use fuser::ReplyData;
 use hybridfs_core::blockstore::{with_waiting, Waiting};
+use hybridfs_core::worker::Handle;
 use hybridfs_core::{FsError, MountView};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -120,7 +122,9 @@ impl ColdReads {
 
     fn spawn(&self, n: usize, first: ColdRead) {
         let shared = self.shared.clone();
-        let started = std::thread::Builder::new().name(format!("cold-read-{n}")).spawn(move || shared.serve(first));
+        let name = format!("cold-read-{n}");
+        let status = shared.vol.volume().workers().register(&name);
+        let started = std::thread::Builder::new().name(name).spawn(move || shared.serve(first, &status));
         if let Err(e) = started {
             // The read went down with the closure: fuser answers a dropped reply with EIO.
             self.shared.load.lock().threads -= 1;
@@ -131,11 +135,13 @@ impl ColdReads {
 
 impl Shared {
     /// A waiter: serve `first`, then reads from the queue until the pool is dropped.
-    fn serve(&self, first: ColdRead) {
+    fn serve(&self, first: ColdRead, status: &Handle) {
         let mut next = Some(first);
         loop {
             if let Some(read) = next.take() {
-                self.read(read);
+                status.busy(format!("read inode {} at {} for thread {}", read.ino, read.offset, read.caller));
+                let outcome = self.read(read);
+                status.done(outcome);
             }
             self.load.lock().free += 1;
             match self.rx.recv() {
@@ -145,7 +151,9 @@ impl Shared {
         }
     }
 
-    fn read(&self, r: ColdRead) {
+    /// Serve one read; what went wrong, for the waiter's status (an interrupted caller is not
+    /// a failure).
+    fn read(&self, r: ColdRead) -> Result<(), String> {
         let result = if r.caller == 0 {
             self.vol.read(r.ino, r.offset, r.size)
         } else if caller_interrupted(r.caller as u64) {
@@ -154,15 +162,24 @@ impl Shared {
             let waiting = Waiting::Interruptible { probe: caller_interrupted, arg: r.caller as u64 };
             with_waiting(waiting, || self.vol.read(r.ino, r.offset, r.size))
         };
-        match result {
-            Ok(d) => r.reply.data(&d),
+        let outcome = match result {
+            Ok(d) => {
+                r.reply.data(&d);
+                Ok(())
+            }
             Err(FsError::Interrupted) => {
                 tracing::debug!("read of inode {} stopped waiting for the object store: its caller {} was interrupted", r.ino, r.caller);
-                r.reply.fail("read", FsError::Interrupted)
+                r.reply.fail("read", FsError::Interrupted);
+                Ok(())
             }
-            Err(e) => r.reply.fail("read", e),
-        }
+            Err(e) => {
+                let why = format!("read of inode {}: {e}", r.ino);
+                r.reply.fail("read", e);
+                Err(why)
+            }
+        };
         drop(r.timer);
+        outcome
     }
 }
 

@@ -26,7 +26,8 @@
 //!
 //! The read-ahead fetchers are named workers (`fetch-N`) of the volume's registry
 //! ([`LazyStore::with_workers`]): `hybridctl status` shows which block each fetches, and they
-//! end at the registry's stop signal.
+//! end at the registry's stop signal. A fetch a reader waits on is listed too, as a
+//! `fetch-read` worker, for as long as it runs.
 
 use crate::Remote;
 use hybridfs_blocks::FileBlockStore;
@@ -83,6 +84,8 @@ pub struct Inner {
     /// Fetch threads readers wait on now.
     waited: AtomicUsize,
     read_timeout_ms: AtomicU64,
+    /// The registry the fetch threads report into (`hybridctl status`).
+    workers: Arc<Workers>,
 }
 
 impl LazyStore {
@@ -99,7 +102,7 @@ impl LazyStore {
         remote: Remote,
         meta: Arc<MetaStore>,
         cap: Option<u64>,
-        workers: &Workers,
+        workers: &Arc<Workers>,
     ) -> Result<Self> {
         crate::clone::refuse_if_pulling(&meta).map_err(|e| match e {
             crate::SyncError::Volume(e) => e,
@@ -128,6 +131,7 @@ impl LazyStore {
             failed: Mutex::new(HashMap::new()),
             waited: AtomicUsize::new(0),
             read_timeout_ms: AtomicU64::new(DEFAULT_READ_TIMEOUT.as_millis() as u64),
+            workers: workers.clone(),
         });
         for id in ids {
             inner.touch(&id);
@@ -222,7 +226,8 @@ impl LazyStore {
         }
     }
 
-    /// Fetch `id` in a thread of its own (the caller holds the in-flight set and marks it).
+    /// Fetch `id` in a thread of its own (the caller holds the in-flight set and marks it): a
+    /// named worker (`fetch-read`) listed while it runs.
     fn start_fetch(&self, id: &BlockId, inflight: &mut std::collections::HashSet<BlockId>) -> Result<()> {
         if self.waited.fetch_add(1, Ordering::SeqCst) >= MAX_WAITED_FETCHES {
             self.waited.fetch_sub(1, Ordering::SeqCst);
@@ -234,8 +239,12 @@ impl LazyStore {
         self.failed.lock().expect("failed lock").remove(id);
         inflight.insert(*id);
         let (inner, id) = (self.inner.clone(), *id);
+        let status = self.workers.register_scoped("fetch-read");
+        status.busy(format!("fetch block {id} for a reader"));
         let started = std::thread::Builder::new().name("fetch-read".into()).spawn(move || {
-            if let Err(e) = inner.fetch_and_keep(&id) {
+            let result = inner.fetch_and_keep(&id);
+            status.done(result.as_ref().map(|_| ()).map_err(|e| format!("fetch block {id}: {e}")));
+            if let Err(e) = result {
                 inner.failed.lock().expect("failed lock").insert(id, e.to_string());
             }
             inner.inflight.lock().expect("inflight lock").remove(&id);
