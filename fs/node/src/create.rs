@@ -4,7 +4,7 @@
 //! Both build the volume in a hidden directory next to its final place and rename it there
 //! only when it is complete, so a failure leaves no half-made volume behind.
 
-use crate::error::bad_input;
+use crate::error::{bad_input, typed, NodeResult};
 use crate::home::{parse_size, valid_name, Home, VolumeConfig, VolumeDir, FORMAT_VERSION};
 use crate::keys;
 use anyhow::{Context, Result};
@@ -84,121 +84,125 @@ impl Home {
     /// A new, empty volume. `check`: first make sure the store is reachable and writable (a
     /// small object written, read back and deleted), so bad settings show now rather than at
     /// the first push.
-    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>, key_file: Option<&Path>, check: bool) -> Result<Formatted> {
-        let key = match key_file {
-            Some(p) => Some(keys::prepare_key_file(p)?),
-            None => None,
-        };
-        if !valid_name(name) {
-            return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
-        }
-        let bs = match parse_size(block_size) {
-            Some(b) if b.is_power_of_two() && (64 << 10..=64 << 20).contains(&b) => b as u32,
-            _ => return bad_input(format!("bad block size {block_size:?}: a power of two from 64K to 64M")),
-        };
-        let default_store = format!("file://{}", self.root.join("store").display());
-        let store = store.unwrap_or(&default_store);
-        check_store(store)?;
-        let dir = self.root.join("volumes").join(name);
-        if dir.exists() {
-            return bad_input(format!("volume {name} already exists in {} (nothing was changed)", self.root.display()));
-        }
-        // An object store over the network (a local directory is checked when first used).
-        if check && store.starts_with("s3://") {
-            probe_store(store, name)?;
-        }
-        std::fs::create_dir_all(dir.parent().expect("has parent")).with_context(|| format!("create {}", self.root.display()))?;
-        let tmp = self.root.join("volumes").join(format!(".{name}.formatting"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
-        let meta = vd.open_meta(false)?;
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Volume::format(&*meta, uid, gid)?;
-        drop(meta);
-        let cfg = VolumeConfig {
-            format_version: FORMAT_VERSION,
-            name: name.to_string(),
-            block_size: bs,
-            store: store.to_string(),
-            created: now_secs(),
-            remote_volume: None,
-            branch: None,
-            clone_of: None,
-            cache_bytes: None,
-            key_fingerprint: key.as_ref().map(|k| k.fingerprint.clone()),
-            key_file: key.as_ref().map(|k| k.path.clone()),
-            read_timeout_secs: None,
-        };
-        std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
-        std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
-        let new_key_file = key.filter(|k| k.created).map(|k| k.path);
-        Ok(Formatted { name: name.to_string(), block_size: bs, store: store.to_string(), new_key_file })
-    }
-
-    /// `hybridctl clone STORE/VOLUME --branch B`: a local volume built from the layers of
-    /// branch `source` of VOLUME; file data is fetched when first read.
-    pub fn clone_volume(&self, spec: &CloneSpec) -> Result<Cloned> {
-        let (url, branch, source) = (spec.url.as_str(), spec.branch.as_str(), spec.source.as_str());
-        let trimmed = url.trim_end_matches('/');
-        let Some((store, volume)) = trimmed.rsplit_once('/') else {
-            return bad_input(format!("clone URL {url}: expected s3://BUCKET/PREFIX/VOLUME or file:///PATH/VOLUME"));
-        };
-        if store.ends_with(':') || store.ends_with("//") {
-            return bad_input(format!("clone URL {url}: name the volume after the store (…/VOLUME)"));
-        }
-        check_store(store)?;
-        if !valid_name(volume) || !valid_name(branch) || !valid_name(source) {
-            return bad_input(format!("bad volume or branch name in {url} / {branch} / {source}"));
-        }
-        let name = spec.name.as_deref().unwrap_or(volume);
-        if !valid_name(name) {
-            return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
-        }
-        let dir = self.root.join("volumes").join(name);
-        if dir.exists() {
-            return bad_input(format!("volume {name} already exists in {} (choose another with --name)", self.root.display()));
-        }
-        let objects = hybridfs_cloud::open(store).with_context(|| format!("open the store {store}"))?;
-        let key_file = spec.key_file.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()).display().to_string());
-        let cipher = keys::given_cipher(key_file.as_deref())?;
-        let fingerprint = cipher.as_ref().map(|c| c.fingerprint.clone());
-        let remote = hybridfs_sync::Remote::new(objects, volume.to_string()).with_cipher(cipher);
-        std::fs::create_dir_all(self.root.join("volumes")).with_context(|| format!("create {}", self.root.display()))?;
-        let tmp = self.root.join("volumes").join(format!(".{name}.cloning"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
-        let result = (|| -> Result<CloneReport> {
+    pub fn format(&self, name: &str, block_size: &str, store: Option<&str>, key_file: Option<&Path>, check: bool) -> NodeResult<Formatted> {
+        typed(|| {
+            let key = match key_file {
+                Some(p) => Some(keys::prepare_key_file(p)?),
+                None => None,
+            };
+            if !valid_name(name) {
+                return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+            }
+            let bs = match parse_size(block_size) {
+                Some(b) if b.is_power_of_two() && (64 << 10..=64 << 20).contains(&b) => b as u32,
+                _ => return bad_input(format!("bad block size {block_size:?}: a power of two from 64K to 64M")),
+            };
+            let default_store = format!("file://{}", self.root.join("store").display());
+            let store = store.unwrap_or(&default_store);
+            check_store(store)?;
+            let dir = self.root.join("volumes").join(name);
+            if dir.exists() {
+                return bad_input(format!("volume {name} already exists in {} (nothing was changed)", self.root.display()));
+            }
+            // An object store over the network (a local directory is checked when first used).
+            if check && store.starts_with("s3://") {
+                probe_store(store, name)?;
+            }
+            std::fs::create_dir_all(dir.parent().expect("has parent")).with_context(|| format!("create {}", self.root.display()))?;
+            let tmp = self.root.join("volumes").join(format!(".{name}.formatting"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
             let meta = vd.open_meta(false)?;
-            let report = hybridfs_sync::clone::import_at(&meta, &remote, source, spec.from, branch)?;
+            // SAFETY: getuid/getgid cannot fail.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            Volume::format(&*meta, uid, gid)?;
             drop(meta);
             let cfg = VolumeConfig {
                 format_version: FORMAT_VERSION,
                 name: name.to_string(),
-                block_size: report.block_size as u32,
+                block_size: bs,
                 store: store.to_string(),
                 created: now_secs(),
-                remote_volume: Some(volume.to_string()),
-                branch: Some(branch.to_string()),
-                clone_of: Some((source.to_string(), report.seq)),
-                cache_bytes: spec.cache,
-                key_fingerprint: fingerprint.clone(),
-                key_file: key_file.clone(),
+                remote_volume: None,
+                branch: None,
+                clone_of: None,
+                cache_bytes: None,
+                key_fingerprint: key.as_ref().map(|k| k.fingerprint.clone()),
+                key_file: key.as_ref().map(|k| k.path.clone()),
                 read_timeout_secs: None,
             };
             std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
-            Ok(report)
-        })();
-        let report = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
+            std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
+            let new_key_file = key.filter(|k| k.created).map(|k| k.path);
+            Ok(Formatted { name: name.to_string(), block_size: bs, store: store.to_string(), new_key_file })
+        })
+    }
+
+    /// `hybridctl clone STORE/VOLUME --branch B`: a local volume built from the layers of
+    /// branch `source` of VOLUME; file data is fetched when first read.
+    pub fn clone_volume(&self, spec: &CloneSpec) -> NodeResult<Cloned> {
+        typed(|| {
+            let (url, branch, source) = (spec.url.as_str(), spec.branch.as_str(), spec.source.as_str());
+            let trimmed = url.trim_end_matches('/');
+            let Some((store, volume)) = trimmed.rsplit_once('/') else {
+                return bad_input(format!("clone URL {url}: expected s3://BUCKET/PREFIX/VOLUME or file:///PATH/VOLUME"));
+            };
+            if store.ends_with(':') || store.ends_with("//") {
+                return bad_input(format!("clone URL {url}: name the volume after the store (…/VOLUME)"));
             }
-        };
-        std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(Cloned { volume: volume.to_string(), name: name.to_string(), report })
+            check_store(store)?;
+            if !valid_name(volume) || !valid_name(branch) || !valid_name(source) {
+                return bad_input(format!("bad volume or branch name in {url} / {branch} / {source}"));
+            }
+            let name = spec.name.as_deref().unwrap_or(volume);
+            if !valid_name(name) {
+                return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
+            }
+            let dir = self.root.join("volumes").join(name);
+            if dir.exists() {
+                return bad_input(format!("volume {name} already exists in {} (choose another with --name)", self.root.display()));
+            }
+            let objects = hybridfs_cloud::open(store).with_context(|| format!("open the store {store}"))?;
+            let key_file = spec.key_file.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()).display().to_string());
+            let cipher = keys::given_cipher(key_file.as_deref())?;
+            let fingerprint = cipher.as_ref().map(|c| c.fingerprint.clone());
+            let remote = hybridfs_sync::Remote::new(objects, volume.to_string()).with_cipher(cipher);
+            std::fs::create_dir_all(self.root.join("volumes")).with_context(|| format!("create {}", self.root.display()))?;
+            let tmp = self.root.join("volumes").join(format!(".{name}.cloning"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
+            let result = (|| -> Result<CloneReport> {
+                let meta = vd.open_meta(false)?;
+                let report = hybridfs_sync::clone::import_at(&meta, &remote, source, spec.from, branch)?;
+                drop(meta);
+                let cfg = VolumeConfig {
+                    format_version: FORMAT_VERSION,
+                    name: name.to_string(),
+                    block_size: report.block_size as u32,
+                    store: store.to_string(),
+                    created: now_secs(),
+                    remote_volume: Some(volume.to_string()),
+                    branch: Some(branch.to_string()),
+                    clone_of: Some((source.to_string(), report.seq)),
+                    cache_bytes: spec.cache,
+                    key_fingerprint: fingerprint.clone(),
+                    key_file: key_file.clone(),
+                    read_timeout_secs: None,
+                };
+                std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
+                Ok(report)
+            })();
+            let report = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            };
+            std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
+            Ok(Cloned { volume: volume.to_string(), name: name.to_string(), report })
+        })
     }
 }

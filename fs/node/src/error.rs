@@ -1,10 +1,11 @@
 //! Errors of the node library.
 //!
-//! The operations an agent calls ([`crate::Home::volume`], [`crate::VolumeDir::status`],
-//! [`crate::VolumeDir::lock`], [`crate::control::call`], the mount lifecycle, format and
-//! clone) return a [`NodeError`]: a kind to match on, with the message phrased for the person
-//! at the terminal (the context chain on one line). Inside, the library works with `anyhow`
-//! and context; [`NodeError::from`] sorts an `anyhow` chain into its kind at the surface.
+//! Every public operation of the library (the home and its volumes, the lock, status, the
+//! control call, the mount lifecycle, format, clone, fsck, journal, merge log and the
+//! `open_*` of a volume's engines) returns a [`NodeError`]: a kind to match on, with the
+//! message phrased for the person at the terminal (the context chain on one line). Inside,
+//! the library works with `anyhow` and context; [`NodeError::from`] sorts an `anyhow` chain
+//! into its kind at the surface (`typed`), and a `NodeError` inside a chain keeps its kind.
 //! [`exit_code`] is the one table from errors to exit codes.
 
 use crate::control::ControlError;

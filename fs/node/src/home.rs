@@ -15,8 +15,8 @@
 //! HOME/store/                     the default object store (file://)
 //! ```
 
-use crate::error::{NodeError, NodeResult};
-use anyhow::{Context, Result};
+use crate::error::{typed, NodeError, NodeResult};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -96,7 +96,7 @@ impl VolumeDir {
     pub fn control_path(&self) -> PathBuf { self.dir.join("control.sock") }
 
     pub fn config(&self) -> NodeResult<VolumeConfig> {
-        crate::error::typed(|| {
+        typed(|| {
             let path = self.config_path();
             let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
             let cfg: VolumeConfig = serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
@@ -116,7 +116,7 @@ impl VolumeDir {
 
     /// Take the volume's exclusive lock, or say who holds it.
     pub fn lock(&self) -> NodeResult<VolumeLock> {
-        crate::error::typed(|| {
+        typed(|| {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -186,11 +186,13 @@ impl Home {
     }
 
     /// `flag`, else `$HYBRIDFS_HOME`, else `/var/lib/hybridfs`.
-    pub fn resolve(flag: Option<PathBuf>) -> Result<Home> {
-        let root = flag
-            .or_else(|| std::env::var_os("HYBRIDFS_HOME").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/var/lib/hybridfs"));
-        Ok(Home { root })
+    pub fn resolve(flag: Option<PathBuf>) -> NodeResult<Home> {
+        typed(|| {
+            let root = flag
+                .or_else(|| std::env::var_os("HYBRIDFS_HOME").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/var/lib/hybridfs"));
+            Ok(Home { root })
+        })
     }
 
     pub fn volume(&self, name: &str) -> NodeResult<VolumeDir> {
@@ -204,12 +206,14 @@ impl Home {
         Ok(VolumeDir { name: name.to_string(), dir })
     }
 
-    pub fn volumes(&self) -> Result<Vec<VolumeDir>> {
-        let dir = self.root.join("volumes");
-        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
-        let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-        names.sort();
-        Ok(names.iter().filter_map(|n| self.volume(n).ok()).collect())
+    pub fn volumes(&self) -> NodeResult<Vec<VolumeDir>> {
+        typed(|| {
+            let dir = self.root.join("volumes");
+            let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+            let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+            names.sort();
+            Ok(names.iter().filter_map(|n| self.volume(n).ok()).collect())
+        })
     }
 
 }

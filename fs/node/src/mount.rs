@@ -9,7 +9,7 @@
 //! ([`Volume::workers`]); when the session ends they are stopped, which also cancels the
 //! mount's object stores: a request in flight (a push's upload, a fetch) is aborted.
 
-use crate::error::bad_input;
+use crate::error::{bad_input, typed, NodeResult};
 use crate::control::RemoteSlot;
 use crate::home::{pid_alive, Home, MountState, VolumeDir};
 use crate::workers::{Next, Workers};
@@ -105,8 +105,8 @@ pub struct Daemon {
 /// Start a mount process and return once the mount answers. `program` is a binary that
 /// takes `--home HOME mount NAME MOUNTPOINT [flags]` and serves the mount in the foreground
 /// (hybridctl; the CLI passes itself). Its output goes to the volume's `mount.log`.
-pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, program: &Path) -> crate::error::NodeResult<Daemon> {
-    crate::error::typed(|| {
+pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, program: &Path) -> NodeResult<Daemon> {
+    typed(|| {
         let vd = home.volume(name)?;
         vd.config()?;
         let mp = prepare_mountpoint(mp)?;
@@ -119,45 +119,47 @@ pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, pro
 /// SIGHUP); everything is flushed when it returns. Under systemd (`Type=notify`,
 /// `$NOTIFY_SOCKET` set) it says `READY=1` once the mount answers and `STOPPING=1` when the
 /// session ends, before the flush ([`crate::notify`]).
-pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> Result<()> {
-    let vd = home.volume(name)?;
-    vd.config()?;
-    let mp = prepare_mountpoint(mp)?;
-    // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
-    let signals = block_termination_signals()?;
-    let _lock = vd.lock()?;
-    if let Some(addr) = opts.metrics_addr {
-        crate::metrics_http::serve(addr)?;
-    }
-    // The volume with its object store, kept for the life of the mount.
-    let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
-    vol.start_sealer()?;
-    let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
-    std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
-    spawn_readahead_tuner(mp.clone());
-    crate::notify::spawn_ready_when_mounted(mp.clone(), format!("serving volume {name} at {}", mp.display()));
-    spawn_signal_handler(mp.clone(), signals)?;
-    // The mount's background work; stopped (and waited for) when the session ends.
-    let workers = vol.workers().clone();
-    spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
-    crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
-    spawn_collector(&workers, &vol)?;
-    spawn_store_check(remote);
-    let cfg = MountConfig {
-        fs_name: format!("hybridfs:{name}"),
-        threads: opts.threads,
-        passthrough: opts.passthrough,
-    };
-    tracing::info!("serving volume {name} at {}", mp.display());
-    let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
-    crate::notify::notify(&format!("STOPPING=1\nSTATUS=unmounted from {}; flushing", mp.display()));
-    workers.stop();
-    write_metrics(&vol, &vd.metrics_path());
-    let _ = std::fs::remove_file(vd.mount_state_path());
-    let _ = std::fs::remove_file(vd.control_path());
-    served.with_context(|| format!("mount {name} at {}", mp.display()))?;
-    tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
-    Ok(())
+pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> NodeResult<()> {
+    typed(|| {
+        let vd = home.volume(name)?;
+        vd.config()?;
+        let mp = prepare_mountpoint(mp)?;
+        // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
+        let signals = block_termination_signals()?;
+        let _lock = vd.lock()?;
+        if let Some(addr) = opts.metrics_addr {
+            crate::metrics_http::serve(addr)?;
+        }
+        // The volume with its object store, kept for the life of the mount.
+        let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
+        vol.start_sealer()?;
+        let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
+        std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
+        spawn_readahead_tuner(mp.clone());
+        crate::notify::spawn_ready_when_mounted(mp.clone(), format!("serving volume {name} at {}", mp.display()));
+        spawn_signal_handler(mp.clone(), signals)?;
+        // The mount's background work; stopped (and waited for) when the session ends.
+        let workers = vol.workers().clone();
+        spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
+        crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
+        spawn_collector(&workers, &vol)?;
+        spawn_store_check(remote);
+        let cfg = MountConfig {
+            fs_name: format!("hybridfs:{name}"),
+            threads: opts.threads,
+            passthrough: opts.passthrough,
+        };
+        tracing::info!("serving volume {name} at {}", mp.display());
+        let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
+        crate::notify::notify(&format!("STOPPING=1\nSTATUS=unmounted from {}; flushing", mp.display()));
+        workers.stop();
+        write_metrics(&vol, &vd.metrics_path());
+        let _ = std::fs::remove_file(vd.mount_state_path());
+        let _ = std::fs::remove_file(vd.control_path());
+        served.with_context(|| format!("mount {name} at {}", mp.display()))?;
+        tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
+        Ok(())
+    })
 }
 
 /// Say in the mount log whether the volume's store answers: the mount never waits for it
@@ -332,8 +334,8 @@ fn spawn_readahead_tuner(mp: PathBuf) {
 
 /// Unmount `mp` and wait (up to `timeout` seconds) until its mount process has flushed
 /// everything and exited. Returns the mount point as resolved.
-pub fn umount(home: &Home, mp: &Path, timeout: u64) -> crate::error::NodeResult<PathBuf> {
-    crate::error::typed(|| {
+pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<PathBuf> {
+    typed(|| {
         let mp = match mp.canonicalize() {
             Ok(p) => p,
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => mp.to_path_buf(),

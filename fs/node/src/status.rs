@@ -3,8 +3,7 @@
 //! They open the metadata read-only, so they work while the volume is mounted.
 
 use crate::home::VolumeDir;
-use crate::error::NodeResult;
-use anyhow::Result;
+use crate::error::{typed, NodeResult};
 use hybridfs_core::fsck::{self, FsckReport};
 use hybridfs_core::metrics::MetricsSnapshot;
 use hybridfs_core::staging::Staging;
@@ -48,7 +47,7 @@ pub struct VolumeStatus {
 
 impl VolumeDir {
     pub fn status(&self) -> NodeResult<VolumeStatus> {
-        crate::error::typed(|| {
+        typed(|| {
             let cfg = self.config()?;
             let meta = self.open_meta(true)?;
             let (mut files, mut dirs, mut bytes) = (0, 0, 0);
@@ -107,45 +106,55 @@ impl VolumeDir {
     }
 
     /// Check metadata and block consistency (`verify`: re-hash every sealed block).
-    pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
-        let cfg = self.config()?;
-        let meta = self.open_meta(true)?;
-        let workers = crate::workers::Workers::new();
-        let remote = crate::control::RemoteSlot::new(cfg.clone(), workers.clone());
-        let blocks = self.open_blocks(&meta, &remote, &workers)?;
-        let staging = Staging::new(self.staging_dir())?;
-        Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
+    pub fn fsck(&self, verify: bool) -> NodeResult<FsckReport> {
+        typed(|| {
+            let cfg = self.config()?;
+            let meta = self.open_meta(true)?;
+            let workers = crate::workers::Workers::new();
+            let remote = crate::control::RemoteSlot::new(cfg.clone(), workers.clone());
+            let blocks = self.open_blocks(&meta, &remote, &workers)?;
+            let staging = Staging::new(self.staging_dir())?;
+            Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
+        })
     }
 
     /// Check the volume's branch in its store (default: the volume's branch; for a clone not
     /// pushed yet, its source): every block its layers name is there.
-    pub fn fsck_remote(&self, branch: Option<String>, verify: bool) -> Result<RemoteCheck> {
-        let cfg = self.config()?;
-        let remote = cfg.remote()?;
-        let branch = match branch {
-            Some(b) => b,
-            None => match (&cfg.clone_of, remote.head(cfg.push_branch())?) {
-                (Some((source, _)), None) => source.clone(),
-                _ => cfg.push_branch().to_string(),
-            },
-        };
-        Ok(hybridfs_sync::check_remote(&remote, &branch, verify)?)
+    pub fn fsck_remote(&self, branch: Option<String>, verify: bool) -> NodeResult<RemoteCheck> {
+        typed(|| {
+            let cfg = self.config()?;
+            let remote = cfg.remote()?;
+            let branch = match branch {
+                Some(b) => b,
+                None => match (&cfg.clone_of, remote.head(cfg.push_branch())?) {
+                    (Some((source, _)), None) => source.clone(),
+                    _ => cfg.push_branch().to_string(),
+                },
+            };
+            Ok(hybridfs_sync::check_remote(&remote, &branch, verify)?)
+        })
     }
 
     /// The dirty-extent journal from epoch `since` on.
-    pub fn journal(&self, since: u64) -> Result<Vec<JournalEntry>> {
-        Ok(self.open_meta(true)?.journal(since)?)
+    pub fn journal(&self, since: u64) -> NodeResult<Vec<JournalEntry>> {
+        typed(|| {
+            Ok(self.open_meta(true)?.journal(since)?)
+        })
     }
 
     /// Past merges into this volume.
-    pub fn merge_log(&self) -> Result<Vec<MergeSummary>> {
-        let meta = self.open_meta(self.mount_state().is_some())?;
-        Ok(hybridfs_sync::merge::log(&meta).map_err(crate::control::ControlError::from)?)
+    pub fn merge_log(&self) -> NodeResult<Vec<MergeSummary>> {
+        typed(|| {
+            let meta = self.open_meta(self.mount_state().is_some())?;
+            Ok(hybridfs_sync::merge::log(&meta).map_err(crate::control::ControlError::from)?)
+        })
     }
 
     /// The report of merge `id`.
-    pub fn merge_show(&self, id: u64) -> Result<MergeRecord> {
-        let meta = self.open_meta(self.mount_state().is_some())?;
-        Ok(hybridfs_sync::merge::show(&meta, id).map_err(crate::control::ControlError::from)?)
+    pub fn merge_show(&self, id: u64) -> NodeResult<MergeRecord> {
+        typed(|| {
+            let meta = self.open_meta(self.mount_state().is_some())?;
+            Ok(hybridfs_sync::merge::show(&meta, id).map_err(crate::control::ControlError::from)?)
+        })
     }
 }

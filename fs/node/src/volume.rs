@@ -3,6 +3,7 @@
 //! the agent, tests) goes through here.
 
 use crate::control::RemoteSlot;
+use crate::error::{typed, NodeResult};
 use crate::home::{VolumeConfig, VolumeDir};
 use crate::keys;
 use anyhow::{Context, Result};
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 impl VolumeConfig {
     /// The volume's place in its object store (with its cipher when encrypted).
-    pub fn remote(&self) -> Result<Remote> {
-        self.remote_with(&CancellationToken::new())
+    pub fn remote(&self) -> NodeResult<Remote> {
+        typed(|| self.remote_with(&CancellationToken::new()))
     }
 
     /// [`VolumeConfig::remote`] whose requests in flight are aborted, and later calls fail,
@@ -34,9 +35,11 @@ impl VolumeConfig {
 }
 
 impl VolumeDir {
-    pub fn open_meta(&self, read_only: bool) -> Result<Arc<MetaStore>> {
-        let opts = RocksOptions { read_only, ..RocksOptions::default() };
-        Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
+    pub fn open_meta(&self, read_only: bool) -> NodeResult<Arc<MetaStore>> {
+        typed(|| {
+            let opts = RocksOptions { read_only, ..RocksOptions::default() };
+            Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
+        })
     }
 
     /// The block store: the volume's local block files in front of its object store
@@ -47,63 +50,61 @@ impl VolumeDir {
     /// alone, unless it merged a branch (then it may need the store to read). It fetches
     /// through `remote`, the object store of the volume's process (one per mount, shared with
     /// its control requests); its fetchers report into `workers`.
-    pub fn open_blocks(&self, meta: &Arc<MetaStore>, remote: &RemoteSlot, workers: &Arc<Workers>) -> Result<Arc<dyn BlockStore>> {
+    pub fn open_blocks(&self, meta: &Arc<MetaStore>, remote: &RemoteSlot, workers: &Arc<Workers>) -> NodeResult<Arc<dyn BlockStore>> {
         self.open_blocks_with(meta, remote, workers, None)
     }
 
     /// [`VolumeDir::open_blocks`] whose reads wait `read_timeout` for a block from the store
     /// (none: the volume's `read_timeout_secs`, else the lazy store's default).
-    pub fn open_blocks_with(
-        &self,
-        meta: &Arc<MetaStore>,
-        remote: &RemoteSlot,
-        workers: &Arc<Workers>,
-        read_timeout: Option<Duration>,
-    ) -> Result<Arc<dyn BlockStore>> {
-        let local = FileBlockStore::open(self.blocks_dir())?;
-        let cfg = remote.config();
-        let remote = match remote.get() {
-            Ok(remote) => Remote::clone(&remote),
-            Err(e) if cfg.clone_of.is_none() && meta.meta_value(hybridfs_sync::merge::LOG)?.is_none() => {
-                tracing::warn!("volume {}: the store cannot be opened ({e:#}); serving local blocks only", self.name);
-                return Ok(Arc::new(local));
+    pub fn open_blocks_with(&self, meta: &Arc<MetaStore>, remote: &RemoteSlot, workers: &Arc<Workers>, read_timeout: Option<Duration>) -> NodeResult<Arc<dyn BlockStore>> {
+        typed(|| -> Result<Arc<dyn BlockStore>> {
+            let local = FileBlockStore::open(self.blocks_dir())?;
+            let cfg = remote.config();
+            let remote = match remote.get() {
+                Ok(remote) => Remote::clone(&remote),
+                Err(e) if cfg.clone_of.is_none() && meta.meta_value(hybridfs_sync::merge::LOG)?.is_none() => {
+                    tracing::warn!("volume {}: the store cannot be opened ({e:#}); serving local blocks only", self.name);
+                    return Ok(Arc::new(local));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // One cache of fetched blocks per remote volume, shared by its clones on this node.
+            let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
+            let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
+            let cache = FileBlockStore::open(cache_dir)?;
+            let lazy = hybridfs_sync::lazy::LazyStore::with_workers(local, cache, remote, meta.clone(), cfg.cache_bytes, workers)?;
+            if let Some(timeout) = read_timeout.or(cfg.read_timeout_secs.map(Duration::from_secs)) {
+                lazy.set_read_timeout(timeout);
             }
-            Err(e) => return Err(e.into()),
-        };
-        // One cache of fetched blocks per remote volume, shared by its clones on this node.
-        let key = blake3::hash(format!("{}\n{}", cfg.store, cfg.remote_name()).as_bytes()).to_hex();
-        let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
-        let cache = FileBlockStore::open(cache_dir)?;
-        let lazy = hybridfs_sync::lazy::LazyStore::with_workers(local, cache, remote, meta.clone(), cfg.cache_bytes, workers)?;
-        if let Some(timeout) = read_timeout.or(cfg.read_timeout_secs.map(Duration::from_secs)) {
-            lazy.set_read_timeout(timeout);
-        }
-        Ok(Arc::new(lazy))
+            Ok(Arc::new(lazy))
+        })
     }
 
     /// Open the volume for serving (caller holds the lock), with its object store: the one
     /// [`RemoteSlot`] its block store fetches through and its control requests use. Its
     /// background work reports into [`Volume::workers`]; stopping them also cancels every
     /// store call.
-    pub fn open_volume(&self, seal_delay: Duration) -> Result<(Arc<Volume>, Arc<RemoteSlot>)> {
+    pub fn open_volume(&self, seal_delay: Duration) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
         self.open_volume_with(seal_delay, None)
     }
 
     /// [`VolumeDir::open_volume`] with a read timeout for blocks from the store (a mount's
     /// `--read-timeout`; none: the volume's own).
-    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> Result<(Arc<Volume>, Arc<RemoteSlot>)> {
-        let cfg = self.config()?;
-        let workers = Workers::new();
-        let remote = Arc::new(RemoteSlot::new(cfg.clone(), workers.clone()));
-        let opts = VolumeOptions {
-            block_size: cfg.block_size,
-            staging_dir: self.staging_dir(),
-            seal_delay,
-            workers: workers.clone(),
-            ..VolumeOptions::default()
-        };
-        let meta = self.open_meta(false)?;
-        let blocks = self.open_blocks_with(&meta, &remote, &workers, read_timeout)?;
-        Ok((Volume::open(meta, blocks, opts)?, remote))
+    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
+        typed(|| {
+            let cfg = self.config()?;
+            let workers = Workers::new();
+            let remote = Arc::new(RemoteSlot::new(cfg.clone(), workers.clone()));
+            let opts = VolumeOptions {
+                block_size: cfg.block_size,
+                staging_dir: self.staging_dir(),
+                seal_delay,
+                workers: workers.clone(),
+                ..VolumeOptions::default()
+            };
+            let meta = self.open_meta(false)?;
+            let blocks = self.open_blocks_with(&meta, &remote, &workers, read_timeout)?;
+            Ok((Volume::open(meta, blocks, opts)?, remote))
+        })
     }
 }
