@@ -562,6 +562,28 @@ impl Config {
         })
     }
 
+    /// What `config check` warns about without refusing: `HYBRIDFS_*` variables that set
+    /// nothing (a typo: the file's unknown keys are errors, but the environment holds other
+    /// programs' variables too), and a secret in a file others may read.
+    pub fn warnings(&self, vars: impl Iterator<Item = String>) -> Vec<String> {
+        const OTHERS: &[&str] = &[FILE_ENV, "HYBRIDFS_ENCRYPTION_KEY", "HYBRIDFS_CRASHPOINT"];
+        let known = |v: &str| KEYS.iter().any(|k| k.env.contains(&v)) || OTHERS.contains(&v) || v.starts_with("HYBRIDFS_TEST_");
+        let mut out: Vec<String> = vars
+            .filter(|v| v.starts_with("HYBRIDFS_") && !known(v))
+            .map(|v| format!("environment {v} sets nothing (a typo? the variables are in doc/CONFIGURATION.md)"))
+            .collect();
+        out.sort();
+        let secret_in_file = self.rows.iter().any(|r| KEYS.iter().any(|k| k.secret && k.name == r.key) && r.source.contains(':'));
+        if let (true, Some(file)) = (secret_in_file, &self.file) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file).map(|m| m.permissions().mode()).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                out.push(format!("{} holds a secret but others may read it (mode {:o}): chmod 600 it", file.display(), mode & 0o777));
+            }
+        }
+        out
+    }
+
     /// Where a key's value came from.
     #[cfg(test)]
     pub fn source_of(&self, key: &str) -> Option<&str> {

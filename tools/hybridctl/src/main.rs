@@ -589,6 +589,9 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), R::Gc { grace_secs: grace }, json),
         Cmd::Nodes(_) | Cmd::Cost { .. } => Err(anyhow::anyhow!("nodes and cost are answered before the home is resolved")),
         Cmd::Config(ConfigCmd::Check) => {
+            for w in cfg.warnings(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
+                eprintln!("hybridctl: warning: {w}");
+            }
             match &cfg.file {
                 Some(f) => println!("{}: ok", f.display()),
                 None => println!("no config file ({} does not exist): defaults, environment and flags apply", config::DEFAULT_FILE),

@@ -165,3 +165,23 @@ fn the_agent_address_is_checked_and_follows_the_same_order() {
     let e = err("[agent]\naddress = \"localhost\"\n");
     assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: agent.address: `localhost` is not an agent address"), "{e}");
 }
+
+#[test]
+fn check_warns_of_variables_that_set_nothing_and_of_a_readable_secret() {
+    let c = resolve("", &[], Flags::default()).unwrap();
+    let vars = ["HYBRIDFS_MOUNT_THREAD", "HYBRIDFS_MOUNT_THREADS", "HYBRIDFS_TEST_KEEP", "HYBRIDFS_ENCRYPTION_KEY", "PATH"];
+    let w = c.warnings(vars.iter().map(|v| v.to_string()));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("environment HYBRIDFS_MOUNT_THREAD sets nothing"), "{w:?}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hybridfs.toml");
+    std::fs::write(&file, "[s3]\nsecret_access_key = \"x\"\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = Config::load(Flags { config: Some(file.clone()), ..Flags::default() }, &env_of(&[])).unwrap();
+    let w = c.warnings(std::iter::empty());
+    assert!(w.len() == 1 && w[0].contains("chmod 600"), "{w:?}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(c.warnings(std::iter::empty()).is_empty());
+}
