@@ -4,6 +4,7 @@
 use hybridfs_core::types::{Kind, ROOT_INO};
 use hybridfs_core::{Fallocate, FsError, IoKind, MountView, NewNode, RenameFlags, SetAttr, XattrMode};
 
+#[allow(dead_code)] // the shared fixture has more than this suite uses
 mod common;
 use common::{MemVolume, ROOT};
 
