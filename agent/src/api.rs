@@ -170,14 +170,11 @@ pub fn route(ctrl: &Mutex<Controller>, admin_token: &str, req: &Request) -> Resp
             Ok(since) => Response::ok(json!(c.ledger_since(since))),
             Err(e) => Response::error(400, e),
         },
-        (["v1", "nodes", "rent"], "POST") => {
-            let now = c.now();
-            match c.rent(now) {
-                Ok(Some(node)) => Response::ok(json!({ "node": node })),
-                Ok(None) => Response::error(409, "could not rent now (see the controller's log)"),
-                Err(e) => Response::error(500, e.to_string()),
-            }
-        }
+        (["v1", "nodes", "rent"], "POST") => match c.rent_now() {
+            Ok(Ok(node)) => Response::ok(json!({ "node": node })),
+            Ok(Err(why)) => Response::error(409, why),
+            Err(e) => Response::error(500, e.to_string()),
+        },
         (["v1", "nodes", node, "drain"], "POST") => match c.drain(node) {
             Ok(()) => Response::ok(json!({ "node": node, "draining": true })),
             Err(ControllerError::UnknownNode(n)) => Response::error(404, format!("no node {n}")),

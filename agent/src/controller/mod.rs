@@ -342,6 +342,21 @@ impl Controller {
         Ok(Some(intent))
     }
 
+    /// An operator's rent (`hybridctl nodes rent`): under the same rules as the scaler's (inside
+    /// the burst window, outside the merge window, fewer than `max_nodes` active). `Ok(Err)`
+    /// says why not.
+    pub fn rent_now(&mut self) -> Result<Result<String, String>, ControllerError> {
+        let now = self.clock.now();
+        if !self.settings.burst.contains(now) || self.settings.merge.contains(now) {
+            return Ok(Err(format!("outside the burst window (agent time {now})")));
+        }
+        let active = self.state.nodes.iter().filter(|n| matches!(n.phase, Phase::Intended | Phase::Running)).count() as u32;
+        if active >= self.settings.rule.max_nodes {
+            return Ok(Err(format!("{active} nodes active: burst.max_nodes is {}", self.settings.rule.max_nodes)));
+        }
+        Ok(self.rent(now)?.ok_or_else(|| "could not rent now (see the controller's log)".to_string()))
+    }
+
     fn pick_offer(&self) -> Option<provider::Offer> {
         let offers = self.provider.offers().map_err(|e| warn!("list offers: {e}")).ok()?;
         match &self.settings.instance_type {

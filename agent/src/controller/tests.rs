@@ -498,3 +498,17 @@ fn the_ledger_since_a_date_lists_what_ran_after_it_and_counts_hours_from_it() {
     assert_eq!(c.parse_since("2026-03-02").unwrap(), "2026-03-02T00:00:00Z".parse::<Timestamp>().unwrap());
     assert!(c.parse_since("yesterday").unwrap_err().contains("YYYY-MM-DD"));
 }
+
+#[test]
+fn an_operator_rents_only_inside_the_burst_window_and_up_to_max_nodes() {
+    let w = World::new("2026-03-02T07:00:00Z");
+    let mut c = w.controller();
+    assert!(c.rent_now().unwrap().unwrap_err().contains("outside the burst window"));
+    w.clock.set("2026-03-02T09:00:00Z".parse().unwrap());
+    assert_eq!(c.rent_now().unwrap(), Ok("n0001".to_string()));
+    assert_eq!(c.rent_now().unwrap(), Ok("n0002".to_string()));
+    assert!(c.rent_now().unwrap().unwrap_err().contains("max_nodes is 2"));
+    w.clock.set("2026-03-02T18:00:00Z".parse().unwrap());
+    assert!(c.rent_now().unwrap().is_err(), "not in the merge window");
+    assert_eq!(w.provider.launches(), 2);
+}
