@@ -162,8 +162,9 @@ pub trait Kv: KvRead + Send + Sync + 'static {
     fn bulk_writer(&self) -> Box<dyn KvBulk + '_> {
         Box::new(TxnBulk { kv: self, ops: Vec::new() })
     }
-    /// Tune the engine for a bulk load while it runs (`on`), and back (RocksDB: no compaction
-    /// during the load). The default does nothing.
+    /// Tune the engine for a bulk load from now (`on`), or back; a tuning lasts until the
+    /// store is closed, never past it (RocksDB: no compaction during the load; the next open
+    /// compacts). The default does nothing.
     fn bulk_tuning(&self, _on: bool) -> Result<()> {
         Ok(())
     }

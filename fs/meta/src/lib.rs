@@ -183,7 +183,7 @@ impl Kv for RocksKv {
     }
 
     /// Compactions wait until the load is done: they would rewrite what the load is still
-    /// writing, on the CPU the load needs (they run when it ends, or at the next open).
+    /// writing, on the CPU the load needs. Not kept in the store: the next open compacts.
     fn bulk_tuning(&self, on: bool) -> Result<()> {
         let value = if on { "true" } else { "false" };
         for cf in Cf::ALL {

@@ -154,6 +154,9 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
         persist_seconds: 0.0,
     };
     let applying = Instant::now();
+    // Compactions stay off until this process closes the store: turned on again here, they
+    // would run before it closes (8 s of a 1,000,000-file clone); the next open (the mount)
+    // runs them in the background.
     if let Load::Bulk = load {
         meta.bulk_tuning(true)?;
     }
@@ -194,9 +197,6 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
     let persisting = Instant::now();
     meta.persist()?;
     report.persist_seconds = persisting.elapsed().as_secs_f64();
-    if let Load::Bulk = load {
-        meta.bulk_tuning(false)?;
-    }
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
