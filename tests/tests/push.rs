@@ -392,6 +392,11 @@ fn push_moves_only_what_changed() {
     );
     assert!(first.bytes_uploaded >= (BIG * 3 * MIB + SMALL * 10 * KIB) as u64, "{first:?}");
     assert!(out.stderr.contains("pushed "), "progress lines go to stderr: {out}");
+    // stderr is not a terminal here: plain lines a script can read (no bar, no escapes), the
+    // last of which says every block of its pass is up; stdout held only the JSON (parsed above).
+    assert!(!out.stderr.contains('\r') && !out.stderr.contains('\x1b'), "plain progress lines off a terminal: {out}");
+    let complete = |l: &&str| l.strip_prefix("pushed ").and_then(|r| r.split(' ').next()).and_then(|f| f.split_once('/')).is_some_and(|(a, b)| a == b);
+    assert!(out.stderr.lines().any(|l| complete(&l)), "a final `pushed N/N blocks` line: {out}");
 
     // 64 KiB changed in place in block 1 of three big files: 3 blocks and a layer move.
     let changed = [0usize, 7, 13];

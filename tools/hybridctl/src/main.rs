@@ -8,6 +8,7 @@ mod agentcmd;
 mod config;
 mod fmt;
 mod mergecmd;
+mod progress;
 mod report;
 mod snapcmd;
 
@@ -574,7 +575,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
         Cmd::Pull { volume, json } => snapcmd::run(&home, volume.as_deref(), R::Pull, json),
         Cmd::Clone { url, branch, source, from, name, json, .. } => {
             let spec = CloneSpec { url, branch, source, from, name, cache: cfg.cache, key_file: cfg.clone_key_file.clone() };
-            let c = home.clone_volume(&spec)?;
+            let c = progress::with_spinner("clone", || home.clone_volume(&spec))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c.report)?);
             } else {

@@ -58,7 +58,8 @@ fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
 }
 
 pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCode> {
-    let report = home.volume(name)?.fsck(verify)?;
+    let vd = home.volume(name)?;
+    let report = crate::progress::with_spinner(if verify { "fsck --verify" } else { "fsck" }, || vd.fsck(verify))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -87,7 +88,7 @@ pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCod
 pub fn fsck_remote(home: &Home, name: &str, branch: Option<String>, verify: bool, json: bool) -> Result<ExitCode> {
     let vd = home.volume(name)?;
     let cfg = vd.config()?;
-    let report = vd.fsck_remote(branch, verify)?;
+    let report = crate::progress::with_spinner(if verify { "fsck --remote --verify" } else { "fsck --remote" }, || vd.fsck_remote(branch, verify))?;
     let branch = &report.branch;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -12,52 +12,13 @@ use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Run `req` on `vd` (in its mount process when mounted), with a progress line for pushes
-/// and a merge's block fetch.
+/// Run `req` on `vd` (in its mount process when mounted), drawing its progress events (a
+/// push's upload, a merge's block fetch) through [`crate::progress`].
 pub(crate) fn call(vd: &VolumeDir, req: &Request) -> Result<Reply> {
-    let reply = control::call(vd, req, &progress);
-    end_progress();
+    let reporter = crate::progress::Reporter::new(req.op());
+    let reply = control::call(vd, req, &|p: &Progress| reporter.event(p));
+    reporter.finish();
     Ok(reply?)
-}
-
-/// One progress line on stderr, redrawn in place when stderr is a terminal.
-fn progress(p: &Progress) {
-    use std::io::IsTerminal;
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    let (done, total) = (p.bytes_done, p.bytes_total);
-    let secs = start.elapsed().as_secs_f64().max(0.001);
-    let rate = done as f64 / secs;
-    let verb = if p.op == "fetch" { "fetched" } else { "pushed" };
-    let line = if total > 0 {
-        let eta = if rate > 0.0 { (total.saturating_sub(done)) as f64 / rate } else { 0.0 };
-        format!(
-            "{verb} {}/{} blocks, {} of {} ({}/s, ETA {:.0}s)",
-            p.blocks_done,
-            p.blocks_total,
-            human_bytes(done),
-            human_bytes(total),
-            human_bytes(rate as u64),
-            eta
-        )
-    } else {
-        // Sizes not known up front: the ETA goes by blocks.
-        let per_block = secs / p.blocks_done.max(1) as f64;
-        let eta = p.blocks_total.saturating_sub(p.blocks_done) as f64 * per_block;
-        format!("{verb} {}/{} blocks, {} ({}/s, ETA {:.0}s)", p.blocks_done, p.blocks_total, human_bytes(done), human_bytes(rate as u64), eta)
-    };
-    if std::io::stderr().is_terminal() {
-        eprint!("\r{line}\x1b[K");
-    } else {
-        eprintln!("{line}");
-    }
-}
-
-fn end_progress() {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[K");
-    }
 }
 
 /// `--volume` or the only volume (or `main`).
