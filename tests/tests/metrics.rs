@@ -69,3 +69,39 @@ fn a_busy_metrics_address_fails_the_mount_clearly() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.all_output().contains(&format!("serve metrics at {addr}")), "{out}");
 }
+
+/// `hybridctl top --once --json`: one line of rates from the mount's counters while files are
+/// written and read — bytes/s from metrics.json, FUSE ops/s by kind from the metrics address.
+#[test]
+fn top_once_reports_the_rates_of_a_busy_mount() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let vol = TestVolume::builder().mount_args(&["--metrics-addr", &addr]).build();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dir) = (stop.clone(), vol.path(""));
+        std::thread::spawn(move || {
+            // Bounded: at most 200 rounds of 100 ms, stopped as soon as top has answered.
+            for i in 0..200 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let p = dir.join(format!("w{}", i % 8));
+                std::fs::write(&p, vec![i as u8; 256 << 10]).unwrap();
+                std::fs::read(&p).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let out = vol.ctl(&["top", vol.name(), "--once", "--json", "--interval", "3", "--metrics-addr", &addr]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    out.assert_success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--once --json: one JSON line on stdout, nothing else: {out}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["volume"], vol.name(), "{r}");
+    assert!(r["written_bytes_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "writes show in MB/s written: {r}");
+    assert!(r["ops_per_sec"]["write"].as_f64().unwrap_or(0.0) > 0.0, "FUSE writes show by kind: {r}");
+    assert!(r["fetches_per_sec"].as_f64().is_some(), "fetches are reported with a metrics address: {r}");
+}

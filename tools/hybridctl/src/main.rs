@@ -11,6 +11,7 @@ mod mergecmd;
 mod progress;
 mod report;
 mod snapcmd;
+mod topcmd;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -108,6 +109,24 @@ enum Cmd {
         /// Seconds to wait for the mount process to flush and exit.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+    },
+    /// Refreshing rates of a mounted volume: MB/s read and written, blocks sealed; FUSE
+    /// ops/s by kind and block fetches when the mount serves metrics (--metrics-addr).
+    Top {
+        /// The volume [default: the only one].
+        name: Option<String>,
+        /// The mount's metrics address [default: `mount.metrics_addr`].
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Seconds between refreshes (the mount rewrites metrics.json every 2 s).
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// One refresh, then exit.
+        #[arg(long)]
+        once: bool,
+        /// One JSON object per refresh (a line each).
+        #[arg(long)]
+        json: bool,
     },
     /// Show volumes: size, files, dirty bytes, mount state.
     Status {
@@ -540,6 +559,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
+        Cmd::Top { name, metrics_addr, interval, once, json } => topcmd::top(&home, name.as_deref(), metrics_addr.or(cfg.metrics_addr), interval, once, json),
         Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
         Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),
         Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),

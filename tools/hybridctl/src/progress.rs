@@ -84,9 +84,9 @@ fn draw_bar(bar: &ProgressBar, p: &Progress, what: &str) {
     let verb = verb(p);
     // Bytes when the sizes are known up front, else blocks.
     let (len, pos, template) = if p.bytes_total > 0 {
-        (p.bytes_total, p.bytes_done, "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})")
+        (p.bytes_total, p.bytes_done, "{msg} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
     } else {
-        (p.blocks_total, p.blocks_done, "{msg} [{bar:30}] {pos}/{len} blocks (ETA {eta})")
+        (p.blocks_total, p.blocks_done, "{msg} [{bar:20}] ETA {eta}")
     };
     if bar.length() != Some(len) {
         // First event (the spinner becomes a bar), or a new pass (a resumed push's second part).
@@ -95,6 +95,7 @@ fn draw_bar(bar: &ProgressBar, p: &Progress, what: &str) {
     }
     bar.set_position(pos);
     bar.set_message(format!("{what}: {verb} {}/{} blocks", p.blocks_done, p.blocks_total));
+    // (kept under 80 columns: a wrapped bar redraws badly)
 }
 
 fn verb(p: &Progress) -> &'static str {
