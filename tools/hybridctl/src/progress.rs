@@ -27,7 +27,6 @@ struct State {
     bar: Option<ProgressBar>,
     /// Not a terminal: when the last plain line was written.
     plain: Plain,
-    what: String,
 }
 
 impl Reporter {
@@ -41,7 +40,7 @@ impl Reporter {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Reporter { state: Mutex::new(State { start: Instant::now(), bar, plain: Plain::default(), what: what.to_string() }) }
+        Reporter { state: Mutex::new(State { start: Instant::now(), bar, plain: Plain::default() }) }
     }
 
     /// One event from the library.
@@ -49,7 +48,7 @@ impl Reporter {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let secs = s.start.elapsed().as_secs_f64();
         match &s.bar {
-            Some(bar) => draw_bar(bar, p, &s.what),
+            Some(bar) => draw_bar(bar, p),
             None => {
                 if let Some(line) = s.plain.line(p, secs) {
                     eprintln!("{line}");
@@ -80,13 +79,13 @@ pub(crate) fn with_spinner<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn draw_bar(bar: &ProgressBar, p: &Progress, what: &str) {
+fn draw_bar(bar: &ProgressBar, p: &Progress) {
     let verb = verb(p);
     // Bytes when the sizes are known up front, else blocks.
     let (len, pos, template) = if p.bytes_total > 0 {
-        (p.bytes_total, p.bytes_done, "{msg} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+        (p.bytes_total, p.bytes_done, "{msg} [{bar:16}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
     } else {
-        (p.blocks_total, p.blocks_done, "{msg} [{bar:20}] ETA {eta}")
+        (p.blocks_total, p.blocks_done, "{msg} [{bar:16}] ETA {eta}")
     };
     if bar.length() != Some(len) {
         // First event (the spinner becomes a bar), or a new pass (a resumed push's second part).
@@ -94,8 +93,8 @@ fn draw_bar(bar: &ProgressBar, p: &Progress, what: &str) {
         bar.set_length(len);
     }
     bar.set_position(pos);
-    bar.set_message(format!("{what}: {verb} {}/{} blocks", p.blocks_done, p.blocks_total));
-    // (kept under 80 columns: a wrapped bar redraws badly)
+    // Kept under 80 columns (a wrapped bar redraws badly): the verb names the operation.
+    bar.set_message(format!("{verb} {}/{} blocks", p.blocks_done, p.blocks_total));
 }
 
 fn verb(p: &Progress) -> &'static str {
