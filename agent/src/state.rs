@@ -29,7 +29,7 @@ pub const STATE_FILE: &str = "state.json";
 const FORMAT_VERSION: u32 = 1;
 
 // The phases, reports and losses are what the API shows too: defined with its types.
-pub use hybrid_agent_api::{Loss, NodeReport, Phase};
+pub use hybrid_agent_api::{Loss, Night, NodeReport, Phase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -101,16 +101,6 @@ impl NodeRecord {
     }
 }
 
-/// One night's merge window, as the nightly report keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Night {
-    /// When this merge window opened (identifies the night).
-    pub opened: Timestamp,
-    pub merged: Vec<String>,
-    pub failed: Vec<String>,
-    pub deadline_missed: bool,
-    pub alerted: bool,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {

@@ -127,6 +127,13 @@ fn no_lost_writes_a_node_rented_on_load_is_adopted_after_a_restart_drained_merge
     let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
     let since = ctl_ok(&ctl, dir, &["cost", "--since", &today, "--agent", &sock, "--token-file", &dir.join("token").display().to_string()]);
     assert!(since.contains("total: 1 nodes"), "{since}");
+    let token_path = dir.join("token").display().to_string();
+    let agent_args = ["--agent", sock.as_str(), "--token-file", token_path.as_str()];
+    let nights = ctl_ok(&ctl, dir, &[&["merge", "log", "--nights", "--json"][..], &agent_args].concat());
+    let nights: serde_json::Value = serde_json::from_str(&nights).unwrap();
+    assert!(nights[0]["merged"] == serde_json::json!(["burst-n0001"]) && nights[0]["deadline_missed"] == false, "{nights}");
+    let table = ctl_ok(&ctl, dir, &[&["merge", "log", "--nights"][..], &agent_args].concat());
+    assert!(table.contains("burst-n0001") && table.contains(" met"), "{table}");
     drop(night);
     let rows = cost.body.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{}", cost.body);

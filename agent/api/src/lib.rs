@@ -284,6 +284,18 @@ pub struct NodeView {
     pub merged: bool,
 }
 
+/// One night's merge window, as the nightly report keeps it (`STATE_DIR/nights/<opened>.json`,
+/// `GET /v1/nights`, `hybridctl merge log --nights`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Night {
+    /// When this merge window opened (identifies the night).
+    pub opened: Timestamp,
+    pub merged: Vec<String>,
+    pub failed: Vec<String>,
+    pub deadline_missed: bool,
+    pub alerted: bool,
+}
+
 /// One row of the cost ledger: a node, from what the provider reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRow {

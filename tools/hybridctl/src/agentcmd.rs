@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hybrid_agent_api::{LedgerRow, NodeView};
+use hybrid_agent_api::{LedgerRow, Night, NodeView};
 use hybridfs_node::NodeError;
 use jiff::Timestamp;
 
@@ -152,5 +152,29 @@ pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode
     let guessed = rows.iter().any(|r| r.estimate);
     let note = if guessed { " (an estimate: the provider gave no price for some nodes)" } else { "" };
     println!("total: {} nodes, {hours:.2} hours, {cost:.2} USD{note}", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hybridctl merge log --nights`: the controller's report of each night's merge window.
+pub fn nights(agent: &Agent, json: bool) -> Result<ExitCode> {
+    let body = agent.call("GET", "/v1/nights")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nights: Vec<Night> = serde_json::from_value(body).context("read the controller's nightly reports")?;
+    if nights.is_empty() {
+        println!("no merge window has opened yet");
+    }
+    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(",") };
+    println!("{:<17} {:<30} {:<30} {}", "OPENED", "MERGED", "FAILED", "DEADLINE");
+    for n in &nights {
+        let deadline = match (n.deadline_missed, n.alerted) {
+            (false, _) => "met",
+            (true, true) => "MISSED (alert run)",
+            (true, false) => "MISSED",
+        };
+        println!("{:<17} {:<30} {:<30} {deadline}", when(Some(n.opened)), list(&n.merged), list(&n.failed));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -340,10 +340,16 @@ struct MergeArgs {
 
 #[derive(Subcommand)]
 enum MergeSub {
-    /// Past merges.
+    /// Past merges of the volume; with --nights, the hybrid-agent controller's nightly reports.
     Log {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nights")]
         volume: Option<String>,
+        /// The controller's report of each night's merge window instead: when it opened, the
+        /// branches merged and failed, whether the deadline was missed and the alert run.
+        #[arg(long)]
+        nights: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
         #[arg(long)]
         json: bool,
     },
@@ -502,7 +508,8 @@ fn flags_of(cli: &Cli) -> config::Flags {
         }
         Cmd::Nodes(NodesSub::List { agent, .. } | NodesSub::Rent { agent, .. })
         | Cmd::Nodes(NodesSub::Drain { agent, .. } | NodesSub::Release { agent, .. })
-        | Cmd::Cost { agent, .. } => {
+        | Cmd::Cost { agent, .. }
+        | Cmd::Merge(MergeArgs { sub: Some(MergeSub::Log { agent, .. }), .. }) => {
             f.agent = agent.agent.clone();
             f.agent_token_file = agent.token_file.clone();
         }
@@ -524,6 +531,9 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             return agentcmd::nodes(&Agent::new(&cfg.agent, &cfg.agent_token_file), cmd, json);
         }
         Cmd::Cost { since, json, .. } => return agentcmd::cost(&Agent::new(&cfg.agent, &cfg.agent_token_file), since, json),
+        Cmd::Merge(MergeArgs { sub: Some(MergeSub::Log { nights: true, json, .. }), .. }) => {
+            return agentcmd::nights(&Agent::new(&cfg.agent, &cfg.agent_token_file), json)
+        }
         cmd => cmd,
     };
     let home = Home::at(&cfg.home);
@@ -581,7 +591,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
         Cmd::Merge(m) => {
             use mergecmd::MergeCmd as M;
             let (volume, cmd, json) = match m.sub {
-                Some(MergeSub::Log { volume, json }) => (volume, M::Log, json),
+                Some(MergeSub::Log { volume, json, .. }) => (volume, M::Log, json),
                 Some(MergeSub::Show { id, volume, json }) => (volume, M::Show { id }, json),
                 Some(MergeSub::Undo { id, volume, json }) => (volume, M::Undo { id }, json),
                 None => {
