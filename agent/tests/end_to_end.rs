@@ -63,6 +63,8 @@ fn check_the_cli(ctl: &Path, dir: &Path, node: &str) {
     let cost: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["cost", "--json"]))).unwrap();
     assert!(cost[0]["node"] == "n0001" && cost[0]["stop"].is_null() && cost[0]["estimate"] == true, "{cost}");
     assert!(ctl_ok(ctl, dir, &with(&["cost"])).contains("total: 1 nodes"));
+    let status = ctl_ok(ctl, dir, &with(&["status"]));
+    assert!(status.contains(&format!("agent {sock}: 1 nodes (1 running); today ")) && status.contains("USD (estimate)"), "{status}");
     // The metrics, in the Prometheus text format, with the token only.
     let admin = std::fs::read_to_string(dir.join("token")).unwrap();
     let m = hybrid_agent::api::call(&sock, "GET", "/metrics", Some(&admin), None).unwrap();

@@ -178,3 +178,35 @@ pub fn nights(agent: &Agent, json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `hybridctl status`'s agent line: `agent unix:/...: 2 nodes (1 running, 1 draining); today
+/// 3.50 node-hours, 10.50 USD`. None where this host has no token file for it (no controller
+/// here, or not an admin); a controller that does not answer is one line saying so.
+pub fn status_line(agent: &Agent) -> Option<String> {
+    if !agent.token_file.exists() {
+        return None;
+    }
+    let summary = || -> Result<String> {
+        let nodes: Vec<NodeView> = serde_json::from_value(agent.call("GET", "/v1/nodes")?).context("read the controller's nodes")?;
+        let today = Timestamp::now().strftime("%Y-%m-%d").to_string();
+        let rows: Vec<LedgerRow> =
+            serde_json::from_value(agent.call("GET", &format!("/v1/cost?since={today}"))?).context("read the controller's ledger")?;
+        let live: Vec<&NodeView> = nodes.iter().filter(|n| n.phase.is_live()).collect();
+        let mut phases: Vec<(&str, usize)> = Vec::new();
+        for n in &live {
+            match phases.iter_mut().find(|(p, _)| *p == n.phase.as_str()) {
+                Some((_, count)) => *count += 1,
+                None => phases.push((n.phase.as_str(), 1)),
+            }
+        }
+        let phases = phases.iter().map(|(p, c)| format!("{c} {p}")).collect::<Vec<_>>().join(", ");
+        let (hours, cost) = rows.iter().fold((0.0, 0.0), |(h, c), r| (h + r.hours, c + r.cost));
+        let estimate = if rows.iter().any(|r| r.estimate) { " (estimate)" } else { "" };
+        let phases = if phases.is_empty() { String::new() } else { format!(" ({phases})") };
+        Ok(format!("{} nodes{phases}; today {hours:.2} node-hours, {cost:.2} USD{estimate}", live.len()))
+    };
+    Some(match summary() {
+        Ok(s) => format!("agent {}: {s}", agent.addr),
+        Err(e) => format!("agent {}: {e:#}", agent.addr),
+    })
+}

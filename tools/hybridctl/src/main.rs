@@ -132,6 +132,10 @@ enum Cmd {
     Status {
         /// One volume [default: all].
         name: Option<String>,
+        /// A hybrid-agent controller whose nodes and today's cost to show (only where its
+        /// token file is readable).
+        #[command(flatten)]
+        agent: AgentArgs,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -509,6 +513,7 @@ fn flags_of(cli: &Cli) -> config::Flags {
         Cmd::Nodes(NodesSub::List { agent, .. } | NodesSub::Rent { agent, .. })
         | Cmd::Nodes(NodesSub::Drain { agent, .. } | NodesSub::Release { agent, .. })
         | Cmd::Cost { agent, .. }
+        | Cmd::Status { agent, .. }
         | Cmd::Merge(MergeArgs { sub: Some(MergeSub::Log { agent, .. }), .. }) => {
             f.agent = agent.agent.clone();
             f.agent_token_file = agent.token_file.clone();
@@ -568,7 +573,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             println!("unmounted {}", mp.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { name, json } => report::status(&home, name.as_deref(), json),
+        Cmd::Status { name, json, .. } => report::status(&home, name.as_deref(), json, &Agent::new(&cfg.agent, &cfg.agent_token_file)),
         Cmd::Top { name, metrics_addr, interval, once, json } => topcmd::top(&home, name.as_deref(), metrics_addr.or(cfg.metrics_addr), interval, once, json),
         Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
         Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),

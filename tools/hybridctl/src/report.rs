@@ -5,7 +5,9 @@ use anyhow::Result;
 use hybridfs_node::Home;
 use std::process::ExitCode;
 
-pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
+/// With `agent`: a line about the hybrid-agent controller's nodes and today's cost, when this
+/// host has its token file (text output only; `--json` stays the list of volumes).
+pub fn status(home: &Home, name: Option<&str>, json: bool, agent: &crate::agentcmd::Agent) -> Result<ExitCode> {
     let vols = match name {
         Some(n) => vec![home.volume(n)?],
         None => home.volumes()?,
@@ -43,6 +45,9 @@ pub fn status(home: &Home, name: Option<&str>, json: bool) -> Result<ExitCode> {
         if let Some(m) = s.metrics.as_ref().filter(|m| !m.corrupt_block_ids.is_empty()) {
             println!("{:<16} CORRUPT blocks read: {}", "", m.corrupt_block_ids.join(", "));
         }
+    }
+    if let Some(line) = crate::agentcmd::status_line(agent) {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

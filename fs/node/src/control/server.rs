@@ -175,11 +175,12 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
         Ok(Envelope { request: Request::Rollback { .. } | Request::Pull, .. }) => Err(ControlError::Mounted),
         Ok(Envelope { request: Request::Workers, .. }) => Ok(Reply::Workers(workers.status())),
         Ok(env) => {
-            // Progress lines, at most a few per second, before the answer.
+            // Progress lines, at most a few per second, before the answer; the last one of a
+            // pass (every block done) always, so the client can say the pass is complete.
             let last = Mutex::new(Instant::now() - Duration::from_secs(1));
             let progress = |p: &Progress| {
                 let mut t = last.lock().unwrap_or_else(|p| p.into_inner());
-                if t.elapsed() >= Duration::from_millis(250) {
+                if p.blocks_done >= p.blocks_total || t.elapsed() >= Duration::from_millis(250) {
                     *t = Instant::now();
                     let _ = send(&conn, &Message::Progress(p.clone()));
                 }
