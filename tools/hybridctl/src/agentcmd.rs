@@ -191,19 +191,16 @@ pub fn status_line(agent: &Agent) -> Option<String> {
         let today = Timestamp::now().strftime("%Y-%m-%d").to_string();
         let rows: Vec<LedgerRow> =
             serde_json::from_value(agent.call("GET", &format!("/v1/cost?since={today}"))?).context("read the controller's ledger")?;
-        let live: Vec<&NodeView> = nodes.iter().filter(|n| n.phase.is_live()).collect();
-        let mut phases: Vec<(&str, usize)> = Vec::new();
-        for n in &live {
-            match phases.iter_mut().find(|(p, _)| *p == n.phase.as_str()) {
-                Some((_, count)) => *count += 1,
-                None => phases.push((n.phase.as_str(), 1)),
-            }
+        let mut phases = std::collections::BTreeMap::<&str, usize>::new();
+        for n in nodes.iter().filter(|n| n.phase.is_live()) {
+            *phases.entry(n.phase.as_str()).or_default() += 1;
         }
+        let live: usize = phases.values().sum();
         let phases = phases.iter().map(|(p, c)| format!("{c} {p}")).collect::<Vec<_>>().join(", ");
+        let phases = if phases.is_empty() { String::new() } else { format!(" ({phases})") };
         let (hours, cost) = rows.iter().fold((0.0, 0.0), |(h, c), r| (h + r.hours, c + r.cost));
         let estimate = if rows.iter().any(|r| r.estimate) { " (estimate)" } else { "" };
-        let phases = if phases.is_empty() { String::new() } else { format!(" ({phases})") };
-        Ok(format!("{} nodes{phases}; today {hours:.2} node-hours, {cost:.2} USD{estimate}", live.len()))
+        Ok(format!("{live} nodes{phases}; today {hours:.2} node-hours, {cost:.2} USD{estimate}"))
     };
     Some(match summary() {
         Ok(s) => format!("agent {}: {s}", agent.addr),
