@@ -167,6 +167,8 @@ pub fn route(ctrl: &Mutex<Controller>, admin_token: &str, req: &Request) -> Resp
         (["v1", "nodes"], "GET") => Response::ok(json!(c.nodes())),
         (["metrics"], "GET") => Response::text(c.metrics()),
         (["v1", "nights"], "GET") => Response::ok(json!(c.state().nights)),
+        (["v1", "budget"], "GET") => Response::ok(json!(c.budget())),
+        (["v1", "leaks"], "GET") => Response::ok(json!(c.leaks())),
         (["v1", "cost"], "GET") => match req.query.get("since").map(|s| c.parse_since(s)).transpose() {
             Ok(since) => Response::ok(json!(c.ledger_since(since))),
             Err(e) => Response::error(400, e),

@@ -13,11 +13,12 @@ use tracing::{error, info, warn};
 
 use hybrid_agent::api::{self, Listener};
 use hybrid_agent::clock::{Clock, ScaledClock, SystemClock};
-use hybrid_agent::config::{Config, Role};
-use hybrid_agent::controller::{Controller, Settings};
+use hybrid_agent::config::{Config, ProviderKind, Role};
+use hybrid_agent::controller::{Budget, Controller, LeakPolicy, OfferRules, Settings};
 use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
+use hybrid_agent::provider::command::CommandProvider;
 use hybrid_agent::provider::local::LocalProvider;
-use hybrid_agent::provider::Bootstrap;
+use hybrid_agent::provider::{Bootstrap, Provider};
 use hybrid_agent::scaler::ScaleRule;
 use hybrid_agent::state::StateStore;
 use hybrid_agent::volume::Hybridctl;
@@ -160,8 +161,19 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         }
         None => Arc::new(SystemClock),
     };
-    let local = prov.local.clone().unwrap_or_default();
-    let provider = Arc::new(LocalProvider::new(local, &cfg.state_dir.join("local-nodes"), clock.clone())?);
+    let provider: Arc<dyn Provider> = match prov.kind.get_ref() {
+        ProviderKind::Local => {
+            let local = prov.local.clone().unwrap_or_default();
+            Arc::new(LocalProvider::new(local, &cfg.state_dir.join("local-nodes"), clock.clone())?)
+        }
+        ProviderKind::Command => {
+            // Config::check guarantees [provider.command] for this kind.
+            let command = prov.command.clone().context("[provider.command]")?;
+            Arc::new(CommandProvider::new(command, clock.clone()))
+        }
+    };
+    let offers = prov.offers.clone().unwrap_or_default();
+    let leaks = cfg.leaks.clone().unwrap_or_default();
     let home = Arc::new(Hybridctl {
         bin: Hybridctl::find_binary(),
         home: hybridfs_home(vol.hybridfs_home.clone()),
@@ -183,6 +195,19 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         node_env: Default::default(),
         alert_command: merge.alert_command.clone(),
         clock: scaled,
+        budget: cfg.budget.as_ref().map(|b| Budget {
+            per_day: *b.per_day.get_ref(),
+            per_month: b.per_month.as_ref().map(|m| *m.get_ref()),
+            drain_time: b.drain_time.0,
+        }),
+        offers: OfferRules {
+            gpu_type: offers.gpu_type,
+            min_gpus: offers.min_gpus.unwrap_or(0),
+            max_price_per_hour: offers.max_price_per_hour.map(|p| *p.get_ref()),
+            allow_spot: offers.allow_spot,
+            no_capacity_backoff: offers.no_capacity_backoff.map_or(OfferRules::default().no_capacity_backoff, |d| d.0),
+        },
+        leaks: LeakPolicy { grace: leaks.grace.0, terminate: leaks.terminate },
     };
     let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock.clone())?));
     let stop = Arc::new(AtomicBool::new(false));

@@ -54,6 +54,9 @@ pub struct NodeRecord {
     pub loss: Option<Loss>,
     /// The branch has been merged into the home volume.
     pub merged: bool,
+    /// The budget's reservation: this node is paid for up to here (see `controller::budget`).
+    #[serde(default)]
+    pub reserved_until: Option<Timestamp>,
 }
 
 impl NodeRecord {
@@ -77,6 +80,7 @@ impl NodeRecord {
             last_report: None,
             loss: None,
             merged: false,
+            reserved_until: None,
         }
     }
 }
@@ -109,11 +113,35 @@ pub struct State {
     pub nodes: Vec<NodeRecord>,
     pub scaler: Scaler,
     pub nights: Vec<Night>,
+    /// Budget refusals and leaked instances (`controller::budget`, `controller::leaks`).
+    #[serde(default)]
+    pub rent: RentState,
+}
+
+/// What renting remembers across restarts besides the nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RentState {
+    /// Launches refused (budget, no offer, no capacity), counted for `/metrics`.
+    pub refusals: u64,
+    pub last_refusal: Option<hybrid_agent_api::Refusal>,
+    /// The last rent was refused (a refusal is logged when this turns true, not at each one).
+    pub refusing: bool,
+    /// Instances with our owner tag that the state does not know, as last listed.
+    pub leaks: Vec<hybrid_agent_api::Leak>,
+    /// Leaked or expired instances the controller asked the provider to terminate.
+    pub leaks_terminated: u64,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { version: FORMAT_VERSION, next_intent: 1, nodes: Vec::new(), scaler: Scaler::default(), nights: Vec::new() }
+        State {
+            version: FORMAT_VERSION,
+            next_intent: 1,
+            nodes: Vec::new(),
+            scaler: Scaler::default(),
+            nights: Vec::new(),
+            rent: RentState::default(),
+        }
     }
 }
 

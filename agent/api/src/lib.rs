@@ -12,6 +12,8 @@
 //! | `POST /v1/nodes/NODE/release` | admin | terminate now (the node pushes at SIGTERM; what its final report still holds is recorded as lost) |
 //! | `GET /v1/cost[?since=DATE]` | admin | `[LedgerRow]` (clipped to DATE: `YYYY-MM-DD` or RFC 3339) |
 //! | `GET /metrics` | admin | the Prometheus text format (doc/METRICS.md, "hybrid-agent") |
+//! | `GET /v1/budget` | admin | `BudgetView`: limits, spent and reserved, refused launches |
+//! | `GET /v1/leaks` | admin | `[Leak]`: instances with our owner tag the state does not know |
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
@@ -310,6 +312,49 @@ pub struct LedgerRow {
     pub cost: f64,
     /// The price is a guess: the provider gave none.
     pub estimate: bool,
+}
+
+/// An instance that carries this controller's owner tag but is not one of its live nodes
+/// (`GET /v1/leaks`; `hybridctl nodes list` marks it). Identified by id, never by address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leak {
+    pub instance_id: String,
+    pub instance_type: String,
+    /// Its `intent` tag, if it has one.
+    pub intent: Option<String>,
+    pub launched_at: Option<Timestamp>,
+    /// When the controller first listed it.
+    pub first_seen: Timestamp,
+    /// Why it counts as leaked (not in the state; the state has it terminated; past `expires`).
+    pub why: String,
+    /// Set once the controller asked the provider to terminate it (`leaks.terminate = true`,
+    /// or past its `expires` tag).
+    pub terminate_requested_at: Option<Timestamp>,
+}
+
+/// A launch the budget (or capacity) refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// The budget as `GET /v1/budget` shows it (`hybridctl cost` prints it under the ledger).
+/// `committed` is spent plus reserved: a live node counts its whole reservation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetView {
+    /// `None`: no `[budget]` configured.
+    pub per_day: Option<f64>,
+    pub per_month: Option<f64>,
+    /// The day and month the figures are for (`YYYY-MM-DD`, in the burst window's zone).
+    pub day: String,
+    pub day_spent: f64,
+    pub day_committed: f64,
+    pub month_spent: f64,
+    pub month_committed: f64,
+    /// Launches refused since the state was created.
+    pub refusals: u64,
+    pub last_refusal: Option<Refusal>,
 }
 
 #[cfg(test)]

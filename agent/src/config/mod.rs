@@ -37,8 +37,10 @@
 //! alert_command = "/usr/local/bin/page-oncall"   # optional
 //!
 //! [provider]
-//! kind = "local"
+//! kind = "local"                      # or "command": [provider.command] program = "/path/prog"
 //! ```
+//!
+//! `[budget]`, `[leaks]` and `[provider.offers]`: see [`rent`].
 //!
 //! Every error names the file, the line and the key (`agent.toml:12: scale_up.for: ...`):
 //! values are checked while they are deserialized (times, zones, durations), so toml's span
@@ -54,6 +56,9 @@ use crate::window::DailyWindow;
 
 pub use hybridfs_config::ConfigError;
 use hybridfs_config as locate;
+
+pub mod rent;
+pub use rent::{BudgetConfig, LeaksConfig, OffersConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +81,8 @@ pub struct Config {
     pub merge: Option<MergeConfig>,
     pub provider: Option<ProviderConfig>,
     pub node: Option<NodeConfig>,
+    pub budget: Option<BudgetConfig>,
+    pub leaks: Option<LeaksConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,16 +153,20 @@ pub struct MergeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    pub kind: ProviderKind,
+    pub kind: toml::Spanned<ProviderKind>,
     /// The instance type to rent (default: the provider's first offer).
     pub instance_type: Option<String>,
     pub local: Option<crate::provider::local::LocalConfig>,
+    pub command: Option<crate::provider::command::CommandConfig>,
+    /// Constraints on the offers rented (cheapest first among those that meet them).
+    pub offers: Option<OffersConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Local,
+    Command,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +342,23 @@ impl Config {
         if let Some(burst) = &self.burst {
             if *burst.max_nodes.get_ref() == 0 {
                 return Err((burst.max_nodes.span(), "burst.max_nodes", "must be at least 1".into()));
+            }
+        }
+        if let Some(b) = &self.budget {
+            b.check()?;
+        }
+        if let Some(p) = &self.provider {
+            if let Some(o) = &p.offers {
+                o.check()?;
+            }
+            match (p.kind.get_ref(), &p.command) {
+                (ProviderKind::Command, None) => {
+                    return Err((p.kind.span(), "provider.kind", "\"command\" needs [provider.command] with `program`".into()))
+                }
+                (ProviderKind::Command, Some(c)) if c.program.get_ref().trim().is_empty() => {
+                    return Err((c.program.span(), "provider.command.program", "is empty".into()))
+                }
+                _ => {}
             }
         }
         if let (Some(up), Some(down)) = (&self.scale_up, &self.scale_down) {

@@ -129,3 +129,32 @@ fn a_node_config_needs_only_role_and_state_dir() {
     let e = err("role = \"node\"\nstate_dir = \"/tmp/n\"\n[node]\npush_evry = \"5m\"\n");
     assert_eq!((e.key.as_str(), e.line), ("node.push_evry", 4));
 }
+
+#[test]
+fn budget_leaks_offers_and_the_command_provider_parse_and_bad_values_name_key_and_line() {
+    let text = GOOD.replace("kind = \"local\"\n", "kind = \"command\"\n[provider.command]\nprogram = \"/opt/prov --region x\"\ntimeout = \"30s\"\n[provider.offers]\ngpu_type = \"a100\"\nmax_price_per_hour = 4.5\n")
+        + "\n[budget]\nper_day = 50.0\nper_month = 800\n\n[leaks]\nterminate = true\n";
+    let cfg = parse(&text).unwrap();
+    let p = cfg.provider.as_ref().unwrap();
+    assert_eq!(*p.kind.get_ref(), ProviderKind::Command);
+    assert_eq!(p.command.as_ref().unwrap().timeout, Dur(Duration::from_secs(30)));
+    assert_eq!(p.offers.as_ref().unwrap().max_price_per_hour.as_ref().map(|v| *v.get_ref()), Some(4.5));
+    let b = cfg.budget.as_ref().unwrap();
+    assert_eq!((*b.per_day.get_ref(), b.drain_time), (50.0, Dur(Duration::from_secs(1800))));
+    assert!(cfg.leaks.as_ref().unwrap().terminate);
+    assert_eq!(cfg.leaks.as_ref().unwrap().grace, Dur(Duration::from_secs(600)));
+
+    let cases = [
+        (text.replace("per_day = 50.0", "per_day = 0"), "budget.per_day", "per_day = 0"),
+        (text.replace("per_month = 800", "per_month = 20"), "budget.per_month", "per_month = 20"),
+        (text.replace("max_price_per_hour = 4.5", "max_price_per_hour = -1"), "provider.offers.max_price_per_hour", "max_price_per_hour"),
+        (text.replace("program = \"/opt/prov --region x\"", "program = \" \""), "provider.command.program", "program = "),
+        (text.replace("[leaks]\nterminate = true", "[leaks]\nterminate = \"yes\""), "leaks.terminate", "terminate = \"yes\""),
+        (text.replace("per_day = 50.0", "per_day = 50.0\nper_week = 9"), "budget.per_week", "per_week"),
+        (GOOD.replace("kind = \"local\"", "kind = \"command\""), "provider.kind", "kind = \"command\""),
+    ];
+    for (bad, key, needle) in cases {
+        let e = err(&bad);
+        assert_eq!((e.key.as_str(), e.line), (key, line_of(&bad, needle)), "{e}");
+    }
+}

@@ -5,10 +5,14 @@
 //! 1. **Sync with the provider**: describe our instances by the owner tag; adopt an instance
 //!    for each `Intended` record (or launch again with the same idempotency key), confirm
 //!    `Terminating` ones, and notice nodes the provider lost (their unpushed bytes are a loss).
+//!    Then **leaks** (`leaks.rs`): instances with our owner tag that no live node owns are
+//!    reported or terminated, and instances past their `expires` tag are terminated.
 //! 2. **Interruption notices** put the node into `Draining` (it pushes at once by itself).
 //! 3. **Lost nodes**: a node that has not reported for two leases has shut itself down (its
 //!    dead-man switch pushes and stops after one lease); it is terminated and what it last
 //!    reported as unpushed is recorded as lost.
+//!    Then **the budget** (`budget.rs`): reservations that ran out are extended by an hour
+//!    when that fits, else the node drains; once the limit is spent it is terminated.
 //! 4. **Scale**: inside the burst window, the [`Scaler`](crate::scaler::Scaler) decides to rent
 //!    or release one node; outside it every node drains.
 //! 5. **Drain**: a draining node is terminated once it reports `drained` with zero unpushed
@@ -20,8 +24,12 @@
 //!
 //! Every change of a record is saved before the provider is called about it (see `state`).
 
+mod budget;
 mod ledger;
+mod leaks;
 mod metrics;
+#[cfg(test)]
+mod rent_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,10 +41,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+pub use budget::{Budget, OfferRules};
+pub use leaks::LeakPolicy;
 pub use ledger::{ledger, LedgerRow};
 
 use crate::clock::Clock;
-use crate::provider::{self, Bootstrap, InstanceState, LaunchRequest, Provider};
+use crate::provider::{self, Bootstrap, InstanceState, LaunchRequest, Provider, ProviderError};
 use crate::scaler::{ScaleRule, Want};
 use crate::state::{Loss, Night, NodeRecord, NodeReport, Phase, State, StateError, StateStore};
 use crate::volume::HomeVolume;
@@ -61,6 +71,45 @@ pub struct Settings {
     pub alert_command: Option<String>,
     /// The agent clock when it is scaled (handed to nodes in their bootstrap).
     pub clock: Option<crate::clock::ScaledClock>,
+    /// `[budget]`: none means nothing limits the spend.
+    pub budget: Option<Budget>,
+    /// `[provider.offers]`: the constraints on what is rented.
+    pub offers: OfferRules,
+    /// `[leaks]`.
+    pub leaks: LeakPolicy,
+}
+
+impl Settings {
+    /// Settings for tests: owner `owner`, burst 08:00-17:00 and merge 17:30-07:30 UTC, scale
+    /// up above 90 for 10m (at most 2 nodes), down below 50 for 20m, 5-minute lease, no
+    /// budget, no offer constraints, leaks reported after 10m.
+    #[doc(hidden)]
+    pub fn for_tests(owner: &str) -> Settings {
+        let utc = |a: &str, b: &str| DailyWindow::new(a.parse().unwrap_or_default(), b.parse().unwrap_or_default(), jiff::tz::TimeZone::UTC);
+        Settings {
+            owner: owner.into(),
+            volume: "main".into(),
+            store: "file:///store".into(),
+            instance_type: None,
+            rule: ScaleRule {
+                up_threshold: 90.0,
+                up_for: Duration::from_secs(600),
+                down_threshold: 50.0,
+                down_for: Duration::from_secs(1200),
+                max_nodes: 2,
+            },
+            burst: utc("08:00", "17:00"),
+            merge: utc("17:30", "07:30"),
+            lease: Duration::from_secs(300),
+            controller_addr: "unix:/nonexistent".into(),
+            node_env: BTreeMap::new(),
+            alert_command: None,
+            clock: None,
+            budget: None,
+            offers: OfferRules::default(),
+            leaks: LeakPolicy::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +141,8 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     /// What the state file holds (saves are skipped when nothing changed).
     saved: Option<State>,
+    /// Offers that answered "no capacity", by instance type, and until when they are skipped.
+    no_capacity: BTreeMap<String, Timestamp>,
 }
 
 fn after(t: Timestamp, d: Duration) -> Timestamp {
@@ -108,7 +159,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
         let state = store.load()?;
-        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock })
+        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new() })
     }
 
     pub fn state(&self) -> &State {
@@ -142,6 +193,7 @@ impl Controller {
         self.sync_with_provider(now)?;
         self.handle_interruptions(now)?;
         self.handle_lost_nodes(now)?;
+        self.enforce_budget(now)?;
         self.scale(now, load)?;
         self.progress_drains(now)?;
         self.merge_night(now)?;
@@ -164,12 +216,6 @@ impl Controller {
         };
         let by_intent: BTreeMap<&str, &provider::Instance> =
             instances.iter().filter_map(|i| i.tags.get(provider::TAG_INTENT).map(|t| (t.as_str(), i))).collect();
-        for inst in &instances {
-            let known = inst.tags.get(provider::TAG_INTENT).and_then(|t| self.state.node(t)).is_some();
-            if !known && inst.state != InstanceState::Terminated {
-                warn!("instance {} carries our owner tag but is not in the state (left alone)", inst.id);
-            }
-        }
         let mut relaunch = Vec::new();
         for rec in self.state.nodes.iter_mut().filter(|n| n.phase.is_live()) {
             let inst = by_intent.get(rec.intent.as_str()).copied();
@@ -202,8 +248,14 @@ impl Controller {
         }
         self.save()?;
         for intent in relaunch {
-            self.launch_intent(&intent, now)?;
+            if let Some(e) = self.launch_intent(&intent, now)? {
+                // Nothing was started: the intent goes (the next rent tries the other offers).
+                warn!("node {intent}: {e}; the intent is dropped");
+                self.state.nodes.retain(|n| n.intent != intent);
+                self.save()?;
+            }
         }
+        self.find_leaks(now, &instances)?;
         // Terminations not yet confirmed are asked again (terminate is idempotent).
         let pending: Vec<String> =
             self.state.nodes.iter().filter(|n| n.phase == Phase::Terminating).filter_map(|n| n.instance_id.clone()).collect();
@@ -313,38 +365,76 @@ impl Controller {
             .map(|n| n.intent.clone())
     }
 
-    /// Rents one node: publish main, write the intent, launch. Returns the intent id.
+    /// Rents one node (see [`Controller::try_rent`]); `None` when it could not.
     pub fn rent(&mut self, now: Timestamp) -> Result<Option<String>, ControllerError> {
+        Ok(self.try_rent(now)?.ok())
+    }
+
+    /// Rents one node: publish main, then for each offer meeting the constraints, cheapest
+    /// first: reserve its cost in the budget (or refuse), write the intent, launch; an offer
+    /// without capacity is backed off and the next one tried. `Ok(Err)` says why nothing was
+    /// rented (counted and kept as the last refusal, except a failure to publish main).
+    pub fn try_rent(&mut self, now: Timestamp) -> Result<Result<String, String>, ControllerError> {
         if let Err(e) = self.home.push_main() {
             error!("rent a node: publish main first: {e}");
-            return Ok(None);
+            return Ok(Err(format!("publish main first: {e}")));
         }
         let token = match crate::api::random_token() {
             Ok(t) => t,
             Err(e) => {
                 error!("rent a node: {e}");
-                return Ok(None);
+                return Ok(Err(e.to_string()));
             }
         };
-        let offer = self.pick_offer();
-        let intent = format!("n{:04}", self.state.next_intent);
-        self.state.next_intent += 1;
-        let (instance_type, price, estimate) = match offer {
-            Some(o) => (o.instance_type, o.price_per_hour.unwrap_or(0.0), o.price_per_hour.is_none()),
-            None => (self.settings.instance_type.clone().unwrap_or_default(), 0.0, true),
+        let offers = match self.offers_to_try(now) {
+            Ok(o) => o,
+            Err(why) => return self.refuse(now, why).map(Err),
         };
-        let mut rec = NodeRecord::intended(&self.settings.owner, &intent, token, now);
-        (rec.instance_type, rec.price_per_hour, rec.price_is_estimate) = (instance_type, price, estimate);
-        self.state.nodes.push(rec);
-        // The intent is on disk before the provider hears of it.
-        self.save()?;
-        self.launch_intent(&intent, now)?;
-        Ok(Some(intent))
+        let intent = format!("n{:04}", self.state.next_intent);
+        let mut tried = Vec::new();
+        for (attempt, offer) in offers.iter().enumerate() {
+            let reserved_until = match self.reserve(offer, now) {
+                Ok(r) => r,
+                Err(why) => {
+                    self.state.nodes.retain(|n| n.intent != intent);
+                    let why = if tried.is_empty() { why } else { format!("{why} (no capacity for {})", tried.join(", ")) };
+                    return self.refuse(now, why).map(Err);
+                }
+            };
+            if attempt == 0 {
+                self.state.next_intent += 1;
+                self.state.nodes.push(NodeRecord::intended(&self.settings.owner, &intent, token.clone(), now));
+            }
+            let Some(rec) = self.state.node_mut(&intent) else { break };
+            rec.instance_type = offer.instance_type.clone();
+            (rec.price_per_hour, rec.price_is_estimate) = (offer.price_per_hour.unwrap_or(0.0), offer.price_per_hour.is_none());
+            rec.reserved_until = reserved_until;
+            if attempt > 0 {
+                // Another offer is another launch: a key of its own (the first one started nothing).
+                rec.idempotency_key = format!("{}-{intent}-{}", self.settings.owner, attempt + 1);
+            }
+            // The intent (and its reservation) is on disk before the provider hears of it.
+            self.save()?;
+            match self.launch_intent(&intent, now)? {
+                None => {
+                    self.state.rent.refusing = false;
+                    self.save()?;
+                    return Ok(Ok(intent));
+                }
+                Some(e) => {
+                    warn!("node {intent}: {} has no capacity ({e}); not tried again for {:?}, trying the next offer", offer.instance_type, self.settings.offers.no_capacity_backoff);
+                    self.back_off(offer, now);
+                    tried.push(offer.instance_type.clone());
+                }
+            }
+        }
+        self.state.nodes.retain(|n| n.intent != intent);
+        self.refuse(now, format!("no capacity for any offer meeting the constraints (tried {})", tried.join(", "))).map(Err)
     }
 
     /// An operator's rent (`hybridctl nodes rent`): under the same rules as the scaler's (inside
-    /// the burst window, outside the merge window, fewer than `max_nodes` active). `Ok(Err)`
-    /// says why not.
+    /// the burst window, outside the merge window, fewer than `max_nodes` active, the budget).
+    /// `Ok(Err)` says why not.
     pub fn rent_now(&mut self) -> Result<Result<String, String>, ControllerError> {
         let now = self.clock.now();
         if !self.settings.burst.contains(now) || self.settings.merge.contains(now) {
@@ -354,19 +444,13 @@ impl Controller {
         if active >= self.settings.rule.max_nodes {
             return Ok(Err(format!("{active} nodes active: burst.max_nodes is {}", self.settings.rule.max_nodes)));
         }
-        Ok(self.rent(now)?.ok_or_else(|| "could not rent now (see the controller's log)".to_string()))
+        self.try_rent(now)
     }
 
-    fn pick_offer(&self) -> Option<provider::Offer> {
-        let offers = self.provider.offers().map_err(|e| warn!("list offers: {e}")).ok()?;
-        match &self.settings.instance_type {
-            Some(t) => offers.into_iter().find(|o| &o.instance_type == t),
-            None => offers.into_iter().next(),
-        }
-    }
-
-    fn launch_intent(&mut self, intent: &str, now: Timestamp) -> Result<(), ControllerError> {
-        let Some(rec) = self.state.node(intent).cloned() else { return Ok(()) };
+    /// Launches the intent's instance. `Ok(Some)`: the provider had no capacity (nothing
+    /// started; the record is left as it was for the caller to decide).
+    fn launch_intent(&mut self, intent: &str, now: Timestamp) -> Result<Option<ProviderError>, ControllerError> {
+        let Some(rec) = self.state.node(intent).cloned() else { return Ok(None) };
         let expires = after(self.hard_deadline(now), Duration::from_secs(3600));
         let tags: BTreeMap<String, String> = [
             (provider::TAG_OWNER, self.settings.owner.clone()),
@@ -403,6 +487,7 @@ impl Controller {
                     r.phase = Phase::Running;
                 }
             }
+            Err(e @ ProviderError::NoCapacity(_)) => return Ok(Some(e)),
             Err(e) if e.is_transient() => warn!("node {intent}: launch: {e}; the intent stays and is retried"),
             Err(e) => {
                 error!("node {intent}: launch: {e}");
@@ -412,7 +497,7 @@ impl Controller {
                 }
             }
         }
-        self.save()
+        self.save().map(|()| None)
     }
 
     // ---- 5. drain and terminate ----
@@ -589,7 +674,7 @@ impl Controller {
 
     /// The metrics in the Prometheus text format.
     pub fn metrics(&self) -> String {
-        metrics::render(&self.state)
+        metrics::render(&self.state) + &self.rent_metrics()
     }
 
     /// Every node, as the API shows them (no secrets).

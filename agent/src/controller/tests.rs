@@ -12,44 +12,21 @@ use crate::state::NodeReport;
 use crate::volume::fake::{FakeHome, FakeNode};
 use crate::volume::NodeVolume;
 
-fn window(start: &str, end: &str) -> DailyWindow {
-    DailyWindow::new(start.parse().unwrap(), end.parse().unwrap(), jiff::tz::TimeZone::UTC)
+pub(super) fn settings() -> Settings {
+    Settings::for_tests("test-ctl")
 }
 
-fn settings() -> Settings {
-    Settings {
-        owner: "test-ctl".into(),
-        volume: "main".into(),
-        store: "file:///store".into(),
-        instance_type: None,
-        rule: ScaleRule {
-            up_threshold: 90.0,
-            up_for: Duration::from_secs(600),
-            down_threshold: 50.0,
-            down_for: Duration::from_secs(1200),
-            max_nodes: 2,
-        },
-        burst: window("08:00", "17:00"),
-        merge: window("17:30", "07:30"),
-        lease: Duration::from_secs(300),
-        controller_addr: "unix:/nonexistent".into(),
-        node_env: BTreeMap::new(),
-        alert_command: None,
-        clock: None,
-    }
-}
-
-struct World {
+pub(super) struct World {
     dir: tempfile::TempDir,
-    clock: ManualClock,
-    provider: MemoryProvider,
+    pub(super) clock: ManualClock,
+    pub(super) provider: MemoryProvider,
     home: FakeHome,
     /// The simulated node agents, by instance id.
     nodes: BTreeMap<String, FakeNode>,
 }
 
 impl World {
-    fn new(start: &str) -> World {
+    pub(super) fn new(start: &str) -> World {
         let clock = ManualClock::new(start.parse().unwrap());
         World {
             dir: tempfile::tempdir().unwrap(),
@@ -60,12 +37,12 @@ impl World {
         }
     }
 
-    fn controller_with(&self, s: Settings, provider: Arc<dyn Provider>) -> Controller {
+    pub(super) fn controller_with(&self, s: Settings, provider: Arc<dyn Provider>) -> Controller {
         let store = StateStore::open(self.dir.path()).unwrap();
         Controller::open(s, store, provider, Arc::new(self.home.clone()), Arc::new(self.clock.clone())).unwrap()
     }
 
-    fn controller(&self) -> Controller {
+    pub(super) fn controller(&self) -> Controller {
         self.controller_with(settings(), Arc::new(self.provider.clone()))
     }
 

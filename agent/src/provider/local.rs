@@ -442,7 +442,7 @@ impl Provider for LocalProvider {
     }
 
     fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
-        Ok(vec![Offer { instance_type: INSTANCE_TYPE.into(), gpus: 0, price_per_hour: self.cfg.price_per_hour, spot: false }])
+        Ok(vec![Offer { instance_type: INSTANCE_TYPE.into(), gpus: 0, price_per_hour: self.cfg.price_per_hour, spot: false, gpu_type: None }])
     }
 
     fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {

@@ -21,6 +21,10 @@ struct Inner {
     lose_next_response: bool,
     slow_terminate: bool,
     interruptions: Vec<Interruption>,
+    /// Offers in place of the default one.
+    offers: Option<Vec<Offer>>,
+    /// Instance types that have no capacity (launch fails with `NoCapacity`).
+    no_capacity: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,16 @@ impl MemoryProvider {
         }
     }
 
+    /// Offers in place of the default one (`mem-gpu`, 2.50/h).
+    pub fn set_offers(&self, offers: Vec<Offer>) {
+        self.lock().offers = Some(offers);
+    }
+
+    /// Launches of these instance types fail with `NoCapacity` (nothing starts).
+    pub fn set_no_capacity(&self, types: &[&str]) {
+        self.lock().no_capacity = types.iter().map(|t| t.to_string()).collect();
+    }
+
     pub fn interrupt(&self, instance_id: &str) {
         let at = self.clock.now();
         self.lock().interruptions.push(Interruption { instance_id: instance_id.into(), at });
@@ -82,7 +96,8 @@ impl Provider for MemoryProvider {
     }
 
     fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
-        Ok(vec![Offer { instance_type: "mem-gpu".into(), gpus: 1, price_per_hour: Some(2.5), spot: false }])
+        let default = || vec![Offer { instance_type: "mem-gpu".into(), gpus: 1, price_per_hour: Some(2.5), spot: false, gpu_type: None }];
+        Ok(self.lock().offers.clone().unwrap_or_else(default))
     }
 
     fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
@@ -92,6 +107,9 @@ impl Provider for MemoryProvider {
             return inner.instances.iter().find(|i| i.id == id).cloned().ok_or_else(|| {
                 ProviderError::Permanent(format!("instance {id} of key {} vanished", req.idempotency_key))
             });
+        }
+        if inner.no_capacity.contains(&req.instance_type) {
+            return Err(ProviderError::NoCapacity(format!("launch {}: no capacity", req.instance_type)));
         }
         inner.launches += 1;
         let id = format!("mem-{}", inner.launches);

@@ -1,6 +1,6 @@
 //! Compute providers: where burst nodes come from.
 //!
-//! One trait for every provider (`local` here; `ec2` and `command` next, issue 13). The
+//! One trait for every provider (`memory` for tests, `local`, `command`: user scripts). The
 //! contract the controller relies on, and that every implementation must keep:
 //!
 //! * **Launch is idempotent by key.** `launch` with an idempotency key that was already used
@@ -14,6 +14,7 @@
 //!   `describe` says `Terminated` (or no longer lists it).
 //! * **Interruption notices** (spot reclaim) are reported by `interruptions`.
 
+pub mod command;
 pub mod local;
 pub mod memory;
 
@@ -36,6 +37,10 @@ pub struct Offer {
     /// its costs as estimates).
     pub price_per_hour: Option<f64>,
     pub spot: bool,
+    /// The GPU model (`a100`, `h100`, `l4`), when the provider says: matched by the
+    /// `provider.offers.gpu_type` constraint.
+    #[serde(default)]
+    pub gpu_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,11 +125,16 @@ pub enum ProviderError {
     /// Worth retrying later: capacity, throttling, a network blip.
     #[error("{0} (transient)")]
     Transient(String),
+    /// Nothing was started: the provider has no capacity for this offer now. The controller
+    /// backs the offer off and tries the next one.
+    #[error("{0} (no capacity)")]
+    NoCapacity(String),
     #[error("{0}")]
     Permanent(String),
 }
 
 impl ProviderError {
+    /// Worth retrying later with the same request (no capacity is not: try another offer).
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Transient(_))
     }
