@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hybrid_agent_api::{LedgerRow, Night, NodeView};
+use hybrid_agent_api::{BudgetView, LedgerRow, Leak, Night, NodeView};
 use hybridfs_node::NodeError;
 use jiff::Timestamp;
 
@@ -83,7 +83,13 @@ pub fn nodes(agent: &Agent, cmd: NodesCmd, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match cmd {
-        NodesCmd::List => print_nodes(&serde_json::from_value::<Vec<NodeView>>(body).context("read the controller's node list")?),
+        NodesCmd::List => {
+            print_nodes(&serde_json::from_value::<Vec<NodeView>>(body).context("read the controller's node list")?);
+            // A controller from before leak detection has no such route: nothing to mark.
+            if let Ok(leaks) = agent.call("GET", "/v1/leaks").and_then(|b| Ok(serde_json::from_value::<Vec<Leak>>(b)?)) {
+                print_leaks(&leaks);
+            }
+        }
         NodesCmd::Rent => println!("rented node {} (hybridctl nodes list shows it boot)", body["node"].as_str().unwrap_or("?")),
         NodesCmd::Drain(_) | NodesCmd::Release(_) => println!("{done}"),
     }
@@ -116,6 +122,41 @@ fn print_nodes(nodes: &[NodeView]) {
         if let Some(l) = &n.loss {
             println!("{}: LOST {} since the push at {}: {} ({} paths named)", n.node, human_bytes(l.bytes), when(l.since), l.reason, l.paths.len());
         }
+    }
+}
+
+fn print_leaks(leaks: &[Leak]) {
+    for l in leaks {
+        let action = match l.terminate_requested_at {
+            Some(t) => format!("termination asked at {}", when(Some(t))),
+            None => "left running (leaks.terminate = false)".into(),
+        };
+        println!(
+            "LEAK {} ({}, launched {}, intent {}): carries this controller's owner tag: {}; {action}",
+            l.instance_id,
+            if l.instance_type.is_empty() { "-" } else { &l.instance_type },
+            when(l.launched_at),
+            l.intent.as_deref().unwrap_or("-"),
+            l.why
+        );
+    }
+}
+
+/// The budget line under the ledger: committed (spent + reserved) against the limits, and
+/// the refused launches.
+fn print_budget(b: &BudgetView) {
+    let limit = |v: Option<f64>| v.map_or_else(|| "no limit".to_string(), |v| format!("{v:.2} USD"));
+    println!(
+        "budget {}: {:.2} USD spent, {:.2} spent or reserved, of {}; month {:.2} spent or reserved, of {}",
+        b.day,
+        b.day_spent,
+        b.day_committed,
+        limit(b.per_day),
+        b.month_committed,
+        limit(b.per_month)
+    );
+    if let Some(r) = &b.last_refusal {
+        println!("{} launches refused; the last at {}: {}", b.refusals, when(Some(r.at)), r.reason);
     }
 }
 
@@ -152,6 +193,10 @@ pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode
     let guessed = rows.iter().any(|r| r.estimate);
     let note = if guessed { " (an estimate: the provider gave no price for some nodes)" } else { "" };
     println!("total: {} nodes, {hours:.2} hours, {cost:.2} USD{note}", rows.len());
+    // A controller from before budgets has no such route: the ledger is all there is.
+    if let Ok(b) = agent.call("GET", "/v1/budget").and_then(|b| Ok(serde_json::from_value::<BudgetView>(b)?)) {
+        print_budget(&b);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
