@@ -21,6 +21,8 @@ use hybrid_agent::provider::{conformance, InstanceState, Provider, TAG_OWNER};
 use hybrid_agent::state::{Phase, StateStore};
 use hybrid_agent::volume::fake::FakeHome;
 
+mod common;
+
 const OWNER: &str = "cmd-test";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -217,4 +219,75 @@ fn an_instance_tagged_by_us_but_unknown_to_the_state_is_reported_within_one_loop
     assert_eq!(p.describe(&ours).unwrap()[0].state, InstanceState::Terminated, "terminated within one loop");
     run.step();
     assert_eq!(run.call("GET", "/v1/leaks").1.as_array().map(Vec::len), Some(0));
+}
+
+/// The real binary, configured with `kind = "command"`, `[budget]` and `[leaks]`: the config
+/// reaches the controller (the example program is called, the budget's limit is served, a
+/// stray instance is found at the first step and terminated).
+#[test]
+fn the_controller_binary_runs_the_command_provider_from_its_config() {
+    if !can_run() {
+        return;
+    }
+    let (_keep, dir) = scratch();
+    let file = dir.join("instances.json");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("owner"), "cmd-bin-test").unwrap();
+    // A stray instance with this controller's owner tag, launched an hour before agent time.
+    let clock = ManualClock::new("2026-03-02T08:00:00Z".parse().unwrap());
+    let mut req = conformance::request("cmd-bin-test", "n0077");
+    req.instance_type = "gpu.small".into();
+    let stray = provider(&dir, &clock, &[]).launch(&req).unwrap();
+    let cfg = common::Cfg {
+        every: "1m",
+        up: (90, "10m"),
+        down: None,
+        burst: ("08:00", "17:00", "UTC"),
+        max_nodes: 1,
+        lease: "4h",
+        merge: ("17:30", "07:30", "UTC"),
+        subnet: "10.250",
+        stop_grace_secs: 5,
+        node: None,
+    };
+    let config = common::write_config(&dir, "agent.toml", &cfg);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (common_part, _local) = text.split_once("[provider]").unwrap();
+    let provider_part = format!(
+        r#"[provider]
+kind = "command"
+[provider.command]
+program = "{prog}"
+timeout = "30s"
+env = {{ HYBRID_PROVIDER_FILE = "{file}" }}
+[provider.offers]
+max_price_per_hour = 5.0
+[budget]
+per_day = 42.5
+[leaks]
+grace = "10m"
+terminate = true
+"#,
+        prog = example(),
+        file = file.display()
+    );
+    std::fs::write(&config, format!("{common_part}{provider_part}")).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_hybrid-agent")).arg("check-config").arg(&config).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let _controller = common::start(Path::new("/nonexistent/hybridctl"), &dir, &config, &["--clock-start", "2026-03-02T09:00:00Z"]);
+    let sock = format!("unix:{}", state.join("api.sock").display());
+    let token_file = dir.join("token");
+    let ours: BTreeMap<String, String> = [(TAG_OWNER.to_string(), "cmd-bin-test".to_string())].into();
+    let p = provider(&dir, &clock, &[]);
+    common::eventually("the controller terminates the stray instance", 30, || {
+        p.describe(&ours).unwrap()[0].state == InstanceState::Terminated
+    });
+    let log = std::fs::read_to_string(dir.join("controller.log")).unwrap();
+    assert!(log.contains(&format!("leak: instance {} (gpu.small) carries our owner tag: not in the state; terminating it", stray.id)), "{log}");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let budget = api::call(&sock, "GET", "/v1/budget", Some(token.trim()), None).unwrap();
+    assert_eq!(budget.body["per_day"].as_f64(), Some(42.5), "{:?}", budget.body);
+    let metrics = api::call(&sock, "GET", "/metrics", Some(token.trim()), None).unwrap();
+    assert!(metrics.body.as_str().unwrap().contains("hybrid_agent_leaked_instances_terminated_total 1\n"), "{:?}", metrics.body);
 }
