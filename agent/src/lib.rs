@@ -8,9 +8,11 @@
 //! * [`window`] — daily windows in a time zone (burst 08:00-17:00, merge 17:30-07:30).
 //! * [`scaler`] — when to rent and release: thresholds held for a period, with hysteresis.
 //! * [`state`] — the controller's persisted state (intents saved before provider calls).
-//! * [`provider`] — the provider trait and its implementations (`memory` for tests, `local`).
+//! * [`provider`] — the provider trait and its implementations (`memory` for tests, `local`,
+//!   `command`: a user's program speaking JSON).
 //! * [`volume`] — volume operations behind `HomeVolume`/`NodeVolume` (today via `hybridctl`).
-//! * [`controller`] — the reconcile step: sync, scale, drain, terminate, merge, ledger.
+//! * [`controller`] — the reconcile step: sync, leaks, budget, scale, drain, terminate, merge,
+//!   ledger.
 //! * [`api`] — the controller's token-authenticated HTTP API (TCP and a unix socket).
 //! * [`node`] — the burst node role: clone, mount, push, report, drain, dead-man switch.
 
