@@ -251,6 +251,9 @@ impl Controller {
             if let Some(e) = self.launch_intent(&intent, now)? {
                 // Nothing was started: the intent goes (the next rent tries the other offers).
                 warn!("node {intent}: {e}; the intent is dropped");
+                if let Some(t) = self.state.node(&intent).map(|n| n.instance_type.clone()) {
+                    self.no_capacity.insert(t, after(now, self.settings.offers.no_capacity_backoff));
+                }
                 self.state.nodes.retain(|n| n.intent != intent);
                 self.save()?;
             }

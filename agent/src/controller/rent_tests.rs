@@ -114,6 +114,29 @@ fn the_budget_reserves_the_rest_of_the_window_plus_the_drain_and_refuses_the_lau
     assert!((c.budget().day_committed - 22.5).abs() < 1e-9, "{:?}", c.budget());
 }
 
+#[test]
+fn the_month_counts_the_earlier_days_of_the_month() {
+    let w = World::new("2026-03-02T09:00:00Z");
+    let mut s = settings();
+    s.budget = Some(Budget { per_day: 25.0, per_month: Some(30.0), drain_time: Duration::from_secs(3600) });
+    s.lease = Duration::from_secs(24 * 3600);
+    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    let a = c.rent_now().unwrap().unwrap();
+    // It runs 09:00 to 17:00 (20.00 spent) and stops.
+    w.clock.set("2026-03-02T17:00:00Z".parse().unwrap());
+    c.release(&a).unwrap();
+    c.step(None).unwrap();
+    assert!((c.budget().month_committed - 20.0).abs() < 1e-9, "{:?}", c.budget());
+    // The next day: 22.50 fits the day (25.00) but not the month (20.00 + 22.50 > 30.00).
+    w.clock.set("2026-03-03T09:00:00Z".parse().unwrap());
+    assert_eq!(c.budget().day_committed, 0.0, "a new day");
+    let why = c.rent_now().unwrap().unwrap_err();
+    assert!(why.contains("2026-03 already has 20.00 of budget.per_month 30.00"), "{why}");
+    // In April the month starts again.
+    w.clock.set("2026-04-01T09:00:00Z".parse().unwrap());
+    assert!(c.rent_now().unwrap().is_ok());
+}
+
 /// Runs minute steps until `until`, the node reporting unpushed bytes (never drained).
 fn run_reporting(w: &World, c: &mut Controller, node: &str, until: &str) {
     let until: Timestamp = until.parse().unwrap();
