@@ -130,6 +130,10 @@ pub struct RentState {
     pub leaks: Vec<hybrid_agent_api::Leak>,
     /// Leaked or expired instances the controller asked the provider to terminate.
     pub leaks_terminated: u64,
+    /// When each instance not (or no longer) ours was first listed: its age for the grace
+    /// period when the provider gives no launch time.
+    #[serde(default)]
+    pub first_seen: std::collections::BTreeMap<String, Timestamp>,
 }
 
 impl Default for State {

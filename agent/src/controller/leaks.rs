@@ -17,13 +17,16 @@
 //! past it is terminated, a live node through the normal path (its unpushed data recorded as
 //! lost), an unknown one directly, whatever `leaks.terminate` says.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hybrid_agent_api::Leak;
 use jiff::{SignedDuration, Timestamp};
 use tracing::warn;
 
 use super::{Controller, ControllerError};
 use crate::provider::{self, Instance, InstanceState};
+use crate::state::{Phase, State};
 
 /// `[leaks]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,66 +45,62 @@ fn expired(inst: &Instance, now: Timestamp) -> bool {
     inst.tags.get(provider::TAG_EXPIRES).and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|t| t <= now)
 }
 
+/// What the step does about one instance the provider lists as not terminated.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The instance of a live node.
+    Ours,
+    /// The instance of a live node (its intent) past its `expires` tag.
+    OursExpired(String),
+    /// Not ours, but younger than the grace period.
+    Young,
+    Leak { why: String, expired: bool },
+}
+
+/// Decides about `inst` (a pure function of the state, the policy and the time). `born`: when
+/// it was launched, or first listed when the provider does not say.
+fn classify(inst: &Instance, state: &State, born: Timestamp, grace: SignedDuration, now: Timestamp) -> Verdict {
+    let is_expired = expired(inst, now);
+    let live = state.nodes.iter().find(|n| n.phase.is_live() && n.instance_id.as_deref() == Some(inst.id.as_str()));
+    if let Some(rec) = live {
+        return match is_expired && rec.phase != Phase::Terminating {
+            true => Verdict::OursExpired(rec.intent.clone()),
+            false => Verdict::Ours,
+        };
+    }
+    if !is_expired && now.duration_since(born) < grace {
+        return Verdict::Young;
+    }
+    let why = match (is_expired, inst.tags.get(provider::TAG_INTENT).and_then(|i| state.node(i))) {
+        (true, _) => "past its expires tag".to_string(),
+        (false, Some(rec)) if !rec.phase.is_live() => format!("the state has node {} terminated", rec.intent),
+        (false, Some(rec)) => format!("a second instance for node {} (it has {})", rec.intent, rec.instance_id.as_deref().unwrap_or("none")),
+        (false, None) => "not in the state".to_string(),
+    };
+    Verdict::Leak { why, expired: is_expired }
+}
+
 impl Controller {
     /// Runs after adoption, on the instances listed at the start of the step.
     pub(super) fn find_leaks(&mut self, now: Timestamp, instances: &[Instance]) -> Result<(), ControllerError> {
         let grace = SignedDuration::try_from(self.settings.leaks.grace).unwrap_or(SignedDuration::MAX);
-        let mut found = Vec::new();
-        let mut expired_nodes = Vec::new();
+        let (mut found, mut seen, mut expired_nodes) = (Vec::new(), BTreeMap::new(), Vec::new());
         for inst in instances.iter().filter(|i| i.state != InstanceState::Terminated) {
-            let live = self.state.nodes.iter().find(|n| n.phase.is_live() && n.instance_id.as_deref() == Some(inst.id.as_str()));
-            if let Some(rec) = live {
-                if expired(inst, now) && !matches!(rec.phase, crate::state::Phase::Terminating) {
-                    expired_nodes.push(rec.intent.clone());
+            let first_seen = self.state.rent.first_seen.get(&inst.id).copied().unwrap_or(now);
+            match classify(inst, &self.state, inst.launched_at.unwrap_or(first_seen), grace, now) {
+                Verdict::Ours => {}
+                Verdict::OursExpired(intent) => expired_nodes.push(intent),
+                Verdict::Young => {
+                    seen.insert(inst.id.clone(), first_seen);
                 }
-                continue;
-            }
-            let before = self.state.rent.leaks.iter().find(|l| l.instance_id == inst.id).cloned();
-            let first_seen = before.as_ref().map_or(now, |l| l.first_seen);
-            let born = inst.launched_at.unwrap_or(first_seen);
-            let is_expired = expired(inst, now);
-            if !is_expired && now.duration_since(born) < grace {
-                continue;
-            }
-            let intent = inst.tags.get(provider::TAG_INTENT).cloned();
-            let why = match (is_expired, intent.as_deref().and_then(|i| self.state.node(i))) {
-                (true, _) => "past its expires tag".to_string(),
-                (false, Some(rec)) if !rec.phase.is_live() => format!("the state has node {} terminated", rec.intent),
-                (false, Some(rec)) => format!("a second instance for node {} (it has {})", rec.intent, rec.instance_id.as_deref().unwrap_or("none")),
-                (false, None) => "not in the state".to_string(),
-            };
-            let mut leak = before.clone().unwrap_or(hybrid_agent_api::Leak {
-                instance_id: inst.id.clone(),
-                instance_type: inst.instance_type.clone(),
-                intent,
-                launched_at: inst.launched_at,
-                first_seen,
-                why: why.clone(),
-                terminate_requested_at: None,
-            });
-            leak.why = why;
-            if before.is_none() {
-                let action = if self.settings.leaks.terminate || is_expired { "terminating it" } else { "reported, left running (leaks.terminate = false)" };
-                warn!(
-                    "leak: instance {} ({}) carries our owner tag: {}; {action}",
-                    inst.id, inst.instance_type, leak.why
-                );
-            }
-            if self.settings.leaks.terminate || is_expired {
-                match self.provider.terminate(&inst.id) {
-                    Ok(()) => {
-                        if leak.terminate_requested_at.is_none() {
-                            self.state.rent.leaks_terminated += 1;
-                            leak.terminate_requested_at = Some(now);
-                        }
-                    }
-                    Err(e) => warn!("leak: terminate instance {}: {e}; asked again next step", inst.id),
+                Verdict::Leak { why, expired } => {
+                    seen.insert(inst.id.clone(), first_seen);
+                    found.push(self.handle_leak(inst, why, expired, first_seen, now));
                 }
             }
-            found.push(leak);
         }
         // What the provider no longer runs is no longer a leak.
-        self.state.rent.leaks = found;
+        (self.state.rent.leaks, self.state.rent.first_seen) = (found, seen);
         for intent in expired_nodes {
             warn!("node {intent}: its instance is past its expires tag; terminating");
             self.terminate(&intent, Some("past its expires tag"))?;
@@ -109,8 +108,83 @@ impl Controller {
         self.save()
     }
 
+    /// Logs a new leak, and terminates it when configured (or expired).
+    fn handle_leak(&mut self, inst: &Instance, why: String, expired: bool, first_seen: Timestamp, now: Timestamp) -> Leak {
+        let before = self.state.rent.leaks.iter().find(|l| l.instance_id == inst.id).cloned();
+        let terminate = self.settings.leaks.terminate || expired;
+        if before.is_none() {
+            let action = if terminate { "terminating it" } else { "reported, left running (leaks.terminate = false)" };
+            warn!("leak: instance {} ({}) carries our owner tag: {why}; {action}", inst.id, inst.instance_type);
+        }
+        let mut leak = before.unwrap_or_else(|| Leak {
+            instance_id: inst.id.clone(),
+            instance_type: inst.instance_type.clone(),
+            intent: inst.tags.get(provider::TAG_INTENT).cloned(),
+            launched_at: inst.launched_at,
+            first_seen,
+            why: String::new(),
+            terminate_requested_at: None,
+        });
+        leak.why = why;
+        if terminate {
+            match self.provider.terminate(&inst.id) {
+                Ok(()) if leak.terminate_requested_at.is_none() => {
+                    self.state.rent.leaks_terminated += 1;
+                    leak.terminate_requested_at = Some(now);
+                }
+                Ok(()) => {}
+                Err(e) => warn!("leak: terminate instance {}: {e}; asked again next step", inst.id),
+            }
+        }
+        leak
+    }
+
     /// The leaks found by the last step (`GET /v1/leaks`).
-    pub fn leaks(&self) -> Vec<hybrid_agent_api::Leak> {
+    pub fn leaks(&self) -> Vec<Leak> {
         self.state.rent.leaks.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeRecord;
+
+    fn inst(id: &str, intent: &str, expires: &str) -> Instance {
+        let tags = [(provider::TAG_OWNER, "o"), (provider::TAG_INTENT, intent), (provider::TAG_EXPIRES, expires)];
+        Instance {
+            id: id.into(),
+            instance_type: "t".into(),
+            state: InstanceState::Running,
+            tags: tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            launched_at: None,
+            terminated_at: None,
+        }
+    }
+
+    #[test]
+    fn each_listed_instance_is_ours_young_or_a_leak_saying_why_by_id_never_by_tag_alone() {
+        let now: Timestamp = "2026-03-02T12:00:00Z".parse().unwrap();
+        let grace = SignedDuration::from_mins(10);
+        let old = now.checked_sub(SignedDuration::from_mins(11)).unwrap();
+        let mut state = State::default();
+        let mut live = NodeRecord::intended("o", "n0001", "tok".into(), old);
+        (live.phase, live.instance_id) = (Phase::Running, Some("i-1".into()));
+        let mut gone = NodeRecord::intended("o", "n0002", "tok".into(), old);
+        (gone.phase, gone.instance_id) = (Phase::Terminated, Some("i-2".into()));
+        state.nodes = vec![live, gone];
+        let later = "2099-01-01T00:00:00Z";
+        assert_eq!(classify(&inst("i-1", "n0001", later), &state, old, grace, now), Verdict::Ours);
+        assert_eq!(classify(&inst("i-1", "n0001", "2026-03-02T11:00:00Z"), &state, old, grace, now), Verdict::OursExpired("n0001".into()));
+        // Carrying a live node's intent tag does not make an instance ours: its id does.
+        let second = classify(&inst("i-9", "n0001", later), &state, old, grace, now);
+        assert_eq!(second, Verdict::Leak { why: "a second instance for node n0001 (it has i-1)".into(), expired: false });
+        let billed = classify(&inst("i-2", "n0002", later), &state, old, grace, now);
+        assert_eq!(billed, Verdict::Leak { why: "the state has node n0002 terminated".into(), expired: false });
+        let unknown = classify(&inst("i-3", "n0777", later), &state, old, grace, now);
+        assert_eq!(unknown, Verdict::Leak { why: "not in the state".into(), expired: false });
+        assert_eq!(classify(&inst("i-3", "n0777", later), &state, now, grace, now), Verdict::Young, "inside the grace period");
+        let expired = classify(&inst("i-4", "n0777", "2026-03-02T11:59:00Z"), &state, now, grace, now);
+        assert_eq!(expired, Verdict::Leak { why: "past its expires tag".into(), expired: true }, "expires beats the grace period");
     }
 }
