@@ -156,7 +156,7 @@ fn print_budget(b: &BudgetView) {
         limit(b.per_month)
     );
     if let Some(r) = &b.last_refusal {
-        println!("{} launches refused; the last at {}: {}", b.refusals, when(Some(r.at)), r.reason);
+        println!("launches refused: {}; the last at {}: {}", b.refusals, when(Some(r.at)), r.reason);
     }
 }
 
