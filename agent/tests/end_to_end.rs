@@ -62,7 +62,10 @@ fn check_the_cli(ctl: &Path, dir: &Path, node: &str) {
     assert!(text.contains("n0001") && text.contains("running") && text.contains(node), "{text}");
     let cost: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["cost", "--json"]))).unwrap();
     assert!(cost[0]["node"] == "n0001" && cost[0]["stop"].is_null() && cost[0]["estimate"] == true, "{cost}");
-    assert!(ctl_ok(ctl, dir, &with(&["cost"])).contains("total: 1 nodes"));
+    let text = ctl_ok(ctl, dir, &with(&["cost"]));
+    // No [budget]: the budget line says so; the unpriced local node reserves nothing.
+    assert!(text.contains("total: 1 nodes") && text.contains(" spent or reserved, of no limit;"), "{text}");
+    assert!(!ctl_ok(ctl, dir, &with(&["nodes", "list"])).contains("LEAK"), "the controller's own node is no leak");
     let status = ctl_ok(ctl, dir, &with(&["status"]));
     assert!(status.contains(&format!("agent {sock}: 1 nodes (1 running); today ")) && status.contains("USD (estimate)"), "{status}");
     // The metrics, in the Prometheus text format, with the token only.
