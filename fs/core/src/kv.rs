@@ -26,8 +26,9 @@
 //!
 //! A store nobody uses yet (a clone filling its new store) may be written below transactions:
 //! [`Kv::bulk_writer`] takes writes without reads and commits them a batch at a time, with no
-//! durability until [`Kv::persist`]. Every engine has it (the default goes through
-//! [`Kv::transact_unlogged`]); RocksDB writes each batch straight into one `WriteBatch`.
+//! durability until [`Kv::persist`]; the loader reads through the writer. Every engine has it
+//! (the default goes through [`Kv::transact_unlogged`]); RocksDB writes the families that come
+//! in key order into sorted table files it ingests, the others into `WriteBatch`es.
 //!
 //! Engines: [`MemKv`] here (unit tests), RocksDB in `hybridfs-meta` (the embedded default).
 //! Both pass [`conformance`] at the bottom of this file.
@@ -155,10 +156,11 @@ pub trait Kv: KvRead + Send + Sync + 'static {
     }
     /// A writer for a bulk load into a store nobody uses yet, below transactions: writes
     /// without reads, committed a batch at a time, with the durability of
-    /// [`Kv::transact_unlogged`] (none until [`Kv::persist`]). The loader reads what it needs
-    /// from the store between commits (its own committed writes included). The default
-    /// commits each batch as one [`Kv::transact_unlogged`] transaction; an engine may write
-    /// straight to its storage instead (RocksDB: one `WriteBatch` past the WAL).
+    /// [`Kv::transact_unlogged`] (none until [`Kv::persist`], after [`KvBulk::finish`]). The
+    /// loader reads what it needs through the writer ([`KvBulk::multi_get`]: its own committed
+    /// writes included). The default commits each batch as one [`Kv::transact_unlogged`]
+    /// transaction; an engine may write straight to its storage instead (RocksDB: sorted table
+    /// files, ingested, and `WriteBatch`es past the WAL).
     fn bulk_writer(&self) -> Box<dyn KvBulk + '_> {
         Box::new(TxnBulk { kv: self, ops: Vec::new() })
     }
@@ -171,12 +173,22 @@ pub trait Kv: KvRead + Send + Sync + 'static {
 }
 
 /// The writes of a bulk load ([`Kv::bulk_writer`]), borrowed: the writer copies them into
-/// its batch (no allocation per write for the loader).
+/// its batch (no allocation per write for the loader). A later write of a key wins. Nothing
+/// else uses the store during the load: a write is not promised to be readable through the
+/// store's own reads before [`KvBulk::finish`], nor atomic with the others of its batch (a
+/// crash loses the load: it is durable only after [`Kv::persist`], after `finish`).
 pub trait KvBulk {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]);
     fn del(&mut self, cf: Cf, key: &[u8]);
-    /// Write everything put since the last commit as one atomic batch.
+    /// Make everything put since the last commit readable through [`KvBulk::multi_get`].
     fn commit(&mut self) -> Result<()>;
+    /// The committed values of `keys` in `cf` (the load's own committed writes included).
+    fn multi_get(&mut self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// Commit, and put everything committed into the store, where its reads see it and
+    /// [`Kv::persist`] makes it durable. The writer may be used again after it.
+    fn finish(&mut self) -> Result<()> {
+        self.commit()
+    }
 }
 
 /// [`Kv::bulk_writer`] through ordinary transactions (every engine).
@@ -209,6 +221,10 @@ impl<K: Kv + ?Sized> KvBulk for TxnBulk<'_, K> {
             }
             Ok(())
         })
+    }
+
+    fn multi_get(&mut self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.kv.multi_get(cf, keys)
     }
 }
 
@@ -559,21 +575,65 @@ pub fn conformance(kv: &dyn Kv) {
     assert_eq!(n, Some(200), "concurrent increments are serialised");
     kv.sync().unwrap();
 
-    // A bulk writer's batch lands whole at its commit, a later write of a key winning.
+    // A bulk writer: a later write of a key wins, its reads see what it committed, and the
+    // store's own reads see everything once it finished.
     let mut w = kv.bulk_writer();
     w.put(Cf::Xattrs, b"k1", b"v1");
     w.put(Cf::Xattrs, b"k2", b"v2");
     w.del(Cf::Xattrs, b"k1");
     w.put(Cf::Xattrs, b"k2", b"v3");
     w.del(Cf::Extents, b"b1");
-    assert_eq!(kv.get(Cf::Xattrs, b"k2").unwrap(), None, "nothing before the commit");
     w.commit().unwrap();
+    assert_eq!(w.multi_get(Cf::Xattrs, &[b"k1", b"k2"]).unwrap(), vec![None, Some(b"v3".to_vec())]);
     w.put(Cf::Xattrs, b"k1", b"again");
     w.commit().unwrap();
+    assert_eq!(w.multi_get(Cf::Xattrs, &[b"k1"]).unwrap(), vec![Some(b"again".to_vec())]);
+    // Keys in order, then out of order, rewritten and deleted, over many commits (an engine
+    // that writes sorted runs starts new ones, or gives up on them, on the way).
+    let key = |i: u32| format!("n{i:05}").into_bytes();
+    for round in 0..3u32 {
+        for i in (0..300u32).filter(|i| i % 3 == round) {
+            w.put(Cf::Dentries, &key(i), &i.to_be_bytes());
+        }
+        w.commit().unwrap();
+    }
+    for i in (0..300u32).rev().step_by(2) {
+        w.put(Cf::Dentries, &key(i), b"odd");
+        w.commit().unwrap();
+        assert_eq!(w.multi_get(Cf::Dentries, &[&key(i)]).unwrap(), vec![Some(b"odd".to_vec())]);
+    }
+    for i in (0..300u32).step_by(5) {
+        w.del(Cf::Dentries, &key(i));
+    }
+    w.commit().unwrap();
+    // Block-id families (sorted in memory by an engine that may): read back across a finish.
+    w.put(Cf::Refs, b"r1", b"1");
+    w.put(Cf::Refs, b"r2", b"2");
+    w.finish().unwrap();
+    w.put(Cf::Refs, b"r1", b"3");
+    w.del(Cf::Refs, b"r2");
+    w.put(Cf::Refs, b"r3", b"4");
+    w.commit().unwrap();
+    let got = w.multi_get(Cf::Refs, &[b"r0", b"r1", b"r2", b"r3"]).unwrap();
+    assert_eq!(got, vec![None, Some(b"3".to_vec()), None, Some(b"4".to_vec())]);
+    w.finish().unwrap();
     drop(w);
+    assert_eq!(kv.get(Cf::Refs, b"r1").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(kv.get(Cf::Refs, b"r2").unwrap(), None);
     assert_eq!(kv.get(Cf::Xattrs, b"k1").unwrap().as_deref(), Some(&b"again"[..]));
     assert_eq!(kv.get(Cf::Xattrs, b"k2").unwrap().as_deref(), Some(&b"v3"[..]));
     assert_eq!(kv.get(Cf::Extents, b"b1").unwrap(), None);
+    let mut rows = Vec::new();
+    kv.scan(Cf::Dentries, b"n", Some(b"o"), &mut |k, v| {
+        rows.push((k.to_vec(), v.to_vec()));
+        Ok(true)
+    })
+    .unwrap();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = (0..300u32)
+        .filter(|i| i % 5 != 0)
+        .map(|i| (key(i), if i % 2 == 1 { b"odd".to_vec() } else { i.to_be_bytes().to_vec() }))
+        .collect();
+    assert_eq!(rows, want, "every key's last write, in order");
     kv.persist().unwrap();
 }
 

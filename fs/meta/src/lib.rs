@@ -6,8 +6,10 @@
 //! RocksDB volume has one process: the volume lock) over an overlay of their own writes, and
 //! commit as one RocksDB `WriteBatch` (atomic), written to the WAL without a sync unless asked;
 //! [`Kv::sync`] syncs the WAL (invariant 1). Point lookups of several keys use RocksDB's
-//! batched `multi_get`. A bulk load ([`Kv::bulk_writer`]) writes straight into a `WriteBatch`
-//! past the WAL, made durable by [`Kv::persist`].
+//! batched `multi_get`. A bulk load ([`Kv::bulk_writer`]) writes the families whose keys come
+//! in order into sorted table files it ingests (no memtable, no flush, no compaction: a family
+//! loaded in one run lands in the last level), the others straight into a `WriteBatch` past
+//! the WAL; [`Kv::persist`] makes them durable.
 //!
 //! Memory stays bounded whatever the number of files: one LRU block cache, bounded memtables.
 
@@ -15,11 +17,12 @@ use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::kv::{serial_transact, Cf, Kv, KvBulk, KvOp, KvRead, TxnBody, Visit};
 use hybridfs_core::meta::MetaStore;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IngestExternalFileOptions, IteratorMode,
+    Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 use parking_lot::Mutex;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn db_err(what: &str) -> impl Fn(rocksdb::Error) -> FsError + '_ {
@@ -44,6 +47,8 @@ pub struct RocksKv {
     db: DB,
     /// Transactions run one at a time (see the module comment).
     txn: Mutex<()>,
+    /// The options of every family: a bulk load's table files are written with them.
+    cf_opts: Options,
 }
 
 /// Open (or create) the metadata store at `path`.
@@ -79,7 +84,7 @@ impl RocksKv {
             DB::open_cf_descriptors(&db_opts, path, cfs)
         }
         .map_err(|e| FsError::Meta(format!("open metadata store {}: {e}", path.display())))?;
-        Ok(RocksKv { db, txn: Mutex::new(()) })
+        Ok(RocksKv { db, txn: Mutex::new(()), cf_opts })
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -176,10 +181,21 @@ impl Kv for RocksKv {
         serial_transact(self, &self.txn, body, |ops| self.commit_with(ops, false, false))
     }
 
-    /// Straight into a `WriteBatch`, written past the WAL at each commit (no overlay, no copy
-    /// of keys and values but RocksDB's own).
+    /// Sorted table files for the families whose keys come in order, ingested; a `WriteBatch`
+    /// written past the WAL at each commit for the others (see [`RocksBulk`]).
     fn bulk_writer(&self) -> Box<dyn KvBulk + '_> {
-        Box::new(RocksBulk { kv: self, batch: WriteBatch::default(), cfs: Cf::ALL.map(|cf| self.cf(cf)) })
+        Box::new(RocksBulk {
+            kv: self,
+            batch: WriteBatch::default(),
+            cfs: Cf::ALL.map(|cf| self.cf(cf)),
+            runs: Cf::ALL.map(|_| Vec::new()),
+            sorted: Cf::ALL.map(|_| BTreeMap::new()),
+            sorted_bytes: [0; Cf::ALL.len()],
+            ingested: [0; Cf::ALL.len()],
+            dir: self.db.path().join("bulk-load"),
+            files: 0,
+            error: None,
+        })
     }
 
     /// Compactions wait until the load is done: they would rewrite what the load is still
@@ -203,24 +219,221 @@ impl Kv for RocksKv {
     }
 }
 
-/// [`Kv::bulk_writer`] of RocksDB.
+/// Sorted runs a family may get in one load; past them its rows go to `WriteBatch`es: keys
+/// that do not come in order would each make a small file (and an ingestion) of their own.
+const MAX_RUNS: u32 = 32;
+
+/// The families a bulk load writes to table files: a layer lists their keys in order (the
+/// journal's too), so one run takes a whole layer.
+fn in_runs(cf: Cf) -> bool {
+    matches!(cf, Cf::Inodes | Cf::Dentries | Cf::Cookies | Cf::Extents | Cf::Xattrs | Cf::Changes)
+}
+
+/// The families a bulk load sorts in memory ([`RocksBulk`]): their keys are block ids, in no
+/// order (pushed blocks, reference counts, the free list).
+fn in_memory(cf: Cf) -> bool {
+    matches!(cf, Cf::Pushed | Cf::Refs | Cf::Free)
+}
+
+/// Bytes (keys, values and about their overhead) a family of [`in_memory`] holds before they
+/// go to a table file of their own.
+const SORT_BYTES: usize = 16 << 20;
+
+/// Open runs one family may have at once, one per lane ([`lane`]).
+const MAX_LANES: usize = 8;
+
+/// The lane of `key` in `cf`: keys of one lane go to one run. The journal's rows of one epoch
+/// come family by family in each chunk (each family's ascending over the load): a lane per
+/// epoch and family (their 9-byte prefix). Other families have one lane.
+fn lane(cf: Cf, key: &[u8]) -> &[u8] {
+    let n = if cf == Cf::Changes { 9 } else { 0 };
+    key.get(..n).unwrap_or(key)
+}
+
+/// A table file being written: keys strictly ascending, all in one lane (so the runs of one
+/// family never overlap).
+struct Run<'a> {
+    file: SstFileWriter<'a>,
+    path: PathBuf,
+    lane: Vec<u8>,
+    last: Vec<u8>,
+}
+
+/// [`Kv::bulk_writer`] of RocksDB. A family of [`in_runs`] is written to a sorted run (an
+/// `SstFileWriter`) as long as its keys ascend; a key at or below the run's last one, or a read
+/// of one, ingests the run first (RocksDB gives an ingested file a sequence number above
+/// everything already in the store, so a later write of a key wins as in a batch). Ingested
+/// files are moved into the store, no memtable and no flush: one that overlaps nothing goes
+/// to the last level, compacted. A family of [`in_memory`] is sorted in memory (a later write
+/// of a key replacing the earlier) and written to a table file, ingested, every
+/// [`SORT_BYTES`]; its reads look there first. The other families, and a family past
+/// [`MAX_RUNS`], go to a `WriteBatch` written past the WAL at each commit.
 struct RocksBulk<'a> {
     kv: &'a RocksKv,
     batch: WriteBatch,
     /// The handles, by the position of their family in [`Cf::ALL`].
     cfs: [&'a ColumnFamily; Cf::ALL.len()],
+    /// The open runs of each family (one per lane), by position.
+    runs: [Vec<Run<'a>>; Cf::ALL.len()],
+    /// The writes of each family of [`in_memory`] not yet in a file, and their size, by
+    /// position.
+    sorted: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Cf::ALL.len()],
+    sorted_bytes: [usize; Cf::ALL.len()],
+    /// Runs ingested so far, by position.
+    ingested: [u32; Cf::ALL.len()],
+    /// Where runs are written (in the store's directory: ingested by a hard link).
+    dir: PathBuf,
+    /// Files started so far (their names).
+    files: u64,
+    /// The first failure of a write, returned by the next commit or read (writes return
+    /// nothing).
+    error: Option<FsError>,
+}
+
+impl<'a> RocksBulk<'a> {
+    fn to_runs(&self, cf: Cf) -> bool {
+        in_runs(cf) && self.ingested[cf as usize] < MAX_RUNS
+    }
+
+    fn write(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        if self.error.is_some() {
+            return;
+        }
+        if in_memory(cf) {
+            let i = cf as usize;
+            self.sorted_bytes[i] += key.len() + value.map_or(0, <[u8]>::len) + 64;
+            self.sorted[i].insert(key.to_vec(), value.map(<[u8]>::to_vec));
+            if self.sorted_bytes[i] >= SORT_BYTES {
+                if let Err(e) = self.spill(cf) {
+                    self.error = Some(e);
+                }
+            }
+            return;
+        }
+        if self.to_runs(cf) {
+            match self.write_run(cf, key, value) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return self.error = Some(e),
+            }
+        }
+        match value {
+            Some(v) => self.batch.put_cf(self.cfs[cf as usize], key, v),
+            None => self.batch.delete_cf(self.cfs[cf as usize], key),
+        }
+    }
+
+    /// Append to the run of `key`'s lane (ingesting it first and starting another where `key`
+    /// does not ascend); false where the family has had its runs and goes to the batch from
+    /// now on.
+    fn write_run(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
+        let i = cf as usize;
+        let mut at = self.runs[i].iter().position(|r| r.lane == lane(cf, key));
+        if let Some(j) = at.filter(|j| key <= self.runs[i][*j].last.as_slice()) {
+            self.ingest(cf, j)?;
+            at = None;
+            if !self.to_runs(cf) {
+                // Its other lanes too: the batch's writes must come after every run.
+                while !self.runs[i].is_empty() {
+                    self.ingest(cf, 0)?;
+                }
+                return Ok(false);
+            }
+        }
+        let j = match at {
+            Some(j) => j,
+            None => {
+                if self.runs[i].len() >= MAX_LANES {
+                    self.ingest(cf, 0)?;
+                }
+                let (file, path) = self.start_file()?;
+                self.runs[i].push(Run { file, path, lane: lane(cf, key).to_vec(), last: Vec::new() });
+                self.runs[i].len() - 1
+            }
+        };
+        let run = &mut self.runs[i][j];
+        match value {
+            Some(v) => run.file.put(key, v),
+            None => run.file.delete(key),
+        }
+        .map_err(db_err("write a bulk-load table file"))?;
+        run.last.clear();
+        run.last.extend_from_slice(key);
+        Ok(true)
+    }
+
+    /// A new table file, named.
+    fn start_file(&mut self) -> Result<(SstFileWriter<'a>, PathBuf)> {
+        if self.files == 0 {
+            std::fs::create_dir_all(&self.dir).map_err(|e| FsError::Meta(format!("create {}: {e}", self.dir.display())))?;
+        }
+        self.files += 1;
+        let path = self.dir.join(format!("{}.sst", self.files));
+        let file = SstFileWriter::create(&self.kv.cf_opts);
+        file.open(&path).map_err(db_err("start a bulk-load table file"))?;
+        Ok((file, path))
+    }
+
+    /// Write the sorted writes of `cf` (of [`in_memory`]) to a file and move it into the store.
+    fn spill(&mut self, cf: Cf) -> Result<()> {
+        let i = cf as usize;
+        if self.sorted[i].is_empty() {
+            return Ok(());
+        }
+        let (mut file, path) = self.start_file()?;
+        for (k, v) in std::mem::take(&mut self.sorted[i]) {
+            match v {
+                Some(v) => file.put(k, v),
+                None => file.delete(k),
+            }
+            .map_err(db_err("write a bulk-load table file"))?;
+        }
+        self.sorted_bytes[i] = 0;
+        self.ingest_file(cf, file, &path)
+    }
+
+    /// Finish run `j` of `cf` and move it into the store.
+    fn ingest(&mut self, cf: Cf, j: usize) -> Result<()> {
+        let run = self.runs[cf as usize].remove(j);
+        self.ingest_file(cf, run.file, &run.path)
+    }
+
+    /// Finish `file`, at `path`, and move it into the store (in `cf`).
+    fn ingest_file(&mut self, cf: Cf, mut file: SstFileWriter<'a>, path: &Path) -> Result<()> {
+        file.finish().map_err(db_err("finish a bulk-load table file"))?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.kv.db.ingest_external_file_cf_opts(self.cfs[cf as usize], &opts, vec![path]).map_err(db_err("ingest a bulk-load table file"))?;
+        self.ingested[cf as usize] += 1;
+        // Moved (or linked): the store holds it under its own name.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(FsError::Meta(format!("remove {}: {e}", path.display()))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ingest the runs that may hold one of `keys` (in their lane, at or below its last key).
+    fn ingest_holding(&mut self, cf: Cf, keys: &[&[u8]]) -> Result<()> {
+        while let Some(j) = self.runs[cf as usize].iter().position(|r| keys.iter().any(|k| lane(cf, k) == r.lane && *k <= r.last.as_slice())) {
+            self.ingest(cf, j)?;
+        }
+        Ok(())
+    }
 }
 
 impl KvBulk for RocksBulk<'_> {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.batch.put_cf(self.cfs[cf as usize], key, value);
+        self.write(cf, key, Some(value));
     }
 
     fn del(&mut self, cf: Cf, key: &[u8]) {
-        self.batch.delete_cf(self.cfs[cf as usize], key);
+        self.write(cf, key, None);
     }
 
     fn commit(&mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -229,6 +442,50 @@ impl KvBulk for RocksBulk<'_> {
         wo.disable_wal(true);
         let _one_at_a_time = self.kv.txn.lock();
         self.kv.db.write_opt(batch, &wo).map_err(db_err("write metadata"))
+    }
+
+    /// A key at or below the last one of its lane's run may be in it: the run is ingested
+    /// first. A layer's keys ascend, so the reads of a load mostly find them above.
+    fn multi_get(&mut self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.ingest_holding(cf, keys)?;
+        let sorted = &self.sorted[cf as usize];
+        if sorted.is_empty() {
+            return self.kv.multi_get(cf, keys);
+        }
+        // What is sorted in memory, and the rest from the store.
+        let rest: Vec<&[u8]> = keys.iter().copied().filter(|k| !sorted.contains_key(*k)).collect();
+        let mut stored = self.kv.multi_get(cf, &rest)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match sorted.get(*k) {
+                Some(v) => v.clone(),
+                None => stored.next().expect("one per key not in memory"),
+            })
+            .collect())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.commit()?;
+        for cf in Cf::ALL {
+            self.spill(cf)?;
+            while !self.runs[cf as usize].is_empty() {
+                self.ingest(cf, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RocksBulk<'_> {
+    /// Runs not ingested (a load that failed) are removed with their directory.
+    fn drop(&mut self) {
+        if self.files > 0 {
+            self.runs = Cf::ALL.map(|_| Vec::new());
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

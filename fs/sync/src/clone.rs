@@ -9,9 +9,10 @@
 //! threads (one downloads and decodes the layers, at most two batches ahead, the other loads):
 //! memory stays bounded by a few batches and one compressed layer, whatever the size of the
 //! branch (invariant 7). The new store is filled below the engine's transactions and past its
-//! log ([`MetaStore::load_bulk`]: the same rows as [`MetaStore::apply_unlogged`], with the
-//! old versions that count read once per batch) and made durable once at the end
-//! ([`MetaStore::persist`]), before the clone's state is written with
+//! log ([`MetaStore::bulk_load`]: the same rows as [`MetaStore::apply_unlogged`], with the
+//! old versions that count read once per batch; with RocksDB, sorted table files ingested
+//! whole) and made durable once at the end ([`MetaStore::persist`]), before the clone's state
+//! is written with
 //! a synced batch: a clone interrupted before that is never taken for a complete one (the
 //! caller also builds it in a directory of its own and renames it only when it is done).
 //!
@@ -100,7 +101,7 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
 }
 
 /// [`import_at`] through the store's transactions ([`MetaStore::apply_unlogged`] in batches of
-/// [`BATCH`]), as clones loaded before [`MetaStore::load_bulk`]: for tests that compare both.
+/// [`BATCH`]), as clones loaded before [`MetaStore::bulk_load`]: for tests that compare both.
 #[doc(hidden)]
 pub fn import_at_through_transactions(
     meta: &MetaStore,
@@ -182,10 +183,13 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
             flush(batch)?;
             Ok((layers, records, blocks, block_size))
         });
-        let loaded = chunks.into_iter().try_for_each(|chunk| match load {
-            Load::Bulk => meta.load_bulk(chunk),
-            Load::Transactions => meta.apply_unlogged(chunk),
-        });
+        let loaded = match load {
+            Load::Bulk => {
+                let mut bulk = meta.bulk_load();
+                chunks.into_iter().try_for_each(|chunk| bulk.load(chunk)).and_then(|()| bulk.finish())
+            }
+            Load::Transactions => chunks.into_iter().try_for_each(|chunk| meta.apply_unlogged(chunk)),
+        };
         (reader.join().expect("the layer reader does not panic"), loaded)
     });
     // A loading error first: it is why the reader stopped.

@@ -39,7 +39,7 @@
 //!   change journal.
 //! * `catalogue` — counters, catalogues and whole-store scans (fsck, status).
 //! * `apply` — [`MetaStore::apply`]: one batch of mutations, one atomic engine write.
-//! * `bulk` — [`MetaStore::load_bulk`]: layer records into a new store, below transactions.
+//! * `bulk` — [`MetaStore::bulk_load`]: layer records into a new store, below transactions.
 //! * `refs` — block reference counts ([`RefEntry`]) and the free list.
 //! * `collect` — the version collector ([`MetaStore::collect_range`]).
 
@@ -51,6 +51,7 @@ mod collect;
 mod read;
 mod refs;
 
+pub use bulk::BulkLoad;
 pub use refs::RefEntry;
 
 use crate::error::Result;
