@@ -23,7 +23,8 @@
 //! transient (throttled, network): retried at the next step with the same idempotency key;
 //! anything else is fatal for this call. A call that runs past `timeout` is killed (its whole
 //! process group) and counts as transient. The last lines of stderr (at most 400 characters)
-//! end the error line. The program keeps the contract of `provider/mod.rs`: `launch` is
+//! end the error line (so a program must never print its request, which holds the node's
+//! token, on stderr; stdout is never quoted). The program keeps the contract of `provider/mod.rs`: `launch` is
 //! idempotent by key (a transient or timed-out launch is asked again with the same key).
 
 use std::collections::BTreeMap;
@@ -240,6 +241,7 @@ impl Provider for CommandProvider {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::provider::conformance;
 
     fn example() -> String {
         format!("{}/examples/command/json-file-provider", env!("CARGO_MANIFEST_DIR"))
@@ -264,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_map_to_no_capacity_transient_and_fatal_with_stderr_in_the_line() {
+    fn exit_codes_map_to_no_capacity_transient_and_fatal_with_stderr_in_the_line_and_no_secret_in_it() {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("p.sh");
         std::fs::write(
@@ -286,6 +288,21 @@ mod tests {
         p.cfg.timeout = Dur(Duration::from_secs(1));
         let e = p.interruptions().unwrap_err();
         assert!(matches!(e, ProviderError::Transient(_)) && e.to_string().contains("no answer within 1s"), "{e:?}");
+        // Invariant 8: the launch request (the node's token in its bootstrap) goes on stdin,
+        // never in argv, and an answer that echoes it is never quoted in the error line.
+        let mut req = conformance::request("o", "n1");
+        req.bootstrap.token = "SECRET-TOKEN-1234".into();
+        for (name, exit) in [("echo0.sh", 0), ("echo1.sh", 1)] {
+            let echo = dir.path().join(name);
+            std::fs::write(&echo, format!("#!/bin/sh\necho \"argv: $* ($#)\" >&2\ncat\nexit {exit}\n")).unwrap();
+            crate::state::set_mode(&echo, 0o755).unwrap();
+            let e = provider(dir.path(), Some(echo.to_str().unwrap())).launch(&req).unwrap_err().to_string();
+            assert!(!e.contains("SECRET-TOKEN-1234"), "{e}");
+            match exit {
+                0 => assert!(e.contains("launch: stdout is not the expected JSON"), "{e}"),
+                _ => assert!(e.ends_with("launch: exit 1: argv: launch (1)"), "{e}"),
+            }
+        }
         // A program that is not there is one clear line.
         let p = provider(dir.path(), Some("/nonexistent/provider"));
         let e = p.offers().unwrap_err().to_string();
