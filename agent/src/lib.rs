@@ -14,6 +14,8 @@
 //! * [`controller`] — the reconcile step: sync, leaks, budget, scale, drain, terminate, merge,
 //!   ledger.
 //! * [`api`] — the controller's token-authenticated HTTP API (TCP and a unix socket).
+//! * [`dashboard`] — the web page over the controller's state (login link, session cookie).
+//! * [`notify`] — systemd readiness (`READY=1`, `STOPPING=1`).
 //! * [`node`] — the burst node role: clone, mount, push, report, drain, dead-man switch.
 
 pub mod clock;
@@ -25,4 +27,6 @@ pub mod provider;
 pub mod volume;
 pub mod controller;
 pub mod api;
+pub mod dashboard;
 pub mod node;
+pub mod notify;

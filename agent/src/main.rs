@@ -15,7 +15,9 @@ use hybrid_agent::api::{self, Listener};
 use hybrid_agent::clock::{Clock, ScaledClock, SystemClock};
 use hybrid_agent::config::{Config, ProviderKind, Role};
 use hybrid_agent::controller::{Budget, Controller, LeakPolicy, OfferRules, Settings};
+use hybrid_agent::dashboard::Dashboard;
 use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
+use hybrid_agent::notify;
 use hybrid_agent::provider::command::CommandProvider;
 use hybrid_agent::provider::local::LocalProvider;
 use hybrid_agent::provider::{Bootstrap, Provider};
@@ -212,20 +214,27 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
     let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock.clone())?));
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();
+    let dash = Arc::new(Dashboard::new());
     for addr in [api_cfg.listen.as_str(), sock.as_str()] {
         let listener = Listener::bind(addr).with_context(|| format!("listen on {addr}"))?;
         info!("api listening on {}", listener.local_addr());
-        let (c, t) = (ctrl.clone(), token.clone());
-        servers.push(api::serve(listener, Arc::new(move |req: &api::Request| api::route(&c, &t, req)), stop.clone())?);
+        let (c, t, d) = (ctrl.clone(), token.clone(), dash.clone());
+        let handler = move |req: &api::Request| d.route(&c, &t, req).unwrap_or_else(|| api::route(&c, &t, req));
+        servers.push(api::serve(listener, Arc::new(handler), stop.clone())?);
     }
     info!("controller running (state {})", cfg.state_dir.display());
+    notify::notify(&format!("READY=1\nSTATUS=controller of volume {} running", vol.name));
     while !STOP.load(Ordering::Relaxed) {
         let reading = read_load(&load.command, clock.now());
-        if let Err(e) = ctrl.lock().unwrap_or_else(|p| p.into_inner()).step(reading) {
+        let mut c = ctrl.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = c.step(reading) {
             error!("reconcile: {e}");
         }
+        dash.sample(&c);
+        drop(c);
         nap(real(scaled.as_ref(), load.every.0));
     }
+    notify::notify("STOPPING=1");
     info!("controller stopping; its nodes keep running and are adopted at the next start");
     stop.store(true, Ordering::Relaxed);
     servers.into_iter().for_each(|s| drop(s.join()));
@@ -254,9 +263,14 @@ fn run_node(file: &Path) -> Result<()> {
     };
     let mut agent = NodeAgent::new(boot, settings, volume, link, clock);
     agent.start().context("start the node")?;
+    notify::notify("READY=1\nSTATUS=burst node running");
+    let mut stopping = false;
     loop {
         if STOP.load(Ordering::Relaxed) {
             agent.stop.store(true, Ordering::Relaxed);
+            if !std::mem::replace(&mut stopping, true) {
+                notify::notify("STOPPING=1\nSTATUS=pushing, then stopping");
+            }
         }
         if agent.tick() == Step::Exit {
             return Ok(());

@@ -174,6 +174,8 @@ pub mod fake {
         pub merged: Vec<String>,
         /// Merges fail while set (the store unreachable).
         pub store_down: bool,
+        /// Conflicts the merge of a branch reports (none when absent).
+        pub conflicts: BTreeMap<String, usize>,
     }
 
     #[derive(Debug, Default, Clone)]
@@ -200,7 +202,7 @@ pub mod fake {
                 return Err(VolumeError::new(format!("merge {branch}"), "store unreachable"));
             }
             h.merged.push(branch.to_string());
-            Ok(MergeOutcome { changes: 1, conflicts: 0 })
+            Ok(MergeOutcome { changes: 1, conflicts: h.conflicts.get(branch).copied().unwrap_or(0) })
         }
     }
 

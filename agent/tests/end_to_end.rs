@@ -158,3 +158,45 @@ fn no_lost_writes_a_node_rented_on_load_is_adopted_after_a_restart_drained_merge
     assert!(got.0.unwrap() == ckpt, "the checkpoint came home byte for byte");
     assert_eq!(got.1.unwrap(), b"step 1 loss 0.50\n");
 }
+
+/// `Type=notify` (dist/systemd/hybrid-agent.service): the controller says `READY=1` once its
+/// API answers and `STOPPING=1` at SIGTERM. No node is rented (the load stays low), so this
+/// needs neither root nor hybridctl.
+#[test]
+fn the_controller_says_ready_once_its_api_answers_and_stopping_at_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    std::fs::write(dir.join("load"), "0\n").unwrap();
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let cfg = config(dir, &hhmm(600), &hhmm(630));
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hybrid-agent"))
+        .args(["controller", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ctl = common::Controller(child);
+    let recv = || {
+        let mut buf = [0u8; 1024];
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!("no notification within 60 s: {e}\n{}", std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default())
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let msg = recv();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let api = format!("unix:{}", dir.join("state/api.sock").display());
+    let nodes = hybrid_agent::api::call(&api, "GET", "/v1/nodes", Some(token.trim()), None).unwrap();
+    assert_eq!(nodes.status, 200, "READY=1 came after the API answers");
+    // SAFETY: SIGTERM to the controller this test started.
+    unsafe { libc::kill(ctl.0.id() as i32, libc::SIGTERM) };
+    let msg = recv();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+}

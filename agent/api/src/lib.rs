@@ -48,6 +48,11 @@ impl Request {
     pub fn bearer(&self) -> Option<&str> {
         self.headers.get("authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim)
     }
+    /// The value of cookie `name` (the dashboard's session).
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        let all = self.headers.get("cookie")?;
+        all.split(';').filter_map(|c| c.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,20 +60,38 @@ pub struct Response {
     pub status: u16,
     /// JSON; or, for a text answer (`/metrics`), a JSON string sent as the raw text.
     pub body: serde_json::Value,
-    /// The body is plain text (`text/plain`), not JSON.
+    /// The body is plain text (`text/plain`, or the `Content-Type` in `headers`), not JSON.
     pub text: bool,
+    /// Extra response headers (the dashboard's `Set-Cookie`, `Location`, `Content-Type`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Response {
     pub fn ok(body: serde_json::Value) -> Self {
-        Response { status: 200, body, text: false }
+        Response { status: 200, body, text: false, headers: vec![] }
     }
     pub fn error(status: u16, message: impl Into<String>) -> Self {
-        Response { status, body: serde_json::json!({ "error": message.into() }), text: false }
+        Response { status, body: serde_json::json!({ "error": message.into() }), text: false, headers: vec![] }
     }
     /// A plain-text answer (the Prometheus text format).
     pub fn text(body: String) -> Self {
-        Response { status: 200, body: serde_json::Value::String(body), text: true }
+        Response { status: 200, body: serde_json::Value::String(body), text: true, headers: vec![] }
+    }
+    /// An HTML page (the dashboard).
+    pub fn html(status: u16, body: String) -> Self {
+        Response { status, ..Response::text(body) }.with_header("Content-Type", "text/html; charset=utf-8")
+    }
+    /// A `303 See Other` to `location`.
+    pub fn redirect(location: &str) -> Self {
+        Response { status: 303, ..Response::text(String::new()) }.with_header("Location", location)
+    }
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    /// The value of header `name` (case-insensitive) set on this response.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     /// The `error` of an error answer, else the body as text.
     pub fn message(&self) -> String {
@@ -141,15 +164,23 @@ pub fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
         (serde_json::Value::String(t), true) => (t.as_bytes().to_vec(), "text/plain; version=0.0.4"),
         (b, _) => (serde_json::to_vec(b).map_err(io::Error::other)?, "application/json"),
     };
+    let kind = resp.header("content-type").filter(|_| resp.text).unwrap_or(kind);
+    let extra: String = resp
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-type"))
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let reason = match resp.status {
         200 => "OK",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
         _ => "Error",
     };
-    write!(w, "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", resp.status, body.len())?;
+    write!(w, "HTTP/1.1 {} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", resp.status, body.len())?;
     w.write_all(&body)?;
     w.flush()
 }
@@ -203,7 +234,7 @@ pub fn call(addr: &str, method: &str, path: &str, token: Option<&str>, body: Opt
         (false, true) => serde_json::Value::String(body.to_string()),
         (false, false) => serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?,
     };
-    Ok(Response { status, body, text })
+    Ok(Response { status, body, text, headers: vec![] })
 }
 
 // ---- what the answers carry ----
@@ -296,6 +327,9 @@ pub struct Night {
     pub failed: Vec<String>,
     pub deadline_missed: bool,
     pub alerted: bool,
+    /// Conflicts of each merged branch (a merge with conflicts still merges: MERGE.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, usize>,
 }
 
 /// One row of the cost ledger: a node, from what the provider reported.

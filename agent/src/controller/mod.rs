@@ -579,7 +579,7 @@ impl Controller {
         };
         if !self.state.nights.iter().any(|n| n.opened == night.opens) {
             info!("merge window open (until {})", night.closes);
-            self.state.nights.push(Night { opened: night.opens, merged: vec![], failed: vec![], deadline_missed: false, alerted: false });
+            self.state.nights.push(Night { opened: night.opens, merged: vec![], failed: vec![], deadline_missed: false, alerted: false, conflicts: BTreeMap::new() });
         }
         let mergeable: Vec<(String, String)> = self
             .state
@@ -602,6 +602,9 @@ impl Controller {
                     if let Some(n) = self.state.nights.iter_mut().find(|n| n.opened == night.opens) {
                         n.merged.push(branch.clone());
                         n.failed.retain(|b| b != &branch);
+                        if let Some(o) = outcome.as_ref().filter(|o| o.conflicts > 0) {
+                            n.conflicts.insert(branch.clone(), o.conflicts);
+                        }
                     }
                 }
                 Err(e) => {
