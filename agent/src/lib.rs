@@ -9,7 +9,7 @@
 //! * [`scaler`] — when to rent and release: thresholds held for a period, with hysteresis.
 //! * [`state`] — the controller's persisted state (intents saved before provider calls).
 //! * [`provider`] — the provider trait and its implementations (`memory` for tests, `local`,
-//!   `command`: a user's program speaking JSON).
+//!   `command`: a user's program speaking JSON, `ec2`).
 //! * [`volume`] — volume operations behind `HomeVolume`/`NodeVolume` (today via `hybridctl`).
 //! * [`controller`] — the reconcile step: sync, leaks, budget, scale, drain, terminate, merge,
 //!   ledger.
@@ -17,6 +17,7 @@
 //! * [`dashboard`] — the web page over the controller's state (login link, session cookie).
 //! * [`notify`] — systemd readiness (`READY=1`, `STOPPING=1`).
 //! * [`node`] — the burst node role: clone, mount, push, report, drain, dead-man switch.
+//! * [`spot`] — a cloud node's spot interruption notices (IMDSv2 poller).
 
 pub mod clock;
 pub mod config;
@@ -30,3 +31,4 @@ pub mod api;
 pub mod dashboard;
 pub mod node;
 pub mod notify;
+pub mod spot;

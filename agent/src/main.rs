@@ -13,15 +13,17 @@ use tracing::{error, info, warn};
 
 use hybrid_agent::api::{self, Listener};
 use hybrid_agent::clock::{Clock, ScaledClock, SystemClock};
-use hybrid_agent::config::{Config, ProviderKind, Role};
+use hybrid_agent::config::{Config, ProviderConfig, ProviderKind, Role};
 use hybrid_agent::controller::{Budget, Controller, LeakPolicy, OfferRules, Settings};
 use hybrid_agent::dashboard::Dashboard;
 use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
 use hybrid_agent::notify;
 use hybrid_agent::provider::command::CommandProvider;
+use hybrid_agent::provider::ec2::{Ec2Provider, Ec2Secret};
 use hybrid_agent::provider::local::LocalProvider;
 use hybrid_agent::provider::{Bootstrap, Provider};
 use hybrid_agent::scaler::ScaleRule;
+use hybrid_agent::spot::{self, SpotWatch};
 use hybrid_agent::state::StateStore;
 use hybrid_agent::volume::Hybridctl;
 
@@ -60,6 +62,9 @@ enum Cmd {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// How often a cloud node looks for a spot notice (EC2 gives about two minutes).
+const SPOT_POLL_EVERY: Duration = Duration::from_secs(2);
+
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
@@ -75,9 +80,14 @@ fn install_signals() {
 
 /// Sleeps `d`, waking early when a stop signal arrives.
 fn nap(d: Duration) {
+    nap_unless(d, &AtomicBool::new(false));
+}
+
+/// Sleeps `d`, waking early when a stop signal arrives or `flag` is set (a spot notice).
+fn nap_unless(d: Duration, flag: &AtomicBool) {
     let end = Instant::now() + d;
-    while !STOP.load(Ordering::Relaxed) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
+    while !STOP.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())));
     }
 }
 
@@ -163,17 +173,7 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         }
         None => Arc::new(SystemClock),
     };
-    let provider: Arc<dyn Provider> = match prov.kind.get_ref() {
-        ProviderKind::Local => {
-            let local = prov.local.clone().unwrap_or_default();
-            Arc::new(LocalProvider::new(local, &cfg.state_dir.join("local-nodes"), clock.clone())?)
-        }
-        ProviderKind::Command => {
-            // Config::check guarantees [provider.command] for this kind.
-            let command = prov.command.clone().context("[provider.command]")?;
-            Arc::new(CommandProvider::new(command, clock.clone()))
-        }
-    };
+    let provider = make_provider(prov, &cfg.state_dir, clock.clone())?;
     let offers = prov.offers.clone().unwrap_or_default();
     let leaks = cfg.leaks.clone().unwrap_or_default();
     let home = Arc::new(Hybridctl {
@@ -193,7 +193,7 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         burst: burst.window.window(),
         merge: merge.window(),
         lease: burst.lease.0,
-        controller_addr: sock.clone(),
+        controller_addr: api_cfg.advertise.clone().unwrap_or_else(|| sock.clone()),
         node_env: Default::default(),
         alert_command: merge.alert_command.clone(),
         clock: scaled,
@@ -241,6 +241,30 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
     Ok(())
 }
 
+/// The provider the config names. An `ec2` one is checked with one call first, so a wrong
+/// key, region or endpoint stops the controller with one line.
+fn make_provider(prov: &ProviderConfig, state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Arc<dyn Provider>> {
+    Ok(match prov.kind() {
+        ProviderKind::Local => {
+            let local = prov.local.clone().unwrap_or_default();
+            Arc::new(LocalProvider::new(local, &state_dir.join("local-nodes"), clock)?)
+        }
+        ProviderKind::Command => {
+            // Config::check guarantees [provider.command] for this kind.
+            let command = prov.command.clone().context("[provider.command]")?;
+            Arc::new(CommandProvider::new(command, clock))
+        }
+        ProviderKind::Ec2 => {
+            // Config::check guarantees the section for kind "ec2".
+            let ec2 = prov.ec2.clone().context("provider.ec2: missing")?;
+            let secret = Ec2Secret::load(&ec2).map_err(|e| anyhow::anyhow!("provider.ec2: {e}"))?;
+            let p = Ec2Provider::new(ec2, secret)?;
+            p.check()?;
+            Arc::new(p)
+        }
+    })
+}
+
 fn run_node(file: &Path) -> Result<()> {
     let cfg = load_config(file, Role::Node)?;
     let node = cfg.node();
@@ -261,10 +285,17 @@ fn run_node(file: &Path) -> Result<()> {
         Some(c) => Arc::new(c),
         None => Arc::new(SystemClock),
     };
+    let endpoint = boot.metadata_endpoint.clone();
     let mut agent = NodeAgent::new(boot, settings, volume, link, clock);
     agent.start().context("start the node")?;
     notify::notify("READY=1\nSTATUS=burst node running");
     let mut stopping = false;
+    // Only a cloud node's bootstrap names a metadata endpoint; nothing else is ever polled.
+    if let Some(endpoint) = endpoint {
+        let watch = SpotWatch::new(&endpoint).map_err(anyhow::Error::msg)?;
+        info!("polling {endpoint} for spot interruption notices");
+        spot::spawn_watch(watch, SPOT_POLL_EVERY, agent.notice.clone(), agent.stop.clone())?;
+    }
     loop {
         if STOP.load(Ordering::Relaxed) {
             agent.stop.store(true, Ordering::Relaxed);
@@ -275,7 +306,7 @@ fn run_node(file: &Path) -> Result<()> {
         if agent.tick() == Step::Exit {
             return Ok(());
         }
-        nap(real(scaled.as_ref(), every));
+        nap_unless(real(scaled.as_ref(), every), &agent.stop);
     }
 }
 

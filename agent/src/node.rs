@@ -71,6 +71,9 @@ pub struct NodeAgent {
     pub clock: Arc<dyn Clock>,
     /// Set by SIGTERM (or an interruption notice).
     pub stop: Arc<AtomicBool>,
+    /// A spot interruption notice (when the instance is taken back), set with `stop` by the
+    /// poller (`spot::spawn_watch`); reported with the node's last report.
+    pub notice: Arc<std::sync::Mutex<Option<Timestamp>>>,
     last_push: Option<Timestamp>,
     head: Option<u64>,
     last_contact: Timestamp,
@@ -86,7 +89,19 @@ impl NodeAgent {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let now = clock.now();
-        NodeAgent { boot, settings, volume, link, clock, stop: Arc::default(), last_push: None, head: None, last_contact: now, draining: false }
+        NodeAgent {
+            boot,
+            settings,
+            volume,
+            link,
+            clock,
+            stop: Arc::default(),
+            notice: Arc::default(),
+            last_push: None,
+            head: None,
+            last_contact: now,
+            draining: false,
+        }
     }
 
     /// Clones (once) and mounts.
@@ -123,6 +138,7 @@ impl NodeAgent {
             head: self.head,
             unpushed_paths: Vec::new(),
             drained: drained && unpushed.is_ok_and(|u| u == 0),
+            interruption: *self.notice.lock().unwrap_or_else(|p| p.into_inner()),
         };
         self.link.report(&r)
     }
@@ -142,7 +158,11 @@ impl NodeAgent {
     pub fn tick(&mut self) -> Step {
         let now = self.clock.now();
         if self.stop.load(Ordering::Relaxed) {
-            return self.finish("asked to stop (SIGTERM or interruption notice)");
+            let notice = *self.notice.lock().unwrap_or_else(|p| p.into_inner());
+            return match notice {
+                Some(at) => self.finish(&format!("spot interruption notice (taken back at {at})")),
+                None => self.finish("asked to stop (SIGTERM)"),
+            };
         }
         let due = self.last_push.is_none_or(|t| now.duration_since(t).as_secs_f64() >= self.settings.push_every.as_secs_f64());
         if due && !self.draining {
@@ -267,6 +287,25 @@ mod tests {
         assert_eq!(minutes, 6, "stops at the first tick past the 5-minute lease");
         assert_eq!(vol.get().unpushed, 0, "pushed before stopping");
         assert!(!vol.get().mounted);
+    }
+
+    #[test]
+    fn no_lost_writes_a_spot_notice_pushes_at_once_and_the_last_report_carries_it() {
+        let clock = ManualClock::new("2026-03-02T09:00:00Z".parse().unwrap());
+        let (link, vol) = (Arc::new(FakeLink::default()), FakeNode::default());
+        *link.answer.lock().unwrap() = directive(false, false);
+        let mut a = agent(link.clone(), vol.clone(), &clock);
+        a.tick();
+        vol.write("/ckpt/e", 4096);
+        let at: Timestamp = "2026-03-02T09:02:00Z".parse().unwrap();
+        *a.notice.lock().unwrap() = Some(at);
+        a.stop.store(true, Ordering::Relaxed);
+        assert_eq!(a.tick(), Step::Exit);
+        assert_eq!(vol.get().unpushed, 0, "pushed before it goes");
+        assert!(!vol.get().mounted);
+        let last = link.reports.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.interruption, Some(at));
+        assert!(last.drained && last.unpushed_bytes == 0, "{last:?}");
     }
 
     #[test]

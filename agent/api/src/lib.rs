@@ -286,6 +286,10 @@ pub struct NodeReport {
     /// The node has pushed after it was told to drain, and writes nothing more.
     #[serde(default)]
     pub drained: bool,
+    /// A spot interruption notice: the provider takes the node back at this time. The node
+    /// has pushed and stops; the controller drains it and may rent a replacement.
+    #[serde(default)]
+    pub interruption: Option<Timestamp>,
 }
 
 /// What was lost when a node had to go with unpushed data (hard deadline, or the node died).

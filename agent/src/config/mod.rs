@@ -37,7 +37,8 @@
 //! alert_command = "/usr/local/bin/page-oncall"   # optional
 //!
 //! [provider]
-//! kind = "local"                      # or "command": [provider.command] program = "/path/prog"
+//! kind = "local"                      # or "command": [provider.command] program = "/path/prog",
+//!                                     # or "ec2": [provider.ec2] (its keys: provider/ec2.rs)
 //! ```
 //!
 //! `[budget]`, `[leaks]` and `[provider.offers]`: see [`rent`].
@@ -98,6 +99,9 @@ pub struct VolumeConfig {
 pub struct ApiConfig {
     pub listen: String,
     pub token_file: PathBuf,
+    /// How nodes reach the API (`http://home.example:7870`), written into their bootstrap.
+    /// Default: the controller's unix socket (nodes on this host: the `local` provider).
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +164,13 @@ pub struct ProviderConfig {
     pub command: Option<crate::provider::command::CommandConfig>,
     /// Constraints on the offers rented (cheapest first among those that meet them).
     pub offers: Option<OffersConfig>,
+    pub ec2: Option<crate::provider::ec2::Ec2Config>,
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> ProviderKind {
+        *self.kind.get_ref()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -167,6 +178,7 @@ pub struct ProviderConfig {
 pub enum ProviderKind {
     Local,
     Command,
+    Ec2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +349,11 @@ impl Config {
             ];
             if let Some((name, _)) = need.iter().find(|(_, present)| !present) {
                 return Err((role_span, "role", format!("role \"controller\" needs a [{name}] section")));
+            }
+        }
+        if let Some(p) = &self.provider {
+            if p.kind() == ProviderKind::Ec2 && p.ec2.as_ref().is_none_or(|e| e.offers.is_empty()) {
+                return Err((p.kind.span(), "provider.kind", "kind \"ec2\" needs [provider.ec2] with at least one offer".into()));
             }
         }
         if let Some(burst) = &self.burst {

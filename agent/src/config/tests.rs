@@ -158,3 +158,40 @@ fn budget_leaks_offers_and_the_command_provider_parse_and_bad_values_name_key_an
         assert_eq!((e.key.as_str(), e.line), (key, line_of(&bad, needle)), "{e}");
     }
 }
+
+const EC2: &str = r#"kind = "ec2"
+instance_type = "g5.xlarge"
+[provider.ec2]
+region = "eu-central-1"
+endpoint_url = "http://127.0.0.1:5000"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key_file = "/etc/hybridfs/aws-secret"
+image_id = "ami-0123456789abcdef0"
+spot = true
+offers = [{ instance_type = "g5.xlarge", gpus = 1, price_per_hour = 1.006 }]
+"#;
+
+fn with_ec2(ec2: &str) -> String {
+    GOOD.replace("kind = \"local\"\n", ec2)
+}
+
+#[test]
+fn an_ec2_provider_config_parses_and_its_errors_name_key_and_line() {
+    let cfg = parse(&with_ec2(EC2)).unwrap();
+    let p = cfg.provider.as_ref().unwrap();
+    assert_eq!(p.kind(), ProviderKind::Ec2);
+    let ec2 = p.ec2.as_ref().unwrap();
+    assert_eq!((ec2.region.0.as_str(), ec2.metadata_endpoint.as_str()), ("eu-central-1", "http://169.254.169.254"));
+    assert!(ec2.spot && ec2.offers[0].gpus == 1);
+    let text = with_ec2(&EC2.replace("eu-central-1", "xx-atlantis-1"));
+    let e = err(&text);
+    assert_eq!((e.key.as_str(), e.line), ("provider.ec2.region", line_of(&text, "xx-atlantis-1")));
+    assert!(e.to_string().contains("not a known AWS region") && !e.to_string().contains('\n'), "{e}");
+    let text = with_ec2(&EC2.replace("spot = true", "spot = true\nsecret_access_key = \"inline\""));
+    let e = err(&text);
+    assert_eq!(e.line, line_of(&text, "secret_access_key = "), "{e}");
+    let text = with_ec2("kind = \"ec2\"\n");
+    let e = err(&text);
+    assert_eq!((e.key.as_str(), e.line), ("provider.kind", line_of(&text, "ec2")));
+    assert!(e.message.contains("[provider.ec2]"), "{e}");
+}

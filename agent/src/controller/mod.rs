@@ -7,7 +7,9 @@
 //!    `Terminating` ones, and notice nodes the provider lost (their unpushed bytes are a loss).
 //!    Then **leaks** (`leaks.rs`): instances with our owner tag that no live node owns are
 //!    reported or terminated, and instances past their `expires` tag are terminated.
-//! 2. **Interruption notices** put the node into `Draining` (it pushes at once by itself).
+//! 2. **Interruption notices** (from the provider, or reported by the node: a spot notice it
+//!    read from the instance metadata) put the node into `Draining` (it pushes at once by
+//!    itself) and rent a replacement when the burst window and `max_nodes` allow.
 //! 3. **Lost nodes**: a node that has not reported for two leases has shut itself down (its
 //!    dead-man switch pushes and stops after one lease); it is terminated and what it last
 //!    reported as unpushed is recorded as lost.
@@ -277,16 +279,49 @@ impl Controller {
             warn!("read interruption notices: {e}");
             Vec::new()
         });
+        // (node, when the notice came, when its drain counts from)
+        let mut interrupted: Vec<(String, Timestamp, Timestamp)> = Vec::new();
         for n in notices {
-            if let Some(rec) = self.state.nodes.iter_mut().find(|r| r.instance_id.as_deref() == Some(&n.instance_id)) {
+            if let Some(rec) = self.state.nodes.iter().find(|r| r.instance_id.as_deref() == Some(&n.instance_id)) {
                 if rec.phase == Phase::Running {
-                    warn!("node {}: interruption notice for {}; draining", rec.intent, n.at);
-                    rec.phase = Phase::Draining;
-                    rec.drain_requested_at = Some(now);
+                    interrupted.push((rec.intent.clone(), n.at, now));
                 }
             }
         }
+        // Notices a node saw itself (a spot notice from the instance metadata) and reported: it
+        // pushed before that report and writes nothing after it, so the drain counts from it.
+        for rec in self.state.nodes.iter().filter(|r| r.phase == Phase::Running) {
+            if let Some((at, report)) = rec.last_report.as_ref().and_then(|r| r.interruption.map(|at| (at, r.at))) {
+                if !interrupted.iter().any(|(i, _, _)| i == &rec.intent) {
+                    interrupted.push((rec.intent.clone(), at, report));
+                }
+            }
+        }
+        for (intent, at, asked) in interrupted {
+            if let Some(rec) = self.state.node_mut(&intent) {
+                warn!("node {intent}: interruption notice (taken back at {at}); draining");
+                rec.phase = Phase::Draining;
+                rec.drain_requested_at = Some(asked);
+            }
+            self.save()?;
+            self.replace(&intent, now)?;
+        }
         self.save()
+    }
+
+    /// Rents a node in place of an interrupted one, when the burst window (outside the merge
+    /// window) and `max_nodes` allow; `rent` applies its own checks.
+    fn replace(&mut self, intent: &str, now: Timestamp) -> Result<(), ControllerError> {
+        let in_window = self.settings.burst.contains(now) && !self.settings.merge.contains(now);
+        let active = self.state.nodes.iter().filter(|n| matches!(n.phase, Phase::Intended | Phase::Running)).count() as u32;
+        if !in_window || active >= self.settings.rule.max_nodes {
+            info!("node {intent}: not replaced ({})", if in_window { "max_nodes active" } else { "outside the burst window" });
+            return Ok(());
+        }
+        if let Some(new) = self.rent(now)? {
+            info!("node {intent}: replaced by {new}");
+        }
+        Ok(())
     }
 
     fn handle_lost_nodes(&mut self, now: Timestamp) -> Result<(), ControllerError> {
@@ -479,6 +514,7 @@ impl Controller {
                 lease_secs: self.settings.lease.as_secs(),
                 env: self.settings.node_env.clone(),
                 clock: self.settings.clock,
+                metadata_endpoint: None,
             },
         };
         match self.provider.launch(&req) {

@@ -73,6 +73,7 @@ impl World {
             head: (n.pushes > 0).then_some(n.pushes),
             unpushed_paths: n.files.keys().cloned().collect(),
             drained,
+            interruption: None,
         }
     }
 
@@ -268,6 +269,7 @@ fn no_lost_writes_a_node_with_unpushed_data_is_kept_until_the_hard_deadline_then
             head: None,
             unpushed_paths: vec!["/ckpt/step-100.pt".into()],
             drained: false,
+            interruption: None,
         };
         c.report(&boot.node, &boot.token, r).unwrap()
     };
@@ -342,6 +344,53 @@ fn an_interruption_notice_drains_the_node() {
 }
 
 #[test]
+fn no_lost_writes_a_spot_notice_the_node_reports_drains_it_and_rents_a_replacement_in_the_window() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    assert_eq!(w.provider.launches(), 1);
+    // The node reads a spot notice from its metadata endpoint: it pushes, then reports it.
+    let boot = w.provider.bootstrap_of("mem-1").unwrap();
+    let vol = w.nodes["mem-1"].clone();
+    vol.push().unwrap();
+    let at: Timestamp = "2026-03-02T09:13:00Z".parse().unwrap();
+    let r = NodeReport { interruption: Some(at), ..w.report(&vol, true) };
+    c.report(&boot.node, &boot.token, r).unwrap();
+    c.step(Some(95.0)).unwrap();
+    assert_eq!(w.provider.launches(), 2, "a replacement is rented at once");
+    assert_eq!(c.state().node("n0002").unwrap().phase, Phase::Running);
+    let rec = c.state().node("n0001").unwrap();
+    assert!(matches!(rec.phase, Phase::Terminating | Phase::Terminated), "{:?}", rec.phase);
+    c.step(Some(95.0)).unwrap();
+    let rec = c.state().node("n0001").unwrap();
+    assert_eq!(rec.phase, Phase::Terminated);
+    assert!(rec.loss.is_none(), "it pushed before it reported the notice: {:?}", rec.loss);
+}
+
+#[test]
+fn a_spot_notice_outside_the_burst_window_is_not_replaced() {
+    let mut w = World::new("2026-03-02T16:40:00Z");
+    let mut c = w.controller();
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    assert_eq!(w.provider.launches(), 1);
+    while w.clock.now() < "2026-03-02T16:59:00Z".parse::<Timestamp>().unwrap() {
+        w.minute(&mut c, 60.0, 1000);
+    }
+    w.clock.advance(Duration::from_secs(120)); // 17:01: the window is closed
+    let boot = w.provider.bootstrap_of("mem-1").unwrap();
+    let vol = w.nodes["mem-1"].clone();
+    vol.push().unwrap();
+    let r = NodeReport { interruption: Some(w.clock.now()), ..w.report(&vol, true) };
+    c.report(&boot.node, &boot.token, r).unwrap();
+    c.step(Some(95.0)).unwrap();
+    assert_eq!(w.provider.launches(), 1, "no replacement outside the window");
+}
+
+#[test]
 fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_alerts() {
     let mut w = World::new("2026-03-02T09:00:00Z");
     let flag = w.dir.path().join("alerted");
@@ -385,7 +434,7 @@ fn a_report_with_a_wrong_token_or_for_an_unknown_node_is_refused() {
     for _ in 0..11 {
         w.minute(&mut c, 95.0, 0);
     }
-    let r = NodeReport { at: w.clock.now(), healthy: true, unpushed_bytes: 0, last_push_at: None, head: None, unpushed_paths: vec![], drained: true };
+    let r = NodeReport { at: w.clock.now(), healthy: true, unpushed_bytes: 0, last_push_at: None, head: None, unpushed_paths: vec![], drained: true, interruption: None };
     assert!(matches!(c.report("n0001", "guess", r.clone()), Err(ControllerError::BadToken(_))));
     assert!(matches!(c.report("n0009", "guess", r), Err(ControllerError::UnknownNode(_))));
     assert!(c.state().node("n0001").unwrap().last_report.as_ref().is_some_and(|r| !r.drained));

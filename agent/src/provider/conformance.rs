@@ -30,6 +30,7 @@ pub fn request(owner: &str, intent: &str) -> LaunchRequest {
             lease_secs: 3600,
             env: BTreeMap::new(),
             clock: None,
+            metadata_endpoint: None,
         },
     }
 }

@@ -26,6 +26,8 @@
 //! killed, the mount point unmounted, the veth and the namespace deleted, and the instance is
 //! `terminated`. A node that exits by itself (its dead-man switch) is cleaned up the same way.
 //! Interruption notices: a file `ROOT/<id>/interrupt` (written by a test or an operator).
+//! `{host_addr}` in the bootstrap's `metadata_endpoint` becomes the host side of the veth (a
+//! test serving spot notices to a node there).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -412,6 +414,8 @@ impl LocalProvider {
         // folder that a later launch with the same key would take for a whole one.
         fs::rename(tmp_dir, self.dir(&rec.id)).map_err(|e| ProviderError::Permanent(format!("create instance folder: {e}")))?;
         self.make_network(rec)?;
+        // A metadata endpoint for spot notices (a test's) may be served on the host side of the veth.
+        let boot = &Bootstrap { metadata_endpoint: boot.metadata_endpoint.as_ref().map(|e| e.replace("{host_addr}", &rec.host_addr)), ..boot.clone() };
         self.write_node_files(rec, boot)?;
         let mut env = boot.env.clone();
         env.extend(self.cfg.node_env.iter().map(|(k, v)| (k.clone(), v.replace("{host_addr}", &rec.host_addr))));

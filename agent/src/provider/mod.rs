@@ -1,6 +1,6 @@
 //! Compute providers: where burst nodes come from.
 //!
-//! One trait for every provider (`memory` for tests, `local`, `command`: user scripts). The
+//! One trait for every provider (`memory` for tests, `local`, `command`: user scripts, `ec2`). The
 //! contract the controller relies on, and that every implementation must keep:
 //!
 //! * **Launch is idempotent by key.** `launch` with an idempotency key that was already used
@@ -15,6 +15,7 @@
 //! * **Interruption notices** (spot reclaim) are reported by `interruptions`.
 
 pub mod command;
+pub mod ec2;
 pub mod local;
 pub mod memory;
 
@@ -89,6 +90,10 @@ pub struct Bootstrap {
     /// the node keeps the same time.
     #[serde(default)]
     pub clock: Option<crate::clock::ScaledClock>,
+    /// On a cloud node: the instance metadata endpoint to poll for spot interruption notices
+    /// (`http://169.254.169.254` on EC2; set by the `ec2` provider). `None`: nothing is polled.
+    #[serde(default)]
+    pub metadata_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -101,6 +106,7 @@ impl std::fmt::Debug for Bootstrap {
             .field("branch", &self.branch)
             .field("controller", &self.controller)
             .field("lease_secs", &self.lease_secs)
+            .field("metadata_endpoint", &self.metadata_endpoint)
             .finish_non_exhaustive()
     }
 }
