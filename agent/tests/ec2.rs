@@ -22,10 +22,8 @@ use hybrid_agent::clock::{Clock, ManualClock};
 use hybrid_agent::controller::{Controller, Settings};
 use hybrid_agent::provider::ec2::{bootstrap_from_user_data, Ec2Config, Ec2Offer, Ec2Provider, Ec2Region, Ec2Secret};
 use hybrid_agent::provider::{conformance, Instance, InstanceState, Interruption, LaunchRequest, Offer, Provider, ProviderError, TAG_OWNER};
-use hybrid_agent::scaler::ScaleRule;
 use hybrid_agent::state::{Phase, StateStore};
 use hybrid_agent::volume::fake::FakeHome;
-use hybrid_agent::window::DailyWindow;
 
 /// What must never show in a log, a state file or the metrics (invariant 8).
 const SECRET: &str = "h13ec2SecretKeyDoNotLogMe0123456789abcd";
@@ -100,7 +98,7 @@ fn config(endpoint: &str, dir: &Path) -> Ec2Config {
         security_group_ids: vec![],
         key_name: None,
         iam_instance_profile: None,
-        offers: vec![Ec2Offer { instance_type: "g5.xlarge".into(), gpus: 1, price_per_hour: Some(1.006) }],
+        offers: vec![Ec2Offer { instance_type: "g5.xlarge".into(), gpus: 1, price_per_hour: Some(1.006), gpu_type: Some("a10g".into()) }],
         metadata_endpoint: "http://169.254.169.254".into(),
         node_command: "hybrid-agent node --config /etc/hybridfs/agent.toml".into(),
         bootstrap_path: "/var/lib/hybrid-agent/bootstrap.json".into(),
@@ -156,7 +154,7 @@ fn the_ec2_provider_keeps_the_provider_contract_against_moto() {
     let p = provider(&cfg);
     p.check().unwrap();
     conformance::check(&p);
-    assert_eq!(p.offers().unwrap()[0], Offer { instance_type: "g5.xlarge".into(), gpus: 1, price_per_hour: Some(1.006), spot: true });
+    assert_eq!(p.offers().unwrap()[0], Offer { instance_type: "g5.xlarge".into(), gpus: 1, price_per_hour: Some(1.006), spot: true, gpu_type: Some("a10g".into()) });
 }
 
 #[test]
@@ -231,21 +229,9 @@ impl Provider for LoseLaunchAnswer {
 }
 
 fn settings(owner: &str) -> Settings {
-    let utc = |s: &str, e: &str| DailyWindow::new(s.parse().unwrap(), e.parse().unwrap(), jiff::tz::TimeZone::UTC);
-    Settings {
-        owner: owner.into(),
-        volume: "main".into(),
-        store: "file:///nonexistent".into(),
-        instance_type: Some("g5.xlarge".into()),
-        rule: ScaleRule { up_threshold: 90.0, up_for: Duration::from_secs(600), down_threshold: 50.0, down_for: Duration::from_secs(1200), max_nodes: 2 },
-        burst: utc("08:00", "17:00"),
-        merge: utc("17:30", "07:30"),
-        lease: Duration::from_secs(300),
-        controller_addr: "unix:/nonexistent".into(),
-        node_env: BTreeMap::new(),
-        alert_command: None,
-        clock: None,
-    }
+    let mut s = Settings { instance_type: Some("g5.xlarge".into()), ..Settings::for_tests(owner) };
+    s.offers.allow_spot = true;
+    s
 }
 
 #[test]
@@ -409,7 +395,7 @@ fn ec2_controller_config(dir: &Path, c: &common::Cfg, endpoint: &str, extra: &st
     let text = std::fs::read_to_string(&path).unwrap();
     let head = &text[..text.find("[provider]").unwrap()];
     let ec2 = format!(
-        "[provider]\nkind = \"ec2\"\ninstance_type = \"g5.xlarge\"\n[provider.ec2]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\naccess_key_id = \"AKIDh13ec2TEST\"\nsecret_access_key_file = \"{d}/aws-secret\"\nimage_id = \"ami-0123456789abcdef0\"\nspot = true\noffers = [{{ instance_type = \"g5.xlarge\", gpus = 1, price_per_hour = 1.006 }}]\n{extra}",
+        "[provider]\nkind = \"ec2\"\ninstance_type = \"g5.xlarge\"\n[provider.ec2]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\naccess_key_id = \"AKIDh13ec2TEST\"\nsecret_access_key_file = \"{d}/aws-secret\"\nimage_id = \"ami-0123456789abcdef0\"\nspot = true\noffers = [{{ instance_type = \"g5.xlarge\", gpus = 1, price_per_hour = 1.006 }}]\n{extra}[provider.offers]\nallow_spot = true\n",
         d = dir.display()
     );
     std::fs::write(&path, format!("{head}{ec2}")).unwrap();

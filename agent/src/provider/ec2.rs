@@ -12,7 +12,7 @@
 //! secret_access_key_file = "/etc/hybridfs/aws-secret"   # 0600; refused if others can read it
 //! session_token_file = "/etc/hybridfs/aws-session"      # optional, 0600
 //! image_id = "ami-0123456789abcdef0"     # an image with hybrid-agent, hybridctl and a node config
-//! spot = true
+//! spot = true                            # and [provider.offers] allow_spot = true
 //! max_price = 1.20                       # optional spot cap per hour (default: on-demand price)
 //! subnet_id = "subnet-..."               # optional, like security_group_ids, key_name,
 //! security_group_ids = ["sg-..."]        # iam_instance_profile
@@ -43,7 +43,8 @@
 //!
 //! Every error is one line naming what was called and where (`describe instances at
 //! http://127.0.0.1:1 (region us-east-1): cannot connect: Connection refused`), transient
-//! (connection, timeout, throttling, 5xx, capacity) or permanent (credentials refused, unknown
+//! (connection, timeout, throttling, 5xx), no capacity (InsufficientInstanceCapacity and the
+//! like: the controller tries the next offer) or permanent (credentials refused, unknown
 //! image, bad parameters). No error, log line or `Debug` output holds the secret key or token.
 //!
 //! The SDK is async; this provider owns a current-thread tokio runtime and blocks on it per
@@ -112,6 +113,8 @@ pub struct Ec2Offer {
     #[serde(default)]
     pub gpus: u32,
     pub price_per_hour: Option<f64>,
+    /// The GPU model (`a10g`, `h100`), for `provider.offers.gpu_type`.
+    pub gpu_type: Option<String>,
 }
 
 fn default_metadata_endpoint() -> String {
@@ -279,7 +282,8 @@ impl Ec2Provider {
                     | "OptInRequired" | "Blocked" | "PendingVerification" => {
                         ProviderError::Permanent(one_line(format!("{at}: credentials refused ({code}): {msg}")))
                     }
-                    c if is_capacity(c) || is_throttle(c) => ProviderError::Transient(line),
+                    c if is_capacity(c) => ProviderError::NoCapacity(line),
+                    c if is_throttle(c) => ProviderError::Transient(line),
                     _ => ProviderError::Permanent(line),
                 }
             }
@@ -436,7 +440,13 @@ impl Provider for Ec2Provider {
             .cfg
             .offers
             .iter()
-            .map(|o| Offer { instance_type: o.instance_type.clone(), gpus: o.gpus, price_per_hour: o.price_per_hour, spot: self.cfg.spot })
+            .map(|o| Offer {
+                instance_type: o.instance_type.clone(),
+                gpus: o.gpus,
+                price_per_hour: o.price_per_hour,
+                spot: self.cfg.spot,
+                gpu_type: o.gpu_type.clone(),
+            })
             .collect())
     }
 
