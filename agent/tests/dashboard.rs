@@ -73,6 +73,7 @@ fn day() -> Day {
                     head: (n.pushes > 0).then_some(n.pushes),
                     unpushed_paths: vec![],
                     drained,
+                    interruption: None,
                 }
             };
             let d = c.report(&boot.node, &boot.token, report(false)).unwrap();
