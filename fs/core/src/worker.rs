@@ -203,10 +203,16 @@ impl Workers {
         let t = std::thread::Builder::new().name(thread_name.clone()).spawn(move || {
             let mut failures = 0;
             while !stop.wait(pause(interval, failures)) {
+                let span = tracing::debug_span!("worker", worker = %thread_name, result = tracing::field::Empty).entered();
                 let outcome = step(&handle);
-                if let Err(e) = &outcome {
-                    tracing::error!("{thread_name}: {e}");
-                }
+                match &outcome {
+                    Ok(_) => span.record("result", "ok"),
+                    Err(e) => {
+                        tracing::error!("{thread_name}: {e}");
+                        span.record("result", "error")
+                    }
+                };
+                drop(span);
                 let finished = matches!(outcome, Ok(Next::Finish));
                 failures = handle.done(outcome.map(|_| ()));
                 if finished {

@@ -96,3 +96,28 @@ fn live_entries_handed_out_are_counted_until_forgotten() {
     assert!(f.meta.get_inode(a).unwrap().is_none(), "purged at the last forget");
     assert_eq!(view.read(old_a, 0, 100).unwrap(), b"old", "the snapshot keeps its copy");
 }
+
+#[test]
+fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_as_before() {
+    let f = MemVolume::new(4096);
+    let (_, _, old_a) = with_snapshot(&f);
+    let ro = MountView::read_only(f.vol.clone());
+    let a = ro.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
+    let rofs = |r: Result<(), FsError>, what: &str| assert!(matches!(r, Err(FsError::ReadOnly)), "{what}: {r:?}");
+    rofs(ro.open(a, true).map(drop), "open for writing");
+    rofs(ro.write(a, 0, b"x").map(drop), "write");
+    rofs(ro.create(ROOT_INO, b"b", file(), ROOT).map(drop), "create");
+    rofs(ro.create_node(ROOT_INO, b"d", NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] }, ROOT).map(drop), "mkdir");
+    rofs(ro.unlink(ROOT_INO, b"a"), "unlink");
+    rofs(ro.rename(ROOT_INO, b"a", ROOT_INO, b"c", RenameFlags::default()), "rename");
+    rofs(ro.link(a, ROOT_INO, b"l").map(drop), "link");
+    rofs(ro.setattr(a, SetAttr { size: Some(0), ..SetAttr::default() }).map(drop), "truncate");
+    rofs(ro.setxattr(a, b"user.k", b"v", XattrMode::Any), "setxattr");
+    rofs(ro.fallocate(a, 0, 10, Fallocate::Allocate { keep_size: false }).map(drop), "fallocate");
+    let opened = ro.open(a, false).unwrap();
+    assert_eq!(ro.read(a, 0, 100).unwrap(), b"new");
+    ro.release(a, opened.kind).unwrap();
+    assert_eq!(ro.read(old_a, 0, 100).unwrap(), b"old", "snapshots read as before");
+    assert_eq!(ro.getattr(a).unwrap().size, 3, "nothing changed: not truncated, not extended");
+    assert!(matches!(ro.lookup(ROOT_INO, b"b"), Ok(None)), "nothing created");
+}

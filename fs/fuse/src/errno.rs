@@ -12,7 +12,47 @@ pub(crate) trait ReplyError: Sized {
         if !e.is_expected() && !matches!(e, FsError::CorruptBlock { .. }) {
             tracing::error!("{op}: {e}");
         }
-        self.send_error(Errno::from_i32(e.errno()));
+        let errno = Errno::from_i32(e.errno());
+        FAILURE.set(Some(errno_name(e.errno())));
+        self.send_error(errno);
+    }
+}
+
+thread_local! {
+    /// The errno of the last failed reply on this thread, for the request's span.
+    static FAILURE: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// The failure [`ReplyError::fail`] noted on this thread since the last call (and forgets it).
+pub(crate) fn take_failure() -> Option<&'static str> {
+    FAILURE.take()
+}
+
+/// `ENOENT`, `EROFS`, ...: the name of the errnos a reply carries (else `errno`).
+fn errno_name(e: i32) -> &'static str {
+    match e {
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EROFS => "EROFS",
+        libc::EIO => "EIO",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EINVAL => "EINVAL",
+        libc::ENODATA => "ENODATA",
+        libc::ERANGE => "ERANGE",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::EXDEV => "EXDEV",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EINTR => "EINTR",
+        libc::EAGAIN => "EAGAIN",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => "errno",
     }
 }
 

@@ -56,20 +56,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const FUSE_REQUESTS: &str = "hybridfs_fuse_requests_total";
 pub const FUSE_REQUEST_SECONDS: &str = "hybridfs_fuse_request_seconds";
 
-/// Counts one request of kind `op` when dropped, with its time.
+/// One FUSE request: its metrics (count and latency by op) and, at debug, its span `fuse`
+/// with `op`, `ino` (the inode or parent directory) and `result` (`ok` or the errno's name,
+/// noted by [`errno::ReplyError::fail`] on the thread that replies). Sent along with a cold
+/// read to the thread that answers it.
 struct OpTimer {
     op: &'static str,
     start: std::time::Instant,
+    span: tracing::Span,
 }
 
-fn op_timer(op: &'static str) -> OpTimer {
-    OpTimer { op, start: std::time::Instant::now() }
+/// A request's [`OpTimer`] with its span entered on the session thread, so that what the
+/// handler logs carries the request's fields.
+struct Op {
+    timer: OpTimer,
+    _entered: tracing::span::EnteredSpan,
+}
+
+fn op_timer(op: &'static str, ino: INodeNo) -> Op {
+    let span = tracing::debug_span!("fuse", op, ino = ino.0, result = tracing::field::Empty);
+    errno::take_failure();
+    Op { _entered: span.clone().entered(), timer: OpTimer { op, start: std::time::Instant::now(), span } }
 }
 
 impl Drop for OpTimer {
     fn drop(&mut self) {
         metrics::counter!(FUSE_REQUESTS, "op" => self.op).increment(1);
         metrics::histogram!(FUSE_REQUEST_SECONDS, "op" => self.op).record(self.start.elapsed().as_secs_f64());
+        if !self.span.is_disabled() {
+            self.span.record("result", errno::take_failure().unwrap_or("ok"));
+        }
     }
 }
 
@@ -86,8 +102,9 @@ pub struct HybridFs {
 }
 
 impl HybridFs {
-    pub fn new(vol: Arc<Volume>, want_passthrough: bool) -> Self {
-        let vol = MountView::new(vol);
+    /// `read_only`: every change is `EROFS` (a `ro` mount; the kernel has `MS_RDONLY` too).
+    pub fn new(vol: Arc<Volume>, want_passthrough: bool, read_only: bool) -> Self {
+        let vol = if read_only { MountView::read_only(vol) } else { MountView::new(vol) };
         let cold = cold::ColdReads::new(vol.clone());
         HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold }
     }
@@ -186,7 +203,7 @@ impl Filesystem for HybridFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _op = op_timer("lookup");
+        let _op = op_timer("lookup", parent);
         match self.vol.lookup(parent.0, name.as_bytes()) {
             Ok(Some(i)) => reply.entry(&TTL, &self.attr(&i), GEN),
             Ok(None) => {
@@ -200,12 +217,12 @@ impl Filesystem for HybridFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _op = op_timer("forget");
+        let _op = op_timer("forget", ino);
         self.vol.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _op = op_timer("getattr");
+        let _op = op_timer("getattr", ino);
         match self.vol.getattr(ino.0) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.fail("getattr", e),
@@ -230,7 +247,7 @@ impl Filesystem for HybridFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _op = op_timer("setattr");
+        let _op = op_timer("setattr", ino);
         let set = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -247,7 +264,7 @@ impl Filesystem for HybridFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _op = op_timer("readlink");
+        let _op = op_timer("readlink", ino);
         match self.vol.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.fail("readlink", e),
@@ -255,7 +272,7 @@ impl Filesystem for HybridFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _op = op_timer("mknod");
+        let _op = op_timer("mknod", parent);
         let Some(kind) = Kind::from_mode(mode) else {
             return reply.fail("mknod", FsError::Invalid("unknown file type"));
         };
@@ -264,23 +281,23 @@ impl Filesystem for HybridFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _op = op_timer("mkdir");
+        let _op = op_timer("mkdir", parent);
         let new = NewNode { kind: Kind::Dir, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         self.new_node(req, parent, name, new, reply, "mkdir");
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = op_timer("unlink");
+        let _op = op_timer("unlink", parent);
         reply.result("unlink", self.vol.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = op_timer("rmdir");
+        let _op = op_timer("rmdir", parent);
         reply.result("rmdir", self.vol.rmdir(parent.0, name.as_bytes()));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _op = op_timer("symlink");
+        let _op = op_timer("symlink", parent);
         let new = NewNode { kind: Kind::Symlink, perm: 0o777, rdev: 0, target: target.as_os_str().as_bytes().to_vec() };
         self.new_node(req, parent, link_name, new, reply, "symlink");
     }
@@ -295,7 +312,7 @@ impl Filesystem for HybridFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = op_timer("rename");
+        let _op = op_timer("rename", parent);
         if flags.contains(fuser::RenameFlags::RENAME_WHITEOUT) {
             return reply.fail("rename", FsError::Invalid("RENAME_WHITEOUT is not supported"));
         }
@@ -307,13 +324,13 @@ impl Filesystem for HybridFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _op = op_timer("link");
+        let _op = op_timer("link", ino);
         let r = self.vol.link(ino.0, newparent.0, newname.as_bytes());
         self.entry(r, reply, "link");
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
-        let _op = op_timer("open");
+        let _op = op_timer("open", ino);
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.vol.open(ino.0, write) {
             Ok(opened) => self.passthrough.reply_open(&self.vol, opened, reply),
@@ -334,11 +351,11 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let timer = op_timer("read");
+        let op = op_timer("read", ino);
         match with_waiting(Waiting::Never, || self.vol.read(ino.0, offset, size)) {
             Ok(d) => reply.data(&d),
             Err(FsError::WouldBlock) => {
-                self.cold.submit(cold::ColdRead { ino: ino.0, offset, size, caller: req.pid(), reply, timer })
+                self.cold.submit(cold::ColdRead { ino: ino.0, offset, size, caller: req.pid(), reply, timer: op.timer })
             }
             Err(e) => reply.fail("read", e),
         }
@@ -356,7 +373,7 @@ impl Filesystem for HybridFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _op = op_timer("write");
+        let _op = op_timer("write", ino);
         match self.vol.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.fail("write", e),
@@ -364,7 +381,7 @@ impl Filesystem for HybridFs {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
-        let _op = op_timer("flush");
+        let _op = op_timer("flush", ino);
         reply.result("flush", self.vol.flush(ino.0));
     }
 
@@ -378,7 +395,7 @@ impl Filesystem for HybridFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = op_timer("release");
+        let _op = op_timer("release", ino);
         let kind = passthrough::kind_of(fh);
         if kind == IoKind::Passthrough {
             self.passthrough.released(ino.0);
@@ -387,12 +404,12 @@ impl Filesystem for HybridFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _op = op_timer("fsync");
+        let _op = op_timer("fsync", ino);
         reply.result("fsync", self.vol.fsync(ino.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
-        let _op = op_timer("opendir");
+        let _op = op_timer("opendir", ino);
         match self.vol.getattr(ino.0) {
             Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Ok(_) => reply.fail("opendir", FsError::NotDir),
@@ -401,13 +418,13 @@ impl Filesystem for HybridFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
-        let _op = op_timer("releasedir");
+        let _op = op_timer("releasedir", _ino);
         self.listings.close(fh.0);
         reply.ok();
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _op = op_timer("readdir");
+        let _op = op_timer("readdir", ino);
         let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.fail("readdir", e),
@@ -424,7 +441,7 @@ impl Filesystem for HybridFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _op = op_timer("readdirplus");
+        let _op = op_timer("readdirplus", ino);
         let entries = match self.listings.entries(&self.vol, ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.fail("readdirplus", e),
@@ -453,12 +470,12 @@ impl Filesystem for HybridFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _op = op_timer("fsyncdir");
+        let _op = op_timer("fsyncdir", ino);
         reply.result("fsyncdir", self.vol.fsync(ino.0));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _op = op_timer("statfs");
+        let _op = op_timer("statfs", _ino);
         match self.vol.disk_space() {
             Ok(d) => {
                 let files = 1u64 << 32;
@@ -469,7 +486,7 @@ impl Filesystem for HybridFs {
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let _op = op_timer("setxattr");
+        let _op = op_timer("setxattr", ino);
         let mode = match flags {
             0 => XattrMode::Any,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -480,27 +497,27 @@ impl Filesystem for HybridFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _op = op_timer("getxattr");
+        let _op = op_timer("getxattr", ino);
         xattr_reply(self.vol.getxattr(ino.0, name.as_bytes()), size, reply, "getxattr");
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _op = op_timer("listxattr");
+        let _op = op_timer("listxattr", ino);
         xattr_reply(self.vol.listxattr(ino.0), size, reply, "listxattr");
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = op_timer("removexattr");
+        let _op = op_timer("removexattr", ino);
         reply.result("removexattr", self.vol.removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        let _op = op_timer("access");
+        let _op = op_timer("access", _ino);
         reply.ok();
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
-        let _op = op_timer("create");
+        let _op = op_timer("create", parent);
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         match self.vol.create(parent.0, name.as_bytes(), new, caller(req)) {
             Ok(opened) => reply.created(&TTL, &self.attr(&opened.inode), GEN, FileHandle(0), passthrough::CACHED),
@@ -509,7 +526,7 @@ impl Filesystem for HybridFs {
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let _op = op_timer("fallocate");
+        let _op = op_timer("fallocate", ino);
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let rest = mode & !libc::FALLOC_FL_KEEP_SIZE;
         let m = match rest {
@@ -535,7 +552,7 @@ impl Filesystem for HybridFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _op = op_timer("ioctl");
+        let _op = op_timer("ioctl", _ino);
         reply.error(fuser::Errno::ENOTTY);
     }
 }

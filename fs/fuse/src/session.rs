@@ -17,11 +17,13 @@ pub struct MountConfig {
     pub threads: usize,
     /// Serve reads of unsealed files by kernel passthrough instead of writeback-caching writes.
     pub passthrough: bool,
+    /// Mount read-only (`MS_RDONLY`; the file system answers `EROFS` to every change too).
+    pub read_only: bool,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, read_only: false }
     }
 }
 
@@ -36,15 +38,15 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
         MountOption::NoAtime,
         MountOption::Dev,
         MountOption::Suid,
-        MountOption::RW,
+        if cfg.read_only { MountOption::RO } else { MountOption::RW },
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let fs = HybridFs::new(vol.clone(), cfg.passthrough);
+    let fs = HybridFs::new(vol.clone(), cfg.passthrough, cfg.read_only);
     // SAFETY: geteuid has no preconditions.
     let session = if unsafe { libc::geteuid() } == 0 {
-        let fd = mount_typed(mountpoint, &cfg.fs_name)?;
+        let fd = mount_typed(mountpoint, &cfg.fs_name, cfg.read_only)?;
         fuser::Session::from_fd(fs, fd, SessionACL::All, config)?
     } else {
         fuser::Session::new(fs, mountpoint, &config)?
@@ -59,8 +61,8 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
 /// Mount as root with the type `fuse.hybridfs`, so `/proc/mounts`, `df -t` and `findmnt`
 /// name the file system (fuser's own mount(2) says only `fuse`). Returns the `/dev/fuse`
 /// descriptor the session serves. Options as [`mount`] sets them: default permissions, open
-/// to all users, noatime, devices and setuid honoured.
-fn mount_typed(mountpoint: &Path, source: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+/// to all users, noatime, devices and setuid honoured; `MS_RDONLY` when `read_only`.
+fn mount_typed(mountpoint: &Path, source: &str, read_only: bool) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -80,7 +82,7 @@ fn mount_typed(mountpoint: &Path, source: &str) -> std::io::Result<std::os::fd::
             c_source.as_ptr(),
             c_target.as_ptr(),
             c_type.as_ptr(),
-            libc::MS_NOATIME,
+            libc::MS_NOATIME | if read_only { libc::MS_RDONLY } else { 0 },
             c_data.as_ptr().cast(),
         )
     };

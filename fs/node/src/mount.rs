@@ -87,11 +87,13 @@ pub struct MountOptions {
     pub read_timeout: Option<u64>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Mount read-only (`MS_RDONLY`; every change is `EROFS`).
+    pub read_only: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None }
+        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, read_only: false }
     }
 }
 
@@ -148,6 +150,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             fs_name: format!("hybridfs:{name}"),
             threads: opts.threads,
             passthrough: opts.passthrough,
+            read_only: opts.read_only,
         };
         tracing::info!("serving volume {name} at {}", mp.display());
         let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);
@@ -193,6 +196,9 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     }
     if let Some(addr) = flags.metrics_addr {
         cmd.arg("--metrics-addr").arg(addr.to_string());
+    }
+    if flags.read_only {
+        cmd.arg("--read-only");
     }
     // Readiness is this process's to say (it returns once the mount answers), not the child's:
     // systemd takes notifications only from a unit's main process.

@@ -252,3 +252,25 @@ pub fn status_line(agent: &Agent) -> Option<String> {
         Err(e) => format!("agent {}: {e:#}", agent.addr),
     })
 }
+
+/// `hybridctl dashboard`: a one-time login link to the controller's web page (the admin token
+/// buys a code good once, for 5 minutes; the browser trades it for a session cookie).
+pub fn dashboard(agent: &Agent, json: bool) -> Result<ExitCode> {
+    if agent.addr.starts_with("unix:") {
+        return crate::usage(format!(
+            "the dashboard is served on the controller's TCP address (api.listen), not {}: pass --agent HOST:PORT",
+            agent.addr
+        ));
+    }
+    let body = agent.call("POST", "/v1/dashboard/login")?;
+    let path = body["path"].as_str().context("the controller's answer has no login path")?;
+    let host = agent.addr.trim_start_matches("http://").trim_end_matches('/');
+    let url = format!("http://{host}{path}");
+    if json {
+        println!("{}", serde_json::json!({ "url": url, "expires_secs": body["expires_secs"] }));
+    } else {
+        println!("{url}");
+        eprintln!("open it within {} s; it works once (run hybridctl dashboard again for another)", body["expires_secs"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}

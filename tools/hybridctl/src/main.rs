@@ -101,6 +101,10 @@ enum Cmd {
         /// 127.0.0.1:9580); names in doc/METRICS.md.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Mount read-only (`MS_RDONLY`): every change fails with EROFS (`-o ro` in fstab).
+        /// Control commands (push, snapshot, merge) still work on the volume.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
@@ -139,6 +143,13 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Show it again every SECS seconds [default: 2]: redrawn in place on a terminal,
+        /// repeated blocks (each headed by the time) elsewhere. Ctrl-C ends it.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// With --watch: stop after N screens.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
     /// Check metadata and block consistency (exit 1 when problems are found).
     Fsck {
@@ -258,6 +269,15 @@ enum Cmd {
     /// rent`, `nodes drain NODE`, `nodes release NODE`.
     #[command(subcommand)]
     Nodes(NodesSub),
+    /// A one-time login link to the hybrid-agent controller's web dashboard (nodes and their
+    /// cost, unpushed bytes over time, pushes, nightly merges and conflicts): open it in a
+    /// browser within 5 minutes. Needs the controller's TCP address (--agent HOST:PORT).
+    Dashboard {
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// The hybrid-agent controller's cost ledger: per node, type, start and stop as the
     /// provider reported them, hours, price per hour, cost (marked when the price is an estimate).
     Cost {
@@ -513,6 +533,7 @@ fn flags_of(cli: &Cli) -> config::Flags {
         Cmd::Nodes(NodesSub::List { agent, .. } | NodesSub::Rent { agent, .. })
         | Cmd::Nodes(NodesSub::Drain { agent, .. } | NodesSub::Release { agent, .. })
         | Cmd::Cost { agent, .. }
+        | Cmd::Dashboard { agent, .. }
         | Cmd::Status { agent, .. }
         | Cmd::Merge(MergeArgs { sub: Some(MergeSub::Log { agent, .. }), .. }) => {
             f.agent = agent.agent.clone();
@@ -536,6 +557,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             return agentcmd::nodes(&Agent::new(&cfg.agent, &cfg.agent_token_file), cmd, json);
         }
         Cmd::Cost { since, json, .. } => return agentcmd::cost(&Agent::new(&cfg.agent, &cfg.agent_token_file), since, json),
+        Cmd::Dashboard { json, .. } => return agentcmd::dashboard(&Agent::new(&cfg.agent, &cfg.agent_token_file), json),
         Cmd::Merge(MergeArgs { sub: Some(MergeSub::Log { nights: true, json, .. }), .. }) => {
             return agentcmd::nights(&Agent::new(&cfg.agent, &cfg.agent_token_file), json)
         }
@@ -552,8 +574,9 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             println!("formatted volume {}: block size {}, store {}", made.name, fmt::human_bytes(made.block_size as u64), made.store);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Mount { name, mountpoint, daemon, .. } => {
+        Cmd::Mount { name, mountpoint, daemon, read_only, .. } => {
             let opts = mount::MountOptions {
+                read_only,
                 threads: cfg.threads,
                 passthrough: !cfg.writeback_cache,
                 seal_delay: cfg.seal_delay,
@@ -573,7 +596,11 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             println!("unmounted {}", mp.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { name, json, .. } => report::status(&home, name.as_deref(), json, &Agent::new(&cfg.agent, &cfg.agent_token_file)),
+        Cmd::Status { name, json, watch: None, .. } => report::status(&home, name.as_deref(), json, &Agent::new(&cfg.agent, &cfg.agent_token_file)),
+        Cmd::Status { name, json, watch: Some(secs), count, .. } => {
+            let agent = Agent::new(&cfg.agent, &cfg.agent_token_file);
+            report::watch(secs, count, json, || report::status(&home, name.as_deref(), json, &agent))
+        }
         Cmd::Top { name, metrics_addr, interval, once, json } => topcmd::top(&home, name.as_deref(), metrics_addr.or(cfg.metrics_addr), interval, once, json),
         Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
         Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),
@@ -623,7 +650,9 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Gc { volume, grace, json } => snapcmd::run(&home, volume.as_deref(), R::Gc { grace_secs: grace }, json),
-        Cmd::Nodes(_) | Cmd::Cost { .. } => Err(anyhow::anyhow!("nodes and cost are answered before the home is resolved")),
+        Cmd::Nodes(_) | Cmd::Cost { .. } | Cmd::Dashboard { .. } => {
+            Err(anyhow::anyhow!("nodes, cost and dashboard are answered before the home is resolved"))
+        }
         Cmd::Config(ConfigCmd::Check) => {
             for w in cfg.warnings(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
                 eprintln!("hybridctl: warning: {w}");
@@ -666,7 +695,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
 /// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
 /// `metrics_addr=ADDR`, `writeback_cache`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
 /// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
-/// `ro` is refused: a hybridfs mount is read-write.
+/// `ro` mounts read-only (`--read-only`).
 fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
     let mut out = vec!["hybridctl".to_string()];
     let mut rest = Vec::new();
@@ -693,7 +722,7 @@ fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
             Some(("threads", v)) => flags.extend(flag("--threads", v)),
             Some(("metrics_addr", v)) => flags.extend(flag("--metrics-addr", v)),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
-            None if o == "ro" => return Err("a hybridfs mount is read-write: option `ro` is not supported".into()),
+            None if o == "ro" => flags.push("--read-only".into()),
             _ => {}
         }
     }
@@ -785,7 +814,13 @@ fn main() -> ExitCode {
     use std::io::IsTerminal;
     // A log line that cannot be written (stderr a pipe nobody reads any more) is dropped: the
     // default would report it with eprintln!, which panics on that same closed stderr.
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    // A span is logged when it closes, with its fields: at debug, one line per FUSE request
+    // (`fuse`: op, ino, result) and per worker step (`worker`: name, result).
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     match cfg.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
@@ -827,7 +862,7 @@ mod tests {
         let want = ["hybridctl", "--config", "/etc/h.toml", "mount", "data", "/mnt/x", "-d", "--read-timeout", "9"];
         assert_eq!(helper(&args).unwrap(), want);
         Cli::try_parse_from(helper(&args).unwrap()).expect("the helper's command line parses");
-        assert!(helper(&["mount.fuse.hybridfs", "data", "/mnt/x", "-o", "ro"]).unwrap_err().contains("read-write"));
+        assert!(helper(&["mount.fuse.hybridfs", "data", "/mnt/x", "-o", "rw,ro"]).unwrap().ends_with(&["-d".to_string(), "--read-only".to_string()]));
         assert!(helper(&["mount.fuse.hybridfs", "data"]).is_err(), "a missing mount point is refused");
     }
 }

@@ -52,6 +52,35 @@ pub fn status(home: &Home, name: Option<&str>, json: bool, agent: &crate::agentc
     Ok(ExitCode::SUCCESS)
 }
 
+/// `status --watch`: `show` every `secs` seconds (at least 0.1), `count` times or until
+/// interrupted. On a terminal each screen replaces the last (cursor home, clear); elsewhere
+/// (and with --json) the screens follow each other, each text one headed by the time.
+pub fn watch(secs: f64, count: Option<u64>, json: bool, mut show: impl FnMut() -> Result<ExitCode>) -> Result<ExitCode> {
+    use std::io::Write;
+    if !(secs.is_finite() && secs > 0.0) {
+        return crate::usage(format!("--watch {secs}: a number of seconds above 0"));
+    }
+    let every = std::time::Duration::from_secs_f64(secs.max(0.1));
+    let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut shown = 0u64;
+    loop {
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%SZ");
+        if tty {
+            print!("\x1b[H\x1b[2J");
+            println!("every {secs}s: hybridctl status    {now}\n");
+        } else if !json {
+            println!("--- {now}");
+        }
+        show()?;
+        std::io::stdout().flush()?;
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// `collector idle`, `control busy: push`, `collector idle (2 failures; last: ...)`.
 fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
     let state = w.busy.as_ref().map_or("idle".to_string(), |b| format!("busy: {b}"));

@@ -10,6 +10,9 @@
 //!   only: every entry the facade hands out counts one, as the kernel takes one reference per
 //!   entry it is given (a view inode needs no count: nothing is pinned for it).
 //!
+//! * a read-only mount (`ro`) refuses every change, and every open for writing, with
+//!   `EROFS` as well (the kernel's `MS_RDONLY` refuses most of them before they reach us).
+//!
 //! Routing costs one comparison of the inode number per call on the live path (`is_view`), as
 //! it did in the adapter before.
 
@@ -26,19 +29,25 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct MountView {
     vol: Arc<Volume>,
-}
-
-/// Refuse a change that touches a view inode.
-fn writable(inos: &[Ino]) -> Result<()> {
-    if inos.iter().any(|i| Volume::is_view(*i)) {
-        return Err(FsError::ReadOnly);
-    }
-    Ok(())
+    read_only: bool,
 }
 
 impl MountView {
     pub fn new(vol: Arc<Volume>) -> Self {
-        MountView { vol }
+        MountView { vol, read_only: false }
+    }
+
+    /// The volume mounted read-only: every change is `EROFS`.
+    pub fn read_only(vol: Arc<Volume>) -> Self {
+        MountView { vol, read_only: true }
+    }
+
+    /// Refuse a change on a read-only mount or one that touches a view inode.
+    fn writable(&self, inos: &[Ino]) -> Result<()> {
+        if self.read_only || inos.iter().any(|i| Volume::is_view(*i)) {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
     }
 
     /// The volume behind the view (for what is not per inode: kernel cache registration).
@@ -104,7 +113,7 @@ impl MountView {
 
     /// A new node (not a regular file's open: see [`MountView::create`]), counted.
     pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
-        writable(&[parent])?;
+        self.writable(&[parent])?;
         let i = self.vol.create_node(parent, name, new, who)?;
         self.vol.remember(i.ino);
         Ok(i)
@@ -112,42 +121,45 @@ impl MountView {
 
     /// A new file opened for writing, counted.
     pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Opened> {
-        writable(&[parent])?;
+        self.writable(&[parent])?;
         let opened = self.vol.create_node(parent, name, new, who).and_then(|i| self.vol.open_file(i.ino, true))?;
         self.vol.remember(opened.inode.ino);
         Ok(opened)
     }
 
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
-        writable(&[ino, newparent])?;
+        self.writable(&[ino, newparent])?;
         let i = self.vol.link(ino, newparent, newname)?;
         self.vol.remember(i.ino);
         Ok(i)
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        writable(&[parent])?;
+        self.writable(&[parent])?;
         self.vol.unlink(parent, name)
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        writable(&[parent])?;
+        self.writable(&[parent])?;
         self.vol.rmdir(parent, name)
     }
 
     pub fn rename(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: RenameFlags) -> Result<()> {
-        writable(&[parent, newparent])?;
+        self.writable(&[parent, newparent])?;
         self.vol.rename(parent, name, newparent, newname, flags)
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Inode> {
-        writable(&[ino])?;
+        self.writable(&[ino])?;
         self.vol.setattr(ino, set)
     }
 
     /// Open a file; a view file opens read-only, through the page cache, with nothing to
     /// release.
     pub fn open(&self, ino: Ino, write: bool) -> Result<Opened> {
+        if write {
+            self.writable(&[])?;
+        }
         if !Volume::is_view(ino) {
             return self.vol.open_file(ino, write);
         }
@@ -166,7 +178,7 @@ impl MountView {
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
-        writable(&[ino])?;
+        self.writable(&[ino])?;
         self.vol.write(ino, offset, data)
     }
 
@@ -185,17 +197,17 @@ impl MountView {
     }
 
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
-        writable(&[ino])?;
+        self.writable(&[ino])?;
         self.vol.fallocate(ino, offset, len, mode)
     }
 
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
-        writable(&[ino])?;
+        self.writable(&[ino])?;
         self.vol.setxattr(ino, name, value, mode)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
-        writable(&[ino])?;
+        self.writable(&[ino])?;
         self.vol.removexattr(ino, name)
     }
 
