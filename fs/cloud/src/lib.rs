@@ -58,6 +58,7 @@ mod key;
 mod local;
 mod mem;
 mod retry;
+pub mod traffic;
 mod s3;
 pub mod testserver;
 mod url;

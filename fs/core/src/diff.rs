@@ -78,6 +78,13 @@ struct Paths<'m> {
     cache: HashMap<(Ino, u64), String>,
 }
 
+/// The live paths of `inos`, rebuilt from each inode's `parent` and `name` as diffs do (the
+/// tree is not walked).
+pub fn live_paths(meta: &MetaStore, inos: &[Ino]) -> Result<Vec<String>> {
+    let mut paths = Paths { meta, cache: HashMap::new() };
+    inos.iter().map(|i| paths.of(*i, crate::meta::LIVE)).collect()
+}
+
 impl Paths<'_> {
     /// The path of directory or file `ino` at epoch `at`, from its parent chain.
     fn of(&mut self, ino: Ino, at: u64) -> Result<String> {

@@ -167,7 +167,9 @@ impl Home {
             let key_file = spec.key_file.as_deref().map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()).display().to_string());
             let cipher = keys::given_cipher(key_file.as_deref())?;
             let fingerprint = cipher.as_ref().map(|c| c.fingerprint.clone());
-            let remote = hybridfs_sync::Remote::new(objects, volume.to_string()).with_cipher(cipher);
+            let remote = hybridfs_sync::Remote::new(objects, volume.to_string())
+                .with_cipher(cipher)
+                .counted(hybridfs_cloud::traffic::Purpose::Clone);
             std::fs::create_dir_all(self.root.join("volumes")).with_context(|| format!("create {}", self.root.display()))?;
             let tmp = self.root.join("volumes").join(format!(".{name}.cloning"));
             let _ = std::fs::remove_dir_all(&tmp);

@@ -40,6 +40,8 @@ pub mod workers;
 
 pub use error::{bad_input, exit_code, BadInput, NodeError, NodeResult};
 pub use home::{Home, MountState, VolumeConfig, VolumeDir, VolumeLock};
+/// Object-store requests and bytes by purpose (push, clone, fetch, merge).
+pub use hybridfs_cloud::traffic;
 
 /// The report types of the layers below, as the node's operations return them.
 pub mod types {

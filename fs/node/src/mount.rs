@@ -292,7 +292,14 @@ fn spawn_metrics_writer(workers: &Workers, vol: &Arc<Volume>, path: PathBuf) -> 
 
 fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
     let tmp = path.with_extension("json.tmp");
-    let write = serde_json::to_vec_pretty(&vol.metrics.snapshot())
+    let mut snapshot = vol.metrics.snapshot();
+    // This process's object-store traffic (pushes and merges it ran, blocks it fetched).
+    for (purpose, t) in hybridfs_cloud::traffic::totals() {
+        snapshot.counters.insert(format!("store_{purpose}_requests"), t.requests);
+        snapshot.counters.insert(format!("store_{purpose}_bytes_sent"), t.bytes_sent);
+        snapshot.counters.insert(format!("store_{purpose}_bytes_received"), t.bytes_received);
+    }
+    let write = serde_json::to_vec_pretty(&snapshot)
         .map_err(std::io::Error::other)
         .and_then(|bytes| std::fs::write(&tmp, bytes))
         .and_then(|_| std::fs::rename(&tmp, path));

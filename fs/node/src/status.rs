@@ -14,6 +14,9 @@ use crate::workers::WorkerStatus;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// At most this many paths in [`VolumeStatus::unpushed_paths`].
+pub const UNPUSHED_PATHS_LISTED: usize = 100;
+
 #[derive(Serialize, Debug)]
 pub struct VolumeStatus {
     pub name: String,
@@ -26,6 +29,11 @@ pub struct VolumeStatus {
     /// of them before the first push): what a node must push before it may go. Zero right
     /// after a push, until the next write.
     pub unpushed_bytes: u64,
+    /// The files holding those bytes, most unpushed bytes first, at most
+    /// [`UNPUSHED_PATHS_LISTED`] of them (what a node that must go without a push loses).
+    pub unpushed_paths: Vec<String>,
+    /// How many files hold unpushed bytes (`unpushed_paths` may list fewer).
+    pub unpushed_files: u64,
     /// Bytes of live files in blocks still in staging files (not yet sealed into blocks).
     pub unsealed_bytes: u64,
     /// Same as `unpushed_bytes` (the name of earlier versions).
@@ -66,7 +74,19 @@ impl VolumeDir {
             let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
             let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
             let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
-            let unpushed_bytes = unpushed.iter().map(|(i, b)| block_bytes(*i, *b)).sum();
+            let mut per_file: HashMap<u64, u64> = HashMap::new();
+            for (i, b) in &unpushed {
+                match block_bytes(*i, *b) {
+                    0 => {}
+                    n => *per_file.entry(*i).or_default() += n,
+                }
+            }
+            let unpushed_bytes = per_file.values().sum();
+            let mut dirty: Vec<(u64, u64)> = per_file.into_iter().collect();
+            dirty.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let unpushed_files = dirty.len() as u64;
+            let listed: Vec<u64> = dirty.iter().take(UNPUSHED_PATHS_LISTED).map(|(ino, _)| *ino).collect();
+            let unpushed_paths = hybridfs_core::diff::live_paths(&meta, &listed)?;
             let mut staged_bytes = 0u64;
             meta.for_each_extent(&mut |ino, block, e| {
                 if e == Extent::Staged {
@@ -83,6 +103,8 @@ impl VolumeDir {
                 directories: dirs,
                 bytes,
                 unpushed_bytes,
+                unpushed_paths,
+                unpushed_files,
                 unsealed_bytes: staged_bytes,
                 dirty_bytes: unpushed_bytes,
                 staged_bytes,

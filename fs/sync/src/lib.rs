@@ -200,6 +200,12 @@ impl Remote {
         Remote { store, volume: self.volume.clone(), cipher: self.cipher.clone(), call: cancel }
     }
 
+    /// This remote with its store calls counted as `purpose` (`hybridfs_cloud::traffic`).
+    pub fn counted(&self, purpose: hybridfs_cloud::traffic::Purpose) -> Remote {
+        let store: Arc<dyn ObjectStore> = Arc::new(hybridfs_cloud::traffic::Counted::new(self.store.clone(), purpose));
+        Remote { store, ..self.clone() }
+    }
+
     /// Whether the call this remote serves was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.call.is_cancelled()

@@ -825,12 +825,24 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
     }
-    match run(cli, &cfg) {
+    let result = run(cli, &cfg);
+    write_traffic_file();
+    match result {
         Ok(code) => code,
         Err(e) => {
             say_error(format!("{e:#}"));
             ExitCode::from(hybridfs_node::exit_code(&e))
         }
+    }
+}
+
+/// With `HYBRIDCTL_TRAFFIC_FILE` set: this process's object-store traffic by purpose (JSON),
+/// for a caller that accounts for it (the burst agent's ledger). A failure only warns.
+fn write_traffic_file() {
+    let Some(path) = std::env::var_os(hybridfs_node::traffic::TRAFFIC_FILE_ENV) else { return };
+    let body = serde_json::to_vec(&hybridfs_node::traffic::totals()).unwrap_or_default();
+    if let Err(e) = std::fs::write(&path, body) {
+        tracing::warn!("write {}: {e}", std::path::Path::new(&path).display());
     }
 }
 

@@ -39,6 +39,11 @@ pub fn status(home: &Home, name: Option<&str>, json: bool, agent: &crate::agentc
             s.epoch,
         );
         println!("{:<16} store {}, {} snapshots", "", s.store, s.snapshots);
+        if s.unpushed_files > 0 {
+            let more = s.unpushed_files.saturating_sub(3);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            println!("{:<16} unpushed in {} files: {}{more}", "", s.unpushed_files, s.unpushed_paths.iter().take(3).cloned().collect::<Vec<_>>().join(", "));
+        }
         if let Some(workers) = &s.workers {
             println!("{:<16} workers: {}", "", workers.iter().map(worker_line).collect::<Vec<_>>().join(", "));
         }

@@ -10,6 +10,7 @@ use hybridfs_core::meta::LIVE;
 use hybridfs_core::types::SnapshotInfo;
 use hybridfs_core::{FsError, Volume};
 use hybridfs_sync::merge::MergeRequest;
+use hybridfs_cloud::traffic::Purpose;
 use hybridfs_cloud::CancellationToken;
 use hybridfs_sync::{Progress, Remote};
 use std::io::{BufRead, BufReader, Write};
@@ -28,8 +29,9 @@ pub struct RemoteSlot {
     cfg: VolumeConfig,
     /// Cancelled when the volume's workers stop.
     cancel: CancellationToken,
-    // A std Mutex: held only to clone or set the Arc, never across store I/O.
-    remote: Mutex<Option<Arc<Remote>>>,
+    // A std Mutex: held only to clone or set the Arcs, never across store I/O.
+    /// The remote as opened, and the same counted as `fetch` (what `get` hands out).
+    remote: Mutex<Option<(Arc<Remote>, Arc<Remote>)>>,
 }
 
 impl RemoteSlot {
@@ -49,15 +51,25 @@ impl RemoteSlot {
         &self.cfg
     }
 
+    /// The remote, its calls counted as `fetch` (blocks read on demand, checks).
     pub fn get(&self) -> Result<Arc<Remote>, ControlError> {
+        self.both().map(|(_, fetch)| fetch)
+    }
+
+    /// The remote for one request's work, its calls counted as `purpose`.
+    pub fn for_call(&self, cancel: &CancellationToken, purpose: Purpose) -> Result<Remote, ControlError> {
+        self.both().map(|(raw, _)| raw.for_call(cancel.clone()).counted(purpose))
+    }
+
+    fn both(&self) -> Result<(Arc<Remote>, Arc<Remote>), ControlError> {
         let mut slot = self.remote.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = &*slot {
             return Ok(r.clone());
         }
         let remote = self.cfg.remote_with(&self.cancel).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
-        let remote = Arc::new(remote);
-        *slot = Some(remote.clone());
-        Ok(remote)
+        let both = (Arc::new(remote.clone()), Arc::new(remote.counted(Purpose::Fetch)));
+        *slot = Some(both.clone());
+        Ok(both)
     }
 }
 
@@ -102,7 +114,7 @@ pub(crate) fn execute(
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Reply, ControlError> {
     let kernel = || hybridfs_fuse::kernel_cache::of(vol);
-    let remote = || slot.get().map(|r| r.for_call(cancel.clone()));
+    let remote = |purpose| slot.for_call(cancel, purpose);
     Ok(match req {
         Request::SnapshotCreate { name } => Reply::Snapshot(vol.snapshot_create(name)?),
         Request::SnapshotDelete { name } => Reply::Snapshot(vol.snapshot_delete(name)?),
@@ -124,13 +136,13 @@ pub(crate) fn execute(
                 max_delete_pct: m.max_delete,
                 prefetch: m.prefetch,
             };
-            Reply::Merge(hybridfs_sync::merge::merge_with(vol, &remote()?, &req, kernel().as_deref(), progress)?)
+            Reply::Merge(hybridfs_sync::merge::merge_with(vol, &remote(Purpose::Merge)?, &req, kernel().as_deref(), progress)?)
         }
         Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
-        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &remote()?)?),
+        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &remote(Purpose::Fetch)?)?),
         Request::Workers => return Err(ControlError::NotMounted),
         Request::Push { branch, fork_from } => {
-            let report = hybridfs_sync::push_with(vol, &remote()?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
+            let report = hybridfs_sync::push_with(vol, &remote(Purpose::Push)?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
             Reply::Push(report)
         }
     })
