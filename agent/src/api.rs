@@ -9,14 +9,16 @@
 //! given in its bootstrap, valid only for its own report.
 //!
 //! The server is deliberately small (no framework): a handful of calls a minute, bounded
-//! request sizes (16 KiB of headers, 1 MiB of body), a read timeout per connection.
+//! request sizes (16 KiB of headers, 1 MiB of body), a read timeout per connection, a thread
+//! per connection (at most `MAX_CONNECTIONS`). Routes never take the controller: see
+//! `controller::desk` (reads from the published state, mutations queued for the loop).
 
 use std::io::{self, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use tracing::warn;
 
 pub use hybrid_agent_api::{call, read_request, token_eq, write_response, Request, Response, Stream, MAX_BODY, MAX_HEADERS};
 
-use crate::controller::{Controller, ControllerError};
+use crate::controller::{ControllerError, Desk, ANSWER_WAIT};
 use crate::state::NodeReport;
 
 /// 32 random bytes from the OS, as 64 hex characters.
@@ -112,15 +114,34 @@ impl Listener {
 
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Serves `listener` on a named thread until `stop` is set (polled every 50 ms).
+/// Connections served at once; more wait in the listen queue.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Serves `listener` on a named thread until `stop` is set (polled every 50 ms), each
+/// connection on its own thread (a mutation waits for the reconcile loop; reads must not wait
+/// behind it), at most [`MAX_CONNECTIONS`] at once.
 pub fn serve(listener: Listener, handler: Handler, stop: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking()?;
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("agent-api".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
+            if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             match listener.accept() {
                 Ok(mut s) => {
-                    if let Err(e) = handle_one(&mut s, &handler) {
-                        warn!("api: {e}");
+                    let (handler, mine) = (handler.clone(), open.clone());
+                    open.fetch_add(1, Ordering::AcqRel);
+                    let spawned = std::thread::Builder::new().name("agent-api-conn".into()).spawn(move || {
+                        if let Err(e) = handle_one(&mut s, &handler) {
+                            warn!("api: {e}");
+                        }
+                        mine.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    if let Err(e) = spawned {
+                        open.fetch_sub(1, Ordering::AcqRel);
+                        warn!("api: start a connection thread: {e}");
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
@@ -142,19 +163,20 @@ fn handle_one(s: &mut Box<dyn Stream>, handler: &Handler) -> io::Result<()> {
     write_response(s, &resp)
 }
 
-/// The controller's routes (see the table at the top).
-pub fn route(ctrl: &Mutex<Controller>, admin_token: &str, req: &Request) -> Response {
+/// The controller's routes (see the table at the top). Reads answer from what the loop last
+/// published; mutations wait for the loop to apply them, never for a step's provider calls
+/// (`controller::desk`).
+pub fn route(desk: &Desk, admin_token: &str, req: &Request) -> Response {
     let Some(token) = req.bearer() else {
         return Response::error(401, "missing Authorization: Bearer token");
     };
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    let mut c = ctrl.lock().unwrap_or_else(|p| p.into_inner());
     if let (["v1", "nodes", node, "report"], "POST") = (segs.as_slice(), req.method.as_str()) {
         let report: NodeReport = match serde_json::from_slice(&req.body) {
             Ok(r) => r,
             Err(e) => return Response::error(400, format!("report: {e}")),
         };
-        return match c.report(node, token, report) {
+        return match desk.report(node, token, report) {
             Ok(d) => Response::ok(json!(d)),
             Err(ControllerError::BadToken(_)) | Err(ControllerError::UnknownNode(_)) => Response::error(401, "not this node's token"),
             Err(e) => Response::error(500, e.to_string()),
@@ -163,31 +185,35 @@ pub fn route(ctrl: &Mutex<Controller>, admin_token: &str, req: &Request) -> Resp
     if !token_eq(token, admin_token) {
         return Response::error(401, "wrong token");
     }
+    let busy = || Response::error(503, format!("the controller did not get to it within {}s; it stays queued", ANSWER_WAIT.as_secs()));
+    let done = |r: Option<Result<(), ControllerError>>, node: &str, what: &str| match r {
+        Some(Ok(())) => Response::ok(json!({ "node": node, what: true })),
+        Some(Err(ControllerError::UnknownNode(n))) => Response::error(404, format!("no node {n}")),
+        Some(Err(e)) => Response::error(500, e.to_string()),
+        None => busy(),
+    };
     match (segs.as_slice(), req.method.as_str()) {
-        (["v1", "nodes"], "GET") => Response::ok(json!(c.nodes())),
-        (["metrics"], "GET") => Response::text(c.metrics()),
-        (["v1", "nights"], "GET") => Response::ok(json!(c.state().nights)),
-        (["v1", "budget"], "GET") => Response::ok(json!(c.budget())),
-        (["v1", "leaks"], "GET") => Response::ok(json!(c.leaks())),
-        (["v1", "cost"], "GET") => match req.query.get("since").map(|s| c.parse_since(s)).transpose() {
-            Ok(since) => Response::ok(json!(c.ledger_since(since))),
+        (["v1", "nodes"], "GET") => Response::ok(json!(desk.nodes())),
+        (["metrics"], "GET") => Response::text(desk.metrics()),
+        (["v1", "nights"], "GET") => Response::ok(json!(desk.nights())),
+        (["v1", "budget"], "GET") => Response::ok(json!(desk.budget())),
+        (["v1", "leaks"], "GET") => Response::ok(json!(desk.state().rent.leaks)),
+        (["v1", "cost"], "GET") => match req.query.get("since").map(|s| desk.parse_since(s)).transpose() {
+            Ok(since) => Response::ok(json!(desk.ledger_since(since))),
             Err(e) => Response::error(400, e),
         },
-        (["v1", "nodes", "rent"], "POST") => match c.rent_now() {
-            Ok(Ok(node)) => Response::ok(json!({ "node": node })),
-            Ok(Err(why)) => Response::error(409, why),
-            Err(e) => Response::error(500, e.to_string()),
+        (["v1", "store"], "GET") => match req.query.get("since").map(|s| desk.parse_since(s)).transpose() {
+            Ok(since) => Response::ok(json!(desk.store_days(since))),
+            Err(e) => Response::error(400, e),
         },
-        (["v1", "nodes", node, "drain"], "POST") => match c.drain(node) {
-            Ok(()) => Response::ok(json!({ "node": node, "draining": true })),
-            Err(ControllerError::UnknownNode(n)) => Response::error(404, format!("no node {n}")),
-            Err(e) => Response::error(500, e.to_string()),
+        (["v1", "nodes", "rent"], "POST") => match desk.rent() {
+            Some(Ok(Ok(node))) => Response::ok(json!({ "node": node })),
+            Some(Ok(Err(why))) => Response::error(409, why),
+            Some(Err(e)) => Response::error(500, e.to_string()),
+            None => busy(),
         },
-        (["v1", "nodes", node, "release"], "POST") => match c.release(node) {
-            Ok(()) => Response::ok(json!({ "node": node, "released": true })),
-            Err(ControllerError::UnknownNode(n)) => Response::error(404, format!("no node {n}")),
-            Err(e) => Response::error(500, e.to_string()),
-        },
+        (["v1", "nodes", node, "drain"], "POST") => done(desk.drain(node), node, "draining"),
+        (["v1", "nodes", node, "release"], "POST") => done(desk.release(node), node, "released"),
         _ => Response::error(404, format!("no route {} {}", req.method, req.path)),
     }
 }

@@ -30,5 +30,6 @@ pub mod controller;
 pub mod api;
 pub mod dashboard;
 pub mod node;
+pub mod credentials;
 pub mod notify;
 pub mod spot;

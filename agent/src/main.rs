@@ -4,17 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use hybrid_agent::api::{self, Listener};
 use hybrid_agent::clock::{Clock, ScaledClock, SystemClock};
 use hybrid_agent::config::{Config, ProviderConfig, ProviderKind, Role};
-use hybrid_agent::controller::{Budget, Controller, LeakPolicy, OfferRules, Settings};
+use hybrid_agent::controller::{self, Budget, Controller, Desk, LeakPolicy, OfferRules, Settings};
 use hybrid_agent::dashboard::Dashboard;
 use hybrid_agent::node::{HttpLink, NodeAgent, NodeSettings, Step};
 use hybrid_agent::notify;
@@ -176,12 +176,7 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
     let provider = make_provider(prov, &cfg.state_dir, clock.clone())?;
     let offers = prov.offers.clone().unwrap_or_default();
     let leaks = cfg.leaks.clone().unwrap_or_default();
-    let home = Arc::new(Hybridctl {
-        bin: Hybridctl::find_binary(),
-        home: hybridfs_home(vol.hybridfs_home.clone()),
-        volume: vol.name.clone(),
-        env: Default::default(),
-    });
+    let home = Arc::new(Hybridctl::new(Hybridctl::find_binary(), hybridfs_home(vol.hybridfs_home.clone()), vol.name.clone(), Default::default()));
     let sock = format!("unix:{}", cfg.state_dir.join("api.sock").display());
     let (down_threshold, down_for) = cfg.scale_down().unwrap_or((up.threshold, up.for_.0 * 2));
     let settings = Settings {
@@ -195,6 +190,7 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         lease: burst.lease.0,
         controller_addr: api_cfg.advertise.clone().unwrap_or_else(|| sock.clone()),
         node_env: Default::default(),
+        credentials_command: vol.credentials_command.clone(),
         alert_command: merge.alert_command.clone(),
         clock: scaled,
         budget: cfg.budget.as_ref().map(|b| Budget {
@@ -211,29 +207,24 @@ fn run_controller(file: &Path, scaled: Option<ScaledClock>) -> Result<()> {
         },
         leaks: LeakPolicy { grace: leaks.grace.0, terminate: leaks.terminate },
     };
-    let ctrl = Arc::new(Mutex::new(Controller::open(settings, store, provider, home, clock.clone())?));
+    let mut ctrl = Controller::open(settings, store, provider, home, clock.clone())?;
+    let desk = Desk::attach(&mut ctrl);
     let stop = Arc::new(AtomicBool::new(false));
     let mut servers = Vec::new();
     let dash = Arc::new(Dashboard::new());
     for addr in [api_cfg.listen.as_str(), sock.as_str()] {
         let listener = Listener::bind(addr).with_context(|| format!("listen on {addr}"))?;
         info!("api listening on {}", listener.local_addr());
-        let (c, t, d) = (ctrl.clone(), token.clone(), dash.clone());
-        let handler = move |req: &api::Request| d.route(&c, &t, req).unwrap_or_else(|| api::route(&c, &t, req));
+        let (k, t, d) = (desk.clone(), token.clone(), dash.clone());
+        let handler = move |req: &api::Request| d.route(&k, &t, req).unwrap_or_else(|| api::route(&k, &t, req));
         servers.push(api::serve(listener, Arc::new(handler), stop.clone())?);
     }
     info!("controller running (state {})", cfg.state_dir.display());
-    notify::notify(&format!("READY=1\nSTATUS=controller of volume {} running", vol.name));
-    while !STOP.load(Ordering::Relaxed) {
-        let reading = read_load(&load.command, clock.now());
-        let mut c = ctrl.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = c.step(reading) {
-            error!("reconcile: {e}");
-        }
-        dash.sample(&c);
-        drop(c);
-        nap(real(scaled.as_ref(), load.every.0));
-    }
+    notify::notify(&format!("READY=1
+STATUS=controller of volume {} running", vol.name));
+    controller::run(&mut ctrl, &desk, real(scaled.as_ref(), load.every.0), &STOP, |now| read_load(&load.command, now), |c| {
+        dash.sample(c.state(), c.now())
+    });
     notify::notify("STOPPING=1");
     info!("controller stopping; its nodes keep running and are adopted at the next start");
     stop.store(true, Ordering::Relaxed);
@@ -271,12 +262,7 @@ fn run_node(file: &Path) -> Result<()> {
     let boot_path = node.bootstrap.clone().unwrap_or_else(|| cfg.state_dir.join("bootstrap.json"));
     let boot: Bootstrap = serde_json::from_slice(&std::fs::read(&boot_path).with_context(|| format!("read {}", boot_path.display()))?)
         .with_context(|| format!("read {}", boot_path.display()))?;
-    let volume = Arc::new(Hybridctl {
-        bin: Hybridctl::find_binary(),
-        home: cfg.state_dir.join("hybridfs"),
-        volume: boot.volume.clone(),
-        env: boot.env.clone(),
-    });
+    let volume = Arc::new(Hybridctl::new(Hybridctl::find_binary(), cfg.state_dir.join("hybridfs"), boot.volume.clone(), boot.env.clone()));
     let link = Arc::new(HttpLink { addr: boot.controller.clone(), node: boot.node.clone(), token: boot.token.clone() });
     let every = node.report_every.0.min(Duration::from_secs(boot.lease_secs.max(3) / 3));
     let settings = NodeSettings { mountpoint: node.mountpoint.clone(), push_every: node.push_every.0 };

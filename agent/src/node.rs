@@ -129,15 +129,19 @@ impl NodeAgent {
     }
 
     fn report(&self, drained: bool) -> Result<Directive, String> {
-        let unpushed = self.volume.unpushed_bytes();
+        let unpushed = self.volume.unpushed();
+        let healthy = unpushed.is_ok();
+        let u = unpushed.unwrap_or(crate::volume::Unpushed { bytes: u64::MAX, ..Default::default() });
         let r = NodeReport {
             at: self.clock.now(),
-            healthy: unpushed.is_ok(),
-            unpushed_bytes: *unpushed.as_ref().unwrap_or(&u64::MAX),
+            healthy,
+            unpushed_bytes: u.bytes,
             last_push_at: self.last_push,
             head: self.head,
-            unpushed_paths: Vec::new(),
-            drained: drained && unpushed.is_ok_and(|u| u == 0),
+            unpushed_paths: u.paths,
+            unpushed_files: u.files,
+            store: u.store,
+            drained: drained && healthy && u.bytes == 0,
             interruption: *self.notice.lock().unwrap_or_else(|p| p.into_inner()),
         };
         self.link.report(&r)

@@ -16,6 +16,7 @@
 //! same key, which gives back the same instance. Termination is saved as `Terminating` before
 //! the provider is asked, and becomes `Terminated` only once a describe confirms it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,10 @@ pub const STATE_FILE: &str = "state.json";
 const FORMAT_VERSION: u32 = 1;
 
 // The phases, reports and losses are what the API shows too: defined with its types.
-pub use hybrid_agent_api::{Loss, Night, NodeReport, Phase};
+pub use hybrid_agent_api::{Loss, Night, NodeReport, Phase, StoreDay, StoreTraffic};
+
+/// Object-store traffic by purpose (`push`, `clone`, `fetch`, `merge`).
+pub type Traffic = BTreeMap<String, StoreTraffic>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -57,6 +61,9 @@ pub struct NodeRecord {
     /// The budget's reservation: this node is paid for up to here (see `controller::budget`).
     #[serde(default)]
     pub reserved_until: Option<Timestamp>,
+    /// The traffic counters of the node's last report (the next one adds what grew).
+    #[serde(default)]
+    pub store_seen: Traffic,
 }
 
 impl NodeRecord {
@@ -81,6 +88,7 @@ impl NodeRecord {
             loss: None,
             merged: false,
             reserved_until: None,
+            store_seen: Traffic::new(),
         }
     }
 }
@@ -116,6 +124,10 @@ pub struct State {
     /// Budget refusals and leaked instances (`controller::budget`, `controller::leaks`).
     #[serde(default)]
     pub rent: RentState,
+    /// Object-store traffic per day (`YYYY-MM-DD` in the burst window's zone): the nodes'
+    /// and the controller's own (its pushes of main, its merges).
+    #[serde(default)]
+    pub store: BTreeMap<String, Traffic>,
 }
 
 /// What renting remembers across restarts besides the nodes.
@@ -145,6 +157,7 @@ impl Default for State {
             scaler: Scaler::default(),
             nights: Vec::new(),
             rent: RentState::default(),
+            store: BTreeMap::new(),
         }
     }
 }
@@ -160,6 +173,23 @@ impl State {
 
     pub fn live(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.iter().filter(|n| n.phase.is_live())
+    }
+
+    /// Adds `traffic` to the ledger of `day`.
+    pub fn count_store(&mut self, day: String, traffic: &Traffic) {
+        if traffic.values().all(|t| *t == StoreTraffic::default()) {
+            return;
+        }
+        let ledger = self.store.entry(day).or_default();
+        for (purpose, t) in traffic {
+            ledger.entry(purpose.clone()).or_default().add(t);
+        }
+    }
+
+    /// The ledger's days from `since` on (all with `None`).
+    pub fn store_days(&self, since: Option<&str>) -> Vec<StoreDay> {
+        let days = self.store.iter().filter(|(day, _)| since.is_none_or(|s| day.as_str() >= s));
+        days.map(|(day, traffic)| StoreDay { day: day.clone(), traffic: traffic.clone() }).collect()
     }
 }
 

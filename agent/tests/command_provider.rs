@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hybrid_agent::api::{self, Listener};
 use hybrid_agent::clock::{Clock, ManualClock};
-use hybrid_agent::controller::{Budget, Controller, Settings};
+use hybrid_agent::controller::{apply_queued, Budget, Controller, Desk, Settings};
 use hybrid_agent::config::Dur;
 use hybrid_agent::provider::command::{CommandConfig, CommandProvider};
 use hybrid_agent::provider::{conformance, InstanceState, Provider, TAG_OWNER};
@@ -61,19 +61,29 @@ struct Running {
     sock: String,
     stop: Arc<AtomicBool>,
     server: Option<std::thread::JoinHandle<()>>,
+    /// Applies what the API queues (rent, release) between the test's steps.
+    pump: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
     fn start(dir: &Path, s: Settings, p: CommandProvider, clock: &ManualClock) -> Running {
         let store = StateStore::open(&dir.join("state")).unwrap();
-        let c = Controller::open(s, store, Arc::new(p), Arc::new(FakeHome::default()), Arc::new(clock.clone())).unwrap();
+        let mut c = Controller::open(s, store, Arc::new(p), Arc::new(FakeHome::default()), Arc::new(clock.clone())).unwrap();
+        let desk = Desk::attach(&mut c);
         let ctrl = Arc::new(Mutex::new(c));
         let sock = format!("unix:{}", dir.join("api.sock").display());
         let stop = Arc::new(AtomicBool::new(false));
-        let c = ctrl.clone();
-        let handler: api::Handler = Arc::new(move |req: &api::Request| api::route(&c, TOKEN, req));
+        let d = desk.clone();
+        let handler: api::Handler = Arc::new(move |req: &api::Request| api::route(&d, TOKEN, req));
         let server = api::serve(Listener::bind(&sock).unwrap(), handler, stop.clone()).unwrap();
-        Running { ctrl, sock, stop, server: Some(server) }
+        let (c, s) = (ctrl.clone(), stop.clone());
+        let pump = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                apply_queued(&mut c.lock().unwrap(), &desk, std::time::Instant::now());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Running { ctrl, sock, stop, server: Some(server), pump: Some(pump) }
     }
 
     fn call(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
@@ -95,6 +105,9 @@ impl Drop for Running {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(s) = self.server.take() {
             let _ = s.join();
+        }
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hybrid_agent::api::{self, call, Listener, Request};
 use hybrid_agent::clock::{Clock, ManualClock};
-use hybrid_agent::controller::{Controller, Settings};
+use hybrid_agent::controller::{Controller, Desk, Settings};
 use hybrid_agent::dashboard::{Dashboard, COOKIE};
 use hybrid_agent::provider::memory::MemoryProvider;
 use hybrid_agent::state::{NodeReport, Phase, StateStore};
@@ -32,6 +32,7 @@ fn settings() -> Settings {
 struct Day {
     _dir: tempfile::TempDir,
     ctrl: Arc<Mutex<Controller>>,
+    desk: Arc<Desk>,
     dash: Arc<Dashboard>,
 }
 
@@ -43,7 +44,9 @@ fn day() -> Day {
     home.get().conflicts.insert("burst-n0001".into(), 3);
     let store = StateStore::open(dir.path()).unwrap();
     let c = Controller::open(settings(), store, Arc::new(provider.clone()), Arc::new(home.clone()), Arc::new(clock.clone()));
-    let ctrl = Arc::new(Mutex::new(c.unwrap()));
+    let mut c = c.unwrap();
+    let desk = Desk::attach(&mut c);
+    let ctrl = Arc::new(Mutex::new(c));
     let dash = Arc::new(Dashboard::new());
     let mut vols: BTreeMap<String, FakeNode> = BTreeMap::new();
     // 08:40 .. 18:00, a step every 10 minutes.
@@ -52,7 +55,7 @@ fn day() -> Day {
         let load = if (9..12).contains(&hour) { 97.0 } else { 20.0 };
         let mut c = ctrl.lock().unwrap();
         c.step(Some(load)).unwrap();
-        dash.sample(&c);
+        dash.sample(c.state(), c.now());
         for inst in provider.running() {
             let boot = provider.bootstrap_of(&inst.id).unwrap();
             let vol = vols.entry(inst.id.clone()).or_default().clone();
@@ -72,6 +75,8 @@ fn day() -> Day {
                     last_push_at: (n.pushes > 0).then(|| clock.now()),
                     head: (n.pushes > 0).then_some(n.pushes),
                     unpushed_paths: vec![],
+                    unpushed_files: 0,
+                    store: Default::default(),
                     drained,
                     interruption: None,
                 }
@@ -89,7 +94,7 @@ fn day() -> Day {
     assert_eq!(c.state().nodes.len(), 2, "the day rented two nodes");
     assert_eq!(c.state().nights.last().unwrap().conflicts.get("burst-n0001"), Some(&3));
     drop(c);
-    Day { _dir: dir, ctrl, dash }
+    Day { _dir: dir, ctrl, desk, dash }
 }
 
 /// Serves the controller's routes with the dashboard's in front, as `hybrid-agent controller`.
@@ -112,8 +117,8 @@ fn serve(day: &Day) -> Server {
     let l = Listener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
-    let (c, d) = (day.ctrl.clone(), day.dash.clone());
-    let handler = move |req: &Request| d.route(&c, TOKEN, req).unwrap_or_else(|| api::route(&c, TOKEN, req));
+    let (k, d) = (day.desk.clone(), day.dash.clone());
+    let handler = move |req: &Request| d.route(&k, TOKEN, req).unwrap_or_else(|| api::route(&k, TOKEN, req));
     let thread = api::serve(l, Arc::new(handler), stop.clone()).unwrap();
     Server { addr, stop, thread: Some(thread) }
 }
@@ -228,10 +233,8 @@ fn chromium_renders_the_nodes_their_cost_the_nights_conflicts_and_a_chart() {
     // Through the login link `hybridctl dashboard` prints: the cookie, then the page with data.
     let profile = scratch.path().join("operator");
     let dom = browse(&chromium, &profile, &format!("{base}{}", login_path(&srv.addr)), &["--dump-dom"]);
-    let c = day.ctrl.lock().unwrap();
-    let ledger = c.ledger();
-    let samples = day.dash.data(&c)["history"].as_array().unwrap().len();
-    drop(c);
+    let ledger = day.desk.ledger_since(None);
+    let samples = day.dash.data(&day.desk)["history"].as_array().unwrap().len();
     assert_eq!(text_of(&dom, "error"), "", "{dom}");
     assert_eq!(text_of(&dom, "volume"), "volume projects");
     let nodes = &dom[dom.find("<table id=\"nodes\"").unwrap()..];
@@ -254,7 +257,7 @@ fn chromium_renders_the_nodes_their_cost_the_nights_conflicts_and_a_chart() {
     assert!(chart.matches("data-value=\"0\"").count() < samples, "some samples hold unpushed bytes");
     assert_eq!(svg(&dom, "cost-chart").matches("class=\"bar\"").count(), 2);
     // Pushes: one row per new layer a node reported (the day pushed every third step).
-    let pushes = day.dash.data(&day.ctrl.lock().unwrap())["pushes"].as_array().unwrap().len();
+    let pushes = day.dash.data(&day.desk)["pushes"].as_array().unwrap().len();
     assert!(pushes >= 4 && pushes < samples, "{pushes} pushes in {samples} samples");
 
     if let Some(png) = std::env::var_os("HYBRIDFS_DASHBOARD_SCREENSHOT") {

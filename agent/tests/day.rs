@@ -11,7 +11,9 @@
 //! Invariant 6 (no lost writes in merges): home then holds every output of both nodes byte for
 //! byte, and the dataset unchanged. Nothing is left behind: no process naming the test's
 //! folder, no namespace, no mount. The ledger (`hybridctl cost --json`) has the two nodes,
-//! started after 09:00 and stopped when they were released, in agent time.
+//! started after 09:00 and stopped when they were released, in agent time, and the day's
+//! object-store requests and bytes by pushes (at least the checkpoints written), clones,
+//! fetches and merges.
 //!
 //! Needs root, iproute2, /dev/fuse and `hybridctl` (env HYBRIDCTL, or built next to the agent).
 
@@ -168,7 +170,7 @@ fn no_lost_writes_a_day_of_two_nodes_comes_home_byte_for_byte_and_nothing_is_lef
     assert!(report["merged"].as_array().map(Vec::len) == Some(2) && report["nodes"].as_array().map(Vec::len) == Some(2), "{report}");
 
     // The ledger matches what ran: two local nodes, started after the load rose, stopped.
-    let rows = ledger.as_array().unwrap();
+    let rows = ledger["nodes"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{ledger}");
     for r in rows {
         let start: Timestamp = r["start"].as_str().unwrap().parse().unwrap();
@@ -177,6 +179,20 @@ fn no_lost_writes_a_day_of_two_nodes_comes_home_byte_for_byte_and_nothing_is_lef
         let hours = stop.duration_since(start).as_secs_f64() / 3600.0;
         assert!((r["hours"].as_f64().unwrap() - hours).abs() < 1e-6 && r["instance_type"] == "local", "{r}");
     }
+
+    // The day's object-store traffic (`hybridctl cost --json`, "store"), counted by the nodes'
+    // clones and mounts and by the controller's own pushes of main and merges. The nodes'
+    // pushes sent at least the checkpoints they wrote (random bytes: compression and
+    // deduplication cannot shrink them), and not many times more (each pushed once, plus main
+    // published before each rent); their clones and fetches read the dataset; the night's
+    // merges read the branches.
+    let day = ledger["store"].as_array().unwrap().iter().find(|d| d["day"] == "2026-12-01").cloned().expect("a store row for the day");
+    let t = |purpose: &str, what: &str| day["traffic"][purpose][what].as_u64().unwrap_or(0);
+    let checkpoints: u64 = outputs.iter().flat_map(|o| o.iter()).filter(|(k, _)| k.ends_with(".pt")).map(|(_, v)| v.len() as u64).sum();
+    assert_eq!(checkpoints, 2 * 3 * 24 * 65536);
+    assert!(t("push", "bytes_sent") >= checkpoints && t("push", "bytes_sent") < 3 * checkpoints, "{day}");
+    assert!(t("push", "requests") > 0 && t("merge", "requests") > 0 && t("merge", "bytes_received") > 0, "{day}");
+    assert!(t("clone", "requests") > 0 && t("clone", "bytes_received") + t("fetch", "bytes_received") > 0, "{day}");
 
     // Nothing left behind.
     for (m, id) in mnts.iter().zip(&ids) {

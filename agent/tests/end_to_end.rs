@@ -61,7 +61,8 @@ fn check_the_cli(ctl: &Path, dir: &Path, node: &str) {
     let text = ctl_ok(ctl, dir, &with(&["nodes", "list"]));
     assert!(text.contains("n0001") && text.contains("running") && text.contains(node), "{text}");
     let cost: serde_json::Value = serde_json::from_str(&ctl_ok(ctl, dir, &with(&["cost", "--json"]))).unwrap();
-    assert!(cost[0]["node"] == "n0001" && cost[0]["stop"].is_null() && cost[0]["estimate"] == true, "{cost}");
+    let rows = &cost["nodes"];
+    assert!(rows[0]["node"] == "n0001" && rows[0]["stop"].is_null() && rows[0]["estimate"] == true, "{cost}");
     let text = ctl_ok(ctl, dir, &with(&["cost"]));
     // No [budget]: the budget line says so; the unpriced local node reserves nothing.
     assert!(text.contains("total: 1 nodes") && text.contains(" spent or reserved, of no limit;"), "{text}");

@@ -5,7 +5,7 @@
 //! the node's schedule (the test waits for the report that says so); a second checkpoint is
 //! written and reported unpushed; then the node process is killed with SIGKILL. The provider
 //! notices it gone, removes its namespace, processes and mount; the controller records the
-//! loss (the bytes the last report held unpushed, since that last push). At 14:30 the merge
+//! loss (the bytes the last report held unpushed, the file they are in, since that last push). At 14:30 the merge
 //! window merges its branch. Invariant 6 (no lost writes in merges): home holds the pushed
 //! checkpoint byte for byte; the unpushed one is the reported loss, nothing more is missing.
 //!
@@ -68,7 +68,9 @@ fn no_lost_writes_a_node_killed_with_sigkill_loses_only_what_it_had_not_pushed_a
     // A second checkpoint, reported unpushed; then the node is killed before its next push.
     let lost = bytes(2, 700_000);
     write_synced(&mnt.join("ckpt-2.pt"), &lost);
-    eventually("the second checkpoint is reported unpushed", 20, || report().is_some_and(|r| r.unpushed_bytes >= lost.len() as u64));
+    eventually("the second checkpoint is reported unpushed, by path", 20, || {
+        report().is_some_and(|r| r.unpushed_bytes >= lost.len() as u64 && r.unpushed_paths.iter().any(|p| p == "/ckpt-2.pt"))
+    });
     let instance: serde_json::Value = serde_json::from_slice(&std::fs::read(mnt.parent().unwrap().join("instance.json")).unwrap()).unwrap();
     let pid = instance["pid"].as_i64().unwrap() as i32;
     // SAFETY: SIGKILL to the node process this test's controller started (its pid from the
@@ -83,6 +85,7 @@ fn no_lost_writes_a_node_killed_with_sigkill_loses_only_what_it_had_not_pushed_a
     let loss = rec.loss.clone().expect("the loss of a killed node is recorded");
     assert!(loss.bytes >= lost.len() as u64 && loss.bytes < (pushed.len() + lost.len()) as u64, "{loss:?}");
     assert_eq!(loss.since, last_push, "lost: everything written after its last push");
+    assert_eq!((loss.files, loss.paths.as_slice()), (1, &["/ckpt-2.pt".to_string()][..]), "the loss names the unpushed checkpoint, only it");
     assert!(killed < "2026-12-01T14:30:00Z".parse().unwrap(), "the machine is too slow for this test at {SPEED}x");
     assert!(!mounted(&mnt) && !Path::new("/run/netns").join(format!("hy-{id}")).exists(), "the killed node is cleaned up");
 

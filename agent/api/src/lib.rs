@@ -11,6 +11,8 @@
 //! | `POST /v1/nodes/NODE/drain` | admin | push everything, then terminate once 0 bytes are unpushed |
 //! | `POST /v1/nodes/NODE/release` | admin | terminate now (the node pushes at SIGTERM; what its final report still holds is recorded as lost) |
 //! | `GET /v1/cost[?since=DATE]` | admin | `[LedgerRow]` (clipped to DATE: `YYYY-MM-DD` or RFC 3339) |
+//! | `GET /v1/store[?since=DATE]` | admin | `[StoreDay]`: object-store requests and bytes per day, by pushes, clones, fetches, merges |
+//! | `GET /v1/nights` | admin | `[Night]`: each night's merge report |
 //! | `GET /metrics` | admin | the Prometheus text format (doc/METRICS.md, "hybrid-agent") |
 //! | `GET /v1/budget` | admin | `BudgetView`: limits, spent and reserved, refused launches |
 //! | `GET /v1/leaks` | admin | `[Leak]`: instances with our owner tag the state does not know |
@@ -280,9 +282,17 @@ pub struct NodeReport {
     /// When its branch was last pushed, and the layer that push made.
     pub last_push_at: Option<Timestamp>,
     pub head: Option<u64>,
-    /// Files written since the last push (at most a few hundred; for the loss report).
+    /// Files written since the last push, most unpushed bytes first (at most 100, as
+    /// `hybridctl status --json` lists them; for the loss report).
     #[serde(default)]
     pub unpushed_paths: Vec<String>,
+    /// How many files hold unpushed bytes (`unpushed_paths` may name fewer).
+    #[serde(default)]
+    pub unpushed_files: u64,
+    /// The node's object-store traffic so far (its clone, and the counters of its mount), by
+    /// purpose: `push`, `clone`, `fetch`, `merge`. Counters: the controller adds what grew.
+    #[serde(default)]
+    pub store: BTreeMap<String, StoreTraffic>,
     /// The node has pushed after it was told to drain, and writes nothing more.
     #[serde(default)]
     pub drained: bool,
@@ -296,7 +306,11 @@ pub struct NodeReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Loss {
     pub bytes: u64,
+    /// The files those bytes were in (the first 100 of `files`).
     pub paths: Vec<String>,
+    /// How many files held them.
+    #[serde(default)]
+    pub files: u64,
     /// The last push that did reach the store: everything written after it is lost.
     pub since: Option<Timestamp>,
     pub reason: String,
@@ -393,6 +407,41 @@ pub struct BudgetView {
     /// Launches refused since the state was created.
     pub refusals: u64,
     pub last_refusal: Option<Refusal>,
+}
+
+/// Object-store requests and bytes of one purpose (`hybridfs_cloud::traffic`, whose JSON it
+/// reads: that crate is not linked here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreTraffic {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl StoreTraffic {
+    pub fn add(&mut self, o: &StoreTraffic) {
+        self.requests += o.requests;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+    }
+
+    /// What counters grew by since `before`; all of `self` when one went down (the process
+    /// that counts restarted).
+    pub fn since(&self, before: &StoreTraffic) -> StoreTraffic {
+        match (self.requests.checked_sub(before.requests), self.bytes_sent.checked_sub(before.bytes_sent), self.bytes_received.checked_sub(before.bytes_received)) {
+            (Some(requests), Some(bytes_sent), Some(bytes_received)) => StoreTraffic { requests, bytes_sent, bytes_received },
+            _ => *self,
+        }
+    }
+}
+
+/// One day of the ledger's object-store traffic (the day in the burst window's zone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// By purpose: `push`, `clone`, `fetch`, `merge` (the nodes' and the controller's own).
+    pub traffic: BTreeMap<String, StoreTraffic>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! name = "main"
 //! store = "file:///srv/hybridfs-store"   # the URL nodes clone from (STORE/VOLUME)
 //! hybridfs_home = "/var/lib/hybridfs"    # HYBRIDFS_HOME of the home volume
+//! credentials_command = "/usr/local/bin/mint-node-creds"  # optional: per-node store credentials
 //!
 //! [api]
 //! listen = "127.0.0.1:7870"
@@ -92,6 +93,8 @@ pub struct VolumeConfig {
     pub name: String,
     pub store: String,
     pub hybridfs_home: Option<PathBuf>,
+    /// Mints each node's store credentials (see `credentials`); optional.
+    pub credentials_command: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

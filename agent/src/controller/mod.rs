@@ -27,6 +27,7 @@
 //! Every change of a record is saved before the provider is called about it (see `state`).
 
 mod budget;
+mod desk;
 mod ledger;
 mod leaks;
 mod metrics;
@@ -45,12 +46,13 @@ use tracing::{error, info, warn};
 
 pub use budget::{Budget, OfferRules};
 pub use leaks::LeakPolicy;
+pub use desk::{apply_queued, run, Desk, Intent, ANSWER_WAIT};
 pub use ledger::{ledger, LedgerRow};
 
 use crate::clock::Clock;
 use crate::provider::{self, Bootstrap, InstanceState, LaunchRequest, Provider, ProviderError};
 use crate::scaler::{ScaleRule, Want};
-use crate::state::{Loss, Night, NodeRecord, NodeReport, Phase, State, StateError, StateStore};
+use crate::state::{Loss, Night, NodeRecord, NodeReport, Phase, State, StateError, StateStore, Traffic};
 use crate::volume::HomeVolume;
 use crate::window::DailyWindow;
 
@@ -68,8 +70,11 @@ pub struct Settings {
     pub lease: Duration,
     /// How nodes reach the controller (goes into their bootstrap).
     pub controller_addr: String,
-    /// Environment handed to nodes for the volume tools (store endpoint, scoped credentials).
+    /// Environment handed to nodes for the volume tools (store endpoint, credentials).
     pub node_env: BTreeMap<String, String>,
+    /// Mints each node's own store credentials before its launch, revokes them once it is
+    /// gone (`crate::credentials`).
+    pub credentials_command: Option<String>,
     pub alert_command: Option<String>,
     /// The agent clock when it is scaled (handed to nodes in their bootstrap).
     pub clock: Option<crate::clock::ScaledClock>,
@@ -105,6 +110,7 @@ impl Settings {
             lease: Duration::from_secs(300),
             controller_addr: "unix:/nonexistent".into(),
             node_env: BTreeMap::new(),
+            credentials_command: None,
             alert_command: None,
             clock: None,
             budget: None,
@@ -134,6 +140,17 @@ pub struct Directive {
     pub lease_secs: u64,
 }
 
+impl Directive {
+    /// What a node in `phase` is told.
+    pub fn for_phase(phase: Phase, lease_secs: u64) -> Directive {
+        Directive {
+            drain: matches!(phase, Phase::Draining | Phase::Terminating | Phase::Terminated),
+            stop: matches!(phase, Phase::Terminating | Phase::Terminated),
+            lease_secs,
+        }
+    }
+}
+
 pub struct Controller {
     settings: Settings,
     store: StateStore,
@@ -145,6 +162,8 @@ pub struct Controller {
     saved: Option<State>,
     /// Offers that answered "no capacity", by instance type, and until when they are skipped.
     no_capacity: BTreeMap<String, Timestamp>,
+    /// Where the API reads the state (see `desk`): published at every save.
+    desk: Option<Arc<Desk>>,
 }
 
 fn after(t: Timestamp, d: Duration) -> Timestamp {
@@ -161,7 +180,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
         let state = store.load()?;
-        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new() })
+        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new(), desk: None })
     }
 
     pub fn state(&self) -> &State {
@@ -185,8 +204,16 @@ impl Controller {
                 self.store.save_night(night, &self.state.nodes)?;
             }
             self.saved = Some(self.state.clone());
+            self.publish();
         }
         Ok(())
+    }
+
+    /// Shows the current state to the API (reports applied since the last save included).
+    fn publish(&self) {
+        if let Some(d) = &self.desk {
+            d.publish(&self.state, self.budget());
+        }
     }
 
     /// One reconcile pass with the load read just before (`None`: unreadable).
@@ -219,6 +246,7 @@ impl Controller {
         let by_intent: BTreeMap<&str, &provider::Instance> =
             instances.iter().filter_map(|i| i.tags.get(provider::TAG_INTENT).map(|t| (t.as_str(), i))).collect();
         let mut relaunch = Vec::new();
+        let mut gone = Vec::new();
         for rec in self.state.nodes.iter_mut().filter(|n| n.phase.is_live()) {
             let inst = by_intent.get(rec.intent.as_str()).copied();
             match (rec.phase, inst) {
@@ -232,6 +260,7 @@ impl Controller {
                 (Phase::Terminating, i) if i.is_none_or(|i| i.state == InstanceState::Terminated) => {
                     rec.stopped_at = i.and_then(|i| i.terminated_at).or(Some(now));
                     rec.phase = Phase::Terminated;
+                    gone.push(rec.intent.clone());
                     info!("node {}: termination confirmed by describe", rec.intent);
                     // A node released before it drained: its final report (after its push at
                     // SIGTERM) says whether anything stayed behind.
@@ -243,12 +272,16 @@ impl Controller {
                     warn!("node {}: the provider no longer runs it", rec.intent);
                     rec.stopped_at = i.and_then(|i| i.terminated_at).or(Some(now));
                     rec.phase = Phase::Terminated;
+                    gone.push(rec.intent.clone());
                     record_loss(rec, "the instance went away (killed or reclaimed)");
                 }
                 _ => {}
             }
         }
         self.save()?;
+        for intent in gone {
+            self.revoke_credentials(&intent);
+        }
         for intent in relaunch {
             if let Some(e) = self.launch_intent(&intent, now)? {
                 // Nothing was started: the intent goes (the next rent tries the other offers).
@@ -413,7 +446,9 @@ impl Controller {
     /// without capacity is backed off and the next one tried. `Ok(Err)` says why nothing was
     /// rented (counted and kept as the last refusal, except a failure to publish main).
     pub fn try_rent(&mut self, now: Timestamp) -> Result<Result<String, String>, ControllerError> {
-        if let Err(e) = self.home.push_main() {
+        let pushed = self.home.push_main();
+        self.count_own_traffic();
+        if let Err(e) = pushed {
             error!("rent a node: publish main first: {e}");
             return Ok(Err(format!("publish main first: {e}")));
         }
@@ -499,6 +534,17 @@ impl Controller {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let mut env = self.settings.node_env.clone();
+        if let Some(cmd) = &self.settings.credentials_command {
+            match crate::credentials::mint(cmd, &self.scope(&rec)) {
+                Ok(minted) => env.extend(minted),
+                Err(e) => {
+                    // Never launched without them: the intent stays and is tried again.
+                    error!("node {intent}: {e}; not launched, tried again next step");
+                    return Ok(None);
+                }
+            }
+        }
         let req = LaunchRequest {
             idempotency_key: rec.idempotency_key.clone(),
             instance_type: rec.instance_type.clone(),
@@ -512,7 +558,7 @@ impl Controller {
                 controller: self.settings.controller_addr.clone(),
                 token: rec.token.clone(),
                 lease_secs: self.settings.lease.as_secs(),
-                env: self.settings.node_env.clone(),
+                env,
                 clock: self.settings.clock,
                 metadata_endpoint: None,
             },
@@ -534,9 +580,23 @@ impl Controller {
                     r.phase = Phase::Terminated;
                     r.stopped_at = Some(now);
                 }
+                self.revoke_credentials(intent);
             }
         }
         self.save().map(|()| None)
+    }
+
+    fn scope<'a>(&'a self, rec: &'a NodeRecord) -> crate::credentials::NodeScope<'a> {
+        crate::credentials::NodeScope { node: &rec.intent, branch: &rec.branch, volume: &self.settings.volume, store: &self.settings.store }
+    }
+
+    /// The node is gone: its minted credentials go too (a failure is logged).
+    fn revoke_credentials(&self, intent: &str) {
+        let (Some(cmd), Some(rec)) = (&self.settings.credentials_command, self.state.node(intent)) else { return };
+        match crate::credentials::revoke(cmd, &self.scope(rec)) {
+            Ok(()) => info!("node {intent}: store credentials revoked"),
+            Err(e) => error!("node {intent}: {e}"),
+        }
     }
 
     // ---- 5. drain and terminate ----
@@ -629,6 +689,7 @@ impl Controller {
         for (intent, branch) in mergeable {
             let pushed = self.state.node(&intent).and_then(|n| n.last_report.as_ref()).is_some_and(|r| r.head.is_some());
             let result = if pushed { self.home.merge(&branch).map(Some) } else { Ok(None) };
+            self.count_own_traffic();
             match result {
                 Ok(outcome) => {
                     info!("merged {branch}: {outcome:?}");
@@ -677,23 +738,29 @@ impl Controller {
     // ---- the node's side of the API ----
 
     /// A node reports; the answer tells it whether to drain or stop.
-    pub fn report(&mut self, intent: &str, token: &str, mut report: NodeReport) -> Result<Directive, ControllerError> {
+    pub fn report(&mut self, intent: &str, token: &str, report: NodeReport) -> Result<Directive, ControllerError> {
         let now = self.clock.now();
+        self.record_report(intent, token, report, now)
+    }
+
+    /// Keeps a report that came at `at` (the node's own clock is not trusted).
+    fn record_report(&mut self, intent: &str, token: &str, mut report: NodeReport, at: Timestamp) -> Result<Directive, ControllerError> {
         let lease_secs = self.settings.lease.as_secs();
         let rec = self.state.node_mut(intent).ok_or_else(|| ControllerError::UnknownNode(intent.into()))?;
         if !crate::api::token_eq(&rec.token, token) {
             return Err(ControllerError::BadToken(intent.into()));
         }
-        report.at = now;
+        report.at = at;
         report.unpushed_paths.truncate(200);
+        // The node's counters grew by this much since its last report: that day's traffic.
+        let grew: Traffic = report.store.iter().map(|(p, t)| (p.clone(), t.since(&rec.store_seen.get(p).copied().unwrap_or_default()))).collect();
+        rec.store_seen = report.store.clone();
         rec.last_report = Some(report);
-        let directive = Directive {
-            drain: matches!(rec.phase, Phase::Draining | Phase::Terminating | Phase::Terminated),
-            stop: matches!(rec.phase, Phase::Terminating | Phase::Terminated),
-            lease_secs,
-        };
+        let phase = rec.phase;
+        let day = self.day_of(at);
+        self.state.count_store(day, &grew);
         // Saved at the end of the next step: a report lost to a crash is sent again.
-        Ok(directive)
+        Ok(Directive::for_phase(phase, lease_secs))
     }
 
     pub fn ledger(&self) -> Vec<LedgerRow> {
@@ -707,11 +774,19 @@ impl Controller {
 
     /// `YYYY-MM-DD` (midnight in the burst window's zone) or an RFC 3339 instant.
     pub fn parse_since(&self, s: &str) -> Result<Timestamp, String> {
-        if let Ok(t) = s.parse::<Timestamp>() {
-            return Ok(t);
-        }
-        let date: jiff::civil::Date = s.parse().map_err(|_| format!("since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))?;
-        date.to_zoned(self.settings.burst.tz.clone()).map(|z| z.timestamp()).map_err(|e| format!("since {s:?}: {e}"))
+        parse_since(s, &self.settings.burst.tz)
+    }
+
+    /// The ledger's day of `t` (`YYYY-MM-DD` in the burst window's zone).
+    fn day_of(&self, t: Timestamp) -> String {
+        day_of(t, &self.settings.burst.tz)
+    }
+
+    /// Adds the traffic of the controller's own pushes and merges to today's ledger.
+    fn count_own_traffic(&mut self) {
+        let day = self.day_of(self.clock.now());
+        let traffic = self.home.take_traffic();
+        self.state.count_store(day, &traffic);
     }
 
     /// The metrics in the Prometheus text format.
@@ -725,6 +800,20 @@ impl Controller {
     }
 }
 
+/// The date of `t` in `tz`, `YYYY-MM-DD`.
+pub fn day_of(t: Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    t.to_zoned(tz.clone()).date().to_string()
+}
+
+/// `YYYY-MM-DD` (midnight in `tz`) or an RFC 3339 instant.
+pub fn parse_since(s: &str, tz: &jiff::tz::TimeZone) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let date: jiff::civil::Date = s.parse().map_err(|_| format!("since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))?;
+    date.to_zoned(tz.clone()).map(|z| z.timestamp()).map_err(|e| format!("since {s:?}: {e}"))
+}
+
 /// A node is drained when its last report, made after the drain was asked, says it pushed
 /// and holds zero unpushed bytes.
 fn is_drained(rec: &NodeRecord) -> bool {
@@ -735,17 +824,19 @@ fn is_drained(rec: &NodeRecord) -> bool {
 
 fn record_loss(rec: &mut NodeRecord, reason: &str) {
     let Some(r) = &rec.last_report else {
-        rec.loss = Some(Loss { bytes: 0, paths: vec![], since: None, reason: format!("{reason}; it never reported") });
+        rec.loss = Some(Loss { bytes: 0, paths: vec![], files: 0, since: None, reason: format!("{reason}; it never reported") });
         return;
     };
     if r.unpushed_bytes > 0 || !r.drained {
         rec.loss = Some(Loss {
             bytes: r.unpushed_bytes,
             paths: r.unpushed_paths.clone(),
+            files: r.unpushed_files,
             since: r.last_push_at,
             reason: format!("{reason}; as of its last report at {}", r.at),
         });
-        error!("node {}: lost {} unpushed bytes ({reason})", rec.intent, r.unpushed_bytes);
+        let named = r.unpushed_paths.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        error!("node {}: lost {} unpushed bytes in {} files ({named}) written since {:?} ({reason})", rec.intent, r.unpushed_bytes, r.unpushed_files, r.last_push_at);
     }
 }
 

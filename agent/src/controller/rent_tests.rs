@@ -12,7 +12,7 @@ fn offer(t: &str, gpu: &str, gpus: u32, price: Option<f64>, spot: bool) -> Offer
 }
 
 fn report(at: Timestamp, unpushed: u64) -> NodeReport {
-    NodeReport { at, healthy: true, unpushed_bytes: unpushed, last_push_at: None, head: None, unpushed_paths: vec![], drained: false, interruption: None }
+    NodeReport { at, healthy: true, unpushed_bytes: unpushed, last_push_at: None, head: None, unpushed_paths: vec![], unpushed_files: 0, store: Default::default(), drained: false, interruption: None }
 }
 
 fn budget(per_day: f64, drain_h: u64) -> Option<Budget> {

@@ -8,7 +8,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::provider::memory::MemoryProvider;
 use crate::provider::{Instance, Interruption, Offer, ProviderError};
-use crate::state::NodeReport;
+use crate::state::{NodeReport, StoreTraffic};
 use crate::volume::fake::{FakeHome, FakeNode};
 use crate::volume::NodeVolume;
 
@@ -72,6 +72,8 @@ impl World {
             last_push_at: (n.pushes > 0).then(|| self.clock.now()),
             head: (n.pushes > 0).then_some(n.pushes),
             unpushed_paths: n.files.keys().cloned().collect(),
+            unpushed_files: n.files.len() as u64,
+            store: n.store.clone(),
             drained,
             interruption: None,
         }
@@ -130,6 +132,18 @@ fn a_whole_day_rents_two_nodes_at_nine_drains_them_and_merges_both_at_night() {
         assert!(row.hours > 4.5 && row.hours < 6.0, "{row:?}");
         assert!((row.cost - row.hours * 2.5).abs() < 1e-9 && !row.estimate);
     }
+    // The store traffic of the day: the controller's two pushes of main (2 requests and 500
+    // bytes each in the fake) and two merges (3 requests, 1000 bytes each), and what the
+    // nodes' counters grew by, each report adding only what grew.
+    let days = s.store_days(None);
+    assert_eq!(days.iter().map(|d| d.day.as_str()).collect::<Vec<_>>(), ["2026-03-02"]);
+    let t = &days[0].traffic;
+    assert_eq!(t["merge"], StoreTraffic { requests: 6, bytes_sent: 0, bytes_received: 2000 });
+    let by_nodes: u64 = s.nodes.iter().map(|n| n.store_seen["push"].bytes_sent).sum();
+    assert!(by_nodes >= 4 * 60 * (1 << 20), "two nodes pushed 1 MiB a minute for hours: {by_nodes}");
+    assert_eq!(t["push"].bytes_sent, 1000 + by_nodes, "{t:?}");
+    let pushed: u64 = w.nodes.values().map(|n| n.get().store["push"].bytes_sent).sum();
+    assert!(by_nodes <= pushed, "counted at most what the nodes pushed");
 }
 
 #[test]
@@ -268,6 +282,8 @@ fn no_lost_writes_a_node_with_unpushed_data_is_kept_until_the_hard_deadline_then
             last_push_at: None,
             head: None,
             unpushed_paths: vec!["/ckpt/step-100.pt".into()],
+            unpushed_files: 1,
+            store: Default::default(),
             drained: false,
             interruption: None,
         };
@@ -289,7 +305,7 @@ fn no_lost_writes_a_node_with_unpushed_data_is_kept_until_the_hard_deadline_then
     let rec = c.state().node("n0001").unwrap();
     assert_eq!(rec.phase, Phase::Terminated, "terminated at the hard deadline (07:30)");
     let loss = rec.loss.as_ref().unwrap();
-    assert_eq!((loss.bytes, loss.paths.as_slice()), (5 << 20, &["/ckpt/step-100.pt".to_string()][..]));
+    assert_eq!((loss.bytes, loss.paths.as_slice(), loss.files), (5 << 20, &["/ckpt/step-100.pt".to_string()][..], 1));
     assert!(c.state().nights[0].deadline_missed, "its branch was not merged");
 }
 
@@ -434,7 +450,7 @@ fn a_report_with_a_wrong_token_or_for_an_unknown_node_is_refused() {
     for _ in 0..11 {
         w.minute(&mut c, 95.0, 0);
     }
-    let r = NodeReport { at: w.clock.now(), healthy: true, unpushed_bytes: 0, last_push_at: None, head: None, unpushed_paths: vec![], drained: true, interruption: None };
+    let r = NodeReport { at: w.clock.now(), healthy: true, unpushed_bytes: 0, last_push_at: None, head: None, unpushed_paths: vec![], unpushed_files: 0, store: Default::default(), drained: true, interruption: None };
     assert!(matches!(c.report("n0001", "guess", r.clone()), Err(ControllerError::BadToken(_))));
     assert!(matches!(c.report("n0009", "guess", r), Err(ControllerError::UnknownNode(_))));
     assert!(c.state().node("n0001").unwrap().last_report.as_ref().is_some_and(|r| !r.drained));
@@ -537,4 +553,89 @@ fn an_operator_rents_only_inside_the_burst_window_and_up_to_max_nodes() {
     w.clock.set("2026-03-02T18:00:00Z".parse().unwrap());
     assert!(c.rent_now().unwrap().is_err(), "not in the merge window");
     assert_eq!(w.provider.launches(), 2);
+}
+
+/// The API never waits for a reconcile step: while a launch hangs in the provider (a slow
+/// cloud API), `GET /v1/nodes` (what `hybridctl nodes list` calls), the ledger, the nights
+/// and the metrics answer, and show the intent saved before the launch (the write order of
+/// `state`); the rent queued through the API is answered once the loop gets past the launch.
+#[test]
+fn api_reads_answer_while_a_provider_call_is_blocked() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    use crate::api::{call, route, serve, Listener, Request};
+
+    const ADMIN: &str = "admin-token-0123456789";
+    let w = World::new("2026-03-02T09:00:00Z");
+    let mut c = w.controller();
+    let desk = Desk::attach(&mut c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = Listener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr();
+    let d = desk.clone();
+    let server = serve(listener, Arc::new(move |r: &Request| route(&d, ADMIN, r)), stop.clone()).unwrap();
+    let (d, s) = (desk.clone(), stop.clone());
+    let looper = std::thread::spawn(move || run(&mut c, &d, Duration::from_millis(20), &s, |_| Some(10.0), |_| ()));
+
+    w.provider.hold_launches();
+    let a = addr.clone();
+    let renter = std::thread::spawn(move || call(&a, "POST", "/v1/nodes/rent", Some(ADMIN), None).unwrap());
+    let t0 = Instant::now();
+    while w.provider.launches_held() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the rent never reached the provider");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let nodes = call(&addr, "GET", "/v1/nodes", Some(ADMIN), None).unwrap();
+    assert_eq!(nodes.status, 200, "{nodes:?}");
+    let list: Vec<hybrid_agent_api::NodeView> = serde_json::from_value(nodes.body).unwrap();
+    assert_eq!(list.iter().map(|n| (n.node.as_str(), n.phase)).collect::<Vec<_>>(), [("n0001", Phase::Intended)]);
+    for path in ["/v1/cost", "/v1/nights", "/metrics"] {
+        assert_eq!(call(&addr, "GET", path, Some(ADMIN), None).unwrap().status, 200, "{path} while the launch hangs");
+    }
+    assert_eq!(w.provider.launches_held(), 1, "still blocked: the reads did not wait for it");
+
+    w.provider.let_launches_go();
+    let rented = renter.join().unwrap();
+    assert_eq!((rented.status, rented.body["node"].as_str()), (200, Some("n0001")), "{rented:?}");
+    let drained = call(&addr, "POST", "/v1/nodes/n0001/drain", Some(ADMIN), None).unwrap();
+    assert_eq!(drained.status, 200, "{drained:?}");
+    assert_eq!(call(&addr, "POST", "/v1/nodes/n0009/drain", Some(ADMIN), None).unwrap().status, 404);
+    let list: Vec<hybrid_agent_api::NodeView> =
+        serde_json::from_value(call(&addr, "GET", "/v1/nodes", Some(ADMIN), None).unwrap().body).unwrap();
+    assert_eq!(list[0].phase, Phase::Draining, "the drain was applied before it was answered");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    looper.join().unwrap();
+    server.join().unwrap();
+}
+
+/// Each node gets the credentials the command mints for it (its bootstrap, over the common
+/// environment), revoked once its termination is confirmed; a node whose credentials cannot
+/// be minted is not launched (the intent stays and is tried again).
+#[test]
+fn each_node_is_launched_with_its_own_minted_credentials_revoked_when_it_is_gone() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let log = w.dir.path().join("credentials.log");
+    let fail = w.dir.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let cmd = format!(
+        r#"echo "$HYBRID_AGENT_ACTION $HYBRID_AGENT_NODE $HYBRID_AGENT_BRANCH" >> {log}; test -e {fail} && exit 1; printf '{{"AWS_ACCESS_KEY_ID":"key-%s"}}' "$HYBRID_AGENT_NODE""#,
+        log = log.display(),
+        fail = fail.display()
+    );
+    let s = Settings { credentials_command: Some(cmd), node_env: [("AWS_ACCESS_KEY_ID".to_string(), "shared".to_string())].into(), ..settings() };
+    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    c.rent(w.clock.now()).unwrap();
+    assert_eq!(w.provider.launches(), 0, "no credentials, no launch");
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Intended);
+    std::fs::remove_file(&fail).unwrap();
+    w.minute(&mut c, 10.0, 0);
+    let inst = w.provider.running()[0].clone();
+    let boot = w.provider.bootstrap_of(&inst.id).unwrap();
+    assert_eq!(boot.env["AWS_ACCESS_KEY_ID"], "key-n0001", "its own, over the shared one");
+    c.release("n0001").unwrap();
+    w.minute(&mut c, 10.0, 0);
+    assert_eq!(c.state().node("n0001").unwrap().phase, Phase::Terminated);
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls, "mint n0001 burst-n0001\nmint n0001 burst-n0001\nrevoke n0001 burst-n0001\n");
 }

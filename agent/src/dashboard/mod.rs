@@ -28,8 +28,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::api::{random_token, token_eq, Request, Response};
-use crate::controller::Controller;
-use crate::state::Phase;
+use crate::controller::Desk;
+use crate::state::{Phase, State};
 
 /// The page, as served.
 pub const PAGE: &str = include_str!("page.html");
@@ -107,13 +107,13 @@ impl Dashboard {
 
     /// Records the unpushed bytes now and the pushes (new layers) made since the last sample (called after
     /// each reconcile step).
-    pub fn sample(&self, c: &Controller) {
+    pub fn sample(&self, state: &State, now: Timestamp) {
         let mut d = self.lock();
-        let live: Vec<_> = c.state().nodes.iter().filter(|n| matches!(n.phase, Phase::Running | Phase::Draining)).collect();
+        let live: Vec<_> = state.nodes.iter().filter(|n| matches!(n.phase, Phase::Running | Phase::Draining)).collect();
         let unpushed_bytes = live.iter().filter_map(|n| n.last_report.as_ref()).map(|r| r.unpushed_bytes).sum();
-        bounded(&mut d.history, KEEP, Sample { at: c.now(), unpushed_bytes, nodes: live.len() });
+        bounded(&mut d.history, KEEP, Sample { at: now, unpushed_bytes, nodes: live.len() });
         // A push made a new layer: the node's head moved since the last sample.
-        for n in &c.state().nodes {
+        for n in &state.nodes {
             let Some(r) = n.last_report.as_ref() else { continue };
             let Some(head) = r.head else { continue };
             if d.last_head.insert(n.intent.clone(), head) != Some(head) {
@@ -124,11 +124,11 @@ impl Dashboard {
     }
 
     /// What the page draws.
-    pub fn data(&self, c: &Controller) -> serde_json::Value {
+    pub fn data(&self, desk: &Desk) -> serde_json::Value {
         let d = self.lock();
-        let ledger = c.ledger();
-        let nodes: Vec<_> = c
-            .state()
+        let state = desk.state();
+        let ledger = desk.ledger_since(None);
+        let nodes: Vec<_> = state
             .nodes
             .iter()
             .zip(&ledger)
@@ -151,16 +151,15 @@ impl Dashboard {
                 })
             })
             .collect();
-        let s = c.settings();
         json!({
-            "volume": s.volume,
-            "store": s.store,
-            "now": c.now(),
+            "volume": desk.volume(),
+            "store": desk.store(),
+            "now": desk.now(),
             "nodes": nodes,
             "cost_total": ledger.iter().map(|r| r.cost).sum::<f64>(),
             "history": d.history,
             "pushes": d.pushes,
-            "nights": c.state().nights,
+            "nights": state.nights,
         })
     }
 
@@ -172,7 +171,7 @@ impl Dashboard {
     }
 
     /// The dashboard's routes; `None` for any other path (the API's routes then answer).
-    pub fn route(&self, ctrl: &Mutex<Controller>, admin_token: &str, req: &Request) -> Option<Response> {
+    pub fn route(&self, desk: &Desk, admin_token: &str, req: &Request) -> Option<Response> {
         let admin = req.bearer().is_some_and(|t| token_eq(t, admin_token));
         let get = req.method == "GET";
         Some(match req.path.trim_end_matches('/') {
@@ -211,8 +210,7 @@ impl Dashboard {
                 if !(admin || session) {
                     return Some(Response::error(401, "log in through the link `hybridctl dashboard` prints"));
                 }
-                let c = ctrl.lock().unwrap_or_else(|p| p.into_inner());
-                Response::ok(self.data(&c))
+                Response::ok(self.data(desk))
             }
             _ => return None,
         })

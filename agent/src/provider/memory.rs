@@ -2,10 +2,11 @@
 //!
 //! Faults for tests: [`MemoryProvider::lose_next_launch_response`] makes the next launch start
 //! its instance and then fail as if the answer was lost on the way; [`MemoryProvider::interrupt`]
-//! posts a spot interruption notice.
+//! posts a spot interruption notice; [`MemoryProvider::hold_launches`] makes launches block
+//! (a slow cloud API) until [`MemoryProvider::let_launches_go`].
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 
@@ -31,11 +32,13 @@ struct Inner {
 pub struct MemoryProvider {
     inner: Arc<Mutex<Inner>>,
     clock: Arc<dyn Clock>,
+    /// Launches wait while it holds `true` (and count how many are waiting).
+    gate: Arc<(Mutex<(bool, u32)>, Condvar)>,
 }
 
 impl MemoryProvider {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        MemoryProvider { inner: Arc::default(), clock }
+        MemoryProvider { inner: Arc::default(), clock, gate: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -45,6 +48,21 @@ impl MemoryProvider {
     /// Instances started so far (each launch that started something counts once).
     pub fn launches(&self) -> u32 {
         self.lock().launches
+    }
+
+    /// Launches block from now on (a cloud API that hangs) until [`Self::let_launches_go`].
+    pub fn hold_launches(&self) {
+        self.gate.0.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+    }
+
+    pub fn let_launches_go(&self) {
+        self.gate.0.lock().unwrap_or_else(|p| p.into_inner()).0 = false;
+        self.gate.1.notify_all();
+    }
+
+    /// Launches blocked at the gate now.
+    pub fn launches_held(&self) -> u32 {
+        self.gate.0.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     pub fn lose_next_launch_response(&self) {
@@ -101,6 +119,14 @@ impl Provider for MemoryProvider {
     }
 
     fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
+        {
+            let mut g = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
+            g.1 += 1;
+            while g.0 {
+                g = self.gate.1.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.1 -= 1;
+        }
         let now: Timestamp = self.clock.now();
         let mut inner = self.lock();
         if let Some(id) = inner.by_key.get(&req.idempotency_key).cloned() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hybrid_agent_api::{BudgetView, LedgerRow, Leak, Night, NodeView};
+use hybrid_agent_api::{BudgetView, LedgerRow, Leak, Night, NodeView, StoreDay};
 use hybridfs_node::NodeError;
 use jiff::Timestamp;
 
@@ -120,7 +120,10 @@ fn print_nodes(nodes: &[NodeView]) {
     }
     for n in nodes {
         if let Some(l) = &n.loss {
-            println!("{}: LOST {} since the push at {}: {} ({} paths named)", n.node, human_bytes(l.bytes), when(l.since), l.reason, l.paths.len());
+            println!("{}: LOST {} in {} files since the push at {}: {}", n.node, human_bytes(l.bytes), l.files, when(l.since), l.reason);
+            for p in &l.paths {
+                println!("{}:   {p}", n.node);
+            }
         }
     }
 }
@@ -161,19 +164,21 @@ fn print_budget(b: &BudgetView) {
 }
 
 pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode> {
-    let path = match &since {
+    let query = match &since {
         Some(s) if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-:+.".contains(c)) => {
             return crate::usage(format!("bad --since {s:?}: use YYYY-MM-DD or an RFC 3339 time"))
         }
-        Some(s) => format!("/v1/cost?since={}", s.replace('+', "%2B")),
-        None => "/v1/cost".into(),
+        Some(s) => format!("?since={}", s.replace('+', "%2B")),
+        None => String::new(),
     };
-    let body = agent.call("GET", &path)?;
+    let body = agent.call("GET", &format!("/v1/cost{query}"))?;
+    let store = agent.call("GET", &format!("/v1/store{query}"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": body, "store": store }))?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<LedgerRow> = serde_json::from_value(body).context("read the controller's ledger")?;
+    let days: Vec<StoreDay> = serde_json::from_value(store).context("read the controller's store ledger")?;
     println!("{:<7} {:<14} {:<8} {:<17} {:<17} {:>8} {:>9} {:>10}", "NODE", "INSTANCE", "TYPE", "START", "STOP", "HOURS", "PRICE/H", "COST");
     for r in &rows {
         println!(
@@ -196,6 +201,14 @@ pub fn cost(agent: &Agent, since: Option<String>, json: bool) -> Result<ExitCode
     // A controller from before budgets has no such route: the ledger is all there is.
     if let Ok(b) = agent.call("GET", "/v1/budget").and_then(|b| Ok(serde_json::from_value::<BudgetView>(b)?)) {
         print_budget(&b);
+    }
+    if !days.is_empty() {
+        println!("\nobject store:\n{:<10} {:<6} {:>9} {:>11} {:>11}", "DAY", "BY", "REQUESTS", "SENT", "RECEIVED");
+    }
+    for d in &days {
+        for (purpose, t) in &d.traffic {
+            println!("{:<10} {:<6} {:>9} {:>11} {:>11}", d.day, purpose, t.requests, human_bytes(t.bytes_sent), human_bytes(t.bytes_received));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
