@@ -43,8 +43,9 @@ pub enum Intent {
 /// The state the API reads, the intents it queues, and what it needs to answer alone.
 pub struct Desk {
     published: RwLock<Arc<State>>,
-    /// The budget as of the last publication (it needs the controller's settings).
-    budget: RwLock<Option<hybrid_agent_api::BudgetView>>,
+    /// The budget and the metrics text as of the last publication (they need the
+    /// controller's settings).
+    budget: RwLock<Option<(hybrid_agent_api::BudgetView, String)>>,
     inbox: Mutex<Vec<Intent>>,
     wake: Condvar,
     clock: Arc<dyn Clock>,
@@ -60,7 +61,7 @@ impl Desk {
     pub fn attach(ctrl: &mut Controller) -> Arc<Desk> {
         let desk = Arc::new(Desk {
             published: RwLock::new(Arc::new(ctrl.state().clone())),
-            budget: RwLock::new(Some(ctrl.budget())),
+            budget: RwLock::new(Some((ctrl.budget(), ctrl.metrics()))),
             inbox: Mutex::default(),
             wake: Condvar::new(),
             clock: ctrl.clock.clone(),
@@ -73,14 +74,14 @@ impl Desk {
         desk
     }
 
-    pub(super) fn publish(&self, state: &State, budget: hybrid_agent_api::BudgetView) {
+    pub(super) fn publish(&self, state: &State, budget: hybrid_agent_api::BudgetView, metrics: String) {
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state.clone());
-        *self.budget.write().unwrap_or_else(|p| p.into_inner()) = Some(budget);
+        *self.budget.write().unwrap_or_else(|p| p.into_inner()) = Some((budget, metrics));
     }
 
     /// The budget as of the last publication (each save and each step).
     pub fn budget(&self) -> Option<hybrid_agent_api::BudgetView> {
-        self.budget.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.budget.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.0.clone())
     }
 
     /// The last published state (never waits for a step).
@@ -125,9 +126,9 @@ impl Desk {
         self.state().store_days(since.as_deref())
     }
 
-    /// The metrics in the Prometheus text format.
+    /// The metrics in the Prometheus text format, as of the last publication.
     pub fn metrics(&self) -> String {
-        super::metrics::render(&self.state())
+        self.budget.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|b| b.1.clone()).unwrap_or_default()
     }
 
     fn queue(&self, intent: Intent) {

@@ -212,7 +212,7 @@ impl Controller {
     /// Shows the current state to the API (reports applied since the last save included).
     fn publish(&self) {
         if let Some(d) = &self.desk {
-            d.publish(&self.state, self.budget());
+            d.publish(&self.state, self.budget(), self.metrics());
         }
     }
 
