@@ -164,7 +164,8 @@ impl Hybridctl {
         let before = mounted(self);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let file = std::env::temp_dir().join(format!("hybrid-agent-traffic-{}-{seq}.json", std::process::id()));
+        // In the volume's home (never loose in /tmp), removed once read.
+        let file = self.home.join(format!(".hybrid-agent-traffic-{}-{seq}.json", std::process::id()));
         let out = Command::new(&self.bin)
             .args(args)
             .env("HYBRIDFS_HOME", &self.home)
