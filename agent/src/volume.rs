@@ -164,7 +164,9 @@ impl Hybridctl {
         let before = mounted(self);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // In the volume's home (never loose in /tmp), removed once read.
+        // In the volume's home (never loose in /tmp), removed once read; the home is made
+        // here if a first clone has not made it yet (hybridctl makes it the same way).
+        let _ = std::fs::create_dir_all(&self.home);
         let file = self.home.join(format!(".hybrid-agent-traffic-{}-{seq}.json", std::process::id()));
         let out = Command::new(&self.bin)
             .args(args)
