@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hybrid_agent::clock::{Clock, ManualClock};
-use hybrid_agent::controller::{Controller, Settings};
+use hybrid_agent::controller::{Budget, Controller, Settings};
 use hybrid_agent::provider::ec2::{bootstrap_from_user_data, Ec2Config, Ec2Offer, Ec2Provider, Ec2Region, Ec2Secret};
 use hybrid_agent::provider::{conformance, Instance, InstanceState, Interruption, LaunchRequest, Offer, Provider, ProviderError, TAG_OWNER};
 use hybrid_agent::state::{Phase, StateStore};
@@ -287,6 +287,58 @@ fn crash_safety_a_lost_launch_answer_and_a_controller_restart_leave_one_instance
     for (what, text) in [("logs", logs()), ("state.json", state), ("metrics", c.metrics())] {
         assert!(!text.contains(SECRET) && !text.contains(SESSION), "a secret in the {what}");
     }
+}
+
+/// Leaks and the budget against moto, on the agent's clock set to the real time (moto stamps
+/// each launch with it: a leak's age and a node's hours come from those stamps).
+#[test]
+fn against_moto_a_stray_instance_is_found_within_one_loop_after_the_grace_and_the_budget_refuses_the_launch_past_it() {
+    let Some((scratch, _m, cfg)) = with_moto(false) else { return };
+    let owner = format!("ec2-leak-{}", std::process::id());
+    let now = jiff::Timestamp::now();
+    let clock = ManualClock::new(now);
+    let at = |h: i64| now.checked_add(jiff::SignedDuration::from_hours(h)).unwrap().to_zoned(jiff::tz::TimeZone::UTC).time();
+    let mut s = settings(&owner);
+    // The burst window opened an hour ago and closes in 8 h; the merge window is later.
+    s.burst = hybrid_agent::window::DailyWindow::new(at(-1), at(8), jiff::tz::TimeZone::UTC);
+    s.merge = hybrid_agent::window::DailyWindow::new(at(9), at(10), jiff::tz::TimeZone::UTC);
+    s.lease = Duration::from_secs(4 * 3600);
+    // g5.xlarge at 1.006/h reserves (8 h left + 1 h drain) x 1.006 = 9.05: one fits in 15.00.
+    s.budget = Some(Budget { per_day: 15.0, per_month: None, drain_time: Duration::from_secs(3600) });
+    let state_dir = scratch.path().join("state");
+    let p = Arc::new(provider(&cfg));
+    let open = |s: Settings| Controller::open(s, StateStore::open(&state_dir).unwrap(), p.clone(), Arc::new(FakeHome::default()), Arc::new(clock.clone())).unwrap();
+    let mut c = open(s.clone());
+    let node = c.rent_now().unwrap().expect("the first launch fits the budget");
+    let why = c.rent_now().unwrap().expect_err("a second would reserve 18.11 > 15.00");
+    assert!(why.starts_with("budget:") && why.contains("budget.per_day 15.00"), "{why}");
+    let ours = p.describe(&owner_filter(&owner)).unwrap();
+    assert_eq!(ours.len(), 1, "the refused launch made no instance: {ours:?}");
+
+    // A crash lost this one's record: our owner tag, an intent the state does not know.
+    let stray = p.launch(&conformance::request(&owner, "n0999")).unwrap();
+    c.step(Some(60.0)).unwrap();
+    assert!(c.leaks().is_empty(), "younger than the grace period: {:?}", c.leaks());
+    clock.advance(Duration::from_secs(900));
+    c.step(Some(60.0)).unwrap();
+    let leaks = c.leaks();
+    assert_eq!(leaks.iter().map(|l| l.instance_id.as_str()).collect::<Vec<_>>(), [stray.id.as_str()], "found within one loop after the grace");
+    assert_eq!(leaks[0].why, "not in the state");
+    assert_eq!(c.state().node(&node).unwrap().phase, Phase::Running, "our own node is not a leak");
+    let state_of = |id: &str| p.describe(&owner_filter(&owner)).unwrap().into_iter().find(|i| i.id == id).map(|i| i.state);
+    assert!(matches!(state_of(&stray.id), Some(InstanceState::Pending | InstanceState::Running)), "leaks.terminate = false only reports");
+
+    // leaks.terminate = true: the stray is terminated in EC2 at the next loop, by id; ours stays.
+    s.leaks.terminate = true;
+    drop(c);
+    let mut c = open(s);
+    c.step(Some(60.0)).unwrap();
+    assert_eq!(state_of(&stray.id), Some(InstanceState::Terminated));
+    let mine = c.state().node(&node).unwrap().instance_id.clone().unwrap();
+    assert!(matches!(state_of(&mine), Some(InstanceState::Pending | InstanceState::Running)), "our own node stays");
+    c.release(&node).unwrap();
+    c.step(Some(60.0)).unwrap();
+    assert_eq!(state_of(&mine), Some(InstanceState::Terminated));
 }
 
 /// One line (no newline inside), naming `needles`, and no secret.
