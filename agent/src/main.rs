@@ -78,11 +78,6 @@ fn install_signals() {
     }
 }
 
-/// Sleeps `d`, waking early when a stop signal arrives.
-fn nap(d: Duration) {
-    nap_unless(d, &AtomicBool::new(false));
-}
-
 /// Sleeps `d`, waking early when a stop signal arrives or `flag` is set (a spot notice).
 fn nap_unless(d: Duration, flag: &AtomicBool) {
     let end = Instant::now() + d;

@@ -31,7 +31,8 @@ fn settings() -> Settings {
 /// both drained in the afternoon and merged at 17:30, `burst-n0001` with 3 conflicts.
 struct Day {
     _dir: tempfile::TempDir,
-    ctrl: Arc<Mutex<Controller>>,
+    /// Kept for the day's length (the API reads the desk).
+    _ctrl: Arc<Mutex<Controller>>,
     desk: Arc<Desk>,
     dash: Arc<Dashboard>,
 }
@@ -94,7 +95,7 @@ fn day() -> Day {
     assert_eq!(c.state().nodes.len(), 2, "the day rented two nodes");
     assert_eq!(c.state().nights.last().unwrap().conflicts.get("burst-n0001"), Some(&3));
     drop(c);
-    Day { _dir: dir, ctrl, desk, dash }
+    Day { _dir: dir, _ctrl: ctrl, desk, dash }
 }
 
 /// Serves the controller's routes with the dashboard's in front, as `hybrid-agent controller`.
