@@ -164,6 +164,11 @@ pub struct Controller {
     no_capacity: BTreeMap<String, Timestamp>,
     /// Where the API reads the state (see `desk`): published at every save.
     desk: Option<Arc<Desk>>,
+    /// The merge window (opens, closes) the last step saw open: its deadline is checked again
+    /// at the first step after it closed, as steps can straddle the deadline's last minute
+    /// (a merge that fails slowly delays the next step). In memory: a restart exactly across
+    /// the close loses that second look.
+    night_open: Option<(Timestamp, Timestamp)>,
 }
 
 fn after(t: Timestamp, d: Duration) -> Timestamp {
@@ -180,7 +185,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
         let state = store.load()?;
-        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new(), desk: None })
+        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new(), desk: None, night_open: None })
     }
 
     pub fn state(&self) -> &State {
@@ -670,9 +675,18 @@ impl Controller {
     // ---- 6. the nightly merge ----
 
     fn merge_night(&mut self, now: Timestamp) -> Result<(), ControllerError> {
-        let Some(night) = self.settings.merge.occurrence(now) else {
+        let occurrence = self.settings.merge.occurrence(now);
+        if let Some((opens, closes)) = self.night_open {
+            if occurrence.as_ref().is_none_or(|o| o.opens != opens) {
+                // The window closed since the last step: its deadline has passed.
+                self.night_open = None;
+                self.check_deadline(now.max(closes), opens, closes)?;
+            }
+        }
+        let Some(night) = occurrence else {
             return Ok(());
         };
+        self.night_open = Some((night.opens, night.closes));
         if !self.state.nights.iter().any(|n| n.opened == night.opens) {
             info!("merge window open (until {})", night.closes);
             self.state.nights.push(Night { opened: night.opens, merged: vec![], failed: vec![], deadline_missed: false, alerted: false, conflicts: BTreeMap::new() });

@@ -443,6 +443,34 @@ fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_
     assert!(m.contains("\nhybrid_agent_unmerged_branches 0\n"), "{m}");
 }
 
+/// No step falls in the window's last minute (steps every 7 minutes: 07:24, then 07:31): the
+/// first step after the close still reports the night missed (faults.rs at 600x, where a slow
+/// failing merge delays the next step, saw the night never reported).
+#[test]
+fn a_merge_deadline_that_falls_between_two_steps_is_still_reported_missed() {
+    let mut w = World::new("2026-03-02T09:00:00Z");
+    let flag = w.dir.path().join("alerted");
+    let mut s = settings();
+    s.alert_command = Some(format!("echo $HYBRID_AGENT_UNMERGED > {}", flag.display()));
+    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    for _ in 0..11 {
+        w.minute(&mut c, 95.0, 1000);
+    }
+    w.home.get().store_down = true;
+    while w.clock.now() < "2026-03-02T12:02:00Z".parse::<Timestamp>().unwrap() {
+        w.minute(&mut c, 10.0, 0);
+    }
+    while w.clock.now() < "2026-03-03T07:32:00Z".parse::<Timestamp>().unwrap() {
+        c.step(Some(10.0)).unwrap();
+        w.nodes_act(&mut c, 0);
+        w.clock.advance(Duration::from_secs(7 * 60));
+    }
+    let night = &c.state().nights[0];
+    assert!(night.deadline_missed && night.alerted && night.failed == ["burst-n0001"], "{night:?}");
+    assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "1");
+    assert!(c.metrics().contains("\nhybrid_agent_merge_deadline_missed_total 1\n"));
+}
+
 #[test]
 fn a_report_with_a_wrong_token_or_for_an_unknown_node_is_refused() {
     let mut w = World::new("2026-03-02T09:00:00Z");
