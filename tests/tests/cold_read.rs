@@ -168,9 +168,23 @@ fn fsop_bin() -> std::path::PathBuf {
     std::env::var_os("HYBRIDFS_TEST_FSOP").map_or_else(|| env!("CARGO_BIN_EXE_hybridfs-test-fsop").into(), Into::into)
 }
 
-/// `cat PATH > /dev/null` in a process of its own.
+/// `cat PATH > /dev/null` in a process of its own, with SIGINT and SIGTERM at their default
+/// action: a harness started as a background job of a shell without job control runs with
+/// them ignored, and ignored signals are inherited across exec (the test would then see a
+/// `cat` that never dies and blame the mount).
 fn cat(path: &std::path::Path) -> Child {
-    Command::new("cat").arg(path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn cat")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("cat");
+    cmd.arg(path).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn cat")
 }
 
 /// The test's own process group sends no signal to the children: `kill(2)` one.
