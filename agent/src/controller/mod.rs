@@ -164,11 +164,6 @@ pub struct Controller {
     no_capacity: BTreeMap<String, Timestamp>,
     /// Where the API reads the state (see `desk`): published at every save.
     desk: Option<Arc<Desk>>,
-    /// The merge window (opens, closes) the last step saw open: its deadline is checked again
-    /// at the first step after it closed, as steps can straddle the deadline's last minute
-    /// (a merge that fails slowly delays the next step). In memory: a restart exactly across
-    /// the close loses that second look.
-    night_open: Option<(Timestamp, Timestamp)>,
 }
 
 fn after(t: Timestamp, d: Duration) -> Timestamp {
@@ -185,7 +180,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
         let state = store.load()?;
-        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new(), desk: None, night_open: None })
+        Ok(Controller { settings, store, saved: Some(state.clone()), state, provider, home, clock, no_capacity: BTreeMap::new(), desk: None })
     }
 
     pub fn state(&self) -> &State {
@@ -675,18 +670,10 @@ impl Controller {
     // ---- 6. the nightly merge ----
 
     fn merge_night(&mut self, now: Timestamp) -> Result<(), ControllerError> {
-        let occurrence = self.settings.merge.occurrence(now);
-        if let Some((opens, closes)) = self.night_open {
-            if occurrence.as_ref().is_none_or(|o| o.opens != opens) {
-                // The window closed since the last step: its deadline has passed.
-                self.night_open = None;
-                self.check_deadline(now.max(closes), opens, closes)?;
-            }
-        }
-        let Some(night) = occurrence else {
+        self.check_deadline(now);
+        let Some(night) = self.settings.merge.occurrence(now) else {
             return Ok(());
         };
-        self.night_open = Some((night.opens, night.closes));
         if !self.state.nights.iter().any(|n| n.opened == night.opens) {
             info!("merge window open (until {})", night.closes);
             self.state.nights.push(Night { opened: night.opens, merged: vec![], failed: vec![], deadline_missed: false, alerted: false, conflicts: BTreeMap::new() });
@@ -728,25 +715,31 @@ impl Controller {
                 }
             }
         }
-        self.check_deadline(now, night.opens, night.closes)
+        Ok(())
     }
 
-    fn check_deadline(&mut self, now: Timestamp, opened: Timestamp, closes: Timestamp) -> Result<(), ControllerError> {
-        let pending = self.state.nodes.iter().filter(|n| !n.merged).count();
-        let alert = self.settings.alert_command.clone();
-        let Some(n) = self.state.nights.iter_mut().find(|n| n.opened == opened) else { return Ok(()) };
-        // The last step of the window (closes - 1 lease) counts as the deadline: after it the
-        // window is gone and this night's record would never be looked at again.
-        let at_deadline = now >= closes.checked_sub(SignedDuration::from_secs(60)).unwrap_or(closes);
-        if pending > 0 && at_deadline && !n.alerted {
-            n.deadline_missed = true;
-            n.alerted = true;
-            error!("merge window closing at {closes}: {pending} branch(es) not merged ({:?})", n.failed);
-            if let Some(cmd) = alert {
-                run_alert(&cmd, pending);
-            }
+    /// Once the last night's window has closed (at the first step at or after its close, however
+    /// far apart steps are: a slow failing merge delays the next one): a night that left a
+    /// branch of a node rented before the close unmerged missed its deadline. Read from the
+    /// state alone, so a restart across the close still reports it; once per night.
+    fn check_deadline(&mut self, now: Timestamp) {
+        let Some(n) = self.state.nights.last() else { return };
+        let Some(closes) = self.settings.merge.occurrence(n.opened).map(|o| o.closes) else { return };
+        if n.alerted || now < closes {
+            return;
         }
-        Ok(())
+        let pending = self.state.nodes.iter().filter(|r| !r.merged && r.requested_at < closes).count();
+        if pending == 0 {
+            return;
+        }
+        let alert = self.settings.alert_command.clone();
+        let Some(n) = self.state.nights.last_mut() else { return };
+        n.deadline_missed = true;
+        n.alerted = true;
+        error!("merge window closed at {closes}: {pending} branch(es) not merged ({:?})", n.failed);
+        if let Some(cmd) = alert {
+            run_alert(&cmd, pending);
+        }
     }
 
     // ---- the node's side of the API ----

@@ -444,15 +444,17 @@ fn the_store_unreachable_in_the_merge_window_is_retried_until_the_deadline_then_
 }
 
 /// No step falls in the window's last minute (steps every 7 minutes: 07:24, then 07:31): the
-/// first step after the close still reports the night missed (faults.rs at 600x, where a slow
-/// failing merge delays the next step, saw the night never reported).
+/// first step after the close reports the night missed (faults.rs at 600x, where a slow failing
+/// merge delays the next step, saw the night never reported when only a step in the last
+/// minute checked); and a controller restarted across the close reports it too (the check
+/// reads the state alone).
 #[test]
 fn a_merge_deadline_that_falls_between_two_steps_is_still_reported_missed() {
     let mut w = World::new("2026-03-02T09:00:00Z");
     let flag = w.dir.path().join("alerted");
     let mut s = settings();
     s.alert_command = Some(format!("echo $HYBRID_AGENT_UNMERGED > {}", flag.display()));
-    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    let mut c = w.controller_with(s.clone(), Arc::new(w.provider.clone()));
     for _ in 0..11 {
         w.minute(&mut c, 95.0, 1000);
     }
@@ -460,11 +462,16 @@ fn a_merge_deadline_that_falls_between_two_steps_is_still_reported_missed() {
     while w.clock.now() < "2026-03-02T12:02:00Z".parse::<Timestamp>().unwrap() {
         w.minute(&mut c, 10.0, 0);
     }
-    while w.clock.now() < "2026-03-03T07:32:00Z".parse::<Timestamp>().unwrap() {
+    while w.clock.now() < "2026-03-03T07:25:00Z".parse::<Timestamp>().unwrap() {
         c.step(Some(10.0)).unwrap();
         w.nodes_act(&mut c, 0);
         w.clock.advance(Duration::from_secs(7 * 60));
     }
+    assert!(!c.state().nights[0].alerted, "07:24: the window is still open");
+    // Restarted across the close: the first step, at 07:31, reports the night.
+    drop(c);
+    let mut c = w.controller_with(s, Arc::new(w.provider.clone()));
+    c.step(Some(10.0)).unwrap();
     let night = &c.state().nights[0];
     assert!(night.deadline_missed && night.alerted && night.failed == ["burst-n0001"], "{night:?}");
     assert_eq!(std::fs::read_to_string(&flag).unwrap().trim(), "1");
