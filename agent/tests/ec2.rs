@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use hybrid_agent::clock::{Clock, ManualClock};
 use hybrid_agent::controller::{Budget, Controller, Settings};
 use hybrid_agent::provider::ec2::{bootstrap_from_user_data, Ec2Config, Ec2Offer, Ec2Provider, Ec2Region, Ec2Secret};
-use hybrid_agent::provider::{conformance, Instance, InstanceState, Interruption, LaunchRequest, Offer, Provider, ProviderError, TAG_OWNER};
+use hybrid_agent::provider::conformance::{self, OnLaunch};
+use hybrid_agent::provider::{Instance, InstanceState, LaunchRequest, Offer, Provider, ProviderError, TAG_OWNER};
 use hybrid_agent::state::{Phase, StateStore};
 use hybrid_agent::volume::fake::FakeHome;
 
@@ -194,38 +195,19 @@ fn a_launch_carries_tags_user_data_and_spot_and_a_restarted_provider_adopts_it()
 }
 
 /// A fault wrapper: the next `lose` launches start their instance and then fail, as if the
-/// answer was lost on the way back.
-struct LoseLaunchAnswer {
-    inner: Ec2Provider,
-    lose: AtomicU32,
-    calls: AtomicU32,
-}
-
-impl Provider for LoseLaunchAnswer {
-    fn name(&self) -> &str {
-        "ec2 (losing launch answers)"
-    }
-    fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
-        self.inner.offers()
-    }
-    fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let made = self.inner.launch(req)?;
-        if self.lose.load(Ordering::Relaxed) > 0 {
-            self.lose.fetch_sub(1, Ordering::Relaxed);
-            return Err(ProviderError::Transient(format!("launch: connection reset before the answer (instance {} made)", made.id)));
-        }
-        Ok(made)
-    }
-    fn describe(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
-        self.inner.describe(tags)
-    }
-    fn terminate(&self, id: &str) -> Result<(), ProviderError> {
-        self.inner.terminate(id)
-    }
-    fn interruptions(&self) -> Result<Vec<Interruption>, ProviderError> {
-        self.inner.interruptions()
-    }
+/// answer was lost on the way back; `calls` counts the launches.
+fn losing_answers(inner: Ec2Provider, lose: Arc<AtomicU32>, calls: Arc<AtomicU32>) -> Arc<dyn Provider> {
+    Arc::new(OnLaunch {
+        inner,
+        on_launch: move |p: &Ec2Provider, req: &LaunchRequest| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let made = p.launch(req)?;
+            if lose.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Err(ProviderError::Transient(format!("launch: connection reset before the answer (instance {} made)", made.id)));
+            }
+            Ok(made)
+        },
+    })
 }
 
 fn settings(owner: &str) -> Settings {
@@ -245,7 +227,8 @@ fn crash_safety_a_lost_launch_answer_and_a_controller_restart_leave_one_instance
     };
     // Provider level: the answer of the first launch is lost; the retry with the same key
     // finds the instance by its intent tag.
-    let faulty = Arc::new(LoseLaunchAnswer { inner: provider(&cfg), lose: AtomicU32::new(1), calls: AtomicU32::new(0) });
+    let (lose, calls) = (Arc::new(AtomicU32::new(1)), Arc::new(AtomicU32::new(0)));
+    let faulty = losing_answers(provider(&cfg), lose.clone(), calls.clone());
     let req = conformance::request(&owner, "n0100");
     assert!(faulty.launch(&req).unwrap_err().is_transient());
     let retried = faulty.launch(&req).unwrap();
@@ -256,7 +239,7 @@ fn crash_safety_a_lost_launch_answer_and_a_controller_restart_leave_one_instance
     assert_eq!(mine("n0100").iter().map(|i| &i.id).collect::<Vec<_>>(), [&retried.id], "never two");
 
     // Controller level: rent; the answer is lost; the intent stays and the next step adopts.
-    faulty.lose.store(1, Ordering::Relaxed);
+    lose.store(1, Ordering::Relaxed);
     let mut c = open(faulty.clone());
     let intent = c.rent(clock.now()).unwrap().expect("an intent");
     assert_eq!(c.state().node(&intent).unwrap().phase, Phase::Intended, "the launch failed as far as the controller knows");
@@ -269,11 +252,12 @@ fn crash_safety_a_lost_launch_answer_and_a_controller_restart_leave_one_instance
     drop(c);
 
     // A restart: a new provider and controller from the same state dir adopt, launch nothing.
-    let calls = faulty.calls.load(Ordering::Relaxed);
-    let fresh = Arc::new(LoseLaunchAnswer { inner: provider(&cfg), lose: AtomicU32::new(0), calls: AtomicU32::new(0) });
+    let calls = calls.load(Ordering::Relaxed);
+    let fresh_calls = Arc::new(AtomicU32::new(0));
+    let fresh = losing_answers(provider(&cfg), Arc::default(), fresh_calls.clone());
     let mut c = open(fresh.clone());
     c.step(Some(60.0)).unwrap();
-    assert_eq!(fresh.calls.load(Ordering::Relaxed), 0, "nothing launched after the restart ({calls} launches before)");
+    assert_eq!(fresh_calls.load(Ordering::Relaxed), 0, "nothing launched after the restart ({calls} launches before)");
     assert_eq!(c.state().node(&intent).unwrap().instance_id, rec.instance_id);
     assert_eq!(mine(&intent).len(), 1);
     // Released: terminated in EC2, confirmed by the next describe.
@@ -375,7 +359,7 @@ fn a_stopped_endpoint_bad_credentials_and_an_unknown_region_each_give_one_clear_
     one_clear_line(&err, &["agent.toml:6", "provider.ec2.region", "xx-atlantis-1", "not a known AWS region"]);
     // The controller itself, pointed at the stopped endpoint, stops with one line naming it.
     let (ms, md) = merge_later();
-    let ctl = ec2_controller_config(scratch.path(), &day_cfg(&ms, &md), &stopped, "");
+    let ctl = ec2_controller_config(scratch.path(), &common::Cfg::fast((&ms, &md), "10.238"), &stopped, "");
     let out = Command::new(env!("CARGO_BIN_EXE_hybrid-agent")).args(["controller", "--config"]).arg(&ctl).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -424,22 +408,6 @@ fn merge_later() -> (String, String) {
     (later(600), later(630))
 }
 
-/// High load after a second, always in the burst window, one node at most, a 30 s lease.
-fn day_cfg<'a>(merge_start: &'a str, merge_end: &'a str) -> common::Cfg<'a> {
-    common::Cfg {
-        every: "1s",
-        up: (50, "1s"),
-        down: None,
-        burst: ("00:00", "00:00", "UTC"),
-        max_nodes: 1,
-        lease: "30s",
-        merge: (merge_start, merge_end, "UTC"),
-        subnet: "10.238",
-        stop_grace_secs: 30,
-        node: None,
-    }
-}
-
 /// DIR/agent.toml: `common::write_config`'s controller, with kind "ec2" at `endpoint` (the
 /// secret in DIR/aws-secret) and `extra` keys for `[provider.ec2]`.
 fn ec2_controller_config(dir: &Path, c: &common::Cfg, endpoint: &str, extra: &str) -> PathBuf {
@@ -475,7 +443,7 @@ fn no_lost_writes_a_spot_notice_pushes_the_nodes_last_write_before_it_goes_and_t
     IMDS_PORT.store(free_port() as u32, Ordering::Relaxed);
     let (ms, md) = merge_later();
     let imds = format!("metadata_endpoint = \"http://{{host_addr}}:{}\"\n", IMDS_PORT.load(Ordering::Relaxed));
-    let controller = common::start(&ctl, dir, &ec2_controller_config(dir, &day_cfg(&ms, &md), &m.url, &imds), &[]);
+    let controller = common::start(&ctl, dir, &ec2_controller_config(dir, &common::Cfg::fast((&ms, &md), "10.238"), &m.url, &imds), &[]);
     let store = StateStore::open(&dir.join("state")).unwrap();
 
     // The controller rents n0001 in moto; the test makes that instance a real `local` node,

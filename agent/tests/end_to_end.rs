@@ -24,18 +24,7 @@ use common::{can_run, ctl_ok, ctl_run, eventually, mounted, start, write_config,
 use hybrid_agent::state::{Phase, StateStore};
 
 fn config(dir: &Path, merge_start: &str, merge_end: &str) -> PathBuf {
-    let c = Cfg {
-        every: "1s",
-        up: (50, "1s"),
-        down: None,
-        burst: ("00:00", "00:00", "UTC"),
-        max_nodes: 1,
-        lease: "30s",
-        merge: (merge_start, merge_end, "UTC"),
-        subnet: "10.246",
-        stop_grace_secs: 30,
-        node: None,
-    };
+    let c = Cfg::fast((merge_start, merge_end), "10.246");
     write_config(dir, &format!("agent-{}.toml", merge_start.replace(':', "")), &c)
 }
 

@@ -23,16 +23,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{can_run, ctl_ok, eventually, mounted, processes_naming, start, write_config, write_synced, Cfg, Sweeper};
+use common::{bytes, can_run, ctl_ok, eventually, mounted, processes_naming, start, write_config, write_synced, Cfg, Sweeper};
 use hybrid_agent::clock::{Clock, ScaledClock};
 use hybrid_agent::state::{Phase, State, StateStore};
 use jiff::Timestamp;
 
 const SPEED: f64 = 600.0;
-
-fn bytes(seed: u32, n: u32) -> Vec<u8> {
-    (0..n).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 9) as u8).collect()
-}
 
 fn state(store: &StateStore) -> State {
     store.load().unwrap()

@@ -15,7 +15,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{can_run, ctl_ok, eventually, mounted, processes_naming, start, write_config, write_synced, Cfg, Sweeper};
+use common::{bytes, can_run, ctl_ok, eventually, mounted, processes_naming, start, write_config, write_synced, Cfg, Sweeper};
 use hybrid_agent::clock::{Clock, ScaledClock};
 use hybrid_agent::state::{Phase, StateStore};
 
@@ -27,10 +27,6 @@ fn config(dir: &Path) -> PathBuf {
     let merge = ("14:30", "07:30", "UTC");
     let c = Cfg { every: "5m", up: (80, "10m"), down: Some((30, "30m")), burst, max_nodes: 1, lease: "4h", merge, subnet: "10.249", stop_grace_secs: 14400, node: Some(("2h", "10m")) };
     write_config(dir, "agent.toml", &c)
-}
-
-fn bytes(seed: u32, n: u32) -> Vec<u8> {
-    (0..n).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 9) as u8).collect()
 }
 
 #[test]

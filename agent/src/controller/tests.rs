@@ -6,8 +6,9 @@ use jiff::Timestamp;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::provider::conformance::OnLaunch;
 use crate::provider::memory::MemoryProvider;
-use crate::provider::{Instance, Interruption, Offer, ProviderError};
+use crate::provider::LaunchRequest;
 use crate::state::{NodeReport, StoreTraffic};
 use crate::volume::fake::{FakeHome, FakeNode};
 use crate::volume::NodeVolume;
@@ -166,41 +167,20 @@ fn the_load_signal_rents_nothing_before_the_window_opens_and_drains_at_its_close
     assert!(c.state().nodes.iter().all(|n| n.phase == Phase::Terminated && n.loss.is_none()));
 }
 
-/// A provider that checks, at each launch, that the intent is already on disk.
-struct IntentChecker {
-    inner: MemoryProvider,
-    state_file: std::path::PathBuf,
-}
-
-impl Provider for IntentChecker {
-    fn name(&self) -> &str {
-        "checker"
-    }
-    fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
-        self.inner.offers()
-    }
-    fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
-        let saved = StateStore::open(self.state_file.parent().unwrap()).unwrap().load().unwrap();
-        let intent = req.tags.get(provider::TAG_INTENT).unwrap();
-        let rec = saved.node(intent).expect("the intent is saved before launch");
-        assert_eq!(rec.idempotency_key, req.idempotency_key);
-        self.inner.launch(req)
-    }
-    fn describe(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
-        self.inner.describe(tags)
-    }
-    fn terminate(&self, id: &str) -> Result<(), ProviderError> {
-        self.inner.terminate(id)
-    }
-    fn interruptions(&self) -> Result<Vec<Interruption>, ProviderError> {
-        self.inner.interruptions()
-    }
-}
-
 #[test]
 fn crash_safety_the_intent_is_written_before_the_provider_is_called() {
     let w = World::new("2026-03-02T10:00:00Z");
-    let checker = IntentChecker { inner: w.provider.clone(), state_file: StateStore::open(w.dir.path()).unwrap().path() };
+    // At each launch, the intent is already on disk.
+    let dir = w.dir.path().to_path_buf();
+    let checker = OnLaunch {
+        inner: w.provider.clone(),
+        on_launch: move |p: &MemoryProvider, req: &LaunchRequest| {
+            let saved = StateStore::open(&dir).unwrap().load().unwrap();
+            let rec = saved.node(&req.tags[provider::TAG_INTENT]).expect("the intent is saved before launch");
+            assert_eq!(rec.idempotency_key, req.idempotency_key);
+            p.launch(req)
+        },
+    };
     let mut c = w.controller_with(settings(), Arc::new(checker));
     let now = w.clock.now();
     assert_eq!(c.rent(now).unwrap().as_deref(), Some("n0001"));

@@ -4,6 +4,38 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// A provider that is `inner` but for `launch`, which goes through `on_launch` with `inner` at
+/// hand: a test's check or fault around a real provider.
+pub struct OnLaunch<P, F> {
+    pub inner: P,
+    pub on_launch: F,
+}
+
+impl<P, F> Provider for OnLaunch<P, F>
+where
+    P: Provider,
+    F: Fn(&P, &LaunchRequest) -> Result<Instance, ProviderError> + Send + Sync,
+{
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn offers(&self) -> Result<Vec<Offer>, ProviderError> {
+        self.inner.offers()
+    }
+    fn launch(&self, req: &LaunchRequest) -> Result<Instance, ProviderError> {
+        (self.on_launch)(&self.inner, req)
+    }
+    fn describe(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
+        self.inner.describe(tags)
+    }
+    fn terminate(&self, id: &str) -> Result<(), ProviderError> {
+        self.inner.terminate(id)
+    }
+    fn interruptions(&self) -> Result<Vec<Interruption>, ProviderError> {
+        self.inner.interruptions()
+    }
+}
+
 /// A launch request for tests, tagged with a unique owner so runs never see each other.
 pub fn request(owner: &str, intent: &str) -> LaunchRequest {
     let tags: BTreeMap<String, String> = [

@@ -163,6 +163,30 @@ pub struct Cfg<'a> {
     pub node: Option<(&'a str, &'a str)>,
 }
 
+impl<'a> Cfg<'a> {
+    /// A day in seconds: a step a second, high load after a second, always in the burst window,
+    /// one node at most, a 30 s lease, merged in the window `merge` (start, deadline; UTC).
+    pub fn fast(merge: (&'a str, &'a str), subnet: &'a str) -> Cfg<'a> {
+        Cfg {
+            every: "1s",
+            up: (50, "1s"),
+            down: None,
+            burst: ("00:00", "00:00", "UTC"),
+            max_nodes: 1,
+            lease: "30s",
+            merge: (merge.0, merge.1, "UTC"),
+            subnet,
+            stop_grace_secs: 30,
+            node: None,
+        }
+    }
+}
+
+/// `n` bytes that do not compress, different for each `seed` (checkpoints).
+pub fn bytes(seed: u32, n: u32) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 9) as u8).collect()
+}
+
 /// Writes DIR/NAME, a controller config.
 pub fn write_config(dir: &Path, name: &str, c: &Cfg) -> PathBuf {
     let down = c.down.map(|(t, f)| format!("[scale_down]\nthreshold = {t}\nfor = \"{f}\"\n")).unwrap_or_default();
