@@ -14,8 +14,6 @@
 //! [`spawn_watch`] runs the poller as a named thread: on a notice it records the time and sets
 //! the node's stop flag, so the node pushes at once and reports the notice (`node.rs`).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +26,6 @@ use tracing::{debug, warn};
 pub const TOKEN_PATH: &str = "/latest/api/token";
 pub const ACTION_PATH: &str = "/latest/meta-data/spot/instance-action";
 const TOKEN_TTL_SECS: u64 = 21600;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads spot notices from one metadata endpoint.
 pub struct SpotWatch {
@@ -92,22 +89,11 @@ impl SpotWatch {
         Ok(token)
     }
 
-    /// One HTTP/1.1 exchange (`Connection: close`): status and body.
+    /// One HTTP exchange with the endpoint: status and body.
     fn http(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, Vec<u8>), String> {
-        let fail = |e: std::io::Error| format!("{method} {path} at {}: {e}", self.addr);
-        let sa = self.addr.to_socket_addrs().map_err(fail)?.next().ok_or_else(|| format!("{}: no address", self.addr))?;
-        let mut s = TcpStream::connect_timeout(&sa, IO_TIMEOUT).map_err(fail)?;
-        s.set_read_timeout(Some(IO_TIMEOUT)).and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT))).map_err(fail)?;
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        // One write: a server answering after the first segment would cut the rest (EPIPE).
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n", self.addr);
-        s.write_all(req.as_bytes()).map_err(fail)?;
-        let mut raw = Vec::new();
-        s.take(64 * 1024).read_to_end(&mut raw).map_err(fail)?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{method} {path} at {}: answer cut", self.addr))?;
-        let head = String::from_utf8_lossy(&raw[..split]);
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{method} {path} at {}: bad status line", self.addr))?;
-        Ok((status, raw[split + 4..].to_vec()))
+        let (status, _, body) =
+            hybrid_agent_api::exchange(&self.addr, method, path, headers, &[]).map_err(|e| format!("{method} {path} at {}: {e}", self.addr))?;
+        Ok((status, body))
     }
 }
 
@@ -143,7 +129,8 @@ pub fn spawn_watch(mut watch: SpotWatch, every: Duration, notice: Arc<Mutex<Opti
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
 
     use super::*;
 

@@ -206,35 +206,54 @@ impl Stream for UnixStream {
     }
 }
 
-/// Connects to `addr` (`unix:/path`, `HOST:PORT` or `http://HOST:PORT`).
+/// Connects to `addr` (`unix:/path`, `HOST:PORT` or `http://HOST:PORT`), giving up after
+/// [`IO_TIMEOUT`].
 pub fn connect(addr: &str) -> io::Result<Box<dyn Stream>> {
     let s: Box<dyn Stream> = match addr.strip_prefix("unix:") {
         Some(p) => Box::new(UnixStream::connect(p)?),
-        None => Box::new(TcpStream::connect(addr.trim_start_matches("http://").trim_end_matches('/'))?),
+        None => {
+            use std::net::ToSocketAddrs;
+            let host = addr.trim_start_matches("http://").trim_end_matches('/');
+            let sa = host.to_socket_addrs()?.next().ok_or_else(|| bad(&format!("{host}: no address")))?;
+            Box::new(TcpStream::connect_timeout(&sa, IO_TIMEOUT)?)
+        }
     };
     s.prepare()?;
     Ok(s)
+}
+
+/// One HTTP/1.1 exchange with `addr` (`Connection: close`): the answer's status, head and
+/// body. `headers` go out as given, besides `Host`, `Content-Length` and `Connection`.
+pub fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<(u16, String, Vec<u8>)> {
+    let mut s = connect(addr)?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    // One write: a server that answers after the first segment would cut the rest (EPIPE).
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: agent\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    s.take(MAX_BODY as u64 + MAX_HEADERS as u64).read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("response cut"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    raw.drain(..split + 4);
+    Ok((status, head, raw))
 }
 
 /// One call to the API at `addr`: status and JSON body. An error is the connection's (no
 /// controller there, or it broke off); an HTTP error status is an `Ok` response.
 pub fn call(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> io::Result<Response> {
     let body = body.map(serde_json::to_vec).transpose().map_err(io::Error::other)?.unwrap_or_default();
-    let mut s = connect(addr)?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: agent\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
-    s.write_all(&body)?;
-    s.flush()?;
-    let mut raw = Vec::new();
-    s.take(MAX_BODY as u64 + MAX_HEADERS as u64).read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("response cut"))?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| ("Authorization", a)).into_iter().collect();
+    let (status, head, body) = exchange(addr, method, path, &headers, &body)?;
     let text = head.lines().any(|l| l.to_ascii_lowercase().starts_with("content-type: text/plain"));
+    let body = String::from_utf8_lossy(&body);
     let body = match (body.is_empty(), text) {
         (true, _) => serde_json::Value::Null,
-        (false, true) => serde_json::Value::String(body.to_string()),
-        (false, false) => serde_json::from_str(body).map_err(|e| bad(&e.to_string()))?,
+        (false, true) => serde_json::Value::String(body.into_owned()),
+        (false, false) => serde_json::from_str(&body).map_err(|e| bad(&e.to_string()))?,
     };
     Ok(Response { status, body, text, headers: vec![] })
 }
