@@ -247,8 +247,10 @@ fn chromium_renders_the_nodes_their_cost_the_nights_conflicts_and_a_chart() {
     }
     assert_eq!(text_of(&dom, "cost-total"), format!("${:.2}", ledger.iter().map(|r| r.cost).sum::<f64>()));
     assert_eq!(text_of(&dom, "conflicts-last"), "3", "burst-n0001 merged with 3 conflicts");
-    assert!(text_of(&dom, "report").contains("1 branch(es) merged") || dom.contains("burst-n0001: 3 conflict(s)"), "{dom}");
-    assert!(dom.contains("burst-n0001: 3 conflict(s)"));
+    let report = &dom[dom.find("id=\"report\"").unwrap()..];
+    let report = &report[..report.find("</section>").unwrap()];
+    assert!(report.contains("2 branch(es) merged, 0 failed; deadline met."), "{report}");
+    assert!(report.contains("burst-n0001: 3 conflict(s)"), "{report}");
     // The chart: one point per sample the controller took (56 steps), drawn as SVG.
     let chart = svg(&dom, "dirty-chart");
     assert!(samples == 56, "{samples}");
