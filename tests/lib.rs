@@ -29,6 +29,8 @@ pub mod procs;
 pub mod snap;
 #[path = "harness/sys.rs"]
 pub mod sys;
+#[path = "harness/systemd.rs"]
+pub mod systemd;
 #[path = "harness/volume.rs"]
 pub mod volume;
 #[path = "harness/watchdog.rs"]

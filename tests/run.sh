@@ -23,8 +23,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y fuse3 libfuse3-dev libclang-dev clang pkg-config build-essential python3-pip \
-    libacl1-dev curl ca-certificates postgresql-15 iproute2 chromium
+    libacl1-dev curl ca-certificates postgresql-15 iproute2 chromium systemd
 # chromium: the headless browser agent/tests/dashboard.rs renders the agent's dashboard in.
+# systemd: tests/tests/systemd.rs runs the shipped units under a systemd of its own (in namespaces).
 # postgresql-15: the real PostgreSQL the shared-metadata engine's tests start on 127.0.0.1
 # (initdb in their own scratch directory, as the `postgres` user; the packaged cluster is unused).
 # SeaweedFS (`weed`): the real S3 server the object-store tests start on 127.0.0.1. Debian's

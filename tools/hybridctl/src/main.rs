@@ -76,8 +76,13 @@ enum Cmd {
     Mount {
         /// Volume to mount.
         name: String,
-        /// Existing directory to mount it on.
+        /// Existing directory to mount it on (see --mkdir).
         mountpoint: PathBuf,
+        /// Create the mount point, with its parents, when it does not exist (the systemd unit
+        /// does this rather than a `mkdir` of its own, which fails on the dead mount a killed
+        /// mount process leaves; the mount detaches that one).
+        #[arg(long)]
+        mkdir: bool,
         /// Run in the background; return once the mount answers.
         #[arg(short = 'd', long)]
         daemon: bool,
@@ -574,7 +579,10 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             println!("formatted volume {}: block size {}, store {}", made.name, fmt::human_bytes(made.block_size as u64), made.store);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Mount { name, mountpoint, daemon, read_only, .. } => {
+        Cmd::Mount { name, mountpoint, daemon, read_only, mkdir, .. } => {
+            if mkdir {
+                create_mountpoint(&mountpoint)?;
+            }
             let opts = mount::MountOptions {
                 read_only,
                 threads: cfg.threads,
@@ -696,6 +704,17 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
 /// `metrics_addr=ADDR`, `writeback_cache`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
 /// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
 /// `ro` mounts read-only (`--read-only`).
+/// `mount --mkdir`: only a path that is not there at all is created; anything else (a
+/// directory, a dead mount, a file) is left to the mount's own checks.
+fn create_mountpoint(mp: &std::path::Path) -> Result<()> {
+    match std::fs::symlink_metadata(mp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(mp).map_err(|e| anyhow::anyhow!("create mount point {}: {e}", mp.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
     let mut out = vec!["hybridctl".to_string()];
     let mut rest = Vec::new();

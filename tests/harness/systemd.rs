@@ -1,0 +1,204 @@
+//! [`LiveSystemd`]: a systemd of the test's own, to run the shipped units (`dist/systemd/`)
+//! under the real service manager.
+//!
+//! systemd runs as PID 1 of new PID, mount, cgroup and UTS namespaces (`unshare`), so the
+//! machine's own services, `/run` and `/etc` are never touched:
+//!
+//! - `/run` is a fresh tmpfs inside the namespace;
+//! - `/etc` is an overlay whose upper layer is in the test's scratch directory, so the units'
+//!   own paths (`/etc/hybridfs/mount-NAME.env`, `/etc/hybridfs/agent.toml`) hold the test's
+//!   files, exactly where an operator puts them;
+//! - `SYSTEMD_UNIT_PATH` names one folder of the scratch directory: the shipped units with
+//!   `/usr/bin/` pointed at this build's binaries, empty stand-ins for the targets they are
+//!   ordered against (`sysinit.target`, `network-online.target`, …; the real ones would start
+//!   the machine's udev, tmpfiles and journald), and a drop-in per unit sending its output to
+//!   `UNIT.log` in the scratch directory (there is no journald here). Nothing else differs
+//!   from the shipped units.
+//!
+//! Commands reach it through `nsenter` (its mount and PID namespaces: `systemctl`, and a shell
+//! to use a mount that lives in its mount namespace). The network is the machine's: a service
+//! listening on 127.0.0.1 is reachable from the test. Dropping it kills the namespace's PID 1,
+//! which takes every process in it, and with them its mounts.
+
+use crate::cmd::{self, CmdOutput};
+use crate::{fail_loudly, poll_until};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The shipped units' directory.
+pub fn dist_units() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd")
+}
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+/// Targets the shipped units are ordered against (and those every service's default
+/// dependencies name): empty stand-ins.
+const STUB_TARGETS: &[&str] =
+    &["sysinit.target", "basic.target", "shutdown.target", "network-online.target", "local-fs.target", "multi-user.target"];
+
+pub struct LiveSystemd {
+    dir: PathBuf,
+    /// `unshare`, whose child is the namespace's PID 1.
+    unshare: Child,
+    /// systemd's PID as this machine sees it.
+    pid: i32,
+}
+
+impl LiveSystemd {
+    /// Boots a systemd in `dir` (a scratch folder of the test) running the shipped units named
+    /// by `units` (file names in `dist/systemd/`), whose `/usr/bin/` becomes `bin_dir`. `etc`:
+    /// files to put under the namespace's `/etc` (relative paths, e.g. `hybridfs/agent.toml`).
+    pub fn boot(dir: &Path, units: &[&str], bin_dir: &Path, etc: &[(&str, String)]) -> LiveSystemd {
+        if !Path::new(SYSTEMD).exists() {
+            fail_loudly("no /lib/systemd/systemd: install Debian's `systemd` package (tests/run.sh does)");
+        }
+        let unit_dir = dir.join("units");
+        let (upper, work) = (dir.join("etc-upper"), dir.join("etc-work"));
+        for d in [&unit_dir, &upper, &work] {
+            fs::create_dir_all(d).unwrap();
+        }
+        for t in STUB_TARGETS {
+            fs::write(unit_dir.join(t), format!("[Unit]\nDescription=stand-in for {t}\n")).unwrap();
+        }
+        let bin = format!("{}/", bin_dir.display());
+        for u in units {
+            let text = fs::read_to_string(dist_units().join(u)).unwrap_or_else(|e| panic!("read dist/systemd/{u}: {e}"));
+            fs::write(unit_dir.join(u), text.replace("/usr/bin/", &bin)).unwrap();
+            let dropins = unit_dir.join(format!("{u}.d"));
+            fs::create_dir_all(&dropins).unwrap();
+            let log = dir.join(format!("{u}.log"));
+            fs::write(
+                dropins.join("test-log.conf"),
+                format!("[Service]\nStandardOutput=append:{l}\nStandardError=append:{l}\n", l = log.display()),
+            )
+            .unwrap();
+        }
+        for (rel, text) in etc {
+            let path = upper.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+        let script = dir.join("boot.sh");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nset -e\nmount -t tmpfs tmpfs /run\n\
+                 mount -t overlay overlay -o lowerdir=/etc,upperdir={up},workdir={work} /etc\n\
+                 export SYSTEMD_UNIT_PATH={units} container=hybridfs-test\n\
+                 exec {SYSTEMD} --system --unit=basic.target\n",
+                up = upper.display(),
+                work = work.display(),
+                units = unit_dir.display(),
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.join("systemd.log")).unwrap();
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount", "--cgroup", "--uts", "--propagation", "private", "sh"])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run unshare (util-linux)");
+        let children = format!("/proc/{}/task/{}/children", unshare.id(), unshare.id());
+        let mut pid = 0;
+        poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            pid = fs::read_to_string(&children).ok().and_then(|c| c.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+            pid != 0 && fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("systemd"))
+        });
+        let mut sd = LiveSystemd { dir: dir.to_path_buf(), unshare, pid };
+        if pid == 0 {
+            panic!("systemd did not start in its namespace: {}", sd.log("systemd"));
+        }
+        let mut answer = String::new();
+        let up = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            answer = sd.systemctl(&["is-system-running"]).stdout;
+            matches!(answer.trim(), "running" | "degraded")
+        });
+        if !up {
+            let log = sd.log("systemd");
+            sd.stop();
+            panic!("systemd did not come up (is-system-running: {answer:?}):\n{log}");
+        }
+        sd
+    }
+
+    /// `nsenter` into the namespace's mount and PID namespaces, then `args`.
+    fn enter(&self, args: &[&str]) -> CmdOutput {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid.to_string(), "-m", "-p", "--"]).args(args);
+        cmd::run(&mut c, Duration::from_secs(180))
+    }
+
+    /// `systemctl ARGS` against this systemd.
+    pub fn systemctl(&self, args: &[&str]) -> CmdOutput {
+        let mut all = vec!["systemctl", "--no-pager"];
+        all.extend_from_slice(args);
+        self.enter(&all)
+    }
+
+    /// A shell command inside the namespace (where the units' mounts are).
+    pub fn sh(&self, script: &str) -> CmdOutput {
+        self.enter(&["sh", "-c", script])
+    }
+
+    /// The unit's properties (`systemctl show -p …`).
+    pub fn show(&self, unit: &str, props: &[&str]) -> BTreeMap<String, String> {
+        let mut args = vec!["show", unit];
+        for p in props {
+            args.extend_from_slice(&["-p", p]);
+        }
+        let out = self.systemctl(&args);
+        out.assert_success();
+        out.stdout.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// One property.
+    pub fn prop(&self, unit: &str, prop: &str) -> String {
+        self.show(unit, &[prop]).remove(prop).unwrap_or_default()
+    }
+
+    /// The namespace's mount table.
+    pub fn mountinfo(&self) -> String {
+        fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap_or_default()
+    }
+
+    /// The file system type mounted at `mp` in the namespace (the last mount there).
+    pub fn fstype_at(&self, mp: &Path) -> Option<String> {
+        let mp = mp.to_str()?;
+        self.mountinfo().lines().filter(|l| l.split(' ').nth(4) == Some(mp)).last().and_then(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            after.split(' ').next().map(str::to_string)
+        })
+    }
+
+    /// The output of `unit` (its unit file's `UNIT.log`: one for all instances of a template),
+    /// or systemd's own with `systemd`.
+    pub fn log(&self, unit: &str) -> String {
+        let file = match (unit.split_once('@'), unit.rsplit_once('.')) {
+            (Some((template, _)), Some((_, suffix))) => format!("{template}@.{suffix}"),
+            _ => unit.to_string(),
+        };
+        fs::read_to_string(self.dir.join(format!("{file}.log"))).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if self.pid != 0 {
+            // SAFETY: kill with a pid this harness started (the namespace's PID 1).
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.pid = 0;
+        }
+        let _ = self.unshare.kill();
+        let _ = cmd::wait_bounded(&mut self.unshare, Duration::from_secs(20));
+    }
+}
+
+impl Drop for LiveSystemd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
