@@ -7,13 +7,16 @@
 //! - `/run` is a fresh tmpfs inside the namespace;
 //! - `/etc` is an overlay whose upper layer is in the test's scratch directory, so the units'
 //!   own paths (`/etc/hybridfs/mount-NAME.env`, `/etc/hybridfs/agent.toml`) hold the test's
-//!   files, exactly where an operator puts them;
+//!   files, exactly where an operator puts them, and `/etc/fstab` is the test's (empty unless
+//!   it gives one): systemd's fstab generator makes `.mount` units of its lines;
+//! - `/usr/sbin` is an overlay too, holding the links the test asks for (mount(8)'s helper
+//!   `mount.fuse.hybridfs`);
 //! - `SYSTEMD_UNIT_PATH` names one folder of the scratch directory: the shipped units with
 //!   `/usr/bin/` pointed at this build's binaries, empty stand-ins for the targets they are
 //!   ordered against (`sysinit.target`, `network-online.target`, …; the real ones would start
 //!   the machine's udev, tmpfiles and journald), and a drop-in per unit sending its output to
-//!   `UNIT.log` in the scratch directory (there is no journald here). Nothing else differs
-//!   from the shipped units.
+//!   `UNIT.log` in the scratch directory (there is no journald here); then the generators'
+//!   output (`/run/systemd/generator`). Nothing else differs from the shipped units.
 //!
 //! Commands reach it through `nsenter` (its mount and PID namespaces: `systemctl`, and a shell
 //! to use a mount that lives in its mount namespace). The network is the machine's: a service
@@ -36,8 +39,19 @@ pub fn dist_units() -> PathBuf {
 const SYSTEMD: &str = "/lib/systemd/systemd";
 /// Targets the shipped units are ordered against (and those every service's default
 /// dependencies name): empty stand-ins.
-const STUB_TARGETS: &[&str] =
-    &["sysinit.target", "basic.target", "shutdown.target", "network-online.target", "local-fs.target", "multi-user.target"];
+const STUB_TARGETS: &[&str] = &[
+    "sysinit.target",
+    "basic.target",
+    "shutdown.target",
+    "umount.target",
+    "network.target",
+    "network-online.target",
+    "local-fs.target",
+    "local-fs-pre.target",
+    "remote-fs.target",
+    "remote-fs-pre.target",
+    "multi-user.target",
+];
 
 pub struct LiveSystemd {
     dir: PathBuf,
@@ -50,14 +64,16 @@ pub struct LiveSystemd {
 impl LiveSystemd {
     /// Boots a systemd in `dir` (a scratch folder of the test) running the shipped units named
     /// by `units` (file names in `dist/systemd/`), whose `/usr/bin/` becomes `bin_dir`. `etc`:
-    /// files to put under the namespace's `/etc` (relative paths, e.g. `hybridfs/agent.toml`).
-    pub fn boot(dir: &Path, units: &[&str], bin_dir: &Path, etc: &[(&str, String)]) -> LiveSystemd {
+    /// files to put under the namespace's `/etc` (relative paths, e.g. `hybridfs/agent.toml`);
+    /// `sbin`: links to put in its `/usr/sbin` (name, target).
+    pub fn boot(dir: &Path, units: &[&str], bin_dir: &Path, etc: &[(&str, String)], sbin: &[(&str, &Path)]) -> LiveSystemd {
         if !Path::new(SYSTEMD).exists() {
             fail_loudly("no /lib/systemd/systemd: install Debian's `systemd` package (tests/run.sh does)");
         }
         let unit_dir = dir.join("units");
         let (upper, work) = (dir.join("etc-upper"), dir.join("etc-work"));
-        for d in [&unit_dir, &upper, &work] {
+        let (sbin_upper, sbin_work) = (dir.join("sbin-upper"), dir.join("sbin-work"));
+        for d in [&unit_dir, &upper, &work, &sbin_upper, &sbin_work] {
             fs::create_dir_all(d).unwrap();
         }
         for t in STUB_TARGETS {
@@ -76,6 +92,10 @@ impl LiveSystemd {
             )
             .unwrap();
         }
+        fs::write(upper.join("fstab"), "").unwrap();
+        for (name, target) in sbin {
+            std::os::unix::fs::symlink(target, sbin_upper.join(name)).unwrap();
+        }
         for (rel, text) in etc {
             let path = upper.join(rel);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -87,10 +107,13 @@ impl LiveSystemd {
             format!(
                 "#!/bin/sh\nset -e\nmount -t tmpfs tmpfs /run\n\
                  mount -t overlay overlay -o lowerdir=/etc,upperdir={up},workdir={work} /etc\n\
-                 export SYSTEMD_UNIT_PATH={units} container=hybridfs-test\n\
+                 mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={sup},workdir={swork} /usr/sbin\n\
+                 export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator container=hybridfs-test\n\
                  exec {SYSTEMD} --system --unit=basic.target\n",
                 up = upper.display(),
                 work = work.display(),
+                sup = sbin_upper.display(),
+                swork = sbin_work.display(),
                 units = unit_dir.display(),
             ),
         )
@@ -160,6 +183,20 @@ impl LiveSystemd {
     /// One property.
     pub fn prop(&self, unit: &str, prop: &str) -> String {
         self.show(unit, &[prop]).remove(prop).unwrap_or_default()
+    }
+
+    /// The name of the `.mount` unit for `mp` (`systemd-escape`).
+    pub fn mount_unit(&self, mp: &Path) -> String {
+        let out = self.enter(&["systemd-escape", "--path", "--suffix=mount", mp.to_str().unwrap()]);
+        out.assert_success();
+        out.stdout.trim().to_string()
+    }
+
+    /// A file the generators wrote (`/run/systemd/generator/REL`), if there is one.
+    pub fn generated(&self, rel: &str) -> Option<String> {
+        let path = format!("/proc/{}/root/run/systemd/generator/{rel}", self.pid);
+        // A `.wants/` entry is a link to the unit: read through it.
+        fs::read_to_string(path).ok()
     }
 
     /// The namespace's mount table.

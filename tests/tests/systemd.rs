@@ -7,6 +7,9 @@
 //!   and answering; when the mount process dies (kill -9), systemd starts it again on the
 //!   dead mount it left, and what was fsynced before is there (invariant 1); `systemctl stop`
 //!   unmounts with everything sealed and the unit ends `inactive`, not `failed`.
+//! - an `/etc/fstab` line: systemd's generator makes it a `.mount` unit of a network file
+//!   system (`_netdev`); starting it mounts through mount(8)'s helper, stopping it unmounts,
+//!   and the mount process still seals everything before it ends.
 //! - `hybrid-agent.service` (`Type=notify`): `systemctl start` returns once the controller's
 //!   API answers; SIGTERM (`systemctl stop`) ends it with status 0; a config error stops the
 //!   start before the agent runs, and the unit's log names the key.
@@ -64,7 +67,7 @@ fn the_volume_unit_is_ready_once_mounted_comes_back_after_a_crash_and_stops_seal
     let vol = main_volume();
     let mp = vol.mountpoint().to_path_buf();
     let unit = "hybridfs@main.service";
-    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service"], &bin_dir(vol.root(), false), &mount_files(&vol));
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service"], &bin_dir(vol.root(), false), &mount_files(&vol), &[]);
 
     // Type=notify: the start returns once the mount answers, so it is there at once.
     sd.systemctl(&["start", unit]).assert_success();
@@ -102,6 +105,41 @@ fn the_volume_unit_is_ready_once_mounted_comes_back_after_a_crash_and_stops_seal
     assert_eq!(status["mounted"], false, "{status}");
     assert_eq!(status["bytes"], 15 + 3 * 1024 * 1024, "{status}");
     assert_eq!(status["unsealed_bytes"], 0, "the stop seals what was written: {status}");
+}
+
+#[test]
+fn an_fstab_line_becomes_a_network_mount_unit_that_mounts_through_the_helper() {
+    let vol = main_volume();
+    let mp = vol.mountpoint().to_path_buf();
+    let etc = vec![
+        ("fstab", format!("main {}  fuse.hybridfs  _netdev,nofail,home={}  0 0\n", mp.display(), vol.home().display())),
+        ("hybridfs/hybridfs.toml", String::new()),
+    ];
+    let ctl = hybridctl_bin();
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &[], &bin_dir(vol.root(), false), &etc, &[("mount.fuse.hybridfs", &ctl)]);
+    let unit = sd.mount_unit(&mp);
+    let generated = sd.generated(&unit).unwrap_or_else(|| panic!("the fstab generator made no {unit}"));
+    assert!(generated.contains("Type=fuse.hybridfs") && generated.contains("What=main"), "{generated}");
+    assert!(sd.generated(&format!("remote-fs.target.wants/{unit}")).is_some(), "_netdev: systemd treats it as a network file system");
+
+    sd.systemctl(&["start", &unit]).assert_success();
+    assert_eq!(sd.fstype_at(&mp).as_deref(), Some("fuse.hybridfs"), "mounted when `systemctl start` returned:\n{}", sd.mountinfo());
+    sd.sh(&format!("head -c 3145728 /dev/urandom > {f} && sync {f}", f = mp.join("data.bin").display())).assert_success();
+
+    sd.systemctl(&["stop", &unit]).assert_success();
+    let props = sd.show(&unit, &["ActiveState", "Result"]);
+    assert_eq!((props["ActiveState"].as_str(), props["Result"].as_str()), ("inactive", "success"), "{props:?}");
+    assert_eq!(sd.fstype_at(&mp), None, "still mounted after `systemctl stop`:\n{}", sd.mountinfo());
+    // umount(8) returns before the mount process has sealed; it ends on its own once done.
+    let mut status = serde_json::Value::Null;
+    let ended = poll_until(Duration::from_secs(60), Duration::from_millis(250), || {
+        let out = vol.ctl(&["status", "main", "--json"]);
+        status = serde_json::from_str::<serde_json::Value>(&out.stdout).map(|v| v[0].clone()).unwrap_or_default();
+        status["mounted"] == false
+    });
+    assert!(ended, "the mount process did not end after the unit stopped: {status}");
+    assert_eq!(status["bytes"], 3 * 1024 * 1024, "{status}");
+    assert_eq!(status["unsealed_bytes"], 0, "sealed before it ended: {status}");
 }
 
 fn free_port() -> u16 {
@@ -166,7 +204,7 @@ fn the_agent_unit_is_ready_once_its_api_answers_and_stops_cleanly() {
     let mut etc = mount_files(&vol);
     etc.push(("hybridfs/agent.toml", agent_toml(&dir, vol.home(), port)));
     etc.push(("hybridfs/agent.env", format!("AWS_EC2_METADATA_DISABLED=true\nHYBRIDFS_HOME={}\n", vol.home().display())));
-    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service", "hybrid-agent.service"], &bin_dir(vol.root(), true), &etc);
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service", "hybrid-agent.service"], &bin_dir(vol.root(), true), &etc, &[]);
     let agent = "hybrid-agent.service";
 
     sd.systemctl(&["start", "hybridfs@main.service"]).assert_success();
