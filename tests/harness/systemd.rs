@@ -9,8 +9,8 @@
 //!   own paths (`/etc/hybridfs/mount-NAME.env`, `/etc/hybridfs/agent.toml`) hold the test's
 //!   files, exactly where an operator puts them, and `/etc/fstab` is the test's (empty unless
 //!   it gives one): systemd's fstab generator makes `.mount` units of its lines;
-//! - `/usr/sbin` is an overlay too, holding the links the test asks for (mount(8)'s helper
-//!   `mount.fuse.hybridfs`);
+//! - `/usr` and `/var` are overlays too: `/usr/sbin` holds the links the test asks for
+//!   (mount(8)'s helper `mount.fuse.hybridfs`), and a package installed inside lands there;
 //! - `SYSTEMD_UNIT_PATH` names one folder of the scratch directory: the shipped units with
 //!   `/usr/bin/` pointed at this build's binaries, empty stand-ins for the targets they are
 //!   ordered against (`sysinit.target`, `network-online.target`, …; the real ones would start
@@ -61,28 +61,77 @@ pub struct LiveSystemd {
     pid: i32,
 }
 
+/// What a [`LiveSystemd`] runs.
+#[derive(Default)]
+pub struct Boot<'a> {
+    /// Shipped units to run (file names in `dist/systemd/`), their `/usr/bin/` made `bin_dir`.
+    pub units: &'a [&'a str],
+    pub bin_dir: Option<&'a Path>,
+    /// Files to put under the namespace's `/etc` (relative paths: `hybridfs/agent.toml`).
+    pub etc: Vec<(&'a str, String)>,
+    /// Links to put in its `/usr/sbin` (name, target).
+    pub sbin: Vec<(&'a str, PathBuf)>,
+    /// Units a package installs into the namespace (its `/usr`, `/etc` and `/var` are
+    /// overlays): linked from `/lib/systemd/system/NAME`, not found until the package is there
+    /// and again after it is purged. The system's unit folders are never on the unit path:
+    /// their `.wants/` would hang the machine's own boot units (udev, tmpfiles, which empties
+    /// the machine's /tmp) off the stand-in targets.
+    pub installed: &'a [&'a str],
+}
+
+/// Boot units that act on the machine rather than on a namespace: masked, in case anything
+/// names them.
+const MASKED: &[&str] = &[
+    "systemd-tmpfiles-setup.service",
+    "systemd-tmpfiles-setup-dev.service",
+    "systemd-tmpfiles-clean.service",
+    "systemd-tmpfiles-clean.timer",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-sysctl.service",
+    "systemd-modules-load.service",
+    "systemd-remount-fs.service",
+    "systemd-random-seed.service",
+    "tmp.mount",
+];
+
+/// The trees the namespace sees through an overlay whose upper layer is in the scratch folder.
+const OVERLAID: &[&str] = &["etc", "usr", "var"];
+
 impl LiveSystemd {
-    /// Boots a systemd in `dir` (a scratch folder of the test) running the shipped units named
-    /// by `units` (file names in `dist/systemd/`), whose `/usr/bin/` becomes `bin_dir`. `etc`:
-    /// files to put under the namespace's `/etc` (relative paths, e.g. `hybridfs/agent.toml`);
-    /// `sbin`: links to put in its `/usr/sbin` (name, target).
-    pub fn boot(dir: &Path, units: &[&str], bin_dir: &Path, etc: &[(&str, String)], sbin: &[(&str, &Path)]) -> LiveSystemd {
+    /// Boots a systemd in `dir` (a scratch folder of the test) running what `boot` says.
+    pub fn boot(dir: &Path, boot: Boot) -> LiveSystemd {
         if !Path::new(SYSTEMD).exists() {
             fail_loudly("no /lib/systemd/systemd: install Debian's `systemd` package (tests/run.sh does)");
         }
         let unit_dir = dir.join("units");
-        let (upper, work) = (dir.join("etc-upper"), dir.join("etc-work"));
-        let (sbin_upper, sbin_work) = (dir.join("sbin-upper"), dir.join("sbin-work"));
-        for d in [&unit_dir, &upper, &work, &sbin_upper, &sbin_work] {
-            fs::create_dir_all(d).unwrap();
+        fs::create_dir_all(&unit_dir).unwrap();
+        let mut mounts = String::new();
+        for tree in OVERLAID {
+            let (upper, work) = (dir.join(format!("{tree}-upper")), dir.join(format!("{tree}-work")));
+            fs::create_dir_all(&upper).unwrap();
+            fs::create_dir_all(&work).unwrap();
+            mounts += &format!(
+                "mount -t overlay overlay -o lowerdir=/{tree},upperdir={},workdir={} /{tree}\n",
+                upper.display(),
+                work.display()
+            );
         }
         for t in STUB_TARGETS {
             fs::write(unit_dir.join(t), format!("[Unit]\nDescription=stand-in for {t}\n")).unwrap();
         }
-        let bin = format!("{}/", bin_dir.display());
-        for u in units {
+        for u in MASKED {
+            std::os::unix::fs::symlink("/dev/null", unit_dir.join(u)).unwrap();
+        }
+        for u in boot.installed {
+            std::os::unix::fs::symlink(Path::new("/lib/systemd/system").join(u), unit_dir.join(u)).unwrap();
+        }
+        for u in boot.units {
             let text = fs::read_to_string(dist_units().join(u)).unwrap_or_else(|e| panic!("read dist/systemd/{u}: {e}"));
+            let bin = format!("{}/", boot.bin_dir.expect("units need a bin_dir").display());
             fs::write(unit_dir.join(u), text.replace("/usr/bin/", &bin)).unwrap();
+        }
+        for u in boot.units.iter().chain(boot.installed) {
             let dropins = unit_dir.join(format!("{u}.d"));
             fs::create_dir_all(&dropins).unwrap();
             let log = dir.join(format!("{u}.log"));
@@ -92,29 +141,26 @@ impl LiveSystemd {
             )
             .unwrap();
         }
-        fs::write(upper.join("fstab"), "").unwrap();
-        for (name, target) in sbin {
-            std::os::unix::fs::symlink(target, sbin_upper.join(name)).unwrap();
-        }
-        for (rel, text) in etc {
-            let path = upper.join(rel);
+        let etc = dir.join("etc-upper");
+        fs::write(etc.join("fstab"), "").unwrap();
+        for (rel, text) in &boot.etc {
+            let path = etc.join(rel);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(path, text).unwrap();
         }
+        let sbin = dir.join("usr-upper/sbin");
+        fs::create_dir_all(&sbin).unwrap();
+        for (name, target) in &boot.sbin {
+            std::os::unix::fs::symlink(target, sbin.join(name)).unwrap();
+        }
+        let path = format!("{}:/run/systemd/generator", unit_dir.display());
         let script = dir.join("boot.sh");
         fs::write(
             &script,
             format!(
-                "#!/bin/sh\nset -e\nmount -t tmpfs tmpfs /run\n\
-                 mount -t overlay overlay -o lowerdir=/etc,upperdir={up},workdir={work} /etc\n\
-                 mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={sup},workdir={swork} /usr/sbin\n\
-                 export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator container=hybridfs-test\n\
-                 exec {SYSTEMD} --system --unit=basic.target\n",
-                up = upper.display(),
-                work = work.display(),
-                sup = sbin_upper.display(),
-                swork = sbin_work.display(),
-                units = unit_dir.display(),
+                "#!/bin/sh\nset -e\nmount -t tmpfs tmpfs /run\n{mounts}\
+                 export SYSTEMD_UNIT_PATH={path} container=hybridfs-test\n\
+                 exec {SYSTEMD} --system --unit=basic.target\n"
             ),
         )
         .unwrap();

@@ -10,6 +10,9 @@
 //! - an `/etc/fstab` line: systemd's generator makes it a `.mount` unit of a network file
 //!   system (`_netdev`); starting it mounts through mount(8)'s helper, stopping it unmounts,
 //!   and the mount process still seals everything before it ends.
+//! - the Debian package (`tools/package-deb.sh`): `dpkg -i` in the namespace installs the
+//!   units, the helper link, man pages and completions, with binaries without debug info;
+//!   its unit mounts; `dpkg --purge` removes it all and tells systemd.
 //! - `hybrid-agent.service` (`Type=notify`): `systemctl start` returns once the controller's
 //!   API answers; SIGTERM (`systemctl stop`) ends it with status 0; a config error stops the
 //!   start before the agent runs, and the unit's log names the key.
@@ -20,7 +23,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hybridfs_tests::systemd::LiveSystemd;
+use hybridfs_tests::systemd::{Boot, LiveSystemd};
 use hybridfs_tests::{fail_loudly, hybridctl_bin, poll_until, require_root, TestVolume};
 
 const INV1: &str = "invariant 1: what fsync acknowledged survives a crash of the mount process";
@@ -67,7 +70,9 @@ fn the_volume_unit_is_ready_once_mounted_comes_back_after_a_crash_and_stops_seal
     let vol = main_volume();
     let mp = vol.mountpoint().to_path_buf();
     let unit = "hybridfs@main.service";
-    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service"], &bin_dir(vol.root(), false), &mount_files(&vol), &[]);
+    let bin = bin_dir(vol.root(), false);
+    let boot = Boot { units: &["hybridfs@.service"], bin_dir: Some(&bin), etc: mount_files(&vol), ..Boot::default() };
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), boot);
 
     // Type=notify: the start returns once the mount answers, so it is there at once.
     sd.systemctl(&["start", unit]).assert_success();
@@ -115,8 +120,7 @@ fn an_fstab_line_becomes_a_network_mount_unit_that_mounts_through_the_helper() {
         ("fstab", format!("main {}  fuse.hybridfs  _netdev,nofail,home={}  0 0\n", mp.display(), vol.home().display())),
         ("hybridfs/hybridfs.toml", String::new()),
     ];
-    let ctl = hybridctl_bin();
-    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &[], &bin_dir(vol.root(), false), &etc, &[("mount.fuse.hybridfs", &ctl)]);
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), Boot { etc, sbin: vec![("mount.fuse.hybridfs", hybridctl_bin())], ..Boot::default() });
     let unit = sd.mount_unit(&mp);
     let generated = sd.generated(&unit).unwrap_or_else(|| panic!("the fstab generator made no {unit}"));
     assert!(generated.contains("Type=fuse.hybridfs") && generated.contains("What=main"), "{generated}");
@@ -204,7 +208,9 @@ fn the_agent_unit_is_ready_once_its_api_answers_and_stops_cleanly() {
     let mut etc = mount_files(&vol);
     etc.push(("hybridfs/agent.toml", agent_toml(&dir, vol.home(), port)));
     etc.push(("hybridfs/agent.env", format!("AWS_EC2_METADATA_DISABLED=true\nHYBRIDFS_HOME={}\n", vol.home().display())));
-    let sd = LiveSystemd::boot(&vol.root().join("systemd"), &["hybridfs@.service", "hybrid-agent.service"], &bin_dir(vol.root(), true), &etc, &[]);
+    let bin = bin_dir(vol.root(), true);
+    let boot = Boot { units: &["hybridfs@.service", "hybrid-agent.service"], bin_dir: Some(&bin), etc, ..Boot::default() };
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), boot);
     let agent = "hybrid-agent.service";
 
     sd.systemctl(&["start", "hybridfs@main.service"]).assert_success();
@@ -244,4 +250,64 @@ fn the_agent_unit_is_ready_once_its_api_answers_and_stops_cleanly() {
 
     sd.systemctl(&["stop", "hybridfs@main.service"]).assert_success();
     assert_eq!(sd.prop("hybridfs@main.service", "Result"), "success");
+}
+
+/// The repository root.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn the_debian_package_installs_its_units_mounts_through_them_and_purges() {
+    let vol = main_volume();
+    // The package, built by tools/package-deb.sh from this build's binaries (dpkg-deb: the
+    // path a machine without cargo-deb takes), into the scratch folder.
+    let target = vol.root().join("target");
+    fs::create_dir_all(target.join("release")).unwrap();
+    let ctl = hybridctl_bin();
+    for bin in ["hybridctl", "hybrid-agent"] {
+        let from = ctl.with_file_name(bin);
+        if !from.exists() {
+            fail_loudly(&format!("{} not found: build the workspace (cargo build --release --workspace --bins)", from.display()));
+        }
+        std::os::unix::fs::symlink(&from, target.join("release").join(bin)).unwrap();
+    }
+    let mut c = std::process::Command::new(repo().join("tools/package-deb.sh"));
+    c.args(["--no-build", "--dpkg-deb"]).env("CARGO_TARGET_DIR", &target).env("TMPDIR", vol.root());
+    let out = hybridfs_tests::cmd::run(&mut c, Duration::from_secs(600));
+    out.assert_success();
+    let deb = PathBuf::from(out.stdout.trim());
+    assert!(deb.starts_with(&target) && deb.exists(), "{out}");
+
+    let mut etc = mount_files(&vol);
+    etc.retain(|(rel, _)| *rel != "hybridfs/hybridfs.toml"); // the package's conffile
+    let boot = Boot { etc, installed: &["hybridfs@.service", "hybrid-agent.service"], ..Boot::default() };
+    let sd = LiveSystemd::boot(&vol.root().join("systemd"), boot);
+    sd.sh(&format!("dpkg -i {}", deb.display())).assert_success();
+    // Installed where a package puts things, and systemd told (postinst: daemon-reload).
+    let exec = sd.prop("hybridfs@main.service", "ExecStart");
+    assert!(exec.contains("path=/usr/bin/hybridctl") && exec.contains("--mkdir"), "{exec}");
+    let out = sd.sh("readlink /usr/sbin/mount.fuse.hybridfs && hybridctl --version && ls /usr/share/man/man1/hybridctl-mount.1.gz /usr/share/bash-completion/completions/hybridctl /etc/hybridfs/hybridfs.toml");
+    out.assert_success();
+    assert!(out.stdout.starts_with("/usr/bin/hybridctl\nhybridctl "), "{out}");
+    let out = sd.sh("readelf -SW /usr/bin/hybridctl | grep -c -E '[.]debug_(info|line|str)' || true");
+    assert_eq!(out.stdout.trim(), "0", "the packaged binary has no debug info (readelf): {out}");
+
+    let unit = "hybridfs@main.service";
+    sd.systemctl(&["start", unit]).assert_success();
+    let mp = vol.mountpoint();
+    assert_eq!(sd.fstype_at(mp).as_deref(), Some("fuse.hybridfs"), "{}", sd.log(unit));
+    sd.sh(&format!("printf installed > {}", mp.join("f").display())).assert_success();
+    sd.systemctl(&["stop", unit]).assert_success();
+    assert_eq!(sd.prop(unit, "Result"), "success");
+
+    sd.sh("dpkg --purge hybridfs").assert_success();
+    let out = sd.sh("test ! -e /usr/bin/hybridctl && test ! -e /usr/sbin/mount.fuse.hybridfs && test ! -e /lib/systemd/system/hybridfs@.service");
+    assert!(out.success(), "purge left files behind: {out}");
+    assert_eq!(sd.prop(unit, "LoadState"), "not-found", "postrm: daemon-reload");
+    // What the operator wrote is theirs: kept.
+    assert!(sd.sh("test -e /etc/hybridfs/mount-main.env").success());
+    let out = vol.ctl(&["status", "main", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(status[0]["files"], 1, "the volume outlives the package: {out}");
 }
