@@ -5,6 +5,7 @@
 //! - [`TestVolume`]: formats and mounts a volume; on drop it always unmounts (`hybridctl
 //!   umount`, else `umount -l`) and kills a leftover mount process, even when the test panics.
 //!   It also arms a [`Watchdog`]: a mount that hangs would otherwise hang the test forever.
+//! - [`browser`]: headless `chromium` for the dashboard tests (also used by the agent's).
 //! - [`cmd`]: commands run with a time limit (`hybridctl`, `umount`, external tools).
 //! - [`content`]: deterministic file contents derived from a seed, so a checker can rebuild
 //!   what a writer wrote from a file name alone.
@@ -17,6 +18,8 @@
 //! Preconditions are checked loudly: [`require_fuse`] and [`require_root`] fail the test
 //! with a banner instead of letting it pass silently on a machine that cannot run it.
 
+#[path = "harness/browser.rs"]
+pub mod browser;
 #[path = "harness/cmd.rs"]
 pub mod cmd;
 #[path = "harness/content.rs"]

@@ -7,10 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+// The browser helpers are the node tests' (only std: the agent links no node crate).
+#[path = "../../tests/harness/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+use browser::{browse, chromium, svg, text_of};
 
 use hybrid_agent::api::{self, call, Listener, Request};
 use hybrid_agent::clock::{Clock, ManualClock};
@@ -174,45 +179,6 @@ fn a_login_code_is_good_once_and_its_cookie_opens_only_the_read_only_data() {
     // The admin token reads the data too (scripts).
     let r = call(&srv.addr, "GET", "/dashboard/data", Some(TOKEN), None).unwrap();
     assert_eq!(r.body["nodes"].as_array().unwrap().len(), 2);
-}
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|b| {
-        let out = Command::new("sh").arg("-c").arg(format!("command -v {b}")).output().ok()?;
-        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-}
-
-/// Runs headless chromium on `url` with `profile` as its user data dir (cookies persist
-/// there between runs); `extra`: `--dump-dom` or `--screenshot=…`. Bounded by `timeout`.
-fn browse(chromium: &Path, profile: &Path, url: &str, extra: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .arg("90")
-        .arg(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"])
-        .args(["--disable-background-networking", "--disable-component-update", "--disable-extensions"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--virtual-time-budget=10000", "--window-size=1280,1100"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chromium: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The text of the element with `id` (its first text child), from the serialized DOM.
-fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
-    let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the DOM"));
-    let rest = &dom[at..];
-    let start = rest.find('>').unwrap() + 1;
-    &rest[start..start + rest[start..].find('<').unwrap()]
-}
-
-/// The element `<svg id="…"…>…</svg>` of the serialized DOM.
-fn svg<'a>(dom: &'a str, id: &str) -> &'a str {
-    let at = dom.find(&format!("<svg id=\"{id}\"")).unwrap_or_else(|| panic!("no svg #{id}"));
-    &dom[at..at + dom[at..].find("</svg>").unwrap()]
 }
 
 #[test]

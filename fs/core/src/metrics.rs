@@ -33,6 +33,9 @@ pub struct Metrics {
     pub blocks_sealed: AtomicU64,
     pub bytes_written: AtomicU64,
     pub bytes_read: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub fetch_bytes: AtomicU64,
     corrupt_ids: Mutex<Vec<BlockId>>,
 }
 
@@ -63,13 +66,13 @@ impl Metrics {
     }
 
     pub fn cache_hit(&self) {
-        metrics::counter!(BLOCK_CACHE_HITS).increment(1);
+        Self::add(&self.cache_hits, BLOCK_CACHE_HITS, 1);
     }
 
     /// A block fetched from the block store: `bytes` in `secs`.
     pub fn cache_miss(&self, bytes: u64, secs: f64) {
-        metrics::counter!(BLOCK_CACHE_MISSES).increment(1);
-        metrics::counter!(BLOCK_FETCH_BYTES).increment(bytes);
+        Self::add(&self.cache_misses, BLOCK_CACHE_MISSES, 1);
+        Self::add(&self.fetch_bytes, BLOCK_FETCH_BYTES, bytes);
         metrics::histogram!(BLOCK_FETCH_SECONDS).record(secs);
     }
 
@@ -88,6 +91,9 @@ impl Metrics {
             (BLOCKS_SEALED, &self.blocks_sealed),
             (BYTES_WRITTEN, &self.bytes_written),
             (BYTES_READ, &self.bytes_read),
+            (BLOCK_CACHE_HITS, &self.cache_hits),
+            (BLOCK_CACHE_MISSES, &self.cache_misses),
+            (BLOCK_FETCH_BYTES, &self.fetch_bytes),
         ];
         MetricsSnapshot {
             counters: counters.iter().map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed))).collect(),

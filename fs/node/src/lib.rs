@@ -17,6 +17,7 @@
 //! * [`status`] — read-only views: status, fsck, journal, merge log.
 //! * [`workers`] — background work as named workers with a status, a stop signal and backoff.
 //! * [`metrics_http`] — `/metrics` in the Prometheus text format.
+//! * [`dashboard`] — the mount's web page (`--dashboard`), served beside `/metrics`.
 //! * [`types`] — the report types of the layers below, for callers that print them.
 //! * [`error`] — [`NodeError`] (the kinds callers match on: bad input, not found, busy,
 //!   store unreachable, control, I/O), [`BadInput`], and the one table from errors to exit
@@ -28,6 +29,7 @@
 
 pub mod control;
 pub mod create;
+pub mod dashboard;
 pub mod error;
 pub mod home;
 pub mod keys;

@@ -3,8 +3,9 @@
 //! ([`mount_daemon`]); and [`umount`].
 //!
 //! A mount process owns its volume (the lock) and, for the life of the mount, the background
-//! work around it: the sealer, the collector, the metrics writer and server, the control
-//! socket (crate::control) and the store check. The named workers (sealer, fetchers,
+//! work around it: the sealer, the collector, the metrics writer and server (with the
+//! dashboard, [`crate::dashboard`], when asked), the control socket (crate::control) and the
+//! store check. The named workers (sealer, fetchers,
 //! uploaders, collector, metrics writer, control) share the volume's registry
 //! ([`Volume::workers`]); when the session ends they are stopped, which also cancels the
 //! mount's object stores: a request in flight (a push's upload, a fetch) is aborted.
@@ -87,13 +88,15 @@ pub struct MountOptions {
     pub read_timeout: Option<u64>,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the mount's web page at `http://ADDR/dashboard` (needs `metrics_addr`).
+    pub dashboard: bool,
     /// Mount read-only (`MS_RDONLY`; every change is `EROFS`).
     pub read_only: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, read_only: false }
+        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, dashboard: false, read_only: false }
     }
 }
 
@@ -124,13 +127,14 @@ pub fn mount_daemon(home: &Home, name: &str, mp: &Path, opts: &MountOptions, pro
 pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions) -> NodeResult<()> {
     typed(|| {
         let vd = home.volume(name)?;
-        vd.config()?;
+        let cfg = vd.config()?;
         let mp = prepare_mountpoint(mp)?;
+        let dashboard = dashboard_of(opts)?;
         // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
         let signals = block_termination_signals()?;
         let _lock = vd.lock()?;
         if let Some(addr) = opts.metrics_addr {
-            crate::metrics_http::serve(addr)?;
+            crate::metrics_http::serve(addr, dashboard.clone())?;
         }
         // The volume with its object store, kept for the life of the mount.
         let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
@@ -143,7 +147,10 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
         // The mount's background work; stopped (and waited for) when the session ends.
         let workers = vol.workers().clone();
         spawn_metrics_writer(&workers, &vol, vd.metrics_path())?;
-        crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path())?;
+        crate::control::serve(vol.clone(), remote.clone(), workers.clone(), &vd.control_path(), dashboard.clone())?;
+        if let Some(d) = &dashboard {
+            d.attach(&vol, cfg, mp.clone(), &workers)?;
+        }
         spawn_collector(&workers, &vol)?;
         spawn_store_check(remote);
         let cfg = MountConfig {
@@ -163,6 +170,15 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
         tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
         Ok(())
     })
+}
+
+/// The mount's dashboard, if asked for: it is served on the metrics address, so it needs one.
+fn dashboard_of(opts: &MountOptions) -> Result<Option<Arc<crate::dashboard::Dashboard>>> {
+    match (opts.dashboard, opts.metrics_addr) {
+        (false, _) => Ok(None),
+        (true, None) => bad_input("mount.dashboard (--dashboard) needs mount.metrics_addr (--metrics-addr): the page is served there"),
+        (true, Some(_)) => Ok(Some(Arc::new(crate::dashboard::Dashboard::new()))),
+    }
 }
 
 /// Say in the mount log whether the volume's store answers: the mount never waits for it
@@ -196,6 +212,9 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     }
     if let Some(addr) = flags.metrics_addr {
         cmd.arg("--metrics-addr").arg(addr.to_string());
+    }
+    if flags.dashboard {
+        cmd.arg("--dashboard");
     }
     if flags.read_only {
         cmd.arg("--read-only");

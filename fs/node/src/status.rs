@@ -5,6 +5,7 @@
 use crate::home::VolumeDir;
 use crate::error::{typed, NodeResult};
 use hybridfs_core::fsck::{self, FsckReport};
+use hybridfs_core::meta::MetaStore;
 use hybridfs_core::metrics::MetricsSnapshot;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, JournalEntry, Kind};
@@ -53,6 +54,33 @@ pub struct VolumeStatus {
     pub workers: Option<Vec<WorkerStatus>>,
 }
 
+/// The unpushed bytes of each file: the blocks the journal holds since the last push to
+/// `branch`, counted at the file's size now (`size_of`: None for a file that is gone; the last
+/// block may be short). Reads only the journal since that push and the sizes of the files it
+/// names, so the cost follows the changes since the push, not the size of the volume.
+pub fn unpushed_per_file(
+    meta: &MetaStore,
+    branch: &str,
+    block_size: u64,
+    size_of: &mut dyn FnMut(u64) -> anyhow::Result<Option<u64>>,
+) -> anyhow::Result<HashMap<u64, u64>> {
+    let since = hybridfs_sync::unpushed_since(meta, branch)?;
+    let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
+    let mut sizes: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut per_file: HashMap<u64, u64> = HashMap::new();
+    for (ino, block) in unpushed {
+        let size = match sizes.get(&ino) {
+            Some(s) => *s,
+            None => *sizes.entry(ino).or_insert(size_of(ino)?),
+        };
+        match size.map_or(0, |s| s.saturating_sub(block * block_size).min(block_size)) {
+            0 => {}
+            n => *per_file.entry(ino).or_default() += n,
+        }
+    }
+    Ok(per_file)
+}
+
 impl VolumeDir {
     pub fn status(&self) -> NodeResult<VolumeStatus> {
         typed(|| {
@@ -72,15 +100,7 @@ impl VolumeDir {
             let bs = cfg.block_size as u64;
             // The bytes of one block of a live file (the last block may be short; deleted files: 0).
             let block_bytes = |ino: u64, block: u64| sizes.get(&ino).map_or(0, |s| s.saturating_sub(block * bs).min(bs));
-            let since = hybridfs_sync::unpushed_since(&meta, cfg.push_branch())?;
-            let unpushed: HashSet<(u64, u64)> = meta.journal(since)?.into_iter().map(|e| (e.ino, e.block)).collect();
-            let mut per_file: HashMap<u64, u64> = HashMap::new();
-            for (i, b) in &unpushed {
-                match block_bytes(*i, *b) {
-                    0 => {}
-                    n => *per_file.entry(*i).or_default() += n,
-                }
-            }
+            let per_file = unpushed_per_file(&meta, cfg.push_branch(), bs, &mut |ino| Ok(sizes.get(&ino).copied()))?;
             let unpushed_bytes = per_file.values().sum();
             let mut dirty: Vec<(u64, u64)> = per_file.into_iter().collect();
             dirty.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

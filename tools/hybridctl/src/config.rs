@@ -43,6 +43,7 @@ pub const KEYS: &[Key] = &[
     key("mount.seal_delay", &["HYBRIDFS_MOUNT_SEAL_DELAY"], Some("--seal-delay"), "30s"),
     key("mount.read_timeout", &["HYBRIDFS_MOUNT_READ_TIMEOUT"], Some("--read-timeout"), "the volume's read_timeout_secs, else 30s"),
     key("mount.metrics_addr", &["HYBRIDFS_MOUNT_METRICS_ADDR"], Some("--metrics-addr"), "none (no metrics server)"),
+    key("mount.dashboard", &["HYBRIDFS_MOUNT_DASHBOARD"], Some("--dashboard"), "false"),
     key("format.block_size", &["HYBRIDFS_FORMAT_BLOCK_SIZE"], Some("--block-size"), "1M"),
     key("format.store", &["HYBRIDFS_FORMAT_STORE"], Some("--store"), "file://HOME/store"),
     key("format.encryption_key_file", &["HYBRIDFS_FORMAT_ENCRYPTION_KEY_FILE"], Some("--encryption-key-file"), "none (not encrypted)"),
@@ -361,6 +362,7 @@ struct MountKeys {
     seal_delay: F<Secs>,
     read_timeout: F<Secs>,
     metrics_addr: F<SocketAddr>,
+    dashboard: F<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -399,6 +401,7 @@ pub struct Flags {
     pub seal_delay: Option<Secs>,
     pub read_timeout: Option<Secs>,
     pub metrics_addr: Option<SocketAddr>,
+    pub dashboard: Option<bool>,
     pub block_size: Option<BlockSize>,
     pub store: Option<StoreUrl>,
     pub format_key_file: Option<PathBuf>,
@@ -422,6 +425,8 @@ pub struct Config {
     pub seal_delay: u64,
     pub read_timeout: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the mount's web page on `metrics_addr` (which it needs).
+    pub dashboard: bool,
     pub block_size: String,
     pub store: Option<String>,
     pub format_key_file: Option<PathBuf>,
@@ -443,6 +448,10 @@ pub enum Error {
     File(#[from] ConfigError),
     #[error("environment {var}: {key}: {message}")]
     Env { var: &'static str, key: &'static str, message: String },
+    /// Values that are fine alone but not together; `origin` says where the key was set
+    /// (`FILE:LINE`, `env VAR`, `flag --FLAG`).
+    #[error("{origin}: {key}: {message}")]
+    Conflict { origin: String, key: &'static str, message: String },
 }
 
 /// Picks the values: file < environment < flags.
@@ -523,6 +532,12 @@ impl Config {
         let seal_delay = r.get("mount.seal_delay", m.seal_delay, flags.seal_delay)?.map_or(30, |s| s.0);
         let read_timeout = r.get("mount.read_timeout", m.read_timeout, flags.read_timeout)?.map(|s| s.0);
         let metrics_addr = r.get("mount.metrics_addr", m.metrics_addr, flags.metrics_addr)?;
+        let dashboard = r.get("mount.dashboard", m.dashboard, flags.dashboard)?.unwrap_or(false);
+        if dashboard && metrics_addr.is_none() {
+            let origin = r.rows.last().map(|row| row.source.clone()).unwrap_or_default();
+            let message = "needs mount.metrics_addr (--metrics-addr): the page is served on the metrics address".to_string();
+            return Err(Error::Conflict { origin, key: "mount.dashboard", message });
+        }
         let f = keys.format;
         let block_size = r.get("format.block_size", f.block_size, flags.block_size)?.map_or_else(|| "1M".to_string(), |b| b.0);
         let store = r.get("format.store", f.store, flags.store)?.map(|s| s.0);
@@ -550,6 +565,7 @@ impl Config {
             seal_delay,
             read_timeout,
             metrics_addr,
+            dashboard,
             block_size,
             store,
             format_key_file,

@@ -106,6 +106,10 @@ enum Cmd {
         /// 127.0.0.1:9580); names in doc/METRICS.md.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Also serve the mount's web page at http://ADDR/dashboard (needs --metrics-addr;
+        /// same exposure as /metrics: bind to loopback or a trusted network). doc/DASHBOARD.md.
+        #[arg(long)]
+        dashboard: bool,
         /// Mount read-only (`MS_RDONLY`): every change fails with EROFS (`-o ro` in fstab).
         /// Control commands (push, snapshot, merge) still work on the volume.
         #[arg(long)]
@@ -519,12 +523,13 @@ fn flags_of(cli: &Cli) -> config::Flags {
         ..Default::default()
     };
     match &cli.cmd {
-        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, .. } => {
+        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, dashboard, .. } => {
             f.threads = *threads;
             f.writeback_cache = writeback_cache.then_some(true);
             f.seal_delay = *seal_delay;
             f.read_timeout = *read_timeout;
             f.metrics_addr = *metrics_addr;
+            f.dashboard = dashboard.then_some(true);
         }
         Cmd::Format { block_size, store, encryption_key_file, .. } => {
             f.block_size = block_size.clone();
@@ -590,6 +595,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
                 seal_delay: cfg.seal_delay,
                 read_timeout: cfg.read_timeout,
                 metrics_addr: cfg.metrics_addr,
+                dashboard: cfg.dashboard,
             };
             if daemon {
                 let d = mount::mount_daemon(&home, &name, &mountpoint, &opts, &std::env::current_exe()?)?;
@@ -701,7 +707,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
 /// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
 /// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
 /// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
-/// `metrics_addr=ADDR`, `writeback_cache`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
+/// `metrics_addr=ADDR`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
 /// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
 /// `ro` mounts read-only (`--read-only`).
 /// `mount --mkdir`: only a path that is not there at all is created; anything else (a
@@ -741,6 +747,7 @@ fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
             Some(("threads", v)) => flags.extend(flag("--threads", v)),
             Some(("metrics_addr", v)) => flags.extend(flag("--metrics-addr", v)),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
+            None if o == "dashboard" => flags.push("--dashboard".into()),
             None if o == "ro" => flags.push("--read-only".into()),
             _ => {}
         }
@@ -894,6 +901,9 @@ mod tests {
         assert_eq!(helper(&args).unwrap(), want);
         Cli::try_parse_from(helper(&args).unwrap()).expect("the helper's command line parses");
         assert!(helper(&["mount.fuse.hybridfs", "data", "/mnt/x", "-o", "rw,ro"]).unwrap().ends_with(&["-d".to_string(), "--read-only".to_string()]));
+        let dash = helper(&["mount.fuse.hybridfs", "data", "/mnt/x", "-o", "metrics_addr=127.0.0.1:9580,dashboard"]).unwrap();
+        assert!(dash.ends_with(&["--metrics-addr", "127.0.0.1:9580", "--dashboard"].map(String::from)), "{dash:?}");
+        Cli::try_parse_from(dash).expect("the helper's command line parses");
         assert!(helper(&["mount.fuse.hybridfs", "data"]).is_err(), "a missing mount point is refused");
     }
 }

@@ -280,6 +280,26 @@ impl Volume {
         self.space.disk()
     }
 
+    /// Bytes of live files in blocks still staged (written, not yet sealed into blocks), as
+    /// `hybridctl status` counts them, read only from the files that have a staging file: the
+    /// cost follows the unsealed data, never the size of the volume.
+    pub fn unsealed_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for ino in self.staging.list()? {
+            let size = match self.getattr(ino) {
+                Ok(inode) => inode.size,
+                Err(FsError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            for (block, extent) in self.meta.extents(ino, 0)? {
+                if extent == Extent::Staged {
+                    total += size.saturating_sub(block * self.block_size).min(self.block_size);
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The current attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
         if let Some(node) = self.node_if_open(ino) {

@@ -3,6 +3,7 @@
 //! the client for an unmounted volume).
 
 use super::{ControlError, Envelope, Message, PrefetchReport, Reply, Request, SnapshotRow, PROTOCOL_VERSION};
+use crate::dashboard::Dashboard;
 use crate::home::VolumeConfig;
 use crate::workers::{Handle, Workers};
 use anyhow::{Context, Result};
@@ -149,7 +150,8 @@ pub(crate) fn execute(
 }
 
 /// Serve requests on the volume's control socket at `path` until the process exits.
-pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, workers: Arc<Workers>, path: &Path) -> Result<()> {
+/// Pushes and merges it runs are told to `dashboard`, when the mount has one.
+pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, workers: Arc<Workers>, path: &Path, dashboard: Option<Arc<Dashboard>>) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
     // Only the mount's owner (root, usually) may take or delete snapshots.
@@ -159,9 +161,9 @@ pub fn serve(vol: Arc<Volume>, remote: Arc<RemoteSlot>, workers: Arc<Workers>, p
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (vol, remote, workers, status) = (vol.clone(), remote.clone(), workers.clone(), status.clone());
+            let (vol, remote, workers, status, dashboard) = (vol.clone(), remote.clone(), workers.clone(), status.clone(), dashboard.clone());
             let _ = std::thread::Builder::new().name("control-req".into()).spawn(move || {
-                if let Err(e) = answer(&vol, &remote, &workers, &status, conn) {
+                if let Err(e) = answer(&vol, &remote, &workers, &status, conn, dashboard.as_deref()) {
                     tracing::warn!("control request: {e}");
                 }
             });
@@ -177,7 +179,7 @@ fn send(conn: &UnixStream, msg: &Message) -> std::io::Result<()> {
     w.write_all(line.as_bytes())
 }
 
-fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle, conn: UnixStream) -> Result<()> {
+fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle, conn: UnixStream, dashboard: Option<&Dashboard>) -> Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line)?;
@@ -205,6 +207,9 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
                 tracing::info!("control request {}: its client went away; cancelled", env.request.op());
             }
             status.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            if let (Some(d), Ok(reply), Request::Push { .. } | Request::Merge(_)) = (dashboard, &result, &env.request) {
+                d.record(reply);
+            }
             result
         }
     };

@@ -185,3 +185,21 @@ fn check_warns_of_variables_that_set_nothing_and_of_a_readable_secret() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(c.warnings(std::iter::empty()).is_empty());
 }
+
+#[test]
+fn the_dashboard_needs_a_metrics_address_and_the_error_says_where_it_was_asked_for() {
+    let c = resolve("[mount]\nmetrics_addr = \"127.0.0.1:9580\"\ndashboard = true\n", &[], Flags::default()).unwrap();
+    assert!(c.dashboard);
+    assert!(!resolve("", &[], Flags::default()).unwrap().dashboard, "off by default");
+    let e = err("[mount]\nthreads = 2\ndashboard = true\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:3: mount.dashboard: needs mount.metrics_addr"), "{e}");
+    let e = resolve("", &[("HYBRIDFS_MOUNT_DASHBOARD", "yes")], Flags::default()).unwrap_err().to_string();
+    assert!(e.starts_with("env HYBRIDFS_MOUNT_DASHBOARD: mount.dashboard: needs mount.metrics_addr"), "{e}");
+    let e = resolve("", &[], Flags { dashboard: Some(true), ..Flags::default() }).unwrap_err().to_string();
+    assert!(e.starts_with("flag --dashboard: mount.dashboard: needs mount.metrics_addr"), "{e}");
+    // The address from the environment, the switch from the flag: fine together.
+    let c = resolve("", &[("HYBRIDFS_MOUNT_METRICS_ADDR", "127.0.0.1:9581")], Flags { dashboard: Some(true), ..Flags::default() }).unwrap();
+    assert_eq!((c.dashboard, c.source_of("mount.dashboard")), (true, Some("flag --dashboard")));
+    let e = err("[mount]\ndashboard = \"sometimes\"\n");
+    assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: mount.dashboard: `sometimes` is not true or false"), "{e}");
+}
