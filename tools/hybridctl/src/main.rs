@@ -703,13 +703,6 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
     }
 }
 
-/// `mount -t fuse.hybridfs NAME DIR -o OPTS` (and an fstab line) runs
-/// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
-/// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
-/// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
-/// `metrics_addr=ADDR`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
-/// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
-/// `ro` mounts read-only (`--read-only`).
 /// `mount --mkdir`: only a path that is not there at all is created; anything else (a
 /// directory, a dead mount, a file) is left to the mount's own checks.
 fn create_mountpoint(mp: &std::path::Path) -> Result<()> {
@@ -721,6 +714,13 @@ fn create_mountpoint(mp: &std::path::Path) -> Result<()> {
     }
 }
 
+/// `mount -t fuse.hybridfs NAME DIR -o OPTS` (and an fstab line) runs
+/// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
+/// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
+/// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
+/// `metrics_addr=ADDR`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
+/// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
+/// `ro` mounts read-only (`--read-only`).
 fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
     let mut out = vec!["hybridctl".to_string()];
     let mut rest = Vec::new();
