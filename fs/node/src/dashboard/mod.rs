@@ -18,7 +18,7 @@
 //! Still, a node that wrote much without pushing makes them slower, so a computation that
 //! took `t` is not repeated before [`FIGURES_SPACING`]` × t` has passed (at most 1/20 of a
 //! core); a sample in between repeats the last figures, and says when they were computed
-//! (`figures_at`).
+//! (`figures_at`) and what that took (`figures_took_ms`).
 //!
 //! **History.** A worker (`dashboard-sampler`) takes a sample every [`INTERVAL`]: the figures
 //! above and the write and read rates (the counters' growth over the interval). The last
@@ -254,6 +254,7 @@ impl Dashboard {
             "unpushed_bytes": d.figures.unpushed,
             "unsealed_bytes": d.figures.unsealed,
             "figures_at": d.figures.at,
+            "figures_took_ms": d.figures.took.as_secs_f64() * 1000.0,
             "counters": {
                 "bytes_written": c.bytes_written.load(Ordering::Relaxed),
                 "bytes_read": c.bytes_read.load(Ordering::Relaxed),
