@@ -8,6 +8,7 @@ use crate::blockstore::BlockStore;
 use crate::error::Result;
 use crate::extent::blocks_for;
 use crate::meta::MetaStore;
+use crate::progress::{Meter, OnProgress};
 use crate::staging::Staging;
 use crate::types::{BlockId, Extent, Ino, Kind, ROOT_INO};
 use serde::Serialize;
@@ -51,6 +52,19 @@ pub fn check(
     block_size: u64,
     verify: bool,
 ) -> Result<FsckReport> {
+    check_with(meta, blocks, staging, block_size, verify, &crate::progress::ignore)
+}
+
+/// [`check`], reporting the verification (`verify`) to `progress`: op `fsck`, blocks read
+/// and verified of those referenced, and their bytes.
+pub fn check_with(
+    meta: &MetaStore,
+    blocks: &dyn BlockStore,
+    staging: &Staging,
+    block_size: u64,
+    verify: bool,
+    progress: OnProgress,
+) -> Result<FsckReport> {
     let mut r = FsckReport::default();
     let mut inodes: HashMap<Ino, Seen> = HashMap::new();
     meta.for_each_inode(&mut |i| {
@@ -71,7 +85,7 @@ pub fn check(
         }
     }
     check_names(meta, &inodes, &mut r)?;
-    check_extents(meta, blocks, staging, &inodes, block_size, verify, &mut r)?;
+    check_extents(meta, blocks, staging, &inodes, block_size, verify.then_some(progress), &mut r)?;
     for s in inodes.values() {
         match s.kind {
             Kind::Dir => r.directories += 1,
@@ -140,10 +154,11 @@ fn check_extents(
     staging: &Staging,
     inodes: &HashMap<Ino, Seen>,
     block_size: u64,
-    verify: bool,
+    verify: Option<OnProgress>,
     r: &mut FsckReport,
 ) -> Result<()> {
-    let mut refs: HashMap<BlockId, u64> = HashMap::new();
+    // Per block: the extents that use it, and its length.
+    let mut refs: HashMap<BlockId, (u64, u64)> = HashMap::new();
     let mut staged_inodes: HashSet<Ino> = HashSet::new();
     meta.for_each_extent(&mut |ino, block, ext| {
         match inodes.get(&ino) {
@@ -160,9 +175,10 @@ fn check_extents(
                 r.staged_blocks += 1;
                 staged_inodes.insert(ino);
             }
-            Extent::Sealed { id, .. } => {
+            Extent::Sealed { id, len } => {
                 r.sealed_blocks += 1;
-                *refs.entry(id).or_default() += 1;
+                let e = refs.entry(id).or_default();
+                (e.0, e.1) = (e.0 + 1, len as u64);
             }
         }
     })?;
@@ -177,9 +193,10 @@ fn check_extents(
         r.notes.push(format!("{stale} staging files hold no staged block (reclaimable)"));
     }
     meta.for_each_history_extent(&mut |_, _, _, ext| {
-        if let Extent::Sealed { id, .. } = ext {
+        if let Extent::Sealed { id, len } = ext {
             r.snapshot_blocks += 1;
-            *refs.entry(id).or_default() += 1;
+            let e = refs.entry(id).or_default();
+            (e.0, e.1) = (e.0 + 1, len as u64);
         }
     })?;
     check_refs(meta, blocks, &refs, verify, r)
@@ -188,33 +205,45 @@ fn check_extents(
 fn check_refs(
     meta: &MetaStore,
     blocks: &dyn BlockStore,
-    refs: &HashMap<BlockId, u64>,
-    verify: bool,
+    refs: &HashMap<BlockId, (u64, u64)>,
+    verify: Option<OnProgress>,
     r: &mut FsckReport,
 ) -> Result<()> {
+    let mut meter = verify.map(|on| {
+        let bytes = refs.values().map(|(_, len)| len).sum();
+        Meter::new("fsck", "", refs.len() as u64, bytes, on)
+    });
     let mut stored: HashMap<BlockId, u64> = HashMap::new();
     meta.for_each_ref(&mut |id, n| {
         stored.insert(id, n);
     })?;
-    for (id, &n) in refs {
+    for (id, &(n, len)) in refs {
         let s = stored.get(id).copied().unwrap_or(0);
         if s != n {
             r.problems.push(format!("block {id}: reference count {s} but {n} extents use it"));
         }
         if !blocks.contains(id)? {
             r.problems.push(format!("block {id} is referenced but missing from the block store"));
+            if let Some(m) = &mut meter {
+                m.add(1, len);
+            }
             continue;
         }
         if !blocks.is_local(id)? {
             r.remote_only_blocks += 1;
         }
-        if verify {
+        if let Some(m) = &mut meter {
             match blocks.get(id) {
                 Ok(_) => r.verified_blocks += 1,
                 Err(e) => r.problems.push(format!("block {id} fails verification: {e}")),
             }
+            m.add(1, len);
         }
     }
+    if let Some(m) = &mut meter {
+        m.finish();
+    }
+    let verify = meter.is_some();
     for (id, n) in &stored {
         if !refs.contains_key(id) {
             r.problems.push(format!("block {id}: reference count {n} but no extent uses it"));

@@ -20,6 +20,7 @@
 //! * [`worker`] — background work as named workers (status, stop signal, backoff): the
 //!   registry every layer's loops report into.
 //! * [`fsck`] — consistency checks over a metadata store and a block store.
+//! * [`progress`] — progress events of long operations, throttled where they are counted.
 //! * [`extent`] — pure block arithmetic. [`error`] — the one error enum and errno table.
 //!
 //! Core holds no FUSE, RocksDB or cloud types: every I/O seam is a trait.
@@ -35,6 +36,7 @@ pub mod layer;
 pub mod merge;
 pub mod meta;
 pub mod metrics;
+pub mod progress;
 pub mod record;
 pub mod space;
 pub mod staging;

@@ -8,6 +8,7 @@ use crate::error::{bad_input, typed, NodeResult};
 use crate::home::{parse_size, valid_name, Home, VolumeConfig, VolumeDir, FORMAT_VERSION};
 use crate::keys;
 use anyhow::{Context, Result};
+use hybridfs_core::progress::OnProgress;
 use hybridfs_core::Volume;
 use hybridfs_sync::clone::CloneReport;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,12 @@ impl Home {
     /// `hybridctl clone STORE/VOLUME --branch B`: a local volume built from the layers of
     /// branch `source` of VOLUME; file data is fetched when first read.
     pub fn clone_volume(&self, spec: &CloneSpec) -> NodeResult<Cloned> {
+        self.clone_volume_with(spec, &hybridfs_core::progress::ignore)
+    }
+
+    /// [`Home::clone_volume`], reporting to `progress` (op `clone`: records applied, layer
+    /// bytes downloaded).
+    pub fn clone_volume_with(&self, spec: &CloneSpec, progress: OnProgress) -> NodeResult<Cloned> {
         typed(|| {
             let (url, branch, source) = (spec.url.as_str(), spec.branch.as_str(), spec.source.as_str());
             let trimmed = url.trim_end_matches('/');
@@ -177,7 +184,7 @@ impl Home {
             let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
             let result = (|| -> Result<CloneReport> {
                 let meta = vd.open_meta(false)?;
-                let report = hybridfs_sync::clone::import_at(&meta, &remote, source, spec.from, branch)?;
+                let report = hybridfs_sync::clone::import_at_with(&meta, &remote, source, spec.from, branch, progress)?;
                 drop(meta);
                 let cfg = VolumeConfig {
                     format_version: FORMAT_VERSION,

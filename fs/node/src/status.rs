@@ -7,6 +7,7 @@ use crate::error::{typed, NodeResult};
 use hybridfs_core::fsck::{self, FsckReport};
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::metrics::MetricsSnapshot;
+use hybridfs_core::progress::OnProgress;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Extent, JournalEntry, Kind};
 use hybridfs_sync::RemoteCheck;
@@ -149,6 +150,11 @@ impl VolumeDir {
 
     /// Check metadata and block consistency (`verify`: re-hash every sealed block).
     pub fn fsck(&self, verify: bool) -> NodeResult<FsckReport> {
+        self.fsck_with(verify, &hybridfs_core::progress::ignore)
+    }
+
+    /// [`VolumeDir::fsck`], reporting the verification to `progress` (op `fsck`).
+    pub fn fsck_with(&self, verify: bool, progress: OnProgress) -> NodeResult<FsckReport> {
         typed(|| {
             let cfg = self.config()?;
             let meta = self.open_meta(true)?;
@@ -156,13 +162,18 @@ impl VolumeDir {
             let remote = crate::control::RemoteSlot::new(cfg.clone(), workers.clone());
             let blocks = self.open_blocks(&meta, &remote, &workers)?;
             let staging = Staging::new(self.staging_dir())?;
-            Ok(fsck::check(&*meta, &*blocks, &staging, cfg.block_size as u64, verify)?)
+            Ok(fsck::check_with(&*meta, &*blocks, &staging, cfg.block_size as u64, verify, progress)?)
         })
     }
 
     /// Check the volume's branch in its store (default: the volume's branch; for a clone not
     /// pushed yet, its source): every block its layers name is there.
     pub fn fsck_remote(&self, branch: Option<String>, verify: bool) -> NodeResult<RemoteCheck> {
+        self.fsck_remote_with(branch, verify, &hybridfs_core::progress::ignore)
+    }
+
+    /// [`VolumeDir::fsck_remote`], reporting the verification to `progress` (op `fsck`).
+    pub fn fsck_remote_with(&self, branch: Option<String>, verify: bool, progress: OnProgress) -> NodeResult<RemoteCheck> {
         typed(|| {
             let cfg = self.config()?;
             let remote = cfg.remote()?;
@@ -173,7 +184,7 @@ impl VolumeDir {
                     _ => cfg.push_branch().to_string(),
                 },
             };
-            Ok(hybridfs_sync::check_remote(&remote, &branch, verify)?)
+            Ok(hybridfs_sync::check_remote_with(&remote, &branch, verify, progress)?)
         })
     }
 

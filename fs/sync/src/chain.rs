@@ -37,12 +37,16 @@ pub struct ChainLink {
     pub branch: String,
     pub r: LayerRef,
     pub header: LayerHeader,
+    /// The size of the layer's stored object (what reading it again downloads).
+    pub bytes: u64,
 }
 
 /// The records of one verified layer, a chunk at a time ([`Remote::stream`]).
 pub struct LayerStream {
     reader: LayerReader<std::io::Cursor<Vec<u8>>>,
     name: String,
+    /// The size of the stored object it was read from.
+    pub stored_bytes: u64,
 }
 
 impl LayerStream {
@@ -109,13 +113,14 @@ impl Remote {
     /// format and header read, records not yet.
     fn open_layer(&self, branch: &str, r: &LayerRef, body: Vec<u8>) -> Result<LayerStream> {
         let name = format!("layer {} of branch {branch} ({})", r.seq, r.key);
+        let stored_bytes = body.len() as u64;
         let bytes = self.open_meta(&self.layer_aad(branch, r.seq), body)?;
         let reader = LayerReader::open(std::io::Cursor::new(bytes)).map_err(|e| SyncError::Corrupt(format!("{name}: {e}")))?;
         let h = reader.header();
         if h.seq != r.seq || h.branch != branch || h.volume != self.volume {
             return Err(SyncError::Corrupt(format!("{name}: it says it is layer {} of {}/{}", h.seq, h.volume, h.branch)));
         }
-        Ok(LayerStream { reader, name })
+        Ok(LayerStream { reader, name, stored_bytes })
     }
 
     /// The records of the layer `r` names, read again and verified, a chunk at a time.
@@ -166,7 +171,9 @@ impl Remote {
         let mut next = Some(top);
         // Each step goes one sequence number down: the walk ends.
         while let Some(r) = next.take().filter(|r| r.seq >= down_to.max(1)) {
-            let header = self.read_header(branch, &r)?;
+            let layer = self.stream(branch, &r)?;
+            let (header, bytes) = (layer.header().clone(), layer.stored_bytes);
+            drop(layer);
             match (&header.prev, r.seq) {
                 (None, 1) => match (&header.parent, &header.parent_ref) {
                     (Some(p), Some(pr)) => parent = Some((pr.clone(), p.clone())),
@@ -178,7 +185,7 @@ impl Remote {
                     return Err(SyncError::Corrupt(format!("layer {s} of branch {branch} ({}) names {p:?} as the layer before it", r.key)))
                 }
             }
-            links.push(ChainLink { branch: branch.to_string(), r, header });
+            links.push(ChainLink { branch: branch.to_string(), r, header, bytes });
         }
         links.reverse();
         match parent {

@@ -3,6 +3,7 @@
 
 use crate::{Remote, Result, SyncError};
 use hybridfs_cloud::StoreError;
+use hybridfs_core::progress::{Meter, OnProgress};
 use hybridfs_core::types::BlockId;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,13 @@ pub struct RemoteCheck {
 /// Check that every block the layers of `branch` name is in the store; with `verify`, also
 /// download and hash each one (invariant 5).
 pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<RemoteCheck> {
+    check_remote_with(remote, branch, verify, &hybridfs_core::progress::ignore)
+}
+
+/// [`check_remote`], reporting the verification (`verify`) to `progress`: op `fsck`, blocks
+/// downloaded and verified of those the layers name, and their bytes (of a total known when
+/// every block is in a pack, whose index gives its length).
+pub fn check_remote_with(remote: &Remote, branch: &str, verify: bool, progress: OnProgress) -> Result<RemoteCheck> {
     let mut report = RemoteCheck { branch: branch.to_string(), ..Default::default() };
     let Some((head, _)) = remote.head(branch)? else {
         report.problems.push(format!("branch {branch} has no head in {}", remote.store.describe()));
@@ -54,6 +62,11 @@ pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<Remot
         }
     }
     report.blocks = named.len() as u64;
+    let mut meter = verify.then(|| {
+        // Known up front only when every block is in a pack (the index gives its length).
+        let lens: Option<Vec<u64>> = named.iter().map(|id| packed.get(id).map(|(_, _, len)| *len)).collect();
+        Meter::new("fsck", "", named.len() as u64, lens.map_or(0, |l| l.iter().sum()), progress)
+    });
     for id in &named {
         let (key, range) = match packed.get(id) {
             Some((pack, offset, len)) => (remote.pack_key(pack), Some((*offset, *len))),
@@ -69,11 +82,21 @@ pub fn check_remote(remote: &Remote, branch: &str, verify: bool) -> Result<Remot
             }
             continue;
         }
+        let mut read = range.map_or(0, |(_, len)| len);
         match remote.fetch_frame(id, packed.get(id).copied()) {
-            Ok(_) => report.verified += 1,
+            Ok(frame) => {
+                report.verified += 1;
+                read = range.map_or(frame.len() as u64, |(_, len)| len);
+            }
             Err(SyncError::Store(StoreError::NotFound { .. })) => report.problems.push(format!("block {id}: object {key} is missing")),
             Err(e) => report.problems.push(format!("block {id} in {key}: {e}")),
         }
+        if let Some(m) = &mut meter {
+            m.add(1, read);
+        }
+    }
+    if let Some(m) = &mut meter {
+        m.finish();
     }
     Ok(report)
 }

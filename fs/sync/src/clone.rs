@@ -20,6 +20,7 @@
 //! source as parent, so its first push carries only its own changes and names its fork point.
 
 use crate::{LayerRef, LayerStream, PushState, Remote, Result, SyncError};
+use hybridfs_core::progress::{self, Meter, OnProgress};
 use hybridfs_core::meta::{Key, MetaStore, Mutation};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -97,7 +98,15 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
 
 /// As [`import`], as of layer `at` of `source` (None: its head): an earlier pushed state.
 pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str) -> Result<CloneReport> {
-    import_with(meta, remote, source, at, branch, Load::Bulk)
+    import_with(meta, remote, source, at, branch, Load::Bulk, &progress::ignore)
+}
+
+/// [`import_at`], reporting to `progress` (op `clone`, in records): the records of the layers
+/// applied to the new store of all they hold, and the bytes of the layer objects downloaded
+/// of their sum (the walk of the chain, which reads each header, comes first and is not
+/// counted).
+pub fn import_at_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str, progress: OnProgress) -> Result<CloneReport> {
+    import_with(meta, remote, source, at, branch, Load::Bulk, progress)
 }
 
 /// [`import_at`] through the store's transactions ([`MetaStore::apply_unlogged`] in batches of
@@ -110,7 +119,7 @@ pub fn import_at_through_transactions(
     at: Option<u64>,
     branch: &str,
 ) -> Result<CloneReport> {
-    import_with(meta, remote, source, at, branch, Load::Transactions)
+    import_with(meta, remote, source, at, branch, Load::Transactions, &progress::ignore)
 }
 
 /// How a clone fills its new store.
@@ -120,7 +129,15 @@ enum Load {
     Transactions,
 }
 
-fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str, load: Load) -> Result<CloneReport> {
+fn import_with(
+    meta: &MetaStore,
+    remote: &Remote,
+    source: &str,
+    at: Option<u64>,
+    branch: &str,
+    load: Load,
+    progress: OnProgress,
+) -> Result<CloneReport> {
     let started = Instant::now();
     let (head, _) = remote.head(source)?.ok_or_else(|| {
         SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
@@ -163,17 +180,27 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
     }
     // Two threads: this one loads chunks into the store while the other downloads, verifies
     // and decodes the layers ahead of it (at most two chunks ahead: memory stays bounded).
+    let mut meter = Meter::new(
+        "clone",
+        "records",
+        links.iter().map(|l| l.header.records).sum(),
+        links.iter().map(|l| l.bytes).sum(),
+        progress,
+    );
     let (read, loaded) = std::thread::scope(|s| {
-        let (to_load, chunks) = std::sync::mpsc::sync_channel::<Vec<Mutation>>(2);
+        // Each chunk with the bytes of the layers downloaded so far.
+        let (to_load, chunks) = std::sync::mpsc::sync_channel::<(Vec<Mutation>, u64)>(2);
         let links = &links;
         let reader = s.spawn(move || -> Result<(u64, u64, u64, u64)> {
             let (mut layers, mut records, mut blocks, mut block_size) = (0, 0, 0, 0);
+            let downloaded = std::cell::Cell::new(0);
             let mut batch = Vec::with_capacity(BATCH);
             let mut flush = |full: Vec<Mutation>| -> Result<()> {
-                to_load.send(full).map_err(|_| SyncError::Conflict("the clone stopped loading".into()))
+                to_load.send((full, downloaded.get())).map_err(|_| SyncError::Conflict("the clone stopped loading".into()))
             };
             for link in links {
                 let mut layer = remote.stream_link(link)?;
+                downloaded.set(downloaded.get() + layer.stored_bytes);
                 layers += 1;
                 block_size = layer.header().block_size;
                 let applied = apply_layer(&mut layer, &mut batch, &mut flush)?;
@@ -183,12 +210,26 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
             flush(batch)?;
             Ok((layers, records, blocks, block_size))
         });
+        let mut bytes = 0;
+        let mut count = |records: u64, downloaded: u64| {
+            meter.add(records, downloaded - bytes);
+            bytes = downloaded;
+        };
         let loaded = match load {
             Load::Bulk => {
                 let mut bulk = meta.bulk_load();
-                chunks.into_iter().try_for_each(|chunk| bulk.load(chunk)).and_then(|()| bulk.finish())
+                chunks
+                    .into_iter()
+                    .try_for_each(|(chunk, downloaded)| {
+                        let n = records_in(&chunk);
+                        bulk.load(chunk).map(|()| count(n, downloaded))
+                    })
+                    .and_then(|()| bulk.finish())
             }
-            Load::Transactions => chunks.into_iter().try_for_each(|chunk| meta.apply_unlogged(chunk)),
+            Load::Transactions => chunks.into_iter().try_for_each(|(chunk, downloaded)| {
+                let n = records_in(&chunk);
+                meta.apply_unlogged(chunk).map(|()| count(n, downloaded))
+            }),
         };
         (reader.join().expect("the layer reader does not panic"), loaded)
     });
@@ -201,6 +242,7 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
     let persisting = Instant::now();
     meta.persist()?;
     report.persist_seconds = persisting.elapsed().as_secs_f64();
+    meter.finish();
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
     let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
@@ -226,6 +268,11 @@ fn import_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>,
     Ok(report)
 }
 
+/// The records a batch of [`apply_layer`] carries (one [`Mutation::Raw`] each; the blocks
+/// they name and orphans come as mutations of their own).
+fn records_in(batch: &[Mutation]) -> u64 {
+    batch.iter().filter(|m| matches!(m, Mutation::Raw { .. })).count() as u64
+}
 
 /// What applying one layer did.
 struct Applied {
@@ -285,11 +332,22 @@ pub struct PullReport {
 /// and finishes it, to the same head. The pulled records are journaled, so the clone's next
 /// push carries them too.
 pub fn pull(meta: &MetaStore, remote: &Remote) -> Result<PullReport> {
-    pull_stopping_after(meta, remote, None)
+    pull_with(meta, remote, None, &progress::ignore)
+}
+
+/// [`pull`], reporting to `progress` as a clone does (op `pull`, in records): the records of
+/// the new layers applied, and the bytes of their objects downloaded for that (the check
+/// that reads them first is not counted).
+pub fn pull_reporting(meta: &MetaStore, remote: &Remote, progress: OnProgress) -> Result<PullReport> {
+    pull_with(meta, remote, None, progress)
 }
 
 /// [`pull`] that stops (as a crash would) after applying `stop_after` batches: for tests.
 pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>) -> Result<PullReport> {
+    pull_with(meta, remote, stop_after, &progress::ignore)
+}
+
+fn pull_with(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>, progress: OnProgress) -> Result<PullReport> {
     let mut base = CloneBase::load(meta)?.ok_or_else(|| SyncError::Conflict("this volume is not a clone: nothing to pull".into()))?;
     let source = base.source.clone();
     let (to_seq, to) = match &base.pulling {
@@ -324,8 +382,14 @@ pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option
     }
     let mut batches = 0;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut meter = Meter::new("pull", "records", links.iter().map(|l| l.header.records).sum(), links.iter().map(|l| l.bytes).sum(), progress);
+    let downloaded = std::cell::Cell::new(0);
+    let mut counted = 0;
     let mut flush = |full: Vec<Mutation>| -> Result<()> {
+        let n = records_in(&full);
         meta.apply(full, false)?;
+        meter.add(n, downloaded.get() - counted);
+        counted = downloaded.get();
         batches += 1;
         if stop_after.is_some_and(|n| batches >= n) {
             return Err(SyncError::Conflict(format!("pull stopped after {batches} batches (test)")));
@@ -333,14 +397,20 @@ pub fn pull_stopping_after(meta: &MetaStore, remote: &Remote, stop_after: Option
         Ok(())
     };
     for link in &links {
-        report.records += apply_layer(&mut remote.stream_link(link)?, &mut batch, &mut flush)?.records;
+        let mut layer = remote.stream_link(link)?;
+        downloaded.set(downloaded.get() + layer.stored_bytes);
+        report.records += apply_layer(&mut layer, &mut batch, &mut flush)?.records;
     }
+    let last = records_in(&batch);
     base.seq = to_seq;
     base.layer = Some(to);
     base.pulling = None;
     batch.push(base.mutation());
     batch.push(Mutation::SetEpoch(epoch + 1));
     meta.apply(batch, true)?;
+    drop(flush);
+    meter.add(last, downloaded.get() - counted);
+    meter.finish();
     Ok(report)
 }
 

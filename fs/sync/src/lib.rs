@@ -53,7 +53,7 @@ pub mod nodestate;
 mod upload;
 
 pub use chain::{ChainLink, LayerRef, LayerStream};
-pub use check::{check_remote, RemoteCheck};
+pub use check::{check_remote, check_remote_with, RemoteCheck};
 use upload::upload_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
@@ -139,18 +139,9 @@ pub(crate) struct PushState {
     pub last: Option<LayerRef>,
 }
 
-/// Progress of a push (or of a merge's block fetch), for a progress line.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Progress {
-    pub blocks_total: u64,
-    pub blocks_done: u64,
-    /// 0: not known up front (a merge's fetch knows its blocks, not all their sizes).
-    pub bytes_total: u64,
-    pub bytes_done: u64,
-    /// What moves: empty for a push's upload, `fetch` for a merge fetching blocks.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub op: String,
-}
+/// Progress of a push, a merge's block fetch, a clone, a pull, a check (see
+/// [`hybridfs_core::progress`]).
+pub use hybridfs_core::progress::{Meter, Progress};
 
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

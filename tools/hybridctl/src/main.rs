@@ -651,7 +651,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
         Cmd::Pull { volume, json } => snapcmd::run(&home, volume.as_deref(), R::Pull, json),
         Cmd::Clone { url, branch, source, from, name, json, .. } => {
             let spec = CloneSpec { url, branch, source, from, name, cache: cfg.cache, key_file: cfg.clone_key_file.clone() };
-            let c = progress::with_spinner("clone", || home.clone_volume(&spec))?;
+            let c = progress::run("clone", |on| home.clone_volume_with(&spec, on))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c.report)?);
             } else {

@@ -98,7 +98,7 @@ fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
 
 pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCode> {
     let vd = home.volume(name)?;
-    let report = crate::progress::with_spinner(if verify { "fsck --verify" } else { "fsck" }, || vd.fsck(verify))?;
+    let report = crate::progress::run(if verify { "fsck --verify" } else { "fsck" }, |on| vd.fsck_with(verify, on))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -127,7 +127,7 @@ pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCod
 pub fn fsck_remote(home: &Home, name: &str, branch: Option<String>, verify: bool, json: bool) -> Result<ExitCode> {
     let vd = home.volume(name)?;
     let cfg = vd.config()?;
-    let report = crate::progress::with_spinner(if verify { "fsck --remote --verify" } else { "fsck --remote" }, || vd.fsck_remote(branch, verify))?;
+    let report = crate::progress::run(if verify { "fsck --remote --verify" } else { "fsck --remote" }, |on| vd.fsck_remote_with(branch, verify, on))?;
     let branch = &report.branch;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

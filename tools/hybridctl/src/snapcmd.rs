@@ -6,19 +6,16 @@ use crate::fmt::human_bytes;
 use crate::usage;
 use anyhow::{Context, Result};
 use hybridfs_node::control::{self, Reply, Request, SnapshotRow};
-use hybridfs_node::types::{DiffReport, Progress};
+use hybridfs_node::types::DiffReport;
 use hybridfs_node::{Home, VolumeDir};
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Run `req` on `vd` (in its mount process when mounted), drawing its progress events (a
-/// push's upload, a merge's block fetch) through [`crate::progress`].
+/// push's upload, a merge's block fetch, gc, a rollback, a pull) through [`crate::progress`].
 pub(crate) fn call(vd: &VolumeDir, req: &Request) -> Result<Reply> {
-    let reporter = crate::progress::Reporter::new(req.op());
-    let reply = control::call(vd, req, &|p: &Progress| reporter.event(p));
-    reporter.finish();
-    Ok(reply?)
+    Ok(crate::progress::run(req.op(), |on| control::call(vd, req, on))?)
 }
 
 /// `--volume` or the only volume (or `main`).

@@ -24,6 +24,7 @@ use super::Volume;
 use crate::error::{FsError, Result};
 use crate::extent::spans;
 use crate::meta::{Mutation, LIVE};
+use crate::progress::{Meter, OnProgress};
 use crate::types::{Extent, Ino, Kind, SnapshotInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -169,6 +170,13 @@ impl Volume {
     /// `pre-rollback-*` snapshot. Refused while files are open (their handles would point
     /// into a tree that no longer exists).
     pub fn rollback(&self, name: &str) -> Result<RollbackReport> {
+        self.rollback_with(name, &crate::progress::ignore)
+    }
+
+    /// [`Volume::rollback`], reporting to `progress` (op `rollback`, in records): the records
+    /// changed since the snapshot as each is read at the snapshot; the last (all restored)
+    /// once the restore, one transaction, is in.
+    pub fn rollback_with(&self, name: &str, progress: OnProgress) -> Result<RollbackReport> {
         let _gate = self.gate.write();
         let _catalog = self.catalog.lock();
         let target = self.snapshot(name)?;
@@ -193,11 +201,16 @@ impl Volume {
             Ok(true)
         })?;
         let mut orphans = Vec::new();
-        for k in &keys {
+        let mut meter = Meter::new("rollback", "records", keys.len() as u64, 0, progress);
+        for (i, k) in keys.iter().enumerate() {
             if let crate::meta::Key::Inode(ino) = k {
                 if self.meta.get_inode_at(*ino, target.epoch)?.is_some_and(|i| i.nlink == 0) {
                     orphans.push(*ino);
                 }
+            }
+            // The last one counts when the restore is in.
+            if i + 1 < keys.len() {
+                meter.add(1, 0);
             }
         }
         let records = keys.len() as u64;
@@ -208,6 +221,7 @@ impl Volume {
             self.meta.apply(batch, true)?;
         }
         crate::crashpoint("rollback-after-restore");
+        meter.finish();
         self.nodes.lock().retain(|_, e| e.handles > 0);
         drop(_ns);
         for ino in orphans {
@@ -221,26 +235,42 @@ impl Volume {
     /// One collector pass: drop versions no snapshot needs (for deleted snapshots), then
     /// delete block files unreferenced for at least `grace`.
     pub fn collect(&self, grace: Duration) -> Result<GcReport> {
+        self.collect_with(grace, &crate::progress::ignore)
+    }
+
+    /// [`Volume::collect`], reporting to `progress` (op `gc`): the epoch ranges of deleted
+    /// snapshots gone through (unit `ranges`, when there are any), then the unreferenced
+    /// blocks examined (deleted when their grace has passed) and the bytes freed.
+    pub fn collect_with(&self, grace: Duration, progress: OnProgress) -> Result<GcReport> {
         let _one = self.collector.lock();
         let mut report = GcReport::default();
         let pinned: Vec<u64> = self.meta.snapshots()?.iter().map(|s| s.epoch).collect();
-        for (from, to) in self.meta.gc_ranges()? {
+        let ranges = self.meta.gc_ranges()?;
+        let mut meter = (!ranges.is_empty()).then(|| Meter::new("gc", "ranges", ranges.len() as u64, 0, progress));
+        for (from, to) in ranges {
             let stats = self.meta.collect_range(from, to, &pinned, false)?;
             crate::crashpoint("gc-after-versions");
             self.meta.apply(vec![Mutation::DelGcRange { from, to }], true)?;
             report.ranges += 1;
             report.records_examined += stats.keys;
             report.versions_removed += stats.versions_removed;
+            if let Some(m) = &mut meter {
+                m.add(1, 0);
+            }
         }
         let now = crate::types::Timespec::now().sec.max(0) as u64;
         let mut done = Vec::new();
         {
             let _refs = self.refs.lock();
-            for (id, since) in self.meta.free_blocks()? {
+            let free = self.meta.free_blocks()?;
+            let mut meter = Meter::new("gc", "", free.len() as u64, 0, progress);
+            for (id, since) in free {
                 if now.saturating_sub(since) < grace.as_secs() {
                     report.blocks_waiting += 1;
+                    meter.add(1, 0);
                     continue;
                 }
+                let freed = report.bytes_freed;
                 if self.meta.block_refs(&id)? == 0 {
                     self.cache.remove(&id);
                     // None: a pass that crashed after deleting the file; only the entry is left.
@@ -252,10 +282,12 @@ impl Volume {
                     }
                 }
                 done.push(Mutation::DelFree(id));
+                meter.add(1, report.bytes_freed - freed);
             }
             if !done.is_empty() {
                 self.meta.apply(done, true)?;
             }
+            meter.finish();
         }
         Ok(report)
     }

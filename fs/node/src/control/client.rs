@@ -17,8 +17,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `req` on volume `vd`: in its mount process when it is mounted, else here (taking the
 /// volume's lock for the duration). A failure says its kind ([`crate::NodeError`]: a bad
-/// request, refused while mounted, the control socket, the store); `progress` sees push
-/// progress.
+/// request, refused while mounted, the control socket, the store); `progress` sees the
+/// progress of long requests (push, merge's fetch, gc, rollback, pull).
 pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)) -> crate::error::NodeResult<Reply> {
     crate::error::typed(|| {
         if let Some(state) = vd.mount_state() {
@@ -32,7 +32,7 @@ pub fn call(vd: &VolumeDir, req: &Request, progress: &(dyn Fn(&Progress) + Sync)
             // Only the metadata: the volume is not opened while a pull is unfinished.
             let meta = vd.open_meta(false)?;
             let remote = RemoteSlot::new(vd.config()?, crate::workers::Workers::new());
-            let report = hybridfs_sync::clone::pull(&meta, &*remote.get()?).map_err(ControlError::from)?;
+            let report = hybridfs_sync::clone::pull_reporting(&meta, &*remote.get()?, progress).map_err(ControlError::from)?;
             return Ok(Reply::Pull(report));
         }
         let (vol, remote) = vd.open_volume(Duration::from_secs(30))?;

@@ -125,8 +125,8 @@ pub(crate) fn execute(
         }
         Request::SnapshotShow { name } => Reply::Snapshots(vec![snapshot_row(vol, vol.snapshot(name)?)?]),
         Request::Diff { from, to } => return diff(vol, from, to.as_deref()),
-        Request::Gc { grace_secs } => Reply::Gc(vol.collect(Duration::from_secs(*grace_secs))?),
-        Request::Rollback { name } => Reply::Rollback(vol.rollback(name)?),
+        Request::Gc { grace_secs } => Reply::Gc(vol.collect_with(Duration::from_secs(*grace_secs), progress)?),
+        Request::Rollback { name } => Reply::Rollback(vol.rollback_with(name, progress)?),
         Request::Prefetch { paths } => return prefetch(vol, paths),
         Request::Merge(m) => {
             let req = MergeRequest {
@@ -140,7 +140,7 @@ pub(crate) fn execute(
             Reply::Merge(hybridfs_sync::merge::merge_with(vol, &remote(Purpose::Merge)?, &req, kernel().as_deref(), progress)?)
         }
         Request::MergeUndo { id } => Reply::Merge(hybridfs_sync::merge::undo(vol, *id, kernel().as_deref())?),
-        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull(vol.meta(), &remote(Purpose::Fetch)?)?),
+        Request::Pull => Reply::Pull(hybridfs_sync::clone::pull_reporting(vol.meta(), &remote(Purpose::Fetch)?, progress)?),
         Request::Workers => return Err(ControlError::NotMounted),
         Request::Push { branch, fork_from } => {
             let report = hybridfs_sync::push_with(vol, &remote(Purpose::Push)?, branch, fork_from.as_deref(), progress, hybridfs_sync::LAYER_RECORDS)?;
@@ -189,12 +189,13 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
         Ok(Envelope { request: Request::Rollback { .. } | Request::Pull, .. }) => Err(ControlError::Mounted),
         Ok(Envelope { request: Request::Workers, .. }) => Ok(Reply::Workers(workers.status())),
         Ok(env) => {
-            // Progress lines, at most a few per second, before the answer; the last one of a
-            // pass (every block done) always, so the client can say the pass is complete.
+            // Progress lines, at most a few per second, before the answer; the first one of a
+            // pass (nothing done yet: it carries the totals) and the last one (every unit
+            // done) always, so the client can say a pass began and is complete.
             let last = Mutex::new(Instant::now() - Duration::from_secs(1));
             let progress = |p: &Progress| {
                 let mut t = last.lock().unwrap_or_else(|p| p.into_inner());
-                if p.blocks_done >= p.blocks_total || t.elapsed() >= Duration::from_millis(250) {
+                if p.blocks_done == 0 || p.done() || t.elapsed() >= Duration::from_millis(250) {
                     *t = Instant::now();
                     let _ = send(&conn, &Message::Progress(p.clone()));
                 }
