@@ -1,9 +1,10 @@
 //! Progress of long operations off a terminal (issue 14): `fsck --verify`, `gc`, `rollback`,
-//! `clone`, `pull` and `fsck --remote --verify`, run through the real CLI with stderr a pipe,
+//! `clone`, `pull`, `fsck --remote --verify` and `prefetch`, run through the real CLI with stderr a pipe,
 //! write plain progress lines there (`verified 0/N blocks, …` … `verified N/N blocks, …`):
 //! the first and the last of each pass at least, counts that never go back, the last one
-//! complete; stdout holds only the `--json` document. gc runs in the mount process (its
-//! events cross the control socket); fsck, rollback, clone and pull run in the CLI.
+//! complete; stdout holds only the `--json` document. gc and prefetch run in the mount
+//! process (their events cross the control socket); fsck, rollback, clone and pull run in the
+//! CLI.
 
 use std::collections::BTreeMap;
 
@@ -98,7 +99,7 @@ fn fsck_gc_and_rollback_report_progress_off_a_terminal() {
 }
 
 #[test]
-fn clone_pull_and_remote_verify_report_progress_off_a_terminal() {
+fn clone_pull_remote_verify_and_prefetch_report_progress_off_a_terminal() {
     let server = SeaweedServer::start().unwrap_or_else(|e| fail_loudly(&format!("the progress tests need a real S3 server: {e}")));
     let env = server.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -126,7 +127,7 @@ fn clone_pull_and_remote_verify_report_progress_off_a_terminal() {
     assert_eq!(int(&check, "verified"), int(&check, "blocks"), "{check}");
 
     // clone, in the CLI: the records of the layers applied, the layer bytes downloaded.
-    let b = TestVolume::builder().name("data").unformatted().build();
+    let mut b = TestVolume::builder().name("data").unformatted().build();
     let out = b.ctl_env(&env, &["clone", "s3://hybridfs-progress/pfx/data", "--branch", "nodeb", "--json"]);
     let cloned = ok_json(&out);
     let counts = progress_of(&out, "cloned", "records");
@@ -146,4 +147,13 @@ fn clone_pull_and_remote_verify_report_progress_off_a_terminal() {
     let counts = progress_of(&out, "pulled", "records");
     assert_eq!(counts.last().unwrap().0, int(&pulled, "records"), "{pulled}");
     assert!(int(&pulled, "records") >= 2000, "{pulled}");
+
+    // prefetch, in B's mount process: the blocks of big/ (in the store only) fetched.
+    b.mount_env(&env);
+    let big = b.path("big");
+    let out = b.ctl(&["prefetch", big.to_str().unwrap(), "--json"]);
+    let fetched = ok_json(&out);
+    let counts = progress_of(&out, "prefetched", "blocks");
+    assert_eq!(counts.last().unwrap().0, int(&fetched, "blocks"), "{fetched}");
+    assert_eq!(int(&fetched, "blocks"), 40, "10 files of 4 blocks: {fetched}");
 }

@@ -1,10 +1,10 @@
 //! The one place hybridctl draws progress: the library reports [`Progress`] events (a push's
 //! upload, a merge's block fetch, a clone or a pull applying layers, `fsck --verify`, gc, a
-//! rollback) through the control API's callback (or directly, run here), and this module
+//! rollback, a prefetch) through the control API's callback (or directly, run here), and this module
 //! draws them — an `indicatif` bar on stderr when stderr is a terminal, else plain lines
 //! (`pushed 3/8 blocks, …`, `fetched 4/4 blocks, …`, `cloned 4096/9000 records, …`,
 //! `verified 12/40 blocks, …`, `collected 3/3 blocks, 1.0 MiB freed …`, `rolled back
-//! 500/500 records …`) at most one a second plus the first and the last, which scripts and
+//! 500/500 records …`, `prefetched 8/8 blocks, …`) at most one a second plus the first and the last, which scripts and
 //! the tests read. Before the first event (and for an operation that reports none) a
 //! terminal shows a spinner, anything else nothing. stdout is never touched: `--json` output
 //! stays clean.
@@ -112,6 +112,7 @@ fn verb(p: &Progress) -> &str {
         "fsck" => "verified",
         "gc" => "collected",
         "rollback" => "rolled back",
+        "prefetch" => "prefetched",
         other => other,
     }
 }
@@ -244,6 +245,7 @@ mod tests {
         assert_eq!(plain_line(&gc, 1.0), "collected 2/4 blocks, 2.0 MiB freed (ETA 1s)");
         let ranges = Progress { blocks_total: 2, blocks_done: 1, op: "gc".into(), unit: "ranges".into(), ..Default::default() };
         assert_eq!(plain_line(&ranges, 1.0), "collected 1/2 ranges (ETA 1s)");
+        assert!(plain_line(&ev(1, 4, "prefetch"), 1.0).starts_with("prefetched 1/4 blocks, 1.0 KiB of 4.0 KiB"));
         let rollback = Progress { blocks_total: 50, blocks_done: 10, op: "rollback".into(), unit: "records".into(), ..Default::default() };
         assert_eq!(plain_line(&rollback, 1.0), "rolled back 10/50 records (ETA 4s)");
     }

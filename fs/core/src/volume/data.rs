@@ -16,6 +16,7 @@ use super::{NodeData, Txn, Volume, MAX_FILE_SIZE};
 use crate::error::{FsError, Result};
 use crate::extent::{blocks_for, spans};
 use crate::meta::Mutation;
+use crate::progress::{Meter, OnProgress};
 use crate::staging::{allocate, punch_hole, read_full_at};
 use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec, INLINE_MAX};
 use std::os::unix::fs::FileExt;
@@ -352,8 +353,40 @@ impl Volume {
     /// Fetch every sealed block of the files under `ino` (a directory is walked) into the
     /// block store's local cache, ahead of a job. Returns the number of blocks named.
     pub fn prefetch_tree(&self, ino: Ino) -> Result<u64> {
-        let mut todo = vec![ino];
+        self.prefetch_tree_with(ino, &crate::progress::ignore)
+    }
+
+    /// [`Volume::prefetch_tree`], reporting to `progress` (op `prefetch`: blocks and bytes
+    /// fetched or found local): the tree is walked once for its totals (metadata only), then
+    /// again to fetch.
+    pub fn prefetch_tree_with(&self, ino: Ino, progress: OnProgress) -> Result<u64> {
+        let (mut blocks, mut bytes) = (0u64, 0u64);
+        self.for_each_sealed_under(ino, &mut |file| {
+            blocks += file.len() as u64;
+            bytes += file.iter().map(|(_, len)| *len as u64).sum::<u64>();
+            Ok(())
+        })?;
+        let mut meter = Meter::new("prefetch", "", blocks, bytes, progress);
         let mut named = 0u64;
+        self.for_each_sealed_under(ino, &mut |file| {
+            named += file.len() as u64;
+            for chunk in file.chunks(32) {
+                let ids: Vec<BlockId> = chunk.iter().map(|(id, _)| *id).collect();
+                self.blocks.prefetch(&ids);
+                for (id, len) in chunk {
+                    self.blocks.frame(id)?;
+                    meter.add(1, *len as u64);
+                }
+            }
+            Ok(())
+        })?;
+        meter.finish();
+        Ok(named)
+    }
+
+    /// The sealed blocks (and their lengths) of each file under `ino`, a file at a time.
+    fn for_each_sealed_under(&self, ino: Ino, f: &mut dyn FnMut(&[(BlockId, u32)]) -> Result<()>) -> Result<()> {
+        let mut todo = vec![ino];
         while let Some(i) = todo.pop() {
             let inode = self.getattr(i)?;
             match inode.kind {
@@ -367,27 +400,21 @@ impl Volume {
                     }
                 }
                 Kind::File => {
-                    let ids: Vec<BlockId> = self
+                    let sealed: Vec<(BlockId, u32)> = self
                         .meta
                         .extents(i, 0)?
                         .into_iter()
                         .filter_map(|(_, e)| match e {
-                            Extent::Sealed { id, .. } => Some(id),
+                            Extent::Sealed { id, len } => Some((id, len)),
                             Extent::Staged => None,
                         })
                         .collect();
-                    named += ids.len() as u64;
-                    for chunk in ids.chunks(32) {
-                        self.blocks.prefetch(chunk);
-                        for id in chunk {
-                            self.blocks.frame(id)?;
-                        }
-                    }
+                    f(&sealed)?;
                 }
                 _ => {}
             }
         }
-        Ok(named)
+        Ok(())
     }
 
     /// The verified bytes of a sealed block, from the cache or the block store.

@@ -92,7 +92,7 @@ fn diff(vol: &Volume, from: &str, to: Option<&str>) -> Result<Reply, ControlErro
     Ok(Reply::Diff(hybridfs_core::diff::diff(vol.meta(), from_epoch, to_epoch, vol.block_size())?))
 }
 
-fn prefetch(vol: &Volume, paths: &[Vec<String>]) -> Result<Reply, ControlError> {
+fn prefetch(vol: &Volume, paths: &[Vec<String>], progress: &(dyn Fn(&Progress) + Sync)) -> Result<Reply, ControlError> {
     let started = Instant::now();
     let mut blocks = 0;
     for path in paths {
@@ -100,7 +100,7 @@ fn prefetch(vol: &Volume, paths: &[Vec<String>]) -> Result<Reply, ControlError> 
         for part in path {
             ino = vol.lookup(ino, part.as_bytes())?.ino;
         }
-        blocks += vol.prefetch_tree(ino)?;
+        blocks += vol.prefetch_tree_with(ino, progress)?;
     }
     Ok(Reply::Prefetch(PrefetchReport { paths: paths.len(), blocks, seconds: started.elapsed().as_secs_f64() }))
 }
@@ -127,7 +127,7 @@ pub(crate) fn execute(
         Request::Diff { from, to } => return diff(vol, from, to.as_deref()),
         Request::Gc { grace_secs } => Reply::Gc(vol.collect_with(Duration::from_secs(*grace_secs), progress)?),
         Request::Rollback { name } => Reply::Rollback(vol.rollback_with(name, progress)?),
-        Request::Prefetch { paths } => return prefetch(vol, paths),
+        Request::Prefetch { paths } => return prefetch(vol, paths, progress),
         Request::Merge(m) => {
             let req = MergeRequest {
                 branch: m.branch.clone(),
