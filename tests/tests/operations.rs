@@ -2,7 +2,9 @@
 //! config file reaches the commands and the mounts they start, and its errors name file, line
 //! and key; `mount -t fuse.hybridfs` and an fstab line mount through the
 //! `mount.fuse.hybridfs` helper; a foreground mount tells systemd `READY=1` once it answers and
-//! `STOPPING=1` when it ends; completions and man pages come from the CLI definition.
+//! `STOPPING=1` when it ends; completions and man pages come from the CLI definition; the
+//! runbook's restore of a home from a copy of its unmounted volume, and the refusal of a
+//! volume whose format is newer than the binary.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -332,4 +334,90 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
     let mount = fs::read_to_string(man.join("hybridctl-mount.1")).expect("one page per subcommand: hybridctl-mount.1");
     assert!(mount.contains("writeback\\-cache"), "the mount page documents its flags");
     assert!(Path::new(&man.join("hybridctl-config-show.1")).exists(), "nested subcommands have pages too");
+}
+
+/// `cp -a FROM TO`, the way doc/OPERATIONS.md copies an unmounted volume's directory.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to.parent().unwrap()).unwrap();
+    run(Command::new("cp").arg("-a").arg(from).arg(to)).assert_success();
+}
+
+/// The push report's layer number.
+fn pushed_seq(out: &CmdOutput) -> u64 {
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("push --json: {e}: {out}"));
+    v["seq"].as_u64().unwrap_or_else(|| panic!("push --json: no seq: {out}"))
+}
+
+/// doc/OPERATIONS.md, "Backup and restore of metadata": a copy of the unmounted volume's
+/// directory, put into a new `HYBRIDFS_HOME`, mounts with everything it held (invariant 1:
+/// what was written and unmounted is in the copy). It goes on pushing main only if no push
+/// came after the copy; an older copy is refused (invariant 4: the head moves by a conditional
+/// PUT, so a writer that does not know the newest head never overwrites it) and its change
+/// moves to a branch of its own.
+#[test]
+fn a_home_restored_from_a_copy_of_its_unmounted_volume_pushes_main_only_when_no_push_came_after_the_copy() {
+    let store = tempfile::Builder::new().prefix("hybridfs-test-store-").tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let mut home = TestVolume::builder().store(&url).build();
+    home.put("a", b"first");
+    assert_eq!(pushed_seq(&home.ctl(&["push", "--json"])), 1);
+    home.put("unpushed", b"written after the push");
+    home.umount();
+    let copy1 = home.root().join("copy-1");
+    copy_tree(&home.volume_dir(), &copy1);
+    home.mount();
+    home.put("b", b"second");
+    assert_eq!(pushed_seq(&home.ctl(&["push", "--json"])), 2);
+    home.umount();
+    let copy2 = home.root().join("copy-2");
+    copy_tree(&home.volume_dir(), &copy2);
+
+    // The copy older than the store's head: its data is there, main refuses it.
+    let mut old = TestVolume::builder().unformatted().build();
+    copy_tree(&copy1, &old.volume_dir());
+    old.mount();
+    assert_eq!(fs::read(old.path("a")).unwrap(), b"first");
+    assert_eq!(fs::read(old.path("unpushed")).unwrap(), b"written after the push");
+    assert!(!old.path("b").exists(), "the copy holds the volume as it was copied");
+    let out = old.ctl(&["push"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("branch main moved") && out.stderr.contains("push --branch"), "{out}");
+    assert_eq!(pushed_seq(&old.ctl(&["push", "--branch", "restored-copy", "--json"])), 1);
+    old.umount();
+
+    // The copy in step with the store: a working home, main goes on from its layer.
+    let mut new = TestVolume::builder().unformatted().build();
+    copy_tree(&copy2, &new.volume_dir());
+    run(Command::new(hybridctl_bin()).env("HYBRIDFS_HOME", new.home()).args(["fsck", "vol"])).assert_success();
+    new.mount();
+    assert_eq!(fs::read(new.path("b")).unwrap(), b"second");
+    new.put("c", b"third");
+    assert_eq!(pushed_seq(&new.ctl(&["push", "--json"])), 3);
+    new.umount();
+}
+
+/// doc/OPERATIONS.md, "Upgrade": a volume whose `volume.json` has another format version than
+/// the binary knows is refused by every command that opens it, naming both versions, and left
+/// as it is.
+#[test]
+fn a_volume_of_another_format_version_is_refused_naming_both_versions() {
+    let vol = TestVolume::builder().unmounted().build();
+    let path = vol.volume_dir().join("volume.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let known = cfg["format_version"].as_u64().unwrap();
+    cfg["format_version"] = (known + 1).into();
+    let text = serde_json::to_string_pretty(&cfg).unwrap();
+    fs::write(&path, &text).unwrap();
+    let want = format!("volume vol has format version {}, this hybridctl knows {known}", known + 1);
+    for args in [&["status"][..], &["fsck", "vol"], &["snapshot", "list"]] {
+        let out = vol.ctl(args);
+        assert_eq!(out.code, Some(1), "{out}");
+        assert!(out.stderr.contains(&want), "{out}");
+    }
+    let out = vol.try_mount_at(vol.mountpoint());
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains(&want), "{out}");
+    assert!(!procs::is_mounted(vol.mountpoint()));
+    assert_eq!(fs::read_to_string(&path).unwrap(), text, "a refused volume is not rewritten");
 }
