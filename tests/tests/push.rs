@@ -710,6 +710,13 @@ fn workers_busy(vol: &TestVolume) -> BTreeMap<String, Option<String>> {
     workers.iter().map(|w| (w["name"].as_str().unwrap_or("?").to_string(), w["busy"].as_str().map(String::from))).collect()
 }
 
+/// The mounted `vol`'s `control` worker, as `status --json` shows it.
+fn control_worker(vol: &TestVolume) -> Value {
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
+    v[0]["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == "control").cloned()).unwrap_or_else(|| panic!("no control worker: {out}"))
+}
+
 /// A push client killed (as by Ctrl-C) while its push runs in the mount process cancels that
 /// push there: the push's uploaders and store calls stop, the mount's control worker goes
 /// idle soon, and the mount survives (it ignores SIGPIPE; writing to the gone client is an
@@ -736,6 +743,12 @@ fn a_push_client_killed_mid_push_cancels_it_and_the_next_push_finishes() {
     let mut push = Background(Some(child));
     let streaming = poll_until(Duration::from_secs(60), Duration::from_millis(5), || fs::read_to_string(&err).unwrap_or_default().contains("pushed "));
     assert!(streaming, "the push streamed no progress within 60 s: {}", fs::read_to_string(&err).unwrap_or_default());
+    // Where the push stands shows in the mount's workers too (`status`, `top`): the control
+    // worker's last progress event.
+    let control = control_worker(&vol);
+    assert_eq!(control["busy"], "push", "{control}");
+    let (done, total) = (control["progress"]["blocks_done"].as_u64(), control["progress"]["blocks_total"].as_u64());
+    assert!(matches!((done, total), (Some(d), Some(t)) if t >= 60 && d <= t), "the control worker shows the push's progress: {control}");
     let mut child = push.0.take().expect("running");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -747,6 +760,7 @@ fn a_push_client_killed_mid_push_cancels_it_and_the_next_push_finishes() {
         last.iter().all(|(name, busy)| !(name == "control" || name.starts_with("upload-")) || busy.is_none())
     });
     assert!(idle, "the cancelled push still runs in the mount process 60 s after its client went away: {last:?}\n{}", log_tail(&vol.mount_log()));
+    assert!(control_worker(&vol)["progress"].is_null(), "an idle worker shows no progress: {}", control_worker(&vol));
     let r = remote(&store, "vol");
     assert!(head_of(&r, "main").is_none(), "{INV4}: the cancelled push moved no head (it was cancelled mid-upload)");
     assert!(vol.mount_log().contains("went away"), "the mount log says why the push stopped:\n{}", log_tail(&vol.mount_log()));

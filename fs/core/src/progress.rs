@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// Progress of one operation (or one pass of it), for a progress line.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Units of work (blocks unless `unit` says otherwise) in all, and done.
     pub blocks_total: u64,

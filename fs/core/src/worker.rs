@@ -28,6 +28,10 @@ pub struct WorkerStatus {
     pub name: String,
     /// What it is busy with now (None: idle).
     pub busy: Option<String>,
+    /// How far along it is, when its work reports progress (a push, a merge's fetch, gc... run
+    /// through the control socket): the last event, at most a few a second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::Progress>,
     /// Unix seconds of the end of its last step.
     pub last_run: Option<u64>,
     pub last_error: Option<String>,
@@ -51,13 +55,21 @@ fn now() -> u64 {
 
 impl Handle {
     pub fn busy(&self, what: impl Into<String>) {
-        lock(&self.status).busy = Some(what.into());
+        let mut s = lock(&self.status);
+        s.busy = Some(what.into());
+        s.progress = None;
+    }
+
+    /// The step's progress so far (cleared when it ends or another begins).
+    pub fn progress(&self, p: &crate::progress::Progress) {
+        lock(&self.status).progress = Some(p.clone());
     }
 
     /// The step ended: record its outcome and go idle. Returns the failures in a row.
     pub fn done(&self, outcome: Result<(), String>) -> u32 {
         let mut s = lock(&self.status);
         s.busy = None;
+        s.progress = None;
         s.last_run = Some(now());
         match outcome {
             Ok(()) => s.failures = 0,

@@ -117,6 +117,18 @@ fn verb(p: &Progress) -> &str {
     }
 }
 
+/// Where an operation stands, without rate or ETA (the caller did not see it start): for
+/// `status` and `top`, from a worker's last event. `pushed 3/8 blocks, 3.0 MiB of 8.0 MiB`.
+pub(crate) fn summary(p: &Progress) -> String {
+    let head = format!("{} {}/{} {}", verb(p), p.blocks_done, p.blocks_total, p.unit());
+    match (p.bytes_done, p.bytes_total, p.op.as_str()) {
+        (_, t, _) if t > 0 => format!("{head}, {} of {}", human_bytes(p.bytes_done), human_bytes(t)),
+        (0, _, _) => head,
+        (d, _, "gc") => format!("{head}, {} freed", human_bytes(d)),
+        (d, _, _) => format!("{head}, {}", human_bytes(d)),
+    }
+}
+
 /// Plain lines for a log or a script: the first event, then at most one per [`PLAIN_EVERY`],
 /// and always the first and the last of each pass (nothing done, all done), so `fetched N/N
 /// blocks` is there to read.
@@ -200,6 +212,15 @@ mod tests {
 
     fn ev(done: u64, total: u64, op: &str) -> Progress {
         Progress { blocks_total: total, blocks_done: done, bytes_total: total * 1024, bytes_done: done * 1024, op: op.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_summary_says_where_an_operation_stands_in_its_own_words() {
+        assert_eq!(summary(&ev(3, 8, "")), "pushed 3/8 blocks, 3.0 KiB of 8.0 KiB");
+        let gc = Progress { blocks_total: 4, blocks_done: 2, bytes_done: 2048, op: "gc".into(), ..Default::default() };
+        assert_eq!(summary(&gc), "collected 2/4 blocks, 2.0 KiB freed");
+        let clone = Progress { blocks_total: 90, blocks_done: 0, op: "clone".into(), unit: "records".into(), ..Default::default() };
+        assert_eq!(summary(&clone), "cloned 0/90 records");
     }
 
     #[test]

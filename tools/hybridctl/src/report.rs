@@ -86,9 +86,14 @@ pub fn watch(secs: f64, count: Option<u64>, json: bool, mut show: impl FnMut() -
     }
 }
 
-/// `collector idle`, `control busy: push`, `collector idle (2 failures; last: ...)`.
-fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
-    let state = w.busy.as_ref().map_or("idle".to_string(), |b| format!("busy: {b}"));
+/// `collector idle`, `control busy: push (pushed 3/8 blocks, 3.0 MiB of 8.0 MiB)`,
+/// `collector idle (2 failures; last: ...)`.
+pub(crate) fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
+    let state = match (&w.busy, &w.progress) {
+        (None, _) => "idle".to_string(),
+        (Some(b), None) => format!("busy: {b}"),
+        (Some(b), Some(p)) => format!("busy: {b} ({})", crate::progress::summary(p)),
+    };
     let failing = match (&w.last_error, w.failures) {
         (Some(e), n) if n > 0 => format!(" ({n} failures; last: {e})"),
         _ => String::new(),

@@ -2,7 +2,8 @@
 //! volume's `metrics.json` (bytes read and written, blocks sealed; rewritten by the mount every
 //! 2 s) and, when the mount serves Prometheus metrics (`--metrics-addr`, default the config's
 //! `mount.metrics_addr`), FUSE requests by kind and block fetches. Each refresh is the
-//! difference of two samples over the time between them.
+//! difference of two samples over the time between them. Below the rates: the mount's busy
+//! workers, with how far a push, merge, gc or prefetch run through the mount has come.
 
 use crate::fmt::human_bytes;
 use anyhow::{Context, Result};
@@ -41,6 +42,9 @@ pub(crate) struct Rates {
     pub fetches_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fetched_bytes_per_sec: Option<f64>,
+    /// The mount's busy workers (`control` runs a push, a merge, ...), with their progress.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub busy: Vec<hybridfs_node::workers::WorkerStatus>,
 }
 
 pub fn top(home: &Home, name: Option<&str>, addr: Option<SocketAddr>, interval: f64, once: bool, json: bool) -> Result<ExitCode> {
@@ -53,7 +57,8 @@ pub fn top(home: &Home, name: Option<&str>, addr: Option<SocketAddr>, interval: 
         std::thread::sleep(interval);
         let cur = sample(&vd, addr)?;
         let now = Instant::now();
-        let r = rates(&vd.name, &prev, &cur, now.duration_since(at).as_secs_f64(), addr.is_some());
+        let mut r = rates(&vd.name, &prev, &cur, now.duration_since(at).as_secs_f64(), addr.is_some());
+        r.busy = vd.workers().unwrap_or_default().into_iter().filter(|w| w.busy.is_some()).collect();
         if json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
@@ -124,6 +129,7 @@ fn rates(volume: &str, prev: &Sample, cur: &Sample, seconds: f64, scraped: bool)
         ops_per_sec: ops,
         fetches_per_sec: scraped.then(|| delta(FETCHES)),
         fetched_bytes_per_sec: scraped.then(|| delta(FETCH_BYTES)),
+        busy: Vec::new(),
     }
 }
 
@@ -147,6 +153,9 @@ fn render(r: &Rates) -> String {
         }
         _ => out += "ops by kind and fetches: give the mount's --metrics-addr (mount.metrics_addr)\n",
     }
+    for w in &r.busy {
+        out += &format!("{}\n", crate::report::worker_line(w));
+    }
     out
 }
 
@@ -160,6 +169,18 @@ mod tests {
         hybridfs_block_cache_misses_total 4\n\
         hybridfs_block_fetch_bytes_total 4194304\n\
         hybridfs_block_fetch_seconds_sum 0.5\n";
+
+    #[test]
+    fn busy_workers_are_listed_with_their_progress() {
+        let p = hybridfs_node::types::Progress { blocks_total: 8, blocks_done: 3, bytes_total: 8 << 20, bytes_done: 3 << 20, ..Default::default() };
+        let busy = hybridfs_node::workers::WorkerStatus { name: "control".into(), busy: Some("push".into()), progress: Some(p), ..Default::default() };
+        let r = Rates { volume: "v".into(), busy: vec![busy], ..Default::default() };
+        let text = render(&r);
+        assert!(text.ends_with("control busy: push (pushed 3/8 blocks, 3.0 MiB of 8.0 MiB)\n"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["busy"][0]["progress"]["blocks_done"], 3, "{json}");
+        assert!(serde_json::to_value(Rates::default()).unwrap().get("busy").is_none(), "nothing busy: no key");
+    }
 
     #[test]
     fn prometheus_counters_are_read_with_their_labels() {

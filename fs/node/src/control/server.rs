@@ -197,6 +197,8 @@ fn answer(vol: &Volume, remote: &RemoteSlot, workers: &Workers, status: &Handle,
                 let mut t = last.lock().unwrap_or_else(|p| p.into_inner());
                 if p.blocks_done == 0 || p.done() || t.elapsed() >= Duration::from_millis(250) {
                     *t = Instant::now();
+                    // Also for `status` and `top`, which ask the workers.
+                    status.progress(p);
                     let _ = send(&conn, &Message::Progress(p.clone()));
                 }
             };
