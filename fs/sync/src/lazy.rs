@@ -29,7 +29,8 @@
 //! end at the registry's stop signal. A fetch a reader waits on is listed too, as a
 //! `fetch-read` worker, for as long as it runs.
 
-use crate::Remote;
+use crate::{Remote, SyncError};
+use hybridfs_cloud::StoreError;
 use hybridfs_blocks::FileBlockStore;
 use hybridfs_core::blockstore::{self, BlockStore, Waiting, INTERRUPT_POLL};
 use hybridfs_core::error::{FsError, Result};
@@ -80,7 +81,7 @@ pub struct Inner {
     inflight: Mutex<std::collections::HashSet<BlockId>>,
     landed: std::sync::Condvar,
     /// Why the last fetch a reader waited on failed (taken by a waiting reader).
-    failed: Mutex<HashMap<BlockId, String>>,
+    failed: Mutex<HashMap<BlockId, FsError>>,
     /// Fetch threads readers wait on now.
     waited: AtomicUsize,
     read_timeout_ms: AtomicU64,
@@ -192,8 +193,8 @@ impl LazyStore {
                     ),
                 ),
             })?;
-            if let Some(why) = self.failed.lock().expect("failed lock").remove(id) {
-                return Err(FsError::CorruptBlock { id: *id, why });
+            if let Some(e) = self.failed.lock().expect("failed lock").remove(id) {
+                return Err(e);
             }
         }
         Err(FsError::CorruptBlock { id: *id, why: "could not keep it in the local cache (evicted while read 8 times)".into() })
@@ -245,7 +246,7 @@ impl LazyStore {
             let result = inner.fetch_and_keep(&id);
             status.done(result.as_ref().map(|_| ()).map_err(|e| format!("fetch block {id}: {e}")));
             if let Err(e) = result {
-                inner.failed.lock().expect("failed lock").insert(id, e.to_string());
+                inner.failed.lock().expect("failed lock").insert(id, e);
             }
             inner.inflight.lock().expect("inflight lock").remove(&id);
             inner.waited.fetch_sub(1, Ordering::SeqCst);
@@ -309,10 +310,15 @@ impl Inner {
             None => return Err(fail("not in the local block store, and the object store does not have it".into())),
             Some(p) => p,
         };
-        let frame = self
-            .remote
-            .fetch_frame(id, packed)
-            .map_err(|e| fail(format!("fetch from {}: {e}", self.remote.store.describe())))?;
+        let frame = self.remote.fetch_frame(id, packed).map_err(|e| match e {
+            // The store did not serve it (down, 5xx, refused credentials...): an I/O error, not
+            // a damaged block. Missing or bad bytes in the store are damage (invariant 5).
+            SyncError::Store(e) if !matches!(e, StoreError::NotFound { .. } | StoreError::Corrupt { .. }) => FsError::io(
+                format!("fetch block {id}"),
+                std::io::Error::other(format!("the store {} failed: {e}", self.remote.store.describe())),
+            ),
+            e => fail(format!("fetch from {}: {e}", self.remote.store.describe())),
+        })?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
         self.fetched_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
         Ok(frame)

@@ -93,6 +93,24 @@ fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
 }
 
 #[test]
+fn a_store_that_does_not_serve_a_block_is_an_io_error_not_a_corrupt_block() {
+    let home = volume();
+    write_file(&home.vol, "big", 0, &noise(4, 2 * MIB));
+    let plan = FaultPlan::new();
+    let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
+    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let c = clone_of(store, "main", "node", None);
+    plan.kill();
+    match read(&c.vol, "big") {
+        Err(FsError::Io { context, .. }) => assert!(context.starts_with("fetch block "), "{context}"),
+        other => panic!("a store outage fails the read with an I/O error, got {:?}", other.map(|b| b.len())),
+    }
+    assert!(c.vol.metrics.snapshot().corrupt_block_ids.is_empty(), "an outage is not counted as a corrupt block");
+    plan.heal();
+    assert_eq!(read(&c.vol, "big").unwrap(), noise(4, 2 * MIB), "the blocks read once the store is back");
+}
+
+#[test]
 fn the_cache_stays_under_its_limit_and_never_drops_unpushed_blocks() {
     let home = volume();
     let data = noise(3, 10 * MIB);

@@ -441,12 +441,15 @@ impl Volume {
 
     /// Report a block a reader needed and could not get (invariant 5: a log line and a
     /// metric name it). A read that may not wait, or whose caller was interrupted, did not
-    /// fail to get the block: nothing to report.
+    /// fail to get the block: nothing to report. Only a damaged block counts as corrupt; a
+    /// store that did not serve it (timeout, outage) is logged, not counted.
     fn block_failed(&self, id: &BlockId, e: FsError) -> FsError {
         if matches!(e, FsError::WouldBlock | FsError::Interrupted) {
             return e;
         }
-        self.metrics.record_corrupt(id);
+        if matches!(e, FsError::CorruptBlock { .. }) {
+            self.metrics.record_corrupt(id);
+        }
         tracing::error!("read block {id}: {e}");
         e
     }
