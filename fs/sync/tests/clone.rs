@@ -74,14 +74,20 @@ fn a_clone_downloads_metadata_first_and_each_block_when_read() {
     assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 6, "cached: read twice, fetched once");
 }
 
-#[test]
-fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
+/// A clone of a volume holding `big` (2 MiB of `noise(seed)`), pushed to a store whose faults
+/// the returned plan sets.
+fn clone_of_faulty_store(seed: u64) -> (Arc<FaultPlan>, Clone) {
     let home = volume();
-    write_file(&home.vol, "big", 0, &noise(2, 2 * MIB));
+    write_file(&home.vol, "big", 0, &noise(seed, 2 * MIB));
     let plan = FaultPlan::new();
     let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
     push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
-    let c = clone_of(store, "main", "node", None);
+    (plan, clone_of(store, "main", "node", None))
+}
+
+#[test]
+fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
+    let (plan, c) = clone_of_faulty_store(2);
     plan.corrupt_reads("/blocks/", Corruption::FlipByte);
     match read(&c.vol, "big") {
         Err(FsError::CorruptBlock { id, .. }) => assert_eq!(id.to_hex().len(), 64),
@@ -94,12 +100,7 @@ fn a_bad_object_in_the_store_is_an_error_naming_the_block_never_wrong_bytes() {
 
 #[test]
 fn a_store_that_does_not_serve_a_block_is_an_io_error_not_a_corrupt_block() {
-    let home = volume();
-    write_file(&home.vol, "big", 0, &noise(4, 2 * MIB));
-    let plan = FaultPlan::new();
-    let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
-    push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
-    let c = clone_of(store, "main", "node", None);
+    let (plan, c) = clone_of_faulty_store(4);
     plan.kill();
     match read(&c.vol, "big") {
         Err(FsError::Io { context, .. }) => assert!(context.starts_with("fetch block "), "{context}"),
