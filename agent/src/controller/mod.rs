@@ -843,7 +843,8 @@ fn record_loss(rec: &mut NodeRecord, reason: &str) {
             reason: format!("{reason}; as of its last report at {}", r.at),
         });
         let named = r.unpushed_paths.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-        error!("node {}: lost {} unpushed bytes in {} files ({named}) written since {:?} ({reason})", rec.intent, r.unpushed_bytes, r.unpushed_files, r.last_push_at);
+        let since = r.last_push_at.map_or("it started (it never pushed)".to_string(), |t| format!("its last push at {t}"));
+        error!("node {}: lost {} unpushed bytes in {} files ({named}) written since {since} ({reason})", rec.intent, r.unpushed_bytes, r.unpushed_files);
     }
 }
 
