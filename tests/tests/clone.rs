@@ -12,7 +12,10 @@
 //! - an encrypted volume leaves no plaintext and no block id in the store, cannot be cloned
 //!   without its key and reads back with it (invariant 8);
 //! - a damaged object in the store is `EIO` on the clone, never wrong bytes, and is named by
-//!   `fsck --remote --verify` and the clone's metrics (invariant 5).
+//!   `fsck --remote --verify` and the clone's metrics (invariant 5);
+//! - a home lost with its whole `HYBRIDFS_HOME` is rebuilt by adopting main (`clone --adopt`):
+//!   its push continues main's chain, what merges into it and what is refused, two adopters
+//!   racing (invariant 4).
 //!
 //! A mounted volume pushes and fetches from its mount process, so the AWS variables go on the
 //! mount (`mount_env`); clone, pull and fsck run in the CLI (`ctl_env`).
@@ -755,4 +758,194 @@ fn an_interrupted_clone_leaves_no_volume_and_the_next_clone_is_whole() {
     b.mount_env(&env_refs(&env));
     assert_tree(&b.path(""), &files, "the clone after an interrupted one");
     b.umount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Disaster recovery: a home lost with its whole HYBRIDFS_HOME is rebuilt by adopting main
+//    (`clone --branch main --source main --adopt`). The adopting home continues main's chain:
+//    nothing unpushed right after the adopt, its push moves the head from the one it cloned
+//    (seq + 1), a fresh clone reads the old and the new files byte for byte; a branch forked at
+//    the adopted head and one forked after the adoption merge into it; one forked at an older
+//    layer of the lost home is refused, naming the branch and the missing base, nothing merged;
+//    `pull` says up to date; later pushes work. Two adopters racing: one push wins, the other
+//    is refused as moved (invariant 4).
+
+const INV4: &str = "invariant 4: the head moves by a conditional PUT on the head this node saw; a concurrent writer makes the push fail, nothing overwritten";
+const INV6_MERGE: &str = "invariant 6: a merge never loses a change (a merge without its base is refused, nothing applied)";
+
+/// The one error line of a command that failed: exit 1 (refused) or 2 (bad input).
+fn failed_line(out: &CmdOutput) -> String {
+    assert!(matches!(out.code, Some(1 | 2)), "the command fails with exit 1 or 2: {out}");
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("hybridctl: error:")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line on stderr: {out}");
+    lines[0].to_string()
+}
+
+/// `clone --adopt` of main on `node`: must succeed, and warn that the old home must be gone.
+fn adopt_ok(node: &TestVolume, env: &Env, url: &str) -> Value {
+    let out = clone_cmd(node, env, url, "main", &["--source", "main", "--adopt"]);
+    out.assert_success();
+    assert!(out.stderr.contains("warning") && out.stderr.contains("be sure the home that pushed it is gone"), "the adopt warns: {out}");
+    let v = json_of(&out);
+    assert_eq!(v["adopted"].as_bool(), Some(true), "{v}");
+    v
+}
+
+fn merge_branch(home: &TestVolume, env: &Env, branch: &str) -> CmdOutput {
+    home.ctl_env(&env_refs(env), &["merge", branch, "--volume", "data", "--json"])
+}
+
+fn adopt_files(seed: u64, dir: &str, n: u64) -> BTreeMap<String, Vec<u8>> {
+    (0..n).map(|i| (format!("{dir}/f{i:02}"), pattern(seed + i, 3 * KIB + (i as usize) * 700))).collect()
+}
+
+/// The home is lost: unmounted, its whole `HYBRIDFS_HOME` deleted.
+fn lose(home: &mut TestVolume) {
+    home.umount();
+    fs::remove_dir_all(home.home()).unwrap_or_else(|e| panic!("delete {}: {e}", home.home().display()));
+}
+
+/// A burst node cloned from main as branch `branch`: writes `file` and pushes its branch.
+fn burst(env: &Env, url: &str, branch: &str, file: &str, bytes: &[u8]) -> TestVolume {
+    let mut n = empty_node();
+    clone_ok(&n, env, url, branch, &[]);
+    n.mount_env(&env_refs(env));
+    n.put(file, bytes);
+    let p = push_ok(&n);
+    assert_eq!((int(&p, "seq"), p["branch"].as_str()), (1, Some(branch)), "{p}");
+    n.umount();
+    n
+}
+
+#[test]
+fn a_home_lost_with_its_home_dir_is_rebuilt_by_adopting_main() {
+    let server = start_server();
+    let env = server.env();
+    let _bucket = test_store(&server, "hybridfs-adopt", "");
+    let url = "s3://hybridfs-adopt/p/data";
+
+    // The old home pushes main 1 (branch `old` forks there) and main 2 (`athead` forks there).
+    let mut a = origin("s3://hybridfs-adopt/p", &[], &env);
+    let mut want = adopt_files(100, "one", 12);
+    for (p, b) in &want {
+        a.put(p, b);
+    }
+    assert_eq!(int(&push_ok(&a), "seq"), 1);
+    let from_old = pattern(900, 9 * KIB);
+    let _old = burst(&env, url, "old", "from-old", &from_old);
+    let two = adopt_files(200, "two", 8);
+    for (p, b) in &two {
+        a.put(p, b);
+    }
+    want.extend(two);
+    assert_eq!(int(&push_ok(&a), "seq"), 2);
+    let from_athead = pattern(901, 11 * KIB);
+    let _athead = burst(&env, url, "athead", "from-athead", &from_athead);
+    // Written on the old home and never pushed: lost with it.
+    a.put("unpushed", &pattern(902, 5 * KIB));
+    lose(&mut a);
+
+    // The new home adopts main at layer 2: nothing to push, the old tree byte for byte.
+    let mut n = empty_node();
+    let adopted = adopt_ok(&n, &env, url);
+    assert_eq!((int(&adopted, "seq"), adopted["branch"].as_str()), (2, Some("main")), "{adopted}");
+    n.mount_env(&env_refs(&env));
+    let status = json_of(&n.ctl(&["status", "data", "--json"]));
+    assert_eq!(int(&status[0], "unpushed_bytes"), 0, "nothing is unpushed right after the adopt: {status}");
+    assert_tree(n.mountpoint(), &want, "the adopting home right after the adopt");
+
+    // Its push continues main's chain: layer 3, from the head it cloned.
+    let new = pattern(903, 20 * KIB);
+    n.put("new/after-adopt", &new);
+    want.insert("new/after-adopt".into(), new);
+    let p3 = push_ok(&n);
+    assert_eq!((int(&p3, "seq"), p3["branch"].as_str()), (3, Some("main")), "{INV4}: the adopted home's push moves main to 3: {p3}");
+    assert_eq!(int(&p3, "blocks_uploaded"), 1, "only the new file goes up: {p3}");
+
+    // A fresh clone of main sees the old and the new files; its own branch merges back.
+    let mut f = empty_node();
+    assert_eq!(int(&clone_ok(&f, &env, url, "fresh", &[]), "seq"), 3);
+    f.mount_env(&env_refs(&env));
+    assert_tree(f.mountpoint(), &want, "a fresh clone of main after the adopted home's push");
+    let from_fresh = pattern(904, 7 * KIB);
+    f.put("from-fresh", &from_fresh);
+    push_ok(&f);
+    f.umount();
+
+    // A branch forked at the adopted head merges (its base is the adopt's fork base) ...
+    let m = merge_branch(&n, &env, "athead");
+    m.assert_success();
+    let rec = json_of(&m);
+    assert_eq!(rec["base"].as_str(), Some("main@2"), "{rec}");
+    assert_eq!(rec["base_snapshot"].as_str(), Some("push-main-2"), "the adopted tree is the fork base of layer 2: {rec}");
+    assert!(rec["conflicts"].as_array().is_some_and(Vec::is_empty), "{rec}");
+    want.insert("from-athead".into(), from_athead);
+    // ... and one forked after the adoption, from the adopted home's own push.
+    merge_branch(&n, &env, "fresh").assert_success();
+    want.insert("from-fresh".into(), from_fresh);
+    assert_tree(n.mountpoint(), &want, "the adopted home after merging athead and fresh");
+
+    // A branch forked at an older layer of the lost home has no base here: refused, nothing
+    // merged, the branch and the missing base named.
+    let refused = merge_branch(&n, &env, "old");
+    let line = failed_line(&refused);
+    assert!(
+        line.contains("branch old") && line.contains("layer 1 of branch main") && line.contains("adopted") && line.contains("nothing was merged"),
+        "{INV6_MERGE}: the refusal names the branch and the missing base: {line}"
+    );
+    assert_tree(n.mountpoint(), &want, &format!("{INV6_MERGE}: the adopted home after the refused merge"));
+
+    // Later pushes work (the merges went up as layer 4); pull has nothing to bring.
+    let p4 = push_ok(&n);
+    assert_eq!(int(&p4, "seq"), 4, "{p4}");
+    n.umount();
+    let pull = n.ctl_env(&env_refs(&env), &["pull", "--volume", "data", "--json"]);
+    pull.assert_success();
+    assert_eq!(json_of(&pull)["up_to_date"].as_bool(), Some(true), "the adopted home holds the head it pushed: {pull}");
+    let mut g = empty_node();
+    assert_eq!(int(&clone_ok(&g, &env, url, "g", &[]), "seq"), 4);
+    g.mount_env(&env_refs(&env));
+    assert_tree(g.mountpoint(), &want, "a clone of main 4: the lost home's pushed files, the new ones, the merged branches");
+    g.umount();
+}
+
+#[test]
+fn two_adopters_racing_one_push_wins_the_other_is_refused() {
+    let server = start_server();
+    let env = server.env();
+    let _bucket = test_store(&server, "hybridfs-adopt2", "");
+    let url = "s3://hybridfs-adopt2/p/data";
+    let mut a = origin("s3://hybridfs-adopt2/p", &[], &env);
+    let mut want = adopt_files(300, "d", 10);
+    for (p, b) in &want {
+        a.put(p, b);
+    }
+    push_ok(&a);
+    lose(&mut a);
+
+    // --adopt continues the branch it clones: another branch name is refused.
+    let bad = clone_cmd(&empty_node(), &env, url, "elsewhere", &["--adopt"]);
+    assert!(failed_line(&bad).contains("--adopt continues branch main"), "{bad}");
+
+    let (mut x, mut y) = (empty_node(), empty_node());
+    adopt_ok(&x, &env, url);
+    adopt_ok(&y, &env, url);
+    x.mount_env(&env_refs(&env));
+    y.mount_env(&env_refs(&env));
+    let from_x = pattern(1, 30 * KIB);
+    x.put("from-x", &from_x);
+    y.put("from-y", &pattern(2, 30 * KIB));
+    let px = push_ok(&x);
+    assert_eq!(int(&px, "seq"), 2, "{px}");
+    let refused = y.ctl(&["push", "--volume", "data", "--json"]);
+    let line = failed_line(&refused);
+    assert!(line.contains("moved"), "{INV4}: the second adopter's push is refused as moved: {line}");
+    x.umount();
+    y.umount();
+    let mut z = empty_node();
+    assert_eq!(int(&clone_ok(&z, &env, url, "z", &[]), "seq"), 2, "{INV4}: the head names the winner's layer");
+    z.mount_env(&env_refs(&env));
+    want.insert("from-x".into(), from_x);
+    assert_tree(z.mountpoint(), &want, &format!("{INV4}: main after the race: the winner's file, not the loser's"));
+    z.umount();
 }

@@ -39,6 +39,9 @@ pub struct CloneSpec {
     /// Local block cache limit in bytes.
     pub cache: Option<u64>,
     pub key_file: Option<PathBuf>,
+    /// Adopt `source` (which must be `branch`): the new volume continues its chain as its pusher
+    /// (a home lost with its `HYBRIDFS_HOME`; see [`hybridfs_sync::clone::import_adopting`]).
+    pub adopt: bool,
 }
 
 /// What `clone` made.
@@ -162,6 +165,11 @@ impl Home {
             if !valid_name(volume) || !valid_name(branch) || !valid_name(source) {
                 return bad_input(format!("bad volume or branch name in {url} / {branch} / {source}"));
             }
+            if spec.adopt && (branch != source || spec.from.is_some()) {
+                return bad_input(format!(
+                    "--adopt continues branch {source} from its head: give --branch {source} --source {source} and no --from"
+                ));
+            }
             let name = spec.name.as_deref().unwrap_or(volume);
             if !valid_name(name) {
                 return bad_input(format!("bad volume name {name:?}: use letters, digits, '.', '_' and '-'"));
@@ -184,7 +192,10 @@ impl Home {
             let vd = VolumeDir { name: name.to_string(), dir: tmp.clone() };
             let result = (|| -> Result<CloneReport> {
                 let meta = vd.open_meta(false)?;
-                let report = hybridfs_sync::clone::import_at_with(&meta, &remote, source, spec.from, branch, progress)?;
+                let report = match spec.adopt {
+                    true => hybridfs_sync::clone::import_adopting(&meta, &remote, source, progress)?,
+                    false => hybridfs_sync::clone::import_at_with(&meta, &remote, source, spec.from, branch, progress)?,
+                };
                 drop(meta);
                 let cfg = VolumeConfig {
                     format_version: FORMAT_VERSION,

@@ -18,6 +18,22 @@
 //!
 //! The clone then writes its own branch: its push state starts at the imported epoch with the
 //! source as parent, so its first push carries only its own changes and names its fork point.
+//!
+//! # Adopting a branch ([`import_adopting`], `hybridctl clone --adopt`)
+//!
+//! A home lost with its whole `HYBRIDFS_HOME` leaves its branch (`main`) in the store with no
+//! pusher: a plain clone of it cannot push it (its push would be refused as moved). An
+//! **adopting** clone continues the branch's chain instead: its push state is the head it
+//! cloned (layer `seq`, the head's ETag, the exact layer), so its next push names that layer as
+//! the one before it and moves the head with `If-Match` on the ETag it cloned (another writer
+//! that moved the head in between still makes it fail, invariant 4). Its new files take the
+//! home's inode range (the numbers after the imported ones), and the imported tree is kept as
+//! a snapshot `push-BRANCH-SEQ` recorded as the fork base of layer `seq` ([`crate::forkbase`]):
+//! a branch forked at the adopted head merges into the new home as into the old one. A branch
+//! forked at an older layer has no base on this volume (the adopted volume's epochs are not the
+//! lost home's): its merge is refused, naming the branch and the layer
+//! ([`PushState::adopted`]). Nothing in the store says whether the old pusher is really gone:
+//! the operator must be sure (the CLI says so).
 
 use crate::{LayerRef, LayerStream, PushState, Remote, Result, SyncError};
 use hybridfs_core::progress::{self, Meter, OnProgress};
@@ -88,6 +104,12 @@ pub struct CloneReport {
     pub walk_seconds: f64,
     pub apply_seconds: f64,
     pub persist_seconds: f64,
+    /// An adopting clone ([`import_adopting`]): it continues branch `source` from layer `seq`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+    /// What the operator should know (an adopted branch's node reported changes not pushed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Fill the empty `meta` with branch `source` of `remote` as of its head; the clone will push
@@ -98,7 +120,7 @@ pub fn import(meta: &MetaStore, remote: &Remote, source: &str, branch: &str) -> 
 
 /// As [`import`], as of layer `at` of `source` (None: its head): an earlier pushed state.
 pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str) -> Result<CloneReport> {
-    import_with(meta, remote, source, at, branch, Load::Bulk, &progress::ignore)
+    import_with(meta, remote, source, at, branch, Load::Bulk, false, &progress::ignore)
 }
 
 /// [`import_at`], reporting to `progress` (op `clone`, in records): the records of the layers
@@ -106,7 +128,14 @@ pub fn import_at(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64
 /// of their sum (the walk of the chain, which reads each header, comes first and is not
 /// counted).
 pub fn import_at_with(meta: &MetaStore, remote: &Remote, source: &str, at: Option<u64>, branch: &str, progress: OnProgress) -> Result<CloneReport> {
-    import_with(meta, remote, source, at, branch, Load::Bulk, progress)
+    import_with(meta, remote, source, at, branch, Load::Bulk, false, progress)
+}
+
+/// Fill the empty `meta` with branch `source` as of its head and make this volume its pusher
+/// (see the module doc, "Adopting a branch"): the next push moves `source`'s head from the one
+/// cloned. The caller must know that the branch's old pusher is gone.
+pub fn import_adopting(meta: &MetaStore, remote: &Remote, source: &str, progress: OnProgress) -> Result<CloneReport> {
+    import_with(meta, remote, source, None, source, Load::Bulk, true, progress)
 }
 
 /// [`import_at`] through the store's transactions ([`MetaStore::apply_unlogged`] in batches of
@@ -119,7 +148,7 @@ pub fn import_at_through_transactions(
     at: Option<u64>,
     branch: &str,
 ) -> Result<CloneReport> {
-    import_with(meta, remote, source, at, branch, Load::Transactions, &progress::ignore)
+    import_with(meta, remote, source, at, branch, Load::Transactions, false, &progress::ignore)
 }
 
 /// How a clone fills its new store.
@@ -129,6 +158,7 @@ enum Load {
     Transactions,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn import_with(
     meta: &MetaStore,
     remote: &Remote,
@@ -136,10 +166,11 @@ fn import_with(
     at: Option<u64>,
     branch: &str,
     load: Load,
+    adopt: bool,
     progress: OnProgress,
 ) -> Result<CloneReport> {
     let started = Instant::now();
-    let (head, _) = remote.head(source)?.ok_or_else(|| {
+    let (head, head_etag) = remote.head(source)?.ok_or_else(|| {
         SyncError::Corrupt(format!("volume {} has no branch {source} in {}", remote.volume, remote.store.describe()))
     })?;
     let mut links = remote.chain(source, head.layer_ref(), 1, true)?;
@@ -170,6 +201,8 @@ fn import_with(
         walk_seconds: started.elapsed().as_secs_f64(),
         apply_seconds: 0.0,
         persist_seconds: 0.0,
+        adopted: adopt,
+        warnings: Vec::new(),
     };
     let applying = Instant::now();
     // Compactions stay off until this process closes the store: turned on again here, they
@@ -245,27 +278,83 @@ fn import_with(
     meter.finish();
     // Local writes start in a new epoch; the clone's branch starts at the import.
     let epoch = meta.epoch();
-    let state = PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() };
-    let base =
-        CloneBase { source: source.to_string(), seq: top.seq, import_epoch: epoch, pull_epochs: Vec::new(), layer: Some(top), pulling: None };
-    meta.apply(
-        vec![
-            Mutation::SetMeta {
-                name: crate::state_name(branch),
-                value: Some(serde_json::to_vec(&state).expect("plain data")),
-            },
-            base.mutation(),
-            // This clone's new files get numbers no other node uses.
-            Mutation::SetMeta {
-                name: hybridfs_core::volume::INO_RANGE.into(),
-                value: Some(hybridfs_core::volume::clone_ino_range(branch)),
-            },
-            Mutation::SetEpoch(epoch + 1),
-        ],
-        true,
-    )?;
+    let base = CloneBase {
+        source: source.to_string(),
+        seq: top.seq,
+        import_epoch: epoch,
+        pull_epochs: Vec::new(),
+        layer: Some(top.clone()),
+        pulling: None,
+    };
+    let mut batch = vec![base.mutation()];
+    let state = if adopt {
+        // The branch's own fork point, if it is itself a fork (its first layer names it).
+        let first = links.iter().find(|l| l.branch == source && l.r.seq == 1);
+        let (parent, parent_ref) = first.map_or((None, None), |l| (l.header.parent.clone(), l.header.parent_ref.clone()));
+        match parent {
+            // A root branch: the imported tree is the fork base of the adopted layer; new
+            // files continue the home range (the numbers after the imported ones).
+            None => batch.extend(adopted_fork_base(meta, source, &top, epoch)?),
+            // A fork: its node's range (its branch's slot), after the numbers it used.
+            Some(_) => batch.push(clone_ino_range(branch)),
+        }
+        report.warnings.extend(adopt_warnings(remote, source, &head)?);
+        PushState {
+            seq: top.seq,
+            epoch,
+            etag: Some(head_etag),
+            last: Some(top.clone()),
+            parent,
+            parent_ref,
+            adopted: Some((top.seq, epoch)),
+            ..Default::default()
+        }
+    } else {
+        // This clone's new files get numbers no other node uses.
+        batch.push(clone_ino_range(branch));
+        PushState { epoch, parent: Some((source.to_string(), top.seq)), parent_ref: Some(top.clone()), ..Default::default() }
+    };
+    batch.push(Mutation::SetMeta { name: crate::state_name(branch), value: Some(serde_json::to_vec(&state).expect("plain data")) });
+    batch.push(Mutation::SetEpoch(epoch + 1));
+    meta.apply(batch, true)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The inode range of a clone writing `branch` ([`hybridfs_core::volume::clone_ino_range`]).
+fn clone_ino_range(branch: &str) -> Mutation {
+    Mutation::SetMeta { name: hybridfs_core::volume::INO_RANGE.into(), value: Some(hybridfs_core::volume::clone_ino_range(branch)) }
+}
+
+/// The snapshot `push-BRANCH-SEQ` of the imported tree (at `epoch`, the import's) and its
+/// record as the fork base of layer `top` of `branch` ([`crate::forkbase`]), as mutations.
+fn adopted_fork_base(meta: &MetaStore, branch: &str, top: &LayerRef, epoch: u64) -> Result<Vec<Mutation>> {
+    let name = format!("push-{branch}-{}", top.seq);
+    let usage = meta.usage()?;
+    let snap = hybridfs_core::types::SnapshotInfo {
+        id: meta.next_snapshot_id()?,
+        name: name.clone(),
+        epoch,
+        created: crate::now(),
+        files: usage.files,
+        bytes: usage.bytes,
+        holds: Vec::new(),
+    };
+    let base = crate::forkbase::ForkBase { seq: top.seq, key: top.key.clone(), epoch, snapshot: name };
+    Ok(vec![Mutation::PutSnapshot(snap), crate::forkbase::record(branch, &[base])])
+}
+
+/// What an adopting clone tells the operator: the old pusher must be gone, and what its node
+/// last reported beyond the head (lost with it).
+fn adopt_warnings(remote: &Remote, branch: &str, head: &crate::Head) -> Result<Vec<String>> {
+    let mut w = vec![format!(
+        "this volume now pushes branch {branch} from layer {} on: be sure the home that pushed it is gone (the store cannot tell; if it still runs, whichever of the two pushes second is refused as moved)",
+        head.seq
+    )];
+    if let Some(state) = crate::nodestate::read(remote, branch)? {
+        w.extend(crate::nodestate::unpushed_warning(branch, head, &state).map(|x| format!("{x} (lost with that home)")));
+    }
+    Ok(w)
 }
 
 /// The records a batch of [`apply_layer`] carries (one [`Mutation::Raw`] each; the blocks
@@ -360,6 +449,13 @@ fn pull_with(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>, progr
         }
     };
     let mut report = PullReport { source: source.clone(), from_seq: base.seq, to_seq, records: 0, up_to_date: false };
+    // A volume that adopted its source pushes it: the head it pushed is what it holds.
+    let own = crate::load_meta_state(meta, &source)?;
+    if base.pulling.is_none() && own.adopted.is_some() && own.seq >= to_seq {
+        report.from_seq = own.seq;
+        report.up_to_date = true;
+        return Ok(report);
+    }
     if to_seq <= base.seq {
         report.up_to_date = true;
         return Ok(report);

@@ -53,9 +53,13 @@ pub fn list(vol: &Volume, branch: &str) -> Result<Vec<ForkBase>> {
 }
 
 fn save(vol: &Volume, branch: &str, bases: &[ForkBase]) -> Result<()> {
-    let value = serde_json::to_vec(bases).expect("plain data");
-    vol.meta().apply(vec![Mutation::SetMeta { name: state_name(branch), value: Some(value) }], true)?;
+    vol.meta().apply(vec![record(branch, bases)], true)?;
     Ok(())
+}
+
+/// The mutation that records `bases` as the fork bases of `branch`.
+pub(crate) fn record(branch: &str, bases: &[ForkBase]) -> Mutation {
+    Mutation::SetMeta { name: state_name(branch), value: Some(serde_json::to_vec(bases).expect("plain data")) }
 }
 
 /// The push of `layer` (read at `snap`) is recorded: keep its snapshot as a fork base, release

@@ -137,6 +137,11 @@ pub(crate) struct PushState {
     /// The newest layer this node pushed (`seq`), exactly.
     #[serde(default)]
     pub last: Option<LayerRef>,
+    /// This volume adopted the branch (`clone --adopt`, [`clone::import_adopting`]) at this
+    /// layer, importing it at this epoch of its own: layers up to it were pushed by another
+    /// home, whose epochs are not this volume's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<(u64, u64)>,
 }
 
 /// Progress of a push, a merge's block fetch, a clone, a pull, a check (see
@@ -289,7 +294,11 @@ pub(crate) fn state_name(branch: &str) -> String {
 }
 
 fn load_state(vol: &Volume, branch: &str) -> Result<PushState> {
-    Ok(match vol.meta().meta_value(&state_name(branch))? {
+    load_meta_state(vol.meta(), branch)
+}
+
+fn load_meta_state(meta: &hybridfs_core::meta::MetaStore, branch: &str) -> Result<PushState> {
+    Ok(match meta.meta_value(&state_name(branch))? {
         Some(b) => serde_json::from_slice(&b).map_err(|e| SyncError::Corrupt(format!("local push state: {e}")))?,
         None => PushState::default(),
     })

@@ -257,13 +257,26 @@ fn read_theirs(vol: &Volume, remote: &Remote, branch: &str, head: LayerRef, last
                 None => return Err(SyncError::Corrupt(format!("branch {branch} forks from layer {fork_seq} of {fork_branch}, which has no layers"))),
             };
             let pushed = crate::load_state(vol, &fork_branch)?;
-            if pushed.seq < fork_seq || fork_layer.epoch > vol.epoch() {
+            // An adopted branch (`clone --adopt`): its layers up to the adopted one carry the
+            // lost home's epochs, not this volume's; only the adopted layer has one here (the
+            // import's), and an older fork point has no base on this volume at all.
+            let adopted_epoch = match pushed.adopted {
+                Some((seq, _)) if fork_seq < seq => {
+                    return Err(bad(format!(
+                        "branch {branch} forks from layer {fork_seq} of branch {fork_branch}, older than layer {seq} this volume adopted (clone --adopt): the base of its merge (layer {fork_seq} as the lost home held it, with what that home changed since) is not on this volume, and a merge would take this volume's changes for the wrong ones; nothing was merged. Clone branch {branch} as a volume of its own and copy its changes over by hand"
+                    )));
+                }
+                Some((seq, epoch)) if fork_seq == seq => Some(epoch),
+                _ => None,
+            };
+            let fork_epoch = adopted_epoch.unwrap_or(fork_layer.epoch);
+            if pushed.seq < fork_seq || fork_epoch > vol.epoch() {
                 return Err(bad(format!(
                     "branch {branch} forks from layer {fork_seq} of branch {fork_branch}, which this volume did not push (it pushed {fork_branch} to layer {}): merge it on the volume that pushes {fork_branch}",
                     pushed.seq
                 )));
             }
-            (BaseSource::Store(links), last.map_or(fork_layer.epoch, |p| p.fork_epoch))
+            (BaseSource::Store(links), last.map_or(fork_epoch, |p| p.fork_epoch))
         }
     };
     let mut owners: BTreeSet<Ino> = [ROOT_INO].into();

@@ -245,6 +245,11 @@ enum Cmd {
         /// Local volume name [default: the source volume's name].
         #[arg(long)]
         name: Option<String>,
+        /// Become the pusher of the source branch (with --branch B --source B): the restore of a
+        /// home lost with its HYBRIDFS_HOME. The next push moves B's head from the one cloned;
+        /// be sure the old home is gone.
+        #[arg(long)]
+        adopt: bool,
         /// Limit of the local block cache (suffix K, M, G; at least 16M) [default: unlimited].
         #[arg(long, value_parser = parse::<CacheSize>)]
         cache: Option<CacheSize>,
@@ -649,9 +654,12 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             mergecmd::run(&home, volume.as_deref(), cmd, json)
         }
         Cmd::Pull { volume, json } => snapcmd::run(&home, volume.as_deref(), R::Pull, json),
-        Cmd::Clone { url, branch, source, from, name, json, .. } => {
-            let spec = CloneSpec { url, branch, source, from, name, cache: cfg.cache, key_file: cfg.clone_key_file.clone() };
+        Cmd::Clone { url, branch, source, from, name, adopt, json, .. } => {
+            let spec = CloneSpec { url, branch, source, from, name, cache: cfg.cache, key_file: cfg.clone_key_file.clone(), adopt };
             let c = progress::run("clone", |on| home.clone_volume_with(&spec, on))?;
+            for w in &c.report.warnings {
+                eprintln!("hybridctl: warning: {w}");
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&c.report)?);
             } else {
@@ -660,6 +668,9 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
                     "cloned {} (branch {}, layer {}) as volume {}: {} records from {} layers in {:.2}s; {} blocks stay in the store until read; pushes go to branch {}",
                     c.volume, r.source, r.seq, c.name, r.records, r.layers, r.seconds, r.blocks, r.branch
                 );
+                if r.adopted {
+                    println!("volume {} adopted branch {}: its next push moves the head from layer {}", c.name, r.branch, r.seq);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
