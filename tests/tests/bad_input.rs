@@ -1,6 +1,7 @@
 //! Bad input and hostile conditions: the CLI's refusals and exit codes (doc/CLI.md),
 //! corrupted local blocks (invariant 5, verified reads: EIO plus a log line naming the block,
-//! never wrong bytes), and a full disk (ENOSPC, not EIO, and the volume recovers).
+//! never wrong bytes), and a full disk (ENOSPC, not EIO, and the volume recovers; the sealer
+//! keeps out of the reserve and `umount` names what it left unsealed, invariant 1).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use hybridfs_tests::cmd;
 use hybridfs_tests::content::{assert_same_bytes, pattern};
 use hybridfs_tests::sys::errno_of;
-use hybridfs_tests::{procs, require_root, TestVolume};
+use hybridfs_tests::{procs, require_root, MountState, TestVolume};
 
 const MIB: usize = 1 << 20;
 
@@ -211,6 +212,116 @@ fn full_disk_gives_enospc_and_recovers() {
     vol.mount();
     assert_same_bytes("after remount", &fs::read(vol.path("after")).unwrap(), &data);
     vol.umount();
+    drop(vol);
+    drop(tmpfs);
+}
+
+/// Bytes free for unprivileged writers on the file system holding `path`, and its reserve as
+/// hybridfs computes it (2% of the file system, 8-256 MiB: `fs/core/src/space.rs`).
+fn avail_and_reserve(path: &Path) -> (u64, u64) {
+    let st = hybridfs_tests::sys::statvfs(path).expect("statvfs");
+    let total = st.f_blocks as u64 * st.f_frsize as u64;
+    (st.f_bavail as u64 * st.f_frsize as u64, (total / 50).clamp(8 << 20, 256 << 20))
+}
+
+/// The sealer worker's `last_error` in `hybridctl status --json`.
+fn sealer_error(vol: &TestVolume) -> Option<String> {
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
+    let workers = v[0]["workers"].as_array()?;
+    let sealer = workers.iter().find(|w| w["name"] == "sealer")?;
+    sealer["last_error"].as_str().map(str::to_string)
+}
+
+fn unsealed_bytes(vol: &TestVolume) -> u64 {
+    let out = vol.ctl(&["status", vol.name(), "--json"]);
+    out.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
+    v[0]["unsealed_bytes"].as_u64().expect("unsealed_bytes")
+}
+
+/// Invariant 1 (unsealed data is never lost) on a nearly full disk: a file whose seal would
+/// eat into the reserve stays staged (the sealer says why in its status), the reserve stays
+/// free so small writes and deletes go on, `umount` exits 0 with a warning naming the file
+/// left unsealed (the mount log too, not "everything flushed"), and once there is room the
+/// next mount seals it and it reads back byte for byte.
+#[test]
+fn sealer_keeps_out_of_the_reserve_and_umount_names_what_is_left_unsealed() {
+    require_root();
+    let outer = tempfile::Builder::new().prefix("hybridfs-reserve-").tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&outer.path().join("small"), "96m");
+    assert_eq!(procs::mount_fstype(&tmpfs.path).as_deref(), Some("tmpfs"), "home must be on the small tmpfs");
+    // Room to give back later, outside the home: 48 MiB.
+    let ballast = tmpfs.path.join("ballast");
+    fs::write(&ballast, pattern(20, 48 * MIB)).unwrap();
+    let home = tmpfs.path.join("home");
+    let mut vol = TestVolume::builder().home(&home).mount_args(&["--seal-delay", "1"]).build();
+
+    // A file that leaves 4 MiB above the reserve: sealing it would need its size again.
+    let (avail, reserve) = avail_and_reserve(&tmpfs.path);
+    assert!(avail > reserve + 16 * MIB as u64, "too little room on the tmpfs: {avail} free, reserve {reserve}");
+    let big_len = ((avail - reserve - 4 * MIB as u64) as usize) / MIB * MIB;
+    let big = pattern(21, big_len);
+    let mut f = File::create(vol.path("big")).unwrap();
+    for chunk in big.chunks(MIB) {
+        f.write_all(chunk).expect("write within the room above the reserve");
+    }
+    f.sync_all().unwrap();
+    drop(f);
+
+    let mut why = None;
+    for _ in 0..150 {
+        why = sealer_error(&vol).filter(|e| e.contains("disk full"));
+        if why.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let why = why.unwrap_or_else(|| panic!("the sealer's status never said why it left the file staged:\n{}", vol.mount_log()));
+    eprintln!("sealer: {why}");
+    let (avail, _) = avail_and_reserve(&tmpfs.path);
+    assert!(avail >= reserve, "the sealer ate into the reserve: {avail} bytes free, reserve {reserve}");
+    assert_eq!(unsealed_bytes(&vol), big_len as u64, "the big file stays staged");
+    assert!(vol.mount_log().contains("disk full:"), "the sealer warns once:\n{}", vol.mount_log());
+
+    // Small writes and deletes go on within the reserve rules.
+    let small = pattern(22, 64 * 1024);
+    fs::write(vol.path("small"), &small).expect("a small write above the reserve");
+    assert_same_bytes("small file", &fs::read(vol.path("small")).unwrap(), &small);
+    fs::write(vol.path("gone"), b"x").unwrap();
+    fs::remove_file(vol.path("gone")).expect("delete on a nearly full disk");
+
+    // umount succeeds (nothing is lost) and names what it left unsealed.
+    let out = vol.ctl_os(&[OsStr::new("umount"), vol.mountpoint().as_os_str()]);
+    out.assert_success();
+    vol.set_state(MountState::Unmounted);
+    let line = format!("1 files ({big_len} bytes) left unsealed: disk full; they stay in staging and are sealed at the next mount");
+    assert!(out.stderr.contains(&line), "umount must name what it left unsealed ({line}): {out}");
+    let log = vol.mount_log();
+    assert!(log.contains(&line), "the mount's exit log must say it too:\n{log}");
+    assert!(!log.contains("everything flushed"), "not everything was flushed:\n{log}");
+
+    // Room again: the next mount seals the file, and its bytes are the ones written.
+    fs::remove_file(&ballast).unwrap();
+    vol.mount();
+    let mut left = u64::MAX;
+    for _ in 0..300 {
+        left = unsealed_bytes(&vol);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(left, 0, "the next mount seals what was left staged:\n{}", vol.mount_log());
+    assert_same_bytes("big file sealed at the next mount", &fs::read(vol.path("big")).unwrap(), &big);
+    assert_same_bytes("small file", &fs::read(vol.path("small")).unwrap(), &small);
+    let out = vol.ctl_os(&[OsStr::new("umount"), vol.mountpoint().as_os_str()]);
+    out.assert_success();
+    vol.set_state(MountState::Unmounted);
+    assert!(!out.stderr.contains("left unsealed"), "everything is sealed now: {out}");
+    let fsck = vol.fsck(&[]);
+    assert!(fsck.success(), "fsck after the full disk: {fsck}");
     drop(vol);
     drop(tmpfs);
 }

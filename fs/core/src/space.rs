@@ -3,6 +3,9 @@
 //! Data writes are refused with ENOSPC while the free space is below the reserve, so the
 //! metadata store (whose own writes must not fail) always has room to record the unlink that
 //! frees space again. The reserve is small: 2% of the file system, between 8 MiB and 256 MiB.
+//! The sealer keeps out of it too ([`SpaceGuard::room`]): sealing a file needs up to its size
+//! in new block files (in the same volume directory, so on the same disk) before its staging
+//! file goes, and a file that does not fit stays staged, durable, until there is room.
 
 use crate::error::{FsError, Result};
 use std::ffi::CString;
@@ -50,10 +53,20 @@ impl SpaceGuard {
 
     /// Fails with ENOSPC when writing `len` more bytes would eat into the reserve.
     pub fn check(&self, len: u64) -> Result<()> {
-        let disk = self.disk()?;
-        if disk.avail.saturating_mul(disk.block_size) < self.reserve.saturating_add(len) {
+        if self.room()? < len {
             return Err(FsError::NoSpace);
         }
         Ok(())
+    }
+
+    /// Bytes that can still be written before the free space reaches the reserve.
+    pub fn room(&self) -> Result<u64> {
+        let disk = self.disk()?;
+        Ok(disk.avail.saturating_mul(disk.block_size).saturating_sub(self.reserve))
+    }
+
+    /// The reserve in bytes.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
     }
 }

@@ -167,7 +167,12 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
         let _ = std::fs::remove_file(vd.mount_state_path());
         let _ = std::fs::remove_file(vd.control_path());
         served.with_context(|| format!("mount {name} at {}", mp.display()))?;
-        tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display());
+        // Nothing unsealed is lost (invariant 1): say what stays staged instead of "flushed".
+        match vol.unsealed().and_then(|u| Ok((u, vol.no_room_for(u.bytes)?))) {
+            Ok((u, _)) if u.files == 0 => tracing::info!("volume {name} unmounted from {}; everything flushed", mp.display()),
+            Ok((u, full)) => tracing::warn!("volume {name} unmounted from {}; {}", mp.display(), crate::status::unsealed_line(u, full)),
+            Err(e) => tracing::warn!("volume {name} unmounted from {}; counting what is left unsealed failed: {e}", mp.display()),
+        }
         Ok(())
     })
 }
@@ -365,8 +370,10 @@ fn spawn_readahead_tuner(mp: PathBuf) {
 }
 
 /// Unmount `mp` and wait (up to `timeout` seconds) until its mount process has flushed
-/// everything and exited. Returns the mount point as resolved.
-pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<PathBuf> {
+/// everything and exited. Returns the mount point as resolved, and a line saying what the
+/// mount left unsealed, if anything ([`VolumeDir::unsealed_note`]: a disk too full to seal;
+/// the data stays in staging, durable, and is sealed at the next mount).
+pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<(PathBuf, Option<String>)> {
     typed(|| {
         let mp = match mp.canonicalize() {
             Ok(p) => p,
@@ -395,8 +402,11 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<PathBuf> {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // Read-only, after the process ended: a failure to count only loses the note.
+            let note = vd.unsealed_note().unwrap_or_else(|e| Some(format!("could not count what is left unsealed: {e}")));
+            return Ok((mp, note));
         }
-        Ok(mp)
+        Ok((mp, None))
     })
 }
 

@@ -148,6 +148,27 @@ impl VolumeDir {
         }
     }
 
+    /// What the volume's last mount left unsealed (files whose staged data is still in
+    /// staging), as one line for people; None when everything is sealed. For an unmounted
+    /// volume: `hybridctl umount` asks it once the mount process has ended.
+    pub fn unsealed_note(&self) -> NodeResult<Option<String>> {
+        typed(|| {
+            let staging = Staging::new(self.staging_dir())?;
+            let inos = staging.list()?;
+            if inos.is_empty() {
+                return Ok(None);
+            }
+            let meta = self.open_meta(true)?;
+            let bs = self.config()?.block_size as u64;
+            let u = hybridfs_core::volume::count_unsealed(&meta, &inos, bs, &mut |ino| Ok(meta.get_inode(ino)?.map(|i| i.size)))?;
+            if u.files == 0 {
+                return Ok(None);
+            }
+            let room = hybridfs_core::space::SpaceGuard::new(&self.staging_dir())?.room()?;
+            Ok(Some(unsealed_line(u, room < u.bytes)))
+        })
+    }
+
     /// Check metadata and block consistency (`verify`: re-hash every sealed block).
     pub fn fsck(&self, verify: bool) -> NodeResult<FsckReport> {
         self.fsck_with(verify, &hybridfs_core::progress::ignore)
@@ -210,4 +231,13 @@ impl VolumeDir {
             Ok(hybridfs_sync::merge::show(&meta, id).map_err(crate::control::ControlError::from)?)
         })
     }
+}
+
+/// The line that says what an unmount left unsealed (the mount's exit log, `hybridctl umount`).
+pub fn unsealed_line(u: hybridfs_core::volume::Unsealed, disk_full: bool) -> String {
+    let why = if disk_full { "disk full" } else { "their seal failed (see the mount log)" };
+    format!(
+        "{} files ({} bytes) left unsealed: {why}; they stay in staging and are sealed at the next mount",
+        u.files, u.bytes
+    )
 }

@@ -611,8 +611,11 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Umount { mountpoint, timeout } => {
-            let mp = mount::umount(&home, &mountpoint, timeout)?;
+            let (mp, unsealed) = mount::umount(&home, &mountpoint, timeout)?;
             println!("unmounted {}", mp.display());
+            if let Some(line) = unsealed {
+                eprintln!("hybridctl: warning: {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { name, json, watch: None, .. } => report::status(&home, name.as_deref(), json, &Agent::new(&cfg.agent, &cfg.agent_token_file)),

@@ -29,7 +29,7 @@ pub mod snapshot;
 pub mod views;
 pub mod xattr;
 
-pub use sealer::SealerHandle;
+pub use sealer::{count_unsealed, SealOutcome, SealerHandle, Unsealed};
 
 use crate::blockcache::BlockCache;
 use crate::blockstore::BlockStore;
@@ -284,20 +284,22 @@ impl Volume {
     /// `hybridctl status` counts them, read only from the files that have a staging file: the
     /// cost follows the unsealed data, never the size of the volume.
     pub fn unsealed_bytes(&self) -> Result<u64> {
-        let mut total = 0;
-        for ino in self.staging.list()? {
-            let size = match self.getattr(ino) {
-                Ok(inode) => inode.size,
-                Err(FsError::NotFound) => continue,
-                Err(e) => return Err(e),
-            };
-            for (block, extent) in self.meta.extents(ino, 0)? {
-                if extent == Extent::Staged {
-                    total += size.saturating_sub(block * self.block_size).min(self.block_size);
-                }
-            }
-        }
-        Ok(total)
+        self.unsealed().map(|u| u.bytes)
+    }
+
+    /// The live files with staged blocks and those blocks' bytes (see [`Volume::unsealed_bytes`]).
+    pub fn unsealed(&self) -> Result<Unsealed> {
+        count_unsealed(&self.meta, &self.staging.list()?, self.block_size, &mut |ino| match self.getattr(ino) {
+            Ok(inode) => Ok(Some(inode.size)),
+            Err(FsError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Whether sealing `bytes` more would eat into the disk's reserve (the disk is full for
+    /// the sealer: see `sealer.rs`).
+    pub fn no_room_for(&self, bytes: u64) -> Result<bool> {
+        Ok(self.space.room()? < bytes)
     }
 
     /// The current attributes of `ino`.

@@ -17,9 +17,19 @@
 //! A crash after 1 leaves unreferenced block files (reclaimable, reported by fsck, harmless);
 //! after 2, stale bytes in the staging file that no extent points at. No order loses data.
 //! All-zero blocks become holes instead of blocks.
+//!
+//! # A full disk
+//!
+//! Sealing a file needs up to its staged bytes in new block files before its staging file
+//! goes. The sealer seals a file only if that fits above the disk's reserve (the one the write
+//! path keeps, [`crate::space`]); a file that does not fit stays staged (durable: invariant 1,
+//! unsealed data is never lost) and is tried again with a backoff ([`RETRY_FIRST`] doubling up
+//! to [`RETRY_MAX`]), at the stop drain, or at the next mount. The sealer warns once per
+//! episode and its worker status says why (`last_error`) until a retry seals everything.
 
 use super::{NodeData, NodeGuard, Volume};
 use crate::error::{FsError, Result};
+use crate::meta::MetaStore;
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
 use crate::worker::Handle;
@@ -35,6 +45,53 @@ const SEAL_BATCH: usize = 64;
 const SEAL_GROUP: usize = 256;
 /// How often the sealer looks for due inodes and at the stop signal.
 const TICK: Duration = Duration::from_millis(200);
+/// The first pause before files left staged for lack of room are tried again; doubled per
+/// retry that still finds no room, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Bytes counted per block on top of its data when checking for room: the block file's frame
+/// and the rounding up to the file system's block.
+const BLOCK_OVERHEAD: u64 = 4096;
+
+/// Files (with staged data) and their staged bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unsealed {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The files among `inos` (those with a staging file) that have staged blocks, and those
+/// blocks' bytes. `size_of` gives a file's size (None: the file is gone; not counted). Reads
+/// only these files' extents: the cost follows the unsealed data, not the volume's size.
+pub fn count_unsealed(
+    meta: &MetaStore,
+    inos: &[Ino],
+    block_size: u64,
+    size_of: &mut dyn FnMut(Ino) -> Result<Option<u64>>,
+) -> Result<Unsealed> {
+    let mut total = Unsealed::default();
+    for &ino in inos {
+        let Some(size) = size_of(ino)? else { continue };
+        let mut staged = false;
+        for (block, extent) in meta.extents(ino, 0)? {
+            if extent == Extent::Staged {
+                staged = true;
+                total.bytes += size.saturating_sub(block * block_size).min(block_size);
+            }
+        }
+        total.files += staged as u64;
+    }
+    Ok(total)
+}
+
+/// What one sealing call did: how many inodes it sealed, and those it left staged because
+/// sealing them would have eaten into the disk's reserve.
+#[derive(Debug, Default)]
+pub struct SealOutcome {
+    pub sealed: usize,
+    pub no_room: Vec<Ino>,
+    pub no_room_bytes: u64,
+}
 
 enum Msg {
     Seal(Ino),
@@ -105,8 +162,44 @@ impl DueQueue {
     }
 }
 
+/// Files left staged for lack of room, and when to try them again.
+#[derive(Default)]
+struct NoRoom {
+    inos: std::collections::BTreeSet<Ino>,
+    retries: u32,
+    at: Option<Instant>,
+}
+
+impl NoRoom {
+    /// Record one sealing call's outcome. Returns whether a disk-full episode began.
+    fn record(&mut self, outcome: &SealOutcome, now: Instant) -> bool {
+        if outcome.no_room.is_empty() {
+            return false;
+        }
+        let began = self.inos.is_empty() && self.retries == 0;
+        self.inos.extend(outcome.no_room.iter().copied());
+        let pause = RETRY_FIRST.saturating_mul(1 << self.retries.min(5)).min(RETRY_MAX);
+        self.at = Some(now + pause);
+        began
+    }
+
+    /// The files due for a retry now (the set is emptied; what still does not fit is
+    /// recorded again).
+    fn due(&mut self, now: Instant) -> Vec<Ino> {
+        match self.at {
+            Some(at) if at <= now && !self.inos.is_empty() => {
+                self.retries = self.retries.saturating_add(1);
+                self.at = None;
+                std::mem::take(&mut self.inos).into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 fn run(vol: Arc<Volume>, status: &Handle, rx: Receiver<Msg>, delay: Duration) {
     let mut queue = DueQueue::default();
+    let mut no_room = NoRoom::default();
     let stop = vol.workers().stop_signal();
     while !stop.is_stopped() {
         match rx.recv_timeout(TICK) {
@@ -114,32 +207,77 @@ fn run(vol: Arc<Volume>, status: &Handle, rx: Receiver<Msg>, delay: Duration) {
             Ok(Msg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
-        let mut ready = Vec::new();
-        while let Some(ino) = queue.pop_due(Instant::now()) {
+        let now = Instant::now();
+        let retry = no_room.due(now);
+        let retrying = !retry.is_empty();
+        let mut ready = retry;
+        while let Some(ino) = queue.pop_due(now) {
             ready.push(ino);
         }
+        ready.sort_unstable();
+        ready.dedup();
+        let (mut left, mut failed) = (0, false);
         for group in ready.chunks(SEAL_GROUP) {
-            seal_logged(&vol, status, group);
+            let Some(outcome) = seal_logged(&vol, status, group, &no_room) else {
+                failed = true;
+                continue;
+            };
+            left += outcome.no_room.len();
+            if no_room.record(&outcome, Instant::now()) {
+                tracing::warn!(
+                    "disk full: {} files ({} bytes) stay staged, sealing them would eat into the reserve ({} bytes); \
+                     tried again until there is room (free space: delete files or snapshots)",
+                    outcome.no_room.len(),
+                    outcome.no_room_bytes,
+                    vol.space.reserve()
+                );
+            }
+        }
+        if retrying && !failed && left == 0 && no_room.inos.is_empty() {
+            tracing::info!("the disk has room again: the files left staged are sealed");
+            no_room = NoRoom::default();
         }
     }
     let mut all: Vec<Ino> = queue.drain().collect();
+    all.extend(no_room.inos.iter().copied());
     all.extend(vol.staging.list().unwrap_or_default());
     all.sort_unstable();
     all.dedup();
+    let mut final_no_room = NoRoom::default();
     for group in all.chunks(SEAL_GROUP) {
-        seal_logged(&vol, status, group);
+        if let Some(outcome) = seal_logged(&vol, status, group, &final_no_room) {
+            final_no_room.record(&outcome, Instant::now());
+        }
     }
 }
 
 /// Seal one group; its outcome becomes the worker's status (a failed group is queued again by
-/// the file's next close, or sealed at the next mount: its staged bytes stay).
-fn seal_logged(vol: &Volume, status: &Handle, inos: &[Ino]) {
+/// the file's next close, or sealed at the next mount: its staged bytes stay). Files left
+/// staged for lack of room make the step fail with the reason, so `last_error` says why.
+/// None: the call failed (logged).
+fn seal_logged(vol: &Volume, status: &Handle, inos: &[Ino], no_room: &NoRoom) -> Option<SealOutcome> {
     status.busy(format!("seal {} files", inos.len()));
-    let result = vol.seal_inodes(inos).map(|_| ());
-    if let Err(e) = &result {
-        tracing::error!("seal staged blocks of inodes {:?}..: {e}", &inos[..inos.len().min(4)]);
+    let result = vol.seal_within_reserve(inos);
+    let first = &inos[..inos.len().min(4)];
+    match result {
+        Ok(outcome) if outcome.no_room.is_empty() && no_room.inos.is_empty() => {
+            status.done(Ok(()));
+            Some(outcome)
+        }
+        Ok(outcome) => {
+            let files = outcome.no_room.len() + no_room.inos.len();
+            status.done(Err(format!(
+                "disk full: {files} files wait in staging (sealing them would eat into the reserve of {} bytes); tried again until there is room",
+                vol.space.reserve()
+            )));
+            Some(outcome)
+        }
+        Err(e) => {
+            tracing::error!("seal staged blocks of inodes {first:?}..: {e}");
+            status.done(Err(format!("seal inodes {first:?}..: {e}")));
+            None
+        }
     }
-    status.done(result.map_err(|e| format!("seal inodes {:?}..: {e}", &inos[..inos.len().min(4)])));
 }
 
 impl Volume {
@@ -148,14 +286,54 @@ impl Volume {
         self.seal_inodes(&[ino]).map(|n| n == 1)
     }
 
-    /// Seal the staged blocks of those of `inos` that are not open. Blocks of all of them go
+    /// Seal the staged blocks of those of `inos` that are not open and fit above the disk's
+    /// reserve (the others stay staged: see the module doc). Blocks of all of them go
     /// to the store together, [`SEAL_BATCH`] per synced metadata commit, so sealing many small
     /// files costs few syncs. Returns how many inodes were sealed.
     pub fn seal_inodes(&self, inos: &[Ino]) -> Result<usize> {
-        let mut guards = self.lock_for_sealing(inos)?;
-        let result = self.seal_locked(&mut guards);
-        let sealed = self.unpin_sealed(guards);
-        result.map(|_| sealed)
+        self.seal_within_reserve(inos).map(|o| o.sealed)
+    }
+
+    /// [`Volume::seal_inodes`], saying which inodes were left staged because sealing them
+    /// would eat into the disk's reserve (see the module doc). Their data stays in staging.
+    pub fn seal_within_reserve(&self, inos: &[Ino]) -> Result<SealOutcome> {
+        let guards = self.lock_for_sealing(inos)?;
+        let (mut fit, left, left_bytes) = self.split_by_room(guards)?;
+        let no_room: Vec<Ino> = left.iter().map(|g| g.inode.ino).collect();
+        self.unpin_sealed(left);
+        let result = self.seal_locked(&mut fit);
+        let sealed = self.unpin_sealed(fit);
+        result.map(|_| SealOutcome { sealed, no_room, no_room_bytes: left_bytes })
+    }
+
+    /// Split locked nodes into those whose staged bytes fit above the reserve together (in
+    /// order) and those that do not; returns the latter's staged bytes too.
+    fn split_by_room(&self, guards: Vec<NodeGuard>) -> Result<(Vec<NodeGuard>, Vec<NodeGuard>, u64)> {
+        let mut room = self.space.room()?;
+        let (mut fit, mut left, mut left_bytes) = (Vec::new(), Vec::new(), 0);
+        for g in guards {
+            let need = self.staged_need(&g)?;
+            if need <= room {
+                room -= need;
+                fit.push(g);
+            } else {
+                left_bytes += need;
+                left.push(g);
+            }
+        }
+        Ok((fit, left, left_bytes))
+    }
+
+    /// What sealing a node's staged blocks may write: their bytes plus [`BLOCK_OVERHEAD`] each.
+    fn staged_need(&self, st: &NodeData) -> Result<u64> {
+        let bs = self.block_size;
+        let mut need = 0;
+        for (block, e) in self.meta.extents(st.inode.ino, 0)? {
+            if e == Extent::Staged {
+                need += st.inode.size.saturating_sub(block * bs).min(bs) + BLOCK_OVERHEAD;
+            }
+        }
+        Ok(need)
     }
 
     /// Release the nodes the sealer pinned. A file unlinked while it was pinned was not purged
@@ -299,7 +477,7 @@ impl Volume {
 
 #[cfg(test)]
 mod tests {
-    use super::DueQueue;
+    use super::{DueQueue, NoRoom, SealOutcome, RETRY_FIRST, RETRY_MAX};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -315,5 +493,24 @@ mod tests {
         assert_eq!(q.pop_due(t0 + 2 * s), None);
         assert_eq!(q.pop_due(t0 + 3 * s), Some(1));
         assert_eq!(q.drain().count(), 0);
+    }
+
+    #[test]
+    fn files_left_for_lack_of_room_are_retried_with_a_backoff_and_warned_once() {
+        let t0 = Instant::now();
+        let mut r = NoRoom::default();
+        let left = |inos: &[u64]| SealOutcome { sealed: 0, no_room: inos.to_vec(), no_room_bytes: 1 };
+        assert!(!r.record(&left(&[]), t0), "nothing left: no episode");
+        assert!(r.record(&left(&[7]), t0), "the first file left staged begins an episode");
+        assert!(!r.record(&left(&[8]), t0), "one warning per episode");
+        assert!(r.due(t0).is_empty(), "not before the pause");
+        assert_eq!(r.due(t0 + RETRY_FIRST), vec![7, 8]);
+        assert!(!r.record(&left(&[7]), t0), "still no room: the same episode");
+        assert!(r.due(t0 + RETRY_FIRST).is_empty(), "the pause doubled");
+        assert_eq!(r.due(t0 + 2 * RETRY_FIRST), vec![7]);
+        for _ in 0..10 {
+            r.record(&left(&[7]), t0);
+            assert_eq!(r.due(t0 + RETRY_MAX), vec![7], "the pause is at most RETRY_MAX");
+        }
     }
 }
