@@ -258,10 +258,11 @@ fn sealer_keeps_out_of_the_reserve_and_umount_names_what_is_left_unsealed() {
     let home = tmpfs.path.join("home");
     let mut vol = TestVolume::builder().home(&home).mount_args(&["--seal-delay", "1"]).build();
 
-    // A file that leaves 4 MiB above the reserve: sealing it would need its size again.
+    // A file that leaves 2-3 MiB above the reserve: sealing it writes up to a chunk of 64
+    // blocks (at least 64 x 64 KiB) before it frees their staged bytes.
     let (avail, reserve) = avail_and_reserve(&tmpfs.path);
     assert!(avail > reserve + 16 * MIB as u64, "too little room on the tmpfs: {avail} free, reserve {reserve}");
-    let big_len = ((avail - reserve - 4 * MIB as u64) as usize) / MIB * MIB;
+    let big_len = ((avail - reserve - 2 * MIB as u64) as usize) / MIB * MIB;
     let big = pattern(21, big_len);
     let mut f = File::create(vol.path("big")).unwrap();
     for chunk in big.chunks(MIB) {

@@ -3,9 +3,10 @@
 //! Data writes are refused with ENOSPC while the free space is below the reserve, so the
 //! metadata store (whose own writes must not fail) always has room to record the unlink that
 //! frees space again. The reserve is small: 2% of the file system, between 8 MiB and 256 MiB.
-//! The sealer keeps out of it too ([`SpaceGuard::room`]): sealing a file needs up to its size
-//! in new block files (in the same volume directory, so on the same disk) before its staging
-//! file goes, and a file that does not fit stays staged, durable, until there is room.
+//! The sealer keeps out of it too ([`SpaceGuard::room`]): sealing writes new block files (in
+//! the same volume directory, so on the same disk) up to one chunk of blocks ahead of the
+//! staged bytes it frees, and a file that does not fit stays staged, durable, until there is
+//! room.
 
 use crate::error::{FsError, Result};
 use std::ffi::CString;

@@ -20,9 +20,10 @@
 //!
 //! # A full disk
 //!
-//! Sealing a file needs up to its staged bytes in new block files before its staging file
-//! goes. The sealer seals a file only if that fits above the disk's reserve (the one the write
-//! path keeps, [`crate::space`]); a file that does not fit stays staged (durable: invariant 1,
+//! Sealing writes new block files before the staged bytes they replace are punched out of the
+//! staging file: up to one chunk ([`SEAL_BATCH`] blocks) ahead. The sealer seals a file only if
+//! that fits above the disk's reserve (the one the write path keeps, [`crate::space`]); a file
+//! that does not fit stays staged (durable: invariant 1,
 //! unsealed data is never lost) and is tried again with a backoff ([`RETRY_FIRST`] doubling up
 //! to [`RETRY_MAX`]), at the stop drain, or at the next mount. The sealer warns once per
 //! episode and its worker status says why (`last_error`) until a retry seals everything.
@@ -306,15 +307,20 @@ impl Volume {
         result.map(|_| SealOutcome { sealed, no_room, no_room_bytes: left_bytes })
     }
 
-    /// Split locked nodes into those whose staged bytes fit above the reserve together (in
-    /// order) and those that do not; returns the latter's staged bytes too.
+    /// Split locked nodes into those whose seal fits above the reserve together (in order) and
+    /// those that do not; returns the latter's staged bytes too. The nodes here are not open,
+    /// so [`Volume::seal_locked`] punches each chunk's blocks out of their staging files before
+    /// it writes the next chunk: the most it writes ahead of the space it frees is one chunk
+    /// ([`SEAL_BATCH`] blocks), or all the staged bytes if fewer. A big file on a disk more
+    /// than half full is sealed this way; only a disk within a chunk of its reserve stops it.
     fn split_by_room(&self, guards: Vec<NodeGuard>) -> Result<(Vec<NodeGuard>, Vec<NodeGuard>, u64)> {
-        let mut room = self.space.room()?;
-        let (mut fit, mut left, mut left_bytes) = (Vec::new(), Vec::new(), 0);
+        let room = self.space.room()?;
+        let chunk = SEAL_BATCH as u64 * (self.block_size + BLOCK_OVERHEAD);
+        let (mut fit, mut left, mut used, mut left_bytes) = (Vec::new(), Vec::new(), 0u64, 0);
         for g in guards {
             let need = self.staged_need(&g)?;
-            if need <= room {
-                room -= need;
+            if used.saturating_add(need).min(chunk) <= room {
+                used = used.saturating_add(need);
                 fit.push(g);
             } else {
                 left_bytes += need;
