@@ -617,7 +617,25 @@ pub fn conformance(kv: &dyn Kv) {
     let got = w.multi_get(Cf::Refs, &[b"r0", b"r1", b"r2", b"r3"]).unwrap();
     assert_eq!(got, vec![None, Some(b"3".to_vec()), None, Some(b"4".to_vec())]);
     w.finish().unwrap();
+    // A block-id family empty when the writer starts (an engine may know, without reading,
+    // that a key it never wrote is absent): read before and after writes, across a finish
+    // and a write by another writer in between.
+    assert_eq!(w.multi_get(Cf::Pushed, &[b"p1"]).unwrap(), vec![None]);
+    w.put(Cf::Pushed, b"p1", b"1");
+    w.put(Cf::Pushed, b"p2", b"2");
+    w.del(Cf::Pushed, b"p2");
+    w.commit().unwrap();
+    assert_eq!(w.multi_get(Cf::Pushed, &[b"p0", b"p1", b"p2"]).unwrap(), vec![None, Some(b"1".to_vec()), None]);
+    w.finish().unwrap();
+    write_ops(kv, vec![KvOp::Put(Cf::Pushed, b"p3".to_vec(), b"3".to_vec())], false).unwrap();
+    w.put(Cf::Pushed, b"p4", b"4");
+    w.commit().unwrap();
+    let got = w.multi_get(Cf::Pushed, &[b"p1", b"p3", b"p4", b"p5"]).unwrap();
+    assert_eq!(got, vec![Some(b"1".to_vec()), Some(b"3".to_vec()), Some(b"4".to_vec()), None]);
+    w.finish().unwrap();
     drop(w);
+    assert_eq!(kv.get(Cf::Pushed, b"p1").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(kv.get(Cf::Pushed, b"p2").unwrap(), None);
     assert_eq!(kv.get(Cf::Refs, b"r1").unwrap().as_deref(), Some(&b"3"[..]));
     assert_eq!(kv.get(Cf::Refs, b"r2").unwrap(), None);
     assert_eq!(kv.get(Cf::Xattrs, b"k1").unwrap().as_deref(), Some(&b"again"[..]));

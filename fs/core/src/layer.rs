@@ -24,6 +24,7 @@
 //! with at most 100,000 records each), then handed out like format 3.
 
 use crate::error::FsError;
+use crate::kv::Cf;
 use crate::meta::Key;
 use crate::record;
 use crate::types::BlockId;
@@ -133,6 +134,84 @@ pub struct Entry {
     pub packed: Location,
 }
 
+/// An [`Entry`] borrowed from the bytes it was decoded from ([`LayerReader::next_with`]): no
+/// allocation per record.
+#[derive(Deserialize, Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    #[serde(borrow)]
+    pub key: KeyRef<'a>,
+    #[serde(borrow)]
+    pub value: Option<&'a [u8]>,
+    pub packed: Location,
+}
+
+/// A [`Key`] borrowed (the same encoding).
+#[derive(Deserialize, Debug, Clone, Copy)]
+pub enum KeyRef<'a> {
+    Inode(u64),
+    Dentry(u64, &'a [u8]),
+    Cookie(u64, u64),
+    Extent(u64, u64),
+    Xattr(u64, &'a [u8]),
+}
+
+impl<'a> KeyRef<'a> {
+    /// `key`, borrowed.
+    pub fn of(key: &'a Key) -> KeyRef<'a> {
+        match key {
+            Key::Inode(i) => KeyRef::Inode(*i),
+            Key::Dentry(p, n) => KeyRef::Dentry(*p, n),
+            Key::Cookie(p, c) => KeyRef::Cookie(*p, *c),
+            Key::Extent(i, b) => KeyRef::Extent(*i, *b),
+            Key::Xattr(i, n) => KeyRef::Xattr(*i, n),
+        }
+    }
+
+    /// The key as the store keeps it (its base key, without version), into `buf`, and its
+    /// family.
+    pub fn base_into(&self, buf: &mut Vec<u8>) -> Cf {
+        buf.clear();
+        let (cf, a, rest): (Cf, u64, &[u8]) = match self {
+            KeyRef::Inode(i) => (Cf::Inodes, *i, &[]),
+            KeyRef::Dentry(p, n) => (Cf::Dentries, *p, n),
+            KeyRef::Cookie(p, c) => (Cf::Cookies, *p, &c.to_be_bytes()),
+            KeyRef::Extent(i, b) => (Cf::Extents, *i, &b.to_be_bytes()),
+            KeyRef::Xattr(i, n) => (Cf::Xattrs, *i, n),
+        };
+        buf.extend_from_slice(&a.to_be_bytes());
+        buf.extend_from_slice(rest);
+        cf
+    }
+
+    /// The key, owned.
+    pub fn to_key(&self) -> Key {
+        match *self {
+            KeyRef::Inode(i) => Key::Inode(i),
+            KeyRef::Dentry(p, n) => Key::Dentry(p, n.to_vec()),
+            KeyRef::Cookie(p, c) => Key::Cookie(p, c),
+            KeyRef::Extent(i, b) => Key::Extent(i, b),
+            KeyRef::Xattr(i, n) => Key::Xattr(i, n.to_vec()),
+        }
+    }
+
+    /// The key where it owns nothing (an inode, a cookie, an extent), without allocating;
+    /// None for a name.
+    fn plain(&self) -> Option<Key> {
+        match *self {
+            KeyRef::Inode(i) => Some(Key::Inode(i)),
+            KeyRef::Cookie(p, c) => Some(Key::Cookie(p, c)),
+            KeyRef::Extent(i, b) => Some(Key::Extent(i, b)),
+            KeyRef::Dentry(..) | KeyRef::Xattr(..) => None,
+        }
+    }
+}
+
+impl<'a> EntryRef<'a> {
+    fn of(e: &'a Entry) -> EntryRef<'a> {
+        EntryRef { key: KeyRef::of(&e.key), value: e.value.as_deref(), packed: e.packed }
+    }
+}
+
 /// The error for a record of layer `seq` of `branch` of `volume` that does not decode.
 fn bad_record<'a>(seq: u64, branch: &'a str, volume: &'a str) -> impl Fn(FsError) -> LayerError + 'a {
     move |why| LayerError::Record { seq, branch: branch.to_string(), volume: volume.to_string(), why }
@@ -148,6 +227,22 @@ impl LayerHeader {
     /// Whether `e` is an inode unlinked while open on the pushing node.
     pub fn is_unlinked_inode(&self, e: &Entry) -> Result<bool, LayerError> {
         record::is_unlinked_inode(&e.key, e.value.as_deref()).map_err(bad_record(self.seq, &self.branch, &self.volume))
+    }
+
+    /// [`LayerHeader::sealed_block`] of a borrowed entry.
+    pub fn sealed_block_of(&self, e: &EntryRef<'_>) -> Result<Option<BlockId>, LayerError> {
+        match e.key.plain() {
+            Some(key) => record::sealed_block(&key, e.value).map_err(bad_record(self.seq, &self.branch, &self.volume)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`LayerHeader::is_unlinked_inode`] of a borrowed entry.
+    pub fn is_unlinked_inode_of(&self, e: &EntryRef<'_>) -> Result<bool, LayerError> {
+        match e.key.plain() {
+            Some(key) => record::is_unlinked_inode(&key, e.value).map_err(bad_record(self.seq, &self.branch, &self.volume)),
+            None => Ok(false),
+        }
     }
 }
 
@@ -235,6 +330,8 @@ pub struct LayerReader<R: Read> {
     body: Body<R>,
     /// Records not handed out yet.
     left: u64,
+    /// The bytes of the record being decoded.
+    buf: Vec<u8>,
 }
 
 enum Body<R: Read> {
@@ -261,6 +358,14 @@ fn read_exact_or_end(r: &mut impl Read, buf: &mut [u8], what: &dyn Fn() -> Strin
 
 /// One length-prefixed item of at most `max` bytes.
 fn read_item(r: &mut impl Read, max: u32, what: &dyn Fn() -> String) -> Result<Vec<u8>, LayerError> {
+    let mut buf = Vec::new();
+    read_item_into(r, max, what, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_item`] into `buf` (reused from item to item: one allocation per layer, not per
+/// record).
+fn read_item_into(r: &mut impl Read, max: u32, what: &dyn Fn() -> String, buf: &mut Vec<u8>) -> Result<(), LayerError> {
     let mut len = [0u8; 4];
     if !read_exact_or_end(r, &mut len, what)? {
         return Err(LayerError::Truncated(format!("the stream ends before {}", what())));
@@ -269,11 +374,12 @@ fn read_item(r: &mut impl Read, max: u32, what: &dyn Fn() -> String) -> Result<V
     if len > max {
         return Err(undecodable(format!("{} claims {len} bytes (at most {max})", what())));
     }
-    let mut buf = vec![0u8; len as usize];
-    if !read_exact_or_end(r, &mut buf, what)? && len > 0 {
+    buf.clear();
+    buf.resize(len as usize, 0);
+    if !read_exact_or_end(r, buf, what)? && len > 0 {
         return Err(LayerError::Truncated(format!("the stream ends before {}", what())));
     }
-    Ok(buf)
+    Ok(())
 }
 
 impl<R: Read> LayerReader<R> {
@@ -292,7 +398,7 @@ impl<R: Read> LayerReader<R> {
                     return Err(LayerError::Format(header.format));
                 }
                 let left = header.records;
-                Ok(LayerReader { header, body: Body::Stream(z), left })
+                Ok(LayerReader { header, body: Body::Stream(z), left, buf: Vec::new() })
             }
             LAYER_FORMAT_2 => {
                 let mut plain = format.to_vec();
@@ -310,7 +416,7 @@ impl<R: Read> LayerReader<R> {
                     entries.push(e);
                 }
                 let left = header.records;
-                Ok(LayerReader { header, body: Body::Whole(entries.into_iter()), left })
+                Ok(LayerReader { header, body: Body::Whole(entries.into_iter()), left, buf: Vec::new() })
             }
             other => Err(LayerError::Format(other)),
         }
@@ -320,24 +426,49 @@ impl<R: Read> LayerReader<R> {
         &self.header
     }
 
+    /// `f` of the next record, borrowed (decoded in place: no allocation); `None` after the
+    /// last (the stream is checked to end there).
+    pub fn next_with<T>(&mut self, f: impl FnOnce(&LayerHeader, EntryRef<'_>) -> T) -> Result<Option<T>, LayerError> {
+        match &mut self.body {
+            Body::Whole(it) => Ok(it.next().map(|e| f(&self.header, EntryRef::of(&e)))),
+            Body::Stream(_) => {
+                if !self.next_item()? {
+                    return Ok(None);
+                }
+                let n = self.header.records - self.left - 1;
+                let entry: EntryRef<'_> = bincode::deserialize(&self.buf).map_err(|e| undecodable(format!("record {n}: {e}")))?;
+                Ok(Some(f(&self.header, entry)))
+            }
+        }
+    }
+
+    /// Read the next record's bytes into `buf` (a stream only); false after the last.
+    fn next_item(&mut self) -> Result<bool, LayerError> {
+        let Body::Stream(z) = &mut self.body else { unreachable!("a stream") };
+        if self.left == 0 {
+            let mut one = [0u8; 1];
+            if read_exact_or_end(z, &mut one, &|| "the end".into())? {
+                return Err(undecodable(format!("bytes after its {} records", self.header.records)));
+            }
+            return Ok(false);
+        }
+        let n = self.header.records - self.left;
+        let total = self.header.records;
+        read_item_into(z, MAX_ENTRY, &|| format!("record {n} of {total}"), &mut self.buf)?;
+        self.left -= 1;
+        Ok(true)
+    }
+
     /// The next record; `None` after the last (the stream is checked to end there).
     pub fn next_entry(&mut self) -> Result<Option<Entry>, LayerError> {
         match &mut self.body {
             Body::Whole(it) => Ok(it.next()),
-            Body::Stream(z) => {
-                if self.left == 0 {
-                    let mut one = [0u8; 1];
-                    if read_exact_or_end(z, &mut one, &|| "the end".into())? {
-                        return Err(undecodable(format!("bytes after its {} records", self.header.records)));
-                    }
+            Body::Stream(_) => {
+                if !self.next_item()? {
                     return Ok(None);
                 }
-                let n = self.header.records - self.left;
-                let total = self.header.records;
-                let bytes = read_item(z, MAX_ENTRY, &|| format!("record {n} of {total}"))?;
-                let entry: Entry = bincode::deserialize(&bytes).map_err(|e| undecodable(format!("record {n}: {e}")))?;
-                self.left -= 1;
-                Ok(Some(entry))
+                let n = self.header.records - self.left - 1;
+                Ok(Some(bincode::deserialize(&self.buf).map_err(|e| undecodable(format!("record {n}: {e}")))?))
             }
         }
     }

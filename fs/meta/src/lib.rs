@@ -21,7 +21,8 @@ use rocksdb::{
     Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -189,8 +190,9 @@ impl Kv for RocksKv {
             batch: WriteBatch::default(),
             cfs: Cf::ALL.map(|cf| self.cf(cf)),
             runs: Cf::ALL.map(|_| Vec::new()),
-            sorted: Cf::ALL.map(|_| BTreeMap::new()),
-            sorted_bytes: [0; Cf::ALL.len()],
+            sorted: Cf::ALL.map(|_| Sorted::default()),
+            seen: Seen::default(),
+            fresh: [None; Cf::ALL.len()],
             ingested: [0; Cf::ALL.len()],
             dir: self.db.path().join("bulk-load"),
             files: 0,
@@ -235,9 +237,176 @@ fn in_memory(cf: Cf) -> bool {
     matches!(cf, Cf::Pushed | Cf::Refs | Cf::Free)
 }
 
-/// Bytes (keys, values and about their overhead) a family of [`in_memory`] holds before they
+/// Bytes (keys, values and their rows and index) a family of [`in_memory`] holds before they
 /// go to a table file of their own.
 const SORT_BYTES: usize = 16 << 20;
+
+/// A hash of `key` (block ids are already uniform; other keys are mixed word by word).
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ key.len() as u64;
+    let mut words = key.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
+    }
+    for b in words.remainder() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    }
+    // The finish of splitmix64.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A hasher for keys that are already hashes ([`key_hash`]).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, h: u64) {
+        self.0 = h;
+    }
+}
+
+/// No row: the end of a chain, or a deletion's value.
+const NONE: u32 = u32::MAX;
+
+/// One write in a [`Sorted`]: its key and value in the arena, and the next row whose key has
+/// the same hash.
+struct Row {
+    key: u32,
+    key_len: u32,
+    /// [`NONE`]: a deletion.
+    value: u32,
+    value_len: u32,
+    next: u32,
+}
+
+/// The writes of one family of [`in_memory`] not yet in a file: keys and values in one arena,
+/// found through a hash of the key, sorted only when they go to a file ([`RocksBulk::spill`]).
+/// A later write of a key replaces the earlier (its bytes stay in the arena until the spill).
+#[derive(Default)]
+struct Sorted {
+    arena: Vec<u8>,
+    rows: Vec<Row>,
+    /// The first row of each key hash.
+    index: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+}
+
+impl Sorted {
+    /// Memory used (the arena, the rows, and the index's buckets with their control bytes at
+    /// its emptiest: half full). By length, not capacity: the capacity stays after a spill.
+    fn bytes(&self) -> usize {
+        self.arena.len() + self.rows.len() * (std::mem::size_of::<Row>() + 2 * 17)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn key(&self, r: &Row) -> &[u8] {
+        &self.arena[r.key as usize..][..r.key_len as usize]
+    }
+
+    fn value(&self, r: &Row) -> Option<&[u8]> {
+        (r.value != NONE).then(|| &self.arena[r.value as usize..][..r.value_len as usize])
+    }
+
+    fn find(&self, key: &[u8], hash: u64) -> Option<&Row> {
+        let mut at = *self.index.get(&hash)?;
+        while at != NONE {
+            let r = &self.rows[at as usize];
+            if self.key(r) == key {
+                return Some(r);
+            }
+            at = r.next;
+        }
+        None
+    }
+
+    /// The write of `key` here, if any: `Some(None)` is a deletion.
+    fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.find(key, key_hash(key)).map(|r| self.value(r))
+    }
+
+    fn put(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let hash = key_hash(key);
+        let (at, len) = match value {
+            Some(v) => {
+                let at = self.arena.len() as u32;
+                self.arena.extend_from_slice(v);
+                (at, v.len() as u32)
+            }
+            None => (NONE, 0),
+        };
+        let first = self.index.get(&hash).copied();
+        let mut i = first.unwrap_or(NONE);
+        while i != NONE {
+            let r = &self.rows[i as usize];
+            if self.key(r) == key {
+                let r = &mut self.rows[i as usize];
+                (r.value, r.value_len) = (at, len);
+                return;
+            }
+            i = r.next;
+        }
+        let row = Row { key: self.arena.len() as u32, key_len: key.len() as u32, value: at, value_len: len, next: first.unwrap_or(NONE) };
+        self.arena.extend_from_slice(key);
+        self.index.insert(hash, self.rows.len() as u32);
+        self.rows.push(row);
+    }
+
+    /// The rows in key order, and empty after.
+    fn drain_sorted(&mut self, out: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
+        let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.key(&self.rows[*a as usize]).cmp(self.key(&self.rows[*b as usize])));
+        for i in order {
+            let r = &self.rows[i as usize];
+            out(self.key(r), self.value(r))?;
+        }
+        self.arena.clear();
+        self.rows.clear();
+        self.index.clear();
+        Ok(())
+    }
+}
+
+/// Bits of [`Seen`] (8 MiB, allocated zeroed at its first key: pages are touched as keys come).
+const SEEN_BITS: usize = 1 << 26;
+
+/// A Bloom filter of the keys a load wrote to the families of [`in_memory`] (two bits a key):
+/// in a family that was empty when the load started, a key it says was never written is
+/// absent, with no read (a first clone's blocks: none was counted before). Wrong only the
+/// safe way (a key never written may look written: it is read).
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+}
+
+impl Seen {
+    fn bits_of(cf: Cf, key: &[u8]) -> [usize; 2] {
+        let h = key_hash(key) ^ (cf as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        [(h as usize) % SEEN_BITS, ((h >> 32) as usize ^ (h as usize).rotate_left(13)) % SEEN_BITS]
+    }
+
+    fn add(&mut self, cf: Cf, key: &[u8]) {
+        if self.bits.is_empty() {
+            self.bits = vec![0; SEEN_BITS / 64];
+        }
+        for b in Self::bits_of(cf, key) {
+            self.bits[b / 64] |= 1 << (b % 64);
+        }
+    }
+
+    fn may_hold(&self, cf: Cf, key: &[u8]) -> bool {
+        !self.bits.is_empty() && Self::bits_of(cf, key).iter().all(|b| self.bits[b / 64] & (1 << (b % 64)) != 0)
+    }
+}
 
 /// Open runs one family may have at once, one per lane ([`lane`]).
 const MAX_LANES: usize = 8;
@@ -264,9 +433,11 @@ struct Run<'a> {
 /// of one, ingests the run first (RocksDB gives an ingested file a sequence number above
 /// everything already in the store, so a later write of a key wins as in a batch). Ingested
 /// files are moved into the store, no memtable and no flush: one that overlaps nothing goes
-/// to the last level, compacted. A family of [`in_memory`] is sorted in memory (a later write
-/// of a key replacing the earlier) and written to a table file, ingested, every
-/// [`SORT_BYTES`]; its reads look there first. The other families, and a family past
+/// to the last level, compacted. A family of [`in_memory`] is kept in memory ([`Sorted`]: one
+/// arena, a hash index, a later write of a key replacing the earlier) and written sorted to a
+/// table file, ingested, every [`SORT_BYTES`]; its reads look there first, and in a family that
+/// was empty when the load began, a key the load never wrote ([`Seen`]) is not read at all (a
+/// first clone's reference counts: every block is new). The other families, and a family past
 /// [`MAX_RUNS`], go to a `WriteBatch` written past the WAL at each commit.
 struct RocksBulk<'a> {
     kv: &'a RocksKv,
@@ -275,10 +446,14 @@ struct RocksBulk<'a> {
     cfs: [&'a ColumnFamily; Cf::ALL.len()],
     /// The open runs of each family (one per lane), by position.
     runs: [Vec<Run<'a>>; Cf::ALL.len()],
-    /// The writes of each family of [`in_memory`] not yet in a file, and their size, by
-    /// position.
-    sorted: [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Cf::ALL.len()],
-    sorted_bytes: [usize; Cf::ALL.len()],
+    /// The writes of each family of [`in_memory`] not yet in a file, by position.
+    sorted: [Sorted; Cf::ALL.len()],
+    /// The keys written to the families of [`in_memory`] since the family was found empty.
+    seen: Seen,
+    /// Whether a family of [`in_memory`] was empty in the store when this writer first wrote
+    /// or read it (since its last [`KvBulk::finish`]: other writers may write between loads),
+    /// by position: [`Seen`] then knows every key it holds.
+    fresh: [Option<bool>; Cf::ALL.len()],
     /// Runs ingested so far, by position.
     ingested: [u32; Cf::ALL.len()],
     /// Where runs are written (in the store's directory: ingested by a hard link).
@@ -291,6 +466,19 @@ struct RocksBulk<'a> {
 }
 
 impl<'a> RocksBulk<'a> {
+    /// Whether `cf` (of [`in_memory`]) was empty when this writer first used it since its last
+    /// finish (see [`RocksBulk::fresh`]).
+    fn is_fresh(&mut self, cf: Cf) -> Result<bool> {
+        match self.fresh[cf as usize] {
+            Some(fresh) => Ok(fresh),
+            None => {
+                let fresh = self.sorted[cf as usize].is_empty() && self.kv.last_before(cf, None)?.is_none();
+                self.fresh[cf as usize] = Some(fresh);
+                Ok(fresh)
+            }
+        }
+    }
+
     fn to_runs(&self, cf: Cf) -> bool {
         in_runs(cf) && self.ingested[cf as usize] < MAX_RUNS
     }
@@ -300,10 +488,14 @@ impl<'a> RocksBulk<'a> {
             return;
         }
         if in_memory(cf) {
+            match self.is_fresh(cf) {
+                Ok(true) => self.seen.add(cf, key),
+                Ok(false) => {}
+                Err(e) => return self.error = Some(e),
+            }
             let i = cf as usize;
-            self.sorted_bytes[i] += key.len() + value.map_or(0, <[u8]>::len) + 64;
-            self.sorted[i].insert(key.to_vec(), value.map(<[u8]>::to_vec));
-            if self.sorted_bytes[i] >= SORT_BYTES {
+            self.sorted[i].put(key, value);
+            if self.sorted[i].bytes() >= SORT_BYTES {
                 if let Err(e) = self.spill(cf) {
                     self.error = Some(e);
                 }
@@ -381,14 +573,13 @@ impl<'a> RocksBulk<'a> {
             return Ok(());
         }
         let (mut file, path) = self.start_file()?;
-        for (k, v) in std::mem::take(&mut self.sorted[i]) {
+        self.sorted[i].drain_sorted(&mut |k, v| {
             match v {
                 Some(v) => file.put(k, v),
                 None => file.delete(k),
             }
-            .map_err(db_err("write a bulk-load table file"))?;
-        }
-        self.sorted_bytes[i] = 0;
+            .map_err(db_err("write a bulk-load table file"))
+        })?;
         self.ingest_file(cf, file, &path)
     }
 
@@ -451,20 +642,32 @@ impl KvBulk for RocksBulk<'_> {
             return Err(e);
         }
         self.ingest_holding(cf, keys)?;
-        let sorted = &self.sorted[cf as usize];
-        if sorted.is_empty() {
+        if !in_memory(cf) {
             return self.kv.multi_get(cf, keys);
         }
-        // What is sorted in memory, and the rest from the store.
-        let rest: Vec<&[u8]> = keys.iter().copied().filter(|k| !sorted.contains_key(*k)).collect();
-        let mut stored = self.kv.multi_get(cf, &rest)?.into_iter();
-        Ok(keys
-            .iter()
-            .map(|k| match sorted.get(*k) {
-                Some(v) => v.clone(),
-                None => stored.next().expect("one per key not in memory"),
-            })
-            .collect())
+        // What is in memory; nothing where the family was empty and the key never written;
+        // the rest from the store.
+        let fresh = self.is_fresh(cf)?;
+        let (sorted, seen) = (&self.sorted[cf as usize], &self.seen);
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        let mut rest = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            out.push(None);
+            if fresh && !seen.may_hold(cf, k) {
+                continue;
+            }
+            match sorted.get(k) {
+                Some(v) => out[i] = v.map(<[u8]>::to_vec),
+                None => rest.push(i),
+            }
+        }
+        if !rest.is_empty() {
+            let ask: Vec<&[u8]> = rest.iter().map(|i| keys[*i]).collect();
+            for (i, v) in rest.into_iter().zip(self.kv.multi_get(cf, &ask)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -475,6 +678,9 @@ impl KvBulk for RocksBulk<'_> {
                 self.ingest(cf, 0)?;
             }
         }
+        // Others may write to the store before this writer is used again.
+        self.fresh = [None; Cf::ALL.len()];
+        self.seen = Seen::default();
         Ok(())
     }
 }
@@ -521,6 +727,51 @@ mod tests {
         let meta = open(copy.path(), &RocksOptions::default()).unwrap();
         assert_eq!(meta.raw_at(&Key::Dentry(1, b"a".to_vec()), hybridfs_core::meta::LIVE).unwrap(), Some(vec![1, 2]));
         assert_eq!(meta.raw_at(&Key::Dentry(1, b"b".to_vec()), hybridfs_core::meta::LIVE).unwrap(), Some(vec![3]), "a bulk load too");
+    }
+
+    /// A bulk load's block-id rows past several in-memory spills: rewritten, deleted, read
+    /// back (in memory, in an ingested spill, never written) by the writer and by the store.
+    #[test]
+    fn bulk_block_id_rows_across_spills_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = RocksKv::open(dir.path(), &RocksOptions::default()).unwrap();
+        let key = |i: u32| hybridfs_core::record::block_id_of(&i.to_le_bytes()).0;
+        let n = 400_000u32;
+        let mut w = kv.bulk_writer();
+        for i in 0..n {
+            w.put(Cf::Refs, &key(i), &i.to_le_bytes());
+            if i % 1000 == 0 {
+                w.commit().unwrap();
+            }
+        }
+        w.put(Cf::Refs, &key(1), b"again");
+        w.del(Cf::Refs, &key(2));
+        w.put(Cf::Refs, &key(n - 1), b"last");
+        w.commit().unwrap();
+        let keys: Vec<[u8; 32]> = [0, 1, 2, 3, n / 2, n - 1, n, n + 1].into_iter().map(key).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        let want = vec![
+            Some(0u32.to_le_bytes().to_vec()),
+            Some(b"again".to_vec()),
+            None,
+            Some(3u32.to_le_bytes().to_vec()),
+            Some((n / 2).to_le_bytes().to_vec()),
+            Some(b"last".to_vec()),
+            None,
+            None,
+        ];
+        assert_eq!(w.multi_get(Cf::Refs, &refs).unwrap(), want);
+        assert!(kv.get(Cf::Refs, &key(0)).unwrap().is_some(), "the rows went past at least one spill (in the store before the finish)");
+        w.finish().unwrap();
+        drop(w);
+        assert_eq!(kv.multi_get(Cf::Refs, &refs).unwrap(), want);
+        let mut count = 0;
+        kv.scan(Cf::Refs, &[], None, &mut |_, _| {
+            count += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(count, n as usize - 1, "every key once, the deleted one gone");
     }
 
     #[test]

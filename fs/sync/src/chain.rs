@@ -25,7 +25,7 @@
 //! compressed body and one chunk whatever the length of the chain (invariant 7).
 
 use crate::{Layer, Remote, Result, SyncError};
-use hybridfs_core::layer::{Entry, LayerError, LayerHeader, LayerReader};
+use hybridfs_core::layer::{Entry, EntryRef, LayerError, LayerHeader, LayerReader};
 pub use hybridfs_core::layer::LayerRef;
 
 /// Forks followed before a chain is called corrupt.
@@ -58,6 +58,12 @@ impl LayerStream {
     /// error names the layer.
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>> {
         self.reader.next_chunk(max).map_err(|e| self.bad(e))
+    }
+
+    /// `f` of the next record, borrowed (decoded in place); none: the layer is done (its
+    /// record count checked). An error names the layer.
+    pub fn next_with<T>(&mut self, f: impl FnOnce(&LayerHeader, EntryRef<'_>) -> T) -> Result<Option<T>> {
+        self.reader.next_with(f).map_err(|e| self.bad(e))
     }
 
     /// An error about record `e` of this layer (a record that does not decode names itself).

@@ -37,7 +37,7 @@
 
 use crate::{LayerRef, LayerStream, PushState, Remote, Result, SyncError};
 use hybridfs_core::progress::{self, Meter, OnProgress};
-use hybridfs_core::meta::{Key, MetaStore, Mutation};
+use hybridfs_core::meta::{MetaStore, Mutation, Records};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -220,16 +220,22 @@ fn import_with(
         links.iter().map(|l| l.bytes).sum(),
         progress,
     );
+    // A chunk's buffers go back to the reader once loaded (at most four chunks exist).
     let (read, loaded) = std::thread::scope(|s| {
         // Each chunk with the bytes of the layers downloaded so far.
-        let (to_load, chunks) = std::sync::mpsc::sync_channel::<(Vec<Mutation>, u64)>(2);
+        let (to_load, chunks) = std::sync::mpsc::sync_channel::<(Records, u64)>(2);
+        let (to_reuse, reusable) = std::sync::mpsc::channel::<Records>();
         let links = &links;
         let reader = s.spawn(move || -> Result<(u64, u64, u64, u64)> {
             let (mut layers, mut records, mut blocks, mut block_size) = (0, 0, 0, 0);
             let downloaded = std::cell::Cell::new(0);
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut flush = |full: Vec<Mutation>| -> Result<()> {
-                to_load.send((full, downloaded.get())).map_err(|_| SyncError::Conflict("the clone stopped loading".into()))
+            let mut batch = Records::default();
+            let mut flush = |full: &mut Records| -> Result<()> {
+                let mut next = reusable.try_recv().unwrap_or_default();
+                next.clear();
+                to_load
+                    .send((std::mem::replace(full, next), downloaded.get()))
+                    .map_err(|_| SyncError::Conflict("the clone stopped loading".into()))
             };
             for link in links {
                 let mut layer = remote.stream_link(link)?;
@@ -240,7 +246,7 @@ fn import_with(
                 records += applied.records;
                 blocks += applied.blocks;
             }
-            flush(batch)?;
+            flush(&mut batch)?;
             Ok((layers, records, blocks, block_size))
         });
         let mut bytes = 0;
@@ -254,14 +260,18 @@ fn import_with(
                 chunks
                     .into_iter()
                     .try_for_each(|(chunk, downloaded)| {
-                        let n = records_in(&chunk);
-                        bulk.load(chunk).map(|()| count(n, downloaded))
+                        bulk.load_records(&chunk)?;
+                        count(chunk.records(), downloaded);
+                        // The reader may be gone (it failed or is done): the chunk is dropped.
+                        let _ = to_reuse.send(chunk);
+                        Ok(())
                     })
                     .and_then(|()| bulk.finish())
             }
             Load::Transactions => chunks.into_iter().try_for_each(|(chunk, downloaded)| {
-                let n = records_in(&chunk);
-                meta.apply_unlogged(chunk).map(|()| count(n, downloaded))
+                meta.apply_unlogged(chunk.to_mutations()?)?;
+                count(chunk.records(), downloaded);
+                Ok(())
             }),
         };
         (reader.join().expect("the layer reader does not panic"), loaded)
@@ -357,11 +367,6 @@ fn adopt_warnings(remote: &Remote, branch: &str, head: &crate::Head) -> Result<V
     Ok(w)
 }
 
-/// The records a batch of [`apply_layer`] carries (one [`Mutation::Raw`] each; the blocks
-/// they name and orphans come as mutations of their own).
-fn records_in(batch: &[Mutation]) -> u64 {
-    batch.iter().filter(|m| matches!(m, Mutation::Raw { .. })).count() as u64
-}
 
 /// What applying one layer did.
 struct Applied {
@@ -369,31 +374,34 @@ struct Applied {
     blocks: u64,
 }
 
-/// Add the records of `layer` to `batch` as mutations, read [`BATCH`] at a time, handing every
-/// full batch to `flush`: each record as stored, each block it names marked as in the store
-/// (with its pack location), an inode unlinked while open on the pushing node as an orphan
-/// (purged at the first mount). A record that does not decode is an error naming it.
-fn apply_layer(layer: &mut LayerStream, batch: &mut Vec<Mutation>, flush: &mut dyn FnMut(Vec<Mutation>) -> Result<()>) -> Result<Applied> {
+/// Add the records of `layer` to `batch`, decoded in place ([`LayerStream::next_with`]),
+/// handing every full batch (of [`BATCH`]) to `flush`: each record as stored, each block it
+/// names marked as in the store (with its pack location), an inode unlinked while open on the
+/// pushing node as an orphan (purged at the first mount). A record that does not decode is an
+/// error naming it.
+fn apply_layer(layer: &mut LayerStream, batch: &mut Records, flush: &mut dyn FnMut(&mut Records) -> Result<()>) -> Result<Applied> {
     let mut applied = Applied { records: 0, blocks: 0 };
+    let mut base = Vec::new();
     loop {
-        let chunk = layer.next_chunk(BATCH)?;
-        if chunk.is_empty() {
-            return Ok(applied);
-        }
-        for e in chunk {
-            let header = layer.header();
-            if let Some(id) = header.sealed_block(&e).map_err(|x| layer.bad(x))? {
+        let added = layer.next_with(|header, e| -> std::result::Result<(), hybridfs_core::layer::LayerError> {
+            if let Some(id) = header.sealed_block_of(&e)? {
                 applied.blocks += 1;
-                batch.push(Mutation::MarkPushed { id, packed: e.packed });
+                batch.push_pushed(id, e.packed);
             }
-            if let (Key::Inode(ino), true) = (&e.key, header.is_unlinked_inode(&e).map_err(|x| layer.bad(x))?) {
-                batch.push(Mutation::PutOrphan(*ino));
+            if let (hybridfs_core::layer::KeyRef::Inode(ino), true) = (e.key, header.is_unlinked_inode_of(&e)?) {
+                batch.push_orphan(ino);
             }
             applied.records += 1;
-            batch.push(Mutation::Raw { key: e.key, value: e.value });
-            if batch.len() >= BATCH {
-                flush(std::mem::replace(batch, Vec::with_capacity(BATCH)))?;
-            }
+            let cf = e.key.base_into(&mut base);
+            batch.push_raw(cf, &base, e.value);
+            Ok(())
+        })?;
+        match added {
+            None => return Ok(applied),
+            Some(r) => r.map_err(|x| layer.bad(x))?,
+        }
+        if batch.len() >= BATCH {
+            flush(batch)?;
         }
     }
 }
@@ -477,15 +485,15 @@ fn pull_with(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>, progr
         return Err(SyncError::Corrupt(format!("an interrupted pull's epoch is not the volume's current epoch {epoch}")));
     }
     let mut batches = 0;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Records::default();
     let mut meter = Meter::new("pull", "records", links.iter().map(|l| l.header.records).sum(), links.iter().map(|l| l.bytes).sum(), progress);
     let downloaded = std::cell::Cell::new(0);
     let mut counted = 0;
-    let mut flush = |full: Vec<Mutation>| -> Result<()> {
-        let n = records_in(&full);
-        meta.apply(full, false)?;
-        meter.add(n, downloaded.get() - counted);
+    let mut flush = |full: &mut Records| -> Result<()> {
+        meta.apply(full.to_mutations()?, false)?;
+        meter.add(full.records(), downloaded.get() - counted);
         counted = downloaded.get();
+        full.clear();
         batches += 1;
         if stop_after.is_some_and(|n| batches >= n) {
             return Err(SyncError::Conflict(format!("pull stopped after {batches} batches (test)")));
@@ -497,13 +505,14 @@ fn pull_with(meta: &MetaStore, remote: &Remote, stop_after: Option<usize>, progr
         downloaded.set(downloaded.get() + layer.stored_bytes);
         report.records += apply_layer(&mut layer, &mut batch, &mut flush)?.records;
     }
-    let last = records_in(&batch);
+    let last = batch.records();
     base.seq = to_seq;
     base.layer = Some(to);
     base.pulling = None;
-    batch.push(base.mutation());
-    batch.push(Mutation::SetEpoch(epoch + 1));
-    meta.apply(batch, true)?;
+    let mut last_batch = batch.to_mutations()?;
+    last_batch.push(base.mutation());
+    last_batch.push(Mutation::SetEpoch(epoch + 1));
+    meta.apply(last_batch, true)?;
     drop(flush);
     meter.add(last, downloaded.get() - counted);
     meter.finish();

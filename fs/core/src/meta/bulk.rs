@@ -11,15 +11,117 @@
 //! through the writer (so the load's earlier chunks count); every other record is written
 //! blind. Reference counts and usage are summed over the chunk and written once; keys and
 //! values go into the engine's writer from two reused buffers.
+//!
+//! A chunk is [`Records`]: every key and value of it in one buffer (reused from chunk to
+//! chunk by a caller that keeps it), not a [`Mutation`] with vectors of its own per record.
 
 use super::codec::{change_key_into, dec, enc, file_usage, k1, sealed_of, tag, versioned_into};
 use super::refs::RefEntry;
 use super::{apply::stored_epoch, Key, MetaStore, Mutation};
 use crate::error::{FsError, Result};
 use crate::kv::{Cf, KvBulk};
-use crate::types::{BlockId, Usage};
+use crate::types::{BlockId, Ino, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+
+/// Layer records for [`BulkLoad::load_records`], their keys (base keys, as stored) and values
+/// in one buffer: the same as a batch of `Raw`, `MarkPushed` and `PutOrphan` mutations, in
+/// order.
+#[derive(Default)]
+pub struct Records {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+}
+
+/// One record of [`Records`]: ranges of its buffer.
+enum Item {
+    Raw { cf: Cf, key: (u32, u32), value: Option<(u32, u32)> },
+    Pushed { id: BlockId, packed: Option<(BlockId, u64, u64)> },
+    Orphan(Ino),
+}
+
+impl Records {
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Layer records held (`Raw`; the blocks they name and orphans are records of their own).
+    pub fn records(&self) -> u64 {
+        self.items.iter().filter(|i| matches!(i, Item::Raw { .. })).count() as u64
+    }
+
+    /// Empty, keeping the memory for the next chunk.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let at = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(bytes);
+        (at, bytes.len() as u32)
+    }
+
+    /// A record of family `cf` (a versioned one) at base key `key`: `Raw` (None: deleted).
+    pub fn push_raw(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        let key = self.append(key);
+        let value = value.map(|v| self.append(v));
+        self.items.push(Item::Raw { cf, key, value });
+    }
+
+    /// `MarkPushed`.
+    pub fn push_pushed(&mut self, id: BlockId, packed: Option<(BlockId, u64, u64)>) {
+        self.items.push(Item::Pushed { id, packed });
+    }
+
+    /// `PutOrphan`.
+    pub fn push_orphan(&mut self, ino: Ino) {
+        self.items.push(Item::Orphan(ino));
+    }
+
+    fn slice(&self, (at, len): (u32, u32)) -> &[u8] {
+        &self.bytes[at as usize..][..len as usize]
+    }
+
+    /// The mutations these records are.
+    pub fn to_mutations(&self) -> Result<Vec<Mutation>> {
+        self.items
+            .iter()
+            .map(|item| {
+                Ok(match item {
+                    Item::Raw { cf, key, value } => {
+                        Mutation::Raw { key: Key::decode(*cf, self.slice(*key))?, value: value.map(|v| self.slice(v).to_vec()) }
+                    }
+                    Item::Pushed { id, packed } => Mutation::MarkPushed { id: *id, packed: *packed },
+                    Item::Orphan(ino) => Mutation::PutOrphan(*ino),
+                })
+            })
+            .collect()
+    }
+
+    /// `batch` as records, if it holds only `Raw`, `MarkPushed` and `PutOrphan` mutations.
+    fn of(batch: &[Mutation]) -> Option<Records> {
+        let mut out = Records::default();
+        let mut base = Vec::new();
+        for m in batch {
+            match m {
+                Mutation::Raw { key, value } => {
+                    let cf = key.base_into(&mut base);
+                    out.push_raw(cf, &base, value.as_deref());
+                }
+                Mutation::MarkPushed { id, packed } => out.push_pushed(*id, *packed),
+                Mutation::PutOrphan(ino) => out.push_orphan(*ino),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
 
 /// What the live version of a record contributes, as far as writing over it is concerned.
 #[derive(Clone, Copy)]
@@ -48,11 +150,11 @@ impl Old {
 }
 
 /// The live versions a chunk reads, per versioned family (by its tag), by base key.
-type Olds = [HashMap<Vec<u8>, Old>; 5];
+type Olds<'r> = [HashMap<&'r [u8], Old>; 5];
 
-/// Whether writing `key` (`delete`: deleting it) needs its old version.
-fn reads_old(key: &Key, delete: bool) -> bool {
-    delete || matches!(key, Key::Inode(_) | Key::Extent(..))
+/// Whether writing a record of `cf` (`delete`: deleting it) needs its old version.
+fn reads_old(cf: Cf, delete: bool) -> bool {
+    delete || matches!(cf, Cf::Inodes | Cf::Extents)
 }
 
 /// Sums of one chunk, written once at its end.
@@ -127,32 +229,43 @@ impl BulkLoad<'_> {
     /// `MarkPushed`, `PutOrphan`), or a store with a snapshot or history, goes through
     /// [`MetaStore::apply_unlogged`], once what was loaded before it is in the store.
     pub fn load(&mut self, batch: Vec<Mutation>) -> Result<()> {
+        match Records::of(&batch) {
+            Some(records) => self.load_records(&records),
+            None => {
+                self.w.finish()?;
+                self.meta.apply_unlogged(batch)
+            }
+        }
+    }
+
+    /// [`BulkLoad::load`] of `records`.
+    pub fn load_records(&mut self, records: &Records) -> Result<()> {
         let meta = self.meta;
-        let records_only = batch.iter().all(|m| matches!(m, Mutation::Raw { .. } | Mutation::MarkPushed { .. } | Mutation::PutOrphan(_)));
-        if !records_only || !meta.pristine()? {
+        if !meta.pristine()? {
             self.w.finish()?;
-            return meta.apply_unlogged(batch);
+            return meta.apply_unlogged(records.to_mutations()?);
         }
         let epoch = stored_epoch(&*meta.kv)?;
-        let mut olds = self.read_olds(&batch)?;
+        let mut olds = self.read_olds(records)?;
         let mut totals = Totals::default();
         let w = &mut self.w;
-        let (mut key, mut val) = (Vec::with_capacity(64), Vec::with_capacity(256));
+        let mut val = Vec::with_capacity(256);
         // Each family's rows go to the engine in key order as far as the chunk allows (an
         // engine writes an ascending run cheaply: RocksDB into one sorted file): the live rows
         // as they come (a layer lists each family in order), the journal rows family by
         // family after them, the pushed blocks sorted.
-        let mut journaled: Vec<Option<Cf>> = vec![None; batch.len()];
+        let mut journaled: Vec<Option<Cf>> = vec![None; records.items.len()];
         let mut pushed = Vec::new();
-        for (m, journal) in batch.iter().zip(journaled.iter_mut()) {
-            match m {
-                Mutation::Raw { key: k, value } => {
-                    let cf = k.base_into(&mut key);
-                    let slot = olds[tag(cf) as usize].get_mut(key.as_slice());
+        for (item, journal) in records.items.iter().zip(journaled.iter_mut()) {
+            match item {
+                Item::Raw { cf, key, value } => {
+                    let (cf, key) = (*cf, records.slice(*key));
+                    let slot = olds[tag(cf) as usize].get_mut(key);
                     let old = slot.as_deref().copied();
                     match value {
                         Some(payload) => {
-                            let new = if reads_old(k, false) { Old::of(cf, payload)? } else { Old::Present };
+                            let payload = records.slice(*payload);
+                            let new = if reads_old(cf, false) { Old::of(cf, payload)? } else { Old::Present };
                             if let Some(old) = old {
                                 totals.retire(old);
                             }
@@ -161,7 +274,7 @@ impl BulkLoad<'_> {
                                 *slot = new;
                             }
                             versioned_into(epoch, payload, &mut val);
-                            w.put(cf, &key, &val);
+                            w.put(cf, key, &val);
                         }
                         None => {
                             let old = old.expect("a deletion's old version is read");
@@ -170,28 +283,28 @@ impl BulkLoad<'_> {
                             }
                             totals.retire(old);
                             *slot.expect("read") = Old::Absent;
-                            w.del(cf, &key);
+                            w.del(cf, key);
                         }
                     }
                     *journal = Some(cf);
                 }
-                Mutation::MarkPushed { id, packed } => pushed.push((id, packed)),
-                Mutation::PutOrphan(ino) => w.put(Cf::Orphans, &k1(*ino), &[]),
-                other => unreachable!("not a layer record: {other:?}"),
+                Item::Pushed { id, packed } => pushed.push((id, packed)),
+                Item::Orphan(ino) => w.put(Cf::Orphans, &k1(*ino), &[]),
             }
         }
         for cf in [Cf::Inodes, Cf::Dentries, Cf::Cookies, Cf::Extents, Cf::Xattrs] {
-            for (m, _) in batch.iter().zip(&journaled).filter(|(_, j)| **j == Some(cf)) {
-                if let Mutation::Raw { key: k, .. } = m {
-                    k.base_into(&mut key);
-                    change_key_into(epoch, cf, &key, &mut val);
+            for (item, _) in records.items.iter().zip(&journaled).filter(|(_, j)| **j == Some(cf)) {
+                if let Item::Raw { key, .. } = item {
+                    change_key_into(epoch, cf, records.slice(*key), &mut val);
                     w.put(Cf::Changes, &val, &[]);
                 }
             }
         }
         pushed.sort_by_key(|(id, _)| **id);
         for (id, packed) in pushed {
-            w.put(Cf::Pushed, &id.0, &enc(packed));
+            val.clear();
+            bincode::serialize_into(&mut val, packed).expect("in-memory serialisation cannot fail");
+            w.put(Cf::Pushed, &id.0, &val);
         }
         self.finish_totals(&totals)?;
         self.w.commit()?;
@@ -207,16 +320,14 @@ impl BulkLoad<'_> {
         self.w.finish()
     }
 
-    /// The live versions of the records of `batch` whose writing needs them, read with one
+    /// The live versions of the records of `records` whose writing needs them, read with one
     /// `multi_get` per family.
-    fn read_olds(&mut self, batch: &[Mutation]) -> Result<Olds> {
-        let mut olds: Olds = Default::default();
-        let mut base = Vec::new();
-        for m in batch {
-            if let Mutation::Raw { key, value } = m {
-                if reads_old(key, value.is_none()) {
-                    let cf = key.base_into(&mut base);
-                    olds[tag(cf) as usize].entry(base.clone()).or_insert(Old::Absent);
+    fn read_olds<'r>(&mut self, records: &'r Records) -> Result<Olds<'r>> {
+        let mut olds: Olds<'r> = Default::default();
+        for item in &records.items {
+            if let Item::Raw { cf, key, value } = item {
+                if reads_old(*cf, value.is_none()) {
+                    olds[tag(*cf) as usize].insert(records.slice(*key), Old::Absent);
                 }
             }
         }
@@ -225,12 +336,12 @@ impl BulkLoad<'_> {
             if map.is_empty() {
                 continue;
             }
-            let keys: Vec<Vec<u8>> = map.keys().cloned().collect();
-            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            for (k, row) in keys.iter().zip(self.w.multi_get(cf, &refs)?) {
+            let keys: Vec<&'r [u8]> = map.keys().copied().collect();
+            let rows = self.w.multi_get(cf, &keys)?;
+            for (k, row) in keys.into_iter().zip(rows) {
                 if let Some(row) = row {
                     let payload = row.get(8..).ok_or_else(|| FsError::Meta(format!("live {} row is truncated", cf.name())))?;
-                    map.insert(k.clone(), Old::of(cf, payload)?);
+                    map.insert(k, Old::of(cf, payload)?);
                 }
             }
         }

@@ -105,17 +105,7 @@ impl Key {
 
     /// The family, the base key written into `buf` (a bulk load reuses one buffer).
     pub(super) fn base_into(&self, buf: &mut Vec<u8>) -> Cf {
-        buf.clear();
-        let (cf, a, rest): (Cf, u64, &[u8]) = match self {
-            Key::Inode(i) => (Cf::Inodes, *i, &[]),
-            Key::Dentry(p, n) => (Cf::Dentries, *p, n),
-            Key::Cookie(p, c) => (Cf::Cookies, *p, &c.to_be_bytes()),
-            Key::Extent(i, b) => (Cf::Extents, *i, &b.to_be_bytes()),
-            Key::Xattr(i, n) => (Cf::Xattrs, *i, n),
-        };
-        buf.extend_from_slice(&a.to_be_bytes());
-        buf.extend_from_slice(rest);
-        cf
+        crate::layer::KeyRef::of(self).base_into(buf)
     }
 
     pub(super) fn decode(cf: Cf, base: &[u8]) -> Result<Key> {

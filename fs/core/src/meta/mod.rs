@@ -51,7 +51,7 @@ mod collect;
 mod read;
 mod refs;
 
-pub use bulk::BulkLoad;
+pub use bulk::{BulkLoad, Records};
 pub use refs::RefEntry;
 
 use crate::error::Result;
