@@ -287,9 +287,10 @@ class Weed:
                     f"-metricsPort={p[8]}"]
             write_conf(self.endpoint)
             logf = open(os.path.join(d, "weed.log"), "ab")
+            # TMPDIR: weed's glog files go to its data dir, not /tmp.
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=logf, start_new_session=True,
-                                         preexec_fn=_pdeathsig)
+                                         preexec_fn=_pdeathsig, env={**os.environ, "TMPDIR": d})
             logf.close()
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -349,6 +350,14 @@ class Weed:
                     pass
                 self.proc.wait(15)
         self.proc = None
+        # The gRPC unix sockets weed makes in /tmp whatever TMPDIR says: this server's ports.
+        for port in self.ports or []:
+            for kind in ("master", "volume", "filer", "s3"):
+                for name in (f"seaweedfs-{kind}-grpc-{port}.sock", f"seaweedfs-{kind}-{port}.sock"):
+                    try:
+                        os.remove(os.path.join("/tmp", name))
+                    except OSError:
+                        pass
 
 
 def mdelta(before, after, bucket):

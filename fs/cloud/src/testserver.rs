@@ -99,6 +99,8 @@ impl SeaweedServer {
         let mut cmd = Command::new(&self.weed);
         cmd.args(server_args(self.dir.path(), &self.ports, self.limits));
         cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+        // Its glog files (`weed.INFO`, ...) go to the temp dir: this server's directory, not /tmp.
+        cmd.env("TMPDIR", self.dir.path());
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
@@ -195,6 +197,14 @@ impl SeaweedServer {
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The gRPC unix sockets weed makes in /tmp whatever TMPDIR says
+        // (`/tmp/seaweedfs-s3-grpc-PORT.sock`, ...): this server's, named by its ports.
+        for port in &self.ports {
+            for kind in ["master", "volume", "filer", "s3"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
+            }
         }
     }
 
