@@ -19,14 +19,21 @@ use std::time::{Duration, Instant};
 
 use hybrid_agent::credentials::{mint, revoke, NodeScope};
 
-/// The weed server; SIGTERM and reaped on drop.
-struct Weed(Child);
+/// The weed server and its ports; SIGTERM and reaped on drop, and the gRPC unix sockets it
+/// makes in /tmp whatever TMPDIR says (`/tmp/seaweedfs-KIND-grpc-PORT.sock`) removed.
+struct Weed(Child, Vec<u16>);
 
 impl Drop for Weed {
     fn drop(&mut self) {
         // SAFETY: SIGTERM to the server this test started.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
+        for port in self.1.iter().flat_map(|p| [*p, p + 10000]) {
+            for kind in ["master", "volume", "filer", "s3"] {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
+            }
+        }
     }
 }
 
@@ -41,9 +48,10 @@ fn free_port(taken: &[u16]) -> u16 {
     panic!("no free port pair");
 }
 
-fn weed_shell(master: u16, filer: u16, cmd: &str) -> bool {
+fn weed_shell(dir: &Path, master: u16, filer: u16, cmd: &str) -> bool {
     let mut child = Command::new("weed")
         .args(["shell", &format!("-master=127.0.0.1:{master}"), &format!("-filer=127.0.0.1:{filer}")])
+        .env("TMPDIR", dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -101,14 +109,19 @@ fn a_node_s_minted_credentials_push_its_branch_are_denied_main_and_die_when_revo
             .arg(format!("-filer.port={filer}"))
             .args(["-s3", &format!("-s3.port={s3}"), "-s3.port.iceberg=0", "-s3.port.lance=0"])
             .args(["-master.volumeSizeLimitMB=64", "-volume.max=8"])
+            .arg(format!("-filer.localSocket={}", dir.join("filer.sock").display()))
+            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+            // Its glog files go to the test's folder, not /tmp.
+            .env("TMPDIR", dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap(),
+        ports.clone(),
     );
     let admin = "s3.configure -user=admin -access_key=adminkey0123 -secret_key=adminsecret0123 -actions=Admin,Read,Write,List,Tagging -apply";
-    retry("the filer takes the admin identity", 60, || weed_shell(master, filer, admin));
-    retry("the bucket is made", 30, || weed_shell(master, filer, "s3.bucket.create -name hyb"));
+    retry("the filer takes the admin identity", 60, || weed_shell(dir, master, filer, admin));
+    retry("the bucket is made", 30, || weed_shell(dir, master, filer, "s3.bucket.create -name hyb"));
 
     let endpoint: BTreeMap<String, String> = [
         ("AWS_ENDPOINT_URL".to_string(), format!("http://127.0.0.1:{s3}")),
