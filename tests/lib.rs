@@ -72,6 +72,11 @@ pub fn require_root() {
     }
 }
 
+/// A TCP port on 127.0.0.1 free right now (for a mount's metrics address, an agent's API).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Calls `check` every `interval` until it returns true or `limit` has passed; returns whether
 /// it succeeded. The number of tries is bounded by `limit / interval + 1`.
 pub fn poll_until(limit: Duration, interval: Duration, mut check: impl FnMut() -> bool) -> bool {

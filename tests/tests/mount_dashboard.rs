@@ -7,17 +7,14 @@
 //! `HYBRIDFS_MOUNT_DASHBOARD_SCREENSHOT=doc/mount-dashboard.png` also writes a screenshot.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hybridfs_tests::free_port;
 use hybridfs_tests::browser::{browse, chromium, element, svg, text_of};
 use hybridfs_tests::TestVolume;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A GET of `path`: the status and the body.
 fn get(port: u16, path: &str) -> (u16, String) {

@@ -9,18 +9,15 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hybridfs_tests::free_port;
 use hybridfs_tests::cmd::{self, CmdOutput, CMD_LIMIT};
 use hybridfs_tests::{hybridctl_bin, procs, require_root, TestVolume};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn run(c: &mut Command) -> CmdOutput {
     cmd::run(c.env("AWS_EC2_METADATA_DISABLED", "true"), CMD_LIMIT)

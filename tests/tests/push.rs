@@ -701,20 +701,22 @@ fn racing_nodes_never_lose_an_acknowledged_push() {
 // ---------------------------------------------------------------------------------------------
 // 6. A client that goes away (issue 9: SIGPIPE; issue 11: cancellation per call)
 
-/// `hybridctl status --json`'s workers of the mounted `vol`: name → what it is busy with.
-fn workers_busy(vol: &TestVolume) -> BTreeMap<String, Option<String>> {
+/// `hybridctl status --json`'s workers of the mounted `vol`, as JSON.
+fn status_workers(vol: &TestVolume) -> Vec<Value> {
     let out = vol.ctl(&["status", vol.name(), "--json"]);
     out.assert_success();
     let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
-    let workers = v[0]["workers"].as_array().unwrap_or_else(|| panic!("no workers in status: {out}"));
-    workers.iter().map(|w| (w["name"].as_str().unwrap_or("?").to_string(), w["busy"].as_str().map(String::from))).collect()
+    v[0]["workers"].as_array().cloned().unwrap_or_else(|| panic!("no workers in status: {out}"))
 }
 
-/// The mounted `vol`'s `control` worker, as `status --json` shows it.
+/// The mounted `vol`'s workers: name → what it is busy with.
+fn workers_busy(vol: &TestVolume) -> BTreeMap<String, Option<String>> {
+    status_workers(vol).iter().map(|w| (w["name"].as_str().unwrap_or("?").to_string(), w["busy"].as_str().map(String::from))).collect()
+}
+
+/// The mounted `vol`'s `control` worker.
 fn control_worker(vol: &TestVolume) -> Value {
-    let out = vol.ctl(&["status", vol.name(), "--json"]);
-    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status --json ({e}): {out}"));
-    v[0]["workers"].as_array().and_then(|w| w.iter().find(|w| w["name"] == "control").cloned()).unwrap_or_else(|| panic!("no control worker: {out}"))
+    status_workers(vol).into_iter().find(|w| w["name"] == "control").unwrap_or_else(|| panic!("no control worker"))
 }
 
 /// A push client killed (as by Ctrl-C) while its push runs in the mount process cancels that

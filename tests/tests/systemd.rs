@@ -19,10 +19,11 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hybridfs_tests::free_port;
 use hybridfs_tests::systemd::{Boot, LiveSystemd};
 use hybridfs_tests::{fail_loudly, hybridctl_bin, poll_until, require_root, TestVolume};
 
@@ -144,10 +145,6 @@ fn an_fstab_line_becomes_a_network_mount_unit_that_mounts_through_the_helper() {
     assert!(ended, "the mount process did not end after the unit stopped: {status}");
     assert_eq!(status["bytes"], 3 * 1024 * 1024, "{status}");
     assert_eq!(status["unsealed_bytes"], 0, "sealed before it ended: {status}");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `GET path` with the bearer token: (status line, body).
