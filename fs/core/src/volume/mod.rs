@@ -134,6 +134,8 @@ pub(crate) struct NodeData {
     /// The staging file was opened for writing since the staging directory was last synced:
     /// `fsync` syncs the directory too, so its entry survives a power cut.
     pub staging_entry_unsynced: bool,
+    /// Where reads of the file go, for read-ahead ([`data::ReadPattern`]).
+    pub read_pattern: data::ReadPattern,
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
@@ -364,6 +366,7 @@ impl Volume {
             attr_dirty: false,
             passthrough_opens: 0,
             staging_entry_unsynced: false,
+            read_pattern: Default::default(),
         }));
         let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
         nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });
