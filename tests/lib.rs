@@ -11,6 +11,7 @@
 //!   what a writer wrote from a file name alone.
 //! - [`fsop`]: the client side of the `hybridfs-test-fsop` helper binary, which performs one
 //!   file operation in a separate process (as another user, as a second lock owner).
+//! - [`shared`]: a shared volume (PostgreSQL metadata, SeaweedFS store) mounted as two hosts.
 //! - [`snap`]: snapshot, diff, rollback and gc commands with their `--json` output parsed, and
 //!   a whole-tree model ([`snap::Tree`]) to compare a live tree with a snapshot view.
 //! - [`sys`]: thin wrappers over the libc calls std lacks (errno, xattrs, renameat2, ...).
@@ -28,6 +29,8 @@ pub mod content;
 pub mod fsop;
 #[path = "harness/procs.rs"]
 pub mod procs;
+#[path = "harness/shared.rs"]
+pub mod shared;
 #[path = "harness/snap.rs"]
 pub mod snap;
 #[path = "harness/sys.rs"]

@@ -99,10 +99,23 @@ fn pjdfstest_suite_writeback_cache() {
     run_pjdfstest(&["--writeback-cache"]);
 }
 
+/// The same suite on a shared volume (issue 15): metadata in PostgreSQL, mounted by two
+/// hosts; the suite runs on host A while host B is mounted too.
+#[test]
+fn pjdfstest_suite_shared_volume() {
+    require_root();
+    let c = hybridfs_tests::shared::Cluster::start("pjd", true, &[]);
+    run_pjdfstest_on(&c.a);
+}
+
 fn run_pjdfstest(mount_args: &[&str]) {
     require_root();
-    let bin = installed_tool("pjdfstest", "PJDFSTEST", "cargo install pjdfstest --version 0.2.2 --locked");
     let vol = TestVolume::builder().mount_args(mount_args).watchdog(Duration::from_secs(50 * 60)).build();
+    run_pjdfstest_on(&vol);
+}
+
+fn run_pjdfstest_on(vol: &TestVolume) {
+    let bin = installed_tool("pjdfstest", "PJDFSTEST", "cargo install pjdfstest --version 0.2.2 --locked");
     let config = vol.root().join("pjdfstest.toml");
     fs::write(&config, CONFIG).unwrap();
     let secondary = vol.root().join("secondary");

@@ -50,6 +50,11 @@ pub enum FsError {
     /// The metadata engine cannot be reached now (a database restarting); transient.
     #[error("metadata store unavailable: {0}")]
     MetaUnavailable(String),
+    /// A shared volume: a record a namespace change read (a directory entry, an inode) was
+    /// changed by another host before the change committed ([`crate::meta::Mutation::ExpectInode`]);
+    /// the volume runs the whole operation again from fresh reads.
+    #[error("metadata store: changed by another host meanwhile: {0}")]
+    MetaStale(String),
     /// A request that names something wrong (an unknown or taken snapshot name, bad characters).
     #[error("{0}")]
     BadInput(String),
@@ -87,7 +92,7 @@ impl FsError {
             FsError::TooBig => libc::EFBIG,
             FsError::ReadOnly => libc::EROFS,
             FsError::CorruptBlock { .. } => libc::EIO,
-            FsError::Meta(_) | FsError::MetaConflict(_) | FsError::MetaUnavailable(_) => libc::EIO,
+            FsError::Meta(_) | FsError::MetaConflict(_) | FsError::MetaUnavailable(_) | FsError::MetaStale(_) => libc::EIO,
             FsError::BadInput(_) => libc::EINVAL,
             FsError::Refused(_) => libc::EBUSY,
             FsError::WouldBlock => libc::EAGAIN,
@@ -113,6 +118,7 @@ impl FsError {
                 | FsError::Meta(_)
                 | FsError::MetaConflict(_)
                 | FsError::MetaUnavailable(_)
+                | FsError::MetaStale(_)
                 | FsError::Io { .. }
         )
     }

@@ -17,7 +17,8 @@
 //!
 //! Only this process changes the volume while it is mounted, so the kernel may cache freely:
 //! attributes and entries (also negative ones) for [`TTL`], page cache kept across opens
-//! (`FOPEN_KEEP_CACHE`). The kernel then offers one of two modes, and the mount picks one:
+//! (`FOPEN_KEEP_CACHE`). A shared volume (several hosts) is the exception: [`SHARED_TTL`],
+//! and no page cache kept across opens ([`HybridFs::shared`]). The kernel then offers one of two modes, and the mount picks one:
 //! * **passthrough** (default): read-only opens of files whose data is all in their staging
 //!   file are served by the kernel from that file (see `passthrough.rs`); writes are
 //!   write-through, up to 1 MiB per request;
@@ -91,6 +92,10 @@ impl Drop for OpTimer {
 
 /// How long the kernel may trust attributes and entries it got from us.
 pub const TTL: Duration = Duration::from_secs(5);
+/// The same on a shared volume (other hosts change it too): a rename, unlink or new size on
+/// another host is seen by this host's next lookup or stat at most this long after
+/// (doc/SEMANTICS.md, "Several hosts"); `meta_cache_ttl_ms` in `volume.json` changes it.
+pub const SHARED_TTL: Duration = Duration::from_secs(1);
 const GEN: Generation = Generation(0);
 
 pub struct HybridFs {
@@ -99,6 +104,8 @@ pub struct HybridFs {
     want_passthrough: bool,
     listings: listing::Listings,
     cold: cold::ColdReads,
+    /// [`TTL`], or on a shared volume its shorter one ([`HybridFs::shared`]).
+    ttl: Duration,
 }
 
 impl HybridFs {
@@ -106,7 +113,16 @@ impl HybridFs {
     pub fn new(vol: Arc<Volume>, want_passthrough: bool, read_only: bool) -> Self {
         let vol = if read_only { MountView::read_only(vol) } else { MountView::new(vol) };
         let cold = cold::ColdReads::new(vol.clone());
-        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold }
+        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold, ttl: TTL }
+    }
+
+    /// Serve a shared volume: other hosts change it, so the kernel trusts attributes and
+    /// entries for `ttl` only and drops a file's page cache when it is opened (close-to-open:
+    /// what another host wrote before its close is read after this host's open).
+    pub fn shared(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self.passthrough.keep_cache(false);
+        self
     }
 
     fn attr(&self, i: &Inode) -> FileAttr {
@@ -132,7 +148,7 @@ impl HybridFs {
     /// Reply with an entry the facade counted.
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry, op: &str) {
         match r {
-            Ok(i) => reply.entry(&TTL, &self.attr(&i), GEN),
+            Ok(i) => reply.entry(&self.ttl, &self.attr(&i), GEN),
             Err(e) => reply.fail(op, e),
         }
     }
@@ -205,12 +221,12 @@ impl Filesystem for HybridFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = op_timer("lookup", parent);
         match self.vol.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(i)) => reply.entry(&TTL, &self.attr(&i), GEN),
+            Ok(Some(i)) => reply.entry(&self.ttl, &self.attr(&i), GEN),
             Ok(None) => {
                 // A negative entry: the kernel caches the absence for TTL.
                 let mut none = self.attr(&Inode::new(0, Kind::File, 0, 0, 0));
                 none.ino = INodeNo(0);
-                reply.entry(&TTL, &none, GEN);
+                reply.entry(&self.ttl, &none, GEN);
             }
             Err(e) => reply.fail("lookup", e),
         }
@@ -224,7 +240,7 @@ impl Filesystem for HybridFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = op_timer("getattr", ino);
         match self.vol.getattr(ino.0) {
-            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
             Err(e) => reply.fail("getattr", e),
         }
     }
@@ -258,7 +274,7 @@ impl Filesystem for HybridFs {
             ctime: ctime.map(from_system),
         };
         match self.vol.setattr(ino.0, set) {
-            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Ok(i) => reply.attr(&self.ttl, &self.attr(&i)),
             Err(e) => reply.fail("setattr", e),
         }
     }
@@ -459,7 +475,7 @@ impl Filesystem for HybridFs {
                 }
                 Err(err) => return reply.fail("readdirplus", err),
             };
-            if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &TTL, &self.attr(&inode), GEN) {
+            if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &self.ttl, &self.attr(&inode), GEN) {
                 break;
             }
             sent += 1;
@@ -520,7 +536,7 @@ impl Filesystem for HybridFs {
         let _op = op_timer("create", parent);
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         match self.vol.create(parent.0, name.as_bytes(), new, caller(req)) {
-            Ok(opened) => reply.created(&TTL, &self.attr(&opened.inode), GEN, FileHandle(0), passthrough::CACHED),
+            Ok(opened) => reply.created(&self.ttl, &self.attr(&opened.inode), GEN, FileHandle(0), self.passthrough.cached()),
             Err(e) => reply.fail("create", e),
         }
     }

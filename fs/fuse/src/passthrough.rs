@@ -31,9 +31,20 @@ pub(crate) fn kind_of(fh: FileHandle) -> IoKind {
 #[derive(Default)]
 pub(crate) struct Backings {
     by_ino: Mutex<HashMap<u64, (Arc<BackingId>, u32)>>,
+    /// A shared volume: page-cache opens drop the file's cached pages (no `FOPEN_KEEP_CACHE`).
+    drop_cache: bool,
 }
 
 impl Backings {
+    pub(crate) fn keep_cache(&mut self, keep: bool) {
+        self.drop_cache = !keep;
+    }
+
+    /// The flags of a page-cache open ([`CACHED`], less `FOPEN_KEEP_CACHE` on a shared volume).
+    pub(crate) fn cached(&self) -> FopenFlags {
+        if self.drop_cache { FopenFlags::FOPEN_NOFLUSH } else { CACHED }
+    }
+
     pub(crate) fn reply_open(&self, vol: &MountView, opened: Opened, reply: ReplyOpen) {
         let ino = opened.inode.ino;
         match (opened.kind, opened.backing) {
@@ -57,7 +68,7 @@ impl Backings {
                             // Retry as a cached open; the volume no longer offers passthrough.
                             let again = vol.release(ino, IoKind::Passthrough).and_then(|_| vol.open(ino, false));
                             return match again {
-                                Ok(_) => reply.opened(FileHandle(FH_CACHED), CACHED),
+                                Ok(_) => reply.opened(FileHandle(FH_CACHED), self.cached()),
                                 Err(e) => reply.fail("open", e),
                             };
                         }
@@ -66,7 +77,7 @@ impl Backings {
                 reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::FOPEN_NOFLUSH, &id);
             }
             (IoKind::DirectIo, _) => reply.opened(FileHandle(FH_DIRECT), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH),
-            _ => reply.opened(FileHandle(FH_CACHED), CACHED),
+            _ => reply.opened(FileHandle(FH_CACHED), self.cached()),
         }
     }
 

@@ -19,11 +19,14 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Mount read-only (`MS_RDONLY`; the file system answers `EROFS` to every change too).
     pub read_only: bool,
+    /// A shared volume (other hosts change it): how long the kernel may trust attributes and
+    /// entries ([`crate::HybridFs::shared`]); none: a volume only this process changes.
+    pub shared_ttl: Option<std::time::Duration>,
 }
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, read_only: false }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, read_only: false, shared_ttl: None }
     }
 }
 
@@ -43,7 +46,10 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let fs = HybridFs::new(vol.clone(), cfg.passthrough, cfg.read_only);
+    let mut fs = HybridFs::new(vol.clone(), cfg.passthrough, cfg.read_only);
+    if let Some(ttl) = cfg.shared_ttl {
+        fs = fs.shared(ttl);
+    }
     // SAFETY: geteuid has no preconditions.
     let session = if unsafe { libc::geteuid() } == 0 {
         let fd = mount_typed(mountpoint, &cfg.fs_name, cfg.read_only)?;

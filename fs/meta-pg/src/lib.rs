@@ -22,6 +22,17 @@
 //! A lost connection is [`FsError::MetaUnavailable`]; the pooled connection is dropped and the
 //! next use connects again. `sync` is a no-op: a committed transaction is durable
 //! (`synchronous_commit` on, the PostgreSQL default).
+//!
+//! # The database going away
+//!
+//! Connecting waits at most the URL's `connect_timeout` ([`CONNECT_TIMEOUT`] when it gives
+//! none). An operation that finds the database unavailable (down, restarting, refusing
+//! connections) tries again, pausing 100 ms doubling to 1 s, until it has waited
+//! [`PgKv::set_wait`] in all ([`DEFAULT_WAIT`]); then it fails with
+//! [`FsError::MetaUnavailable`] (EIO to a file system caller). A transaction whose connection
+//! broke is run again whole (its body may run more than once anyway). One whose `COMMIT` was
+//! sent when the connection broke may have committed: running it again is then seen as a
+//! changed namespace by the volume's checks (e.g. `EEXIST` for a create that did happen).
 
 use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::kv::{retry_conflicts, Cf, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
@@ -29,6 +40,12 @@ use parking_lot::Mutex;
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, IsolationLevel, NoTls};
 use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+/// How long connecting waits when the URL sets no `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for an unavailable database before it fails.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// Rows a scan fetches per query (its memory bound).
 const SCAN_PAGE: i64 = 512;
@@ -43,8 +60,30 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS hybridfs_kv (
 )";
 
 pub struct PgKv {
-    url: String,
+    config: postgres::Config,
+    /// This engine's id in its change notifications (so its listener skips its own).
+    sender: u64,
     idle: Mutex<Vec<Client>>,
+    /// How long an operation waits for an unavailable database, in milliseconds.
+    wait_ms: std::sync::atomic::AtomicU64,
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(x) => x,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_pg_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 fn cf_id(cf: Cf) -> i16 {
@@ -53,15 +92,20 @@ fn cf_id(cf: Cf) -> i16 {
 
 /// An engine error as core's typed error: conflicts and lost connections are transient.
 fn pg_err(what: &str) -> impl Fn(postgres::Error) -> FsError + '_ {
-    move |e| match e.code() {
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
-            FsError::MetaConflict(format!("{what}: {e}"))
+    move |e| {
+        // The client's own errors ("error connecting to server") say why in their source.
+        let why = match std::error::Error::source(&e) {
+            Some(src) if e.as_db_error().is_none() => format!("{what}: {e}: {src}"),
+            _ => format!("{what}: {e}"),
+        };
+        match e.code() {
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                FsError::MetaConflict(why)
+            }
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW => FsError::MetaUnavailable(why),
+            None if e.is_closed() || e.as_db_error().is_none() => FsError::MetaUnavailable(why),
+            _ => FsError::Meta(why),
         }
-        Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW => {
-            FsError::MetaUnavailable(format!("{what}: {e}"))
-        }
-        None if e.is_closed() || e.as_db_error().is_none() => FsError::MetaUnavailable(format!("{what}: {e}")),
-        _ => FsError::Meta(format!("{what}: {e}")),
     }
 }
 
@@ -69,20 +113,81 @@ impl PgKv {
     /// Connect to `url` (`postgres://USER@HOST:PORT/DB`, libpq syntax also accepted) and create
     /// the table if it is not there.
     pub fn connect(url: &str) -> Result<PgKv> {
-        let kv = PgKv { url: url.to_string(), idle: Mutex::new(Vec::new()) };
+        let kv = PgKv::unconnected(url)?;
         let mut c = kv.client()?;
         c.batch_execute(SCHEMA).map_err(pg_err("create the metadata table"))?;
         kv.put_back(c);
         Ok(kv)
     }
 
+    /// Connect to `url`, which must already hold the metadata table (a volume formatted
+    /// there): a database that does not is [`FsError::NotFound`], and is left unchanged.
+    pub fn connect_existing(url: &str) -> Result<PgKv> {
+        let kv = PgKv::unconnected(url)?;
+        let found = kv.with(|c| {
+            let row = c.query_one("SELECT to_regclass('hybridfs_kv') IS NOT NULL", &[]).map_err(pg_err("look for the metadata table"))?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if !found {
+            return Err(FsError::NotFound);
+        }
+        Ok(kv)
+    }
+
+    fn unconnected(url: &str) -> Result<PgKv> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| FsError::Meta(format!("bad database URL {}: {e}", redact(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let wait_ms = std::sync::atomic::AtomicU64::new(DEFAULT_WAIT.as_millis() as u64);
+        let sender = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32);
+        Ok(PgKv { config, sender, idle: Mutex::new(Vec::new()), wait_ms })
+    }
+
+    /// How long an operation waits for an unavailable database before it fails with
+    /// [`FsError::MetaUnavailable`] (see the module comment).
+    pub fn set_wait(&self, wait: Duration) {
+        self.wait_ms.store(wait.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Run `op` again while the database is unavailable, for at most the wait.
+    fn waiting<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        let wait = Duration::from_millis(self.wait_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match op() {
+                Err(FsError::MetaUnavailable(why)) if Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!("the metadata database is unavailable ({why}); waiting up to {wait:?}");
+                        warned = true;
+                    }
+                    std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(FsError::MetaUnavailable(why)) => {
+                    return Err(FsError::MetaUnavailable(format!("{why} (waited {wait:?} for the database)")))
+                }
+                other => {
+                    if warned && other.is_ok() {
+                        tracing::info!("the metadata database answers again");
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
     fn client(&self) -> Result<Client> {
-        if let Some(c) = self.idle.lock().pop() {
+        while let Some(c) = self.idle.lock().pop() {
             if !c.is_closed() {
                 return Ok(c);
             }
         }
-        Client::connect(&self.url, NoTls).map_err(pg_err("connect to the metadata database"))
+        self.config.connect(NoTls).map_err(pg_err("connect to the metadata database"))
     }
 
     fn put_back(&self, c: Client) {
@@ -100,6 +205,11 @@ impl PgKv {
         out
     }
 
+    /// [`PgKv::with`] run again while the database is unavailable (see [`PgKv::waiting`]).
+    fn with_waiting<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T>) -> Result<T> {
+        self.waiting(|| self.with(&mut f))
+    }
+
     /// One attempt at a transaction; a conflict comes back as [`FsError::MetaConflict`].
     fn attempt(&self, body: &mut TxnBody<'_>) -> Result<()> {
         let mut client = self.client()?;
@@ -114,7 +224,11 @@ impl PgKv {
             body(&mut overlay)?;
             let (ops, hooks) = overlay.finish();
             let mut t = reader.0.into_inner();
+            let notes = change_notes(self.sender, &ops);
             write(&mut t, ops)?;
+            for note in notes {
+                t.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
+            }
             t.commit().map_err(pg_err("commit a metadata transaction"))?;
             Ok(hooks)
         })();
@@ -122,6 +236,110 @@ impl PgKv {
         for hook in result? {
             hook();
         }
+        Ok(())
+    }
+}
+
+/// The channel of change notifications (`LISTEN`/`NOTIFY`): per database, so per volume.
+pub const CHANNEL: &str = "hybridfs_changes";
+/// A notification's payload stays under PostgreSQL's limit (8000 bytes).
+const NOTE_BYTES: usize = 7000;
+
+/// The notifications of a transaction's writes to inodes and directory entries: payloads
+/// `SENDER;CF:HEXKEY,CF:HEXKEY,...` (CF the family's index in [`Cf::ALL`]), sent inside the
+/// transaction, so delivered only if and when it commits (PostgreSQL's rule).
+fn change_notes(sender: u64, ops: &[KvOp]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut cur = String::new();
+    for op in ops {
+        let (KvOp::Put(cf, k, _) | KvOp::Del(cf, k)) = op;
+        if !matches!(cf, Cf::Inodes | Cf::Dentries) {
+            continue;
+        }
+        if cur.len() + 2 * k.len() + 8 > NOTE_BYTES && !cur.is_empty() {
+            notes.push(std::mem::take(&mut cur));
+        }
+        if cur.is_empty() {
+            cur = format!("{sender:x};");
+        } else {
+            cur.push(',');
+        }
+        cur.push_str(&format!("{}:", cf_id(*cf)));
+        for b in k {
+            cur.push_str(&format!("{b:02x}"));
+        }
+    }
+    if !cur.is_empty() {
+        notes.push(cur);
+    }
+    notes
+}
+
+/// The rows a notification names: `(family, key)`, unless `sender` sent it.
+fn parse_note(own: u64, payload: &str) -> Vec<(Cf, Vec<u8>)> {
+    let Some((from, rows)) = payload.split_once(';') else { return Vec::new() };
+    if u64::from_str_radix(from, 16).ok() == Some(own) {
+        return Vec::new();
+    }
+    rows.split(',')
+        .filter_map(|row| {
+            let (cf, hex) = row.split_once(':')?;
+            let cf = *Cf::ALL.get(cf.parse::<usize>().ok()?)?;
+            let key = (0..hex.len() / 2).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?;
+            Some((cf, key))
+        })
+        .collect()
+}
+
+impl PgKv {
+    /// Call `changed` with the inode and directory-entry rows (family, key) every other
+    /// engine on this database commits (another host's namespace change), from a thread of
+    /// its own with a connection of its own that `LISTEN`s; it reconnects after a lost
+    /// connection (what was committed meanwhile is not told). Stops once `changed` returns
+    /// false (checked at least once a second, also when nothing changed).
+    pub fn listen(&self, mut changed: impl FnMut(Vec<(Cf, Vec<u8>)>) -> bool + Send + 'static) -> std::io::Result<()> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let config = self.config.clone();
+        let own = self.sender;
+        std::thread::Builder::new().name("meta-listen".into()).spawn(move || loop {
+            let mut client = match config.connect(NoTls).and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|_| c)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("listen for metadata changes: {e}");
+                    if !changed(Vec::new()) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            loop {
+                let mut batch = Vec::new();
+                let mut notes = client.notifications();
+                let mut it = notes.timeout_iter(Duration::from_secs(1));
+                let broken = loop {
+                    match it.next() {
+                        Ok(Some(n)) => batch.extend(parse_note(own, n.payload())),
+                        Ok(None) => break false,
+                        Err(e) => {
+                            tracing::debug!("listen for metadata changes: {e}");
+                            break true;
+                        }
+                    }
+                    if batch.len() > 4096 {
+                        break false;
+                    }
+                };
+                drop(it);
+                drop(notes);
+                if !changed(batch) {
+                    return;
+                }
+                if broken || client.is_closed() {
+                    break;
+                }
+            }
+        })?;
         Ok(())
     }
 }
@@ -223,16 +441,36 @@ fn last_before(c: &mut impl GenericClient, cf: Cf, end: Option<&[u8]>) -> Result
 
 impl KvRead for PgKv {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with(|c| get(c, cf, key))
+        self.with_waiting(|c| get(c, cf, key))
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.with(|c| multi_get(c, cf, keys))
+        self.with_waiting(|c| multi_get(c, cf, keys))
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         // Pages of one scan read one snapshot (a concurrent transaction's commit does not tear
-        // a listing), and a visitor that reads the store again gets its own connection.
+        // a listing), and a visitor that reads the store again gets its own connection. A scan
+        // waits for an unavailable database only until it has visited its first row (the
+        // visitor must not see rows twice).
+        let visited = std::cell::Cell::new(false);
+        let mut f = |k: &[u8], v: &[u8]| {
+            visited.set(true);
+            f(k, v)
+        };
+        self.waiting(|| match self.scan_once(cf, start, end, &mut f) {
+            Err(FsError::MetaUnavailable(why)) if visited.get() => Err(FsError::Meta(format!("{why} (during a scan)"))),
+            other => other,
+        })
+    }
+
+    fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        self.with_waiting(|c| last_before(c, cf, end))
+    }
+}
+
+impl PgKv {
+    fn scan_once(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         self.with(|c| {
             let mut t = c
                 .build_transaction()
@@ -244,15 +482,11 @@ impl KvRead for PgKv {
             t.commit().map_err(pg_err("end a metadata scan"))
         })
     }
-
-    fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
-        self.with(|c| last_before(c, cf, end))
-    }
 }
 
 impl Kv for PgKv {
     fn transact(&self, _sync: bool, body: &mut TxnBody<'_>) -> Result<()> {
-        retry_conflicts(|| self.attempt(body))
+        self.waiting(|| retry_conflicts(|| self.attempt(body)))
     }
 
     fn sync(&self) -> Result<()> {
@@ -283,3 +517,24 @@ impl KvRead for Reader<'_> {
 }
 
 pub mod testserver;
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+
+    #[test]
+    fn change_notes_name_inode_and_entry_rows_and_skip_their_sender() {
+        let mut ops = vec![KvOp::Put(Cf::Inodes, 7u64.to_be_bytes().to_vec(), vec![1]), KvOp::Put(Cf::Refs, vec![9], vec![])];
+        let entry = [&5u64.to_be_bytes()[..], b"a,b;c:d"].concat();
+        ops.push(KvOp::Del(Cf::Dentries, entry.clone()));
+        let notes = change_notes(42, &ops);
+        assert_eq!(notes.len(), 1);
+        let rows = parse_note(1, &notes[0]);
+        assert_eq!(rows, vec![(Cf::Inodes, 7u64.to_be_bytes().to_vec()), (Cf::Dentries, entry)]);
+        assert!(parse_note(42, &notes[0]).is_empty(), "a sender's own notes are skipped");
+        let many: Vec<KvOp> = (0..2000u64).map(|i| KvOp::Put(Cf::Inodes, i.to_be_bytes().to_vec(), vec![])).collect();
+        let notes = change_notes(42, &many);
+        assert!(notes.len() > 1 && notes.iter().all(|n| n.len() <= NOTE_BYTES));
+        assert_eq!(notes.iter().map(|n| parse_note(1, n).len()).sum::<usize>(), 2000);
+    }
+}

@@ -55,7 +55,7 @@ pub struct Cloned {
 }
 
 /// The store at `url` takes a write under the volume's name (see [`hybridfs_cloud::probe`]).
-fn probe_store(url: &str, name: &str) -> Result<()> {
+pub(crate) fn probe_store(url: &str, name: &str) -> Result<()> {
     let fail = |e: String| anyhow::anyhow!("the store {url} cannot be used: {e} (nothing was changed; `format --no-check` skips this check)");
     let store = hybridfs_cloud::open(url).map_err(|e| fail(e.to_string()))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -63,7 +63,7 @@ fn probe_store(url: &str, name: &str) -> Result<()> {
     hybridfs_cloud::probe(&*store, &key).map_err(|e| fail(e.to_string()))
 }
 
-fn check_store(store: &str) -> Result<()> {
+pub(crate) fn check_store(store: &str) -> Result<()> {
     if let Some(path) = store.strip_prefix("file://") {
         if !path.starts_with('/') {
             return bad_input(format!("store URL {store}: file:// needs an absolute path (file:///PATH)"));
@@ -80,7 +80,7 @@ fn check_store(store: &str) -> Result<()> {
     bad_input(format!("store URL {store}: expected file:///PATH or s3://BUCKET/PREFIX"))
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
 }
 
@@ -135,6 +135,9 @@ impl Home {
                 key_fingerprint: key.as_ref().map(|k| k.fingerprint.clone()),
                 key_file: key.as_ref().map(|k| k.path.clone()),
                 read_timeout_secs: None,
+                meta: None,
+                meta_timeout_secs: None,
+                meta_cache_ttl_ms: None,
             };
             std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
             std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
@@ -210,6 +213,9 @@ impl Home {
                     key_fingerprint: fingerprint.clone(),
                     key_file: key_file.clone(),
                     read_timeout_secs: None,
+                    meta: None,
+                    meta_timeout_secs: None,
+                    meta_cache_ttl_ms: None,
                 };
                 std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
                 Ok(report)

@@ -2,8 +2,9 @@
 //! mount state (`mount.json`) and their lock.
 //!
 //! ```text
-//! HOME/volumes/NAME/volume.json   the volume's format (VolumeConfig)
-//!                   meta/         RocksDB: the versioned metadata
+//! HOME/volumes/NAME/volume.json   the volume's format (VolumeConfig); a shared volume's
+//!                                 names its PostgreSQL database (crate::shared)
+//!                   meta/         RocksDB: the versioned metadata (not for a shared volume)
 //!                   blocks/       sealed blocks of this volume
 //!                   staging/      per-inode staging files
 //!                   lock          flock-ed by the process that owns the volume (its pid inside)
@@ -60,6 +61,18 @@ pub struct VolumeConfig {
     /// [default: 30].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_timeout_secs: Option<u64>,
+    /// A shared volume (`format --meta`): the URL of the PostgreSQL database holding its
+    /// metadata (crate::shared); none: RocksDB in `meta/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<String>,
+    /// A shared volume: seconds an operation waits for an unavailable database before it
+    /// fails with EIO [default: 60].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_timeout_secs: Option<u64>,
+    /// A shared volume: milliseconds the kernel of a mount trusts attributes and directory
+    /// entries, so how long another host's change may stay unseen [default: 1000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_cache_ttl_ms: Option<u64>,
 }
 
 impl VolumeConfig {

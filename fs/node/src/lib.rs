@@ -9,6 +9,8 @@
 //! * `volume` — opening a volume: RocksDB metadata, the block store (local, or lazy over the
 //!   object store for clones and merged volumes), the object store ([`VolumeConfig::remote`]).
 //! * [`create`] — `format` and `clone`.
+//! * [`shared`] — shared volumes: `format --meta postgres://...` and `--join`, metadata in
+//!   PostgreSQL, several hosts mounting one volume.
 //! * [`keys`] — encryption-key resolution, in one place.
 //! * [`mount`] — the mount lifecycle: foreground and daemonized, umount.
 //! * [`notify`] — systemd readiness (`READY=1`, `STOPPING=1` to `$NOTIFY_SOCKET`).
@@ -36,6 +38,7 @@ pub mod keys;
 pub mod metrics_http;
 pub mod mount;
 pub mod notify;
+pub mod shared;
 pub mod status;
 mod volume;
 pub mod workers;

@@ -128,6 +128,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
     typed(|| {
         let vd = home.volume(name)?;
         let cfg = vd.config()?;
+        let shared_ttl = cfg.meta.as_ref().map(|_| cfg.meta_cache_ttl_ms.map_or(hybridfs_fuse::SHARED_TTL, Duration::from_millis));
         let mp = prepare_mountpoint(mp)?;
         let dashboard = dashboard_of(opts)?;
         // Before any thread starts (RocksDB's, the sealer), so that every thread inherits the mask.
@@ -158,6 +159,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             threads: opts.threads,
             passthrough: opts.passthrough,
             read_only: opts.read_only,
+            shared_ttl,
         };
         tracing::info!("serving volume {name} at {}", mp.display());
         let served = hybridfs_fuse::mount(vol.clone(), &mp, &cfg);

@@ -35,8 +35,16 @@ impl VolumeConfig {
 }
 
 impl VolumeDir {
+    /// The volume's metadata: RocksDB in `meta/`, or a shared volume's database (a volume
+    /// being made has no `volume.json` yet: RocksDB).
     pub fn open_meta(&self, read_only: bool) -> NodeResult<Arc<MetaStore>> {
         typed(|| {
+            if self.config_path().exists() {
+                let cfg = self.config()?;
+                if let Some(url) = &cfg.meta {
+                    return crate::shared::open_meta(url, cfg.meta_timeout_secs.map(Duration::from_secs));
+                }
+            }
             let opts = RocksOptions { read_only, ..RocksOptions::default() };
             Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
         })
@@ -104,11 +112,22 @@ impl VolumeDir {
                 staging_dir: self.staging_dir(),
                 seal_delay,
                 workers: workers.clone(),
+                shared: cfg.meta.is_some(),
                 ..VolumeOptions::default()
             };
-            let meta = self.open_meta(false)?;
+            let (meta, shared) = match &cfg.meta {
+                Some(url) => {
+                    let (meta, pg) = crate::shared::open_engine(url, cfg.meta_timeout_secs.map(Duration::from_secs))?;
+                    (meta, Some(pg))
+                }
+                None => (self.open_meta(false)?, None),
+            };
             let blocks = self.open_blocks_with(&meta, &remote, &workers, read_timeout)?;
-            Ok((Volume::open(meta, blocks, opts)?, remote))
+            let vol = Volume::open(meta, blocks, opts)?;
+            if let Some(pg) = shared {
+                crate::shared::invalidate_on_changes(&pg, &vol)?;
+            }
+            Ok((vol, remote))
         })
     }
 }

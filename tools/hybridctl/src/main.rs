@@ -71,6 +71,16 @@ enum Cmd {
         /// read back and deleted under NAME/ before the volume is made).
         #[arg(long)]
         no_check: bool,
+        /// A shared volume, mounted by several hosts at once: its metadata lives in this
+        /// PostgreSQL database (postgres://USER[:PASSWORD]@HOST:PORT/DB, one volume per
+        /// database) and needs --store; this host keeps only a descriptor, its staging and its
+        /// cache. See doc/CLI.md, "Shared volumes".
+        #[arg(long, value_name = "URL")]
+        meta: Option<String>,
+        /// With --meta: join the volume already in that database (every host after the first)
+        /// instead of making a new one; block size and store are the volume's.
+        #[arg(long, requires = "meta")]
+        join: bool,
     },
     /// Mount a volume (foreground unless -d).
     Mount {
@@ -580,6 +590,25 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
     };
     let home = Home::at(&cfg.home);
     match cmd {
+        Cmd::Format { name, no_check, meta: Some(meta), join, store, .. } => {
+            let spec = hybridfs_node::shared::SharedSpec {
+                name,
+                meta,
+                // Joining checks only a store given on the command line against the volume's.
+                store: if join { store.map(|s| s.0) } else { cfg.store.clone() },
+                block_size: Some(cfg.block_size.clone()),
+                key_file: cfg.format_key_file.clone(),
+                check: !no_check,
+                join,
+            };
+            let made = home.format_shared(&spec)?;
+            if let Some(path) = &made.new_key_file {
+                eprintln!("hybridctl: a new encryption key is in {path}: copy it to every host of the volume and keep a copy elsewhere");
+            }
+            let how = if join { "joined shared volume" } else { "formatted shared volume" };
+            println!("{how} {}: block size {}, store {}", made.name, fmt::human_bytes(made.block_size as u64), made.store);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Format { name, no_check, .. } => {
             let key_file = cfg.format_key_file.as_deref();
             let made = home.format(&name, &cfg.block_size, cfg.store.as_deref(), key_file, !no_check)?;

@@ -2,13 +2,13 @@
 //! moving replaced versions to history, writing journal rows and adjusting block references
 //! and usage inside the same batch (invariants 1 to 3).
 
-use super::codec::{be, change_key, enc, file_usage, hist_key, hist_prefix, k1, k2, k_named, le, sealed_of, versioned};
+use super::codec::{be, change_key, dec, enc, file_usage, hist_key, hist_prefix, k1, k2, k_named, le, sealed_of, versioned};
 use super::read::get_at;
 use super::refs::finish_refs;
-use super::{MetaStore, Mutation};
+use super::{MetaStore, Mutation, LIVE};
 use crate::error::{FsError, Result};
 use crate::kv::{prefix_end, Cf, KvRead, KvTxn};
-use crate::types::{BlockId, SnapshotInfo, Usage};
+use crate::types::{BlockId, Dentry, Inode, SnapshotInfo, Usage};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -119,6 +119,23 @@ impl MetaStore {
                     }
                 }
                 Mutation::MarkPushed { id, packed } => tx.put(Cf::Pushed, id.0.to_vec(), enc(packed)),
+                Mutation::ExpectInode(ino, want) => {
+                    let now: Option<Inode> = get_at(tx, Cf::Inodes, &k1(*ino), LIVE)?.map(|v| dec("inode", &v)).transpose()?;
+                    if now != *want {
+                        return Err(FsError::MetaStale(format!("inode {ino}")));
+                    }
+                }
+                Mutation::ExpectEpoch(e) if *e != b.epoch => {
+                    return Err(FsError::MetaStale(format!("epoch {e} ended (now {})", b.epoch)));
+                }
+                Mutation::ExpectEpoch(_) => {}
+                Mutation::ExpectDentry { parent, name, dentry } => {
+                    let now: Option<Dentry> =
+                        get_at(tx, Cf::Dentries, &k_named(*parent, name), LIVE)?.map(|v| dec("directory entry", &v)).transpose()?;
+                    if now != *dentry {
+                        return Err(FsError::MetaStale(format!("entry {} of directory {parent}", String::from_utf8_lossy(name))));
+                    }
+                }
                 Mutation::Restore { key, at } => {
                     let (cf, base) = key.cf_base();
                     match get_at(tx, cf, &base, *at)? {

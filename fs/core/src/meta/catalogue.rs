@@ -3,9 +3,12 @@
 
 use super::codec::{be, dec, tag};
 use super::{Key, MetaStore};
-use crate::error::Result;
+use crate::error::{FsError, Result};
 use crate::kv::Cf;
 use crate::types::{BlockId, Dentry, Extent, Inode, Ino, SnapshotInfo, Usage};
+
+/// The named state of the shared inode counter ([`MetaStore::allocate_inos`]).
+pub const INO_NEXT: &str = "ino_next";
 
 impl MetaStore {
     pub fn orphans(&self) -> Result<Vec<Ino>> {
@@ -51,6 +54,28 @@ impl MetaStore {
     pub fn raw_at(&self, key: &Key, at: u64) -> Result<Option<Vec<u8>>> {
         let (cf, base) = key.cf_base();
         self.get_at(cf, &base, at)
+    }
+
+    /// Take `n` inode numbers for this process from the volume's shared counter (the named
+    /// state `ino_next`), read and moved on inside one transaction, so hosts sharing the
+    /// store never get the same number: returns the first of `[first, first + n)`, all
+    /// below `hi` (else [`FsError::NoSpace`]). A volume without the counter starts it above
+    /// the highest number used below `hi`, and at least at `lo`.
+    pub fn allocate_inos(&self, lo: Ino, hi: Ino, n: u64) -> Result<Ino> {
+        let key = [&b"m:"[..], INO_NEXT.as_bytes()].concat();
+        let mut first = 0;
+        self.kv.transact(false, &mut |tx| {
+            first = match tx.get(Cf::Default, &key)? {
+                Some(v) if v.len() == 8 => u64::from_le_bytes(v[..].try_into().expect("8 bytes")),
+                _ => (super::read::max_ino_below(tx, hi)? + 1).max(lo),
+            };
+            if first.saturating_add(n) > hi {
+                return Err(FsError::NoSpace);
+            }
+            tx.put(Cf::Default, key.clone(), (first + n).to_le_bytes().to_vec());
+            Ok(())
+        })?;
+        Ok(first)
     }
 
     /// Named state set with [`Mutation::SetMeta`].

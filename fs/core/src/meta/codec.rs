@@ -108,6 +108,12 @@ impl Key {
         crate::layer::KeyRef::of(self).base_into(buf)
     }
 
+    /// The record an engine row of a versioned family names (its live key `base`): what an
+    /// engine's change notifications carry (issue 15's `LISTEN/NOTIFY`).
+    pub fn of_row(cf: Cf, base: &[u8]) -> Result<Key> {
+        Self::decode(cf, base)
+    }
+
     pub(super) fn decode(cf: Cf, base: &[u8]) -> Result<Key> {
         let a = be(base, 0)?;
         Ok(match cf {

@@ -97,6 +97,14 @@ pub enum Mutation {
     /// The block is stored in the object store (a push need not upload it again): alone, or
     /// inside pack `(pack, offset, len)`.
     MarkPushed { id: BlockId, packed: Option<(BlockId, u64, u64)> },
+    /// A precondition (shared volumes): the live inode `ino` is still `inode` (None: absent)
+    /// inside the batch's transaction, else the batch fails with [`crate::FsError::MetaStale`]
+    /// and writes nothing. Put before the writes of the batch.
+    ExpectInode(Ino, Option<Inode>),
+    /// A precondition: the live entry `name` of `parent` is still `dentry` (None: absent).
+    ExpectDentry { parent: Ino, name: Vec<u8>, dentry: Option<Dentry> },
+    /// A precondition: the batch writes in this epoch (no other host ended it meanwhile).
+    ExpectEpoch(u64),
 }
 
 /// A directory entry as readdir returns it.
@@ -155,6 +163,12 @@ impl MetaStore {
     /// The epoch writes happen in (as of this process's last batch).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The epoch as stored now (another host sharing the store may have moved it on since
+    /// [`MetaStore::epoch`] last saw it).
+    pub fn current_epoch(&self) -> Result<u64> {
+        apply::stored_epoch(&*self.kv)
     }
 
     fn reader(&self) -> &dyn KvRead {
@@ -314,6 +328,43 @@ mod tests {
             out
         };
         assert_eq!(journal(&bulk), journal(&one));
+    }
+
+    /// Shared volumes (issue 15): a batch whose preconditions no longer hold writes nothing
+    /// (invariant 1: all of a namespace change or none), and inode ranges never overlap.
+    #[test]
+    fn a_batch_whose_reads_went_stale_writes_nothing_and_inode_ranges_are_disjoint() {
+        let m = MetaStore::memory();
+        let d = Dentry { ino: 7, kind: Kind::File, cookie: 1 };
+        m.apply(vec![Mutation::PutInode(file(1, 0))], false).unwrap();
+        let seen = m.get_inode(1).unwrap();
+        // Another host changes the directory record meanwhile.
+        m.apply(vec![Mutation::PutInode(file(1, 5))], false).unwrap();
+        let stale = vec![
+            Mutation::ExpectInode(1, seen),
+            Mutation::ExpectDentry { parent: 1, name: b"x".to_vec(), dentry: None },
+            Mutation::PutDentry { parent: 1, name: b"x".to_vec(), dentry: d },
+            Mutation::PutInode(file(7, 0)),
+        ];
+        assert!(matches!(m.apply(stale, false), Err(crate::FsError::MetaStale(_))));
+        assert_eq!(m.lookup(1, b"x").unwrap(), None, "a stale batch wrote its entry");
+        assert_eq!(m.get_inode(7).unwrap(), None, "a stale batch wrote its inode");
+        let fresh = vec![
+            Mutation::ExpectInode(1, m.get_inode(1).unwrap()),
+            Mutation::ExpectDentry { parent: 1, name: b"x".to_vec(), dentry: None },
+            Mutation::PutDentry { parent: 1, name: b"x".to_vec(), dentry: d },
+        ];
+        m.apply(fresh, false).unwrap();
+        let taken = vec![Mutation::ExpectDentry { parent: 1, name: b"x".to_vec(), dentry: None }];
+        assert!(matches!(m.apply(taken, false), Err(crate::FsError::MetaStale(_))));
+        assert!(matches!(m.apply(vec![Mutation::ExpectEpoch(m.epoch() + 1)], false), Err(crate::FsError::MetaStale(_))));
+        m.apply(vec![Mutation::ExpectEpoch(m.current_epoch().unwrap())], false).unwrap();
+        // Ranges start above the highest inode and never overlap.
+        let a = m.allocate_inos(2, 1 << 20, 1024).unwrap();
+        let b = m.allocate_inos(2, 1 << 20, 1024).unwrap();
+        assert_eq!(a, 2, "above the highest inode (1), and at least lo");
+        assert_eq!(b, a + 1024);
+        assert!(matches!(m.allocate_inos(2, b + 1024 + 10, 1024), Err(crate::FsError::NoSpace)));
     }
 
     #[test]

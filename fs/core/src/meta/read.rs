@@ -34,6 +34,20 @@ fn hist_at(r: &dyn KvRead, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8
     Ok(out.flatten())
 }
 
+/// [`MetaStore::max_ino_below`] through any reader (a transaction's too).
+pub(super) fn max_ino_below(r: &dyn KvRead, limit: Ino) -> Result<Ino> {
+    let live = match r.last_before(Cf::Inodes, Some(&k1(limit)))? {
+        Some(k) => be(&k, 0)?,
+        None => 0,
+    };
+    let t = tag(Cf::Inodes);
+    let hist = match r.last_before(Cf::History, Some(&[&[t][..], &limit.to_be_bytes()].concat()))? {
+        Some(k) if k.first() == Some(&t) => be(&k, 1)?,
+        _ => 0,
+    };
+    Ok(live.max(hist))
+}
+
 impl MetaStore {
     pub(super) fn get_at(&self, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
         get_at(self.reader(), cf, base, at)
@@ -136,16 +150,7 @@ impl MetaStore {
 
     /// The highest inode number below `limit` ever used (0 when there is none).
     pub fn max_ino_below(&self, limit: Ino) -> Result<Ino> {
-        let live = match self.kv.last_before(Cf::Inodes, Some(&k1(limit)))? {
-            Some(k) => be(&k, 0)?,
-            None => 0,
-        };
-        let t = tag(Cf::Inodes);
-        let hist = match self.kv.last_before(Cf::History, Some(&[&[t][..], &limit.to_be_bytes()].concat()))? {
-            Some(k) if k.first() == Some(&t) => be(&k, 1)?,
-            _ => 0,
-        };
-        Ok(live.max(hist))
+        max_ino_below(self.reader(), limit)
     }
 
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {

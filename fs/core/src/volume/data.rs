@@ -602,6 +602,10 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
+        self.retrying(|| self.setattr_once(ino, attr.clone()))
+    }
+
+    fn setattr_once(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
         let _gate = attr.size.map(|_| self.gate.read());
         let mut txn = self.txn();
         if let Some(size) = attr.size {

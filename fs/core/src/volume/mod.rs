@@ -52,6 +52,11 @@ use std::time::Duration;
 /// Largest file size accepted (as ext4 with 4 KiB blocks).
 pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
+/// Inode numbers a shared volume's process takes from the store's counter at a time.
+pub const INO_BATCH: u64 = 1024;
+/// Runs of one namespace change that met another host's change (see [`Volume::retrying`]).
+pub const STALE_TRIES: u32 = 200;
+
 /// What a volume needs to run; binaries fill it from `volume.json` and flags.
 #[derive(Clone, Debug)]
 pub struct VolumeOptions {
@@ -65,6 +70,10 @@ pub struct VolumeOptions {
     /// The registry the volume's background work reports into (the sealer here; the layers
     /// above add theirs): [`Volume::workers`].
     pub workers: Arc<Workers>,
+    /// Other hosts change the same store (a shared volume, issue 15): inode numbers come in
+    /// ranges from a counter in the store, and every namespace change checks, inside its
+    /// transaction, that what it read is unchanged, else runs again (see `Txn`).
+    pub shared: bool,
 }
 
 impl Default for VolumeOptions {
@@ -75,6 +84,7 @@ impl Default for VolumeOptions {
             seal_delay: Duration::from_secs(2),
             block_cache_bytes: 64 << 20,
             workers: Workers::new(),
+            shared: false,
         }
     }
 }
@@ -158,6 +168,11 @@ pub struct Volume {
     next_ino: AtomicU64,
     /// New inodes get numbers in `[lo, hi)` (see [`ino_range`]).
     ino_limit: u64,
+    ino_lo: u64,
+    /// A shared volume: the range of inode numbers this process took from the store's counter
+    /// and has not given out yet (`next`, `end`).
+    ino_pool: Mutex<(u64, u64)>,
+    shared: bool,
     /// Writers of file data hold it shared; a snapshot holds it exclusively while it seals
     /// staged data and ends the epoch, so no staged block is ever part of a snapshot. Fair:
     /// a waiting snapshot stops new writers, so a stream of writes cannot starve it. Never
@@ -182,12 +197,19 @@ pub struct Volume {
 impl Volume {
     /// Write the root directory of a new volume.
     pub fn format(meta: &MetaStore, uid: u32, gid: u32) -> Result<()> {
+        Self::format_with(meta, uid, gid, Vec::new())
+    }
+
+    /// [`Volume::format`], writing `extra` in the same batch (a shared volume's descriptor).
+    pub fn format_with(meta: &MetaStore, uid: u32, gid: u32, extra: Vec<Mutation>) -> Result<()> {
         if meta.get_inode(ROOT_INO)?.is_some() {
             return Err(FsError::Exists);
         }
         let mut root = Inode::new(ROOT_INO, Kind::Dir, 0o755, uid, gid);
         root.parent = ROOT_INO;
-        meta.apply(vec![Mutation::PutInode(root), Mutation::SetEpoch(1)], true)
+        let mut batch = vec![Mutation::PutInode(root), Mutation::SetEpoch(1)];
+        batch.extend(extra);
+        meta.apply(batch, true)
     }
 
     /// Open a formatted volume. Orphans left by a crash are purged here.
@@ -212,6 +234,9 @@ impl Volume {
             gate: RwLock::new(()),
             next_ino: AtomicU64::new(next_ino(&meta)?),
             ino_limit: ino_range(&meta)?.1,
+            ino_lo: ino_range(&meta)?.0,
+            ino_pool: Mutex::new((0, 0)),
+            shared: opts.shared,
             ns: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
@@ -226,8 +251,12 @@ impl Volume {
             meta,
             blocks,
         });
-        for ino in vol.meta.orphans()? {
-            vol.purge_if_unused(ino)?;
+        // Orphans are this process's (files unlinked while open, left by a crash); on a shared
+        // volume they may be another host's open files, so they stay (doc/SEMANTICS.md).
+        if !vol.shared {
+            for ino in vol.meta.orphans()? {
+                vol.purge_if_unused(ino)?;
+            }
         }
         Ok(vol)
     }
@@ -457,12 +486,60 @@ impl Volume {
         Ok(batch)
     }
 
+    /// Whether other hosts share this volume's metadata store.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// A number for a new inode: from the volume's own counter, or on a shared volume from
+    /// this process's range, taken [`INO_BATCH`] at a time from the store's counter
+    /// ([`MetaStore::allocate_inos`]) so that no two hosts ever give out the same one.
+    fn new_ino(&self) -> Result<Ino> {
+        let ino = if self.shared {
+            let mut pool = self.ino_pool.lock();
+            if pool.0 >= pool.1 {
+                let first = self.meta.allocate_inos(self.ino_lo, self.ino_limit, INO_BATCH)?;
+                *pool = (first, first + INO_BATCH);
+            }
+            pool.0 += 1;
+            pool.0 - 1
+        } else {
+            self.next_ino.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        if ino >= self.ino_limit || Self::is_view(ino) {
+            tracing::error!("inode numbers of this volume are used up (limit {})", self.ino_limit);
+            return Err(FsError::NoSpace);
+        }
+        Ok(ino)
+    }
+
+    /// Run a namespace change again while another host changed what it read before it
+    /// committed ([`FsError::MetaStale`]: only on a shared volume), at most [`STALE_TRIES`]
+    /// times. Each run reads afresh, so the last one answers from the namespace as it is:
+    /// of two hosts creating one name, the second gets `EEXIST`.
+    pub(crate) fn retrying<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut pause = Duration::from_micros(500);
+        for n in 1.. {
+            match op() {
+                Err(FsError::MetaStale(why)) if n < STALE_TRIES => {
+                    tracing::debug!("namespace change ran into another host's ({why}); again ({n} of {STALE_TRIES})");
+                    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+                    std::thread::sleep(pause + pause * (nanos % 100) / 100);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+
     /// Start a namespace transaction (takes `ns`).
     fn txn(&self) -> Txn<'_> {
         Txn {
             vol: self,
             _ns: self.ns.lock(),
             slots: BTreeMap::new(),
+            expect: Vec::new(),
             batch: Vec::new(),
             purged: Vec::new(),
             purged_data: Vec::new(),
@@ -480,6 +557,9 @@ struct Txn<'v> {
     vol: &'v Volume,
     _ns: parking_lot::MutexGuard<'v, ()>,
     slots: BTreeMap<Ino, (Slot, bool)>,
+    /// A shared volume: what this transaction read (inode records it loaded from the store,
+    /// directory entries it looked up), checked unchanged inside the commit's transaction.
+    expect: Vec<Mutation>,
     batch: Vec<Mutation>,
     /// Inodes deleted by this transaction: their staging files go after the commit.
     purged: Vec<Ino>,
@@ -535,7 +615,13 @@ impl<'v> Txn<'v> {
                     self.before.push((ino, g.checkpoint()));
                     Slot::Open(g)
                 }
-                None => Slot::Plain(self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?),
+                None => {
+                    let inode = self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+                    if self.vol.shared {
+                        self.expect.push(Mutation::ExpectInode(ino, Some(inode.clone())));
+                    }
+                    Slot::Plain(inode)
+                }
             };
             self.slots.insert(ino, (slot, false));
         }
@@ -561,6 +647,9 @@ impl<'v> Txn<'v> {
     }
 
     fn insert_new(&mut self, inode: Inode) {
+        if self.vol.shared {
+            self.expect.push(Mutation::ExpectInode(inode.ino, None));
+        }
         self.slots.insert(inode.ino, (Slot::Plain(inode), true));
     }
 
@@ -605,7 +694,9 @@ impl<'v> Txn<'v> {
     }
 
     fn commit(mut self, sync: bool) -> Result<()> {
-        let mut batch = std::mem::take(&mut self.batch);
+        // The checks go first: a batch whose reads went stale writes nothing.
+        let mut batch = std::mem::take(&mut self.expect);
+        batch.append(&mut self.batch);
         for (slot, dirty) in self.slots.values_mut() {
             if *dirty {
                 batch.push(Mutation::PutInode(slot.inode().clone()));

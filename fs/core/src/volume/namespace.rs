@@ -67,8 +67,13 @@ impl Txn<'_> {
         Ok(())
     }
 
-    fn entry(&self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
-        self.vol.meta.lookup(parent, name)
+    /// The entry `name` of `parent` (on a shared volume, checked unchanged at commit).
+    fn entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
+        let found = self.vol.meta.lookup(parent, name)?;
+        if self.vol.shared {
+            self.expect.push(Mutation::ExpectDentry { parent, name: name.to_vec(), dentry: found });
+        }
+        Ok(found)
     }
 }
 
@@ -83,6 +88,10 @@ impl Volume {
 
     /// Create a file, directory, symlink or special file named `name` in `parent`.
     pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
+        self.retrying(|| self.create_node_once(parent, name, &new, who))
+    }
+
+    fn create_node_once(&self, parent: Ino, name: &[u8], new: &NewNode, who: Caller) -> Result<Inode> {
         check_name(name)?;
         if Self::is_snapshots_entry(parent, name) {
             return Err(FsError::Exists);
@@ -94,11 +103,7 @@ impl Volume {
         if txn.entry(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
-        let ino = self.next_ino.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if ino >= self.ino_limit || Self::is_view(ino) {
-            tracing::error!("inode numbers of this volume are used up (limit {})", self.ino_limit);
-            return Err(FsError::NoSpace);
-        }
+        let ino = self.new_ino()?;
         let gid = if setgid_dir { dir_gid } else { who.gid };
         let mut inode = Inode::new(ino, new.kind, new.perm, who.uid, gid);
         if setgid_dir && new.kind == Kind::Dir {
@@ -108,7 +113,7 @@ impl Volume {
         inode.name = name.to_vec();
         inode.rdev = new.rdev;
         inode.size = new.target.len() as u64;
-        inode.target = new.target;
+        inode.target = new.target.clone();
         txn.add_entry(parent, name, ino, new.kind)?;
         txn.insert_new(inode.clone());
         txn.commit(false)?;
@@ -125,6 +130,10 @@ impl Volume {
 
     /// A new name `newname` in `newparent` for the existing inode `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
+        self.retrying(|| self.link_once(ino, newparent, newname))
+    }
+
+    fn link_once(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Inode> {
         check_name(newname)?;
         if Self::is_snapshots_entry(newparent, newname) {
             return Err(FsError::Exists);
@@ -156,6 +165,10 @@ impl Volume {
     }
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.retrying(|| self.unlink_once(parent, name))
+    }
+
+    fn unlink_once(&self, parent: Ino, name: &[u8]) -> Result<()> {
         let mut txn = self.txn();
         txn.dir(parent)?;
         let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
@@ -168,6 +181,10 @@ impl Volume {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.retrying(|| self.rmdir_once(parent, name))
+    }
+
+    fn rmdir_once(&self, parent: Ino, name: &[u8]) -> Result<()> {
         if name == b"." {
             return Err(FsError::Invalid("cannot remove ."));
         }
@@ -193,6 +210,10 @@ impl Volume {
         newname: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
+        self.retrying(|| self.rename_once(parent, name, newparent, newname, flags))
+    }
+
+    fn rename_once(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: RenameFlags) -> Result<()> {
         check_name(newname)?;
         if Self::is_snapshots_entry(newparent, newname) {
             return Err(FsError::Exists);

@@ -91,7 +91,8 @@ impl Volume {
         check_snapshot_name(name)?;
         let _gate = self.gate.write();
         let _catalog = self.catalog.lock();
-        self.snapshot_locked(name)
+        // On a shared volume another host may end the epoch first: then again, from the new one.
+        self.retrying(|| self.snapshot_locked(name))
     }
 
     /// Caller holds the gate (no file data is being written) and the catalogue lock.
@@ -105,7 +106,7 @@ impl Volume {
             self.persist_attrs(&mut st, false)?;
         }
         self.seal_everything()?;
-        let epoch = self.meta.epoch();
+        let epoch = self.meta.current_epoch()?;
         let usage = self.meta.usage()?;
         let info = SnapshotInfo {
             id: self.meta.next_snapshot_id()?,
@@ -117,7 +118,8 @@ impl Volume {
             holds: Vec::new(),
         };
         crate::crashpoint("snapshot-after-seal");
-        self.meta.apply(vec![Mutation::PutSnapshot(info.clone()), Mutation::SetEpoch(epoch + 1)], true)?;
+        let batch = vec![Mutation::ExpectEpoch(epoch), Mutation::PutSnapshot(info.clone()), Mutation::SetEpoch(epoch + 1)];
+        self.meta.apply(batch, true)?;
         self.catalogue_changed();
         crate::crashpoint("snapshot-after-commit");
         tracing::info!("snapshot {name} taken at epoch {epoch}");

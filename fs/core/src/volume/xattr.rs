@@ -31,6 +31,10 @@ fn check_xattr_name(name: &[u8]) -> Result<()> {
 
 impl Volume {
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
+        self.retrying(|| self.setxattr_once(ino, name, value, mode))
+    }
+
+    fn setxattr_once(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> Result<()> {
         check_xattr_name(name)?;
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::Range);
@@ -67,6 +71,10 @@ impl Volume {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.retrying(|| self.removexattr_once(ino, name))
+    }
+
+    fn removexattr_once(&self, ino: Ino, name: &[u8]) -> Result<()> {
         check_xattr_name(name).map_err(|_| FsError::NoXattr)?;
         let mut txn = self.txn();
         if self.meta.get_xattr(ino, name)?.is_none() {

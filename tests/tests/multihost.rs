@@ -1,0 +1,294 @@
+//! Shared volumes (issue 15): one volume whose metadata is in PostgreSQL, mounted twice on this
+//! machine through two `HYBRIDFS_HOME`s as two hosts (harness `shared::Cluster`), its store a
+//! real SeaweedFS.
+//!
+//! Invariants touched: 1 (a namespace change is one transaction: all of it or none, on every
+//! host), and the shared-volume rules of doc/SEMANTICS.md ("Several hosts"): two hosts
+//! creating, renaming or removing one name end with one winner and the right errno, never a
+//! torn namespace; another host's change is seen by the next lookup within the mount's
+//! attribute/entry TTL; a database restart makes operations wait, not fail or hang.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hybridfs_tests::shared::Cluster;
+use hybridfs_tests::sys::{errno_of, renameat2};
+use hybridfs_tests::{free_port, poll_until, TestVolume};
+
+const NAMESPACE: &str = "shared volume: two hosts changing one name end with exactly one winner and the right errno for the other";
+/// Longer than the mounts' entry/attribute TTL (1 s), bounded.
+const SEEN_WITHIN: Duration = Duration::from_secs(10);
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+/// Set `key` in host `vol`'s `volume.json` (read at its next mount).
+fn set_host_key(vol: &TestVolume, key: &str, value: serde_json::Value) {
+    let path = vol.volume_dir().join("volume.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
+/// `fsck` of the shared volume from host `vol` finds nothing wrong.
+fn assert_fsck_clean(vol: &TestVolume) {
+    let out = vol.fsck(&[]);
+    assert!(out.success(), "fsck of the shared volume failed: {out}");
+}
+
+#[test]
+fn format_join_and_clear_errors() {
+    let mut c = Cluster::start("shv", false, &[]);
+    let name = "shv";
+    // A shared volume needs its store.
+    let other = c.pg.database("other").unwrap();
+    let out = c.a.ctl(&["format", "x2", "--meta", &other]);
+    assert!(!out.success(), "format --meta without --store succeeded: {out}");
+    assert!(out.stderr.contains("needs its object store"), "unclear error: {out}");
+    // The database holds no volume.
+    let out = c.b.ctl(&["format", "x2", "--meta", &other, "--join"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("holds no hybridfs volume"), "unclear error: {out}");
+    // The wrong volume's name.
+    let out = c.b.ctl(&["format", "wrong", "--meta", &c.meta, "--join"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains(&format!("holds volume {name}, not wrong")), "unclear error: {out}");
+    // A database that already holds a volume is not formatted again.
+    let fresh = TestVolume::builder().name(name).unformatted().build();
+    let out = fresh.ctl(&["format", name, "--meta", &c.meta, "--store", &c.store, "--no-check"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("already holds volume"), "unclear error: {out}");
+    // Nobody listens: a bounded failure with a clear message (the command's own limit bounds it).
+    let dead = format!("postgres://hybridfs@127.0.0.1:{}/vol?connect_timeout=3", free_port());
+    let started = Instant::now();
+    let out = fresh.ctl(&["format", name, "--meta", &dead, "--join"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("cannot reach the metadata database"), "unclear error: {out}");
+    eprintln!("unreachable database refused after {:?}", started.elapsed());
+    // The store given at join must be the volume's.
+    let out = fresh.ctl(&["format", name, "--meta", &c.meta, "--join", "--store", "s3://elsewhere/x"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("keeps its data in"), "unclear error: {out}");
+    // Two hosts see one namespace.
+    c.mount_both();
+    fs::create_dir(c.a.path("d")).unwrap();
+    fs::File::create(c.a.path("d/f")).unwrap().sync_all().unwrap();
+    assert!(exists(&c.b.path("d/f")), "host B does not see host A's new file");
+    fs::rename(c.b.path("d/f"), c.b.path("d/g")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || exists(&c.a.path("d/g")) && !exists(&c.a.path("d/f"))), "host A does not see host B's rename");
+    fs::remove_file(c.a.path("d/g")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || !exists(&c.b.path("d/g"))), "host B still sees the file host A removed");
+    assert_eq!(names(&c.b.path("d")), Vec::<String>::new());
+    // Inode numbers never collide: each host makes files, both list the same, distinct ones.
+    for i in 0..20 {
+        fs::File::create(c.a.path(format!("d/a{i}"))).unwrap();
+        fs::File::create(c.b.path(format!("d/b{i}"))).unwrap();
+    }
+    let mut inos = std::collections::BTreeSet::new();
+    for e in fs::read_dir(c.a.path("d")).unwrap() {
+        let e = e.unwrap();
+        assert!(inos.insert(std::os::unix::fs::DirEntryExt::ino(&e)), "inode number {} given twice", std::os::unix::fs::DirEntryExt::ino(&e));
+    }
+    assert_eq!(inos.len(), 40);
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || names(&c.a.path("d")) == names(&c.b.path("d"))));
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+/// The outcome of one racing operation: Ok, or its errno.
+fn outcome(r: std::io::Result<()>) -> Result<(), i32> {
+    r.map_err(|e| errno_of(&e))
+}
+
+/// Run `op(a_dir, 0)` on host A and `op(b_dir, 1)` on host B at the same moment.
+fn race<F>(a: PathBuf, b: PathBuf, op: F) -> (Result<(), i32>, Result<(), i32>)
+where
+    F: Fn(&Path, usize) -> std::io::Result<()> + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let barrier = Arc::new(Barrier::new(2));
+    let (op2, barrier2) = (op.clone(), barrier.clone());
+    let t = std::thread::spawn(move || {
+        barrier2.wait();
+        outcome(op2(&b, 1))
+    });
+    barrier.wait();
+    let ra = outcome(op(&a, 0));
+    (ra, t.join().unwrap())
+}
+
+/// Exactly one of the two succeeded, the other failed with `errno`.
+fn one_winner(what: &str, r: (Result<(), i32>, Result<(), i32>), errno: i32) {
+    let ok = [r.0, r.1].iter().filter(|x| x.is_ok()).count();
+    let right = [r.0, r.1].iter().filter(|x| **x == Err(errno)).count();
+    assert!(ok == 1 && right == 1, "{NAMESPACE}: {what}: host A {:?}, host B {:?} (want one Ok and one errno {errno})", r.0, r.1);
+}
+
+#[test]
+fn racing_creates_renames_and_unlinks_from_two_hosts_have_one_winner() {
+    let c = Cluster::start("race", true, &[]);
+    fs::create_dir(c.a.path("r")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("r"))));
+    let (ra, rb) = (c.a.path("r"), c.b.path("r"));
+    const ROUNDS: usize = 30;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for i in 0..ROUNDS {
+        assert!(Instant::now() < deadline, "the races ran past their time limit");
+        // create O_EXCL of one name
+        let r = race(ra.clone(), rb.clone(), move |d, _| {
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(d.join(format!("c{i}"))).map(|_| ())
+        });
+        one_winner(&format!("create c{i}"), r, libc::EEXIST);
+        // mkdir of one name
+        let r = race(ra.clone(), rb.clone(), move |d, _| fs::create_dir(d.join(format!("m{i}"))));
+        one_winner(&format!("mkdir m{i}"), r, libc::EEXIST);
+        // rename two files onto one name without replacing: one wins
+        fs::File::create(ra.join(format!("x{i}"))).unwrap();
+        fs::File::create(rb.join(format!("y{i}"))).unwrap();
+        let r = race(ra.clone(), rb.clone(), move |d, host| {
+            let src = if host == 0 { format!("x{i}") } else { format!("y{i}") };
+            renameat2(&d.join(src), &d.join(format!("t{i}")), libc::RENAME_NOREPLACE).map_err(std::io::Error::from_raw_os_error)
+        });
+        one_winner(&format!("rename onto t{i}"), r, libc::EEXIST);
+        // unlink of one name
+        let r = race(ra.clone(), rb.clone(), move |d, _| fs::remove_file(d.join(format!("c{i}"))));
+        one_winner(&format!("unlink c{i}"), r, libc::ENOENT);
+        // rmdir of one name
+        let r = race(ra.clone(), rb.clone(), move |d, _| fs::remove_dir(d.join(format!("m{i}"))));
+        one_winner(&format!("rmdir m{i}"), r, libc::ENOENT);
+    }
+    // Renames of different files onto one name at once (replacing): both succeed, one after
+    // the other; one file is left under the name, the sources are gone.
+    for i in 0..ROUNDS {
+        fs::File::create(ra.join(format!("p{i}"))).unwrap();
+        fs::File::create(rb.join(format!("q{i}"))).unwrap();
+    }
+    for i in 0..ROUNDS {
+        let r = race(ra.clone(), rb.clone(), move |d, host| {
+            let src = if host == 0 { format!("p{i}") } else { format!("q{i}") };
+            fs::rename(d.join(src), d.join(format!("z{i}")))
+        });
+        assert!(r.0.is_ok() && r.1.is_ok(), "{NAMESPACE}: renames of two files onto z{i}: host A {:?}, host B {:?}", r.0, r.1);
+    }
+    // One namespace, the same on both hosts, and consistent.
+    let want = names(&ra);
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || names(&rb) == want), "hosts list different names: {want:?} vs {:?}", names(&rb));
+    for i in 0..ROUNDS {
+        assert!(want.contains(&format!("t{i}")) && want.contains(&format!("z{i}")), "{NAMESPACE}: t{i} or z{i} missing: {want:?}");
+        for gone in [format!("c{i}"), format!("m{i}"), format!("p{i}"), format!("q{i}")] {
+            assert!(!want.contains(&gone), "{NAMESPACE}: {gone} left: {want:?}");
+        }
+        // Exactly one of the two renamed files is left over (the loser of the NOREPLACE race).
+        let left = [format!("x{i}"), format!("y{i}")].iter().filter(|n| want.contains(n)).count();
+        assert_eq!(left, 1, "{NAMESPACE}: round {i}: {want:?}");
+    }
+    let mut c = c;
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+#[test]
+fn a_database_restart_in_the_middle_of_a_write_stream_is_waited_out() {
+    let mut c = Cluster::start("restart", false, &[]);
+    // Host B waits 10 s for the database (host A the default 60 s).
+    set_host_key(&c.b, "meta_timeout_secs", serde_json::json!(10));
+    c.mount_both();
+    let dir = c.a.path("stream");
+    fs::create_dir(&dir).unwrap();
+    const FILES: usize = 300;
+    let writer = {
+        let dir = dir.clone();
+        std::thread::spawn(move || -> Result<usize, String> {
+            for i in 0..FILES {
+                let p = dir.join(format!("f{i}"));
+                let mut f = fs::File::create(&p).map_err(|e| format!("create f{i}: {e}"))?;
+                f.write_all(format!("file {i}\n").as_bytes()).map_err(|e| format!("write f{i}: {e}"))?;
+                f.sync_all().map_err(|e| format!("fsync f{i}: {e}"))?;
+                fs::rename(&p, dir.join(format!("g{i}"))).map_err(|e| format!("rename f{i}: {e}"))?;
+            }
+            Ok(FILES)
+        })
+    };
+    // Restart the database while the stream runs.
+    assert!(poll_until(Duration::from_secs(60), Duration::from_millis(20), || fs::read_dir(&dir).map(|d| d.count() > 20).unwrap_or(false)));
+    c.pg.restart().unwrap_or_else(|e| panic!("restart PostgreSQL: {e}"));
+    // Bounded: the writer finishes (its operations waited for the database), or the test fails.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !writer.is_finished() {
+        assert!(Instant::now() < deadline, "the write stream hung after the database restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let written = writer.join().unwrap().unwrap_or_else(|e| panic!("an operation failed across the database restart: {e}"));
+    assert_eq!(written, FILES);
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (0..FILES).map(|i| format!("g{i}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&dir), want);
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || names(&c.b.path("stream")) == want), "host B lists a different stream");
+    // Down for good: an operation fails with EIO after the volume's bound, never hangs.
+    c.pg.stop();
+    let started = Instant::now();
+    let probe = c.b.path("stream/after-stop");
+    let t = std::thread::spawn(move || fs::File::create(probe).map(|_| ()).map_err(|e| errno_of(&e)));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !t.is_finished() {
+        assert!(Instant::now() < deadline, "a create hung with the database down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(t.join().unwrap(), Err(libc::EIO), "a create with the database down for good");
+    eprintln!("a create with the database down failed after {:?}", started.elapsed());
+    c.pg.restart().unwrap();
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+/// Host B's kernel trusts entries and attributes for 10 minutes here: what it sees of host A's
+/// rename, unlink and close comes from the database's notifications, not from the TTL.
+#[test]
+fn another_hosts_changes_reach_this_hosts_kernel_through_notifications() {
+    let mut c = Cluster::start("notify", false, &[]);
+    set_host_key(&c.b, "meta_cache_ttl_ms", serde_json::json!(600_000));
+    c.mount_both();
+    fs::create_dir(c.a.path("d")).unwrap();
+    fs::File::create(c.a.path("d/f")).unwrap().sync_all().unwrap();
+    // B caches a positive entry for f, a negative one for x, and f's attributes.
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("d/f"))));
+    assert!(!exists(&c.b.path("d/x")));
+    assert_eq!(fs::metadata(c.b.path("d/f")).unwrap().len(), 0);
+    fs::rename(c.a.path("d/f"), c.a.path("d/x")).unwrap();
+    assert!(
+        poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("d/x")) && !exists(&c.b.path("d/f"))),
+        "host B's kernel still shows the old names after host A's rename"
+    );
+    // A new size written at close on A: B's cached attributes go.
+    let before = fs::metadata(c.b.path("d/x")).unwrap().len();
+    assert_eq!(before, 0);
+    fs::write(c.a.path("d/x"), b"hello").unwrap();
+    assert!(
+        poll_until(SEEN_WITHIN, Duration::from_millis(50), || fs::metadata(c.b.path("d/x")).map(|m| m.len()).unwrap_or(0) == 5),
+        "host B's kernel still shows the old size after host A's close"
+    );
+    assert_eq!(fs::read(c.b.path("d/x")).unwrap(), b"hello", "close-to-open: host B reads what host A wrote before its close");
+    fs::remove_file(c.a.path("d/x")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || !exists(&c.b.path("d/x"))), "host B still sees the file host A removed");
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
