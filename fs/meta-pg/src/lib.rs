@@ -38,7 +38,7 @@ use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::kv::{retry_conflicts, Cf, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
 use parking_lot::Mutex;
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, IsolationLevel, NoTls};
+use postgres::{Client, GenericClient, IsolationLevel, NoTls, Statement};
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,7 @@ pub struct PgKv {
     config: postgres::Config,
     /// This engine's id in its change notifications (so its listener skips its own).
     sender: u64,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     /// How long an operation waits for an unavailable database, in milliseconds.
     wait_ms: std::sync::atomic::AtomicU64,
 }
@@ -114,9 +114,9 @@ impl PgKv {
     /// the table if it is not there.
     pub fn connect(url: &str) -> Result<PgKv> {
         let kv = PgKv::unconnected(url)?;
-        let mut c = kv.client()?;
+        let mut c = kv.raw_client()?;
         c.batch_execute(SCHEMA).map_err(pg_err("create the metadata table"))?;
-        kv.put_back(c);
+        kv.put_back(Conn::new(c)?);
         Ok(kv)
     }
 
@@ -124,13 +124,12 @@ impl PgKv {
     /// there): a database that does not is [`FsError::NotFound`], and is left unchanged.
     pub fn connect_existing(url: &str) -> Result<PgKv> {
         let kv = PgKv::unconnected(url)?;
-        let found = kv.with(|c| {
-            let row = c.query_one("SELECT to_regclass('hybridfs_kv') IS NOT NULL", &[]).map_err(pg_err("look for the metadata table"))?;
-            Ok(row.get::<_, bool>(0))
-        })?;
-        if !found {
+        let mut c = kv.raw_client()?;
+        let row = c.query_one("SELECT to_regclass('hybridfs_kv') IS NOT NULL", &[]).map_err(pg_err("look for the metadata table"))?;
+        if !row.get::<_, bool>(0) {
             return Err(FsError::NotFound);
         }
+        kv.put_back(Conn::new(c)?);
         Ok(kv)
     }
 
@@ -181,58 +180,64 @@ impl PgKv {
         }
     }
 
-    fn client(&self) -> Result<Client> {
-        while let Some(c) = self.idle.lock().pop() {
-            if !c.is_closed() {
-                return Ok(c);
-            }
-        }
+    fn raw_client(&self) -> Result<Client> {
         self.config.connect(NoTls).map_err(pg_err("connect to the metadata database"))
     }
 
-    fn put_back(&self, c: Client) {
+    fn client(&self) -> Result<Conn> {
+        while let Some(c) = self.idle.lock().pop() {
+            if !c.c.is_closed() {
+                return Ok(c);
+            }
+        }
+        Conn::new(self.raw_client()?)
+    }
+
+    fn put_back(&self, c: Conn) {
         let mut idle = self.idle.lock();
-        if !c.is_closed() && idle.len() < POOL {
+        if !c.c.is_closed() && idle.len() < POOL {
             idle.push(c);
         }
     }
 
     /// Run `f` on a pooled connection (returned to the pool unless it broke).
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Client, &Stmts) -> Result<T>) -> Result<T> {
         let mut c = self.client()?;
-        let out = f(&mut c);
+        let out = f(&mut c.c, &c.st);
         self.put_back(c);
         out
     }
 
     /// [`PgKv::with`] run again while the database is unavailable (see [`PgKv::waiting`]).
-    fn with_waiting<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T>) -> Result<T> {
+    fn with_waiting<T>(&self, mut f: impl FnMut(&mut Client, &Stmts) -> Result<T>) -> Result<T> {
         self.waiting(|| self.with(&mut f))
     }
 
     /// One attempt at a transaction; a conflict comes back as [`FsError::MetaConflict`].
     fn attempt(&self, body: &mut TxnBody<'_>) -> Result<()> {
-        let mut client = self.client()?;
+        let mut conn = self.client()?;
         let result = (|| {
-            let t = client
+            let st = &conn.st;
+            let t = conn
+                .c
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .start()
                 .map_err(pg_err("begin a metadata transaction"))?;
-            let reader = Reader(RefCell::new(t));
+            let reader = Reader(RefCell::new(t), st, RefCell::new(std::collections::HashMap::new()));
             let mut overlay = Overlay::new(&reader);
             body(&mut overlay)?;
             let (ops, hooks) = overlay.finish();
             let mut t = reader.0.into_inner();
             let notes = change_notes(self.sender, &ops);
-            write(&mut t, ops)?;
+            write(&mut t, st, ops)?;
             for note in notes {
-                t.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
+                t.execute(&st.notify, &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
             }
             t.commit().map_err(pg_err("commit a metadata transaction"))?;
             Ok(hooks)
         })();
-        self.put_back(client);
+        self.put_back(conn);
         for hook in result? {
             hook();
         }
@@ -345,7 +350,7 @@ impl PgKv {
 }
 
 /// Send a transaction's writes: every put in one upsert, every delete in one statement.
-fn write(t: &mut impl GenericClient, ops: Vec<KvOp>) -> Result<()> {
+fn write(t: &mut impl GenericClient, st: &Stmts, ops: Vec<KvOp>) -> Result<()> {
     let (mut pcf, mut pk, mut pv) = (Vec::new(), Vec::new(), Vec::new());
     let (mut dcf, mut dk) = (Vec::new(), Vec::new());
     for op in ops {
@@ -362,49 +367,34 @@ fn write(t: &mut impl GenericClient, ops: Vec<KvOp>) -> Result<()> {
         }
     }
     if !pk.is_empty() {
-        t.execute(
-            "INSERT INTO hybridfs_kv (cf, k, v) SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[])
-             ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v",
-            &[&pcf, &pk, &pv],
-        )
-        .map_err(pg_err("write metadata"))?;
+        t.execute(&st.upsert, &[&pcf, &pk, &pv]).map_err(pg_err("write metadata"))?;
     }
     if !dk.is_empty() {
-        t.execute(
-            "DELETE FROM hybridfs_kv WHERE (cf, k) IN (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
-            &[&dcf, &dk],
-        )
-        .map_err(pg_err("delete metadata"))?;
+        t.execute(&st.delete, &[&dcf, &dk]).map_err(pg_err("delete metadata"))?;
     }
     Ok(())
 }
 
-fn get(c: &mut impl GenericClient, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+fn get(c: &mut impl GenericClient, st: &Stmts, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
     let row = c
-        .query_opt("SELECT v FROM hybridfs_kv WHERE cf = $1 AND k = $2", &[&cf_id(cf), &key])
+        .query_opt(&st.get, &[&cf_id(cf), &key])
         .map_err(pg_err("read metadata"))?;
     Ok(row.map(|r| r.get(0)))
 }
 
-fn multi_get(c: &mut impl GenericClient, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+fn multi_get(c: &mut impl GenericClient, st: &Stmts, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
     let rows = c
-        .query("SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k = ANY($2)", &[&cf_id(cf), &keys])
+        .query(&st.multi_get, &[&cf_id(cf), &keys])
         .map_err(pg_err("read metadata"))?;
     let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
     Ok(keys.iter().map(|k| found.remove(*k)).collect())
 }
 
 /// One page of a scan: up to [`SCAN_PAGE`] rows of `cf` from `from` (inclusive) to `end`.
-fn page(c: &mut impl GenericClient, cf: Cf, from: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn page(c: &mut impl GenericClient, st: &Stmts, cf: Cf, from: &[u8], end: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let rows = match end {
-        Some(e) => c.query(
-            "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4",
-            &[&cf_id(cf), &from, &e, &SCAN_PAGE],
-        ),
-        None => c.query(
-            "SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3",
-            &[&cf_id(cf), &from, &SCAN_PAGE],
-        ),
+        Some(e) => c.query(&st.page_to, &[&cf_id(cf), &from, &e, &SCAN_PAGE]),
+        None => c.query(&st.page, &[&cf_id(cf), &from, &SCAN_PAGE]),
     }
     .map_err(pg_err("scan metadata"))?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -430,10 +420,10 @@ fn scan(start: &[u8], mut fetch: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u
     }
 }
 
-fn last_before(c: &mut impl GenericClient, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+fn last_before(c: &mut impl GenericClient, st: &Stmts, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
     let row = match end {
-        Some(e) => c.query_opt("SELECT k FROM hybridfs_kv WHERE cf = $1 AND k < $2 ORDER BY k DESC LIMIT 1", &[&cf_id(cf), &e]),
-        None => c.query_opt("SELECT k FROM hybridfs_kv WHERE cf = $1 ORDER BY k DESC LIMIT 1", &[&cf_id(cf)]),
+        Some(e) => c.query_opt(&st.last_before, &[&cf_id(cf), &e]),
+        None => c.query_opt(&st.last, &[&cf_id(cf)]),
     }
     .map_err(pg_err("read metadata"))?;
     Ok(row.map(|r| r.get(0)))
@@ -441,11 +431,11 @@ fn last_before(c: &mut impl GenericClient, cf: Cf, end: Option<&[u8]>) -> Result
 
 impl KvRead for PgKv {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with_waiting(|c| get(c, cf, key))
+        self.with_waiting(|c, st| get(c, st, cf, key))
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.with_waiting(|c| multi_get(c, cf, keys))
+        self.with_waiting(|c, st| multi_get(c, st, cf, keys))
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
@@ -465,20 +455,20 @@ impl KvRead for PgKv {
     }
 
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
-        self.with_waiting(|c| last_before(c, cf, end))
+        self.with_waiting(|c, st| last_before(c, st, cf, end))
     }
 }
 
 impl PgKv {
     fn scan_once(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
-        self.with(|c| {
+        self.with(|c, st| {
             let mut t = c
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()
                 .map_err(pg_err("begin a metadata scan"))?;
-            scan(start, |from| page(&mut t, cf, from, end), f)?;
+            scan(start, |from| page(&mut t, st, cf, from, end), f)?;
             t.commit().map_err(pg_err("end a metadata scan"))
         })
     }
@@ -494,25 +484,72 @@ impl Kv for PgKv {
     }
 }
 
-/// Reads inside one database transaction (the base of its [`Overlay`]).
-struct Reader<'a>(RefCell<postgres::Transaction<'a>>);
+/// Reads inside one database transaction (the base of its [`Overlay`]). Its point reads are
+/// kept for the transaction: it reads one snapshot, and the overlay above answers for keys it
+/// wrote, so a key read twice (a precondition, then the version it replaces) costs one query.
+struct Reader<'a>(RefCell<postgres::Transaction<'a>>, &'a Stmts, RefCell<std::collections::HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>>);
 
 impl KvRead for Reader<'_> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        get(&mut *self.0.borrow_mut(), cf, key)
+        if let Some(v) = self.2.borrow().get(&(cf, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        let v = get(&mut *self.0.borrow_mut(), self.1, cf, key)?;
+        self.2.borrow_mut().insert((cf, key.to_vec()), v.clone());
+        Ok(v)
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        multi_get(&mut *self.0.borrow_mut(), cf, keys)
+        multi_get(&mut *self.0.borrow_mut(), self.1, cf, keys)
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         // Each page is fetched (and the transaction's borrow released) before it is visited.
-        scan(start, |from| page(&mut *self.0.borrow_mut(), cf, from, end), f)
+        scan(start, |from| page(&mut *self.0.borrow_mut(), self.1, cf, from, end), f)
     }
 
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
-        last_before(&mut *self.0.borrow_mut(), cf, end)
+        last_before(&mut *self.0.borrow_mut(), self.1, cf, end)
+    }
+}
+
+/// A pooled connection with its statements, prepared once when it connects (each query is
+/// then one round trip, not two: parsing a statement anew per query doubled them).
+struct Conn {
+    c: Client,
+    st: Stmts,
+}
+
+struct Stmts {
+    get: Statement,
+    multi_get: Statement,
+    page: Statement,
+    page_to: Statement,
+    last: Statement,
+    last_before: Statement,
+    upsert: Statement,
+    delete: Statement,
+    notify: Statement,
+}
+
+impl Conn {
+    fn new(mut c: Client) -> Result<Conn> {
+        let mut prep = |sql: &str| c.prepare(sql).map_err(pg_err("prepare a metadata statement"));
+        let st = Stmts {
+            get: prep("SELECT v FROM hybridfs_kv WHERE cf = $1 AND k = $2")?,
+            multi_get: prep("SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k = ANY($2)")?,
+            page: prep("SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 ORDER BY k LIMIT $3")?,
+            page_to: prep("SELECT k, v FROM hybridfs_kv WHERE cf = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4")?,
+            last: prep("SELECT k FROM hybridfs_kv WHERE cf = $1 ORDER BY k DESC LIMIT 1")?,
+            last_before: prep("SELECT k FROM hybridfs_kv WHERE cf = $1 AND k < $2 ORDER BY k DESC LIMIT 1")?,
+            upsert: prep(
+                "INSERT INTO hybridfs_kv (cf, k, v) SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v",
+            )?,
+            delete: prep("DELETE FROM hybridfs_kv WHERE (cf, k) IN (SELECT * FROM unnest($1::smallint[], $2::bytea[]))")?,
+            notify: prep("SELECT pg_notify($1, $2)")?,
+        };
+        Ok(Conn { c, st })
     }
 }
 
