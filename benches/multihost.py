@@ -116,6 +116,17 @@ class Postgres:
         self.psql(f"create database {name}")
         return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{name}"
 
+    def xacts(self, db):
+        """(commits, rollbacks) of database db so far."""
+        time.sleep(1.2)                  # backends flush their statistics within 1 s
+        out = self.psql(f"select xact_commit, xact_rollback from pg_stat_database where datname = '{db}'",
+                        check=False).stdout.strip()
+        try:
+            c, r = out.split("|")
+            return int(c), int(r)
+        except ValueError:
+            return None
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             log(f"stopping postgres (pid {self.proc.pid})")
@@ -337,6 +348,7 @@ def main():
     results = {t: {ph: [] for ph in PHASES} for t in targets}
     errors = []
     live = []
+    xs = {t: [] for t in targets}
 
     def stop(*_):
         raise KeyboardInterrupt
@@ -357,7 +369,14 @@ def main():
         for run in range(a.runs):
             order = live[run % len(live):] + live[:run % len(live)]
             for tgt in order:
+                x0 = pg.xacts(tgt.name)
                 rates, errs = run_phases(tgt, a, run)
+                x1 = pg.xacts(tgt.name)
+                if x0 and x1:
+                    ops = 2 * a.workers * (4 * a.files + 2)
+                    xs[tgt.name].append(((x1[0] - x0[0]) / ops, (x1[1] - x0[1]) / ops))
+                    log(f"{tgt.name} run {run}: {x1[0] - x0[0]} commits, {x1[1] - x0[1]} rollbacks "
+                        f"in the database for {ops} changing operations")
                 errors += errs
                 for ph, r in rates.items():
                     results[tgt.name][ph].append(r)
@@ -385,6 +404,13 @@ def main():
             h, j = med["hybridfs"][ph], med["juicefs"][ph]
             row.append(f"{h / j:.2f}x" if h and j else "-")
         print("| " + " | ".join(row) + " |")
+    print()
+    for t in targets:
+        if xs[t]:
+            c = median([x[0] for x in xs[t]])
+            r = median([x[1] for x in xs[t]])
+            print(f"{t}: database commits per changing operation {c:.2f}, rollbacks {r:.3f} "
+                  f"(all sessions, stat and list included)")
     for e in errors:
         print(f"ERROR: {e}")
     if a.json:
