@@ -121,3 +121,35 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_as_before() {
     assert_eq!(ro.getattr(a).unwrap().size, 3, "nothing changed: not truncated, not extended");
     assert!(matches!(ro.lookup(ROOT_INO, b"b"), Ok(None)), "nothing created");
 }
+
+/// A listing's attributes in one call (readdirplus): live entries read together, a file open
+/// with unsaved attributes from memory, view entries at their snapshot's epoch (invariant 2:
+/// a snapshot never changes), and an entry removed since the listing was read as NotFound.
+#[test]
+fn a_listing_s_attributes_come_from_one_call_each_from_where_it_lives() {
+    let f = MemVolume::new(4096);
+    let (view, s1, old_a) = with_snapshot(&f);
+    let a = view.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
+    let b = view.create(ROOT_INO, b"b", file(), ROOT).unwrap().inode.ino;
+    view.write(b, 0, b"four").unwrap();
+    let gone = view.create(ROOT_INO, b"gone", file(), ROOT).unwrap().inode.ino;
+    view.release(gone, IoKind::Cached).unwrap();
+    view.unlink(ROOT_INO, b"gone").unwrap();
+    view.forget(gone, 1);
+    let got = view.getattrs(&[a, old_a, b, gone, ROOT_INO, s1]).unwrap();
+    assert_eq!(got.len(), 6);
+    let ok = |i: usize| got[i].as_ref().unwrap_or_else(|e| panic!("entry {i}: {e:?}"));
+    assert_eq!((ok(0).ino, ok(0).size), (a, 3));
+    assert_eq!((ok(1).ino, ok(1).size), (old_a, 3));
+    assert_eq!(ok(1).perm & 0o222, 0, "the view's inode, shown read-only");
+    assert_eq!((ok(2).ino, ok(2).size), (b, 4), "an open file's size before it is saved");
+    assert!(matches!(got[3], Err(FsError::NotFound)), "{:?}", got[3]);
+    assert_eq!(ok(4).ino, ROOT_INO);
+    assert_eq!(ok(5).ino, s1);
+    for (i, ino) in [a, old_a, b, ROOT_INO, s1].into_iter().enumerate() {
+        let one = view.getattr(ino).unwrap();
+        let many = &got[if i < 3 { i } else { i + 1 }];
+        assert_eq!(many.as_ref().unwrap(), &one, "inode {ino}: the same as getattr");
+    }
+    view.release(b, IoKind::Cached).unwrap();
+}

@@ -45,7 +45,7 @@ use fuser::{
 };
 use hybridfs_core::blockstore::{with_waiting, Waiting};
 use hybridfs_core::types::{Inode, Kind, Timespec};
-use hybridfs_core::{Caller, Fallocate, FsError, IoKind, MountView, NewNode, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
+use hybridfs_core::{Caller, Fallocate, FsError, IoKind, MountView, NewNode, ReaddirEntry, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -151,6 +151,40 @@ impl HybridFs {
             Ok(i) => reply.entry(&self.ttl, &self.attr(&i), GEN),
             Err(e) => reply.fail(op, e),
         }
+    }
+
+    /// Add `entries` with their attributes to a readdirplus reply until it is full; returns
+    /// how many the kernel took (entries removed since the listing was read count, unsent).
+    /// Attributes are read a chunk at a time with one store read each ([`MountView::getattrs`]):
+    /// a reply holds a few dozen entries or a few hundred, depending on the kernel's buffer, so
+    /// chunks start small and double.
+    fn add_with_attrs(&self, reply: &mut ReplyDirectoryPlus, entries: &[ReaddirEntry]) -> Result<usize, FsError> {
+        let mut sent = 0;
+        let mut chunk = 32;
+        while sent < entries.len() {
+            let part = &entries[sent..(sent + chunk).min(entries.len())];
+            let inos: Vec<u64> = part.iter().map(|e| e.ino).collect();
+            for (e, attr) in part.iter().zip(self.vol.getattrs(&inos)?) {
+                let dots = e.name == b"." || e.name == b"..";
+                let inode = match attr {
+                    Ok(i) => i,
+                    Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
+                    // Removed since the listing was read: leave it out.
+                    Err(FsError::NotFound) => {
+                        sent += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &self.ttl, &self.attr(&inode), GEN) {
+                    return Ok(sent);
+                }
+                sent += 1;
+                self.vol.listed(e);
+            }
+            chunk *= 2;
+        }
+        Ok(sent)
     }
 
     fn new_node(&self, req: &Request, parent: INodeNo, name: &OsStr, new: NewNode, reply: ReplyEntry, op: &str) {
@@ -462,25 +496,10 @@ impl Filesystem for HybridFs {
             Ok(e) => e,
             Err(e) => return reply.fail("readdirplus", e),
         };
-        let mut sent = 0;
-        for e in &entries {
-            let dots = e.name == b"." || e.name == b"..";
-            let inode = match self.vol.getattr(e.ino) {
-                Ok(i) => i,
-                Err(_) if dots => Inode::new(e.ino, Kind::Dir, 0o755, 0, 0),
-                // Removed since the listing was read: leave it out.
-                Err(FsError::NotFound) => {
-                    sent += 1;
-                    continue;
-                }
-                Err(err) => return reply.fail("readdirplus", err),
-            };
-            if reply.add(INodeNo(e.ino), e.offset, OsStr::from_bytes(&e.name), &self.ttl, &self.attr(&inode), GEN) {
-                break;
-            }
-            sent += 1;
-            self.vol.listed(e);
-        }
+        let sent = match self.add_with_attrs(&mut reply, &entries) {
+            Ok(n) => n,
+            Err(e) => return reply.fail("readdirplus", e),
+        };
         self.listings.consumed(fh.0, &entries[..sent]);
         reply.ok();
     }

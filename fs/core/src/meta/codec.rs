@@ -30,7 +30,7 @@
 use super::Key;
 use crate::error::{FsError, Result};
 use crate::kv::Cf;
-use crate::types::{BlockId, Extent, Inode, Kind};
+use crate::types::{BlockId, Extent, Kind};
 
 pub(super) fn k1(a: u64) -> Vec<u8> {
     a.to_be_bytes().to_vec()
@@ -176,7 +176,41 @@ pub(super) fn sealed_of(payload: &[u8]) -> Result<Option<(BlockId, u64)>> {
     })
 }
 
+/// The fields a bincode [`Inode`](crate::types::Inode) starts with, up to its size: what usage needs, read without
+/// decoding the byte strings that follow (name, target, inline bytes). bincode reads a
+/// prefix of the record (trailing bytes are allowed, as for cookie rows).
+#[derive(serde::Deserialize)]
+struct InodeHead {
+    _ino: u64,
+    kind: Kind,
+    _perm: u32,
+    _uid: u32,
+    _gid: u32,
+    _nlink: u32,
+    size: u64,
+}
+
 pub(super) fn file_usage(payload: &[u8]) -> Result<(i64, i64)> {
-    let i: Inode = dec("inode", payload)?;
+    let i: InodeHead = dec("inode", payload)?;
     Ok(if i.kind == Kind::File { (1, i.size as i64) } else { (0, 0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Inode;
+
+    /// Usage (files, bytes) read from an inode record's head is what the whole record says.
+    #[test]
+    fn file_usage_reads_the_head_of_an_inode_record() {
+        let mut f = Inode::new(9, Kind::File, 0o644, 0, 0);
+        f.size = 3;
+        f.name = b"abc".to_vec();
+        f.inline = Some(b"xyz".to_vec());
+        assert_eq!(file_usage(&enc(&f)).unwrap(), (1, 3));
+        let mut d = Inode::new(10, Kind::Dir, 0o755, 0, 0);
+        d.size = 4096;
+        assert_eq!(file_usage(&enc(&d)).unwrap(), (0, 0));
+        assert!(file_usage(&[1, 2, 3]).is_err());
+    }
 }

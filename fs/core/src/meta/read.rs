@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The payload of `base` as seen at epoch `at`.
 pub(super) fn get_at(r: &dyn KvRead, cf: Cf, base: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
-    if let Some(v) = r.get(cf, base)? {
+    if let Some(mut v) = r.get(cf, base)? {
         if at == LIVE || be(&v, 0)? <= at {
-            return Ok(Some(v[8..].to_vec()));
+            v.drain(..8);
+            return Ok(Some(v));
         }
     } else if at == LIVE {
         return Ok(None);
@@ -140,6 +141,26 @@ impl MetaStore {
 
     pub fn get_inode_at(&self, ino: Ino, at: u64) -> Result<Option<Inode>> {
         self.get_at(Cf::Inodes, &k1(ino), at)?.map(|v| dec("inode", &v)).transpose()
+    }
+
+    /// Whether the live tree has inode `ino` (its record is not decoded).
+    pub fn has_inode(&self, ino: Ino) -> Result<bool> {
+        Ok(self.kv.get(Cf::Inodes, &k1(ino))?.is_some())
+    }
+
+    /// The live inode records of `inos`, in order, read with one `multi_get` (a listing's
+    /// attributes: readdirplus).
+    pub fn get_inodes(&self, inos: &[Ino]) -> Result<Vec<Option<Inode>>> {
+        let keys: Vec<[u8; 8]> = inos.iter().map(|i| i.to_be_bytes()).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        self.kv
+            .multi_get(Cf::Inodes, &refs)?
+            .into_iter()
+            .map(|row| match row {
+                Some(v) => dec("inode", v.get(8..).ok_or_else(|| FsError::Meta("live inode row is truncated".into()))?).map(Some),
+                None => Ok(None),
+            })
+            .collect()
     }
 
     /// The highest inode number ever used (0 when there is none), history included, so that

@@ -341,6 +341,32 @@ impl Volume {
         self.meta.get_inode(ino)?.ok_or(FsError::NotFound)
     }
 
+    /// Whether live inode `ino` exists (open, or in the store), without decoding it.
+    pub(crate) fn exists(&self, ino: Ino) -> Result<bool> {
+        Ok(self.node_if_open(ino).is_some() || self.meta.has_inode(ino)?)
+    }
+
+    /// The attributes of live inodes `inos` (`None`: no such inode): open files from memory,
+    /// the others with one store read for all of them (a listing's entries: readdirplus).
+    pub fn getattrs(&self, inos: &[Ino]) -> Result<Vec<Option<Inode>>> {
+        let mut out: Vec<Option<Inode>> = Vec::with_capacity(inos.len());
+        let mut stored = Vec::new();
+        for &ino in inos {
+            match self.node_if_open(ino) {
+                Some(node) => out.push(Some(node.read().inode.clone())),
+                None => {
+                    stored.push((out.len(), ino));
+                    out.push(None);
+                }
+            }
+        }
+        let wanted: Vec<Ino> = stored.iter().map(|(_, ino)| *ino).collect();
+        for ((at, _), inode) in stored.into_iter().zip(self.meta.get_inodes(&wanted)?) {
+            out[at] = inode;
+        }
+        Ok(out)
+    }
+
     /// Count one more kernel reference to `ino` (every entry the adapter hands out).
     pub fn remember(&self, ino: Ino) {
         *self.lookups.lock().entry(ino).or_insert(0) += 1;

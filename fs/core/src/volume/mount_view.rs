@@ -91,6 +91,21 @@ impl MountView {
         self.vol.view_getattr(ino)
     }
 
+    /// The attributes of the entries `inos` of a listing, in order (`Err(NotFound)` where one
+    /// is gone): live inodes with one store read for all ([`Volume::getattrs`]), view inodes
+    /// one by one.
+    pub fn getattrs(&self, inos: &[Ino]) -> Result<Vec<Result<Inode>>> {
+        let live: Vec<Ino> = inos.iter().copied().filter(|i| !Volume::is_view(*i)).collect();
+        let mut found = self.vol.getattrs(&live)?.into_iter();
+        Ok(inos
+            .iter()
+            .map(|&ino| match Volume::is_view(ino) {
+                true => self.vol.view_getattr(ino),
+                false => found.next().flatten().ok_or(FsError::NotFound),
+            })
+            .collect())
+    }
+
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         self.vol.view_readlink(ino)
     }
