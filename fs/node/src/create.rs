@@ -138,6 +138,7 @@ impl Home {
                 meta: None,
                 meta_timeout_secs: None,
                 meta_cache_ttl_ms: None,
+                blocks_to_store: None,
             };
             std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
             std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
@@ -216,6 +217,7 @@ impl Home {
                     meta: None,
                     meta_timeout_secs: None,
                     meta_cache_ttl_ms: None,
+                    blocks_to_store: None,
                 };
                 std::fs::write(vd.config_path(), serde_json::to_vec_pretty(&cfg)?)?;
                 Ok(report)

@@ -73,6 +73,44 @@ pub struct VolumeConfig {
     /// entries, so how long another host's change may stay unseen [default: 1000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_cache_ttl_ms: Option<u64>,
+    /// When written data goes to the object store (none: [`BlocksToStore::OnFsync`] for a
+    /// shared volume, whose other hosts read the data there, [`BlocksToStore::Later`] for the
+    /// others; a mount's `--blocks-to-store` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks_to_store: Option<BlocksToStore>,
+}
+
+/// When a volume's written data goes to its object store (`mount.blocks_to_store`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlocksToStore {
+    /// At `push` (the one-host default): `fsync` makes data durable on this host only.
+    #[default]
+    Later,
+    /// Before `fsync` and `close()` return: the file's staged data is sealed into blocks and
+    /// uploaded, and only then are the extents naming them committed (the data path of a
+    /// volume several hosts share: another host reads the blocks through the store).
+    OnFsync,
+}
+
+impl BlocksToStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlocksToStore::Later => "later",
+            BlocksToStore::OnFsync => "on-fsync",
+        }
+    }
+}
+
+impl std::str::FromStr for BlocksToStore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "later" => Ok(BlocksToStore::Later),
+            "on-fsync" => Ok(BlocksToStore::OnFsync),
+            _ => Err(format!("`{s}` is not a blocks_to_store mode (later or on-fsync)")),
+        }
+    }
 }
 
 impl VolumeConfig {

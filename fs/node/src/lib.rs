@@ -8,6 +8,8 @@
 //!   lock, the mount state.
 //! * `volume` — opening a volume: RocksDB metadata, the block store (local, or lazy over the
 //!   object store for clones and merged volumes), the object store ([`VolumeConfig::remote`]).
+//! * `ship` — `blocks_to_store = on-fsync`: seals upload their blocks to the volume's store
+//!   before committing them (the data path of a volume several hosts share).
 //! * [`create`] — `format` and `clone`.
 //! * [`shared`] — shared volumes: `format --meta postgres://...` and `--join`, metadata in
 //!   PostgreSQL, several hosts mounting one volume.
@@ -40,11 +42,12 @@ pub mod mount;
 pub mod notify;
 pub mod shared;
 pub mod status;
+mod ship;
 mod volume;
 pub mod workers;
 
 pub use error::{bad_input, exit_code, BadInput, NodeError, NodeResult};
-pub use home::{Home, MountState, VolumeConfig, VolumeDir, VolumeLock};
+pub use home::{BlocksToStore, Home, MountState, VolumeConfig, VolumeDir, VolumeLock};
 /// Object-store requests and bytes by purpose (push, clone, fetch, merge).
 pub use hybridfs_cloud::traffic;
 

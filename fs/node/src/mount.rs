@@ -92,11 +92,14 @@ pub struct MountOptions {
     pub dashboard: bool,
     /// Mount read-only (`MS_RDONLY`; every change is `EROFS`).
     pub read_only: bool,
+    /// When written data goes to the object store [default: the volume's `blocks_to_store`,
+    /// else on-fsync for a shared volume, later for the others]: `OnFsync` makes `fsync` and `close()` upload the file's new blocks first.
+    pub blocks_to_store: Option<crate::BlocksToStore>,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, dashboard: false, read_only: false }
+        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, dashboard: false, read_only: false, blocks_to_store: None }
     }
 }
 
@@ -138,7 +141,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             crate::metrics_http::serve(addr, dashboard.clone())?;
         }
         // The volume with its object store, kept for the life of the mount.
-        let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs))?;
+        let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs), opts.blocks_to_store)?;
         vol.start_sealer()?;
         let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
         std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
@@ -225,6 +228,9 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     }
     if flags.read_only {
         cmd.arg("--read-only");
+    }
+    if let Some(mode) = flags.blocks_to_store {
+        cmd.arg("--blocks-to-store").arg(mode.as_str());
     }
     // Readiness is this process's to say (it returns once the mount answers), not the child's:
     // systemd takes notifications only from a unit's main process.

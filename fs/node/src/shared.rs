@@ -237,6 +237,7 @@ impl Home {
                 meta: Some(url.to_string()),
                 meta_timeout_secs: None,
                 meta_cache_ttl_ms: None,
+                blocks_to_store: None,
             };
             write_private(&tmp.join("volume.json"), &serde_json::to_vec_pretty(&cfg)?)?;
             std::fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;

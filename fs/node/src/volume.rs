@@ -97,12 +97,21 @@ impl VolumeDir {
     /// background work reports into [`Volume::workers`]; stopping them also cancels every
     /// store call.
     pub fn open_volume(&self, seal_delay: Duration) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
-        self.open_volume_with(seal_delay, None)
+        self.open_volume_with(seal_delay, None, None)
     }
 
     /// [`VolumeDir::open_volume`] with a read timeout for blocks from the store (a mount's
-    /// `--read-timeout`; none: the volume's own).
-    pub fn open_volume_with(&self, seal_delay: Duration, read_timeout: Option<Duration>) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
+    /// `--read-timeout`; none: the volume's own) and a `blocks_to_store` mode (a mount's
+    /// `--blocks-to-store`; none: the volume's own, else `on-fsync` for a shared volume and
+    /// `later` for the others). With `on-fsync`, every seal
+    /// (`fsync`, `close`, the sealer, a snapshot) ships its blocks to the store first
+    /// ([`crate::ship`]).
+    pub fn open_volume_with(
+        &self,
+        seal_delay: Duration,
+        read_timeout: Option<Duration>,
+        blocks_to_store: Option<crate::BlocksToStore>,
+    ) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
         typed(|| {
             let cfg = self.config()?;
             let workers = Workers::new();
@@ -126,6 +135,12 @@ impl VolumeDir {
             let vol = Volume::open(meta, blocks, opts)?;
             if let Some(pg) = shared {
                 crate::shared::invalidate_on_changes(&pg, &vol)?;
+            }
+            // Other hosts of a shared volume read its data through the store: by default, its
+            // blocks go there before fsync and close() return.
+            let default = if cfg.meta.is_some() { crate::BlocksToStore::OnFsync } else { crate::BlocksToStore::Later };
+            if blocks_to_store.or(cfg.blocks_to_store).unwrap_or(default) == crate::BlocksToStore::OnFsync {
+                vol.ship_blocks_with(Some(Arc::new(crate::ship::StoreShipper::new(remote.clone()))));
             }
             Ok((vol, remote))
         })

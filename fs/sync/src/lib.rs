@@ -56,6 +56,7 @@ mod upload;
 pub use chain::{ChainLink, LayerRef, LayerStream};
 pub use check::{check_remote, check_remote_with, RemoteCheck};
 use upload::upload_blocks;
+pub use upload::ship_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
 use hybridfs_core::record;

@@ -166,3 +166,20 @@ fn run_job(
     Ok(())
 }
 
+
+/// Put the sealed blocks `ids` of `vol` in the store before the records naming them are
+/// committed (a volume with `blocks_to_store = on-fsync`: its `fsync`, `close` and seals; see
+/// `hybridfs_core::volume::ship`): the objects a push writes (a block alone, small ones
+/// packed), recorded in the `pushed` family as they land, so a later push skips them. Blocks
+/// the store already has (recorded as pushed) are not sent again. Returns how many were sent.
+pub fn ship_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId]) -> Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = Vec::new();
+    for id in ids {
+        if seen.insert(*id) && vol.meta().pushed(id)?.is_none() {
+            todo.push(*id);
+        }
+    }
+    let frame = |id: &BlockId| -> Result<Vec<u8>> { Ok(vol.blocks().frame(id)?) };
+    Ok(upload_blocks(vol, remote, &todo, &frame, &|_| {})?.blocks)
+}

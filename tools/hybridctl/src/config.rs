@@ -44,6 +44,7 @@ pub const KEYS: &[Key] = &[
     key("mount.read_timeout", &["HYBRIDFS_MOUNT_READ_TIMEOUT"], Some("--read-timeout"), "the volume's read_timeout_secs, else 30s"),
     key("mount.metrics_addr", &["HYBRIDFS_MOUNT_METRICS_ADDR"], Some("--metrics-addr"), "none (no metrics server)"),
     key("mount.dashboard", &["HYBRIDFS_MOUNT_DASHBOARD"], Some("--dashboard"), "false"),
+    key("mount.blocks_to_store", &["HYBRIDFS_MOUNT_BLOCKS_TO_STORE"], Some("--blocks-to-store"), "the volume's blocks_to_store, else on-fsync for a shared volume, later for others"),
     key("format.block_size", &["HYBRIDFS_FORMAT_BLOCK_SIZE"], Some("--block-size"), "1M"),
     key("format.store", &["HYBRIDFS_FORMAT_STORE"], Some("--store"), "file://HOME/store"),
     key("format.encryption_key_file", &["HYBRIDFS_FORMAT_ENCRYPTION_KEY_FILE"], Some("--encryption-key-file"), "none (not encrypted)"),
@@ -264,6 +265,17 @@ impl Value for LogLevel {
     }
 }
 
+pub use hybridfs_node::BlocksToStore;
+
+impl Value for BlocksToStore {
+    fn parse(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+    fn show(&self) -> String {
+        self.as_str().into()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -363,6 +375,7 @@ struct MountKeys {
     read_timeout: F<Secs>,
     metrics_addr: F<SocketAddr>,
     dashboard: F<bool>,
+    blocks_to_store: F<BlocksToStore>,
 }
 
 #[derive(Deserialize, Default)]
@@ -402,6 +415,7 @@ pub struct Flags {
     pub read_timeout: Option<Secs>,
     pub metrics_addr: Option<SocketAddr>,
     pub dashboard: Option<bool>,
+    pub blocks_to_store: Option<BlocksToStore>,
     pub block_size: Option<BlockSize>,
     pub store: Option<StoreUrl>,
     pub format_key_file: Option<PathBuf>,
@@ -427,6 +441,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Serve the mount's web page on `metrics_addr` (which it needs).
     pub dashboard: bool,
+    /// None: the volume's own `blocks_to_store`, else later.
+    pub blocks_to_store: Option<BlocksToStore>,
     pub block_size: String,
     pub store: Option<String>,
     pub format_key_file: Option<PathBuf>,
@@ -538,6 +554,7 @@ impl Config {
             let message = "needs mount.metrics_addr (--metrics-addr): the page is served on the metrics address".to_string();
             return Err(Error::Conflict { origin, key: "mount.dashboard", message });
         }
+        let blocks_to_store = r.get("mount.blocks_to_store", m.blocks_to_store, flags.blocks_to_store)?;
         let f = keys.format;
         let block_size = r.get("format.block_size", f.block_size, flags.block_size)?.map_or_else(|| "1M".to_string(), |b| b.0);
         let store = r.get("format.store", f.store, flags.store)?.map(|s| s.0);
@@ -566,6 +583,7 @@ impl Config {
             read_timeout,
             metrics_addr,
             dashboard,
+            blocks_to_store,
             block_size,
             store,
             format_key_file,

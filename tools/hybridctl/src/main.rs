@@ -124,6 +124,12 @@ enum Cmd {
         /// Control commands (push, snapshot, merge) still work on the volume.
         #[arg(long)]
         read_only: bool,
+        /// When written data goes to the object store: `later` (at push) or `on-fsync`
+        /// (fsync and close() return once the file's new blocks are in the store: the data
+        /// path of a volume several hosts share) [default: the volume's, else on-fsync for a
+        /// shared volume (format --meta), later for the others].
+        #[arg(long, value_name = "MODE", value_parser = parse::<config::BlocksToStore>)]
+        blocks_to_store: Option<config::BlocksToStore>,
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
@@ -538,7 +544,8 @@ fn flags_of(cli: &Cli) -> config::Flags {
         ..Default::default()
     };
     match &cli.cmd {
-        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, dashboard, .. } => {
+        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, dashboard, blocks_to_store, .. } => {
+            f.blocks_to_store = *blocks_to_store;
             f.threads = *threads;
             f.writeback_cache = writeback_cache.then_some(true);
             f.seal_delay = *seal_delay;
@@ -630,6 +637,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
                 read_timeout: cfg.read_timeout,
                 metrics_addr: cfg.metrics_addr,
                 dashboard: cfg.dashboard,
+                blocks_to_store: cfg.blocks_to_store,
             };
             if daemon {
                 let d = mount::mount_daemon(&home, &name, &mountpoint, &opts, &std::env::current_exe()?)?;
@@ -761,7 +769,7 @@ fn create_mountpoint(mp: &std::path::Path) -> Result<()> {
 /// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
 /// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
 /// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
-/// `metrics_addr=ADDR`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
+/// `metrics_addr=ADDR`, `blocks_to_store=MODE`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
 /// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
 /// `ro` mounts read-only (`--read-only`).
 fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
@@ -789,6 +797,7 @@ fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
             Some(("read_timeout", v)) => flags.extend(flag("--read-timeout", v)),
             Some(("threads", v)) => flags.extend(flag("--threads", v)),
             Some(("metrics_addr", v)) => flags.extend(flag("--metrics-addr", v)),
+            Some(("blocks_to_store", v)) => flags.extend(flag("--blocks-to-store", v)),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
             None if o == "dashboard" => flags.push("--dashboard".into()),
             None if o == "ro" => flags.push("--read-only".into()),

@@ -576,18 +576,24 @@ impl Volume {
         Ok(())
     }
 
-    /// `close()` of one descriptor: the attributes reach the store (not yet durably).
+    /// `close()` of one descriptor: the attributes reach the store (not yet durably). On a
+    /// volume that ships blocks (`ship.rs`), the file's staged data is sealed and in the
+    /// object store when it returns (close-to-open between hosts).
     pub fn flush(&self, ino: Ino) -> Result<()> {
         let node = self.open_node(ino)?;
-        let mut st = node.write();
-        self.persist_attrs(&mut st, false)
+        let mut st = node.write_arc();
+        self.persist_attrs(&mut st, false)?;
+        self.seal_for_sync(&mut st)
     }
 
-    /// Make the data and metadata of `ino`, and every metadata change before, durable.
+    /// Make the data and metadata of `ino`, and every metadata change before, durable. On a
+    /// volume that ships blocks (`ship.rs`), durable also means in the object store: the
+    /// file's staged data is sealed and uploaded before this returns; if the store does not
+    /// take it, the error is returned and the data stays durable in the staging file.
     pub fn fsync(&self, ino: Ino) -> Result<()> {
         match self.node_if_open(ino) {
             Some(node) => {
-                let mut st = node.write();
+                let mut st = node.write_arc();
                 if let Some(f) = &st.staging {
                     f.sync_data().map_err(|e| FsError::io(format!("fsync staging file of inode {ino}"), e))?;
                 }
@@ -595,7 +601,8 @@ impl Volume {
                     self.staging.sync_dir()?;
                     st.staging_entry_unsynced = false;
                 }
-                self.persist_attrs(&mut st, true)
+                self.persist_attrs(&mut st, true)?;
+                self.seal_for_sync(&mut st)
             }
             None => self.meta.sync(),
         }

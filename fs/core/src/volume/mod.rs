@@ -25,11 +25,13 @@ mod merge;
 pub mod mount_view;
 pub mod namespace;
 mod sealer;
+pub mod ship;
 pub mod snapshot;
 pub mod views;
 pub mod xattr;
 
 pub use sealer::{count_unsealed, SealOutcome, SealerHandle, Unsealed};
+pub use ship::BlockShipper;
 
 use crate::blockcache::BlockCache;
 use crate::blockstore::BlockStore;
@@ -191,6 +193,8 @@ pub struct Volume {
     sealer: Mutex<Option<SealerHandle>>,
     workers: Arc<Workers>,
     passthrough: std::sync::atomic::AtomicBool,
+    /// Where seals put their blocks before committing them (`ship.rs`; None: local only).
+    shipper: RwLock<Option<Arc<dyn ship::BlockShipper>>>,
     pub metrics: Metrics,
 }
 
@@ -247,6 +251,7 @@ impl Volume {
             sealer: Mutex::new(None),
             workers: opts.workers,
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            shipper: RwLock::new(None),
             metrics: Metrics::default(),
             meta,
             blocks,

@@ -6,6 +6,8 @@
 //! # Commit order for one batch of blocks
 //!
 //! 1. write each block to the block store and sync it (the block is durable, unreferenced);
+//!    A volume that ships blocks (`blocks_to_store = on-fsync`, `ship.rs`) then uploads them
+//!    to its object store: a failed upload stops here, the data stays staged;
 //! 2. under `refs`: check that every block is still there (a block this batch deduplicated
 //!    onto may have lost its last reference, and its file, meanwhile: it is written again),
 //!    then apply one synced metadata batch: extents → `Sealed`, reference counts +1;
@@ -36,6 +38,7 @@ use crate::types::{Extent, Ino};
 use crate::worker::Handle;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -407,7 +410,8 @@ impl Volume {
         Ok(sealed)
     }
 
-    fn seal_locked(&self, guards: &mut [NodeGuard]) -> Result<()> {
+    /// Seal every staged block of the locked nodes (open ones keep their staging file).
+    pub(super) fn seal_locked<G: DerefMut<Target = NodeData>>(&self, guards: &mut [G]) -> Result<()> {
         let open: Vec<bool> = guards.iter().map(|g| self.has_handles(g.inode.ino)).collect();
         let mut work: Vec<(usize, u64)> = Vec::new();
         for (i, st) in guards.iter().enumerate() {
@@ -420,6 +424,13 @@ impl Volume {
         for chunk in work.chunks(SEAL_BATCH) {
             let sealed = chunk.iter().map(|&(i, block)| self.seal_block(&guards[i], block)).collect::<Result<Vec<_>>>()?;
             self.blocks.sync()?;
+            // A volume that ships blocks puts them in its store before any record names them
+            // (ship.rs); failing here leaves the chunk staged.
+            let ids: Vec<_> = sealed.iter().filter_map(|e| match e {
+                Some(Extent::Sealed { id, .. }) => Some(*id),
+                _ => None,
+            }).collect();
+            self.ship_sealed(&ids)?;
             if let Err(e) = self.commit_sealed(guards, chunk, sealed) {
                 // The extent caches may say `Sealed` where the store does not: refill them.
                 for g in guards.iter_mut() {
@@ -443,7 +454,7 @@ impl Volume {
     }
 
     /// Step 2 of the commit order for one chunk of sealed blocks (see the module doc).
-    fn commit_sealed(&self, guards: &mut [NodeGuard], chunk: &[(usize, u64)], mut sealed: Vec<Option<Extent>>) -> Result<()> {
+    fn commit_sealed<G: DerefMut<Target = NodeData>>(&self, guards: &mut [G], chunk: &[(usize, u64)], mut sealed: Vec<Option<Extent>>) -> Result<()> {
         let _refs = self.refs.lock();
         let mut rewritten = false;
         for (k, &(i, block)) in chunk.iter().enumerate() {

@@ -52,6 +52,11 @@ impl RemoteSlot {
         &self.cfg
     }
 
+    /// Whether the store was cancelled (the volume's workers stopped: umount, a signal).
+    pub fn is_stopped(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// The remote, its calls counted as `fetch` (blocks read on demand, checks).
     pub fn get(&self) -> Result<Arc<Remote>, ControlError> {
         self.both().map(|(_, fetch)| fetch)
