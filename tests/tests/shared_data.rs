@@ -20,8 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybridfs_cloud::testserver::SeaweedServer;
-use hybridfs_cloud::ObjectStore;
-use hybridfs_core::types::BlockId;
 use hybridfs_sync::Remote;
 use hybridfs_tests::content::{assert_same_bytes, pattern};
 use hybridfs_tests::{fail_loudly, TestVolume};
@@ -42,7 +40,7 @@ fn test_remote(server: &SeaweedServer, bucket: &str) -> Remote {
     Remote::new(Arc::new(store), "vol")
 }
 
-fn env_refs(env: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -200,7 +198,7 @@ fn the_store_down_at_fsync_is_eio_in_bounded_time_and_loses_nothing() {
     let mut server = start_server();
     let remote = test_remote(&server, "storedown");
     let mut vol = shared_volume(&server, "storedown");
-    let data = pattern(21, 2 * MIB + 100 * KIB);
+    let data = pattern(21, 2 * MIB + 300 * KIB);
     let mut f = File::create(vol.path("f")).unwrap();
     f.write_all(&data).unwrap();
 

@@ -555,7 +555,10 @@ impl Filesystem for HybridFs {
         let _op = op_timer("create", parent);
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
         match self.vol.create(parent.0, name.as_bytes(), new, caller(req)) {
-            Ok(opened) => reply.created(&self.ttl, &self.attr(&opened.inode), GEN, FileHandle(0), self.passthrough.cached()),
+            Ok(opened) => {
+                let flags = self.passthrough.cached(opened.flush_on_close);
+                reply.created(&self.ttl, &self.attr(&opened.inode), GEN, FileHandle(0), flags)
+            }
             Err(e) => reply.fail("create", e),
         }
     }

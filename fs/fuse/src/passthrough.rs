@@ -12,9 +12,16 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Flags of a page-cache open. `FOPEN_NOFLUSH`: `close` sends no FLUSH request; we have
-/// nothing to do there that `release` does not do, and it saves a round trip per file closed.
-pub(crate) const CACHED: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+/// `FOPEN_NOFLUSH` (`close` sends no FLUSH request: we have nothing to do there that
+/// `release` does not do, and it saves a round trip per file closed), unless the volume wants
+/// the FLUSH of `close()`: writers of a volume that ships blocks at close
+/// ([`Opened::flush_on_close`]).
+fn noflush(flush_on_close: bool) -> FopenFlags {
+    match flush_on_close {
+        true => FopenFlags::empty(),
+        false => FopenFlags::FOPEN_NOFLUSH,
+    }
+}
 
 const FH_CACHED: u64 = 0;
 const FH_PASSTHROUGH: u64 = 1;
@@ -40,13 +47,18 @@ impl Backings {
         self.drop_cache = !keep;
     }
 
-    /// The flags of a page-cache open ([`CACHED`], less `FOPEN_KEEP_CACHE` on a shared volume).
-    pub(crate) fn cached(&self) -> FopenFlags {
-        if self.drop_cache { FopenFlags::FOPEN_NOFLUSH } else { CACHED }
+    /// The flags of a page-cache open: `FOPEN_KEEP_CACHE` but on a shared volume, and
+    /// `FOPEN_NOFLUSH` unless `flush_on_close` ([`noflush`]).
+    pub(crate) fn cached(&self, flush_on_close: bool) -> FopenFlags {
+        let keep = if self.drop_cache { FopenFlags::empty() } else { FopenFlags::FOPEN_KEEP_CACHE };
+        keep | noflush(flush_on_close)
     }
 
     pub(crate) fn reply_open(&self, vol: &MountView, opened: Opened, reply: ReplyOpen) {
         let ino = opened.inode.ino;
+        // A volume that ships blocks at close needs the FLUSH of a writer's close().
+        let flush = noflush(opened.flush_on_close);
+        let cached = self.cached(opened.flush_on_close);
         match (opened.kind, opened.backing) {
             (IoKind::Passthrough, Some(file)) => {
                 let mut map = self.by_ino.lock();
@@ -68,16 +80,16 @@ impl Backings {
                             // Retry as a cached open; the volume no longer offers passthrough.
                             let again = vol.release(ino, IoKind::Passthrough).and_then(|_| vol.open(ino, false));
                             return match again {
-                                Ok(_) => reply.opened(FileHandle(FH_CACHED), self.cached()),
+                                Ok(_) => reply.opened(FileHandle(FH_CACHED), self.cached(false)),
                                 Err(e) => reply.fail("open", e),
                             };
                         }
                     },
                 };
-                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), FopenFlags::FOPEN_NOFLUSH, &id);
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), flush, &id);
             }
-            (IoKind::DirectIo, _) => reply.opened(FileHandle(FH_DIRECT), FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH),
-            _ => reply.opened(FileHandle(FH_CACHED), self.cached()),
+            (IoKind::DirectIo, _) => reply.opened(FileHandle(FH_DIRECT), FopenFlags::FOPEN_DIRECT_IO | flush),
+            _ => reply.opened(FileHandle(FH_CACHED), cached),
         }
     }
 

@@ -43,6 +43,10 @@ pub struct Opened {
     pub kind: IoKind,
     /// For passthrough: the file the kernel reads.
     pub backing: Option<std::fs::File>,
+    /// `close()` must reach the volume (a FLUSH request): set for opens for writing of a
+    /// volume that ships blocks at close (`ship.rs`). Otherwise the adapter asks the kernel
+    /// not to send one (a round trip saved per close).
+    pub flush_on_close: bool,
 }
 
 /// Pick the I/O mode of a new open (a pure decision; see [`IoKind`]).
@@ -188,7 +192,7 @@ impl Volume {
         if kind == IoKind::Passthrough {
             st.passthrough_opens += 1;
         }
-        Ok(Opened { inode: st.inode.clone(), kind, backing })
+        Ok(Opened { inode: st.inode.clone(), kind, backing, flush_on_close: write && self.ships_blocks() })
     }
 
     /// The staging file of a fully staged file, sized like the file, for the kernel to read.

@@ -182,7 +182,7 @@ impl MountView {
             return Err(FsError::ReadOnly);
         }
         let inode = self.vol.view_getattr(ino)?;
-        Ok(Opened { inode, kind: IoKind::Cached, backing: None })
+        Ok(Opened { inode, kind: IoKind::Cached, backing: None, flush_on_close: false })
     }
 
     pub fn release(&self, ino: Ino, kind: IoKind) -> Result<()> {
