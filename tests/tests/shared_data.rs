@@ -11,10 +11,15 @@
 //!   invariant 5: what it fetches is verified);
 //! - the store down at `fsync`: `EIO` in bounded time, nothing committed that names a block the
 //!   store lacks (the data stays staged: invariant 1), and with the store back the next
-//!   `fsync` ships it; nothing is lost.
+//!   `fsync` ships it; nothing is lost;
+//! - two hosts of a shared volume (PostgreSQL metadata, harness `shared::Cluster`, on-fsync by
+//!   default): after `close()` on A, an `open` on B reads the new bytes (also an overwrite of
+//!   part of a block), through the store; `kill -9` of A right after an `fsync` loses nothing
+//!   B can read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +27,8 @@ use std::time::{Duration, Instant};
 use hybridfs_cloud::testserver::SeaweedServer;
 use hybridfs_sync::Remote;
 use hybridfs_tests::content::{assert_same_bytes, pattern};
-use hybridfs_tests::{fail_loudly, TestVolume};
+use hybridfs_tests::shared::Cluster;
+use hybridfs_tests::{fail_loudly, poll_until, TestVolume};
 use serde_json::Value;
 
 const KIB: usize = 1 << 10;
@@ -225,4 +231,43 @@ fn the_store_down_at_fsync_is_eio_in_bounded_time_and_loses_nothing() {
     assert_eq!(unsealed_bytes(&vol), 0, "the staged data is sealed now");
     assert_blocks_in_store(&remote, "f (shipped once the store was back)", &data);
     assert_same_bytes(&format!("{INV1}: f at the end"), &fs::read(vol.path("f")).unwrap(), &data);
+}
+
+/// Longer than a shared mount's attribute/entry TTL (1 s), bounded.
+const SEEN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether `path` on a host reads as `want`, within [`SEEN_WITHIN`].
+fn reads_within(path: &Path, want: &[u8]) -> bool {
+    poll_until(SEEN_WITHIN, Duration::from_millis(100), || fs::read(path).is_ok_and(|got| got == want))
+}
+
+#[test]
+fn close_on_one_host_then_open_on_the_other_reads_the_new_bytes_through_the_store() {
+    let mut c = Cluster::start("c2o", true, &[]);
+    let mut data = pattern(31, 2 * MIB + 300 * KIB);
+    let mut f = File::create(c.a.path("ckpt")).unwrap();
+    f.write_all(&data).unwrap();
+    drop(f); // close(): no fsync
+    let on_b = c.b.path("ckpt");
+    assert!(reads_within(&on_b, &data), "close-to-open: B reads what A wrote before its close()");
+    assert!(c.b.block_files().is_empty(), "B holds no block of its own: it read them through the store");
+
+    // A rewrites 64 KiB inside the second block: B sees the new block after A's close.
+    let patch = pattern(32, 64 * KIB);
+    let f = OpenOptions::new().write(true).open(c.a.path("ckpt")).unwrap();
+    f.write_all_at(&patch, (MIB + 4096) as u64).unwrap();
+    drop(f);
+    data[MIB + 4096..MIB + 4096 + patch.len()].copy_from_slice(&patch);
+    assert!(reads_within(&on_b, &data), "close-to-open: B reads A's overwrite after A's close()");
+
+    // A dies right after an fsync, its file still open: B reads every fsynced byte.
+    let late = pattern(33, MIB + 700 * KIB);
+    let mut f = File::create(c.a.path("late")).unwrap();
+    f.write_all(&late).unwrap();
+    f.sync_all().unwrap();
+    c.a.kill_mount();
+    c.a.clean_dead_mount();
+    drop(f);
+    assert!(reads_within(&c.b.path("late"), &late), "{INV1}: B reads what A fsynced before it was killed");
+    assert_same_bytes("ckpt on B at the end", &fs::read(&on_b).unwrap(), &data);
 }
