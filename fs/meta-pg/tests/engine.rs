@@ -81,9 +81,24 @@ fn a_database_restart_is_transient_and_the_engine_reconnects() {
     hybridfs_core::kv::write_ops(&kv, vec![hybridfs_core::kv::KvOp::Put(hybridfs_core::kv::Cf::Inodes, b"k".to_vec(), b"v".to_vec())], false)
         .unwrap();
     pg.stop();
+    // An operation waits for the database at most its bound, then fails as unavailable.
+    kv.set_wait(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
     let down = kv.get(hybridfs_core::kv::Cf::Inodes, b"k").unwrap_err();
     assert!(down.is_transient(), "while down: {down:?}");
     assert!(matches!(down, FsError::MetaUnavailable(_)), "{down:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "waited past its bound: {:?}", started.elapsed());
     pg.restart().unwrap();
     assert_eq!(kv.get(hybridfs_core::kv::Cf::Inodes, b"k").unwrap().as_deref(), Some(&b"v"[..]), "reconnected, data kept");
+    // Down while an operation runs, back within the bound: the operation waits it out.
+    kv.set_wait(std::time::Duration::from_secs(60));
+    pg.stop();
+    let kv = std::sync::Arc::new(kv);
+    let reader = {
+        let kv = kv.clone();
+        std::thread::spawn(move || kv.get(hybridfs_core::kv::Cf::Inodes, b"k"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pg.restart().unwrap();
+    assert_eq!(reader.join().unwrap().unwrap().as_deref(), Some(&b"v"[..]), "a read across a restart waited and resumed");
 }
