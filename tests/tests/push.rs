@@ -327,7 +327,8 @@ struct BranchCheck {
 }
 
 /// The head of `branch` names its newest layer; every layer up to it is there and readable;
-/// every block a layer names is in the store (alone or in a pack) and decodes under its id.
+/// every block a layer names is in the store (alone or in a pack, a whole frame or a delta
+/// whose base is there too) and reads back under its id.
 fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
     let head = head_of(r, branch).unwrap_or_else(|| panic!("{INV4}: branch {branch} has no head in the store"));
     let mut where_packed = BTreeMap::new();
@@ -344,14 +345,12 @@ fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
     }
     let mut packed = BTreeSet::new();
     for id in &named {
-        let frame = match where_packed.get(id) {
-            Some((pack, offset, len)) => {
-                packed.insert(*id);
-                r.store.get_range(&r.pack_key(pack), *offset, *len)
-            }
-            None => r.store.get(&r.block_key(id)).map(|(f, _)| f),
+        if where_packed.contains_key(id) {
+            packed.insert(*id);
         }
-        .unwrap_or_else(|e| panic!("{INV4}: block {id}, named by a layer of {branch} under head {head:?}, is not in the store: {e}"));
+        let frame = r
+            .fetch_frame(id, where_packed.get(id).copied())
+            .unwrap_or_else(|e| panic!("{INV4}: block {id}, named by a layer of {branch} under head {head:?}, is not in the store: {e}"));
         hybridfs_blocks::decode(id, &frame).unwrap_or_else(|e| panic!("{INV4}: block {id} in the store: {e}"));
     }
     BranchCheck { head, named, packed }
@@ -398,7 +397,8 @@ fn push_moves_only_what_changed() {
     let complete = |l: &&str| l.strip_prefix("pushed ").and_then(|r| r.split(' ').next()).and_then(|f| f.split_once('/')).is_some_and(|(a, b)| a == b);
     assert!(out.stderr.lines().any(|l| complete(&l)), "a final `pushed N/N blocks` line: {out}");
 
-    // 64 KiB changed in place in block 1 of three big files: 3 blocks and a layer move.
+    // 64 KiB changed in place in block 1 of three big files: 3 deltas (against the blocks of
+    // the first push, in one pack) and a layer move.
     let changed = [0usize, 7, 13];
     for i in changed {
         let f = OpenOptions::new().write(true).open(vol.path(format!("big/{i:02}"))).unwrap();
@@ -409,11 +409,11 @@ fn push_moves_only_what_changed() {
     let (second, _) = push_ok(&vol, &[], &[]);
     assert_eq!(unpushed_bytes(&vol), 0, "status: nothing is unpushed right after a push");
     assert_eq!(second.seq, 2, "{second:?}");
-    assert_eq!(second.blocks_uploaded, 3, "{INV3}: one block per changed file: {second:?}");
-    let limit = (1.25 * (3 * MIB) as f64) as u64 + 64 * KIB as u64;
+    assert_eq!((second.blocks_uploaded, second.blocks_as_deltas, second.packs), (3, 3, 1), "{INV3}: one delta per changed file: {second:?}");
+    let limit = (1.25 * (3 * 64 * KIB) as f64) as u64 + 64 * KIB as u64;
     assert!(
         second.bytes_uploaded <= limit,
-        "{INV3}: {} bytes sent for 3 changed blocks; at most 1.25 x 3 MiB + 64 KiB of layer ({limit}): {second:?}",
+        "{INV3}: {} bytes sent for 3 x 64 KiB written; at most 1.25 x that + 64 KiB of layer ({limit}): {second:?}",
         second.bytes_uploaded
     );
     assert!(second.records < 50, "{INV3}: the layer holds the changed records, not the volume's: {second:?}");
@@ -422,16 +422,16 @@ fn push_moves_only_what_changed() {
     assert!(third.up_to_date, "{INV3}: nothing changed, nothing is written: {third:?}");
     assert_eq!((third.seq, third.blocks_uploaded, third.bytes_uploaded), (2, 0, 0), "{third:?}");
 
-    // What the store holds: head → layer 2, and everything whole.
+    // What the store holds: head → layer 2; every block reads back (the deltas resolved).
     let r = remote(&store, "vol");
     let branch = check_branch(&r, "main");
     assert_eq!(branch.head.seq, 2, "the head names layer 2: {:?}", branch.head);
     assert!(branch.head.layer.contains("/branches/main/layers/000000000002-"), "{:?}", branch.head);
     assert_eq!(branch.named.len() as u64, big_blocks + SMALL as u64 + 3, "blocks named by the two layers");
-    assert_eq!(branch.packed.len(), SMALL, "the small blocks are in packs");
+    assert_eq!(branch.packed.len(), SMALL + 3, "the small blocks and the deltas are in packs");
     let (blocks, packs) = check_objects(&r);
-    assert_eq!(blocks.len() as u64, big_blocks + 3, "one object per big block, the 3 new ones included");
-    assert_eq!(packs.len() as u64, first.packs, "the packs of the first push");
+    assert_eq!(blocks.len() as u64, big_blocks, "one object per big block of the first push: deltas travel in packs");
+    assert_eq!(packs.len() as u64, first.packs + 1, "the packs of the first push and the deltas' pack");
     let mut keys = r.store.list("").unwrap();
     keys.retain(|k| !k.starts_with("vol/blocks/") && !k.starts_with("vol/packs/"));
     let layer_1 = keys.iter().filter(|k| k.starts_with("vol/branches/main/layers/000000000001-")).count();

@@ -346,14 +346,16 @@ impl Inner {
             Some(p) => p,
         };
         let part = self.part_bytes.load(Ordering::Relaxed);
+        // A delta's base may be on the node already (the block it replaced, read before).
+        let local = |base: &BlockId| self.local_frame(base).ok().flatten();
         let fetched = match packed {
             Some((pack, offset, len)) if self.remote.cipher.is_none() => match self.from_whole_pack(id, &pack, offset, len) {
                 Ok(Some(frame)) => Ok(frame),
-                Ok(None) => self.remote.fetch_frame(id, packed).inspect(|f| self.count_fetch(f.len())),
+                Ok(None) => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())),
                 Err(e) => Err(e),
             },
             None if part > 0 => self.remote.fetch_frame_in_parts(id, part).inspect(|f| self.count_fetch(f.len())),
-            _ => self.remote.fetch_frame(id, packed).inspect(|f| self.count_fetch(f.len())),
+            _ => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())),
         };
         fetched.map_err(|e| match e {
             // The store did not serve it (down, 5xx, refused credentials...): an I/O error, not
@@ -415,7 +417,14 @@ impl Inner {
         self.packs_fetched.fetch_add(1, Ordering::Relaxed);
         self.count_fetch(body.len());
         let mut at = 0;
-        while let Some(n) = body.get(at..).and_then(hybridfs_blocks::frame_len) {
+        loop {
+            let rest = body.get(at..).unwrap_or_default();
+            // Deltas (fs/sync/src/delta.rs) are stepped over: they are resolved when asked for.
+            if let Some(n) = crate::delta::encoded_len(rest) {
+                at += n;
+                continue;
+            }
+            let Some(n) = hybridfs_blocks::frame_len(rest) else { break };
             let frame = &body[at..at + n];
             if let Some(named) = hybridfs_blocks::frame_id(frame) {
                 self.keep_frame(&named, frame)?;
@@ -427,6 +436,10 @@ impl Inner {
             .zip(usize::try_from(len).ok())
             .and_then(|(o, n)| body.get(o..o.checked_add(n)?))
             .ok_or_else(|| SyncError::Corrupt(format!("pack {pack} is shorter than its block {id} at {offset}+{len}")))?;
+        if crate::delta::is_delta(frame) {
+            let local = |base: &BlockId| self.local_frame(base).ok().flatten();
+            return crate::delta::resolve_body(&self.remote, id, frame.to_vec(), &local, 0).map(Some);
+        }
         hybridfs_blocks::decode(id, frame).map_err(|e| SyncError::Corrupt(format!("the copy in pack {pack}: {e}")))?;
         self.evict()?;
         Ok(Some(frame.to_vec()))

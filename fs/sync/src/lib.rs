@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! VOLUME/blocks/<64 hex>                       one block frame (the local frame: verifiable)
-//! VOLUME/packs/<64 hex>                        small block frames concatenated (blake3 of the pack)
+//! VOLUME/packs/<64 hex>                        small block frames and block deltas ([`delta`]) concatenated (blake3 of the pack)
 //! VOLUME/branches/BRANCH/layers/<seq>-<hash>   a layer (format: hybridfs_core::layer): the records changed by one push
 //! VOLUME/branches/BRANCH/head                  JSON Head: the branch's newest layer, key and hash
 //! VOLUME/branches/BRANCH/node                  JSON NodeState: its node's last report (nodestate)
@@ -26,7 +26,9 @@
 //!    `pushed` set, filled as uploads finish, makes a resumed push skip them). Blocks are
 //!    verified before they leave (invariant 5; inline bytes against the id published for
 //!    them); frames under [`PACK_SMALLER_THAN`] go into
-//!    packs of up to [`PACK_BYTES`], so many small files cost few requests.
+//!    packs of up to [`PACK_BYTES`], so many small files cost few requests. A block that
+//!    replaced one the store holds goes as a delta against it when the change is small
+//!    ([`delta`]: always packed, chains bounded, verified before it leaves).
 //! 4. Upload the layer under a key no other attempt uses (its hash), naming the layer before
 //!    it, then move the head with a conditional PUT: `If-Match` the head's ETag as this node
 //!    last saw it, `If-None-Match: *` for the first push. Another writer that moved the head in
@@ -46,6 +48,7 @@ pub mod chain;
 mod check;
 pub mod clone;
 pub mod crypt;
+pub mod delta;
 pub mod forkbase;
 pub mod lazy;
 pub mod merge;
@@ -55,7 +58,7 @@ mod upload;
 
 pub use chain::{ChainLink, LayerRef, LayerStream};
 pub use check::{check_remote, check_remote_with, RemoteCheck};
-use upload::upload_blocks;
+use upload::{upload_blocks, Body};
 pub use upload::ship_blocks;
 use hybridfs_cloud::{Cond, ObjectStore, StoreError};
 use hybridfs_core::meta::{Key, Mutation};
@@ -158,6 +161,10 @@ pub struct PushReport {
     pub epoch: u64,
     pub records: u64,
     pub blocks_uploaded: u64,
+    /// Of the blocks uploaded, those sent as deltas against the block they replaced
+    /// ([`delta`]).
+    #[serde(default)]
+    pub blocks_as_deltas: u64,
     /// Blocks named by the layer that an earlier (interrupted) push or another file already
     /// put in the store.
     pub blocks_skipped: u64,
@@ -252,13 +259,20 @@ impl Remote {
     }
 
     /// Read a block's frame from the store, alone or from its pack, decrypted and verified
-    /// against its id (invariant 5).
+    /// against its id (invariant 5); a delta object is resolved against its base ([`delta`]).
     pub fn fetch_frame(&self, id: &BlockId, packed: Option<(BlockId, u64, u64)>) -> Result<Vec<u8>> {
-        let body = match packed {
-            None => self.store.get(&self.block_key(id)).map(|(b, _)| b)?,
-            Some((pack, offset, len)) => self.store.get_range(&self.pack_key(&pack), offset, len)?,
-        };
-        self.verified_frame(id, body)
+        self.fetch_frame_with(id, packed, &|_| None)
+    }
+
+    /// [`Remote::fetch_frame`] that takes a delta's base from `local` when it has a copy (the
+    /// copy is verified before use; a bad one is read from the store instead).
+    pub fn fetch_frame_with(
+        &self,
+        id: &BlockId,
+        packed: Option<(BlockId, u64, u64)>,
+        local: &dyn Fn(&BlockId) -> Option<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        delta::resolve(self, id, packed, local, 0)
     }
 
     /// [`Remote::fetch_frame`] of a block stored alone, read as parallel ranged GETs of
@@ -280,11 +294,9 @@ impl Remote {
         Ok(body)
     }
 
-    /// A frame from the store, decrypted and verified against its id.
+    /// A frame from the store, decrypted and verified against its id (a delta resolved).
     fn verified_frame(&self, id: &BlockId, body: Vec<u8>) -> Result<Vec<u8>> {
-        let frame = self.open_frame(id, body)?;
-        hybridfs_blocks::decode(id, &frame).map_err(|e| SyncError::Corrupt(format!("the copy in the store: {e}")))?;
-        Ok(frame)
+        delta::resolve_body(self, id, body, &|_| None, 0)
     }
     pub fn pack_key(&self, id: &BlockId) -> String {
         format!("{}/packs/{}", self.volume, id.to_hex())
@@ -474,6 +486,7 @@ impl PushReport {
         self.epoch = later.epoch;
         self.records += later.records;
         self.blocks_uploaded += later.blocks_uploaded;
+        self.blocks_as_deltas += later.blocks_as_deltas;
         self.blocks_skipped += later.blocks_skipped;
         self.packs += later.packs;
         self.bytes_uploaded += later.bytes_uploaded;
@@ -648,6 +661,55 @@ struct LayerWriter<'a> {
 }
 
 impl LayerWriter<'_> {
+    /// Block `id` of `(ino, block)` as a delta against the block the extent named at the
+    /// previous push ([`delta`]), when the store holds that one as a whole frame or as a
+    /// delta of a chain shorter than [`delta::MAX_CHAIN`] that this node recorded, it is on
+    /// the node, and the changed ranges are small. None: send the block whole. Only the two
+    /// blocks are read (invariant 3); the delta is applied to the base and checked against
+    /// `id` before it may leave (invariant 5).
+    fn delta(&self, id: &BlockId, ino: Ino, block: u64) -> Result<Option<Body>> {
+        let meta = self.vol.meta();
+        if self.st.seq == 0 && self.st.parent.is_none() {
+            return Ok(None);
+        }
+        let Some(hybridfs_core::types::Extent::Sealed { id: base, .. }) = meta.get_extent_at(ino, block, self.st.epoch)? else {
+            return Ok(None);
+        };
+        if base == *id {
+            return Ok(None);
+        }
+        let (depth, base_at) = match meta.pushed(&base)? {
+            None => return Ok(None),
+            Some(None) => (0, None),
+            Some(Some(at)) => match meta.meta_value(&delta::state_name(&base))? {
+                Some(v) => match serde_json::from_slice::<delta::Recorded>(&v) {
+                    Ok(r) if (r.pack, r.offset, r.len) == at => (r.depth, Some(at)),
+                    _ => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+        };
+        if depth >= delta::MAX_CHAIN || !self.vol.blocks().is_local(&base)? {
+            return Ok(None);
+        }
+        let (old, new) = match (self.vol.blocks().get(&base), self.vol.blocks().get(id)) {
+            (Ok(old), Ok(new)) => (old, new),
+            (Err(e), _) => {
+                tracing::debug!("block {base}, the base for a delta of {id}: {e}; sending {id} whole");
+                return Ok(None);
+            }
+            (_, Err(e)) => return Err(e.into()),
+        };
+        let Some(ranges) = delta::Delta::between(&old, &new, delta::max_delta_bytes(new.len())) else {
+            return Ok(None);
+        };
+        let d = delta::Delta { depth: depth + 1, result: *id, result_len: new.len() as u32, base, base_at, ranges };
+        if hybridfs_blocks::block_id(&d.apply(&old)?) != *id {
+            return Err(SyncError::Corrupt(format!("the delta of block {id} against {base} does not give the block back")));
+        }
+        Ok(Some(Body::Delta { body: d.encode(), depth: d.depth }))
+    }
+
     /// Upload the blocks `keys` name that the store lacks, then their layer (after `prev`).
     fn write(&self, keys: BTreeSet<Key>, prev: Option<LayerRef>, last: bool, report: &mut PushReport) -> Result<LayerRef> {
         let (vol, remote) = (self.vol, self.remote);
@@ -658,10 +720,15 @@ impl LayerWriter<'_> {
         let mut published: BTreeMap<Key, Option<Vec<u8>>> = BTreeMap::new();
         let mut blocks: BTreeSet<BlockId> = BTreeSet::new();
         let mut inline: HashMap<BlockId, Ino> = HashMap::new();
+        // Where each block is in its file: the block it replaced there may serve as a delta base.
+        let mut placed: HashMap<BlockId, (Ino, u64)> = HashMap::new();
         for key in keys {
             for p in record::published(meta, &key, self.snap.epoch)? {
                 if let Some(id) = record::sealed_block(&p.key, p.value.as_deref())? {
                     blocks.insert(id);
+                    if let Key::Extent(ino, block) = &p.key {
+                        placed.insert(id, (*ino, *block));
+                    }
                 }
                 if let Some((ino, id)) = p.inline_block {
                     inline.insert(id, ino);
@@ -681,14 +748,20 @@ impl LayerWriter<'_> {
             }
         }
         let at = self.snap.epoch;
-        let frame = |id: &BlockId| -> Result<Vec<u8>> {
-            match inline.get(id) {
-                Some(&ino) => Ok(hybridfs_blocks::encode(&record::inline_bytes(meta, ino, at, id)?)),
-                None => Ok(vol.blocks().frame(id)?),
+        let frame = |id: &BlockId| -> Result<Body> {
+            if let Some(&ino) = inline.get(id) {
+                return Ok(Body::Whole(hybridfs_blocks::encode(&record::inline_bytes(meta, ino, at, id)?)));
             }
+            if let Some(&(ino, block)) = placed.get(id) {
+                if let Some(body) = self.delta(id, ino, block)? {
+                    return Ok(body);
+                }
+            }
+            Ok(Body::Whole(vol.blocks().frame(id)?))
         };
         let uploaded = upload_blocks(vol, remote, &todo, &frame, self.progress)?;
         report.blocks_uploaded += uploaded.blocks;
+        report.blocks_as_deltas += uploaded.deltas;
         report.packs += uploaded.packs;
         report.bytes_uploaded += uploaded.bytes;
         report.requests += uploaded.requests;

@@ -17,15 +17,27 @@ use std::sync::Mutex;
 
 pub(crate) struct Uploaded {
     pub blocks: u64,
+    /// Of them, sent as deltas against a block the store had ([`crate::delta`]).
+    pub deltas: u64,
     pub packs: u64,
     pub bytes: u64,
     pub requests: u64,
 }
 
+/// What goes to the store for one block.
+pub(crate) enum Body {
+    /// Its frame (verified here before it leaves).
+    Whole(Vec<u8>),
+    /// A delta object against a block the store holds, at this chain depth (verified by
+    /// whoever made it: applied to its base, it gave the block). Always packed.
+    Delta { body: Vec<u8>, depth: u8 },
+}
+
 /// One request's worth of work.
 enum Job {
     Block(BlockId, Vec<u8>),
-    Pack(Vec<(BlockId, Vec<u8>)>),
+    /// Frames and deltas (with their depth).
+    Pack(Vec<(BlockId, Vec<u8>, Option<u8>)>),
 }
 
 impl Job {
@@ -38,16 +50,16 @@ impl Job {
     }
 }
 
-/// Upload blocks `ids`, each frame got from `frame` (the local block store, or the inline
-/// bytes a push publishes as a block) and verified against its id before it leaves.
+/// Upload blocks `ids`, each body got from `frame` (the local block store, the inline bytes a
+/// push publishes as a block, or a delta) and verified against its id before it leaves.
 pub(crate) fn upload_blocks(
     vol: &Volume,
     remote: &Remote,
     ids: &[BlockId],
-    frame: &dyn Fn(&BlockId) -> Result<Vec<u8>>,
+    frame: &dyn Fn(&BlockId) -> Result<Body>,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Uploaded> {
-    let mut out = Uploaded { blocks: 0, packs: 0, bytes: 0, requests: 0 };
+    let mut out = Uploaded { blocks: 0, deltas: 0, packs: 0, bytes: 0, requests: 0 };
     if ids.is_empty() {
         return Ok(out);
     }
@@ -55,8 +67,8 @@ pub(crate) fn upload_blocks(
     let prog = Mutex::new(Progress { blocks_total: ids.len() as u64, bytes_total, ..Default::default() });
     let (tx, rx) = crossbeam_channel::bounded::<Job>(PARALLEL * 2);
     let first_error: Mutex<Option<SyncError>> = Mutex::new(None);
-    // blocks, packs, bytes, blocks uploaded alone
-    let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    // blocks, packs, bytes, blocks uploaded alone, deltas
+    let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     let workers = vol.workers();
     std::thread::scope(|s| -> Result<()> {
         for n in 0..PARALLEL {
@@ -78,7 +90,7 @@ pub(crate) fn upload_blocks(
             });
         }
         drop(rx);
-        let mut pack: Vec<(BlockId, Vec<u8>)> = Vec::new();
+        let mut pack: Vec<(BlockId, Vec<u8>, Option<u8>)> = Vec::new();
         let mut pack_len = 0;
         for id in ids {
             if first_error.lock().expect("lock").is_some() {
@@ -88,15 +100,20 @@ pub(crate) fn upload_blocks(
                 first_error.lock().expect("lock").get_or_insert(SyncError::Store(hybridfs_cloud::StoreError::Cancelled));
                 break;
             }
-            let frame = frame(id)?;
-            // Verify before it leaves: a corrupt local block must not become the store's copy.
-            hybridfs_blocks::decode(id, &frame)?;
-            if frame.len() >= PACK_SMALLER_THAN {
-                let _ = tx.send(Job::Block(*id, frame));
-                continue;
-            }
+            let (frame, depth) = match frame(id)? {
+                Body::Whole(frame) => {
+                    // Verify before it leaves: a corrupt local block must not become the store's copy.
+                    hybridfs_blocks::decode(id, &frame)?;
+                    if frame.len() >= PACK_SMALLER_THAN {
+                        let _ = tx.send(Job::Block(*id, frame));
+                        continue;
+                    }
+                    (frame, None)
+                }
+                Body::Delta { body, depth } => (body, Some(depth)),
+            };
             pack_len += frame.len();
-            pack.push((*id, frame));
+            pack.push((*id, frame, depth));
             if pack_len >= PACK_BYTES {
                 let _ = tx.send(Job::Pack(std::mem::take(&mut pack)));
                 pack_len = 0;
@@ -112,6 +129,7 @@ pub(crate) fn upload_blocks(
         return Err(e);
     }
     out.blocks = counts[0].load(Ordering::Relaxed);
+    out.deltas = counts[4].load(Ordering::Relaxed);
     out.packs = counts[1].load(Ordering::Relaxed);
     out.bytes = counts[2].load(Ordering::Relaxed);
     out.requests = out.packs + counts[3].load(Ordering::Relaxed);
@@ -122,7 +140,7 @@ fn run_job(
     vol: &Volume,
     remote: &Remote,
     job: Job,
-    counts: &[AtomicU64; 4],
+    counts: &[AtomicU64; 5],
     prog: &Mutex<Progress>,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<()> {
@@ -138,24 +156,31 @@ fn run_job(
             let plain = frames.iter().map(|f| f.1.len() as u64).sum();
             let mut body = Vec::with_capacity(plain as usize);
             let mut entries = Vec::new();
-            for (id, f) in frames {
+            for (id, f, depth) in frames {
                 let f = remote.seal_frame(&id, f);
-                entries.push((id, body.len() as u64, f.len() as u64));
+                entries.push((id, body.len() as u64, f.len() as u64, depth));
                 body.extend_from_slice(&f);
             }
             let pack = BlockId(*blake3::hash(&body).as_bytes());
             remote.store.put(&remote.pack_key(&pack), &body, Cond::None)?;
             counts[1].fetch_add(1, Ordering::Relaxed);
-            let marks = entries
-                .iter()
-                .map(|(id, offset, len)| Mutation::MarkPushed { id: *id, packed: Some((pack, *offset, *len)) })
-                .collect();
+            let mut marks = Vec::with_capacity(entries.len());
+            for (id, offset, len, depth) in entries {
+                marks.push(Mutation::MarkPushed { id, packed: Some((pack, offset, len)) });
+                if let Some(depth) = depth {
+                    // With the mark, in one batch: a later push knows this chain's length.
+                    let r = crate::delta::Recorded { depth, pack, offset, len };
+                    let value = serde_json::to_vec(&r).expect("plain data");
+                    marks.push(Mutation::SetMeta { name: crate::delta::state_name(&id), value: Some(value) });
+                    counts[4].fetch_add(1, Ordering::Relaxed);
+                }
+            }
             (marks, body.len() as u64, plain)
         }
     };
     // Recorded as uploads finish, so an interrupted push resumes without them.
     hybridfs_core::crashpoint("push-after-block");
-    let n = marks.len() as u64;
+    let n = marks.iter().filter(|m| matches!(m, Mutation::MarkPushed { .. })).count() as u64;
     vol.meta().apply(marks, false)?;
     counts[0].fetch_add(n, Ordering::Relaxed);
     counts[2].fetch_add(bytes, Ordering::Relaxed);

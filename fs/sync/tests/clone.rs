@@ -709,3 +709,169 @@ fn large_blocks_come_in_verified_ranged_parts_and_a_bad_part_fails_the_block() {
     assert_eq!(read(&c.vol, "big").unwrap(), noise(6, 2 * MIB), "11 parts per 1 MiB block, reassembled in order");
     assert_eq!(c.lazy.fetched.load(Ordering::Relaxed), 2);
 }
+
+/// The delta objects the layers of `branch` name (decrypted), and every named block read
+/// back through `fetch_frame` (deltas resolved, invariant 5).
+fn deltas_in_store(remote: &Remote, branch: &str) -> Vec<hybridfs_sync::delta::Delta> {
+    let (head, _) = remote.head(branch).unwrap().expect("head");
+    let mut packed = std::collections::BTreeMap::new();
+    let mut named = std::collections::BTreeSet::new();
+    for seq in 1..=head.seq {
+        let layer = remote.layer(branch, seq).unwrap();
+        packed.extend(layer.packed.iter().map(|p| (p.id, (p.pack, p.offset, p.len))));
+        for r in layer.records {
+            named.extend(hybridfs_core::record::sealed_block(&r.key, r.value.as_deref()).unwrap());
+        }
+    }
+    let mut deltas = Vec::new();
+    for id in &named {
+        let frame = remote.fetch_frame(id, packed.get(id).copied()).unwrap_or_else(|e| panic!("block {id}: {e}"));
+        hybridfs_blocks::decode(id, &frame).unwrap();
+        if let Some((pack, offset, len)) = packed.get(id) {
+            let body = remote.store.get_range(&remote.pack_key(pack), *offset, *len).unwrap();
+            let body = remote.open_frame(id, body).unwrap();
+            if hybridfs_sync::delta::is_delta(&body) {
+                deltas.push(hybridfs_sync::delta::Delta::decode(id, &body).unwrap());
+            }
+        }
+    }
+    deltas
+}
+
+/// Read `len` bytes of file `name` at `offset`.
+fn read_at(vol: &Volume, name: &str, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    let i = vol.lookup(ROOT_INO, name.as_bytes())?;
+    let opened = vol.open_file(i.ino, false)?;
+    let r = vol.read(i.ino, offset, len);
+    vol.release_file(i.ino, opened.kind)?;
+    r
+}
+
+/// 64 KiB written at an unaligned offset across the border of blocks 1 and 2 of `big` (4 MiB
+/// of `noise(seed)`): what the file holds afterwards.
+fn change_across_a_border(vol: &Volume, seed: u64) -> Vec<u8> {
+    let mut want = noise(seed, 4 * MIB);
+    let at = 2 * MIB - 20_000;
+    let patch = noise(seed + 1000, 64 << 10);
+    want[at..at + patch.len()].copy_from_slice(&patch);
+    write_file(vol, "big", at as u64, &patch);
+    want
+}
+
+#[test]
+fn invariant_4_and_5_a_changed_block_travels_as_a_delta_and_clones_byte_for_byte() {
+    for encrypted in [false, true] {
+        let home = volume();
+        write_file(&home.vol, "big", 0, &noise(30, 4 * MIB));
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let cipher = encrypted.then(|| Arc::new(hybridfs_sync::crypt::Cipher::new(&[9; 32])));
+        let remote = Remote::new(store.clone(), "vol").with_cipher(cipher);
+        push(&home.vol, &remote, "main", &|_| {}).unwrap();
+
+        let want = change_across_a_border(&home.vol, 30);
+        let second = push(&home.vol, &remote, "main", &|_| {}).unwrap();
+        assert_eq!((second.blocks_uploaded, second.blocks_as_deltas, second.packs), (2, 2, 1), "{second:?}");
+        assert!(second.bytes_uploaded < 80 << 10, "64 KiB written, {} bytes sent", second.bytes_uploaded);
+        // Invariant 4: each delta names a base the store held before the layer naming the
+        // delta's block was written (a block of the first push, a whole frame).
+        let deltas = deltas_in_store(&remote, "main");
+        assert_eq!(deltas.len(), 2);
+        for d in &deltas {
+            assert_eq!((d.depth, d.base_at), (1, None), "against the whole block of the first push");
+            remote.fetch_frame(&d.base, None).expect("the base is in the store");
+        }
+        if !encrypted {
+            let c = clone_of(store, "main", "node", None);
+            assert_eq!(read(&c.vol, "big").unwrap(), want, "the clone reads the changed file byte for byte");
+        }
+    }
+}
+
+/// A home volume holding `big` (4 MiB of `noise(seed)`) pushed once to a store whose faults
+/// the returned plan sets, then changed across a block border: what `big` holds now.
+fn pushed_then_changed(seed: u64) -> (common::Fixture, Arc<FaultPlan>, Arc<dyn ObjectStore>, Remote, Vec<u8>) {
+    let home = volume();
+    write_file(&home.vol, "big", 0, &noise(seed, 4 * MIB));
+    let plan = FaultPlan::new();
+    let store: Arc<dyn ObjectStore> = Arc::new(Faulty::new(MemStore::new(), plan.clone()));
+    let remote = Remote::new(store.clone(), "vol");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let want = change_across_a_border(&home.vol, seed);
+    (home, plan, store, remote, want)
+}
+
+#[test]
+fn invariant_5_a_corrupt_delta_or_base_is_an_error_never_wrong_bytes() {
+    for (damaged, how) in [("/packs/", Corruption::FlipByte), ("/packs/", Corruption::Truncate), ("/blocks/", Corruption::FlipByte)] {
+        let (home, plan, store, remote, want) = pushed_then_changed(31);
+        assert_eq!(push(&home.vol, &remote, "main", &|_| {}).unwrap().blocks_as_deltas, 2);
+
+        let c = clone_of(store, "main", "node", None);
+        plan.corrupt_reads(damaged, how);
+        // Block 1 is a delta (in a pack) against the first push's block 1 (alone).
+        match read_at(&c.vol, "big", MIB as u64, 4096) {
+            Err(FsError::CorruptBlock { .. }) => {}
+            other => panic!("invariant 5: a damaged {damaged} object ({how:?}) must fail the read, got {:?}", other.map(|b| b.len())),
+        }
+        assert!(!c.vol.metrics.snapshot().corrupt_block_ids.is_empty(), "a metric names the block");
+        plan.heal();
+        assert_eq!(read(&c.vol, "big").unwrap(), want, "the good copy reads once the store is fixed");
+    }
+}
+
+#[test]
+fn chains_of_deltas_are_bounded_and_a_clone_reads_the_end_of_one() {
+    use hybridfs_sync::delta::MAX_CHAIN;
+    let home = volume();
+    let mut want = noise(32, MIB);
+    write_file(&home.vol, "one", 0, &want);
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let remote = Remote::new(store.clone(), "vol");
+    push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    let (mut as_delta, mut states) = (Vec::new(), Vec::new());
+    for round in 0..MAX_CHAIN as u64 + 3 {
+        let at = (round as usize * 70_001) % (MIB - 5000);
+        let patch = noise(100 + round, 5000);
+        want[at..at + 5000].copy_from_slice(&patch);
+        write_file(&home.vol, "one", at as u64, &patch);
+        let r = push(&home.vol, &remote, "main", &|_| {}).unwrap();
+        assert_eq!(r.blocks_uploaded, 1);
+        as_delta.push(r.blocks_as_deltas);
+        states.push(want.clone());
+    }
+    // Deltas of depth 1..=MAX_CHAIN, then the block whole (a new chain), then deltas again.
+    let mut expected = vec![1; MAX_CHAIN as usize];
+    expected.extend([0, 1, 1]);
+    assert_eq!(as_delta, expected);
+    let deltas = deltas_in_store(&remote, "main");
+    assert!(deltas.iter().all(|d| d.depth <= MAX_CHAIN), "no chain longer than the bound");
+    assert_eq!(deltas.iter().map(|d| d.depth).max(), Some(MAX_CHAIN));
+    let c = clone_of(store.clone(), "main", "node", None);
+    assert_eq!(read(&c.vol, "one").unwrap(), want);
+    // An earlier push: the end of the longest chain, resolved through all its bases.
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(MetaStore::memory());
+    hybridfs_sync::clone::import_at(&meta, &remote, "main", Some(1 + MAX_CHAIN as u64), "old").unwrap();
+    let own = FileBlockStore::open(dir.path().join("blocks")).unwrap();
+    let cache = FileBlockStore::open(dir.path().join("cache")).unwrap();
+    let lazy = Arc::new(LazyStore::new(own, cache, Remote::new(store, "vol"), meta.clone(), None).unwrap());
+    let vol = Volume::open(meta, lazy, VolumeOptions { staging_dir: dir.path().join("staging"), ..Default::default() }).unwrap();
+    assert_eq!(read(&vol, "one").unwrap(), states[MAX_CHAIN as usize - 1], "layer {} holds the chain's last delta", 1 + MAX_CHAIN);
+}
+
+#[test]
+fn invariant_4_an_interrupted_push_of_deltas_resumes_and_clones_byte_for_byte() {
+    let (home, plan, store, remote, want) = pushed_then_changed(33);
+    write_file(&home.vol, "new", 0, &noise(34, 2 * MIB));
+    plan.die_after_puts(1);
+    assert!(push(&home.vol, &remote, "main", &|_| {}).is_err());
+    plan.heal();
+    assert_eq!(remote.head("main").unwrap().unwrap().0.seq, 1, "the old head stays valid");
+    let resumed = push(&home.vol, &remote, "main", &|_| {}).unwrap();
+    assert!(resumed.resumed, "{resumed:?}");
+    assert_eq!(resumed.blocks_uploaded + resumed.blocks_skipped, 4, "{resumed:?}");
+    assert_eq!(deltas_in_store(&remote, "main").len(), 2);
+    let c = clone_of(store, "main", "node", None);
+    assert_eq!(read(&c.vol, "big").unwrap(), want);
+    assert_eq!(read(&c.vol, "new").unwrap(), noise(34, 2 * MIB));
+}

@@ -36,10 +36,8 @@ pub fn check_remote(remote: &Remote, branch: &str) -> BTreeSet<BlockId> {
         }
     }
     for id in &named {
-        let frame = match packed.get(id) {
-            Some((pack, offset, len)) => remote.store.get_range(&remote.pack_key(pack), *offset, *len).unwrap(),
-            None => remote.store.get(&remote.block_key(id)).unwrap().0,
-        };
+        // A whole frame, or a delta resolved against its base (fs/sync/src/delta.rs).
+        let frame = remote.fetch_frame(id, packed.get(id).copied()).unwrap_or_else(|e| panic!("block {id} in the store: {e}"));
         hybridfs_blocks::decode(id, &frame).unwrap_or_else(|e| panic!("block {id} in the store: {e}"));
     }
     named

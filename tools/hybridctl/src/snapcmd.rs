@@ -148,10 +148,11 @@ fn print_push(vd: &VolumeDir, p: &hybridfs_node::types::PushReport) {
         return;
     }
     println!(
-        "pushed layer {} of branch {branch} to {store}: {} records, {} blocks uploaded in {} packs and single objects ({}), {} already there, {} requests, {:.1}s{}",
+        "pushed layer {} of branch {branch} to {store}: {} records, {} blocks uploaded{} in {} packs and single objects ({}), {} already there, {} requests, {:.1}s{}",
         p.seq,
         p.records,
         p.blocks_uploaded,
+        if p.blocks_as_deltas > 0 { format!(" ({} as deltas)", p.blocks_as_deltas) } else { String::new() },
         p.packs,
         human_bytes(p.bytes_uploaded),
         p.blocks_skipped,
