@@ -205,6 +205,6 @@ pub fn ship_blocks(vol: &Volume, remote: &Remote, ids: &[BlockId]) -> Result<u64
             todo.push(*id);
         }
     }
-    let frame = |id: &BlockId| -> Result<Vec<u8>> { Ok(vol.blocks().frame(id)?) };
+    let frame = |id: &BlockId| -> Result<Body> { Ok(Body::Whole(vol.blocks().frame(id)?)) };
     Ok(upload_blocks(vol, remote, &todo, &frame, &|_| {})?.blocks)
 }
