@@ -19,7 +19,9 @@ In one run, against one SeaweedFS S3 server on 127.0.0.1 (started here):
    * tar: `tar cf - DIR | wc -c` of the small files (one reader, in directory order);
    * par: 16 threads reading every small file (sorted list, split between them);
    * loader: a data loader's pass: the small files in a shuffled order, --loader-threads
-     threads, files/s; the same pass on the home volume (page cache dropped) for comparison;
+     threads, files/s;
+   the small-file reads are also timed on the home volume (all blocks local, page cache
+   dropped): what reading the files through the mount costs with nothing to fetch;
    the GET requests each read made (SeaweedFS's metrics) are counted;
 4. what was read is checked against the home's SHA-256 of each file.
 
@@ -215,21 +217,26 @@ class CloneReadBench(P.StoreBench):
         shutil.rmtree(c.home, ignore_errors=True)
         return row
 
-    def home_loader(self):
+    def home_reads(self):
+        """The small-file reads on the home volume (all its blocks local, page cache dropped):
+        what reading 10,000 files through the mount costs with nothing to fetch."""
         h = self.home
         h.mount()
-        dt, got = self.read("loader", h.mp)
+        out = {}
+        for what in [w for w in self.a.reads if w != "big"]:
+            dt, got = self.read(what, h.mp)
+            out[what] = {"read_s": dt, "files": len(got)}
+            log(f"home {what}: read {dt:.2f}s")
         h.hc("umount", h.mp, timeout=self.a.timeout)
         h.mounted = False
-        return {"read_s": dt, "files": len(got)}
+        return out
 
     def run(self):
         a = self.a
         self.make_home()
         self.res["rclone"] = {k: self.rclone_ref(k) for k in ("blocks", "packs")}
         self.res["reads"] = {w: self.one(w) for w in a.reads}
-        if "loader" in a.reads:
-            self.res["home_loader"] = self.home_loader()
+        self.res["home_reads"] = self.home_reads()
 
     def report(self):
         r = self.res
@@ -244,8 +251,8 @@ class CloneReadBench(P.StoreBench):
               f"objects), packs {r['rclone']['packs']['s']:.2f}s "
               f"({r['rclone']['packs']['objects']} objects)")
         print("\n| read | clone + mount (s) | read (s) | MB/s | files/s | GETs "
-              "| rclone (s) | speed vs rclone | incl. clone + mount |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| rclone (s) | speed vs rclone | incl. clone + mount | home read (s) | vs home |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for w, x in r["reads"].items():
             ref = r["rclone"]["blocks" if w == "big" else "packs"]
             nbytes = self.a.big_mib * MiB if w == "big" else home["small_bytes"]
@@ -253,9 +260,11 @@ class CloneReadBench(P.StoreBench):
             print(f"| {w} | {x['clone_s']:.2f} + {x['mount_s']:.2f} | {x['read_s']:.2f} "
                   f"| {nbytes / 1e6 / x['read_s']:.0f} | {x['files'] / x['read_s']:,.0f} "
                   f"| {x['store'].get('GET', 0):,} | {ref['s']:.2f} "
-                  f"| {ref['s'] / x['read_s']:.2f}x | {ref['s'] / (x['read_s'] + cm):.2f}x |")
-        if "home_loader" in r:
-            hl, cl = r["home_loader"], r["reads"]["loader"]
+                  f"| {ref['s'] / x['read_s']:.2f}x | {ref['s'] / (x['read_s'] + cm):.2f}x "
+                  + (f"| {hr['read_s']:.2f} | {hr['read_s'] / x['read_s']:.2f}x |"
+                     if (hr := r.get("home_reads", {}).get(w)) else "| - | - |"))
+        if "loader" in r.get("home_reads", {}):
+            hl, cl = r["home_reads"]["loader"], r["reads"]["loader"]
             print(f"\ndata loader ({self.a.loader_threads} threads, shuffled): clone "
                   f"{cl['files'] / cl['read_s']:,.0f} files/s, home {hl['files'] / hl['read_s']:,.0f} "
                   f"files/s ({hl['read_s'] / cl['read_s']:.2f}x home)")
