@@ -292,3 +292,49 @@ fn another_hosts_changes_reach_this_hosts_kernel_through_notifications() {
     c.b.umount();
     assert_fsck_clean(&c.a);
 }
+
+/// `hybridctl snapshot create NAME` on host `home`'s mount.
+fn snapshot_create(home: PathBuf, name: &'static str) -> hybridfs_tests::CmdOutput {
+    let args = ["snapshot", "create", name, "--volume", "snap"].map(std::ffi::OsStr::new);
+    hybridfs_tests::volume::hybridctl_in(&home, &args, Duration::from_secs(120))
+}
+
+/// Snapshots taken on two hosts at once each end their own epoch (the epoch is read inside
+/// the transaction that ends it, invariant 2: a snapshot is one epoch), and one name is
+/// taken once.
+#[test]
+fn snapshots_taken_on_two_hosts_at_once_get_their_own_epochs() {
+    let c = Cluster::start("snap", true, &[]);
+    fs::write(c.a.path("f"), b"one").unwrap();
+    for round in 0..3 {
+        let (names, same): ([&'static str; 2], bool) = match round {
+            0 => (["s-a", "s-b"], false),
+            1 => (["t-a", "t-b"], false),
+            _ => (["same", "same"], true),
+        };
+        let (ha, hb) = (c.a.home().to_path_buf(), c.b.home().to_path_buf());
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let tb = std::thread::spawn(move || {
+            b2.wait();
+            snapshot_create(hb, names[1])
+        });
+        barrier.wait();
+        let oa = snapshot_create(ha, names[0]);
+        let ob = tb.join().unwrap();
+        if same {
+            assert!(oa.success() != ob.success(), "one name taken twice or not at all: {oa}\n{ob}");
+            let lost = if oa.success() { &ob } else { &oa };
+            assert!(lost.stderr.contains("already exists"), "unclear error: {lost}");
+        } else {
+            assert!(oa.success() && ob.success(), "{oa}\n{ob}");
+        }
+    }
+    let out = c.b.ctl(&["snapshot", "list", "--volume", "snap", "--json"]);
+    assert!(out.success(), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 5, "{list:?}");
+    let epochs: std::collections::BTreeSet<u64> = list.iter().map(|s| s["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs.len(), 5, "two snapshots share an epoch: {list:?}");
+}
