@@ -19,6 +19,16 @@ pub fn pid_alive(pid: i32) -> bool {
     !matches!(state, None | Some('Z') | Some('X'))
 }
 
+/// Bytes `pid` has written with system calls so far (`wchar` of `/proc/PID/io`): a mount
+/// process that writes little while a file grows by much is not on the data path.
+pub fn bytes_written_by(pid: i32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_else(|e| panic!("read /proc/{pid}/io: {e}"));
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no wchar in /proc/{pid}/io: {io}"))
+}
+
 /// The argument vector of `pid`, empty when it is gone.
 pub fn cmdline(pid: i32) -> Vec<String> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -82,6 +82,14 @@ fn fsx_100k_ops_1m_blocks() {
     run_fsx("1M", 4 << 20, 100_000, 2, &[]);
 }
 
+/// Passthrough writes: fsx's file is created (and reopened) for writing by kernel
+/// passthrough, so its writes, mmap writes, truncates and fsyncs go through the path where
+/// the staging file is the truth and the journal is taken from its data regions.
+#[test]
+fn fsx_100k_ops_passthrough_writes() {
+    run_fsx("64K", 1 << 20, 100_000, 4, &["--passthrough-writes", "true"]);
+}
+
 /// The other mount mode: the kernel's writeback cache gathers writes.
 #[test]
 fn fsx_100k_ops_writeback_cache() {

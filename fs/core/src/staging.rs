@@ -95,3 +95,34 @@ pub fn allocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off as i64, len as i64) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
+
+/// The data regions of a staging file below `size`, as `[start, end)` ranges (`SEEK_DATA` /
+/// `SEEK_HOLE`): where bytes were written, which is how the kernel's passthrough writes are
+/// found (a file system without holes reports one region: the whole file).
+pub fn data_regions(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |pos: u64, whence: i32| {
+        // SAFETY: plain syscall on an owned, open descriptor; only its offset changes, and
+        // staging files are read and written with pread/pwrite only.
+        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+        if r >= 0 {
+            Ok(Some(r as u64))
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) }
+        }
+    };
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Some(start) = seek(pos, libc::SEEK_DATA)?.filter(|s| *s < size) else { break };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        if end <= start {
+            break;
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    Ok(out)
+}

@@ -16,7 +16,7 @@ fn file() -> NewNode {
 /// view's root and its `a`.
 fn with_snapshot(f: &MemVolume) -> (MountView, u64, u64) {
     let view = MountView::new(f.vol.clone());
-    let a = view.create(ROOT_INO, b"a", file(), ROOT).unwrap().inode.ino;
+    let a = view.create(ROOT_INO, b"a", file(), ROOT, false).unwrap().inode.ino;
     view.write(a, 0, b"old").unwrap();
     view.release(a, IoKind::Cached).unwrap();
     f.vol.snapshot_create("s1").unwrap();
@@ -66,7 +66,7 @@ fn every_change_to_a_view_is_read_only() {
     let live_a = view.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
     let ro = |r: Result<(), FsError>, what: &str| assert!(matches!(r, Err(FsError::ReadOnly)), "{what}: {r:?}");
     ro(view.create_node(s1, b"x", file(), ROOT).map(drop), "mknod in a view");
-    ro(view.create(s1, b"x", file(), ROOT).map(drop), "create in a view");
+    ro(view.create(s1, b"x", file(), ROOT, false).map(drop), "create in a view");
     ro(view.open(old_a, true).map(drop), "open a view file for writing");
     ro(view.write(old_a, 0, b"x").map(drop), "write");
     ro(view.setattr(old_a, SetAttr { size: Some(0), ..Default::default() }).map(drop), "truncate");
@@ -106,7 +106,7 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_as_before() {
     let rofs = |r: Result<(), FsError>, what: &str| assert!(matches!(r, Err(FsError::ReadOnly)), "{what}: {r:?}");
     rofs(ro.open(a, true).map(drop), "open for writing");
     rofs(ro.write(a, 0, b"x").map(drop), "write");
-    rofs(ro.create(ROOT_INO, b"b", file(), ROOT).map(drop), "create");
+    rofs(ro.create(ROOT_INO, b"b", file(), ROOT, false).map(drop), "create");
     rofs(ro.create_node(ROOT_INO, b"d", NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] }, ROOT).map(drop), "mkdir");
     rofs(ro.unlink(ROOT_INO, b"a"), "unlink");
     rofs(ro.rename(ROOT_INO, b"a", ROOT_INO, b"c", RenameFlags::default()), "rename");
@@ -130,9 +130,9 @@ fn a_listing_s_attributes_come_from_one_call_each_from_where_it_lives() {
     let f = MemVolume::new(4096);
     let (view, s1, old_a) = with_snapshot(&f);
     let a = view.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
-    let b = view.create(ROOT_INO, b"b", file(), ROOT).unwrap().inode.ino;
+    let b = view.create(ROOT_INO, b"b", file(), ROOT, false).unwrap().inode.ino;
     view.write(b, 0, b"four").unwrap();
-    let gone = view.create(ROOT_INO, b"gone", file(), ROOT).unwrap().inode.ino;
+    let gone = view.create(ROOT_INO, b"gone", file(), ROOT, false).unwrap().inode.ino;
     view.release(gone, IoKind::Cached).unwrap();
     view.unlink(ROOT_INO, b"gone").unwrap();
     view.forget(gone, 1);

@@ -20,8 +20,10 @@
 //! (`FOPEN_KEEP_CACHE`). A shared volume (several hosts) is the exception: [`SHARED_TTL`],
 //! and no page cache kept across opens ([`HybridFs::shared`]). The kernel then offers one of two modes, and the mount picks one:
 //! * **passthrough** (default): read-only opens of files whose data is all in their staging
-//!   file are served by the kernel from that file (see `passthrough.rs`); writes are
-//!   write-through, up to 1 MiB per request;
+//!   file are served by the kernel from that file (see `passthrough.rs`); with passthrough
+//!   writes on, so are opens for writing of files with no sealed block (new files, `O_TRUNC`
+//!   opens: the core's "Passthrough writes"); other writes are write-through, up to 1 MiB per
+//!   request;
 //! * **writeback cache** (`--writeback-cache`): the kernel gathers small writes into large ones
 //!   and keeps size and mtime; `fsync` and `close` flush it to us.
 //!
@@ -102,6 +104,7 @@ pub struct HybridFs {
     vol: MountView,
     passthrough: passthrough::Backings,
     want_passthrough: bool,
+    want_passthrough_writes: bool,
     listings: listing::Listings,
     cold: cold::ColdReads,
     /// [`TTL`], or on a shared volume its shorter one ([`HybridFs::shared`]).
@@ -110,10 +113,20 @@ pub struct HybridFs {
 
 impl HybridFs {
     /// `read_only`: every change is `EROFS` (a `ro` mount; the kernel has `MS_RDONLY` too).
-    pub fn new(vol: Arc<Volume>, want_passthrough: bool, read_only: bool) -> Self {
+    /// `want_passthrough_writes`: opens for writing of files with no sealed block are
+    /// passthrough too (only with `want_passthrough`).
+    pub fn new(vol: Arc<Volume>, want_passthrough: bool, want_passthrough_writes: bool, read_only: bool) -> Self {
         let vol = if read_only { MountView::read_only(vol) } else { MountView::new(vol) };
         let cold = cold::ColdReads::new(vol.clone());
-        HybridFs { vol, passthrough: passthrough::Backings::default(), want_passthrough, listings: listing::Listings::default(), cold, ttl: TTL }
+        HybridFs {
+            vol,
+            passthrough: passthrough::Backings::default(),
+            want_passthrough,
+            want_passthrough_writes,
+            listings: listing::Listings::default(),
+            cold,
+            ttl: TTL,
+        }
     }
 
     /// Serve a shared volume: other hosts change it, so the kernel trusts attributes and
@@ -241,8 +254,9 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 impl Filesystem for HybridFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let passthrough = session::tune(config, self.want_passthrough);
+        let passthrough = session::tune(config, self.want_passthrough, self.want_passthrough_writes);
         self.vol.enable_passthrough(passthrough);
+        self.vol.enable_passthrough_writes(passthrough && self.want_passthrough_writes);
         Ok(())
     }
 
@@ -382,6 +396,15 @@ impl Filesystem for HybridFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: fuser::OpenFlags, reply: ReplyOpen) {
         let _op = op_timer("open", ino);
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if flags.0 & libc::O_TRUNC != 0 {
+            // Only with passthrough writes is `O_TRUNC` passed on (FUSE_ATOMIC_O_TRUNC): the
+            // file is emptied before the open, so a checkpoint written over an old one has no
+            // sealed block and is written by passthrough.
+            let empty = SetAttr { size: Some(0), ..Default::default() };
+            if let Err(e) = self.vol.setattr(ino.0, empty) {
+                return reply.fail("open", e);
+            }
+        }
         match self.vol.open(ino.0, write) {
             Ok(opened) => self.passthrough.reply_open(&self.vol, opened, reply),
             Err(e) => reply.fail("open", e),
@@ -447,7 +470,7 @@ impl Filesystem for HybridFs {
     ) {
         let _op = op_timer("release", ino);
         let kind = passthrough::kind_of(fh);
-        if kind == IoKind::Passthrough {
+        if matches!(kind, IoKind::Passthrough | IoKind::PassthroughWrite) {
             self.passthrough.released(ino.0);
         }
         reply.result("release", self.vol.release(ino.0, kind));
@@ -551,13 +574,13 @@ impl Filesystem for HybridFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
         let _op = op_timer("create", parent);
         let new = NewNode { kind: Kind::File, perm: mode & !umask & 0o7777, rdev: 0, target: Vec::new() };
-        match self.vol.create(parent.0, name.as_bytes(), new, caller(req)) {
+        match self.vol.create(parent.0, name.as_bytes(), new, caller(req), flags & libc::O_TRUNC != 0) {
             Ok(opened) => {
-                let flags = self.passthrough.cached(opened.flush_on_close);
-                reply.created(&self.ttl, &self.attr(&opened.inode), GEN, FileHandle(0), flags)
+                let attr = self.attr(&opened.inode);
+                self.passthrough.reply_create(&self.vol, opened, &attr, &self.ttl, reply)
             }
             Err(e) => reply.fail("create", e),
         }

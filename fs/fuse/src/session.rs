@@ -17,6 +17,9 @@ pub struct MountConfig {
     pub threads: usize,
     /// Serve reads of unsealed files by kernel passthrough instead of writeback-caching writes.
     pub passthrough: bool,
+    /// With `passthrough`: writes of files with no sealed block (new files, `O_TRUNC` opens)
+    /// go by passthrough too.
+    pub passthrough_writes: bool,
     /// Mount read-only (`MS_RDONLY`; the file system answers `EROFS` to every change too).
     pub read_only: bool,
     /// A shared volume (other hosts change it): how long the kernel may trust attributes and
@@ -26,7 +29,7 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, read_only: false, shared_ttl: None }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, passthrough_writes: true, read_only: false, shared_ttl: None }
     }
 }
 
@@ -46,7 +49,7 @@ pub fn mount(vol: Arc<Volume>, mountpoint: &Path, cfg: &MountConfig) -> std::io:
     config.acl = SessionACL::All;
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let mut fs = HybridFs::new(vol.clone(), cfg.passthrough, cfg.read_only);
+    let mut fs = HybridFs::new(vol.clone(), cfg.passthrough, cfg.passthrough_writes, cfg.read_only);
     if let Some(ttl) = cfg.shared_ttl {
         fs = fs.shared(ttl);
     }
@@ -101,9 +104,13 @@ fn mount_typed(mountpoint: &Path, source: &str, read_only: bool) -> std::io::Res
 
 /// Ask the kernel for large requests, readdirplus and parallel lookups, and for either
 /// passthrough or writeback caching (the kernel allows only one of the two); returns whether
-/// passthrough is on.
-pub(crate) fn tune(config: &mut KernelConfig, passthrough: bool) -> bool {
+/// passthrough is on. With `passthrough_writes`, `O_TRUNC` comes with the open
+/// (FUSE_ATOMIC_O_TRUNC), so that the file can be emptied before its I/O mode is chosen.
+pub(crate) fn tune(config: &mut KernelConfig, passthrough: bool, passthrough_writes: bool) -> bool {
     let cache_mode = if passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
+    if passthrough && passthrough_writes && config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC).is_err() {
+        tracing::info!("kernel lacks FUSE capability FUSE_ATOMIC_O_TRUNC");
+    }
     let wanted = [
         cache_mode,
         InitFlags::FUSE_PARALLEL_DIROPS,

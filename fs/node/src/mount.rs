@@ -81,6 +81,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Serve reads of files not yet sealed by kernel passthrough (else: writeback cache).
     pub passthrough: bool,
+    /// With `passthrough`: writes of files with no sealed block (new files, `O_TRUNC` opens)
+    /// go by kernel passthrough straight into their staging files.
+    pub passthrough_writes: bool,
     /// Seconds a closed file stays untouched before its data is sealed.
     pub seal_delay: u64,
     /// Seconds a read waits for a block from the object store [default: the volume's
@@ -99,7 +102,17 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 4, passthrough: true, seal_delay: 30, read_timeout: None, metrics_addr: None, dashboard: false, read_only: false, blocks_to_store: None }
+        MountOptions {
+            threads: 4,
+            passthrough: true,
+            passthrough_writes: true,
+            seal_delay: 30,
+            read_timeout: None,
+            metrics_addr: None,
+            dashboard: false,
+            read_only: false,
+            blocks_to_store: None,
+        }
     }
 }
 
@@ -161,6 +174,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             fs_name: format!("hybridfs:{name}"),
             threads: opts.threads,
             passthrough: opts.passthrough,
+            passthrough_writes: opts.passthrough_writes,
             read_only: opts.read_only,
             shared_ttl,
         };
@@ -217,6 +231,7 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     if !flags.passthrough {
         cmd.arg("--writeback-cache");
     }
+    cmd.arg("--passthrough-writes").arg(flags.passthrough_writes.to_string());
     if let Some(secs) = flags.read_timeout {
         cmd.arg("--read-timeout").arg(secs.to_string());
     }

@@ -104,6 +104,10 @@ enum Cmd {
         /// Helps workloads of many small writes.
         #[arg(long)]
         writeback_cache: bool,
+        /// Writes of new files and of files opened with O_TRUNC (checkpoints) go by kernel
+        /// passthrough straight to local disk, not through the mount process [default: true].
+        #[arg(long, value_name = "BOOL")]
+        passthrough_writes: Option<bool>,
         /// Seconds a closed file stays untouched before its data is sealed into blocks
         /// [default: 30].
         #[arg(long, value_name = "SECS", value_parser = parse::<Secs>)]
@@ -544,10 +548,11 @@ fn flags_of(cli: &Cli) -> config::Flags {
         ..Default::default()
     };
     match &cli.cmd {
-        Cmd::Mount { threads, writeback_cache, seal_delay, read_timeout, metrics_addr, dashboard, blocks_to_store, .. } => {
+        Cmd::Mount { threads, writeback_cache, passthrough_writes, seal_delay, read_timeout, metrics_addr, dashboard, blocks_to_store, .. } => {
             f.blocks_to_store = *blocks_to_store;
             f.threads = *threads;
             f.writeback_cache = writeback_cache.then_some(true);
+            f.passthrough_writes = *passthrough_writes;
             f.seal_delay = *seal_delay;
             f.read_timeout = *read_timeout;
             f.metrics_addr = *metrics_addr;
@@ -633,6 +638,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
                 read_only,
                 threads: cfg.threads,
                 passthrough: !cfg.writeback_cache,
+                passthrough_writes: cfg.passthrough_writes,
                 seal_delay: cfg.seal_delay,
                 read_timeout: cfg.read_timeout,
                 metrics_addr: cfg.metrics_addr,
@@ -769,7 +775,7 @@ fn create_mountpoint(mp: &std::path::Path) -> Result<()> {
 /// `mount.fuse.hybridfs NAME DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]` (a link to this binary):
 /// turn that into `hybridctl [--home H] [--config F] mount NAME DIR -d ...`. Options of our
 /// own: `home=DIR`, `config=FILE`, `threads=N`, `seal_delay=SECS`, `read_timeout=SECS`,
-/// `metrics_addr=ADDR`, `blocks_to_store=MODE`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
+/// `metrics_addr=ADDR`, `blocks_to_store=MODE`, `passthrough_writes=BOOL`, `writeback_cache`, `dashboard`; the rest (`rw`, `defaults`, `noauto`, `nofail`,
 /// `_netdev`, `x-systemd.*`, `user`, ...) are for mount(8) and systemd and are ignored here.
 /// `ro` mounts read-only (`--read-only`).
 fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
@@ -798,6 +804,7 @@ fn mount_helper_args(args: Vec<String>) -> Result<Vec<String>, String> {
             Some(("threads", v)) => flags.extend(flag("--threads", v)),
             Some(("metrics_addr", v)) => flags.extend(flag("--metrics-addr", v)),
             Some(("blocks_to_store", v)) => flags.extend(flag("--blocks-to-store", v)),
+            Some(("passthrough_writes", v)) => flags.extend(flag("--passthrough-writes", v)),
             None if o == "writeback_cache" => flags.push("--writeback-cache".into()),
             None if o == "dashboard" => flags.push("--dashboard".into()),
             None if o == "ro" => flags.push("--read-only".into()),

@@ -11,13 +11,29 @@
 //!
 //! The first change to a block in an epoch adds a journal row `(epoch, ino, block)` in the same
 //! batch as the change: writes, truncation of a partial block, fallocate and hole punching.
+//!
+//! # Passthrough writes
+//!
+//! A file with no sealed block (a new file, or one just opened with `O_TRUNC`: how checkpoints
+//! are written) may be opened for writing by kernel passthrough ([`IoKind::PassthroughWrite`]):
+//! the kernel writes straight into its staging file and this process sees none of it. The
+//! staging file is then the truth about the file's bytes, size and mtime, and
+//! [`Volume::absorb`] brings the node up to date with it: every block under a data region of
+//! the staging file (`SEEK_DATA`/`SEEK_HOLE`) becomes `Staged` and is journaled, and the size
+//! and mtime are the staging file's. It runs before anything of ours looks at the file's data
+//! or attributes (a read or write through us, truncate, fallocate, open, a seal) and at
+//! `fsync`, where its batch is synced with the staging file before the answer (invariant 1),
+//! and at `close`. `stat` meanwhile answers the staging file's size and mtime without a
+//! batch. A block the sealer or a snapshot sealed while the kernel kept writing is staged
+//! again at the next absorb (the snapshot keeps the sealed version: invariant 2), since the
+//! staging file, which a seal of an open file leaves whole, may have changed under it.
 
 use super::{NodeData, Txn, Volume, MAX_FILE_SIZE};
 use crate::error::{FsError, Result};
 use crate::extent::{blocks_for, spans};
 use crate::meta::Mutation;
 use crate::progress::{Meter, OnProgress};
-use crate::staging::{allocate, punch_hole, read_full_at};
+use crate::staging::{allocate, data_regions, punch_hole, read_full_at};
 use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec, INLINE_MAX};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -32,6 +48,9 @@ pub enum IoKind {
     Cached,
     /// Reads go straight from the kernel to the staging file.
     Passthrough,
+    /// Reads and writes go straight between the kernel and the staging file (see the module
+    /// doc, "Passthrough writes"); counted as a passthrough open too.
+    PassthroughWrite,
     /// Through this process, bypassing the page cache.
     DirectIo,
 }
@@ -91,6 +110,23 @@ pub enum Fallocate {
 }
 
 impl NodeData {
+    /// The inode as `stat` should see it: while the kernel writes the staging file by
+    /// passthrough, its size and (once it changed) mtime are the file's.
+    pub(super) fn live_inode(&self) -> Inode {
+        let mut inode = self.inode.clone();
+        if self.pt_writers > 0 {
+            if let Some(md) = self.staging.as_ref().and_then(|f| f.metadata().ok()) {
+                inode.size = md.len();
+                let mtime = mtime_of(&md);
+                if mtime != self.pt_mtime {
+                    inode.mtime = mtime;
+                    inode.ctime = mtime;
+                }
+            }
+        }
+        inode
+    }
+
     fn extent(&self, vol: &Volume, block: u64) -> Result<Option<Extent>> {
         let mut cache = self.extents.lock();
         if let Some(e) = cache.get(&block) {
@@ -161,6 +197,13 @@ impl Volume {
     /// Open `ino` for I/O; every successful open is matched by one [`Volume::release_file`]
     /// with the returned [`IoKind`].
     pub fn open_file(&self, ino: Ino, write: bool) -> Result<Opened> {
+        self.open_file_as(ino, write, true)
+    }
+
+    /// [`Volume::open_file`]; `passthrough_write: false` keeps a writer on our path even
+    /// where a passthrough write would be allowed (a new file not created with `O_TRUNC`:
+    /// see [`MountView::create`](super::mount_view::MountView::create)).
+    pub fn open_file_as(&self, ino: Ino, write: bool, passthrough_write: bool) -> Result<Opened> {
         let (node, others) = {
             let _ns = self.ns.lock();
             let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
@@ -168,7 +211,7 @@ impl Volume {
         };
         // The node lock (not `ns`) keeps the sealer out while the extents are looked at.
         let mut st = node.write();
-        let opened = self.open_locked(&mut st, write, others);
+        let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others));
         if opened.is_err() {
             drop(st);
             let _ns = self.ns.lock();
@@ -177,22 +220,136 @@ impl Volume {
         opened
     }
 
-    fn open_locked(&self, st: &mut NodeData, write: bool, others: u32) -> Result<Opened> {
+    fn open_locked(&self, st: &mut NodeData, write: bool, passthrough_write: bool, others: u32) -> Result<Opened> {
         let fully_staged = !write
             && others == 0
             && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
             && st.inode.kind == Kind::File
             && st.inode.inline.is_none()
             && !self.meta.has_sealed_extent(st.inode.ino)?;
-        let kind = choose_io(write, st.passthrough_opens, fully_staged);
+        let kind = if write && passthrough_write && self.passthrough_write_ok(st, others)? {
+            IoKind::PassthroughWrite
+        } else {
+            choose_io(write, st.passthrough_opens, fully_staged)
+        };
+        if kind == IoKind::PassthroughWrite && st.pt_writers == 0 {
+            self.clear_stale_staging(st)?;
+        }
         let backing = match kind {
-            IoKind::Passthrough => Some(self.passthrough_file(st)?),
+            IoKind::Passthrough | IoKind::PassthroughWrite => Some(self.passthrough_file(st)?),
             _ => None,
         };
-        if kind == IoKind::Passthrough {
-            st.passthrough_opens += 1;
+        match kind {
+            IoKind::Passthrough => st.passthrough_opens += 1,
+            IoKind::PassthroughWrite => {
+                if st.pt_writers == 0 {
+                    let f = st.staging.as_ref().ok_or(FsError::Invalid("staging file missing"))?;
+                    let md = f.metadata().map_err(|e| FsError::io(format!("stat staging file of inode {}", st.inode.ino), e))?;
+                    st.pt_mtime = mtime_of(&md);
+                }
+                st.passthrough_opens += 1;
+                st.pt_writers += 1;
+            }
+            _ => {}
         }
-        Ok(Opened { inode: st.inode.clone(), kind, backing, flush_on_close: write && self.ships_blocks() })
+        Ok(Opened { inode: st.live_inode(), kind, backing, flush_on_close: write && self.ships_blocks() })
+    }
+
+    /// Whether a new open for writing may be a passthrough write: the mount allows it, the
+    /// file has no sealed block and no inline bytes, and every other open of it is a
+    /// passthrough one (the kernel keeps one I/O mode per inode). Not on a volume that ships
+    /// blocks at fsync (`ship.rs`): each fsync seals the file, and the next absorb would
+    /// stage (and the next fsync seal and hash) all of it again.
+    fn passthrough_write_ok(&self, st: &mut NodeData, others: u32) -> Result<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ok = self.passthrough.load(Relaxed)
+            && self.passthrough_writes.load(Relaxed)
+            && !self.ships_blocks()
+            && st.inode.kind == Kind::File
+            && others == st.passthrough_opens
+            && st.inode.inline.as_ref().is_none_or(|b| b.is_empty())
+            && !self.meta.has_sealed_extent(st.inode.ino)?;
+        if ok && st.inode.inline.is_some() {
+            // An empty inline file (a new one, or one truncated to nothing): its bytes will
+            // be in the staging file.
+            st.inode.inline = None;
+            st.attr_dirty = true;
+        }
+        Ok(ok)
+    }
+
+    /// Before the kernel writes a staging file: bytes left in it under blocks the file does
+    /// not hold (an earlier life of the block, sealed while open and then punched) are
+    /// punched, so that absorbing its data regions later finds only the file's own bytes.
+    fn clear_stale_staging(&self, st: &mut NodeData) -> Result<()> {
+        let ino = st.inode.ino;
+        let Some(f) = st.staging.as_ref() else { return Ok(()) };
+        let io = |e| FsError::io(format!("clear staging file of inode {ino}"), e);
+        let len = f.metadata().map_err(io)?.len();
+        let bs = self.block_size;
+        for (start, end) in data_regions(f, len).map_err(io)? {
+            for block in start / bs..end.div_ceil(bs) {
+                if st.extent(self, block)?.is_none() {
+                    punch_hole(st.staging.as_ref().expect("checked"), block * bs, bs).map_err(io)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring the node of a file open for passthrough writes up to date with its staging file
+    /// (see the module doc, "Passthrough writes"); the batch goes to the store unsynced, like
+    /// a write's. Nothing to do while nobody writes by passthrough.
+    pub(super) fn absorb(&self, st: &mut NodeData) -> Result<()> {
+        if st.pt_writers == 0 {
+            return Ok(());
+        }
+        let before = (st.checkpoint(), st.pt_mtime);
+        let done = self.absorb_locked(st);
+        if done.is_err() {
+            st.roll_back(before.0);
+            st.pt_mtime = before.1;
+        }
+        done
+    }
+
+    fn absorb_locked(&self, st: &mut NodeData) -> Result<()> {
+        let ino = st.inode.ino;
+        let Some(f) = st.staging.as_ref() else { return Ok(()) };
+        let io = |e| FsError::io(format!("read back passthrough writes of inode {ino}"), e);
+        let md = f.metadata().map_err(io)?;
+        let (size, mtime) = (md.len(), mtime_of(&md));
+        let regions = data_regions(f, size).map_err(io)?;
+        let mut batch = Vec::new();
+        let epoch = self.epoch();
+        let bs = self.block_size;
+        for (start, end) in regions {
+            for block in start / bs..end.div_ceil(bs) {
+                if st.extent(self, block)? != Some(Extent::Staged) {
+                    // Written by the kernel, or sealed (by a snapshot) while the kernel kept
+                    // writing: the staging file holds its bytes. A sealed version stays with
+                    // the snapshot that has it (invariant 2).
+                    st.set_extent(block, Some(Extent::Staged), &mut batch);
+                }
+                st.journal(epoch, block, &mut batch);
+            }
+        }
+        if size != st.inode.size {
+            st.inode.size = size;
+            st.attr_dirty = true;
+        }
+        if mtime != st.pt_mtime {
+            st.pt_mtime = mtime;
+            st.inode.mtime = mtime;
+            st.inode.ctime = mtime;
+            st.attr_dirty = true;
+        }
+        if !batch.is_empty() {
+            batch.push(Mutation::PutInode(st.inode.clone()));
+            st.attr_dirty = false;
+            self.apply_live(batch, false)?;
+        }
+        Ok(())
     }
 
     /// The staging file of a fully staged file, sized like the file, for the kernel to read.
@@ -212,10 +369,18 @@ impl Volume {
         let node = self.node_if_open(ino).ok_or(FsError::Invalid("release of a file not open"))?;
         let (nlink, staged) = {
             let mut st = node.write();
-            if kind == IoKind::Passthrough {
+            let absorbed = self.absorb(&mut st);
+            if matches!(kind, IoKind::Passthrough | IoKind::PassthroughWrite) {
                 st.passthrough_opens = st.passthrough_opens.saturating_sub(1);
             }
+            if kind == IoKind::PassthroughWrite {
+                st.pt_writers = st.pt_writers.saturating_sub(1);
+            }
+            absorbed?;
             self.persist_attrs(&mut st, false)?;
+            if kind == IoKind::PassthroughWrite && self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1) {
+                self.reinline(&mut st)?;
+            }
             (st.inode.nlink, st.staging.is_some())
         };
         let left = {
@@ -232,9 +397,49 @@ impl Volume {
         Ok(())
     }
 
+    /// A small file written by passthrough (its bytes in block 0 of the staging file), closed
+    /// for the last time, goes back inline as if written through us: its bytes move into the
+    /// inode record. The staging file stays until the sealer removes it (after a synced
+    /// commit: the record that names the staged block may be the durable one until then);
+    /// if the file leaves inline before that, `uninline` clears its older bytes.
+    fn reinline(&self, st: &mut NodeData) -> Result<()> {
+        let size = st.inode.size;
+        if size > INLINE_MAX || st.inode.inline.is_some() || st.inode.kind != Kind::File {
+            return Ok(());
+        }
+        let extent = st.extent(self, 0)?;
+        if matches!(extent, Some(Extent::Sealed { .. })) || !self.meta.extents(st.inode.ino, 1)?.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = vec![0u8; size as usize];
+        if extent.is_some() {
+            read_full_at(st.staged_bytes(0)?, &mut bytes, 0)
+                .map_err(|e| FsError::io(format!("read staging file of inode {}", st.inode.ino), e))?;
+        }
+        let before = st.checkpoint();
+        let mut batch = Vec::new();
+        if extent.is_some() {
+            st.set_extent(0, None, &mut batch);
+        }
+        st.inode.inline = Some(bytes);
+        batch.push(Mutation::PutInode(st.inode.clone()));
+        st.attr_dirty = false;
+        let done = self.apply_live(batch, false);
+        if done.is_err() {
+            st.roll_back(before);
+        }
+        done
+    }
+
     /// Let read-only opens of files held entirely in their staging file use kernel passthrough.
     pub fn enable_passthrough(&self, on: bool) {
         self.passthrough.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Let opens for writing of files with no sealed block use kernel passthrough too (see
+    /// the module doc, "Passthrough writes"); takes effect only with passthrough on.
+    pub fn enable_passthrough_writes(&self, on: bool) {
+        self.passthrough_writes.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn open_node(&self, ino: Ino) -> Result<super::Node> {
@@ -243,6 +448,9 @@ impl Volume {
 
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let node = self.open_node(ino)?;
+        if node.read().pt_writers > 0 {
+            self.absorb(&mut node.write())?;
+        }
         let mut fetched = self.fetch_unlocked(&node, offset, size)?;
         let st = node.read();
         let fsize = st.inode.size;
@@ -510,6 +718,7 @@ impl Volume {
     }
 
     fn write_locked(&self, st: &mut NodeData, offset: u64, data: &[u8], end: u64) -> Result<u32> {
+        self.absorb(st)?;
         let ino = st.inode.ino;
         let len = data.len() as u64;
         let mut batch = Vec::new();
@@ -572,9 +781,13 @@ impl Volume {
             return Ok(());
         }
         let ino = st.inode.ino;
-        st.staging_file(self)?
-            .write_all_at(&bytes, 0)
-            .map_err(|e| FsError::io(format!("write staging file of inode {ino}"), e))?;
+        let io = |e| FsError::io(format!("write staging file of inode {ino}"), e);
+        if let Some(old) = &st.staging {
+            // A staging file left from before the file went inline again (written by
+            // passthrough, see `reinline`) may hold older bytes past the inline ones.
+            punch_hole(old, 0, self.block_size).map_err(io)?;
+        }
+        st.staging_file(self)?.write_all_at(&bytes, 0).map_err(io)?;
         st.set_extent(0, Some(Extent::Staged), batch);
         st.journal(self.epoch(), 0, batch);
         Ok(())
@@ -598,6 +811,8 @@ impl Volume {
         match self.node_if_open(ino) {
             Some(node) => {
                 let mut st = node.write_arc();
+                // What the kernel wrote by passthrough is in the batch synced below.
+                self.absorb(&mut st)?;
                 if let Some(f) = &st.staging {
                     f.sync_data().map_err(|e| FsError::io(format!("fsync staging file of inode {ino}"), e))?;
                 }
@@ -618,6 +833,10 @@ impl Volume {
 
     fn setattr_once(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
         let _gate = attr.size.map(|_| self.gate.read());
+        if let Some(node) = self.node_if_open(ino) {
+            // The answer carries the size: the kernel's writes by passthrough count.
+            self.absorb(&mut node.write())?;
+        }
         let mut txn = self.txn();
         if let Some(size) = attr.size {
             self.truncate_in(&mut txn, ino, size)?;
@@ -681,6 +900,7 @@ impl Volume {
     }
 
     fn truncate_node(&self, st: &mut NodeData, size: u64, batch: &mut Vec<Mutation>) -> Result<()> {
+        self.absorb(st)?;
         let ino = st.inode.ino;
         let old = st.inode.size;
         let bs = self.block_size;
@@ -716,6 +936,11 @@ impl Volume {
         // The staging file keeps the file's length, so passthrough readers see the right EOF.
         if let Some(f) = &st.staging {
             f.set_len(size).map_err(|e| FsError::io(format!("truncate staging file of inode {ino}"), e))?;
+            if st.pt_writers > 0 {
+                // Our own change of the staging file's mtime: the inode's times below rule.
+                let md = f.metadata().map_err(|e| FsError::io(format!("stat staging file of inode {ino}"), e))?;
+                st.pt_mtime = mtime_of(&md);
+            }
         }
         let now = Timespec::now();
         st.inode.size = size;
@@ -741,6 +966,7 @@ impl Volume {
     }
 
     fn fallocate_locked(&self, st: &mut NodeData, offset: u64, len: u64, end: u64, mode: Fallocate) -> Result<()> {
+        self.absorb(st)?;
         let ino = st.inode.ino;
         let mut batch = Vec::new();
         let epoch = self.epoch();
@@ -782,6 +1008,11 @@ impl Volume {
         let now = Timespec::now();
         if grow && end > st.inode.size {
             st.inode.size = end;
+            // The staging file keeps the file's length (allocate keeps the staging size): a
+            // passthrough reader sees the right EOF, and a passthrough writer's size is its.
+            if let Some(f) = &st.staging {
+                f.set_len(end).map_err(|e| FsError::io(format!("grow staging file of inode {ino}"), e))?;
+            }
         }
         if mode != (Fallocate::Allocate { keep_size: true }) {
             st.inode.mtime = now;
@@ -854,4 +1085,10 @@ mod read_ahead_tests {
         assert_eq!(ahead_depth(3, 8, 3, 4), AHEAD_MIN, "the cap is never below the minimum");
         assert_eq!(ahead_depth(0, 0, 0, 64), AHEAD_MIN, "a file's first read starts at the minimum");
     }
+}
+
+/// A file's mtime as the volume keeps times.
+fn mtime_of(md: &std::fs::Metadata) -> Timespec {
+    use std::os::unix::fs::MetadataExt;
+    Timespec { sec: md.mtime(), nsec: md.mtime_nsec() as u32 }
 }

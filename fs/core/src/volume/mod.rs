@@ -141,8 +141,15 @@ pub(crate) struct NodeData {
     pub journal_epoch: u64,
     /// The inode record changed (mtime, size) since it was last written to the store.
     pub attr_dirty: bool,
-    /// Opens served by kernel passthrough from the staging file.
+    /// Opens served by kernel passthrough from the staging file (writers included).
     pub passthrough_opens: u32,
+    /// Of those, opens the kernel writes through straight into the staging file
+    /// ([`data::IoKind::PassthroughWrite`]): while there are any, the staging file is the
+    /// truth about the file's bytes, size and mtime, and [`Volume::absorb`] brings the node up
+    /// to date with it.
+    pub pt_writers: u32,
+    /// The staging file's mtime when the node last took its attributes from it.
+    pub pt_mtime: crate::types::Timespec,
     /// The staging file was opened for writing since the staging directory was last synced:
     /// `fsync` syncs the directory too, so its entry survives a power cut.
     pub staging_entry_unsynced: bool,
@@ -195,6 +202,8 @@ pub struct Volume {
     passthrough: std::sync::atomic::AtomicBool,
     /// Where seals put their blocks before committing them (`ship.rs`; None: local only).
     shipper: RwLock<Option<Arc<dyn ship::BlockShipper>>>,
+    /// Opens for writing of files with no sealed block may be passthrough too.
+    passthrough_writes: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -252,6 +261,7 @@ impl Volume {
             workers: opts.workers,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             shipper: RwLock::new(None),
+            passthrough_writes: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
             blocks,
@@ -341,7 +351,7 @@ impl Volume {
     /// The current attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
         if let Some(node) = self.node_if_open(ino) {
-            return Ok(node.read().inode.clone());
+            return Ok(node.read().live_inode());
         }
         self.meta.get_inode(ino)?.ok_or(FsError::NotFound)
     }
@@ -425,6 +435,8 @@ impl Volume {
             journal_epoch: 0,
             attr_dirty: false,
             passthrough_opens: 0,
+            pt_writers: 0,
+            pt_mtime: crate::types::Timespec::default(),
             staging_entry_unsynced: false,
             read_pattern: Default::default(),
         }));
@@ -451,6 +463,7 @@ impl Volume {
 
     /// Write the inode record of an open node if it changed.
     fn persist_attrs(&self, st: &mut NodeData, sync: bool) -> Result<()> {
+        self.absorb(st)?;
         if st.attr_dirty {
             self.meta.apply(vec![Mutation::PutInode(st.inode.clone())], sync)?;
             st.attr_dirty = false;

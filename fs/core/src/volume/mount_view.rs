@@ -134,10 +134,15 @@ impl MountView {
         Ok(i)
     }
 
-    /// A new file opened for writing, counted.
-    pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Opened> {
+    /// A new file opened for writing, counted. Written by kernel passthrough (where the mount
+    /// allows it) only when created with `truncate` (`O_TRUNC`): how whole files such as
+    /// checkpoints are written (`open(.., "wb")`, `>`), while the many small files of an
+    /// untar or a copy (`O_EXCL`, no `O_TRUNC`) stay on our path and inline, without a
+    /// staging file and a backing file each.
+    pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, truncate: bool) -> Result<Opened> {
         self.writable(&[parent])?;
-        let opened = self.vol.create_node(parent, name, new, who).and_then(|i| self.vol.open_file(i.ino, true))?;
+        let opened =
+            self.vol.create_node(parent, name, new, who).and_then(|i| self.vol.open_file_as(i.ino, true, truncate))?;
         self.vol.remember(opened.inode.ino);
         Ok(opened)
     }
@@ -228,6 +233,11 @@ impl MountView {
 
     pub fn disk_space(&self) -> Result<DiskSpace> {
         self.vol.disk_space()
+    }
+
+    /// See [`Volume::enable_passthrough_writes`].
+    pub fn enable_passthrough_writes(&self, on: bool) {
+        self.vol.enable_passthrough_writes(on)
     }
 
     /// See [`Volume::enable_passthrough`].

@@ -138,6 +138,10 @@ impl Volume {
         if Self::is_snapshots_entry(newparent, newname) {
             return Err(FsError::Exists);
         }
+        if let Some(node) = self.node_if_open(ino) {
+            // The answer carries the size: the kernel's writes by passthrough count.
+            self.absorb(&mut node.write())?;
+        }
         let mut txn = self.txn();
         txn.dir(newparent)?;
         let (kind, nlink) = {

@@ -304,9 +304,13 @@ impl Volume {
         let guards = self.lock_for_sealing(inos)?;
         let (mut fit, left, left_bytes) = self.split_by_room(guards)?;
         let no_room: Vec<Ino> = left.iter().map(|g| g.inode.ino).collect();
-        self.unpin_sealed(left);
+        // Unlocked now, unpinned after the seal: unpinning takes `ns`, which must never be
+        // waited for while holding node locks (a namespace transaction holds `ns` and waits
+        // for the node lock of the file it unlinks: lock order ns -> node).
+        let left = unlock_sealed(left);
         let result = self.seal_locked(&mut fit);
         let sealed = self.unpin_sealed(fit);
+        self.unpin_nodes(&left);
         result.map(|_| SealOutcome { sealed, no_room, no_room_bytes: left_bytes })
     }
 
@@ -348,12 +352,17 @@ impl Volume {
     /// Release the nodes the sealer pinned. A file unlinked while it was pinned was not purged
     /// at the kernel's FORGET (the pin kept it): purge it now that nothing holds it.
     fn unpin_sealed(&self, guards: Vec<NodeGuard>) -> usize {
-        let nodes: Vec<(Ino, u32)> = guards.iter().map(|g| (g.inode.ino, g.inode.nlink)).collect();
-        drop(guards);
+        let nodes = unlock_sealed(guards);
+        self.unpin_nodes(&nodes);
+        nodes.len()
+    }
+
+    /// [`Volume::unpin_sealed`] of nodes already unlocked (see [`unlock_sealed`]).
+    fn unpin_nodes(&self, nodes: &[(Ino, u32)]) {
         let mut unlinked = Vec::new();
         {
             let _ns = self.ns.lock();
-            for &(ino, nlink) in &nodes {
+            for &(ino, nlink) in nodes {
                 if self.unpin_locked(ino, false) && nlink == 0 {
                     unlinked.push(ino);
                 }
@@ -364,7 +373,6 @@ impl Volume {
                 tracing::error!("purge unlinked inode {ino} after sealing: {e}");
             }
         }
-        nodes.len()
     }
 
     /// Pin and lock the nodes to seal. Done under `ns`, so no namespace transaction (the only
@@ -412,6 +420,10 @@ impl Volume {
 
     /// Seal every staged block of the locked nodes (open ones keep their staging file).
     pub(super) fn seal_locked<G: DerefMut<Target = NodeData>>(&self, guards: &mut [G]) -> Result<()> {
+        // Files the kernel writes by passthrough: what it wrote so far is sealed too.
+        for g in guards.iter_mut() {
+            self.absorb(&mut **g)?;
+        }
         let open: Vec<bool> = guards.iter().map(|g| self.has_handles(g.inode.ino)).collect();
         let mut work: Vec<(usize, u64)> = Vec::new();
         for (i, st) in guards.iter().enumerate() {
@@ -445,6 +457,12 @@ impl Volume {
                         .map_err(|e| FsError::io(format!("punch staging file of inode {}", guards[i].inode.ino), e))?;
                 }
             }
+        }
+        if work.is_empty() && open.iter().any(|o| !o) {
+            // No synced commit above: the records that stopped naming these staging files
+            // (a file made inline again, truncated or punched) are made durable before the
+            // files go (invariant 1).
+            self.meta.sync()?;
         }
         for (st, _) in guards.iter_mut().zip(&open).filter(|(_, open)| !**open) {
             st.staging = None;
@@ -490,6 +508,11 @@ impl Volume {
         let id = self.blocks.put(&buf)?;
         Ok(Some(Extent::Sealed { id, len: len as u32 }))
     }
+}
+
+/// Drop the sealer's node locks, keeping what unpinning needs: each node's inode and links.
+fn unlock_sealed(guards: Vec<NodeGuard>) -> Vec<(Ino, u32)> {
+    guards.iter().map(|g| (g.inode.ino, g.inode.nlink)).collect()
 }
 
 #[cfg(test)]
