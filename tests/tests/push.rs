@@ -91,6 +91,7 @@ struct Report {
     seq: u64,
     records: u64,
     blocks_uploaded: u64,
+    blocks_as_deltas: u64,
     blocks_skipped: u64,
     packs: u64,
     bytes_uploaded: u64,
@@ -114,6 +115,7 @@ impl Report {
             seq: u("seq"),
             records: u("records"),
             blocks_uploaded: u("blocks_uploaded"),
+            blocks_as_deltas: u("blocks_as_deltas"),
             blocks_skipped: u("blocks_skipped"),
             packs: u("packs"),
             bytes_uploaded: u("bytes_uploaded"),
@@ -344,11 +346,12 @@ fn check_branch(r: &Remote, branch: &str) -> BranchCheck {
         }
     }
     let mut packed = BTreeSet::new();
+    let reader = hybridfs_sync::Remote::new(r.store.clone(), r.volume.clone());
     for id in &named {
         if where_packed.contains_key(id) {
             packed.insert(*id);
         }
-        let frame = r
+        let frame = reader
             .fetch_frame(id, where_packed.get(id).copied())
             .unwrap_or_else(|e| panic!("{INV4}: block {id}, named by a layer of {branch} under head {head:?}, is not in the store: {e}"));
         hybridfs_blocks::decode(id, &frame).unwrap_or_else(|e| panic!("{INV4}: block {id} in the store: {e}"));
