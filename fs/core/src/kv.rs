@@ -241,27 +241,47 @@ pub fn write_ops(kv: &dyn Kv, ops: Vec<KvOp>, sync: bool) -> Result<()> {
     })
 }
 
-/// How many times [`Kv::transact`] runs a body that keeps losing races before it gives up.
+/// How many times [`Kv::transact`] runs a body that keeps losing races, at least, before it
+/// gives up.
 pub const MAX_ATTEMPTS: u32 = 16;
+
+/// How long [`Kv::transact`] keeps retrying a body that loses races before it gives up (the
+/// caller then gets EIO): long enough that contention between hosts is a slowdown, never an
+/// error, and bounded so that a livelock cannot hang a caller forever.
+pub const CONFLICT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Run `attempt` (one whole transaction: begin, body, commit) until it commits, for engines
 /// whose transactions can lose races: a [`FsError::MetaConflict`] tries again after a short,
-/// growing pause, at most [`MAX_ATTEMPTS`] times; any other error ends it.
-pub fn retry_conflicts(mut attempt: impl FnMut() -> Result<()>) -> Result<()> {
+/// growing, jittered pause, for [`CONFLICT_PATIENCE`] and at least [`MAX_ATTEMPTS`] times;
+/// any other error ends it.
+pub fn retry_conflicts(attempt: impl FnMut() -> Result<()>) -> Result<()> {
+    retry_conflicts_for(CONFLICT_PATIENCE, attempt)
+}
+
+/// [`retry_conflicts`] with its patience given.
+pub fn retry_conflicts_for(patience: std::time::Duration, mut attempt: impl FnMut() -> Result<()>) -> Result<()> {
+    let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_micros(200);
-    for n in 1.. {
+    let mut n = 0u32;
+    loop {
+        n += 1;
         match attempt() {
-            Err(FsError::MetaConflict(why)) if n < MAX_ATTEMPTS => {
-                tracing::debug!("metadata transaction conflict ({why}); attempt {n} of {MAX_ATTEMPTS}");
+            Err(FsError::MetaConflict(why)) if n < MAX_ATTEMPTS || start.elapsed() < patience => {
+                tracing::debug!("metadata transaction conflict ({why}); attempt {n}");
+                if n == MAX_ATTEMPTS {
+                    tracing::info!("a metadata transaction lost {n} races in a row ({why}); still retrying");
+                }
                 // Jitter, so racing transactions do not retry in lockstep.
                 let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
                 std::thread::sleep(pause + pause * (nanos % 100) / 100);
-                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(FsError::MetaConflict(why)) => {
+                return Err(FsError::MetaConflict(format!("{why} (lost {n} races in {:.1?})", start.elapsed())))
             }
             other => return other,
         }
     }
-    unreachable!("the loop returns by its last attempt")
 }
 
 /// The transactions of an engine that one process owns (RocksDB, [`MemKv`]): run one at a
@@ -680,12 +700,20 @@ mod tests {
         .unwrap();
         assert_eq!(n, 3, "retried until it committed");
         let mut n = 0;
-        let e = super::retry_conflicts(|| {
+        let e = super::retry_conflicts_for(std::time::Duration::ZERO, || {
             n += 1;
             Err(FsError::MetaConflict("always".into()))
         });
         assert!(matches!(e, Err(FsError::MetaConflict(_))));
-        assert_eq!(n, super::MAX_ATTEMPTS, "gives up after MAX_ATTEMPTS");
+        assert_eq!(n, super::MAX_ATTEMPTS, "gives up after MAX_ATTEMPTS once its patience is spent");
+        let (mut n, start) = (0, std::time::Instant::now());
+        let patience = std::time::Duration::from_secs(3); // its first MAX_ATTEMPTS take about 1.5 s
+        let e = super::retry_conflicts_for(patience, || {
+            n += 1;
+            Err(FsError::MetaConflict("always".into()))
+        });
+        assert!(matches!(e, Err(FsError::MetaConflict(_))));
+        assert!(n > super::MAX_ATTEMPTS && start.elapsed() >= patience, "keeps trying for its patience ({n} attempts)");
         let mut n = 0;
         let e = super::retry_conflicts(|| {
             n += 1;

@@ -8,7 +8,7 @@ use super::refs::finish_refs;
 use super::{MetaStore, Mutation, LIVE};
 use crate::error::{FsError, Result};
 use crate::kv::{prefix_end, Cf, KvRead, KvTxn};
-use crate::types::{BlockId, Dentry, Inode, SnapshotInfo, Usage};
+use crate::types::{BlockId, Dentry, Inode, SnapshotInfo};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -147,10 +147,12 @@ impl MetaStore {
         }
         let freed = finish_refs(tx, &b.refs)?;
         if b.usage != (0, 0) {
-            let u: Usage = tx.get(Cf::Default, b"usage")?.map_or(Ok(Usage::default()), |v| super::codec::dec("usage", &v))?;
-            let files = (u.files as i64 + b.usage.0).max(0) as u64;
-            let bytes = (u.bytes as i64 + b.usage.1).max(0) as u64;
-            tx.put(Cf::Default, b"usage".to_vec(), enc(&Usage { files, bytes }));
+            // Into this thread's shard, not the one `usage` row: batches of different
+            // threads and hosts (a shared engine) do not all read-modify-write one row, which
+            // made every pair of concurrent creates a conflict (see `usage_shard`).
+            let key = usage_shard_key(usage_shard());
+            let (files, bytes) = tx.get(Cf::Default, &key)?.map_or(Ok((0, 0)), |v| usage_delta(&v))?;
+            tx.put(Cf::Default, key, usage_delta_row(files + b.usage.0, bytes + b.usage.1));
         }
         // The epoch this process reads with moves on once the batch is in (every versioned
         // write of the batch is in the old epoch), or catches up with another process's
@@ -169,6 +171,41 @@ impl MetaStore {
     /// Make every batch applied so far durable against power loss.
     pub fn sync(&self) -> Result<()> {
         self.kv.sync()
+    }
+}
+
+/// How many rows usage is spread over (besides the `usage` row that bulk loads and older
+/// volumes keep): a batch adds its change to the shard of the thread applying it.
+pub(super) const USAGE_SHARDS: u64 = 64;
+
+/// This thread's usage shard: fixed per thread, spread over threads and processes.
+fn usage_shard() -> u64 {
+    thread_local! {
+        static SHARD: u64 = {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let id = { use std::hash::{Hash, Hasher}; let mut h = std::collections::hash_map::DefaultHasher::new(); std::thread::current().id().hash(&mut h); std::process::id().hash(&mut h); t.hash(&mut h); h.finish() };
+            id % USAGE_SHARDS
+        };
+    }
+    SHARD.with(|s| *s)
+}
+
+/// `usage/NN`: sorts right after `usage`, so one scan from `usage` reads the base row and
+/// every shard.
+pub(super) fn usage_shard_key(shard: u64) -> Vec<u8> {
+    format!("usage/{shard:02}").into_bytes()
+}
+
+/// A shard's row: files and bytes as signed deltas (a file made in one shard may be removed
+/// in another), little-endian.
+fn usage_delta_row(files: i64, bytes: i64) -> Vec<u8> {
+    [files.to_le_bytes(), bytes.to_le_bytes()].concat()
+}
+
+pub(super) fn usage_delta(v: &[u8]) -> Result<(i64, i64)> {
+    match (v.get(..8), v.get(8..16)) {
+        (Some(f), Some(b)) if v.len() == 16 => Ok((i64::from_le_bytes(f.try_into().unwrap()), i64::from_le_bytes(b.try_into().unwrap()))),
+        _ => Err(FsError::Meta(format!("usage shard row has {} bytes, not 16", v.len()))),
     }
 }
 

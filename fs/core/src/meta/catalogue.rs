@@ -89,8 +89,21 @@ impl MetaStore {
         self.kv.get(Cf::Pushed, &id.0)?.map(|v| dec("pushed block", &v)).transpose()
     }
 
+    /// The `usage` row (bulk loads, older volumes) plus every shard's delta.
     pub fn usage(&self) -> Result<Usage> {
-        self.kv.get(Cf::Default, b"usage")?.map_or(Ok(Usage::default()), |v| dec("usage", &v))
+        let (mut files, mut bytes) = (0i64, 0i64);
+        self.kv.scan(Cf::Default, b"usage", Some(b"usage0"), &mut |k, v| {
+            let (f, b) = if k == b"usage" {
+                let u: Usage = dec("usage", v)?;
+                (u.files as i64, u.bytes as i64)
+            } else {
+                super::apply::usage_delta(v)?
+            };
+            files += f;
+            bytes += b;
+            Ok(true)
+        })?;
+        Ok(Usage { files: files.max(0) as u64, bytes: bytes.max(0) as u64 })
     }
 
     // ---- whole-store scans (fsck, status) --------------------------------------------------

@@ -179,6 +179,7 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Cf;
     use crate::types::{Kind, Usage};
 
     fn file(ino: Ino, size: u64) -> Inode {
@@ -217,6 +218,43 @@ mod tests {
         assert_eq!(size(LIVE), Some(4));
         assert_eq!(m.max_ino().unwrap(), 7);
         assert_eq!(m.usage().unwrap(), Usage { files: 1, bytes: 4 });
+    }
+
+    #[test]
+    fn usage_is_the_sum_of_its_shards_whichever_threads_made_and_removed_the_files() {
+        // Each thread adds to its own shard (a file made by one and removed by another leaves
+        // one shard above zero and one below); a bulk load's `usage` row counts too.
+        let m = std::sync::Arc::new(MetaStore::memory());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let m = std::sync::Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        m.apply(vec![Mutation::PutInode(file(1000 + t * 100 + i, 10))], false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(m.usage().unwrap(), Usage { files: 200, bytes: 2000 });
+        let mut shards = 0;
+        m.kv.scan(Cf::Default, b"usage/", Some(b"usage0"), &mut |_, _| { shards += 1; Ok(true) }).unwrap();
+        assert!(shards >= 1 && shards <= 4, "{shards} shard rows");
+        let m2 = std::sync::Arc::clone(&m);
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                m2.apply(vec![Mutation::DelInode(1000 + i)], false).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(m.usage().unwrap(), Usage { files: 150, bytes: 1500 });
+        m.kv.transact(false, &mut |tx| {
+            tx.put(Cf::Default, b"usage".to_vec(), codec::enc(&Usage { files: 5, bytes: 7 }));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m.usage().unwrap(), Usage { files: 155, bytes: 1507 }, "the base row and the shards add up");
     }
 
     #[test]
