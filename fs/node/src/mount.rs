@@ -105,7 +105,7 @@ impl Default for MountOptions {
         MountOptions {
             threads: 4,
             passthrough: true,
-            passthrough_writes: true,
+            passthrough_writes: false,
             seal_delay: 30,
             read_timeout: None,
             metrics_addr: None,

@@ -551,7 +551,7 @@ impl Config {
         let threads = r.get("mount.threads", m.threads, flags.threads)?.map_or(4, |t| t.0);
         let writeback_cache = r.get("mount.writeback_cache", m.writeback_cache, flags.writeback_cache)?.unwrap_or(false);
         let passthrough_writes =
-            r.get("mount.passthrough_writes", m.passthrough_writes, flags.passthrough_writes)?.unwrap_or(true);
+            r.get("mount.passthrough_writes", m.passthrough_writes, flags.passthrough_writes)?.unwrap_or(false);
         let seal_delay = r.get("mount.seal_delay", m.seal_delay, flags.seal_delay)?.map_or(30, |s| s.0);
         let read_timeout = r.get("mount.read_timeout", m.read_timeout, flags.read_timeout)?.map(|s| s.0);
         let metrics_addr = r.get("mount.metrics_addr", m.metrics_addr, flags.metrics_addr)?;
