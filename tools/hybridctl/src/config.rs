@@ -40,7 +40,7 @@ pub const KEYS: &[Key] = &[
     key("log.format", &["HYBRIDFS_LOG_FORMAT"], Some("--log-format"), "text"),
     key("mount.threads", &["HYBRIDFS_MOUNT_THREADS"], Some("--threads"), "4"),
     key("mount.writeback_cache", &["HYBRIDFS_MOUNT_WRITEBACK_CACHE"], Some("--writeback-cache"), "false"),
-    key("mount.passthrough_writes", &["HYBRIDFS_MOUNT_PASSTHROUGH_WRITES"], Some("--passthrough-writes"), "true"),
+    key("mount.passthrough_writes", &["HYBRIDFS_MOUNT_PASSTHROUGH_WRITES"], Some("--passthrough-writes"), "false"),
     key("mount.seal_delay", &["HYBRIDFS_MOUNT_SEAL_DELAY"], Some("--seal-delay"), "30s"),
     key("mount.read_timeout", &["HYBRIDFS_MOUNT_READ_TIMEOUT"], Some("--read-timeout"), "the volume's read_timeout_secs, else 30s"),
     key("mount.metrics_addr", &["HYBRIDFS_MOUNT_METRICS_ADDR"], Some("--metrics-addr"), "none (no metrics server)"),
