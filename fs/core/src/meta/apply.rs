@@ -178,14 +178,12 @@ impl MetaStore {
 /// volumes keep): a batch adds its change to the shard of the thread applying it.
 pub(super) const USAGE_SHARDS: u64 = 64;
 
-/// This thread's usage shard: fixed per thread, spread over threads and processes.
+/// This thread's usage shard: fixed per thread, random across threads and processes (std's
+/// randomly keyed hasher, over nothing).
 fn usage_shard() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
     thread_local! {
-        static SHARD: u64 = {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            let id = { use std::hash::{Hash, Hasher}; let mut h = std::collections::hash_map::DefaultHasher::new(); std::thread::current().id().hash(&mut h); std::process::id().hash(&mut h); t.hash(&mut h); h.finish() };
-            id % USAGE_SHARDS
-        };
+        static SHARD: u64 = std::collections::hash_map::RandomState::new().build_hasher().finish() % USAGE_SHARDS;
     }
     SHARD.with(|s| *s)
 }
