@@ -689,6 +689,18 @@ fn a_clone_of_many_small_files_downloads_no_file_data_until_read() {
     b.mount_env(&env_refs(&env));
     assert_tree(&b.path(""), &files, "the clone's tree, read through its mount");
     assert!(local_block_bytes(&b) > 0, "the blocks read are fetched (and cached) then");
+    // Issue 16: each pack is fetched once, whole, for all its files (not a request per file);
+    // the mount's own check that the store answers is one more request.
+    let packs = int(&pushed, "packs");
+    let (mut fetches, mut last) = (u64::MAX, String::new());
+    poll_until(Duration::from_secs(15), Duration::from_millis(250), || {
+        let st = b.ctl(&["status", "data", "--json"]);
+        last = st.to_string();
+        let v = serde_json::from_str::<Value>(&st.stdout).ok();
+        fetches = v.and_then(|v| v[0]["metrics"]["counters"]["store_fetch_requests"].as_u64()).unwrap_or(u64::MAX);
+        fetches <= packs + 2
+    });
+    assert!(fetches <= packs + 2, "{packs} packs fetched once each for 3000 files, but {fetches} fetch requests: {last}");
     b.umount();
 }
 

@@ -417,9 +417,10 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<(PathBuf, Opti
         }
         if let Some((vd, state)) = owner {
             // Gone means the volume's lock is free too: a process whose main thread is a
-            // zombie may still have threads exiting that hold its files (the lock, RocksDB's).
+            // zombie may still have threads exiting that hold its files (the lock, RocksDB's:
+            // asked for itself, as the volume's lock may be let go before the process ends).
             let start = Instant::now();
-            while pid_alive(state.pid) || vd.lock().is_err() {
+            while pid_alive(state.pid) || vd.lock().is_err() || meta_locked(&vd.meta_dir()) {
                 if start.elapsed() > Duration::from_secs(timeout) {
                     bail!("unmounted {}, but mount process {} is still flushing after {timeout}s", mp.display(), state.pid);
                 }
@@ -431,6 +432,18 @@ pub fn umount(home: &Home, mp: &Path, timeout: u64) -> NodeResult<(PathBuf, Opti
         }
         Ok((mp, None))
     })
+}
+
+/// Whether a process holds RocksDB's lock on the metadata in `meta` (its `LOCK` file, an
+/// `fcntl` record lock, asked with `F_GETLK`); no such file (another engine): no.
+fn meta_locked(meta: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(meta.join("LOCK")) else { return false };
+    // SAFETY: a zeroed `flock` is a valid value; F_GETLK only writes into it.
+    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = libc::F_WRLCK as libc::c_short;
+    probe.l_whence = libc::SEEK_SET as libc::c_short;
+    (unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut probe) }) == 0 && probe.l_type != libc::F_UNLCK as libc::c_short
 }
 
 /// How long `umount` tries again while the kernel says the mount is busy.

@@ -17,13 +17,18 @@
 //!   volumes whose blocks are larger than [`crate::ranged::PART_BYTES`]) as parallel ranged GETs put
 //!   back together before the frame is verified ([`crate::ranged`]).
 //! * **in a pack** (small blocks): the whole pack, once: one GET, checked against the pack's
-//!   name, then every frame in it is named by what it decodes to (blake3 of its bytes) and
-//!   kept, so reading the other files of the pack (a directory, a shuffled data loader) fetches
-//!   nothing more; readers of other blocks of a pack being fetched wait for it instead of
-//!   asking the store again. The block asked for is still checked against its recorded place
-//!   and id. A pack whose bytes do not match its name is remembered as damaged, and its blocks
-//!   are fetched one by one as byte ranges (each verified: the good ones still read). Packs of
-//!   an encrypted volume are read by ranges too (a sealed frame does not say its length).
+//!   name. The block asked for is taken at its recorded place and verified against its id;
+//!   then the `pack-split-N` workers name every frame in the pack by what it decodes to
+//!   (blake3 of its bytes) and keep it, so reading the other files of the pack (a directory, a
+//!   shuffled data loader) fetches nothing more (a delta in the pack, fs/sync/src/delta.rs,
+//!   is stepped over: it is resolved against its base and verified when asked for). Readers of other blocks of a pack being
+//!   fetched wait for its bytes instead of asking the store again, and take their block from
+//!   them (verified) while its blocks are being kept. At most [`PACKS_IN_MEMORY`] packs are
+//!   held at once (fetched or being kept): beyond, a reader of another pack waits for one to
+//!   go (a block comes as its byte range only if none goes within two minutes). A pack
+//!   whose bytes do not match its name is remembered as damaged, and its blocks are fetched
+//!   one by one as byte ranges (each verified: the good ones still read). Packs of an
+//!   encrypted volume are read by ranges too (a sealed frame does not say its length).
 //!
 //! A read waits for a block from the store at most the read timeout ([`DEFAULT_READ_TIMEOUT`],
 //! [`LazyStore::set_read_timeout`]): a store that does not answer (blackholed, overloaded)
@@ -58,6 +63,11 @@ use std::time::{Duration, Instant};
 const FETCHERS: usize = 32;
 /// Damaged packs remembered (their blocks are read by ranges); forgotten all at once beyond.
 const DAMAGED_PACKS: usize = 1024;
+/// Packs held in memory at once, being fetched or having their blocks kept (at most 8 MiB
+/// each): beyond, a reader of another pack waits for one to go.
+pub const PACKS_IN_MEMORY: usize = 16;
+/// Workers that keep the blocks of packs fetched whole.
+const PACK_SPLITTERS: usize = 2;
 /// How long a read waits for a block from the store by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fetches readers wait on at once; more readers of missing blocks fail at once with `EIO`
@@ -94,9 +104,13 @@ pub struct Inner {
     /// Blocks being fetched now, by anyone: a second reader waits instead of fetching again.
     inflight: Mutex<std::collections::HashSet<BlockId>>,
     landed: std::sync::Condvar,
-    /// Packs being fetched whole now: a reader of another of their blocks waits for them.
-    packs_fetching: Mutex<std::collections::HashSet<BlockId>>,
+    /// Packs being fetched whole (`None`) or, once their bytes are here and verified, having
+    /// their blocks kept (their bytes): a reader of another of their blocks waits for the bytes
+    /// and takes its block from them.
+    packs_fetching: Mutex<HashMap<BlockId, Option<Arc<Vec<u8>>>>>,
     pack_landed: std::sync::Condvar,
+    /// Packs fetched whole, for the `pack-split-N` workers.
+    split: crossbeam_channel::Sender<(BlockId, Arc<Vec<u8>>)>,
     /// Packs whose bytes did not match their name: their blocks are fetched by ranges.
     damaged_packs: Mutex<std::collections::HashSet<BlockId>>,
     /// Packs fetched whole.
@@ -139,6 +153,7 @@ impl LazyStore {
         for id in &ids {
             used += local.stored_len(id)?.unwrap_or(0);
         }
+        let (split, split_rx) = crossbeam_channel::bounded::<(BlockId, Arc<Vec<u8>>)>(PACKS_IN_MEMORY);
         let inner = Arc::new(Inner {
             own,
             local,
@@ -154,6 +169,7 @@ impl LazyStore {
             landed: std::sync::Condvar::new(),
             packs_fetching: Mutex::new(Default::default()),
             pack_landed: std::sync::Condvar::new(),
+            split,
             damaged_packs: Mutex::new(Default::default()),
             packs_fetched: AtomicU64::new(0),
             part_bytes: AtomicU64::new(0),
@@ -173,6 +189,14 @@ impl LazyStore {
                 .name(format!("fetch-{n}"))
                 .spawn(move || fetcher(&inner, &rx, &status, &stop))
                 .map_err(|e| FsError::io("start block fetchers", e))?;
+        }
+        for n in 0..PACK_SPLITTERS {
+            let (inner, rx) = (Arc::downgrade(&inner), split_rx.clone());
+            let (status, stop) = (workers.register(&format!("pack-split-{n}")), workers.stop_signal());
+            std::thread::Builder::new()
+                .name(format!("pack-split-{n}"))
+                .spawn(move || splitter(&inner, &rx, &status, &stop))
+                .map_err(|e| FsError::io("start pack splitters", e))?;
         }
         Ok(LazyStore { inner, ahead })
     }
@@ -319,6 +343,26 @@ fn fetcher(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<Bloc
     }
 }
 
+/// One pack splitter: keeps the blocks of the packs fetched whole until the store is dropped or
+/// the stop signal goes out (looked at every 200 ms). A pack left in the queue at the stop
+/// stays readable from memory until the store is dropped.
+fn splitter(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<(BlockId, Arc<Vec<u8>>)>, status: &Handle, stop: &Stop) {
+    while !stop.is_stopped() {
+        let (pack, body) = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        status.busy(format!("keep the blocks of pack {pack}"));
+        let result = inner.keep_pack_blocks(&pack, &body);
+        if let Err(e) = &result {
+            tracing::warn!("keep the blocks of pack {pack}: {e}");
+        }
+        status.done(result.map_err(|e| format!("keep the blocks of pack {pack}: {e}")));
+    }
+}
+
 impl Inner {
     fn touch(&self, id: &BlockId) {
         // Use order only matters for eviction: without a cap (a home volume's default) it
@@ -374,36 +418,58 @@ impl Inner {
     }
 
     /// Block `id` (at `offset`, `len` bytes of pack `pack`) from its whole pack, fetched once
-    /// however many of its blocks are asked for at the same time: every block of the pack
-    /// lands in the cache. `None`: fetch the block's range instead (the pack is damaged, or
-    /// another thread fetched it and the block is not in the cache after all).
+    /// however many of its blocks are asked for at the same time; every block of the pack then
+    /// lands in the cache (the `pack-split-N` workers). `None`: fetch the block's range
+    /// instead (the pack is damaged, [`PACKS_IN_MEMORY`] packs stayed held for two minutes,
+    /// or the pack was kept and the block is not in the cache after all).
     fn from_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, SyncError> {
         if self.damaged_packs.lock().expect("damaged packs lock").contains(pack) {
             return Ok(None);
         }
-        {
-            let mut fetching = self.packs_fetching.lock().expect("packs lock");
-            if fetching.contains(pack) {
-                let (fetching, _) = self
-                    .pack_landed
-                    .wait_timeout_while(fetching, Duration::from_secs(120), |f| f.contains(pack))
-                    .expect("packs lock");
-                drop(fetching);
-                return Ok(self.local_frame(id)?);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut waited = false;
+        let mut fetching = self.packs_fetching.lock().expect("packs lock");
+        loop {
+            match fetching.get(pack) {
+                Some(Some(body)) => {
+                    let body = body.clone();
+                    drop(fetching);
+                    return self.block_in_pack(id, pack, &body, offset, len).map(Some);
+                }
+                Some(None) if Instant::now() < deadline => {
+                    waited = true;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    fetching = self.pack_landed.wait_timeout(fetching, left).expect("packs lock").0;
+                }
+                Some(None) => return Ok(None),
+                // Its blocks were kept meanwhile.
+                None if waited => {
+                    drop(fetching);
+                    return Ok(self.local_frame(id)?);
+                }
+                // Not held: never fetched, or fetched and its blocks all kept by now (the entry
+                // goes only after them), which a look at the cache under the lock tells.
+                None if self.has_local(id)? => {
+                    drop(fetching);
+                    return Ok(self.local_frame(id)?);
+                }
+                // As many packs held as allowed: wait for one to go, then look again.
+                None if fetching.len() >= PACKS_IN_MEMORY && Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    fetching = self.pack_landed.wait_timeout(fetching, left).expect("packs lock").0;
+                }
+                None if fetching.len() >= PACKS_IN_MEMORY => return Ok(None),
+                None => break,
             }
-            fetching.insert(*pack);
         }
-        let result = self.keep_pack(id, pack, offset, len);
-        self.packs_fetching.lock().expect("packs lock").remove(pack);
-        self.pack_landed.notify_all();
-        result
-    }
-
-    /// Fetch pack `pack` whole, keep every frame in it under the id it decodes to, and return
-    /// block `id`'s frame, found at its recorded place and verified against `id` (invariant 5).
-    fn keep_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        fetching.insert(*pack, None);
+        drop(fetching);
         let body = match self.remote.fetch_pack(pack) {
-            Err(SyncError::Corrupt(why)) => {
+            Ok(body) => Arc::new(body),
+            Err(e) => {
+                self.packs_fetching.lock().expect("packs lock").remove(pack);
+                self.pack_landed.notify_all();
+                let SyncError::Corrupt(why) = e else { return Err(e) };
                 tracing::warn!("{why}; reading its blocks one by one");
                 let mut damaged = self.damaged_packs.lock().expect("damaged packs lock");
                 if damaged.len() >= DAMAGED_PACKS {
@@ -412,25 +478,50 @@ impl Inner {
                 damaged.insert(*pack);
                 return Ok(None);
             }
-            r => r?,
         };
         self.packs_fetched.fetch_add(1, Ordering::Relaxed);
         self.count_fetch(body.len());
-        let mut at = 0;
-        loop {
-            let rest = body.get(at..).unwrap_or_default();
-            // Deltas (fs/sync/src/delta.rs) are stepped over: they are resolved when asked for.
-            if let Some(n) = crate::delta::encoded_len(rest) {
-                at += n;
-                continue;
-            }
-            let Some(n) = hybridfs_blocks::frame_len(rest) else { break };
-            let frame = &body[at..at + n];
-            if let Some(named) = hybridfs_blocks::frame_id(frame) {
-                self.keep_frame(&named, frame)?;
-            }
-            at += n;
+        self.packs_fetching.lock().expect("packs lock").insert(*pack, Some(body.clone()));
+        self.pack_landed.notify_all();
+        let frame = self.block_in_pack(id, pack, &body, offset, len);
+        if let Err(e) = self.split.try_send((*pack, body)) {
+            let (pack, body) = e.into_inner();
+            self.keep_pack_blocks(&pack, &body)?;
         }
+        frame.map(Some)
+    }
+
+    /// Keep every frame of pack `pack` (its verified bytes) under the id it decodes to, then
+    /// let it go from memory.
+    fn keep_pack_blocks(&self, pack: &BlockId, body: &[u8]) -> Result<()> {
+        let keep = || -> Result<()> {
+            let mut at = 0;
+            loop {
+                let rest = body.get(at..).unwrap_or_default();
+                // Deltas (fs/sync/src/delta.rs) are stepped over: they are resolved when asked for.
+                if let Some(n) = crate::delta::encoded_len(rest) {
+                    at += n;
+                    continue;
+                }
+                let Some(n) = hybridfs_blocks::frame_len(rest) else { break };
+                let frame = &body[at..at + n];
+                if let Some(named) = hybridfs_blocks::frame_id(frame) {
+                    self.keep_frame(&named, frame)?;
+                }
+                at += n;
+            }
+            self.evict()
+        };
+        let result = keep();
+        self.packs_fetching.lock().expect("packs lock").remove(pack);
+        self.pack_landed.notify_all();
+        result
+    }
+
+    /// Block `id`'s frame in the verified bytes of pack `pack`: at its recorded place, checked
+    /// against `id` (invariant 5). A delta there is resolved against its base (a verified local
+    /// copy, or read from the store where the delta says) and the result checked against `id`.
+    fn block_in_pack(&self, id: &BlockId, pack: &BlockId, body: &[u8], offset: u64, len: u64) -> Result<Vec<u8>, SyncError> {
         let frame = usize::try_from(offset)
             .ok()
             .zip(usize::try_from(len).ok())
@@ -438,11 +529,10 @@ impl Inner {
             .ok_or_else(|| SyncError::Corrupt(format!("pack {pack} is shorter than its block {id} at {offset}+{len}")))?;
         if crate::delta::is_delta(frame) {
             let local = |base: &BlockId| self.local_frame(base).ok().flatten();
-            return crate::delta::resolve_body(&self.remote, id, frame.to_vec(), &local, 0).map(Some);
+            return crate::delta::resolve_body(&self.remote, id, frame.to_vec(), &local, 0);
         }
         hybridfs_blocks::decode(id, frame).map_err(|e| SyncError::Corrupt(format!("the copy in pack {pack}: {e}")))?;
-        self.evict()?;
-        Ok(Some(frame.to_vec()))
+        Ok(frame.to_vec())
     }
 
     /// Fetch `id` into the local cache unless it is there.
