@@ -16,13 +16,20 @@ In one run, against one SeaweedFS S3 server on 127.0.0.1 (started here):
 3. for each read below, a fresh clone in its own HYBRIDFS_HOME (so no block is cached on the
    node), `clone` and `mount` timed, the page cache dropped, then:
    * big: `cat` of the large file;
-   * tar: `tar cf - DIR | wc -c` of the small files (one reader, in directory order);
-   * par: 16 threads reading every small file (sorted list, split between them);
+   * tar: `tar cf - DIR | wc -c` of the small files (ONE reader, in directory order: a
+     serial reader against rclone's 16 parallel transfers measures parallelism as much as
+     the file system);
+   * par: 16 threads reading every small file (each takes the next file of the sorted list):
+     the like-for-like figure against rclone's 16 transfers;
    * loader: a data loader's pass: the small files in a shuffled order, --loader-threads
      threads, files/s;
    the small-file reads are also timed on the home volume (all blocks local, page cache
-   dropped): what reading the files through the mount costs with nothing to fetch;
-   the GET requests each read made (SeaweedFS's metrics) are counted;
+   dropped): what reading the files through the mount costs with nothing to fetch; and on a
+   plain local directory holding the same files (`local`, page cache dropped): what reading
+   10,000 files costs with no FUSE at all (rclone downloads 21 packs, not 10,000 files);
+   the GET requests each read made (SeaweedFS's metrics) are counted, and the mount's own
+   counters (`--metrics-addr`): FUSE requests per file by kind, the seconds they spent in the
+   mount process, and the mount process's CPU seconds, per file;
 4. what was read is checked against the home's SHA-256 of each file.
 
 Speed ratios are rclone's time / hybridfs's time (>= 0.8 is the target), with and without the
@@ -35,10 +42,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as B  # noqa: E402
@@ -47,6 +57,10 @@ import push as P  # noqa: E402
 log = B.log
 MiB = 1 << 20
 READS = ("big", "tar", "par", "loader")
+LABELS = ("big: `cat` of the 1 GiB file (one reader; the kernel's and the mount's read-ahead "
+          "fetch in parallel); tar: `tar cf -` of the 10,000 files, ONE serial reader; par: 16 "
+          "threads, like rclone's --transfers 16; loader: shuffled list, --loader-threads threads. "
+          "local dir: the same files in a plain local directory, read the same way.")
 
 
 def write_random(path, size):
@@ -76,6 +90,58 @@ def read_many(paths, threads):
     returns {path: sha256}."""
     with cf.ThreadPoolExecutor(threads) as ex:
         return dict(zip(paths, ex.map(read_all, paths)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port):
+    """The mount's Prometheus page as {series: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and " " in line:
+            k, _, v = line.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def cpu_seconds(pid):
+    """utime + stime of process `pid` (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mount_cost(before, after, cpu0, cpu1, files):
+    """Per file: FUSE requests by kind, their seconds in the mount, its CPU seconds."""
+    ops = {}
+    for k, v in after.items():
+        m = re.fullmatch(r'hybridfs_fuse_requests_total\{op="(\w+)"\}', k)
+        if m:
+            n = v - before.get(k, 0.0)
+            if n > 0:
+                op = m.group(1)
+                sk = f'hybridfs_fuse_request_seconds_sum{{op="{op}"}}'
+                ops[op] = {"n": n, "s": after.get(sk, 0.0) - before.get(sk, 0.0)}
+    files = max(files, 1)
+    return {"ops": ops, "requests_per_file": sum(o["n"] for o in ops.values()) / files,
+            "in_mount_us_per_file": sum(o["s"] for o in ops.values()) / files * 1e6,
+            "cpu_us_per_file": (cpu1 - cpu0) / files * 1e6}
+
+
+def cost_line(c):
+    ops = ", ".join(f"{op} {o['n']:,.0f} ({o['s'] / o['n'] * 1e6:.0f} us)"
+                    for op, o in sorted(c["ops"].items(), key=lambda x: -x[1]["n"]))
+    return (f"{c['requests_per_file']:.1f} requests/file, {c['in_mount_us_per_file']:.0f} us/file "
+            f"in the mount, {c['cpu_us_per_file']:.0f} us/file of mount CPU: {ops}")
 
 
 def du(path):
@@ -148,8 +214,23 @@ class CloneReadBench(P.StoreBench):
         log(f"rclone {kind}: {row['objects']} objects, {row['bytes'] / MiB:.0f} MiB in {dt:.2f}s")
         return row
 
+    def with_metrics(self, v):
+        """Mount `v` with its metrics served on a free port (`v.metrics_port`)."""
+        v.metrics_port = free_port()
+        v.env["HYBRIDFS_MOUNT_METRICS_ADDR"] = f"127.0.0.1:{v.metrics_port}"
+        return v
+
+    def timed_read(self, what, v):
+        """read() of `what` on mounted volume `v`, with the mount's cost per file."""
+        before, cpu0 = scrape(v.metrics_port), cpu_seconds(v.pid)
+        after = []
+        dt, got = self.read(what, v.mp, lambda: after.append((scrape(v.metrics_port),
+                                                              cpu_seconds(v.pid))))
+        cost = mount_cost(before, after[0][0], cpu0, after[0][1], len(got))
+        return dt, got, cost
+
     def fresh_clone(self, what):
-        c = P.Vol(self.root, self.bin, f"clone-{what}", self.aws_env())
+        c = self.with_metrics(P.Vol(self.root, self.bin, f"clone-{what}", self.aws_env()))
         self.vols.append(c)
         shutil.rmtree(c.home, ignore_errors=True)
         shutil.rmtree(c.mp, ignore_errors=True)
@@ -171,8 +252,10 @@ class CloneReadBench(P.StoreBench):
         random.Random(7).shuffle(paths)
         return paths
 
-    def read(self, what, root):
-        """Run read `what` under `root`: (seconds, {relpath: sha256} of what was read)."""
+    def read(self, what, root, timed=lambda: None):
+        """Run read `what` under `root`: (seconds, {relpath: sha256} of what was read).
+        `timed` is called as soon as the timed part ends (before tar's and cat's files are
+        read again for their checksums)."""
         a = self.a
         os.sync()
         B.drop_caches()
@@ -182,6 +265,7 @@ class CloneReadBench(P.StoreBench):
             r = subprocess.run(["cat", os.path.join(root, "big/one.bin")],
                                stdout=subprocess.DEVNULL, timeout=a.timeout)
             dt = time.perf_counter() - t0
+            timed()
             if r.returncode != 0:
                 raise RuntimeError("cat of the large file failed")
             return dt, {"big/one.bin": read_all(os.path.join(root, "big/one.bin"))}
@@ -189,19 +273,20 @@ class CloneReadBench(P.StoreBench):
             r = subprocess.run(f"tar cf - -C {root} small | wc -c", shell=True,
                                capture_output=True, text=True, timeout=a.timeout)
             dt = time.perf_counter() - t0
+            timed()
             if r.returncode != 0:
                 raise RuntimeError(f"tar failed: {r.stderr[-500:]}")
             return dt, rel(read_many(self.small_paths(root), 16))
-        if what == "par":
-            got = read_many(self.small_paths(root), 16)
-            return time.perf_counter() - t0, rel(got)
-        got = read_many(self.loader_order(root), a.loader_threads)
-        return time.perf_counter() - t0, rel(got)
+        got = read_many(self.small_paths(root) if what == "par" else self.loader_order(root),
+                        16 if what == "par" else a.loader_threads)
+        dt = time.perf_counter() - t0
+        timed()
+        return dt, rel(got)
 
     def one(self, what):
         c, clone_s, mount_s = self.fresh_clone(what)
         before = self.weed.metrics()
-        dt, got = self.read(what, c.mp)
+        dt, got, cost = self.timed_read(what, c)
         store = P.mdelta(before, self.weed.metrics(), "bench")
         want = self.res["home"]["want"]
         bad = [k for k, h in got.items() if want.get(k) != h]
@@ -209,9 +294,9 @@ class CloneReadBench(P.StoreBench):
             raise RuntimeError(f"{what}: the clone read wrong bytes in {bad[:5]}")
         row = {"clone_s": clone_s, "mount_s": mount_s, "read_s": dt, "files": len(got),
                "store": store, "load_avg": os.getloadavg()[0],
-               "cache_bytes": du(os.path.join(c.home, "cache"))}
+               "cache_bytes": du(os.path.join(c.home, "cache")), "mount_cost": cost}
         log(f"{what}: clone {clone_s:.2f}s + mount {mount_s:.2f}s, read {dt:.2f}s, "
-            f"{store.get('GET', 0)} GETs")
+            f"{store.get('GET', 0)} GETs; {cost_line(cost)}")
         c.hc("umount", c.mp, timeout=self.a.timeout)
         c.mounted = False
         shutil.rmtree(c.home, ignore_errors=True)
@@ -220,15 +305,28 @@ class CloneReadBench(P.StoreBench):
     def home_reads(self):
         """The small-file reads on the home volume (all its blocks local, page cache dropped):
         what reading 10,000 files through the mount costs with nothing to fetch."""
-        h = self.home
+        h = self.with_metrics(self.home)
         h.mount()
         out = {}
+        local = os.path.join(self.root, "local")
+        if not os.path.isdir(os.path.join(local, "small")):
+            shutil.rmtree(local, ignore_errors=True)
+            os.mkdir(local)
+            shutil.copytree(os.path.join(h.mp, "small"), os.path.join(local, "small"))
         for what in [w for w in self.a.reads if w != "big"]:
-            dt, got = self.read(what, h.mp)
-            out[what] = {"read_s": dt, "files": len(got)}
-            log(f"home {what}: read {dt:.2f}s")
+            dt, got, cost = self.timed_read(what, h)
+            out[what] = {"read_s": dt, "files": len(got), "mount_cost": cost}
+            log(f"home {what}: read {dt:.2f}s; {cost_line(cost)}")
         h.hc("umount", h.mp, timeout=self.a.timeout)
         h.mounted = False
+        want = self.res["home"]["want"]
+        for what in [w for w in self.a.reads if w != "big"]:
+            dt, got = self.read(what, local)
+            bad = [k for k, x in got.items() if want.get(k) != x]
+            if bad:
+                raise RuntimeError(f"local {what}: wrong bytes in {bad[:5]}")
+            out[what]["local_s"] = dt
+            log(f"local {what}: read {dt:.2f}s")
         return out
 
     def run(self):
@@ -251,8 +349,9 @@ class CloneReadBench(P.StoreBench):
               f"objects), packs {r['rclone']['packs']['s']:.2f}s "
               f"({r['rclone']['packs']['objects']} objects)")
         print("\n| read | clone + mount (s) | read (s) | MB/s | files/s | GETs "
-              "| rclone (s) | speed vs rclone | incl. clone + mount | home read (s) | vs home |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| rclone (s) | speed vs rclone | incl. clone + mount | home read (s) | vs home "
+              "| local dir (s) | local vs rclone |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for w, x in r["reads"].items():
             ref = r["rclone"]["blocks" if w == "big" else "packs"]
             nbytes = self.a.big_mib * MiB if w == "big" else home["small_bytes"]
@@ -261,8 +360,17 @@ class CloneReadBench(P.StoreBench):
                   f"| {nbytes / 1e6 / x['read_s']:.0f} | {x['files'] / x['read_s']:,.0f} "
                   f"| {x['store'].get('GET', 0):,} | {ref['s']:.2f} "
                   f"| {ref['s'] / x['read_s']:.2f}x | {ref['s'] / (x['read_s'] + cm):.2f}x "
-                  + (f"| {hr['read_s']:.2f} | {hr['read_s'] / x['read_s']:.2f}x |"
-                     if (hr := r.get("home_reads", {}).get(w)) else "| - | - |"))
+                  + (f"| {hr['read_s']:.2f} | {hr['read_s'] / x['read_s']:.2f}x "
+                     f"| {hr['local_s']:.2f} | {ref['s'] / hr['local_s']:.2f}x |"
+                     if (hr := r.get("home_reads", {}).get(w)) and "local_s" in hr
+                     else "| - | - | - | - |"))
+        print(f"\n{LABELS}")
+        print("\nThe mount's cost per file (its counters over the read):")
+        for w, x in r["reads"].items():
+            if "mount_cost" in x and w != "big":
+                print(f"- clone {w}: {cost_line(x['mount_cost'])}")
+            if (hr := r.get("home_reads", {}).get(w)) and "mount_cost" in hr:
+                print(f"- home {w}: {cost_line(hr['mount_cost'])}")
         if "loader" in r.get("home_reads", {}):
             hl, cl = r["home_reads"]["loader"], r["reads"]["loader"]
             print(f"\ndata loader ({self.a.loader_threads} threads, shuffled): clone "
