@@ -1,6 +1,7 @@
 //! POSIX behaviour of a mounted volume, through the kernel and `/dev/fuse`: files,
 //! directories, links, renames (renameat2 included), open-unlinked files, holes, truncate,
-//! fallocate, O_APPEND, metadata, permissions for a non-root user, xattrs, statfs, locks,
+//! fallocate, O_APPEND, metadata, permissions for a non-root user, xattrs, set-ID bits and
+//! capabilities cleared by writes, statfs, locks,
 //! shared mmap, a 100,000-entry directory, and fsync'd data surviving a remount.
 //! Each test mounts its own volume.
 
@@ -549,6 +550,66 @@ fn xattrs() {
     assert_eq!(sys::getxattr(&p, "user.b", 16), Ok(Vec::new()));
     assert_eq!(sys::getxattr(&p, "user.a", 64), Err(libc::ENODATA));
     assert_eq!(sys::getxattr(&vol.path("d"), "user.dir", 64), Ok(b"on a dir".to_vec()));
+}
+
+/// A `security.capability` value the kernel accepts (revision 2, CAP_NET_BIND_SERVICE
+/// permitted).
+fn file_caps() -> Vec<u8> {
+    let mut v = 0x0200_0000u32.to_le_bytes().to_vec();
+    for word in [1u32 << 10, 0, 0, 0] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    v
+}
+
+/// What `file_remove_privs` guarantees on a local file system, on a mount where the file
+/// system does it (FUSE_HANDLE_KILLPRIV_V2): a write or truncate by a process without
+/// `CAP_FSETID` clears set-user-ID and set-group-ID (with group execute), one by root keeps
+/// them, and every write and truncate removes `security.capability`, also once the kernel
+/// has marked the file as having none (a write before the attribute was set) and stopped
+/// asking.
+#[test]
+fn writes_and_truncates_clear_setuid_setgid_and_capabilities() {
+    require_root();
+    let mut vol = TestVolume::new();
+    let nobody = fsop!().as_user(NOBODY);
+    let mode = |vol: &TestVolume, rel: &str| meta(&vol.path(rel)).mode() & 0o7777;
+    let chmod = |vol: &TestVolume, rel: &str, m: u32| fs::set_permissions(vol.path(rel), fs::Permissions::from_mode(m)).unwrap();
+    let sp = vol.path("s").to_str().unwrap().to_string();
+
+    write(&vol.path("s"), b"old");
+    chmod(&vol, "s", 0o6777);
+    assert_eq!(nobody.run(&["write", &sp, "new"]), Ok(String::new()));
+    assert_eq!(mode(&vol, "s"), 0o777, "a write by another user clears set-user-ID and set-group-ID");
+    assert_eq!(read(&vol.path("s")), b"new");
+
+    write(&vol.path("r"), b"old");
+    chmod(&vol, "r", 0o6755);
+    OpenOptions::new().append(true).open(vol.path("r")).unwrap().write_all(b"+root").unwrap();
+    assert_eq!(mode(&vol, "r"), 0o6755, "root's writes keep them (CAP_FSETID)");
+
+    let caps = file_caps();
+    let c = vol.path("c");
+    let mut f = rw(&c);
+    f.write_all(b"first").unwrap();
+    sys::setxattr(&c, "security.capability", &caps, 0).expect("set capabilities");
+    assert_eq!(sys::getxattr(&c, "security.capability", 64), Ok(caps.clone()));
+    f.write_all(b" second").unwrap();
+    assert_eq!(sys::getxattr(&c, "security.capability", 64), Err(libc::ENODATA), "a write removes capabilities");
+    sys::setxattr(&c, "security.capability", &caps, 0).expect("set capabilities again");
+    f.set_len(5).unwrap();
+    assert_eq!(sys::getxattr(&c, "security.capability", 64), Err(libc::ENODATA), "a truncate removes capabilities");
+    sys::setxattr(&c, "security.capability", &caps, 0).expect("set capabilities a third time");
+    f.write_all_at(b"!", 0).unwrap();
+    assert_eq!(sys::getxattr(&c, "security.capability", 64), Err(libc::ENODATA), "each write looks again");
+    drop(f);
+    sys::setxattr(&c, "security.capability", &caps, 0).expect("set capabilities to keep");
+    sys::setxattr(&c, "user.other", b"v", 0).expect("another attribute");
+    let _ = read(&c);
+    vol.remount();
+    assert_eq!(sys::getxattr(&c, "security.capability", 64), Ok(caps), "reads and close keep capabilities");
+    assert_eq!(read(&c), b"!irst");
+    assert_eq!((mode(&vol, "s"), mode(&vol, "r")), (0o777, 0o6755), "after remount");
 }
 
 #[test]

@@ -55,7 +55,7 @@ pub fn crashpoint(name: &str) {
         std::process::abort();
     }
 }
-pub use volume::data::{choose_io, Fallocate, IoKind, Opened, SetAttr, TimeSet};
+pub use volume::data::{choose_io, Fallocate, IoKind, KillPriv, Opened, SetAttr, TimeSet};
 pub use volume::namespace::{NewNode, ReaddirEntry, RenameFlags};
 pub use volume::xattr::XattrMode;
 pub use volume::snapshot::{check_snapshot_name, GcReport, RollbackReport};

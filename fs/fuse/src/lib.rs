@@ -47,7 +47,10 @@ use fuser::{
 };
 use hybridfs_core::blockstore::{with_waiting, Waiting};
 use hybridfs_core::types::{Inode, Kind, Timespec};
-use hybridfs_core::{Caller, Fallocate, FsError, IoKind, MountView, NewNode, ReaddirEntry, RenameFlags, SetAttr, TimeSet, Volume, XattrMode};
+use hybridfs_core::{
+    Caller, Fallocate, FsError, IoKind, KillPriv, MountView, NewNode, ReaddirEntry, RenameFlags, SetAttr, TimeSet, Volume,
+    XattrMode,
+};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -441,13 +444,13 @@ impl Filesystem for HybridFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: fuser::WriteFlags,
+        write_flags: fuser::WriteFlags,
         _flags: fuser::OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
         let _op = op_timer("write", ino);
-        match self.vol.write(ino.0, offset, data) {
+        match self.vol.write(ino.0, offset, data, kill_priv(write_flags)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.fail("write", e),
         }
@@ -616,6 +619,17 @@ impl Filesystem for HybridFs {
         let _op = op_timer("ioctl", _ino);
         reply.error(fuser::Errno::ENOTTY);
     }
+}
+
+/// What a write removes from its file (the mount has FUSE_HANDLE_KILLPRIV_V2, `session.rs`):
+/// set-user/group-ID when the kernel says the writer lacks `CAP_FSETID`, capabilities on
+/// every write by a process. A flush of the writeback cache (`FUSE_WRITE_CACHE`) removes
+/// nothing: the write it carries already did, and an attribute set since must stay.
+fn kill_priv(flags: fuser::WriteFlags) -> KillPriv {
+    if flags.contains(fuser::WriteFlags::FUSE_WRITE_CACHE) {
+        return KillPriv::default();
+    }
+    KillPriv { suidgid: flags.contains(fuser::WriteFlags::FUSE_WRITE_KILL_SUIDGID), caps: true }
 }
 
 fn xattr_reply(r: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr, op: &str) {

@@ -120,6 +120,11 @@ pub(crate) fn tune(config: &mut KernelConfig, passthrough: bool, passthrough_wri
         InitFlags::FUSE_DO_READDIRPLUS,
         InitFlags::FUSE_CACHE_SYMLINKS,
         InitFlags::FUSE_ASYNC_DIO,
+        // We clear set-user/group-ID and capabilities on write and truncate (`KillPriv`, and
+        // `Volume::setattr` for a new size); the kernel then marks files it found with
+        // neither (`S_NOSEC`) and no longer asks for `security.capability` before each write:
+        // without it, 10,600 of an untar's 42,757 requests (2,090 files).
+        InitFlags::FUSE_HANDLE_KILLPRIV_V2,
     ];
     for flag in wanted {
         if config.add_capabilities(flag).is_err() {

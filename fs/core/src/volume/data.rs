@@ -38,6 +38,19 @@ use crate::types::{BlockId, Extent, Inode, Ino, JournalEntry, Kind, Timespec, IN
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// What a write removes from its file, as the kernel's `file_remove_privs` would. A mount
+/// with FUSE_HANDLE_KILLPRIV_V2 has the file system do it (the kernel then stops asking for
+/// `security.capability` before every write, the most frequent request of an untar);
+/// [`Volume::write`] removes nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillPriv {
+    /// Clear set-user-ID, and set-group-ID where group execute is set (the writer lacks
+    /// `CAP_FSETID`: FUSE_WRITE_KILL_SUIDGID).
+    pub suidgid: bool,
+    /// Remove the `security.capability` attribute (any write by a process, whoever it is).
+    pub caps: bool,
+}
+
 /// How the kernel does the I/O of one open file.
 ///
 /// The kernel keeps one I/O mode per inode: while any open uses passthrough, no open may use
@@ -700,6 +713,12 @@ impl Volume {
     }
 
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+        self.write_killing(ino, offset, data, KillPriv::default())
+    }
+
+    /// A write that first removes what `kill` names from the file ([`KillPriv`]), in its own
+    /// batch, before the data changes.
+    pub fn write_killing(&self, ino: Ino, offset: u64, data: &[u8], kill: KillPriv) -> Result<u32> {
         let len = data.len() as u64;
         let end = offset.checked_add(len).filter(|e| *e <= MAX_FILE_SIZE).ok_or(FsError::TooBig)?;
         if len == 0 {
@@ -709,12 +728,60 @@ impl Volume {
         let _gate = self.gate.read();
         let node = self.open_node(ino)?;
         let mut st = node.write();
+        self.kill_privs(&mut st, kill)?;
         let before = st.checkpoint();
         let written = self.write_locked(&mut st, offset, data, end);
         if written.is_err() {
             st.roll_back(before);
         }
         written
+    }
+
+    /// Clear what `kill` names on an open file (see [`KillPriv`]). The common case, nothing
+    /// to clear, reads the store at most once per open node and caps count.
+    fn kill_privs(&self, st: &mut NodeData, kill: KillPriv) -> Result<()> {
+        const S_ISUID: u32 = 0o4000;
+        const S_ISGID: u32 = 0o2000;
+        const S_IXGRP: u32 = 0o0010;
+        let mut perm = st.inode.perm;
+        if kill.suidgid {
+            perm &= !S_ISUID;
+            if perm & S_IXGRP != 0 {
+                perm &= !S_ISGID;
+            }
+        }
+        let caps = kill.caps && self.has_caps(st)?;
+        if perm == st.inode.perm && !caps {
+            return Ok(());
+        }
+        self.absorb(st)?;
+        let before = st.checkpoint();
+        let ino = st.inode.ino;
+        let mut batch = Vec::new();
+        if caps {
+            batch.push(Mutation::DelXattr { ino, name: super::xattr::XATTR_CAPS.to_vec() });
+        }
+        st.inode.perm = perm;
+        st.inode.ctime = Timespec::now();
+        batch.push(Mutation::PutInode(st.inode.clone()));
+        st.attr_dirty = false;
+        if let Err(e) = self.apply_live(batch, false) {
+            st.roll_back(before);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether the file has a `security.capability` attribute; an answer "no" is kept on
+    /// the node until one is set anywhere in the volume.
+    fn has_caps(&self, st: &mut NodeData) -> Result<bool> {
+        let count = self.caps_set.load(std::sync::atomic::Ordering::Acquire);
+        if st.no_caps_at == Some(count) {
+            return Ok(false);
+        }
+        let has = self.meta.get_xattr(st.inode.ino, super::xattr::XATTR_CAPS)?.is_some();
+        st.no_caps_at = if has { None } else { Some(count) };
+        Ok(has)
     }
 
     fn write_locked(&self, st: &mut NodeData, offset: u64, data: &[u8], end: u64) -> Result<u32> {
@@ -840,6 +907,11 @@ impl Volume {
         let mut txn = self.txn();
         if let Some(size) = attr.size {
             self.truncate_in(&mut txn, ino, size)?;
+            // A truncate removes the file's capabilities, whoever does it, as the kernel's
+            // `file_remove_privs` does: with FUSE_HANDLE_KILLPRIV_V2 it may leave that to us.
+            if self.meta.get_xattr(ino, super::xattr::XATTR_CAPS)?.is_some() {
+                txn.push(Mutation::DelXattr { ino, name: super::xattr::XATTR_CAPS.to_vec() });
+            }
         }
         let now = Timespec::now();
         let inode = txn.inode_mut(ino)?;

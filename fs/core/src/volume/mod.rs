@@ -155,6 +155,9 @@ pub(crate) struct NodeData {
     pub staging_entry_unsynced: bool,
     /// Where reads of the file go, for read-ahead ([`data::ReadPattern`]).
     pub read_pattern: data::ReadPattern,
+    /// The file had no `security.capability` attribute when [`Volume`]'s `caps_set` count
+    /// was this value (writes that remove it look again once the count moved).
+    pub no_caps_at: Option<u64>,
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
@@ -204,6 +207,10 @@ pub struct Volume {
     shipper: RwLock<Option<Arc<dyn ship::BlockShipper>>>,
     /// Opens for writing of files with no sealed block may be passthrough too.
     passthrough_writes: std::sync::atomic::AtomicBool,
+    /// Counts `security.capability` attributes set since the volume was opened: a node that
+    /// found none at count N need not look again while the count is N
+    /// ([`NodeData::no_caps_at`], [`data::KillPriv`]).
+    caps_set: AtomicU64,
     pub metrics: Metrics,
 }
 
@@ -262,6 +269,7 @@ impl Volume {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             shipper: RwLock::new(None),
             passthrough_writes: std::sync::atomic::AtomicBool::new(false),
+            caps_set: AtomicU64::new(0),
             metrics: Metrics::default(),
             meta,
             blocks,
@@ -439,6 +447,7 @@ impl Volume {
             pt_mtime: crate::types::Timespec::default(),
             staging_entry_unsynced: false,
             read_pattern: Default::default(),
+            no_caps_at: None,
         }));
         let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
         nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });

@@ -16,7 +16,7 @@
 //! Routing costs one comparison of the inode number per call on the live path (`is_view`), as
 //! it did in the adapter before.
 
-use super::data::{Fallocate, IoKind, Opened, SetAttr};
+use super::data::{Fallocate, IoKind, KillPriv, Opened, SetAttr};
 use super::namespace::{NewNode, ReaddirEntry, RenameFlags};
 use super::xattr::XattrMode;
 use super::{Caller, Volume};
@@ -197,9 +197,9 @@ impl MountView {
         self.vol.release_file(ino, kind)
     }
 
-    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<u32> {
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill: KillPriv) -> Result<u32> {
         self.writable(&[ino])?;
-        self.vol.write(ino, offset, data)
+        self.vol.write_killing(ino, offset, data, kill)
     }
 
     pub fn flush(&self, ino: Ino) -> Result<()> {

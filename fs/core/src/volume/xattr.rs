@@ -5,6 +5,10 @@ use crate::error::{FsError, Result};
 use crate::meta::Mutation;
 use crate::types::{Ino, Timespec};
 
+/// The attribute holding a file's capabilities: a write or a truncate removes it
+/// ([`crate::KillPriv`]), as the kernel's `file_remove_privs` does.
+pub const XATTR_CAPS: &[u8] = b"security.capability";
+
 /// Longest value accepted, as on ext4.
 pub const XATTR_SIZE_MAX: usize = 64 * 1024;
 
@@ -48,12 +52,19 @@ impl Volume {
         }
         txn.inode_mut(ino)?.ctime = Timespec::now();
         txn.push(Mutation::PutXattr { ino, name: name.to_vec(), value: value.to_vec() });
-        txn.commit(false)
+        txn.commit(false)?;
+        if name == XATTR_CAPS {
+            // After the commit: a writer that read the old count looks again at its next
+            // write; one that reads the new count finds the attribute.
+            self.caps_set.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
     }
 
-    /// The kernel asks for `security.capability` before every write to a file (FUSE clears
-    /// `SB_NOSEC`), so the answer "none" must be cheap: the inode's existence is checked
-    /// without decoding it.
+    /// The kernel asks for `security.capability` before a write to a file (once per file and
+    /// attribute refresh with FUSE_HANDLE_KILLPRIV_V2, else before every write) and at each
+    /// chown, so the answer "none" must be cheap: the inode's existence is checked without
+    /// decoding it.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         if !self.exists(ino)? {
             return Err(FsError::NotFound);
