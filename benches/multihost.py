@@ -63,8 +63,9 @@ def pg_bin():
 
 
 class Postgres:
-    def __init__(self, root):
+    def __init__(self, root, statements=False):
         self.dir = os.path.join(root, "pg")
+        self.statements = statements
         self.proc = None
         self.port = None
         self.bin = pg_bin()
@@ -94,7 +95,9 @@ class Postgres:
         # fsync stays on: both file systems pay for durable metadata commits.
         self.proc = subprocess.Popen(
             self._as_pg([os.path.join(self.bin, "postgres"), "-D", data, "-h", "127.0.0.1",
-                         "-p", str(self.port), "-k", self.dir, "-c", "max_connections=200"]),
+                         "-p", str(self.port), "-k", self.dir, "-c", "max_connections=200"]
+                        + (["-c", "shared_preload_libraries=pg_stat_statements",
+                            "-c", "pg_stat_statements.track_utility=on"] if self.statements else [])),
             stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
             preexec_fn=P._pdeathsig)
         lf.close()
@@ -114,6 +117,8 @@ class Postgres:
 
     def create_db(self, name):
         self.psql(f"create database {name}")
+        if self.statements:
+            self.psql("create extension if not exists pg_stat_statements")
         return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{name}"
 
     def xacts(self, db):
@@ -126,6 +131,22 @@ class Postgres:
             return int(c), int(r)
         except ValueError:
             return None
+
+    def reset_statements(self):
+        self.psql("select pg_stat_statements_reset()", check=False)
+
+    def statements_per_op(self, db, ops, top=12):
+        """[(calls per op, statement)] of database db since the last reset, most called first."""
+        time.sleep(0.2)
+        out = self.psql("select s.calls, regexp_replace(s.query, '\\s+', ' ', 'g') from pg_stat_statements s "
+                        f"join pg_database d on d.oid = s.dbid where d.datname = '{db}' "
+                        f"order by s.calls desc limit {top}", check=False).stdout
+        rows = []
+        for line in out.splitlines():
+            c, _, q = line.partition("|")
+            if c.isdigit():
+                rows.append((int(c) / ops, q[:110]))
+        return rows
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -227,6 +248,18 @@ class HybridShared(Shared):
     def unmount(self, mp_):
         self.hc(self.mps.index(mp_), "umount", mp_, timeout=300)
 
+    def problems(self, limit=30):
+        """WARN / ERROR lines of both hosts' mount logs (the scratch, logs included, is removed
+        at the end: an EIO's cause must be printed before)."""
+        out = []
+        for h, home in zip("ab", self.homes):
+            try:
+                with open(os.path.join(home, "volumes", "bench", "mount.log"), errors="replace") as f:
+                    out += [f"host {h}: {line.rstrip()[:400]}" for line in f if " WARN " in line or " ERROR " in line]
+            except OSError:
+                pass
+        return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
 
 # --------------------------------------------------------------------------------------
 # the workload
@@ -271,7 +304,7 @@ def worker(phase, mine, other_dirs, nfiles, barrier, out):
         out.put((0, 0.0, f"{phase} in {mine}: {e}"))
 
 
-def run_phases(target, a, run):
+def run_phases(target, a, run, pg=None):
     """All phases on both mounts of `target`; returns {phase: ops/s} and the errors."""
     rates, errors = {}, []
     dirs = {h: [os.path.join(mp_, f"r{run}-{h}-w{w}") for w in range(a.workers)]
@@ -282,6 +315,8 @@ def run_phases(target, a, run):
         return d.replace(target.mps[1 - h], target.mps[h], 1)
     for phase in PHASES:
         n = 2 * a.workers
+        if pg and pg.statements:
+            pg.reset_statements()
         barrier = mp.Barrier(n)
         out = mp.Queue()
         procs = []
@@ -314,6 +349,11 @@ def run_phases(target, a, run):
         wall = max(t for (_, t, _) in got)
         rates[phase] = ops / wall if wall > 0 else None
         log(f"{target.name} run {run}: {phase}: {ops} ops, {wall:.3f} s, {rates[phase]:,.0f} ops/s")
+        if pg and pg.statements and ops:
+            rows = pg.statements_per_op(target.name, ops)
+            log(f"{target.name} run {run}: {phase}: statements per operation, {sum(c for c, _ in rows):.1f} in the top {len(rows)}:")
+            for c, q in rows:
+                log(f"    {c:6.2f}  {q}")
     return rates, errors
 
 
@@ -338,13 +378,16 @@ def main():
     ap.add_argument("--scratch", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--statements", action="store_true",
+                    help="log each phase's SQL statements per operation (pg_stat_statements; "
+                    "slows both targets a little)")
     a = ap.parse_args()
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     targets = [t for t in a.targets.split(",") if t]
     if "juicefs" in targets:
         a.juicefs = a.juicefs or B.find_juicefs()
     sb = P.StoreBench(a, "hybridfs-multihost-")
-    pg = Postgres(sb.root)
+    pg = Postgres(sb.root, a.statements)
     results = {t: {ph: [] for ph in PHASES} for t in targets}
     errors = []
     live = []
@@ -370,7 +413,7 @@ def main():
             order = live[run % len(live):] + live[:run % len(live)]
             for tgt in order:
                 x0 = pg.xacts(tgt.name)
-                rates, errs = run_phases(tgt, a, run)
+                rates, errs = run_phases(tgt, a, run, pg)
                 x1 = pg.xacts(tgt.name)
                 if x0 and x1:
                     ops = 2 * a.workers * (4 * a.files + 2)
@@ -386,6 +429,9 @@ def main():
         errors.append(f"{type(e).__name__}: {e}")
     finally:
         for tgt in live:
+            if hasattr(tgt, "problems"):
+                for line in tgt.problems():
+                    log(f"{tgt.name} mount log: {line}")
             tgt.cleanup()
         pg.stop()
         sb.cleanup()

@@ -121,6 +121,12 @@ pub trait KvRead {
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()>;
     /// The greatest key `< end` (no end: the last key of the family).
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>>;
+    /// A hint: these keys (of any families) are about to be read, so an engine whose reads
+    /// are round trips may fetch them all at once and answer the reads from what it fetched
+    /// (the PostgreSQL engine inside a transaction). The default does nothing.
+    fn prefetch(&self, _keys: &[(Cf, &[u8])]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One transaction: reads see the committed state plus this transaction's own writes.
@@ -346,6 +352,14 @@ impl KvRead for Overlay<'_> {
             Some(v) => Ok(v.clone()),
             None => self.read.get(cf, key),
         }
+    }
+
+    fn prefetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
+        let unwritten: Vec<(Cf, &[u8])> = keys.iter().copied().filter(|(cf, k)| !self.writes.contains_key(&(*cf, k.to_vec()))).collect();
+        if unwritten.is_empty() {
+            return Ok(());
+        }
+        self.read.prefetch(&unwritten)
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {

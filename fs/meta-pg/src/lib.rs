@@ -14,7 +14,14 @@
 //!
 //! [`Kv::transact`] runs the body in a `SERIALIZABLE` transaction: reads go to the database
 //! inside it (under an [`Overlay`] of the body's own writes), the writes are sent at the end
-//! in two statements (one upsert, one delete, each of arrays), then `COMMIT`. A serialization
+//! (one upsert, one delete per family), then `COMMIT`. Round trips are what a shared volume's
+//! operations wait for, so a transaction makes few: `BEGIN` goes in one message with its first
+//! read, the rows a batch will read are asked for at once ([`KvRead::prefetch`], one
+//! statement of one index scan per family), and the writes, the change notifications and
+//! `COMMIT` go in one message (the simple query protocol; `bytea` as `decode('HEX', 'hex')`,
+//! plain SQL). A create is two round trips. Reads outside a transaction are one statement
+//! each, a scan too when one page holds its range (only a longer scan opens a read-only
+//! `REPEATABLE READ` transaction, so that its pages read one snapshot). A serialization
 //! failure or deadlock, on any statement or the commit, is [`FsError::MetaConflict`], and the
 //! whole transaction runs again ([`retry_conflicts`]). So two hosts incrementing one reference
 //! count, or creating one name, end with one result, never a lost update.
@@ -38,8 +45,9 @@ use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::kv::{retry_conflicts, Cf, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
 use parking_lot::Mutex;
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, IsolationLevel, NoTls, Statement};
-use std::cell::RefCell;
+use postgres::{Client, GenericClient, NoTls, Statement};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long connecting waits when the URL sets no `connect_timeout`.
@@ -216,27 +224,22 @@ impl PgKv {
     /// One attempt at a transaction; a conflict comes back as [`FsError::MetaConflict`].
     fn attempt(&self, body: &mut TxnBody<'_>) -> Result<()> {
         let mut conn = self.client()?;
+        let Conn { c, st } = &mut conn;
+        let reader = Reader { c: RefCell::new(c), st, cache: RefCell::new(HashMap::new()), begun: Cell::new(false) };
         let result = (|| {
-            let st = &conn.st;
-            let t = conn
-                .c
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .map_err(pg_err("begin a metadata transaction"))?;
-            let reader = Reader(RefCell::new(t), st, RefCell::new(std::collections::HashMap::new()));
             let mut overlay = Overlay::new(&reader);
             body(&mut overlay)?;
             let (ops, hooks) = overlay.finish();
-            let mut t = reader.0.into_inner();
             let notes = change_notes(self.sender, &ops);
-            write(&mut t, st, ops)?;
-            for note in notes {
-                t.execute(&st.notify, &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
-            }
-            t.commit().map_err(pg_err("commit a metadata transaction"))?;
+            reader.commit(ops, notes)?;
             Ok(hooks)
         })();
+        if result.is_err() && reader.begun.get() {
+            // Whatever state the failure left (aborted, ended, or broken), end it; a broken
+            // connection is not put back.
+            let _ = reader.c.borrow_mut().batch_execute("ROLLBACK");
+        }
+        drop(reader);
         self.put_back(conn);
         for hook in result? {
             hook();
@@ -369,8 +372,14 @@ fn write(t: &mut impl GenericClient, st: &Stmts, ops: Vec<KvOp>) -> Result<()> {
     if !pk.is_empty() {
         t.execute(&st.upsert, &[&pcf, &pk, &pv]).map_err(pg_err("write metadata"))?;
     }
-    if !dk.is_empty() {
-        t.execute(&st.delete, &[&dcf, &dk]).map_err(pg_err("delete metadata"))?;
+    // Per family `cf = $1 AND k = ANY($2)`: an index scan (a join with an unnest may scan the
+    // table, which under SERIALIZABLE reads, and so conflicts with, every row).
+    let mut by_cf: std::collections::BTreeMap<i16, Vec<Vec<u8>>> = std::collections::BTreeMap::new();
+    for (cf, k) in dcf.into_iter().zip(dk) {
+        by_cf.entry(cf).or_default().push(k);
+    }
+    for (cf, ks) in by_cf {
+        t.execute(&st.delete, &[&cf, &ks]).map_err(pg_err("delete metadata"))?;
     }
     Ok(())
 }
@@ -462,14 +471,27 @@ impl KvRead for PgKv {
 impl PgKv {
     fn scan_once(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         self.with(|c, st| {
-            let mut t = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(pg_err("begin a metadata scan"))?;
-            scan(start, |from| page(&mut t, st, cf, from, end), f)?;
-            t.commit().map_err(pg_err("end a metadata scan"))
+            // One page holds most ranges (and a visitor that stops at its first row needs no
+            // more): one statement reads one snapshot, no transaction needed.
+            let first = page(c, st, cf, start, end)?;
+            if (first.len() as i64) < SCAN_PAGE {
+                for (k, v) in first {
+                    if !f(&k, &v)? {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+            // More pages: read them all in one snapshot, from the start again.
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").map_err(pg_err("begin a metadata scan"))?;
+            let out = scan(start, |from| page(c, st, cf, from, end), f);
+            match out {
+                Ok(()) => c.batch_execute("COMMIT").map_err(pg_err("end a metadata scan")),
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK");
+                    Err(e)
+                }
+            }
         })
     }
 }
@@ -484,32 +506,208 @@ impl Kv for PgKv {
     }
 }
 
+/// How a transaction starts: its `BEGIN` goes in one message with its first read (or its
+/// writes, when it read nothing).
+const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// Writes sent as one statement text with the commit up to this many rows (more: prepared
+/// statements of arrays, then `COMMIT`).
+const INLINE_WRITES: usize = 256;
+
+/// Keys per read statement of [`Reader::fetch`].
+const FETCH_KEYS: usize = 256;
+
 /// Reads inside one database transaction (the base of its [`Overlay`]). Its point reads are
 /// kept for the transaction: it reads one snapshot, and the overlay above answers for keys it
-/// wrote, so a key read twice (a precondition, then the version it replaces) costs one query.
-struct Reader<'a>(RefCell<postgres::Transaction<'a>>, &'a Stmts, RefCell<std::collections::HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>>);
+/// wrote, so a key read twice (a precondition, then the version it replaces) costs one query,
+/// and a [`KvRead::prefetch`] of the keys a batch will read costs one query for all of them.
+///
+/// Round trips: `BEGIN` travels with the first read, and the writes, notifications and
+/// `COMMIT` in one message ([`Reader::commit`]): a create is `BEGIN` + its reads, then its
+/// writes + `COMMIT`, two round trips (plain SQL in the simple query protocol; `bytea`
+/// values as `decode('HEX', 'hex')`).
+struct Reader<'a> {
+    c: RefCell<&'a mut Client>,
+    st: &'a Stmts,
+    cache: RefCell<HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>>,
+    /// `BEGIN` was sent (so a failure must be rolled back).
+    begun: Cell<bool>,
+}
+
+fn hex_lit(out: &mut String, b: &[u8]) {
+    use std::fmt::Write;
+    out.push_str("decode('");
+    for x in b {
+        let _ = write!(out, "{x:02x}");
+    }
+    out.push_str("', 'hex')");
+}
+
+/// A `bytea` in PostgreSQL's text output (`\x` then hex).
+fn unhex(s: &str) -> Result<Vec<u8>> {
+    let h = s.strip_prefix("\\x").ok_or_else(|| FsError::Meta(format!("bytea text {s:.20} is not hex")))?;
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| FsError::Meta("bad hex in a bytea".into())))
+        .collect()
+}
+
+/// `SELECT cf, k, v` of `keys`: per family one index scan (`cf = N AND k IN (...)`).
+fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
+    let mut by_cf: std::collections::BTreeMap<i16, Vec<&[u8]>> = std::collections::BTreeMap::new();
+    for (cf, k) in keys {
+        by_cf.entry(cf_id(*cf)).or_default().push(k);
+    }
+    let mut sql = String::new();
+    for (cf, ks) in by_cf {
+        if !sql.is_empty() {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!("SELECT cf, k, v FROM hybridfs_kv WHERE cf = {cf} AND k IN ("));
+        for (i, k) in ks.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            hex_lit(&mut sql, k);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// A transaction's writes as statement text: one upsert, one delete per family.
+fn write_sql(ops: &[KvOp]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut ins = String::new();
+    let mut dels: std::collections::BTreeMap<i16, String> = std::collections::BTreeMap::new();
+    for op in ops {
+        match op {
+            KvOp::Put(cf, k, v) => {
+                ins.push_str(if ins.is_empty() { "INSERT INTO hybridfs_kv (cf, k, v) VALUES (" } else { ", (" });
+                ins.push_str(&format!("{}, ", cf_id(*cf)));
+                hex_lit(&mut ins, k);
+                ins.push_str(", ");
+                hex_lit(&mut ins, v);
+                ins.push(')');
+            }
+            KvOp::Del(cf, k) => {
+                let d = dels.entry(cf_id(*cf)).or_insert_with(|| format!("DELETE FROM hybridfs_kv WHERE cf = {} AND k IN (", cf_id(*cf)));
+                if !d.ends_with('(') {
+                    d.push(',');
+                }
+                hex_lit(d, k);
+            }
+        }
+    }
+    if !ins.is_empty() {
+        ins.push_str(" ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v");
+        out.push(ins);
+    }
+    out.extend(dels.into_values().map(|d| d + ")"));
+    out
+}
+
+impl Reader<'_> {
+    fn begin(&self) -> Result<()> {
+        if !self.begun.replace(true) {
+            self.c.borrow_mut().batch_execute(BEGIN).map_err(pg_err("begin a metadata transaction"))?;
+        }
+        Ok(())
+    }
+
+    /// Read the keys not read yet into the cache (found or not), [`FETCH_KEYS`] a statement,
+    /// the first with the transaction's `BEGIN`.
+    fn fetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
+        let mut missing: Vec<(Cf, Vec<u8>)> = {
+            let cache = self.cache.borrow();
+            keys.iter().filter(|(cf, k)| !cache.contains_key(&(*cf, k.to_vec()))).map(|(cf, k)| (*cf, k.to_vec())).collect()
+        };
+        missing.sort();
+        missing.dedup();
+        for chunk in missing.chunks(FETCH_KEYS) {
+            let mut sql = select_sql(chunk);
+            if !self.begun.replace(true) {
+                sql = format!("{BEGIN}; {sql}");
+            }
+            let msgs = self.c.borrow_mut().simple_query(&sql).map_err(pg_err("read metadata"))?;
+            let mut cache = self.cache.borrow_mut();
+            for key in chunk {
+                cache.insert(key.clone(), None);
+            }
+            for m in msgs {
+                if let postgres::SimpleQueryMessage::Row(r) = m {
+                    let field = |i| r.get(i).ok_or_else(|| FsError::Meta("a metadata row has a NULL".into()));
+                    let cf: usize = field(0)?.parse().map_err(|_| FsError::Meta("bad cf in a metadata row".into()))?;
+                    let cf = *Cf::ALL.get(cf).ok_or_else(|| FsError::Meta(format!("unknown cf {cf} in a metadata row")))?;
+                    cache.insert((cf, unhex(field(1)?)?), Some(unhex(field(2)?)?));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the writes, the change notifications and `COMMIT`: one message when the writes
+    /// are few (with `BEGIN` when nothing was read), else prepared statements of arrays.
+    fn commit(&self, ops: Vec<KvOp>, notes: Vec<String>) -> Result<()> {
+        if ops.is_empty() && !self.begun.get() {
+            return Ok(());
+        }
+        let bytes: usize = ops.iter().map(|op| match op {
+            KvOp::Put(_, k, v) => k.len() + v.len(),
+            KvOp::Del(_, k) => k.len(),
+        }).sum();
+        let mut c = self.c.borrow_mut();
+        if ops.len() <= INLINE_WRITES && bytes <= 1 << 20 {
+            let mut stmts = Vec::new();
+            if !self.begun.replace(true) {
+                stmts.push(BEGIN.to_string());
+            }
+            stmts.extend(write_sql(&ops));
+            // Payloads are hex, `;`, `,` and `:` only (see `change_notes`): no quoting needed.
+            stmts.extend(notes.iter().map(|n| format!("SELECT pg_notify('{CHANNEL}', '{n}')")));
+            stmts.push("COMMIT".into());
+            c.simple_query(&stmts.join("; ")).map_err(pg_err("commit a metadata transaction"))?;
+            return Ok(());
+        }
+        drop(c);
+        self.begin()?;
+        let mut c = self.c.borrow_mut();
+        write(&mut **c, self.st, ops)?;
+        for note in notes {
+            c.execute(&self.st.notify, &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
+        }
+        c.batch_execute("COMMIT").map_err(pg_err("commit a metadata transaction"))
+    }
+}
 
 impl KvRead for Reader<'_> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.2.borrow().get(&(cf, key.to_vec())) {
+        if let Some(v) = self.cache.borrow().get(&(cf, key.to_vec())) {
             return Ok(v.clone());
         }
-        let v = get(&mut *self.0.borrow_mut(), self.1, cf, key)?;
-        self.2.borrow_mut().insert((cf, key.to_vec()), v.clone());
-        Ok(v)
+        self.fetch(&[(cf, key)])?;
+        Ok(self.cache.borrow().get(&(cf, key.to_vec())).cloned().flatten())
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        multi_get(&mut *self.0.borrow_mut(), self.1, cf, keys)
+        let asked: Vec<(Cf, &[u8])> = keys.iter().map(|k| (cf, *k)).collect();
+        self.fetch(&asked)?;
+        let cache = self.cache.borrow();
+        Ok(keys.iter().map(|k| cache.get(&(cf, k.to_vec())).cloned().flatten()).collect())
+    }
+
+    fn prefetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
+        self.fetch(keys)
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
-        // Each page is fetched (and the transaction's borrow released) before it is visited.
-        scan(start, |from| page(&mut *self.0.borrow_mut(), self.1, cf, from, end), f)
+        self.begin()?;
+        // Each page is fetched (and the connection's borrow released) before it is visited.
+        scan(start, |from| page(&mut **self.c.borrow_mut(), self.st, cf, from, end), f)
     }
 
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
-        last_before(&mut *self.0.borrow_mut(), self.1, cf, end)
+        self.begin()?;
+        last_before(&mut **self.c.borrow_mut(), self.st, cf, end)
     }
 }
 
@@ -546,7 +744,7 @@ impl Conn {
                 "INSERT INTO hybridfs_kv (cf, k, v) SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[])
                  ON CONFLICT (cf, k) DO UPDATE SET v = EXCLUDED.v",
             )?,
-            delete: prep("DELETE FROM hybridfs_kv WHERE (cf, k) IN (SELECT * FROM unnest($1::smallint[], $2::bytea[]))")?,
+            delete: prep("DELETE FROM hybridfs_kv WHERE cf = $1 AND k = ANY($2)")?,
             notify: prep("SELECT pg_notify($1, $2)")?,
         };
         Ok(Conn { c, st })
