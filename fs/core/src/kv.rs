@@ -176,6 +176,11 @@ pub trait Kv: KvRead + Send + Sync + 'static {
     fn bulk_tuning(&self, _on: bool) -> Result<()> {
         Ok(())
     }
+    /// The engine's memory in this process, by part (bytes; `metrics.json` shows them as
+    /// `meta_mem_PART_bytes`). The default: nothing to report.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The writes of a bulk load ([`Kv::bulk_writer`]), borrowed: the writer copies them into

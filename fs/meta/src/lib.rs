@@ -50,6 +50,8 @@ pub struct RocksKv {
     txn: Mutex<()>,
     /// The options of every family: a bulk load's table files are written with them.
     cf_opts: Options,
+    /// The block cache every family shares (for [`Kv::memory`]).
+    cache: Cache,
 }
 
 /// Open (or create) the metadata store at `path`.
@@ -59,15 +61,30 @@ pub fn open(path: &Path, opts: &RocksOptions) -> Result<MetaStore> {
 
 impl RocksKv {
     pub fn open(path: &Path, opts: &RocksOptions) -> Result<Self> {
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        // Four shards (8 MiB each at the default size), not RocksDB's 512 KiB ones: the whole
+        // filter of a table written before partitioning (below) must fit one shard.
+        let mut lru = rocksdb::LruCacheOptions::default();
+        lru.set_capacity(opts.block_cache_bytes);
+        lru.set_num_shard_bits(2);
+        let cache = Cache::new_lru_cache_opts(&lru);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        // Index and filter blocks stay with their table readers, outside the block cache: in
-        // the cache, a large table's filter (over 1 MiB at a million files) does not fit one
+        // Index and filter blocks live in the block cache, cut in partitions of about 4 KiB
+        // (a two-level index; partitioned filters), so their memory is bounded by the cache,
+        // not by the number of files (kept with their table readers, they were about 1% of
+        // the metadata, growing with it).
+        // A whole table's filter in the cache (over 1 MiB at a million files) did not fit one
         // cache shard and was re-read and re-checksummed on every lookup (a cold `find` over
-        // 1M files took 67 s). Their memory is about 1% of the metadata size.
-        table.set_cache_index_and_filter_blocks(false);
+        // 1M files took 67 s); a partition does fit. Each table's top-level index of its
+        // partitions (one entry per 4 KiB partition) stays pinned. Tables written before
+        // (a whole filter each) still work: their filter is one cache entry until compaction
+        // rewrites them.
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_top_level_index_and_filter(true);
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(opts.write_buffer_bytes / 4);
@@ -85,7 +102,7 @@ impl RocksKv {
             DB::open_cf_descriptors(&db_opts, path, cfs)
         }
         .map_err(|e| FsError::Meta(format!("open metadata store {}: {e}", path.display())))?;
-        Ok(RocksKv { db, txn: Mutex::new(()), cf_opts })
+        Ok(RocksKv { db, txn: Mutex::new(()), cf_opts, cache })
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -208,6 +225,20 @@ impl Kv for RocksKv {
             self.db.set_options_cf(self.cf(cf), &[("disable_auto_compactions", value)]).map_err(db_err("tune metadata store"))?;
         }
         Ok(())
+    }
+
+    /// The block cache (data blocks, and index and filter partitions), the memtables, and
+    /// what table readers hold outside the cache, summed over the families.
+    fn memory(&self) -> Vec<(&'static str, u64)> {
+        let sum = |prop: &str| -> u64 {
+            Cf::ALL.iter().filter_map(|cf| self.db.property_int_value_cf(self.cf(*cf), prop).ok().flatten()).sum()
+        };
+        vec![
+            ("block_cache", self.cache.get_usage() as u64),
+            ("block_cache_pinned", self.cache.get_pinned_usage() as u64),
+            ("memtables", sum("rocksdb.cur-size-all-mem-tables")),
+            ("table_readers", sum("rocksdb.estimate-table-readers-mem")),
+        ]
     }
 
     /// Flush every memtable to table files (RocksDB syncs them) and wait, then sync the WAL:
@@ -698,6 +729,34 @@ impl Drop for RocksBulk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine's memory after reading every key of a store is its block cache (index and
+    /// filter partitions included) and memtables, not something that grows with the number
+    /// of keys: the table readers hold next to nothing outside the cache (bytes asserted).
+    #[test]
+    fn index_and_filters_live_in_the_bounded_block_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = 1 << 20;
+        let kv = RocksKv::open(dir.path(), &RocksOptions { block_cache_bytes: cache, ..RocksOptions::default() }).unwrap();
+        let key = |i: u32| format!("inode-{i:010}").into_bytes();
+        let n = 300_000;
+        for chunk in (0..n).collect::<Vec<u32>>().chunks(10_000) {
+            let ops = chunk.iter().map(|&i| KvOp::Put(Cf::Inodes, key(i), vec![7; 40])).collect();
+            kv.commit(ops, false).unwrap();
+        }
+        kv.persist().unwrap();
+        let part = |kv: &RocksKv, name: &str| kv.memory().into_iter().find(|(p, _)| *p == name).unwrap().1;
+        // ~20 MB of keys and values in tables: whole index and filter blocks kept by the
+        // table readers would be hundreds of KiB.
+        for i in (0..n).step_by(7) {
+            assert!(kv.get(Cf::Inodes, &key(i)).unwrap().is_some());
+        }
+        assert_eq!(kv.get(Cf::Inodes, b"inode-absent").unwrap(), None);
+        let (readers, cached, pinned) = (part(&kv, "table_readers"), part(&kv, "block_cache"), part(&kv, "block_cache_pinned"));
+        eprintln!("table readers {readers} B, block cache {cached} B (pinned {pinned} B)");
+        assert!(readers < 64 << 10, "table readers hold {readers} bytes outside the cache");
+        assert!(cached <= cache as u64 + (64 << 10), "block cache {cached} bytes, capacity {cache}");
+    }
 
     #[test]
     fn rocks_kv_conforms() {

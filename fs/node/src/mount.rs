@@ -340,6 +340,13 @@ fn spawn_metrics_writer(workers: &Workers, vol: &Arc<Volume>, path: PathBuf) -> 
 fn write_metrics(vol: &hybridfs_core::Volume, path: &Path) {
     let tmp = path.with_extension("json.tmp");
     let mut snapshot = vol.metrics.snapshot();
+    // What grows with the volume: the kernel's references, the metadata engine's memory.
+    let (refs, refs_bytes) = vol.kernel_refs();
+    snapshot.counters.insert("kernel_refs".into(), refs);
+    snapshot.counters.insert("kernel_refs_bytes".into(), refs_bytes);
+    for (part, bytes) in vol.meta().engine_memory() {
+        snapshot.counters.insert(format!("meta_mem_{part}_bytes"), bytes);
+    }
     // This process's object-store traffic (pushes and merges it ran, blocks it fetched).
     for (purpose, t) in hybridfs_cloud::traffic::totals() {
         snapshot.counters.insert(format!("store_{purpose}_requests"), t.requests);

@@ -175,6 +175,11 @@ impl MetaStore {
     pub fn sync(&self) -> Result<()> {
         self.kv.sync()
     }
+
+    /// The engine's memory by part ([`crate::kv::Kv::memory`]).
+    pub fn engine_memory(&self) -> Vec<(&'static str, u64)> {
+        self.kv.memory()
+    }
 }
 
 /// Tell the engine every row the batch will read first (the epoch, this thread's usage shard,

@@ -21,6 +21,7 @@
 //! makes everything before it durable against power loss too.
 
 pub mod data;
+mod kernel_refs;
 mod merge;
 pub mod mount_view;
 pub mod namespace;
@@ -192,7 +193,8 @@ pub struct Volume {
     gate: RwLock<()>,
     ns: Mutex<()>,
     nodes: Mutex<HashMap<Ino, NodeEntry>>,
-    lookups: Mutex<HashMap<Ino, u64>>,
+    /// The kernel's lookup counts of live inodes (`kernel_refs.rs`: small at millions).
+    lookups: Mutex<kernel_refs::KernelRefs>,
     refs: Mutex<()>,
     /// Serialises changes to the snapshot catalogue.
     catalog: Mutex<()>,
@@ -259,7 +261,7 @@ impl Volume {
             shared: opts.shared,
             ns: Mutex::new(()),
             nodes: Mutex::new(HashMap::new()),
-            lookups: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(kernel_refs::KernelRefs::default()),
             refs: Mutex::new(()),
             catalog: Mutex::new(()),
             collector: Mutex::new(()),
@@ -392,25 +394,12 @@ impl Volume {
 
     /// Count one more kernel reference to `ino` (every entry the adapter hands out).
     pub fn remember(&self, ino: Ino) {
-        *self.lookups.lock().entry(ino).or_insert(0) += 1;
+        self.lookups.lock().add(ino);
     }
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        let gone = {
-            let mut l = self.lookups.lock();
-            match l.get_mut(&ino) {
-                Some(c) if *c > n => {
-                    *c -= n;
-                    false
-                }
-                Some(_) => {
-                    l.remove(&ino);
-                    true
-                }
-                None => false,
-            }
-        };
+        let gone = self.lookups.lock().forget(ino, n);
         if gone {
             if let Err(e) = self.purge_if_unused(ino) {
                 tracing::error!("purge inode {ino}: {e}");
@@ -418,12 +407,18 @@ impl Volume {
         }
     }
 
+    /// Inodes the kernel holds references to, and the memory their table takes (bytes).
+    pub fn kernel_refs(&self) -> (u64, u64) {
+        let l = self.lookups.lock();
+        (l.len() as u64, l.heap_bytes() as u64)
+    }
+
     fn node_if_open(&self, ino: Ino) -> Option<Node> {
         self.nodes.lock().get(&ino).map(|e| e.node.clone())
     }
 
     fn is_referenced(&self, ino: Ino) -> bool {
-        self.lookups.lock().contains_key(&ino) || self.nodes.lock().contains_key(&ino)
+        self.lookups.lock().contains(ino) || self.nodes.lock().contains_key(&ino)
     }
 
     /// Load (or find) the node of `ino` and count a handle or a pin on it. Caller holds `ns`.
