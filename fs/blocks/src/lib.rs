@@ -156,7 +156,9 @@ impl FileBlockStore {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    fn write_new(&self, path: &Path, frame: &[u8]) -> Result<()> {
+    /// Write block file `path` atomically; `durable`: recorded for the next [`BlockStore::sync`]
+    /// (a cache fill is not: it can be fetched again, and nobody syncs a cache).
+    fn write_new(&self, path: &Path, frame: &[u8], durable: bool) -> Result<()> {
         let fan = path.parent().expect("block path has a parent");
         std::fs::create_dir_all(fan).map_err(|e| FsError::io(format!("create {}", fan.display()), e))?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -170,6 +172,9 @@ impl FileBlockStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(FsError::io(format!("write block file {}", path.display()), e));
         }
+        if !durable {
+            return Ok(());
+        }
         let mut u = self.unsynced.lock().expect("unsynced lock");
         u.files.push(path.to_path_buf());
         u.dirs.insert(fan.to_path_buf());
@@ -179,13 +184,15 @@ impl FileBlockStore {
 
 impl FileBlockStore {
     /// Keep a verified frame fetched from elsewhere (a cache fill): written atomically, not
-    /// synced (it can be fetched again).
+    /// synced (it can be fetched again), and not remembered for a sync: a clone's cache is
+    /// never synced, so remembering each fill grew the mount's memory by a path per block
+    /// fetched, without bound (invariant 7).
     pub fn insert_frame(&self, id: &BlockId, frame: &[u8]) -> Result<()> {
         let path = self.path(id);
         if path.exists() {
             return Ok(());
         }
-        self.write_new(&path, frame)
+        self.write_new(&path, frame, false)
     }
 }
 
@@ -204,9 +211,9 @@ impl BlockStore for FileBlockStore {
             }
             Ok(_) => {
                 tracing::warn!("block file {} is damaged; writing it again", path.display());
-                self.write_new(&path, &encode(data))?;
+                self.write_new(&path, &encode(data), true)?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_new(&path, &encode(data))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_new(&path, &encode(data), true)?,
             Err(e) => return Err(FsError::io(format!("read block file {}", path.display()), e)),
         }
         Ok(id)
@@ -376,6 +383,26 @@ mod tests {
         store.sync().unwrap();
         assert!(store.unsynced.lock().unwrap().files.is_empty());
         assert_eq!(store.put(b"bbbb").unwrap(), id);
+        assert_eq!(store.unsynced.lock().unwrap().files, vec![store.path(&id)]);
+    }
+
+    /// Invariant 7: cache fills (a clone's fetched blocks) are not remembered for a sync that
+    /// never comes: the unsynced list stays empty however many blocks are fetched, while puts
+    /// (the volume's own blocks, invariant 1) are still remembered until synced.
+    #[test]
+    fn cache_fills_are_not_remembered_for_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileBlockStore::open(dir.path()).unwrap();
+        for n in 0..300u32 {
+            let data = n.to_le_bytes().repeat(100);
+            let id = block_id(&data);
+            store.insert_frame(&id, &encode(&data)).unwrap();
+            assert_eq!(store.get(&id).unwrap(), data);
+        }
+        let u = store.unsynced.lock().unwrap();
+        assert!(u.files.is_empty() && u.dirs.is_empty(), "{} files, {} dirs remembered", u.files.len(), u.dirs.len());
+        drop(u);
+        let id = store.put(b"own block").unwrap();
         assert_eq!(store.unsynced.lock().unwrap().files, vec![store.path(&id)]);
     }
 
