@@ -772,6 +772,23 @@ impl Volume {
         Ok(())
     }
 
+    /// How many `security.capability` attributes were set since the volume was opened.
+    pub fn caps_count(&self) -> u64 {
+        self.caps_set.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The open file `ino` was created with no attributes after [`Volume::caps_count`] was
+    /// `count`: its first write need not read the store for capabilities (on a shared
+    /// volume that read is a database round trip per new file).
+    pub fn created_without_caps(&self, ino: Ino, count: u64) {
+        if let Some(node) = self.node_if_open(ino) {
+            let mut st = node.write();
+            if st.no_caps_at.is_none() {
+                st.no_caps_at = Some(count);
+            }
+        }
+    }
+
     /// Whether the file has a `security.capability` attribute; an answer "no" is kept on
     /// the node until one is set anywhere in the volume.
     fn has_caps(&self, st: &mut NodeData) -> Result<bool> {
