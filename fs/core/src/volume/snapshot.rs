@@ -97,6 +97,11 @@ impl Volume {
 
     /// Caller holds the gate (no file data is being written) and the catalogue lock.
     fn snapshot_locked(&self, name: &str) -> Result<SnapshotInfo> {
+        // The epoch first, then the name: a snapshot another host takes meanwhile ends the
+        // epoch in the transaction that writes its name, so either this name check sees it or
+        // the batch's `ExpectEpoch` does (the name alone is checked outside the transaction;
+        // two hosts taking one name at once both got it when the epoch was read after it).
+        let epoch = self.meta.current_epoch()?;
         if self.meta.snapshot(name)?.is_some() {
             return Err(FsError::BadInput(format!("a snapshot named {name:?} already exists")));
         }
@@ -106,7 +111,6 @@ impl Volume {
             self.persist_attrs(&mut st, false)?;
         }
         self.seal_everything()?;
-        let epoch = self.meta.current_epoch()?;
         let usage = self.meta.usage()?;
         let info = SnapshotInfo {
             id: self.meta.next_snapshot_id()?,
