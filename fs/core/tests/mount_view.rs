@@ -2,7 +2,7 @@
 //! `EROFS` for changes to views, and kernel lookup counts (live inodes only), without FUSE.
 
 use hybridfs_core::types::{Kind, ROOT_INO};
-use hybridfs_core::{Fallocate, FsError, IoKind, MountView, NewNode, RenameFlags, SetAttr, XattrMode};
+use hybridfs_core::{Fallocate, FsError, IoKind, KillPriv, MountView, NewNode, RenameFlags, SetAttr, XattrMode};
 
 #[allow(dead_code)] // the shared fixture has more than this suite uses
 mod common;
@@ -17,11 +17,11 @@ fn file() -> NewNode {
 fn with_snapshot(f: &MemVolume) -> (MountView, u64, u64) {
     let view = MountView::new(f.vol.clone());
     let a = view.create(ROOT_INO, b"a", file(), ROOT, false).unwrap().inode.ino;
-    view.write(a, 0, b"old").unwrap();
+    view.write(a, 0, b"old", KillPriv::default()).unwrap();
     view.release(a, IoKind::Cached).unwrap();
     f.vol.snapshot_create("s1").unwrap();
     let opened = view.open(a, true).unwrap();
-    view.write(a, 0, b"new").unwrap();
+    view.write(a, 0, b"new", KillPriv::default()).unwrap();
     view.release(a, opened.kind).unwrap();
     let snaps = view.lookup(ROOT_INO, b".snapshots").unwrap().unwrap();
     let s1 = view.lookup(snaps.ino, b"s1").unwrap().unwrap();
@@ -68,7 +68,7 @@ fn every_change_to_a_view_is_read_only() {
     ro(view.create_node(s1, b"x", file(), ROOT).map(drop), "mknod in a view");
     ro(view.create(s1, b"x", file(), ROOT, false).map(drop), "create in a view");
     ro(view.open(old_a, true).map(drop), "open a view file for writing");
-    ro(view.write(old_a, 0, b"x").map(drop), "write");
+    ro(view.write(old_a, 0, b"x", KillPriv::default()).map(drop), "write");
     ro(view.setattr(old_a, SetAttr { size: Some(0), ..Default::default() }).map(drop), "truncate");
     ro(view.unlink(s1, b"a"), "unlink");
     ro(view.rmdir(s1, b"a"), "rmdir");
@@ -105,7 +105,7 @@ fn a_read_only_mount_refuses_every_change_with_erofs_and_reads_as_before() {
     let a = ro.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
     let rofs = |r: Result<(), FsError>, what: &str| assert!(matches!(r, Err(FsError::ReadOnly)), "{what}: {r:?}");
     rofs(ro.open(a, true).map(drop), "open for writing");
-    rofs(ro.write(a, 0, b"x").map(drop), "write");
+    rofs(ro.write(a, 0, b"x", KillPriv::default()).map(drop), "write");
     rofs(ro.create(ROOT_INO, b"b", file(), ROOT, false).map(drop), "create");
     rofs(ro.create_node(ROOT_INO, b"d", NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] }, ROOT).map(drop), "mkdir");
     rofs(ro.unlink(ROOT_INO, b"a"), "unlink");
@@ -131,7 +131,7 @@ fn a_listing_s_attributes_come_from_one_call_each_from_where_it_lives() {
     let (view, s1, old_a) = with_snapshot(&f);
     let a = view.lookup(ROOT_INO, b"a").unwrap().unwrap().ino;
     let b = view.create(ROOT_INO, b"b", file(), ROOT, false).unwrap().inode.ino;
-    view.write(b, 0, b"four").unwrap();
+    view.write(b, 0, b"four", KillPriv::default()).unwrap();
     let gone = view.create(ROOT_INO, b"gone", file(), ROOT, false).unwrap().inode.ino;
     view.release(gone, IoKind::Cached).unwrap();
     view.unlink(ROOT_INO, b"gone").unwrap();
