@@ -15,6 +15,9 @@ pub const CORRUPT_BLOCKS: &str = "hybridfs_corrupt_blocks_total";
 pub const BLOCKS_SEALED: &str = "hybridfs_blocks_sealed_total";
 pub const BYTES_WRITTEN: &str = "hybridfs_bytes_written_total";
 pub const BYTES_READ: &str = "hybridfs_bytes_read_total";
+/// Absorbs of a file open for passthrough writes that found bytes the kernel wrote (the
+/// kernel's writes themselves never reach the mount: doc/METRICS.md).
+pub const PASSTHROUGH_ABSORBS: &str = "hybridfs_passthrough_absorbs_total";
 /// Reads of a sealed block served from the in-memory block cache.
 pub const BLOCK_CACHE_HITS: &str = "hybridfs_block_cache_hits_total";
 /// Reads of a sealed block that went to the block store (local disk, or the object store on
@@ -33,6 +36,7 @@ pub struct Metrics {
     pub blocks_sealed: AtomicU64,
     pub bytes_written: AtomicU64,
     pub bytes_read: AtomicU64,
+    pub passthrough_absorbs: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub fetch_bytes: AtomicU64,
@@ -59,6 +63,11 @@ impl Metrics {
 
     pub fn written(&self, bytes: u64) {
         Self::add(&self.bytes_written, BYTES_WRITTEN, bytes);
+    }
+
+    /// An absorb of passthrough writes that found new bytes (counted with [`Metrics::written`]).
+    pub fn absorbed(&self) {
+        Self::add(&self.passthrough_absorbs, PASSTHROUGH_ABSORBS, 1);
     }
 
     pub fn sealed(&self, blocks: u64) {
@@ -91,6 +100,7 @@ impl Metrics {
             (BLOCKS_SEALED, &self.blocks_sealed),
             (BYTES_WRITTEN, &self.bytes_written),
             (BYTES_READ, &self.bytes_read),
+            (PASSTHROUGH_ABSORBS, &self.passthrough_absorbs),
             (BLOCK_CACHE_HITS, &self.cache_hits),
             (BLOCK_CACHE_MISSES, &self.cache_misses),
             (BLOCK_FETCH_BYTES, &self.fetch_bytes),

@@ -265,7 +265,15 @@ fn passthrough_writes_are_absorbed_from_the_staging_file() {
     let data: Vec<u8> = (0..3 * BS + 10).map(|i| (i % 251) as u8 + 1).collect();
     kernel.write_all_at(&data, 0).unwrap();
     assert_eq!(f.vol.getattr(ino).unwrap().size, data.len() as u64, "stat sees the kernel's size");
+    let counted = |m: &hybridfs_core::metrics::Metrics| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (m.bytes_written.load(Relaxed), m.passthrough_absorbs.load(Relaxed))
+    };
+    assert_eq!(counted(&f.vol.metrics), (0, 0), "nothing counted before the mount learns of the kernel's writes");
     f.vol.fsync(ino).unwrap();
+    assert_eq!(counted(&f.vol.metrics), (data.len() as u64, 1), "the absorb at fsync counts the bytes written by passthrough");
+    f.vol.fsync(ino).unwrap();
+    assert_eq!(counted(&f.vol.metrics), (data.len() as u64, 1), "nothing new: nothing counted again");
     let epoch = f.vol.epoch();
     let rows: BTreeSet<u64> = f.meta.journal(epoch).unwrap().iter().filter(|j| j.ino == ino).map(|j| j.block).collect();
     assert_eq!(rows, (0..4).collect(), "invariant 1: fsync journals every block written by passthrough");
@@ -290,7 +298,9 @@ fn passthrough_writes_are_absorbed_from_the_staging_file() {
     let opened = f.vol.open_file(small, true).unwrap();
     assert_eq!(opened.kind, IoKind::PassthroughWrite);
     opened.backing.unwrap().write_all_at(b"hello", 0).unwrap();
+    let before = counted(&f.vol.metrics);
     f.vol.release_file(small, IoKind::PassthroughWrite).unwrap();
+    assert_eq!(counted(&f.vol.metrics), (before.0 + 5, before.1 + 1), "the absorb at close counts its bytes");
     let inode = f.meta.get_inode(small).unwrap().unwrap();
     assert_eq!(inode.inline.as_deref(), Some(&b"hello"[..]), "a small file goes inline at its last close");
     assert!(f.meta.extents(small, 0).unwrap().is_empty());

@@ -26,8 +26,23 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A RocksDB failure as an [`FsError`]: a full disk (or quota) keeps its errno, ENOSPC, so a
+/// caller sees "no space" rather than EIO; everything else is a metadata-store failure.
 fn db_err(what: &str) -> impl Fn(rocksdb::Error) -> FsError + '_ {
-    move |e| FsError::Meta(format!("{what}: {e}"))
+    move |e| {
+        let text = e.to_string();
+        let errno = if text.contains("No space left on device") {
+            Some(libc::ENOSPC)
+        } else if text.contains("Disk quota exceeded") {
+            Some(libc::EDQUOT)
+        } else {
+            None
+        };
+        match errno {
+            Some(n) => FsError::io(format!("metadata store: {what}: {text}"), std::io::Error::from_raw_os_error(n)),
+            None => FsError::Meta(format!("{what}: {text}")),
+        }
+    }
 }
 
 /// Tuning of the embedded store; memory stays bounded whatever the number of files.

@@ -174,7 +174,9 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             fs_name: format!("hybridfs:{name}"),
             threads: opts.threads,
             passthrough: opts.passthrough,
-            passthrough_writes: opts.passthrough_writes,
+            // Never on a shared volume (other hosts learn of a file's writes only through
+            // the mount: with `blocks_to_store = on-fsync` the volume refuses them anyway).
+            passthrough_writes: opts.passthrough_writes && shared_ttl.is_none(),
             read_only: opts.read_only,
             shared_ttl,
         };

@@ -19,6 +19,9 @@ const BYTES_READ: &str = "hybridfs_bytes_read_total";
 const BYTES_WRITTEN: &str = "hybridfs_bytes_written_total";
 const BLOCKS_SEALED: &str = "hybridfs_blocks_sealed_total";
 const FUSE_REQUESTS: &str = "hybridfs_fuse_requests_total";
+/// Passthrough writes never reach the mount as requests: its absorbs of them count instead,
+/// as the kind `absorb`.
+const PASSTHROUGH_ABSORBS: &str = "hybridfs_passthrough_absorbs_total";
 const FETCHES: &str = "hybridfs_block_cache_misses_total";
 const FETCH_BYTES: &str = "hybridfs_block_fetch_bytes_total";
 
@@ -33,8 +36,9 @@ pub(crate) struct Rates {
     pub read_bytes_per_sec: f64,
     pub written_bytes_per_sec: f64,
     pub blocks_sealed_per_sec: f64,
-    /// FUSE requests per second by kind (`read`, `write`, `lookup`, …), the busy ones only;
-    /// absent without a metrics address.
+    /// FUSE requests per second by kind (`read`, `write`, `lookup`, …), and the mount's
+    /// absorbs of passthrough writes as `absorb` (writes by kernel passthrough are no
+    /// requests), the busy ones only; absent without a metrics address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops_per_sec: Option<BTreeMap<String, f64>>,
     /// Blocks brought from the block store (the object store, on a clone) per second.
@@ -116,6 +120,7 @@ fn rates(volume: &str, prev: &Sample, cur: &Sample, seconds: f64, scraped: bool)
     let ops = scraped.then(|| {
         cur.keys()
             .filter_map(|k| Some((k, k.strip_prefix(FUSE_REQUESTS)?.strip_prefix("{op=\"")?.split('"').next()?)))
+            .chain(cur.keys().filter(|k| *k == PASSTHROUGH_ABSORBS).map(|k| (k, "absorb")))
             .map(|(k, op)| (op.to_string(), delta(k)))
             .filter(|(_, r)| *r > 0.0)
             .collect()
@@ -199,6 +204,11 @@ mod tests {
         let r = rates("v", &prev, &cur, 2.0, true);
         assert_eq!(r.written_bytes_per_sec, 2000.0);
         assert_eq!(r.ops_per_sec, Some(BTreeMap::from([("read".to_string(), 100.0)])), "lookup did not move: left out");
+        // Passthrough writes show as the mount's absorbs of them.
+        prev.insert(PASSTHROUGH_ABSORBS.into(), 2);
+        cur.insert(PASSTHROUGH_ABSORBS.into(), 6);
+        let ops = rates("v", &prev, &cur, 2.0, true).ops_per_sec.unwrap();
+        assert_eq!((ops.get("absorb"), ops.get("read")), (Some(&2.0), Some(&100.0)), "{ops:?}");
         assert_eq!(r.fetches_per_sec, Some(2.0));
         let text = render(&r);
         assert!(text.contains("ops/s 100: read 100") && text.contains("fetches 2.0/s"), "{text}");

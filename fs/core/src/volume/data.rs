@@ -313,22 +313,49 @@ impl Volume {
     /// Bring the node of a file open for passthrough writes up to date with its staging file
     /// (see the module doc, "Passthrough writes"); the batch goes to the store unsynced, like
     /// a write's. Nothing to do while nobody writes by passthrough.
+    ///
+    /// The kernel's writes never reach this process, so this is where they are counted: the
+    /// bytes it learns of (see [`Volume::absorb_locked`]) go to `hybridfs_bytes_written_total`,
+    /// an absorb that found any to `hybridfs_passthrough_absorbs_total`, and each absorb is a
+    /// span `absorb` (target `hybridfs_core::absorb`: `ino`, `bytes`, `result`) at debug.
     pub(super) fn absorb(&self, st: &mut NodeData) -> Result<()> {
         if st.pt_writers == 0 {
             return Ok(());
         }
+        let span = tracing::debug_span!(
+            target: "hybridfs_core::absorb",
+            "absorb",
+            ino = st.inode.ino,
+            bytes = tracing::field::Empty,
+            result = tracing::field::Empty
+        )
+        .entered();
         let before = (st.checkpoint(), st.pt_mtime);
         let done = self.absorb_locked(st);
-        if done.is_err() {
-            st.roll_back(before.0);
-            st.pt_mtime = before.1;
+        match &done {
+            Ok(bytes) => {
+                if *bytes > 0 {
+                    self.metrics.written(*bytes);
+                    self.metrics.absorbed();
+                }
+                span.record("bytes", bytes);
+                span.record("result", "ok");
+            }
+            Err(e) => {
+                st.roll_back(before.0);
+                st.pt_mtime = before.1;
+                span.record("result", tracing::field::display(e));
+            }
         }
-        done
+        done.map(|_| ())
     }
 
-    fn absorb_locked(&self, st: &mut NodeData) -> Result<()> {
+    /// The bytes the node learned of: the growth of the file's size, and the data regions
+    /// below its old size in blocks that were not staged before (written into a hole, or
+    /// staged again after a seal). Overwrites of bytes already staged are not seen.
+    fn absorb_locked(&self, st: &mut NodeData) -> Result<u64> {
         let ino = st.inode.ino;
-        let Some(f) = st.staging.as_ref() else { return Ok(()) };
+        let Some(f) = st.staging.as_ref() else { return Ok(0) };
         let io = |e| FsError::io(format!("read back passthrough writes of inode {ino}"), e);
         let md = f.metadata().map_err(io)?;
         let (size, mtime) = (md.len(), mtime_of(&md));
@@ -336,6 +363,8 @@ impl Volume {
         let mut batch = Vec::new();
         let epoch = self.epoch();
         let bs = self.block_size;
+        let old_size = st.inode.size;
+        let mut learned = size.saturating_sub(old_size);
         for (start, end) in regions {
             for block in start / bs..end.div_ceil(bs) {
                 if st.extent(self, block)? != Some(Extent::Staged) {
@@ -343,6 +372,8 @@ impl Volume {
                     // writing: the staging file holds its bytes. A sealed version stays with
                     // the snapshot that has it (invariant 2).
                     st.set_extent(block, Some(Extent::Staged), &mut batch);
+                    let (lo, hi) = (start.max(block * bs), end.min((block + 1) * bs).min(old_size));
+                    learned += hi.saturating_sub(lo);
                 }
                 st.journal(epoch, block, &mut batch);
             }
@@ -362,7 +393,7 @@ impl Volume {
             st.attr_dirty = false;
             self.apply_live(batch, false)?;
         }
-        Ok(())
+        Ok(learned)
     }
 
     /// The staging file of a fully staged file, sized like the file, for the kernel to read.
