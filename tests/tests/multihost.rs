@@ -9,7 +9,6 @@
 //! attribute/entry TTL; a database restart makes operations wait, not fail or hang.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
@@ -210,30 +209,53 @@ fn a_database_restart_in_the_middle_of_a_write_stream_is_waited_out() {
     let dir = c.a.path("stream");
     fs::create_dir(&dir).unwrap();
     const FILES: usize = 300;
-    let writer = {
-        let dir = dir.clone();
-        std::thread::spawn(move || -> Result<usize, String> {
-            for i in 0..FILES {
-                let p = dir.join(format!("f{i}"));
-                let mut f = fs::File::create(&p).map_err(|e| format!("create f{i}: {e}"))?;
-                f.write_all(format!("file {i}\n").as_bytes()).map_err(|e| format!("write f{i}: {e}"))?;
-                f.sync_all().map_err(|e| format!("fsync f{i}: {e}"))?;
-                fs::rename(&p, dir.join(format!("g{i}"))).map_err(|e| format!("rename f{i}: {e}"))?;
-            }
-            Ok(FILES)
-        })
-    };
+    // The stream runs in a child process, not a thread of this one: restarting PostgreSQL forks
+    // this process, and a fork inherits every open descriptor. If one of the stream's files were
+    // open here at that moment, the server's exec would close it (close-on-exec), a close on a
+    // shared volume flushes the file's data through the database, which is down at that moment:
+    // the server's start would wait out the mount's whole database bound (60 s) and the stream
+    // would fail with EIO. A test artefact, not what a host's own processes see.
+    let script = r#"
+import os, sys
+d = sys.argv[1]
+for i in range(int(sys.argv[2])):
+    p = os.path.join(d, 'f%d' % i)
+    for step in ('create', 'write', 'fsync', 'rename'):
+        try:
+            if step == 'create': f = open(p, 'wb')
+            elif step == 'write': f.write(b'file %d\n' % i); f.flush()
+            elif step == 'fsync': os.fsync(f.fileno()); f.close()
+            else: os.rename(p, os.path.join(d, 'g%d' % i))
+        except OSError as e:
+            sys.exit('%s f%d: %s' % (step, i, e))
+"#;
+    let mut writer = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&dir)
+        .arg(FILES.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the write stream (python3): {e}"));
     // Restart the database while the stream runs.
     assert!(poll_until(Duration::from_secs(60), Duration::from_millis(20), || fs::read_dir(&dir).map(|d| d.count() > 20).unwrap_or(false)));
     c.pg.restart().unwrap_or_else(|e| panic!("restart PostgreSQL: {e}"));
     // Bounded: the writer finishes (its operations waited for the database), or the test fails.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !writer.is_finished() {
-        assert!(Instant::now() < deadline, "the write stream hung after the database restart");
+    let status = loop {
+        if let Some(status) = writer.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = writer.kill();
+            let _ = writer.wait();
+            panic!("the write stream hung after the database restart");
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let written = writer.join().unwrap().unwrap_or_else(|e| panic!("an operation failed across the database restart: {e}"));
-    assert_eq!(written, FILES);
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(writer.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "an operation failed across the database restart: {}", err.trim());
     let want: Vec<String> = {
         let mut v: Vec<String> = (0..FILES).map(|i| format!("g{i}")).collect();
         v.sort();
