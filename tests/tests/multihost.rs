@@ -360,3 +360,136 @@ fn snapshots_taken_on_two_hosts_at_once_get_their_own_epochs() {
     let epochs: std::collections::BTreeSet<u64> = list.iter().map(|s| s["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs.len(), 5, "two snapshots share an epoch: {list:?}");
 }
+
+/// The volume's metadata store as a third party sees it (the test reads rows directly).
+fn store(c: &Cluster) -> hybridfs_core::meta::MetaStore {
+    let kv = hybridfs_meta_pg::PgKv::connect_existing(&c.meta).unwrap();
+    hybridfs_core::meta::MetaStore::new(std::sync::Arc::new(kv)).unwrap()
+}
+
+/// A cluster whose hosts hold leases of `lease_secs` (their lease passes run every sixth).
+fn cluster_with_lease(name: &str, lease_secs: &'static str) -> Cluster {
+    let mut c = Cluster::start(name, false, &[]);
+    c.env.push((hybridfs_core::volume::hosts::HOST_LEASE_ENV, lease_secs.to_string()));
+    c.mount_both();
+    c
+}
+
+const UNLINK_OPEN: &str = "shared volume: a file unlinked on one host while another holds it open stays readable and writable there (POSIX unlink-while-open across hosts)";
+
+#[test]
+fn a_file_unlinked_on_one_host_stays_open_on_the_other_and_goes_at_its_close() {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut c = cluster_with_lease("unlinkopen", "6");
+    fs::write(c.a.path("f"), b"hello").unwrap();
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(c.a.path("f")).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("f"))));
+    fs::remove_file(c.b.path("f")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || !exists(&c.a.path("f"))), "host A still sees the name host B removed");
+    let meta = store(&c);
+    let kept = meta.get_inode(ino).unwrap();
+    assert!(kept.as_ref().is_some_and(|i| i.nlink == 0), "{UNLINK_OPEN}: the inode went under its reader: {kept:?}");
+    assert!(meta.orphans().unwrap().contains(&ino), "{UNLINK_OPEN}: not an orphan");
+    // A reads what was there and writes more, through its open descriptor.
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello", "{UNLINK_OPEN}");
+    f.write_all_at(b" world", 5).unwrap();
+    f.sync_all().unwrap();
+    f.rewind().unwrap();
+    s.clear();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello world", "{UNLINK_OPEN}");
+    let stored = meta.get_inode(ino).unwrap().expect("still there while open");
+    assert_eq!((stored.nlink, stored.size), (0, 11), "{UNLINK_OPEN}: A's close-time write brought links back or lost its size");
+    drop(f);
+    // Nobody holds it now: it goes (at A's forget, or at a lease pass of either host).
+    assert!(
+        poll_until(Duration::from_secs(30), Duration::from_millis(100), || meta.get_inode(ino).unwrap().is_none()),
+        "the unlinked file stayed after its last close"
+    );
+    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(100), || !meta.orphans().unwrap().contains(&ino)));
+    assert!(meta.openers(ino).unwrap().is_empty(), "open rows left: {:?}", meta.openers(ino).unwrap());
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+#[test]
+fn a_crashed_hosts_unlinked_open_file_is_purged_once_its_lease_ends() {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = cluster_with_lease("orphancrash", "3");
+    fs::write(c.a.path("g"), vec![7u8; 300_000]).unwrap();
+    let f = fs::File::open(c.a.path("g")).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("g"))));
+    fs::remove_file(c.b.path("g")).unwrap();
+    let meta = store(&c);
+    assert!(meta.orphans().unwrap().contains(&ino), "{UNLINK_OPEN}: not kept as an orphan");
+    assert_eq!(meta.openers(ino).unwrap().len(), 1, "host A's open row");
+    // A dies holding it: nobody releases it; B's lease pass purges it once A's lease ended.
+    c.a.kill_mount();
+    drop(f);
+    c.a.clean_dead_mount();
+    assert!(
+        poll_until(Duration::from_secs(60), Duration::from_millis(200), || meta.get_inode(ino).unwrap().is_none()),
+        "a crashed host's unlinked open file was never purged"
+    );
+    assert!(!meta.orphans().unwrap().contains(&ino));
+    assert!(meta.openers(ino).unwrap().is_empty(), "the dead host's open row stayed");
+    c.b.umount();
+    assert_fsck_clean(&c.b);
+}
+
+#[test]
+fn a_chmod_on_one_host_survives_another_hosts_writes_and_close() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut c = Cluster::start("chmodclose", true, &[]);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(c.a.path("m")).unwrap();
+    f.write_all(b"first").unwrap();
+    f.flush().unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("m"))));
+    fs::set_permissions(c.b.path("m"), fs::Permissions::from_mode(0o600)).unwrap();
+    f.write_all(b" and more").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let meta = store(&c);
+    let stored = meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!((stored.perm & 0o7777, stored.size), (0o600, 14), "host A's close overwrote host B's chmod (or lost its size)");
+    for host in [&c.a, &c.b] {
+        let mode = || fs::metadata(host.path("m")).map(|m| m.mode() & 0o7777).unwrap_or(0);
+        assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || mode() == 0o600), "mode {:o} on a host", mode());
+    }
+    // (Within the attribute bound: B's kernel took size 5 from its own chmod's reply.)
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || fs::read(c.b.path("m")).unwrap() == b"first and more"));
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+#[test]
+fn one_host_runs_the_collector_at_a_time() {
+    let mut c = Cluster::start("gclease", true, &[]);
+    let gc = |host: &hybridfs_tests::TestVolume| {
+        let out = host.ctl(&["gc", "--volume", "gclease", "--grace", "0", "--json"]);
+        out.assert_success();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("gc --json: {e}: {out}"));
+        v["skipped"].as_bool().unwrap_or(false)
+    };
+    // (The mounts' own periodic passes hold the lease for a moment every 30 s: bounded retries.)
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || !gc(&c.a)), "a pass with nobody else running skipped");
+    // Another host (the test, as host 42) holds the collector's lease: passes skip.
+    let meta = store(&c);
+    let until = hybridfs_core::meta::now_ms() + 600_000;
+    assert!(meta.take_lease(hybridfs_core::volume::snapshot::GC_LEASE, 42, until).unwrap());
+    assert!(gc(&c.a), "host A ran a pass while another host held the lease");
+    assert!(gc(&c.b), "host B ran a pass while another host held the lease");
+    meta.end_lease(hybridfs_core::volume::snapshot::GC_LEASE, 42).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(100), || !gc(&c.b)), "the lease given back, passes still skip");
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}

@@ -37,9 +37,17 @@
 //! connections) tries again, pausing 100 ms doubling to 1 s, until it has waited
 //! [`PgKv::set_wait`] in all ([`DEFAULT_WAIT`]); then it fails with
 //! [`FsError::MetaUnavailable`] (EIO to a file system caller). A transaction whose connection
-//! broke is run again whole (its body may run more than once anyway). One whose `COMMIT` was
-//! sent when the connection broke may have committed: running it again is then seen as a
-//! changed namespace by the volume's checks (e.g. `EEXIST` for a create that did happen).
+//! broke is run again whole (its body may run more than once anyway).
+//!
+//! # Ambiguous commits
+//!
+//! A transaction whose connection broke after its `COMMIT` was sent may have committed or
+//! not. Each writing transaction therefore writes a token row (family id [`TOKEN_CF`], key
+//! a random u64 of this [`Kv::transact`] call, value the unix seconds) in its own upsert (no
+//! round trip more); before running it again after such a break, the token is looked up: if
+//! the first run committed, the call reports its success (and runs its commit hooks) instead
+//! of running again (whose checks would see its own change: `EEXIST` for a create that did
+//! happen). Tokens older than [`TOKEN_KEEP`] are deleted once a minute.
 
 use hybridfs_core::error::{FsError, Result};
 use hybridfs_core::kv::{retry_conflicts, Cf, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
@@ -54,6 +62,13 @@ use std::time::{Duration, Instant};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an operation waits for an unavailable database before it fails.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The family id of transaction tokens (see "Ambiguous commits"): no [`Cf`] has it, so no
+/// scan of the store's families sees them.
+pub const TOKEN_CF: i16 = -1;
+/// How long a transaction's token is kept: far longer than an operation waits for the
+/// database ([`DEFAULT_WAIT`]), which bounds when its rerun can ask.
+pub const TOKEN_KEEP: Duration = Duration::from_secs(600);
 
 /// Rows a scan fetches per query (its memory bound).
 const SCAN_PAGE: i64 = 512;
@@ -74,6 +89,17 @@ pub struct PgKv {
     idle: Mutex<Vec<Conn>>,
     /// How long an operation waits for an unavailable database, in milliseconds.
     wait_ms: std::sync::atomic::AtomicU64,
+    /// Unix seconds of the last deletion of old tokens.
+    tokens_cleared: std::sync::atomic::AtomicU64,
+    /// Tests: this many commits more report a lost connection after they committed.
+    lose_commits: std::sync::atomic::AtomicU32,
+}
+
+/// A transaction whose `COMMIT` got no answer: its token and the commit hooks to run if it
+/// turns out to have committed.
+struct Unanswered {
+    token: u64,
+    hooks: Vec<hybridfs_core::kv::CommitHook>,
 }
 
 /// `url` with its password (if any) replaced by `***`, for messages and logs.
@@ -150,7 +176,14 @@ impl PgKv {
         let wait_ms = std::sync::atomic::AtomicU64::new(DEFAULT_WAIT.as_millis() as u64);
         let sender = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
             ^ ((std::process::id() as u64) << 32);
-        Ok(PgKv { config, sender, idle: Mutex::new(Vec::new()), wait_ms })
+        Ok(PgKv {
+            config,
+            sender,
+            idle: Mutex::new(Vec::new()),
+            wait_ms,
+            tokens_cleared: std::sync::atomic::AtomicU64::new(0),
+            lose_commits: std::sync::atomic::AtomicU32::new(0),
+        })
     }
 
     /// How long an operation waits for an unavailable database before it fails with
@@ -221,8 +254,50 @@ impl PgKv {
         self.waiting(|| self.with(&mut f))
     }
 
+    /// Tests: the next `n` commits that write report a lost connection after they committed
+    /// (the ambiguous commit of the module comment).
+    #[doc(hidden)]
+    pub fn lose_commit_answers(&self, n: u32) {
+        self.lose_commits.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the transaction with `token` committed.
+    fn committed(&self, token: u64) -> Result<bool> {
+        self.with(|c, st| {
+            let row = c.query_opt(&st.get, &[&TOKEN_CF, &&token.to_be_bytes()[..]]).map_err(pg_err("look for a transaction's token"))?;
+            Ok(row.is_some())
+        })
+    }
+
+    /// Delete tokens older than [`TOKEN_KEEP`], at most once a minute (errors only logged).
+    fn clear_old_tokens(&self, c: &mut Client) {
+        let now = unix_secs();
+        let last = self.tokens_cleared.load(std::sync::atomic::Ordering::Relaxed);
+        if now < last + 60
+            || self.tokens_cleared.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        let before = now.saturating_sub(TOKEN_KEEP.as_secs()).to_be_bytes();
+        if let Err(e) = c.execute("DELETE FROM hybridfs_kv WHERE cf = $1 AND v < $2", &[&TOKEN_CF, &&before[..]]) {
+            tracing::debug!("delete old transaction tokens: {e}");
+        }
+    }
+
     /// One attempt at a transaction; a conflict comes back as [`FsError::MetaConflict`].
-    fn attempt(&self, body: &mut TxnBody<'_>) -> Result<()> {
+    /// `unanswered`: an earlier attempt of this call whose `COMMIT` got no answer; if its
+    /// token is in, that attempt committed and this one only reports it.
+    fn attempt(&self, body: &mut TxnBody<'_>, token: u64, unanswered: &mut Option<Unanswered>) -> Result<()> {
+        if let Some(u) = unanswered.as_ref() {
+            if self.committed(u.token)? {
+                tracing::info!("a transaction whose commit got no answer had committed: not run again");
+                for hook in unanswered.take().expect("checked").hooks {
+                    hook();
+                }
+                return Ok(());
+            }
+            *unanswered = None;
+        }
         let mut conn = self.client()?;
         let Conn { c, st } = &mut conn;
         let reader = Reader { c: RefCell::new(c), st, cache: RefCell::new(HashMap::new()), begun: Cell::new(false) };
@@ -231,8 +306,20 @@ impl PgKv {
             body(&mut overlay)?;
             let (ops, hooks) = overlay.finish();
             let notes = change_notes(self.sender, &ops);
-            reader.commit(ops, notes)?;
-            Ok(hooks)
+            let writes = !ops.is_empty();
+            let mut done = reader.commit(ops, notes, writes.then_some(token));
+            if done.is_ok() && writes && self.lose_commits.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                self.lose_commits.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                done = Err(FsError::MetaUnavailable("the connection broke after COMMIT was sent (injected)".into()));
+            }
+            match done {
+                Err(FsError::MetaUnavailable(why)) if writes => {
+                    *unanswered = Some(Unanswered { token, hooks });
+                    Err(FsError::MetaUnavailable(why))
+                }
+                Err(e) => Err(e),
+                Ok(()) => Ok(hooks),
+            }
         })();
         if result.is_err() && reader.begun.get() {
             // Whatever state the failure left (aborted, ended, or broken), end it; a broken
@@ -240,6 +327,9 @@ impl PgKv {
             let _ = reader.c.borrow_mut().batch_execute("ROLLBACK");
         }
         drop(reader);
+        if result.is_ok() {
+            self.clear_old_tokens(&mut conn.c);
+        }
         self.put_back(conn);
         for hook in result? {
             hook();
@@ -352,9 +442,19 @@ impl PgKv {
     }
 }
 
-/// Send a transaction's writes: every put in one upsert, every delete in one statement.
-fn write(t: &mut impl GenericClient, st: &Stmts, ops: Vec<KvOp>) -> Result<()> {
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Send a transaction's writes: every put in one upsert (with the transaction's token row, if
+/// any), every delete in one statement.
+fn write(t: &mut impl GenericClient, st: &Stmts, ops: Vec<KvOp>, token: Option<u64>) -> Result<()> {
     let (mut pcf, mut pk, mut pv) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(token) = token {
+        pcf.push(TOKEN_CF);
+        pk.push(token.to_be_bytes().to_vec());
+        pv.push(unix_secs().to_be_bytes().to_vec());
+    }
     let (mut dcf, mut dk) = (Vec::new(), Vec::new());
     for op in ops {
         match op {
@@ -498,7 +598,10 @@ impl PgKv {
 
 impl Kv for PgKv {
     fn transact(&self, _sync: bool, body: &mut TxnBody<'_>) -> Result<()> {
-        self.waiting(|| retry_conflicts(|| self.attempt(body)))
+        use std::hash::{BuildHasher, Hasher};
+        let token = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let mut unanswered = None;
+        self.waiting(|| retry_conflicts(|| self.attempt(body, token, &mut unanswered)))
     }
 
     fn sync(&self) -> Result<()> {
@@ -575,9 +678,16 @@ fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
 }
 
 /// A transaction's writes as statement text: one upsert, one delete per family.
-fn write_sql(ops: &[KvOp]) -> Vec<String> {
+fn write_sql(ops: &[KvOp], token: Option<u64>) -> Vec<String> {
     let mut out = Vec::new();
     let mut ins = String::new();
+    if let Some(token) = token {
+        ins.push_str(&format!("INSERT INTO hybridfs_kv (cf, k, v) VALUES ({TOKEN_CF}, "));
+        hex_lit(&mut ins, &token.to_be_bytes());
+        ins.push_str(", ");
+        hex_lit(&mut ins, &unix_secs().to_be_bytes());
+        ins.push(')');
+    }
     let mut dels: std::collections::BTreeMap<i16, String> = std::collections::BTreeMap::new();
     for op in ops {
         match op {
@@ -647,7 +757,7 @@ impl Reader<'_> {
 
     /// Send the writes, the change notifications and `COMMIT`: one message when the writes
     /// are few (with `BEGIN` when nothing was read), else prepared statements of arrays.
-    fn commit(&self, ops: Vec<KvOp>, notes: Vec<String>) -> Result<()> {
+    fn commit(&self, ops: Vec<KvOp>, notes: Vec<String>, token: Option<u64>) -> Result<()> {
         if ops.is_empty() && !self.begun.get() {
             return Ok(());
         }
@@ -661,7 +771,7 @@ impl Reader<'_> {
             if !self.begun.replace(true) {
                 stmts.push(BEGIN.to_string());
             }
-            stmts.extend(write_sql(&ops));
+            stmts.extend(write_sql(&ops, token));
             // Payloads are hex, `;`, `,` and `:` only (see `change_notes`): no quoting needed.
             stmts.extend(notes.iter().map(|n| format!("SELECT pg_notify('{CHANNEL}', '{n}')")));
             stmts.push("COMMIT".into());
@@ -671,7 +781,7 @@ impl Reader<'_> {
         drop(c);
         self.begin()?;
         let mut c = self.c.borrow_mut();
-        write(&mut **c, self.st, ops)?;
+        write(&mut **c, self.st, ops, token)?;
         for note in notes {
             c.execute(&self.st.notify, &[&CHANNEL, &note]).map_err(pg_err("notify a metadata change"))?;
         }

@@ -102,3 +102,62 @@ fn a_database_restart_is_transient_and_the_engine_reconnects() {
     pg.restart().unwrap();
     assert_eq!(reader.join().unwrap().unwrap().as_deref(), Some(&b"v"[..]), "a read across a restart waited and resumed");
 }
+
+/// Invariant 1 across a lost answer: a transaction whose connection broke after its `COMMIT`
+/// was sent (here: the engine reports the break after a commit that went in) is not run again
+/// on top of itself. Its token row tells the rerun that it committed, so a create reports
+/// success, not `EEXIST`, and runs once.
+#[test]
+fn a_commit_whose_answer_was_lost_reports_the_first_runs_success() {
+    use hybridfs_core::kv::{Cf, Kv};
+    let pg = server();
+    let kv = PgKv::connect(&pg.database("ambiguous").unwrap()).unwrap();
+    let create = |kv: &PgKv, key: &[u8]| {
+        let mut runs = 0;
+        let out = kv.transact(false, &mut |tx| {
+            runs += 1;
+            if tx.get(Cf::Default, key)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            tx.put(Cf::Default, key.to_vec(), b"made".to_vec());
+            Ok(())
+        });
+        (out, runs)
+    };
+    kv.lose_commit_answers(1);
+    let (out, runs) = create(&kv, b"x");
+    assert!(out.is_ok(), "a create whose commit answer was lost reported {out:?}");
+    assert_eq!(runs, 1, "the committed body ran again");
+    assert_eq!(kv.get(Cf::Default, b"x").unwrap().as_deref(), Some(&b"made"[..]));
+    // The check is real: a create of a name that exists still fails.
+    assert!(matches!(create(&kv, b"x").0, Err(FsError::Exists)));
+    // Token rows are in no family: a scan of the default family sees only the row made.
+    let mut rows = Vec::new();
+    kv.scan(Cf::Default, &[], None, &mut |k, _| {
+        rows.push(k.to_vec());
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(rows, vec![b"x".to_vec()]);
+}
+
+/// Shared volumes: an open row is written only while its inode exists, and a batch that
+/// expected other open rows (an unlink on another host racing an open) writes nothing.
+#[test]
+fn open_rows_race_unlinks_in_the_database() {
+    let pg = server();
+    let url = pg.database("openrows").unwrap();
+    let a = MetaStore::new(Arc::new(PgKv::connect(&url).unwrap())).unwrap();
+    let b = MetaStore::new(Arc::new(PgKv::connect(&url).unwrap())).unwrap();
+    a.apply(vec![Mutation::PutInode(Inode::new(7, Kind::File, 0o644, 0, 0))], false).unwrap();
+    let seen = b.openers(7).unwrap();
+    assert!(seen.is_empty());
+    a.put_open(7, 11).unwrap();
+    let unlink = vec![Mutation::ExpectOpeners { ino: 7, hosts: seen }, Mutation::DelInode(7)];
+    assert!(matches!(b.apply(unlink, false), Err(FsError::MetaStale(_))), "an unlink that missed an open row went in");
+    assert!(b.get_inode(7).unwrap().is_some());
+    assert_eq!(b.openers(7).unwrap(), vec![11]);
+    a.del_open(7, 11).unwrap();
+    b.apply(vec![Mutation::ExpectOpeners { ino: 7, hosts: vec![] }, Mutation::DelInode(7)], false).unwrap();
+    assert!(matches!(a.put_open(7, 11), Err(FsError::NotFound)), "an open row for a removed inode");
+}

@@ -112,6 +112,7 @@ fn print_reply(vd: &VolumeDir, req: &Request, reply: &Reply) -> Result<()> {
             rows.iter().for_each(print_snapshot_row);
         }
         (Request::Diff { .. }, Reply::Diff(d)) => print_diff(d),
+        (Request::Gc { .. }, Reply::Gc(g)) if g.skipped => println!("gc: another host's collector pass is running; this one did nothing"),
         (Request::Gc { .. }, Reply::Gc(g)) => println!(
             "gc: {} deleted-snapshot ranges, {} records examined, {} old versions removed, {} blocks freed ({}), {} blocks in their grace period",
             g.ranges,

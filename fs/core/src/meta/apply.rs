@@ -132,6 +132,21 @@ impl MetaStore {
                     return Err(FsError::MetaStale(format!("epoch {e} ended (now {})", b.epoch)));
                 }
                 Mutation::ExpectEpoch(_) => {}
+                Mutation::ExpectOpeners { ino, hosts } => {
+                    let now = super::hosts::openers_in(tx, *ino)?;
+                    if now != *hosts {
+                        return Err(FsError::MetaStale(format!("hosts holding inode {ino} open")));
+                    }
+                }
+                Mutation::PutOpen { ino, host } => tx.put(Cf::Default, super::hosts::open_key(*ino, *host), Vec::new()),
+                Mutation::DelOpen { ino, host } => tx.del(Cf::Default, super::hosts::open_key(*ino, *host)),
+                Mutation::MergeInodeData(new) => {
+                    let now: Option<Inode> = get_at(tx, Cf::Inodes, &k1(new.ino), LIVE)?.map(|v| dec("inode", &v)).transpose()?;
+                    if let Some(mut inode) = now {
+                        super::hosts::merge_data_fields(&mut inode, new);
+                        vput(tx, &mut b, Cf::Inodes, k1(inode.ino), enc(&inode))?;
+                    }
+                }
                 Mutation::ExpectDentry { parent, name, dentry } => {
                     let now: Option<Dentry> =
                         get_at(tx, Cf::Dentries, &k_named(*parent, name), LIVE)?.map(|v| dec("directory entry", &v)).transpose()?;

@@ -22,6 +22,7 @@
 //! pushed     block id                                  bincode Option<(pack, offset, len)> (in the store)
 //! default    "epoch" | "snap_next" | "usage"           u64 LE | u64 LE | bincode Usage
 //!            "m:" ++ name                              opaque (state of other layers: push, …)
+//!            "host/" | "open/" | "lease/" ++ …          shared volumes' hosts (`hosts.rs`)
 //! ```
 //!
 //! `tag` is the live family (0 inodes … 4 xattrs). Names never contain NUL, so the 0x00 after

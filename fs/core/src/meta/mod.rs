@@ -42,16 +42,19 @@
 //! * `bulk` — [`MetaStore::bulk_load`]: layer records into a new store, below transactions.
 //! * `refs` — block reference counts ([`RefEntry`]) and the free list.
 //! * `collect` — the version collector ([`MetaStore::collect_range`]).
+//! * `hosts` — shared volumes: host leases, open rows, the collector's lease.
 
 mod apply;
 mod bulk;
 mod catalogue;
 mod codec;
 mod collect;
+mod hosts;
 mod read;
 mod refs;
 
 pub use bulk::{BulkLoad, Records};
+pub use hosts::{merge_data_fields, now_ms};
 pub use refs::RefEntry;
 
 use crate::error::Result;
@@ -105,6 +108,18 @@ pub enum Mutation {
     ExpectDentry { parent: Ino, name: Vec<u8>, dentry: Option<Dentry> },
     /// A precondition: the batch writes in this epoch (no other host ended it meanwhile).
     ExpectEpoch(u64),
+    /// A precondition (shared volumes): the hosts with an open row for `ino` are exactly
+    /// `hosts` (sorted), see `hosts.rs`.
+    ExpectOpeners { ino: Ino, hosts: Vec<u64> },
+    /// `host` holds `ino` open (a new file created open, in its create's batch).
+    PutOpen { ino: Ino, host: u64 },
+    /// Forget that `host` holds `ino` open (a host whose lease expired).
+    DelOpen { ino: Ino, host: u64 },
+    /// What the data path of an open file changed (size, mtime, ctime, inline bytes), merged
+    /// into the live inode as it is inside the batch's transaction, so another host's chmod,
+    /// chown, utimes or unlink in between stays (a shared volume's open files). An inode no
+    /// longer stored is left gone.
+    MergeInodeData(Inode),
 }
 
 /// A directory entry as readdir returns it.

@@ -217,10 +217,23 @@ impl Volume {
     /// where a passthrough write would be allowed (a new file not created with `O_TRUNC`:
     /// see [`MountView::create`](super::mount_view::MountView::create)).
     pub fn open_file_as(&self, ino: Ino, write: bool, passthrough_write: bool) -> Result<Opened> {
+        self.open_file_with(ino, write, passthrough_write, false)
+    }
+
+    /// [`Volume::open_file_as`]; `row_written`: a shared volume's open row of this host is in
+    /// the store already (a file created open, see `hosts.rs`).
+    pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool) -> Result<Opened> {
         let (node, others) = {
             let _ns = self.ns.lock();
             let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
-            (self.pin_locked(ino, true)?, others)
+            let node = self.pin_locked(ino, true)?;
+            if self.shared && others == 0 && !row_written {
+                if let Err(e) = self.note_open(ino) {
+                    self.unpin_locked(ino, true);
+                    return Err(e);
+                }
+            }
+            (node, others)
         };
         // The node lock (not `ns`) keeps the sealer out while the extents are looked at.
         let mut st = node.write();
@@ -229,6 +242,9 @@ impl Volume {
             drop(st);
             let _ns = self.ns.lock();
             self.unpin_locked(ino, true);
+            if self.shared && !self.has_handles(ino) {
+                self.note_closed(ino);
+            }
         }
         opened
     }
@@ -389,7 +405,7 @@ impl Volume {
             st.attr_dirty = true;
         }
         if !batch.is_empty() {
-            batch.push(Mutation::PutInode(st.inode.clone()));
+            batch.push(self.inode_write(&st.inode));
             st.attr_dirty = false;
             self.apply_live(batch, false)?;
         }
@@ -422,6 +438,10 @@ impl Volume {
             }
             absorbed?;
             self.persist_attrs(&mut st, false)?;
+            if self.shared {
+                // Another host may have unlinked it (or changed its mode) meanwhile.
+                self.refresh_node(&mut st)?;
+            }
             if kind == IoKind::PassthroughWrite && self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1) {
                 self.reinline(&mut st)?;
             }
@@ -429,7 +449,11 @@ impl Volume {
         };
         let left = {
             let _ns = self.ns.lock();
-            self.unpin_locked(ino, true)
+            let left = self.unpin_locked(ino, true);
+            if self.shared && !self.has_handles(ino) {
+                self.note_closed(ino);
+            }
+            left
         };
         if left && nlink == 0 {
             self.purge_if_unused(ino)?;
@@ -466,7 +490,7 @@ impl Volume {
             st.set_extent(0, None, &mut batch);
         }
         st.inode.inline = Some(bytes);
-        batch.push(Mutation::PutInode(st.inode.clone()));
+        batch.push(self.inode_write(&st.inode));
         st.attr_dirty = false;
         let done = self.apply_live(batch, false);
         if done.is_err() {
@@ -859,7 +883,7 @@ impl Volume {
             st.inode.size = end;
         }
         if !batch.is_empty() {
-            batch.push(Mutation::PutInode(st.inode.clone()));
+            batch.push(self.inode_write(&st.inode));
             st.attr_dirty = false;
             self.apply_live(batch, false)?;
         }
@@ -881,7 +905,7 @@ impl Volume {
         let now = Timespec::now();
         st.inode.mtime = now;
         st.inode.ctime = now;
-        batch.push(Mutation::PutInode(st.inode.clone()));
+        batch.push(self.inode_write(&st.inode));
         st.attr_dirty = false;
         self.apply_live(batch, false)?;
         self.metrics.written(data.len() as u64);
@@ -1138,7 +1162,7 @@ impl Volume {
             st.inode.mtime = now;
         }
         st.inode.ctime = now;
-        batch.push(Mutation::PutInode(st.inode.clone()));
+        batch.push(self.inode_write(&st.inode));
         st.attr_dirty = false;
         self.apply_live(batch, false)
     }

@@ -22,6 +22,7 @@
 
 pub mod data;
 mod kernel_refs;
+pub mod hosts;
 mod merge;
 pub mod mount_view;
 pub mod namespace;
@@ -213,6 +214,9 @@ pub struct Volume {
     /// found none at count N need not look again while the count is N
     /// ([`NodeData::no_caps_at`], [`data::KillPriv`]).
     caps_set: AtomicU64,
+    /// A shared volume: this host's id ([`hosts`]), and whether its lease was given back.
+    host: u64,
+    stopped: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -272,17 +276,18 @@ impl Volume {
             shipper: RwLock::new(None),
             passthrough_writes: std::sync::atomic::AtomicBool::new(false),
             caps_set: AtomicU64::new(0),
+            host: hosts::new_host_id(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
             blocks,
         });
         // Orphans are this process's (files unlinked while open, left by a crash); on a shared
-        // volume they may be another host's open files, so they stay (doc/SEMANTICS.md).
-        if !vol.shared {
-            for ino in vol.meta.orphans()? {
-                vol.purge_if_unused(ino)?;
-            }
+        // volume those a live host holds open stay (`hosts.rs`, doc/SEMANTICS.md).
+        if vol.shared {
+            vol.start_lease()?;
         }
+        vol.purge_orphans()?;
         Ok(vol)
     }
 
@@ -305,6 +310,11 @@ impl Volume {
         }
         if let Some(handle) = self.sealer.lock().take() {
             handle.stop_and_drain();
+        }
+        if self.shared {
+            if let Err(e) = self.end_lease() {
+                tracing::warn!("give this host's lease back (it ends by itself): {e}");
+            }
         }
         self.meta.sync()?;
         self.blocks.sync()
@@ -469,7 +479,7 @@ impl Volume {
     fn persist_attrs(&self, st: &mut NodeData, sync: bool) -> Result<()> {
         self.absorb(st)?;
         if st.attr_dirty {
-            self.meta.apply(vec![Mutation::PutInode(st.inode.clone())], sync)?;
+            self.meta.apply(vec![self.inode_write(&st.inode)], sync)?;
             st.attr_dirty = false;
         } else if sync {
             self.meta.sync()?;
@@ -506,20 +516,62 @@ impl Volume {
         Ok(())
     }
 
-    /// Delete an inode nobody links or references any more.
-    fn purge_if_unused(&self, ino: Ino) -> Result<()> {
+    /// The write of an open file's inode record from its data path: the whole record, or on
+    /// a shared volume only the fields the data path changes, merged into the record as stored
+    /// inside the batch's transaction (another host's chmod, chown, utimes or unlink stays).
+    pub(crate) fn inode_write(&self, inode: &Inode) -> Mutation {
+        if self.shared {
+            Mutation::MergeInodeData(inode.clone())
+        } else {
+            Mutation::PutInode(inode.clone())
+        }
+    }
+
+    /// A shared volume: take what other hosts changed in an open node's record (mode, owner,
+    /// links, times they set) from the store, keeping this host's data fields.
+    pub(crate) fn refresh_node(&self, st: &mut NodeData) -> Result<()> {
+        if let Some(mut stored) = self.meta.get_inode(st.inode.ino)? {
+            crate::meta::merge_data_fields(&mut stored, &st.inode);
+            st.inode = stored;
+        }
+        Ok(())
+    }
+
+    /// Delete an inode nobody links or references any more (on a shared volume: that no live
+    /// host holds open, `hosts.rs`); returns whether it went.
+    fn purge_if_unused(&self, ino: Ino) -> Result<bool> {
+        if self.shared {
+            return self.retrying(|| self.purge_once(ino));
+        }
+        self.purge_once(ino)
+    }
+
+    fn purge_once(&self, ino: Ino) -> Result<bool> {
         let _ns = self.ns.lock();
         if self.is_referenced(ino) {
-            return Ok(());
+            return Ok(false);
         }
-        match self.meta.get_inode(ino)? {
-            Some(inode) if inode.nlink == 0 => {}
-            Some(_) => return Ok(()),
-            None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false),
+        let inode = match self.meta.get_inode(ino)? {
+            Some(inode) if inode.nlink == 0 => inode,
+            Some(_) => return Ok(false),
+            None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false).map(|_| false),
+        };
+        let mut batch = Vec::new();
+        if self.shared {
+            let h = self.holders(ino)?;
+            if h.others_alive {
+                return Ok(false);
+            }
+            batch.extend(h.mutations(ino));
+            if h.rows.contains(&self.host) {
+                batch.push(Mutation::DelOpen { ino, host: self.host });
+            }
+            batch.push(Mutation::ExpectInode(ino, Some(inode)));
         }
-        let batch = self.purge_batch(ino)?;
+        batch.extend(self.purge_batch(ino)?);
         self.apply_live(batch, false)?;
-        self.staging.remove(ino)
+        self.staging.remove(ino)?;
+        Ok(true)
     }
 
     /// The mutations that delete inode `ino` with its extents, references and xattrs.
@@ -713,9 +765,18 @@ impl<'v> Txn<'v> {
         if inode.nlink > 0 {
             return Ok(());
         }
-        if self.vol.is_referenced(ino) {
+        let kind = inode.kind;
+        // A shared volume: another live host holding the file open keeps it (its data
+        // included) as an orphan; the batch expects the open rows it saw (`hosts.rs`).
+        let mut remote = false;
+        if self.vol.shared && kind == Kind::File {
+            let h = self.vol.holders(ino)?;
+            self.expect.extend(h.mutations(ino));
+            remote = h.others_alive;
+        }
+        if remote || self.vol.is_referenced(ino) {
             self.push(Mutation::PutOrphan(ino));
-            if !self.vol.has_handles(ino) {
+            if !remote && !self.vol.has_handles(ino) {
                 self.drop_data(ino)?;
             }
             return Ok(());

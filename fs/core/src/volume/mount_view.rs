@@ -142,8 +142,7 @@ impl MountView {
     pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, truncate: bool) -> Result<Opened> {
         self.writable(&[parent])?;
         let caps = self.vol.caps_count();
-        let opened =
-            self.vol.create_node(parent, name, new, who).and_then(|i| self.vol.open_file_as(i.ino, true, truncate))?;
+        let opened = self.vol.create_open(parent, name, new, who, truncate)?;
         self.vol.remember(opened.inode.ino);
         self.vol.created_without_caps(opened.inode.ino, caps);
         Ok(opened)

@@ -88,10 +88,18 @@ impl Volume {
 
     /// Create a file, directory, symlink or special file named `name` in `parent`.
     pub fn create_node(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller) -> Result<Inode> {
-        self.retrying(|| self.create_node_once(parent, name, &new, who))
+        self.retrying(|| self.create_node_once(parent, name, &new, who, false))
     }
 
-    fn create_node_once(&self, parent: Ino, name: &[u8], new: &NewNode, who: Caller) -> Result<Inode> {
+    /// A new regular file, opened for writing (`O_CREAT`): on a shared volume its open row
+    /// goes in the create's batch (no transaction of its own, `hosts.rs`).
+    pub fn create_open(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, passthrough_write: bool) -> Result<super::data::Opened> {
+        let row = self.shared && new.kind == Kind::File;
+        let inode = self.retrying(|| self.create_node_once(parent, name, &new, who, row))?;
+        self.open_file_with(inode.ino, true, passthrough_write, row)
+    }
+
+    fn create_node_once(&self, parent: Ino, name: &[u8], new: &NewNode, who: Caller, open_row: bool) -> Result<Inode> {
         check_name(name)?;
         if Self::is_snapshots_entry(parent, name) {
             return Err(FsError::Exists);
@@ -116,6 +124,9 @@ impl Volume {
         inode.target = new.target.clone();
         txn.add_entry(parent, name, ino, new.kind)?;
         txn.insert_new(inode.clone());
+        if open_row {
+            txn.push(Mutation::PutOpen { ino, host: self.host });
+        }
         txn.commit(false)?;
         Ok(inode)
     }

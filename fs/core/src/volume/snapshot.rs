@@ -66,7 +66,18 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Blocks whose count is zero but whose grace period has not passed yet.
     pub blocks_waiting: u64,
+    /// A shared volume: another host's pass held the collector's lease, so this one did
+    /// nothing.
+    #[serde(default)]
+    pub skipped: bool,
 }
+
+/// The name of the collector's lease on a shared volume (`meta/hosts.rs`).
+pub const GC_LEASE: &str = "gc";
+/// How long one host's collector pass holds the lease at most: a pass that takes longer may
+/// overlap another host's (each step is still one transaction: the overlap does work twice,
+/// it never loses or double-frees anything).
+pub const GC_LEASE_TIME: Duration = Duration::from_secs(600);
 
 /// What a rollback did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,8 +258,28 @@ impl Volume {
     /// [`Volume::collect`], reporting to `progress` (op `gc`): the epoch ranges of deleted
     /// snapshots gone through (unit `ranges`, when there are any), then the unreferenced
     /// blocks examined (deleted when their grace has passed) and the bytes freed.
+    ///
+    /// On a shared volume one host runs a pass at a time: a pass takes the collector's lease
+    /// ([`GC_LEASE`], for at most [`GC_LEASE_TIME`]) or, another host holding it, does
+    /// nothing ([`GcReport::skipped`]).
     pub fn collect_with(&self, grace: Duration, progress: OnProgress) -> Result<GcReport> {
         let _one = self.collector.lock();
+        if !self.shared {
+            return self.collect_pass(grace, progress);
+        }
+        let until = crate::meta::now_ms() + GC_LEASE_TIME.as_millis() as u64;
+        if !self.meta.take_lease(GC_LEASE, self.host, until)? {
+            tracing::info!("another host's collector pass is running; this one skips");
+            return Ok(GcReport { skipped: true, ..GcReport::default() });
+        }
+        let pass = self.collect_pass(grace, progress);
+        if let Err(e) = self.meta.end_lease(GC_LEASE, self.host) {
+            tracing::warn!("give the collector's lease back (it ends by itself within {GC_LEASE_TIME:?}): {e}");
+        }
+        pass
+    }
+
+    fn collect_pass(&self, grace: Duration, progress: OnProgress) -> Result<GcReport> {
         let mut report = GcReport::default();
         let pinned: Vec<u64> = self.meta.snapshots()?.iter().map(|s| s.epoch).collect();
         let ranges = self.meta.gc_ranges()?;

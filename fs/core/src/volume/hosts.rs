@@ -1,0 +1,165 @@
+//! Shared volumes (issue 15): this host's lease, its open rows, and the purge of orphans no
+//! live host holds open (rows: `meta/hosts.rs`; rules: doc/SEMANTICS.md, "Several hosts").
+//!
+//! * Each mount of a shared volume is a host with a random id, and a lease row it renews every
+//!   sixth of [`host_lease`] (60 s; `HYBRIDFS_HOST_LEASE_SECS`). A host whose lease ended is
+//!   dead: whatever it held open is free.
+//! * The first open of a file on a host writes an open row `(ino, host)`, its last release
+//!   removes it (a new file's row goes in its create's batch). RocksDB volumes write none.
+//! * The last link of a file goes: the inode stays, as an orphan, while this host references
+//!   it or a live host has an open row for it; the batch expects exactly the open rows it
+//!   saw, so an open on another host racing the unlink either is seen or finds no inode.
+//! * An orphan is purged by the host whose last reference goes, or, when its holders are
+//!   dead (a crash), by any host's lease pass or mount.
+
+use super::Volume;
+use crate::error::Result;
+use crate::meta::{now_ms, Mutation};
+use crate::types::Ino;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How long a host's lease lasts without renewal.
+pub const HOST_LEASE: Duration = Duration::from_secs(60);
+/// Sets [`HOST_LEASE`] in seconds (tests make it short).
+pub const HOST_LEASE_ENV: &str = "HYBRIDFS_HOST_LEASE_SECS";
+
+/// This process's lease length ([`HOST_LEASE`], or [`HOST_LEASE_ENV`]).
+pub fn host_lease() -> Duration {
+    std::env::var(HOST_LEASE_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0).map_or(HOST_LEASE, Duration::from_secs)
+}
+
+/// A host id: random, never 0.
+pub(super) fn new_host_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish().max(1)
+}
+
+/// Who holds an inode open, as read from the store.
+pub(super) struct Holders {
+    /// The hosts with an open row (what the batch expects unchanged).
+    pub rows: Vec<u64>,
+    /// Some other host whose lease runs holds it.
+    pub others_alive: bool,
+    /// Hosts with a row whose lease ended: their rows go in the batch.
+    pub dead: Vec<u64>,
+}
+
+impl Holders {
+    /// The batch's precondition on the open rows, and the removal of dead hosts' rows.
+    pub fn mutations(&self, ino: Ino) -> Vec<Mutation> {
+        let mut out = vec![Mutation::ExpectOpeners { ino, hosts: self.rows.clone() }];
+        out.extend(self.dead.iter().map(|&host| Mutation::DelOpen { ino, host }));
+        out
+    }
+}
+
+impl Volume {
+    /// Who holds `ino` open (a shared volume).
+    pub(super) fn holders(&self, ino: Ino) -> Result<Holders> {
+        let rows = self.meta.openers(ino)?;
+        let mut h = Holders { rows, others_alive: false, dead: Vec::new() };
+        if h.rows.iter().all(|&host| host == self.host) {
+            return Ok(h);
+        }
+        let now = now_ms();
+        let leases = self.meta.hosts()?;
+        for &host in h.rows.iter().filter(|&&host| host != self.host) {
+            if leases.iter().any(|&(id, end)| id == host && end > now) {
+                h.others_alive = true;
+            } else {
+                h.dead.push(host);
+            }
+        }
+        Ok(h)
+    }
+
+    /// The first open of `ino` on this host (a shared volume): its open row.
+    pub(super) fn note_open(&self, ino: Ino) -> Result<()> {
+        self.meta.put_open(ino, self.host)
+    }
+
+    /// The last handle of `ino` on this host went (a shared volume): its open row goes. A
+    /// failure is logged: the row then holds the inode until this host's lease ends or it
+    /// unmounts.
+    pub(super) fn note_closed(&self, ino: Ino) {
+        if let Err(e) = self.meta.del_open(ino, self.host) {
+            tracing::warn!("forget that this host holds inode {ino} open: {e}");
+        }
+    }
+
+    /// This host's id among the hosts of a shared volume.
+    pub fn host_id(&self) -> u64 {
+        self.host
+    }
+
+    /// Take this host's lease and keep renewing it from a thread of its own (which also
+    /// purges orphans whose holders are dead), until the volume is dropped.
+    pub(super) fn start_lease(self: &Arc<Self>) -> Result<()> {
+        let lease = host_lease();
+        self.meta.renew_host(self.host, now_ms() + lease.as_millis() as u64)?;
+        let weak: Weak<Volume> = Arc::downgrade(self);
+        let every = (lease / 6).max(Duration::from_millis(200));
+        std::thread::Builder::new()
+            .name("host-lease".into())
+            .spawn(move || loop {
+                // Sleep in short steps so a dropped volume ends the thread soon.
+                let until = std::time::Instant::now() + every;
+                while std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
+                let Some(vol) = weak.upgrade() else { return };
+                if vol.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                match vol.meta.renew_host(vol.host, now_ms() + lease.as_millis() as u64) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(
+                        "this host's lease had ended (renewals late by more than {lease:?}): other hosts may have freed files it holds open"
+                    ),
+                    Err(e) => tracing::warn!("renew this host's lease: {e}"),
+                }
+                if let Err(e) = vol.drop_dead_hosts(lease) {
+                    tracing::warn!("remove the rows of dead hosts: {e}");
+                }
+                if let Err(e) = vol.purge_orphans() {
+                    tracing::warn!("purge orphans of dead hosts: {e}");
+                }
+            })
+            .map_err(|e| crate::error::FsError::io("start the host lease thread", e))?;
+        Ok(())
+    }
+
+    /// Remove the lease and open rows of hosts whose lease ended more than a lease ago (their
+    /// rows held nothing since it ended; this only keeps the rows from piling up).
+    fn drop_dead_hosts(&self, lease: Duration) -> Result<()> {
+        let now = now_ms();
+        for (host, end) in self.meta.hosts()? {
+            if host != self.host && end.saturating_add(lease.as_millis() as u64) < now {
+                self.meta.drop_host(host)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Purge every orphan that neither this host references nor a live host holds open (a
+    /// crashed host's files unlinked while open); returns how many went.
+    pub fn purge_orphans(&self) -> Result<usize> {
+        let mut n = 0;
+        for ino in self.meta.orphans()? {
+            if self.purge_if_unused(ino)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// A clean unmount: this host's lease and open rows go.
+    pub(super) fn end_lease(&self) -> Result<()> {
+        self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        self.meta.drop_host(self.host)
+    }
+}
