@@ -203,12 +203,12 @@ impl MetaStore {
 /// usage shard only when an inode changes (nothing else changes usage).
 fn prefetch(tx: &dyn KvTxn, batch: &[Mutation]) -> Result<()> {
     let mut keys: Vec<(Cf, Vec<u8>)> = vec![(Cf::Default, b"epoch".to_vec())];
-    if batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_))) {
+    if batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_))) {
         keys.push((Cf::Default, usage_shard_key(usage_shard())));
     }
     for m in batch {
         match m {
-            Mutation::PutInode(i) => keys.push((Cf::Inodes, k1(i.ino))),
+            Mutation::PutInode(i) | Mutation::MergeInodeData(i) => keys.push((Cf::Inodes, k1(i.ino))),
             Mutation::DelInode(ino) | Mutation::ExpectInode(ino, _) => keys.push((Cf::Inodes, k1(*ino))),
             Mutation::PutDentry { parent, name, dentry } => {
                 keys.push((Cf::Cookies, k2(*parent, dentry.cookie)));
