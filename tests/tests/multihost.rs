@@ -445,6 +445,7 @@ fn a_crashed_hosts_unlinked_open_file_is_purged_once_its_lease_ends() {
 
 #[test]
 fn a_chmod_on_one_host_survives_another_hosts_writes_and_close() {
+    use std::io::Write;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut c = Cluster::start("chmodclose", true, &[]);
     let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(c.a.path("m")).unwrap();
