@@ -187,16 +187,63 @@ fn fill_until_error(path: &Path, limit: usize) -> (i32, usize) {
 
 #[test]
 fn full_disk_gives_enospc_and_recovers() {
+    full_disk_gives_enospc_and_recovers_with(&["--passthrough-writes", "false"]);
+}
+
+/// The same with the kernel writing the files by passthrough: nothing of ours checks its
+/// writes and it fills the disk to the last byte. The space guard's ballast (`space.rs`) is
+/// given up so the metadata store can record the writes and the unlink that frees space;
+/// meanwhile a new writer goes through the mount and its reserve check (it does not eat the
+/// room the ballast left); once there is room the ballast is taken again and new files are
+/// written by passthrough. Invariant 1: a file fsynced before the disk filled keeps its
+/// bytes, across the full disk and a remount; fsck is clean.
+#[test]
+fn full_disk_under_passthrough_writes_gives_enospc_and_recovers() {
+    full_disk_gives_enospc_and_recovers_with(&["--passthrough-writes", "true"]);
+}
+
+fn full_disk_gives_enospc_and_recovers_with(mount_args: &[&str]) {
     require_root();
+    let passthrough = mount_args.ends_with(&["true"]);
     let outer = tempfile::Builder::new().prefix("hybridfs-full-").tempdir().unwrap();
     let tmpfs = Tmpfs::mount(&outer.path().join("small"), "300m");
     let home = tmpfs.path.join("home");
     assert_eq!(procs::mount_fstype(&tmpfs.path).as_deref(), Some("tmpfs"), "home must be on the small tmpfs");
-    let mut vol = TestVolume::builder().home(&home).build();
+    let mut vol = TestVolume::builder().home(&home).mount_args(mount_args).build();
+    let ballast = vol.volume_dir().join("staging").join("ballast");
+    assert_eq!(ballast.exists(), passthrough, "the ballast is held exactly while passthrough writes are on");
+
+    // Invariant 1: fsynced before the disk fills, kept whatever happens after.
+    let kept = pattern(14, 3 * MIB + 17);
+    let mut f = File::create(vol.path("kept")).unwrap();
+    f.write_all(&kept).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
 
     let (errno, written) = fill_until_error(&vol.path("filler"), 1024 * MIB);
     eprintln!("first error after {} MiB: errno {errno}", written / MIB);
     assert_eq!(errno, libc::ENOSPC, "a full disk must report ENOSPC (not EIO or other)");
+    if passthrough {
+        // The filler's release (sent by the kernel after close returns) absorbs its writes.
+        for _ in 0..100 {
+            if !ballast.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!ballast.exists(), "the ballast is given up once the kernel filled the disk:\n{}", vol.mount_log());
+        // A new writer now goes through the mount and stops at the reserve: the room the
+        // ballast left stays for the metadata store.
+        let (errno, _) = fill_until_error(&vol.path("second"), 64 * MIB);
+        assert_eq!(errno, libc::ENOSPC, "a second writer on the full disk gets ENOSPC");
+        let (avail, _) = avail_and_reserve(&tmpfs.path);
+        assert!(
+            avail >= BALLAST / 2,
+            "a writer opened after the ballast was given up ate its room ({avail} bytes free): it must not be a passthrough write"
+        );
+        fs::remove_file(vol.path("second")).expect("delete on the full disk");
+    }
+    assert_same_bytes("invariant 1: fsynced file on the full disk", &fs::read(vol.path("kept")).unwrap(), &kept);
 
     fs::remove_file(vol.path("filler")).unwrap();
     let data = pattern(13, 8 * MIB);
@@ -205,16 +252,21 @@ fn full_disk_gives_enospc_and_recovers() {
     f.sync_all().expect("fsync after freeing space");
     drop(f);
     assert_same_bytes("file written after ENOSPC", &fs::read(vol.path("after")).unwrap(), &data);
+    assert_eq!(ballast.exists(), passthrough, "the ballast is taken again once there is room:\n{}", vol.mount_log());
 
     vol.umount();
     let fsck = vol.fsck(&[]);
     assert!(fsck.success(), "fsck after a full disk: {fsck}");
     vol.mount();
     assert_same_bytes("after remount", &fs::read(vol.path("after")).unwrap(), &data);
+    assert_same_bytes("invariant 1: fsynced file after the full disk and a remount", &fs::read(vol.path("kept")).unwrap(), &kept);
     vol.umount();
     drop(vol);
     drop(tmpfs);
 }
+
+/// The space guard's ballast (`fs/core/src/space.rs`).
+const BALLAST: u64 = 8 << 20;
 
 /// Bytes free for unprivileged writers on the file system holding `path`, and its reserve as
 /// hybridfs computes it (2% of the file system, 8-256 MiB: `fs/core/src/space.rs`).

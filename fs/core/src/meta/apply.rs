@@ -41,9 +41,14 @@ impl MetaStore {
     /// the epoch) reads inside it, so it is correct whichever engine stores it and however
     /// many processes share that engine; the engine may run the body again after a conflict.
     pub fn apply_freeing(&self, batch: Vec<Mutation>, sync: bool) -> Result<Vec<BlockId>> {
+        self.apply_slice(&batch, sync)
+    }
+
+    /// [`MetaStore::apply_freeing`] of a batch the caller keeps (to try it again).
+    pub fn apply_slice(&self, batch: &[Mutation], sync: bool) -> Result<Vec<BlockId>> {
         let mut freed = Vec::new();
         self.kv.transact(sync, &mut |tx| {
-            freed = self.apply_in(tx, &batch, false)?;
+            freed = self.apply_in(tx, batch, false)?;
             Ok(())
         })?;
         Ok(freed)

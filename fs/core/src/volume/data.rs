@@ -278,6 +278,7 @@ impl Volume {
                 }
                 st.passthrough_opens += 1;
                 st.pt_writers += 1;
+                self.space.writer_opened();
             }
             _ => {}
         }
@@ -288,7 +289,9 @@ impl Volume {
     /// file has no sealed block and no inline bytes, and every other open of it is a
     /// passthrough one (the kernel keeps one I/O mode per inode). Not on a volume that ships
     /// blocks at fsync (`ship.rs`): each fsync seals the file, and the next absorb would
-    /// stage (and the next fsync seal and hash) all of it again.
+    /// stage (and the next fsync seal and hash) all of it again. Nor while the space guard
+    /// says the disk is too full (`space.rs`: no ballast held, or free space below the
+    /// reserve): the kernel's writes pass no space check of ours.
     fn passthrough_write_ok(&self, st: &mut NodeData, others: u32) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         let ok = self.passthrough.load(Relaxed)
@@ -297,7 +300,8 @@ impl Volume {
             && st.inode.kind == Kind::File
             && others == st.passthrough_opens
             && st.inode.inline.as_ref().is_none_or(|b| b.is_empty())
-            && !self.meta.has_sealed_extent(st.inode.ino)?;
+            && !self.meta.has_sealed_extent(st.inode.ino)?
+            && self.space.passthrough_ok();
         if ok && st.inode.inline.is_some() {
             // An empty inline file (a new one, or one truncated to nothing): its bytes will
             // be in the staging file.
@@ -346,6 +350,10 @@ impl Volume {
             result = tracing::field::Empty
         )
         .entered();
+        // The kernel may have filled the disk: room for the batch first (`space.rs`).
+        if let Err(e) = self.space.tend() {
+            tracing::warn!("space guard: {e}");
+        }
         let before = (st.checkpoint(), st.pt_mtime);
         let done = self.absorb_locked(st);
         match &done {
@@ -435,6 +443,8 @@ impl Volume {
             }
             if kind == IoKind::PassthroughWrite {
                 st.pt_writers = st.pt_writers.saturating_sub(1);
+                // After its last absorb: on a full disk, room for the batches below.
+                self.space.writer_closed();
             }
             absorbed?;
             self.persist_attrs(&mut st, false)?;
@@ -506,8 +516,13 @@ impl Volume {
 
     /// Let opens for writing of files with no sealed block use kernel passthrough too (see
     /// the module doc, "Passthrough writes"); takes effect only with passthrough on.
+    /// While on, the space guard holds its ballast (`space.rs`): the kernel's writes pass no
+    /// space check of ours.
     pub fn enable_passthrough_writes(&self, on: bool) {
         self.passthrough_writes.store(on, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.space.hold_ballast(on && !self.ships_blocks()) {
+            tracing::warn!("space guard: {e}");
+        }
     }
 
     fn open_node(&self, ino: Ino) -> Result<super::Node> {

@@ -491,8 +491,24 @@ impl Volume {
     /// once: a reader of the live tree holds its node's lock while it reads a block, so nobody
     /// can be reading it. (Blocks freed by the collector, whose versions snapshot readers may
     /// still be reading, wait out the grace period instead.)
+    ///
+    /// A batch the metadata store refuses for lack of disk space (the kernel's passthrough
+    /// writes filled the disk: `space.rs`) is tried again once the space guard gave up its
+    /// ballast, for a few seconds (RocksDB recovers from a full disk on its own thread, within
+    /// 5 s of there being room).
     pub(crate) fn apply_live(&self, batch: Vec<Mutation>, sync: bool) -> Result<()> {
-        let freed = self.meta.apply_freeing(batch, sync)?;
+        let mut freed = self.meta.apply_slice(&batch, sync);
+        if freed.as_ref().is_err_and(disk_full) && self.space.make_room() {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+            for _ in 0..60 {
+                freed = self.meta.apply_slice(&batch, sync);
+                if !freed.as_ref().is_err_and(disk_full) || std::time::Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        let freed = freed?;
         if freed.is_empty() {
             return Ok(());
         }
@@ -821,4 +837,10 @@ impl<'v> Txn<'v> {
         }
         Ok(())
     }
+}
+
+/// A write the disk had no room for (the metadata store's ENOSPC keeps its errno); not
+/// [`FsError::NoSpace`], which is also a refusal of ours.
+fn disk_full(e: &FsError) -> bool {
+    matches!(e, FsError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
 }
