@@ -151,6 +151,12 @@ impl FileBlockStore {
         Ok(FileBlockStore { dir, unsynced: Mutex::new(Unsynced::default()), tmp_seq: AtomicU64::new(0) })
     }
 
+    /// The directory the block files are under (fan-out directories of two hex digits; other
+    /// directories there, such as a clone cache's `packs/`, are not blocks).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self, id: &BlockId) -> PathBuf {
         let hex = id.to_hex();
         self.dir.join(&hex[..2]).join(hex)
@@ -287,7 +293,8 @@ impl BlockStore for FileBlockStore {
         let list = |p: &Path| std::fs::read_dir(p).map_err(|e| FsError::io(format!("list {}", p.display()), e));
         for fan in list(&self.dir)? {
             let fan = fan.map_err(|e| FsError::io("list block store", e))?.path();
-            if !fan.is_dir() {
+            // Block files live in fan-out directories named by two hex digits only.
+            if !fan.is_dir() || fan.file_name().is_none_or(|n| n.len() != 2) {
                 continue;
             }
             for entry in list(&fan)? {

@@ -17,18 +17,22 @@
 //!   volumes whose blocks are larger than [`crate::ranged::PART_BYTES`]) as parallel ranged GETs put
 //!   back together before the frame is verified ([`crate::ranged`]).
 //! * **in a pack** (small blocks): the whole pack, once: one GET, checked against the pack's
-//!   name. The block asked for is taken at its recorded place and verified against its id;
-//!   then the `pack-split-N` workers name every frame in the pack by what it decodes to
-//!   (blake3 of its bytes) and keep it, so reading the other files of the pack (a directory, a
-//!   shuffled data loader) fetches nothing more (a delta in the pack, fs/sync/src/delta.rs,
-//!   is stepped over: it is resolved against its base and verified when asked for). Readers of other blocks of a pack being
+//!   name, and kept in the cache as ONE file (`CACHE/packs/PACK`), so reading the other files
+//!   of the pack (a directory, a shuffled data loader) fetches nothing more. A block of a
+//!   cached pack is read from that file at its recorded place (the `pushed` family) and
+//!   verified against its id like any cached block (invariant 5): one positioned read of a
+//!   file held open, no file per block (creating 10,000 cache files for 10,000 small files
+//!   was most of a clone's extra cost per file), and no hash of the blocks nobody reads. A
+//!   delta in a pack (fs/sync/src/delta.rs) is resolved against its base and verified when
+//!   asked for, and the result kept as a block file. Readers of other blocks of a pack being
 //!   fetched wait for its bytes instead of asking the store again, and take their block from
-//!   them (verified) while its blocks are being kept. At most [`PACKS_IN_MEMORY`] packs are
-//!   held at once (fetched or being kept): beyond, a reader of another pack waits for one to
-//!   go (a block comes as its byte range only if none goes within two minutes). A pack
-//!   whose bytes do not match its name is remembered as damaged, and its blocks are fetched
-//!   one by one as byte ranges (each verified: the good ones still read). Packs of an
-//!   encrypted volume are read by ranges too (a sealed frame does not say its length).
+//!   them (verified) until the pack file is written. At most [`PACKS_IN_MEMORY`] packs are
+//!   held in memory at once (being fetched or written): beyond, a reader of another pack
+//!   waits for one to go (a block comes as its byte range only if none goes within two
+//!   minutes). A pack whose bytes do not match its name is remembered as damaged, and its
+//!   blocks are fetched one by one as byte ranges (each verified: the good ones still read).
+//!   Packs of an encrypted volume are read by ranges too (a sealed frame does not say its
+//!   length). A cached pack is evicted whole (it is one entry of the use order).
 //!
 //! A read waits for a block from the store at most the read timeout ([`DEFAULT_READ_TIMEOUT`],
 //! [`LazyStore::set_read_timeout`]): a store that does not answer (blackholed, overloaded)
@@ -54,6 +58,9 @@ use hybridfs_core::meta::MetaStore;
 use hybridfs_core::types::BlockId;
 use hybridfs_core::worker::{pause, Handle, Stop, Workers};
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,11 +70,12 @@ use std::time::{Duration, Instant};
 const FETCHERS: usize = 32;
 /// Damaged packs remembered (their blocks are read by ranges); forgotten all at once beyond.
 const DAMAGED_PACKS: usize = 1024;
-/// Packs held in memory at once, being fetched or having their blocks kept (at most 8 MiB
+/// Packs held in memory at once, being fetched or written to the cache (at most 8 MiB
 /// each): beyond, a reader of another pack waits for one to go.
 pub const PACKS_IN_MEMORY: usize = 16;
-/// Workers that keep the blocks of packs fetched whole.
-const PACK_SPLITTERS: usize = 2;
+/// Cached pack files held open at once; beyond, the others are closed (and opened again when
+/// read).
+const OPEN_PACKS: usize = 256;
 /// How long a read waits for a block from the store by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fetches readers wait on at once; more readers of missing blocks fail at once with `EIO`
@@ -104,13 +112,14 @@ pub struct Inner {
     /// Blocks being fetched now, by anyone: a second reader waits instead of fetching again.
     inflight: Mutex<std::collections::HashSet<BlockId>>,
     landed: std::sync::Condvar,
-    /// Packs being fetched whole (`None`) or, once their bytes are here and verified, having
-    /// their blocks kept (their bytes): a reader of another of their blocks waits for the bytes
-    /// and takes its block from them.
+    /// Packs being fetched whole (`None`) or, once their bytes are here and verified, being
+    /// written to the cache (their bytes): a reader of another of their blocks waits for the
+    /// bytes and takes its block from them. Lock order: this, then `packs`.
     packs_fetching: Mutex<HashMap<BlockId, Option<Arc<Vec<u8>>>>>,
     pack_landed: std::sync::Condvar,
-    /// Packs fetched whole, for the `pack-split-N` workers.
-    split: crossbeam_channel::Sender<(BlockId, Arc<Vec<u8>>)>,
+    /// The packs kept whole in the cache (`CACHE/packs/PACK`).
+    packs: Mutex<CachedPacks>,
+    packs_dir: PathBuf,
     /// Packs whose bytes did not match their name: their blocks are fetched by ranges.
     damaged_packs: Mutex<std::collections::HashSet<BlockId>>,
     /// Packs fetched whole.
@@ -124,6 +133,13 @@ pub struct Inner {
     read_timeout_ms: AtomicU64,
     /// The registry the fetch threads report into (`hybridctl status`).
     workers: Arc<Workers>,
+}
+
+/// Packs kept whole in the cache: their length and, while open, their file.
+#[derive(Default)]
+struct CachedPacks {
+    by_id: HashMap<BlockId, (u64, Option<Arc<File>>)>,
+    open: usize,
 }
 
 impl LazyStore {
@@ -153,7 +169,18 @@ impl LazyStore {
         for id in &ids {
             used += local.stored_len(id)?.unwrap_or(0);
         }
-        let (split, split_rx) = crossbeam_channel::bounded::<(BlockId, Arc<Vec<u8>>)>(PACKS_IN_MEMORY);
+        let packs_dir = local.dir().join("packs");
+        std::fs::create_dir_all(&packs_dir).map_err(|e| FsError::io(format!("create {}", packs_dir.display()), e))?;
+        let mut packs = CachedPacks::default();
+        let list = std::fs::read_dir(&packs_dir).map_err(|e| FsError::io(format!("list {}", packs_dir.display()), e))?;
+        for entry in list {
+            let entry = entry.map_err(|e| FsError::io(format!("list {}", packs_dir.display()), e))?;
+            let Some(pack) = entry.file_name().to_str().and_then(BlockId::from_hex) else { continue };
+            let len = entry.metadata().map_err(|e| FsError::io(format!("stat cached pack {pack}"), e))?.len();
+            used += len;
+            packs.by_id.insert(pack, (len, None));
+            ids.push(pack);
+        }
         let inner = Arc::new(Inner {
             own,
             local,
@@ -169,7 +196,8 @@ impl LazyStore {
             landed: std::sync::Condvar::new(),
             packs_fetching: Mutex::new(Default::default()),
             pack_landed: std::sync::Condvar::new(),
-            split,
+            packs: Mutex::new(packs),
+            packs_dir,
             damaged_packs: Mutex::new(Default::default()),
             packs_fetched: AtomicU64::new(0),
             part_bytes: AtomicU64::new(0),
@@ -183,7 +211,6 @@ impl LazyStore {
         }
         let (ahead, rx) = crossbeam_channel::bounded::<BlockId>(256);
         spawn_workers(&inner, workers, "fetch", FETCHERS, &rx, fetcher)?;
-        spawn_workers(&inner, workers, "pack-split", PACK_SPLITTERS, &split_rx, splitter)?;
         Ok(LazyStore { inner, ahead })
     }
 
@@ -350,26 +377,6 @@ fn fetcher(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<Bloc
     }
 }
 
-/// One pack splitter: keeps the blocks of the packs fetched whole until the store is dropped or
-/// the stop signal goes out (looked at every 200 ms). A pack left in the queue at the stop
-/// stays readable from memory until the store is dropped.
-fn splitter(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<(BlockId, Arc<Vec<u8>>)>, status: &Handle, stop: &Stop) {
-    while !stop.is_stopped() {
-        let (pack, body) = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(job) => job,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        };
-        let Some(inner) = inner.upgrade() else { return };
-        status.busy(format!("keep the blocks of pack {pack}"));
-        let result = inner.keep_pack_blocks(&pack, &body);
-        if let Err(e) = &result {
-            tracing::warn!("keep the blocks of pack {pack}: {e}");
-        }
-        status.done(result.map_err(|e| format!("keep the blocks of pack {pack}: {e}")));
-    }
-}
-
 impl Inner {
     fn touch(&self, id: &BlockId) {
         // Use order only matters for eviction: without a cap (a home volume's default) it
@@ -389,8 +396,9 @@ impl Inner {
     }
 
     /// The verified frame of `id` from the store: alone (whole, or in parts), or with its
-    /// whole pack, or as a byte range of it (see the module's doc).
-    fn fetch(&self, id: &BlockId) -> Result<Vec<u8>> {
+    /// whole pack, or as a byte range of it (see the module's doc); and the pack kept in the
+    /// cache that holds it, if one should (else the caller keeps it as a block file).
+    fn fetch(&self, id: &BlockId) -> Result<(Vec<u8>, Option<BlockId>)> {
         let fail = |why: String| FsError::CorruptBlock { id: *id, why };
         let packed = match self.meta.pushed(id)? {
             None => return Err(fail("not in the local block store, and the object store does not have it".into())),
@@ -399,14 +407,15 @@ impl Inner {
         let part = self.part_bytes.load(Ordering::Relaxed);
         // A delta's base may be on the node already (the block it replaced, read before).
         let local = |base: &BlockId| self.local_frame(base).ok().flatten();
+        let alone = |f: Vec<u8>| (f, None);
         let fetched = match packed {
             Some((pack, offset, len)) if self.remote.cipher.is_none() => match self.from_whole_pack(id, &pack, offset, len) {
-                Ok(Some(frame)) => Ok(frame),
-                Ok(None) => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())),
+                Ok(Some(got)) => Ok(got),
+                Ok(None) => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())).map(alone),
                 Err(e) => Err(e),
             },
-            None if part > 0 => self.remote.fetch_frame_in_parts(id, part).inspect(|f| self.count_fetch(f.len())),
-            _ => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())),
+            None if part > 0 => self.remote.fetch_frame_in_parts(id, part).inspect(|f| self.count_fetch(f.len())).map(alone),
+            _ => self.remote.fetch_frame_with(id, packed, &local).inspect(|f| self.count_fetch(f.len())).map(alone),
         };
         fetched.map_err(|e| match e {
             // The store did not serve it (down, 5xx, refused credentials...): an I/O error, not
@@ -424,53 +433,80 @@ impl Inner {
         self.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    /// Block `id` (at `offset`, `len` bytes of pack `pack`) from its whole pack, fetched once
-    /// however many of its blocks are asked for at the same time; every block of the pack then
-    /// lands in the cache (the `pack-split-N` workers). `None`: fetch the block's range
-    /// instead (the pack is damaged, [`PACKS_IN_MEMORY`] packs stayed held for two minutes,
-    /// or the pack was kept and the block is not in the cache after all).
-    fn from_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<Vec<u8>>, SyncError> {
+    /// Block `id` (at `offset`, `len` bytes of pack `pack`) from its whole pack: from the
+    /// cached pack file, or from the pack fetched once however many of its blocks are asked
+    /// for at the same time, then kept in the cache as one file. With the frame: the pack, if
+    /// it is to serve the block from the cache from now on (not for a delta: resolved here,
+    /// the caller keeps the result as a block file). `None`: fetch the block's range instead (the pack is damaged,
+    /// [`PACKS_IN_MEMORY`] packs stayed held for two minutes, or the block was kept meanwhile
+    /// and does not read from the cache after all).
+    fn from_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<(Vec<u8>, Option<BlockId>)>, SyncError> {
         if self.damaged_packs.lock().expect("damaged packs lock").contains(pack) {
             return Ok(None);
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut waited = false;
-        let mut fetching = self.packs_fetching.lock().expect("packs lock");
-        loop {
+        for _ in 0..100_000 {
+            if let Some(range) = self.pack_range(pack, offset, len) {
+                let delta = crate::delta::is_delta(&range);
+                return self.block_in_pack(id, pack, &range, 0, len).map(|f| Some((f, (!delta).then_some(*pack))));
+            }
+            let mut fetching = self.packs_fetching.lock().expect("packs lock");
             match fetching.get(pack) {
                 Some(Some(body)) => {
                     let body = body.clone();
                     drop(fetching);
-                    return self.block_in_pack(id, pack, &body, offset, len).map(Some);
+                    let delta = body.get(offset as usize..).is_some_and(crate::delta::is_delta);
+                    let frame = self.block_in_pack(id, pack, &body, offset, len)?;
+                    // The pack file is being written: wait for it (a few ms), so the block is
+                    // read from it next time instead of being kept as a file of its own.
+                    let mut fetching = self.packs_fetching.lock().expect("packs lock");
+                    while fetching.contains_key(pack) && Instant::now() < deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        fetching = self.pack_landed.wait_timeout(fetching, left).expect("packs lock").0;
+                    }
+                    return Ok(Some((frame, (!delta).then_some(*pack))));
                 }
                 Some(None) if Instant::now() < deadline => {
                     waited = true;
                     let left = deadline.saturating_duration_since(Instant::now());
-                    fetching = self.pack_landed.wait_timeout(fetching, left).expect("packs lock").0;
+                    drop(self.pack_landed.wait_timeout(fetching, left).expect("packs lock"));
                 }
                 Some(None) => return Ok(None),
-                // Its blocks were kept meanwhile.
-                None if waited => {
+                // Kept meanwhile (it goes from here only once it is among the cached packs,
+                // under this lock): read it from the file.
+                None if self.pack_cached(pack) => {}
+                // The fetch waited on failed (or its pack was evicted at once): the block's range.
+                None if waited => return Ok(None),
+                // Kept alone meanwhile (a block file).
+                None if self.local.contains(id)? => {
                     drop(fetching);
-                    return Ok(self.local_frame(id)?);
-                }
-                // Not held: never fetched, or fetched and its blocks all kept by now (the entry
-                // goes only after them), which a look at the cache under the lock tells.
-                None if self.has_local(id)? => {
-                    drop(fetching);
-                    return Ok(self.local_frame(id)?);
+                    return Ok(self.local_frame(id)?.map(|f| (f, None)));
                 }
                 // As many packs held as allowed: wait for one to go, then look again.
                 None if fetching.len() >= PACKS_IN_MEMORY && Instant::now() < deadline => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    fetching = self.pack_landed.wait_timeout(fetching, left).expect("packs lock").0;
+                    drop(self.pack_landed.wait_timeout(fetching, left).expect("packs lock"));
                 }
                 None if fetching.len() >= PACKS_IN_MEMORY => return Ok(None),
-                None => break,
+                None => {
+                    // Another mount of a clone sharing this cache may have kept it.
+                    if self.adopt_pack_file(pack) {
+                        continue;
+                    }
+                    fetching.insert(*pack, None);
+                    drop(fetching);
+                    return self.fetch_whole_pack(id, pack, offset, len);
+                }
             }
         }
-        fetching.insert(*pack, None);
-        drop(fetching);
+        Ok(None)
+    }
+
+    /// Fetch pack `pack` whole (marked as being fetched by the caller), hand its bytes to the
+    /// readers waiting for it, keep it in the cache as one file; block `id` from it, as
+    /// [`Self::from_whole_pack`].
+    fn fetch_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<(Vec<u8>, Option<BlockId>)>, SyncError> {
         let body = match self.remote.fetch_pack(pack) {
             Ok(body) => Arc::new(body),
             Err(e) => {
@@ -490,39 +526,127 @@ impl Inner {
         self.count_fetch(body.len());
         self.packs_fetching.lock().expect("packs lock").insert(*pack, Some(body.clone()));
         self.pack_landed.notify_all();
+        let delta = body.get(offset as usize..).is_some_and(crate::delta::is_delta);
         let frame = self.block_in_pack(id, pack, &body, offset, len);
-        if let Err(e) = self.split.try_send((*pack, body)) {
-            let (pack, body) = e.into_inner();
-            self.keep_pack_blocks(&pack, &body)?;
+        if let Err(e) = self.keep_pack(pack, &body) {
+            tracing::warn!("keep pack {pack} in the cache: {e}");
         }
-        frame.map(Some)
+        frame.map(|f| Some((f, (!delta).then_some(*pack))))
     }
 
-    /// Keep every frame of pack `pack` (its verified bytes) under the id it decodes to, then
-    /// let it go from memory.
-    fn keep_pack_blocks(&self, pack: &BlockId, body: &[u8]) -> Result<()> {
-        let keep = || -> Result<()> {
-            let mut at = 0;
-            loop {
-                let rest = body.get(at..).unwrap_or_default();
-                // Deltas (fs/sync/src/delta.rs) are stepped over: they are resolved when asked for.
-                if let Some(n) = crate::delta::encoded_len(rest) {
-                    at += n;
-                    continue;
-                }
-                let Some(n) = hybridfs_blocks::frame_len(rest) else { break };
-                let frame = &body[at..at + n];
-                if let Some(named) = hybridfs_blocks::frame_id(frame) {
-                    self.keep_frame(&named, frame)?;
-                }
-                at += n;
-            }
-            self.evict()
+    /// Write the verified bytes of pack `pack` to the cache as one file, then let them go from
+    /// memory (the readers find the pack among the cached ones from then on).
+    fn keep_pack(&self, pack: &BlockId, body: &[u8]) -> Result<()> {
+        let path = self.packs_dir.join(pack.to_hex());
+        let tmp = self.packs_dir.join(format!(".tmp.{}.{}", std::process::id(), pack.to_hex()));
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, body)?;
+            std::fs::rename(&tmp, &path)
         };
-        let result = keep();
-        self.packs_fetching.lock().expect("packs lock").remove(pack);
+        let written = write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            FsError::io(format!("write cached pack {}", path.display()), e)
+        });
+        let mut fetching = self.packs_fetching.lock().expect("packs lock");
+        if written.is_ok() {
+            let mut packs = self.packs.lock().expect("cached packs lock");
+            if packs.by_id.insert(*pack, (body.len() as u64, None)).is_none() {
+                self.used.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+        }
+        fetching.remove(pack);
+        drop(fetching);
         self.pack_landed.notify_all();
-        result
+        if written.is_ok() {
+            self.touch(pack);
+        }
+        written
+    }
+
+    /// Whether pack `pack` is kept whole in the cache.
+    fn pack_cached(&self, pack: &BlockId) -> bool {
+        self.packs.lock().expect("cached packs lock").by_id.contains_key(pack)
+    }
+
+    /// Count in a pack file another mount sharing the cache wrote; whether there is one.
+    fn adopt_pack_file(&self, pack: &BlockId) -> bool {
+        let Ok(md) = std::fs::metadata(self.packs_dir.join(pack.to_hex())) else { return false };
+        let mut packs = self.packs.lock().expect("cached packs lock");
+        if packs.by_id.insert(*pack, (md.len(), None)).is_none() {
+            self.used.fetch_add(md.len(), Ordering::Relaxed);
+        }
+        drop(packs);
+        self.touch(pack);
+        true
+    }
+
+    /// `len` bytes at `offset` of cached pack `pack` (unverified: the caller verifies the frame
+    /// against its id); `None` if the pack is not cached or its file does not read (gone:
+    /// another mount sharing the cache evicted it, or damaged: forgotten).
+    fn pack_range(&self, pack: &BlockId, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let file = {
+            let mut packs = self.packs.lock().expect("cached packs lock");
+            let open = packs.by_id.get(pack)?.1.clone();
+            match open {
+                Some(f) => f,
+                None => {
+                    let Ok(f) = File::open(self.packs_dir.join(pack.to_hex())) else {
+                        drop(packs);
+                        self.drop_pack(pack);
+                        return None;
+                    };
+                    let f = Arc::new(f);
+                    if packs.open >= OPEN_PACKS {
+                        packs.by_id.values_mut().for_each(|(_, f)| *f = None);
+                        packs.open = 0;
+                    }
+                    packs.open += 1;
+                    if let Some((_, open)) = packs.by_id.get_mut(pack) {
+                        *open = Some(f.clone());
+                    }
+                    f
+                }
+            }
+        };
+        let mut buf = vec![0; usize::try_from(len).ok()?];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => {
+                self.touch(pack);
+                Some(buf)
+            }
+            Err(e) => {
+                tracing::warn!("cached pack {pack} does not read at {offset}+{len} ({e}); dropping it");
+                self.drop_pack(pack);
+                None
+            }
+        }
+    }
+
+    /// Forget cached pack `pack` and remove its file.
+    fn drop_pack(&self, pack: &BlockId) {
+        let gone = {
+            let mut packs = self.packs.lock().expect("cached packs lock");
+            let gone = packs.by_id.remove(pack);
+            if gone.as_ref().is_some_and(|(_, open)| open.is_some()) {
+                packs.open = packs.open.saturating_sub(1);
+            }
+            gone
+        };
+        if let Some((len, _)) = gone {
+            let _ = std::fs::remove_file(self.packs_dir.join(pack.to_hex()));
+            self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+    }
+
+    /// Where block `id` is in a cached pack: `(pack, offset, len)`.
+    fn in_cached_pack(&self, id: &BlockId) -> Result<Option<(BlockId, u64, u64)>> {
+        if self.packs.lock().expect("cached packs lock").by_id.is_empty() {
+            return Ok(None);
+        }
+        Ok(match self.meta.pushed(id)? {
+            Some(Some((pack, offset, len))) if self.pack_cached(&pack) => Some((pack, offset, len)),
+            _ => None,
+        })
     }
 
     /// Block `id`'s frame in the verified bytes of pack `pack`: at its recorded place, checked
@@ -586,26 +710,38 @@ impl Inner {
     /// Asked under the in-flight lock before a fetch starts, so that a block whose fetch
     /// finished after the caller's first look is not fetched a second time.
     fn has_local(&self, id: &BlockId) -> Result<bool> {
-        Ok(self.own.contains(id)? || self.local.contains(id)?)
+        Ok(self.own.contains(id)? || self.local.contains(id)? || self.in_cached_pack(id)?.is_some())
     }
 
-    /// The block's frame if a local tier has a readable copy.
+    /// The block's frame if a local tier has a readable copy: the volume's own block file, a
+    /// cached block file, or its place in a cached pack (a delta there is not a readable copy:
+    /// it is resolved by a fetch). Unverified: the caller verifies it against `id`.
     fn local_frame(&self, id: &BlockId) -> Result<Option<Vec<u8>>> {
         if let Ok(frame) = self.own.frame(id) {
             return Ok(Some(frame));
         }
         match self.local.frame(id) {
-            Ok(frame) => Ok(Some(frame)),
-            Err(FsError::CorruptBlock { .. }) => Ok(None),
-            Err(e) => Err(e),
+            Ok(frame) => {
+                self.touch(id);
+                return Ok(Some(frame));
+            }
+            Err(FsError::CorruptBlock { .. }) => {}
+            Err(e) => return Err(e),
         }
+        let Some((pack, offset, len)) = self.in_cached_pack(id)? else { return Ok(None) };
+        Ok(self.pack_range(&pack, offset, len).filter(|f| !crate::delta::is_delta(f)))
     }
 
-    /// Fetch `id` from the store into the cache; its frame.
+    /// Fetch `id` from the store into the cache (a block file, unless a cached pack holds
+    /// it: one that failed to be written, or was evicted at once under a limit smaller than
+    /// itself, does not); its frame.
     fn fetch_and_keep(&self, id: &BlockId) -> Result<Vec<u8>> {
-        let frame = self.fetch(id)?;
-        self.keep_frame(id, &frame)?;
+        let (frame, pack) = self.fetch(id)?;
         self.evict()?;
+        if !pack.is_some_and(|p| self.pack_cached(&p)) {
+            self.keep_frame(id, &frame)?;
+            self.evict()?;
+        }
         Ok(frame)
     }
 
@@ -640,6 +776,10 @@ impl Inner {
                 found
             };
             let Some(id) = victim else { return Ok(()) };
+            if self.pack_cached(&id) {
+                self.drop_pack(&id);
+                continue;
+            }
             let len = self.local.stored_len(&id)?.unwrap_or(0);
             self.local.remove(&id)?;
             self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -647,7 +787,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Drop the cached copy of `id` (a damaged one): its block file, or the cached pack it
+    /// was read from.
     fn drop_cached(&self, id: &BlockId) -> Result<()> {
+        if !self.local.contains(id)? {
+            if let Some((pack, _, _)) = self.in_cached_pack(id)? {
+                self.drop_pack(&pack);
+            }
+            return Ok(());
+        }
         let len = self.local.stored_len(id)?.unwrap_or(0);
         self.local.remove(id)?;
         self.used.fetch_sub(len.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -670,7 +818,6 @@ impl BlockStore for LazyStore {
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
         let frame = self.load_for_reader(id)?;
-        self.touch(id);
         match hybridfs_blocks::decode(id, &frame) {
             // A damaged cached copy of a block the store holds: fetch it again.
             Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() && !self.own.contains(id)? => {
@@ -709,13 +856,12 @@ impl BlockStore for LazyStore {
     }
 
     fn is_local(&self, id: &BlockId) -> Result<bool> {
-        Ok(self.own.contains(id)? || self.local.contains(id)?)
+        self.has_local(id)
     }
 
     fn prefetch(&self, ids: &[BlockId]) {
         for id in ids {
-            if self.own.contains(id).unwrap_or(true)
-                || self.local.contains(id).unwrap_or(true)
+            if self.has_local(id).unwrap_or(true)
                 || !self.queued.lock().expect("queued lock").insert(*id) {
                 continue;
             }
