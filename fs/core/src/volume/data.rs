@@ -250,11 +250,16 @@ impl Volume {
     }
 
     fn open_locked(&self, st: &mut NodeData, write: bool, passthrough_write: bool, others: u32) -> Result<Opened> {
+        // A file with sealed data almost always has it at block 0: that extent (one point
+        // lookup, kept in the node for the read that follows) answers before a scan of the
+        // file's extents does (a store iterator per open: a clone's reads of many small files
+        // paid for one each).
         let fully_staged = !write
             && others == 0
             && self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
             && st.inode.kind == Kind::File
             && st.inode.inline.is_none()
+            && !matches!(st.extent(self, 0)?, Some(Extent::Sealed { .. }))
             && !self.meta.has_sealed_extent(st.inode.ino)?;
         let kind = if write && passthrough_write && self.passthrough_write_ok(st, others)? {
             IoKind::PassthroughWrite
