@@ -307,3 +307,118 @@ fn passthrough_writes_are_absorbed_from_the_staging_file() {
     f.vol.seal_inodes(&[ino, small]).unwrap();
     f.fsck_clean();
 }
+
+/// A shared volume runs one host's namespace changes side by side (`ns` shared, per-inode
+/// stripes: volume/mod.rs); creates, renames (also across two directories in opposite
+/// directions, the stripes' out-of-order case), links and unlinks from several threads, some
+/// in one directory, must leave the namespace whole: every change applied exactly once
+/// (invariant 1: an acknowledged change is in the store), link counts and directory records
+/// right (fsck), and nothing freed that a name or an open file still reaches (invariant 2).
+#[test]
+fn shared_volume_changes_on_one_host_run_side_by_side_and_keep_the_namespace_whole() {
+    let f = MemVolume::shared(BS);
+    let mkdir = |parent: Ino, name: &str| {
+        let new = NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] };
+        f.vol.create_node(parent, name.as_bytes(), new, ME).unwrap().ino
+    };
+    let common = mkdir(ROOT_INO, "common");
+    let (x, y) = (mkdir(ROOT_INO, "x"), mkdir(ROOT_INO, "y"));
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 60;
+    let own: Vec<Ino> = (0..THREADS).map(|t| mkdir(ROOT_INO, &format!("t{t}"))).collect();
+    let remembered: Vec<Ino> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS).map(|t| {
+            let (f, own) = (&f, own[t]);
+            s.spawn(move || {
+                let mut inos = Vec::new();
+                for r in 0..ROUNDS {
+                    let name = format!("f{t}-{r}");
+                    let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+                    let dir = if r % 2 == 0 { own } else { common };
+                    let opened = f.vol.create_open(dir, name.as_bytes(), new, ME, false).unwrap();
+                    let ino = opened.inode.ino;
+                    f.vol.remember(ino);
+                    inos.push(ino);
+                    f.vol.write(ino, 0, name.as_bytes()).unwrap();
+                    f.vol.release_file(ino, opened.kind).unwrap();
+                    // Across x and y: threads 0 and 2 move x -> y, 1 and 3 y -> x.
+                    let (from, to) = if t % 2 == 0 { (x, y) } else { (y, x) };
+                    f.vol.rename(dir, name.as_bytes(), from, name.as_bytes(), RenameFlags::default()).unwrap();
+                    f.vol.rename(from, name.as_bytes(), to, name.as_bytes(), RenameFlags::default()).unwrap();
+                    match r % 3 {
+                        0 => f.vol.unlink(to, name.as_bytes()).unwrap(),
+                        1 => {
+                            f.vol.link(ino, own, format!("h{t}-{r}").as_bytes()).unwrap();
+                            f.vol.unlink(to, name.as_bytes()).unwrap();
+                        }
+                        _ => f.vol.rename(to, name.as_bytes(), own, name.as_bytes(), RenameFlags::default()).unwrap(),
+                    }
+                }
+                inos
+            })
+        }).collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    // Every change once: per thread, ROUNDS/3 files kept under their name, ROUNDS/3 under a
+    // hard link (their first name unlinked), the rest gone.
+    for t in 0..THREADS {
+        let names: BTreeSet<Vec<u8>> = f.vol.readdir(own[t], 2, 10_000).unwrap().into_iter().map(|e| e.name).collect();
+        let want: BTreeSet<Vec<u8>> = (0..ROUNDS)
+            .filter_map(|r| match r % 3 {
+                0 => None,
+                1 => Some(format!("h{t}-{r}")),
+                _ => Some(format!("f{t}-{r}")),
+            })
+            .map(String::into_bytes)
+            .collect();
+        assert_eq!(names, want, "thread {t}'s directory");
+        for name in &names {
+            let ino = f.vol.lookup(own[t], name).unwrap().ino;
+            let first = if name[0] == b'h' { [b"f", &name[1..]].concat() } else { name.clone() };
+            let opened = f.vol.open_file(ino, false).unwrap();
+            assert_eq!(f.read_all(ino), first, "invariant 2: a kept file lost its bytes");
+            f.vol.release_file(ino, opened.kind).unwrap();
+        }
+    }
+    for d in [common, x, y] {
+        assert!(f.vol.readdir(d, 2, 10).unwrap().is_empty(), "directory {d} keeps entries");
+    }
+    assert!(f.meta.orphans().unwrap().is_empty(), "shared volume: unlinked files nobody holds open are purged at unlink");
+    f.fsck_clean();
+    // The kernel's FORGETs: files purged at unlink have nothing left to do, kept ones stay.
+    for ino in remembered {
+        f.vol.forget(ino, 1);
+    }
+    assert!(f.meta.orphans().unwrap().is_empty());
+    f.fsck_clean();
+}
+
+/// On a shared volume an unlinked file that no handle holds goes in the unlink's own
+/// transaction, even while the kernel still references it (its FORGET then does nothing);
+/// one that is open stays, readable, until its release and FORGET (invariant 2: nothing an
+/// open file reaches is freed).
+#[test]
+fn shared_volume_unlink_frees_an_unopened_file_at_once_and_keeps_an_open_one() {
+    let f = MemVolume::shared(BS);
+    let closed = f.file("closed");
+    f.vol.write(closed, 0, b"bytes").unwrap();
+    f.vol.release_file(closed, IoKind::Cached).unwrap();
+    f.vol.remember(closed);
+    f.vol.unlink(ROOT_INO, b"closed").unwrap();
+    assert!(f.meta.get_inode(closed).unwrap().is_none(), "an unlinked file no handle holds stayed");
+    assert!(f.meta.orphans().unwrap().is_empty());
+    f.vol.forget(closed, 1);
+    assert!(f.meta.get_inode(closed).unwrap().is_none());
+
+    let open = f.file("open");
+    f.vol.remember(open);
+    f.vol.write(open, 0, b"still here").unwrap();
+    f.vol.unlink(ROOT_INO, b"open").unwrap();
+    assert_eq!(f.read_all(open), b"still here", "invariant 2: an open file's data went at its unlink");
+    assert_eq!(f.meta.orphans().unwrap(), vec![open]);
+    f.vol.release_file(open, IoKind::Cached).unwrap();
+    f.vol.forget(open, 1);
+    assert!(f.meta.get_inode(open).unwrap().is_none());
+    assert!(f.meta.orphans().unwrap().is_empty());
+    f.fsck_clean();
+}

@@ -217,16 +217,17 @@ impl Volume {
     /// where a passthrough write would be allowed (a new file not created with `O_TRUNC`:
     /// see [`MountView::create`](super::mount_view::MountView::create)).
     pub fn open_file_as(&self, ino: Ino, write: bool, passthrough_write: bool) -> Result<Opened> {
-        self.open_file_with(ino, write, passthrough_write, false)
+        self.open_file_with(ino, write, passthrough_write, false, None)
     }
 
     /// [`Volume::open_file_as`]; `row_written`: a shared volume's open row of this host is in
-    /// the store already (a file created open, see `hosts.rs`).
-    pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool) -> Result<Opened> {
+    /// the store already (a file created open, see `hosts.rs`); `created`: the record of a
+    /// file this call's caller just created, which a new node starts from (no store read).
+    pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool, created: Option<Inode>) -> Result<Opened> {
         let (node, others) = {
-            let _ns = self.ns.lock();
+            let _ns = self.ns_for(&[ino]);
             let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
-            let node = self.pin_locked(ino, true)?;
+            let node = self.pin_locked_with(ino, true, created)?;
             if self.shared && others == 0 && !row_written {
                 if let Err(e) = self.note_open(ino) {
                     self.unpin_locked(ino, true);
@@ -240,7 +241,7 @@ impl Volume {
         let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others));
         if opened.is_err() {
             drop(st);
-            let _ns = self.ns.lock();
+            let _ns = self.ns_for(&[ino]);
             self.unpin_locked(ino, true);
             if self.shared && !self.has_handles(ino) {
                 self.note_closed(ino);
@@ -463,7 +464,7 @@ impl Volume {
             (st.inode.nlink, st.staging.is_some())
         };
         let left = {
-            let _ns = self.ns.lock();
+            let _ns = self.ns_for(&[ino]);
             let left = self.unpin_locked(ino, true);
             if self.shared && !self.has_handles(ino) {
                 self.note_closed(ino);
@@ -996,7 +997,7 @@ impl Volume {
             // The answer carries the size: the kernel's writes by passthrough count.
             self.absorb(&mut node.write())?;
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[ino]);
         if let Some(size) = attr.size {
             self.truncate_in(&mut txn, ino, size)?;
             // A truncate removes the file's capabilities, whoever does it, as the kernel's

@@ -6,9 +6,11 @@
 //!   dead: whatever it held open is free.
 //! * The first open of a file on a host writes an open row `(ino, host)`, its last release
 //!   removes it (a new file's row goes in its create's batch). RocksDB volumes write none.
-//! * The last link of a file goes: the inode stays, as an orphan, while this host references
-//!   it or a live host has an open row for it; the batch expects exactly the open rows it
-//!   saw, so an open on another host racing the unlink either is seen or finds no inode.
+//! * The last link of a file goes: the inode stays, as an orphan, while this host has it
+//!   open (or pinned) or a live host has an open row for it, else it goes in the unlink's
+//!   transaction (a kernel reference alone keeps nothing: `Txn::drop_link`); the batch
+//!   expects exactly the open rows it saw, so an open on another host racing the unlink
+//!   either is seen or finds no inode.
 //! * An orphan is purged by the host whose last reference goes, or, when its holders are
 //!   dead (a crash), by any host's lease pass or mount.
 

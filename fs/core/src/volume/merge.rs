@@ -46,7 +46,7 @@ impl Volume {
     /// One attempt: applied (None), or the open files it would change (nothing applied).
     fn try_apply_quiesced(&self, build: &mut BuildBatch<'_>) -> Result<Option<Vec<Ino>>> {
         let _gate = self.gate.write();
-        let _ns = self.ns.lock();
+        let _ns = self.ns_all();
         let (batch, inodes) = build(&self.meta)?;
         let open: Vec<Ino> = self.nodes.lock().iter().filter(|(i, e)| e.handles > 0 && inodes.contains(*i)).map(|(i, _)| *i).collect();
         if !open.is_empty() {

@@ -5,10 +5,23 @@
 //! * `ns` serialises every change to the namespace (create, link, unlink, rename, setattr, ...)
 //!   through [`Txn`]. Namespace changes are a few metadata writes each; one lock keeps rename and
 //!   link counting simple and obviously right.
+//! * A shared volume (issue 15) is the exception: there a change is made atomic by its
+//!   database transaction (every record it read is checked unchanged inside it, see [`Txn`]),
+//!   and holding one lock across its round trips made a host's FUSE workers wait on each
+//!   other's. So its changes, and the opens and closes that pin nodes, take `ns` *shared*,
+//!   plus the *stripes* (`stripes`, by inode number) of every inode they read or pin: what
+//!   `ns` protects in-process — an inode's node (loaded, pinned, edited in place), its kernel
+//!   references and handles checked against its unlink, its purge — is then guarded per
+//!   inode, and two changes of one directory on one host still run one after the other (no
+//!   database conflict between them). Stripes are taken in increasing order; one taken out of
+//!   order is waited for 10 ms at most, and a change that cannot get it runs again
+//!   ([`FsError::MetaStale`], [`Volume::retrying`]), so they never deadlock. Whatever needs
+//!   the whole namespace still (the sealer's pins, snapshots, merges, rollbacks) takes `ns`
+//!   exclusively. RocksDB volumes take `ns` exclusively for every change, as before.
 //! * Each inode that is open (or being sealed) has a [`Node`] in `nodes`, holding the
 //!   authoritative copy of its inode record, its staging file and a cache of its extents, under
 //!   one `RwLock`. Reads share it; writes, truncates and the sealer take it exclusively.
-//! * Lock order: `ns` → node lock → `refs`. The data path takes only a node lock (and `refs`
+//! * Lock order: `ns` → stripes → node lock → `refs`. The data path takes only a node lock (and `refs`
 //!   when a copy-on-write drops a block reference); it never waits on `ns`.
 //! * `refs` spans "write block file + add reference" in the sealer and "drop reference +
 //!   delete block file" elsewhere, so a block is never deleted while a new reference to it
@@ -192,10 +205,15 @@ pub struct Volume {
     /// a waiting snapshot stops new writers, so a stream of writes cannot starve it. Never
     /// taken twice by one thread.
     gate: RwLock<()>,
-    ns: Mutex<()>,
+    ns: RwLock<()>,
+    /// A shared volume: per-inode locks under a shared `ns` (see the module comment).
+    stripes: Box<[Mutex<()>]>,
     nodes: Mutex<HashMap<Ino, NodeEntry>>,
     /// The kernel's lookup counts of live inodes (`kernel_refs.rs`: small at millions).
     lookups: Mutex<kernel_refs::KernelRefs>,
+    /// A shared volume: inodes purged while the kernel still referenced them (see
+    /// `Txn::drop_link`); their FORGET only forgets them. Lock order: after `lookups`.
+    purged_early: Mutex<HashSet<Ino>>,
     refs: Mutex<()>,
     /// Serialises changes to the snapshot catalogue.
     catalog: Mutex<()>,
@@ -263,9 +281,11 @@ impl Volume {
             ino_lo: ino_range(&meta)?.0,
             ino_pool: Mutex::new((0, 0)),
             shared: opts.shared,
-            ns: Mutex::new(()),
+            ns: RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             nodes: Mutex::new(HashMap::new()),
             lookups: Mutex::new(kernel_refs::KernelRefs::default()),
+            purged_early: Mutex::new(HashSet::new()),
             refs: Mutex::new(()),
             catalog: Mutex::new(()),
             collector: Mutex::new(()),
@@ -410,6 +430,9 @@ impl Volume {
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         let gone = self.lookups.lock().forget(ino, n);
+        if gone && self.shared && self.purged_early.lock().remove(&ino) {
+            return;
+        }
         if gone {
             if let Err(e) = self.purge_if_unused(ino) {
                 tracing::error!("purge inode {ino}: {e}");
@@ -433,12 +456,24 @@ impl Volume {
 
     /// Load (or find) the node of `ino` and count a handle or a pin on it. Caller holds `ns`.
     fn pin_locked(&self, ino: Ino, handle: bool) -> Result<Node> {
-        let mut nodes = self.nodes.lock();
-        if let Some(e) = nodes.get_mut(&ino) {
-            if handle { e.handles += 1 } else { e.pins += 1 }
+        self.pin_locked_with(ino, handle, None)
+    }
+
+    /// [`Volume::pin_locked`]; a new node starts from `known` when given (the record of a
+    /// file just created) instead of the store's.
+    fn pin_locked_with(&self, ino: Ino, handle: bool, known: Option<Inode>) -> Result<Node> {
+        let count = |e: &mut NodeEntry| if handle { e.handles += 1 } else { e.pins += 1 };
+        if let Some(e) = self.nodes.lock().get_mut(&ino) {
+            count(e);
             return Ok(e.node.clone());
         }
-        let inode = self.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        // Not under `nodes`: the store read may be a database round trip, and other inodes'
+        // lookups need not wait for it. Nobody else pins `ino` meanwhile (the caller holds
+        // its part of `ns`).
+        let inode = match known {
+            Some(inode) => inode,
+            None => self.meta.get_inode(ino)?.ok_or(FsError::NotFound)?,
+        };
         let staging = if inode.kind == Kind::File { self.staging.open(ino, false)? } else { None };
         let node = Arc::new(RwLock::new(NodeData {
             inode,
@@ -454,9 +489,10 @@ impl Volume {
             read_pattern: Default::default(),
             no_caps_at: None,
         }));
-        let (handles, pins) = if handle { (1, 0) } else { (0, 1) };
-        nodes.insert(ino, NodeEntry { node: node.clone(), handles, pins });
-        Ok(node)
+        let mut nodes = self.nodes.lock();
+        let e = nodes.entry(ino).or_insert(NodeEntry { node, handles: 0, pins: 0 });
+        count(e);
+        Ok(e.node.clone())
     }
 
     /// Drop a handle or pin; returns true when the node left memory. Caller holds `ns`.
@@ -563,7 +599,7 @@ impl Volume {
     }
 
     fn purge_once(&self, ino: Ino) -> Result<bool> {
-        let _ns = self.ns.lock();
+        let _ns = self.ns_for(&[ino]);
         if self.is_referenced(ino) {
             return Ok(false);
         }
@@ -649,11 +685,31 @@ impl Volume {
         unreachable!("the loop returns by its last attempt")
     }
 
-    /// Start a namespace transaction (takes `ns`).
-    fn txn(&self) -> Txn<'_> {
+    /// `ns` exclusively: nothing else changes the namespace or pins a node meanwhile.
+    fn ns_all(&self) -> NsHold<'_> {
+        NsHold { vol: self, all: Some(self.ns.write()), shared: None, stripes: Vec::new() }
+    }
+
+    /// What a change of inodes `inos` (and of those it reads later, [`NsHold::take`]) holds:
+    /// all of `ns`, or on a shared volume `ns` shared and the inodes' stripes.
+    fn ns_for(&self, inos: &[Ino]) -> NsHold<'_> {
+        if !self.shared {
+            return self.ns_all();
+        }
+        let mut idx: Vec<usize> = inos.iter().map(|&ino| stripe_of(ino)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let shared = Some(self.ns.read());
+        let stripes = idx.into_iter().map(|i| (i, self.stripes[i].lock())).collect();
+        NsHold { vol: self, all: None, shared, stripes }
+    }
+
+    /// Start a namespace transaction on inodes `inos` (those it loads later it locks as it
+    /// loads them): takes `ns` ([`Volume::ns_for`]).
+    fn txn(&self, inos: &[Ino]) -> Txn<'_> {
         Txn {
             vol: self,
-            _ns: self.ns.lock(),
+            ns: self.ns_for(inos),
             slots: BTreeMap::new(),
             expect: Vec::new(),
             batch: Vec::new(),
@@ -671,7 +727,7 @@ impl Volume {
 /// write cannot slip a stale size past the change.
 struct Txn<'v> {
     vol: &'v Volume,
-    _ns: parking_lot::MutexGuard<'v, ()>,
+    ns: NsHold<'v>,
     slots: BTreeMap<Ino, (Slot, bool)>,
     /// A shared volume: what this transaction read (inode records it loaded from the store,
     /// directory entries it looked up), checked unchanged inside the commit's transaction.
@@ -722,9 +778,49 @@ impl Slot {
     }
 }
 
+/// Stripes of a shared volume's inode locks.
+const STRIPES: usize = 256;
+
+fn stripe_of(ino: Ino) -> usize {
+    (ino % STRIPES as u64) as usize
+}
+
+/// What a namespace change (or a pin) holds of `ns`: all of it, or its shared side and the
+/// stripes of the inodes it touches (a shared volume: see the module comment).
+pub(crate) struct NsHold<'v> {
+    vol: &'v Volume,
+    all: Option<parking_lot::RwLockWriteGuard<'v, ()>>,
+    shared: Option<parking_lot::RwLockReadGuard<'v, ()>>,
+    stripes: Vec<(usize, parking_lot::MutexGuard<'v, ()>)>,
+}
+
+impl NsHold<'_> {
+    /// Hold inode `ino` too: its stripe, waited for when above every stripe held, else
+    /// waited for only briefly ([`FsError::MetaStale`] when still busy: the change runs
+    /// again, so no two changes wait on each other for ever).
+    fn take(&mut self, ino: Ino) -> Result<()> {
+        if self.all.is_some() || self.shared.is_none() {
+            return Ok(());
+        }
+        let i = stripe_of(ino);
+        if self.stripes.iter().any(|(j, _)| *j == i) {
+            return Ok(());
+        }
+        let guard = if self.stripes.iter().all(|(j, _)| *j < i) {
+            self.vol.stripes[i].lock()
+        } else {
+            let wait = Duration::from_millis(10);
+            self.vol.stripes[i].try_lock_for(wait).ok_or_else(|| FsError::MetaStale(format!("inode {ino} is busy on this host")))?
+        };
+        self.stripes.push((i, guard));
+        Ok(())
+    }
+}
+
 impl<'v> Txn<'v> {
     fn load(&mut self, ino: Ino) -> Result<&mut (Slot, bool)> {
         if !self.slots.contains_key(&ino) {
+            self.ns.take(ino)?;
             let slot = match self.vol.node_if_open(ino) {
                 Some(node) => {
                     let g = node.write_arc();
@@ -790,7 +886,18 @@ impl<'v> Txn<'v> {
             self.expect.extend(h.mutations(ino));
             remote = h.others_alive;
         }
-        if remote || self.vol.is_referenced(ino) {
+        // A shared volume frees a file in this transaction when no handle, pin or live host
+        // holds it, even while the kernel still has a reference: nothing can reach it by that
+        // reference but a request the kernel makes for an open file (which has a handle), and
+        // the kernel's FORGET then has nothing to do (`purged_early`). One transaction instead
+        // of two (an orphan now, its purge at FORGET). RocksDB volumes keep the orphan until
+        // FORGET, as before.
+        let held = if self.vol.shared && kind == Kind::File {
+            remote || self.vol.nodes.lock().contains_key(&ino)
+        } else {
+            remote || self.vol.is_referenced(ino)
+        };
+        if held {
             self.push(Mutation::PutOrphan(ino));
             if !remote && !self.vol.has_handles(ino) {
                 self.drop_data(ino)?;
@@ -832,6 +939,11 @@ impl<'v> Txn<'v> {
         }
         self.vol.apply_live(batch, sync)?;
         self.committed = true;
+        if self.vol.shared {
+            let lookups = self.vol.lookups.lock();
+            let mut early = self.vol.purged_early.lock();
+            early.extend(self.purged.iter().filter(|&&ino| lookups.contains(ino)));
+        }
         for ino in self.purged.iter().chain(&self.purged_data) {
             self.vol.staging.remove(*ino)?;
         }

@@ -96,7 +96,7 @@ impl Volume {
     pub fn create_open(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, passthrough_write: bool) -> Result<super::data::Opened> {
         let row = self.shared && new.kind == Kind::File;
         let inode = self.retrying(|| self.create_node_once(parent, name, &new, who, row))?;
-        self.open_file_with(inode.ino, true, passthrough_write, row)
+        self.open_file_with(inode.ino, true, passthrough_write, row, Some(inode))
     }
 
     fn create_node_once(&self, parent: Ino, name: &[u8], new: &NewNode, who: Caller, open_row: bool) -> Result<Inode> {
@@ -104,7 +104,7 @@ impl Volume {
         if Self::is_snapshots_entry(parent, name) {
             return Err(FsError::Exists);
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[parent]);
         let dir = txn.dir(parent)?;
         let setgid_dir = dir.perm & libc::S_ISGID != 0;
         let dir_gid = dir.gid;
@@ -153,7 +153,7 @@ impl Volume {
             // The answer carries the size: the kernel's writes by passthrough count.
             self.absorb(&mut node.write())?;
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[ino, newparent]);
         txn.dir(newparent)?;
         let (kind, nlink) = {
             let inode = txn.inode(ino)?;
@@ -184,7 +184,7 @@ impl Volume {
     }
 
     fn unlink_once(&self, parent: Ino, name: &[u8]) -> Result<()> {
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[parent]);
         txn.dir(parent)?;
         let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
         if d.kind == Kind::Dir {
@@ -203,12 +203,15 @@ impl Volume {
         if name == b"." {
             return Err(FsError::Invalid("cannot remove ."));
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[parent]);
         txn.dir(parent)?;
         let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
+        // The directory's record is read (and so checked unchanged at commit) before its
+        // entries: an entry added meanwhile changes the record (its size, its next cookie).
+        txn.inode(d.ino)?;
         if !self.meta.readdir(d.ino, 0, 1)?.is_empty() {
             return Err(FsError::NotEmpty);
         }
@@ -233,7 +236,7 @@ impl Volume {
         if Self::is_snapshots_entry(newparent, newname) {
             return Err(FsError::Exists);
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[parent, newparent]);
         txn.dir(parent)?;
         txn.dir(newparent)?;
         let src = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
@@ -252,8 +255,12 @@ impl Volume {
             match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
-                (true, true) if !self.meta.readdir(dst.ino, 0, 1)?.is_empty() => {
-                    return Err(FsError::NotEmpty)
+                (true, true) => {
+                    // Its record first, as in `rmdir_once`.
+                    txn.inode(dst.ino)?;
+                    if !self.meta.readdir(dst.ino, 0, 1)?.is_empty() {
+                        return Err(FsError::NotEmpty);
+                    }
                 }
                 _ => {}
             }

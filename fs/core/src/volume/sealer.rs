@@ -361,7 +361,7 @@ impl Volume {
     fn unpin_nodes(&self, nodes: &[(Ino, u32)]) {
         let mut unlinked = Vec::new();
         {
-            let _ns = self.ns.lock();
+            let _ns = self.ns_all();
             for &(ino, nlink) in nodes {
                 if self.unpin_locked(ino, false) && nlink == 0 {
                     unlinked.push(ino);
@@ -378,7 +378,7 @@ impl Volume {
     /// Pin and lock the nodes to seal. Done under `ns`, so no namespace transaction (the only
     /// holder of several node locks) runs meanwhile and the lock order cannot cross.
     fn lock_for_sealing(&self, inos: &[Ino]) -> Result<Vec<NodeGuard>> {
-        let _ns = self.ns.lock();
+        let _ns = self.ns_all();
         let mut guards = Vec::new();
         for &ino in inos {
             if self.has_handles(ino) {
@@ -401,7 +401,7 @@ impl Volume {
         for group in self.staging.list()?.chunks(SEAL_GROUP) {
             let mut guards = Vec::new();
             {
-                let _ns = self.ns.lock();
+                let _ns = self.ns_all();
                 for &ino in group {
                     match self.pin_locked(ino, false) {
                         Ok(node) => guards.push(node.write_arc()),

@@ -211,7 +211,7 @@ impl Volume {
         }
         let saved_as = self.snapshot_locked(&saved_name)?;
         crate::crashpoint("rollback-after-saved");
-        let _ns = self.ns.lock();
+        let _ns = self.ns_all();
         let mut keys = BTreeSet::new();
         self.meta.changes(target.epoch, LIVE, &mut |c| {
             keys.insert(c.key);

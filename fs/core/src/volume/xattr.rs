@@ -43,7 +43,7 @@ impl Volume {
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::Range);
         }
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[ino]);
         let exists = self.meta.get_xattr(ino, name)?.is_some();
         match (mode, exists) {
             (XattrMode::Create, true) => return Err(FsError::Exists),
@@ -92,7 +92,7 @@ impl Volume {
 
     fn removexattr_once(&self, ino: Ino, name: &[u8]) -> Result<()> {
         check_xattr_name(name).map_err(|_| FsError::NoXattr)?;
-        let mut txn = self.txn();
+        let mut txn = self.txn(&[ino]);
         if self.meta.get_xattr(ino, name)?.is_none() {
             return Err(FsError::NoXattr);
         }

@@ -21,11 +21,22 @@ pub struct MemVolume {
 
 impl MemVolume {
     pub fn new(block_size: u64) -> Self {
+        Self::with(block_size, false)
+    }
+
+    /// A volume opened as one host of a shared volume (`VolumeOptions::shared`: changes
+    /// checked inside their transaction, inode numbers from the store's counter, open rows).
+    #[allow(dead_code)] // not every suite uses it
+    pub fn shared(block_size: u64) -> Self {
+        Self::with(block_size, true)
+    }
+
+    fn with(block_size: u64, shared: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let meta = Arc::new(MetaStore::memory());
         let blocks = Arc::new(MemBlockStore::default());
         Volume::format(&*meta, 0, 0).unwrap();
-        let opts = VolumeOptions { block_size: block_size as u32, staging_dir: dir.path().join("staging"), ..Default::default() };
+        let opts = VolumeOptions { block_size: block_size as u32, staging_dir: dir.path().join("staging"), shared, ..Default::default() };
         let vol = Volume::open(meta.clone(), blocks.clone(), opts).unwrap();
         MemVolume { vol, meta, blocks, dir, block_size }
     }
