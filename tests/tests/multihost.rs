@@ -494,3 +494,135 @@ fn one_host_runs_the_collector_at_a_time() {
     c.b.umount();
     assert_fsck_clean(&c.a);
 }
+
+const NO_CYCLE: &str = "shared volume: never a torn namespace: two hosts moving two directories under each other at once end with one move done and EINVAL for the other, every directory reachable from the root (invariant 1: a namespace change is one transaction)";
+
+/// Follow `ino`'s parents in the store up to the root, at most 64 steps: whether it gets there.
+fn reaches_root(meta: &hybridfs_core::meta::MetaStore, ino: u64) -> bool {
+    let mut at = ino;
+    for _ in 0..64 {
+        if at == hybridfs_core::types::ROOT_INO {
+            return true;
+        }
+        match meta.get_inode(at).unwrap() {
+            Some(i) if i.nlink > 0 => at = i.parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn directories_moved_under_each_other_on_two_hosts_never_form_a_cycle() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let mut c = Cluster::start("cycle", true, &[]);
+    let meta = store(&c);
+    const ROUNDS: usize = 25;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut a_won, mut einval) = (0, 0);
+    for i in 0..ROUNDS {
+        assert!(Instant::now() < deadline, "the races ran past their time limit");
+        let t = format!("t{i}");
+        fs::create_dir_all(c.a.path(format!("{t}/a"))).unwrap();
+        fs::create_dir_all(c.a.path(format!("{t}/b"))).unwrap();
+        assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path(format!("{t}/a"))) && exists(&c.b.path(format!("{t}/b")))));
+        let inos = [fs::metadata(c.a.path(format!("{t}/a"))).unwrap().ino(), fs::metadata(c.a.path(format!("{t}/b"))).unwrap().ino()];
+        // Directory descriptors opened first: each rename names its target directory by
+        // descriptor, so no lookup of a path the other host just changed gets in between.
+        let open = |p: PathBuf| fs::File::open(p).unwrap();
+        let (ta, tb) = (Arc::new(open(c.a.path(&t))), Arc::new(open(c.b.path(&t))));
+        let (a_b, b_a) = (Arc::new(open(c.a.path(format!("{t}/b")))), Arc::new(open(c.b.path(format!("{t}/a")))));
+        let r = race(PathBuf::new(), PathBuf::new(), move |_, host| {
+            // Host A moves a under b; host B moves b under a.
+            let (dir, into, name) = if host == 0 { (&ta, &a_b, c"a") } else { (&tb, &b_a, c"b") };
+            // SAFETY: valid descriptors and NUL-terminated names.
+            let rc = unsafe { libc::renameat(dir.as_raw_fd(), name.as_ptr(), into.as_raw_fd(), name.as_ptr()) };
+            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+        // The loser: EINVAL from the volume (or from its kernel, once it learned of the other
+        // move), or ENOENT when its kernel had dropped the entry the other host moved.
+        let ok = [r.0, r.1].iter().filter(|x| x.is_ok()).count();
+        let refused = [r.0, r.1].iter().filter(|x| matches!(x, Err(libc::EINVAL) | Err(libc::ENOENT))).count();
+        assert!(ok == 1 && refused == 1, "{NO_CYCLE}: round {i}: host A {:?}, host B {:?}", r.0, r.1);
+        a_won += usize::from(r.0.is_ok());
+        einval += usize::from(r.0 == Err(libc::EINVAL) || r.1 == Err(libc::EINVAL));
+        for ino in inos {
+            assert!(reaches_root(&meta, ino), "{NO_CYCLE}: round {i}: directory {ino} is cut off from the root");
+        }
+    }
+    eprintln!("host A's move won {a_won} of {ROUNDS} rounds; the other got EINVAL in {einval}");
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+#[test]
+fn a_rename_and_chown_on_the_host_with_the_file_open_keep_another_hosts_chmod_and_write() {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut c = Cluster::start("renameopen", true, &[]);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(c.a.path("o")).unwrap();
+    f.write_all(b"first").unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("o"))));
+    // Host B changes the mode and appends, while host A holds the file open.
+    fs::set_permissions(c.b.path("o"), fs::Permissions::from_mode(0o600)).unwrap();
+    let mut g = fs::OpenOptions::new().append(true).open(c.b.path("o")).unwrap();
+    g.write_all(b" more").unwrap();
+    drop(g);
+    let meta = store(&c);
+    assert_eq!(meta.get_inode(ino).unwrap().unwrap().size, 10, "host B's append did not reach the store at its close");
+    // Host A renames and chowns the file it holds open.
+    fs::rename(c.a.path("o"), c.a.path("p")).unwrap();
+    std::os::unix::fs::fchown(&f, Some(4321), None).unwrap();
+    drop(f);
+    let stored = meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!(
+        (stored.perm & 0o7777, stored.size, stored.uid, stored.name.as_slice()),
+        (0o600, 10, 4321, &b"p"[..]),
+        "host A's rename or chown of its open file wrote its whole cached record over host B's chmod and append"
+    );
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || fs::read(c.b.path("p")).is_ok_and(|d| d == b"first more")));
+    let mode = || fs::metadata(c.a.path("p")).map(|m| (m.mode() & 0o7777, m.uid())).unwrap_or_default();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || mode() == (0o600, 4321)), "host A sees {:?}", mode());
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
+}
+
+#[test]
+fn fsck_reports_and_repairs_what_a_crashed_host_left() {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = cluster_with_lease("fsckhosts", "3");
+    fs::write(c.a.path("g"), vec![5u8; 300_000]).unwrap();
+    let f = fs::File::open(c.a.path("g")).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("g"))));
+    fs::remove_file(c.b.path("g")).unwrap();
+    // Host B leaves cleanly (no lease pass of its own any more), then host A dies holding the
+    // unlinked file: its lease row, open row and the orphan stay in the database.
+    c.b.umount();
+    c.a.kill_mount();
+    drop(f);
+    c.a.clean_dead_mount();
+    let meta = store(&c);
+    assert!(meta.orphans().unwrap().contains(&ino) && meta.openers(ino).unwrap().len() == 1, "{UNLINK_OPEN}: nothing left to repair");
+    let unheld = |out: &hybridfs_tests::CmdOutput| out.stdout.contains(&format!("orphan inode {ino}: no live host holds it open"));
+    let mut out = c.b.fsck(&[]);
+    assert!(poll_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        out = c.b.fsck(&[]);
+        unheld(&out)
+    }), "fsck does not report the dead host's orphan once its lease ended: {out}");
+    assert!(out.success(), "leftovers of a crashed host are notes, not problems: {out}");
+    assert!(out.stdout.contains("its lease ended") && out.stdout.contains("which is dead"), "{out}");
+    assert!(meta.get_inode(ino).unwrap().is_some(), "fsck without --repair changed the volume");
+    let out = c.b.fsck(&["--repair"]);
+    assert!(out.success() && out.stdout.contains("purged 1 orphans"), "{out}");
+    // The purge dropped the orphan's block references inside its batch (invariant: a block's
+    // count is the number of extent versions naming it); fsck finds the counts right.
+    assert_eq!(meta.get_inode(ino).unwrap(), None, "the orphan stayed");
+    assert!(meta.openers(ino).unwrap().is_empty() && meta.hosts().unwrap().is_empty(), "the dead host's rows stayed");
+    let out = c.b.fsck(&[]);
+    assert!(out.success() && !unheld(&out) && !out.stdout.contains("which is dead"), "{out}");
+}

@@ -99,10 +99,46 @@ pub fn check_with(
     Ok(r)
 }
 
+/// A shared volume (its metadata in a database several hosts mount): its host rows. Open rows
+/// of dead hosts, of missing inodes, and orphans no live host holds are leftovers of crashed
+/// hosts (notes: the next lease pass of a mounted host clears them); `repair` clears them now
+/// ([`MetaStore::repair_hosts`]).
+pub fn check_shared(meta: &MetaStore, repair: bool, r: &mut FsckReport) -> Result<()> {
+    let found = meta.check_hosts(crate::meta::now_ms())?;
+    for (host, end) in &found.dead {
+        r.notes.push(format!("host {host:016x}: its lease ended (at {end} ms): its rows hold nothing"));
+    }
+    for (ino, host) in &found.dead_open_rows {
+        r.notes.push(format!("inode {ino}: open row of host {host:016x}, which is dead"));
+    }
+    for (ino, host) in &found.missing_open_rows {
+        r.notes.push(format!("open row of host {host:016x} for inode {ino}, which is gone"));
+    }
+    for ino in &found.unheld_orphans {
+        r.notes.push(format!("orphan inode {ino}: no live host holds it open"));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    if repair {
+        let purged = meta.repair_hosts(&found)?;
+        r.notes.push(format!(
+            "repaired: removed the rows of {} dead hosts, {} open rows, purged {purged} orphans",
+            found.dead.len(),
+            found.dead_open_rows.len() + found.missing_open_rows.len()
+        ));
+    } else {
+        r.notes.push("reclaimable: a mounted host's next lease pass clears them, `fsck --repair` now".into());
+    }
+    Ok(())
+}
+
 fn check_names(meta: &MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport) -> Result<()> {
     let mut links: HashMap<Ino, u32> = HashMap::new();
     let mut subdirs: HashMap<Ino, u32> = HashMap::new();
     let mut per_dir: HashMap<Ino, u64> = HashMap::new();
+    // Each directory's parent, by its entry (directories have one).
+    let mut up: HashMap<Ino, Ino> = HashMap::new();
     meta.for_each_dentry(&mut |parent, name, d| {
         let name = String::from_utf8_lossy(name);
         *per_dir.entry(parent).or_default() += 1;
@@ -120,8 +156,10 @@ fn check_names(meta: &MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport
         *links.entry(d.ino).or_default() += 1;
         if d.kind == Kind::Dir {
             *subdirs.entry(parent).or_default() += 1;
+            up.insert(d.ino, parent);
         }
     })?;
+    check_connected(&up, r);
     for (&dir, &count) in &per_dir {
         let indexed = meta.readdir(dir, 0, usize::MAX)?.len() as u64;
         if indexed != count {
@@ -145,6 +183,36 @@ fn check_names(meta: &MetaStore, inodes: &HashMap<Ino, Seen>, r: &mut FsckReport
         }
     }
     Ok(())
+}
+
+/// Every linked directory reaches the root through its parents: none is in a cycle of
+/// directories cut off from the root (two hosts moving directories under each other).
+fn check_connected(up: &HashMap<Ino, Ino>, r: &mut FsckReport) {
+    let mut reached: HashSet<Ino> = HashSet::from([ROOT_INO]);
+    let mut cut: HashSet<Ino> = HashSet::new();
+    for &start in up.keys() {
+        let mut path = Vec::new();
+        let mut at = start;
+        let ok = loop {
+            if reached.contains(&at) {
+                break true;
+            }
+            if cut.contains(&at) || path.len() > up.len() {
+                break false;
+            }
+            path.push(at);
+            match up.get(&at) {
+                Some(&parent) => at = parent,
+                None => break false,
+            }
+        };
+        if ok {
+            reached.extend(path);
+        } else {
+            r.problems.push(format!("directory {start} does not reach the root through its parents (cut off, or in a cycle)"));
+            cut.extend(path);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

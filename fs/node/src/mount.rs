@@ -98,6 +98,9 @@ pub struct MountOptions {
     /// When written data goes to the object store [default: the volume's `blocks_to_store`,
     /// else on-fsync for a shared volume, later for the others]: `OnFsync` makes `fsync` and `close()` upload the file's new blocks first.
     pub blocks_to_store: Option<crate::BlocksToStore>,
+    /// A shared volume: seconds this host's lease lasts without renewal (a host silent that
+    /// long is dead: what it held open is free) [default: 60].
+    pub host_lease: Option<u64>,
 }
 
 impl Default for MountOptions {
@@ -112,6 +115,7 @@ impl Default for MountOptions {
             dashboard: false,
             read_only: false,
             blocks_to_store: None,
+            host_lease: None,
         }
     }
 }
@@ -154,7 +158,12 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             crate::metrics_http::serve(addr, dashboard.clone())?;
         }
         // The volume with its object store, kept for the life of the mount.
-        let (vol, remote) = vd.open_volume_with(Duration::from_secs(opts.seal_delay), opts.read_timeout.map(Duration::from_secs), opts.blocks_to_store)?;
+        let (vol, remote) = vd.open_volume_with(
+            Duration::from_secs(opts.seal_delay),
+            opts.read_timeout.map(Duration::from_secs),
+            opts.blocks_to_store,
+            opts.host_lease.map(Duration::from_secs),
+        )?;
         vol.start_sealer()?;
         let state = MountState { mountpoint: mp.clone(), pid: std::process::id() };
         std::fs::write(vd.mount_state_path(), serde_json::to_vec(&state)?)?;
@@ -248,6 +257,9 @@ fn spawn_daemon(home: &Home, vd: &VolumeDir, mp: &Path, flags: &MountOptions, pr
     }
     if let Some(mode) = flags.blocks_to_store {
         cmd.arg("--blocks-to-store").arg(mode.as_str());
+    }
+    if let Some(secs) = flags.host_lease {
+        cmd.arg("--host-lease").arg(secs.to_string());
     }
     // Readiness is this process's to say (it returns once the mount answers), not the child's:
     // systemd takes notifications only from a unit's main process.

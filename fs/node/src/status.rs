@@ -171,11 +171,13 @@ impl VolumeDir {
 
     /// Check metadata and block consistency (`verify`: re-hash every sealed block).
     pub fn fsck(&self, verify: bool) -> NodeResult<FsckReport> {
-        self.fsck_with(verify, &hybridfs_core::progress::ignore)
+        self.fsck_with(verify, false, &hybridfs_core::progress::ignore)
     }
 
-    /// [`VolumeDir::fsck`], reporting the verification to `progress` (op `fsck`).
-    pub fn fsck_with(&self, verify: bool, progress: OnProgress) -> NodeResult<FsckReport> {
+    /// [`VolumeDir::fsck`], reporting the verification to `progress` (op `fsck`). A shared
+    /// volume's host rows are checked too (`fsck::check_shared`); `repair` clears what crashed
+    /// hosts left there.
+    pub fn fsck_with(&self, verify: bool, repair: bool, progress: OnProgress) -> NodeResult<FsckReport> {
         typed(|| {
             let cfg = self.config()?;
             let meta = self.open_meta(true)?;
@@ -183,7 +185,11 @@ impl VolumeDir {
             let remote = crate::control::RemoteSlot::new(cfg.clone(), workers.clone());
             let blocks = self.open_blocks(&meta, &remote, &workers)?;
             let staging = Staging::new(self.staging_dir())?;
-            Ok(fsck::check_with(&*meta, &*blocks, &staging, cfg.block_size as u64, verify, progress)?)
+            let mut report = fsck::check_with(&*meta, &*blocks, &staging, cfg.block_size as u64, verify, progress)?;
+            if cfg.meta.is_some() {
+                fsck::check_shared(&meta, repair, &mut report)?;
+            }
+            Ok(report)
         })
     }
 

@@ -97,7 +97,7 @@ impl VolumeDir {
     /// background work reports into [`Volume::workers`]; stopping them also cancels every
     /// store call.
     pub fn open_volume(&self, seal_delay: Duration) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
-        self.open_volume_with(seal_delay, None, None)
+        self.open_volume_with(seal_delay, None, None, None)
     }
 
     /// [`VolumeDir::open_volume`] with a read timeout for blocks from the store (a mount's
@@ -111,6 +111,7 @@ impl VolumeDir {
         seal_delay: Duration,
         read_timeout: Option<Duration>,
         blocks_to_store: Option<crate::BlocksToStore>,
+        host_lease: Option<Duration>,
     ) -> NodeResult<(Arc<Volume>, Arc<RemoteSlot>)> {
         typed(|| {
             let cfg = self.config()?;
@@ -122,6 +123,7 @@ impl VolumeDir {
                 seal_delay,
                 workers: workers.clone(),
                 shared: cfg.meta.is_some(),
+                host_lease,
                 ..VolumeOptions::default()
             };
             let (meta, shared) = match &cfg.meta {

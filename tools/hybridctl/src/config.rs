@@ -46,6 +46,7 @@ pub const KEYS: &[Key] = &[
     key("mount.metrics_addr", &["HYBRIDFS_MOUNT_METRICS_ADDR"], Some("--metrics-addr"), "none (no metrics server)"),
     key("mount.dashboard", &["HYBRIDFS_MOUNT_DASHBOARD"], Some("--dashboard"), "false"),
     key("mount.blocks_to_store", &["HYBRIDFS_MOUNT_BLOCKS_TO_STORE"], Some("--blocks-to-store"), "the volume's blocks_to_store, else on-fsync for a shared volume, later for others"),
+    key("mount.host_lease", &["HYBRIDFS_MOUNT_HOST_LEASE", "HYBRIDFS_HOST_LEASE_SECS"], Some("--host-lease"), "60s"),
     key("format.block_size", &["HYBRIDFS_FORMAT_BLOCK_SIZE"], Some("--block-size"), "1M"),
     key("format.store", &["HYBRIDFS_FORMAT_STORE"], Some("--store"), "file://HOME/store"),
     key("format.encryption_key_file", &["HYBRIDFS_FORMAT_ENCRYPTION_KEY_FILE"], Some("--encryption-key-file"), "none (not encrypted)"),
@@ -378,6 +379,7 @@ struct MountKeys {
     metrics_addr: F<SocketAddr>,
     dashboard: F<bool>,
     blocks_to_store: F<BlocksToStore>,
+    host_lease: F<Secs>,
 }
 
 #[derive(Deserialize, Default)]
@@ -419,6 +421,7 @@ pub struct Flags {
     pub metrics_addr: Option<SocketAddr>,
     pub dashboard: Option<bool>,
     pub blocks_to_store: Option<BlocksToStore>,
+    pub host_lease: Option<Secs>,
     pub block_size: Option<BlockSize>,
     pub store: Option<StoreUrl>,
     pub format_key_file: Option<PathBuf>,
@@ -448,6 +451,8 @@ pub struct Config {
     pub dashboard: bool,
     /// None: the volume's own `blocks_to_store`, else later.
     pub blocks_to_store: Option<BlocksToStore>,
+    /// A shared volume's host lease, seconds (None: 60).
+    pub host_lease: Option<u64>,
     pub block_size: String,
     pub store: Option<String>,
     pub format_key_file: Option<PathBuf>,
@@ -562,6 +567,11 @@ impl Config {
             return Err(Error::Conflict { origin, key: "mount.dashboard", message });
         }
         let blocks_to_store = r.get("mount.blocks_to_store", m.blocks_to_store, flags.blocks_to_store)?;
+        let host_lease = r.get("mount.host_lease", m.host_lease, flags.host_lease)?.map(|s| s.0);
+        if host_lease == Some(0) {
+            let origin = r.rows.last().map(|row| row.source.clone()).unwrap_or_default();
+            return Err(Error::Conflict { origin, key: "mount.host_lease", message: "a lease of 0 s ends as it starts: give at least 1s".into() });
+        }
         let f = keys.format;
         let block_size = r.get("format.block_size", f.block_size, flags.block_size)?.map_or_else(|| "1M".to_string(), |b| b.0);
         let store = r.get("format.store", f.store, flags.store)?.map(|s| s.0);
@@ -592,6 +602,7 @@ impl Config {
             metrics_addr,
             dashboard,
             blocks_to_store,
+            host_lease,
             block_size,
             store,
             format_key_file,

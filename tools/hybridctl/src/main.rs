@@ -135,6 +135,11 @@ enum Cmd {
         /// shared volume (format --meta), later for the others].
         #[arg(long, value_name = "MODE", value_parser = parse::<config::BlocksToStore>)]
         blocks_to_store: Option<config::BlocksToStore>,
+        /// A shared volume: how long this host's lease lasts without renewal; a host silent
+        /// that long is dead and what it held open (files unlinked elsewhere) is freed by the
+        /// others [default: 60s].
+        #[arg(long, value_name = "SECS", value_parser = parse::<Secs>)]
+        host_lease: Option<Secs>,
     },
     /// Unmount, waiting until everything is flushed and the mount process has exited.
     Umount {
@@ -196,6 +201,11 @@ enum Cmd {
         /// its source].
         #[arg(long)]
         branch: Option<String>,
+        /// A shared volume: remove the rows crashed hosts left (hosts whose lease ended, their
+        /// open rows) and purge the orphans no live host holds open, now instead of at a
+        /// mounted host's next lease pass.
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
@@ -549,8 +559,9 @@ fn flags_of(cli: &Cli) -> config::Flags {
         ..Default::default()
     };
     match &cli.cmd {
-        Cmd::Mount { threads, writeback_cache, passthrough_writes, seal_delay, read_timeout, metrics_addr, dashboard, blocks_to_store, .. } => {
+        Cmd::Mount { threads, writeback_cache, passthrough_writes, seal_delay, read_timeout, metrics_addr, dashboard, blocks_to_store, host_lease, .. } => {
             f.blocks_to_store = *blocks_to_store;
+            f.host_lease = *host_lease;
             f.threads = *threads;
             f.writeback_cache = writeback_cache.then_some(true);
             f.passthrough_writes = *passthrough_writes;
@@ -645,6 +656,7 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
                 metrics_addr: cfg.metrics_addr,
                 dashboard: cfg.dashboard,
                 blocks_to_store: cfg.blocks_to_store,
+                host_lease: cfg.host_lease,
             };
             if daemon {
                 let d = mount::mount_daemon(&home, &name, &mountpoint, &opts, &std::env::current_exe()?)?;
@@ -668,8 +680,8 @@ fn run(cli: Cli, cfg: &Config) -> Result<ExitCode> {
             report::watch(secs, count, json, || report::status(&home, name.as_deref(), json, &agent))
         }
         Cmd::Top { name, metrics_addr, interval, once, json } => topcmd::top(&home, name.as_deref(), metrics_addr.or(cfg.metrics_addr), interval, once, json),
-        Cmd::Fsck { name, verify, remote: true, branch, json } => report::fsck_remote(&home, &name, branch, verify, json),
-        Cmd::Fsck { name, verify, json, .. } => report::fsck(&home, &name, verify, json),
+        Cmd::Fsck { name, verify, remote: true, branch, json, .. } => report::fsck_remote(&home, &name, branch, verify, json),
+        Cmd::Fsck { name, verify, repair, json, .. } => report::fsck(&home, &name, verify, repair, json),
         Cmd::Journal { name, since, json } => report::journal(&home, &name, since, json),
         Cmd::Snapshot(c) => {
             let (volume, req, json) = match c {

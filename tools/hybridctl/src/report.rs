@@ -101,9 +101,9 @@ pub(crate) fn worker_line(w: &hybridfs_node::workers::WorkerStatus) -> String {
     format!("{} {state}{failing}", w.name)
 }
 
-pub fn fsck(home: &Home, name: &str, verify: bool, json: bool) -> Result<ExitCode> {
+pub fn fsck(home: &Home, name: &str, verify: bool, repair: bool, json: bool) -> Result<ExitCode> {
     let vd = home.volume(name)?;
-    let report = crate::progress::run(if verify { "fsck --verify" } else { "fsck" }, |on| vd.fsck_with(verify, on))?;
+    let report = crate::progress::run(if verify { "fsck --verify" } else { "fsck" }, |on| vd.fsck_with(verify, repair, on))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

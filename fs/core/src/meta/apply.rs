@@ -8,7 +8,7 @@ use super::refs::finish_refs;
 use super::{MetaStore, Mutation, LIVE};
 use crate::error::{FsError, Result};
 use crate::kv::{prefix_end, Cf, KvRead, KvTxn};
-use crate::types::{BlockId, Dentry, Inode, SnapshotInfo};
+use crate::types::{BlockId, Dentry, Extent, Inode, SnapshotInfo};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -152,6 +152,25 @@ impl MetaStore {
                         vput(tx, &mut b, Cf::Inodes, k1(inode.ino), enc(&inode))?;
                     }
                 }
+                Mutation::ExpectParent { ino, parent } => {
+                    let now: Option<Inode> = get_at(tx, Cf::Inodes, &k1(*ino), LIVE)?.map(|v| dec("inode", &v)).transpose()?;
+                    if now.is_none_or(|i| i.parent != *parent) {
+                        return Err(FsError::MetaStale(format!("parent of directory {ino}")));
+                    }
+                }
+                Mutation::ExpectExtent { ino, block, extent } => {
+                    let now: Option<Extent> = get_at(tx, Cf::Extents, &k2(*ino, *block), LIVE)?.map(|v| dec("extent", &v)).transpose()?;
+                    if now != *extent {
+                        return Err(FsError::MetaStale(format!("block {block} of inode {ino}")));
+                    }
+                }
+                Mutation::MergeInodeFields { before, after, data } => {
+                    let now: Option<Inode> = get_at(tx, Cf::Inodes, &k1(after.ino), LIVE)?.map(|v| dec("inode", &v)).transpose()?;
+                    if let Some(mut inode) = now {
+                        super::hosts::merge_changed_fields(&mut inode, before, after, *data);
+                        vput(tx, &mut b, Cf::Inodes, k1(inode.ino), enc(&inode))?;
+                    }
+                }
                 Mutation::ExpectDentry { parent, name, dentry } => {
                     let now: Option<Dentry> =
                         get_at(tx, Cf::Dentries, &k_named(*parent, name), LIVE)?.map(|v| dec("directory entry", &v)).transpose()?;
@@ -208,13 +227,15 @@ impl MetaStore {
 /// usage shard only when an inode changes (nothing else changes usage).
 fn prefetch(tx: &dyn KvTxn, batch: &[Mutation]) -> Result<()> {
     let mut keys: Vec<(Cf, Vec<u8>)> = vec![(Cf::Default, b"epoch".to_vec())];
-    if batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_))) {
+    if batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
         keys.push((Cf::Default, usage_shard_key(usage_shard())));
     }
     for m in batch {
         match m {
-            Mutation::PutInode(i) | Mutation::MergeInodeData(i) => keys.push((Cf::Inodes, k1(i.ino))),
-            Mutation::DelInode(ino) | Mutation::ExpectInode(ino, _) => keys.push((Cf::Inodes, k1(*ino))),
+            Mutation::PutInode(i) | Mutation::MergeInodeData(i) | Mutation::MergeInodeFields { after: i, .. } => {
+                keys.push((Cf::Inodes, k1(i.ino)))
+            }
+            Mutation::DelInode(ino) | Mutation::ExpectInode(ino, _) | Mutation::ExpectParent { ino, .. } => keys.push((Cf::Inodes, k1(*ino))),
             Mutation::PutDentry { parent, name, dentry } => {
                 keys.push((Cf::Cookies, k2(*parent, dentry.cookie)));
                 keys.push((Cf::Dentries, k_named(*parent, name)));
@@ -224,7 +245,9 @@ fn prefetch(tx: &dyn KvTxn, batch: &[Mutation]) -> Result<()> {
                 keys.push((Cf::Dentries, k_named(*parent, name)));
             }
             Mutation::ExpectDentry { parent, name, .. } => keys.push((Cf::Dentries, k_named(*parent, name))),
-            Mutation::PutExtent { ino, block, .. } | Mutation::DelExtent { ino, block } => keys.push((Cf::Extents, k2(*ino, *block))),
+            Mutation::PutExtent { ino, block, .. } | Mutation::DelExtent { ino, block } | Mutation::ExpectExtent { ino, block, .. } => {
+                keys.push((Cf::Extents, k2(*ino, *block)))
+            }
             Mutation::PutXattr { ino, name, .. } | Mutation::DelXattr { ino, name } => keys.push((Cf::Xattrs, k_named(*ino, name))),
             Mutation::Raw { key, .. } => keys.push(key.cf_base()),
             _ => {}

@@ -16,6 +16,7 @@ use super::codec::{be, k1};
 use super::MetaStore;
 use crate::error::{FsError, Result};
 use crate::kv::{prefix_end, Cf, KvRead};
+use crate::meta::Mutation;
 use crate::types::{Inode, Ino};
 
 const HOST: &[u8] = b"host/";
@@ -76,7 +77,117 @@ pub fn merge_data_fields(into: &mut Inode, from: &Inode) {
     into.inline = from.inline.clone();
 }
 
+/// Set in `into` every field a change on this host made to an inode record (where `after`
+/// differs from `before`, the record as the change found it), and with `data` the data path's
+/// fields too ([`merge_data_fields`]: written by this host and not yet stored); the others stay
+/// `into`'s, as stored (another host's changes since).
+pub fn merge_changed_fields(into: &mut Inode, before: &Inode, after: &Inode, data: bool) {
+    if data {
+        merge_data_fields(into, after);
+    }
+    macro_rules! changed {
+        ($($f:ident),*) => {$(
+            if after.$f != before.$f {
+                into.$f = after.$f.clone();
+            }
+        )*};
+    }
+    changed!(kind, perm, uid, gid, nlink, size, atime, mtime, ctime, rdev, parent, name, next_cookie, target, inline);
+}
+
+/// What `fsck` finds in a shared volume's host rows (see [`MetaStore::check_hosts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRows {
+    /// Hosts with a lease row.
+    pub hosts: u64,
+    /// Hosts whose lease ended (`host`, lease end in unix ms): dead, their rows hold nothing.
+    pub dead: Vec<(u64, u64)>,
+    /// Open rows `(ino, host)` of hosts that are dead or have no lease row.
+    pub dead_open_rows: Vec<(Ino, u64)>,
+    /// Open rows `(ino, host)` of inodes no longer stored.
+    pub missing_open_rows: Vec<(Ino, u64)>,
+    /// Orphans no live host holds open (a crashed host's unlinked open files): the next lease
+    /// pass of a mounted host purges them.
+    pub unheld_orphans: Vec<Ino>,
+}
+
+impl HostRows {
+    pub fn is_empty(&self) -> bool {
+        self.dead.is_empty() && self.dead_open_rows.is_empty() && self.missing_open_rows.is_empty() && self.unheld_orphans.is_empty()
+    }
+}
+
 impl MetaStore {
+    /// The mutations that delete inode `ino` with its extents, references, xattrs and orphan
+    /// row (its block references drop inside the batch: nothing still named is freed).
+    pub fn purge_batch(&self, ino: Ino) -> Result<Vec<Mutation>> {
+        let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
+        for (block, _) in self.extents(ino, 0)? {
+            batch.push(Mutation::DelExtent { ino, block });
+        }
+        for name in self.xattr_names(ino)? {
+            batch.push(Mutation::DelXattr { ino, name });
+        }
+        Ok(batch)
+    }
+
+    /// A shared volume's host rows as `fsck` checks them at `now` (unix ms): dead hosts,
+    /// open rows that hold nothing, orphans nobody holds.
+    pub fn check_hosts(&self, now: u64) -> Result<HostRows> {
+        let leases = self.hosts()?;
+        let alive = |host: u64| leases.iter().any(|&(id, end)| id == host && end > now);
+        let mut r = HostRows { hosts: leases.len() as u64, ..HostRows::default() };
+        r.dead = leases.iter().copied().filter(|&(_, end)| end <= now).collect();
+        let mut rows = Vec::new();
+        scan_prefix(self.reader(), OPEN, &mut |k, _| {
+            rows.push((be(k, OPEN.len())?, be(k, OPEN.len() + 8)?));
+            Ok(())
+        })?;
+        for (ino, host) in rows {
+            if self.get_inode(ino)?.is_none() {
+                r.missing_open_rows.push((ino, host));
+            } else if !alive(host) {
+                r.dead_open_rows.push((ino, host));
+            }
+        }
+        for ino in self.orphans()? {
+            let linked = self.get_inode(ino)?.is_some_and(|i| i.nlink > 0);
+            if !linked && !self.openers(ino)?.into_iter().any(alive) {
+                r.unheld_orphans.push(ino);
+            }
+        }
+        Ok(r)
+    }
+
+    /// `fsck --repair` of what [`MetaStore::check_hosts`] found: dead hosts' rows go, open
+    /// rows of missing inodes go, and each orphan no live host holds is purged in one batch
+    /// that expects its open rows unchanged (a host opening it meanwhile keeps it). Returns
+    /// how many orphans went.
+    pub fn repair_hosts(&self, found: &HostRows) -> Result<usize> {
+        for &(host, _) in &found.dead {
+            self.drop_host(host)?;
+        }
+        for &(ino, host) in found.dead_open_rows.iter().chain(&found.missing_open_rows) {
+            self.del_open(ino, host)?;
+        }
+        let mut purged = 0;
+        for &ino in &found.unheld_orphans {
+            let mut batch = vec![Mutation::ExpectOpeners { ino, hosts: self.openers(ino)? }];
+            match self.get_inode(ino)? {
+                Some(i) if i.nlink > 0 => continue,
+                Some(i) => batch.push(Mutation::ExpectInode(ino, Some(i))),
+                None => batch.push(Mutation::ExpectInode(ino, None)),
+            }
+            batch.extend(self.purge_batch(ino)?);
+            match self.apply(batch, false) {
+                Ok(()) => purged += 1,
+                Err(FsError::MetaStale(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
+    }
+
     /// Write `host`'s lease row to end at `until` (unix ms); returns whether the row was
     /// there (false: first renewal, or another host found the lease ended and removed it).
     pub fn renew_host(&self, host: u64, until: u64) -> Result<bool> {
@@ -223,5 +334,42 @@ mod tests {
         assert_eq!((now.perm, now.size), (0o600, 5));
         m.apply(vec![Mutation::DelInode(7), Mutation::MergeInodeData(written)], false).unwrap();
         assert_eq!(m.get_inode(7).unwrap(), None, "a merge does not bring a removed inode back");
+    }
+
+    /// A namespace change on a host's open file writes only the fields it changed (and the
+    /// data fields it had not written): another host's chmod since stays; a directory's
+    /// parent is a precondition (invariant 1: a stale batch writes nothing).
+    #[test]
+    fn changed_fields_merge_and_parent_preconditions() {
+        let m = MetaStore::memory();
+        let mut dir = Inode::new(5, Kind::Dir, 0o755, 0, 0);
+        dir.parent = 1;
+        let cached = Inode::new(7, Kind::File, 0o644, 0, 0);
+        m.apply(vec![Mutation::PutInode(dir), Mutation::PutInode(cached.clone())], false).unwrap();
+        let mut chmodded = cached.clone();
+        chmodded.perm = 0o600;
+        m.apply(vec![Mutation::PutInode(chmodded)], false).unwrap();
+        // This host renames its open file (cached before the chmod) and has written 3 bytes.
+        let mut renamed = cached.clone();
+        renamed.parent = 5;
+        renamed.name = b"new".to_vec();
+        renamed.size = 3;
+        m.apply(vec![Mutation::MergeInodeFields { before: cached.clone(), after: renamed.clone(), data: false }], false).unwrap();
+        let now = m.get_inode(7).unwrap().unwrap();
+        assert_eq!((now.perm, now.parent, now.name.as_slice(), now.size), (0o600, 5, &b"new"[..], 3), "size changed in the change: it goes");
+        let mut before = renamed.clone();
+        before.size = 9;
+        let mut after = before.clone();
+        after.uid = 42;
+        m.apply(vec![Mutation::MergeInodeFields { before: before.clone(), after: after.clone(), data: false }], false).unwrap();
+        assert_eq!((m.get_inode(7).unwrap().unwrap().uid, m.get_inode(7).unwrap().unwrap().size), (42, 3), "unchanged data fields stay the store's");
+        m.apply(vec![Mutation::MergeInodeFields { before, after, data: true }], false).unwrap();
+        assert_eq!(m.get_inode(7).unwrap().unwrap().size, 9, "unwritten data fields go");
+        // Parents.
+        m.apply(vec![Mutation::ExpectParent { ino: 5, parent: 1 }], false).unwrap();
+        let moved = vec![Mutation::ExpectParent { ino: 5, parent: 9 }, Mutation::DelInode(7)];
+        assert!(matches!(m.apply(moved, false), Err(FsError::MetaStale(_))));
+        assert!(m.get_inode(7).unwrap().is_some(), "a batch whose parent check failed wrote nothing");
+        assert!(matches!(m.apply(vec![Mutation::ExpectParent { ino: 6, parent: 1 }], false), Err(FsError::MetaStale(_))));
     }
 }

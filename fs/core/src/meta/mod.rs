@@ -54,7 +54,7 @@ mod read;
 mod refs;
 
 pub use bulk::{BulkLoad, Records};
-pub use hosts::{merge_data_fields, now_ms};
+pub use hosts::{merge_data_fields, now_ms, HostRows};
 pub use refs::RefEntry;
 
 use crate::error::Result;
@@ -120,6 +120,23 @@ pub enum Mutation {
     /// chown, utimes or unlink in between stays (a shared volume's open files). An inode no
     /// longer stored is left gone.
     MergeInodeData(Inode),
+    /// A precondition (shared volumes): the live inode `ino` exists and its `parent` is still
+    /// `parent`. A directory rename expects this of every ancestor of its target directory:
+    /// the ancestor check it made is then part of its transaction's reads, so two hosts
+    /// moving two directories under each other cannot both commit (a cycle cut off from the
+    /// root), see `volume/namespace.rs`.
+    ExpectParent { ino: Ino, parent: Ino },
+    /// What a namespace change on an open file of a shared volume changed in its record:
+    /// the fields where `after` differs from `before` (and, with `data`, the data path's
+    /// fields not yet written) are set in the live inode as it is inside the batch's
+    /// transaction; the other fields stay as stored (another host's chmod, chown, utimes,
+    /// size). An inode no longer stored is left gone.
+    MergeInodeFields { before: Inode, after: Inode, data: bool },
+    /// A precondition (shared volumes): the live extent of `block` of `ino` is still `extent`
+    /// (None: a hole). The data path of an open file expects what its extent cache says of a
+    /// block it changes, and a seal that the block is still staged: a truncate on another
+    /// host in between fails the batch instead of bringing a removed block back.
+    ExpectExtent { ino: Ino, block: u64, extent: Option<Extent> },
 }
 
 /// A directory entry as readdir returns it.

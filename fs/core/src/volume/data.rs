@@ -762,7 +762,14 @@ impl Volume {
     /// Make `block` of an open node staged, copying a sealed block's bytes in unless
     /// `overwritten` (the caller is about to replace the whole block).
     fn stage_block(&self, st: &mut NodeData, block: u64, overwritten: bool, batch: &mut Vec<Mutation>) -> Result<()> {
-        match st.extent(self, block)? {
+        let cached = st.extent(self, block)?;
+        if self.shared && cached != Some(Extent::Staged) {
+            // Another host may have truncated the file since this one cached the block: the
+            // batch then fails instead of bringing back a block the truncate removed (with
+            // bytes from before it), see `write_killing`.
+            batch.push(Mutation::ExpectExtent { ino: st.inode.ino, block, extent: cached });
+        }
+        match cached {
             Some(Extent::Staged) => return Ok(()),
             Some(Extent::Sealed { id, len }) => {
                 // The store drops the reference (or keeps the version for a snapshot).
@@ -810,7 +817,29 @@ impl Volume {
         if written.is_err() {
             st.roll_back(before);
         }
+        if !(self.shared && matches!(written, Err(FsError::MetaStale(_)))) {
+            return written;
+        }
+        // A shared volume: a block this host had cached changed in the store (another host
+        // truncated the file): the write goes again on the file as stored.
+        self.reload_node(&mut st)?;
+        let before = st.checkpoint();
+        let written = self.write_locked(&mut st, offset, data, end);
+        if written.is_err() {
+            st.roll_back(before);
+        }
         written
+    }
+
+    /// A shared volume: another host changed the blocks of a file this host has open (a
+    /// truncate): forget the cached extents and take the record as stored (its size
+    /// included; the truncate came after this host's last write that reached the store).
+    fn reload_node(&self, st: &mut NodeData) -> Result<()> {
+        st.extents.get_mut().clear();
+        st.journaled.clear();
+        st.inode = self.meta.get_inode(st.inode.ino)?.ok_or(FsError::NotFound)?;
+        st.attr_dirty = false;
+        Ok(())
     }
 
     /// Clear what `kill` names on an open file (see [`KillPriv`]). The common case, nothing
@@ -839,7 +868,12 @@ impl Volume {
         }
         st.inode.perm = perm;
         st.inode.ctime = Timespec::now();
-        batch.push(Mutation::PutInode(st.inode.clone()));
+        batch.push(if self.shared {
+            // Only the mode and ctime (and unwritten data fields): another host's changes stay.
+            Mutation::MergeInodeFields { before: before.0.clone(), after: st.inode.clone(), data: before.1 }
+        } else {
+            Mutation::PutInode(st.inode.clone())
+        });
         st.attr_dirty = false;
         if let Err(e) = self.apply_live(batch, false) {
             st.roll_back(before);

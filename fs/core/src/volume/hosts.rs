@@ -2,7 +2,8 @@
 //! live host holds open (rows: `meta/hosts.rs`; rules: doc/SEMANTICS.md, "Several hosts").
 //!
 //! * Each mount of a shared volume is a host with a random id, and a lease row it renews every
-//!   sixth of [`host_lease`] (60 s; `HYBRIDFS_HOST_LEASE_SECS`). A host whose lease ended is
+//!   sixth of its lease (the mount's `mount.host_lease`, else [`host_lease`]: 60 s, or
+//!   `HYBRIDFS_HOST_LEASE_SECS`). A host whose lease ended is
 //!   dead: whatever it held open is free.
 //! * The first open of a file on a host writes an open row `(ino, host)`, its last release
 //!   removes it (a new file's row goes in its create's batch). RocksDB volumes write none.
@@ -98,7 +99,7 @@ impl Volume {
     /// Take this host's lease and keep renewing it from a thread of its own (which also
     /// purges orphans whose holders are dead), until the volume is dropped.
     pub(super) fn start_lease(self: &Arc<Self>) -> Result<()> {
-        let lease = host_lease();
+        let lease = self.host_lease;
         self.meta.renew_host(self.host, now_ms() + lease.as_millis() as u64)?;
         let weak: Weak<Volume> = Arc::downgrade(self);
         let every = (lease / 6).max(Duration::from_millis(200));

@@ -91,6 +91,9 @@ pub struct VolumeOptions {
     /// ranges from a counter in the store, and every namespace change checks, inside its
     /// transaction, that what it read is unchanged, else runs again (see `Txn`).
     pub shared: bool,
+    /// A shared volume: how long this host's lease lasts without renewal (`hosts.rs`; the
+    /// mount's `mount.host_lease`) [default: [`hosts::host_lease`]].
+    pub host_lease: Option<Duration>,
 }
 
 impl Default for VolumeOptions {
@@ -102,6 +105,7 @@ impl Default for VolumeOptions {
             block_cache_bytes: 64 << 20,
             workers: Workers::new(),
             shared: false,
+            host_lease: None,
         }
     }
 }
@@ -234,6 +238,8 @@ pub struct Volume {
     caps_set: AtomicU64,
     /// A shared volume: this host's id ([`hosts`]), and whether its lease was given back.
     host: u64,
+    /// A shared volume: how long this host's lease lasts without renewal.
+    host_lease: Duration,
     stopped: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
@@ -297,6 +303,7 @@ impl Volume {
             passthrough_writes: std::sync::atomic::AtomicBool::new(false),
             caps_set: AtomicU64::new(0),
             host: hosts::new_host_id(),
+            host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or_else(hosts::host_lease),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
@@ -628,14 +635,7 @@ impl Volume {
 
     /// The mutations that delete inode `ino` with its extents, references and xattrs.
     fn purge_batch(&self, ino: Ino) -> Result<Vec<Mutation>> {
-        let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
-        for (block, _) in self.meta.extents(ino, 0)? {
-            batch.push(Mutation::DelExtent { ino, block });
-        }
-        for name in self.meta.xattr_names(ino)? {
-            batch.push(Mutation::DelXattr { ino, name });
-        }
-        Ok(batch)
+        self.meta.purge_batch(ino)
     }
 
     /// Whether other hosts share this volume's metadata store.
@@ -716,6 +716,7 @@ impl Volume {
             purged: Vec::new(),
             purged_data: Vec::new(),
             before: Vec::new(),
+            merge_base: BTreeMap::new(),
             committed: false,
         }
     }
@@ -740,6 +741,10 @@ struct Txn<'v> {
     purged_data: Vec<Ino>,
     /// What each open node looked like before this transaction edited it in place.
     before: Vec<(Ino, (Inode, bool))>,
+    /// A shared volume: each open node's record as this transaction found it (brought up to
+    /// date with the store) and whether its data fields were unwritten; the commit writes
+    /// only what the transaction changed in it (`Mutation::MergeInodeFields`).
+    merge_base: BTreeMap<Ino, (Inode, bool)>,
     committed: bool,
 }
 
@@ -823,8 +828,20 @@ impl<'v> Txn<'v> {
             self.ns.take(ino)?;
             let slot = match self.vol.node_if_open(ino) {
                 Some(node) => {
-                    let g = node.write_arc();
+                    let mut g = node.write_arc();
                     self.before.push((ino, g.checkpoint()));
+                    if self.vol.shared {
+                        // Another host may have changed the record since this one cached it
+                        // (a chmod, a rename, a write and close): the change starts from the
+                        // stored record (this host's unwritten data fields kept), expects it
+                        // unchanged at commit, and writes back only what it changes.
+                        let stored = self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+                        self.expect.push(Mutation::ExpectInode(ino, Some(stored.clone())));
+                        let mut fresh = stored;
+                        crate::meta::merge_data_fields(&mut fresh, &g.inode);
+                        g.inode = fresh;
+                        self.merge_base.insert(ino, (g.inode.clone(), g.attr_dirty));
+                    }
                     Slot::Open(g)
                 }
                 None => {
@@ -929,9 +946,13 @@ impl<'v> Txn<'v> {
         // The checks go first: a batch whose reads went stale writes nothing.
         let mut batch = std::mem::take(&mut self.expect);
         batch.append(&mut self.batch);
-        for (slot, dirty) in self.slots.values_mut() {
+        for (ino, (slot, dirty)) in self.slots.iter_mut() {
             if *dirty {
-                batch.push(Mutation::PutInode(slot.inode().clone()));
+                let after = slot.inode().clone();
+                batch.push(match self.merge_base.remove(ino) {
+                    Some((before, data)) => Mutation::MergeInodeFields { before, after, data },
+                    None => Mutation::PutInode(after),
+                });
                 if let Slot::Open(g) = slot {
                     g.attr_dirty = false;
                 }

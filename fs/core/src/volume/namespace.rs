@@ -3,7 +3,11 @@
 use super::{Caller, Txn, Volume};
 use crate::error::{FsError, Result};
 use crate::meta::Mutation;
-use crate::types::{Dentry, Inode, Ino, Kind, Timespec, NAME_MAX};
+use crate::types::{Dentry, Inode, Ino, Kind, Timespec, NAME_MAX, ROOT_INO};
+
+/// The most directories an ancestor walk climbs (a path of `PATH_MAX` bytes has at most half
+/// as many components).
+const MAX_DEPTH: usize = 4096;
 
 /// One entry of a readdir answer; `offset` is what the kernel passes back to continue after it.
 #[derive(Clone, Debug)]
@@ -65,6 +69,36 @@ impl Txn<'_> {
         self.inode_mut(parent)?.lose_entry(d.kind, Timespec::now());
         self.push(Mutation::DelDentry { parent, name: name.to_vec(), cookie: d.cookie });
         Ok(())
+    }
+
+    /// A directory rename on a shared volume: `dir` is not `target` nor one of its ancestors
+    /// (else `EINVAL`, as the kernel answers on one host, where its rename lock makes the
+    /// check enough). The walk up from `target` expects each ancestor's parent unchanged at
+    /// commit: two hosts moving `a` under `b` and `b` under `a` at once each pass the check on
+    /// their own, but each one's transaction read what the other writes (the parent of the
+    /// directory it moves), so the engine commits at most one of them (serializable) and the
+    /// other runs again and fails: never a cycle cut off from the root.
+    fn not_under(&mut self, dir: Ino, target: Ino) -> Result<()> {
+        if !self.vol.shared {
+            return Ok(());
+        }
+        let mut at = target;
+        for _ in 0..MAX_DEPTH {
+            if at == dir {
+                return Err(FsError::Invalid("a directory cannot move under itself"));
+            }
+            if at == ROOT_INO {
+                return Ok(());
+            }
+            let parent = match self.slots.get(&at) {
+                Some((slot, _)) => slot.inode().parent,
+                None => self.vol.meta.get_inode(at)?.ok_or(FsError::NotFound)?.parent,
+            };
+            self.expect.push(Mutation::ExpectParent { ino: at, parent });
+            at = parent;
+        }
+        // Deeper than any path can be: the walk met other hosts' moves; read it all again.
+        Err(FsError::MetaStale(format!("ancestors of directory {target}")))
     }
 
     /// The entry `name` of `parent` (on a shared volume, checked unchanged at commit).
@@ -243,7 +277,18 @@ impl Volume {
         let dst = txn.entry(newparent, newname)?;
         if flags.exchange {
             let dst = dst.ok_or(FsError::NotFound)?;
+            if parent != newparent {
+                if src.kind == Kind::Dir {
+                    txn.not_under(src.ino, newparent)?;
+                }
+                if dst.kind == Kind::Dir {
+                    txn.not_under(dst.ino, parent)?;
+                }
+            }
             return self.exchange(txn, (parent, name, src), (newparent, newname, dst));
+        }
+        if src.kind == Kind::Dir && parent != newparent {
+            txn.not_under(src.ino, newparent)?;
         }
         if let Some(dst) = dst {
             if flags.noreplace {

@@ -32,7 +32,7 @@
 
 use super::{NodeData, NodeGuard, Volume};
 use crate::error::{FsError, Result};
-use crate::meta::MetaStore;
+use crate::meta::{MetaStore, Mutation};
 use crate::staging::{punch_hole, read_full_at};
 use crate::types::{Extent, Ino};
 use crate::worker::Handle;
@@ -488,6 +488,11 @@ impl Volume {
         }
         let mut batch = Vec::new();
         for (k, &(i, block)) in chunk.iter().enumerate() {
+            if self.shared {
+                // Still staged: a truncate on another host since it was read removed it, and
+                // sealing it would bring it back (the whole chunk fails and goes again).
+                batch.push(Mutation::ExpectExtent { ino: guards[i].inode.ino, block, extent: Some(Extent::Staged) });
+            }
             guards[i].set_extent(block, sealed[k], &mut batch);
         }
         self.meta.apply(batch, true)

@@ -67,6 +67,8 @@ impl Volume {
         if !self.ships_blocks() || st.staging.is_none() {
             return Ok(());
         }
-        self.seal_locked(std::slice::from_mut(st))
+        // A shared volume: a chunk that met another host's truncate goes again, from the
+        // extents as stored.
+        self.retrying(|| self.seal_locked(std::slice::from_mut(&mut *st)))
     }
 }

@@ -203,3 +203,16 @@ fn the_dashboard_needs_a_metrics_address_and_the_error_says_where_it_was_asked_f
     let e = err("[mount]\ndashboard = \"sometimes\"\n");
     assert!(e.starts_with("/etc/hybridfs/hybridfs.toml:2: mount.dashboard: `sometimes` is not true or false"), "{e}");
 }
+
+#[test]
+fn the_host_lease_comes_from_the_file_the_environment_or_the_flag_and_is_never_zero() {
+    let c = resolve("[mount]\nhost_lease = \"2m\"\n", &[], Flags::default()).unwrap();
+    assert_eq!(c.host_lease, Some(120));
+    let c = resolve("[mount]\nhost_lease = \"2m\"\n", &[("HYBRIDFS_HOST_LEASE_SECS", "6")], Flags::default()).unwrap();
+    assert_eq!((c.host_lease, c.source_of("mount.host_lease")), (Some(6), Some("env HYBRIDFS_HOST_LEASE_SECS")));
+    let c = resolve("", &[], Flags { host_lease: Some(Secs(9)), ..Flags::default() }).unwrap();
+    assert_eq!(c.host_lease, Some(9));
+    assert_eq!(resolve("", &[], Flags::default()).unwrap().host_lease, None, "unset: the volume's default (60 s)");
+    let e = err("[mount]\nhost_lease = \"0s\"\n");
+    assert!(e.contains("mount.host_lease"), "{e}");
+}

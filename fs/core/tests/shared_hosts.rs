@@ -1,0 +1,129 @@
+//! Two hosts of a shared volume (issue 15) over one in-memory engine: each a [`Volume`] with
+//! its own staging and `shared: true`, both on one key-value store and one block store (the
+//! object store every host reads through). The real database and two mounts are in
+//! tests/tests/multihost.rs; here each step runs in a chosen order.
+//!
+//! Invariants touched: 1 (a change is one transaction: a batch whose reads went stale writes
+//! nothing), 4 (a block's reference count is the number of extent versions naming it: fsck),
+//! and copy-on-write: a truncate on one host is never undone by another host's stale cache.
+
+use hybridfs_core::blockstore::MemBlockStore;
+use hybridfs_core::fsck;
+use hybridfs_core::kv::MemKv;
+use hybridfs_core::meta::MetaStore;
+use hybridfs_core::staging::Staging;
+use hybridfs_core::types::{Ino, Kind, ROOT_INO};
+use hybridfs_core::{Caller, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
+use std::sync::Arc;
+
+const ROOT: Caller = Caller { uid: 0, gid: 0 };
+const BS: u64 = 64 << 10;
+
+struct Hosts {
+    a: Arc<Volume>,
+    b: Arc<Volume>,
+    meta: Arc<MetaStore>,
+    blocks: Arc<MemBlockStore>,
+    dir: tempfile::TempDir,
+}
+
+fn hosts() -> Hosts {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(MemKv::default());
+    let meta = Arc::new(MetaStore::new(kv.clone()).unwrap());
+    let blocks = Arc::new(MemBlockStore::default());
+    Volume::format(&*meta, 0, 0).unwrap();
+    let host = |name: &str| {
+        let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join(name), shared: true, ..Default::default() };
+        Volume::open(Arc::new(MetaStore::new(kv.clone()).unwrap()), blocks.clone(), opts).unwrap()
+    };
+    let (a, b) = (host("a"), host("b"));
+    Hosts { a, b, meta, blocks, dir }
+}
+
+impl Hosts {
+    /// A new file `name` in the root, open for writing on host A.
+    fn open_new_on_a(&self, name: &str) -> (Ino, hybridfs_core::Opened) {
+        let new = NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+        let ino = self.a.create_node(ROOT_INO, name.as_bytes(), new, ROOT).unwrap().ino;
+        (ino, self.a.open_file(ino, true).unwrap())
+    }
+
+    fn fsck_clean(&self) {
+        // Host A's staging: the files it wrote are its.
+        let staging = Staging::new(self.dir.path().join("a")).unwrap();
+        let r = fsck::check(&*self.meta, &*self.blocks, &staging, BS, true).unwrap();
+        assert!(r.clean(), "fsck: {:?}", r.problems);
+    }
+}
+
+fn node(kind: Kind) -> NewNode {
+    NewNode { kind, perm: 0o755, rdev: 0, target: vec![] }
+}
+
+fn mkdir(v: &Volume, parent: Ino, name: &str) -> Ino {
+    v.create_node(parent, name.as_bytes(), node(Kind::Dir), ROOT).unwrap().ino
+}
+
+#[test]
+fn a_directory_moved_under_another_hosts_moved_directory_is_refused() {
+    let h = hosts();
+    let a = mkdir(&h.a, ROOT_INO, "a");
+    let b = mkdir(&h.a, ROOT_INO, "b");
+    let inner = mkdir(&h.a, a, "inner");
+    // Host B moves b under a/inner; host A, whose kernel saw a and b side by side, moves a
+    // under b: that would be a cycle cut off from the root.
+    h.b.rename(ROOT_INO, b"b", inner, b"b", RenameFlags::default()).unwrap();
+    let r = h.a.rename(ROOT_INO, b"a", b, b"a", RenameFlags::default());
+    assert!(matches!(r, Err(FsError::Invalid(_))), "moving a directory under its own descendant: {r:?}");
+    mkdir(&h.b, b, "y");
+    let r = h.a.rename(ROOT_INO, b"a", b, b"y", RenameFlags { exchange: true, noreplace: false });
+    assert!(matches!(r, Err(FsError::Invalid(_))), "an exchange that moves a under its descendant: {r:?}");
+    // A move beside, not under, still goes.
+    let c = mkdir(&h.b, ROOT_INO, "c");
+    h.a.rename(ROOT_INO, b"a", c, b"a", RenameFlags::default()).unwrap();
+    assert_eq!(h.meta.get_inode(a).unwrap().unwrap().parent, c);
+    h.fsck_clean();
+}
+
+#[test]
+fn a_rename_and_chown_of_a_file_open_on_this_host_keep_another_hosts_chmod() {
+    let h = hosts();
+    let (ino, opened) = h.open_new_on_a("f");
+    h.a.write(ino, 0, b"hello").unwrap();
+    h.b.setattr(ino, SetAttr { perm: Some(0o600), ..Default::default() }).unwrap();
+    h.a.rename(ROOT_INO, b"f", ROOT_INO, b"g", RenameFlags::default()).unwrap();
+    let answered = h.a.setattr(ino, SetAttr { uid: Some(7), ..Default::default() }).unwrap();
+    let stored = h.meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!((stored.perm, stored.uid, stored.name.as_slice(), stored.size), (0o600, 7, &b"g"[..], 5), "host A wrote its whole cached record");
+    assert_eq!((answered.perm, answered.uid), (0o600, 7), "host A's answer misses host B's chmod");
+    h.a.release_file(ino, opened.kind).unwrap();
+    h.fsck_clean();
+}
+
+#[test]
+fn a_truncate_on_another_host_never_brings_back_bytes_from_before_it() {
+    let h = hosts();
+    let (ino, opened) = h.open_new_on_a("f");
+    h.a.write(ino, 0, &vec![b'x'; 3 * BS as usize]).unwrap();
+    // A snapshot seals host A's staged blocks: its extent cache says sealed.
+    h.a.snapshot_create("s1").unwrap();
+    // Host B truncates the file to nothing and extends it again: three blocks of holes.
+    h.b.setattr(ino, SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    h.b.setattr(ino, SetAttr { size: Some(3 * BS), ..Default::default() }).unwrap();
+    // Host A writes into the middle of block 1, which it has cached as sealed with x's.
+    h.a.write(ino, BS + 5, b"new").unwrap();
+    let mut want = vec![0u8; 3 * BS as usize];
+    want[BS as usize + 5..BS as usize + 8].copy_from_slice(b"new");
+    let got = h.a.read(ino, 0, 3 * BS as u32).unwrap();
+    assert!(got == want, "copy-on-write: host A's write brought back bytes from before host B's truncate");
+    h.a.release_file(ino, opened.kind).unwrap();
+    // Sealed into the shared block store, host B reads what host A wrote on the truncated file.
+    h.a.snapshot_create("s2").unwrap();
+    let on_b = h.b.open_file(ino, false).unwrap();
+    let got = h.b.read(ino, 0, 3 * BS as u32).unwrap();
+    h.b.release_file(ino, on_b.kind).unwrap();
+    assert!(got == want, "host B reads bytes from before its truncate");
+    // The snapshot still has the x's (its versions keep their block references).
+    h.fsck_clean();
+}
