@@ -32,7 +32,9 @@
 //!   minutes). A pack whose bytes do not match its name is remembered as damaged, and its
 //!   blocks are fetched one by one as byte ranges (each verified: the good ones still read).
 //!   Packs of an encrypted volume are read by ranges too (a sealed frame does not say its
-//!   length). A cached pack is evicted whole (it is one entry of the use order).
+//!   length). A cached pack is evicted whole (it is one entry of the use order); under a
+//!   cache limit below two packs ([`crate::PACK_BYTES`]) blocks of packs come as their byte
+//!   ranges (a pack kept would be evicted at once, and fetched again for its next block).
 //!
 //! A read waits for a block from the store at most the read timeout ([`DEFAULT_READ_TIMEOUT`],
 //! [`LazyStore::set_read_timeout`]): a store that does not answer (blackholed, overloaded)
@@ -441,7 +443,9 @@ impl Inner {
     /// [`PACKS_IN_MEMORY`] packs stayed held for two minutes, or the block was kept meanwhile
     /// and does not read from the cache after all).
     fn from_whole_pack(&self, id: &BlockId, pack: &BlockId, offset: u64, len: u64) -> Result<Option<(Vec<u8>, Option<BlockId>)>, SyncError> {
-        if self.damaged_packs.lock().expect("damaged packs lock").contains(pack) {
+        // Under a cache limit below two packs, a pack kept would be evicted at once (or push
+        // out the one read from): every read of another of its blocks would fetch it again.
+        if self.damaged_packs.lock().expect("damaged packs lock").contains(pack) || self.cap.is_some_and(|c| c < 2 * crate::PACK_BYTES as u64) {
             return Ok(None);
         }
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -943,11 +943,36 @@ fn a_pack_is_cached_as_one_file_verified_when_read_and_evicted_whole() {
     assert_eq!(std::fs::read(&path).unwrap().len(), body.len(), "and kept again");
     assert_ne!(std::fs::read(&path).unwrap(), body, "the good copy replaced the damaged one");
 
-    // Under a limit of about one pack, reading both keeps at most one pack beyond it.
+    // Under a limit of about one pack, blocks of packs come as their byte ranges: no pack is
+    // fetched whole (it would be evicted at once, and fetched again for each of its blocks).
     let cap = (body.len() + 100) as u64;
-    let limited = clone_of(store, "main", "node-4", Some(cap));
+    let limited = clone_of(store.clone(), "main", "node-4", Some(cap));
     read_all(&limited);
-    let packs_there = files_in(&limited._dir.path().join("cache").join("packs")).len();
-    assert!(packs_there <= 1, "invariant 7: {packs_there} packs kept under a limit of one");
+    assert_eq!(limited.lazy.packs_fetched.load(Ordering::Relaxed), 0, "no pack fetched whole under a limit below two packs");
+    assert_eq!(limited.lazy.fetched.load(Ordering::Relaxed), files.len() as u64, "each block once, as its range");
     assert!(limited.lazy.cached_bytes() <= cap, "invariant 7: {} cached bytes over the limit {cap}", limited.lazy.cached_bytes());
+}
+
+/// Invariant 7 with cached packs: under a cache limit of two packs, reading the files of three
+/// keeps at most two, each evicted whole, and every file still reads (verified, invariant 5).
+#[test]
+fn cached_packs_count_against_the_cache_limit_and_are_evicted_whole() {
+    let home = volume();
+    let files: Vec<Vec<u8>> = (0..360u64).map(|i| noise(3100 + i, 60_000 + i as usize * 100)).collect();
+    for (i, f) in files.iter().enumerate() {
+        write_file(&home.vol, &format!("f{i}"), 0, f);
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    assert!(r.packs >= 3, "{r:?}");
+    let cap = 2 * hybridfs_sync::PACK_BYTES as u64 + 1024;
+    let c = clone_of(store, "main", "node", Some(cap));
+    for (i, f) in files.iter().enumerate() {
+        assert_eq!(&read(&c.vol, &format!("f{i}")).unwrap(), f, "invariant 5: f{i}");
+    }
+    assert!(c.lazy.packs_fetched.load(Ordering::Relaxed) >= r.packs, "packs fetched whole");
+    let kept = files_in(&c._dir.path().join("cache").join("packs")).len();
+    assert!(kept <= 2, "invariant 7: {kept} packs kept under a limit of two");
+    assert_eq!(block_files_in(&c._dir.path().join("cache")), 0, "no cache file per block");
+    assert!(c.lazy.cached_bytes() <= cap, "invariant 7: {} cached bytes over the limit {cap}", c.lazy.cached_bytes());
 }
