@@ -29,7 +29,7 @@ pub struct MountConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, passthrough_writes: false, read_only: false, shared_ttl: None }
+        MountConfig { fs_name: "hybridfs".into(), threads: 4, passthrough: true, passthrough_writes: true, read_only: false, shared_ttl: None }
     }
 }
 

@@ -108,7 +108,7 @@ impl Default for MountOptions {
         MountOptions {
             threads: 4,
             passthrough: true,
-            passthrough_writes: false,
+            passthrough_writes: true,
             seal_delay: 30,
             read_timeout: None,
             metrics_addr: None,
@@ -185,7 +185,7 @@ pub fn mount_foreground(home: &Home, name: &str, mp: &Path, opts: &MountOptions)
             passthrough: opts.passthrough,
             // Never on a shared volume (other hosts learn of a file's writes only through
             // the mount: with `blocks_to_store = on-fsync` the volume refuses them anyway).
-            passthrough_writes: opts.passthrough_writes && shared_ttl.is_none(),
+            passthrough_writes: opts.passthrough_writes && shared_ttl.is_none() && !opts.read_only,
             read_only: opts.read_only,
             shared_ttl,
         };

@@ -40,7 +40,7 @@ pub const KEYS: &[Key] = &[
     key("log.format", &["HYBRIDFS_LOG_FORMAT"], Some("--log-format"), "text"),
     key("mount.threads", &["HYBRIDFS_MOUNT_THREADS"], Some("--threads"), "4"),
     key("mount.writeback_cache", &["HYBRIDFS_MOUNT_WRITEBACK_CACHE"], Some("--writeback-cache"), "false"),
-    key("mount.passthrough_writes", &["HYBRIDFS_MOUNT_PASSTHROUGH_WRITES"], Some("--passthrough-writes"), "false"),
+    key("mount.passthrough_writes", &["HYBRIDFS_MOUNT_PASSTHROUGH_WRITES"], Some("--passthrough-writes"), "true"),
     key("mount.seal_delay", &["HYBRIDFS_MOUNT_SEAL_DELAY"], Some("--seal-delay"), "30s"),
     key("mount.read_timeout", &["HYBRIDFS_MOUNT_READ_TIMEOUT"], Some("--read-timeout"), "the volume's read_timeout_secs, else 30s"),
     key("mount.metrics_addr", &["HYBRIDFS_MOUNT_METRICS_ADDR"], Some("--metrics-addr"), "none (no metrics server)"),
@@ -556,7 +556,7 @@ impl Config {
         let threads = r.get("mount.threads", m.threads, flags.threads)?.map_or(4, |t| t.0);
         let writeback_cache = r.get("mount.writeback_cache", m.writeback_cache, flags.writeback_cache)?.unwrap_or(false);
         let passthrough_writes =
-            r.get("mount.passthrough_writes", m.passthrough_writes, flags.passthrough_writes)?.unwrap_or(false);
+            r.get("mount.passthrough_writes", m.passthrough_writes, flags.passthrough_writes)?.unwrap_or(true);
         let seal_delay = r.get("mount.seal_delay", m.seal_delay, flags.seal_delay)?.map_or(30, |s| s.0);
         let read_timeout = r.get("mount.read_timeout", m.read_timeout, flags.read_timeout)?.map(|s| s.0);
         let metrics_addr = r.get("mount.metrics_addr", m.metrics_addr, flags.metrics_addr)?;

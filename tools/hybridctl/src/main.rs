@@ -105,8 +105,8 @@ enum Cmd {
         #[arg(long)]
         writeback_cache: bool,
         /// Writes of new files and of files opened with O_TRUNC (checkpoints) go by kernel
-        /// passthrough straight to local disk, not through the mount process [default: false
-        /// until a full disk under them is handled; never on shared volumes].
+        /// passthrough straight to local disk, not through the mount process [default: true;
+        /// never on shared volumes, nor while the disk is nearly full].
         #[arg(long, value_name = "BOOL")]
         passthrough_writes: Option<bool>,
         /// Seconds a closed file stays untouched before its data is sealed into blocks

@@ -297,7 +297,10 @@ impl Volume {
     /// blocks at fsync (`ship.rs`): each fsync seals the file, and the next absorb would
     /// stage (and the next fsync seal and hash) all of it again. Nor while the space guard
     /// says the disk is too full (`space.rs`: no ballast held, or free space below the
-    /// reserve): the kernel's writes pass no space check of ours.
+    /// reserve): the kernel's writes pass no space check of ours. Nor for a file with a
+    /// set-user-ID or set-group-ID bit or a `security.capability` attribute: the mount takes
+    /// FUSE_HANDLE_KILLPRIV_V2, so a write must clear them here ([`KillPriv`]), and writes by
+    /// passthrough never reach us.
     fn passthrough_write_ok(&self, st: &mut NodeData, others: u32) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         let ok = self.passthrough.load(Relaxed)
@@ -306,7 +309,9 @@ impl Volume {
             && st.inode.kind == Kind::File
             && others == st.passthrough_opens
             && st.inode.inline.as_ref().is_none_or(|b| b.is_empty())
+            && st.inode.perm & (libc::S_ISUID | libc::S_ISGID) == 0
             && !self.meta.has_sealed_extent(st.inode.ino)?
+            && !self.has_caps(st)?
             && self.space.passthrough_ok();
         if ok && st.inode.inline.is_some() {
             // An empty inline file (a new one, or one truncated to nothing): its bytes will
