@@ -57,6 +57,21 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hybridfs-target}"
 export HYBRIDCTL="$CARGO_TARGET_DIR/release/hybridctl"
 
+# Cargo's fingerprints of the workspace's own crates do not include the checkout's absolute
+# path, but the binaries do (CARGO_MANIFEST_DIR: the agent's example providers, the benches'
+# scripts). A target dir shared by two checkouts would then run tests built in the other one,
+# looking for files under its path. When the checkout changed since the last run, rebuild the
+# workspace's crates (only them: dependencies such as RocksDB stay built).
+here="$(pwd)"
+mkdir -p "$CARGO_TARGET_DIR"
+if [ "$(cat "$CARGO_TARGET_DIR/.hybridfs-checkout" 2>/dev/null)" != "$here" ]; then
+    for pkg in $(cd "$here" && cargo metadata --no-deps --format-version 1 \
+                 | python3 -c 'import json,sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))'); do
+        (cd "$here" && cargo clean --release -p "$pkg" >/dev/null 2>&1) || true
+    done
+fi
+echo "$here" > "$CARGO_TARGET_DIR/.hybridfs-checkout"
+
 cargo build --release --workspace --bins
 # Two test threads: the heavy integration tests (100k-entry directory, fsx, crash rounds)
 # each run a mount process; more at once only slows them down on small machines.
