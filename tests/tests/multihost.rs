@@ -367,10 +367,22 @@ fn store(c: &Cluster) -> hybridfs_core::meta::MetaStore {
     hybridfs_core::meta::MetaStore::new(std::sync::Arc::new(kv)).unwrap()
 }
 
+/// File `g` written and held open on host A, then unlinked on host B: the open file and its
+/// inode number.
+fn open_on_a_unlinked_on_b(c: &Cluster) -> (fs::File, u64) {
+    use std::os::unix::fs::MetadataExt;
+    fs::write(c.a.path("g"), vec![7u8; 300_000]).unwrap();
+    let f = fs::File::open(c.a.path("g")).unwrap();
+    let ino = f.metadata().unwrap().ino();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("g"))));
+    fs::remove_file(c.b.path("g")).unwrap();
+    (f, ino)
+}
+
 /// A cluster whose hosts hold leases of `lease_secs` (their lease passes run every sixth).
 fn cluster_with_lease(name: &str, lease_secs: &'static str) -> Cluster {
     let mut c = Cluster::start(name, false, &[]);
-    c.env.push((hybridfs_core::volume::hosts::HOST_LEASE_ENV, lease_secs.to_string()));
+    c.env.push(("HYBRIDFS_MOUNT_HOST_LEASE", lease_secs.to_string()));
     c.mount_both();
     c
 }
@@ -419,13 +431,8 @@ fn a_file_unlinked_on_one_host_stays_open_on_the_other_and_goes_at_its_close() {
 
 #[test]
 fn a_crashed_hosts_unlinked_open_file_is_purged_once_its_lease_ends() {
-    use std::os::unix::fs::MetadataExt;
     let mut c = cluster_with_lease("orphancrash", "3");
-    fs::write(c.a.path("g"), vec![7u8; 300_000]).unwrap();
-    let f = fs::File::open(c.a.path("g")).unwrap();
-    let ino = f.metadata().unwrap().ino();
-    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("g"))));
-    fs::remove_file(c.b.path("g")).unwrap();
+    let (f, ino) = open_on_a_unlinked_on_b(&c);
     let meta = store(&c);
     assert!(meta.orphans().unwrap().contains(&ino), "{UNLINK_OPEN}: not kept as an orphan");
     assert_eq!(meta.openers(ino).unwrap().len(), 1, "host A's open row");
@@ -593,13 +600,8 @@ fn a_rename_and_chown_on_the_host_with_the_file_open_keep_another_hosts_chmod_an
 
 #[test]
 fn fsck_reports_and_repairs_what_a_crashed_host_left() {
-    use std::os::unix::fs::MetadataExt;
     let mut c = cluster_with_lease("fsckhosts", "3");
-    fs::write(c.a.path("g"), vec![5u8; 300_000]).unwrap();
-    let f = fs::File::open(c.a.path("g")).unwrap();
-    let ino = f.metadata().unwrap().ino();
-    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("g"))));
-    fs::remove_file(c.b.path("g")).unwrap();
+    let (f, ino) = open_on_a_unlinked_on_b(&c);
     // Host B leaves cleanly (no lease pass of its own any more), then host A dies holding the
     // unlinked file: its lease row, open row and the orphan stay in the database.
     c.b.umount();

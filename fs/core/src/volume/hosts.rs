@@ -2,9 +2,8 @@
 //! live host holds open (rows: `meta/hosts.rs`; rules: doc/SEMANTICS.md, "Several hosts").
 //!
 //! * Each mount of a shared volume is a host with a random id, and a lease row it renews every
-//!   sixth of its lease (the mount's `mount.host_lease`, else [`host_lease`]: 60 s, or
-//!   `HYBRIDFS_HOST_LEASE_SECS`). A host whose lease ended is
-//!   dead: whatever it held open is free.
+//!   sixth of its lease (the mount's `mount.host_lease`, else [`HOST_LEASE`]: 60 s). A host
+//!   whose lease ended is dead: whatever it held open is free.
 //! * The first open of a file on a host writes an open row `(ino, host)`, its last release
 //!   removes it (a new file's row goes in its create's batch). RocksDB volumes write none.
 //! * The last link of a file goes: the inode stays, as an orphan, while this host has it
@@ -22,15 +21,9 @@ use crate::types::Ino;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How long a host's lease lasts without renewal.
+/// How long a host's lease lasts without renewal, unless the mount says
+/// (`VolumeOptions::host_lease`: the configuration's `mount.host_lease`).
 pub const HOST_LEASE: Duration = Duration::from_secs(60);
-/// Sets [`HOST_LEASE`] in seconds (tests make it short).
-pub const HOST_LEASE_ENV: &str = "HYBRIDFS_HOST_LEASE_SECS";
-
-/// This process's lease length ([`HOST_LEASE`], or [`HOST_LEASE_ENV`]).
-pub fn host_lease() -> Duration {
-    std::env::var(HOST_LEASE_ENV).ok().and_then(|v| v.parse::<u64>().ok()).filter(|s| *s > 0).map_or(HOST_LEASE, Duration::from_secs)
-}
 
 /// A host id: random, never 0.
 pub(super) fn new_host_id() -> u64 {

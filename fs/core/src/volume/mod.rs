@@ -92,7 +92,7 @@ pub struct VolumeOptions {
     /// transaction, that what it read is unchanged, else runs again (see `Txn`).
     pub shared: bool,
     /// A shared volume: how long this host's lease lasts without renewal (`hosts.rs`; the
-    /// mount's `mount.host_lease`) [default: [`hosts::host_lease`]].
+    /// mount's `mount.host_lease`) [default: [`hosts::HOST_LEASE`]].
     pub host_lease: Option<Duration>,
 }
 
@@ -303,7 +303,7 @@ impl Volume {
             passthrough_writes: std::sync::atomic::AtomicBool::new(false),
             caps_set: AtomicU64::new(0),
             host: hosts::new_host_id(),
-            host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or_else(hosts::host_lease),
+            host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or(hosts::HOST_LEASE),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
