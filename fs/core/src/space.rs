@@ -69,13 +69,13 @@ pub struct DiskSpace {
 
 impl SpaceGuard {
     pub fn new(path: &Path) -> Result<Self> {
-        let path_of = path;
+        let ballast_path = path.join(BALLAST_NAME);
         let path = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| FsError::Invalid("volume path contains a NUL byte"))?;
         let mut guard = SpaceGuard {
             path,
             reserve: 0,
-            ballast_path: path_of.join(BALLAST_NAME),
+            ballast_path,
             ballast_wanted: AtomicBool::new(false),
             ballast_held: AtomicBool::new(false),
             ballast_lock: Mutex::new(()),

@@ -212,7 +212,14 @@ impl LazyStore {
             inner.touch(&id);
         }
         let (ahead, rx) = crossbeam_channel::bounded::<BlockId>(256);
-        spawn_workers(&inner, workers, "fetch", FETCHERS, &rx, fetcher)?;
+        for n in 0..FETCHERS {
+            let (inner, rx) = (Arc::downgrade(&inner), rx.clone());
+            let (status, stop) = (workers.register(&format!("fetch-{n}")), workers.stop_signal());
+            std::thread::Builder::new()
+                .name(format!("fetch-{n}"))
+                .spawn(move || fetcher(&inner, &rx, &status, &stop))
+                .map_err(|e| FsError::io("start block fetchers", e))?;
+        }
         Ok(LazyStore { inner, ahead })
     }
 
@@ -337,27 +344,6 @@ impl LazyStore {
 /// One read-ahead fetcher: blocks from the queue until the store is dropped or the stop
 /// signal goes out (looked at every 200 ms). After failures in a row (the store is down) it
 /// pauses before the next hint, 100 ms doubled per failure ([`pause`]).
-/// Start `count` named workers `NAME-N`, each running `run` over `rx` until the volume's
-/// workers stop or the store goes.
-fn spawn_workers<T: Send + 'static>(
-    inner: &Arc<Inner>,
-    workers: &Workers,
-    name: &str,
-    count: usize,
-    rx: &crossbeam_channel::Receiver<T>,
-    run: fn(&std::sync::Weak<Inner>, &crossbeam_channel::Receiver<T>, &Handle, &Stop),
-) -> Result<()> {
-    for n in 0..count {
-        let (inner, rx) = (Arc::downgrade(inner), rx.clone());
-        let (status, stop) = (workers.register(&format!("{name}-{n}")), workers.stop_signal());
-        std::thread::Builder::new()
-            .name(format!("{name}-{n}"))
-            .spawn(move || run(&inner, &rx, &status, &stop))
-            .map_err(|e| FsError::io(format!("start {name} workers"), e))?;
-    }
-    Ok(())
-}
-
 fn fetcher(inner: &std::sync::Weak<Inner>, rx: &crossbeam_channel::Receiver<BlockId>, status: &Handle, stop: &Stop) {
     while !stop.is_stopped() {
         let id = match rx.recv_timeout(Duration::from_millis(200)) {

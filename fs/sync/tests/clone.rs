@@ -672,13 +672,8 @@ fn a_damaged_pack_is_never_split_its_good_blocks_still_read_and_the_bad_one_fail
 /// reader gets its own verified block (invariant 5).
 #[test]
 fn concurrent_readers_of_one_pack_fetch_it_once() {
-    let home = volume();
     let files: Vec<Vec<u8>> = (0..64u64).map(|i| noise(900 + i, 5000)).collect();
-    for (i, f) in files.iter().enumerate() {
-        write_file(&home.vol, &format!("f{i}"), 0, f);
-    }
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let (store, r) = pushed_files(&files);
     assert_eq!(r.packs, 1, "{r:?}");
     let c = clone_of(store, "main", "node", None);
     std::thread::scope(|s| {
@@ -895,6 +890,18 @@ fn block_files_in(cache: &std::path::Path) -> usize {
         .sum()
 }
 
+/// `files` as `f0`, `f1`, ... of a new home volume, pushed to a new in-memory store as branch
+/// `main` (small files: packed).
+fn pushed_files(files: &[Vec<u8>]) -> (Arc<dyn ObjectStore>, hybridfs_sync::PushReport) {
+    let home = volume();
+    for (i, f) in files.iter().enumerate() {
+        write_file(&home.vol, &format!("f{i}"), 0, f);
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    (store, r)
+}
+
 /// A pack fetched whole is kept in the cache as ONE file (no file per block: creating one per
 /// small file was most of a clone's extra cost per file), and every block read from it at its
 /// recorded place is verified against its id (invariant 5): a second clone sharing the cache
@@ -903,13 +910,8 @@ fn block_files_in(cache: &std::path::Path) -> usize {
 /// count like blocks and are evicted whole (invariant 7).
 #[test]
 fn a_pack_is_cached_as_one_file_verified_when_read_and_evicted_whole() {
-    let home = volume();
     let files: Vec<Vec<u8>> = (0..140u64).map(|i| noise(1700 + i, 60_000 + i as usize * 100)).collect();
-    for (i, f) in files.iter().enumerate() {
-        write_file(&home.vol, &format!("f{i}"), 0, f);
-    }
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let (store, r) = pushed_files(&files);
     assert_eq!(r.packs, 2, "{r:?}");
     let shared = tempfile::tempdir().unwrap();
     let read_all = |c: &Clone| {
@@ -957,13 +959,8 @@ fn a_pack_is_cached_as_one_file_verified_when_read_and_evicted_whole() {
 /// keeps at most two, each evicted whole, and every file still reads (verified, invariant 5).
 #[test]
 fn cached_packs_count_against_the_cache_limit_and_are_evicted_whole() {
-    let home = volume();
     let files: Vec<Vec<u8>> = (0..360u64).map(|i| noise(3100 + i, 60_000 + i as usize * 100)).collect();
-    for (i, f) in files.iter().enumerate() {
-        write_file(&home.vol, &format!("f{i}"), 0, f);
-    }
-    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
-    let r = push(&home.vol, &Remote::new(store.clone(), "vol"), "main", &|_| {}).unwrap();
+    let (store, r) = pushed_files(&files);
     assert!(r.packs >= 3, "{r:?}");
     let cap = 2 * hybridfs_sync::PACK_BYTES as u64 + 1024;
     let c = clone_of(store, "main", "node", Some(cap));

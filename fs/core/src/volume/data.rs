@@ -817,23 +817,22 @@ impl Volume {
         let node = self.open_node(ino)?;
         let mut st = node.write();
         self.kill_privs(&mut st, kill)?;
-        let before = st.checkpoint();
-        let written = self.write_locked(&mut st, offset, data, end);
-        if written.is_err() {
-            st.roll_back(before);
-        }
+        let attempt = |st: &mut NodeData| {
+            let before = st.checkpoint();
+            let written = self.write_locked(st, offset, data, end);
+            if written.is_err() {
+                st.roll_back(before);
+            }
+            written
+        };
+        let written = attempt(&mut st);
         if !(self.shared && matches!(written, Err(FsError::MetaStale(_)))) {
             return written;
         }
         // A shared volume: a block this host had cached changed in the store (another host
         // truncated the file): the write goes again on the file as stored.
         self.reload_node(&mut st)?;
-        let before = st.checkpoint();
-        let written = self.write_locked(&mut st, offset, data, end);
-        if written.is_err() {
-            st.roll_back(before);
-        }
-        written
+        attempt(&mut st)
     }
 
     /// A shared volume: another host changed the blocks of a file this host has open (a
