@@ -112,12 +112,53 @@ fn kill_9_rounds(mount_args: &[&str]) {
 /// were made durable by the fsync, not by a close that never came), and fsck is clean.
 #[test]
 fn fsynced_bytes_of_a_file_open_for_passthrough_writes_survive_kill_9() {
-    const MIB: usize = 1 << 20;
     let mut vol = TestVolume::builder().mount_args(&["--passthrough-writes", "true"]).build();
-    let pid = vol.mount_pid().expect("mount pid");
-    let synced = pattern(16, 5 * MIB + 12_345);
     let path = vol.path("ckpt.pt");
     let f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
+    kill_9_with_an_open_passthrough_writer(&mut vol, f, &path);
+}
+
+/// Invariant 1 on the passthrough write path of a new file created without `O_TRUNC` (tar's
+/// `O_EXCL`), which is written by passthrough once most of the volume's last 16 new files
+/// outgrew the inline limit: as above, fsync'd bytes survive `kill -9` of the mount with the
+/// file still open. Before that, a small `O_EXCL` file written by passthrough goes back
+/// inline at close and reads back whole.
+#[test]
+fn fsynced_bytes_of_a_new_exclusive_file_written_by_passthrough_survive_kill_9() {
+    let mut vol = TestVolume::builder().mount_args(&["--passthrough-writes", "true"]).build();
+    let pid = vol.mount_pid().expect("mount pid");
+    let excl = |p: &Path| fs::OpenOptions::new().write(true).create_new(true).open(p).unwrap();
+    let large = pattern(3, 10_000);
+    let before = procs::bytes_written_by(pid);
+    for i in 0..16 {
+        excl(&vol.path(format!("large-{i}"))).write_all_at(&large, 0).unwrap();
+    }
+    let through_us = procs::bytes_written_by(pid) - before;
+    assert!(
+        through_us >= (7 * large.len()) as u64,
+        "a mount starts out expecting small files: the first new files go through it ({through_us} bytes)"
+    );
+    let small = pattern(4, 100);
+    let before = procs::bytes_written_by(pid);
+    excl(&vol.path("small")).write_all_at(&small, 0).unwrap();
+    let after_small = procs::bytes_written_by(pid) - before;
+    assert_same_bytes("a small O_EXCL file written by passthrough", &fs::read(vol.path("small")).unwrap(), &small);
+    eprintln!("the small file cost the mount {after_small} bytes of writes");
+    for i in 0..16 {
+        assert_same_bytes("a new file", &fs::read(vol.path(format!("large-{i}"))).unwrap(), &large);
+    }
+    let path = vol.path("big.bin");
+    let f = excl(&path);
+    kill_9_with_an_open_passthrough_writer(&mut vol, f, &path);
+}
+
+/// Writes 5 MiB to `f` (open for writing, empty, at `path`), fsyncs, checks the mount process
+/// did not write them itself (a passthrough write), writes 2 MiB more unsynced, kills the
+/// mount, remounts: the fsync'd bytes and size are back, and fsck is clean.
+fn kill_9_with_an_open_passthrough_writer(vol: &mut TestVolume, f: fs::File, path: &Path) {
+    const MIB: usize = 1 << 20;
+    let pid = vol.mount_pid().expect("mount pid");
+    let synced = pattern(16, 5 * MIB + 12_345);
     let before = procs::bytes_written_by(pid);
     f.write_all_at(&synced, 0).unwrap();
     f.sync_all().unwrap();
@@ -134,7 +175,7 @@ fn fsynced_bytes_of_a_file_open_for_passthrough_writes_survive_kill_9() {
     drop(f);
     vol.clean_dead_mount();
     vol.mount();
-    let got = fs::read(&path).unwrap_or_else(|e| panic!("invariant 1: fsync'd file lost after kill -9: {e}"));
+    let got = fs::read(path).unwrap_or_else(|e| panic!("invariant 1: fsync'd file lost after kill -9: {e}"));
     assert!(got.len() >= synced.len(), "invariant 1: fsync'd size lost: {} < {}", got.len(), synced.len());
     assert_same_bytes("invariant 1: fsync'd bytes after kill -9", &got[..synced.len()], &synced);
     vol.umount();

@@ -93,6 +93,34 @@ pub fn choose_io(write: bool, passthrough_opens: u32, fully_staged: bool) -> IoK
     }
 }
 
+/// Whether the volume's recent new files are small or large: the sizes of its last 16 new
+/// files (created by this mount) at their last close, as one bit each (larger than the
+/// inline limit, [`INLINE_MAX`]). A new file created without `O_TRUNC` (an untar's or a
+/// copy's `O_EXCL`) is written by kernel passthrough while at least half of them were large
+/// ([`NewFiles::expect_large`]): a small file written so costs a staging file and a
+/// backing open before it goes back inline at close, a large one written through us costs a
+/// write request per 4-128 KiB. A mount starts out expecting small files, so a tree of small
+/// files stays inline all the way.
+#[derive(Debug, Default)]
+pub struct NewFiles(std::sync::atomic::AtomicU32);
+
+impl NewFiles {
+    const WINDOW: u32 = 16;
+
+    /// A new file was closed for the last time at `size` bytes.
+    pub fn closed(&self, size: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mask = (1u32 << Self::WINDOW) - 1;
+        let bit = u32::from(size > INLINE_MAX);
+        let _ = self.0.fetch_update(Relaxed, Relaxed, |h| Some(((h << 1) | bit) & mask));
+    }
+
+    /// At least half of the last 16 new files were larger than the inline limit.
+    pub fn expect_large(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).count_ones() >= Self::WINDOW / 2
+    }
+}
+
 /// Attributes to change; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct SetAttr {
@@ -224,6 +252,7 @@ impl Volume {
     /// the store already (a file created open, see `hosts.rs`); `created`: the record of a
     /// file this call's caller just created, which a new node starts from (no store read).
     pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool, created: Option<Inode>) -> Result<Opened> {
+        let new_file = created.is_some();
         let (node, others) = {
             let _ns = self.ns_for(&[ino]);
             let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
@@ -238,6 +267,7 @@ impl Volume {
         };
         // The node lock (not `ns`) keeps the sealer out while the extents are looked at.
         let mut st = node.write();
+        st.new_file |= new_file;
         let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others));
         if opened.is_err() {
             drop(st);
@@ -463,7 +493,12 @@ impl Volume {
                 // Another host may have unlinked it (or changed its mode) meanwhile.
                 self.refresh_node(&mut st)?;
             }
-            if kind == IoKind::PassthroughWrite && self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1) {
+            let last = self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1);
+            if last && st.new_file {
+                st.new_file = false;
+                self.new_files.closed(st.inode.size);
+            }
+            if kind == IoKind::PassthroughWrite && last {
                 self.reinline(&mut st)?;
             }
             (st.inode.nlink, st.staging.is_some())
@@ -518,6 +553,12 @@ impl Volume {
             st.roll_back(before);
         }
         done
+    }
+
+    /// Whether a new file created without `O_TRUNC` should be written by passthrough (where
+    /// allowed): most recent new files outgrew the inline limit ([`NewFiles`]).
+    pub fn expect_large_new_files(&self) -> bool {
+        self.new_files.expect_large()
     }
 
     /// Let read-only opens of files held entirely in their staging file use kernel passthrough.
@@ -1294,4 +1335,28 @@ mod read_ahead_tests {
 fn mtime_of(md: &std::fs::Metadata) -> Timespec {
     use std::os::unix::fs::MetadataExt;
     Timespec { sec: md.mtime(), nsec: md.mtime_nsec() as u32 }
+}
+
+#[cfg(test)]
+mod new_files_tests {
+    use super::NewFiles;
+    use crate::types::INLINE_MAX;
+
+    #[test]
+    fn new_files_expect_large_once_half_of_the_last_16_outgrew_the_inline_limit() {
+        let n = NewFiles::default();
+        assert!(!n.expect_large(), "a mount starts out expecting small files");
+        for i in 0..7 {
+            n.closed(INLINE_MAX + 1 + i);
+        }
+        assert!(!n.expect_large(), "7 large of 16 is not half");
+        n.closed(INLINE_MAX + 1);
+        assert!(n.expect_large(), "8 large of the last 16");
+        n.closed(INLINE_MAX);
+        assert!(n.expect_large(), "a file at the inline limit is small; the 8 large are still in the window");
+        for _ in 0..8 {
+            n.closed(10);
+        }
+        assert!(!n.expect_large(), "the first large one left the window: 7 of the last 16");
+    }
 }

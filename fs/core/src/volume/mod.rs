@@ -177,6 +177,9 @@ pub(crate) struct NodeData {
     /// The file had no `security.capability` attribute when [`Volume`]'s `caps_set` count
     /// was this value (writes that remove it look again once the count moved).
     pub no_caps_at: Option<u64>,
+    /// Created by this mount and not yet closed for the last time: its size at that close
+    /// goes to [`Volume`]'s `new_files` ([`data::NewFiles`]).
+    pub new_file: bool,
 }
 
 pub(crate) type Node = Arc<RwLock<NodeData>>;
@@ -236,6 +239,9 @@ pub struct Volume {
     /// found none at count N need not look again while the count is N
     /// ([`NodeData::no_caps_at`], [`data::KillPriv`]).
     caps_set: AtomicU64,
+    /// Whether the last new files outgrew the inline limit: new files not created with
+    /// `O_TRUNC` are written by passthrough while most did ([`data::NewFiles`]).
+    new_files: data::NewFiles,
     /// A shared volume: this host's id ([`hosts`]), and whether its lease was given back.
     host: u64,
     /// A shared volume: how long this host's lease lasts without renewal.
@@ -302,6 +308,7 @@ impl Volume {
             shipper: RwLock::new(None),
             passthrough_writes: std::sync::atomic::AtomicBool::new(false),
             caps_set: AtomicU64::new(0),
+            new_files: data::NewFiles::default(),
             host: hosts::new_host_id(),
             host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or(hosts::HOST_LEASE),
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -495,6 +502,7 @@ impl Volume {
             staging_entry_unsynced: false,
             read_pattern: Default::default(),
             no_caps_at: None,
+            new_file: false,
         }));
         let mut nodes = self.nodes.lock();
         let e = nodes.entry(ino).or_insert(NodeEntry { node, handles: 0, pins: 0 });

@@ -135,14 +135,17 @@ impl MountView {
     }
 
     /// A new file opened for writing, counted. Written by kernel passthrough (where the mount
-    /// allows it) only when created with `truncate` (`O_TRUNC`): how whole files such as
-    /// checkpoints are written (`open(.., "wb")`, `>`), while the many small files of an
-    /// untar or a copy (`O_EXCL`, no `O_TRUNC`) stay on our path and inline, without a
-    /// staging file and a backing file each.
+    /// allows it) when created with `truncate` (`O_TRUNC`): how whole files such as
+    /// checkpoints are written (`open(.., "wb")`, `>`). Without it (an untar's or a copy's
+    /// `O_EXCL`) only while most of the volume's last new files outgrew the inline limit
+    /// ([`NewFiles`](super::data::NewFiles)): many small files stay on our path and inline,
+    /// without a staging file and a backing file each, and a tree of larger files (tar's
+    /// 10 KiB records) is not a write request per record.
     pub fn create(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, truncate: bool) -> Result<Opened> {
         self.writable(&[parent])?;
         let caps = self.vol.caps_count();
-        let opened = self.vol.create_open(parent, name, new, who, truncate)?;
+        let passthrough_write = truncate || self.vol.expect_large_new_files();
+        let opened = self.vol.create_open(parent, name, new, who, passthrough_write)?;
         self.vol.remember(opened.inode.ino);
         self.vol.created_without_caps(opened.inode.ino, caps);
         Ok(opened)
