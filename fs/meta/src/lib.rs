@@ -51,12 +51,40 @@ pub struct RocksOptions {
     pub block_cache_bytes: usize,
     pub write_buffer_bytes: usize,
     pub read_only: bool,
+    /// Where table files keep their index and filter blocks.
+    pub index: IndexLayout,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        RocksOptions { block_cache_bytes: 32 << 20, write_buffer_bytes: 48 << 20, read_only: false }
+        RocksOptions { block_cache_bytes: 32 << 20, write_buffer_bytes: 48 << 20, read_only: false, index: IndexLayout::default() }
     }
+}
+
+/// Where table files keep their index and filter blocks: what a point lookup walks before
+/// the data block, and whose memory grows with the metadata.
+///
+/// The default is [`IndexLayout::Partitioned`] (c917de0: memory bounded by the block cache
+/// at 10 million files). The others are for A/B runs of one build (a cold `stat` is two
+/// point lookups; benches/README.md, "Cold stat: index layouts and FORGET"): by the CPU per
+/// lookup measured there, the layout is worth a few microseconds per `stat`, not the
+/// regression against fuseref it was suspected of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IndexLayout {
+    /// A whole index and filter per table, held by its table reader outside the block cache
+    /// (as before c917de0): the data block is a lookup's only block-cache lookup per table
+    /// probed; memory about 1% of the metadata, growing with it.
+    Whole,
+    /// Cut in partitions of about 4 KiB that live in the block cache, only each table's top
+    /// level pinned (c917de0): memory bounded by the cache, but a partition lookup in the
+    /// cache for the filter and one for the index of every table a lookup probes.
+    #[default]
+    Partitioned,
+    /// Partitioned in the block cache, and the partitions of tables written by a flush
+    /// (level 0: the newest rows, what a mount reads most) pinned while the table is open.
+    PartitionedPinnedL0,
+    /// Partitioned in the block cache, every table's partitions pinned while it is open.
+    PartitionedPinned,
 }
 
 pub struct RocksKv {
@@ -74,6 +102,25 @@ pub fn open(path: &Path, opts: &RocksOptions) -> Result<MetaStore> {
     MetaStore::new(Arc::new(RocksKv::open(path, opts)?))
 }
 
+/// The table options of `layout` ([`IndexLayout`]).
+fn set_index_layout(table: &mut BlockBasedOptions, layout: IndexLayout) {
+    use rocksdb::BlockBasedTablePinningTier as Tier;
+    if layout == IndexLayout::Whole {
+        table.set_cache_index_and_filter_blocks(false);
+        return;
+    }
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_partition_pinning_tier(match layout {
+        IndexLayout::PartitionedPinnedL0 => Tier::FlushAndSimilar,
+        IndexLayout::PartitionedPinned => Tier::All,
+        _ => Tier::None,
+    });
+}
+
 impl RocksKv {
     pub fn open(path: &Path, opts: &RocksOptions) -> Result<Self> {
         // Four shards (8 MiB each at the default size), not RocksDB's 512 KiB ones: the whole
@@ -85,21 +132,12 @@ impl RocksKv {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        // Index and filter blocks live in the block cache, cut in partitions of about 4 KiB
-        // (a two-level index; partitioned filters), so their memory is bounded by the cache,
-        // not by the number of files (kept with their table readers, they were about 1% of
-        // the metadata, growing with it).
-        // A whole table's filter in the cache (over 1 MiB at a million files) did not fit one
-        // cache shard and was re-read and re-checksummed on every lookup (a cold `find` over
-        // 1M files took 67 s); a partition does fit. Each table's top-level index of its
-        // partitions (one entry per 4 KiB partition) stays pinned. Tables written before
-        // (a whole filter each) still work: their filter is one cache entry until compaction
-        // rewrites them.
-        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_top_level_index_and_filter(true);
+        // Index and filter blocks: see [`IndexLayout`]. A whole table's filter in the cache
+        // (over 1 MiB at a million files) did not fit one cache shard and was re-read and
+        // re-checksummed on every lookup (a cold `find` over 1M files took 67 s): in the
+        // cache they are partitioned (about 4 KiB each; each table's top level pinned).
+        // Tables written in another layout still work until compaction rewrites them.
+        set_index_layout(&mut table, opts.index);
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(opts.write_buffer_bytes / 4);
@@ -745,14 +783,16 @@ impl Drop for RocksBulk<'_> {
 mod tests {
     use super::*;
 
-    /// The engine's memory after reading every key of a store is its block cache (index and
-    /// filter partitions included) and memtables, not something that grows with the number
+    /// With partitioned index and filters ([`IndexLayout::Partitioned`]), the engine's memory
+    /// after reading every key of a store is its block cache (index and filter partitions
+    /// included) and memtables, not something that grows with the number
     /// of keys: the table readers hold next to nothing outside the cache (bytes asserted).
     #[test]
     fn index_and_filters_live_in_the_bounded_block_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = 1 << 20;
-        let kv = RocksKv::open(dir.path(), &RocksOptions { block_cache_bytes: cache, ..RocksOptions::default() }).unwrap();
+        let opts = RocksOptions { block_cache_bytes: cache, index: IndexLayout::Partitioned, ..RocksOptions::default() };
+        let kv = RocksKv::open(dir.path(), &opts).unwrap();
         let key = |i: u32| format!("inode-{i:010}").into_bytes();
         let n = 300_000;
         for chunk in (0..n).collect::<Vec<u32>>().chunks(10_000) {
@@ -771,6 +811,59 @@ mod tests {
         eprintln!("table readers {readers} B, block cache {cached} B (pinned {pinned} B)");
         assert!(readers < 64 << 10, "table readers hold {readers} bytes outside the cache");
         assert!(cached <= cache as u64 + (64 << 10), "block cache {cached} bytes, capacity {cache}");
+    }
+
+    /// Not a test: CPU per point lookup of each [`IndexLayout`], the reads of a cold `stat`
+    /// (a directory entry and an inode) over 10,000 files just written (newest tables) on top
+    /// of an older volume's rows (compacted to the last level). Run with
+    /// `cargo test --release -p hybridfs-meta -- --ignored --nocapture lookup_cpu_per_index_layout`.
+    #[test]
+    #[ignore]
+    fn lookup_cpu_per_index_layout() {
+        let cpu = || {
+            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid timespec for the call to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
+        };
+        let layouts = [IndexLayout::Whole, IndexLayout::Partitioned, IndexLayout::PartitionedPinnedL0, IndexLayout::PartitionedPinned];
+        let dirs: Vec<_> = layouts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+        let (old, new) = (1_000_000u64, 10_000u64);
+        let dentry = |i: u64| [&7u64.to_be_bytes()[..], format!("f{i:07}").as_bytes()].concat();
+        for (layout, dir) in layouts.iter().zip(&dirs) {
+            let kv = RocksKv::open(dir.path(), &RocksOptions { index: *layout, ..RocksOptions::default() }).unwrap();
+            for chunk in (0..old).collect::<Vec<u64>>().chunks(20_000) {
+                let mut ops: Vec<KvOp> = chunk.iter().map(|&i| KvOp::Put(Cf::Inodes, (i + 100).to_be_bytes().to_vec(), vec![7; 90])).collect();
+                ops.extend(chunk.iter().map(|&i| KvOp::Put(Cf::Dentries, [&(i / 10_000 + 100).to_be_bytes()[..], format!("o{i:07}").as_bytes()].concat(), vec![3; 30])));
+                kv.commit(ops, false).unwrap();
+            }
+            kv.persist().unwrap();
+            for cf in [Cf::Inodes, Cf::Dentries] {
+                kv.db.compact_range_cf(kv.cf(cf), None::<&[u8]>, None::<&[u8]>);
+            }
+            for chunk in (0..new).collect::<Vec<u64>>().chunks(2_500) {
+                let mut ops: Vec<KvOp> = chunk.iter().map(|&i| KvOp::Put(Cf::Inodes, (old + 1000 + i).to_be_bytes().to_vec(), vec![9; 1100])).collect();
+                ops.extend(chunk.iter().map(|&i| KvOp::Put(Cf::Dentries, dentry(i), vec![3; 30])));
+                kv.commit(ops, false).unwrap();
+                kv.persist().unwrap();
+            }
+        }
+        for round in 0..3 {
+            for (layout, dir) in layouts.iter().zip(&dirs) {
+                let kv = RocksKv::open(dir.path(), &RocksOptions { index: *layout, ..RocksOptions::default() }).unwrap();
+                let mut per = Vec::new();
+                for _ in 0..4 {
+                    let t0 = cpu();
+                    for i in 0..new {
+                        assert!(kv.get(Cf::Dentries, &dentry(i)).unwrap().is_some());
+                        assert!(kv.get(Cf::Inodes, &(old + 1000 + i).to_be_bytes()).unwrap().is_some());
+                    }
+                    per.push((cpu() - t0) / new as f64 / 1000.0);
+                }
+                let mem = kv.memory();
+                eprintln!("round {round} {layout:?}: CPU us per stat's two gets, first pass then warm: {per:.2?}; memory {mem:?}");
+            }
+        }
     }
 
     #[test]

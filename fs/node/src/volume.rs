@@ -13,7 +13,7 @@ use hybridfs_core::meta::MetaStore;
 use hybridfs_core::worker::Workers;
 use hybridfs_core::{Volume, VolumeOptions};
 use hybridfs_cloud::CancellationToken;
-use hybridfs_meta::RocksOptions;
+use hybridfs_meta::{IndexLayout, RocksOptions};
 use hybridfs_sync::Remote;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +34,19 @@ impl VolumeConfig {
     }
 }
 
+/// `HYBRIDFS_META_INDEX` (`whole`, `partitioned`, `pinned-l0`, `pinned`): the RocksDB index
+/// layout ([`IndexLayout`]) for A/B runs of one build (benches/stat_ab.py); unset or
+/// anything else: the default.
+fn meta_index_from_env() -> IndexLayout {
+    match std::env::var("HYBRIDFS_META_INDEX").as_deref() {
+        Ok("whole") => IndexLayout::Whole,
+        Ok("partitioned") => IndexLayout::Partitioned,
+        Ok("pinned-l0") => IndexLayout::PartitionedPinnedL0,
+        Ok("pinned") => IndexLayout::PartitionedPinned,
+        _ => IndexLayout::default(),
+    }
+}
+
 impl VolumeDir {
     /// The volume's metadata: RocksDB in `meta/`, or a shared volume's database (a volume
     /// being made has no `volume.json` yet: RocksDB).
@@ -45,7 +58,7 @@ impl VolumeDir {
                     return crate::shared::open_meta(url, cfg.meta_timeout_secs.map(Duration::from_secs));
                 }
             }
-            let opts = RocksOptions { read_only, ..RocksOptions::default() };
+            let opts = RocksOptions { read_only, index: meta_index_from_env(), ..RocksOptions::default() };
             Ok(Arc::new(hybridfs_meta::open(&self.meta_dir(), &opts)?))
         })
     }
