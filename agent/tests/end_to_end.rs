@@ -171,7 +171,7 @@ fn the_controller_says_ready_once_its_api_answers_and_stopping_at_sigterm() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let ctl = common::Controller(child);
+    let ctl = common::Controller(child, dir.to_path_buf());
     let recv = || {
         let mut buf = [0u8; 1024];
         let n = sock.recv(&mut buf).unwrap_or_else(|e| {

@@ -8,13 +8,32 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 /// A controller process; SIGTERM and reaped on drop.
-pub struct Controller(pub Child);
+/// A controller the test started; `1`: its scratch dir, whose `controller.log` and nodes'
+/// `node.log`s are printed when the test fails (CI keeps nothing else of a failed run).
+pub struct Controller(pub Child, pub PathBuf);
 
 impl Drop for Controller {
     fn drop(&mut self) {
         // SAFETY: SIGTERM to the controller this test started; then reaped.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            print_logs(&self.1);
+        }
+    }
+}
+
+/// The last lines of DIR/controller.log and of every node's node.log, to stderr.
+pub fn print_logs(dir: &Path) {
+    let mut logs = vec![dir.join("controller.log")];
+    if let Ok(entries) = std::fs::read_dir(dir.join("state/local-nodes")) {
+        logs.extend(entries.filter_map(|e| e.ok()).map(|e| e.path().join("node.log")));
+    }
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(120)..];
+        eprintln!("---- {} (last {} lines) ----\n{}", log.display(), tail.len(), tail.join("\n"));
     }
 }
 
@@ -90,7 +109,7 @@ pub fn start(ctl: &Path, dir: &Path, config: &Path, extra: &[&str]) -> Controlle
         .stderr(log)
         .spawn()
         .unwrap();
-    Controller(child)
+    Controller(child, dir.to_path_buf())
 }
 
 /// Runs `hybridctl ARGS` with the home volume's HYBRIDFS_HOME.
