@@ -127,3 +127,113 @@ fn a_truncate_on_another_host_never_brings_back_bytes_from_before_it() {
     // The snapshot still has the x's (its versions keep their block references).
     h.fsck_clean();
 }
+
+/// A [`MemKv`] that counts the reads made outside transactions (each a round trip on
+/// PostgreSQL) and can run a step of another host's once, right after a `get_many`.
+#[derive(Default)]
+struct Watched {
+    kv: MemKv,
+    gets: std::sync::atomic::AtomicU64,
+    get_manys: std::sync::atomic::AtomicU64,
+    after_get_many: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl hybridfs_core::kv::KvRead for Watched {
+    fn get(&self, cf: hybridfs_core::kv::Cf, key: &[u8]) -> hybridfs_core::Result<Option<Vec<u8>>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.kv.get(cf, key)
+    }
+    fn get_many(&self, keys: &[(hybridfs_core::kv::Cf, &[u8])]) -> hybridfs_core::Result<Vec<Option<Vec<u8>>>> {
+        self.get_manys.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = self.kv.get_many(keys);
+        let step = self.after_get_many.lock().take();
+        if let Some(step) = step {
+            step();
+        }
+        out
+    }
+    fn scan(&self, cf: hybridfs_core::kv::Cf, start: &[u8], end: Option<&[u8]>, f: &mut hybridfs_core::kv::Visit<'_>) -> hybridfs_core::Result<()> {
+        self.kv.scan(cf, start, end, f)
+    }
+    fn last_before(&self, cf: hybridfs_core::kv::Cf, end: Option<&[u8]>) -> hybridfs_core::Result<Option<Vec<u8>>> {
+        self.kv.last_before(cf, end)
+    }
+}
+
+impl hybridfs_core::kv::Kv for Watched {
+    fn transact(&self, sync: bool, body: &mut hybridfs_core::kv::TxnBody<'_>) -> hybridfs_core::Result<()> {
+        self.kv.transact(sync, body)
+    }
+    fn sync(&self) -> hybridfs_core::Result<()> {
+        self.kv.sync()
+    }
+}
+
+fn watched_hosts() -> (Arc<Watched>, Arc<Volume>, Arc<Volume>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = Arc::new(Watched::default());
+    let blocks = Arc::new(MemBlockStore::default());
+    Volume::format(&MetaStore::new(kv.clone()).unwrap(), 0, 0).unwrap();
+    let host = |name: &str| {
+        let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join(name), shared: true, ..Default::default() };
+        Volume::open(Arc::new(MetaStore::new(kv.clone()).unwrap()), blocks.clone(), opts).unwrap()
+    };
+    let (a, b) = (host("a"), host("b"));
+    (kv, a, b, dir)
+}
+
+#[test]
+fn a_create_unlink_and_rename_read_their_directories_and_names_in_one_round_trip() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (kv, a, _b, _dir) = watched_hosts();
+    let d = mkdir(&a, ROOT_INO, "d");
+    let file = || NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+    a.create_node(d, b"first", file(), ROOT).unwrap(); // takes this directory's inode range
+    let reads = || (kv.gets.load(SeqCst), kv.get_manys.load(SeqCst));
+    let before = reads();
+    a.create_node(d, b"f", file(), ROOT).unwrap();
+    assert_eq!(reads(), (before.0, before.1 + 1), "a create reads the directory and the name in one get_many, nothing one by one");
+    let before = reads();
+    a.rename(d, b"f", ROOT_INO, b"g", RenameFlags::default()).unwrap();
+    assert_eq!(reads().1, before.1 + 1, "a rename reads both directories and both names at once");
+    assert!(reads().0 - before.0 <= 1, "and one by one at most the moved inode's record ({:?} -> {:?})", before, reads());
+    let before = reads();
+    a.unlink(ROOT_INO, b"g").unwrap();
+    assert_eq!(reads().1, before.1 + 1, "an unlink reads the directory and the name at once");
+}
+
+#[test]
+fn a_name_another_host_creates_after_this_ones_read_ahead_makes_this_create_fail_with_eexist() {
+    // Invariant 1: a batch whose reads went stale writes nothing. Host A reads the directory
+    // and the name "x" (absent) ahead; host B then creates "x"; A's commit must see that
+    // its read-ahead went stale, run again and answer EEXIST: one winner, one entry.
+    let (kv, a, b, _dir) = watched_hosts();
+    let file = || NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+    let b2 = b.clone();
+    *kv.after_get_many.lock() = Some(Box::new(move || {
+        b2.create_node(ROOT_INO, b"x", NewNode { kind: Kind::File, perm: 0o600, rdev: 0, target: vec![] }, ROOT).unwrap();
+    }));
+    let r = a.create_node(ROOT_INO, b"x", file(), ROOT);
+    assert!(matches!(r, Err(FsError::Exists)), "two hosts created one name: {r:?}");
+    let names: Vec<_> = a.readdir(ROOT_INO, 0, 100).unwrap().into_iter().map(|e| e.name).filter(|n| n == b"x").collect();
+    assert_eq!(names.len(), 1);
+    assert_eq!(a.lookup(ROOT_INO, b"x").unwrap().perm & 0o777, 0o600, "host B's file is the one");
+}
+
+#[test]
+fn new_files_of_two_directories_get_inode_numbers_far_apart() {
+    // PostgreSQL's SERIALIZABLE locks what a read saw page by page: interleaved new inode
+    // numbers of two processes' directories made their creates conflict.
+    let h = hosts();
+    let d1 = mkdir(&h.a, ROOT_INO, "d1");
+    let d2 = mkdir(&h.a, ROOT_INO, "d2");
+    assert_ne!(d1 % hybridfs_core::volume::INO_POOLS as u64, d2 % hybridfs_core::volume::INO_POOLS as u64);
+    let file = |v: &Volume, d, n: &str| v.create_node(d, n.as_bytes(), node(Kind::File), ROOT).unwrap().ino;
+    let (a1, b1, a2, b2) = (file(&h.a, d1, "a1"), file(&h.a, d2, "b1"), file(&h.a, d1, "a2"), file(&h.a, d2, "b2"));
+    assert_eq!((a2, b2), (a1 + 1, b1 + 1), "one directory's new files: consecutive numbers");
+    assert!(a1.abs_diff(b1) >= hybridfs_core::volume::INO_BATCH, "two directories' new files: numbers {a1} and {b1}");
+    // Host B's files in d1 come from its own range, never one of host A's numbers.
+    let c1 = file(&h.b, d1, "c1");
+    assert!(![a1, a2, b1, b2].contains(&c1));
+    h.fsck_clean();
+}

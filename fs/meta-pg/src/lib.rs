@@ -547,6 +547,19 @@ impl KvRead for PgKv {
         self.with_waiting(|c, st| multi_get(c, st, cf, keys))
     }
 
+    /// One statement of [`FETCH_KEYS`] keys (one round trip, one snapshot), the families'
+    /// index scans joined by `UNION ALL`.
+    fn get_many(&self, keys: &[(Cf, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found: HashMap<(Cf, Vec<u8>), Vec<u8>> = HashMap::new();
+        for chunk in keys.chunks(FETCH_KEYS) {
+            let chunk: Vec<(Cf, Vec<u8>)> = chunk.iter().map(|(cf, k)| (*cf, k.to_vec())).collect();
+            let sql = select_sql(&chunk);
+            let rows = self.with_waiting(|c, _| rows_of(c.simple_query(&sql).map_err(pg_err("read metadata"))?))?;
+            found.extend(rows);
+        }
+        Ok(keys.iter().map(|(cf, k)| found.get(&(*cf, k.to_vec())).cloned()).collect())
+    }
+
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
         // Pages of one scan read one snapshot (a concurrent transaction's commit does not tear
         // a listing), and a visitor that reads the store again gets its own connection. A scan
@@ -677,6 +690,20 @@ fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
     sql
 }
 
+/// The rows `(cf, k) -> v` of a [`select_sql`] answer.
+fn rows_of(msgs: Vec<postgres::SimpleQueryMessage>) -> Result<Vec<((Cf, Vec<u8>), Vec<u8>)>> {
+    let mut out = Vec::new();
+    for m in msgs {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            let field = |i| r.get(i).ok_or_else(|| FsError::Meta("a metadata row has a NULL".into()));
+            let cf: usize = field(0)?.parse().map_err(|_| FsError::Meta("bad cf in a metadata row".into()))?;
+            let cf = *Cf::ALL.get(cf).ok_or_else(|| FsError::Meta(format!("unknown cf {cf} in a metadata row")))?;
+            out.push(((cf, unhex(field(1)?)?), unhex(field(2)?)?));
+        }
+    }
+    Ok(out)
+}
+
 /// A transaction's writes as statement text: one upsert, one delete per family.
 fn write_sql(ops: &[KvOp], token: Option<u64>) -> Vec<String> {
     let mut out = Vec::new();
@@ -743,13 +770,8 @@ impl Reader<'_> {
             for key in chunk {
                 cache.insert(key.clone(), None);
             }
-            for m in msgs {
-                if let postgres::SimpleQueryMessage::Row(r) = m {
-                    let field = |i| r.get(i).ok_or_else(|| FsError::Meta("a metadata row has a NULL".into()));
-                    let cf: usize = field(0)?.parse().map_err(|_| FsError::Meta("bad cf in a metadata row".into()))?;
-                    let cf = *Cf::ALL.get(cf).ok_or_else(|| FsError::Meta(format!("unknown cf {cf} in a metadata row")))?;
-                    cache.insert((cf, unhex(field(1)?)?), Some(unhex(field(2)?)?));
-                }
+            for (key, v) in rows_of(msgs)? {
+                cache.insert(key, Some(v));
             }
         }
         Ok(())
@@ -807,6 +829,12 @@ impl KvRead for Reader<'_> {
 
     fn prefetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
         self.fetch(keys)
+    }
+
+    fn get_many(&self, keys: &[(Cf, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.fetch(keys)?;
+        let cache = self.cache.borrow();
+        Ok(keys.iter().map(|(cf, k)| cache.get(&(*cf, k.to_vec())).cloned().flatten()).collect())
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {

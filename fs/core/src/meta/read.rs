@@ -163,6 +163,21 @@ impl MetaStore {
             .collect()
     }
 
+    /// The live records of `inos` and the live entries `entries` (parent, name), read
+    /// together ([`KvRead::get_many`]: one round trip on PostgreSQL), each list in order.
+    pub fn get_together(&self, inos: &[Ino], entries: &[(Ino, &[u8])]) -> Result<(Vec<Option<Inode>>, Vec<Option<Dentry>>)> {
+        let ino_keys: Vec<[u8; 8]> = inos.iter().map(|i| i.to_be_bytes()).collect();
+        let entry_keys: Vec<Vec<u8>> = entries.iter().map(|(p, n)| k_named(*p, n)).collect();
+        let keys: Vec<(Cf, &[u8])> = ino_keys.iter().map(|k| (Cf::Inodes, &k[..])).chain(entry_keys.iter().map(|k| (Cf::Dentries, &k[..]))).collect();
+        let mut rows = self.kv.get_many(&keys)?.into_iter();
+        let payload = |row: Option<Vec<u8>>| -> Result<Option<Vec<u8>>> {
+            row.map(|v| v.get(8..).map(<[u8]>::to_vec).ok_or_else(|| FsError::Meta("live row is truncated".into()))).transpose()
+        };
+        let found_inodes = rows.by_ref().take(inos.len()).map(|r| payload(r)?.map(|v| dec("inode", &v)).transpose()).collect::<Result<Vec<_>>>()?;
+        let found_entries = rows.map(|r| payload(r)?.map(|v| dec("directory entry", &v)).transpose()).collect::<Result<Vec<_>>>()?;
+        Ok((found_inodes, found_entries))
+    }
+
     /// The highest inode number ever used (0 when there is none), history included, so that
     /// an inode number is never reused while a snapshot may still show it.
     pub fn max_ino(&self) -> Result<Ino> {

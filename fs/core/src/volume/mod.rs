@@ -71,6 +71,9 @@ pub const MAX_FILE_SIZE: u64 = 16 << 40;
 
 /// Inode numbers a shared volume's process takes from the store's counter at a time.
 pub const INO_BATCH: u64 = 1024;
+/// A shared volume's ranges of new inode numbers given out at once, one per group of parent
+/// directories ([`Volume::new_ino`]).
+pub const INO_POOLS: usize = 8;
 /// Runs of one namespace change that met another host's change (see [`Volume::retrying`]).
 pub const STALE_TRIES: u32 = 200;
 
@@ -203,9 +206,9 @@ pub struct Volume {
     /// New inodes get numbers in `[lo, hi)` (see [`ino_range`]).
     ino_limit: u64,
     ino_lo: u64,
-    /// A shared volume: the range of inode numbers this process took from the store's counter
-    /// and has not given out yet (`next`, `end`).
-    ino_pool: Mutex<(u64, u64)>,
+    /// A shared volume: the ranges of inode numbers this process took from the store's counter
+    /// and has not given out yet (`next`, `end`), [`INO_POOLS`] of them (see [`Volume::new_ino`]).
+    ino_pools: Box<[Mutex<(u64, u64)>]>,
     shared: bool,
     /// Writers of file data hold it shared; a snapshot holds it exclusively while it seals
     /// staged data and ends the epoch, so no staged block is ever part of a snapshot. Fair:
@@ -291,7 +294,7 @@ impl Volume {
             next_ino: AtomicU64::new(next_ino(&meta)?),
             ino_limit: ino_range(&meta)?.1,
             ino_lo: ino_range(&meta)?.0,
-            ino_pool: Mutex::new((0, 0)),
+            ino_pools: (0..INO_POOLS).map(|_| Mutex::new((0, 0))).collect(),
             shared: opts.shared,
             ns: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -651,12 +654,17 @@ impl Volume {
         self.shared
     }
 
-    /// A number for a new inode: from the volume's own counter, or on a shared volume from
-    /// this process's range, taken [`INO_BATCH`] at a time from the store's counter
-    /// ([`MetaStore::allocate_inos`]) so that no two hosts ever give out the same one.
-    fn new_ino(&self) -> Result<Ino> {
+    /// A number for a new inode in directory `parent`: from the volume's own counter, or on
+    /// a shared volume from one of this process's ranges, taken [`INO_BATCH`] at a time from
+    /// the store's counter ([`MetaStore::allocate_inos`]) so that no two hosts ever give out
+    /// the same one. The range is the parent's ([`INO_POOLS`], by its number): creates in
+    /// different directories (two processes' work directories) get numbers far apart, not
+    /// interleaved ones, so their new inode rows and the reads that expect them absent sit in
+    /// different pages of the database's index (PostgreSQL's SERIALIZABLE locks what a read
+    /// saw page by page: neighbouring new keys made two creates conflict).
+    fn new_ino(&self, parent: Ino) -> Result<Ino> {
         let ino = if self.shared {
-            let mut pool = self.ino_pool.lock();
+            let mut pool = self.ino_pools[(parent % INO_POOLS as u64) as usize].lock();
             if pool.0 >= pool.1 {
                 let first = self.meta.allocate_inos(self.ino_lo, self.ino_limit, INO_BATCH)?;
                 *pool = (first, first + INO_BATCH);
@@ -725,6 +733,8 @@ impl Volume {
             purged_data: Vec::new(),
             before: Vec::new(),
             merge_base: BTreeMap::new(),
+            ahead_inodes: HashMap::new(),
+            ahead_entries: HashMap::new(),
             committed: false,
         }
     }
@@ -753,6 +763,10 @@ struct Txn<'v> {
     /// date with the store) and whether its data fields were unwritten; the commit writes
     /// only what the transaction changed in it (`Mutation::MergeInodeFields`).
     merge_base: BTreeMap<Ino, (Inode, bool)>,
+    /// A shared volume: records and entries read ahead ([`Txn::read_ahead`]), each taken by
+    /// its first read.
+    ahead_inodes: HashMap<Ino, Option<Inode>>,
+    ahead_entries: HashMap<(Ino, Vec<u8>), Option<crate::types::Dentry>>,
     committed: bool,
 }
 
@@ -831,6 +845,23 @@ impl NsHold<'_> {
 }
 
 impl<'v> Txn<'v> {
+    /// A shared volume: read the records of `inos` and the entries `entries` (parent, name)
+    /// that this change reads first, all in one round trip ([`MetaStore::get_together`])
+    /// instead of one each. [`Txn::load`] (of an inode not open here) and [`Txn::entry`]
+    /// take them from here, and expect them unchanged at commit as they do what they read
+    /// themselves, so a read ahead that went stale fails the commit's checks (the change runs
+    /// again) like any other.
+    fn read_ahead(&mut self, inos: &[Ino], entries: &[(Ino, &[u8])]) -> Result<()> {
+        if !self.vol.shared {
+            return Ok(());
+        }
+        let inos: Vec<Ino> = inos.iter().copied().filter(|i| !self.slots.contains_key(i)).collect();
+        let (found, names) = self.vol.meta.get_together(&inos, entries)?;
+        self.ahead_inodes.extend(inos.into_iter().zip(found));
+        self.ahead_entries.extend(entries.iter().map(|(p, n)| (*p, n.to_vec())).zip(names));
+        Ok(())
+    }
+
     fn load(&mut self, ino: Ino) -> Result<&mut (Slot, bool)> {
         if !self.slots.contains_key(&ino) {
             self.ns.take(ino)?;
@@ -853,7 +884,11 @@ impl<'v> Txn<'v> {
                     Slot::Open(g)
                 }
                 None => {
-                    let inode = self.vol.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+                    let inode = match self.ahead_inodes.remove(&ino) {
+                        Some(found) => found,
+                        None => self.vol.meta.get_inode(ino)?,
+                    }
+                    .ok_or(FsError::NotFound)?;
                     if self.vol.shared {
                         self.expect.push(Mutation::ExpectInode(ino, Some(inode.clone())));
                     }

@@ -103,7 +103,10 @@ impl Txn<'_> {
 
     /// The entry `name` of `parent` (on a shared volume, checked unchanged at commit).
     fn entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
-        let found = self.vol.meta.lookup(parent, name)?;
+        let found = match self.ahead_entries.remove(&(parent, name.to_vec())) {
+            Some(found) => found,
+            None => self.vol.meta.lookup(parent, name)?,
+        };
         if self.vol.shared {
             self.expect.push(Mutation::ExpectDentry { parent, name: name.to_vec(), dentry: found });
         }
@@ -139,13 +142,14 @@ impl Volume {
             return Err(FsError::Exists);
         }
         let mut txn = self.txn(&[parent]);
+        txn.read_ahead(&[parent], &[(parent, name)])?;
         let dir = txn.dir(parent)?;
         let setgid_dir = dir.perm & libc::S_ISGID != 0;
         let dir_gid = dir.gid;
         if txn.entry(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
-        let ino = self.new_ino()?;
+        let ino = self.new_ino(parent)?;
         let gid = if setgid_dir { dir_gid } else { who.gid };
         let mut inode = Inode::new(ino, new.kind, new.perm, who.uid, gid);
         if setgid_dir && new.kind == Kind::Dir {
@@ -188,6 +192,7 @@ impl Volume {
             self.absorb(&mut node.write())?;
         }
         let mut txn = self.txn(&[ino, newparent]);
+        txn.read_ahead(&[ino, newparent], &[(newparent, newname)])?;
         txn.dir(newparent)?;
         let (kind, nlink) = {
             let inode = txn.inode(ino)?;
@@ -219,6 +224,7 @@ impl Volume {
 
     fn unlink_once(&self, parent: Ino, name: &[u8]) -> Result<()> {
         let mut txn = self.txn(&[parent]);
+        txn.read_ahead(&[parent], &[(parent, name)])?;
         txn.dir(parent)?;
         let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
         if d.kind == Kind::Dir {
@@ -238,6 +244,7 @@ impl Volume {
             return Err(FsError::Invalid("cannot remove ."));
         }
         let mut txn = self.txn(&[parent]);
+        txn.read_ahead(&[parent], &[(parent, name)])?;
         txn.dir(parent)?;
         let d = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
         if d.kind != Kind::Dir {
@@ -271,6 +278,7 @@ impl Volume {
             return Err(FsError::Exists);
         }
         let mut txn = self.txn(&[parent, newparent]);
+        txn.read_ahead(&[parent, newparent], &[(parent, name), (newparent, newname)])?;
         txn.dir(parent)?;
         txn.dir(newparent)?;
         let src = txn.entry(parent, name)?.ok_or(FsError::NotFound)?;
