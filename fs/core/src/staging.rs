@@ -78,7 +78,6 @@ impl Staging {
     }
 }
 
-/// Read as much of `buf` as the file holds at `off`; the rest stays as it was (zeros).
 /// Set `FS_TOPDIR_FL` on the directory `dir` (see [`Staging::new`]); file systems without
 /// the flag, or a caller not allowed to set it, leave it unset.
 fn mark_topdir(dir: &Path) {
@@ -96,6 +95,7 @@ fn mark_topdir(dir: &Path) {
     }
 }
 
+/// Read as much of `buf` as the file holds at `off`; the rest stays as it was (zeros).
 pub fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {

@@ -156,10 +156,7 @@ impl MetaStore {
         self.kv
             .multi_get(Cf::Inodes, &refs)?
             .into_iter()
-            .map(|row| match row {
-                Some(v) => dec("inode", v.get(8..).ok_or_else(|| FsError::Meta("live inode row is truncated".into()))?).map(Some),
-                None => Ok(None),
-            })
+            .map(|row| dec_live("inode", row))
             .collect()
     }
 
@@ -170,11 +167,8 @@ impl MetaStore {
         let entry_keys: Vec<Vec<u8>> = entries.iter().map(|(p, n)| k_named(*p, n)).collect();
         let keys: Vec<(Cf, &[u8])> = ino_keys.iter().map(|k| (Cf::Inodes, &k[..])).chain(entry_keys.iter().map(|k| (Cf::Dentries, &k[..]))).collect();
         let mut rows = self.kv.get_many(&keys)?.into_iter();
-        let payload = |row: Option<Vec<u8>>| -> Result<Option<Vec<u8>>> {
-            row.map(|v| v.get(8..).map(<[u8]>::to_vec).ok_or_else(|| FsError::Meta("live row is truncated".into()))).transpose()
-        };
-        let found_inodes = rows.by_ref().take(inos.len()).map(|r| payload(r)?.map(|v| dec("inode", &v)).transpose()).collect::<Result<Vec<_>>>()?;
-        let found_entries = rows.map(|r| payload(r)?.map(|v| dec("directory entry", &v)).transpose()).collect::<Result<Vec<_>>>()?;
+        let found_inodes = rows.by_ref().take(inos.len()).map(|r| dec_live("inode", r)).collect::<Result<Vec<_>>>()?;
+        let found_entries = rows.map(|r| dec_live("directory entry", r)).collect::<Result<Vec<_>>>()?;
         Ok((found_inodes, found_entries))
     }
 
@@ -300,4 +294,9 @@ impl MetaStore {
         })?;
         Ok(out)
     }
+}
+
+/// A live row's record (the row is the 8-byte epoch it was written in, then the record).
+fn dec_live<T: serde::de::DeserializeOwned>(what: &str, row: Option<Vec<u8>>) -> Result<Option<T>> {
+    row.map(|v| dec(what, v.get(8..).ok_or_else(|| FsError::Meta(format!("live {what} row is truncated")))?)).transpose()
 }

@@ -493,7 +493,9 @@ impl Volume {
                 // Another host may have unlinked it (or changed its mode) meanwhile.
                 self.refresh_node(&mut st)?;
             }
-            let last = self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1);
+            // The volume's node table is asked only by a release that has a use for the
+            // answer (most releases: neither a passthrough writer nor a new file).
+            let last = (kind == IoKind::PassthroughWrite || st.new_file) && self.nodes.lock().get(&ino).is_some_and(|e| e.handles == 1);
             if last && st.new_file {
                 st.new_file = false;
                 self.new_files.closed(st.inode.size);

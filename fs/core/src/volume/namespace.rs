@@ -103,7 +103,9 @@ impl Txn<'_> {
 
     /// The entry `name` of `parent` (on a shared volume, checked unchanged at commit).
     fn entry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
-        let found = match self.ahead_entries.remove(&(parent, name.to_vec())) {
+        // A local volume reads nothing ahead: no key is built for an empty map.
+        let ahead = if self.ahead_entries.is_empty() { None } else { self.ahead_entries.remove(&(parent, name.to_vec())) };
+        let found = match ahead {
             Some(found) => found,
             None => self.vol.meta.lookup(parent, name)?,
         };
