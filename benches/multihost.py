@@ -110,9 +110,9 @@ class Postgres:
             time.sleep(0.3)
         raise RuntimeError("postgres did not start within 60 s")
 
-    def psql(self, sql, check=True):
+    def psql(self, sql, check=True, db="postgres"):
         return subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER,
-                               "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                               "-d", db, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
                               capture_output=True, text=True, timeout=60, check=check)
 
     def create_db(self, name):
@@ -131,6 +131,17 @@ class Postgres:
             return int(c), int(r)
         except ValueError:
             return None
+
+    def table_stats(self, db):
+        """One line per table of database db: scans by kind, live and dead rows, last autovacuum
+        and autoanalyze (a sequential scan under SERIALIZABLE locks the whole table)."""
+        out = self.psql("select relname, seq_scan, idx_scan, n_live_tup, n_dead_tup, "
+                        "coalesce(to_char(last_autovacuum, 'HH24:MI:SS'), '-'), "
+                        "coalesce(to_char(last_autoanalyze, 'HH24:MI:SS'), '-') "
+                        "from pg_stat_user_tables order by relname", check=False, db=db).stdout
+        return [f"{r[0]}: seq scans {r[1]}, index scans {r[2]}, live rows {r[3]}, dead rows {r[4]}, "
+                f"autovacuum {r[5]}, autoanalyze {r[6]}"
+                for r in (line.split("|") for line in out.splitlines()) if len(r) == 7]
 
     def reset_statements(self):
         self.psql("select pg_stat_statements_reset()", check=False)
@@ -378,6 +389,9 @@ def main():
     ap.add_argument("--scratch", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--pg-setup", default=None, metavar="SQL",
+                    help="SQL run in hybridfs's database after its volume is formatted and mounted "
+                         "(experiments with storage parameters, e.g. a table's fillfactor)")
     ap.add_argument("--statements", action="store_true",
                     help="log each phase's SQL statements per operation (pg_stat_statements; "
                     "slows both targets a little)")
@@ -409,6 +423,10 @@ def main():
             live.append(tgt)
             log(f"setting up {t}: one volume, two mounts")
             tgt.setup()
+            if a.pg_setup and t == "hybridfs":
+                log(f"{t}: running --pg-setup: {a.pg_setup}")
+                for stmt in filter(None, (x.strip() for x in a.pg_setup.split(";"))):
+                    pg.psql(stmt, db=t)     # one at a time: VACUUM runs outside a transaction
         for run in range(a.runs):
             order = live[run % len(live):] + live[:run % len(live)]
             for tgt in order:
@@ -420,6 +438,8 @@ def main():
                     xs[tgt.name].append(((x1[0] - x0[0]) / ops, (x1[1] - x0[1]) / ops))
                     log(f"{tgt.name} run {run}: {x1[0] - x0[0]} commits, {x1[1] - x0[1]} rollbacks "
                         f"in the database for {ops} changing operations")
+                for line in pg.table_stats(tgt.name):
+                    log(f"{tgt.name} run {run}: table {line}")
                 errors += errs
                 for ph, r in rates.items():
                     results[tgt.name][ph].append(r)

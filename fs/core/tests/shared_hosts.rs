@@ -135,6 +135,7 @@ struct Watched {
     kv: MemKv,
     gets: std::sync::atomic::AtomicU64,
     get_manys: std::sync::atomic::AtomicU64,
+    transacts: std::sync::atomic::AtomicU64,
     after_get_many: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
@@ -162,6 +163,7 @@ impl hybridfs_core::kv::KvRead for Watched {
 
 impl hybridfs_core::kv::Kv for Watched {
     fn transact(&self, sync: bool, body: &mut hybridfs_core::kv::TxnBody<'_>) -> hybridfs_core::Result<()> {
+        self.transacts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.kv.transact(sync, body)
     }
     fn sync(&self) -> hybridfs_core::Result<()> {
@@ -170,12 +172,22 @@ impl hybridfs_core::kv::Kv for Watched {
 }
 
 fn watched_hosts() -> (Arc<Watched>, Arc<Volume>, Arc<Volume>, tempfile::TempDir) {
+    watched_hosts_with(VolumeOptions::default())
+}
+
+/// [`watched_hosts`] with `base` options (shared, block size and staging dirs set here).
+fn watched_hosts_with(base: VolumeOptions) -> (Arc<Watched>, Arc<Volume>, Arc<Volume>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kv = Arc::new(Watched::default());
     let blocks = Arc::new(MemBlockStore::default());
     Volume::format(&MetaStore::new(kv.clone()).unwrap(), 0, 0).unwrap();
     let host = |name: &str| {
-        let opts = VolumeOptions { block_size: BS as u32, staging_dir: dir.path().join(name), shared: true, ..Default::default() };
+        let opts = VolumeOptions {
+            block_size: BS as u32,
+            staging_dir: dir.path().join(name),
+            shared: true,
+            ..clone_opts(&base)
+        };
         Volume::open(Arc::new(MetaStore::new(kv.clone()).unwrap()), blocks.clone(), opts).unwrap()
     };
     let (a, b) = (host("a"), host("b"));
@@ -236,4 +248,67 @@ fn new_files_of_two_directories_get_inode_numbers_far_apart() {
     let c1 = file(&h.b, d1, "c1");
     assert!(![a1, a2, b1, b2].contains(&c1));
     h.fsck_clean();
+}
+
+/// The options of `o` that the tests here set (`VolumeOptions` holds a worker pool, so is
+/// not `Clone`).
+fn clone_opts(o: &VolumeOptions) -> VolumeOptions {
+    VolumeOptions { host_lease: o.host_lease, closed_rows_gather: o.closed_rows_gather, ..Default::default() }
+}
+
+/// Hosts whose `open-rows` threads wait an hour: the test deletes closed rows itself.
+fn hosts_deleting_closed_rows_by_hand() -> (Arc<Watched>, Arc<Volume>, Arc<Volume>, tempfile::TempDir) {
+    watched_hosts_with(VolumeOptions { closed_rows_gather: Some(std::time::Duration::from_secs(3600)), ..Default::default() })
+}
+
+#[test]
+fn a_create_and_close_is_one_transaction_and_closed_files_rows_go_together() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (kv, a, _b, _dir) = hosts_deleting_closed_rows_by_hand();
+    let me = vec![a.host_id()];
+    let file = || NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+    let txns = || kv.transacts.load(SeqCst);
+    a.create_node(ROOT_INO, b"first", file(), ROOT).unwrap(); // takes the directory's inode range
+    let mut inos = Vec::new();
+    for name in ["f1", "f2", "f3"] {
+        let before = txns();
+        let opened = a.create_open(ROOT_INO, name.as_bytes(), file(), ROOT, false).unwrap();
+        let ino = opened.inode.ino;
+        a.release_file(ino, opened.kind).unwrap();
+        assert_eq!(txns(), before + 1, "a create and its close: one transaction (the create's, with its open row)");
+        assert_eq!(a.meta().openers(ino).unwrap(), me, "the closed file's row waits for the next deletion");
+        inos.push(ino);
+    }
+    // Opened again before its row went: the row stays, nothing is written.
+    let before = txns();
+    let again = a.open_file(inos[0], false).unwrap();
+    assert_eq!(txns(), before, "a reopen of a file whose row is still stored writes nothing");
+    assert_eq!(a.delete_closed_rows().unwrap(), 2, "the two files still closed");
+    assert_eq!(txns(), before + 1, "their rows go in one transaction");
+    assert_eq!(a.meta().openers(inos[0]).unwrap(), me, "the reopened file keeps its row");
+    assert!(inos[1..].iter().all(|&i| a.meta().openers(i).unwrap().is_empty()));
+    a.release_file(inos[0], again.kind).unwrap();
+    assert_eq!(a.delete_closed_rows().unwrap(), 1);
+    assert!(a.meta().openers(inos[0]).unwrap().is_empty());
+    assert_eq!(a.delete_closed_rows().unwrap(), 0, "nothing closed since");
+}
+
+#[test]
+fn a_file_another_host_unlinks_before_this_hosts_closed_row_goes_is_purged_when_it_goes() {
+    // Unlink while open across hosts: host A closed the file but its open row is still
+    // stored, so host B's unlink keeps the inode as an orphan (B cannot tell A's row from a
+    // handle); when A's row goes, A purges it: nothing is left for a lease pass.
+    let (_kv, a, b, _dir) = hosts_deleting_closed_rows_by_hand();
+    let opened = a.create_open(ROOT_INO, b"f", NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] }, ROOT, false).unwrap();
+    let ino = opened.inode.ino;
+    a.write(ino, 0, b"bytes").unwrap();
+    a.release_file(ino, opened.kind).unwrap();
+    b.unlink(ROOT_INO, b"f").unwrap();
+    let meta = a.meta();
+    assert!(meta.get_inode(ino).unwrap().is_some_and(|i| i.nlink == 0), "B's unlink kept the inode A's row holds");
+    assert!(meta.orphans().unwrap().contains(&ino));
+    assert_eq!(a.delete_closed_rows().unwrap(), 1);
+    assert!(meta.get_inode(ino).unwrap().is_none(), "the orphan stayed after the last row holding it went");
+    assert!(!meta.orphans().unwrap().contains(&ino));
+    assert!(meta.openers(ino).unwrap().is_empty());
 }

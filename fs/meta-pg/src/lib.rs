@@ -64,8 +64,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 
 /// The family id of transaction tokens (see "Ambiguous commits"): no [`Cf`] has it, so no
-/// scan of the store's families sees them.
-pub const TOKEN_CF: i16 = -1;
+/// scan of the store's families sees them. The last id: the tokens' index pages (a random
+/// key inserted by every writing transaction) border only the default family's last rows
+/// (usage delta rows, read by no transaction). Under -1 (before 2026-12-02) they bordered the
+/// first inodes (the root and the first directories, read by most transactions): a token
+/// inserted into that index page was a serialization conflict with every transaction that
+/// had read one of those inodes (`SERIALIZABLE` locks what a read saw by index page).
+pub const TOKEN_CF: i16 = i16::MAX;
+/// Where tokens were kept before; old ones are deleted with the new ones.
+const OLD_TOKEN_CF: i16 = -1;
 /// How long a transaction's token is kept: far longer than an operation waits for the
 /// database ([`DEFAULT_WAIT`]), which bounds when its rerun can ask.
 pub const TOKEN_KEEP: Duration = Duration::from_secs(600);
@@ -279,7 +286,7 @@ impl PgKv {
             return;
         }
         let before = now.saturating_sub(TOKEN_KEEP.as_secs()).to_be_bytes();
-        if let Err(e) = c.execute("DELETE FROM hybridfs_kv WHERE cf = $1 AND v < $2", &[&TOKEN_CF, &&before[..]]) {
+        if let Err(e) = c.execute("DELETE FROM hybridfs_kv WHERE cf IN ($1, $2) AND v < $3", &[&TOKEN_CF, &OLD_TOKEN_CF, &&before[..]]) {
             tracing::debug!("delete old transaction tokens: {e}");
         }
     }

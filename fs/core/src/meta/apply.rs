@@ -72,8 +72,9 @@ impl MetaStore {
     /// replacement has no effect beyond the overwrite (names, readdir rows, xattrs: no
     /// history to keep, no reference or usage to adjust).
     fn apply_in(&self, tx: &mut dyn KvTxn, batch: &[Mutation], bulk: bool) -> Result<Vec<BlockId>> {
+        let deltas = self.usage_deltas.load(Ordering::Relaxed);
         if !bulk {
-            prefetch(tx, batch)?;
+            prefetch(tx, batch, !deltas)?;
         }
         let epoch = stored_epoch(tx)?;
         let mut b = Batch { epoch, refs: BTreeMap::new(), usage: (0, 0), snap_epochs: None, blind: false };
@@ -188,7 +189,11 @@ impl MetaStore {
             }
         }
         let freed = finish_refs(tx, &b.refs)?;
-        if b.usage != (0, 0) {
+        if b.usage != (0, 0) && deltas {
+            // A row of its own that no transaction reads (folded into a shard now and then by
+            // `fold_usage_deltas`): see `MetaStore::set_usage_deltas`.
+            tx.put(Cf::Default, usage_delta_key(), usage_delta_row(b.usage.0, b.usage.1));
+        } else if b.usage != (0, 0) {
             // Into this thread's shard, not the one `usage` row: batches of different
             // threads and hosts (a shared engine) do not all read-modify-write one row, which
             // made every pair of concurrent creates a conflict (see `usage_shard`).
@@ -224,10 +229,11 @@ impl MetaStore {
 /// Tell the engine every row the batch will read first (the epoch, this thread's usage shard,
 /// the rows the checks read, the live rows the writes replace): a shared engine then reads
 /// them in one round trip instead of one each (the rows are read in the loop as before). The
-/// usage shard only when an inode changes (nothing else changes usage).
-fn prefetch(tx: &dyn KvTxn, batch: &[Mutation]) -> Result<()> {
+/// usage shard (`shard`: the batch adds to one, no delta rows) only when an inode changes
+/// (nothing else changes usage).
+fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], shard: bool) -> Result<()> {
     let mut keys: Vec<(Cf, Vec<u8>)> = vec![(Cf::Default, b"epoch".to_vec())];
-    if batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
+    if shard && batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
         keys.push((Cf::Default, usage_shard_key(usage_shard())));
     }
     for m in batch {
@@ -277,6 +283,69 @@ fn usage_shard() -> u64 {
 /// every shard.
 pub(super) fn usage_shard_key(shard: u64) -> Vec<u8> {
     format!("usage/{shard:02}").into_bytes()
+}
+
+/// Usage delta rows: `usage/~` ++ a random u64 (BE), sorting after every shard, inside the
+/// `usage` scan of [`MetaStore::usage`].
+const USAGE_DELTAS: &[u8] = b"usage/~";
+const USAGE_DELTAS_END: &[u8] = b"usage/\x7f";
+
+/// A new usage delta row's key (random: rows of concurrent batches never collide).
+fn usage_delta_key() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let id = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    [USAGE_DELTAS, &id.to_be_bytes()[..]].concat()
+}
+
+/// Delta rows folded per transaction by [`MetaStore::fold_usage_deltas`].
+const FOLD_DELTAS: usize = 2048;
+
+impl MetaStore {
+    /// Batches add their usage change as a row of its own (`usage/~` ++ random id) instead
+    /// of reading and rewriting a shard: for a shared engine (PostgreSQL), where a shard's
+    /// read and rewrite made every concurrent pair of creates a serialization conflict (its
+    /// `SERIALIZABLE` locks what a read saw by index page, and a rewritten row is a new index
+    /// entry on the page every other batch read its shard from). Nothing reads the rows in a
+    /// batch; [`MetaStore::usage`] adds them up with the shards, and
+    /// [`MetaStore::fold_usage_deltas`] folds them into a shard now and then.
+    pub fn set_usage_deltas(&self, on: bool) {
+        self.usage_deltas.store(on, Ordering::Relaxed);
+    }
+
+    /// Fold every usage delta row into this thread's shard, [`FOLD_DELTAS`] rows a
+    /// transaction (two hosts folding at once: one of them runs again and finds the rows
+    /// gone); returns how many went. Usage reads the same before and after.
+    pub fn fold_usage_deltas(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let mut n = 0;
+            self.kv.transact(false, &mut |tx| {
+                let (mut files, mut bytes, mut keys) = (0i64, 0i64, Vec::new());
+                tx.scan(Cf::Default, USAGE_DELTAS, Some(USAGE_DELTAS_END), &mut |k, v| {
+                    let (f, b) = usage_delta(v)?;
+                    files += f;
+                    bytes += b;
+                    keys.push(k.to_vec());
+                    Ok(keys.len() < FOLD_DELTAS)
+                })?;
+                n = keys.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                for k in keys {
+                    tx.del(Cf::Default, k);
+                }
+                let shard = usage_shard_key(usage_shard());
+                let (f, b) = tx.get(Cf::Default, &shard)?.map_or(Ok((0, 0)), |v| usage_delta(&v))?;
+                tx.put(Cf::Default, shard, usage_delta_row(f + files, b + bytes));
+                Ok(())
+            })?;
+            total += n;
+            if n < FOLD_DELTAS {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 /// A shard's row: files and bytes as signed deltas (a file made in one shard may be removed

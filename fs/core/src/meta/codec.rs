@@ -22,6 +22,7 @@
 //! pushed     block id                                  bincode Option<(pack, offset, len)> (in the store)
 //! default    "epoch" | "snap_next" | "usage"           u64 LE | u64 LE | bincode Usage
 //!            "m:" ++ name                              opaque (state of other layers: push, …)
+//!            "usage/" ++ NN | "usage/~" ++ random u64   usage shards, delta rows: i64 LE files ++ bytes
 //!            "host/" | "open/" | "lease/" ++ …          shared volumes' hosts (`hosts.rs`)
 //! ```
 //!

@@ -230,8 +230,15 @@ impl MetaStore {
 
     /// `host` closed its last handle of `ino`.
     pub fn del_open(&self, ino: Ino, host: u64) -> Result<()> {
+        self.del_opens(&[ino], host)
+    }
+
+    /// `host` closed its last handles of `inos`: their open rows go in one transaction.
+    pub fn del_opens(&self, inos: &[Ino], host: u64) -> Result<()> {
         self.kv.transact(false, &mut |tx| {
-            tx.del(Cf::Default, open_key(ino, host));
+            for &ino in inos {
+                tx.del(Cf::Default, open_key(ino, host));
+            }
             Ok(())
         })
     }

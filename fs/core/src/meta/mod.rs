@@ -179,12 +179,14 @@ pub struct MetaStore {
     /// The epoch as this process last saw it committed: set when the store opens and after
     /// every batch. Batches themselves read the stored epoch inside their transaction.
     epoch: Arc<AtomicU64>,
+    /// Usage changes go in rows of their own ([`MetaStore::set_usage_deltas`]).
+    usage_deltas: std::sync::atomic::AtomicBool,
 }
 
 impl MetaStore {
     pub fn new(kv: Arc<dyn Kv>) -> Result<Self> {
         let epoch = apply::stored_epoch(&*kv)?;
-        Ok(MetaStore { kv, epoch: Arc::new(AtomicU64::new(epoch)) })
+        Ok(MetaStore { kv, epoch: Arc::new(AtomicU64::new(epoch)), usage_deltas: Default::default() })
     }
 
     /// An empty in-memory store, for unit tests.
@@ -287,6 +289,39 @@ mod tests {
         })
         .unwrap();
         assert_eq!(m.usage().unwrap(), Usage { files: 155, bytes: 1507 }, "the base row and the shards add up");
+    }
+
+    #[test]
+    fn usage_as_delta_rows_reads_no_shard_in_a_batch_and_folds_to_the_same_sum() {
+        // A shared volume's batches write their usage change as a row of their own; the sum
+        // reads the same before and after the rows are folded into a shard.
+        let m = std::sync::Arc::new(MetaStore::memory());
+        m.set_usage_deltas(true);
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let m = std::sync::Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        m.apply(vec![Mutation::PutInode(file(1000 + t * 100 + i, 10))], false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        m.apply(vec![Mutation::DelInode(1000), Mutation::DelInode(1001)], false).unwrap();
+        let rows = |prefix: &[u8], end: &[u8]| {
+            let mut n = 0;
+            m.kv.scan(Cf::Default, prefix, Some(end), &mut |_, _| { n += 1; Ok(true) }).unwrap();
+            n
+        };
+        assert_eq!(rows(b"usage/~", b"usage/\x7f"), 121, "one delta row per batch");
+        assert_eq!(rows(b"usage/", b"usage/~"), 0, "no shard read and rewritten");
+        assert_eq!(m.usage().unwrap(), Usage { files: 118, bytes: 1180 });
+        assert_eq!(m.fold_usage_deltas().unwrap(), 121);
+        assert_eq!(rows(b"usage/~", b"usage/\x7f"), 0);
+        assert_eq!(rows(b"usage/", b"usage/~"), 1, "folded into one shard");
+        assert_eq!(m.usage().unwrap(), Usage { files: 118, bytes: 1180 }, "the same sum after the fold");
+        assert_eq!(m.fold_usage_deltas().unwrap(), 0);
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub struct VolumeOptions {
     /// A shared volume: how long this host's lease lasts without renewal (`hosts.rs`; the
     /// mount's `mount.host_lease`) [default: [`hosts::HOST_LEASE`]].
     pub host_lease: Option<Duration>,
+    /// A shared volume: how long closes gather before their open rows are deleted together
+    /// (`hosts.rs`) [default: [`hosts::CLOSED_ROWS_GATHER`]]; tests that delete them
+    /// themselves ([`Volume::delete_closed_rows`]) give a long one.
+    pub closed_rows_gather: Option<Duration>,
 }
 
 impl Default for VolumeOptions {
@@ -109,6 +113,7 @@ impl Default for VolumeOptions {
             workers: Workers::new(),
             shared: false,
             host_lease: None,
+            closed_rows_gather: None,
         }
     }
 }
@@ -249,6 +254,10 @@ pub struct Volume {
     host: u64,
     /// A shared volume: how long this host's lease lasts without renewal.
     host_lease: Duration,
+    /// A shared volume: files whose last handle on this host went while their open rows are
+    /// still stored; the `open-rows` thread deletes them together ([`hosts`]).
+    closed_rows: Arc<hosts::ClosedRows>,
+    closed_rows_gather: Duration,
     stopped: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
@@ -314,6 +323,8 @@ impl Volume {
             new_files: data::NewFiles::default(),
             host: hosts::new_host_id(),
             host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or(hosts::HOST_LEASE),
+            closed_rows: Arc::default(),
+            closed_rows_gather: opts.closed_rows_gather.unwrap_or(hosts::CLOSED_ROWS_GATHER),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
@@ -322,6 +333,7 @@ impl Volume {
         // Orphans are this process's (files unlinked while open, left by a crash); on a shared
         // volume those a live host holds open stay (`hosts.rs`, doc/SEMANTICS.md).
         if vol.shared {
+            vol.meta.set_usage_deltas(true);
             vol.start_lease()?;
         }
         vol.purge_orphans()?;
