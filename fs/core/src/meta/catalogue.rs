@@ -11,6 +11,11 @@ use crate::types::{BlockId, Dentry, Extent, Inode, Ino, SnapshotInfo, Usage};
 pub const INO_NEXT: &str = "ino_next";
 
 impl MetaStore {
+    /// Whether `ino` has an orphan row (unlinked while something held it).
+    pub fn is_orphan(&self, ino: Ino) -> Result<bool> {
+        Ok(self.kv.get(Cf::Orphans, &ino.to_be_bytes())?.is_some())
+    }
+
     pub fn orphans(&self) -> Result<Vec<Ino>> {
         let mut out = Vec::new();
         self.kv.scan(Cf::Orphans, &[], None, &mut |k, _| {

@@ -633,6 +633,14 @@ impl Volume {
         if self.is_referenced(ino) {
             return Ok(false);
         }
+        // Only an unlinked inode is purged, and on a RocksDB volume each one that outlived its
+        // unlink has an orphan row, written in the unlink's batch under `ns` (held here): the
+        // small orphans family answers for the linked files, most of what the kernel forgets
+        // (every file it had looked up, after a drop of its caches), without reading and
+        // decoding their inode records.
+        if !self.shared && !self.meta.is_orphan(ino)? {
+            return Ok(false);
+        }
         let inode = match self.meta.get_inode(ino)? {
             Some(inode) if inode.nlink == 0 => inode,
             Some(_) => return Ok(false),
