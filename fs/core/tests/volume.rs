@@ -133,6 +133,108 @@ fn unlinked_open_file_lives_until_released_and_forgotten() {
     f.fsck_clean();
 }
 
+/// A local volume's FORGET purges only what has an orphan row (a linked file's FORGET reads
+/// no inode record), so every way an inode the kernel still references loses its last link
+/// must write that row. Invariant 1: fsck is clean at every step (an inode with no links is
+/// an orphan, which a restart after a crash purges too); invariant 7: the kernel's FORGET
+/// frees each such inode, none stays behind in the store.
+#[test]
+fn every_inode_unlinked_while_the_kernel_holds_it_is_purged_at_its_forget() {
+    let f = fixture();
+    let mkdir = |parent: Ino, name: &str| {
+        let new = NewNode { kind: Kind::Dir, perm: 0o755, rdev: 0, target: vec![] };
+        f.vol.create_node(parent, name.as_bytes(), new, ME).unwrap().ino
+    };
+    let closed = |name: &str| {
+        let ino = f.file(name);
+        f.vol.write(ino, 0, name.as_bytes()).unwrap();
+        f.vol.release_file(ino, IoKind::Cached).unwrap();
+        ino
+    };
+    // The kernel forgets `ino`: it goes, with its orphan row.
+    let purged_at_forget = |ino: Ino, what: &str| {
+        assert!(f.meta.orphans().unwrap().contains(&ino), "{what}: no orphan row");
+        assert_eq!(f.meta.get_inode(ino).unwrap().map(|i| i.nlink), Some(0), "{what}: the kernel still holds it");
+        f.fsck_clean();
+        f.vol.forget(ino, 1);
+        assert!(f.meta.get_inode(ino).unwrap().is_none(), "{what}: its FORGET left the inode");
+        assert!(f.meta.orphans().unwrap().is_empty(), "{what}: its FORGET left the orphan row");
+        f.fsck_clean();
+    };
+    let file = || RenameFlags::default();
+
+    // unlink of a file no handle holds
+    let a = closed("a");
+    f.vol.remember(a);
+    f.vol.unlink(ROOT_INO, b"a").unwrap();
+    purged_at_forget(a, "unlink");
+
+    // the last of two hard links: the first unlink leaves it linked, and a FORGET then
+    // keeps it; the second makes it an orphan
+    let h = closed("h1");
+    f.vol.link(h, ROOT_INO, b"h2").unwrap();
+    f.vol.remember(h);
+    f.vol.remember(h);
+    f.vol.unlink(ROOT_INO, b"h1").unwrap();
+    assert!(f.meta.orphans().unwrap().is_empty(), "a file with a name left is no orphan");
+    f.vol.forget(h, 1);
+    f.vol.forget(h, 1);
+    assert_eq!(f.meta.get_inode(h).unwrap().map(|i| i.nlink), Some(1), "a linked file's FORGET purged it");
+    f.vol.remember(h);
+    f.vol.unlink(ROOT_INO, b"h2").unwrap();
+    purged_at_forget(h, "unlink of the last hard link");
+
+    // rmdir of a directory the kernel holds (a shell's working directory)
+    let d = mkdir(ROOT_INO, "cwd");
+    f.vol.remember(d);
+    f.vol.rmdir(ROOT_INO, b"cwd").unwrap();
+    purged_at_forget(d, "rmdir");
+
+    // rename over a file no handle holds
+    let src = closed("src");
+    let dst = closed("dst");
+    f.vol.remember(dst);
+    f.vol.rename(ROOT_INO, b"src", ROOT_INO, b"dst", file()).unwrap();
+    purged_at_forget(dst, "rename over a closed file");
+
+    // rename over an open file: readable until its release, purged at the FORGET after it
+    let open = f.file("open");
+    f.vol.write(open, 0, b"still here").unwrap();
+    f.vol.remember(open);
+    f.vol.rename(ROOT_INO, b"dst", ROOT_INO, b"open", file()).unwrap();
+    assert_eq!(f.read_all(open), b"still here", "invariant 2: an open file's bytes went at the rename over it");
+    f.vol.release_file(open, IoKind::Cached).unwrap();
+    purged_at_forget(open, "rename over an open file");
+
+    // rename over an empty directory the kernel holds
+    let (from, over) = (mkdir(ROOT_INO, "from"), mkdir(ROOT_INO, "over"));
+    f.vol.remember(over);
+    f.vol.rename(ROOT_INO, b"from", ROOT_INO, b"over", file()).unwrap();
+    purged_at_forget(over, "rename over a directory");
+
+    // a rollback to a snapshot taken while a file was an orphan brings it back unlinked: an
+    // orphan again (the kernel has taken a reference to that number again meanwhile)
+    let back = closed("back");
+    f.vol.remember(back);
+    f.vol.unlink(ROOT_INO, b"back").unwrap();
+    f.vol.snapshot_create("unlinked").unwrap();
+    f.vol.forget(back, 1);
+    assert!(f.meta.get_inode(back).unwrap().is_none());
+    f.vol.remember(back);
+    f.vol.rollback("unlinked").unwrap();
+    purged_at_forget(back, "rollback");
+
+    // what is left is linked: the kernel's FORGETs keep it all
+    for ino in [src, from] {
+        f.vol.remember(ino);
+        f.vol.forget(ino, 1);
+        assert!(f.meta.get_inode(ino).unwrap().is_some_and(|i| i.nlink > 0));
+    }
+    assert_eq!(f.vol.lookup(ROOT_INO, b"open").unwrap().ino, src);
+    assert_eq!(f.vol.lookup(ROOT_INO, b"over").unwrap().ino, from);
+    f.fsck_clean();
+}
+
 #[test]
 fn rename_replace_noreplace_exchange_and_link_counts() {
     let f = fixture();

@@ -45,7 +45,15 @@ pub fn mutations(home: &MetaStore, plan: &MergePlan) -> Result<Vec<Mutation>> {
     }
     b.entries()?;
     let Builder { mut out, records, removed, .. } = b;
-    out.extend(records.into_iter().filter(|(i, _)| !removed.contains(i)).map(|(_, r)| Mutation::PutInode(r)));
+    for (ino, r) in records.into_iter().filter(|(i, _)| !removed.contains(i)) {
+        // A file the merge leaves with no name (not one the planner makes; a guard) is an
+        // orphan, as after an unlink: a local volume's FORGET purges only inodes with the
+        // row, and so does the next mount.
+        if r.nlink == 0 && r.kind != Kind::Dir {
+            out.push(Mutation::PutOrphan(ino));
+        }
+        out.push(Mutation::PutInode(r));
+    }
     Ok(out)
 }
 

@@ -354,3 +354,32 @@ fn a_directory_created_on_both_sides_is_one_directory_with_both_entries() {
     assert_eq!(result(&p, 22).unwrap().links, [link(10, "a.conflict-burst-n1-20261201T0730Z.pt")].into_iter().collect());
     assert_eq!(p.conflicts.len(), 1, "only the file both created: {:?}", p.conflicts);
 }
+
+/// A merged file left with no name gets an orphan row in the merge's batch, as an unlink's
+/// would: a local volume's FORGET purges only inodes with one, and fsck reports an unlinked
+/// inode without one (invariant 1; invariant 6: the pre-merge snapshot keeps the file).
+#[test]
+fn a_merged_file_left_with_no_name_is_an_orphan() {
+    use crate::meta::{MetaStore, Mutation};
+    use crate::types::{Dentry, Inode};
+    let home = MetaStore::memory();
+    crate::volume::Volume::format(&home, 0, 0).unwrap();
+    let mut rec = Inode::new(7, Kind::File, 0o644, 0, 0);
+    (rec.parent, rec.name) = (ROOT_INO, b"a".to_vec());
+    let dentry = Dentry { ino: 7, kind: Kind::File, cookie: 0 };
+    home.apply(vec![Mutation::PutInode(rec), Mutation::PutDentry { parent: ROOT_INO, name: b"a".to_vec(), dentry }], true).unwrap();
+    let ours = file(7, "a", b"");
+    let nameless = with(ours.clone(), |n| {
+        n.links.clear();
+        n.nlink = 0;
+    });
+    let plan = MergePlan { nodes: [(7, Some(nameless))].into(), ours: [(7, Some(ours.clone()))].into(), ..Default::default() };
+    let batch = super::apply::mutations(&home, &plan).unwrap();
+    assert!(batch.iter().any(|m| matches!(m, Mutation::DelDentry { parent: ROOT_INO, .. })), "{batch:?}");
+    assert!(batch.iter().any(|m| matches!(m, Mutation::PutOrphan(7))), "no orphan row: {batch:?}");
+    // A merged file with its name is none.
+    let chmodded = with(ours.clone(), |n| n.perm = 0o600);
+    let plan = MergePlan { nodes: [(7, Some(chmodded))].into(), ours: [(7, Some(ours))].into(), ..Default::default() };
+    let batch = super::apply::mutations(&home, &plan).unwrap();
+    assert!(!batch.iter().any(|m| matches!(m, Mutation::PutOrphan(_))), "{batch:?}");
+}

@@ -633,11 +633,14 @@ impl Volume {
         if self.is_referenced(ino) {
             return Ok(false);
         }
-        // Only an unlinked inode is purged, and on a RocksDB volume each one that outlived its
-        // unlink has an orphan row, written in the unlink's batch under `ns` (held here): the
-        // small orphans family answers for the linked files, most of what the kernel forgets
-        // (every file it had looked up, after a drop of its caches), without reading and
-        // decoding their inode records.
+        // Only an unlinked inode is purged, and on a local volume each one that outlived its
+        // last link has an orphan row, written in the same batch under `ns` (held here):
+        // `Txn::drop_link` (unlink, rmdir, a rename over a name), a rollback's and a merge
+        // undo's restored records, a pull's (`is_unlinked_inode`); fsck reports an unlinked
+        // inode without one. So the small orphans family answers for the linked files, most
+        // of what the kernel forgets (every file it had looked up, after a drop of its
+        // caches), without reading and decoding their inode records. A shared volume reads
+        // the record as before (its orphans follow the hosts' open rows, `hosts.rs`).
         if !self.shared && !self.meta.is_orphan(ino)? {
             return Ok(false);
         }
