@@ -11,7 +11,19 @@ Each target gets a fresh mount (hybridfs: a formatted volume; fuseref: a directo
 the same N files of 1 KiB, made by `create` as in run.sh. Then, per round, every target in
 turn (the order rotates each round): drop caches, `stat` each file by name (run.sh's
 `stat` worker), microseconds per stat. The same loop holds all of them, so the machine's load
-falls on each alike. Prints the rounds, the medians, each median's ratio against fuseref's
+falls on each alike.
+
+A drop of the caches makes the kernel send a FORGET for every inode it evicts, to every
+mount, and the mounts answer them while the next `stat` loop runs. So that each target's
+timed loop carries its own FORGETs (as in run.sh, where one target's runs follow each other)
+and no other's, each timed loop comes after: a drop, `--settle` seconds for every mount to
+answer its FORGETs, an untimed `stat` of the target's files (the kernel holds only them
+now), and the drop before the timed loop (`--settle 0`: timed loops only, a target's FORGETs
+falling on the next target's loop).
+
+Beside the time, the CPU the mount process spent (user + system, all its threads, from
+/proc/PID/stat) from the drop before the timed loop to its end, per stat: its lookups and
+FORGETs, a figure the machine's load sways far less than the time. Prints the rounds, the medians, each median's ratio against fuseref's
 (speed: ref time / target time, target >= 0.77) and the load average; needs root to drop
 caches (without it the figures are warm, and say so).
 """
@@ -27,6 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hybridctl", action="append", default=[], metavar="NAME=PATH")
@@ -35,6 +54,7 @@ def main():
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--scratch", default=None)
+    ap.add_argument("--settle", type=float, default=2.0, metavar="SECONDS")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="stat-ab-", dir=a.scratch)
     targets = []
@@ -48,6 +68,7 @@ def main():
     if a.fuse_ref:
         targets.append(bench.FuseRef(root, a.fuse_ref))
     times = {t.name: [] for t in targets}
+    cpus = {t.name: [] for t in targets}
     try:
         for t in targets:
             t.setup()
@@ -57,19 +78,29 @@ def main():
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             line = []
             for t in order:
+                stat = {"dir": os.path.join(t.dir, "small"), "count": a.files}
+                if a.settle > 0:
+                    bench.drop_caches()
+                    time.sleep(a.settle)
+                    bench.w_stat(stat)
+                cpu0 = cpu_seconds(t.pid)
                 bench.drop_caches()
-                res = bench.w_stat({"dir": os.path.join(t.dir, "small"), "count": a.files})
+                res = bench.w_stat(stat)
+                cpu = (cpu_seconds(t.pid) - cpu0) / a.files * 1e6
                 assert res["mismatches"] == 0, f"{t.name}: {res['mismatches']} files of the wrong size"
                 us = res["seconds"] / res["count"] * 1e6
                 times[t.name].append(us)
-                line.append(f"{t.name} {us:.1f}")
+                cpus[t.name].append(cpu)
+                line.append(f"{t.name} {us:.1f} (cpu {cpu:.1f})")
             print(f"round {r}: " + ", ".join(line) + f" (us per stat; load {os.getloadavg()[0]:.2f})", flush=True)
         ref = statistics.median(times["fuseref"]) if "fuseref" in times else None
         for t in targets:
             med = statistics.median(times[t.name])
             ratio = f", {ref / med:.2f}x fuseref's speed" if ref else ""
             rss = t.rss().get("VmRSS")
-            print(f"{t.name}: median {med:.1f} us per stat (rounds {min(times[t.name]):.1f}-{max(times[t.name]):.1f}){ratio}; RSS {rss} KiB")
+            cpu = statistics.median(cpus[t.name])
+            print(f"{t.name}: median {med:.1f} us per stat (rounds {min(times[t.name]):.1f}-{max(times[t.name]):.1f}){ratio}; "
+                  f"mount CPU median {cpu:.1f} us per stat; RSS {rss} KiB")
         print(f"load average at the end: {os.getloadavg()}; caches dropped: {bench.DROP_OK}")
     finally:
         for t in targets:
