@@ -23,7 +23,12 @@ falling on the next target's loop).
 
 Beside the time, the CPU the mount process spent (user + system, all its threads, from
 /proc/PID/stat) from the drop before the timed loop to its end, per stat: its lookups and
-FORGETs, a figure the machine's load sways far less than the time. Prints the rounds, the medians, each median's ratio against fuseref's
+FORGETs, a figure the machine's load sways far less than the time; and what it read from the
+disk meanwhile (/proc/PID/io `read_bytes`), KiB per stat.
+
+`--fresh`: run.sh's sequence instead, per round and target: create N new files in a new
+directory, `sync`, drop, the timed `stat`, unlink them (the FORGETs are the target's own: the
+kernel held only the files it had just created). Prints the rounds, the medians, each median's ratio against fuseref's
 (speed: ref time / target time, target >= 0.77) and the load average; needs root to drop
 caches (without it the figures are warm, and say so).
 """
@@ -31,6 +36,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +52,23 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def read_bytes(pid):
+    """Bytes process `pid` has had read from storage so far."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
+
+
+def timed(t, stat, files):
+    """Drop the caches, `stat` the files: (us per stat, mount CPU us per stat, KiB read per stat)."""
+    cpu0, io0 = cpu_seconds(t.pid), read_bytes(t.pid)
+    bench.drop_caches()
+    res = bench.w_stat(stat)
+    assert res["mismatches"] == 0, f"{t.name}: {res['mismatches']} files of the wrong size"
+    cpu = (cpu_seconds(t.pid) - cpu0) / files * 1e6
+    kib = (read_bytes(t.pid) - io0) / files / 1024
+    return res["seconds"] / files * 1e6, cpu, kib
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hybridctl", action="append", default=[], metavar="NAME=PATH")
@@ -55,6 +78,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--scratch", default=None)
     ap.add_argument("--settle", type=float, default=2.0, metavar="SECONDS")
+    ap.add_argument("--fresh", action="store_true", help="run.sh's create, sync, drop, stat, unlink per round")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="stat-ab-", dir=a.scratch)
     targets = []
@@ -69,38 +93,40 @@ def main():
         targets.append(bench.FuseRef(root, a.fuse_ref))
     times = {t.name: [] for t in targets}
     cpus = {t.name: [] for t in targets}
+    reads = {t.name: [] for t in targets}
     try:
         for t in targets:
             t.setup()
-            small = os.path.join(t.dir, "small")
-            bench.w_create({"dir": small, "count": a.files, "nonce": 1})
+            if not a.fresh:
+                bench.w_create({"dir": os.path.join(t.dir, "small"), "count": a.files, "nonce": 1})
         for r in range(a.rounds):
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             line = []
             for t in order:
-                stat = {"dir": os.path.join(t.dir, "small"), "count": a.files}
-                if a.settle > 0:
+                stat = {"dir": os.path.join(t.dir, f"small{r}" if a.fresh else "small"), "count": a.files}
+                if a.fresh:
+                    bench.w_create({"dir": stat["dir"], "count": a.files, "nonce": r})
+                    subprocess.run(["sync"], check=True)
+                elif a.settle > 0:
                     bench.drop_caches()
                     time.sleep(a.settle)
                     bench.w_stat(stat)
-                cpu0 = cpu_seconds(t.pid)
-                bench.drop_caches()
-                res = bench.w_stat(stat)
-                cpu = (cpu_seconds(t.pid) - cpu0) / a.files * 1e6
-                assert res["mismatches"] == 0, f"{t.name}: {res['mismatches']} files of the wrong size"
-                us = res["seconds"] / res["count"] * 1e6
+                us, cpu, kib = timed(t, stat, a.files)
+                if a.fresh:
+                    bench.w_unlink(stat)
                 times[t.name].append(us)
                 cpus[t.name].append(cpu)
-                line.append(f"{t.name} {us:.1f} (cpu {cpu:.1f})")
+                reads[t.name].append(kib)
+                line.append(f"{t.name} {us:.1f} (cpu {cpu:.1f}, read {kib:.2f} KiB)")
             print(f"round {r}: " + ", ".join(line) + f" (us per stat; load {os.getloadavg()[0]:.2f})", flush=True)
         ref = statistics.median(times["fuseref"]) if "fuseref" in times else None
         for t in targets:
             med = statistics.median(times[t.name])
             ratio = f", {ref / med:.2f}x fuseref's speed" if ref else ""
             rss = t.rss().get("VmRSS")
-            cpu = statistics.median(cpus[t.name])
+            cpu, kib = statistics.median(cpus[t.name]), statistics.median(reads[t.name])
             print(f"{t.name}: median {med:.1f} us per stat (rounds {min(times[t.name]):.1f}-{max(times[t.name]):.1f}){ratio}; "
-                  f"mount CPU median {cpu:.1f} us per stat; RSS {rss} KiB")
+                  f"mount CPU median {cpu:.1f} us, disk read {kib:.2f} KiB per stat; RSS {rss} KiB")
         print(f"load average at the end: {os.getloadavg()}; caches dropped: {bench.DROP_OK}")
     finally:
         for t in targets:
