@@ -524,3 +524,83 @@ fn shared_volume_unlink_frees_an_unopened_file_at_once_and_keeps_an_open_one() {
     assert!(f.meta.orphans().unwrap().is_empty());
     f.fsck_clean();
 }
+
+/// tar's `futimens`, `fchown` and `fchmod` of a file it wrote by passthrough and still holds
+/// open take the open node's path (no transaction loads the record): each change, with what
+/// the kernel wrote before it, is in the store when the call returns (invariant 1: a setattr
+/// is in the store's log before it returns, as a namespace change's is; the crash tests make
+/// that log durable by fsync), and the time tar set is not undone by the staging file's.
+#[test]
+fn setattr_of_an_open_file_is_in_the_store_before_it_returns() {
+    use hybridfs_core::types::Timespec;
+    use hybridfs_core::TimeSet;
+    use std::os::unix::fs::FileExt;
+    let f = fixture();
+    f.vol.enable_passthrough(true);
+    f.vol.enable_passthrough_writes(true);
+    let new = || NewNode { kind: Kind::File, perm: 0o600, rdev: 0, target: vec![] };
+    let opened = f.vol.create_open(ROOT_INO, b"t.c", new(), ME, true).unwrap();
+    assert_eq!(opened.kind, IoKind::PassthroughWrite);
+    let ino = opened.inode.ino;
+    let data: Vec<u8> = (0..2 * BS + 5).map(|i| (i % 249) as u8 + 1).collect();
+    opened.backing.unwrap().write_all_at(&data, 0).unwrap();
+    let then = Timespec { sec: 1_153_704_088, nsec: 0 };
+    let answer = f.vol.setattr(ino, SetAttr { mtime: Some(TimeSet::At(then)), ..Default::default() }).unwrap();
+    assert_eq!((answer.size, answer.mtime), (data.len() as u64, then), "the answer carries the kernel's size and the time set");
+    let stored = f.meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!((stored.size, stored.mtime), (data.len() as u64, then), "invariant 1: the absorb and the times are stored on return");
+    assert!(f.meta.extents(ino, 0).unwrap().iter().all(|(_, e)| *e == Extent::Staged));
+    let rows: BTreeSet<u64> = f.meta.journal(f.vol.epoch()).unwrap().iter().filter(|j| j.ino == ino).map(|j| j.block).collect();
+    assert_eq!(rows, (0..3).collect(), "invariant 1: the blocks the kernel wrote are journaled with it");
+    f.vol.setattr(ino, SetAttr { uid: Some(7), gid: Some(8), ..Default::default() }).unwrap();
+    f.vol.setattr(ino, SetAttr { perm: Some(0o644), ..Default::default() }).unwrap();
+    let stored = f.meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!((stored.uid, stored.gid, stored.perm, stored.mtime), (7, 8, 0o644, then), "invariant 1: chown and chmod stored on return");
+    f.vol.release_file(ino, IoKind::PassthroughWrite).unwrap();
+    let closed = f.meta.get_inode(ino).unwrap().unwrap();
+    assert_eq!((closed.mtime, closed.size, closed.perm), (then, data.len() as u64, 0o644), "the close keeps what tar set");
+    let reader = f.vol.open_file(ino, false).unwrap();
+    assert_eq!(f.read_all(ino), data);
+    f.vol.release_file(ino, reader.kind).unwrap();
+
+    // A file open through the mount's path (inline), and one not open at all (a transaction).
+    f.vol.enable_passthrough_writes(false);
+    f.vol.enable_passthrough(false);
+    let small = f.file("small");
+    f.vol.write(small, 0, b"hi").unwrap();
+    f.vol.setattr(small, SetAttr { perm: Some(0o640), ..Default::default() }).unwrap();
+    let stored = f.meta.get_inode(small).unwrap().unwrap();
+    assert_eq!((stored.perm, stored.inline.as_deref()), (0o640, Some(&b"hi"[..])), "invariant 1: stored on return, its bytes with it");
+    f.vol.release_file(small, IoKind::Cached).unwrap();
+    f.vol.setattr(small, SetAttr { uid: Some(9), ..Default::default() }).unwrap();
+    assert_eq!(f.meta.get_inode(small).unwrap().unwrap().uid, 9);
+    f.fsck_clean();
+}
+
+/// The kernel's `security.capability` questions about a file open here are answered from its
+/// node while no such attribute was set in the volume; the answers stay exact.
+#[test]
+fn capability_questions_about_open_files_are_answered_exactly() {
+    use hybridfs_core::XattrMode;
+    const CAPS: &[u8] = b"security.capability";
+    let f = fixture();
+    let a = f.file("a");
+    let b = f.file("b");
+    assert!(matches!(f.vol.getxattr(a, CAPS), Err(FsError::NoXattr)), "a new open file has none");
+    f.vol.setxattr(a, CAPS, b"\x01\x00\x00\x02", XattrMode::Any).unwrap();
+    assert_eq!(f.vol.getxattr(a, CAPS).unwrap(), b"\x01\x00\x00\x02", "set while open: seen at once");
+    assert!(matches!(f.vol.getxattr(b, CAPS), Err(FsError::NoXattr)), "another open file still has none");
+    f.vol.setxattr(b, b"user.x", b"1", XattrMode::Any).unwrap();
+    assert!(matches!(f.vol.getxattr(b, CAPS), Err(FsError::NoXattr)), "another attribute is not a capability");
+    assert_eq!(f.vol.getxattr(b, b"user.x").unwrap(), b"1");
+    f.vol.write_killing(a, 0, b"x", hybridfs_core::KillPriv { suidgid: false, caps: true }).unwrap();
+    assert!(matches!(f.vol.getxattr(a, CAPS), Err(FsError::NoXattr)), "a write removed it (KillPriv)");
+    f.vol.setxattr(a, CAPS, b"\x01\x00\x00\x02", XattrMode::Any).unwrap();
+    f.vol.release_file(a, IoKind::Cached).unwrap();
+    assert_eq!(f.vol.getxattr(a, CAPS).unwrap(), b"\x01\x00\x00\x02", "closed: from the store");
+    f.vol.open_file(a, true).unwrap();
+    f.vol.removexattr(a, CAPS).unwrap();
+    assert!(matches!(f.vol.getxattr(a, CAPS), Err(FsError::NoXattr)), "removed while open");
+    f.vol.release_file(a, IoKind::Cached).unwrap();
+    f.vol.release_file(b, IoKind::Cached).unwrap();
+}

@@ -97,9 +97,11 @@ pub struct RocksKv {
     cache: Cache,
 }
 
-/// Open (or create) the metadata store at `path`.
+/// Open (or create) the metadata store at `path`: the only writer of it while open (RocksDB's
+/// lock file keeps other processes out; this is its one `MetaStore`), so batches take the
+/// epoch from memory ([`MetaStore::new_exclusive`]).
 pub fn open(path: &Path, opts: &RocksOptions) -> Result<MetaStore> {
-    MetaStore::new(Arc::new(RocksKv::open(path, opts)?))
+    MetaStore::new_exclusive(Arc::new(RocksKv::open(path, opts)?))
 }
 
 /// The table options of `layout` ([`IndexLayout`]).

@@ -74,9 +74,10 @@ impl MetaStore {
     fn apply_in(&self, tx: &mut dyn KvTxn, batch: &[Mutation], bulk: bool) -> Result<Vec<BlockId>> {
         let deltas = self.usage_deltas.load(Ordering::Relaxed);
         if !bulk {
-            prefetch(tx, batch, !deltas)?;
+            prefetch(tx, batch, !self.exclusive, !deltas)?;
         }
-        let epoch = stored_epoch(tx)?;
+        // An exclusive store knows the stored epoch (`MetaStore::new_exclusive`).
+        let epoch = if self.exclusive { self.epoch() } else { stored_epoch(tx)? };
         let mut b = Batch { epoch, refs: BTreeMap::new(), usage: (0, 0), snap_epochs: None, blind: false };
         if bulk {
             b.blind = !pinned(tx, &mut b, 0, u64::MAX)?;
@@ -226,13 +227,16 @@ impl MetaStore {
     }
 }
 
-/// Tell the engine every row the batch will read first (the epoch, this thread's usage shard,
-/// the rows the checks read, the live rows the writes replace): a shared engine then reads
-/// them in one round trip instead of one each (the rows are read in the loop as before). The
-/// usage shard (`shard`: the batch adds to one, no delta rows) only when an inode changes
-/// (nothing else changes usage).
-fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], shard: bool) -> Result<()> {
-    let mut keys: Vec<(Cf, Vec<u8>)> = vec![(Cf::Default, b"epoch".to_vec())];
+/// Tell the engine every row the batch will read first (the epoch unless the store knows it,
+/// this thread's usage shard, the rows the checks read, the live rows the writes replace): a
+/// shared engine then reads them in one round trip instead of one each (the rows are read in
+/// the loop as before). The usage shard (`shard`: the batch adds to one, no delta rows) only
+/// when an inode changes (nothing else changes usage).
+fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], epoch: bool, shard: bool) -> Result<()> {
+    let mut keys: Vec<(Cf, Vec<u8>)> = Vec::new();
+    if epoch {
+        keys.push((Cf::Default, b"epoch".to_vec()));
+    }
     if shard && batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
         keys.push((Cf::Default, usage_shard_key(usage_shard())));
     }

@@ -391,10 +391,6 @@ impl Volume {
             result = tracing::field::Empty
         )
         .entered();
-        // The kernel may have filled the disk: room for the batch first (`space.rs`).
-        if let Err(e) = self.space.tend() {
-            tracing::warn!("space guard: {e}");
-        }
         let before = (st.checkpoint(), st.pt_mtime);
         let done = self.absorb_locked(st);
         match &done {
@@ -419,14 +415,32 @@ impl Volume {
     /// below its old size in blocks that were not staged before (written into a hole, or
     /// staged again after a seal). Overwrites of bytes already staged are not seen.
     fn absorb_locked(&self, st: &mut NodeData) -> Result<u64> {
+        let mut batch = Vec::new();
+        let learned = self.absorb_into(st, &mut batch)?;
+        if !batch.is_empty() {
+            batch.push(self.inode_write(&st.inode));
+            st.attr_dirty = false;
+            self.apply_live(batch, false)?;
+        }
+        Ok(learned)
+    }
+
+    /// [`Volume::absorb_locked`] without its write: the extents and journal rows of what the
+    /// kernel wrote go to `batch` (the caller adds the inode record and applies it), the size
+    /// and mtime to the node. When the kernel wrote anything, the space guard looks at the
+    /// disk first (`space.rs`: it may have filled it; room for the batch). An absorb that
+    /// finds nothing new skips that `statvfs`: while a passthrough writer is open the guard
+    /// can only take its ballast back, which the next absorb that finds something, or the
+    /// writer's close, does.
+    pub(super) fn absorb_into(&self, st: &mut NodeData, batch: &mut Vec<Mutation>) -> Result<u64> {
         let ino = st.inode.ino;
         let Some(f) = st.staging.as_ref() else { return Ok(0) };
         let io = |e| FsError::io(format!("read back passthrough writes of inode {ino}"), e);
         let md = f.metadata().map_err(io)?;
         let (size, mtime) = (md.len(), mtime_of(&md));
         let regions = data_regions(f, size).map_err(io)?;
-        let mut batch = Vec::new();
         let epoch = self.epoch();
+        let batch_before = batch.len();
         let bs = self.block_size;
         let old_size = st.inode.size;
         let mut learned = size.saturating_sub(old_size);
@@ -436,27 +450,30 @@ impl Volume {
                     // Written by the kernel, or sealed (by a snapshot) while the kernel kept
                     // writing: the staging file holds its bytes. A sealed version stays with
                     // the snapshot that has it (invariant 2).
-                    st.set_extent(block, Some(Extent::Staged), &mut batch);
+                    st.set_extent(block, Some(Extent::Staged), batch);
                     let (lo, hi) = (start.max(block * bs), end.min((block + 1) * bs).min(old_size));
                     learned += hi.saturating_sub(lo);
                 }
-                st.journal(epoch, block, &mut batch);
+                st.journal(epoch, block, batch);
             }
         }
+        let mut changed = batch.len() > batch_before;
         if size != st.inode.size {
             st.inode.size = size;
             st.attr_dirty = true;
+            changed = true;
         }
         if mtime != st.pt_mtime {
             st.pt_mtime = mtime;
             st.inode.mtime = mtime;
             st.inode.ctime = mtime;
             st.attr_dirty = true;
+            changed = true;
         }
-        if !batch.is_empty() {
-            batch.push(self.inode_write(&st.inode));
-            st.attr_dirty = false;
-            self.apply_live(batch, false)?;
+        if changed {
+            if let Err(e) = self.space.tend() {
+                tracing::warn!("space guard: {e}");
+            }
         }
         Ok(learned)
     }
@@ -1069,7 +1086,49 @@ impl Volume {
     }
 
     pub fn setattr(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
+        if attr.size.is_none() && !self.shared {
+            if let Some(done) = self.setattr_open(ino, &attr)? {
+                return Ok(done);
+            }
+        }
         self.retrying(|| self.setattr_once(ino, attr.clone()))
+    }
+
+    /// A change of mode, owner or times of a file open here, on a volume no other host
+    /// writes (tar's `futimens`, `fchown` and `fchmod` of each file it wrote, before its
+    /// close): the node holds the record, so no transaction loads it; what the kernel wrote
+    /// by passthrough (the absorb) and the change go to the store in one batch, applied
+    /// before this returns, as every setattr's is (invariant 1: in the store's log, made
+    /// durable by the next fsync). `None`: the file is not open here.
+    fn setattr_open(&self, ino: Ino, attr: &SetAttr) -> Result<Option<Inode>> {
+        // Held as a namespace change holds it: the node cannot leave memory (a last close,
+        // then an unlink's purge of the record) between finding it and writing its record.
+        let _ns = self.ns_for(&[ino]);
+        let Some(node) = self.node_if_open(ino) else { return Ok(None) };
+        let mut st = node.write();
+        let before = (st.checkpoint(), st.pt_mtime);
+        let done = self.setattr_node(&mut st, attr);
+        if done.is_err() {
+            // The store never saw the batch.
+            st.roll_back(before.0);
+            st.pt_mtime = before.1;
+        }
+        done.map(Some)
+    }
+
+    fn setattr_node(&self, st: &mut NodeData, attr: &SetAttr) -> Result<Inode> {
+        let mut batch = Vec::new();
+        // The answer carries the size: the kernel's writes by passthrough count.
+        let learned = if st.pt_writers > 0 { self.absorb_into(st, &mut batch)? } else { 0 };
+        set_attrs(&mut st.inode, attr, Timespec::now());
+        batch.push(self.inode_write(&st.inode));
+        self.apply_live(batch, false)?;
+        st.attr_dirty = false;
+        if learned > 0 {
+            self.metrics.written(learned);
+            self.metrics.absorbed();
+        }
+        Ok(st.inode.clone())
     }
 
     fn setattr_once(&self, ino: Ino, attr: SetAttr) -> Result<Inode> {
@@ -1087,28 +1146,8 @@ impl Volume {
                 txn.push(Mutation::DelXattr { ino, name: super::xattr::XATTR_CAPS.to_vec() });
             }
         }
-        let now = Timespec::now();
         let inode = txn.inode_mut(ino)?;
-        if let Some(p) = attr.perm {
-            inode.perm = p & 0o7777;
-        }
-        if let Some(u) = attr.uid {
-            inode.uid = u;
-        }
-        if let Some(g) = attr.gid {
-            inode.gid = g;
-        }
-        let at = |t: TimeSet| match t {
-            TimeSet::Now => now,
-            TimeSet::At(t) => t,
-        };
-        if let Some(t) = attr.atime {
-            inode.atime = at(t);
-        }
-        if let Some(t) = attr.mtime {
-            inode.mtime = at(t);
-        }
-        inode.ctime = attr.ctime.unwrap_or(now);
+        set_attrs(inode, &attr, Timespec::now());
         let out = inode.clone();
         txn.commit(false)?;
         Ok(out)
@@ -1331,6 +1370,30 @@ mod read_ahead_tests {
         assert_eq!(ahead_depth(3, 8, 3, 4), AHEAD_MIN, "the cap is never below the minimum");
         assert_eq!(ahead_depth(0, 0, 0, 64), AHEAD_MIN, "a file's first read starts at the minimum");
     }
+}
+
+/// A setattr's mode, owner and times (not its size) on `inode`, at time `now`.
+fn set_attrs(inode: &mut Inode, attr: &SetAttr, now: Timespec) {
+    if let Some(p) = attr.perm {
+        inode.perm = p & 0o7777;
+    }
+    if let Some(u) = attr.uid {
+        inode.uid = u;
+    }
+    if let Some(g) = attr.gid {
+        inode.gid = g;
+    }
+    let at = |t: TimeSet| match t {
+        TimeSet::Now => now,
+        TimeSet::At(t) => t,
+    };
+    if let Some(t) = attr.atime {
+        inode.atime = at(t);
+    }
+    if let Some(t) = attr.mtime {
+        inode.mtime = at(t);
+    }
+    inode.ctime = attr.ctime.unwrap_or(now);
 }
 
 /// A file's mtime as the volume keeps times.

@@ -64,8 +64,23 @@ impl Volume {
     /// The kernel asks for `security.capability` before a write to a file (once per file and
     /// attribute refresh with FUSE_HANDLE_KILLPRIV_V2, else before every write) and at each
     /// chown, so the answer "none" must be cheap: the inode's existence is checked without
-    /// decoding it.
+    /// decoding it, and for a file open here (an untar's: its first write and its `fchown`
+    /// both come while it is open) on a volume no other host writes, "none" comes from the
+    /// node when it knows the file has none ([`NodeData::no_caps_at`]: since the file was
+    /// created, or last looked, no `security.capability` was set anywhere in the volume).
+    ///
+    /// [`NodeData::no_caps_at`]: super::NodeData::no_caps_at
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if name == XATTR_CAPS && !self.shared {
+            if let Some(node) = self.node_if_open(ino) {
+                // The node's answer first, then the count: a `security.capability` set
+                // in between moved the count already, or its setxattr has not returned.
+                let known = node.read().no_caps_at;
+                if known.is_some() && known == Some(self.caps_count()) {
+                    return Err(FsError::NoXattr);
+                }
+            }
+        }
         if !self.exists(ino)? {
             return Err(FsError::NotFound);
         }
