@@ -10,8 +10,8 @@
 //! is rebuilt from the seed in the name). Then `hybridctl umount` and `hybridctl fsck NAME`
 //! must exit 0. The same rounds run with passthrough writes on (the kernel writes new files
 //! straight into their staging files; `fsync` takes the dirty-extent journal from the staging
-//! file's data regions), and one more test kills the mount while a passthrough-written file
-//! is still open, with unsynced bytes after the synced ones.
+//! file's data regions), and more tests kill the mount while a passthrough-written file is
+//! still open: with unsynced bytes after the synced ones, and after attributes set on it.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -150,6 +150,41 @@ fn fsynced_bytes_of_a_new_exclusive_file_written_by_passthrough_survive_kill_9()
     let path = vol.path("big.bin");
     let f = excl(&path);
     kill_9_with_an_open_passthrough_writer(&mut vol, f, &path);
+}
+
+/// Invariant 1 on a setattr of a file open here (tar's `futimens`, `fchown`, `fchmod` of each
+/// file it wrote, before closing it), which skips the transaction's store reads: each one is
+/// in the metadata store's log before it returns, as every namespace change is, so after a
+/// `kill -9` of the mount (the process, not the machine: no fsync after them) the remounted
+/// file has the times, owner and mode set, with the bytes the kernel wrote by passthrough.
+#[test]
+fn attributes_set_on_an_open_passthrough_file_survive_kill_9() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut vol = TestVolume::builder().mount_args(&["--passthrough-writes", "true"]).build();
+    let path = vol.path("t.c");
+    let f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
+    let data = pattern(21, 70_000);
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(1_153_704_088);
+    f.set_times(fs::FileTimes::new().set_modified(then)).unwrap();
+    std::os::unix::fs::fchown(&f, Some(1234), Some(5678)).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o640)).unwrap();
+    let killed = vol.kill_mount();
+    eprintln!("killed mount process {killed} with the file open");
+    drop(f);
+    vol.clean_dead_mount();
+    vol.mount();
+    let md = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (md.mtime(), md.uid(), md.gid(), md.mode() & 0o7777),
+        (1_153_704_088, 1234, 5678, 0o640),
+        "invariant 1: a setattr acknowledged on an open file is in the store's log"
+    );
+    assert_same_bytes("the fsync'd bytes", &fs::read(&path).unwrap(), &data);
+    vol.umount();
+    let fsck = vol.fsck(&[]);
+    assert!(fsck.success(), "fsck after kill -9 is not clean: {fsck}");
 }
 
 /// Writes 5 MiB to `f` (open for writing, empty, at `path`), fsyncs, checks the mount process

@@ -251,8 +251,11 @@ impl Volume {
     /// [`Volume::open_file_as`]; `row_written`: a shared volume's open row of this host is in
     /// the store already (a file created open, see `hosts.rs`); `created`: the record of a
     /// file this call's caller just created, which a new node starts from (no store read).
-    pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool, created: Option<Inode>) -> Result<Opened> {
+    /// `created`: the record of the file just created and [`Volume::caps_count`] before its
+    /// create (the file has no `security.capability` unless one was set since).
+    pub(crate) fn open_file_with(&self, ino: Ino, write: bool, passthrough_write: bool, row_written: bool, created: Option<(Inode, u64)>) -> Result<Opened> {
         let new_file = created.is_some();
+        let (created, caps_before) = created.map_or((None, None), |(inode, caps)| (Some(inode), Some(caps)));
         let (node, others) = {
             let _ns = self.ns_for(&[ino]);
             let others = self.nodes.lock().get(&ino).map_or(0, |e| e.handles);
@@ -268,6 +271,11 @@ impl Volume {
         // The node lock (not `ns`) keeps the sealer out while the extents are looked at.
         let mut st = node.write();
         st.new_file |= new_file;
+        if st.no_caps_at.is_none() && !self.shared {
+            // Its passthrough check then reads no attribute from the store (the count is
+            // this process's: on a shared volume another host may have set one).
+            st.no_caps_at = caps_before;
+        }
         let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others));
         if opened.is_err() {
             drop(st);

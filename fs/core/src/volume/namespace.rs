@@ -134,8 +134,9 @@ impl Volume {
     /// goes in the create's batch (no transaction of its own, `hosts.rs`).
     pub fn create_open(&self, parent: Ino, name: &[u8], new: NewNode, who: Caller, passthrough_write: bool) -> Result<super::data::Opened> {
         let row = self.shared && new.kind == Kind::File;
+        let caps = self.caps_count();
         let inode = self.retrying(|| self.create_node_once(parent, name, &new, who, row))?;
-        self.open_file_with(inode.ino, true, passthrough_write, row, Some(inode))
+        self.open_file_with(inode.ino, true, passthrough_write, row, Some((inode, caps)))
     }
 
     fn create_node_once(&self, parent: Ino, name: &[u8], new: &NewNode, who: Caller, open_row: bool) -> Result<Inode> {
