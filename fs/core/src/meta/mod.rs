@@ -288,22 +288,28 @@ mod tests {
         assert_eq!(m.usage().unwrap(), Usage { files: 1, bytes: 4 });
     }
 
-    #[test]
-    fn usage_is_the_sum_of_its_shards_whichever_threads_made_and_removed_the_files() {
-        // Each thread adds to its own shard (a file made by one and removed by another leaves
-        // one shard above zero and one below); a bulk load's `usage` row counts too.
-        let m = std::sync::Arc::new(MetaStore::memory());
-        let threads: Vec<_> = (0..4u64)
+    /// `per` files of 10 bytes from each of `threads` threads (inodes 1000 + 100 t + i), one
+    /// batch each.
+    fn files_from_threads(m: &std::sync::Arc<MetaStore>, threads: u64, per: u64) {
+        let threads: Vec<_> = (0..threads)
             .map(|t| {
-                let m = std::sync::Arc::clone(&m);
+                let m = std::sync::Arc::clone(m);
                 std::thread::spawn(move || {
-                    for i in 0..50 {
+                    for i in 0..per {
                         m.apply(vec![Mutation::PutInode(file(1000 + t * 100 + i, 10))], false).unwrap();
                     }
                 })
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[test]
+    fn usage_is_the_sum_of_its_shards_whichever_threads_made_and_removed_the_files() {
+        // Each thread adds to its own shard (a file made by one and removed by another leaves
+        // one shard above zero and one below); a bulk load's `usage` row counts too.
+        let m = std::sync::Arc::new(MetaStore::memory());
+        files_from_threads(&m, 4, 50);
         assert_eq!(m.usage().unwrap(), Usage { files: 200, bytes: 2000 });
         let mut shards = 0;
         m.kv.scan(Cf::Default, b"usage/", Some(b"usage0"), &mut |_, _| { shards += 1; Ok(true) }).unwrap();
@@ -331,17 +337,7 @@ mod tests {
         // reads the same before and after the rows are folded into a shard.
         let m = std::sync::Arc::new(MetaStore::memory());
         m.set_usage_deltas(true);
-        let threads: Vec<_> = (0..3u64)
-            .map(|t| {
-                let m = std::sync::Arc::clone(&m);
-                std::thread::spawn(move || {
-                    for i in 0..40 {
-                        m.apply(vec![Mutation::PutInode(file(1000 + t * 100 + i, 10))], false).unwrap();
-                    }
-                })
-            })
-            .collect();
-        threads.into_iter().for_each(|t| t.join().unwrap());
+        files_from_threads(&m, 3, 40);
         m.apply(vec![Mutation::DelInode(1000), Mutation::DelInode(1001)], false).unwrap();
         let rows = |prefix: &[u8], end: &[u8]| {
             let mut n = 0;
