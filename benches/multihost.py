@@ -63,9 +63,10 @@ def pg_bin():
 
 
 class Postgres:
-    def __init__(self, root, statements=False):
+    def __init__(self, root, statements=False, conf=()):
         self.dir = os.path.join(root, "pg")
         self.statements = statements
+        self.conf = list(conf)
         self.proc = None
         self.port = None
         self.bin = pg_bin()
@@ -97,7 +98,8 @@ class Postgres:
             self._as_pg([os.path.join(self.bin, "postgres"), "-D", data, "-h", "127.0.0.1",
                          "-p", str(self.port), "-k", self.dir, "-c", "max_connections=200"]
                         + (["-c", "shared_preload_libraries=pg_stat_statements",
-                            "-c", "pg_stat_statements.track_utility=on"] if self.statements else [])),
+                            "-c", "pg_stat_statements.track_utility=on"] if self.statements else [])
+                + [x for kv in self.conf for x in ("-c", kv)]),
             stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
             preexec_fn=P._pdeathsig)
         lf.close()
@@ -134,14 +136,16 @@ class Postgres:
 
     def table_stats(self, db):
         """One line per table of database db: scans by kind, live and dead rows, last autovacuum
-        and autoanalyze (a sequential scan under SERIALIZABLE locks the whole table)."""
+        and autoanalyze (a sequential scan under SERIALIZABLE locks the whole table), updates
+        and how many of them were HOT (no new index entry: no write to an index page that
+        another transaction's read locked)."""
         out = self.psql("select relname, seq_scan, idx_scan, n_live_tup, n_dead_tup, "
                         "coalesce(to_char(last_autovacuum, 'HH24:MI:SS'), '-'), "
-                        "coalesce(to_char(last_autoanalyze, 'HH24:MI:SS'), '-') "
+                        "coalesce(to_char(last_autoanalyze, 'HH24:MI:SS'), '-'), n_tup_upd, n_tup_hot_upd "
                         "from pg_stat_user_tables order by relname", check=False, db=db).stdout
         return [f"{r[0]}: seq scans {r[1]}, index scans {r[2]}, live rows {r[3]}, dead rows {r[4]}, "
-                f"autovacuum {r[5]}, autoanalyze {r[6]}"
-                for r in (line.split("|") for line in out.splitlines()) if len(r) == 7]
+                f"autovacuum {r[5]}, autoanalyze {r[6]}, updates {r[7]} ({r[8]} HOT)"
+                for r in (line.split("|") for line in out.splitlines()) if len(r) == 9]
 
     def reset_statements(self):
         self.psql("select pg_stat_statements_reset()", check=False)
@@ -389,6 +393,8 @@ def main():
     ap.add_argument("--scratch", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--pg-conf", action="append", default=[], metavar="NAME=VALUE",
+                    help="a server setting for the PostgreSQL both targets share (postgres -c; repeatable)")
     ap.add_argument("--pg-setup", default=None, metavar="SQL",
                     help="SQL run in hybridfs's database after its volume is formatted and mounted "
                          "(experiments with storage parameters, e.g. a table's fillfactor)")
@@ -401,7 +407,7 @@ def main():
     if "juicefs" in targets:
         a.juicefs = a.juicefs or B.find_juicefs()
     sb = P.StoreBench(a, "hybridfs-multihost-")
-    pg = Postgres(sb.root, a.statements)
+    pg = Postgres(sb.root, a.statements, a.pg_conf)
     results = {t: {ph: [] for ph in PHASES} for t in targets}
     errors = []
     live = []

@@ -210,8 +210,67 @@ fn a_create_unlink_and_rename_read_their_directories_and_names_in_one_round_trip
     assert_eq!(reads().1, before.1 + 1, "a rename reads both directories and both names at once");
     assert!(reads().0 - before.0 <= 1, "and one by one at most the moved inode's record ({:?} -> {:?})", before, reads());
     let before = reads();
+    assert!(a.lookup(d, b"h").is_err());
     a.unlink(ROOT_INO, b"g").unwrap();
-    assert_eq!(reads().1, before.1 + 1, "an unlink reads the directory and the name at once");
+    assert!(reads().1 <= before.1 + 1, "an unlink reads the directory and the name at once, if at all");
+}
+
+#[test]
+fn a_create_takes_what_the_kernels_getattr_and_lookup_just_read_instead_of_reading_it_again() {
+    // Before a create the kernel asks for the directory's attributes and looks the name up;
+    // the create's transaction takes both answers (volume/recent.rs): no read of its own.
+    use std::sync::atomic::Ordering::SeqCst;
+    let (kv, a, b, dir) = watched_hosts();
+    let d = mkdir(&b, ROOT_INO, "d");
+    let file = || NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] };
+    b.create_node(d, b"first", file(), ROOT).unwrap(); // host B takes this directory's inode range
+    let reads = || (kv.gets.load(SeqCst), kv.get_manys.load(SeqCst));
+    for name in ["f1", "f2", "f3"] {
+        a.getattr(d).unwrap();
+        assert!(matches!(a.lookup(d, name.as_bytes()), Err(FsError::NotFound)));
+        let before = reads();
+        a.create_node(d, name.as_bytes(), file(), ROOT).unwrap();
+        assert_eq!(reads(), before, "the create of {name} read what the getattr and lookup had just read");
+    }
+    // A directory record this host committed answers the kernel's getattr a moment later;
+    // another host's change, once told (its notification), is read from the store.
+    b.setattr(d, SetAttr { perm: Some(0o700), ..Default::default() }).unwrap();
+    a.changed_elsewhere(d);
+    assert_eq!(a.getattr(d).unwrap().perm & 0o777, 0o700);
+    fsck_clean_a(&a, &dir);
+}
+
+#[test]
+fn a_stale_kept_answer_fails_the_commit_and_the_change_runs_again_from_the_store() {
+    // Invariant 1 (a batch whose reads went stale writes nothing): host A keeps what it read
+    // and committed; host B changes it behind A's back, untold; A's next changes take the
+    // stale answers, their commits find them stale, and they run again from the store: B's
+    // file makes A's create fail with EEXIST, and B's chmod of the directory survives A's
+    // create in it (A's stale record of the directory is never written back).
+    let (_kv, a, b, dir) = watched_hosts();
+    let d = mkdir(&a, ROOT_INO, "d");
+    let file = |perm| NewNode { kind: Kind::File, perm, rdev: 0, target: vec![] };
+    a.create_node(d, b"first", file(0o644), ROOT).unwrap(); // A committed d's record
+    assert!(matches!(a.lookup(d, b"x"), Err(FsError::NotFound))); // A keeps "no x"
+    b.create_node(d, b"x", file(0o600), ROOT).unwrap();
+    b.setattr(d, SetAttr { perm: Some(0o711), ..Default::default() }).unwrap();
+    let r = a.create_node(d, b"x", file(0o644), ROOT);
+    assert!(matches!(r, Err(FsError::Exists)), "two hosts created one name: {r:?}");
+    assert_eq!(a.lookup(d, b"x").unwrap().perm & 0o777, 0o600, "host B's file is the one");
+    a.create_node(d, b"y", file(0o644), ROOT).unwrap();
+    a.changed_elsewhere(d);
+    let attr = a.getattr(d).unwrap();
+    assert_eq!(attr.perm & 0o777, 0o711, "B's chmod survived A's creates");
+    let names: Vec<_> = a.readdir(d, 0, 100).unwrap().into_iter().map(|e| e.name).filter(|n| !n.starts_with(b".")).collect();
+    assert_eq!(names, [&b"first"[..], b"x", b"y"], "one entry each");
+    fsck_clean_a(&a, &dir);
+}
+
+/// fsck of a [`watched_hosts`] volume, with host A's staging.
+fn fsck_clean_a(a: &Volume, dir: &tempfile::TempDir) {
+    let staging = Staging::new(dir.path().join("a")).unwrap();
+    let r = fsck::check(a.meta(), a.blocks(), &staging, BS, true).unwrap();
+    assert!(r.clean(), "fsck: {:?}", r.problems);
 }
 
 #[test]

@@ -347,6 +347,12 @@ impl PgKv {
 
 /// The channel of change notifications (`LISTEN`/`NOTIFY`): per database, so per volume.
 pub const CHANNEL: &str = "hybridfs_changes";
+
+/// How long the listener waits for more notifications before it passes on what it has.
+const NOTE_GATHER: Duration = Duration::from_millis(5);
+
+/// The longest the listener holds a notification back while more keep coming.
+const NOTE_GATHER_MAX: Duration = Duration::from_millis(50);
 /// A notification's payload stays under PostgreSQL's limit (8000 bytes).
 const NOTE_BYTES: usize = 7000;
 
@@ -421,10 +427,20 @@ impl PgKv {
             loop {
                 let mut batch = Vec::new();
                 let mut notes = client.notifications();
-                let mut it = notes.timeout_iter(Duration::from_secs(1));
+                let mut since = None;
                 let broken = loop {
-                    match it.next() {
-                        Ok(Some(n)) => batch.extend(parse_note(own, n.payload())),
+                    // A batch goes as soon as notifications pause, or NOTE_GATHER_MAX after
+                    // its first (not after a quiet second: another host's steady stream of
+                    // changes held it back until 4096 rows).
+                    let wait = if batch.is_empty() { Duration::from_secs(1) } else { NOTE_GATHER };
+                    match notes.timeout_iter(wait).next() {
+                        Ok(Some(n)) => {
+                            batch.extend(parse_note(own, n.payload()));
+                            let first = *since.get_or_insert_with(std::time::Instant::now);
+                            if !batch.is_empty() && first.elapsed() >= NOTE_GATHER_MAX {
+                                break false;
+                            }
+                        }
                         Ok(None) => break false,
                         Err(e) => {
                             tracing::debug!("listen for metadata changes: {e}");
@@ -435,7 +451,6 @@ impl PgKv {
                         break false;
                     }
                 };
-                drop(it);
                 drop(notes);
                 if !changed(batch) {
                     return;

@@ -80,8 +80,9 @@ pub(crate) fn open_engine(url: &str, wait: Option<Duration>) -> anyhow::Result<(
 /// Drop the kernel's cached entries and attributes that another host's commits changed
 /// (PostgreSQL `LISTEN/NOTIFY`, [`PgKv::listen`]): a rename, unlink or new size on one host
 /// is seen by the next lookup on this one at once rather than after the TTL, which stays as
-/// the bound when a notification is lost (a reconnect). Does nothing while the volume is not
-/// mounted in this process; stops when the volume is gone.
+/// the bound when a notification is lost (a reconnect). The volume forgets its own recent
+/// answers about those rows too (core's `volume/recent.rs`). The kernel's caches are left
+/// alone while the volume is not mounted in this process; stops when the volume is gone.
 pub(crate) fn invalidate_on_changes(pg: &PgKv, vol: &Arc<Volume>) -> anyhow::Result<()> {
     use hybridfs_core::meta::Key;
     let weak = Arc::downgrade(vol);
@@ -90,11 +91,21 @@ pub(crate) fn invalidate_on_changes(pg: &PgKv, vol: &Arc<Volume>) -> anyhow::Res
         if rows.is_empty() {
             return true;
         }
-        let Some(kernel) = hybridfs_fuse::kernel_cache::of(&vol) else { return true };
+        let kernel = hybridfs_fuse::kernel_cache::of(&vol);
         for (cf, key) in rows {
             match Key::of_row(cf, &key) {
-                Ok(Key::Inode(ino)) => kernel.invalidate_inode(ino),
-                Ok(Key::Dentry(parent, name)) => kernel.invalidate_entry(parent, &name),
+                Ok(Key::Inode(ino)) => {
+                    vol.changed_elsewhere(ino);
+                    if let Some(k) = &kernel {
+                        k.invalidate_inode(ino);
+                    }
+                }
+                Ok(Key::Dentry(parent, name)) => {
+                    vol.name_changed_elsewhere(parent, &name);
+                    if let Some(k) = &kernel {
+                        k.invalidate_entry(parent, &name);
+                    }
+                }
                 _ => {}
             }
         }

@@ -514,8 +514,12 @@ impl Volume {
             }
             absorbed?;
             self.persist_attrs(&mut st, false)?;
-            if self.shared {
-                // Another host may have unlinked it (or changed its mode) meanwhile.
+            // A shared volume: another host may have unlinked it (or changed its mode)
+            // meanwhile. For the handles still open here the node takes that in; the last
+            // close reads nothing (a round trip per close): the node leaves memory, and a file
+            // another host unlinked is purged by the `open-rows` thread right after this
+            // host's open row goes (`hosts.rs`, `Volume::delete_closed_rows`).
+            if self.shared && self.nodes.lock().get(&ino).is_some_and(|e| e.handles > 1) {
                 self.refresh_node(&mut st)?;
             }
             // The volume's node table is asked only by a release that has a use for the

@@ -56,6 +56,7 @@ impl Volume {
             let _refs = self.refs.lock();
             self.meta.apply(batch, true)?;
         }
+        self.recent.clear();
         self.nodes.lock().retain(|i, e| e.handles > 0 || !inodes.contains(i));
         self.next_ino.fetch_max(super::next_ino(&self.meta)?, std::sync::atomic::Ordering::Relaxed);
         Ok(None)

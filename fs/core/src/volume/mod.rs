@@ -39,6 +39,7 @@ pub mod hosts;
 mod merge;
 pub mod mount_view;
 pub mod namespace;
+mod recent;
 mod sealer;
 pub mod ship;
 pub mod snapshot;
@@ -258,6 +259,9 @@ pub struct Volume {
     /// still stored; the `open-rows` thread deletes them together ([`hosts`]).
     closed_rows: Arc<hosts::ClosedRows>,
     closed_rows_gather: Duration,
+    /// A shared volume: directory records and names read or committed a moment ago
+    /// (`recent.rs`), for the next namespace change instead of a round trip.
+    recent: recent::RecentReads,
     stopped: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
@@ -325,6 +329,7 @@ impl Volume {
             host_lease: opts.host_lease.filter(|d| !d.is_zero()).unwrap_or(hosts::HOST_LEASE),
             closed_rows: Arc::default(),
             closed_rows_gather: opts.closed_rows_gather.unwrap_or(hosts::CLOSED_ROWS_GATHER),
+            recent: recent::RecentReads::default(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             meta,
@@ -422,7 +427,25 @@ impl Volume {
         if let Some(node) = self.node_if_open(ino) {
             return Ok(node.read().live_inode());
         }
-        self.meta.get_inode(ino)?.ok_or(FsError::NotFound)
+        if !self.shared {
+            return self.meta.get_inode(ino)?.ok_or(FsError::NotFound);
+        }
+        if let Some(dir) = self.recent.dir_attr(ino) {
+            return Ok(dir);
+        }
+        let inode = self.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        self.recent.read_inode(&inode);
+        Ok(inode)
+    }
+
+    /// A shared volume: another host changed the record of `ino` (its change notification).
+    pub fn changed_elsewhere(&self, ino: Ino) {
+        self.recent.forget_inode(ino);
+    }
+
+    /// A shared volume: another host changed the entry `name` of `parent`.
+    pub fn name_changed_elsewhere(&self, parent: Ino, name: &[u8]) {
+        self.recent.forget_name(parent, name);
     }
 
     /// Whether live inode `ino` exists (open, or in the store), without decoding it.
@@ -575,6 +598,9 @@ impl Volume {
             }
         }
         let freed = freed?;
+        if self.shared {
+            self.recent.committed(&batch);
+        }
         if freed.is_empty() {
             return Ok(());
         }
@@ -878,8 +904,27 @@ impl<'v> Txn<'v> {
         if !self.vol.shared {
             return Ok(());
         }
-        let inos: Vec<Ino> = inos.iter().copied().filter(|i| !self.slots.contains_key(i)).collect();
-        let (found, names) = self.vol.meta.get_together(&inos, entries)?;
+        let recent = &self.vol.recent;
+        let mut inos: Vec<Ino> = inos.iter().copied().filter(|i| !self.slots.contains_key(i)).collect();
+        inos.retain(|&ino| match recent.take_dir(ino) {
+            Some(dir) => {
+                self.ahead_inodes.insert(ino, Some(dir));
+                false
+            }
+            None => true,
+        });
+        let mut entries: Vec<(Ino, &[u8])> = entries.to_vec();
+        entries.retain(|&(parent, name)| match recent.take_name(parent, name) {
+            Some(found) => {
+                self.ahead_entries.insert((parent, name.to_vec()), found);
+                false
+            }
+            None => true,
+        });
+        if inos.is_empty() && entries.is_empty() {
+            return Ok(());
+        }
+        let (found, names) = self.vol.meta.get_together(&inos, &entries)?;
         self.ahead_inodes.extend(inos.into_iter().zip(found));
         self.ahead_entries.extend(entries.iter().map(|(p, n)| (*p, n.to_vec())).zip(names));
         Ok(())

@@ -121,8 +121,11 @@ impl Volume {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let d = self.meta.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        self.getattr(d.ino)
+        let found = self.meta.lookup(parent, name)?;
+        if self.shared {
+            self.recent.read_name(parent, name, found);
+        }
+        self.getattr(found.ok_or(FsError::NotFound)?.ino)
     }
 
     /// Create a file, directory, symlink or special file named `name` in `parent`.

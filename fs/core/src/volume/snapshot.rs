@@ -237,6 +237,7 @@ impl Volume {
             let _refs = self.refs.lock();
             self.meta.apply(batch, true)?;
         }
+        self.recent.clear();
         // Files still open may have had a `security.capability` restored: what their nodes
         // know of it no longer holds (`NodeData::no_caps_at`).
         self.caps_set.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
