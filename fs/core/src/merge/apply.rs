@@ -65,7 +65,7 @@ pub fn touched_by(batch: &[Mutation]) -> (BTreeSet<Link>, BTreeSet<Ino>) {
             Mutation::PutDentry { parent, name, .. } | Mutation::DelDentry { parent, name, .. } => {
                 entries.insert((*parent, name.clone()));
             }
-            Mutation::PutInode(i) | Mutation::MergeInodeData(i) => {
+            Mutation::PutInode(i) | Mutation::InsertInode(i) | Mutation::MergeInodeData(i) => {
                 inodes.insert(i.ino);
             }
             Mutation::DelInode(ino) | Mutation::PutExtent { ino, .. } | Mutation::DelExtent { ino, .. } => {

@@ -86,6 +86,7 @@ impl MetaStore {
         for m in batch {
             match m {
                 Mutation::PutInode(i) => vput(tx, &mut b, Cf::Inodes, k1(i.ino), enc(i))?,
+                Mutation::InsertInode(i) => vput_new(tx, &mut b, Cf::Inodes, k1(i.ino), enc(i))?,
                 Mutation::DelInode(ino) => vdel(tx, &mut b, Cf::Inodes, k1(*ino))?,
                 Mutation::PutDentry { parent, name, dentry } => {
                     let mut row = enc(dentry);
@@ -237,7 +238,7 @@ fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], epoch: bool, shard: bool) -> Res
     if epoch {
         keys.push((Cf::Default, b"epoch".to_vec()));
     }
-    if shard && batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
+    if shard && batch.iter().any(|m| matches!(m, Mutation::PutInode(_) | Mutation::InsertInode(_) | Mutation::DelInode(_) | Mutation::MergeInodeData(_) | Mutation::MergeInodeFields { .. })) {
         keys.push((Cf::Default, usage_shard_key(usage_shard())));
     }
     for m in batch {
@@ -427,6 +428,12 @@ fn vput(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>, payload: Vec<u
             retire(tx, b, cf, &base, &old)?;
         }
     }
+    vput_new(tx, b, cf, base, payload)
+}
+
+/// [`vput`] of a row known to have no live version and no history (a new inode number from
+/// the counter): nothing to read, retire or subtract.
+fn vput_new(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>, payload: Vec<u8>) -> Result<()> {
     if cf == Cf::Extents {
         if let Some((id, _)) = sealed_of(&payload)? {
             *b.refs.entry(id).or_default() += 1;

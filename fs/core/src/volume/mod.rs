@@ -784,6 +784,7 @@ impl Volume {
             merge_base: BTreeMap::new(),
             ahead_inodes: HashMap::new(),
             ahead_entries: HashMap::new(),
+            fresh: Vec::new(),
             committed: false,
         }
     }
@@ -816,6 +817,9 @@ struct Txn<'v> {
     /// its first read.
     ahead_inodes: HashMap<Ino, Option<Inode>>,
     ahead_entries: HashMap<(Ino, Vec<u8>), Option<crate::types::Dentry>>,
+    /// A shared volume: new inodes, numbered from the database's counter: written without a
+    /// read of their rows (`Mutation::InsertInode`).
+    fresh: Vec<Ino>,
     committed: bool,
 }
 
@@ -986,9 +990,12 @@ impl<'v> Txn<'v> {
         })
     }
 
+    /// A new inode. On a shared volume its number came from the database's counter, so no
+    /// record has had it: nothing is read to check that (a read of an absent key is what
+    /// makes PostgreSQL's `SERIALIZABLE` conflicts between neighbouring creates).
     fn insert_new(&mut self, inode: Inode) {
         if self.vol.shared {
-            self.expect.push(Mutation::ExpectInode(inode.ino, None));
+            self.fresh.push(inode.ino);
         }
         self.slots.insert(inode.ino, (Slot::Plain(inode), true));
     }
@@ -1062,6 +1069,7 @@ impl<'v> Txn<'v> {
                 let after = slot.inode().clone();
                 batch.push(match self.merge_base.remove(ino) {
                     Some((before, data)) => Mutation::MergeInodeFields { before, after, data },
+                    None if self.fresh.contains(ino) => Mutation::InsertInode(after),
                     None => Mutation::PutInode(after),
                 });
                 if let Slot::Open(g) = slot {

@@ -90,10 +90,10 @@ impl RecentReads {
         r.make_room(now);
         for m in batch {
             match m {
-                Mutation::PutInode(i) if i.kind == Kind::Dir => {
+                Mutation::PutInode(i) | Mutation::InsertInode(i) if i.kind == Kind::Dir => {
                     r.dirs.insert(i.ino, (i.clone(), now, true));
                 }
-                Mutation::PutInode(i) | Mutation::MergeInodeData(i) => {
+                Mutation::PutInode(i) | Mutation::InsertInode(i) | Mutation::MergeInodeData(i) => {
                     r.dirs.remove(&i.ino);
                 }
                 Mutation::MergeInodeFields { after, .. } => {
