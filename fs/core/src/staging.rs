@@ -11,9 +11,33 @@ use crate::types::Ino;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub struct Staging {
     dir: PathBuf,
+    /// Empty files made ahead of need ([`Staging::start_pool`]); None: each staging file is
+    /// created when it is opened.
+    pool: Option<(Arc<Pool>, std::thread::JoinHandle<()>)>,
+}
+
+/// Files kept ready in the pool; refilled when half are gone.
+const POOL_FILES: usize = 64;
+/// The pool's directory, inside the staging directory (not a number: [`Staging::list`] skips it).
+const POOL_DIR: &str = ".pool";
+
+/// Empty files created by a thread of their own in `dir` (`<staging>/.pool`), each taken by
+/// a rename to its inode's name: ext4 allocates an inode per created file, which on this
+/// project's VM (ext4 without a journal) costs ~40 us to ~1 ms (each free inode of the group
+/// deleted in the last minutes is skipped, reading its inode table block); an untar's
+/// request threads paid it in every create (benches/README.md, "untar: staging files from
+/// a pool").
+struct Pool {
+    dir: PathBuf,
+    ready: parking_lot::Mutex<Vec<(File, PathBuf)>>,
+    wanted: parking_lot::Condvar,
+    stop: AtomicBool,
+    next: AtomicU64,
 }
 
 impl Staging {
@@ -34,7 +58,36 @@ impl Staging {
             }
         }
         std::fs::create_dir_all(&dir).map_err(|e| FsError::io(format!("create {}", dir.display()), e))?;
-        Ok(Staging { dir })
+        Ok(Staging { dir, pool: None })
+    }
+
+    /// Keep empty files ready for [`Staging::open`] to take (a thread `staging-pool` makes
+    /// them). Only the volume's one writer (the mounted volume) starts it: the pool's files
+    /// left by an earlier run are removed here, which a second opener (`hybridctl status`)
+    /// must not do under a running mount. A leftover that is also a staging file (a crash
+    /// between the rename and the pool directory's write-back, on a file system without a
+    /// journal) is left alone. Best effort: without a pool, files are created as before.
+    pub fn start_pool(&mut self) {
+        if self.pool.is_some() {
+            return;
+        }
+        let dir = self.dir.join(POOL_DIR);
+        if let Err(e) = clear_pool_dir(&self.dir, &dir) {
+            tracing::warn!("staging file pool {}: {e}; staging files are created when needed", dir.display());
+            return;
+        }
+        let pool = Arc::new(Pool {
+            dir,
+            ready: parking_lot::Mutex::new(Vec::new()),
+            wanted: parking_lot::Condvar::new(),
+            stop: AtomicBool::new(false),
+            next: AtomicU64::new(0),
+        });
+        let filler = pool.clone();
+        match std::thread::Builder::new().name("staging-pool".into()).spawn(move || filler.fill()) {
+            Ok(handle) => self.pool = Some((pool, handle)),
+            Err(e) => tracing::warn!("staging file pool: no thread ({e}); staging files are created when needed"),
+        }
     }
 
     pub fn path(&self, ino: Ino) -> PathBuf {
@@ -45,9 +98,15 @@ impl Staging {
         &self.dir
     }
 
-    /// Open the staging file of `ino`, creating it when `create`.
+    /// Open the staging file of `ino`, creating it when `create`: from the pool where one
+    /// is ready and `ino` has no staging file yet (a rename that replaces nothing).
     pub fn open(&self, ino: Ino, create: bool) -> Result<Option<File>> {
         let path = self.path(ino);
+        if create {
+            if let Some(f) = self.take_pooled(&path) {
+                return Ok(Some(f));
+            }
+        }
         match OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(&path) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
@@ -64,6 +123,35 @@ impl Staging {
         }
     }
 
+    /// A pool file renamed to `path`, if one is ready and nothing is at `path`
+    /// (`RENAME_NOREPLACE`: an existing staging file is opened as it is, by the caller).
+    fn take_pooled(&self, path: &Path) -> Option<File> {
+        let (pool, _) = self.pool.as_ref()?;
+        let (file, from) = {
+            let mut ready = pool.ready.lock();
+            let taken = ready.pop();
+            if ready.len() <= POOL_FILES / 2 {
+                pool.wanted.notify_one();
+            }
+            taken?
+        };
+        match rename_noreplace(&from, path) {
+            Ok(()) => Some(file),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    tracing::warn!("take staging file {} from the pool: {e}", path.display());
+                }
+                // Back to the pool (it is still empty and still there) or, failing that, gone.
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    pool.ready.lock().push((file, from));
+                } else {
+                    let _ = std::fs::remove_file(&from);
+                }
+                None
+            }
+        }
+    }
+
     /// Make the directory entries of the staging files created so far durable.
     pub fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir)
@@ -76,6 +164,85 @@ impl Staging {
         let rd = std::fs::read_dir(&self.dir).map_err(|e| FsError::io("list staging dir", e))?;
         Ok(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
     }
+}
+
+impl Drop for Staging {
+    /// Stops the pool's thread, which removes the files it still holds.
+    fn drop(&mut self) {
+        if let Some((pool, handle)) = self.pool.take() {
+            pool.stop.store(true, Ordering::Relaxed);
+            {
+                let _ready = pool.ready.lock();
+                pool.wanted.notify_all();
+            }
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Pool {
+    /// The thread: keep [`POOL_FILES`] ready; wait while more than half are.
+    fn fill(&self) {
+        loop {
+            {
+                let mut ready = self.ready.lock();
+                while ready.len() > POOL_FILES / 2 && !self.stop.load(Ordering::Relaxed) {
+                    self.wanted.wait(&mut ready);
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            while self.ready.lock().len() < POOL_FILES && !self.stop.load(Ordering::Relaxed) {
+                let path = self.dir.join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+                match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
+                    Ok(f) => self.ready.lock().push((f, path)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        // A full disk or a removed directory: the opens create their own
+                        // files meanwhile; try again after a pause.
+                        tracing::debug!("staging file pool: create {}: {e}", path.display());
+                        let mut ready = self.ready.lock();
+                        if !self.stop.load(Ordering::Relaxed) {
+                            self.wanted.wait_for(&mut ready, std::time::Duration::from_secs(1));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        for (_, path) in self.ready.lock().drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Create the pool directory `pool` in the staging directory `staging`, or empty it of an
+/// earlier run's files, except those that are a staging file too (same inode number).
+fn clear_pool_dir(staging: &Path, pool: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirEntryExt;
+    std::fs::create_dir_all(pool)?;
+    let left: Vec<_> = std::fs::read_dir(pool)?.filter_map(|e| e.ok()).collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let staged: std::collections::HashSet<u64> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.ino()).collect();
+    for e in left {
+        if !staged.contains(&e.ino()) {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// `rename(from, to)` that fails with `EEXIST` if `to` exists.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that live through the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Set `FS_TOPDIR_FL` on the directory `dir` (see [`Staging::new`]); file systems without
@@ -156,4 +323,74 @@ pub fn data_regions(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> 
         pos = end;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded) until the pool's thread has made files.
+    fn pool_ready(s: &Staging) -> usize {
+        for _ in 0..500 {
+            let n = s.pool.as_ref().map_or(0, |(p, _)| p.ready.lock().len());
+            if n > 0 {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the staging file pool made no file in 5 s");
+    }
+
+    #[test]
+    fn new_staging_files_come_from_the_pool_and_are_listed_as_theirs() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Staging::new(d.path().join("staging")).unwrap();
+        s.start_pool();
+        pool_ready(&s);
+        let pooled: Vec<_> = std::fs::read_dir(d.path().join("staging").join(POOL_DIR)).unwrap().collect();
+        assert!(!pooled.is_empty());
+        let f = s.open(42, true).unwrap().unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        assert_eq!(std::fs::read(s.path(42)).unwrap(), b"abc", "the file handed out is the one named by the inode");
+        assert_eq!(s.list().unwrap(), vec![42], "the pool's directory is not a staging file");
+        drop(s);
+        assert_eq!(std::fs::read_dir(d.path().join("staging").join(POOL_DIR)).unwrap().count(), 0, "a stopped pool leaves no file");
+    }
+
+    /// Invariant 1 (staged bytes are never lost): taking a file from the pool never replaces
+    /// a staging file already there; it is opened with its bytes.
+    #[test]
+    fn an_existing_staging_file_is_opened_not_replaced_by_a_pool_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Staging::new(d.path().join("staging")).unwrap();
+        std::fs::write(s.path(7), b"staged").unwrap();
+        s.start_pool();
+        let before = pool_ready(&s);
+        let f = s.open(7, true).unwrap().unwrap();
+        let mut buf = [0u8; 6];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"staged");
+        assert_eq!(s.pool.as_ref().unwrap().0.ready.lock().len(), before, "the pool file went back to the pool");
+    }
+
+    /// Invariant 1: a pool file left by an earlier run is removed at the next start, unless it
+    /// is also a staging file (a crash between the rename and the pool directory's write-back
+    /// on a file system without a journal leaves both names): that one keeps its bytes.
+    #[test]
+    fn leftover_pool_files_are_removed_but_never_a_staging_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("staging");
+        let mut s = Staging::new(&dir).unwrap();
+        std::fs::create_dir_all(dir.join(POOL_DIR)).unwrap();
+        std::fs::write(dir.join(POOL_DIR).join("old"), b"").unwrap();
+        std::fs::write(s.path(9), b"staged").unwrap();
+        std::fs::hard_link(s.path(9), dir.join(POOL_DIR).join("4")).unwrap();
+        s.start_pool();
+        assert!(!dir.join(POOL_DIR).join("old").exists(), "removed before the pool starts");
+        pool_ready(&s);
+        assert!(dir.join(POOL_DIR).join("4").exists(), "the other name of a staging file stays");
+        assert_eq!(std::fs::read(s.path(9)).unwrap(), b"staged");
+        drop(s);
+        assert_eq!(std::fs::read(dir.join("9")).unwrap(), b"staged");
+    }
 }

@@ -276,7 +276,10 @@ impl Volume {
             // this process's: on a shared volume another host may have set one).
             st.no_caps_at = caps_before;
         }
-        let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others));
+        // A file this call created has no extents yet and no other open (on an unshared
+        // volume: no other host can have written it meanwhile).
+        let fresh = new_file && others == 0 && !self.shared;
+        let opened = self.absorb(&mut st).and_then(|_| self.open_locked(&mut st, write, passthrough_write, others, fresh));
         if opened.is_err() {
             drop(st);
             let _ns = self.ns_for(&[ino]);
@@ -288,7 +291,8 @@ impl Volume {
         opened
     }
 
-    fn open_locked(&self, st: &mut NodeData, write: bool, passthrough_write: bool, others: u32) -> Result<Opened> {
+    /// `fresh`: the file was created by this open (no extents, no staging bytes to clear).
+    fn open_locked(&self, st: &mut NodeData, write: bool, passthrough_write: bool, others: u32, fresh: bool) -> Result<Opened> {
         // A file with sealed data almost always has it at block 0: that extent (one point
         // lookup, kept in the node for the read that follows) answers before a scan of the
         // file's extents does (a store iterator per open: a clone's reads of many small files
@@ -300,12 +304,12 @@ impl Volume {
             && st.inode.inline.is_none()
             && !matches!(st.extent(self, 0)?, Some(Extent::Sealed { .. }))
             && !self.meta.has_sealed_extent(st.inode.ino)?;
-        let kind = if write && passthrough_write && self.passthrough_write_ok(st, others)? {
+        let kind = if write && passthrough_write && self.passthrough_write_ok(st, others, fresh)? {
             IoKind::PassthroughWrite
         } else {
             choose_io(write, st.passthrough_opens, fully_staged)
         };
-        if kind == IoKind::PassthroughWrite && st.pt_writers == 0 {
+        if kind == IoKind::PassthroughWrite && st.pt_writers == 0 && !fresh {
             self.clear_stale_staging(st)?;
         }
         let backing = match kind {
@@ -339,7 +343,9 @@ impl Volume {
     /// set-user-ID or set-group-ID bit or a `security.capability` attribute: the mount takes
     /// FUSE_HANDLE_KILLPRIV_V2, so a write must clear them here ([`KillPriv`]), and writes by
     /// passthrough never reach us.
-    fn passthrough_write_ok(&self, st: &mut NodeData, others: u32) -> Result<bool> {
+    /// A `fresh` file (created by this open) is known to have no sealed block without a
+    /// store read.
+    fn passthrough_write_ok(&self, st: &mut NodeData, others: u32, fresh: bool) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         let ok = self.passthrough.load(Relaxed)
             && self.passthrough_writes.load(Relaxed)
@@ -348,7 +354,7 @@ impl Volume {
             && others == st.passthrough_opens
             && st.inode.inline.as_ref().is_none_or(|b| b.is_empty())
             && st.inode.perm & (libc::S_ISUID | libc::S_ISGID) == 0
-            && !self.meta.has_sealed_extent(st.inode.ino)?
+            && (fresh || !self.meta.has_sealed_extent(st.inode.ino)?)
             && !self.has_caps(st)?
             && self.space.passthrough_ok();
         if ok && st.inode.inline.is_some() {

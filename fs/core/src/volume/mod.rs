@@ -296,7 +296,10 @@ impl Volume {
         if !opts.block_size.is_power_of_two() || opts.block_size < 4096 {
             return Err(FsError::Invalid("block size must be a power of two >= 4096"));
         }
-        let staging = Staging::new(&opts.staging_dir)?;
+        let mut staging = Staging::new(&opts.staging_dir)?;
+        // The volume is the staging directory's one writer: new staging files come from a
+        // pool made ahead by a thread (`staging.rs`).
+        staging.start_pool();
         let vol = Arc::new(Volume {
             space: SpaceGuard::new(staging.dir())?,
             staging,
