@@ -11,7 +11,7 @@ use crate::types::Ino;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub struct Staging {
@@ -23,21 +23,20 @@ pub struct Staging {
 
 /// Files kept ready in the pool; refilled when half are gone.
 const POOL_FILES: usize = 64;
-/// The pool's directory, inside the staging directory (not a number: [`Staging::list`] skips it).
-const POOL_DIR: &str = ".pool";
 
-/// Empty files created by a thread of their own in `dir` (`<staging>/.pool`), each taken by
-/// a rename to its inode's name: ext4 allocates an inode per created file, which on this
-/// project's VM (ext4 without a journal) costs ~40 us to ~1 ms (each free inode of the group
-/// deleted in the last minutes is skipped, reading its inode table block); an untar's
-/// request threads paid it in every create (benches/README.md, "untar: staging files from
-/// a pool").
+/// Empty unnamed files (`O_TMPFILE`) made by a thread of their own in the staging directory
+/// `dir`, each taken by linking it under its inode's name: ext4 allocates an inode per
+/// created file, which on this project's VM (ext4 without a journal) costs ~40 us to ~1 ms
+/// (each free inode of the group deleted in the last minutes is skipped, reading its inode
+/// table block); an untar's request threads paid it in every create (benches/README.md,
+/// "untar: staging files from a pool"). An unnamed file holds no lock on the directory while
+/// it is made (a rename from a pool directory would wait for the thread's create there), and
+/// one never linked goes with the process: nothing is left to clean up.
 struct Pool {
     dir: PathBuf,
-    ready: parking_lot::Mutex<Vec<(File, PathBuf)>>,
+    ready: parking_lot::Mutex<Vec<File>>,
     wanted: parking_lot::Condvar,
     stop: AtomicBool,
-    next: AtomicU64,
 }
 
 impl Staging {
@@ -62,26 +61,17 @@ impl Staging {
     }
 
     /// Keep empty files ready for [`Staging::open`] to take (a thread `staging-pool` makes
-    /// them). Only the volume's one writer (the mounted volume) starts it: the pool's files
-    /// left by an earlier run are removed here, which a second opener (`hybridctl status`)
-    /// must not do under a running mount. A leftover that is also a staging file (a crash
-    /// between the rename and the pool directory's write-back, on a file system without a
-    /// journal) is left alone. Best effort: without a pool, files are created as before.
+    /// them; the mounted volume starts it). Best effort: where the file system has no
+    /// `O_TMPFILE` (or the link fails), files are created when needed, as without a pool.
     pub fn start_pool(&mut self) {
         if self.pool.is_some() {
             return;
         }
-        let dir = self.dir.join(POOL_DIR);
-        if let Err(e) = clear_pool_dir(&self.dir, &dir) {
-            tracing::warn!("staging file pool {}: {e}; staging files are created when needed", dir.display());
-            return;
-        }
         let pool = Arc::new(Pool {
-            dir,
+            dir: self.dir.clone(),
             ready: parking_lot::Mutex::new(Vec::new()),
             wanted: parking_lot::Condvar::new(),
             stop: AtomicBool::new(false),
-            next: AtomicU64::new(0),
         });
         let filler = pool.clone();
         match std::thread::Builder::new().name("staging-pool".into()).spawn(move || filler.fill()) {
@@ -99,7 +89,7 @@ impl Staging {
     }
 
     /// Open the staging file of `ino`, creating it when `create`: from the pool where one
-    /// is ready and `ino` has no staging file yet (a rename that replaces nothing).
+    /// is ready and `ino` has no staging file yet (a link that replaces nothing).
     pub fn open(&self, ino: Ino, create: bool) -> Result<Option<File>> {
         let path = self.path(ino);
         if create {
@@ -123,11 +113,11 @@ impl Staging {
         }
     }
 
-    /// A pool file renamed to `path`, if one is ready and nothing is at `path`
-    /// (`RENAME_NOREPLACE`: an existing staging file is opened as it is, by the caller).
+    /// A pool file linked as `path`, if one is ready and nothing is at `path` (`linkat`
+    /// fails with `EEXIST`: an existing staging file is opened as it is, by the caller).
     fn take_pooled(&self, path: &Path) -> Option<File> {
         let (pool, _) = self.pool.as_ref()?;
-        let (file, from) = {
+        let file = {
             let mut ready = pool.ready.lock();
             let taken = ready.pop();
             if ready.len() <= POOL_FILES / 2 {
@@ -135,18 +125,15 @@ impl Staging {
             }
             taken?
         };
-        match rename_noreplace(&from, path) {
+        match link_unnamed(&file, path) {
             Ok(()) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Still empty and unnamed: back to the pool.
+                pool.ready.lock().push(file);
+                None
+            }
             Err(e) => {
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    tracing::warn!("take staging file {} from the pool: {e}", path.display());
-                }
-                // Back to the pool (it is still empty and still there) or, failing that, gone.
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    pool.ready.lock().push((file, from));
-                } else {
-                    let _ = std::fs::remove_file(&from);
-                }
+                tracing::warn!("link a pooled staging file as {}: {e}", path.display());
                 None
             }
         }
@@ -167,7 +154,7 @@ impl Staging {
 }
 
 impl Drop for Staging {
-    /// Stops the pool's thread, which removes the files it still holds.
+    /// Stops the pool's thread; its unnamed files go when closed.
     fn drop(&mut self) {
         if let Some((pool, handle)) = self.pool.take() {
             pool.stop.store(true, Ordering::Relaxed);
@@ -194,14 +181,12 @@ impl Pool {
                 break;
             }
             while self.ready.lock().len() < POOL_FILES && !self.stop.load(Ordering::Relaxed) {
-                let path = self.dir.join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
-                match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
-                    Ok(f) => self.ready.lock().push((f, path)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                match OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(&self.dir) {
+                    Ok(f) => self.ready.lock().push(f),
                     Err(e) => {
-                        // A full disk or a removed directory: the opens create their own
-                        // files meanwhile; try again after a pause.
-                        tracing::debug!("staging file pool: create {}: {e}", path.display());
+                        // No O_TMPFILE here, a full disk or a removed directory: the opens
+                        // create their own files meanwhile; try again after a pause.
+                        tracing::debug!("staging file pool: unnamed file in {}: {e}", self.dir.display());
                         let mut ready = self.ready.lock();
                         if !self.stop.load(Ordering::Relaxed) {
                             self.wanted.wait_for(&mut ready, std::time::Duration::from_secs(1));
@@ -211,37 +196,21 @@ impl Pool {
                 }
             }
         }
-        for (_, path) in self.ready.lock().drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.ready.lock().clear();
     }
 }
 
-/// Create the pool directory `pool` in the staging directory `staging`, or empty it of an
-/// earlier run's files, except those that are a staging file too (same inode number).
-fn clear_pool_dir(staging: &Path, pool: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirEntryExt;
-    std::fs::create_dir_all(pool)?;
-    let left: Vec<_> = std::fs::read_dir(pool)?.filter_map(|e| e.ok()).collect();
-    if left.is_empty() {
-        return Ok(());
-    }
-    let staged: std::collections::HashSet<u64> = std::fs::read_dir(staging)?.filter_map(|e| e.ok()).map(|e| e.ino()).collect();
-    for e in left {
-        if !staged.contains(&e.ino()) {
-            std::fs::remove_file(e.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// `rename(from, to)` that fails with `EEXIST` if `to` exists.
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Give the unnamed (`O_TMPFILE`) file `file` the name `to`; `EEXIST` if `to` exists.
+fn link_unnamed(file: &File, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput);
-    let (from, to) = (c(from)?, c(to)?);
-    // SAFETY: both are NUL-terminated paths that live through the call.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    let c = |b: &[u8]| std::ffi::CString::new(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    let from = c(format!("/proc/self/fd/{}", file.as_raw_fd()).as_bytes())?;
+    let to = c(to.as_os_str().as_bytes())?;
+    // SAFETY: both are NUL-terminated paths that live through the call; the descriptor is
+    // open (it names the file through /proc, followed by AT_SYMLINK_FOLLOW: no capability
+    // needed, unlike AT_EMPTY_PATH).
+    let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -346,15 +315,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = Staging::new(d.path().join("staging")).unwrap();
         s.start_pool();
-        pool_ready(&s);
-        let pooled: Vec<_> = std::fs::read_dir(d.path().join("staging").join(POOL_DIR)).unwrap().collect();
-        assert!(!pooled.is_empty());
+        let before = pool_ready(&s);
         let f = s.open(42, true).unwrap().unwrap();
+        assert_eq!(s.pool.as_ref().unwrap().0.ready.lock().len(), before - 1, "taken from the pool");
         f.write_all_at(b"abc", 0).unwrap();
         assert_eq!(std::fs::read(s.path(42)).unwrap(), b"abc", "the file handed out is the one named by the inode");
-        assert_eq!(s.list().unwrap(), vec![42], "the pool's directory is not a staging file");
+        assert_eq!(s.list().unwrap(), vec![42], "the pool's files have no name");
         drop(s);
-        assert_eq!(std::fs::read_dir(d.path().join("staging").join(POOL_DIR)).unwrap().count(), 0, "a stopped pool leaves no file");
+        assert_eq!(std::fs::read_dir(d.path().join("staging")).unwrap().count(), 1, "a stopped pool leaves no file");
     }
 
     /// Invariant 1 (staged bytes are never lost): taking a file from the pool never replaces
@@ -373,24 +341,23 @@ mod tests {
         assert_eq!(s.pool.as_ref().unwrap().0.ready.lock().len(), before, "the pool file went back to the pool");
     }
 
-    /// Invariant 1: a pool file left by an earlier run is removed at the next start, unless it
-    /// is also a staging file (a crash between the rename and the pool directory's write-back
-    /// on a file system without a journal leaves both names): that one keeps its bytes.
+    /// Invariant 1: a staging file linked from the pool is durable like a created one: its
+    /// bytes and name are there after the volume lets go of it (fsync of the file and the
+    /// directory, as `Volume::fsync` does).
     #[test]
-    fn leftover_pool_files_are_removed_but_never_a_staging_file() {
+    fn a_pooled_staging_file_keeps_its_name_and_bytes_after_the_pool_stops() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("staging");
         let mut s = Staging::new(&dir).unwrap();
-        std::fs::create_dir_all(dir.join(POOL_DIR)).unwrap();
-        std::fs::write(dir.join(POOL_DIR).join("old"), b"").unwrap();
-        std::fs::write(s.path(9), b"staged").unwrap();
-        std::fs::hard_link(s.path(9), dir.join(POOL_DIR).join("4")).unwrap();
         s.start_pool();
-        assert!(!dir.join(POOL_DIR).join("old").exists(), "removed before the pool starts");
         pool_ready(&s);
-        assert!(dir.join(POOL_DIR).join("4").exists(), "the other name of a staging file stays");
-        assert_eq!(std::fs::read(s.path(9)).unwrap(), b"staged");
+        let f = s.open(9, true).unwrap().unwrap();
+        f.write_all_at(b"staged", 0).unwrap();
+        f.sync_data().unwrap();
+        s.sync_dir().unwrap();
+        drop(f);
         drop(s);
         assert_eq!(std::fs::read(dir.join("9")).unwrap(), b"staged");
+        assert_eq!(Staging::new(&dir).unwrap().list().unwrap(), vec![9]);
     }
 }
