@@ -117,6 +117,9 @@ impl Staging {
     /// fails with `EEXIST`: an existing staging file is opened as it is, by the caller).
     fn take_pooled(&self, path: &Path) -> Option<File> {
         let (pool, _) = self.pool.as_ref()?;
+        if pool.stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let file = {
             let mut ready = pool.ready.lock();
             let taken = ready.pop();
@@ -133,7 +136,13 @@ impl Staging {
                 None
             }
             Err(e) => {
-                tracing::warn!("link a pooled staging file as {}: {e}", path.display());
+                // No /proc, or a file system that cannot link unnamed files: the pool stops
+                // (once), files are created when needed.
+                if !pool.stop.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("link a pooled staging file as {}: {e}; staging files are created when needed", path.display());
+                    let _ready = pool.ready.lock();
+                    pool.wanted.notify_all();
+                }
                 None
             }
         }
