@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 pub struct Staging {
     dir: PathBuf,
-    /// Empty files made ahead of need ([`Staging::start_pool`]); None: each staging file is
+    /// Empty files made ahead of need ([`Staging::start_pool`]); unset: each staging file is
     /// created when it is opened.
-    pool: Option<(Arc<Pool>, std::thread::JoinHandle<()>)>,
+    pool: std::sync::OnceLock<(Arc<Pool>, std::thread::JoinHandle<()>)>,
 }
 
 /// Files kept ready in the pool; refilled when half are gone.
@@ -57,14 +57,15 @@ impl Staging {
             }
         }
         std::fs::create_dir_all(&dir).map_err(|e| FsError::io(format!("create {}", dir.display()), e))?;
-        Ok(Staging { dir, pool: None })
+        Ok(Staging { dir, pool: std::sync::OnceLock::new() })
     }
 
     /// Keep empty files ready for [`Staging::open`] to take (a thread `staging-pool` makes
-    /// them; the mounted volume starts it). Best effort: where the file system has no
-    /// `O_TMPFILE` (or the link fails), files are created when needed, as without a pool.
-    pub fn start_pool(&mut self) {
-        if self.pool.is_some() {
+    /// them; a mount starts it with its sealer, `Volume::start_sealer`: offline commands that
+    /// open the volume make none). Best effort: where the file system has no `O_TMPFILE` (or
+    /// the link fails), files are created when needed, as without a pool.
+    pub fn start_pool(&self) {
+        if self.pool.get().is_some() {
             return;
         }
         let pool = Arc::new(Pool {
@@ -75,7 +76,12 @@ impl Staging {
         });
         let filler = pool.clone();
         match std::thread::Builder::new().name("staging-pool".into()).spawn(move || filler.fill()) {
-            Ok(handle) => self.pool = Some((pool, handle)),
+            Ok(handle) => {
+                if let Err((extra, handle)) = self.pool.set((pool, handle)) {
+                    // Another start won the race: this one's thread stops.
+                    extra.stop_and_join(handle);
+                }
+            }
             Err(e) => tracing::warn!("staging file pool: no thread ({e}); staging files are created when needed"),
         }
     }
@@ -116,7 +122,7 @@ impl Staging {
     /// A pool file linked as `path`, if one is ready and nothing is at `path` (`linkat`
     /// fails with `EEXIST`: an existing staging file is opened as it is, by the caller).
     fn take_pooled(&self, path: &Path) -> Option<File> {
-        let (pool, _) = self.pool.as_ref()?;
+        let (pool, _) = self.pool.get()?;
         if pool.stop.load(Ordering::Relaxed) {
             return None;
         }
@@ -166,17 +172,21 @@ impl Drop for Staging {
     /// Stops the pool's thread; its unnamed files go when closed.
     fn drop(&mut self) {
         if let Some((pool, handle)) = self.pool.take() {
-            pool.stop.store(true, Ordering::Relaxed);
-            {
-                let _ready = pool.ready.lock();
-                pool.wanted.notify_all();
-            }
-            let _ = handle.join();
+            pool.stop_and_join(handle);
         }
     }
 }
 
 impl Pool {
+    fn stop_and_join(&self, handle: std::thread::JoinHandle<()>) {
+        self.stop.store(true, Ordering::Relaxed);
+        {
+            let _ready = self.ready.lock();
+            self.wanted.notify_all();
+        }
+        let _ = handle.join();
+    }
+
     /// The thread: keep [`POOL_FILES`] ready; wait while more than half are.
     fn fill(&self) {
         loop {
@@ -310,7 +320,7 @@ mod tests {
     /// Waits (bounded) until the pool's thread has made files.
     fn pool_ready(s: &Staging) -> usize {
         for _ in 0..500 {
-            let n = s.pool.as_ref().map_or(0, |(p, _)| p.ready.lock().len());
+            let n = s.pool.get().map_or(0, |(p, _)| p.ready.lock().len());
             if n > 0 {
                 return n;
             }
@@ -322,11 +332,11 @@ mod tests {
     #[test]
     fn new_staging_files_come_from_the_pool_and_are_listed_as_theirs() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = Staging::new(d.path().join("staging")).unwrap();
+        let s = Staging::new(d.path().join("staging")).unwrap();
         s.start_pool();
         let before = pool_ready(&s);
         let f = s.open(42, true).unwrap().unwrap();
-        assert_eq!(s.pool.as_ref().unwrap().0.ready.lock().len(), before - 1, "taken from the pool");
+        assert_eq!(s.pool.get().unwrap().0.ready.lock().len(), before - 1, "taken from the pool");
         f.write_all_at(b"abc", 0).unwrap();
         assert_eq!(std::fs::read(s.path(42)).unwrap(), b"abc", "the file handed out is the one named by the inode");
         assert_eq!(s.list().unwrap(), vec![42], "the pool's files have no name");
@@ -339,7 +349,7 @@ mod tests {
     #[test]
     fn an_existing_staging_file_is_opened_not_replaced_by_a_pool_file() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = Staging::new(d.path().join("staging")).unwrap();
+        let s = Staging::new(d.path().join("staging")).unwrap();
         std::fs::write(s.path(7), b"staged").unwrap();
         s.start_pool();
         let before = pool_ready(&s);
@@ -347,7 +357,7 @@ mod tests {
         let mut buf = [0u8; 6];
         f.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"staged");
-        assert_eq!(s.pool.as_ref().unwrap().0.ready.lock().len(), before, "the pool file went back to the pool");
+        assert_eq!(s.pool.get().unwrap().0.ready.lock().len(), before, "the pool file went back to the pool");
     }
 
     /// Invariant 1: a staging file linked from the pool is durable like a created one: its
@@ -357,7 +367,7 @@ mod tests {
     fn a_pooled_staging_file_keeps_its_name_and_bytes_after_the_pool_stops() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("staging");
-        let mut s = Staging::new(&dir).unwrap();
+        let s = Staging::new(&dir).unwrap();
         s.start_pool();
         pool_ready(&s);
         let f = s.open(9, true).unwrap().unwrap();

@@ -296,10 +296,7 @@ impl Volume {
         if !opts.block_size.is_power_of_two() || opts.block_size < 4096 {
             return Err(FsError::Invalid("block size must be a power of two >= 4096"));
         }
-        let mut staging = Staging::new(&opts.staging_dir)?;
-        // The volume is the staging directory's one writer: new staging files come from a
-        // pool made ahead by a thread (`staging.rs`).
-        staging.start_pool();
+        let staging = Staging::new(&opts.staging_dir)?;
         let vol = Arc::new(Volume {
             space: SpaceGuard::new(staging.dir())?,
             staging,
@@ -350,6 +347,9 @@ impl Volume {
 
     /// Start the background sealer and queue every inode that still has staged data.
     pub fn start_sealer(self: &Arc<Self>) -> Result<()> {
+        // A mount is the staging directory's one writer: its new staging files come from a
+        // pool made ahead by a thread (`staging.rs`).
+        self.staging.start_pool();
         let handle = sealer::spawn(self.clone(), self.seal_delay);
         for ino in self.staging.list()? {
             handle.enqueue(ino);
