@@ -8,13 +8,13 @@ caches; hybridfs: two HYBRIDFS_HOMEs). Every phase runs `--workers` processes pe
 once, each in its own directory, started together behind a barrier; a phase's rate is all of
 its operations over the wall time of the slowest worker:
 
-  mkdir     one directory per worker
+  mkdir     one directory per worker (and --dirs directories in it)
   create    open(O_CREAT|O_EXCL) + close of --files empty files
   stat      stat of every file the OTHER host's workers created (cross-host lookups)
   list      listdir of the other host's directories, names checked
   rename    rename of each of its own files in its directory
   unlink    unlink of each renamed file
-  rmdir     its directory
+  rmdir     its --dirs directories, then its own
 
 After `create`, each host must see every file the other made (a wrong count is an error, and
 the exit code is 1). Everything lives in one scratch directory (--scratch); PostgreSQL
@@ -280,14 +280,16 @@ class HybridShared(Shared):
 # the workload
 # --------------------------------------------------------------------------------------
 
-def worker(phase, mine, other_dirs, nfiles, barrier, out):
+def worker(phase, mine, other_dirs, nfiles, ndirs, barrier, out):
     try:
         barrier.wait(120)
         t0 = time.perf_counter()
         n = 0
         if phase == "mkdir":
             os.mkdir(mine)
-            n = 1
+            for i in range(ndirs):
+                os.mkdir(os.path.join(mine, f"d{i:06}"))
+            n = 1 + ndirs
         elif phase == "create":
             for i in range(nfiles):
                 os.close(os.open(os.path.join(mine, f"f{i:06}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
@@ -300,8 +302,8 @@ def worker(phase, mine, other_dirs, nfiles, barrier, out):
         elif phase == "list":
             for d in other_dirs:
                 names = os.listdir(d)
-                if len(names) != nfiles:
-                    raise RuntimeError(f"{d}: {len(names)} names, expected {nfiles}")
+                if len(names) != nfiles + ndirs:
+                    raise RuntimeError(f"{d}: {len(names)} names, expected {nfiles + ndirs}")
                 n += len(names)
         elif phase == "rename":
             for i in range(nfiles):
@@ -312,8 +314,10 @@ def worker(phase, mine, other_dirs, nfiles, barrier, out):
                 os.unlink(os.path.join(mine, f"r{i:06}"))
             n = nfiles
         elif phase == "rmdir":
+            for i in range(ndirs):
+                os.rmdir(os.path.join(mine, f"d{i:06}"))
             os.rmdir(mine)
-            n = 1
+            n = 1 + ndirs
         out.put((n, time.perf_counter() - t0, None))
     except Exception as e:  # reported, counted as an error
         out.put((0, 0.0, f"{phase} in {mine}: {e}"))
@@ -338,7 +342,7 @@ def run_phases(target, a, run, pg=None):
         for h in (0, 1):
             others = [through_mine(h, d) for d in dirs[1 - h]]
             for w in range(a.workers):
-                p = mp.Process(target=worker, args=(phase, dirs[h][w], others, a.files, barrier, out))
+                p = mp.Process(target=worker, args=(phase, dirs[h][w], others, a.files, a.dirs, barrier, out))
                 p.start()
                 procs.append(p)
         got = []
@@ -388,6 +392,8 @@ def main():
     ap.add_argument("--targets", default="hybridfs,juicefs")
     ap.add_argument("--files", type=int, default=1000, help="files per worker (default 1000)")
     ap.add_argument("--workers", type=int, default=2, help="workers per mount (default 2)")
+    ap.add_argument("--dirs", type=int, default=0,
+                    help="directories each worker makes in its own at mkdir and removes at rmdir (default 0)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per phase")
     ap.add_argument("--scratch", default=None)
@@ -440,7 +446,7 @@ def main():
                 rates, errs = run_phases(tgt, a, run, pg)
                 x1 = pg.xacts(tgt.name)
                 if x0 and x1:
-                    ops = 2 * a.workers * (4 * a.files + 2)
+                    ops = 2 * a.workers * (4 * a.files + 2 + 2 * a.dirs)
                     xs[tgt.name].append(((x1[0] - x0[0]) / ops, (x1[1] - x0[1]) / ops))
                     log(f"{tgt.name} run {run}: {x1[0] - x0[0]} commits, {x1[1] - x0[1]} rollbacks "
                         f"in the database for {ops} changing operations")
