@@ -357,7 +357,8 @@ mod tests {
         let mut buf = [0u8; 6];
         f.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"staged");
-        assert_eq!(s.pool.get().unwrap().0.ready.lock().len(), before, "the pool file went back to the pool");
+        // The pool's thread may still be filling: the count only never drops below.
+        assert!(s.pool.get().unwrap().0.ready.lock().len() >= before, "the pool file went back to the pool");
     }
 
     /// Invariant 1: a staging file linked from the pool is durable like a created one: its
