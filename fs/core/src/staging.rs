@@ -352,13 +352,20 @@ mod tests {
         let s = Staging::new(d.path().join("staging")).unwrap();
         std::fs::write(s.path(7), b"staged").unwrap();
         s.start_pool();
-        let before = pool_ready(&s);
+        // A full pool: its thread waits until half is taken, so the count below is exact.
+        let ready = || s.pool.get().unwrap().0.ready.lock().len();
+        for _ in 0..500 {
+            if ready() == POOL_FILES {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(ready(), POOL_FILES, "the pool filled within 5 s");
         let f = s.open(7, true).unwrap().unwrap();
         let mut buf = [0u8; 6];
         f.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"staged");
-        // The pool's thread may still be filling: the count only never drops below.
-        assert!(s.pool.get().unwrap().0.ready.lock().len() >= before, "the pool file went back to the pool");
+        assert_eq!(ready(), POOL_FILES, "the pool file went back to the pool");
     }
 
     /// Invariant 1: a staging file linked from the pool is durable like a created one: its
