@@ -127,12 +127,43 @@ pub trait KvRead {
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()>;
     /// The greatest key `< end` (no end: the last key of the family).
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>>;
-    /// A hint: these keys (of any families) are about to be read, so an engine whose reads
-    /// are round trips may fetch them all at once and answer the reads from what it fetched
-    /// (the PostgreSQL engine inside a transaction). The default does nothing.
-    fn prefetch(&self, _keys: &[(Cf, &[u8])]) -> Result<()> {
+    /// A hint: these keys (of any families), and the first rows of these ranges (scans that
+    /// will start at a [`Head`]'s start, with its end), are about to be read, so an engine
+    /// whose reads are round trips may fetch them all at once and answer the reads from what
+    /// it fetched (the PostgreSQL engine inside a transaction: one statement). The default
+    /// does nothing.
+    fn prefetch(&self, _keys: &[(Cf, &[u8])], _ranges: &[Head<'_>]) -> Result<()> {
         Ok(())
     }
+    /// The first rows (at most `limit` each, in key order) of several ranges at once, in the
+    /// order asked: engines whose reads are round trips read them in one (the PostgreSQL
+    /// engine: one statement, one snapshot). The default scans them one by one.
+    fn heads(&self, ranges: &[Head<'_>]) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        ranges.iter().map(|h| head_by_scan(self, h)).collect()
+    }
+}
+
+/// The start of a key range, for [`KvRead::heads`] and [`KvRead::prefetch`]: keys `>= start`
+/// and `< end` of `cf`, the first `limit` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    pub cf: Cf,
+    pub start: &'a [u8],
+    pub end: &'a [u8],
+    pub limit: usize,
+}
+
+/// One [`Head`] read by a scan (the default of [`KvRead::heads`]).
+pub fn head_by_scan<R: KvRead + ?Sized>(r: &R, h: &Head<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut rows = Vec::new();
+    if h.limit == 0 {
+        return Ok(rows);
+    }
+    r.scan(h.cf, h.start, Some(h.end), &mut |k, v| {
+        rows.push((k.to_vec(), v.to_vec()));
+        Ok(rows.len() < h.limit)
+    })?;
+    Ok(rows)
 }
 
 /// One transaction: reads see the committed state plus this transaction's own writes.
@@ -365,12 +396,27 @@ impl KvRead for Overlay<'_> {
         }
     }
 
-    fn prefetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
+    fn prefetch(&self, keys: &[(Cf, &[u8])], ranges: &[Head<'_>]) -> Result<()> {
         let unwritten: Vec<(Cf, &[u8])> = keys.iter().copied().filter(|(cf, k)| !self.writes.contains_key(&(*cf, k.to_vec()))).collect();
-        if unwritten.is_empty() {
+        if unwritten.is_empty() && ranges.is_empty() {
             return Ok(());
         }
-        self.read.prefetch(&unwritten)
+        // Ranges go down whole: a scan of one merges what the store answers with the pending
+        // writes, as any scan does.
+        self.read.prefetch(&unwritten, ranges)
+    }
+
+    fn heads(&self, ranges: &[Head<'_>]) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        // Ranges with no pending write are the store's answer; the others a merged scan.
+        let clean: Vec<Head<'_>> = ranges.iter().copied().filter(|h| self.pending(h.cf, h.start, Some(h.end)).is_empty()).collect();
+        let mut stored = self.read.heads(&clean)?.into_iter();
+        ranges
+            .iter()
+            .map(|h| match self.pending(h.cf, h.start, Some(h.end)).is_empty() {
+                true => stored.next().ok_or_else(|| FsError::Meta("heads: an engine answered fewer ranges than asked".into())),
+                false => head_by_scan(self, h),
+            })
+            .collect()
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
@@ -576,6 +622,28 @@ pub fn conformance(kv: &dyn Kv) {
         Ok(())
     })
     .unwrap();
+    assert_eq!(names(scan(kv, b"", None)), vec![b"a0".to_vec(), b"a\xff".to_vec(), b"b1".to_vec(), b"c1".to_vec()]);
+
+    // Heads: the first rows of several ranges at once, outside a transaction and inside one
+    // (its own writes included); a prefetched range scanned past what was fetched.
+    let h = |start: &'static [u8], end: &'static [u8], limit| Head { cf: Cf::Extents, start, end, limit };
+    let keys_of = |rows: Vec<Vec<(Vec<u8>, Vec<u8>)>>| rows.into_iter().map(names).collect::<Vec<_>>();
+    let got = kv.heads(&[h(b"a", b"b", 1), h(b"b", b"d", 5), h(b"d", b"e", 3), h(b"a", b"z", 0)]).unwrap();
+    assert_eq!(got[0], vec![(b"a0".to_vec(), b"new".to_vec())], "heads carry values");
+    assert_eq!(keys_of(got), vec![vec![b"a0".to_vec()], vec![b"b1".to_vec(), b"c1".to_vec()], vec![], vec![]], "heads: in the order asked, each at most its limit");
+    assert!(kv.heads(&[]).unwrap().is_empty());
+    let rolled_back = kv.transact(false, &mut |tx| {
+        tx.prefetch(&[(Cf::Extents, b"b1")], &[h(b"a", b"b", 1), h(b"b", b"d", 1)])?;
+        tx.del(Cf::Extents, b"a0".to_vec());
+        tx.put(Cf::Extents, b"b0".to_vec(), b"b0".to_vec());
+        assert_eq!(names(scan(tx, b"a", Some(b"b"))), vec![b"a\xff".to_vec()], "a prefetched range, its fetched row deleted here");
+        assert_eq!(names(scan(tx, b"b", Some(b"d"))), vec![b"b0".to_vec(), b"b1".to_vec(), b"c1".to_vec()], "a prefetched range read past its limit");
+        let got = tx.heads(&[h(b"a", b"b", 1), h(b"c", b"d", 2), h(b"b", b"d", 2)])?;
+        assert_eq!(keys_of(got), vec![vec![b"a\xff".to_vec()], vec![b"c1".to_vec()], vec![b"b0".to_vec(), b"b1".to_vec()]], "heads see the transaction's writes");
+        assert_eq!(tx.get(Cf::Extents, b"b1")?.as_deref(), Some(&b"z"[..]));
+        Err(FsError::Meta("rolled back on purpose".into()))
+    });
+    assert!(matches!(rolled_back, Err(FsError::Meta(ref m)) if m == "rolled back on purpose"), "{rolled_back:?}");
     assert_eq!(names(scan(kv, b"", None)), vec![b"a0".to_vec(), b"a\xff".to_vec(), b"b1".to_vec(), b"c1".to_vec()]);
 
     // A failing transaction writes nothing and runs no commit hook.

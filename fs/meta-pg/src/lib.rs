@@ -50,7 +50,7 @@
 //! happen). Tokens older than [`TOKEN_KEEP`] are deleted once a minute.
 
 use hybridfs_core::error::{FsError, Result};
-use hybridfs_core::kv::{retry_conflicts, Cf, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
+use hybridfs_core::kv::{retry_conflicts, Cf, Head, Kv, KvOp, KvRead, Overlay, TxnBody, Visit};
 use parking_lot::Mutex;
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, NoTls, Statement};
@@ -307,7 +307,7 @@ impl PgKv {
         }
         let mut conn = self.client()?;
         let Conn { c, st } = &mut conn;
-        let reader = Reader { c: RefCell::new(c), st, cache: RefCell::new(HashMap::new()), begun: Cell::new(false) };
+        let reader = Reader { c: RefCell::new(c), st, cache: RefCell::new(HashMap::new()), heads: RefCell::new(HashMap::new()), begun: Cell::new(false) };
         let result = (|| {
             let mut overlay = Overlay::new(&reader);
             body(&mut overlay)?;
@@ -575,11 +575,30 @@ impl KvRead for PgKv {
         let mut found: HashMap<(Cf, Vec<u8>), Vec<u8>> = HashMap::new();
         for chunk in keys.chunks(FETCH_KEYS) {
             let chunk: Vec<(Cf, Vec<u8>)> = chunk.iter().map(|(cf, k)| (*cf, k.to_vec())).collect();
-            let sql = select_sql(&chunk);
+            let sql = select_sql(&chunk, &[]);
             let rows = self.with_waiting(|c, _| rows_of(c.simple_query(&sql).map_err(pg_err("read metadata"))?))?;
-            found.extend(rows);
+            found.extend(rows.into_iter().map(|r| (r.key, r.v)));
         }
         Ok(keys.iter().map(|(cf, k)| found.get(&(*cf, k.to_vec())).cloned()).collect())
+    }
+
+    /// One statement of [`FETCH_KEYS`] ranges (one round trip, one snapshot): an index scan
+    /// of each, `LIMIT`ed, joined by `UNION ALL`.
+    fn heads(&self, ranges: &[Head<'_>]) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        let mut out = vec![Vec::new(); ranges.len()];
+        for (n, chunk) in ranges.chunks(FETCH_KEYS).enumerate() {
+            let sql = select_sql(&[], chunk);
+            let rows = self.with_waiting(|c, _| rows_of(c.simple_query(&sql).map_err(pg_err("read metadata"))?))?;
+            for r in rows {
+                let i = r.range.ok_or_else(|| FsError::Meta("a range read answered a point row".into()))?;
+                out.get_mut(n * FETCH_KEYS + i).ok_or_else(|| FsError::Meta(format!("a range read answered range {i}")))?.push((r.key.1, r.v));
+            }
+        }
+        // `UNION ALL` keeps no order between or inside its parts' answers.
+        for rows in &mut out {
+            rows.sort();
+        }
+        Ok(out)
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
@@ -668,6 +687,9 @@ struct Reader<'a> {
     c: RefCell<&'a mut Client>,
     st: &'a Stmts,
     cache: RefCell<HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>>,
+    /// Ranges read ahead ([`KvRead::prefetch`], [`KvRead::heads`]): their first rows and
+    /// whether those are all of the range; a scan of one starts from them.
+    heads: RefCell<HashMap<(Cf, Vec<u8>, Vec<u8>), (Vec<(Vec<u8>, Vec<u8>)>, bool)>>,
     /// `BEGIN` was sent (so a failure must be rolled back).
     begun: Cell<bool>,
 }
@@ -689,8 +711,10 @@ fn unhex(s: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// `SELECT cf, k, v` of `keys`: per family one index scan (`cf = N AND k IN (...)`).
-fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
+/// `SELECT cf, k, v, r` of `keys` (per family one index scan, `cf = N AND k IN (...)`; `r`
+/// is -1) and of the first rows of `ranges` (one `LIMIT`ed index scan each; `r` is the
+/// range's index), in one statement.
+fn select_sql(keys: &[(Cf, Vec<u8>)], ranges: &[Head<'_>]) -> String {
     let mut by_cf: std::collections::BTreeMap<i16, Vec<&[u8]>> = std::collections::BTreeMap::new();
     for (cf, k) in keys {
         by_cf.entry(cf_id(*cf)).or_default().push(k);
@@ -700,7 +724,7 @@ fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
         if !sql.is_empty() {
             sql.push_str(" UNION ALL ");
         }
-        sql.push_str(&format!("SELECT cf, k, v FROM hybridfs_kv WHERE cf = {cf} AND k IN ("));
+        sql.push_str(&format!("SELECT cf, k, v, -1 FROM hybridfs_kv WHERE cf = {cf} AND k IN ("));
         for (i, k) in ks.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
@@ -709,18 +733,41 @@ fn select_sql(keys: &[(Cf, Vec<u8>)]) -> String {
         }
         sql.push(')');
     }
+    for (i, h) in ranges.iter().enumerate().filter(|(_, h)| h.limit > 0) {
+        if !sql.is_empty() {
+            sql.push_str(" UNION ALL ");
+        }
+        sql.push_str(&format!("(SELECT cf, k, v, {i} FROM hybridfs_kv WHERE cf = {} AND k >= ", cf_id(h.cf)));
+        hex_lit(&mut sql, h.start);
+        sql.push_str(" AND k < ");
+        hex_lit(&mut sql, h.end);
+        sql.push_str(&format!(" ORDER BY k LIMIT {})", h.limit));
+    }
+    if sql.is_empty() {
+        // Nothing asked: a statement that answers nothing (`BEGIN` may travel with it).
+        sql.push_str("SELECT 1 WHERE false");
+    }
     sql
 }
 
-/// The rows `(cf, k) -> v` of a [`select_sql`] answer.
-fn rows_of(msgs: Vec<postgres::SimpleQueryMessage>) -> Result<Vec<((Cf, Vec<u8>), Vec<u8>)>> {
+/// A row of a [`select_sql`] answer: its family and key, its value, and the range it was
+/// read for (None: a point read).
+struct Fetched {
+    key: (Cf, Vec<u8>),
+    v: Vec<u8>,
+    range: Option<usize>,
+}
+
+/// The rows of a [`select_sql`] answer.
+fn rows_of(msgs: Vec<postgres::SimpleQueryMessage>) -> Result<Vec<Fetched>> {
     let mut out = Vec::new();
     for m in msgs {
         if let postgres::SimpleQueryMessage::Row(r) = m {
             let field = |i| r.get(i).ok_or_else(|| FsError::Meta("a metadata row has a NULL".into()));
             let cf: usize = field(0)?.parse().map_err(|_| FsError::Meta("bad cf in a metadata row".into()))?;
             let cf = *Cf::ALL.get(cf).ok_or_else(|| FsError::Meta(format!("unknown cf {cf} in a metadata row")))?;
-            out.push(((cf, unhex(field(1)?)?), unhex(field(2)?)?));
+            let range: i64 = field(3)?.parse().map_err(|_| FsError::Meta("bad range tag in a metadata row".into()))?;
+            out.push(Fetched { key: (cf, unhex(field(1)?)?), v: unhex(field(2)?)?, range: usize::try_from(range).ok() });
         }
     }
     Ok(out)
@@ -773,27 +820,55 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Read the keys not read yet into the cache (found or not), [`FETCH_KEYS`] a statement,
-    /// the first with the transaction's `BEGIN`.
-    fn fetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
+    /// Read the keys not read yet into the cache (found or not), and the first rows of the
+    /// ranges not read that far yet: [`FETCH_KEYS`] keys and as many ranges a statement, the
+    /// first with the transaction's `BEGIN`.
+    fn fetch(&self, keys: &[(Cf, &[u8])], ranges: &[Head<'_>]) -> Result<()> {
         let mut missing: Vec<(Cf, Vec<u8>)> = {
             let cache = self.cache.borrow();
             keys.iter().filter(|(cf, k)| !cache.contains_key(&(*cf, k.to_vec()))).map(|(cf, k)| (*cf, k.to_vec())).collect()
         };
         missing.sort();
         missing.dedup();
-        for chunk in missing.chunks(FETCH_KEYS) {
-            let mut sql = select_sql(chunk);
+        let short: Vec<Head<'_>> = {
+            let heads = self.heads.borrow();
+            ranges
+                .iter()
+                .copied()
+                .filter(|h| match heads.get(&(h.cf, h.start.to_vec(), h.end.to_vec())) {
+                    Some((rows, complete)) => !complete && rows.len() < h.limit,
+                    None => true,
+                })
+                .collect()
+        };
+        let (mut keys, mut ranges) = (&missing[..], &short[..]);
+        while !keys.is_empty() || !ranges.is_empty() {
+            let (k, r) = (keys.len().min(FETCH_KEYS), ranges.len().min(FETCH_KEYS));
+            let (now_keys, now_ranges) = (&keys[..k], &ranges[..r]);
+            (keys, ranges) = (&keys[k..], &ranges[r..]);
+            let mut sql = select_sql(now_keys, now_ranges);
             if !self.begun.replace(true) {
                 sql = format!("{BEGIN}; {sql}");
             }
             let msgs = self.c.borrow_mut().simple_query(&sql).map_err(pg_err("read metadata"))?;
+            let mut found: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); now_ranges.len()];
             let mut cache = self.cache.borrow_mut();
-            for key in chunk {
+            for key in now_keys {
                 cache.insert(key.clone(), None);
             }
-            for (key, v) in rows_of(msgs)? {
-                cache.insert(key, Some(v));
+            for row in rows_of(msgs)? {
+                match row.range {
+                    None => {
+                        cache.insert(row.key, Some(row.v));
+                    }
+                    Some(i) => found.get_mut(i).ok_or_else(|| FsError::Meta(format!("a range read answered range {i}")))?.push((row.key.1, row.v)),
+                }
+            }
+            let mut heads = self.heads.borrow_mut();
+            for (h, mut rows) in now_ranges.iter().zip(found) {
+                rows.sort();
+                let complete = rows.len() < h.limit;
+                heads.insert((h.cf, h.start.to_vec(), h.end.to_vec()), (rows, complete));
             }
         }
         Ok(())
@@ -838,31 +913,61 @@ impl KvRead for Reader<'_> {
         if let Some(v) = self.cache.borrow().get(&(cf, key.to_vec())) {
             return Ok(v.clone());
         }
-        self.fetch(&[(cf, key)])?;
+        self.fetch(&[(cf, key)], &[])?;
         Ok(self.cache.borrow().get(&(cf, key.to_vec())).cloned().flatten())
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let asked: Vec<(Cf, &[u8])> = keys.iter().map(|k| (cf, *k)).collect();
-        self.fetch(&asked)?;
+        self.fetch(&asked, &[])?;
         let cache = self.cache.borrow();
         Ok(keys.iter().map(|k| cache.get(&(cf, k.to_vec())).cloned().flatten()).collect())
     }
 
-    fn prefetch(&self, keys: &[(Cf, &[u8])]) -> Result<()> {
-        self.fetch(keys)
+    fn prefetch(&self, keys: &[(Cf, &[u8])], ranges: &[Head<'_>]) -> Result<()> {
+        self.fetch(keys, ranges)
+    }
+
+    fn heads(&self, ranges: &[Head<'_>]) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        self.fetch(&[], ranges)?;
+        let heads = self.heads.borrow();
+        ranges
+            .iter()
+            .map(|h| match heads.get(&(h.cf, h.start.to_vec(), h.end.to_vec())) {
+                Some((rows, _)) => Ok(rows.iter().take(h.limit).cloned().collect()),
+                None => Err(FsError::Meta("a range read ahead is missing".into())),
+            })
+            .collect()
     }
 
     fn get_many(&self, keys: &[(Cf, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.fetch(keys)?;
+        self.fetch(keys, &[])?;
         let cache = self.cache.borrow();
         Ok(keys.iter().map(|(cf, k)| cache.get(&(*cf, k.to_vec())).cloned().flatten()).collect())
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: &mut Visit<'_>) -> Result<()> {
+        // A range read ahead: its first rows from here, the rest (if any) from the database.
+        let mut start = start.to_vec();
+        if let Some(e) = end {
+            let ahead = self.heads.borrow().get(&(cf, start.clone(), e.to_vec())).cloned();
+            if let Some((rows, complete)) = ahead {
+                for (k, v) in &rows {
+                    if !f(k, v)? {
+                        return Ok(());
+                    }
+                }
+                if complete {
+                    return Ok(());
+                }
+                if let Some((k, _)) = rows.last() {
+                    start = [k.as_slice(), &[0]].concat();
+                }
+            }
+        }
         self.begin()?;
         // Each page is fetched (and the connection's borrow released) before it is visited.
-        scan(start, |from| page(&mut **self.c.borrow_mut(), self.st, cf, from, end), f)
+        scan(&start, |from| page(&mut **self.c.borrow_mut(), self.st, cf, from, end), f)
     }
 
     fn last_before(&self, cf: Cf, end: Option<&[u8]>) -> Result<Option<Vec<u8>>> {

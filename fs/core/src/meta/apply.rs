@@ -7,7 +7,7 @@ use super::read::get_at;
 use super::refs::finish_refs;
 use super::{MetaStore, Mutation, LIVE};
 use crate::error::{FsError, Result};
-use crate::kv::{prefix_end, Cf, KvRead, KvTxn};
+use crate::kv::{prefix_end, Cf, Head, KvRead, KvTxn};
 use crate::types::{BlockId, Dentry, Extent, Inode, SnapshotInfo};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -233,7 +233,38 @@ impl MetaStore {
 /// shared engine then reads them in one round trip instead of one each (the rows are read in
 /// the loop as before). The usage shard (`shard`: the batch adds to one, no delta rows) only
 /// when an inode changes (nothing else changes usage).
+///
+/// With them, the first row of each range the batch will scan: the history of every row it
+/// may delete ([`vdel`]'s [`has_history`]; a big file's purge reads thousands, one round trip
+/// each before) and the open rows its [`Mutation::ExpectOpeners`] checks. Ranges read more
+/// than that (a scan past the first row) are read on from the store as before.
 fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], epoch: bool, shard: bool) -> Result<()> {
+    let mut ranges: Vec<(Cf, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut range = |cf: Cf, start: Vec<u8>| {
+        if let Some(end) = prefix_end(&start) {
+            ranges.push((cf, start, end));
+        }
+    };
+    for m in batch {
+        match m {
+            Mutation::DelInode(ino) => range(Cf::History, hist_prefix(Cf::Inodes, &k1(*ino))),
+            Mutation::DelDentry { parent, name, cookie } => {
+                range(Cf::History, hist_prefix(Cf::Cookies, &k2(*parent, *cookie)));
+                range(Cf::History, hist_prefix(Cf::Dentries, &k_named(*parent, name)));
+            }
+            Mutation::DelExtent { ino, block } => range(Cf::History, hist_prefix(Cf::Extents, &k2(*ino, *block))),
+            Mutation::DelXattr { ino, name } => range(Cf::History, hist_prefix(Cf::Xattrs, &k_named(*ino, name))),
+            Mutation::Raw { key, value: None } => {
+                let (cf, base) = key.cf_base();
+                range(Cf::History, hist_prefix(cf, &base));
+            }
+            Mutation::ExpectOpeners { ino, .. } => range(Cf::Default, super::hosts::openers_prefix(*ino)),
+            _ => {}
+        }
+    }
+    ranges.sort();
+    ranges.dedup();
+    let heads: Vec<Head<'_>> = ranges.iter().map(|(cf, start, end)| Head { cf: *cf, start, end, limit: 1 }).collect();
     let mut keys: Vec<(Cf, Vec<u8>)> = Vec::new();
     if epoch {
         keys.push((Cf::Default, b"epoch".to_vec()));
@@ -267,7 +298,7 @@ fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], epoch: bool, shard: bool) -> Res
     keys.sort();
     keys.dedup();
     let refs: Vec<(Cf, &[u8])> = keys.iter().map(|(cf, k)| (*cf, k.as_slice())).collect();
-    tx.prefetch(&refs)
+    tx.prefetch(&refs, &heads)
 }
 
 /// How many rows usage is spread over (besides the `usage` row that bulk loads and older

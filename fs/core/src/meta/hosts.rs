@@ -50,9 +50,14 @@ fn scan_prefix(r: &dyn KvRead, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) ->
     })
 }
 
+/// Where the open rows of `ino` are (the default family).
+pub(super) fn openers_prefix(ino: Ino) -> Vec<u8> {
+    [OPEN, &ino.to_be_bytes()[..]].concat()
+}
+
 /// The hosts with an open row for `ino`, sorted.
 pub(super) fn openers_in(r: &dyn KvRead, ino: Ino) -> Result<Vec<u64>> {
-    let prefix = [OPEN, &ino.to_be_bytes()[..]].concat();
+    let prefix = openers_prefix(ino);
     let mut out = Vec::new();
     scan_prefix(r, &prefix, &mut |k, _| {
         out.push(be(k, prefix.len())?);
