@@ -15,7 +15,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hybridfs_tests::shared::Cluster;
-use hybridfs_tests::sys::{errno_of, renameat2};
+use hybridfs_tests::sys::{errno_of, getxattr, removexattr, renameat2, setxattr};
 use hybridfs_tests::{free_port, poll_until, TestVolume};
 
 const NAMESPACE: &str = "shared volume: two hosts changing one name end with exactly one winner and the right errno for the other";
@@ -359,6 +359,58 @@ fn snapshots_taken_on_two_hosts_at_once_get_their_own_epochs() {
     assert_eq!(list.len(), 5, "{list:?}");
     let epochs: std::collections::BTreeSet<u64> = list.iter().map(|s| s["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs.len(), 5, "two snapshots share an epoch: {list:?}");
+}
+
+/// Invariant 2 (a snapshot reads the volume as it was at its epoch) on a shared volume:
+/// what another host removes after a snapshot (a file, then its directory, each deletion's
+/// history read in its transaction's one prefetch statement, the directory purged in its
+/// rmdir's own transaction) stays readable in the snapshot and is gone live.
+#[test]
+fn what_another_host_removes_after_a_snapshot_stays_in_the_snapshot() {
+    let mut c = Cluster::start("snapdel", true, &[]);
+    fs::create_dir(c.a.path("d")).unwrap();
+    fs::write(c.a.path("d/f"), b"kept in the snapshot").unwrap();
+    fs::create_dir(c.a.path("d/e")).unwrap();
+    fs::write(c.a.path("x"), b"x").unwrap();
+    setxattr(&c.a.path("x"), "user.v", b"1", 0).unwrap();
+    c.a.ctl(&["snapshot", "create", "before", "--volume", "snapdel"]).assert_success();
+    // An xattr rewritten after the snapshot, then removed in the same epoch: its removal
+    // finds the snapshot's version in the store (the prefetched history range, not this
+    // transaction's writes) and leaves a tombstone, so a later snapshot does not show it.
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("x"))));
+    setxattr(&c.b.path("x"), "user.v", b"2", 0).unwrap();
+    removexattr(&c.b.path("x"), "user.v").unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("d/f")) && exists(&c.b.path("d/e"))));
+    fs::remove_file(c.b.path("d/f")).unwrap();
+    fs::remove_dir(c.b.path("d/e")).unwrap();
+    fs::remove_dir(c.b.path("d")).unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || !exists(&c.a.path("d"))), "host A still sees d");
+    for host in [&c.a, &c.b] {
+        let snap = host.path(".snapshots/before/d");
+        assert_eq!(fs::read(snap.join("f")).unwrap(), b"kept in the snapshot");
+        assert_eq!(names(&snap), ["e", "f"]);
+        assert!(fs::metadata(snap.join("e")).unwrap().is_dir());
+    }
+    c.b.ctl(&["snapshot", "create", "after", "--volume", "snapdel"]).assert_success();
+    for host in [&c.b, &c.a] {
+        // (Host A learns of B's snapshot when its view of the catalogue is next read.)
+        assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&host.path(".snapshots/after/x"))), "no snapshot 'after': {:?} {:?}", fs::read_dir(host.path(".snapshots")).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>()), fs::read_dir(host.path(".snapshots/after")).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>()));
+        assert!(!exists(&host.path(".snapshots/after/d")), "a later snapshot shows the removed directory");
+        assert_eq!(getxattr(&host.path(".snapshots/after/x"), "user.v", 64), Err(libc::ENODATA), "a later snapshot shows the removed xattr");
+        assert_eq!(getxattr(&host.path(".snapshots/before/x"), "user.v", 64).unwrap(), b"1");
+    }
+    // Made again after the snapshot and removed again: the snapshot keeps the first.
+    fs::create_dir(c.a.path("d")).unwrap();
+    fs::write(c.a.path("d/f"), b"second").unwrap();
+    fs::remove_file(c.a.path("d/f")).unwrap();
+    fs::remove_dir(c.a.path("d")).unwrap();
+    assert_eq!(fs::read(c.b.path(".snapshots/before/d/f")).unwrap(), b"kept in the snapshot");
+    assert!(!exists(&c.a.path("d")) && !exists(&c.b.path("d")));
+    let meta = store(&c);
+    assert!(meta.orphans().unwrap().is_empty(), "no orphan left: {:?}", meta.orphans().unwrap());
+    c.a.umount();
+    c.b.umount();
+    assert_fsck_clean(&c.a);
 }
 
 /// The volume's metadata store as a third party sees it (the test reads rows directly).

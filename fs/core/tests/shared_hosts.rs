@@ -13,7 +13,7 @@ use hybridfs_core::kv::MemKv;
 use hybridfs_core::meta::MetaStore;
 use hybridfs_core::staging::Staging;
 use hybridfs_core::types::{Ino, Kind, ROOT_INO};
-use hybridfs_core::{Caller, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions};
+use hybridfs_core::{Caller, FsError, NewNode, RenameFlags, SetAttr, Volume, VolumeOptions, XattrMode};
 use std::sync::Arc;
 
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
@@ -137,6 +137,7 @@ struct Watched {
     get_manys: std::sync::atomic::AtomicU64,
     transacts: std::sync::atomic::AtomicU64,
     after_get_many: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    after_heads: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl hybridfs_core::kv::KvRead for Watched {
@@ -148,6 +149,14 @@ impl hybridfs_core::kv::KvRead for Watched {
         self.get_manys.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let out = self.kv.get_many(keys);
         let step = self.after_get_many.lock().take();
+        if let Some(step) = step {
+            step();
+        }
+        out
+    }
+    fn heads(&self, ranges: &[hybridfs_core::kv::Head<'_>]) -> hybridfs_core::Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        let out = self.kv.heads(ranges);
+        let step = self.after_heads.lock().take();
         if let Some(step) = step {
             step();
         }
@@ -263,6 +272,73 @@ fn a_stale_kept_answer_fails_the_commit_and_the_change_runs_again_from_the_store
     assert_eq!(attr.perm & 0o777, 0o711, "B's chmod survived A's creates");
     let names: Vec<_> = a.readdir(d, 0, 100).unwrap().into_iter().map(|e| e.name).filter(|n| !n.starts_with(b".")).collect();
     assert_eq!(names, [&b"first"[..], b"x", b"y"], "one entry each");
+    fsck_clean_a(&a, &dir);
+}
+
+#[test]
+fn an_rmdir_purges_the_directory_in_its_own_transaction_and_a_removed_working_directory_keeps_its_last_record() {
+    // One transaction for an rmdir on a shared volume (it was two: an orphan, then its purge
+    // at the kernel's FORGET); the kernel's questions about a removed working directory (no
+    // handle) are answered from its last record until that FORGET.
+    use std::sync::atomic::Ordering::SeqCst;
+    let (kv, a, b, dir) = watched_hosts();
+    let d = mkdir(&a, ROOT_INO, "d");
+    a.remember(d); // the kernel's reference (its lookup)
+    a.setxattr(d, b"user.tag", b"v", XattrMode::Any).unwrap();
+    let before = kv.transacts.load(SeqCst);
+    a.rmdir(ROOT_INO, b"d").unwrap();
+    assert_eq!(kv.transacts.load(SeqCst), before + 1, "one transaction");
+    assert!(a.meta().get_inode(d).unwrap().is_none(), "the record went with the entry");
+    assert!(a.meta().xattr_names(d).unwrap().is_empty(), "its xattrs too");
+    assert!(!a.meta().is_orphan(d).unwrap());
+    let ghost = a.getattr(d).unwrap();
+    assert_eq!((ghost.kind, ghost.nlink, ghost.ino), (Kind::Dir, 0, d), "a removed working directory's attributes");
+    a.opendir(d).unwrap();
+    let names: Vec<_> = a.readdir(d, 0, 100).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, [&b"."[..], b".."], "nothing in it");
+    a.releasedir(d);
+    assert!(matches!(b.getattr(d), Err(FsError::NotFound)), "another host finds it gone");
+    let before = kv.transacts.load(SeqCst);
+    a.forget(d, 1);
+    assert_eq!(kv.transacts.load(SeqCst), before, "its FORGET has nothing to write");
+    assert!(matches!(a.getattr(d), Err(FsError::NotFound)), "and after its FORGET nothing is kept");
+    fsck_clean_a(&a, &dir);
+}
+
+#[test]
+fn a_directory_open_on_this_host_stays_an_orphan_until_its_forget() {
+    let (_kv, a, _b, dir) = watched_hosts();
+    let d = mkdir(&a, ROOT_INO, "d");
+    a.remember(d);
+    a.opendir(d).unwrap();
+    a.rmdir(ROOT_INO, b"d").unwrap();
+    let kept = a.meta().get_inode(d).unwrap().expect("an open directory is kept");
+    assert_eq!(kept.nlink, 0);
+    assert!(a.meta().is_orphan(d).unwrap());
+    a.releasedir(d);
+    a.forget(d, 1);
+    assert!(a.meta().get_inode(d).unwrap().is_none(), "purged at its FORGET");
+    assert!(!a.meta().is_orphan(d).unwrap());
+    fsck_clean_a(&a, &dir);
+}
+
+#[test]
+fn an_entry_another_host_adds_after_the_emptiness_check_fails_the_rmdir_with_enotempty() {
+    // Invariant 1 (a batch whose reads went stale writes nothing): host A finds "d" empty;
+    // host B then creates a file in it before A commits. A's commit finds d's record changed,
+    // runs again, and answers ENOTEMPTY; B's file stays, reachable.
+    let (kv, a, b, dir) = watched_hosts();
+    let d = mkdir(&a, ROOT_INO, "d");
+    a.lookup(ROOT_INO, b"d").unwrap(); // A keeps d's record, as after the kernel's lookup
+    let b2 = b.clone();
+    *kv.after_heads.lock() = Some(Box::new(move || {
+        b2.create_node(d, b"late", NewNode { kind: Kind::File, perm: 0o644, rdev: 0, target: vec![] }, ROOT).unwrap();
+    }));
+    let r = a.rmdir(ROOT_INO, b"d");
+    assert!(matches!(r, Err(FsError::NotEmpty)), "{r:?}");
+    assert!(kv.after_heads.lock().is_none(), "B's create ran between A's check and its commit");
+    assert_eq!(a.lookup(d, b"late").unwrap().kind, Kind::File);
+    assert_eq!(a.getattr(d).unwrap().nlink, 2);
     fsck_clean_a(&a, &dir);
 }
 

@@ -486,16 +486,16 @@ impl Filesystem for HybridFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: fuser::OpenFlags, reply: ReplyOpen) {
         let _op = op_timer("opendir", ino);
-        match self.vol.getattr(ino.0) {
-            Ok(i) if i.kind == Kind::Dir => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
-            Ok(_) => reply.fail("opendir", FsError::NotDir),
+        match self.vol.opendir(ino.0) {
+            Ok(_) => reply.opened(FileHandle(self.listings.open()), FopenFlags::empty()),
             Err(e) => reply.fail("opendir", e),
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
-        let _op = op_timer("releasedir", _ino);
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: fuser::OpenFlags, reply: ReplyEmpty) {
+        let _op = op_timer("releasedir", ino);
         self.listings.close(fh.0);
+        self.vol.releasedir(ino.0);
         reply.ok();
     }
 

@@ -364,7 +364,7 @@ fn change_notes(sender: u64, ops: &[KvOp]) -> Vec<String> {
     let mut cur = String::new();
     for op in ops {
         let (KvOp::Put(cf, k, _) | KvOp::Del(cf, k)) = op;
-        if !matches!(cf, Cf::Inodes | Cf::Dentries) {
+        if !matches!(cf, Cf::Inodes | Cf::Dentries | Cf::Snapshots) {
             continue;
         }
         if cur.len() + 2 * k.len() + 8 > NOTE_BYTES && !cur.is_empty() {
@@ -1027,10 +1027,11 @@ mod note_tests {
         let mut ops = vec![KvOp::Put(Cf::Inodes, 7u64.to_be_bytes().to_vec(), vec![1]), KvOp::Put(Cf::Refs, vec![9], vec![])];
         let entry = [&5u64.to_be_bytes()[..], b"a,b;c:d"].concat();
         ops.push(KvOp::Del(Cf::Dentries, entry.clone()));
+        ops.push(KvOp::Put(Cf::Snapshots, b"nightly".to_vec(), vec![2]));
         let notes = change_notes(42, &ops);
         assert_eq!(notes.len(), 1);
         let rows = parse_note(1, &notes[0]);
-        assert_eq!(rows, vec![(Cf::Inodes, 7u64.to_be_bytes().to_vec()), (Cf::Dentries, entry)]);
+        assert_eq!(rows, vec![(Cf::Inodes, 7u64.to_be_bytes().to_vec()), (Cf::Dentries, entry), (Cf::Snapshots, b"nightly".to_vec())]);
         assert!(parse_note(42, &notes[0]).is_empty(), "a sender's own notes are skipped");
         let many: Vec<KvOp> = (0..2000u64).map(|i| KvOp::Put(Cf::Inodes, i.to_be_bytes().to_vec(), vec![])).collect();
         let notes = change_notes(42, &many);

@@ -93,6 +93,15 @@ pub(crate) fn invalidate_on_changes(pg: &PgKv, vol: &Arc<Volume>) -> anyhow::Res
         }
         let kernel = hybridfs_fuse::kernel_cache::of(&vol);
         for (cf, key) in rows {
+            if cf == hybridfs_core::kv::Cf::Snapshots {
+                // A snapshot made or deleted elsewhere: `/.snapshots` is read again.
+                vol.snapshots_changed_elsewhere(&key);
+                if let Some(k) = &kernel {
+                    k.invalidate_entry(hybridfs_core::volume::views::SNAPSHOTS_DIR, &key);
+                    k.invalidate_inode(hybridfs_core::volume::views::SNAPSHOTS_DIR);
+                }
+                continue;
+            }
             match Key::of_row(cf, &key) {
                 Ok(Key::Inode(ino)) => {
                     vol.changed_elsewhere(ino);

@@ -228,15 +228,20 @@ pub struct Volume {
     /// The kernel's lookup counts of live inodes (`kernel_refs.rs`: small at millions).
     lookups: Mutex<kernel_refs::KernelRefs>,
     /// A shared volume: inodes purged while the kernel still referenced them (see
-    /// `Txn::drop_link`); their FORGET only forgets them. Lock order: after `lookups`.
-    purged_early: Mutex<HashSet<Ino>>,
+    /// `Txn::drop_link`); their FORGET only forgets them. A directory keeps its last record
+    /// here (nlink 0) until then: the kernel asks for the attributes of a removed working
+    /// directory (`stat .`), with no handle. Lock order: after `lookups`.
+    purged_early: Mutex<HashMap<Ino, Option<Inode>>>,
+    /// A shared volume: the open directory handles per directory (`opendir`); a directory
+    /// one holds is kept as an orphan by `rmdir`, as before.
+    dir_handles: Mutex<HashMap<Ino, u32>>,
     refs: Mutex<()>,
     /// Serialises changes to the snapshot catalogue.
     catalog: Mutex<()>,
     /// One collector pass at a time.
     collector: Mutex<()>,
     /// The snapshot catalogue as the views under `/.snapshots` see it (None: reload).
-    views: RwLock<Option<Vec<crate::types::SnapshotInfo>>>,
+    views: RwLock<Option<(std::time::Instant, Vec<crate::types::SnapshotInfo>)>>,
     sealer: Mutex<Option<SealerHandle>>,
     workers: Arc<Workers>,
     passthrough: std::sync::atomic::AtomicBool,
@@ -313,7 +318,8 @@ impl Volume {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             nodes: Mutex::new(HashMap::new()),
             lookups: Mutex::new(kernel_refs::KernelRefs::default()),
-            purged_early: Mutex::new(HashSet::new()),
+            purged_early: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
             refs: Mutex::new(()),
             catalog: Mutex::new(()),
             collector: Mutex::new(()),
@@ -436,9 +442,38 @@ impl Volume {
         if let Some(dir) = self.recent.dir_attr(ino) {
             return Ok(dir);
         }
-        let inode = self.meta.get_inode(ino)?.ok_or(FsError::NotFound)?;
+        let Some(inode) = self.meta.get_inode(ino)? else {
+            // A directory this host removed while the kernel referenced it: its last record.
+            return self.purged_early.lock().get(&ino).cloned().flatten().ok_or(FsError::NotFound);
+        };
         self.recent.read_inode(&inode);
         Ok(inode)
+    }
+
+    /// `opendir`: the directory's attributes; on a shared volume its handle is counted (a
+    /// directory with an open handle is kept as an orphan by `rmdir` until its FORGET).
+    pub fn opendir(&self, ino: Ino) -> Result<Inode> {
+        let inode = self.getattr(ino)?;
+        if inode.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if self.shared {
+            *self.dir_handles.lock().entry(ino).or_default() += 1;
+        }
+        Ok(inode)
+    }
+
+    /// A directory handle of `opendir` was released.
+    pub fn releasedir(&self, ino: Ino) {
+        if self.shared {
+            let mut handles = self.dir_handles.lock();
+            if let Some(n) = handles.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    handles.remove(&ino);
+                }
+            }
+        }
     }
 
     /// A shared volume: another host changed the record of `ino` (its change notification).
@@ -485,7 +520,7 @@ impl Volume {
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         let gone = self.lookups.lock().forget(ino, n);
-        if gone && self.shared && self.purged_early.lock().remove(&ino) {
+        if gone && self.shared && self.purged_early.lock().remove(&ino).is_some() {
             return;
         }
         if gone {
@@ -676,6 +711,10 @@ impl Volume {
         let inode = match self.meta.get_inode(ino)? {
             Some(inode) if inode.nlink == 0 => inode,
             Some(_) => return Ok(false),
+            // A shared volume: another host removed it (the kernel here forgets what another
+            // host's rmdir or unlink took away), or this one purged it: its orphan row, if it
+            // had one, went in the same transaction. A read, not a writing transaction per FORGET.
+            None if self.shared && !self.meta.is_orphan(ino)? => return Ok(false),
             None => return self.meta.apply(vec![Mutation::DelOrphan(ino)], false).map(|_| false),
         };
         let mut batch = Vec::new();
@@ -782,6 +821,7 @@ impl Volume {
             expect: Vec::new(),
             batch: Vec::new(),
             purged: Vec::new(),
+            ghosts: Vec::new(),
             purged_data: Vec::new(),
             before: Vec::new(),
             merge_base: BTreeMap::new(),
@@ -807,6 +847,8 @@ struct Txn<'v> {
     batch: Vec<Mutation>,
     /// Inodes deleted by this transaction: their staging files go after the commit.
     purged: Vec<Ino>,
+    /// Directories deleted by this transaction, as last recorded (see `Volume::purged_early`).
+    ghosts: Vec<Inode>,
     /// Unlinked inodes still referenced by the kernel whose data this transaction deleted:
     /// their staging files go after the commit too.
     purged_data: Vec<Ino>,
@@ -1009,6 +1051,16 @@ impl<'v> Txn<'v> {
 
     /// One link to `ino` went away: keep it as an orphan while referenced, else delete it.
     fn drop_link(&mut self, ino: Ino) -> Result<()> {
+        self.drop_link_with(ino, None)
+    }
+
+    /// [`Txn::drop_link`] of an empty directory whose xattr names were just read
+    /// ([`MetaStore::empty_dir_xattrs`]): its purge reads nothing more.
+    fn drop_dir(&mut self, ino: Ino, xattrs: Vec<Vec<u8>>) -> Result<()> {
+        self.drop_link_with(ino, Some(xattrs))
+    }
+
+    fn drop_link_with(&mut self, ino: Ino, dir_xattrs: Option<Vec<Vec<u8>>>) -> Result<()> {
         let inode = self.inode_mut(ino)?;
         inode.nlink = if inode.kind == Kind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
         inode.ctime = crate::types::Timespec::now();
@@ -1030,8 +1082,14 @@ impl<'v> Txn<'v> {
         // the kernel's FORGET then has nothing to do (`purged_early`). One transaction instead
         // of two (an orphan now, its purge at FORGET). RocksDB volumes keep the orphan until
         // FORGET, as before.
+        // A directory likewise when no handle holds it (`opendir`) or pins it: the kernel's
+        // questions about a removed working directory, which has no handle, are answered from
+        // its last record until its FORGET (`Volume::getattr`); nothing else can reach it (the
+        // kernel marks a removed directory dead: no lookup or create in it comes here).
         let held = if self.vol.shared && kind == Kind::File {
             remote || self.vol.nodes.lock().contains_key(&ino)
+        } else if self.vol.shared && kind == Kind::Dir {
+            self.vol.dir_handles.lock().contains_key(&ino) || self.vol.nodes.lock().contains_key(&ino)
         } else {
             remote || self.vol.is_referenced(ino)
         };
@@ -1042,9 +1100,22 @@ impl<'v> Txn<'v> {
             }
             return Ok(());
         }
-        let purge = self.vol.purge_batch(ino)?;
-        self.batch.extend(purge);
-        self.slots.remove(&ino);
+        match dir_xattrs {
+            // A directory that was linked until now: no orphan row, no extents.
+            Some(names) => {
+                self.batch.push(Mutation::DelInode(ino));
+                self.batch.extend(names.into_iter().map(|name| Mutation::DelXattr { ino, name }));
+            }
+            None => {
+                let purge = self.vol.purge_batch(ino)?;
+                self.batch.extend(purge);
+            }
+        }
+        if let Some((slot, _)) = self.slots.remove(&ino) {
+            if kind == Kind::Dir && self.vol.shared {
+                self.ghosts.push(slot.inode().clone());
+            }
+        }
         self.purged.push(ino);
         Ok(())
     }
@@ -1085,7 +1156,10 @@ impl<'v> Txn<'v> {
         if self.vol.shared {
             let lookups = self.vol.lookups.lock();
             let mut early = self.vol.purged_early.lock();
-            early.extend(self.purged.iter().filter(|&&ino| lookups.contains(ino)));
+            early.extend(self.purged.iter().filter(|&&ino| lookups.contains(ino)).map(|&ino| (ino, None)));
+            for dir in self.ghosts.drain(..).filter(|d| lookups.contains(d.ino)) {
+                early.insert(dir.ino, Some(dir));
+            }
         }
         for ino in self.purged.iter().chain(&self.purged_data) {
             self.vol.staging.remove(*ino)?;

@@ -22,7 +22,7 @@ use super::xattr::XattrMode;
 use super::{Caller, Volume};
 use crate::error::{FsError, Result};
 use crate::space::DiskSpace;
-use crate::types::{Ino, Inode};
+use crate::types::{Ino, Inode, Kind};
 use std::sync::Arc;
 
 /// The volume as a mount shows it: live tree plus read-only snapshot views, lookups counted.
@@ -161,6 +161,24 @@ impl MountView {
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
         self.writable(&[parent])?;
         self.vol.unlink(parent, name)
+    }
+
+    /// `opendir`: a directory's attributes (a view's too); a live one's handle is counted.
+    pub fn opendir(&self, ino: Ino) -> Result<Inode> {
+        if Volume::is_view(ino) {
+            let inode = self.vol.view_getattr(ino)?;
+            return match inode.kind {
+                Kind::Dir => Ok(inode),
+                _ => Err(FsError::NotDir),
+            };
+        }
+        self.vol.opendir(ino)
+    }
+
+    pub fn releasedir(&self, ino: Ino) {
+        if !Volume::is_view(ino) {
+            self.vol.releasedir(ino);
+        }
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {

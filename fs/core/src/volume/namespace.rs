@@ -258,12 +258,14 @@ impl Volume {
         }
         // The directory's record is read (and so checked unchanged at commit) before its
         // entries: an entry added meanwhile changes the record (its size, its next cookie).
+        // On a shared volume the kernel's lookup of the name has usually just read it.
+        txn.read_ahead(&[d.ino], &[])?;
         txn.inode(d.ino)?;
-        if !self.meta.readdir(d.ino, 0, 1)?.is_empty() {
+        let Some(xattrs) = self.meta.empty_dir_xattrs(d.ino)? else {
             return Err(FsError::NotEmpty);
-        }
+        };
         txn.remove_entry(parent, name, d)?;
-        txn.drop_link(d.ino)?;
+        txn.drop_dir(d.ino, xattrs)?;
         txn.commit(false)
     }
 

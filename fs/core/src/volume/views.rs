@@ -17,6 +17,9 @@ const INNER: Ino = (1 << VIEW_SHIFT) - 1;
 pub const SNAPSHOTS_NAME: &[u8] = b".snapshots";
 /// The inode of `/.snapshots`.
 pub const SNAPSHOTS_DIR: Ino = (0xFF_FFFF << VIEW_SHIFT) | 1;
+/// How long a shared volume's mount trusts its copy of the snapshot catalogue when no
+/// notification says it changed (the bound doc/SEMANTICS.md gives for other hosts' changes).
+const SHARED_CATALOGUE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum View {
     Live(Ino),
@@ -47,18 +50,28 @@ impl Volume {
     }
 
     fn catalogue(&self) -> Result<Vec<SnapshotInfo>> {
-        if let Some(c) = self.views.read().as_ref() {
-            return Ok(c.clone());
+        if let Some((at, c)) = self.views.read().as_ref() {
+            // A shared volume: other hosts (and other processes: `hybridctl snapshot` runs
+            // beside the mount) take snapshots too. Their notifications make the catalogue be
+            // read again (`snapshots_changed_elsewhere`); a lost one is bounded by this.
+            if !self.shared || at.elapsed() < SHARED_CATALOGUE_FOR {
+                return Ok(c.clone());
+            }
         }
         let mut c = self.meta.snapshots()?;
         c.sort_by_key(|s| s.id);
-        *self.views.write() = Some(c.clone());
+        *self.views.write() = Some((std::time::Instant::now(), c.clone()));
         Ok(c)
     }
 
     /// Forget the cached catalogue after it changed.
     pub(crate) fn catalogue_changed(&self) {
         *self.views.write() = None;
+    }
+
+    /// A shared volume: another host or process created or deleted snapshot `_name`.
+    pub fn snapshots_changed_elsewhere(&self, _name: &[u8]) {
+        self.catalogue_changed();
     }
 
     fn view(&self, ino: Ino) -> Result<View> {
@@ -72,7 +85,14 @@ impl Volume {
         if self.views.read().is_none() {
             self.catalogue()?;
         }
-        let at = self.views.read().as_ref().and_then(|c| c.iter().find(|s| s.id == id).map(|s| s.epoch));
+        let epoch_of = || self.views.read().as_ref().and_then(|(_, c)| c.iter().find(|s| s.id == id).map(|s| s.epoch));
+        let mut at = epoch_of();
+        if at.is_none() && self.shared {
+            // Made elsewhere since the catalogue was read.
+            self.catalogue_changed();
+            self.catalogue()?;
+            at = epoch_of();
+        }
         Ok(View::Snap { id, at: at.ok_or(FsError::NotFound)?, inner: ino & INNER })
     }
 
