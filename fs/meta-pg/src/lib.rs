@@ -17,7 +17,9 @@
 //! (one upsert, one delete per family), then `COMMIT`. Round trips are what a shared volume's
 //! operations wait for, so a transaction makes few: `BEGIN` goes in one message with its first
 //! read, the rows a batch will read are asked for at once ([`KvRead::prefetch`], one
-//! statement of one index scan per family), and the writes, the change notifications and
+//! statement of one index scan per family, and a `LIMIT`ed index scan per range it will scan
+//! from its start: the history of each row it deletes, the open rows it checks; a scan of such
+//! a range starts from the rows read ahead), and the writes, the change notifications and
 //! `COMMIT` go in one message (the simple query protocol; `bytea` as `decode('HEX', 'hex')`,
 //! plain SQL). A create is two round trips. Reads outside a transaction are one statement
 //! each, a scan too when one page holds its range (only a longer scan opens a read-only

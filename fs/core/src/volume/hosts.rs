@@ -73,7 +73,11 @@ impl Holders {
 impl Volume {
     /// Who holds `ino` open (a shared volume).
     pub(super) fn holders(&self, ino: Ino) -> Result<Holders> {
-        let rows = self.meta.openers(ino)?;
+        self.holders_of(self.meta.openers(ino)?)
+    }
+
+    /// [`Volume::holders`] from the open rows `rows` just read.
+    pub(super) fn holders_of(&self, rows: Vec<u64>) -> Result<Holders> {
         let mut h = Holders { rows, others_alive: false, dead: Vec::new() };
         if h.rows.iter().all(|&host| host == self.host) {
             return Ok(h);

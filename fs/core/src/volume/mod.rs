@@ -1071,10 +1071,14 @@ impl<'v> Txn<'v> {
         // A shared volume: another live host holding the file open keeps it (its data
         // included) as an orphan; the batch expects the open rows it saw (`hosts.rs`).
         let mut remote = false;
+        let mut purge = None;
         if self.vol.shared && kind == Kind::File {
-            let h = self.vol.holders(ino)?;
+            // The open rows and what a purge deletes, read in one round trip.
+            let (rows, batch) = self.vol.meta.openers_and_purge_batch(ino)?;
+            let h = self.vol.holders_of(rows)?;
             self.expect.extend(h.mutations(ino));
             remote = h.others_alive;
+            purge = Some(batch);
         }
         // A shared volume frees a file in this transaction when no handle, pin or live host
         // holds it, even while the kernel still has a reference: nothing can reach it by that
@@ -1107,7 +1111,10 @@ impl<'v> Txn<'v> {
                 self.batch.extend(names.into_iter().map(|name| Mutation::DelXattr { ino, name }));
             }
             None => {
-                let purge = self.vol.purge_batch(ino)?;
+                let purge = match purge {
+                    Some(batch) => batch,
+                    None => self.vol.purge_batch(ino)?,
+                };
                 self.batch.extend(purge);
             }
         }
