@@ -413,6 +413,40 @@ fn what_another_host_removes_after_a_snapshot_stays_in_the_snapshot() {
     assert_fsck_clean(&c.a);
 }
 
+/// A shared volume pushes, is cloned and merges like any other, from either host: host B
+/// pushes main, a burst node clones it, writes and pushes its branch, host A merges the
+/// branch online, and both hosts read the merged file.
+#[test]
+fn either_host_pushes_and_merges_a_shared_volume_and_a_clone_of_it_merges_back() {
+    let c = Cluster::start("pm", true, &[]);
+    let env = c.env_refs();
+    fs::create_dir(c.a.path("data")).unwrap();
+    fs::write(c.a.path("data/home"), b"written on host a").unwrap();
+    assert!(poll_until(SEEN_WITHIN, Duration::from_millis(50), || exists(&c.b.path("data/home"))));
+    let out = c.b.ctl_env(&env, &["push", "--volume", "pm", "--json"]);
+    out.assert_success();
+    let url = format!("{}/pm", c.store);
+    let burst = TestVolume::builder().name("pm").unformatted().build();
+    burst.ctl_env(&env, &["clone", &url, "--branch", "burst", "--json"]).assert_success();
+    let mut burst = burst;
+    burst.mount_env(&env);
+    assert_eq!(fs::read(burst.path("data/home")).unwrap(), b"written on host a", "the clone reads main as host b pushed it");
+    burst.put("data/from-burst", b"written on the burst node");
+    burst.ctl(&["push", "--volume", "pm", "--json"]).assert_success();
+    burst.umount();
+    let out = c.a.ctl_env(&env, &["merge", "burst", "--volume", "pm", "--json"]);
+    out.assert_success();
+    for host in [&c.a, &c.b] {
+        assert!(
+            poll_until(SEEN_WITHIN, Duration::from_millis(50), || fs::read(host.path("data/from-burst")).ok().as_deref() == Some(&b"written on the burst node"[..])),
+            "the merged file on {}",
+            host.home().display()
+        );
+        assert_eq!(fs::read(host.path("data/home")).unwrap(), b"written on host a");
+    }
+    assert_fsck_clean(&c.a);
+}
+
 /// The volume's metadata store as a third party sees it (the test reads rows directly).
 fn store(c: &Cluster) -> hybridfs_core::meta::MetaStore {
     let kv = hybridfs_meta_pg::PgKv::connect_existing(&c.meta).unwrap();
