@@ -82,6 +82,42 @@ pub fn decode(id: &BlockId, frame: &[u8]) -> Result<Vec<u8>> {
     Ok(plain)
 }
 
+/// Check that `frame` is block `id` (header, length, hash) without keeping its plain bytes:
+/// a raw frame's payload is hashed where it lies, no copy (a fetch verifies every block it
+/// gets before caching it, and the plain copy was thrown away).
+pub fn verify(id: &BlockId, frame: &[u8]) -> Result<()> {
+    match raw_payload(frame) {
+        Some(payload) if block_id(payload) == *id => Ok(()),
+        Some(_) => Err(FsError::CorruptBlock { id: *id, why: "hash mismatch".into() }),
+        None => decode(id, frame).map(|_| ()),
+    }
+}
+
+/// [`decode`] of a frame the caller hands over: a raw frame's bytes are verified where they
+/// lie and stay in its buffer (moved to its start), so reading a block costs no second
+/// buffer of its size.
+pub fn decode_owned(id: &BlockId, mut frame: Vec<u8>) -> Result<Vec<u8>> {
+    match raw_payload(&frame) {
+        Some(payload) if block_id(payload) == *id => {
+            frame.drain(..HEADER);
+            Ok(frame)
+        }
+        Some(_) => Err(FsError::CorruptBlock { id: *id, why: "hash mismatch".into() }),
+        None => decode(id, &frame),
+    }
+}
+
+/// The payload of a well-formed raw frame (header and length checked), else None (a zstd
+/// frame, or one [`decode`] rejects with its reason).
+fn raw_payload(frame: &[u8]) -> Option<&[u8]> {
+    if frame.len() < HEADER || &frame[..4] != MAGIC || frame[4] != VERSION || frame[5] != CODEC_RAW {
+        return None;
+    }
+    let len = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes")) as usize;
+    let payload = &frame[HEADER..];
+    (payload.len() == len).then_some(payload)
+}
+
 /// The plain bytes of a frame, its length checked (not its hash: the caller names the block).
 fn decode_plain(frame: &[u8]) -> std::result::Result<Vec<u8>, String> {
     if frame.len() < HEADER || &frame[..4] != MAGIC {
@@ -260,7 +296,7 @@ impl BlockStore for FileBlockStore {
             std::io::ErrorKind::NotFound => FsError::CorruptBlock { id: *id, why: "block file missing".into() },
             _ => FsError::io(format!("read block file {}", path.display()), e),
         })?;
-        decode(id, &frame)
+        decode_owned(id, frame)
     }
 
     fn contains(&self, id: &BlockId) -> Result<bool> {
@@ -363,6 +399,33 @@ mod tests {
             other => panic!("expected corruption, got {other:?}"),
         }
         assert!(decode(&id, &frame[..5]).is_err());
+    }
+
+    /// Invariant 5 on the copy-free paths: `verify` and `decode_owned` accept exactly the
+    /// frames `decode` accepts (raw and zstd), give the same bytes, and refuse a flipped byte
+    /// anywhere (header, length, payload), a short frame and a frame named for another block.
+    #[test]
+    fn verify_and_decode_owned_agree_with_decode() {
+        let noise: Vec<u8> = (0..1u32 << 16).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
+        let zeros = vec![0u8; 100_000];
+        let other = block_id(b"another block");
+        for data in [&noise, &zeros] {
+            let id = block_id(data);
+            let frame = encode(data);
+            verify(&id, &frame).unwrap();
+            assert_eq!(decode_owned(&id, frame.clone()).unwrap(), *data);
+            assert!(matches!(verify(&other, &frame), Err(FsError::CorruptBlock { .. })));
+            assert!(matches!(decode_owned(&other, frame.clone()), Err(FsError::CorruptBlock { .. })));
+            for at in [0, 5, 8, HEADER, frame.len() / 2, frame.len() - 1] {
+                let mut bad = frame.clone();
+                bad[at] ^= 1;
+                assert!(verify(&id, &bad).is_err(), "a flipped byte at {at} passed verify");
+                assert!(decode_owned(&id, bad.clone()).is_err(), "a flipped byte at {at} passed decode_owned");
+                assert!(decode(&id, &bad).is_err());
+            }
+            assert!(verify(&id, &frame[..frame.len() - 1]).is_err(), "a short frame");
+            assert!(decode_owned(&id, frame[..HEADER].to_vec()).is_err());
+        }
     }
 
     /// Invariant 1: after a power cut a renamed block file can be empty (its data never

@@ -272,7 +272,7 @@ pub(crate) fn resolve_body(
     let body = remote.open_frame(id, body)?;
     let in_store = |e: hybridfs_core::FsError| SyncError::Corrupt(format!("the copy in the store: {e}"));
     if !is_delta(&body) {
-        hybridfs_blocks::decode(id, &body).map_err(in_store)?;
+        hybridfs_blocks::verify(id, &body).map_err(in_store)?;
         return Ok(body);
     }
     let d = Delta::decode(id, &body)?;
@@ -287,7 +287,7 @@ pub(crate) fn resolve_body(
         }
     };
     let frame = hybridfs_blocks::encode(&d.apply(&base)?);
-    hybridfs_blocks::decode(id, &frame).map_err(|e| d.corrupt(&format!("the result does not match the block: {e}")))?;
+    hybridfs_blocks::verify(id, &frame).map_err(|e| d.corrupt(&format!("the result does not match the block: {e}")))?;
     Ok(frame)
 }
 

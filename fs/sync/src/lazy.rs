@@ -652,7 +652,7 @@ impl Inner {
             let local = |base: &BlockId| self.local_frame(base).ok().flatten();
             return crate::delta::resolve_body(&self.remote, id, frame.to_vec(), &local, 0);
         }
-        hybridfs_blocks::decode(id, frame).map_err(|e| SyncError::Corrupt(format!("the copy in pack {pack}: {e}")))?;
+        hybridfs_blocks::verify(id, frame).map_err(|e| SyncError::Corrupt(format!("the copy in pack {pack}: {e}")))?;
         Ok(frame.to_vec())
     }
 
@@ -808,12 +808,12 @@ impl BlockStore for LazyStore {
 
     fn get(&self, id: &BlockId) -> Result<Vec<u8>> {
         let frame = self.load_for_reader(id)?;
-        match hybridfs_blocks::decode(id, &frame) {
+        match hybridfs_blocks::decode_owned(id, frame) {
             // A damaged cached copy of a block the store holds: fetch it again.
             Err(FsError::CorruptBlock { why, .. }) if self.meta.pushed(id)?.is_some() && !self.own.contains(id)? => {
                 tracing::warn!("cached block {id} is bad ({why}); fetching it again");
                 self.drop_cached(id)?;
-                hybridfs_blocks::decode(id, &self.load_for_reader(id)?)
+                hybridfs_blocks::decode_owned(id, self.load_for_reader(id)?)
             }
             r => r,
         }

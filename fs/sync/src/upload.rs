@@ -103,7 +103,7 @@ pub(crate) fn upload_blocks(
             let (frame, depth) = match frame(id)? {
                 Body::Whole(frame) => {
                     // Verify before it leaves: a corrupt local block must not become the store's copy.
-                    hybridfs_blocks::decode(id, &frame)?;
+                    hybridfs_blocks::verify(id, &frame)?;
                     if frame.len() >= PACK_SMALLER_THAN {
                         let _ = tx.send(Job::Block(*id, frame));
                         continue;
