@@ -426,9 +426,8 @@ fn either_host_pushes_and_merges_a_shared_volume_and_a_clone_of_it_merges_back()
     let out = c.b.ctl_env(&env, &["push", "--volume", "pm", "--json"]);
     out.assert_success();
     let url = format!("{}/pm", c.store);
-    let burst = TestVolume::builder().name("pm").unformatted().build();
+    let mut burst = TestVolume::builder().name("pm").unformatted().build();
     burst.ctl_env(&env, &["clone", &url, "--branch", "burst", "--json"]).assert_success();
-    let mut burst = burst;
     burst.mount_env(&env);
     assert_eq!(fs::read(burst.path("data/home")).unwrap(), b"written on host a", "the clone reads main as host b pushed it");
     burst.put("data/from-burst", b"written on the burst node");

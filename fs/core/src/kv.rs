@@ -408,11 +408,13 @@ impl KvRead for Overlay<'_> {
 
     fn heads(&self, ranges: &[Head<'_>]) -> Result<Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
         // Ranges with no pending write are the store's answer; the others a merged scan.
-        let clean: Vec<Head<'_>> = ranges.iter().copied().filter(|h| self.pending(h.cf, h.start, Some(h.end)).is_empty()).collect();
-        let mut stored = self.read.heads(&clean)?.into_iter();
+        let clean: Vec<bool> = ranges.iter().map(|h| self.pending(h.cf, h.start, Some(h.end)).is_empty()).collect();
+        let asked: Vec<Head<'_>> = ranges.iter().zip(&clean).filter(|(_, c)| **c).map(|(h, _)| *h).collect();
+        let mut stored = self.read.heads(&asked)?.into_iter();
         ranges
             .iter()
-            .map(|h| match self.pending(h.cf, h.start, Some(h.end)).is_empty() {
+            .zip(clean)
+            .map(|(h, clean)| match clean {
                 true => stored.next().ok_or_else(|| FsError::Meta("heads: an engine answered fewer ranges than asked".into())),
                 false => head_by_scan(self, h),
             })

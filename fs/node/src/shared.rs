@@ -95,7 +95,7 @@ pub(crate) fn invalidate_on_changes(pg: &PgKv, vol: &Arc<Volume>) -> anyhow::Res
         for (cf, key) in rows {
             if cf == hybridfs_core::kv::Cf::Snapshots {
                 // A snapshot made or deleted elsewhere: `/.snapshots` is read again.
-                vol.snapshots_changed_elsewhere(&key);
+                vol.snapshots_changed_elsewhere();
                 if let Some(k) = &kernel {
                     k.invalidate_entry(hybridfs_core::volume::views::SNAPSHOTS_DIR, &key);
                     k.invalidate_inode(hybridfs_core::volume::views::SNAPSHOTS_DIR);

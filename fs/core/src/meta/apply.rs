@@ -240,25 +240,29 @@ impl MetaStore {
 /// than that (a scan past the first row) are read on from the store as before.
 fn prefetch(tx: &dyn KvTxn, batch: &[Mutation], epoch: bool, shard: bool) -> Result<()> {
     let mut ranges: Vec<(Cf, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut range = |cf: Cf, start: Vec<u8>| {
-        if let Some(end) = prefix_end(&start) {
+    let mut range = |cf: Cf, (start, end): (Vec<u8>, Option<Vec<u8>>)| {
+        if let Some(end) = end {
             ranges.push((cf, start, end));
         }
     };
     for m in batch {
         match m {
-            Mutation::DelInode(ino) => range(Cf::History, hist_prefix(Cf::Inodes, &k1(*ino))),
+            Mutation::DelInode(ino) => range(Cf::History, history_range(Cf::Inodes, &k1(*ino))),
             Mutation::DelDentry { parent, name, cookie } => {
-                range(Cf::History, hist_prefix(Cf::Cookies, &k2(*parent, *cookie)));
-                range(Cf::History, hist_prefix(Cf::Dentries, &k_named(*parent, name)));
+                range(Cf::History, history_range(Cf::Cookies, &k2(*parent, *cookie)));
+                range(Cf::History, history_range(Cf::Dentries, &k_named(*parent, name)));
             }
-            Mutation::DelExtent { ino, block } => range(Cf::History, hist_prefix(Cf::Extents, &k2(*ino, *block))),
-            Mutation::DelXattr { ino, name } => range(Cf::History, hist_prefix(Cf::Xattrs, &k_named(*ino, name))),
+            Mutation::DelExtent { ino, block } => range(Cf::History, history_range(Cf::Extents, &k2(*ino, *block))),
+            Mutation::DelXattr { ino, name } => range(Cf::History, history_range(Cf::Xattrs, &k_named(*ino, name))),
             Mutation::Raw { key, value: None } => {
                 let (cf, base) = key.cf_base();
-                range(Cf::History, hist_prefix(cf, &base));
+                range(Cf::History, history_range(cf, &base));
             }
-            Mutation::ExpectOpeners { ino, .. } => range(Cf::Default, super::hosts::openers_prefix(*ino)),
+            Mutation::ExpectOpeners { ino, .. } => {
+                let prefix = super::hosts::openers_prefix(*ino);
+                let end = prefix_end(&prefix);
+                range(Cf::Default, (prefix, end));
+            }
             _ => {}
         }
     }
@@ -493,9 +497,16 @@ fn vdel(tx: &mut dyn KvTxn, b: &mut Batch, cf: Cf, base: Vec<u8>) -> Result<()> 
     Ok(())
 }
 
-fn has_history(r: &dyn KvRead, cf: Cf, base: &[u8]) -> Result<bool> {
+/// Where the history rows of `base` (family `cf`) are: [`has_history`] scans this range and
+/// [`prefetch`] reads it ahead (the same range, so the scan starts from what was read).
+fn history_range(cf: Cf, base: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     let prefix = hist_prefix(cf, base);
     let end = prefix_end(&prefix);
+    (prefix, end)
+}
+
+fn has_history(r: &dyn KvRead, cf: Cf, base: &[u8]) -> Result<bool> {
+    let (prefix, end) = history_range(cf, base);
     let mut found = false;
     r.scan(Cf::History, &prefix, end.as_deref(), &mut |k, _| {
         found = k.len() == prefix.len() + 8;

@@ -50,6 +50,15 @@ fn scan_prefix(r: &dyn KvRead, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) ->
     })
 }
 
+/// The purge of `ino` (see [`MetaStore::purge_batch`]): its record, its orphan row, the
+/// extents of `blocks` and the xattrs `names`.
+fn purge_of(ino: Ino, blocks: impl IntoIterator<Item = u64>, names: impl IntoIterator<Item = Vec<u8>>) -> Vec<Mutation> {
+    let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
+    batch.extend(blocks.into_iter().map(|block| Mutation::DelExtent { ino, block }));
+    batch.extend(names.into_iter().map(|name| Mutation::DelXattr { ino, name }));
+    batch
+}
+
 /// Where the open rows of `ino` are (the default family).
 pub(super) fn openers_prefix(ino: Ino) -> Vec<u8> {
     [OPEN, &ino.to_be_bytes()[..]].concat()
@@ -147,25 +156,47 @@ impl MetaStore {
             return Ok((self.openers(ino)?, self.purge_batch(ino)?));
         }
         let hosts = hosts.iter().map(|(k, _)| be(k, open.len())).collect::<Result<Vec<u64>>>()?;
-        let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
-        for (k, _) in extents {
-            batch.push(Mutation::DelExtent { ino, block: be(k, 8)? });
+        let blocks = extents.iter().map(|(k, _)| be(k, 8)).collect::<Result<Vec<u64>>>()?;
+        Ok((hosts, purge_of(ino, blocks, xattrs.iter().map(|(k, _)| k[8..].to_vec()))))
+    }
+
+    /// For `rmdir`: `None` when directory `ino` has an entry, else its
+    /// [`MetaStore::purge_batch`], the emptiness and the xattrs read together (one round trip
+    /// on a shared engine instead of a `readdir` and an `xattr_names`; a directory has no
+    /// extents).
+    pub fn empty_dir_purge_batch(&self, ino: Ino) -> Result<Option<Vec<Mutation>>> {
+        /// Xattrs read with the entries; a directory with more is read again whole.
+        const FEW: usize = 16;
+        let own = k1(ino);
+        let Some(end) = prefix_end(&own) else {
+            return Ok(match self.readdir(ino, 0, 1)?.is_empty() {
+                true => Some(self.purge_batch(ino)?),
+                false => None,
+            });
+        };
+        let entries = k2(ino, 1);
+        let heads = [
+            Head { cf: Cf::Cookies, start: &entries, end: &end, limit: 1 },
+            Head { cf: Cf::Xattrs, start: &own, end: &end, limit: FEW },
+        ];
+        let rows = self.kv.heads(&heads)?;
+        let [entries, xattrs] = rows.as_slice() else {
+            return Err(FsError::Meta("heads answered fewer ranges than asked".into()));
+        };
+        if !entries.is_empty() {
+            return Ok(None);
         }
-        batch.extend(xattrs.iter().map(|(k, _)| Mutation::DelXattr { ino, name: k[8..].to_vec() }));
-        Ok((hosts, batch))
+        if xattrs.len() >= FEW {
+            return self.purge_batch(ino).map(Some);
+        }
+        Ok(Some(purge_of(ino, [], xattrs.iter().map(|(k, _)| k[8..].to_vec()))))
     }
 
     /// The mutations that delete inode `ino` with its extents, references, xattrs and orphan
     /// row (its block references drop inside the batch: nothing still named is freed).
     pub fn purge_batch(&self, ino: Ino) -> Result<Vec<Mutation>> {
-        let mut batch = vec![Mutation::DelInode(ino), Mutation::DelOrphan(ino)];
-        for (block, _) in self.extents(ino, 0)? {
-            batch.push(Mutation::DelExtent { ino, block });
-        }
-        for name in self.xattr_names(ino)? {
-            batch.push(Mutation::DelXattr { ino, name });
-        }
-        Ok(batch)
+        let blocks: Vec<u64> = self.extents(ino, 0)?.into_iter().map(|(block, _)| block).collect();
+        Ok(purge_of(ino, blocks, self.xattr_names(ino)?))
     }
 
     /// A shared volume's host rows as `fsck` checks them at `now` (unix ms): dead hosts,

@@ -4,7 +4,7 @@
 use super::codec::{be, cf_of, dec, hist_key, hist_prefix, k1, k2, k_named, tag};
 use super::{Change, DirEntry, Key, MetaStore, LIVE};
 use crate::error::{FsError, Result};
-use crate::kv::{prefix_end, Cf, Head, KvRead};
+use crate::kv::{prefix_end, Cf, KvRead};
 use crate::types::{Dentry, Extent, Inode, Ino, JournalEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -257,32 +257,6 @@ impl MetaStore {
 
     pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
         self.xattr_names_at(ino, LIVE)
-    }
-
-    /// For `rmdir`: `None` when directory `ino` has an entry, else the names of its xattrs
-    /// (what its purge deletes), read together: one round trip on a shared engine instead of
-    /// a `readdir` and an `xattr_names`.
-    pub fn empty_dir_xattrs(&self, ino: Ino) -> Result<Option<Vec<Vec<u8>>>> {
-        /// Xattrs read with the entries; a directory with more is read again whole.
-        const FEW: usize = 16;
-        let Some(end) = prefix_end(&k1(ino)) else {
-            return Ok(match self.readdir(ino, 0, 1)?.is_empty() {
-                true => Some(self.xattr_names(ino)?),
-                false => None,
-            });
-        };
-        let (entries, xattrs) = (k2(ino, 1), k1(ino));
-        let heads = [
-            Head { cf: Cf::Cookies, start: &entries, end: &end, limit: 1 },
-            Head { cf: Cf::Xattrs, start: &xattrs, end: &end, limit: FEW },
-        ];
-        let rows = self.kv.heads(&heads)?;
-        match (rows.first(), rows.get(1)) {
-            (Some(e), _) if !e.is_empty() => Ok(None),
-            (Some(_), Some(x)) if x.len() < FEW => Ok(Some(x.iter().map(|(k, _)| k[8..].to_vec()).collect())),
-            (Some(_), Some(_)) => Ok(Some(self.xattr_names(ino)?)),
-            _ => Err(FsError::Meta("heads answered fewer ranges than asked".into())),
-        }
     }
 
     pub fn xattr_names_at(&self, ino: Ino, at: u64) -> Result<Vec<Vec<u8>>> {

@@ -1054,13 +1054,9 @@ impl<'v> Txn<'v> {
         self.drop_link_with(ino, None)
     }
 
-    /// [`Txn::drop_link`] of an empty directory whose xattr names were just read
-    /// ([`MetaStore::empty_dir_xattrs`]): its purge reads nothing more.
-    fn drop_dir(&mut self, ino: Ino, xattrs: Vec<Vec<u8>>) -> Result<()> {
-        self.drop_link_with(ino, Some(xattrs))
-    }
-
-    fn drop_link_with(&mut self, ino: Ino, dir_xattrs: Option<Vec<Vec<u8>>>) -> Result<()> {
+    /// [`Txn::drop_link`] with `ino`'s purge batch already read (an empty directory's:
+    /// [`MetaStore::empty_dir_purge_batch`]): a purge reads nothing more.
+    fn drop_link_with(&mut self, ino: Ino, mut purge: Option<Vec<Mutation>>) -> Result<()> {
         let inode = self.inode_mut(ino)?;
         inode.nlink = if inode.kind == Kind::Dir { 0 } else { inode.nlink.saturating_sub(1) };
         inode.ctime = crate::types::Timespec::now();
@@ -1071,7 +1067,6 @@ impl<'v> Txn<'v> {
         // A shared volume: another live host holding the file open keeps it (its data
         // included) as an orphan; the batch expects the open rows it saw (`hosts.rs`).
         let mut remote = false;
-        let mut purge = None;
         if self.vol.shared && kind == Kind::File {
             // The open rows and what a purge deletes, read in one round trip.
             let (rows, batch) = self.vol.meta.openers_and_purge_batch(ino)?;
@@ -1104,20 +1099,11 @@ impl<'v> Txn<'v> {
             }
             return Ok(());
         }
-        match dir_xattrs {
-            // A directory that was linked until now: no orphan row, no extents.
-            Some(names) => {
-                self.batch.push(Mutation::DelInode(ino));
-                self.batch.extend(names.into_iter().map(|name| Mutation::DelXattr { ino, name }));
-            }
-            None => {
-                let purge = match purge {
-                    Some(batch) => batch,
-                    None => self.vol.purge_batch(ino)?,
-                };
-                self.batch.extend(purge);
-            }
-        }
+        let purge = match purge {
+            Some(batch) => batch,
+            None => self.vol.purge_batch(ino)?,
+        };
+        self.batch.extend(purge);
         if let Some((slot, _)) = self.slots.remove(&ino) {
             if kind == Kind::Dir && self.vol.shared {
                 self.ghosts.push(slot.inode().clone());

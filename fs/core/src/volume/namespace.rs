@@ -261,11 +261,11 @@ impl Volume {
         // On a shared volume the kernel's lookup of the name has usually just read it.
         txn.read_ahead(&[d.ino], &[])?;
         txn.inode(d.ino)?;
-        let Some(xattrs) = self.meta.empty_dir_xattrs(d.ino)? else {
+        let Some(purge) = self.meta.empty_dir_purge_batch(d.ino)? else {
             return Err(FsError::NotEmpty);
         };
         txn.remove_entry(parent, name, d)?;
-        txn.drop_dir(d.ino, xattrs)?;
+        txn.drop_link_with(d.ino, Some(purge))?;
         txn.commit(false)
     }
 

@@ -69,8 +69,8 @@ impl Volume {
         *self.views.write() = None;
     }
 
-    /// A shared volume: another host or process created or deleted snapshot `_name`.
-    pub fn snapshots_changed_elsewhere(&self, _name: &[u8]) {
+    /// A shared volume: another host or process created or deleted a snapshot.
+    pub fn snapshots_changed_elsewhere(&self) {
         self.catalogue_changed();
     }
 
